@@ -1,0 +1,32 @@
+"""Model families, keyed by `config.model_type`."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from .base import Adapter
+from .llava_onevision import LlavaOnevisionAdapter
+from .qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
+
+ADAPTERS: dict[str, type[Adapter]] = {
+    adapter.model_type: adapter for adapter in (LlavaOnevisionAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter)
+}
+
+
+def list_models() -> list[str]:
+    """The supported `config.model_type` values."""
+    return sorted(ADAPTERS)
+
+
+def adapter_for(model: nn.Module) -> Adapter:
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type not in ADAPTERS:
+        raise ValueError(
+            f"tokcompress does not support model_type {model_type!r} ({type(model).__name__}); "
+            f"supported families: {', '.join(list_models())}"
+        )
+    return ADAPTERS[model_type](model)
+
+
+__all__ = ["ADAPTERS", "Adapter", "adapter_for", "list_models"]

@@ -1,0 +1,69 @@
+"""What the engine needs to know about one model family, and nothing more."""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from ..layout import VisualLayout
+from ..methods.base import ModelSpec
+
+
+class Adapter:
+    """Base adapter for multimodal models whose decoder layers follow the Llama/Qwen2 layout.
+
+    A subclass names its `model_type` and says where the visual tokens are (`visual_layouts`). The default
+    `project_queries` / `project_keys` fit decoders whose layers hold `input_layernorm` and a `self_attn`
+    with `q_proj` / `k_proj` and rotate-half RoPE; families with q/k norms override them.
+    """
+
+    model_type: ClassVar[str]
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        # XForConditionalGeneration wraps the XModel as `.model`; accept either.
+        self.multimodal_model = model.model if hasattr(model, "lm_head") else model
+        self.language_model = self.multimodal_model.language_model
+        self.layers = self.language_model.layers
+        text_config = self.language_model.config
+        self.spec = ModelSpec(self.model_type, len(self.layers), text_config.hidden_size)
+
+    @property
+    def config(self):
+        return self.multimodal_model.config
+
+    def visual_layouts(self, call_kwargs: dict[str, Any]) -> list[VisualLayout] | None:
+        """Per sample, the layout of the video tokens of this call; None when input_ids are not given."""
+        raise NotImplementedError
+
+    def project_queries(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """(Hq, n, d) rotary-embedded queries of `layer` for the (n, D) hidden states entering it."""
+        attention = layer.self_attn
+        states = attention.q_proj(layer.input_layernorm(hidden))
+        return _rotate(states.view(hidden.shape[0], -1, attention.head_dim).transpose(0, 1), cos, sin)
+
+    def project_keys(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
+        """(Hkv, n, d) rotary-embedded keys of `layer` for the (n, D) hidden states entering it."""
+        attention = layer.self_attn
+        states = attention.k_proj(layer.input_layernorm(hidden))
+        return _rotate(states.view(hidden.shape[0], -1, attention.head_dim).transpose(0, 1), cos, sin)
+
+
+def _rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    half = states.shape[-1] // 2
+    rotated = torch.cat((-states[..., half:], states[..., :half]), dim=-1)
+    return states * cos + rotated * sin
+
+
+def token_runs(ids: torch.Tensor, token_id: int) -> list[tuple[int, int]]:
+    """(start, length) of each maximal run of `token_id` in a 1-D id tensor."""
+    hits = (ids == token_id).nonzero().squeeze(1).tolist()
+    runs: list[tuple[int, int]] = []
+    for index in hits:
+        if runs and runs[-1][0] + runs[-1][1] == index:
+            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
+        else:
+            runs.append((index, 1))
+    return runs

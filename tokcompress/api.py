@@ -1,0 +1,103 @@
+"""Public entry points: `patch`, `unpatch`, `compress` and the handle they return."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+from torch import nn
+
+from .adapters import adapter_for
+from .engine import Engine
+from .methods import Method, build_method
+from .methods.base import check_ratio
+from .stats import CompressionStats
+
+HANDLE_ATTRIBUTE = "_tokcompress_handle"
+
+
+class CompressionHandle:
+    """A live patch of one model. Read `stats`, change `ratio`, then `unpatch()` (or use it in `with`)."""
+
+    def __init__(self, model: nn.Module, engine: Engine):
+        self.model = model
+        self._engine = engine
+
+    @property
+    def method(self) -> Method:
+        return self._engine.method
+
+    @property
+    def ratio(self) -> float:
+        return self._engine.method.ratio
+
+    @ratio.setter
+    def ratio(self, value: float) -> None:
+        method = dataclasses.replace(self._engine.method, ratio=check_ratio(value))
+        method.bind(self._engine.spec)
+        self._engine.method = method
+
+    @property
+    def stats(self) -> CompressionStats:
+        """Stats of the last forward pass or generation (visual tokens per layer, achieved ratio, cost)."""
+        return self._engine.last_stats
+
+    @property
+    def patched(self) -> bool:
+        return getattr(self.model, HANDLE_ATTRIBUTE, None) is self
+
+    def unpatch(self) -> None:
+        """Remove every hook; the model is exactly as before. Safe to call twice."""
+        self._engine.detach()
+        if self.patched:
+            delattr(self.model, HANDLE_ATTRIBUTE)
+
+    def __enter__(self) -> CompressionHandle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.unpatch()
+
+    def __repr__(self) -> str:
+        state = "patched" if self.patched else "unpatched"
+        return f"CompressionHandle({self.method!r}, {type(self.model).__name__}, {state})"
+
+
+def patch(model: nn.Module, method: str | Method | type[Method] = "none", ratio: Any = None, **knobs: Any) -> CompressionHandle:
+    """Compress the visual tokens of every later forward / generate call of `model`.
+
+    method: a registered name (`list_methods()`), a Method class, or a configured Method instance.
+    ratio: retained fraction of visual tokens averaged over the LLM's layers, 0 < ratio ≤ 1 (1 = identity).
+    knobs: the method's own settings (e.g. `layer=2` for fastv); unknown ones are refused.
+    Patching a patched model replaces the old patch. Nothing is changed if any argument is refused.
+    """
+    adapter = adapter_for(model)
+    configured = build_method(method, ratio, **knobs)
+    configured.bind(adapter.spec)
+    unpatch(model)
+    engine = Engine(adapter, configured)
+    engine.attach()
+    handle = CompressionHandle(model, engine)
+    setattr(model, HANDLE_ATTRIBUTE, handle)
+    return handle
+
+
+def unpatch(model: nn.Module) -> bool:
+    """Remove tokcompress from `model`; returns whether it was patched."""
+    handle = getattr(model, HANDLE_ATTRIBUTE, None)
+    if handle is None:
+        return False
+    handle.unpatch()
+    return True
+
+
+@contextlib.contextmanager
+def compress(model: nn.Module, method: str | Method | type[Method] = "none", ratio: Any = None, **knobs: Any) -> Iterator[CompressionHandle]:
+    """`with compress(model, "fastv", ratio=0.3) as handle: ...` - patched inside the block only."""
+    handle = patch(model, method, ratio, **knobs)
+    try:
+        yield handle
+    finally:
+        handle.unpatch()

