@@ -75,6 +75,7 @@ class GenerationState:
     cache: weakref.ref | None  # the generation's KV cache, weakly: the engine never keeps a cache alive
     full_length: int  # length of the uncompressed sequence so far (prompt + generated)
     stats: CompressionStats
+    last_positions: torch.Tensor | None = None  # (..., B, 1) position ids of the last token the LLM saw
     memories: list[dict] = field(default_factory=list)  # per sample, for methods
     decode_memories: list[dict] = field(default_factory=list)
     reduced: bool = False  # whether any group differs from the caller's sequence
@@ -126,13 +127,9 @@ class Engine:
             return None
         self._pending_layouts = self.adapter.visual_layouts(kwargs)
         state = self.state
-        cache = kwargs.get("past_key_values")
-        if state is not None and self._continues(state, cache) and kwargs.get("attention_mask") is None:
-            # Without a mask, HF would derive decode positions from the (shorter) cache length.
-            length = _sequence_length(args, kwargs)
-            batch = state.groups[0].origin.shape[0]
-            device = state.groups[0].origin.device
-            kwargs["attention_mask"] = torch.ones(batch, state.full_length + length, dtype=torch.long, device=device)
+        if state is not None and self._continues(state, kwargs.get("past_key_values")) and kwargs.get("position_ids") is None:
+            # Left to itself, HF would count decode positions from the (shorter) cache; continue as generate does.
+            kwargs["position_ids"] = _next_positions(state.last_positions, _sequence_length(args, kwargs))
             return args, kwargs
         return None
 
@@ -158,6 +155,9 @@ class Engine:
             state.cache = weakref.ref(output.past_key_values)
         hidden = output.last_hidden_state
         if not state.stats.finished:
+            last = state.groups[-1]
+            for sample, slots, origin in zip(state.stats.samples, last.visual_slots, last.origin):
+                sample.kept_positions = origin[slots].tolist()
             if state.reduced:
                 output.last_hidden_state = self._restore_sequence(hidden, state)
             state.stats.finished = True
@@ -233,6 +233,9 @@ class Engine:
             memories=[{} for _ in layouts],
             decode_memories=[{} for _ in layouts],
         )
+        positions = kwargs.get("position_ids")
+        positions = origin if positions is None else positions
+        self.state.last_positions = positions[..., -1:]
         if PRE_LLM not in self.method.stages:
             return None
         started = _clock(device)
@@ -246,9 +249,6 @@ class Engine:
         ]
         new_group, slot_index = self._apply(group, reductions, embeds, start_layer=0)
         embeds = _gather_slots(self._write_merged(embeds, group, reductions), slot_index, fill=0.0)
-        positions = kwargs.get("position_ids")
-        if positions is None:
-            positions = origin
         kwargs["position_ids"] = _gather_slots(positions, slot_index, fill=0)
         kwargs["inputs_embeds"] = embeds
         kwargs["attention_mask"] = new_group.attention_mask
@@ -394,8 +394,8 @@ class Engine:
             group.kv_selection = None
         kwargs["attention_mask"] = state.groups[0].attention_mask
         if kwargs.get("position_ids") is None:
-            positions = torch.arange(state.full_length, state.full_length + length, device=device)
-            kwargs["position_ids"] = positions.expand(batch, length)
+            kwargs["position_ids"] = _next_positions(state.last_positions, length)
+        state.last_positions = kwargs["position_ids"][..., -1:]
         return args, kwargs
 
     def _substitute_group_inputs(self, group, layer_index, hidden, kwargs, decoding):
@@ -547,6 +547,11 @@ def _real_slots(group: TokenGroup, b: int, width: int) -> torch.Tensor:
 def _row(table: torch.Tensor, b: int) -> torch.Tensor:
     """Sample b's row of a (B or 1, L, D) rotary table."""
     return table[b if table.shape[0] > 1 else 0]
+
+
+def _next_positions(last: torch.Tensor, length: int) -> torch.Tensor:
+    """Position ids of `length` new tokens after `last` (..., B, 1), in any layout (1-D or M-RoPE rows)."""
+    return last + torch.arange(1, length + 1, device=last.device)
 
 
 def _sequence_length(args, kwargs) -> int:

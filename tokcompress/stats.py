@@ -17,6 +17,7 @@ class SampleStats:
 
     visual_in: int  # visual tokens at the LLM input
     visual_per_layer: list[int]  # visual tokens each decoder layer processed during prefill
+    kept_positions: list[int] = field(default_factory=list)  # input-sequence indices of the visual tokens that reach the last layer
     decode_visual_read: list[int] = field(default_factory=list)  # per step: visual KV entries read by selecting layers
     decode_start_layer: int | None = None
 

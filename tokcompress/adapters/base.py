@@ -51,6 +51,12 @@ class Adapter:
         return _rotate(states.view(hidden.shape[0], -1, attention.head_dim).transpose(0, 1), cos, sin)
 
 
+def carries_video(call_kwargs: dict[str, Any]) -> bool:
+    """Whether this call brings video features; without them HF treats video placeholder ids as text."""
+    encoded = call_kwargs.get("mm_encoder_outputs") or {}
+    return call_kwargs.get("pixel_values_videos") is not None or encoded.get("video") is not None
+
+
 def _rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     half = states.shape[-1] // 2
     rotated = torch.cat((-states[..., half:], states[..., :half]), dim=-1)

@@ -32,8 +32,9 @@ class DyCoke(Method):
     TTM, as in the paper: frames form groups of four; frame 0 of a group is its anchor and stays whole;
     frames 1 and 3 are compared (cosine, same cell) with frames 0 and 2, frame 2 with frame 0, and each
     keeps only its least similar - most novel - tokens. `ratio` sets how many: round(ratio · N) visual
-    tokens survive, every layer sees them (pre-LLM), and below the share of the anchors alone the anchors
-    are thinned the same way against the next anchor. Like the official code this "merging" drops tokens.
+    tokens survive and every layer sees them (pre-LLM). Below the share of the anchors alone, the anchors
+    are thinned the same way against the previous anchor, the first anchor of a video going first. Like
+    the official code, this "merging" drops tokens.
 
     ratio: float = 0.5
     Decoding: from layer `decode_layer` on, each step attends to the `decode_keep` fraction of visual KV
@@ -82,13 +83,14 @@ class DyCoke(Method):
         anchors = [f for f in frames if bool(is_anchor[members[f][0]])]
         others = [f for f in frames if f not in set(anchors)]
         anchor_cells = sum(members[f].numel() for f in anchors)
-        if cells >= anchor_cells:
-            quotas = dict(zip(anchors, (members[f].numel() for f in anchors)))
-            quotas.update(zip(others, proportional_split(cells - anchor_cells, [members[f].numel() for f in others])))
-        else:
-            quotas = dict(zip(anchors, proportional_split(cells, [members[f].numel() for f in anchors])))
         kept = [separators[:count]]
-        for frame, quota in quotas.items():
+        if cells < anchor_cells:  # only anchors fit: keep their most novel tokens, the first anchor first
+            anchor_tokens = torch.cat([members[f] for f in anchors])
+            kept.append(anchor_tokens[top_tokens(novelty[anchor_tokens], cells)])
+            return TokenReduction.prune(torch.cat(kept))
+        kept.extend(members[f] for f in anchors)
+        quotas = proportional_split(cells - anchor_cells, [members[f].numel() for f in others])
+        for frame, quota in zip(others, quotas):
             tokens = members[frame]
             kept.append(tokens[top_tokens(novelty[tokens], quota)])
         return TokenReduction.prune(torch.cat(kept))
@@ -112,21 +114,18 @@ def group_references(layout: VisualLayout) -> tuple[torch.Tensor, torch.Tensor]:
     """Per token, the same cell in the frame it is compared with (-1: none), and whether it is an anchor.
 
     Inside each video, frame f (counted from the video's first frame) with f % 4 == 0 is an anchor, compared
-    with the next anchor (only used when the budget thins anchors); 1 → 0, 2 → 0, 3 → 2.
+    with the previous anchor (only used when the budget thins anchors); 1 → 0, 2 → 0, 3 → 2.
     """
     device = layout.frame.device
     cells = ~layout.is_separator
     first_frame = torch.zeros(len(layout.grids), dtype=torch.long, device=device)
     first_frame[1:] = torch.tensor([t for t, _, _ in layout.grids], device=device).cumsum(0)[:-1]
     local = layout.frame - first_frame[layout.video]
-    step_back = torch.tensor([-GROUP, 1, 2, 1], device=device)[local % GROUP]
+    step_back = torch.tensor([GROUP, 1, 2, 1], device=device)[local % GROUP]
     reference_local = local - step_back
-    frames_in_video = torch.tensor([t for t, _, _ in layout.grids], device=device)[layout.video]
-    has_reference = cells & (reference_local < frames_in_video)
-    reference_frame = reference_local + first_frame[layout.video]
-    lookup = torch.full((int(layout.frame.max()) + GROUP + 1, int(layout.spatial.max()) + 1), -1, dtype=torch.long, device=device)
+    has_reference = cells & (reference_local >= 0)
+    reference_frame = (reference_local + first_frame[layout.video]).clamp_min(0)
+    lookup = torch.full((int(layout.frame.max()) + 1, int(layout.spatial.max()) + 1), -1, dtype=torch.long, device=device)
     lookup[layout.frame[cells], layout.spatial[cells]] = torch.nonzero(cells).squeeze(1)
-    reference = torch.where(
-        has_reference, lookup[reference_frame.clamp(0, lookup.shape[0] - 1), layout.spatial.clamp_min(0)], -1
-    )
+    reference = torch.where(has_reference, lookup[reference_frame, layout.spatial.clamp_min(0)], -1)
     return reference, cells & (local % GROUP == 0)

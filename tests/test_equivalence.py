@@ -1,0 +1,138 @@
+"""The engine's contract: identity at ratio 1, exact unpatch, batch = single, backend independence."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tokcompress
+from tokcompress import tiny
+
+from .conftest import COMPRESSING, generate, inputs_for, logits, model_for
+
+
+@pytest.mark.parametrize("method", ["none", *COMPRESSING])
+def test_ratio_one_and_none_are_bitwise_identity(family, clip, method):
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    reference_logits, reference_tokens = logits(model, inputs), generate(model, inputs)
+    with tokcompress.compress(model, method, ratio=1.0 if method != "none" else None) as handle:
+        assert torch.equal(logits(model, inputs), reference_logits)
+        assert torch.equal(generate(model, inputs), reference_tokens)
+        assert handle.stats.achieved_ratio == 1.0
+
+
+@pytest.mark.parametrize("method", COMPRESSING)
+def test_unpatch_restores_outputs_and_modules(family, clip, method):
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    reference = logits(model, inputs)
+    modules = list(model.modules())
+    forwards = [m.forward for m in modules]
+    hook_counts = [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in modules]
+    handle = tokcompress.patch(model, method, ratio=0.3)
+    compressed = logits(model, inputs)
+    assert compressed.shape == reference.shape  # the caller's sequence length is restored
+    assert not torch.equal(compressed, reference)
+    handle.unpatch()
+    assert torch.equal(logits(model, inputs), reference)
+    assert [m.forward for m in modules] == forwards
+    assert [(len(m._forward_pre_hooks), len(m._forward_hooks)) for m in modules] == hook_counts
+    assert not hasattr(model, "_tokcompress_handle")
+
+
+@pytest.mark.parametrize("method", COMPRESSING)
+def test_batch_equals_single(family, clip, other_clip, method):
+    model = model_for(family)
+    short = other_clip[:4] if family == "qwen2_5_vl" else other_clip  # Qwen: videos of different lengths
+    questions = ["What is moving in this video?", "Who?"]  # prompts of different lengths: left padding
+    batch = inputs_for(family, [clip, short], questions)
+    with tokcompress.compress(model, method, ratio=0.3) as handle:
+        together = generate(model, batch, max_new_tokens=5)
+        batch_kept = [s.kept_positions for s in handle.stats.samples]
+        width = batch["input_ids"].shape[1]
+        for b, (frames, question) in enumerate(zip([clip, short], questions)):
+            alone = inputs_for(family, frames, question)
+            assert torch.equal(generate(model, alone, max_new_tokens=5)[0], together[b])
+            offset = width - alone["input_ids"].shape[1]  # left padding shifts positions
+            assert [p - offset for p in batch_kept[b]] == handle.stats.samples[0].kept_positions
+
+
+@pytest.mark.parametrize("method", COMPRESSING)
+def test_sdpa_and_eager_keep_the_same_tokens(family, clip, method):
+    inputs = inputs_for(family, clip, "What is moving?")
+    kept = {}
+    for implementation in ("sdpa", "eager"):
+        model = model_for(family, implementation)
+        with tokcompress.compress(model, method, ratio=0.3) as handle:
+            generate(model, inputs, max_new_tokens=2)
+            kept[implementation] = handle.stats.samples[0].kept_positions
+    assert kept["sdpa"] == kept["eager"]
+
+
+@pytest.mark.parametrize("method", COMPRESSING)
+@pytest.mark.parametrize("ratio", [0.1, 0.3, 0.55, 0.9])
+def test_achieved_ratio_within_one_token(family, clip, method, ratio):
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    with tokcompress.compress(model, method, ratio=ratio) as handle:
+        logits(model, inputs)
+        (sample,) = handle.stats.samples
+        assert abs(sample.achieved_ratio - ratio) * sample.visual_in <= 1.0
+        assert len(sample.kept_positions) == sample.visual_out
+
+
+@pytest.mark.parametrize("method", ["uniform", "dycoke"])
+def test_pre_llm_methods_match_the_ideal_model_fed_only_kept_tokens(family, clip, method):
+    """Feeding the LLM only the kept tokens at their original positions gives the same logits at every step."""
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    knobs = {"decode_keep": 1.0} if method == "dycoke" else {}
+    with tokcompress.compress(model, method, ratio=0.3, **knobs) as handle, torch.no_grad():
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
+        kept = handle.stats.samples[0].kept_positions
+    ids = inputs["input_ids"][0]
+    visual = (ids == tiny.VIDEO).nonzero().squeeze(1).tolist()
+    survivors = torch.tensor(sorted(set(range(len(ids))) - set(visual) | set(kept)))
+    with torch.no_grad():
+        embeds = model.model.get_input_embeddings()(inputs["input_ids"])
+        encoder_inputs = {k: v for k, v in inputs.items() if k in ("pixel_values_videos", "video_grid_thw")}
+        features = model.model.get_video_features(**encoder_inputs, return_dict=True).pooler_output
+        embeds[0, visual] = torch.cat(features) if isinstance(features, tuple) else features.flatten(0, 1)
+        step_embeds = embeds[:, survivors]
+        step_positions = _original_positions(model, inputs)[..., survivors]
+        past = None
+        for step_logits in out.logits:
+            lm = model.model.language_model(
+                inputs_embeds=step_embeds, position_ids=step_positions, past_key_values=past, use_cache=True
+            )
+            past = lm.past_key_values
+            ideal = model.lm_head(lm.last_hidden_state[:, -1])
+            torch.testing.assert_close(step_logits, ideal, rtol=1e-4, atol=1e-5)
+            step_embeds = model.model.get_input_embeddings()(ideal.argmax(-1))[:, None]
+            step_positions = step_positions[..., -1:] + 1
+
+
+def _original_positions(model, inputs):
+    if "video_grid_thw" not in inputs:
+        return torch.arange(inputs["input_ids"].shape[1])[None]
+    positions, _ = model.model.get_rope_index(
+        inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], video_grid_thw=inputs["video_grid_thw"]
+    )
+    return positions
+
+
+@pytest.mark.parametrize("method", COMPRESSING)
+def test_manual_decode_loop_matches_generate(family, clip, method):
+    """A hand-written cache loop (no position ids, no mask) continues from the original positions too."""
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    inputs.pop("attention_mask")
+    with tokcompress.compress(model, method, ratio=0.3), torch.no_grad():
+        expected = generate(model, inputs, max_new_tokens=4)[0].tolist()
+        out = model(**inputs, use_cache=True)
+        tokens = [int(out.logits[0, -1].argmax())]
+        for _ in range(3):
+            out = model(input_ids=torch.tensor([tokens[-1:]]), past_key_values=out.past_key_values, use_cache=True)
+            tokens.append(int(out.logits[0, -1].argmax()))
+    assert tokens == expected
