@@ -142,8 +142,7 @@ class Engine:
         if cache is not None and cache.get_seq_length() > 0:
             if self.state is not None and self._continues(self.state, cache):
                 return self._start_decode_step(args, kwargs)
-            self.state = None
-            self.last_stats = CompressionStats.empty(self.method, note="continued a cache the engine did not fill")
+            self.state = None  # continuing a cache this engine did not fill: leave it alone
             return None
         return self._start_prefill(args, kwargs)
 

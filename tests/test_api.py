@@ -1,0 +1,157 @@
+"""Public API: registry, knobs, the handle, and bad input failing early with nothing left patched."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+from transformers import Qwen2Config, Qwen2ForCausalLM
+
+import tokcompress
+from tokcompress.methods import METHODS, FastV, FrameFusion, Method, TokenReduction
+
+from .conftest import generate, inputs_for, logits, model_for
+
+
+def hook_count(model) -> int:
+    return sum(len(m._forward_pre_hooks) + len(m._forward_hooks) for m in model.modules())
+
+
+def test_registries_list_methods_and_models():
+    assert set(tokcompress.list_methods()) >= {"none", "random", "uniform", "fastv", "framefusion", "dycoke"}
+    assert set(tokcompress.list_models()) >= {"llava_onevision", "qwen2_5_vl"}
+
+
+def test_patch_handle_stats_ratio_setter_and_unpatch(clip):
+    model = model_for("llava_onevision")
+    inputs = inputs_for("llava_onevision", clip, "What is moving?")
+    handle = tokcompress.patch(model, method="framefusion", ratio=0.3)
+    try:
+        generate(model, inputs, max_new_tokens=2)
+        first = handle.stats
+        assert first.method == "framefusion" and abs(first.achieved_ratio - 0.3) * first.visual_in <= 1
+        assert first.compression_seconds > 0 and "framefusion" in str(first)
+        handle.ratio = 0.5
+        generate(model, inputs, max_new_tokens=2)
+        assert abs(handle.stats.achieved_ratio - 0.5) * handle.stats.visual_in <= 1
+        with pytest.raises(ValueError, match=r"\(0, 1\]"):
+            handle.ratio = 0
+        assert handle.ratio == 0.5
+    finally:
+        assert tokcompress.unpatch(model)
+    assert not tokcompress.unpatch(model)
+    handle.unpatch()  # idempotent
+
+
+def test_method_instances_and_knobs_reach_the_method():
+    model = model_for("llava_onevision")
+    before = hook_count(model)
+    with tokcompress.compress(model, method=FrameFusion(ratio=0.3, similarity_threshold=0.8)) as handle:
+        assert handle.method == FrameFusion(ratio=0.3, similarity_threshold=0.8)
+    with tokcompress.compress(model, method="fastv", ratio=0.5, layer=1, num_queries=2) as handle:
+        assert handle.method == FastV(ratio=0.5, layer=1, num_queries=2)
+    assert hook_count(model) == before
+
+
+def test_compress_context_manager_unpatches_on_error(clip):
+    model = model_for("qwen2_5_vl")
+    before = hook_count(model)
+    with pytest.raises(RuntimeError, match="boom"), tokcompress.compress(model, "uniform", ratio=0.3):
+        assert hook_count(model) > before
+        raise RuntimeError("boom")
+    assert hook_count(model) == before
+
+
+def test_patching_twice_replaces_instead_of_stacking(clip):
+    model = model_for("llava_onevision")
+    inputs = inputs_for("llava_onevision", clip, "What is moving?")
+    first = tokcompress.patch(model, "random", ratio=0.3)
+    hooks = hook_count(model)
+    second = tokcompress.patch(model, "uniform", ratio=0.5)
+    assert hook_count(model) == hooks and not first.patched and second.patched
+    logits(model, inputs)
+    assert second.stats.method == "uniform" and first.stats.method == "random"
+    second.unpatch()
+
+
+def test_register_method_makes_a_custom_method_available(clip):
+    @dataclass
+    class KeepFirst(Method):
+        name = "keep_first_test"
+        stages = ("pre_llm",)
+
+        def reduce_pre_llm(self, features, layout, budget):
+            return TokenReduction.prune(torch.arange(round(self.ratio * layout.num_tokens)))
+
+    tokcompress.register_method(KeepFirst)
+    try:
+        with pytest.raises(ValueError, match="already registered"):
+            tokcompress.register_method(KeepFirst, name="fastv")
+        model = model_for("qwen2_5_vl")
+        with tokcompress.compress(model, "keep_first_test", ratio=0.25) as handle:
+            logits(model, inputs_for("qwen2_5_vl", clip, "Q?"))
+            kept = handle.stats.samples[0].kept_positions
+        first_visual = int((inputs_for("qwen2_5_vl", clip, "Q?")["input_ids"][0] == 258).nonzero()[0])
+        assert kept == list(range(first_visual, first_visual + 16))
+    finally:
+        METHODS.pop("keep_first_test")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"method": "fastvv"}, ValueError, "known methods: dycoke, fastv, framefusion"),
+        ({"method": "fastv", "ratio": 0}, ValueError, r"\(0, 1\]"),
+        ({"method": "fastv", "ratio": 1.5}, ValueError, r"\(0, 1\]"),
+        ({"method": "fastv", "ratio": -0.2}, ValueError, r"\(0, 1\]"),
+        ({"method": "fastv", "ratio": math.nan}, ValueError, r"\(0, 1\]"),
+        ({"method": "fastv", "ratio": "0.3"}, TypeError, "must be a number"),
+        ({"method": "fastv", "ratio": True}, TypeError, "must be a number"),
+        ({"method": "fastv", "ratio": 0.3, "layr": 2}, TypeError, "no knob 'layr'; its knobs: layer, num_queries"),
+        ({"method": "fastv", "ratio": 0.3, "layer": 9}, ValueError, "has 4 layers"),
+        ({"method": "fastv", "ratio": 0.1, "layer": 2}, ValueError, "ratio must be at least 0.500"),
+        ({"method": "dycoke", "decode_layer": 4}, ValueError, "has 4 layers"),
+        ({"method": "framefusion", "similarity_threshold": 2.0}, ValueError, r"\[-1, 1\]"),
+        ({"method": FastV(ratio=0.3), "layer": 1}, TypeError, "set them on the instance"),
+        ({"method": 3}, TypeError, "Method class or instance"),
+    ],
+)
+def test_bad_input_fails_early_and_leaves_the_model_untouched(kwargs, error, message):
+    model = model_for("llava_onevision")
+    before = hook_count(model)
+    with pytest.raises(error, match=message):
+        tokcompress.patch(model, **kwargs)
+    assert hook_count(model) == before and not hasattr(model, "_tokcompress_handle")
+
+
+def test_unsupported_model_lists_the_supported_families():
+    config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64)
+    model = Qwen2ForCausalLM(config)
+    before = hook_count(model)
+    with pytest.raises(ValueError, match="model_type 'qwen2'.*supported families: llava_onevision, qwen2_5_vl"):
+        tokcompress.patch(model, "fastv", ratio=0.3)
+    assert hook_count(model) == before
+
+
+def test_refused_repatch_keeps_the_old_patch():
+    model = model_for("llava_onevision")
+    handle = tokcompress.patch(model, "random", ratio=0.3)
+    with pytest.raises(ValueError):
+        tokcompress.patch(model, "nope")
+    assert handle.patched
+    handle.unpatch()
+
+
+def test_text_only_prompt_passes_through_untouched(family):
+    model = model_for(family)
+    ids = torch.tensor([list(b"A question with no video at all?")])
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if family == "qwen2_5_vl":
+        inputs["mm_token_type_ids"] = torch.zeros_like(ids)
+    reference_logits, reference_tokens = logits(model, inputs), generate(model, inputs)
+    with tokcompress.compress(model, "framefusion", ratio=0.2) as handle:
+        assert torch.equal(logits(model, inputs), reference_logits)
+        assert torch.equal(generate(model, inputs), reference_tokens)
+        assert "no visual tokens" in handle.stats.note

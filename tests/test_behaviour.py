@@ -1,0 +1,125 @@
+"""Each method keeps what its algorithm says it keeps, on cases built to show it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tokcompress
+from tokcompress import tiny
+from tokcompress.layout import VisualLayout
+from tokcompress.methods import DyCoke, FastV, LayerBudget, RandomPrune, UniformSample
+from tokcompress.methods.base import DecodeSample, LayerSample
+
+from .conftest import generate, inputs_for, logits, model_for
+
+
+def visual_positions(inputs) -> torch.Tensor:
+    return (inputs["input_ids"][0] == tiny.VIDEO).nonzero().squeeze(1)
+
+
+@pytest.mark.parametrize("method", ["framefusion", "dycoke"])
+def test_a_clip_of_one_repeated_frame_keeps_one_frame(family, clip, method):
+    """Eight copies of one frame at a one-frame budget: the survivors are the first frame's cells, each once."""
+    model = model_for(family)
+    repeated = clip[:1].expand(8, -1, -1, -1).contiguous()
+    inputs = inputs_for(family, repeated, "What is in the picture?")
+    visual = visual_positions(inputs)
+    frame = 9 if family == "llava_onevision" else 16  # tokens per frame (Qwen: per 2-frame temporal patch)
+    separators = 1 if family == "llava_onevision" else 0
+    with tokcompress.compress(model, method, ratio=(frame + separators) / len(visual)) as handle:
+        generate(model, inputs, max_new_tokens=2)
+        kept = handle.stats.samples[0].kept_positions
+    expected = visual[:frame].tolist() + (visual[-1:].tolist() if separators else [])
+    assert kept == expected
+
+
+def test_framefusion_merges_far_less_on_a_moving_clip_than_on_a_static_one(clip):
+    """At a generous budget, merging is content-adaptive: it stops early when frames differ."""
+    model = model_for("llava_onevision")
+    static = clip[:1].expand(8, -1, -1, -1).contiguous()
+    first_layer = {}
+    for name, frames in (("static", static), ("moving", clip)):
+        inputs = inputs_for("llava_onevision", frames, "What?")
+        with tokcompress.compress(model, "framefusion", ratio=0.6, similarity_threshold=0.95) as handle:
+            logits(model, inputs)
+            first_layer[name] = handle.stats.samples[0].visual_per_layer[0]
+    assert first_layer["static"] < first_layer["moving"]
+
+
+def test_fastv_keeps_what_the_last_query_attends_to_most(family, clip):
+    """The kept set equals the top of layer k's own attention row of the last token (eager, unpatched)."""
+    model = model_for(family, "eager")
+    inputs = inputs_for(family, clip, "What is moving?")
+    visual = visual_positions(inputs)
+    with torch.no_grad():
+        attentions = model(**inputs, output_attentions=True).attentions
+    with tokcompress.compress(model, "fastv", ratio=0.5, layer=1) as handle:
+        logits(model, inputs)
+        kept = handle.stats.samples[0].kept_positions
+    row = attentions[1][0, :, -1, visual].mean(dim=0)
+    expected = visual[torch.topk(row, len(kept)).indices].sort().values
+    assert kept == expected.tolist()
+
+
+def test_fastv_selects_the_peaks_of_the_attention_row():
+    layout = VisualLayout.from_videos([0], [(2, 2, 3)])
+    scores = torch.full((12,), 0.01)
+    scores[[3, 7, 10]] = torch.tensor([0.5, 0.3, 0.2])
+    # layers 0-1 saw all 12 tokens, so layers 2-3 keep (0.625 · 12 · 4 − 24) / 2 = 3
+    sample = LayerSample(2, torch.zeros(12, 4), layout, LayerBudget(0.625, 12, 4, 2, 24), {}, lambda q: scores)
+    reduction = FastV(ratio=0.625, layer=2).reduce_in_llm(sample)
+    assert reduction.keep.tolist() == [3, 7, 10]
+
+
+def test_random_is_seeded_and_uniform_spreads_over_frames_and_cells():
+    layout = VisualLayout.from_videos([0], [(4, 3, 3)], separators_per_video=1)
+    budget = LayerBudget(1.0, layout.num_tokens, 4)
+    features = torch.zeros(layout.num_tokens, 8)
+    draw = lambda seed: RandomPrune(ratio=0.5, seed=seed).reduce_pre_llm(features, layout, budget).keep.tolist()  # noqa: E731
+    assert draw(0) == draw(0) and draw(0) != draw(1)
+    assert layout.num_tokens - 1 in draw(3)  # the separator survives
+    keep = UniformSample(ratio=0.5).reduce_pre_llm(features, layout, budget).keep
+    per_frame = torch.bincount(layout.frame[keep][layout.frame[keep] >= 0], minlength=4)
+    assert per_frame.max() - per_frame.min() <= 1
+    cells = [set(layout.spatial[keep][layout.frame[keep] == f].tolist()) for f in range(4)]
+    assert cells[0] != cells[1] and len(set().union(*cells)) >= 7
+
+
+def test_dycoke_keeps_the_novel_tokens_of_each_pruned_frame():
+    layout = VisualLayout.from_videos([0], [(4, 2, 2)])
+    features = torch.randn(1, 4, 16).expand(4, -1, -1).clone()  # four identical frames ...
+    features[1, 2] = torch.randn(16)  # ... except one cell in frame 1 and one in frame 3
+    features[3, 0] = torch.randn(16)
+    keep = DyCoke(ratio=7 / 16).reduce_pre_llm(features.reshape(16, 16), layout, LayerBudget(1.0, 16, 4)).keep
+    # anchor frame 0 whole; frames 1-3 keep one token each: the changed cells, and (a tie) frame 2's first
+    assert keep.tolist() == [0, 1, 2, 3, 4 + 2, 8 + 0, 12 + 0]
+
+
+def test_dycoke_reuses_its_selection_while_attention_is_stable_and_reselects_when_it_moves():
+    method = DyCoke(decode_keep=0.25)
+    memory: dict = {}
+    first = torch.tensor([0.1, 0.5, 0.1, 0.1, 0.05, 0.05, 0.05, 0.05])
+    selection = method.select_decode_kv(DecodeSample(first, memory))
+    assert selection.tolist() == [0, 1]
+    nudged = first.clone()
+    nudged[3] += 0.02  # cosine ≈ 1: reuse, even though token 3 now ties token 0
+    assert method.select_decode_kv(DecodeSample(nudged, memory)) is selection
+    moved = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.5, 0.5, 0.0, 0.0])
+    assert method.select_decode_kv(DecodeSample(moved, memory)).tolist() == [4, 5]
+
+
+def test_dycoke_decoding_reads_only_the_selected_visual_entries(family, clip):
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    with tokcompress.compress(model, "dycoke", ratio=0.5, decode_keep=0.25, decode_layer=1) as handle:
+        generate(model, inputs, max_new_tokens=3)
+        sample = handle.stats.samples[0]
+    selected = round(0.25 * sample.visual_out)
+    assert sample.decode_visual_read == [selected] * 2  # one selection per decoding step (the first token comes from prefill)
+    expected = (1 * sample.visual_out + 3 * selected) / 4 / sample.visual_out
+    assert sample.decode_read_ratio == pytest.approx(expected)
+    with tokcompress.compress(model, "dycoke", ratio=0.5, decode_keep=1.0) as handle:
+        full = generate(model, inputs, max_new_tokens=3)
+    with tokcompress.compress(model, "dycoke", ratio=0.5, decode_keep=0.25, decode_layer=1):
+        assert generate(model, inputs, max_new_tokens=3).shape == full.shape

@@ -1,0 +1,67 @@
+"""Ops against plain references written out in the test."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tokcompress.layout import VisualLayout
+from tokcompress.ops import NO_PARTNER, aligned_cosine, few_query_attention, weighted_merge
+
+TOLERANCE = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2), torch.float16: dict(atol=2e-3, rtol=2e-3)}
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE))
+def test_aligned_cosine_matches_pairwise_loop(dtype):
+    torch.manual_seed(0)
+    tokens = torch.randn(37, 96).to(dtype)
+    partner = torch.randint(-1, 37, (37,))
+    result = aligned_cosine(tokens, partner)
+    for i in range(37):
+        if partner[i] < 0:
+            assert result[i] == NO_PARTNER
+        else:
+            a, b = tokens[i].double(), tokens[partner[i]].double()
+            torch.testing.assert_close(result[i].double(), a @ b / (a.norm() * b.norm()), **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE))
+def test_weighted_merge_is_a_size_weighted_mean(dtype):
+    torch.manual_seed(0)
+    tokens = torch.randn(10, 8).to(dtype)
+    sizes = torch.tensor([1.0, 2, 1, 3, 1, 1, 4, 1, 1, 2])
+    merge_into = torch.tensor([0, 0, 1, 1, 1, -1, 2, 2, -1, 0])
+    merged, new_sizes = weighted_merge(tokens, sizes, merge_into, 3)
+    assert merged.dtype == dtype
+    for destination in range(3):
+        members = (merge_into == destination).nonzero().squeeze(1)
+        weights = sizes[members]
+        expected = (tokens[members].double() * weights[:, None]).sum(0) / weights.sum()
+        torch.testing.assert_close(merged[destination].double(), expected, **TOLERANCE[dtype])
+        assert new_sizes[destination] == weights.sum()
+
+
+@pytest.mark.parametrize("dtype", list(TOLERANCE))
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(4, 4, 64), (8, 2, 80), (14, 2, 128)])
+def test_few_query_attention_matches_full_softmax_rows(dtype, heads, kv_heads, head_dim):
+    torch.manual_seed(0)
+    length, rows = 53, 3
+    queries = torch.randn(heads, length, head_dim).to(dtype)
+    keys = torch.randn(kv_heads, length, head_dim).to(dtype)
+    causal = torch.ones(length, length).tril().bool()
+    expanded = keys.double().repeat_interleave(heads // kv_heads, dim=0)
+    full = (queries.double() @ expanded.transpose(-1, -2) / head_dim**0.5).masked_fill(~causal, float("-inf"))
+    expected = full.softmax(-1).mean(0)[-rows:]
+    result = few_query_attention(queries[:, -rows:], keys, causal[-rows:])
+    torch.testing.assert_close(result.double(), expected, **TOLERANCE[dtype])
+
+
+def test_temporal_predecessor_on_the_grid_and_after_removal():
+    layout = VisualLayout.from_videos([5, 40], [(3, 2, 2), (2, 1, 2)], separators_per_video=1)
+    predecessor = layout.temporal_predecessor()
+    # video 0: 12 cells + newline at 12; video 1: 4 cells (13..16) + newline at 17
+    assert predecessor[:12].tolist() == [-1] * 4 + list(range(0, 8))
+    assert predecessor[12] == -1 and predecessor[17] == -1
+    assert predecessor[13:17].tolist() == [-1, -1, 13, 14]  # never across videos
+    survivors = layout.select(torch.tensor([0, 1, 2, 3, 5, 8, 9]))  # frame 1 lost cells 0, 2, 3
+    assert survivors.temporal_predecessor().tolist() == [-1, -1, -1, -1, 1, 0, 4]
