@@ -21,8 +21,6 @@ from .video import llava_onevision_pixels, qwen_vl_pixels
 PAD, IMAGE, VIDEO, VISION_START, VISION_END = 256, 257, 258, 259, 260
 VOCAB = 264
 _TEXT = dict(
-    hidden_size=64,
-    intermediate_size=128,
     num_attention_heads=4,
     num_key_value_heads=2,
     vocab_size=VOCAB,
@@ -33,10 +31,15 @@ _TEXT = dict(
 )
 
 
-def tiny_llava_onevision(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, image_size: int = 84):
+def tiny_llava_onevision(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, image_size: int = 84, hidden_size: int = 64
+):
     """LLaVA-OneVision with a 2-layer SigLIP (patch 14) and a Qwen2 LLM; image_size 84 gives 3×3 tokens per frame."""
     config = LlavaOnevisionConfig(
-        text_config=dict(model_type="qwen2", num_hidden_layers=num_layers, **_TEXT),
+        text_config=dict(
+            model_type="qwen2", num_hidden_layers=num_layers, hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size, **_TEXT,
+        ),
         vision_config=dict(
             model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
             num_attention_heads=2, image_size=image_size, patch_size=14,
@@ -47,16 +50,18 @@ def tiny_llava_onevision(num_layers: int = 4, attn_implementation: str = "sdpa",
     return _build(LlavaOnevisionForConditionalGeneration, config, attn_implementation, seed)
 
 
-def tiny_qwen2_5_vl(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0):
-    """Qwen2.5-VL with a 2-block vision tower (patch 14, temporal patch 2, merge 2) and M-RoPE sections (2, 3, 3)."""
+def tiny_qwen2_5_vl(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """Qwen2.5-VL with a 2-block vision tower (patch 14, temporal patch 2, merge 2); M-RoPE sections fit head_dim 16."""
     config = Qwen2_5_VLConfig(
         text_config=dict(
             num_hidden_layers=num_layers,
+            hidden_size=hidden_size,
+            intermediate_size=2 * hidden_size,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
             **_TEXT,
         ),
         vision_config=dict(
-            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=_TEXT["hidden_size"],
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size,
             patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=56, fullatt_block_indexes=[1],
         ),
         image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,

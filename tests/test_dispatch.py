@@ -1,0 +1,40 @@
+"""accelerate-dispatched models and half precision."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from accelerate import dispatch_model
+
+import tokcompress
+
+from .conftest import COMPRESSING, build, generate, inputs_for
+
+
+@pytest.mark.parametrize("method", COMPRESSING)
+def test_accelerate_dispatched_model_compresses_like_the_plain_one(family, clip, method):
+    plain = build(family)
+    dispatched = dispatch_model(build(family), device_map={"": "cpu"}, force_hooks=True)
+    assert hasattr(dispatched.model.language_model, "_hf_hook")
+    inputs = inputs_for(family, clip, "What is moving?")
+    results = []
+    for model in (plain, dispatched):
+        with tokcompress.compress(model, method, ratio=0.3) as handle:
+            results.append((generate(model, inputs), handle.stats.samples[0].kept_positions))
+    assert torch.equal(results[0][0], results[1][0]) and results[0][1] == results[1][1]
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("method", COMPRESSING)
+def test_half_precision(family, clip, method, dtype):
+    model = build(family).to(dtype)
+    inputs = inputs_for(family, clip, "What is moving?")
+    inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+    reference = generate(model, inputs)
+    with tokcompress.compress(model, method, ratio=1.0):
+        assert torch.equal(generate(model, inputs), reference)
+    with tokcompress.compress(model, method, ratio=0.3) as handle, torch.inference_mode():
+        out = model(**inputs)
+        sample = handle.stats.samples[0]
+    assert torch.isfinite(out.logits).all()
+    assert abs(sample.achieved_ratio - 0.3) * sample.visual_in <= 1.0
