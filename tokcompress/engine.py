@@ -215,7 +215,7 @@ class Engine:
         device = embeds.device
         origin = torch.arange(length, device=device).expand(batch, length)
         attention = mask.long() if mask is not None else torch.ones(batch, length, dtype=torch.long, device=device)
-        stats = CompressionStats.begin(self.method, layouts, self.spec.num_layers)
+        stats = CompressionStats.begin(self.method, layouts)
         group = TokenGroup(
             start_layer=0,
             origin=origin,
@@ -246,7 +246,7 @@ class Engine:
             else None
             for b, layout in enumerate(layouts)
         ]
-        new_group, slot_index = self._apply(group, reductions, embeds, start_layer=0)
+        new_group, slot_index = self._apply(group, reductions, start_layer=0)
         embeds = _gather_slots(self._write_merged(embeds, group, reductions), slot_index, fill=0.0)
         kwargs["position_ids"] = _gather_slots(positions, slot_index, fill=0)
         kwargs["inputs_embeds"] = embeds
@@ -270,7 +270,7 @@ class Engine:
         if all(r is None for r in reductions):
             state.stats.compression_seconds += _clock(hidden.device) - started
             return None
-        new_group, slot_index = self._apply(group, reductions, hidden, start_layer=layer_index)
+        new_group, slot_index = self._apply(group, reductions, start_layer=layer_index)
         hidden = _gather_slots(self._write_merged(hidden, group, reductions), slot_index, fill=0.0)
         cos, sin = group.position_embeddings or kwargs["position_embeddings"]
         new_group.position_embeddings = (_gather_slots(cos, slot_index, 0.0), _gather_slots(sin, slot_index, 0.0))
@@ -313,7 +313,7 @@ class Engine:
         causal = torch.arange(group.width, device=hidden.device)[None, :] <= query_slots[:, None]
         return few_query_attention(queries, keys, valid[None, :] & causal).mean(dim=0)
 
-    def _apply(self, group: TokenGroup, reductions, hidden, start_layer: int):
+    def _apply(self, group: TokenGroup, reductions, start_layer: int):
         """Compact the group by the per-sample reductions; returns the new group and the slot index (B, W')."""
         device = group.origin.device
         rows, kept_visual, layouts, sizes = [], [], [], []

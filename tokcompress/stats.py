@@ -61,7 +61,7 @@ class CompressionStats:
         return CompressionStats(method.name, method.ratio, note=note, finished=True)
 
     @staticmethod
-    def begin(method: Method, layouts: list[VisualLayout], num_layers: int) -> CompressionStats:
+    def begin(method: Method, layouts: list[VisualLayout]) -> CompressionStats:
         samples = [SampleStats(layout.num_tokens, []) for layout in layouts]
         return CompressionStats(method.name, method.ratio, samples)
 

@@ -27,8 +27,7 @@ class Adapter:
         self.multimodal_model = model.model if hasattr(model, "lm_head") else model
         self.language_model = self.multimodal_model.language_model
         self.layers = self.language_model.layers
-        text_config = self.language_model.config
-        self.spec = ModelSpec(self.model_type, len(self.layers), text_config.hidden_size)
+        self.spec = ModelSpec(self.model_type, len(self.layers))
 
     @property
     def config(self):
@@ -36,6 +35,15 @@ class Adapter:
 
     def visual_layouts(self, call_kwargs: dict[str, Any]) -> list[VisualLayout] | None:
         """Per sample, the layout of the video tokens of this call; None when input_ids are not given."""
+        input_ids = call_kwargs.get("input_ids")
+        if input_ids is None:
+            return None
+        if not carries_video(call_kwargs):
+            return [VisualLayout.from_videos([], [], device=input_ids.device) for _ in input_ids]
+        return self.video_layouts(input_ids, call_kwargs)
+
+    def video_layouts(self, input_ids: torch.Tensor, call_kwargs: dict[str, Any]) -> list[VisualLayout]:
+        """Per sample, the layout of the video tokens, for a call that carries video features."""
         raise NotImplementedError
 
     def project_queries(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from ..layout import VisualLayout
-from .base import Adapter, carries_video, token_runs
+from .base import Adapter, token_runs
 
 
 class LlavaOnevisionAdapter(Adapter):
@@ -16,12 +16,7 @@ class LlavaOnevisionAdapter(Adapter):
         side = math.ceil(self.config.vision_config.image_size // self.config.vision_config.patch_size / 2)
         return side, side
 
-    def visual_layouts(self, call_kwargs):
-        input_ids = call_kwargs.get("input_ids")
-        if input_ids is None:
-            return None
-        if not carries_video(call_kwargs):
-            return [VisualLayout.from_videos([], [], device=input_ids.device) for _ in input_ids]
+    def video_layouts(self, input_ids, call_kwargs):
         height, width = self.frame_grid()
         per_frame = height * width
         videos = call_kwargs.get("pixel_values_videos")

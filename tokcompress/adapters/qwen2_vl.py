@@ -6,18 +6,13 @@ from __future__ import annotations
 import torch
 
 from ..layout import VisualLayout
-from .base import Adapter, carries_video, token_runs
+from .base import Adapter, token_runs
 
 
 class Qwen2VLAdapter(Adapter):
     model_type = "qwen2_vl"
 
-    def visual_layouts(self, call_kwargs):
-        input_ids = call_kwargs.get("input_ids")
-        if input_ids is None:
-            return None
-        if not carries_video(call_kwargs):
-            return [VisualLayout.from_videos([], [], device=input_ids.device) for _ in input_ids]
+    def video_layouts(self, input_ids, call_kwargs):
         grid_thw = call_kwargs.get("video_grid_thw")
         merge = self.config.vision_config.spatial_merge_size
         grids = iter([(t, h // merge, w // merge) for t, h, w in grid_thw.tolist()] if grid_thw is not None else [])

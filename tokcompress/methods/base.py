@@ -34,7 +34,6 @@ class ModelSpec:
 
     model_type: str
     num_layers: int
-    hidden_size: int
 
 
 @dataclass(frozen=True)
