@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .dispatch import kernel_for
+
 
 def few_query_attention(
     queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor | None = None
@@ -15,6 +17,13 @@ def few_query_attention(
     Returns (Q, K) fp32 probabilities (each row sums to 1 over the allowed keys). Costs O(Hq·Q·K·d),
     the rows FastV / FrameFusion / DyCoke need, beside whatever attention kernel the model runs.
     """
+    kernel = kernel_for("few_query_attention", queries, keys.shape[1])
+    return kernel(queries, keys, key_mask) if kernel else few_query_attention_reference(queries, keys, key_mask)
+
+
+def few_query_attention_reference(
+    queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     num_heads, num_queries, head_dim = queries.shape
     num_kv_heads = keys.shape[0]
     grouped = queries.float().reshape(num_kv_heads, num_heads // num_kv_heads * num_queries, head_dim)

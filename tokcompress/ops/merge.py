@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .dispatch import kernel_for
+
 
 def weighted_merge(
     tokens: torch.Tensor, sizes: torch.Tensor, merge_into: torch.Tensor, num_destinations: int
@@ -14,6 +16,15 @@ def weighted_merge(
     Returns the (M, D) merged tokens in the input dtype and their (M,) sizes, M = num_destinations.
     Accumulates in fp32 so that bf16/fp16 merges of many tokens stay accurate.
     """
+    kernel = kernel_for("weighted_merge", tokens, tokens.shape[0])
+    if kernel:
+        return kernel(tokens, sizes, merge_into, num_destinations)
+    return weighted_merge_reference(tokens, sizes, merge_into, num_destinations)
+
+
+def weighted_merge_reference(
+    tokens: torch.Tensor, sizes: torch.Tensor, merge_into: torch.Tensor, num_destinations: int
+) -> tuple[torch.Tensor, torch.Tensor]:
     used = merge_into >= 0
     destination = merge_into[used]
     weight = sizes[used].float()

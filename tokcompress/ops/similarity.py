@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import torch
 
+from .dispatch import kernel_for
+
 NO_PARTNER = -2.0
 """Similarity reported for tokens without a partner; below any real cosine."""
 
@@ -14,6 +16,11 @@ def aligned_cosine(tokens: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
     tokens: (N, D); partner: (N,) long. Used with `VisualLayout.temporal_predecessor()` (FrameFusion) or
     with fixed frame pairings (DyCoke).
     """
+    kernel = kernel_for("aligned_cosine", tokens, tokens.shape[0])
+    return kernel(tokens, partner) if kernel else aligned_cosine_reference(tokens, partner)
+
+
+def aligned_cosine_reference(tokens: torch.Tensor, partner: torch.Tensor) -> torch.Tensor:
     has_partner = partner >= 0
     a = tokens.float()
     b = a[partner.clamp_min(0)]

@@ -1,0 +1,78 @@
+"""Every Triton kernel against its torch reference (under TRITON_INTERPRET=1 on the CPU, real on a GPU)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tokcompress import ops
+from tokcompress.ops import attention, merge, similarity
+
+pytest.importorskip("triton")
+from tokcompress.kernels import attention as attention_kernel  # noqa: E402
+from tokcompress.kernels import merge as merge_kernel  # noqa: E402
+from tokcompress.kernels import similarity as similarity_kernel  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+TOLERANCE = {
+    torch.float32: dict(atol=1e-5, rtol=1e-5),
+    torch.bfloat16: dict(atol=1e-2, rtol=1e-2),
+    torch.float16: dict(atol=2e-3, rtol=2e-3),
+}
+DTYPES = list(TOLERANCE)
+
+
+def random(*shape, dtype=torch.float32, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=generator).to(DEVICE, dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("n", "d"), [(0, 64), (1, 64), (37, 96), (50, 896), (19, 3584)])
+def test_aligned_cosine_kernel(dtype, n, d):
+    tokens = random(n, d, dtype=dtype)
+    partner = torch.randint(-1, max(n, 1), (n,), generator=torch.Generator().manual_seed(1)).to(DEVICE)
+    expected = similarity.aligned_cosine_reference(tokens, partner)
+    torch.testing.assert_close(similarity_kernel.aligned_cosine(tokens, partner), expected, **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("n", "d", "destinations"), [(0, 64, 3), (1, 64, 1), (41, 96, 7), (30, 896, 11)])
+def test_weighted_merge_kernel(dtype, n, d, destinations):
+    tokens = random(n, d, dtype=dtype)
+    sizes = torch.randint(1, 5, (n,), generator=torch.Generator().manual_seed(2)).float().to(DEVICE)
+    merge_into = torch.randint(-1, destinations, (n,), generator=torch.Generator().manual_seed(3)).to(DEVICE)
+    merged, new_sizes = merge_kernel.weighted_merge(tokens, sizes, merge_into, destinations)
+    expected, expected_sizes = merge.weighted_merge_reference(tokens, sizes, merge_into, destinations)
+    torch.testing.assert_close(merged, expected, **TOLERANCE[dtype])
+    torch.testing.assert_close(new_sizes, expected_sizes)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("heads", "kv_heads", "head_dim"), [(4, 4, 64), (6, 2, 80), (4, 1, 128)])
+@pytest.mark.parametrize(("rows", "keys", "masked"), [(1, 1, False), (1, 70, False), (3, 45, True)])
+def test_few_query_attention_kernel(dtype, heads, kv_heads, head_dim, rows, keys, masked):
+    queries = random(heads, rows, head_dim, dtype=dtype)
+    key_states = random(kv_heads, keys, head_dim, dtype=dtype, seed=1)
+    key_mask = None
+    if masked:
+        key_mask = torch.ones(rows, keys, dtype=torch.bool, device=DEVICE).tril(diagonal=keys - rows)
+        key_mask[:, :5] = False
+    expected = attention.few_query_attention_reference(queries, key_states, key_mask)
+    torch.testing.assert_close(attention_kernel.few_query_attention(queries, key_states, key_mask), expected, **TOLERANCE[dtype])
+
+
+def test_dispatch_sends_cuda_tensors_to_kernels_unless_forced_to_the_reference(monkeypatch):
+    from tokcompress.ops import dispatch
+
+    cpu = torch.randn(4, 8)
+    assert dispatch.kernel_for("aligned_cosine", cpu, 4) is None  # CPU tensors: always the reference
+    fake_cuda = type("FakeCuda", (), {"is_cuda": True})()
+    assert dispatch.kernel_for("aligned_cosine", fake_cuda, 4) is similarity_kernel.aligned_cosine
+    assert dispatch.kernel_for("few_query_attention", fake_cuda, 4) is attention_kernel.few_query_attention
+    monkeypatch.setitem(dispatch.MIN_KERNEL_SIZE, "weighted_merge", 100)
+    assert dispatch.kernel_for("weighted_merge", fake_cuda, 99) is None  # below the measured crossover
+    assert dispatch.kernel_for("weighted_merge", fake_cuda, 100) is merge_kernel.weighted_merge
+    monkeypatch.setenv(dispatch.FORCE_REFERENCE, "1")
+    assert dispatch.kernel_for("aligned_cosine", fake_cuda, 4) is None
+    torch.testing.assert_close(ops.aligned_cosine(cpu, torch.tensor([-1, 0, 1, 2]))[1:], torch.nn.functional.cosine_similarity(cpu[1:], cpu[:3]))
