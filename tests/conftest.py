@@ -15,7 +15,7 @@ from tokcompress import tiny
 from tokcompress.video import read_frames, sample_clip
 
 FAMILIES = ("llava_onevision", "qwen2_5_vl")
-COMPRESSING = ("random", "uniform", "fastv", "framefusion", "dycoke")
+COMPRESSING = ("random", "uniform", "tome", "fastv", "framefusion", "dycoke")
 
 
 @pytest.fixture(scope="session")

@@ -123,3 +123,18 @@ def test_dycoke_decoding_reads_only_the_selected_visual_entries(family, clip):
         full = generate(model, inputs, max_new_tokens=3)
     with tokcompress.compress(model, "dycoke", ratio=0.5, decode_keep=0.25, decode_layer=1):
         assert generate(model, inputs, max_new_tokens=3).shape == full.shape
+
+
+def test_tome_merges_identical_neighbours_first_and_keeps_distinct_tokens():
+    layout = VisualLayout.from_videos([0], [(4, 2, 2)])
+    features = torch.randn(4, 4, 16, generator=torch.Generator().manual_seed(0))
+    features[1] = features[0]  # frame 1 repeats frame 0: its cells should merge into frame 0's
+    from tokcompress.methods import ToMe
+
+    reduction = ToMe(ratio=12 / 16).reduce_pre_llm(features.reshape(16, 16), layout, LayerBudget(1.0, 16, 4))
+    assert reduction.keep.numel() == 12
+    merged_away = sorted(set(range(16)) - set(reduction.keep.tolist()))
+    assert all(i < 8 for i in merged_away)  # the four merges happened inside the repeated pair of frames
+    assert all(reduction.merge_into[i] >= 0 for i in merged_away)  # folded, not dropped
+    tiny_budget = ToMe(ratio=1 / 16).reduce_pre_llm(features.reshape(16, 16), layout, LayerBudget(1.0, 16, 4))
+    assert tiny_budget.keep.numel() == 1 and bool((tiny_budget.merge_into == 0).all())  # one token stands for all

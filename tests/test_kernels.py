@@ -6,10 +6,11 @@ import pytest
 import torch
 
 from tokcompress import ops
-from tokcompress.ops import attention, merge, similarity
+from tokcompress.ops import attention, matching, merge, similarity
 
 pytest.importorskip("triton")
 from tokcompress.kernels import attention as attention_kernel  # noqa: E402
+from tokcompress.kernels import matching as matching_kernel  # noqa: E402
 from tokcompress.kernels import merge as merge_kernel  # noqa: E402
 from tokcompress.kernels import similarity as similarity_kernel  # noqa: E402
 
@@ -60,6 +61,26 @@ def test_few_query_attention_kernel(dtype, heads, kv_heads, head_dim, rows, keys
         key_mask[:, :5] = False
     expected = attention.few_query_attention_reference(queries, key_states, key_mask)
     torch.testing.assert_close(attention_kernel.few_query_attention(queries, key_states, key_mask), expected, **TOLERANCE[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("na", "nb", "d"), [(1, 1, 64), (37, 41, 96), (20, 70, 896), (33, 17, 3584)])
+def test_bipartite_match_kernel(dtype, na, nb, d):
+    a = random(3, na, d, dtype=dtype)
+    b = random(3, nb, d, dtype=dtype, seed=1)
+    b[1, nb // 2] = a[1, 0]  # an exact match must be found
+    a_lengths = torch.tensor([na, max(na - 5, 0), na], device=DEVICE)
+    b_lengths = torch.tensor([nb, nb, 0], device=DEVICE)  # ragged, and one row with no B at all
+    score, index = matching_kernel.bipartite_match(a, b, a_lengths, b_lengths)
+    expected_score, expected_index = matching.bipartite_match_reference(a, b, a_lengths, b_lengths)
+    torch.testing.assert_close(score, expected_score, **TOLERANCE[dtype])
+    if na > 5:
+        assert index[1, 0] == nb // 2
+    finite = torch.isfinite(expected_score)
+    assert torch.equal(index[~finite], expected_index[~finite])  # padded A rows and rows without B: -1
+    # near-ties may pick either B: the chosen one must score as the best one
+    chosen = torch.nn.functional.cosine_similarity(a[finite].float(), b[finite.nonzero()[:, 0], index[finite]].float(), dim=-1)
+    torch.testing.assert_close(chosen, expected_score[finite], **TOLERANCE[dtype])
 
 
 def test_dispatch_sends_cuda_tensors_to_kernels_unless_forced_to_the_reference(monkeypatch):

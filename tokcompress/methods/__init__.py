@@ -11,6 +11,7 @@ from .fastv import FastV
 from .framefusion import FrameFusion
 from .identity import NoCompression
 from .random_prune import RandomPrune
+from .tome import ToMe
 from .uniform import UniformSample
 
 METHODS: dict[str, type[Method]] = {}
@@ -33,7 +34,7 @@ def register_method(cls: type[Method] | None = None, *, name: str | None = None,
     return register(cls) if cls is not None else register
 
 
-for _method in (NoCompression, RandomPrune, UniformSample, FastV, FrameFusion, DyCoke):
+for _method in (NoCompression, RandomPrune, UniformSample, ToMe, FastV, FrameFusion, DyCoke):
     register_method(_method)
 
 
@@ -83,6 +84,7 @@ __all__ = [
     "ModelSpec",
     "NoCompression",
     "RandomPrune",
+    "ToMe",
     "TokenReduction",
     "UniformSample",
     "build_method",

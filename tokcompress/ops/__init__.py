@@ -1,7 +1,8 @@
-"""Shared math of the compression methods. Each op is one call with a plain PyTorch body."""
+"""Shared math of the compression methods: one call per op, a torch reference, and a Triton kernel for CUDA tensors."""
 
 from .attention import few_query_attention
+from .matching import bipartite_match
 from .merge import weighted_merge
 from .similarity import NO_PARTNER, aligned_cosine
 
-__all__ = ["NO_PARTNER", "aligned_cosine", "few_query_attention", "weighted_merge"]
+__all__ = ["NO_PARTNER", "aligned_cosine", "bipartite_match", "few_query_attention", "weighted_merge"]
