@@ -65,3 +65,15 @@ def test_temporal_predecessor_on_the_grid_and_after_removal():
     assert predecessor[13:17].tolist() == [-1, -1, 13, 14]  # never across videos
     survivors = layout.select(torch.tensor([0, 1, 2, 3, 5, 8, 9]))  # frame 1 lost cells 0, 2, 3
     assert survivors.temporal_predecessor().tolist() == [-1, -1, -1, -1, 1, 0, 4]
+
+
+def test_weighted_merge_of_several_tensors_shares_one_assignment():
+    torch.manual_seed(0)
+    hidden, keys = torch.randn(9, 12), torch.randn(9, 4).to(torch.bfloat16)
+    sizes = torch.tensor([1.0, 2, 1, 1, 3, 1, 1, 1, 2])
+    merge_into = torch.tensor([0, 0, 1, 2, 2, -1, 1, 0, 2])
+    (merged_hidden, merged_keys), sizes_out = weighted_merge([hidden, keys], sizes, merge_into, 3)
+    alone_hidden, alone_sizes = weighted_merge(hidden, sizes, merge_into, 3)
+    torch.testing.assert_close(merged_hidden, alone_hidden)
+    torch.testing.assert_close(merged_keys, weighted_merge(keys.float(), sizes, merge_into, 3)[0].to(torch.bfloat16))
+    assert merged_keys.dtype == torch.bfloat16 and torch.equal(sizes_out, alone_sizes)
