@@ -124,6 +124,9 @@ class Engine:
     # ------------------------------------------------------------------ hooks
     def _on_model_call(self, module, args, kwargs):
         if not self.active:
+            layouts = self.adapter.visual_layouts(kwargs)
+            if layouts and any(layout.num_tokens for layout in layouts):  # a prompt, not a decoding step
+                self.last_stats = CompressionStats.identity(self.method, layouts, self.spec.num_layers)
             return None
         self._pending_layouts = self.adapter.visual_layouts(kwargs)
         state = self.state
@@ -136,7 +139,6 @@ class Engine:
     def _on_llm_call(self, module, args, kwargs):
         if not self.active:
             self.state = None
-            self.last_stats = CompressionStats.empty(self.method, note="identity: nothing compressed")
             return None
         cache = kwargs.get("past_key_values")
         if cache is not None and cache.get_seq_length() > 0:

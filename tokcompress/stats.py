@@ -65,6 +65,15 @@ class CompressionStats:
         samples = [SampleStats(layout.num_tokens, []) for layout in layouts]
         return CompressionStats(method.name, method.ratio, samples)
 
+    @staticmethod
+    def identity(method: Method, layouts: list[VisualLayout], num_layers: int) -> CompressionStats:
+        """Every layer saw every visual token (method `none`, or ratio 1)."""
+        samples = [
+            SampleStats(layout.num_tokens, [layout.num_tokens] * num_layers, layout.positions.tolist())
+            for layout in layouts
+        ]
+        return CompressionStats(method.name, method.ratio, samples, note="identity: nothing compressed", finished=True)
+
     @property
     def visual_in(self) -> int:
         return sum(s.visual_in for s in self.samples)

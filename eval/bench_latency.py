@@ -1,0 +1,277 @@
+"""Latency and memory of compressed Video-LLMs against the uncompressed model and the ideal.
+
+For each frame count × method × ratio: prefill (time to first token: vision encoder + LLM prefill), decode
+time per token, end-to-end generate time, peak GPU memory, and the **ideal** - the same model's vision
+encoder on the full clip plus its LLM fed only as many visual tokens as the method kept (its layer-
+averaged count), with no hooks. measured − ideal is tokcompress's overhead.
+
+    python eval/bench_latency.py --model llava-onevision-7b --frames 32 64 --device cuda    # random 7B weights
+    python eval/bench_latency.py --model /path/to/checkpoint --frames 32                    # real weights
+    python eval/bench_latency.py --model small --frames 8 16 --device cpu                   # the committed CPU run
+
+Writes eval/results/latency_<model>_<device>.csv and two plots (latency vs ratio; speed-up vs frames).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+from transformers import (
+    AutoModelForImageTextToText,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+)
+
+import tokcompress
+from tokcompress.video import llava_onevision_pixels, qwen_vl_pixels, read_frames, sample_clip
+
+RESULTS = Path(__file__).parent / "results"
+QWEN2_7B_TEXT = dict(
+    hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28, num_key_value_heads=4,
+    vocab_size=152064, max_position_embeddings=32768, rms_norm_eps=1e-6,
+)
+SIGLIP_SO400M = dict(
+    model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
+    num_attention_heads=16, image_size=384, patch_size=14,
+)
+
+
+def named_model(name: str, dtype: torch.dtype, device: str):
+    """Random-weight models at real shapes ('llava-onevision-7b', 'qwen2.5-vl-7b') or small ones for the CPU."""
+    if name == "llava-onevision-7b":
+        config = LlavaOnevisionConfig(
+            text_config=dict(model_type="qwen2", **QWEN2_7B_TEXT), vision_config=SIGLIP_SO400M,
+            image_token_id=151646, video_token_id=151647, vision_feature_layer=-1, vision_feature_select_strategy="full",
+        )
+        cls = LlavaOnevisionForConditionalGeneration
+    elif name == "qwen2.5-vl-7b":
+        config = Qwen2_5_VLConfig(
+            text_config=dict(**QWEN2_7B_TEXT, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
+            vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
+                               patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=112,
+                               fullatt_block_indexes=[7, 15, 23, 31]),
+            image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+        )
+        cls = Qwen2_5_VLForConditionalGeneration
+    elif name == "small":
+        config = LlavaOnevisionConfig(
+            text_config=dict(model_type="qwen2", hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                             num_attention_heads=8, num_key_value_heads=2, vocab_size=4096),
+            vision_config=dict(model_type="siglip_vision_model", hidden_size=192, intermediate_size=384,
+                               num_hidden_layers=2, num_attention_heads=3, image_size=196, patch_size=14),
+            image_token_id=4000, video_token_id=4001, vision_feature_layer=-1, vision_feature_select_strategy="full",
+        )
+        cls = LlavaOnevisionForConditionalGeneration
+    else:
+        model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, device_map=device)
+        return model.eval()
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = cls._from_config(config, dtype=dtype, attn_implementation="sdpa")
+    return model.eval()
+
+
+def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
+    """One prompt: random text ids around the video placeholders, pixels from the real clip."""
+    config = model.config
+    text = torch.randint(10, 1000, (prompt_tokens,), generator=torch.Generator().manual_seed(0))
+    if config.model_type == "qwen2_5_vl":
+        size = 448
+        pixels, grid = qwen_vl_pixels(frames, size, size)
+        visual = int(grid.prod()) // 4
+        ids = torch.cat([text[:8], torch.tensor([config.vision_start_token_id] + [config.video_token_id] * visual + [config.vision_end_token_id]), text[8:]])
+        return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                    pixel_values_videos=pixels, video_grid_thw=grid, mm_token_type_ids=(ids == config.video_token_id).long()[None] * 2)
+    vision = config.vision_config
+    per_frame = math.ceil(vision.image_size // vision.patch_size / 2) ** 2
+    visual = frames.shape[0] * per_frame + 1
+    ids = torch.cat([text[:8], torch.full((visual,), config.video_token_id), text[8:]])
+    return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                pixel_values_videos=llava_onevision_pixels(frames, vision.image_size))
+
+
+class FirstTokenMark:
+    """A generate() streamer that notes when the first new token exists (HF moves it to the CPU first)."""
+
+    def __init__(self):
+        self.puts, self.at = 0, None
+
+    def put(self, value):
+        self.puts += 1
+        if self.puts == 2:  # the first put is the prompt
+            self.at = time.perf_counter()
+
+    def end(self):
+        pass
+
+
+def timed_generation(generation: Callable[[], float], repeats: int, device: str, new_tokens: int) -> dict:
+    """Median time to first token, decode time per token and end-to-end time of `generation()` (which returns
+    the moment its first token existed), all taken inside the same runs, plus peak GPU memory."""
+    runs = []
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    for repeat in range(repeats + 1):  # the first run warms up
+        start = _synchronized(device)
+        first = generation()
+        end = _synchronized(device)
+        if repeat:
+            runs.append((first - start, end - first, end - start))
+    ttft, decode, total = (statistics.median(values) for values in zip(*runs))
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
+    return dict(prefill_ms=ttft * 1e3, decode_ms_per_token=decode / max(new_tokens - 1, 1) * 1e3,
+                end_to_end_ms=total * 1e3, peak_mib=peak)
+
+
+def _synchronized(device: str) -> float:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
+def measure(model, inputs: dict, new_tokens: int, repeats: int, device: str) -> dict:
+    def generation() -> float:
+        streamer = FirstTokenMark()
+        model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, streamer=streamer)
+        return streamer.at
+
+    return timed_generation(generation, repeats, device, new_tokens)
+
+
+def measure_ideal(model, inputs: dict, visual_kept: int, new_tokens: int, repeats: int, device: str) -> dict:
+    """The vision encoder on the full clip, then the bare LLM on text + `visual_kept` tokens, greedy decode."""
+    video_keys = ("pixel_values_videos", "video_grid_thw")
+    video = {k: v for k, v in inputs.items() if k in video_keys}
+    language_model, embed = model.model.language_model, model.get_input_embeddings()
+    text = int((inputs["input_ids"] != model.config.video_token_id).sum())
+    embeds = embed(inputs["input_ids"][:, :1].expand(1, text + visual_kept))
+
+    def generation() -> float:
+        model.get_video_features(**video)
+        out = language_model(inputs_embeds=embeds, use_cache=True)
+        cache, token = out.past_key_values, model.lm_head(out.last_hidden_state[:, -1:]).argmax(-1)
+        token.cpu()  # generate's streamer gets the token on the CPU too: both clocks stop after a sync
+        first = time.perf_counter()
+        for _ in range(new_tokens - 1):
+            out = language_model(inputs_embeds=embed(token), past_key_values=cache, use_cache=True)
+            cache, token = out.past_key_values, model.lm_head(out.last_hidden_state).argmax(-1)
+        return first
+
+    timing = timed_generation(generation, repeats, device, new_tokens)
+    return {f"ideal_{key}": value for key, value in timing.items() if key != "end_to_end_ms"}
+
+
+def run(args) -> list[dict]:
+    dtype = getattr(torch, args.dtype)
+    model = named_model(args.model, dtype, args.device)
+    clip = sample_clip(args.clip)
+    rows = []
+    jobs = [(f, m, r) for f in args.frames for m in args.methods for r in ([1.0] if m == "none" else args.ratios)]
+    torch.set_grad_enabled(False)
+    for frames, method, ratio in tqdm(jobs, desc="latency", unit="run"):
+        inputs = {k: v.to(args.device) for k, v in video_inputs(model, read_frames(clip, frames)).items()}
+        inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+        with tokcompress.compress(model, method, ratio=None if method == "none" else ratio) as handle:
+            measured = measure(model, inputs, args.new_tokens, args.repeats, args.device)
+            model(**inputs)
+            stats = handle.stats
+        visual_in = int((inputs["input_ids"] == model.config.video_token_id).sum())
+        kept = round(stats.achieved_ratio * visual_in)
+        ideal = measure_ideal(model, inputs, kept, args.new_tokens, args.repeats, args.device)
+        rows.append(dict(
+            model=args.model, device=device_name(args.device), dtype=args.dtype, frames=frames, method=method, ratio=ratio,
+            visual_in=visual_in, visual_kept_layer_mean=kept, achieved_ratio=round(stats.achieved_ratio, 4),
+            compression_ms=round(stats.compression_seconds * 1e3, 3), **measured, **ideal,
+            prefill_overhead_ms=measured["prefill_ms"] - ideal["ideal_prefill_ms"],
+        ))
+    return rows
+
+
+def device_name(device: str) -> str:
+    return torch.cuda.get_device_name().replace(" ", "-") if device == "cuda" else "cpu"
+
+
+def write(rows: list[dict], out: Path, stem: str) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{stem}.csv"
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
+    return path
+
+
+def plot(rows: list[dict], out: Path, stem: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "none"]
+    frames = sorted({r["frames"] for r in rows})
+    baseline = {r["frames"]: r for r in rows if r["method"] == "none"}
+    figure, axes = plt.subplots(1, len(frames), figsize=(5 * len(frames), 4), squeeze=False)
+    for axis, count in zip(axes[0], frames):
+        for method in methods:
+            points = sorted((r["ratio"], r["prefill_ms"]) for r in rows if r["method"] == method and r["frames"] == count)
+            axis.plot(*zip(*points), marker="o", label=method)
+        ideal = sorted((r["ratio"], r["ideal_prefill_ms"]) for r in rows if r["method"] == "uniform" and r["frames"] == count)
+        if ideal:
+            axis.plot(*zip(*ideal), linestyle="--", color="black", label="ideal")
+        if count in baseline:
+            axis.axhline(baseline[count]["prefill_ms"], color="gray", linestyle=":", label="none")
+        axis.set(title=f"{count} frames", xlabel="ratio", ylabel="prefill ms (median)")
+        axis.legend(fontsize=7)
+    figure.suptitle(f"prefill latency vs ratio - {rows[0]['model']} on {rows[0]['device']}")
+    figure.tight_layout()
+    figure.savefig(out / f"{stem}_vs_ratio.png", dpi=110)
+    figure, axis = plt.subplots(figsize=(5.5, 4))
+    for method in methods:
+        for ratio in sorted({r["ratio"] for r in rows if r["method"] == method}):
+            points = sorted((r["frames"], baseline[r["frames"]]["prefill_ms"] / r["prefill_ms"])
+                            for r in rows if r["method"] == method and r["ratio"] == ratio and r["frames"] in baseline)
+            axis.plot(*zip(*points), marker="o", label=f"{method} @ {ratio:g}")
+    axis.set(xlabel="frames", ylabel="prefill speed-up vs none", title=f"{rows[0]['model']} on {rows[0]['device']}")
+    axis.legend(fontsize=6, ncol=2)
+    figure.tight_layout()
+    figure.savefig(out / f"{stem}_speedup.png", dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="small", help="llava-onevision-7b, qwen2.5-vl-7b, small, or a checkpoint path")
+    parser.add_argument("--frames", type=int, nargs="+", default=[8, 16])
+    parser.add_argument("--methods", nargs="+", default=["none", "uniform", "tome", "fastv", "framefusion", "dycoke"])
+    parser.add_argument("--ratios", type=float, nargs="+", default=[0.15, 0.3, 0.5])
+    parser.add_argument("--new-tokens", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--clip", default="bigbuckbunny.mp4")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    rows = run(args)
+    stem = f"latency_{Path(args.model).name}_{device_name(args.device)}"
+    print(f"wrote {write(rows, args.out, stem)}")
+    plot(rows, args.out, stem)
+    for row in rows:
+        print(f"{row['frames']:3d} frames {row['method']:12s} r={row['ratio']:<5g} prefill {row['prefill_ms']:9.1f} ms "
+              f"(ideal {row['ideal_prefill_ms']:9.1f})  decode {row['decode_ms_per_token']:7.2f} ms/token "
+              f"(ideal {row['ideal_decode_ms_per_token']:7.2f})  peak {row['peak_mib']:.0f} MiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

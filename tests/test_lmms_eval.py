@@ -1,0 +1,130 @@
+"""lmms-eval end to end on the CPU: a tiny model saved to disk, the toy video task, compression fields per sample.
+
+Stand-in, said plainly: HF's video processors need torchvision, which has no CPU build here, so this test
+swaps the checkpoint's processor for `FramesProcessor` (decord frames → the same resize/normalise, and the
+same video-token expansion as LlavaOnevisionProcessor). Everything else - lmms-eval, the stock llava_hf
+wrapper, our plugin, the task - is the real path. On a GPU machine the real processor is used.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+pytest.importorskip("lmms_eval")
+from lmms_eval.evaluator import simple_evaluate  # noqa: E402
+from lmms_eval.models import get_model  # noqa: E402
+from lmms_eval.models.simple import llava_hf as stock_llava_hf  # noqa: E402
+from lmms_eval.tasks import TaskManager  # noqa: E402
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
+from transformers import BatchFeature, PreTrainedTokenizerFast  # noqa: E402
+
+from tokcompress import tiny  # noqa: E402
+from tokcompress.integrations import lmms_eval as plugin  # noqa: E402
+from tokcompress.video import llava_onevision_pixels, read_frames  # noqa: E402
+
+TASKS = Path(__file__).parents[1] / "eval" / "tasks"
+SPECIALS = {"<pad>": tiny.PAD, "<image>": tiny.IMAGE, "<video>": tiny.VIDEO, "<|im_end|>": 261}
+
+
+def byte_tokenizer() -> PreTrainedTokenizerFast:
+    """Byte-level tokenizer matching tokcompress.tiny's vocabulary (ids 0-255 bytes, specials from 256)."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    byte_to_char = {b: c for b, c in zip(range(256), sorted(alphabet, key=lambda c: _byte_of(c)))}
+    tokenizer = Tokenizer(models.BPE(vocab={byte_to_char[b]: b for b in range(256)}, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens(list(SPECIALS))
+    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<|im_end|>")
+    fast.chat_template = (
+        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}assistant:{% endif %}"
+    )
+    return fast
+
+
+def _byte_of(char: str) -> int:
+    """Inverse of the GPT-2 bytes-to-unicode table that ByteLevel uses."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    others = [b for b in range(256) if b not in printable]
+    table = {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
+    return table[char]
+
+
+class FramesProcessor:
+    """Torchvision-free stand-in for LlavaOnevisionProcessor's video path (see the module docstring)."""
+
+    def __init__(self, tokenizer, config):
+        self.tokenizer = tokenizer
+        self.vision = config.vision_config
+
+    def __call__(self, text=None, videos=None, images=None, return_tensors="pt", **kwargs):
+        clips = [read_frames(v, 8) if isinstance(v, str) else torch.from_numpy(v) for v in videos]
+        side = -(-self.vision.image_size // self.vision.patch_size // 2)
+        for clip in clips:
+            text = text.replace("<video>", "\0" * (clip.shape[0] * side * side + 1), 1)
+        encoded = self.tokenizer(text.replace("\0", "<video>"), return_tensors=return_tensors)
+        pixels = torch.cat([llava_onevision_pixels(clip, self.vision.image_size) for clip in clips])
+        return BatchFeature({**encoded, "pixel_values_videos": pixels})
+
+    def batch_decode(self, *args, **kwargs):
+        return self.tokenizer.batch_decode(*args, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("tiny_llava_onevision")
+    tiny.tiny_llava_onevision().save_pretrained(folder)
+    byte_tokenizer().save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture
+def stand_in_processor(monkeypatch, checkpoint):
+    class AutoProcessor:
+        @staticmethod
+        def from_pretrained(path, **kwargs):
+            tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
+            return FramesProcessor(tokenizer, tiny.tiny_llava_onevision().config)
+
+    monkeypatch.setattr(stock_llava_hf, "AutoProcessor", AutoProcessor)
+
+
+def test_entry_points_register_the_compression_aware_wrappers():
+    assert get_model("tokcompress_llava_hf") is plugin.LlavaHfChat
+    assert get_model("tokcompress_llava_hf", force_simple=True) is plugin.LlavaHf
+    assert get_model("tc_qwen2_5_vl") is plugin.Qwen2_5_VLChat
+    assert get_model("tokcompress_qwen2_vl") is plugin.Qwen2_VL
+    assert get_model("tokcompress_qwen3_vl") is plugin.Qwen3_VLChat
+
+
+@pytest.mark.parametrize(("method", "knobs"), [("none", {}), ("fastv", {"layer": 1})])
+def test_lmms_eval_end_to_end_records_compression_per_sample(checkpoint, stand_in_processor, method, knobs):
+    model = plugin.LlavaHf(
+        pretrained=str(checkpoint), device="cpu", device_map="cpu", dtype="float32", max_frames_num=8,
+        method=method, **({"ratio": 0.3} if method != "none" else {}), **knobs,
+    )
+    assert model.compression.method.name == method
+    results = simple_evaluate(
+        model=model, tasks=["tokcompress_toy_video_mc"], batch_size=1, device="cpu", log_samples=True,
+        task_manager=TaskManager(include_path=str(TASKS), model_name="llava_hf"),
+    )
+    assert 0.0 <= results["results"]["tokcompress_toy_video_mc"]["accuracy,none"] <= 1.0
+    samples = results["samples"]["tokcompress_toy_video_mc"]
+    assert len(samples) == 6
+    for sample in samples:
+        (counts,) = sample["token_counts"]
+        assert counts["method"] == method and counts["visual_tokens_in"] == 8 * 9 + 1
+        assert counts["prefill_ms"] > 0 and counts["output_tokens"] >= 1
+        if method == "fastv":
+            assert abs(counts["achieved_ratio"] - 0.3) * counts["visual_tokens_in"] <= 1
+            assert counts["visual_tokens_out"] < counts["visual_tokens_in"]
+        else:
+            assert counts["achieved_ratio"] == 1.0
+
+
+def test_unknown_method_in_model_args_names_the_known_ones(checkpoint, stand_in_processor):
+    with pytest.raises(ValueError, match="known methods: dycoke, fastv"):
+        plugin.LlavaHf(pretrained=str(checkpoint), device="cpu", device_map="cpu", method="fastvv")

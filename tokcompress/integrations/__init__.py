@@ -1,0 +1,1 @@
+"""Integrations with evaluation harnesses (lmms-eval)."""

@@ -1,0 +1,26 @@
+"""The `lmms_eval.models` entry point: one manifest per compression-aware wrapper."""
+
+from __future__ import annotations
+
+from lmms_eval.models.registry_v2 import ModelManifest
+
+_MODULE = "tokcompress.integrations.lmms_eval"
+
+
+def manifests() -> list[ModelManifest]:
+    """`--model tokcompress_<stock name>`; chat classes are lmms-eval's default where the stock one has them."""
+    wrappers = {
+        "llava_hf": ("LlavaHf", "LlavaHfChat"),
+        "qwen2_5_vl": ("Qwen2_5_VL", "Qwen2_5_VLChat"),
+        "qwen2_vl": ("Qwen2_VL", None),
+        "qwen3_vl": ("Qwen3_VL", "Qwen3_VLChat"),
+    }
+    return [
+        ModelManifest(
+            model_id=f"tokcompress_{stock}",
+            simple_class_path=f"{_MODULE}.{simple}",
+            chat_class_path=f"{_MODULE}.{chat}" if chat else None,
+            aliases=(f"tc_{stock}",),
+        )
+        for stock, (simple, chat) in wrappers.items()
+    ]
