@@ -8,6 +8,8 @@ wrapper, our plugin, the task - is the real path. On a GPU machine the real proc
 
 from __future__ import annotations
 
+import csv
+import json
 from pathlib import Path
 
 import pytest
@@ -24,6 +26,8 @@ from transformers import BatchFeature, PreTrainedTokenizerFast  # noqa: E402
 from tokcompress import tiny  # noqa: E402
 from tokcompress.integrations import lmms_eval as plugin  # noqa: E402
 from tokcompress.video import llava_onevision_pixels, read_frames  # noqa: E402
+
+from .test_eval import load  # noqa: E402
 
 TASKS = Path(__file__).parents[1] / "eval" / "tasks"
 SPECIALS = {"<pad>": tiny.PAD, "<image>": tiny.IMAGE, "<video>": tiny.VIDEO, "<|im_end|>": 261}
@@ -81,15 +85,37 @@ def checkpoint(tmp_path_factory) -> Path:
     return folder
 
 
-@pytest.fixture
-def stand_in_processor(monkeypatch, checkpoint):
+@pytest.fixture(scope="module")
+def stand_in_processor():
     class AutoProcessor:
         @staticmethod
         def from_pretrained(path, **kwargs):
             tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
             return FramesProcessor(tokenizer, tiny.tiny_llava_onevision().config)
 
-    monkeypatch.setattr(stock_llava_hf, "AutoProcessor", AutoProcessor)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stock_llava_hf, "AutoProcessor", AutoProcessor)
+        yield
+
+
+RUNS = {"none": {}, "fastv": {"ratio": 0.3, "layer": 1}}
+
+
+@pytest.fixture(scope="module")
+def evaluations(checkpoint, stand_in_processor) -> dict[str, dict]:
+    """lmms-eval's results for the toy task, uncompressed and with fastv, through the real plugin class."""
+    outputs = {}
+    for method, arguments in RUNS.items():
+        model = plugin.LlavaHf(
+            pretrained=str(checkpoint), device="cpu", device_map="cpu", dtype="float32", max_frames_num=8,
+            method=method, **arguments,
+        )
+        assert model.compression.method.name == method
+        outputs[method] = simple_evaluate(
+            model=model, tasks=["tokcompress_toy_video_mc"], batch_size=1, device="cpu", log_samples=True,
+            task_manager=TaskManager(include_path=str(TASKS), model_name="llava_hf"),
+        )
+    return outputs
 
 
 def test_entry_points_register_the_compression_aware_wrappers():
@@ -100,17 +126,9 @@ def test_entry_points_register_the_compression_aware_wrappers():
     assert get_model("tokcompress_qwen3_vl") is plugin.Qwen3_VLChat
 
 
-@pytest.mark.parametrize(("method", "knobs"), [("none", {}), ("fastv", {"layer": 1})])
-def test_lmms_eval_end_to_end_records_compression_per_sample(checkpoint, stand_in_processor, method, knobs):
-    model = plugin.LlavaHf(
-        pretrained=str(checkpoint), device="cpu", device_map="cpu", dtype="float32", max_frames_num=8,
-        method=method, **({"ratio": 0.3} if method != "none" else {}), **knobs,
-    )
-    assert model.compression.method.name == method
-    results = simple_evaluate(
-        model=model, tasks=["tokcompress_toy_video_mc"], batch_size=1, device="cpu", log_samples=True,
-        task_manager=TaskManager(include_path=str(TASKS), model_name="llava_hf"),
-    )
+@pytest.mark.parametrize("method", RUNS)
+def test_lmms_eval_end_to_end_records_compression_per_sample(evaluations, method):
+    results = evaluations[method]
     assert 0.0 <= results["results"]["tokcompress_toy_video_mc"]["accuracy,none"] <= 1.0
     samples = results["samples"]["tokcompress_toy_video_mc"]
     assert len(samples) == 6
@@ -122,9 +140,32 @@ def test_lmms_eval_end_to_end_records_compression_per_sample(checkpoint, stand_i
             assert abs(counts["achieved_ratio"] - 0.3) * counts["visual_tokens_in"] <= 1
             assert counts["visual_tokens_out"] < counts["visual_tokens_in"]
         else:
-            assert counts["achieved_ratio"] == 1.0
+            assert counts["achieved_ratio"] == 1.0 and counts["visual_tokens_out"] == counts["visual_tokens_in"]
 
 
 def test_unknown_method_in_model_args_names_the_known_ones(checkpoint, stand_in_processor):
     with pytest.raises(ValueError, match="known methods: dycoke, fastv"):
         plugin.LlavaHf(pretrained=str(checkpoint), device="cpu", device_map="cpu", method="fastvv")
+
+
+def test_sweep_commands_and_plots(evaluations, tmp_path):
+    sweep, plot_sweep = load("sweep"), load("plot_sweep")
+    config = {
+        "model": "llava_hf", "model_args": {"pretrained": "x"}, "tasks": ["a", "b"], "output": str(tmp_path),
+        "ratios": [0.5, 0.3], "methods": {"fastv": {"layer": 2}, "uniform": {}},
+    }
+    planned = [sweep.command(config, *run)[0] for run in sweep.runs(config)]
+    assert len(planned) == 5 and all(line[line.index("--model") + 1] == "tokcompress_llava_hf" for line in planned)
+    assert planned[1][planned[1].index("--model_args") + 1] == "pretrained=x,method=fastv,layer=2,ratio=0.5"
+    for method, results in evaluations.items():  # lmms-eval's own file layout
+        folder = tmp_path / method / "tiny"
+        folder.mkdir(parents=True)
+        (folder / "20261123_results.json").write_text(json.dumps({"results": results["results"]}, default=str))
+        lines = [json.dumps(sample, default=str) for sample in results["samples"]["tokcompress_toy_video_mc"]]
+        (folder / "20261123_samples_tokcompress_toy_video_mc.jsonl").write_text("\n".join(lines))
+    assert plot_sweep.main([str(tmp_path)]) == 0
+    rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
+    assert [(r["method"], r["metric"]) for r in rows] == [("none", "accuracy"), ("fastv", "accuracy")]
+    assert float(rows[1]["achieved_ratio"]) == pytest.approx(0.3, abs=1 / 73)
+    assert (tmp_path / "accuracy_vs_ratio.png").exists() and (tmp_path / "accuracy_vs_latency.png").exists()
+    assert "| fastv | 0.3 |" in (tmp_path / "sweep.md").read_text()

@@ -175,8 +175,10 @@ class Engine:
             state = self.state
             if state is None:
                 return None
-            hidden = args[0] if args else kwargs["hidden_states"]
             decoding = state.stats.finished
+            if decoding and len(state.groups) == 1 and (DECODE not in self.method.stages or layer_index < self._decode_start):
+                return None  # this decoding step needs nothing changed in this layer
+            hidden = args[0] if args else kwargs["hidden_states"]
             if not decoding and IN_LLM in self.method.stages:
                 reduced = self._maybe_reduce_in_llm(layer_index, module, hidden, kwargs)
                 hidden = hidden if reduced is None else reduced
