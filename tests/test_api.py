@@ -155,3 +155,19 @@ def test_text_only_prompt_passes_through_untouched(family):
         assert torch.equal(logits(model, inputs), reference_logits)
         assert torch.equal(generate(model, inputs), reference_tokens)
         assert "no visual tokens" in handle.stats.note
+
+
+@pytest.mark.parametrize(
+    ("knobs", "message"),
+    [
+        ({"method": "fastv", "layer": -1}, "fastv layer must be an int ≥ 0 or None"),
+        ({"method": "fastv", "num_queries": 0}, "fastv num_queries must be an int ≥ 1"),
+        ({"method": "framefusion", "num_queries": True}, "framefusion num_queries must be an int ≥ 1"),
+        ({"method": "dycoke", "decode_layer": 1.5}, "dycoke decode_layer must be an int ≥ 0 or None"),
+        ({"method": "dycoke", "decode_keep": 0}, r"dycoke decode_keep must lie in \(0, 1\]"),
+        ({"method": "tome", "window": 0}, "tome window must be an int ≥ 1"),
+    ],
+)
+def test_integer_and_fraction_knobs_are_validated(knobs, message):
+    with pytest.raises(ValueError, match=message):
+        tokcompress.patch(model_for("llava_onevision"), ratio=0.5, **knobs)

@@ -28,6 +28,15 @@ def check_ratio(ratio: Any) -> float:
     return float(ratio)
 
 
+def check_int(method: str, knob: str, value: Any, minimum: int, optional: bool = False) -> None:
+    """Validate an integer knob (bools refused): at least `minimum`, or None when `optional`."""
+    if optional and value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        allowed = f"an int ≥ {minimum}" + (" or None" if optional else "")
+        raise ValueError(f"{method} {knob} must be {allowed}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a method may know about the model it runs on."""

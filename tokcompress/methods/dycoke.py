@@ -16,6 +16,7 @@ from .base import (
     Method,
     ModelSpec,
     TokenReduction,
+    check_int,
     keep_count,
     proportional_split,
     top_tokens,
@@ -60,8 +61,7 @@ class DyCoke(Method):
         super().__post_init__()
         if not 0.0 < self.decode_keep <= 1.0:
             raise ValueError(f"dycoke decode_keep must lie in (0, 1], got {self.decode_keep!r}")
-        if self.decode_layer is not None and (not isinstance(self.decode_layer, int) or self.decode_layer < 0):
-            raise ValueError(f"dycoke decode_layer must be a non-negative int or None, got {self.decode_layer!r}")
+        check_int("dycoke", "decode_layer", self.decode_layer, 0, optional=True)
         if not -1.0 <= self.reselect_threshold <= 1.0:
             raise ValueError(f"dycoke reselect_threshold must lie in [-1, 1], got {self.reselect_threshold!r}")
 

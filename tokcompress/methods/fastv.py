@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .base import IN_LLM, LayerSample, Method, ModelSpec, TokenReduction, top_tokens
+from .base import IN_LLM, LayerSample, Method, ModelSpec, TokenReduction, check_int, top_tokens
 
 PAPER_LAYER = 2
 
@@ -35,10 +35,8 @@ class FastV(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.layer is not None and (isinstance(self.layer, bool) or not isinstance(self.layer, int) or self.layer < 0):
-            raise ValueError(f"fastv layer must be a non-negative int or None, got {self.layer!r}")
-        if not isinstance(self.num_queries, int) or self.num_queries < 1:
-            raise ValueError(f"fastv num_queries must be a positive int, got {self.num_queries!r}")
+        check_int("fastv", "layer", self.layer, 0, optional=True)
+        check_int("fastv", "num_queries", self.num_queries, 1)
 
     def prune_layer(self, num_layers: int) -> int:
         """The layer FastV acts before on a model of `num_layers` layers."""

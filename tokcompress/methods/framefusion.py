@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..ops import aligned_cosine
-from .base import IN_LLM, LayerSample, Method, TokenReduction, top_tokens
+from .base import IN_LLM, LayerSample, Method, TokenReduction, check_int, top_tokens
 
 
 @dataclass
@@ -43,8 +43,7 @@ class FrameFusion(Method):
             raise ValueError(f"framefusion similarity_threshold must lie in [-1, 1], got {self.similarity_threshold!r}")
         if not 0.0 <= self.min_merge_ratio <= 1.0:
             raise ValueError(f"framefusion min_merge_ratio must lie in [0, 1], got {self.min_merge_ratio!r}")
-        if not isinstance(self.num_queries, int) or self.num_queries < 1:
-            raise ValueError(f"framefusion num_queries must be a positive int, got {self.num_queries!r}")
+        check_int("framefusion", "num_queries", self.num_queries, 1)
 
     def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
         memory, budget = sample.memory, sample.budget

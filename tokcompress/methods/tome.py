@@ -8,7 +8,7 @@ import torch
 
 from ..layout import VisualLayout
 from ..ops import bipartite_match, weighted_merge
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction, keep_count
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction, check_int, keep_count
 
 
 @dataclass
@@ -33,8 +33,7 @@ class ToMe(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
-            raise ValueError(f"tome window must be a positive number of frames, got {self.window!r}")
+        check_int("tome", "window", self.window, 1)
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         count = keep_count(self.ratio, budget.num_visual)
