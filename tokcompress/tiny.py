@@ -82,9 +82,8 @@ def text_ids(text: str) -> list[int]:
 
 
 def decode(ids) -> str:
-    """Byte-level decode, keeping printable characters."""
-    raw = bytes(i for i in ids if i < 256).decode("utf-8", errors="replace")
-    return "".join(ch if ch.isprintable() else "·" for ch in raw)
+    """Byte-level decode; tokens that are not printable ASCII show as their id, e.g. <215>."""
+    return "".join(chr(i) if 32 <= i < 127 else f"<{i}>" for i in ids)
 
 
 def left_pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
