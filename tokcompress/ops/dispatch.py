@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 import torch
 
+from tokcompress import kernels
+
 FORCE_REFERENCE = "TOKCOMPRESS_FORCE_REFERENCE"
 """Set to 1 to run every op's torch reference, even on CUDA tensors."""
 
@@ -25,7 +27,7 @@ def kernel_for(op: str, tensor: torch.Tensor, size: int) -> Callable | None:
     """The op's kernel launcher if it should run on `tensor`, else None (use the reference)."""
     if not tensor.is_cuda or os.environ.get(FORCE_REFERENCE) == "1" or size < MIN_KERNEL_SIZE[op]:
         return None
-    if importlib.util.find_spec("triton") is None:
+    if not kernels.available():
         return None
     module = {"aligned_cosine": "similarity", "weighted_merge": "merge", "few_query_attention": "attention"}.get(op, "matching")
     return getattr(importlib.import_module(f"tokcompress.kernels.{module}"), op)
