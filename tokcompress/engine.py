@@ -59,8 +59,8 @@ class TokenGroup:
     sizes: list[torch.Tensor]  # per sample, how many original tokens each visual token stands for
     position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None  # None: the LM's own
     position_ids: torch.Tensor | None = None  # the `position_ids` kwarg decoder layers get
-    decode_mask: Any = None  # this step's mask (built once per step, shared by the group's layers)
-    kv_selection: tuple[torch.Tensor, torch.Tensor, Any] | None = None  # this step's (index, valid, mask)
+    step_mask: Any = None  # this step's mask (built once per step, shared by the group's layers)
+    kv_selection: tuple[torch.Tensor, Any] | None = None  # this step's selected KV slots and their mask
 
     @property
     def width(self) -> int:
@@ -176,8 +176,9 @@ class Engine:
             if state is None:
                 return None
             decoding = state.stats.finished
-            if decoding and len(state.groups) == 1 and (DECODE not in self.method.stages or layer_index < self._decode_start):
-                return None  # this decoding step needs nothing changed in this layer
+            selects = decoding and DECODE in self.method.stages and layer_index >= self._decode_start
+            if decoding and not selects and state.group_of(layer_index) is state.groups[0]:
+                return None  # the LM's own mask and rotary tables fit this layer: nothing to change
             hidden = args[0] if args else kwargs["hidden_states"]
             if not decoding and IN_LLM in self.method.stages:
                 reduced = self._maybe_reduce_in_llm(layer_index, module, hidden, kwargs)
@@ -185,7 +186,7 @@ class Engine:
             group = state.group_of(layer_index)
             if group is not state.groups[0]:  # the LM built masks and rotary tables for group 0 itself
                 self._substitute_group_inputs(group, layer_index, hidden, kwargs, decoding)
-            if decoding and DECODE in self.method.stages and layer_index >= self._decode_start:
+            if selects:
                 self._select_decode_kv(layer_index, module, hidden, group, kwargs)
             if not decoding:
                 state.stats.record_layer(layer_index, [len(s) for s in group.visual_slots])
@@ -334,11 +335,10 @@ class Engine:
             others = _real_slots(group, b, group.width)
             others[slots] = False
             rows.append(torch.cat([others.nonzero().squeeze(1), kept_visual[-1]]).sort().values)
-        width = max(len(row) for row in rows)
-        slot_index = torch.full((len(rows), width), -1, dtype=torch.long, device=device)
+        slot_index = _left_padded(rows)
+        width = slot_index.shape[1]
         visual_slots = []
         for b, row in enumerate(rows):
-            slot_index[b, width - len(row) :] = row  # left padding: the last slot stays the last real token
             new_slot_of = torch.full((group.width,), -1, dtype=torch.long, device=device)
             new_slot_of[row] = torch.arange(width - len(row), width, device=device)
             visual_slots.append(new_slot_of[kept_visual[b]])
@@ -393,7 +393,7 @@ class Engine:
             new_columns = torch.ones(batch, length, dtype=torch.long, device=device)
         for group in state.groups:
             group.attention_mask = torch.cat([group.attention_mask, new_columns], dim=1)
-            group.decode_mask = None
+            group.step_mask = None
             group.kv_selection = None
         kwargs["attention_mask"] = state.groups[0].attention_mask
         if kwargs.get("position_ids") is None:
@@ -403,13 +403,13 @@ class Engine:
 
     def _substitute_group_inputs(self, group, layer_index, hidden, kwargs, decoding):
         if decoding:
-            if group.decode_mask is None:
-                group.decode_mask = self._build_mask(group, hidden, kwargs, layer_index)
-            kwargs["attention_mask"] = group.decode_mask
+            if group.step_mask is None:
+                group.step_mask = self._build_mask(group, hidden, kwargs, layer_index)
+            kwargs["attention_mask"] = group.step_mask
             return
         if group.start_layer == layer_index:
-            group.decode_mask = self._build_mask(group, hidden, kwargs, layer_index)
-        kwargs["attention_mask"] = group.decode_mask
+            group.step_mask = self._build_mask(group, hidden, kwargs, layer_index)
+        kwargs["attention_mask"] = group.step_mask
         kwargs["position_embeddings"] = group.position_embeddings
         if "position_ids" in kwargs:
             kwargs["position_ids"] = group.position_ids
@@ -440,11 +440,11 @@ class Engine:
         started = _clock(hidden.device)
         if group.kv_selection is None:  # once per step and group, at its first selecting layer
             keys = cache.layers[layer_index].keys  # (B, Hkv, K, d), before this step's update
-            index, valid = self._decode_selection(layer, hidden, keys, group, kwargs)
+            slots = self._decode_selection(layer, hidden, keys, group, kwargs)
             implementation = self.adapter.language_model.config._attn_implementation
-            mask = select_key_mask(kwargs.get("attention_mask"), index, valid, implementation)
-            group.kv_selection = (index, valid, mask)
-        index, _, mask = group.kv_selection
+            mask = select_key_mask(kwargs.get("attention_mask"), slots.clamp_min(0), slots >= 0, implementation)
+            group.kv_selection = (slots.clamp_min(0), mask)
+        index, mask = group.kv_selection
         kwargs["past_key_values"] = SelectedKV(cache, index)
         kwargs["attention_mask"] = mask
         state.stats.compression_seconds += _clock(hidden.device) - started
@@ -468,13 +468,7 @@ class Engine:
             rows.append(torch.cat([torch.cat([others, chosen]).sort().values, new]))
             read.append(len(chosen))
         state.stats.record_decode_read(read, self._decode_start)
-        width = max(len(r) for r in rows)
-        index = torch.zeros(batch, width, dtype=torch.long, device=keys.device)
-        valid = torch.zeros(batch, width, dtype=torch.bool, device=keys.device)
-        for b, row in enumerate(rows):
-            index[b, width - len(row) :] = row
-            valid[b, width - len(row) :] = True
-        return index, valid
+        return _left_padded(rows)
 
 
 class SelectedKV:
@@ -540,6 +534,15 @@ def _gather_slots(tensor: torch.Tensor, slot_index: torch.Tensor, fill) -> torch
     tensor = tensor.expand(*lead, batch, tensor.shape[-1])
     out = tensor.gather(-1, index.expand(*lead, batch, width))
     return out.masked_fill(pad.expand(*lead, batch, width), fill)
+
+
+def _left_padded(rows: list[torch.Tensor]) -> torch.Tensor:
+    """(B, W) rows of slot indices, left-padded with -1 so the last slot is always each row's last token."""
+    width = max(len(row) for row in rows)
+    padded = torch.full((len(rows), width), -1, dtype=torch.long, device=rows[0].device)
+    for b, row in enumerate(rows):
+        padded[b, width - len(row) :] = row
+    return padded
 
 
 def _real_slots(group: TokenGroup, b: int, width: int) -> torch.Tensor:
