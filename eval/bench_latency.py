@@ -33,6 +33,7 @@ from transformers import (
 )
 
 import tokcompress
+from tokcompress.engine.compat import CACHE_KEYWORD, output_cache
 from tokcompress.video import llava_onevision_pixels, qwen_vl_pixels, read_frames, sample_clip
 
 RESULTS = Path(__file__).parent / "results"
@@ -159,12 +160,12 @@ def measure_ideal(model, inputs: dict, visual_kept: int, new_tokens: int, repeat
     def generation() -> float:
         model.get_video_features(**video)
         out = language_model(inputs_embeds=embeds, use_cache=True)
-        cache, token = out.past_key_values, model.lm_head(out.last_hidden_state[:, -1:]).argmax(-1)
+        cache, token = output_cache(out), model.lm_head(out.last_hidden_state[:, -1:]).argmax(-1)
         token.cpu()  # generate's streamer gets the token on the CPU too: both clocks stop after a sync
         first = time.perf_counter()
         for _ in range(new_tokens - 1):
-            out = language_model(inputs_embeds=embed(token), past_key_values=cache, use_cache=True)
-            cache, token = out.past_key_values, model.lm_head(out.last_hidden_state).argmax(-1)
+            out = language_model(inputs_embeds=embed(token), use_cache=True, **{CACHE_KEYWORD: cache})
+            cache, token = output_cache(out), model.lm_head(out.last_hidden_state).argmax(-1)
         return first
 
     timing = timed_generation(generation, repeats, device, new_tokens)

@@ -7,6 +7,7 @@ import torch
 
 import tokcompress
 from tokcompress import tiny
+from tokcompress.engine.compat import CACHE_KEYWORD, output_cache
 
 from .conftest import COMPRESSING, generate, inputs_for, logits, model_for
 
@@ -104,9 +105,9 @@ def test_pre_llm_methods_match_the_ideal_model_fed_only_kept_tokens(family, clip
         past = None
         for step_logits in out.logits:
             lm = model.model.language_model(
-                inputs_embeds=step_embeds, position_ids=step_positions, past_key_values=past, use_cache=True
+                inputs_embeds=step_embeds, position_ids=step_positions, use_cache=True, **{CACHE_KEYWORD: past}
             )
-            past = lm.past_key_values
+            past = output_cache(lm)
             ideal = model.lm_head(lm.last_hidden_state[:, -1])
             torch.testing.assert_close(step_logits, ideal, rtol=1e-4, atol=1e-5)
             step_embeds = model.model.get_input_embeddings()(ideal.argmax(-1))[:, None]
@@ -133,6 +134,7 @@ def test_manual_decode_loop_matches_generate(family, clip, method):
         out = model(**inputs, use_cache=True)
         tokens = [int(out.logits[0, -1].argmax())]
         for _ in range(3):
-            out = model(input_ids=torch.tensor([tokens[-1:]]), past_key_values=out.past_key_values, use_cache=True)
+            cache = {CACHE_KEYWORD: output_cache(out)}
+            out = model(input_ids=torch.tensor([tokens[-1:]]), use_cache=True, **cache)
             tokens.append(int(out.logits[0, -1].argmax()))
     assert tokens == expected

@@ -11,6 +11,7 @@ from torch import nn
 
 from .adapters import adapter_for
 from .engine import Engine
+from .engine.compat import check_transformers_version
 from .methods import Method, build_method
 from .methods.base import check_ratio
 from .stats import CompressionStats
@@ -73,6 +74,7 @@ def patch(model: nn.Module, method: str | Method | type[Method] = "none", ratio:
     knobs: the method's own settings (e.g. `layer=2` for fastv); unknown ones are refused.
     Patching a patched model replaces the old patch. Nothing is changed if any argument is refused.
     """
+    check_transformers_version()
     adapter = adapter_for(model)
     configured = build_method(method, ratio, **knobs)
     configured.bind(adapter.spec)

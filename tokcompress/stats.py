@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from statistics import mean
 from typing import TYPE_CHECKING
+
+import torch
 
 if TYPE_CHECKING:
     from .layout import VisualLayout
@@ -89,6 +94,15 @@ class CompressionStats:
             return 1.0
         return sum(s.achieved_ratio * s.visual_in for s in self.samples) / self.visual_in
 
+    @contextlib.contextmanager
+    def timed(self, device: torch.device) -> Iterator[None]:
+        """Add the time spent inside the block to `compression_seconds` (synchronising a GPU at both ends)."""
+        started = _clock(device)
+        try:
+            yield
+        finally:
+            self.compression_seconds += _clock(device) - started
+
     def record_layer(self, layer: int, counts: list[int]) -> None:
         for sample, count in zip(self.samples, counts):
             del sample.visual_per_layer[layer:]
@@ -114,3 +128,9 @@ class CompressionStats:
         if reads:
             text += f", decode reads {mean(reads):.3f} of the visual KV"
         return text
+
+
+def _clock(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+from ..engine.compat import mrope_grid_rows
 from ..layout import VisualLayout
 from .base import Adapter, token_runs
 
@@ -24,7 +25,7 @@ class Qwen2VLAdapter(Adapter):
             for start, length in token_runs(ids, self.config.video_token_id):
                 grid = next(grids, None)
                 if grid is None and positions is not None and positions.ndim == 3:
-                    grid = grid_from_positions(positions[-3:, b, start : start + length])
+                    grid = grid_from_positions(mrope_grid_rows(positions)[:, b, start : start + length])
                 if grid is None or grid[0] * grid[1] * grid[2] != length:
                     raise ValueError(
                         f"a run of {length} video tokens does not match `video_grid_thw` "

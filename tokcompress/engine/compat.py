@@ -1,0 +1,132 @@
+"""The compatibility seam: the only code that knows transformers' version-specific names and signatures.
+
+transformers renames what the engine hooks every few releases; everything the engine reads from or writes
+to call keywords, outputs, mask builders and caches goes through here, so a release that moves one of them
+is an edit to this file. Touchpoints, from the floor (5.23) to the newest tested release (5.24):
+
+- the cache keyword of every forward (multimodal model, language model, decoder layer, attention):
+  `past_key_values` until 5.23, `cache` from 5.24 (the old name is still accepted, with a deprecation, until
+  5.40). A hook sees the keyword as the caller spelt it, so both are read; a replacement is written under the
+  name the call used, since a forward given both silently uses `cache`;
+- the cache field of model outputs: `.past_key_values`, then `.cache` (5.24);
+- the mask builders `create_causal_mask` / `create_sliding_window_causal_mask`: their cache argument was renamed
+  the same way (5.24), the layer type picks the builder (`config.layer_types`);
+- the cache protocol: `cache.update(keys, values, layer_idx, ...)` gained a `kwargs=` argument (5.24); a layer's
+  keys live in `cache.layers[i].keys`;
+- the attention backend: `config._attn_implementation`;
+- position ids: a plain Qwen-VL forward hands the LM M-RoPE ids of shape (3, B, L), `generate` (4, B, L) with
+  text positions in row 0.
+
+Not touched, so not here: `rope_deltas` (left the outputs in 5.23) and LLaVA-OneVision's `video_hidden_states`
+(deprecated in 5.24 for `video_outputs.pooler_output`).
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from typing import Any
+
+import torch
+import transformers
+from packaging.version import Version
+from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+
+FLOOR = Version("5.23")
+"""Oldest transformers release tokcompress supports (pyproject's lower bound)."""
+NEWEST_TESTED = Version("5.24")
+"""Newest transformers minor release the test suite ran on."""
+
+# transformers renamed the cache everywhere at once (5.24); the mask builder's signature tells which name it uses.
+CACHE_KEYWORD = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
+_CACHE_KEYWORDS = tuple(dict.fromkeys((CACHE_KEYWORD, "past_key_values")))  # current name first
+
+_MASK_BUILDERS = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+_warned_untested = False
+
+
+class UntestedTransformersWarning(UserWarning):
+    """transformers is newer than the newest release tokcompress was tested with."""
+
+
+def check_transformers_version(version: str | None = None) -> None:
+    """Refuse a transformers older than the floor; warn (once) about one newer than the newest tested minor."""
+    global _warned_untested
+    installed = Version(version or transformers.__version__)
+    if installed.release[:2] < FLOOR.release[:2]:
+        raise RuntimeError(
+            f"tokcompress needs transformers >= {FLOOR}, found {installed}; "
+            f"upgrade with: pip install -U 'transformers>={FLOOR},<6'"
+        )
+    if installed.release[:2] > NEWEST_TESTED.release[:2] and not _warned_untested:
+        _warned_untested = True
+        warnings.warn(
+            f"tokcompress was tested with transformers {FLOOR}-{NEWEST_TESTED}.x, found {installed}: it hooks "
+            "transformers' internals, so check the results (handle.stats) or install a tested release "
+            f"(pip install 'transformers>={FLOOR},<{NEWEST_TESTED.major}.{NEWEST_TESTED.minor + 1}')",
+            UntestedTransformersWarning,
+            stacklevel=3,
+        )
+
+
+def cache_of(call_kwargs: dict[str, Any]) -> Any:
+    """The KV cache a forward call was given, under either name, or None."""
+    return next((call_kwargs[name] for name in _CACHE_KEYWORDS if call_kwargs.get(name) is not None), None)
+
+
+def replace_cache(call_kwargs: dict[str, Any], cache: Any) -> None:
+    """Give the call `cache` instead of the one it was given, under the keyword it was given."""
+    name = next((name for name in _CACHE_KEYWORDS if call_kwargs.get(name) is not None), CACHE_KEYWORD)
+    call_kwargs[name] = cache
+
+
+def output_cache(output: Any) -> Any:
+    """The KV cache a model output carries, or None."""
+    return output.get(CACHE_KEYWORD)
+
+
+def cached_keys(cache: Any, layer_index: int) -> torch.Tensor:
+    """(B, Hkv, K, d) keys that `cache` holds for decoder layer `layer_index`."""
+    return cache.layers[layer_index].keys
+
+
+def attention_implementation(config: Any) -> str:
+    return config._attn_implementation
+
+
+def build_attention_mask(config: Any, layer_index: int, hidden: torch.Tensor, padding_mask: torch.Tensor, cache: Any):
+    """The mask decoder layer `layer_index` expects, built by transformers' own builder for its layer type."""
+    layer_types = getattr(config, "layer_types", None)
+    builder = _MASK_BUILDERS[layer_types[layer_index] if layer_types else "full_attention"]
+    return builder(
+        config=config,
+        inputs_embeds=hidden,
+        attention_mask=padding_mask,
+        position_ids=None,
+        layer_idx=layer_index,
+        **{CACHE_KEYWORD: cache},
+    )
+
+
+def mrope_grid_rows(position_ids: torch.Tensor) -> torch.Tensor:
+    """The temporal / height / width rows of M-RoPE ids ((3, B, L), or (4, B, L) with text rows first)."""
+    return position_ids[-3:]
+
+
+class SelectedKV:
+    """Stands in for the cache inside one layer's attention: stores the new entries, returns only selected ones.
+
+    `index` (B, K') lists, per sample, the cache slots to read (this step's new entries included).
+    """
+
+    def __init__(self, cache: Any, index: torch.Tensor):
+        self.cache = cache
+        self.index = index
+
+    def update(self, key_states, value_states, layer_idx, *args, **kwargs):
+        keys, values = self.cache.update(key_states, value_states, layer_idx, *args, **kwargs)
+        index = self.index[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[-1])
+        return keys.gather(2, index), values.gather(2, index)
+
+    def __getattr__(self, name):
+        return getattr(self.cache, name)

@@ -1,0 +1,108 @@
+"""Decoding steps: keep every group's padding mask and positions in step with the cache, and select visual KV.
+
+Each group's 2-D padding mask grows with the generated tokens, so every layer's mask matches its own cache;
+positions continue from the last original position the LLM saw. Decode-time methods make a layer attend to
+a selected subset of its visual KV entries through a stand-in cache that gathers them.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..methods.base import DecodeSample, Method
+from ..ops import few_query_attention
+from . import compat
+from .groups import GenerationState, TokenGroup, left_padded, sample_row
+
+if TYPE_CHECKING:
+    from ..adapters.base import Adapter
+
+
+def start_decode_step(state: GenerationState, kwargs: dict[str, Any]) -> None:
+    """Extend every group's padding mask by this step's tokens and continue the original positions."""
+    embeds = kwargs["inputs_embeds"]
+    batch, length = embeds.shape[:2]
+    device = embeds.device
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.ndim == 2:
+        new_columns = mask[:, -length:].long().to(device)
+    else:
+        new_columns = torch.ones(batch, length, dtype=torch.long, device=device)
+    for group in state.groups:
+        group.attention_mask = torch.cat([group.attention_mask, new_columns], dim=1)
+        group.step_mask = None
+        group.kv_selection = None
+    kwargs["attention_mask"] = state.groups[0].attention_mask
+    if kwargs.get("position_ids") is None:
+        kwargs["position_ids"] = next_positions(state.last_positions, length)
+    state.last_positions = kwargs["position_ids"][..., -1:]
+
+
+def next_positions(last: torch.Tensor, length: int) -> torch.Tensor:
+    """Position ids of `length` new tokens after `last` (..., B, 1), in any layout (1-D or M-RoPE rows)."""
+    return last + torch.arange(1, length + 1, device=last.device)
+
+
+def select_visual_kv(
+    method: Method, adapter: Adapter, state: GenerationState, layer_index: int, layer, hidden, group: TokenGroup, kwargs
+) -> None:
+    """Make this layer's attention read only the selected visual KV entries (plus all others)."""
+    cache = compat.cache_of(kwargs)
+    if cache is None:
+        return
+    with state.stats.timed(hidden.device):
+        if group.kv_selection is None:  # once per step and group, at its first selecting layer
+            keys = compat.cached_keys(cache, layer_index)  # (B, Hkv, K, d), before this step's update
+            slots = _decode_selection(method, adapter, state, layer, hidden, keys, group, kwargs)
+            implementation = compat.attention_implementation(adapter.language_model.config)
+            mask = select_key_mask(kwargs.get("attention_mask"), slots.clamp_min(0), slots >= 0, implementation)
+            group.kv_selection = (slots.clamp_min(0), mask)
+        index, mask = group.kv_selection
+        compat.replace_cache(kwargs, compat.SelectedKV(cache, index))
+        kwargs["attention_mask"] = mask
+
+
+def _decode_selection(method, adapter, state, layer, hidden, keys, group: TokenGroup, kwargs) -> torch.Tensor:
+    """(B, K') cache slots this step reads: every non-visual entry, the method's visual choice, the new entries."""
+    batch, past = keys.shape[0], keys.shape[2]
+    steps = hidden.shape[1]
+    cos, sin = kwargs["position_embeddings"]
+    rows, read = [], []
+    for b in range(batch):
+        valid = group.attention_mask[b, :past].bool()
+        slots = group.visual_slots[b]
+        queries = adapter.project_queries(layer, hidden[b], sample_row(cos, b), sample_row(sin, b))
+        attention = few_query_attention(queries, keys[b], valid[None, :]).mean(dim=0)
+        chosen = slots[method.select_decode_kv(DecodeSample(attention[slots], state.decode_memories[b]))]
+        is_visual = torch.zeros(past, dtype=torch.bool, device=keys.device)
+        is_visual[slots] = True
+        others = (valid & ~is_visual).nonzero().squeeze(1)
+        new = torch.arange(past, past + steps, device=keys.device)
+        rows.append(torch.cat([torch.cat([others, chosen]).sort().values, new]))
+        read.append(len(chosen))
+    state.stats.record_decode_read(read, method.decode_start_layer(adapter.spec))
+    return left_padded(rows)
+
+
+def select_key_mask(mask, index: torch.Tensor, valid: torch.Tensor, attn_implementation: str):
+    """The layer's attention mask restricted to the key columns `index` (invalid columns masked out)."""
+    if mask is None:
+        if bool(valid.all()):
+            return None
+        if attn_implementation == "eager":
+            blocked = torch.finfo(torch.float32).min
+            return torch.where(valid, 0.0, blocked)[:, None, None, :]
+        if "flash" in attn_implementation:
+            return valid.long()
+        return valid[:, None, None, :]
+    columns = index.view(index.shape[0], *([1] * (mask.ndim - 2)), index.shape[1])
+    columns = columns.expand(*mask.shape[:-1], index.shape[1])
+    selected = mask.gather(-1, columns)
+    keep = valid.view_as(index).view(index.shape[0], *([1] * (mask.ndim - 2)), index.shape[1])
+    if selected.dtype == torch.bool:
+        return selected & keep
+    if selected.is_floating_point():
+        return selected.masked_fill(~keep, torch.finfo(selected.dtype).min)
+    return selected * keep

@@ -1,0 +1,177 @@
+"""Token groups: which tokens a run of decoder layers sees, and the slot gathering that keeps them consistent.
+
+A run of layers that sees the same tokens shares a `TokenGroup`: per sample, the original sequence index
+of every slot, left-padded to the batch's longest row, so ragged keep-counts are padded and masked, never
+forced equal, and the last slot is always the last real token (what `generate` reads).
+"""
+
+from __future__ import annotations
+
+import weakref
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from ..layout import VisualLayout
+from ..methods.base import TokenReduction
+from ..ops import weighted_merge
+from ..stats import CompressionStats
+from . import compat
+
+
+@dataclass
+class TokenGroup:
+    """The tokens seen by decoder layers [start_layer, next group's start)."""
+
+    start_layer: int
+    origin: torch.Tensor  # (B, W) index into the LLM input sequence, -1 for padding slots
+    attention_mask: torch.Tensor  # (B, W + generated) 2-D padding mask, grows while decoding
+    visual_slots: list[torch.Tensor]  # per sample, slot of each current visual token (layout order)
+    layouts: list[VisualLayout]  # per sample, layout of the current visual tokens
+    sizes: list[torch.Tensor]  # per sample, how many original tokens each visual token stands for
+    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None  # None: the LM's own
+    position_ids: torch.Tensor | None = None  # the `position_ids` kwarg decoder layers get
+    step_mask: Any = None  # this step's mask (built once per step, shared by the group's layers)
+    kv_selection: tuple[torch.Tensor, Any] | None = None  # this step's selected KV slots and their mask
+
+    @property
+    def width(self) -> int:
+        return self.origin.shape[1]
+
+    def real_slots(self, b: int) -> torch.Tensor:
+        """(W,) bool: the slots of sample b that hold a real (unpadded) token."""
+        return self.attention_mask[b, : self.width].bool() & (self.origin[b] >= 0)
+
+    def substitute_inputs(self, config, layer_index: int, hidden: torch.Tensor, kwargs: dict, decoding: bool) -> None:
+        """Give a layer of this group the mask (and, in prefill, rotary tables and position ids) of its tokens."""
+        if self.step_mask is None or (not decoding and self.start_layer == layer_index):
+            cache = compat.cache_of(kwargs)
+            self.step_mask = compat.build_attention_mask(config, layer_index, hidden, self.attention_mask, cache)
+        kwargs["attention_mask"] = self.step_mask
+        if decoding:
+            return
+        kwargs["position_embeddings"] = self.position_embeddings
+        if "position_ids" in kwargs:
+            kwargs["position_ids"] = self.position_ids
+
+
+@dataclass
+class GenerationState:
+    """Everything the engine remembers between the prefill and the decoding steps of one generation."""
+
+    groups: list[TokenGroup]
+    cache: weakref.ref | None  # the generation's KV cache, weakly: the engine never keeps a cache alive
+    full_length: int  # length of the uncompressed sequence so far (prompt + generated)
+    stats: CompressionStats
+    last_positions: torch.Tensor  # (..., B, 1) position ids of the last token the LLM saw
+    memories: list[dict] = field(default_factory=list)  # per sample, for methods
+    decode_memories: list[dict] = field(default_factory=list)
+    reduced: bool = False  # whether any group differs from the caller's sequence
+
+    def group_of(self, layer: int) -> TokenGroup:
+        return next(g for g in reversed(self.groups) if g.start_layer <= layer)
+
+    def continues(self, cache: Any) -> bool:
+        """Whether a call given `cache` is a decoding step of this generation."""
+        return cache is not None and self.cache is not None and cache is self.cache() and self.stats.finished
+
+
+def compact(group: TokenGroup, reductions: list[TokenReduction | None], start_layer: int):
+    """Compact the group by the per-sample reductions; returns the new group and the slot index (B, W')."""
+    device = group.origin.device
+    rows, kept_visual, layouts, sizes = [], [], [], []
+    for b, reduction in enumerate(reductions):
+        slots = group.visual_slots[b]
+        if reduction is None:
+            kept_visual.append(slots)
+            layouts.append(group.layouts[b])
+            sizes.append(group.sizes[b])
+        else:
+            kept_visual.append(slots[reduction.keep])
+            layouts.append(group.layouts[b].select(reduction.keep))
+            sizes.append(_reduced_sizes(group.sizes[b], reduction))
+        others = group.real_slots(b)
+        others[slots] = False
+        rows.append(torch.cat([others.nonzero().squeeze(1), kept_visual[-1]]).sort().values)
+    slot_index = left_padded(rows)
+    width = slot_index.shape[1]
+    visual_slots = []
+    for b, row in enumerate(rows):
+        new_slot_of = torch.full((group.width,), -1, dtype=torch.long, device=device)
+        new_slot_of[row] = torch.arange(width - len(row), width, device=device)
+        visual_slots.append(new_slot_of[kept_visual[b]])
+    new_group = TokenGroup(
+        start_layer=start_layer,
+        origin=gather_slots(group.origin, slot_index, fill=-1),
+        attention_mask=(slot_index >= 0).long(),
+        visual_slots=visual_slots,
+        layouts=layouts,
+        sizes=sizes,
+    )
+    return new_group, slot_index
+
+
+def write_merged(hidden: torch.Tensor, group: TokenGroup, reductions: list[TokenReduction | None]) -> torch.Tensor:
+    """Hidden states with each kept visual token replaced by the size-weighted mean of what folds into it."""
+    if all(r is None or r.merge_into is None for r in reductions):
+        return hidden
+    hidden = hidden.clone()
+    for b, reduction in enumerate(reductions):
+        if reduction is None or reduction.merge_into is None:
+            continue
+        slots = group.visual_slots[b]
+        merged, _ = weighted_merge(hidden[b, slots], group.sizes[b], reduction.merge_into, reduction.keep.numel())
+        hidden[b, slots[reduction.keep]] = merged
+    return hidden
+
+
+def restore_sequence(hidden: torch.Tensor, group: TokenGroup, full_length: int) -> torch.Tensor:
+    """Scatter the group's hidden states back to the caller's sequence length (dropped tokens read zero)."""
+    batch = hidden.shape[0]
+    restored = hidden.new_zeros(batch, full_length, hidden.shape[-1])
+    keep = group.origin >= 0
+    rows = torch.arange(batch, device=hidden.device)[:, None].expand_as(group.origin)
+    restored[rows[keep], group.origin[keep]] = hidden[keep]
+    return restored
+
+
+def gather_slots(tensor: torch.Tensor, slot_index: torch.Tensor, fill) -> torch.Tensor:
+    """Gather along the sequence dimension: (..., B, L[, D]) → (..., B, W'); slots -1 read `fill`.
+
+    Handles hidden states (B, L, D), rotary tables (B or 1, L, D), masks (B, L) and 1-D or M-RoPE
+    position ids ((B, L), (3, B, L), (4, B, L)).
+    """
+    batch, width = slot_index.shape
+    index = slot_index.clamp_min(0)
+    pad = slot_index < 0
+    if tensor.is_floating_point():  # hidden states and rotary tables: (B or 1, L, D)
+        tensor = tensor.expand(batch, -1, -1)
+        out = tensor.gather(1, index[:, :, None].expand(-1, -1, tensor.shape[-1]))
+        return out.masked_fill(pad[:, :, None], fill)
+    lead = tensor.shape[:-2]
+    tensor = tensor.expand(*lead, batch, tensor.shape[-1])
+    out = tensor.gather(-1, index.expand(*lead, batch, width))
+    return out.masked_fill(pad.expand(*lead, batch, width), fill)
+
+
+def left_padded(rows: list[torch.Tensor]) -> torch.Tensor:
+    """(B, W) rows of slot indices, left-padded with -1 so the last slot is always each row's last token."""
+    width = max(len(row) for row in rows)
+    padded = torch.full((len(rows), width), -1, dtype=torch.long, device=rows[0].device)
+    for b, row in enumerate(rows):
+        padded[b, width - len(row) :] = row
+    return padded
+
+
+def sample_row(table: torch.Tensor, b: int) -> torch.Tensor:
+    """Sample b's row of a (B or 1, L, D) rotary table."""
+    return table[b if table.shape[0] > 1 else 0]
+
+
+def _reduced_sizes(sizes: torch.Tensor, reduction: TokenReduction) -> torch.Tensor:
+    if reduction.merge_into is None:
+        return sizes[reduction.keep]
+    used = reduction.merge_into >= 0
+    new = torch.zeros(reduction.keep.numel(), dtype=sizes.dtype, device=sizes.device)
+    return new.index_add_(0, reduction.merge_into[used], sizes[used])

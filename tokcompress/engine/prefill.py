@@ -1,0 +1,135 @@
+"""Prefill reductions: shrink `inputs_embeds` before layer 0 (pre-LLM) and the hidden states before layer k (in-LLM).
+
+Kept tokens keep their original positions: position ids and rotary tables are gathered with the tokens, so
+decoding continues from the original positions and each layer's KV cache holds exactly what that layer saw.
+"""
+
+from __future__ import annotations
+
+import weakref
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..layout import VisualLayout
+from ..methods.base import LayerBudget, LayerSample, Method
+from ..ops import few_query_attention
+from ..stats import CompressionStats
+from . import compat
+from .groups import GenerationState, TokenGroup, compact, gather_slots, sample_row, write_merged
+
+if TYPE_CHECKING:
+    from ..adapters.base import Adapter
+
+
+def begin_generation(method: Method, layouts: list[VisualLayout], kwargs: dict[str, Any]) -> GenerationState:
+    """The state of a generation whose prompt enters the language model with these call kwargs."""
+    mask = kwargs.get("attention_mask")
+    if mask is not None and (isinstance(mask, dict) or mask.ndim != 2):
+        raise ValueError(
+            "tokcompress needs the 2-D padding mask; precomputed 4-D masks (e.g. from a static cache) "
+            "are not supported. Use the default dynamic cache."
+        )
+    embeds = kwargs["inputs_embeds"]
+    batch, length = embeds.shape[:2]
+    device = embeds.device
+    origin = torch.arange(length, device=device).expand(batch, length)
+    attention = mask.long() if mask is not None else torch.ones(batch, length, dtype=torch.long, device=device)
+    group = TokenGroup(
+        start_layer=0,
+        origin=origin,
+        attention_mask=attention,
+        visual_slots=[layout.positions for layout in layouts],
+        layouts=layouts,
+        sizes=[torch.ones(layout.num_tokens, device=device) for layout in layouts],
+    )
+    cache = compat.cache_of(kwargs)
+    positions = kwargs.get("position_ids")
+    return GenerationState(
+        groups=[group],
+        cache=weakref.ref(cache) if cache is not None else None,
+        full_length=length,
+        stats=CompressionStats.begin(method, layouts),
+        last_positions=(origin if positions is None else positions)[..., -1:],
+        memories=[{} for _ in layouts],
+        decode_memories=[{} for _ in layouts],
+    )
+
+
+def reduce_before_llm(method: Method, num_layers: int, state: GenerationState, kwargs: dict[str, Any]) -> None:
+    """Apply the method's pre-LLM reductions to the language model's call kwargs."""
+    group = state.groups[0]
+    embeds = kwargs["inputs_embeds"]
+    positions = kwargs.get("position_ids")
+    positions = group.origin if positions is None else positions
+    with state.stats.timed(embeds.device):
+        reductions = [
+            method.reduce_pre_llm(embeds[b, layout.positions], layout, LayerBudget(method.ratio, layout.num_tokens, num_layers))
+            if layout.num_tokens
+            else None
+            for b, layout in enumerate(group.layouts)
+        ]
+        new_group, slot_index = compact(group, reductions, start_layer=0)
+        kwargs["inputs_embeds"] = gather_slots(write_merged(embeds, group, reductions), slot_index, fill=0.0)
+        kwargs["position_ids"] = gather_slots(positions, slot_index, fill=0)
+        kwargs["attention_mask"] = new_group.attention_mask
+        state.groups = [new_group]
+        state.reduced = True
+
+
+def reduce_before_layer(
+    method: Method, adapter: Adapter, state: GenerationState, layer_index: int, layer, hidden, kwargs
+) -> torch.Tensor | None:
+    """The hidden states entering `layer` after the method's in-LLM reductions, or None if it left them alone."""
+    group = state.groups[-1]
+    samples = _layer_samples(method, adapter, state, layer_index, layer, hidden, group, kwargs)
+    if all(sample is None for sample in samples):
+        return None
+    with state.stats.timed(hidden.device):
+        reductions = [method.reduce_in_llm(s) if s is not None else None for s in samples]
+        for sample in samples:
+            if sample is not None and method.in_llm_finished(sample):
+                sample.memory["finished"] = True
+        if all(r is None for r in reductions):
+            return None
+        new_group, slot_index = compact(group, reductions, start_layer=layer_index)
+        hidden = gather_slots(write_merged(hidden, group, reductions), slot_index, fill=0.0)
+        cos, sin = group.position_embeddings or kwargs["position_embeddings"]
+        new_group.position_embeddings = (gather_slots(cos, slot_index, 0.0), gather_slots(sin, slot_index, 0.0))
+        base_ids = group.position_ids if group is not state.groups[0] else kwargs.get("position_ids")
+        new_group.position_ids = gather_slots(base_ids, slot_index, 0) if base_ids is not None else None
+        state.groups.append(new_group)
+        state.reduced = True
+    return hidden
+
+
+def _layer_samples(method, adapter, state, layer_index, layer, hidden, group, kwargs) -> list[LayerSample | None]:
+    budget_spent = state.stats.spent_before(layer_index)
+    num_layers = adapter.spec.num_layers
+    position_embeddings = group.position_embeddings or kwargs["position_embeddings"]
+    samples: list[LayerSample | None] = []
+    for b, slots in enumerate(group.visual_slots):
+        layout = group.layouts[b]
+        memory = state.memories[b]
+        if not layout.num_tokens or memory.get("finished"):
+            samples.append(None)
+            continue
+        budget = LayerBudget(method.ratio, state.stats.samples[b].visual_in, num_layers, layer_index, budget_spent[b])
+
+        def attention_to_visual(num_queries: int, b=b, slots=slots) -> torch.Tensor:
+            scores = _last_query_attention(adapter, layer, hidden, position_embeddings, group, b, num_queries)
+            return scores[slots]
+
+        samples.append(LayerSample(layer_index, hidden[b, slots], layout, budget, memory, attention_to_visual))
+    return samples
+
+
+def _last_query_attention(adapter, layer, hidden, position_embeddings, group: TokenGroup, b: int, num_queries: int):
+    """Head-mean attention of sample b's last `num_queries` real tokens over all its slots, at this layer."""
+    valid = group.real_slots(b)
+    query_slots = valid.nonzero().squeeze(1)[-num_queries:]
+    cos, sin = (sample_row(t, b) for t in position_embeddings)
+    queries = adapter.project_queries(layer, hidden[b, query_slots], cos[query_slots], sin[query_slots])
+    keys = adapter.project_keys(layer, hidden[b], cos, sin)
+    causal = torch.arange(group.width, device=hidden.device)[None, :] <= query_slots[:, None]
+    return few_query_attention(queries, keys, valid[None, :] & causal).mean(dim=0)
