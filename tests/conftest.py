@@ -66,3 +66,11 @@ def logits(model, inputs) -> torch.Tensor:
 @pytest.fixture(params=FAMILIES)
 def family(request) -> str:
     return request.param
+
+
+def pytest_report_header() -> str:
+    import transformers
+
+    from tokcompress.engine.compat import FLOOR, NEWEST_TESTED
+
+    return f"transformers {transformers.__version__} (tokcompress tested with {FLOOR} to {NEWEST_TESTED}.x)"
