@@ -37,8 +37,7 @@ class CompressionHandle:
     @ratio.setter
     def ratio(self, value: float) -> None:
         method = dataclasses.replace(self._engine.method, ratio=check_ratio(value))
-        method.bind(self._engine.spec)
-        self._engine.method = method
+        self._engine.method = method.bind(self._engine.spec)
 
     @property
     def stats(self) -> CompressionStats:
@@ -76,10 +75,9 @@ def patch(model: nn.Module, method: str | Method | type[Method] = "none", ratio:
     """
     check_transformers_version()
     adapter = adapter_for(model)
-    configured = build_method(method, ratio, **knobs)
-    configured.bind(adapter.spec)
-    unpatch(model)
+    configured = build_method(method, ratio, **knobs).bind(adapter.spec)
     engine = Engine(adapter, configured)
+    unpatch(model)
     engine.attach()
     handle = CompressionHandle(model, engine)
     setattr(model, HANDLE_ATTRIBUTE, handle)

@@ -94,8 +94,13 @@ def attention_implementation(config: Any) -> str:
     return config._attn_implementation
 
 
-def build_attention_mask(config: Any, layer_index: int, hidden: torch.Tensor, padding_mask: torch.Tensor, cache: Any):
-    """The mask decoder layer `layer_index` expects, built by transformers' own builder for its layer type."""
+def build_attention_mask(
+    config: Any, layer_index: int, hidden: torch.Tensor, padding_mask: torch.Tensor, cache: Any, explicit: bool = False
+):
+    """The mask decoder layer `layer_index` expects, built by transformers' own builder for its layer type.
+
+    explicit: always build the mask tensor (sdpa may otherwise return None and rely on `is_causal`).
+    """
     layer_types = getattr(config, "layer_types", None)
     builder = _MASK_BUILDERS[layer_types[layer_index] if layer_types else "full_attention"]
     return builder(
@@ -104,6 +109,7 @@ def build_attention_mask(config: Any, layer_index: int, hidden: torch.Tensor, pa
         attention_mask=padding_mask,
         position_ids=None,
         layer_idx=layer_index,
+        allow_is_causal_skip=not explicit,
         **{CACHE_KEYWORD: cache},
     )
 

@@ -32,6 +32,7 @@ class TokenGroup:
     sizes: list[torch.Tensor]  # per sample, how many original tokens each visual token stands for
     position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None  # None: the LM's own
     position_ids: torch.Tensor | None = None  # the `position_ids` kwarg decoder layers get
+    key_bias: torch.Tensor | None = None  # (B, W) added to attention logits per key slot (proportional attention)
     step_mask: Any = None  # this step's mask (built once per step, shared by the group's layers)
     kv_selection: tuple[torch.Tensor, Any] | None = None  # this step's selected KV slots and their mask
 
@@ -39,17 +40,24 @@ class TokenGroup:
     def width(self) -> int:
         return self.origin.shape[1]
 
+    @property
+    def owns_mask(self) -> bool:
+        """Whether its layers need a mask other than the one the language model builds for its input."""
+        return self.position_embeddings is not None or self.key_bias is not None
+
     def real_slots(self, b: int) -> torch.Tensor:
         """(W,) bool: the slots of sample b that hold a real (unpadded) token."""
         return self.attention_mask[b, : self.width].bool() & (self.origin[b] >= 0)
 
     def substitute_inputs(self, config, layer_index: int, hidden: torch.Tensor, kwargs: dict, decoding: bool) -> None:
-        """Give a layer of this group the mask (and, in prefill, rotary tables and position ids) of its tokens."""
+        """Give a layer of this group the mask (and, in prefill, the rotary tables and positions) of its tokens."""
         if self.step_mask is None or (not decoding and self.start_layer == layer_index):
             cache = compat.cache_of(kwargs)
-            self.step_mask = compat.build_attention_mask(config, layer_index, hidden, self.attention_mask, cache)
+            explicit = self.key_bias is not None
+            mask = compat.build_attention_mask(config, layer_index, hidden, self.attention_mask, cache, explicit)
+            self.step_mask = mask if self.key_bias is None else with_key_bias(mask, self.key_bias, hidden.dtype)
         kwargs["attention_mask"] = self.step_mask
-        if decoding:
+        if decoding or self.position_embeddings is None:  # the language model's own rotary tables and positions fit
             return
         kwargs["position_embeddings"] = self.position_embeddings
         if "position_ids" in kwargs:
@@ -77,8 +85,11 @@ class GenerationState:
         return cache is not None and self.cache is not None and cache is self.cache() and self.stats.finished
 
 
-def compact(group: TokenGroup, reductions: list[TokenReduction | None], start_layer: int):
-    """Compact the group by the per-sample reductions; returns the new group and the slot index (B, W')."""
+def compact(group: TokenGroup, reductions: list[TokenReduction | None], start_layer: int, proportional: bool = False):
+    """Compact the group by the per-sample reductions; returns the new group and the slot index (B, W').
+
+    proportional: give merged tokens proportional attention (log of their size added to their keys' logits).
+    """
     device = group.origin.device
     rows, kept_visual, layouts, sizes = [], [], [], []
     for b, reduction in enumerate(reductions):
@@ -109,7 +120,23 @@ def compact(group: TokenGroup, reductions: list[TokenReduction | None], start_la
         layouts=layouts,
         sizes=sizes,
     )
+    if proportional and any(bool((s != 1).any()) for s in sizes):
+        bias = torch.zeros(slot_index.shape, dtype=torch.float32, device=device)
+        for b, (slots, size) in enumerate(zip(visual_slots, sizes)):
+            bias[b, slots] = size.float().log()
+        new_group.key_bias = bias
     return new_group, slot_index
+
+
+def with_key_bias(mask: torch.Tensor, key_bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """An additive float mask: `mask` (bool, True = attend, or already additive) plus a per-key bias.
+
+    key_bias (B, W) covers the group's slots; keys past them (tokens generated since) get no bias.
+    """
+    if mask.dtype == torch.bool:
+        mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
+    bias = torch.nn.functional.pad(key_bias, (0, mask.shape[-1] - key_bias.shape[1]))
+    return mask + bias[:, None, None, :].to(dtype)
 
 
 def write_merged(hidden: torch.Tensor, group: TokenGroup, reductions: list[TokenReduction | None]) -> torch.Tensor:

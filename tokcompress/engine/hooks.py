@@ -32,6 +32,12 @@ class Engine:
     """Hooks a method into one model through its adapter; `detach()` removes every hook."""
 
     def __init__(self, adapter: Adapter, method: Method):
+        implementation = compat.attention_implementation(adapter.language_model.config)
+        if method.uses_proportional_attention() and "flash" in implementation:
+            raise ValueError(
+                f"{method.name} with proportional attention needs a float attention mask, which {implementation} "
+                "cannot take; pass proportional_attention=False or load the model with attn_implementation='sdpa'"
+            )
         self.adapter = adapter
         self.method = method
         self.spec = adapter.spec
@@ -136,18 +142,19 @@ class Engine:
             if state is None:
                 return None
             decoding = state.stats.finished
-            selects = decoding and DECODE in self.method.stages and layer_index >= self.method.decode_start_layer(self.spec)
-            if decoding and not selects and state.group_of(layer_index) is state.groups[0]:
+            method = self.method
+            selects = decoding and DECODE in method.stages and layer_index >= method.decode_start_layer(self.spec)
+            if decoding and not selects and not state.group_of(layer_index).owns_mask:
                 return None  # the LM's own mask and rotary tables fit this layer: nothing to change
             hidden = args[0] if args else kwargs["hidden_states"]
-            if not decoding and IN_LLM in self.method.stages:
-                reduced = reduce_before_layer(self.method, self.adapter, state, layer_index, module, hidden, kwargs)
+            if not decoding and IN_LLM in method.stages:
+                reduced = reduce_before_layer(method, self.adapter, state, layer_index, module, hidden, kwargs)
                 hidden = hidden if reduced is None else reduced
             group = state.group_of(layer_index)
-            if group is not state.groups[0]:  # the LM built masks and rotary tables for group 0 itself
+            if group.owns_mask:
                 group.substitute_inputs(self.adapter.language_model.config, layer_index, hidden, kwargs, decoding)
             if selects:
-                select_visual_kv(self.method, self.adapter, state, layer_index, module, hidden, group, kwargs)
+                select_visual_kv(method, self.adapter, state, layer_index, module, hidden, group, kwargs)
             if not decoding:
                 state.stats.record_layer(layer_index, [len(s) for s in group.visual_slots])
             if args:

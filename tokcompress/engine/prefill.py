@@ -64,12 +64,14 @@ def reduce_before_llm(method: Method, num_layers: int, state: GenerationState, k
     positions = group.origin if positions is None else positions
     with state.stats.timed(embeds.device):
         reductions = [
-            method.reduce_pre_llm(embeds[b, layout.positions], layout, LayerBudget(method.ratio, layout.num_tokens, num_layers))
+            method.reduce_pre_llm(
+                embeds[b, layout.positions], layout, LayerBudget(method.ratio, layout.num_tokens, num_layers)
+            )
             if layout.num_tokens
             else None
             for b, layout in enumerate(group.layouts)
         ]
-        new_group, slot_index = compact(group, reductions, start_layer=0)
+        new_group, slot_index = compact(group, reductions, 0, method.uses_proportional_attention())
         kwargs["inputs_embeds"] = gather_slots(write_merged(embeds, group, reductions), slot_index, fill=0.0)
         kwargs["position_ids"] = gather_slots(positions, slot_index, fill=0)
         kwargs["attention_mask"] = new_group.attention_mask
@@ -92,7 +94,7 @@ def reduce_before_layer(
                 sample.memory["finished"] = True
         if all(r is None for r in reductions):
             return None
-        new_group, slot_index = compact(group, reductions, start_layer=layer_index)
+        new_group, slot_index = compact(group, reductions, layer_index, method.uses_proportional_attention())
         hidden = gather_slots(write_merged(hidden, group, reductions), slot_index, fill=0.0)
         cos, sin = group.position_embeddings or kwargs["position_embeddings"]
         new_group.position_embeddings = (gather_slots(cos, slot_index, 0.0), gather_slots(sin, slot_index, 0.0))

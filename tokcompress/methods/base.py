@@ -37,6 +37,12 @@ def check_int(method: str, knob: str, value: Any, minimum: int, optional: bool =
         raise ValueError(f"{method} {knob} must be {allowed}, got {value!r}")
 
 
+def check_choice(method: str, knob: str, value: Any, choices: tuple[str, ...]) -> None:
+    """Validate a knob that takes one of a few names."""
+    if value not in choices:
+        raise ValueError(f"{method} {knob} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What a method may know about the model it runs on."""
@@ -93,8 +99,14 @@ class LayerBudget:
         return self.ratio * self.num_visual * self.num_layers - self.spent
 
     def tokens_per_layer(self) -> int:
-        """Tokens to keep in every layer from this one on so that the budget is met exactly."""
+        """Tokens to keep in every layer from this one on so that the budget is met (to within one token).
+
+        Never 0 while at least half a token-layer of budget is left: a layer keeps one token rather than
+        none, which overshoots the layer average by less than one token.
+        """
         count = round(self.remaining / (self.num_layers - self.layer))
+        if count <= 0 and self.remaining >= 0.5:
+            count = 1
         return int(min(max(count, 0), self.num_visual))
 
 
@@ -134,8 +146,14 @@ class Method:
     def knobs(cls) -> list[str]:
         return [f.name for f in fields(cls) if f.init]
 
-    def bind(self, spec: ModelSpec) -> None:
-        """Check that the knobs fit the model (raise ValueError naming the fix). Called by `patch`."""
+    def bind(self, spec: ModelSpec) -> Method:
+        """The method as it runs on this model: knobs checked against it (ValueError naming the fix) and
+        model-dependent defaults filled in, as a copy; `self` when nothing changes. Called by `patch`."""
+        return self
+
+    def uses_proportional_attention(self) -> bool:
+        """Whether a merged token's keys get log(size) added to their attention logits in every later layer."""
+        return False
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         raise NotImplementedError(f"{type(self).__name__} does not act before the LLM")
