@@ -49,7 +49,7 @@ def test_method_instances_and_knobs_reach_the_method():
     model = model_for("llava_onevision")
     before = hook_count(model)
     with tokcompress.compress(model, method=FrameFusion(ratio=0.3, similarity_threshold=0.8)) as handle:
-        assert handle.method == FrameFusion(ratio=0.3, similarity_threshold=0.8)
+        assert handle.method == FrameFusion(ratio=0.3, similarity_threshold=0.8, num_queries=1)  # the family default
     with tokcompress.compress(model, method="fastv", ratio=0.5, layer=1, num_queries=2) as handle:
         assert handle.method == FastV(ratio=0.5, layer=1, num_queries=2)
     assert hook_count(model) == before
@@ -111,7 +111,8 @@ def test_register_method_makes_a_custom_method_available(clip):
         ({"method": "fastv", "ratio": True}, TypeError, "must be a number"),
         ({"method": "fastv", "ratio": 0.3, "layr": 2}, TypeError, "no knob 'layr'; its knobs: layer, num_queries"),
         ({"method": "fastv", "ratio": 0.3, "layer": 9}, ValueError, "has 4 layers"),
-        ({"method": "fastv", "ratio": 0.1, "layer": 2}, ValueError, "ratio must be at least 0.500"),
+        ({"method": "fastv", "ratio": 0.1, "layer": 2}, ValueError, "ratio must be above 0.500"),
+        ({"method": "fastv", "ratio": 0.5, "layer": 2}, ValueError, "spend the whole budget"),
         ({"method": "dycoke", "decode_layer": 4}, ValueError, "has 4 layers"),
         ({"method": "framefusion", "similarity_threshold": 2.0}, ValueError, r"\[-1, 1\]"),
         ({"method": FastV(ratio=0.3), "layer": 1}, TypeError, "set them on the instance"),
@@ -165,7 +166,7 @@ def test_text_only_prompt_passes_through_untouched(family):
         ({"method": "framefusion", "num_queries": True}, "framefusion num_queries must be an int ≥ 1"),
         ({"method": "dycoke", "decode_layer": 1.5}, "dycoke decode_layer must be an int ≥ 0 or None"),
         ({"method": "dycoke", "decode_keep": 0}, r"dycoke decode_keep must lie in \(0, 1\]"),
-        ({"method": "tome", "window": 0}, "tome window must be an int ≥ 1"),
+        ({"method": "tome", "window": 1}, "tome window must be an int ≥ 2"),
     ],
 )
 def test_integer_and_fraction_knobs_are_validated(knobs, message):

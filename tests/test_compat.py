@@ -18,7 +18,7 @@ from .conftest import COMPRESSING, generate, inputs_for, model_for
 
 @pytest.mark.parametrize("method", COMPRESSING)
 def test_generate_keeps_compressing_every_decoding_step(family, clip, other_clip, method):
-    """After generate, the stats describe the prompt's visual tokens and every step; each layer's mask fits its cache."""
+    """After generate the stats describe the prompt's visual tokens and every step; each layer's mask fits its cache."""
     model = model_for(family)
     short = other_clip[:4] if family == "qwen2_5_vl" else other_clip
     batch = inputs_for(family, [clip, short], ["What is moving in this video?", "Who?"])  # left padding

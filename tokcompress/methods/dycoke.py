@@ -37,17 +37,28 @@ class DyCoke(Method):
     are thinned the same way against the previous anchor, the first anchor of a video going first. Like
     the official code, this "merging" drops tokens.
 
-    ratio: float = 0.5
     Decoding: from layer `decode_layer` on, each step attends to the `decode_keep` fraction of visual KV
     entries that the current query attends to most (head-mean attention at that layer). The selection is
     recomputed when the attention pattern moved (cosine with the previous step's below
     `reselect_threshold`) and reused otherwise, as the paper describes; attention really reads only the
     selected entries. `ratio` counts prefill only; `stats` reports the decode-time read fraction.
 
-    Departures from the official code: the last group is pruned too and an odd last frame is kept
-    (the official code drops it); kept tokens stay in spatial order; no state crosses samples; the
-    decode attention comes from the selecting layer's own query, and the full-cache fallback on stable
-    steps (the official code's behaviour) is replaced by reuse of the previous selection.
+    ratio: float = 0.5
+    decode_keep: 0.2 (the official P = 0.8 drops 80 %)
+    decode_layer: L = 3
+    reselect_threshold: 0.9
+
+    Departures:
+    - Budget: one count, round(ratio · N), split over the pruned frames in proportion to their size, where
+      the official code keeps int((1 − K) · P) tokens of every pruned frame (they can differ by a token);
+      decode keeps round(decode_keep · n) entries where the official code keeps int(n · (1 − P)).
+    - The last group is pruned too and an odd last frame is kept (the official code leaves the last group's
+      third frame whole and drops an odd last frame); kept tokens stay in spatial order.
+    - Positions: kept tokens keep their original positions; the official LLaVA code rebuilds the sequence,
+      so its kept tokens get contiguous positions.
+    - Decode attention comes from the selecting layer's own query (the official code uses layer L−1's
+      attention output); on stable steps the previous selection is reused, where the official code falls
+      back to the full cache; no state crosses samples or generations.
     """
 
     decode_keep: float = 0.2
@@ -65,12 +76,13 @@ class DyCoke(Method):
         if not -1.0 <= self.reselect_threshold <= 1.0:
             raise ValueError(f"dycoke reselect_threshold must lie in [-1, 1], got {self.reselect_threshold!r}")
 
-    def bind(self, spec: ModelSpec) -> None:
+    def bind(self, spec: ModelSpec) -> DyCoke:
         if self.decode_layer is not None and self.decode_layer >= spec.num_layers:
             raise ValueError(
                 f"dycoke decode_layer={self.decode_layer} but the model has {spec.num_layers} layers; "
                 "pass a smaller decode_layer (or None)"
             )
+        return self
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         reference, is_anchor = group_references(layout)

@@ -2,33 +2,50 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from .base import IN_LLM, LayerSample, Method, ModelSpec, TokenReduction, check_int, top_tokens
+from .base import (
+    IN_LLM,
+    LayerBudget,
+    LayerSample,
+    Method,
+    ModelSpec,
+    TokenReduction,
+    check_choice,
+    check_int,
+    top_tokens,
+)
 
 PAPER_LAYER = 2
+SCORINGS = ("previous_layer", "same_layer")
 
 
 @dataclass
 class FastV(Method):
-    """Prune visual tokens once, before decoder layer `layer`, by the attention the last query pays them.
+    """Prune visual tokens once, before decoder layer K, by the attention the last query pays them.
 
-    Follows the paper: importance = attention of the last token (mean over heads) over the visual tokens,
-    top tokens kept in their original order with their original positions; layers before `layer` see all
-    tokens. Departures from the official code: the attention row is computed from layer `layer`'s own q/k
-    on its input (as PyramidDrop does), for just the rows needed, beside sdpa/flash attention - no eager
-    layer, no duplicated KV; batches of any size and padding; the kept count is set by the layer-averaged
-    `ratio` (layers < k keep N, so layers ≥ k keep (ratio·L − k)·N / (L − k)) instead of a fixed rank.
+    As in the paper and its official code: importance = attention of the last token over the visual tokens
+    at layer K−1 (mean over heads), computed from that layer's own q/k on its input; the top tokens are kept
+    in their original order with their original positions; layers before K see every token.
 
     ratio: float = 0.5
-    layer: decoder layer before which tokens are dropped. None (default) means the paper's K = 2, or the
-        deepest earlier layer that can still meet the ratio on shallow models.
+    layer: K, the decoder layer before which tokens are dropped. None (default) means the paper's K = 2, or
+        the deepest earlier layer that still leaves every later layer at least one visual token.
     num_queries: how many last tokens' attention rows to average (1 in the paper).
+    scoring: "previous_layer" (the official code: layer K−1's attention) or "same_layer" (layer K's own, as
+        PyramidDrop scores). At K = 0 both use layer 0.
+
+    Departures:
+    - The attention row comes from the scoring layer's q/k for just the rows needed, beside sdpa/flash
+      attention: no eager layer, no duplicated KV, any batch size and padding.
+    - The kept count comes from the layer-averaged `ratio` (layers < K keep N, so layers ≥ K keep
+      (ratio·L − K)·N / (L − K)) instead of a fixed rank R, and never rounds to zero while budget is left.
+    - With the KV cache, pruning happens once at prefill (the official HF fork's cached behaviour).
     """
 
     layer: int | None = None
     num_queries: int = 1
+    scoring: str = "previous_layer"
 
     name = "fastv"
     stages = (IN_LLM,)
@@ -37,29 +54,43 @@ class FastV(Method):
         super().__post_init__()
         check_int("fastv", "layer", self.layer, 0, optional=True)
         check_int("fastv", "num_queries", self.num_queries, 1)
+        check_choice("fastv", "scoring", self.scoring, SCORINGS)
 
-    def prune_layer(self, num_layers: int) -> int:
-        """The layer FastV acts before on a model of `num_layers` layers."""
-        deepest = math.floor(self.ratio * num_layers + 1e-9)
-        return min(PAPER_LAYER, deepest, num_layers - 1) if self.layer is None else self.layer
-
-    def bind(self, spec: ModelSpec) -> None:
+    def bind(self, spec: ModelSpec) -> FastV:
         if self.layer is None:
-            return
+            return self
         if self.layer >= spec.num_layers:
-            raise ValueError(f"fastv layer={self.layer} but the model has {spec.num_layers} layers; pass a smaller layer")
-        if self.layer > self.ratio * spec.num_layers + 1e-9:
             raise ValueError(
-                f"fastv at layer {self.layer} of {spec.num_layers} cannot average a ratio of {self.ratio:g}: "
-                f"layers before it see every token, so the ratio must be at least {self.layer / spec.num_layers:.3f}; "
-                "lower `layer` (or leave it None) or raise `ratio`"
+                f"fastv layer={self.layer} but the model has {spec.num_layers} layers; pass a smaller layer"
             )
+        if self.layer >= self.ratio * spec.num_layers - 1e-9:
+            raise ValueError(
+                f"fastv at layer {self.layer} of {spec.num_layers} cannot average a ratio of {self.ratio:g}: the "
+                f"{self.layer} layers before it see every token and spend the whole budget, so the ratio must be above "
+                f"{self.layer / spec.num_layers:.3f}; lower `layer` (or leave it None) or raise `ratio`"
+            )
+        return self
+
+    def prune_layer(self, budget: LayerBudget) -> int:
+        """K: the given `layer`, or the deepest layer ≤ 2 after which every layer keeps a visual token."""
+        if self.layer is not None:
+            return self.layer
+        deepest = min(PAPER_LAYER, budget.num_layers - 1)
+        for layer in range(deepest, 0, -1):
+            spent_before = layer * budget.num_visual
+            if LayerBudget(self.ratio, budget.num_visual, budget.num_layers, layer, spent_before).tokens_per_layer():
+                return layer
+        return 0
 
     def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
-        if sample.layer != self.prune_layer(sample.budget.num_layers):
+        layer = self.prune_layer(sample.budget)
+        scoring_layer = max(layer - 1, 0) if self.scoring == "previous_layer" else layer
+        if sample.layer == scoring_layer:
+            sample.memory["importance"] = sample.attention_to_visual(self.num_queries)
+        if sample.layer != layer:
             return None
-        importance = sample.attention_to_visual(self.num_queries)
+        importance = sample.memory.pop("importance")
         return TokenReduction.prune(top_tokens(importance, sample.budget.tokens_per_layer()))
 
     def in_llm_finished(self, sample: LayerSample) -> bool:
-        return sample.layer >= self.prune_layer(sample.budget.num_layers)
+        return sample.layer >= self.prune_layer(sample.budget)

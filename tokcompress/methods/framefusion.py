@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 
 from ..ops import aligned_cosine
-from .base import IN_LLM, LayerSample, Method, TokenReduction, check_int, top_tokens
+from .base import IN_LLM, LayerSample, Method, ModelSpec, TokenReduction, check_int, top_tokens
+
+# The official code's per-family settings: S_th 0.5 and the last 4 queries for Qwen2-VL, 0.6 and 1 elsewhere.
+FAMILY_DEFAULTS = {"qwen2_vl": (0.5, 4), "qwen2_5_vl": (0.5, 4)}
+DEFAULTS = (0.6, 1)
 
 
 @dataclass
@@ -19,31 +24,55 @@ class FrameFusion(Method):
     predecessor (runs of similar tokens collapse onto the first dissimilar one, so the first frame is never
     merged away). Merging stops at the first layer that merges less than `min_merge_ratio` of the tokens;
     the next layer prunes the rest of the budget by the attention of the last `num_queries` tokens. Kept
-    tokens keep their original positions.
+    tokens keep their original positions. The budget is the paper's cost model with the model's real
+    layer count: a layer never merges more than the budget allows, and if merging alone meets it no
+    pruning follows.
 
-    The budget is the paper's cost model with the model's real layer count (the official code hard-codes 28):
-    a layer never merges more than the budget allows, and if the budget is met by merging alone no pruning
-    follows. Departures from the official code: merges are size-weighted means (sizes tracked across layers,
-    where the official code averages unweighted and re-merges anchors as if they were single tokens); merging
-    and pruning happen between layers rather than also after layer 0's attention; a shallow model that cannot
-    wait a layer prunes in the same step (instead of raising "cost is too small"); any batch size and padding.
+    ratio: float = 0.3 (the paper's cost)
+    similarity_threshold: S_th; None (default) takes the official per-family value, 0.5 for Qwen2-VL and
+        Qwen2.5-VL, 0.6 elsewhere.
+    min_merge_ratio: 0.1
+    num_queries: last queries whose attention rows rank tokens; None (default) takes the official value,
+        4 for Qwen2-VL and Qwen2.5-VL, 1 elsewhere.
+
+    Departures:
+    - Where it acts: between decoder layers, on each layer's output. The official code merges between
+      attention and MLP (post-attention states; layer 0 also before its attention) and prunes inside the
+      next layer after its attention. Here the layer that scores runs its attention on the pruned tokens
+      too, and similarity is measured one MLP later; the scores themselves are that layer's attention of
+      the last queries, as in the official code.
+    - Merges are size-weighted means (sizes tracked across layers); the official code averages unweighted
+      and re-merges anchors as if they were single tokens.
+    - The cost model uses the model's real layer count (the official code hard-codes 28).
+    - Rounding: a layer merges at most count − round(budget per layer) tokens, where the official bound is
+      int(upper ratio · count) (they can differ by one token).
+    - A shallow model that cannot wait a layer prunes in the same step instead of raising "cost is too
+      small"; any batch size and padding.
     """
 
     ratio: float = 0.3
-    similarity_threshold: float = 0.6
+    similarity_threshold: float | None = None
     min_merge_ratio: float = 0.1
-    num_queries: int = 1
+    num_queries: int | None = None
 
     name = "framefusion"
     stages = (IN_LLM,)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not -1.0 <= self.similarity_threshold <= 1.0:
+        if self.similarity_threshold is not None and not -1.0 <= self.similarity_threshold <= 1.0:
             raise ValueError(f"framefusion similarity_threshold must lie in [-1, 1], got {self.similarity_threshold!r}")
         if not 0.0 <= self.min_merge_ratio <= 1.0:
             raise ValueError(f"framefusion min_merge_ratio must lie in [0, 1], got {self.min_merge_ratio!r}")
-        check_int("framefusion", "num_queries", self.num_queries, 1)
+        check_int("framefusion", "num_queries", self.num_queries, 1, optional=True)
+
+    def bind(self, spec: ModelSpec) -> FrameFusion:
+        threshold, num_queries = FAMILY_DEFAULTS.get(spec.model_type, DEFAULTS)
+        return dataclasses.replace(
+            self,
+            similarity_threshold=threshold if self.similarity_threshold is None else self.similarity_threshold,
+            num_queries=num_queries if self.num_queries is None else self.num_queries,
+        )
 
     def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
         memory, budget = sample.memory, sample.budget

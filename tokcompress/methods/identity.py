@@ -9,7 +9,10 @@ from .base import Method
 
 @dataclass
 class NoCompression(Method):
-    """Keeps every token at any ratio; the reference row of every benchmark table."""
+    """Keeps every token at any ratio; the reference row of every benchmark table.
+
+    Departures: none - the identity.
+    """
 
     name = "none"
     stages = ()

@@ -16,6 +16,8 @@ class RandomPrune(Method):
 
     Each sample draws from its own generator seeded with `seed`, so a sample keeps the same tokens
     whatever its batch mates, and runs are reproducible.
+
+    Departures: none - a baseline with no published decision rule.
     """
 
     ratio: float = 0.5

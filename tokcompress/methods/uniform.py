@@ -20,6 +20,8 @@ class UniformSample(Method):
     Separators are kept; the rest of the budget is split over frames in proportion to their size, and each
     frame keeps evenly spaced cells in raster order. The starting offset shifts by the golden ratio from
     frame to frame, so consecutive frames cover different cells instead of the same columns.
+
+    Departures: none - a baseline with no published decision rule.
     """
 
     ratio: float = 0.5
