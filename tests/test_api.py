@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import pytest
 import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -155,20 +156,47 @@ def test_text_only_prompt_passes_through_untouched(family):
     with tokcompress.compress(model, "framefusion", ratio=0.2) as handle:
         assert torch.equal(logits(model, inputs), reference_logits)
         assert torch.equal(generate(model, inputs), reference_tokens)
-        assert "no visual tokens" in handle.stats.note
+        assert "no video tokens" in handle.stats.note
 
 
 @pytest.mark.parametrize(
-    ("knobs", "message"),
+    ("knobs", "error", "message"),
     [
-        ({"method": "fastv", "layer": -1}, "fastv layer must be an int ≥ 0 or None"),
-        ({"method": "fastv", "num_queries": 0}, "fastv num_queries must be an int ≥ 1"),
-        ({"method": "framefusion", "num_queries": True}, "framefusion num_queries must be an int ≥ 1"),
-        ({"method": "dycoke", "decode_layer": 1.5}, "dycoke decode_layer must be an int ≥ 0 or None"),
-        ({"method": "dycoke", "decode_keep": 0}, r"dycoke decode_keep must lie in \(0, 1\]"),
-        ({"method": "tome", "window": 1}, "tome window must be an int ≥ 2"),
+        ({"method": "fastv", "layer": -1}, ValueError, "fastv layer must be an int ≥ 0 or None, got -1"),
+        ({"method": "fastv", "num_queries": 0}, ValueError, "fastv num_queries must be an int ≥ 1"),
+        ({"method": "fastv", "scoring": "last"}, ValueError, "fastv scoring must be one of 'previous_layer'"),
+        ({"method": "framefusion", "num_queries": True}, TypeError, r"num_queries must be an int or None, got True"),
+        ({"method": "dycoke", "decode_layer": 1.5}, TypeError, r"decode_layer must be an int or None, got 1.5"),
+        ({"method": "dycoke", "decode_keep": 0}, ValueError, r"dycoke decode_keep must lie in \(0, 1\]"),
+        ({"method": "dycoke", "decode_keep": None}, TypeError, "dycoke decode_keep must be a number, got None"),
+        ({"method": "framefusion", "similarity_threshold": "0.5"}, TypeError, "must be a number or None, got '0.5'"),
+        ({"method": "tome", "window": 1}, ValueError, "tome window must be an int ≥ 2"),
+        ({"method": "tome", "proportional_attention": 1}, TypeError, "must be True or False, got 1"),
+        ({"method": "random", "seed": "abc"}, TypeError, "random seed must be an int, got 'abc'"),
+        ({"method": "random", "seed": None}, TypeError, "random seed must be an int, got None"),
+        ({"method": "random", "seed": 1.5}, TypeError, "random seed must be an int, got 1.5"),
     ],
 )
-def test_integer_and_fraction_knobs_are_validated(knobs, message):
-    with pytest.raises(ValueError, match=message):
-        tokcompress.patch(model_for("llava_onevision"), ratio=0.5, **knobs)
+def test_every_knob_is_validated_at_patch_time(knobs, error, message):
+    model = model_for("llava_onevision")
+    before = hook_count(model)
+    with pytest.raises(error, match=message):
+        tokcompress.patch(model, ratio=0.5, **knobs)
+    assert hook_count(model) == before
+
+
+def test_numpy_numbers_are_accepted_and_none_refuses_a_ratio():
+    model = model_for("llava_onevision")
+    for ratio in (np.float32(0.25), np.float64(0.25), np.int64(1)):
+        with tokcompress.compress(model, "random", ratio=ratio, seed=np.int32(3)) as handle:
+            assert handle.ratio == pytest.approx(float(ratio)) and handle.method.seed == 3
+    with pytest.raises(ValueError, match="method 'none' keeps every token, so it takes no ratio"):
+        tokcompress.patch(model, "none", ratio=0.3)
+    tokcompress.patch(model, "none", ratio=1).unpatch()
+
+
+def test_an_unpatched_handle_refuses_a_new_ratio():
+    handle = tokcompress.patch(model_for("llava_onevision"), "fastv", ratio=0.5)
+    handle.unpatch()
+    with pytest.raises(RuntimeError, match="unpatched"):
+        handle.ratio = 0.3

@@ -36,6 +36,8 @@ class CompressionHandle:
 
     @ratio.setter
     def ratio(self, value: float) -> None:
+        if not self.patched:
+            raise RuntimeError("this handle was unpatched, so its ratio no longer applies; patch the model again")
         method = dataclasses.replace(self._engine.method, ratio=check_ratio(value))
         self._engine.method = method.bind(self._engine.spec)
 

@@ -51,7 +51,11 @@ class SampleStats:
 
 @dataclass
 class CompressionStats:
-    """Stats of the last prefill (and the decoding steps that followed it)."""
+    """Stats of the last prefill (and the decoding steps that followed it).
+
+    One `SampleStats` per sample of the caller's batch: when `generate` expands each sample into several
+    rows (beams, returned sequences), `rows_per_sample` of them share one entry.
+    """
 
     method: str
     ratio: float  # requested
@@ -60,24 +64,37 @@ class CompressionStats:
     decode_steps: int = 0
     note: str = ""
     finished: bool = False  # prefill done
+    rows_per_sample: int = 1
+    layer_positions: list[tuple[int, torch.Tensor]] = field(default_factory=list, repr=False)
 
     @staticmethod
     def empty(method: Method, note: str) -> CompressionStats:
         return CompressionStats(method.name, method.ratio, note=note, finished=True)
 
     @staticmethod
-    def begin(method: Method, layouts: list[VisualLayout]) -> CompressionStats:
-        samples = [SampleStats(layout.num_tokens, []) for layout in layouts]
-        return CompressionStats(method.name, method.ratio, samples)
+    def begin(method: Method, layouts: list[VisualLayout], rows_per_sample: int = 1) -> CompressionStats:
+        samples = [SampleStats(layout.num_tokens, []) for layout in layouts[::rows_per_sample]]
+        return CompressionStats(method.name, method.ratio, samples, rows_per_sample=rows_per_sample)
 
     @staticmethod
-    def identity(method: Method, layouts: list[VisualLayout], num_layers: int) -> CompressionStats:
+    def identity(method: Method, layouts: list[VisualLayout], num_layers: int, rows_per_sample: int = 1) -> CompressionStats:
         """Every layer saw every visual token (method `none`, or ratio 1)."""
         samples = [
             SampleStats(layout.num_tokens, [layout.num_tokens] * num_layers, layout.positions.tolist())
-            for layout in layouts
+            for layout in layouts[::rows_per_sample]
         ]
-        return CompressionStats(method.name, method.ratio, samples, note="identity: nothing compressed", finished=True)
+        return CompressionStats(
+            method.name, method.ratio, samples, note="identity: nothing compressed", finished=True,
+            rows_per_sample=rows_per_sample,
+        )
+
+    def positions_at_layer(self, layer: int) -> torch.Tensor | None:
+        """(rows, W) input-sequence index of every position of the hidden states decoder `layer` processes.
+
+        -1 marks padding. Maps the layer's outputs (`hidden_states[layer + 1]`, `attentions[layer]`) back to
+        the caller's sequence; None where that layer saw the caller's sequence unchanged.
+        """
+        return next((origin for start, origin in reversed(self.layer_positions) if start <= layer), None)
 
     @property
     def visual_in(self) -> int:
@@ -103,17 +120,21 @@ class CompressionStats:
         finally:
             self.compression_seconds += _clock(device) - started
 
-    def record_layer(self, layer: int, counts: list[int]) -> None:
-        for sample, count in zip(self.samples, counts):
+    def sample_of_row(self, row: int) -> SampleStats:
+        return self.samples[row // self.rows_per_sample]
+
+    def record_layer(self, layer: int, row_counts: list[int]) -> None:
+        for sample, count in zip(self.samples, row_counts[:: self.rows_per_sample]):
             del sample.visual_per_layer[layer:]
             sample.visual_per_layer.append(count)
 
     def spent_before(self, layer: int) -> list[int]:
-        """Per sample, the visual token-layers already processed by layers before `layer`."""
-        return [sum(s.visual_per_layer[:layer]) for s in self.samples]
+        """Per batch row, the visual token-layers its sample already spent in layers before `layer`."""
+        return [sum(s.visual_per_layer[:layer]) for s in self.samples for _ in range(self.rows_per_sample)]
 
-    def record_decode_read(self, read: list[int], start_layer: int) -> None:
-        for sample, count in zip(self.samples, read):
+    def record_decode_read(self, row_reads: list[int], start_layer: int) -> None:
+        """Visual KV entries read this step (the first row of each sample stands for its beams)."""
+        for sample, count in zip(self.samples, row_reads[:: self.rows_per_sample]):
             sample.decode_visual_read.append(count)
             sample.decode_start_layer = start_layer
 

@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from ..engine import compat
 from ..layout import VisualLayout
 from ..methods.base import ModelSpec
 
@@ -61,8 +62,7 @@ class Adapter:
 
 def carries_video(call_kwargs: dict[str, Any]) -> bool:
     """Whether this call brings video features; without them HF treats video placeholder ids as text."""
-    encoded = call_kwargs.get("mm_encoder_outputs") or {}
-    return call_kwargs.get("pixel_values_videos") is not None or encoded.get("video") is not None
+    return call_kwargs.get("pixel_values_videos") is not None or compat.encoded_video(call_kwargs) is not None
 
 
 def _rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -16,7 +16,10 @@ class Qwen2VLAdapter(Adapter):
     def video_layouts(self, input_ids, call_kwargs):
         grid_thw = call_kwargs.get("video_grid_thw")
         merge = self.config.vision_config.spatial_merge_size
-        grids = iter([(t, h // merge, w // merge) for t, h, w in grid_thw.tolist()] if grid_thw is not None else [])
+        all_grids = [(t, h // merge, w // merge) for t, h, w in grid_thw.tolist()] if grid_thw is not None else []
+        if all_grids and int((input_ids == self.config.video_token_id).sum()) != sum(t * h * w for t, h, w in all_grids):
+            return None  # placeholders and features disagree: HF's own error says by how much
+        grids = iter(all_grids)
         # `generate` encodes the videos up front and drops video_grid_thw; the M-RoPE ids still carry the grid.
         positions = call_kwargs.get("position_ids")
         layouts = []

@@ -15,7 +15,13 @@ is an edit to this file. Touchpoints, from the floor (5.23) to the newest tested
   keys live in `cache.layers[i].keys`;
 - the attention backend: `config._attn_implementation`;
 - position ids: a plain Qwen-VL forward hands the LM M-RoPE ids of shape (3, B, L), `generate` (4, B, L) with
-  text positions in row 0.
+  text positions in row 0;
+- pre-encoded vision features: `generate` encodes videos up front and passes `mm_encoder_outputs={"video":
+  BaseModelOutputWithPooling}` instead of `pixel_values_videos`; the features are its `pooler_output`;
+- inputs with one entry per token, which a continuation that re-feeds already cached tokens must trim;
+- `generate`'s per-model helpers that an instance attribute can stand in for: `_reorder_cache` (beam search
+  reorders the cache), `_expand_inputs_for_generation` (beams / returned sequences copy each sample),
+  `_get_candidate_generator` (only speculative decoding asks for it).
 
 Not touched, so not here: `rope_deltas` (left the outputs in 5.23) and LLaVA-OneVision's `video_hidden_states`
 (deprecated in 5.24 for `video_outputs.pooler_output`).
@@ -112,6 +118,33 @@ def build_attention_mask(
         allow_is_causal_skip=not explicit,
         **{CACHE_KEYWORD: cache},
     )
+
+
+PER_TOKEN_INPUTS = ("input_ids", "inputs_embeds", "position_ids", "token_type_ids", "mm_token_type_ids")
+"""Forward inputs with one entry per token along their last sequence dimension."""
+
+REORDER_CACHE = "_reorder_cache"
+EXPAND_INPUTS = "_expand_inputs_for_generation"
+CANDIDATE_GENERATOR = "_get_candidate_generator"
+
+
+def call_inherited(model: Any, name: str, *args, **kwargs):
+    """Call method `name` as the model's class defines it, past an instance attribute that stands in for it."""
+    return inspect.getattr_static(type(model), name).__get__(model, type(model))(*args, **kwargs)
+
+
+def reorder_cache(model: Any, cache: Any, beam_idx: torch.Tensor) -> Any:
+    """What beam search does to reorder `cache` (the model's own `_reorder_cache`, else the cache's)."""
+    if hasattr(type(model), REORDER_CACHE):
+        return call_inherited(model, REORDER_CACHE, cache, beam_idx)
+    cache.reorder_cache(beam_idx)
+    return cache
+
+
+def encoded_video(call_kwargs: dict[str, Any]) -> torch.Tensor | None:
+    """The pre-encoded video features a call carries ((videos, tokens per video, D)), or None."""
+    encoded = (call_kwargs.get("mm_encoder_outputs") or {}).get("video")
+    return None if encoded is None else encoded.pooler_output
 
 
 def mrope_grid_rows(position_ids: torch.Tensor) -> torch.Tensor:

@@ -7,7 +7,6 @@ forced equal, and the last slot is always the last real token (what `generate` r
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +17,9 @@ from ..methods.base import TokenReduction
 from ..ops import weighted_merge
 from ..stats import CompressionStats
 from . import compat
+
+STATE_ATTRIBUTE = "_tokcompress_generation"
+"""Attribute of a KV cache that holds the state of the generation that filled it."""
 
 
 @dataclass
@@ -49,6 +51,22 @@ class TokenGroup:
         """(W,) bool: the slots of sample b that hold a real (unpadded) token."""
         return self.attention_mask[b, : self.width].bool() & (self.origin[b] >= 0)
 
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Row i becomes old row rows[i] (beam search reordering its hypotheses)."""
+        order = rows.tolist()
+        rows = rows.to(self.origin.device)
+        self.origin, self.attention_mask = self.origin[rows], self.attention_mask[rows]
+        self.visual_slots = [self.visual_slots[i] for i in order]
+        self.layouts = [self.layouts[i] for i in order]
+        self.sizes = [self.sizes[i] for i in order]
+        if self.key_bias is not None:
+            self.key_bias = self.key_bias[rows]
+        if self.position_embeddings is not None:
+            self.position_embeddings = tuple(t[rows] if t.shape[0] > 1 else t for t in self.position_embeddings)
+        if self.position_ids is not None:
+            self.position_ids = self.position_ids.index_select(-2, rows)
+        self.step_mask = self.kv_selection = None
+
     def substitute_inputs(self, config, layer_index: int, hidden: torch.Tensor, kwargs: dict, decoding: bool) -> None:
         """Give a layer of this group the mask (and, in prefill, the rotary tables and positions) of its tokens."""
         if self.step_mask is None or (not decoding and self.start_layer == layer_index):
@@ -66,23 +84,41 @@ class TokenGroup:
 
 @dataclass
 class GenerationState:
-    """Everything the engine remembers between the prefill and the decoding steps of one generation."""
+    """Everything the engine remembers between the prefill and the decoding steps of one generation.
 
+    It lives on the generation's KV cache (`attach`), so it follows the cache: multi-turn chats that pass
+    the cache back, copies of the cache, interleaved generations and threads each find their own.
+    """
+
+    engine_key: str  # which patch started it
     groups: list[TokenGroup]
-    cache: weakref.ref | None  # the generation's KV cache, weakly: the engine never keeps a cache alive
     full_length: int  # length of the uncompressed sequence so far (prompt + generated)
     stats: CompressionStats
     last_positions: torch.Tensor  # (..., B, 1) position ids of the last token the LLM saw
-    memories: list[dict] = field(default_factory=list)  # per sample, for methods
+    memories: list[dict] = field(default_factory=list)  # per row, for methods
     decode_memories: list[dict] = field(default_factory=list)
     reduced: bool = False  # whether any group differs from the caller's sequence
 
     def group_of(self, layer: int) -> TokenGroup:
         return next(g for g in reversed(self.groups) if g.start_layer <= layer)
 
-    def continues(self, cache: Any) -> bool:
-        """Whether a call given `cache` is a decoding step of this generation."""
-        return cache is not None and self.cache is not None and cache is self.cache() and self.stats.finished
+    def attach(self, cache: Any) -> None:
+        setattr(cache, STATE_ATTRIBUTE, self)
+
+    @staticmethod
+    def of(cache: Any, engine_key: str) -> GenerationState | None:
+        """The state of the generation that filled `cache`, if this patch started it."""
+        state = getattr(cache, STATE_ATTRIBUTE, None) if cache is not None else None
+        return state if state is not None and state.engine_key == engine_key else None
+
+    def reorder(self, rows: torch.Tensor) -> None:
+        """Follow beam search: row i of every per-row record becomes old row rows[i]."""
+        for group in self.groups:
+            group.reorder(rows)
+        self.last_positions = self.last_positions.index_select(-2, rows.to(self.last_positions.device))
+        order = rows.tolist()
+        self.memories = [dict(self.memories[i]) for i in order]
+        self.decode_memories = [dict(self.decode_memories[i]) for i in order]
 
 
 def compact(group: TokenGroup, reductions: list[TokenReduction | None], start_layer: int, proportional: bool = False):

@@ -1,18 +1,27 @@
 """Where the engine meets the model: its hooks, and which stage each call belongs to.
 
-- the multimodal model (`XModel.forward`): the adapter reads where the visual tokens are;
+- the multimodal model (`XModel.forward`): the adapter reads where the visual tokens are; a call that
+  continues a generation's cache gets the positions (and only the tokens) that generation has not seen;
 - the language model (the decoder stack): a prompt starts a generation and pre-LLM reductions shrink its
   inputs; a call that continues the generation's cache is a decoding step; the prefill's hidden states are
   scattered back to the caller's sequence length on return;
 - every decoder layer: in-LLM reductions shrink the hidden states before layer k, each later layer gets the
   mask, rotary tables and position ids of the tokens it really sees, and decode-time methods make a layer
-  attend to a selected subset of its KV entries.
+  attend to a selected subset of its KV entries;
+- `generate`'s helpers on the model: beam search reorders a generation's state with its cache, sample
+  expansion (beams, returned sequences) is counted, and speculative decoding is refused.
+
+A generation's state lives on its KV cache; the forward in progress is tracked per thread. So generations
+that interleave, run in threads, or continue a copied cache never see each other's state, and a deep copy
+or pickle of a patched model carries a whole, independent patch.
 """
 
 from __future__ import annotations
 
-import weakref
-from typing import TYPE_CHECKING
+import functools
+import threading
+import uuid
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
@@ -20,7 +29,7 @@ from ..layout import VisualLayout
 from ..methods.base import DECODE, IN_LLM, PRE_LLM, Method
 from ..stats import CompressionStats
 from . import compat
-from .decode import next_positions, select_visual_kv, start_decode_step
+from .decode import next_positions, select_visual_kv, skip_tokens_already_cached, start_decode_step
 from .groups import GenerationState, restore_sequence
 from .prefill import begin_generation, reduce_before_layer, reduce_before_llm
 
@@ -41,10 +50,10 @@ class Engine:
         self.adapter = adapter
         self.method = method
         self.spec = adapter.spec
-        self.state: GenerationState | None = None
-        self.last_stats = CompressionStats.empty(method, note="no forward pass yet")
-        self._pending_layouts: list[VisualLayout] | None = None
+        self.key = uuid.uuid4().hex  # marks the generations this patch started (travels with copies of it)
+        self._last_stats = CompressionStats.empty(method, note="no forward pass yet")
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._local = threading.local()
 
     # ------------------------------------------------------------------ lifecycle
     def attach(self) -> None:
@@ -56,7 +65,10 @@ class Engine:
             self._hooks.append(lm.register_forward_pre_hook(self._on_llm_call, with_kwargs=True))
             self._hooks.append(lm.register_forward_hook(self._on_llm_return, with_kwargs=True))
             for index, layer in enumerate(self.adapter.layers):
-                self._hooks.append(layer.register_forward_pre_hook(self._layer_hook(index), with_kwargs=True))
+                hook = functools.partial(self._on_layer, index)
+                self._hooks.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+            for name, stand_in in self._generation_helpers().items():
+                setattr(self.adapter.model, name, stand_in)
         except BaseException:
             self.detach()
             raise
@@ -65,105 +77,180 @@ class Engine:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        self.state = None
+        model = self.adapter.model
+        for name, stand_in in self._generation_helpers().items():
+            if vars(model).get(name) == stand_in:
+                delattr(model, name)
+
+    def _generation_helpers(self) -> dict:
+        return {
+            compat.REORDER_CACHE: self._reorder_beams,
+            compat.EXPAND_INPUTS: self._expand_samples,
+            compat.CANDIDATE_GENERATOR: self._refuse_speculative_decoding,
+        }
+
+    def __getstate__(self) -> dict:
+        state = dict(self.__dict__)
+        del state["_local"]  # per-thread bookkeeping of forwards in progress: none survives a copy
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self._local = threading.local()
 
     @property
     def active(self) -> bool:
         return bool(self.method.stages) and self.method.ratio < 1
 
+    @property
+    def last_stats(self) -> CompressionStats:
+        """Stats of this thread's last forward or generation (of any thread's, if this one ran none)."""
+        return getattr(self._local, "last_stats", None) or self._last_stats
+
+    @last_stats.setter
+    def last_stats(self, stats: CompressionStats) -> None:
+        self._local.last_stats = self._last_stats = stats
+
+    # ------------------------------------------------------------------ generate's helpers
+    def _reorder_beams(self, cache, beam_idx):
+        cache = compat.reorder_cache(self.adapter.model, cache, beam_idx)
+        state = GenerationState.of(cache, self.key)
+        if state is not None:
+            state.reorder(beam_idx)
+        return cache
+
+    def _expand_samples(self, *args, **kwargs):
+        self._local.generate_rows = kwargs.get("expand_size", 1)  # generate() is preparing its prompt
+        return compat.call_inherited(self.adapter.model, compat.EXPAND_INPUTS, *args, **kwargs)
+
+    def _refuse_speculative_decoding(self, *args, **kwargs):
+        if self.active:
+            raise ValueError(
+                f"speculative decoding (assistant_model / prompt_lookup_num_tokens) is not supported with "
+                f"{self.method.name} at ratio {self.method.ratio:g}: draft tokens would join the prompt the method "
+                "scores and the cache is cropped behind its back; generate without them, or unpatch first"
+            )
+        return compat.call_inherited(self.adapter.model, compat.CANDIDATE_GENERATOR, *args, **kwargs)
+
     # ------------------------------------------------------------------ hooks
     def _on_model_call(self, module, args, kwargs):
+        cache = compat.cache_of(kwargs)
+        prompt = cache is None or cache.get_seq_length() == 0
+        # set by generate() for the prompt it prepared; a plain forward has one row per sample
+        generate_rows = getattr(self._local, "generate_rows", None) if prompt else None
+        self._local.generate_rows = None
+        layouts = self.adapter.visual_layouts(kwargs)
         if not self.active:
-            layouts = self.adapter.visual_layouts(kwargs)
-            if layouts and any(layout.num_tokens for layout in layouts):  # a prompt, not a decoding step
-                self.last_stats = CompressionStats.identity(self.method, layouts, self.spec.num_layers)
+            if layouts and any(layout.num_tokens for layout in layouts):
+                stats = CompressionStats.identity(self.method, layouts, self.spec.num_layers, generate_rows or 1)
+                self.last_stats = stats
+            elif prompt:
+                self.last_stats = CompressionStats.empty(self.method, note="no video tokens: passed through untouched")
             return None
-        self._pending_layouts = self.adapter.visual_layouts(kwargs)
-        state = self.state
-        if state is not None and state.continues(compat.cache_of(kwargs)) and kwargs.get("position_ids") is None:
-            # Left to itself, HF would count decode positions from the (shorter) cache; continue as generate does.
+        if prompt:
+            self._local.prompt = _Prompt(layouts, generate_rows or 1, generate_rows is not None)
+            return None
+        state = GenerationState.of(cache, self.key)
+        if state is None:
+            return None
+        skip_tokens_already_cached(state, kwargs)
+        if kwargs.get("position_ids") is None:
+            # Left to itself, HF would count positions from the (shorter) cache; continue as generate does.
             kwargs["position_ids"] = next_positions(state.last_positions, _sequence_length(args, kwargs))
-            return args, kwargs
-        return None
+        return args, kwargs
 
     def _on_llm_call(self, module, args, kwargs):
+        self._local.state = None
         if not self.active:
-            self.state = None
             return None
         cache = compat.cache_of(kwargs)
         if cache is not None and cache.get_seq_length() > 0:
-            if self.state is not None and self.state.continues(cache):
-                start_decode_step(self.state, kwargs)
-                return args, kwargs
-            self.state = None  # continuing a cache this engine did not fill: leave it alone
-            return None
+            state = GenerationState.of(cache, self.key)
+            if state is None:  # continuing a cache this patch did not fill: leave it alone
+                return None
+            self._local.state = state
+            self.last_stats = state.stats
+            start_decode_step(state, kwargs)
+            return args, kwargs
         return self._start_prefill(args, kwargs)
 
     def _start_prefill(self, args, kwargs):
-        layouts, self._pending_layouts = self._pending_layouts, None
-        self.state = None
-        if kwargs.get("inputs_embeds") is None or layouts is None:
+        prompt, self._local.prompt = getattr(self._local, "prompt", None), None
+        if kwargs.get("inputs_embeds") is None or prompt is None or prompt.layouts is None:
             self.last_stats = CompressionStats.empty(self.method, note="no input_ids: visual tokens unknown, untouched")
             return None
-        if not any(layout.num_tokens for layout in layouts):
-            self.last_stats = CompressionStats.empty(self.method, note="no visual tokens: passed through untouched")
+        if not any(layout.num_tokens for layout in prompt.layouts):
+            self.last_stats = CompressionStats.empty(self.method, note="no video tokens: passed through untouched")
             return None
-        self.state = begin_generation(self.method, layouts, kwargs)
+        state = begin_generation(self.method, self.key, prompt.layouts, kwargs, prompt.rows_per_sample, prompt.generating)
+        self._local.state = state
         if PRE_LLM not in self.method.stages:
             return None
-        reduce_before_llm(self.method, self.spec.num_layers, self.state, kwargs)
+        reduce_before_llm(self.method, self.spec.num_layers, state, kwargs)
         return args, kwargs
 
     def _on_llm_return(self, module, args, kwargs, output):
-        state = self.state
+        state = getattr(self._local, "state", None)
         if state is None:
             return None
-        if state.cache is None and compat.output_cache(output) is not None:
-            state.cache = weakref.ref(compat.output_cache(output))
+        self._local.state = None
         hidden = output.last_hidden_state
         if not state.stats.finished:
-            last = state.groups[-1]
-            for sample, slots, origin in zip(state.stats.samples, last.visual_slots, last.origin):
-                sample.kept_positions = origin[slots].tolist()
+            _finish_prefill_stats(state)
             if state.reduced:
-                output.last_hidden_state = restore_sequence(hidden, last, state.full_length)
-            state.stats.finished = True
+                output.last_hidden_state = restore_sequence(hidden, state.groups[-1], state.full_length)
             self.last_stats = state.stats
+            cache = compat.output_cache(output)
+            if cache is not None:
+                state.attach(cache)
         else:
             state.full_length += hidden.shape[1]
             state.stats.decode_steps += 1
-        if state.cache is None:  # no cache: nothing to continue
-            self.state = None
         return output
 
-    def _layer_hook(self, layer_index: int):
-        def hook(module, args, kwargs):
-            state = self.state
-            if state is None:
-                return None
-            decoding = state.stats.finished
-            method = self.method
-            selects = decoding and DECODE in method.stages and layer_index >= method.decode_start_layer(self.spec)
-            if decoding and not selects and not state.group_of(layer_index).owns_mask:
-                return None  # the LM's own mask and rotary tables fit this layer: nothing to change
-            hidden = args[0] if args else kwargs["hidden_states"]
-            if not decoding and IN_LLM in method.stages:
-                reduced = reduce_before_layer(method, self.adapter, state, layer_index, module, hidden, kwargs)
-                hidden = hidden if reduced is None else reduced
-            group = state.group_of(layer_index)
-            if group.owns_mask:
-                group.substitute_inputs(self.adapter.language_model.config, layer_index, hidden, kwargs, decoding)
-            if selects:
-                select_visual_kv(method, self.adapter, state, layer_index, module, hidden, group, kwargs)
-            if not decoding:
-                state.stats.record_layer(layer_index, [len(s) for s in group.visual_slots])
-            if args:
-                args = (hidden, *args[1:])
-            else:
-                kwargs["hidden_states"] = hidden
-            return args, kwargs
+    def _on_layer(self, layer_index: int, module, args, kwargs):
+        state = getattr(self._local, "state", None)
+        if state is None:
+            return None
+        method = self.method
+        decoding = state.stats.finished
+        selects = decoding and DECODE in method.stages and layer_index >= method.decode_start_layer(self.spec)
+        if decoding and not selects and not state.group_of(layer_index).owns_mask:
+            return None  # the LM's own mask and rotary tables fit this layer: nothing to change
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if not decoding and IN_LLM in method.stages:
+            reduced = reduce_before_layer(method, self.adapter, state, layer_index, module, hidden, kwargs)
+            hidden = hidden if reduced is None else reduced
+        group = state.group_of(layer_index)
+        if group.owns_mask:
+            group.substitute_inputs(self.adapter.language_model.config, layer_index, hidden, kwargs, decoding)
+        if selects:
+            select_visual_kv(method, self.adapter, state, layer_index, module, hidden, group, kwargs)
+        if not decoding:
+            state.stats.record_layer(layer_index, [len(s) for s in group.visual_slots])
+        if args:
+            args = (hidden, *args[1:])
+        else:
+            kwargs["hidden_states"] = hidden
+        return args, kwargs
 
-        return hook
+
+class _Prompt(NamedTuple):
+    """What the multimodal model's call tells the language model's call about the prompt in flight."""
+
+    layouts: list[VisualLayout] | None
+    rows_per_sample: int  # rows generate() made of each sample
+    generating: bool
+
+
+def _finish_prefill_stats(state: GenerationState) -> None:
+    stats, last = state.stats, state.groups[-1]
+    rows = stats.rows_per_sample
+    for sample, slots, origin in zip(stats.samples, last.visual_slots[::rows], last.origin[::rows]):
+        sample.kept_positions = origin[slots].tolist()
+    if state.reduced:
+        stats.layer_positions = [(group.start_layer, group.origin) for group in state.groups]
+    stats.finished = True
 
 
 def _sequence_length(args, kwargs) -> int:

@@ -6,7 +6,6 @@ decoding continues from the original positions and each layer's KV cache holds e
 
 from __future__ import annotations
 
-import weakref
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -15,20 +14,35 @@ from ..layout import VisualLayout
 from ..methods.base import LayerBudget, LayerSample, Method
 from ..ops import few_query_attention
 from ..stats import CompressionStats
-from . import compat
 from .groups import GenerationState, TokenGroup, compact, gather_slots, sample_row, write_merged
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
 
 
-def begin_generation(method: Method, layouts: list[VisualLayout], kwargs: dict[str, Any]) -> GenerationState:
-    """The state of a generation whose prompt enters the language model with these call kwargs."""
+def begin_generation(
+    method: Method,
+    engine_key: str,
+    layouts: list[VisualLayout],
+    kwargs: dict[str, Any],
+    rows_per_sample: int = 1,
+    generating: bool = False,
+) -> GenerationState:
+    """The state of a generation whose prompt enters the language model with these call kwargs.
+
+    rows_per_sample: how many batch rows `generate` made of each sample (beams, returned sequences).
+    generating: whether `generate` runs it, which reads the last position of every row.
+    """
     mask = kwargs.get("attention_mask")
     if mask is not None and (isinstance(mask, dict) or mask.ndim != 2):
         raise ValueError(
             "tokcompress needs the 2-D padding mask; precomputed 4-D masks (e.g. from a static cache) "
             "are not supported. Use the default dynamic cache."
+        )
+    if generating and mask is not None and bool((mask[:, -1] == 0).any()):
+        raise ValueError(
+            "generate() got a right-padded batch: the last position of a padded row is a pad token, which "
+            "compression does not compute. Pad on the left (processor / tokenizer padding_side='left')."
         )
     embeds = kwargs["inputs_embeds"]
     batch, length = embeds.shape[:2]
@@ -43,13 +57,12 @@ def begin_generation(method: Method, layouts: list[VisualLayout], kwargs: dict[s
         layouts=layouts,
         sizes=[torch.ones(layout.num_tokens, device=device) for layout in layouts],
     )
-    cache = compat.cache_of(kwargs)
     positions = kwargs.get("position_ids")
     return GenerationState(
+        engine_key=engine_key,
         groups=[group],
-        cache=weakref.ref(cache) if cache is not None else None,
         full_length=length,
-        stats=CompressionStats.begin(method, layouts),
+        stats=CompressionStats.begin(method, layouts, rows_per_sample),
         last_positions=(origin if positions is None else positions)[..., -1:],
         memories=[{} for _ in layouts],
         decode_memories=[{} for _ in layouts],
@@ -116,7 +129,8 @@ def _layer_samples(method, adapter, state, layer_index, layer, hidden, group, kw
         if not layout.num_tokens or memory.get("finished"):
             samples.append(None)
             continue
-        budget = LayerBudget(method.ratio, state.stats.samples[b].visual_in, num_layers, layer_index, budget_spent[b])
+        visual_in = state.stats.sample_of_row(b).visual_in
+        budget = LayerBudget(method.ratio, visual_in, num_layers, layer_index, budget_spent[b])
 
         def attention_to_visual(num_queries: int, b=b, slots=slots) -> torch.Tensor:
             scores = _last_query_attention(adapter, layer, hidden, position_embeddings, group, b, num_queries)

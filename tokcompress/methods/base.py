@@ -7,7 +7,11 @@ A method is a small dataclass of knobs. The engine hands it, per sample, the vis
 
 from __future__ import annotations
 
+import functools
 import math
+import numbers
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any, ClassVar
@@ -20,12 +24,39 @@ PRE_LLM, IN_LLM, DECODE = "pre_llm", "in_llm", "decode"
 
 
 def check_ratio(ratio: Any) -> float:
-    """Validate a retained fraction: a real number in (0, 1]."""
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
+    """Validate a retained fraction: a real number in (0, 1] (numpy scalars included)."""
+    if isinstance(ratio, bool) or not isinstance(ratio, numbers.Real):
         raise TypeError(f"ratio must be a number in (0, 1], got {ratio!r} ({type(ratio).__name__})")
     if not (math.isfinite(ratio) and 0 < ratio <= 1):
         raise ValueError(f"ratio must lie in (0, 1] (the retained fraction of visual tokens), got {ratio!r}")
     return float(ratio)
+
+
+_TYPE_NAMES = {bool: "True or False", int: "an int", float: "a number", str: "a string", type(None): "None"}
+
+
+def knob_value(method: str, knob: str, value: Any, annotation: Any) -> Any:
+    """`value` as the knob's annotated type (numpy scalars become Python numbers), or a TypeError saying what is allowed."""
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    if value is None and type(None) in options:
+        return None
+    if isinstance(value, bool):
+        if bool in options:
+            return value
+    elif isinstance(value, numbers.Integral) and int in options:
+        return int(value)
+    elif isinstance(value, numbers.Real) and float in options:
+        return float(value)
+    elif isinstance(value, str) and str in options:
+        return value
+    allowed = " or ".join(_TYPE_NAMES.get(option, getattr(option, "__name__", str(option))) for option in options)
+    raise TypeError(f"{method} {knob} must be {allowed}, got {value!r} ({type(value).__name__})")
+
+
+@functools.cache
+def _knob_annotations(method_cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(method_cls)
+    return {f.name: hints[f.name] for f in fields(method_cls) if f.init}
 
 
 def check_int(method: str, knob: str, value: Any, minimum: int, optional: bool = False) -> None:
@@ -140,6 +171,8 @@ class Method:
     stages: ClassVar[tuple[str, ...]] = ()
 
     def __post_init__(self) -> None:
+        for knob, annotation in _knob_annotations(type(self)).items():
+            setattr(self, knob, knob_value(self.name or type(self).__name__, knob, getattr(self, knob), annotation))
         self.ratio = check_ratio(self.ratio)
 
     @classmethod

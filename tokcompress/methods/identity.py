@@ -16,3 +16,8 @@ class NoCompression(Method):
 
     name = "none"
     stages = ()
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.ratio != 1:
+            raise ValueError(f"method 'none' keeps every token, so it takes no ratio (got {self.ratio:g}); drop it")

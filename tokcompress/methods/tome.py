@@ -47,8 +47,6 @@ class ToMe(Method):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("tome", "window", self.window, 2)
-        if not isinstance(self.proportional_attention, bool):
-            raise ValueError(f"tome proportional_attention must be True or False, got {self.proportional_attention!r}")
 
     def uses_proportional_attention(self) -> bool:
         return self.proportional_attention
