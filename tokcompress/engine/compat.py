@@ -147,6 +147,24 @@ def encoded_video(call_kwargs: dict[str, Any]) -> torch.Tensor | None:
     return None if encoded is None else encoded.pooler_output
 
 
+def positions_already_seen(last_seen: torch.Tensor, positions: torch.Tensor | None) -> int | None:
+    """How many tokens at `positions` lie at or before `last_seen` (the last position a generation saw).
+
+    Position ids come as 1-D (B, L), generate's M-RoPE (4, B, L) with the sequence position in row 0, or, when
+    generate continues text after a video, (1, B, L) text positions shifted by `rope_deltas` (equal to the
+    M-RoPE rows of a text token). A plain forward's (3, B, L) ids carry no sequence position: None.
+    """
+    if positions is None or positions.ndim != last_seen.ndim:
+        return None
+    if positions.ndim == 2:
+        return int(last_seen[0, -1] - positions[0, 0]) + 1
+    if positions.shape[0] == 4 and last_seen.shape[0] == 4:
+        return int(last_seen[0, 0, -1] - positions[0, 0, 0]) + 1
+    if positions.shape[0] == 1:
+        return int(last_seen[-1, 0, -1] - positions[0, 0, 0]) + 1
+    return None
+
+
 def mrope_grid_rows(position_ids: torch.Tensor) -> torch.Tensor:
     """The temporal / height / width rows of M-RoPE ids ((3, B, L), or (4, B, L) with text rows first)."""
     return position_ids[-3:]

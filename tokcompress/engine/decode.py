@@ -40,24 +40,31 @@ def start_decode_step(state: GenerationState, kwargs: dict[str, Any]) -> None:
     state.last_positions = kwargs["position_ids"][..., -1:]
 
 
-def skip_tokens_already_cached(state: GenerationState, kwargs: dict[str, Any]) -> None:
+def skip_tokens_already_cached(state: GenerationState, kwargs: dict[str, Any]) -> bool:
     """Trim a continuation to the tokens the generation has not seen yet.
 
     `generate` sizes what it re-feeds from `cache.get_seq_length()`, which is the compressed length, so a
     multi-turn call (the whole conversation plus the cache of the earlier turns) would feed the tail of the
-    earlier turns again. The 2-D padding mask covers the whole conversation: whatever precedes its last
-    `mask length − tokens seen` positions is already in the cache.
+    earlier turns again. What was seen is told by the 2-D padding mask (it covers the whole conversation)
+    or, where generate dropped an all-ones mask, by the text positions it hands over. Returns whether it trimmed.
     """
-    mask = kwargs.get("attention_mask")
-    if not (isinstance(mask, torch.Tensor) and mask.ndim == 2):
-        return
-    new = mask.shape[1] - state.full_length
     fed = next(kwargs[name].shape[1] for name in ("input_ids", "inputs_embeds") if kwargs.get(name) is not None)
-    if 0 < new < fed:
-        for name in compat.PER_TOKEN_INPUTS:
-            if isinstance(kwargs.get(name), torch.Tensor):
-                sequence_dim = 1 if name == "inputs_embeds" else -1
-                kwargs[name] = kwargs[name].narrow(sequence_dim, kwargs[name].shape[sequence_dim] - new, new)
+    seen = _tokens_already_cached(state, kwargs, fed)
+    if not 0 < seen < fed:
+        return False
+    for name in compat.PER_TOKEN_INPUTS:
+        if isinstance(kwargs.get(name), torch.Tensor):
+            sequence_dim = 1 if name == "inputs_embeds" else -1
+            kwargs[name] = kwargs[name].narrow(sequence_dim, seen, kwargs[name].shape[sequence_dim] - seen)
+    return True
+
+
+def _tokens_already_cached(state: GenerationState, kwargs: dict[str, Any], fed: int) -> int:
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.ndim == 2:
+        return fed - (mask.shape[1] - state.full_length)
+    seen = compat.positions_already_seen(state.last_positions, kwargs.get("position_ids"))
+    return 0 if seen is None else seen  # without positions: a hand-written step feeds new tokens only
 
 
 def next_positions(last: torch.Tensor, length: int) -> torch.Tensor:

@@ -153,9 +153,11 @@ class Engine:
         state = GenerationState.of(cache, self.key)
         if state is None:
             return None
-        skip_tokens_already_cached(state, kwargs)
-        if kwargs.get("position_ids") is None:
-            # Left to itself, HF would count positions from the (shorter) cache; continue as generate does.
+        trimmed = skip_tokens_already_cached(state, kwargs)
+        new_video = layouts is not None and any(layout.num_tokens for layout in layouts)
+        if kwargs.get("position_ids") is None or (trimmed and not new_video):
+            # HF counts positions from the (shorter) cache, and a multi-turn generate re-derives M-RoPE ids of
+            # the earlier video without its grid: continue from the last position this generation saw.
             kwargs["position_ids"] = next_positions(state.last_positions, _sequence_length(args, kwargs))
         return args, kwargs
 

@@ -1,0 +1,252 @@
+"""The ways real users drive a patched model: multi-turn chats, beams, copies, threads, odd inputs."""
+
+from __future__ import annotations
+
+import copy
+import io
+import threading
+
+import pytest
+import torch
+
+import tokcompress
+from tokcompress import tiny
+from tokcompress.engine.compat import CACHE_KEYWORD, output_cache
+from tokcompress.video import qwen_vl_pixels
+
+from .conftest import COMPRESSING, build, generate, inputs_for, logits, model_for
+
+
+def cache_kwarg(cache) -> dict:
+    return {CACHE_KEYWORD: cache}
+
+
+@pytest.mark.parametrize("method", COMPRESSING)
+def test_a_multi_turn_chat_passing_the_cache_back_continues_it(family, clip, method):
+    """generate(whole conversation, cache of turn one) == continuing that cache by hand with the new tokens only."""
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    with tokcompress.compress(model, method, ratio=0.3), torch.no_grad():
+        first = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+        cache = output_cache(first)
+        ids = torch.cat([first.sequences, torch.tensor([tiny.text_ids("\nuser: and then?\nassistant:")])], dim=1)
+        follow_up = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if family == "qwen2_5_vl":
+            follow_up["mm_token_type_ids"] = (ids == tiny.VIDEO).long() * 2
+        second = model.generate(
+            **follow_up, max_new_tokens=2, do_sample=False, output_logits=True, return_dict_in_generate=True,
+            **cache_kwarg(copy.deepcopy(cache)),
+        )
+        seen = inputs["input_ids"].shape[1] + 2  # the prompt and the two generated tokens fed back
+        by_hand = model(input_ids=ids[:, seen:], attention_mask=follow_up["attention_mask"], **cache_kwarg(cache))
+    torch.testing.assert_close(second.logits[0], by_hand.logits[:, -1], rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["none", *COMPRESSING])
+def test_llava_two_videos_back_to_back_generate(clip, other_clip, method):
+    model = model_for("llava_onevision")
+    per_video = 8 * 9 + 1
+    ids = torch.tensor([tiny.text_ids("user: ") + [tiny.VIDEO] * (2 * per_video) + tiny.text_ids("\nSame?\nassistant:")])
+    pixels = torch.cat([tiny.llava_onevision_pixels(frames, 84) for frames in (clip, other_clip)])
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values_videos": pixels}
+    reference = generate(model, inputs)
+    with tokcompress.compress(model, method, ratio=None if method == "none" else 0.3) as handle:
+        tokens = generate(model, inputs)
+        (sample,) = handle.stats.samples
+        assert sample.visual_in == 2 * per_video
+        logits(model, inputs)
+        assert handle.stats.samples[0].kept_positions == sample.kept_positions  # generate == forward
+    if method == "none":
+        assert torch.equal(tokens, reference)
+
+
+@pytest.mark.parametrize("method", COMPRESSING)
+def test_beam_search_scores_every_hypothesis_as_decoding_it_alone(family, clip, method):
+    """Beam scores (raw sums, length_penalty 0) equal teacher-forcing each returned hypothesis by itself."""
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    knobs = {"decode_keep": 0.25, "decode_layer": 1, "reselect_threshold": -1.0} if method == "dycoke" else {}
+    with tokcompress.compress(model, method, ratio=0.3, **knobs) as handle, torch.no_grad():
+        out = model.generate(
+            **inputs, max_new_tokens=4, num_beams=3, num_return_sequences=3, do_sample=False, length_penalty=0.0,
+            early_stopping=True, output_scores=True, return_dict_in_generate=True,
+        )
+        assert len(handle.stats.samples) == 1 and handle.stats.samples[0].visual_in == _visual_count(inputs)
+        prompt = inputs["input_ids"].shape[1]
+        for hypothesis, score in zip(out.sequences[:, prompt:], out.sequences_scores):
+            assert _teacher_forced_log_prob(model, inputs, hypothesis) == pytest.approx(float(score), abs=1e-4)
+
+
+def _visual_count(inputs) -> int:
+    return int((inputs["input_ids"][0] == tiny.VIDEO).sum())
+
+
+def _teacher_forced_log_prob(model, inputs, tokens) -> float:
+    out = model(**inputs, use_cache=True)
+    mask = inputs["attention_mask"]
+    total = 0.0
+    for step, token in enumerate(tokens.tolist()):
+        total += float(out.logits[0, -1].log_softmax(-1)[token])
+        if step + 1 < len(tokens):
+            mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], dim=1)
+            out = model(input_ids=torch.tensor([[token]]), attention_mask=mask, **cache_kwarg(output_cache(out)))
+    return total
+
+
+@pytest.mark.parametrize("method", COMPRESSING)
+def test_a_decode_loop_interrupted_by_another_forward_continues_unharmed(family, clip, other_clip, method):
+    model = model_for(family)
+    first, second = inputs_for(family, clip, "What is moving?"), inputs_for(family, other_clip, "Who is there?")
+    with tokcompress.compress(model, method, ratio=0.3), torch.no_grad():
+        expected = generate(model, first, max_new_tokens=4)[0].tolist()
+        out = model(**first, use_cache=True)
+        tokens = [int(out.logits[0, -1].argmax())]
+        mask = first["attention_mask"]
+        for step in range(3):
+            if step == 1:
+                generate(model, second, max_new_tokens=2)  # another generation in the middle
+                model(**second)
+            mask = torch.cat([mask, torch.ones(1, 1, dtype=mask.dtype)], dim=1)
+            out = model(input_ids=torch.tensor([tokens[-1:]]), attention_mask=mask, **cache_kwarg(output_cache(out)))
+            tokens.append(int(out.logits[0, -1].argmax()))
+    assert tokens == expected
+
+
+@pytest.mark.parametrize("method", COMPRESSING)
+def test_threads_generating_on_one_patched_model_get_their_own_results(family, clip, other_clip, method):
+    model = model_for(family)
+    prompts = [inputs_for(family, frames, question) for frames in (clip, other_clip) for question in ("What?", "Who?")]
+    with tokcompress.compress(model, method, ratio=0.3):
+        expected = [generate(model, inputs) for inputs in prompts]
+        results: dict[int, list] = {i: [] for i in range(len(prompts))}
+        errors: list[BaseException] = []
+
+        def run(index):
+            try:
+                for _ in range(2):
+                    results[index].append(generate(model, prompts[index]))
+            except BaseException as error:  # reported below: a thread's exception would vanish otherwise
+                errors.append(error)
+
+        threads = [threading.Thread(target=run, args=(i,)) for i in range(len(prompts))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert not errors, errors
+    for index, outputs in results.items():
+        assert all(torch.equal(output, expected[index]) for output in outputs)
+
+
+@pytest.mark.parametrize("method", ["fastv", "dycoke"])
+def test_a_deep_copy_of_a_patched_model_is_a_whole_independent_patch(family, clip, method):
+    model = build(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    handle = tokcompress.patch(model, method, ratio=0.3)
+    expected = generate(model, inputs)
+    twin = copy.deepcopy(model)
+    twin_handle = twin._tokcompress_handle
+    assert twin_handle.patched and twin_handle is not handle and twin_handle.model is twin
+    assert torch.equal(generate(twin, inputs), expected)
+    assert twin_handle.stats.visual_in == handle.stats.visual_in and twin_handle.stats.decode_steps == 3
+    twin_handle.unpatch()
+    assert handle.patched and torch.equal(generate(model, inputs), expected)
+    unpatched = generate(twin, inputs)
+    handle.unpatch()
+    assert torch.equal(unpatched, generate(model, inputs))
+
+
+def test_a_patched_model_survives_torch_save_and_load(family, clip):
+    model = build(family)  # saved before its first forward: HF's output-capturing hooks are not picklable
+    inputs = inputs_for(family, clip, "What is moving?")
+    with tokcompress.compress(model, "framefusion", ratio=0.3):
+        buffer = io.BytesIO()
+        torch.save(model, buffer)
+        expected = generate(model, inputs)
+    buffer.seek(0)
+    loaded = torch.load(buffer, weights_only=False)
+    handle = loaded._tokcompress_handle
+    assert handle.patched and torch.equal(generate(loaded, inputs), expected)
+    assert handle.stats.method == "framefusion" and abs(handle.stats.achieved_ratio - 0.3) * handle.stats.visual_in <= 1
+    handle.unpatch()
+
+
+@pytest.mark.parametrize("speculation", [{"prompt_lookup_num_tokens": 2}, {"assistant_model": "self"}])
+def test_speculative_decoding_is_refused_while_compressing(clip, speculation):
+    model = model_for("llava_onevision")
+    inputs = inputs_for("llava_onevision", clip, "What is moving?")
+    speculation = {k: model if v == "self" else v for k, v in speculation.items()}
+    with tokcompress.compress(model, "fastv", ratio=0.3), pytest.raises(ValueError, match="speculative decoding"):
+        generate(model, inputs, **speculation)
+    if "assistant_model" in speculation:  # (HF's prompt lookup proposes video placeholders: it fails unpatched)
+        reference = generate(model, inputs, **speculation)
+        with tokcompress.compress(model, "none"):
+            assert torch.equal(generate(model, inputs, **speculation), reference)
+
+
+def test_right_padded_generate_is_refused_and_a_plain_forward_is_not(clip, other_clip):
+    model = model_for("llava_onevision")
+    batch = inputs_for("llava_onevision", [clip, other_clip], ["What is moving in this video?", "Who?"])
+    right = {**batch}
+    right["input_ids"], right["attention_mask"] = _right_padded(batch["input_ids"], batch["attention_mask"])
+    with tokcompress.compress(model, "uniform", ratio=0.3):
+        with pytest.raises(ValueError, match="padding_side='left'"):
+            generate(model, right)
+        logits(model, right)
+
+
+def _right_padded(ids, mask):
+    rows = [row[m.bool()] for row, m in zip(ids, mask)]
+    padded, new_mask = torch.full_like(ids, tiny.PAD), torch.zeros_like(mask)
+    for b, row in enumerate(rows):
+        padded[b, : len(row)], new_mask[b, : len(row)] = row, 1
+    return padded, new_mask
+
+
+@pytest.mark.parametrize("method", ["none", "fastv"])
+def test_a_placeholder_feature_mismatch_keeps_hfs_own_error(clip, method):
+    model = model_for("llava_onevision")
+    inputs = inputs_for("llava_onevision", clip, "What is moving?")
+    ids = inputs["input_ids"]
+    first_video = int((ids[0] == tiny.VIDEO).nonzero()[0])
+    inputs["input_ids"] = torch.cat([ids[:, :first_video], ids[:, first_video + 1 :]], dim=1)  # one placeholder short
+    inputs["attention_mask"] = inputs["attention_mask"][:, 1:]
+    with pytest.raises(ValueError) as unpatched:
+        logits(model, inputs)
+    with tokcompress.compress(model, method, ratio=None if method == "none" else 0.3), pytest.raises(ValueError) as patched:
+        logits(model, inputs)
+    assert str(patched.value) == str(unpatched.value)
+
+
+def test_an_image_only_prompt_passes_through_and_says_so():
+    model = model_for("qwen2_5_vl")
+    frame = torch.full((1, 112, 112, 3), 128, dtype=torch.uint8)
+    patches, grid = qwen_vl_pixels(frame, 112, 112)
+    ids = torch.tensor([tiny.text_ids("user: ") + [tiny.VISION_START] + [tiny.IMAGE] * 16 + [tiny.VISION_END] + tiny.text_ids("?")])
+    inputs = {
+        "input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": patches, "image_grid_thw": grid,
+        "mm_token_type_ids": (ids == tiny.IMAGE).long(),
+    }
+    reference = logits(model, inputs)
+    for method in ("none", "fastv"):
+        with tokcompress.compress(model, method, ratio=None if method == "none" else 0.3) as handle:
+            assert torch.equal(logits(model, inputs), reference)
+            assert "no video tokens" in handle.stats.note
+
+
+def test_per_layer_outputs_map_back_to_input_positions(family, clip):
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    with torch.no_grad():
+        full = model(**inputs, output_hidden_states=True).hidden_states
+    with tokcompress.compress(model, "fastv", ratio=0.75, layer=2) as handle, torch.no_grad():
+        reduced = model(**inputs, output_hidden_states=True).hidden_states
+        stats = handle.stats
+    kept = set(stats.samples[0].kept_positions)
+    for layer in range(len(model.model.language_model.layers)):
+        positions = stats.positions_at_layer(layer)[0]
+        assert reduced[layer + 1].shape[1] == positions.numel()
+        visual = {int(p) for p in positions if int(inputs["input_ids"][0, p]) == tiny.VIDEO}
+        assert visual == (kept if layer >= 2 else set((inputs["input_ids"][0] == tiny.VIDEO).nonzero().squeeze(1).tolist()))
+    # layers before the pruning layer saw every token: their outputs are the unpatched ones, position by position
+    torch.testing.assert_close(reduced[2][0], full[2][0, stats.positions_at_layer(1)[0]])
