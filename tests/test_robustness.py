@@ -204,12 +204,13 @@ def _right_padded(ids, mask):
 
 
 @pytest.mark.parametrize("method", ["none", "fastv"])
-def test_a_placeholder_feature_mismatch_keeps_hfs_own_error(clip, method):
-    model = model_for("llava_onevision")
-    inputs = inputs_for("llava_onevision", clip, "What is moving?")
-    ids = inputs["input_ids"]
-    first_video = int((ids[0] == tiny.VIDEO).nonzero()[0])
-    inputs["input_ids"] = torch.cat([ids[:, :first_video], ids[:, first_video + 1 :]], dim=1)  # one placeholder short
+def test_a_placeholder_feature_mismatch_keeps_hfs_own_error(family, clip, method):
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    first_video = int((inputs["input_ids"][0] == tiny.VIDEO).nonzero()[0])
+    for name in ("input_ids", "mm_token_type_ids"):  # one placeholder short
+        if name in inputs:
+            inputs[name] = torch.cat([inputs[name][:, :first_video], inputs[name][:, first_video + 1 :]], dim=1)
     inputs["attention_mask"] = inputs["attention_mask"][:, 1:]
     with pytest.raises(ValueError) as unpatched:
         logits(model, inputs)

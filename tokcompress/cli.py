@@ -18,6 +18,8 @@ import tokcompress
 from . import tiny
 from .video import read_frames, sample_clip
 
+TINY_IMAGE_SIZE = 196  # 7×7 tokens per frame after pooling
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tokcompress", description=__doc__)
@@ -39,12 +41,12 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_demo(args: argparse.Namespace) -> None:
     path = args.clip if "/" in args.clip else sample_clip(args.clip)
-    frames = read_frames(path, args.frames)
-    if args.model:
-        model, inputs, decode = load_checkpoint(args.model, frames, args.question)
+    if args.model:  # the checkpoint's processor resizes
+        model, inputs, decode = load_checkpoint(args.model, read_frames(path, args.frames), args.question)
         print(f"model: {args.model}")
     else:
-        model = tiny.tiny_llava_onevision(num_layers=8, hidden_size=256, image_size=196)
+        model = tiny.tiny_llava_onevision(num_layers=8, hidden_size=256, image_size=TINY_IMAGE_SIZE)
+        frames = read_frames(path, args.frames, size=(TINY_IMAGE_SIZE, TINY_IMAGE_SIZE))
         inputs = tiny.llava_onevision_inputs(model, frames, args.question)
         decode = tiny.decode
         print("model: tiny LLaVA-OneVision built from config - RANDOM WEIGHTS, so the text is noise;")

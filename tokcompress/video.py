@@ -27,20 +27,45 @@ def sample_clip(name: str = "bikes.mp4") -> Path:
     return path
 
 
-def read_frames(path: str | Path, num_frames: int) -> torch.Tensor:
-    """`num_frames` evenly spaced frames of a video as a uint8 tensor (T, H, W, 3), decoded with decord."""
+CHUNK = 8
+"""Frames decoded or converted at a time: a long clip never sits in memory at full resolution or in float."""
+
+
+def read_frames(path: str | Path, num_frames: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+    """`num_frames` evenly spaced frames of a video as a uint8 tensor (T, H, W, 3), decoded with decord.
+
+    size: (height, width) to resize to while decoding, a chunk of frames at a time (antialiased bilinear on
+    uint8, as HF's processors resize), so a 1,024-frame clip needs a few hundred MB instead of gigabytes.
+    """
     import decord
 
     reader = decord.VideoReader(str(path), num_threads=1)
-    indices = torch.linspace(0, len(reader) - 1, num_frames).round().long().tolist()
-    return torch.from_numpy(reader.get_batch(indices).asnumpy())
+    # more frames than the clip has repeat some: decode each once
+    distinct, order = torch.linspace(0, len(reader) - 1, num_frames).round().long().unique(return_inverse=True)
+    chunks = []
+    for start in range(0, len(distinct), CHUNK):
+        frames = torch.from_numpy(reader.get_batch(distinct[start : start + CHUNK].tolist()).asnumpy())
+        if size is not None:  # frame by frame: resizing upcasts internally
+            frames = torch.stack([_resize(frame.permute(2, 0, 1)[None], *size)[0] for frame in frames]).permute(0, 2, 3, 1)
+        chunks.append(frames)
+    return torch.cat(chunks)[order]
 
 
 def resize_normalize(frames: torch.Tensor, height: int, width: int, mean, std) -> torch.Tensor:
-    """uint8 (T, H, W, 3) → float (T, 3, height, width), bilinear resize, then (x/255 − mean) / std."""
-    pixels = frames.permute(0, 3, 1, 2).float() / 255.0
-    pixels = torch.nn.functional.interpolate(pixels, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
-    return (pixels - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    """uint8 (T, H, W, 3) → float (T, 3, height, width): bilinear resize, then (x/255 − mean) / std, by chunks."""
+    out = torch.empty(frames.shape[0], 3, height, width)
+    mean, std = torch.tensor(mean)[:, None, None], torch.tensor(std)[:, None, None]
+    for start in range(0, frames.shape[0], CHUNK):
+        chunk = _resize(frames[start : start + CHUNK].permute(0, 3, 1, 2), height, width)
+        out[start : start + CHUNK] = (chunk.float() / 255.0 - mean) / std
+    return out
+
+
+def _resize(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """uint8 (T, 3, H, W) → uint8 (T, 3, height, width), antialiased bilinear."""
+    if frames.shape[-2:] == (height, width):
+        return frames
+    return torch.nn.functional.interpolate(frames, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
 
 
 def llava_onevision_pixels(frames: torch.Tensor, image_size: int) -> torch.Tensor:
