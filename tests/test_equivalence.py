@@ -83,12 +83,20 @@ def test_achieved_ratio_within_one_token(family, clip, method, ratio):
         assert len(sample.kept_positions) == sample.visual_out
 
 
-@pytest.mark.parametrize("method", ["uniform", "dycoke"])
-def test_pre_llm_methods_match_the_ideal_model_fed_only_kept_tokens(family, clip, method):
-    """Feeding the LLM only the kept tokens at their original positions gives the same logits at every step."""
+@pytest.mark.parametrize(
+    ("method", "knobs"), [("uniform", {}), ("dycoke", {"decode_keep": 1.0}), ("dycoke", {"positions": "contiguous"})]
+)
+def test_pre_llm_methods_match_the_ideal_model_fed_only_kept_tokens(family, clip, method, knobs):
+    """Feeding the LLM only the kept tokens at their original (or re-indexed) positions gives the same logits
+    at every step."""
     model = model_for(family)
     inputs = inputs_for(family, clip, "What is moving?")
-    knobs = {"decode_keep": 1.0} if method == "dycoke" else {}
+    contiguous = knobs.get("positions") == "contiguous"
+    if contiguous and family == "qwen2_5_vl":
+        with pytest.raises(ValueError, match="M-RoPE positions"):
+            tokcompress.patch(model, method, ratio=0.3, **knobs)
+        return
+    knobs = {"decode_keep": 1.0, **knobs} if method == "dycoke" else knobs
     with tokcompress.compress(model, method, ratio=0.3, **knobs) as handle, torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
         kept = handle.stats.samples[0].kept_positions
@@ -102,6 +110,8 @@ def test_pre_llm_methods_match_the_ideal_model_fed_only_kept_tokens(family, clip
         embeds[0, visual] = torch.cat(features) if isinstance(features, tuple) else features.flatten(0, 1)
         step_embeds = embeds[:, survivors]
         step_positions = _original_positions(model, inputs)[..., survivors]
+        if contiguous:
+            step_positions = torch.arange(len(survivors))[None]
         past = None
         for step_logits in out.logits:
             lm = model.model.language_model(
@@ -138,3 +148,14 @@ def test_manual_decode_loop_matches_generate(family, clip, method):
             out = model(input_ids=torch.tensor([tokens[-1:]]), use_cache=True, **cache)
             tokens.append(int(out.logits[0, -1].argmax()))
     assert tokens == expected
+
+
+def test_contiguous_positions_keep_batch_equal_to_single(clip, other_clip):
+    model = model_for("llava_onevision")
+    questions = ["What is moving in this video?", "Who?"]
+    batch = inputs_for("llava_onevision", [clip, other_clip], questions)
+    with tokcompress.compress(model, "dycoke", ratio=0.3, positions="contiguous"):
+        together = generate(model, batch, max_new_tokens=5)
+        for b, (frames, question) in enumerate(zip([clip, other_clip], questions)):
+            alone = generate(model, inputs_for("llava_onevision", frames, question), max_new_tokens=5)
+            assert torch.equal(alone[0], together[b])

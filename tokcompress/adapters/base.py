@@ -21,6 +21,7 @@ class Adapter:
     """
 
     model_type: ClassVar[str]
+    mrope: ClassVar[bool] = False  # whether the LLM takes 3-D M-RoPE positions
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -28,7 +29,7 @@ class Adapter:
         self.multimodal_model = model.model if hasattr(model, "lm_head") else model
         self.language_model = self.multimodal_model.language_model
         self.layers = self.language_model.layers
-        self.spec = ModelSpec(self.model_type, len(self.layers))
+        self.spec = ModelSpec(self.model_type, len(self.layers), self.mrope)
 
     @property
     def config(self):

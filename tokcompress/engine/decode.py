@@ -38,6 +38,8 @@ def start_decode_step(state: GenerationState, kwargs: dict[str, Any]) -> None:
     if kwargs.get("position_ids") is None:
         kwargs["position_ids"] = next_positions(state.last_positions, length)
     state.last_positions = kwargs["position_ids"][..., -1:]
+    if state.position_shift is not None:
+        kwargs["position_ids"] = kwargs["position_ids"] - state.position_shift
 
 
 def skip_tokens_already_cached(state: GenerationState, kwargs: dict[str, Any]) -> bool:

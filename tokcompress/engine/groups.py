@@ -94,7 +94,8 @@ class GenerationState:
     groups: list[TokenGroup]
     full_length: int  # length of the uncompressed sequence so far (prompt + generated)
     stats: CompressionStats
-    last_positions: torch.Tensor  # (..., B, 1) position ids of the last token the LLM saw
+    last_positions: torch.Tensor  # (..., B, 1) position ids of the last token the LLM saw, as the caller counts
+    position_shift: torch.Tensor | None = None  # (B, 1) subtracted from the caller's positions (re-indexed prompt)
     memories: list[dict] = field(default_factory=list)  # per row, for methods
     decode_memories: list[dict] = field(default_factory=list)
     reduced: bool = False  # whether any group differs from the caller's sequence
@@ -116,6 +117,8 @@ class GenerationState:
         for group in self.groups:
             group.reorder(rows)
         self.last_positions = self.last_positions.index_select(-2, rows.to(self.last_positions.device))
+        if self.position_shift is not None:
+            self.position_shift = self.position_shift[rows.to(self.position_shift.device)]
         order = rows.tolist()
         self.memories = [dict(self.memories[i]) for i in order]
         self.decode_memories = [dict(self.decode_memories[i]) for i in order]

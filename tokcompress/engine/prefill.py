@@ -86,7 +86,12 @@ def reduce_before_llm(method: Method, num_layers: int, state: GenerationState, k
         ]
         new_group, slot_index = compact(group, reductions, 0, method.uses_proportional_attention())
         kwargs["inputs_embeds"] = gather_slots(write_merged(embeds, group, reductions), slot_index, fill=0.0)
-        kwargs["position_ids"] = gather_slots(positions, slot_index, fill=0)
+        kept_positions = gather_slots(positions, slot_index, fill=0)
+        if method.reindexes_positions():  # 1-D positions: kept tokens numbered as if nothing had been dropped
+            contiguous = (new_group.attention_mask.cumsum(-1) - 1).clamp_min(0)
+            state.position_shift = kept_positions[..., -1:] - contiguous[..., -1:]
+            kept_positions = contiguous
+        kwargs["position_ids"] = kept_positions
         kwargs["attention_mask"] = new_group.attention_mask
         state.groups = [new_group]
         state.reduced = True

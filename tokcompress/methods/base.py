@@ -80,6 +80,7 @@ class ModelSpec:
 
     model_type: str
     num_layers: int
+    mrope: bool = False  # positions are 3-D M-RoPE ids (Qwen-VL), which have no contiguous re-indexing
 
 
 @dataclass(frozen=True)
@@ -183,6 +184,10 @@ class Method:
         """The method as it runs on this model: knobs checked against it (ValueError naming the fix) and
         model-dependent defaults filled in, as a copy; `self` when nothing changes. Called by `patch`."""
         return self
+
+    def reindexes_positions(self) -> bool:
+        """Whether tokens kept before the LLM get contiguous positions instead of their original ones."""
+        return False
 
     def uses_proportional_attention(self) -> bool:
         """Whether a merged token's keys get log(size) added to their attention logits in every later layer."""

@@ -16,12 +16,14 @@ from .base import (
     Method,
     ModelSpec,
     TokenReduction,
+    check_choice,
     check_int,
     keep_count,
     proportional_split,
     top_tokens,
 )
 
+POSITIONS = ("original", "contiguous")
 GROUP = 4  # frames per temporal group: one anchor and three frames pruned against it
 PAPER_DECODE_LAYER = 3
 
@@ -47,6 +49,8 @@ class DyCoke(Method):
     decode_keep: 0.2 (the official P = 0.8 drops 80 %)
     decode_layer: L = 3
     reselect_threshold: 0.9
+    positions: "original" (kept tokens keep their positions) or "contiguous" (the official LLaVA code's
+        re-indexing, 1-D positions only)
 
     Departures:
     - Budget: one count, round(ratio · N), split over the pruned frames in proportion to their size, where
@@ -54,8 +58,8 @@ class DyCoke(Method):
       decode keeps round(decode_keep · n) entries where the official code keeps int(n · (1 − P)).
     - The last group is pruned too and an odd last frame is kept (the official code leaves the last group's
       third frame whole and drops an odd last frame); kept tokens stay in spatial order.
-    - Positions: kept tokens keep their original positions; the official LLaVA code rebuilds the sequence,
-      so its kept tokens get contiguous positions.
+    - Positions: by default kept tokens keep their original positions; the official LLaVA code rebuilds the
+      sequence, so its kept tokens get contiguous positions (positions="contiguous").
     - Decode attention comes from the selecting layer's own query (the official code uses layer L−1's
       attention output); on stable steps the previous selection is reused, where the official code falls
       back to the full cache; no state crosses samples or generations.
@@ -64,6 +68,7 @@ class DyCoke(Method):
     decode_keep: float = 0.2
     decode_layer: int | None = None
     reselect_threshold: float = 0.9
+    positions: str = "original"
 
     name = "dycoke"
     stages = (PRE_LLM, DECODE)
@@ -75,12 +80,21 @@ class DyCoke(Method):
         check_int("dycoke", "decode_layer", self.decode_layer, 0, optional=True)
         if not -1.0 <= self.reselect_threshold <= 1.0:
             raise ValueError(f"dycoke reselect_threshold must lie in [-1, 1], got {self.reselect_threshold!r}")
+        check_choice("dycoke", "positions", self.positions, POSITIONS)
+
+    def reindexes_positions(self) -> bool:
+        return self.positions == "contiguous"
 
     def bind(self, spec: ModelSpec) -> DyCoke:
         if self.decode_layer is not None and self.decode_layer >= spec.num_layers:
             raise ValueError(
                 f"dycoke decode_layer={self.decode_layer} but the model has {spec.num_layers} layers; "
                 "pass a smaller decode_layer (or None)"
+            )
+        if self.reindexes_positions() and spec.mrope:
+            raise ValueError(
+                f"dycoke positions='contiguous' re-indexes 1-D positions (the official LLaVA code); {spec.model_type} "
+                "takes 3-D M-RoPE positions, which keep their original values: pass positions='original'"
             )
         return self
 
