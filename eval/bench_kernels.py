@@ -1,6 +1,6 @@
 """Kernel benchmark: each Triton kernel against its torch reference and the naive PyTorch a user would write.
 
-GPU:  python eval/bench_kernels.py                 # N ∈ {1k, 4k, 12k, 25k} tokens, D ∈ {896, 3584}, bf16
+GPU:  python eval/bench_kernels.py                 # N ∈ {1k, 4k, 12k, 25k} tokens, D ∈ {896, 1280, 3584}, bf16
 CPU:  python eval/bench_kernels.py --smoke         # tiny shapes, kernels through TRITON_INTERPRET (checks the harness,
                                                    # the timings say nothing about GPU speed)
 Writes eval/results/kernels_<device>.csv and .png. GPU timings are triton.testing.do_bench quantiles (median, p20, p80).
@@ -30,6 +30,12 @@ from tokcompress.ops import attention, matching, merge, similarity  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 TOKENS_PER_FRAME = 196
+SHAPES = {  # hidden size D: (attention heads, KV heads, head dim) of the model it comes from
+    896: (14, 2, 64),  # Qwen2-0.5B, the LLM of LLaVA-OneVision-0.5B
+    1280: (16, 16, 80),  # Qwen2.5-VL's vision tower (in-encoder merging)
+    3584: (28, 4, 128),  # Qwen2-7B: LLaVA-OneVision-7B's and Qwen2.5-VL-7B's LLM
+}
+SMOKE_SHAPES = {64: (4, 2, 16), 128: (4, 4, 32)}
 
 
 def naive_aligned_cosine(tokens, partner):
@@ -71,9 +77,7 @@ def cases(n: int, d: int, dtype: torch.dtype, device: str) -> dict[str, tuple[tu
     partner = (torch.arange(n) - TOKENS_PER_FRAME).to(device)
     sizes = torch.ones(n, device=device)
     merge_into = (torch.arange(n) // 2).to(device)
-    head_dim = 128 if d % 128 == 0 else 64
-    heads = d // head_dim
-    kv_heads = min(heads, 4 if d >= 3584 else 2)
+    heads, kv_heads, head_dim = {**SHAPES, **SMOKE_SHAPES}[d]
     queries = torch.randn(heads, 1, head_dim, generator=generator).to(device, dtype)
     keys = torch.randn(kv_heads, n, head_dim, generator=generator).to(device, dtype)
     half = n // 2
@@ -117,8 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name().replace(" ", "-") if device == "cuda" else "cpu-interpreter-smoke"
     dtype = getattr(torch, args.dtype) if device == "cuda" else torch.float32
-    sizes = [(n, d) for n in (256, 640) for d in (64, 128)] if args.smoke else [
-        (n, d) for n in (1024, 4096, 12288, 25088) for d in (896, 3584)
+    sizes = [(n, d) for n in (256, 640) for d in SMOKE_SHAPES] if args.smoke else [
+        (n, d) for n in (1024, 4096, 12288, 25088) for d in SHAPES
     ]
     rows = []
     for n, d in sizes:
@@ -140,7 +144,21 @@ def main(argv: list[str] | None = None) -> int:
         writer.writerows(rows)
     print(f"wrote {path}")
     plot(rows, args.out / f"kernels_{name}.png")
+    print("measured crossovers, for tokcompress/ops/dispatch.py MIN_KERNEL_SIZE:", crossovers(rows))
     return 0
+
+
+def crossovers(rows: list[dict]) -> dict[str, float]:
+    """Per op, the smallest N from which the kernel beats the reference at every measured N and D (inf: never)."""
+    result = {}
+    for op in dict.fromkeys(r["op"] for r in rows):
+        timings = {(r["n"], r["d"], r["implementation"]): float(r["median_ms"]) for r in rows if r["op"] == op}
+        sizes = sorted({n for n, _, _ in timings})
+        wins = {n: all(timings[n, d, "kernel"] < timings[n, d, "reference"] for m, d, _ in timings if m == n) for n in sizes}
+        losing = [n for n in sizes if not wins[n]]
+        result[op] = float("inf") if losing and losing[-1] == sizes[-1] else next(
+            (n for n in sizes if n > max(losing, default=-1)), float("inf"))
+    return result
 
 
 def plot(rows: list[dict], path: Path) -> None:

@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import pytest
+import torch
 
 EVAL = Path(__file__).parents[1] / "eval"
 
@@ -30,6 +31,19 @@ def test_kernel_benchmark_smoke_run(tmp_path):
     assert list(tmp_path.glob("kernels_*.png"))
 
 
+@pytest.mark.parametrize("d", [896, 1280, 3584])
+def test_kernel_benchmark_cases_have_the_real_head_shapes(d):
+    """The GPU sizes build (heads × head_dim = D, KV heads divide heads) and the references and naive versions run."""
+    bench = load("bench_kernels")
+    heads, kv_heads, head_dim = bench.SHAPES[d]
+    assert heads * head_dim == d and heads % kv_heads == 0
+    for inputs, implementations in bench.cases(2 * bench.TOKENS_PER_FRAME, d, torch.float32, "cpu").values():
+        expected = implementations["reference"](*inputs)
+        naive = implementations["naive"](*inputs)
+        torch.testing.assert_close(naive[0] if isinstance(naive, tuple) else naive,
+                                   expected[0] if isinstance(expected, tuple) else expected, rtol=1e-4, atol=1e-4)
+
+
 def test_latency_benchmark_smoke_run(tmp_path):
     """The small model, two frames: every column is filled, beside the ideal."""
     argv = ["--frames", "2", "--methods", "none", "uniform", "dycoke", "--ratios", "0.3", "--new-tokens", "3",
@@ -41,3 +55,23 @@ def test_latency_benchmark_smoke_run(tmp_path):
     assert all(float(r["prefill_ms"]) > 0 and float(r["ideal_prefill_ms"]) > 0 for r in rows)
     assert abs(float(rows[1]["achieved_ratio"]) - 0.3) < 0.02
     assert list(tmp_path.glob("latency_*_vs_ratio.png"))
+
+
+def test_crossovers_come_from_the_measurements_and_the_dispatch_respects_committed_gpu_results():
+    bench = load("bench_kernels")
+    rows = [dict(op="x", n=n, d=d, implementation=i, median_ms=t) for n, d, i, t in [
+        (1, 8, "kernel", 2.0), (1, 8, "reference", 1.0), (4, 8, "kernel", 1.0), (4, 8, "reference", 2.0),
+        (9, 8, "kernel", 1.0), (9, 8, "reference", 2.0)]]
+    assert bench.crossovers(rows) == {"x": 4}
+    rows[-2]["median_ms"] = 3.0  # losing at the largest size: never
+    assert bench.crossovers(rows) == {"x": float("inf")}
+    from tokcompress.ops.dispatch import MIN_KERNEL_SIZE
+
+    for table in EVAL.glob("results/kernels_*.csv"):
+        measured = list(csv.DictReader(table.open()))
+        if "cpu" in table.name or not measured:
+            continue
+        for row in measured:
+            row["n"], row["d"] = int(row["n"]), int(row["d"])
+        for op, crossover in bench.crossovers(measured).items():  # dispatched only where every GPU measured a win
+            assert MIN_KERNEL_SIZE[op] >= crossover, f"{table.name}: {op} dispatched below its measured crossover"

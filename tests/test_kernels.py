@@ -90,6 +90,8 @@ def test_dispatch_sends_cuda_tensors_to_kernels_unless_forced_to_the_reference(m
     assert dispatch.kernel_for("aligned_cosine", cpu, 4) is None  # CPU tensors: always the reference
     fake_cuda = type("FakeCuda", (), {"is_cuda": True})()
     assert dispatch.kernel_for("aligned_cosine", fake_cuda, 4) is similarity_kernel.aligned_cosine
+    assert dispatch.kernel_for("few_query_attention", fake_cuda, 10**6) is None  # not measured faster yet
+    monkeypatch.setitem(dispatch.MIN_KERNEL_SIZE, "few_query_attention", 0)
     assert dispatch.kernel_for("few_query_attention", fake_cuda, 4) is attention_kernel.few_query_attention
     monkeypatch.setitem(dispatch.MIN_KERNEL_SIZE, "weighted_merge", 100)
     assert dispatch.kernel_for("weighted_merge", fake_cuda, 99) is None  # below the measured crossover
@@ -97,3 +99,18 @@ def test_dispatch_sends_cuda_tensors_to_kernels_unless_forced_to_the_reference(m
     monkeypatch.setenv(dispatch.FORCE_REFERENCE, "1")
     assert dispatch.kernel_for("aligned_cosine", fake_cuda, 4) is None
     torch.testing.assert_close(ops.aligned_cosine(cpu, torch.tensor([-1, 0, 1, 2]))[1:], torch.nn.functional.cosine_similarity(cpu[1:], cpu[:3]))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_bipartite_match_kernel_splits_b_across_programs_and_keeps_the_first_of_ties(dtype):
+    a = random(2, 40, 64, dtype=dtype)
+    b = random(2, 300, 64, dtype=dtype, seed=1)  # three slices of B
+    b[0, 250] = b[0, 20] = a[0, 3]  # the same exact match in two slices: the earlier token wins
+    lengths_a, lengths_b = torch.tensor([40, 31], device=DEVICE), torch.tensor([300, 140], device=DEVICE)
+    score, index = matching_kernel.bipartite_match(a, b, lengths_a, lengths_b)
+    expected_score, expected_index = matching.bipartite_match_reference(a, b, lengths_a, lengths_b)
+    torch.testing.assert_close(score, expected_score, **TOLERANCE[dtype])
+    if dtype == torch.float32:  # half-precision dot products of equal rows may round differently per tile slot
+        assert index[0, 3] == 20
+    assert index[0, 3] in (20, 250)
+    assert bool((index[1, 31:] == -1).all()) and bool((index[1, :31] < 140).all())

