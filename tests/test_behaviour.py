@@ -46,7 +46,7 @@ def test_fastv_selects_the_peaks_of_the_attention_row():
 
 def test_random_is_seeded_and_uniform_spreads_over_frames_and_cells():
     layout = VisualLayout.from_videos([0], [(4, 3, 3)], separators_per_video=1)
-    budget = LayerBudget(1.0, layout.num_tokens, 4)
+    budget = LayerBudget(0.5, layout.num_tokens, 4)
     features = torch.zeros(layout.num_tokens, 8)
     draw = lambda seed: RandomPrune(ratio=0.5, seed=seed).reduce_pre_llm(features, layout, budget).keep.tolist()  # noqa: E731
     assert draw(0) == draw(0) and draw(0) != draw(1)
@@ -63,7 +63,7 @@ def test_dycoke_keeps_the_novel_tokens_of_each_pruned_frame():
     features = torch.randn(1, 4, 16).expand(4, -1, -1).clone()  # four identical frames ...
     features[1, 2] = torch.randn(16)  # ... except one cell in frame 1 and one in frame 3
     features[3, 0] = torch.randn(16)
-    keep = DyCoke(ratio=7 / 16).reduce_pre_llm(features.reshape(16, 16), layout, LayerBudget(1.0, 16, 4)).keep
+    keep = DyCoke(ratio=7 / 16).reduce_pre_llm(features.reshape(16, 16), layout, LayerBudget(7 / 16, 16, 4)).keep
     # anchor frame 0 whole; frames 1-3 keep one token each: the changed cells, and (a tie) frame 2's first
     assert keep.tolist() == [0, 1, 2, 3, 4 + 2, 8 + 0, 12 + 0]
 
@@ -103,10 +103,10 @@ def test_tome_merges_identical_neighbours_first_and_keeps_distinct_tokens():
     features[1] = features[0]  # frame 1 repeats frame 0: its cells should merge into frame 0's
     from tokcompress.methods import ToMe
 
-    reduction = ToMe(ratio=12 / 16).reduce_pre_llm(features.reshape(16, 16), layout, LayerBudget(1.0, 16, 4))
+    reduction = ToMe(ratio=12 / 16).reduce_pre_llm(features.reshape(16, 16), layout, LayerBudget(12 / 16, 16, 4))
     assert reduction.keep.numel() == 12
     merged_away = sorted(set(range(16)) - set(reduction.keep.tolist()))
     assert all(i < 8 for i in merged_away)  # the four merges happened inside the repeated pair of frames
     assert all(reduction.merge_into[i] >= 0 for i in merged_away)  # folded, not dropped
-    tiny_budget = ToMe(ratio=1 / 16).reduce_pre_llm(features.reshape(16, 16), layout, LayerBudget(1.0, 16, 4))
+    tiny_budget = ToMe(ratio=1 / 16).reduce_pre_llm(features.reshape(16, 16), layout, LayerBudget(1 / 16, 16, 4))
     assert tiny_budget.keep.numel() == 1 and bool((tiny_budget.merge_into == 0).all())  # one token stands for all

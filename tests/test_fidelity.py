@@ -68,7 +68,8 @@ def tome_bipartite_round(a: torch.Tensor, b: torch.Tensor, merges: int) -> dict[
 def test_tome_first_round_is_bipartite_matching_of_neighbouring_frames(merges):
     layout = VisualLayout.from_videos([0], [(2, 3, 3)])
     tokens = features(18, 16)
-    reduction = ToMe(ratio=(18 - merges) / 18).reduce_pre_llm(tokens, layout, LayerBudget(1.0, 18, 4))
+    ratio = (18 - merges) / 18
+    reduction = ToMe(ratio=ratio).reduce_pre_llm(tokens, layout, LayerBudget(ratio, 18, 4))
     expected = tome_bipartite_round(tokens[:9], tokens[9:], merges)
     ours = destinations(reduction, 18)
     assert {i: ours[i] - 9 for i in range(9) if ours[i] != i} == expected
@@ -81,7 +82,7 @@ def test_tome_pairs_the_surviving_frames_in_later_rounds():
     base = features(2, 4, 16)
     noise = 0.01 * features(2, 4, 16, seed=1)
     frames = torch.stack([base[0], base[0] + noise[0], base[1], base[1] + noise[1]])
-    reduction = ToMe(ratio=5 / 16).reduce_pre_llm(frames.reshape(16, 16), layout, LayerBudget(1.0, 16, 4))
+    reduction = ToMe(ratio=5 / 16).reduce_pre_llm(frames.reshape(16, 16), layout, LayerBudget(5 / 16, 16, 4))
     ours = destinations(reduction, 16)
     assert all(ours[i] == ours[4 + i] and ours[8 + i] == ours[12 + i] for i in range(4))  # round one: same cells
     merged_1 = (frames[0] + frames[1]) / 2
@@ -95,7 +96,7 @@ def test_tome_merges_at_most_half_of_a_window_per_round():
     layout = VisualLayout.from_videos([0], [(1, 1, 3)])
     tokens = features(3, 8)
     tokens[0] = tokens[1] + 0.01 * features(8, seed=1)
-    reduction = ToMe(ratio=1 / 3).reduce_pre_llm(tokens, layout, LayerBudget(1.0, 3, 4))
+    reduction = ToMe(ratio=1 / 3).reduce_pre_llm(tokens, layout, LayerBudget(1 / 3, 3, 4))
     assert reduction.keep.tolist() == [2]  # had both A tokens merged in one round, token 1 would survive
     assert destinations(reduction, 3) == [2, 2, 2]
 
@@ -236,7 +237,7 @@ def test_dycoke_keeps_the_same_novel_cells_as_the_official_ttm():
     frames[5:8] = frames[4] + 0.5 * features(3, 4, 16, seed=2)
     layout = VisualLayout.from_videos([0], [(8, 2, 2)])
     # anchors 0 and 4 whole, the six other frames one cell each: the official keep = int((1 − K) · 4) = 1
-    keep = DyCoke(ratio=14 / 32).reduce_pre_llm(frames.reshape(32, 16), layout, LayerBudget(1.0, 32, 4)).keep
+    keep = DyCoke(ratio=14 / 32).reduce_pre_llm(frames.reshape(32, 16), layout, LayerBudget(14 / 32, 32, 4)).keep
     ours = {t: {c for c in range(4) if 4 * t + c in set(keep.tolist())} for t in range(8)}
     official = dycoke_published_ttm(frames, keep=1)
     both_prune = [1, 2, 3, 5, 7]  # the official code leaves frame 6 (last group's third) whole: a Departure

@@ -20,7 +20,8 @@ import torch
 
 from ..layout import VisualLayout
 
-PRE_LLM, IN_LLM, DECODE = "pre_llm", "in_llm", "decode"
+PRE_ENCODER, PRE_LLM, IN_LLM, DECODE = "pre_encoder", "pre_llm", "in_llm", "decode"
+"""The stages, in the order data flows: before the vision tower, before the LLM, inside it, while decoding."""
 
 
 def check_ratio(ratio: Any) -> float:
@@ -126,6 +127,11 @@ class LayerBudget:
     layer: int = 0
     spent: int = 0
 
+    def tokens_before_llm(self, available: int) -> int:
+        """round(ratio · num_visual), the count a pre-LLM reduction keeps, at most the `available` tokens (fewer
+        than num_visual when an encoder-side stage already dropped some)."""
+        return min(keep_count(self.ratio, self.num_visual), available)
+
     @property
     def remaining(self) -> float:
         return self.ratio * self.num_visual * self.num_layers - self.spent
@@ -192,6 +198,14 @@ class Method:
     def uses_proportional_attention(self) -> bool:
         """Whether a merged token's keys get log(size) added to their attention logits in every later layer."""
         return False
+
+    def reduce_pre_encoder(self, signatures: torch.Tensor) -> torch.Tensor:
+        """Sorted indices of the frame units of one video the vision tower encodes (the others are dropped).
+
+        signatures: (units, n, D) the tower's patch embeddings of each frame unit (a frame; for Qwen-VL a
+        temporal patch of two frames), a cheap stand-in for what the tower would see.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not act before the vision encoder")
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         raise NotImplementedError(f"{type(self).__name__} does not act before the LLM")

@@ -101,7 +101,7 @@ class DyCoke(Method):
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         reference, is_anchor = group_references(layout)
         novelty = -aligned_cosine(features, reference)
-        count = keep_count(self.ratio, budget.num_visual)
+        count = budget.tokens_before_llm(layout.num_tokens)
         separators = layout.is_separator.nonzero().squeeze(1)
         cells = count - min(count, separators.numel())
         frames = torch.unique(layout.frame[~layout.is_separator]).tolist()

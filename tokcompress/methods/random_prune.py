@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction, keep_count, top_tokens
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction, top_tokens
 
 
 @dataclass
@@ -29,4 +29,4 @@ class RandomPrune(Method):
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         generator = torch.Generator().manual_seed(self.seed)
         scores = torch.rand(layout.num_tokens, generator=generator).to(features.device)
-        return TokenReduction.prune(top_tokens(scores, keep_count(self.ratio, budget.num_visual), layout.is_separator))
+        return TokenReduction.prune(top_tokens(scores, budget.tokens_before_llm(layout.num_tokens), layout.is_separator))

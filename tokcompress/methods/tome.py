@@ -8,7 +8,7 @@ import torch
 
 from ..layout import VisualLayout
 from ..ops import bipartite_match, weighted_merge
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction, check_int, keep_count
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction, check_int
 
 _TEMPORAL, _SPATIAL, _ACROSS_VIDEOS = range(3)
 
@@ -52,7 +52,7 @@ class ToMe(Method):
         return self.proportional_attention
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
-        count = keep_count(self.ratio, budget.num_visual)
+        count = budget.tokens_before_llm(layout.num_tokens)
         separators = layout.is_separator
         cells = ~separators
         target = max(count - int(separators.sum()), 0)

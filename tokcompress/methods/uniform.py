@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction, keep_count, proportional_split
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction, proportional_split
 
 GOLDEN = (math.sqrt(5) - 1) / 2
 
@@ -31,7 +31,7 @@ class UniformSample(Method):
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         separators = layout.is_separator.nonzero().squeeze(1)
-        count = keep_count(self.ratio, budget.num_visual)
+        count = budget.tokens_before_llm(layout.num_tokens)
         cells = count - min(count, separators.numel())
         frames = torch.unique(layout.frame[~layout.is_separator])
         members = [(layout.frame == f).nonzero().squeeze(1) for f in frames.tolist()]
