@@ -15,7 +15,8 @@ from tokcompress import tiny
 from tokcompress.video import read_frames, sample_clip
 
 FAMILIES = ("llava_onevision", "qwen2_5_vl")
-COMPRESSING = ("random", "uniform", "tome", "fastv", "framefusion", "dycoke")
+COMPRESSING = ("random", "uniform", "tome", "fastv", "framefusion", "dycoke", "framededup")
+FRAME_GRANULAR = {"framededup"}  # keeps whole frames: its ratio is a cap, met to within a frame
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,7 @@ import tokcompress
 from tokcompress import tiny
 from tokcompress.engine import compat
 
-from .conftest import COMPRESSING, generate, inputs_for, model_for
+from .conftest import COMPRESSING, FRAME_GRANULAR, generate, inputs_for, model_for
 
 
 @pytest.mark.parametrize("method", COMPRESSING)
@@ -34,7 +34,10 @@ def test_generate_keeps_compressing_every_decoding_step(family, clip, other_clip
     assert len(stats.samples) == 2
     for sample, ids in zip(stats.samples, batch["input_ids"]):
         assert sample.visual_in == int((ids == tiny.VIDEO).sum())
-        assert abs(sample.achieved_ratio - ratio) * sample.visual_in <= 1.0
+        if method in FRAME_GRANULAR:  # a cap: a static clip (the second one) dedups below it
+            assert sample.achieved_ratio <= ratio + (9 if family == "llava_onevision" else 16) / sample.visual_in
+        else:
+            assert abs(sample.achieved_ratio - ratio) * sample.visual_in <= 1.0
         assert len(sample.kept_positions) == sample.visual_out
         if method == "dycoke":
             assert len(sample.decode_visual_read) == new_tokens - 1

@@ -9,7 +9,7 @@ import tokcompress
 from tokcompress import tiny
 from tokcompress.engine.compat import CACHE_KEYWORD, output_cache
 
-from .conftest import COMPRESSING, generate, inputs_for, logits, model_for
+from .conftest import COMPRESSING, FRAME_GRANULAR, generate, inputs_for, logits, model_for
 
 
 @pytest.mark.parametrize("method", ["none", *COMPRESSING])
@@ -79,12 +79,14 @@ def test_achieved_ratio_within_one_token(family, clip, method, ratio):
     with tokcompress.compress(model, method, ratio=ratio) as handle:
         logits(model, inputs)
         (sample,) = handle.stats.samples
-        assert abs(sample.achieved_ratio - ratio) * sample.visual_in <= 1.0
+        tolerance = (9 if family == "llava_onevision" else 16) if method in FRAME_GRANULAR else 1.0  # tokens per unit
+        assert abs(sample.achieved_ratio - ratio) * sample.visual_in <= tolerance
         assert len(sample.kept_positions) == sample.visual_out
 
 
 @pytest.mark.parametrize(
-    ("method", "knobs"), [("uniform", {}), ("dycoke", {"decode_keep": 1.0}), ("dycoke", {"positions": "contiguous"})]
+    ("method", "knobs"),
+    [("uniform", {}), ("dycoke", {"decode_keep": 1.0}), ("dycoke", {"positions": "contiguous"}), ("framededup", {})],
 )
 def test_pre_llm_methods_match_the_ideal_model_fed_only_kept_tokens(family, clip, method, knobs):
     """Feeding the LLM only the kept tokens at their original (or re-indexed) positions gives the same logits

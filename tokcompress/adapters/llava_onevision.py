@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from ..engine import compat
 from ..layout import VisualLayout
 from .base import Adapter, token_runs
@@ -38,6 +40,26 @@ class LlavaOnevisionAdapter(Adapter):
                     grids.append(((per_video - 1) // per_frame, height, width))
             layouts.append(VisualLayout.from_videos(starts, grids, separators_per_video=1, device=ids.device))
         return layouts
+
+    def frame_signatures(self, encoder_args):
+        embed = self.vision_tower.embeddings.patch_embedding
+        pixels = encoder_args["pixel_values_videos"].to(embed.weight.dtype)
+        return [embed(video).flatten(2).transpose(1, 2) for video in pixels]  # (T, patches, D) per video
+
+    def encode_frames(self, encode, encoder_args, keep):
+        pixels = encoder_args["pixel_values_videos"]  # (videos, T, 3, S, S): every kept frame in one tower call
+        kept = torch.cat([video[frames] for video, frames in zip(pixels, keep)])[None]
+        output = encode(**{**encoder_args, "pixel_values_videos": kept})
+        features = output.pooler_output[0]  # (kept frames · tokens per frame + 1 newline, D)
+        per_frame = (features.shape[0] - 1) // kept.shape[1]
+        newline = features[-1:]
+        videos = []
+        for frames, video_features in zip(keep, features[:-1].split([len(f) * per_frame for f in keep])):
+            full = features.new_zeros(pixels.shape[1], per_frame, features.shape[-1])
+            full[frames] = video_features.view(len(frames), per_frame, -1)
+            videos.append(torch.cat([full.flatten(0, 1), newline]))
+        output.pooler_output = torch.stack(videos)
+        return output
 
     def _video_sizes(self, call_kwargs) -> tuple[int, int]:
         """(tokens per video, videos) of this call, from its pixels or from the features generate pre-encoded."""

@@ -18,7 +18,8 @@ class Qwen2VLAdapter(Adapter):
         grid_thw = call_kwargs.get("video_grid_thw")
         merge = self.config.vision_config.spatial_merge_size
         all_grids = [(t, h // merge, w // merge) for t, h, w in grid_thw.tolist()] if grid_thw is not None else []
-        if all_grids and int((input_ids == self.config.video_token_id).sum()) != sum(t * h * w for t, h, w in all_grids):
+        placeholders = int((input_ids == self.config.video_token_id).sum())
+        if all_grids and placeholders != sum(t * h * w for t, h, w in all_grids):
             return None  # placeholders and features disagree: HF's own error says by how much
         grids = iter(all_grids)
         # `generate` encodes the videos up front and drops video_grid_thw; the M-RoPE ids still carry the grid.
@@ -39,6 +40,32 @@ class Qwen2VLAdapter(Adapter):
                 sample_grids.append(grid)
             layouts.append(VisualLayout.from_videos(starts, sample_grids, device=ids.device))
         return layouts
+
+
+    def frame_signatures(self, encoder_args):
+        embedded = self.vision_tower.patch_embed(encoder_args["pixel_values_videos"])  # (patches, D)
+        grids = encoder_args["video_grid_thw"].tolist()
+        videos = embedded.split([t * h * w for t, h, w in grids])
+        return [video.view(t, h * w, -1) for video, (t, h, w) in zip(videos, grids)]
+
+    def encode_frames(self, encode, encoder_args, keep):
+        """A frame unit is a temporal patch: the h·w patches, then h·w / merge² tokens, of two frames."""
+        grids = encoder_args["video_grid_thw"].tolist()
+        pixels = encoder_args["pixel_values_videos"].split([t * h * w for t, h, w in grids])
+        kept_pixels = torch.cat(
+            [video.view(t, h * w, -1)[units].flatten(0, 1) for video, (t, h, w), units in zip(pixels, grids, keep)]
+        )
+        grid = encoder_args["video_grid_thw"]
+        kept_grid = grid.new_tensor([[len(units), h, w] for (_, h, w), units in zip(grids, keep)])
+        output = encode(**{**encoder_args, "pixel_values_videos": kept_pixels, "video_grid_thw": kept_grid})
+        merge = self.config.vision_config.spatial_merge_size ** 2
+        videos = []
+        for features, (t, h, w), units in zip(output.pooler_output, grids, keep):
+            full = features.new_zeros(t, h * w // merge, features.shape[-1])
+            full[units] = features.view(len(units), h * w // merge, -1)
+            videos.append(full.flatten(0, 1))
+        output.pooler_output = tuple(videos)
+        return output
 
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):

@@ -16,8 +16,10 @@ is an edit to this file. Touchpoints, from the floor (5.23) to the newest tested
 - the attention backend: `config._attn_implementation`;
 - position ids: a plain Qwen-VL forward hands the LM M-RoPE ids of shape (3, B, L), `generate` (4, B, L) with
   text positions in row 0;
-- pre-encoded vision features: `generate` encodes videos up front and passes `mm_encoder_outputs={"video":
-  BaseModelOutputWithPooling}` instead of `pixel_values_videos`; the features are its `pooler_output`;
+- the video encoder: `get_video_features(pixel_values_videos, ...)` on the multimodal model, called by its
+  forward and, up front, by `generate`; a forward given `mm_encoder_outputs={"video":
+  BaseModelOutputWithPooling}` instead of `pixel_values_videos` skips it; the features are its
+  `pooler_output` ((videos, tokens, D) for LLaVA-OV, a tuple of (tokens, D) per video for Qwen-VL);
 - inputs with one entry per token, which a continuation that re-feeds already cached tokens must trim;
 - `generate`'s per-model helpers that an instance attribute can stand in for: `_reorder_cache` (beam search
   reorders the cache), `_expand_inputs_for_generation` (beams / returned sequences copy each sample),
@@ -37,6 +39,7 @@ import torch
 import transformers
 from packaging.version import Version
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 FLOOR = Version("5.23")
 """Oldest transformers release tokcompress supports (pyproject's lower bound)."""
@@ -128,9 +131,13 @@ EXPAND_INPUTS = "_expand_inputs_for_generation"
 CANDIDATE_GENERATOR = "_get_candidate_generator"
 
 
+def inherited(model: Any, name: str):
+    """Method `name` as the model's class defines it, past an instance attribute that stands in for it."""
+    return inspect.getattr_static(type(model), name).__get__(model, type(model))
+
+
 def call_inherited(model: Any, name: str, *args, **kwargs):
-    """Call method `name` as the model's class defines it, past an instance attribute that stands in for it."""
-    return inspect.getattr_static(type(model), name).__get__(model, type(model))(*args, **kwargs)
+    return inherited(model, name)(*args, **kwargs)
 
 
 def reorder_cache(model: Any, cache: Any, beam_idx: torch.Tensor) -> Any:
@@ -141,10 +148,24 @@ def reorder_cache(model: Any, cache: Any, beam_idx: torch.Tensor) -> Any:
     return cache
 
 
-def encoded_video(call_kwargs: dict[str, Any]) -> torch.Tensor | None:
-    """The pre-encoded video features a call carries ((videos, tokens per video, D)), or None."""
+ENCODE_VIDEOS = "get_video_features"
+
+
+def encoded_video(call_kwargs: dict[str, Any]) -> torch.Tensor | tuple[torch.Tensor, ...] | None:
+    """The pre-encoded video features a call carries, or None."""
     encoded = (call_kwargs.get("mm_encoder_outputs") or {}).get("video")
     return None if encoded is None else encoded.pooler_output
+
+
+def encoder_output(features: torch.Tensor | tuple[torch.Tensor, ...]) -> Any:
+    """What `get_video_features` returns, around the given features."""
+    return BaseModelOutputWithPooling(pooler_output=features)
+
+
+def bound_arguments(function: Any, args: tuple, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """A call's arguments by name (positional ones included)."""
+    bound = inspect.signature(function).bind_partial(*args, **kwargs)
+    return {**bound.arguments.pop("kwargs", {}), **bound.arguments}
 
 
 def positions_already_seen(last_seen: torch.Tensor, positions: torch.Tensor | None) -> int | None:

@@ -19,6 +19,7 @@ or pickle of a patched model carries a whole, independent patch.
 from __future__ import annotations
 
 import functools
+import inspect
 import threading
 import uuid
 from typing import TYPE_CHECKING, NamedTuple
@@ -30,6 +31,7 @@ from ..methods.base import DECODE, IN_LLM, PRE_LLM, Method
 from ..stats import CompressionStats
 from . import compat
 from .decode import next_positions, select_visual_kv, skip_tokens_already_cached, start_decode_step
+from .encoder import encode_videos, tokens_encoded
 from .groups import GenerationState, restore_sequence
 from .prefill import begin_generation, reduce_before_layer, reduce_before_llm
 
@@ -53,6 +55,7 @@ class Engine:
         self.key = uuid.uuid4().hex  # marks the generations this patch started (travels with copies of it)
         self._last_stats = CompressionStats.empty(method, note="no forward pass yet")
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
+        self._stand_ins: list[tuple] = []
         self._local = threading.local()
 
     # ------------------------------------------------------------------ lifecycle
@@ -67,8 +70,9 @@ class Engine:
             for index, layer in enumerate(self.adapter.layers):
                 hook = functools.partial(self._on_layer, index)
                 self._hooks.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
-            for name, stand_in in self._generation_helpers().items():
-                setattr(self.adapter.model, name, stand_in)
+            self._stand_ins = self._make_stand_ins()
+            for module, name, stand_in in self._stand_ins:
+                setattr(module, name, stand_in)
         except BaseException:
             self.detach()
             raise
@@ -77,17 +81,24 @@ class Engine:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        model = self.adapter.model
-        for name, stand_in in self._generation_helpers().items():
-            if vars(model).get(name) == stand_in:
-                delattr(model, name)
+        for module, name, stand_in in self._stand_ins:
+            if vars(module).get(name) is stand_in:
+                delattr(module, name)
+        self._stand_ins = []
 
-    def _generation_helpers(self) -> dict:
-        return {
-            compat.REORDER_CACHE: self._reorder_beams,
-            compat.EXPAND_INPUTS: self._expand_samples,
-            compat.CANDIDATE_GENERATOR: self._refuse_speculative_decoding,
-        }
+    def _make_stand_ins(self) -> list[tuple]:
+        """(module, method name, stand-in): the model methods this patch stands in for, as instance attributes.
+
+        Each stand-in shows the stock method's signature: generate inspects it to pick the arguments it passes.
+        """
+        model, multimodal = self.adapter.model, self.adapter.multimodal_model
+        stand_ins = [
+            (model, compat.REORDER_CACHE, self._reorder_beams),
+            (model, compat.EXPAND_INPUTS, self._expand_samples),
+            (model, compat.CANDIDATE_GENERATOR, self._refuse_speculative_decoding),
+            (multimodal, compat.ENCODE_VIDEOS, self._encode_videos),
+        ]
+        return [(module, name, _StandIn(method, module, name)) for module, name, method in stand_ins]
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -100,7 +111,7 @@ class Engine:
 
     @property
     def active(self) -> bool:
-        return bool(self.method.stages) and self.method.ratio < 1
+        return self.method.compresses()
 
     @property
     def last_stats(self) -> CompressionStats:
@@ -132,6 +143,11 @@ class Engine:
             )
         return compat.call_inherited(self.adapter.model, compat.CANDIDATE_GENERATOR, *args, **kwargs)
 
+    def _encode_videos(self, *args, **kwargs):
+        encode = compat.inherited(self.adapter.multimodal_model, compat.ENCODE_VIDEOS)
+        output, self._local.encoded = encode_videos(self.method, self.adapter, encode, args, kwargs)
+        return output
+
     # ------------------------------------------------------------------ hooks
     def _on_model_call(self, module, args, kwargs):
         cache = compat.cache_of(kwargs)
@@ -149,6 +165,8 @@ class Engine:
             return None
         if prompt:
             self._local.prompt = _Prompt(layouts, generate_rows or 1, generate_rows is not None)
+            if kwargs.get("pixel_values_videos") is not None:
+                self._local.encoded = None  # this forward encodes its videos itself
             return None
         state = GenerationState.of(cache, self.key)
         if state is None:
@@ -178,17 +196,27 @@ class Engine:
 
     def _start_prefill(self, args, kwargs):
         prompt, self._local.prompt = getattr(self._local, "prompt", None), None
+        encoded, self._local.encoded = getattr(self._local, "encoded", None), None
         if kwargs.get("inputs_embeds") is None or prompt is None or prompt.layouts is None:
             self.last_stats = CompressionStats.empty(self.method, note="no input_ids: visual tokens unknown, untouched")
             return None
         if not any(layout.num_tokens for layout in prompt.layouts):
             self.last_stats = CompressionStats.empty(self.method, note="no video tokens: passed through untouched")
             return None
-        state = begin_generation(self.method, self.key, prompt.layouts, kwargs, prompt.rows_per_sample, prompt.generating)
+        state = begin_generation(
+            self.method, self.key, prompt.layouts, kwargs, prompt.rows_per_sample, prompt.generating
+        )
         self._local.state = state
-        if PRE_LLM not in self.method.stages:
+        kept = tokens_encoded(encoded, prompt.layouts, prompt.rows_per_sample)
+        if encoded is not None:
+            state.stats.compression_time.add(encoded.compression_time)
+            state.stats.encoder_time.add(encoded.encoder_time)
+        if kept is not None:
+            for sample, (_, fraction) in zip(state.stats.samples, kept[:: prompt.rows_per_sample]):
+                sample.encoder_ratio = fraction
+        if PRE_LLM not in self.method.stages and kept is None:
             return None
-        reduce_before_llm(self.method, self.spec.num_layers, state, kwargs)
+        reduce_before_llm(self.method, self.spec.num_layers, state, kwargs, kept and [tokens for tokens, _ in kept])
         return args, kwargs
 
     def _on_llm_return(self, module, args, kwargs, output):
@@ -235,6 +263,20 @@ class Engine:
         else:
             kwargs["hidden_states"] = hidden
         return args, kwargs
+
+
+class _StandIn:
+    """Calls `method` in place of `module.<name>`, showing the stock method's signature (generate inspects it)."""
+
+    def __init__(self, method, module, name: str):
+        self.method, self.module, self.name = method, module, name
+
+    def __call__(self, *args, **kwargs):
+        return self.method(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(compat.inherited(self.module, self.name))
 
 
 class _Prompt(NamedTuple):

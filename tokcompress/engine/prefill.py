@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..layout import VisualLayout
-from ..methods.base import LayerBudget, LayerSample, Method
+from ..methods.base import PRE_LLM, LayerBudget, LayerSample, Method, TokenReduction
 from ..ops import few_query_attention
 from ..stats import CompressionStats
 from .groups import GenerationState, TokenGroup, compact, gather_slots, sample_row, write_merged
@@ -69,32 +69,46 @@ def begin_generation(
     )
 
 
-def reduce_before_llm(method: Method, num_layers: int, state: GenerationState, kwargs: dict[str, Any]) -> None:
-    """Apply the method's pre-LLM reductions to the language model's call kwargs."""
-    group = state.groups[0]
+def reduce_before_llm(
+    method: Method, layers: int, state: GenerationState, kwargs: dict[str, Any], encoded: list | None = None
+) -> None:
+    """Shrink the language model's call kwargs before layer 0: first to the tokens of the frame units the vision
+    tower encoded (`encoded`: per row, their indices in its layout), then by the method's pre-LLM reductions."""
     embeds = kwargs["inputs_embeds"]
     positions = kwargs.get("position_ids")
-    positions = group.origin if positions is None else positions
+    positions = state.groups[0].origin if positions is None else positions
     with state.stats.timed(embeds.device):
-        reductions = [
-            method.reduce_pre_llm(
-                embeds[b, layout.positions], layout, LayerBudget(method.ratio, layout.num_tokens, num_layers)
-            )
-            if layout.num_tokens
-            else None
-            for b, layout in enumerate(group.layouts)
-        ]
-        new_group, slot_index = compact(group, reductions, 0, method.uses_proportional_attention())
-        kwargs["inputs_embeds"] = gather_slots(write_merged(embeds, group, reductions), slot_index, fill=0.0)
-        kept_positions = gather_slots(positions, slot_index, fill=0)
+        if encoded is not None:
+            drops = [TokenReduction.prune(kept) for kept in encoded]
+            embeds, positions = _compact_inputs(state, drops, embeds, positions)
+        if PRE_LLM in method.stages:
+            group = state.groups[0]
+            reductions = [
+                method.reduce_pre_llm(
+                    embeds[b, slots], layout, LayerBudget(method.ratio, state.stats.sample_of_row(b).visual_in, layers)
+                )
+                if layout.num_tokens
+                else None
+                for b, (slots, layout) in enumerate(zip(group.visual_slots, group.layouts))
+            ]
+            proportional = method.uses_proportional_attention()
+            embeds, positions = _compact_inputs(state, reductions, embeds, positions, proportional)
         if method.reindexes_positions():  # 1-D positions: kept tokens numbered as if nothing had been dropped
-            contiguous = (new_group.attention_mask.cumsum(-1) - 1).clamp_min(0)
-            state.position_shift = kept_positions[..., -1:] - contiguous[..., -1:]
-            kept_positions = contiguous
-        kwargs["position_ids"] = kept_positions
-        kwargs["attention_mask"] = new_group.attention_mask
-        state.groups = [new_group]
+            contiguous = (state.groups[0].attention_mask.cumsum(-1) - 1).clamp_min(0)
+            state.position_shift = positions[..., -1:] - contiguous[..., -1:]
+            positions = contiguous
+        kwargs["inputs_embeds"], kwargs["position_ids"] = embeds, positions
+        kwargs["attention_mask"] = state.groups[0].attention_mask
         state.reduced = True
+
+
+def _compact_inputs(state: GenerationState, reductions, embeds, positions, proportional: bool = False):
+    """Apply per-row reductions to the prompt's single token group; returns the gathered embeds and positions."""
+    group = state.groups[0]
+    new_group, slot_index = compact(group, reductions, 0, proportional)
+    state.groups = [new_group]
+    embeds = gather_slots(write_merged(embeds, group, reductions), slot_index, fill=0.0)
+    return embeds, gather_slots(positions, slot_index, fill=0)
 
 
 def reduce_before_layer(

@@ -5,9 +5,11 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from .base import DECODE, IN_LLM, PRE_LLM, LayerBudget, Method, ModelSpec, TokenReduction
+from .base import DECODE, IN_LLM, PRE_ENCODER, PRE_LLM, LayerBudget, Method, ModelSpec, TokenReduction
+from .compose import Compose
 from .dycoke import DyCoke
 from .fastv import FastV
+from .framededup import FrameDedup
 from .framefusion import FrameFusion
 from .identity import NoCompression
 from .random_prune import RandomPrune
@@ -34,7 +36,7 @@ def register_method(cls: type[Method] | None = None, *, name: str | None = None,
     return register(cls) if cls is not None else register
 
 
-for _method in (NoCompression, RandomPrune, UniformSample, ToMe, FastV, FrameFusion, DyCoke):
+for _method in (NoCompression, RandomPrune, UniformSample, ToMe, FastV, FrameFusion, DyCoke, FrameDedup):
     register_method(_method)
 
 
@@ -43,8 +45,15 @@ def list_methods() -> list[str]:
     return sorted(METHODS)
 
 
-def build_method(method: str | Method | type[Method], ratio: Any = None, **knobs: Any) -> Method:
-    """Turn a name, a Method class or a Method instance plus ratio/knobs into a configured Method."""
+def build_method(method: str | Method | type[Method] | list, ratio: Any = None, **knobs: Any) -> Method:
+    """Turn a name, a Method class or instance, or a list of them (a `Compose`) plus ratio/knobs into a
+    configured Method."""
+    if isinstance(method, (list, tuple)):
+        if knobs:
+            raise TypeError(
+                f"got a list of methods and knobs {sorted(knobs)}; configure each method in the list instead"
+            )
+        return Compose(ratio=ratio, methods=tuple(build_method(m) for m in method))
     if isinstance(method, Method):
         if knobs:
             raise TypeError(
@@ -74,10 +83,13 @@ def build_method(method: str | Method | type[Method], ratio: Any = None, **knobs
 __all__ = [
     "DECODE",
     "IN_LLM",
+    "PRE_ENCODER",
     "METHODS",
     "PRE_LLM",
+    "Compose",
     "DyCoke",
     "FastV",
+    "FrameDedup",
     "FrameFusion",
     "LayerBudget",
     "Method",

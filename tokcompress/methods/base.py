@@ -37,7 +37,8 @@ _TYPE_NAMES = {bool: "True or False", int: "an int", float: "a number", str: "a 
 
 
 def knob_value(method: str, knob: str, value: Any, annotation: Any) -> Any:
-    """`value` as the knob's annotated type (numpy scalars become Python numbers), or a TypeError saying what is allowed."""
+    """`value` as the knob's annotated type (numpy scalars become Python numbers); else a TypeError saying what
+    is allowed."""
     options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
     if value is None and type(None) in options:
         return None
@@ -185,6 +186,10 @@ class Method:
     @classmethod
     def knobs(cls) -> list[str]:
         return [f.name for f in fields(cls) if f.init]
+
+    def compresses(self) -> bool:
+        """Whether it changes anything: ratio 1 (and a method with no stage) is the identity."""
+        return bool(self.stages) and self.ratio < 1
 
     def bind(self, spec: ModelSpec) -> Method:
         """The method as it runs on this model: knobs checked against it (ValueError naming the fix) and

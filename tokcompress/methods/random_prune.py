@@ -29,4 +29,5 @@ class RandomPrune(Method):
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         generator = torch.Generator().manual_seed(self.seed)
         scores = torch.rand(layout.num_tokens, generator=generator).to(features.device)
-        return TokenReduction.prune(top_tokens(scores, budget.tokens_before_llm(layout.num_tokens), layout.is_separator))
+        count = budget.tokens_before_llm(layout.num_tokens)
+        return TokenReduction.prune(top_tokens(scores, count, layout.is_separator))

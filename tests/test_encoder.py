@@ -1,0 +1,97 @@
+"""Encoder-side compression: the vision tower encodes fewer frames, and composes with LLM-side methods."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tokcompress
+from tokcompress.methods import Compose, FastV, FrameDedup, FrameFusion, UniformSample
+
+from .conftest import generate, inputs_for, logits, model_for
+
+UNITS = {"llava_onevision": 8, "qwen2_5_vl": 4}  # frame units of an 8-frame clip (Qwen: 2-frame temporal patches)
+
+
+def count_tower_units(model, family):
+    """Frame units entering the vision tower's first layer, per call."""
+    seen: list[int] = []
+    if family == "llava_onevision":
+        first, per_unit = model.model.vision_tower.encoder.layers[0], 1
+    else:
+        grid_h = grid_w = 112 // 14
+        first, per_unit = model.model.visual.blocks[0], grid_h * grid_w
+    hook = first.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0] // per_unit))
+    return seen, hook
+
+
+@pytest.mark.parametrize("run", ["forward", "generate"])
+def test_the_tower_encodes_only_the_frames_kept(family, clip, run):
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    with tokcompress.compress(model, "framededup", ratio=0.5) as handle:
+        seen, hook = count_tower_units(model, family)
+        try:
+            logits(model, inputs) if run == "forward" else generate(model, inputs, max_new_tokens=2)
+        finally:
+            hook.remove()
+        (sample,) = handle.stats.samples
+    assert seen == [UNITS[family] // 2]
+    assert sample.encoder_ratio == 0.5 and handle.stats.encoder_seconds > 0
+
+
+def test_identical_frames_are_encoded_once(family, clip):
+    model = model_for(family)
+    repeated = clip[:1].expand(8, -1, -1, -1).contiguous()
+    inputs = inputs_for(family, repeated, "What is in the picture?")
+    with tokcompress.compress(model, "framededup", ratio=0.9) as handle:
+        seen, hook = count_tower_units(model, family)
+        try:
+            generate(model, inputs, max_new_tokens=2)
+        finally:
+            hook.remove()
+    assert seen == [1] and handle.stats.samples[0].encoder_ratio == 1 / UNITS[family]
+
+
+@pytest.mark.parametrize("llm_side", [FrameFusion(ratio=0.3), UniformSample(ratio=0.3), FastV(ratio=0.3)])
+def test_an_encoder_side_method_composes_with_an_llm_side_one(family, clip, other_clip, llm_side):
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    with tokcompress.compress(model, [FrameDedup(), llm_side]) as handle:
+        seen, hook = count_tower_units(model, family)
+        try:
+            generate(model, inputs, max_new_tokens=2)
+        finally:
+            hook.remove()
+        stats = handle.stats
+        assert stats.method == f"framededup+{llm_side.name}" and handle.ratio == 0.3
+        (sample,) = stats.samples
+        assert seen == [UNITS[family] // 2] and sample.encoder_ratio == 0.5
+        assert abs(sample.achieved_ratio - 0.3) * sample.visual_in <= 1.0  # the budget keeps its meaning
+        handle.ratio = 0.2  # sets the LLM-side member's
+        assert handle.method.methods[1].ratio == 0.2 and handle.method.methods[0].ratio == 0.5
+        logits(model, inputs)
+        assert abs(handle.stats.samples[0].achieved_ratio - 0.2) * sample.visual_in <= 1.0
+        # a sample's result does not depend on its batch mates
+        short = other_clip[:4] if family == "qwen2_5_vl" else other_clip
+        batch = inputs_for(family, [clip, short], ["What is moving in this video?", "Who?"])
+        together = generate(model, batch, max_new_tokens=3)
+        for b, (frames, question) in enumerate(zip([clip, short], ["What is moving in this video?", "Who?"])):
+            assert torch.equal(generate(model, inputs_for(family, frames, question), max_new_tokens=3)[0], together[b])
+
+
+def test_a_composition_at_ratio_one_is_the_identity(family, clip):
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    reference = logits(model, inputs)
+    with tokcompress.compress(model, [FrameDedup(ratio=1.0), FrameFusion(ratio=1.0)]):
+        assert torch.equal(logits(model, inputs), reference)
+
+
+def test_compositions_are_refused_when_two_methods_share_a_stage_or_a_list_gets_knobs():
+    with pytest.raises(ValueError, match="uniform and tome both act at the pre_llm stage"):
+        Compose(methods=(UniformSample(), tokcompress.methods.ToMe()))
+    with pytest.raises(TypeError, match="two or more"):
+        Compose(methods=(UniformSample(),))
+    with pytest.raises(TypeError, match="configure each method in the list"):
+        tokcompress.patch(model_for("llava_onevision"), ["framededup", "fastv"], layer=1)

@@ -1,0 +1,77 @@
+"""The vision tower: the pre-encoder stage chooses which frame units it encodes, and its time is measured.
+
+The multimodal model's `get_video_features` gets a stand-in (its forward calls it, and `generate` calls it up
+front). With a pre-encoder method it asks the method which frame units of each video to keep, runs the stock
+encoder on those only, and returns an output that covers every unit - dropped ones read zeros - so the
+placeholders, grids and positions stay the model's own. The prefill then removes the dropped units' tokens
+before the LLM sees them, exactly as a pre-LLM reduction would.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from ..layout import VisualLayout
+from ..methods.base import PRE_ENCODER, Method
+from ..stats import Timer
+from . import compat
+
+if TYPE_CHECKING:
+    from ..adapters.base import Adapter
+
+
+@dataclass
+class EncodedVideos:
+    """What one `get_video_features` call did, for the prefill that follows it."""
+
+    units: list[int]  # per video, its frame units
+    keep: list[torch.Tensor] | None = None  # per video, the units encoded; None: all of them
+    compression_time: Timer = field(default_factory=Timer)
+    encoder_time: Timer = field(default_factory=Timer)
+
+
+def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs: dict[str, Any]):
+    """Run the stock `encode` as the method wants; returns its output and the record of what was encoded."""
+    encoder_args = compat.bound_arguments(encode, args, kwargs)
+    pixels = encoder_args["pixel_values_videos"]
+    record = EncodedVideos(units=[])
+    if PRE_ENCODER in method.stages and method.compresses():
+        with record.compression_time.measure(pixels.device):
+            signatures = adapter.frame_signatures(encoder_args)
+            keep = [method.reduce_pre_encoder(signature) for signature in signatures]
+        record.units = [len(signature) for signature in signatures]
+        if any(len(units) < count for units, count in zip(keep, record.units)):
+            record.keep = keep
+    with record.encoder_time.measure(pixels.device):
+        if record.keep is None:
+            output = encode(**encoder_args)
+        else:
+            output = adapter.encode_frames(encode, encoder_args, record.keep)
+    return output, record
+
+
+def tokens_encoded(record: EncodedVideos | None, layouts: list[VisualLayout], rows_per_sample: int):
+    """Per batch row, the indices (into its layout) of the visual tokens whose frame unit was encoded, and the
+    fraction of its units encoded; None when every unit was."""
+    if record is None or record.keep is None:
+        return None
+    videos_per_sample = [len(layout.grids) for layout in layouts[::rows_per_sample]]
+    if sum(videos_per_sample) != len(record.keep):
+        raise RuntimeError(
+            f"the videos encoded ({len(record.keep)}) are not the prompt's ({sum(videos_per_sample)}): was "
+            "get_video_features called on its own before this forward? Encode and run in one forward or generate()"
+        )
+    firsts = torch.tensor([0, *videos_per_sample]).cumsum(0).tolist()
+    rows = []
+    for b, layout in enumerate(layouts):
+        sample = b // rows_per_sample
+        keep = record.keep[firsts[sample] : firsts[sample + 1]]
+        frame_offsets = torch.tensor([0, *(t for t, _, _ in layout.grids)]).cumsum(0).tolist()
+        encoded = [units.cpu() + offset for units, offset in zip(keep, frame_offsets)]
+        encoded = torch.cat(encoded) if encoded else torch.zeros(0, dtype=torch.long)
+        kept = layout.is_separator | torch.isin(layout.frame, encoded.to(layout.frame.device))
+        rows.append((kept.nonzero().squeeze(1), len(encoded) / max(frame_offsets[-1], 1)))
+    return rows

@@ -1,0 +1,105 @@
+"""Composition: methods that act at different stages run as one, in the order data flows."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+
+from ..layout import VisualLayout
+from .base import (
+    DECODE,
+    IN_LLM,
+    PRE_ENCODER,
+    PRE_LLM,
+    DecodeSample,
+    LayerBudget,
+    LayerSample,
+    Method,
+    ModelSpec,
+    TokenReduction,
+    check_ratio,
+)
+
+LLM_STAGES = (PRE_LLM, IN_LLM, DECODE)
+
+
+@dataclass
+class Compose(Method):
+    """Several methods, each acting at its own stage: e.g. frame dedup before the vision tower, then FrameFusion.
+
+    `tokcompress.patch(model, method=[FrameDedup(), FrameFusion(ratio=0.3)])` builds one. Every stage is handled
+    by the one member that acts at it. `ratio` is the LLM budget with its usual meaning - the layer-averaged
+    fraction of the original visual tokens, whatever an encoder-side member already removed - and belongs to
+    the last member that acts in the LLM: reading or setting it reads or sets that member's.
+
+    Departures: none - it only delegates.
+    """
+
+    ratio: float | None = None
+    methods: tuple[Method, ...] = ()
+
+    def __post_init__(self) -> None:
+        members = tuple(self.methods)
+        if len(members) < 2 or not all(isinstance(m, Method) and not isinstance(m, Compose) for m in members):
+            raise TypeError(f"Compose takes two or more tokcompress methods (not compositions), got {members!r}")
+        for stage in (PRE_ENCODER, *LLM_STAGES):
+            acting = [m.name for m in members if stage in m.stages]
+            if len(acting) > 1:
+                raise ValueError(
+                    f"{' and '.join(acting)} both act at the {stage} stage; compose methods of different stages"
+                )
+        budget_holder = self._budget_holder(members)
+        if self.ratio is not None:
+            ratio = check_ratio(self.ratio)
+            members = tuple(dataclasses.replace(m, ratio=ratio) if m is budget_holder else m for m in members)
+            budget_holder = self._budget_holder(members)
+        self.methods = members
+        self.ratio = budget_holder.ratio
+
+    @staticmethod
+    def _budget_holder(members: tuple[Method, ...]) -> Method:
+        in_llm = [m for m in members if set(m.stages) & set(LLM_STAGES)]
+        return (in_llm or list(members))[-1]
+
+    @property
+    def name(self) -> str:
+        return "+".join(m.name for m in self.methods)
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return tuple(stage for stage in (PRE_ENCODER, *LLM_STAGES) if any(stage in m.stages for m in self.methods))
+
+    def _at(self, stage: str) -> Method:
+        return next(m for m in self.methods if stage in m.stages)
+
+    def compresses(self) -> bool:
+        return any(m.compresses() for m in self.methods)
+
+    def bind(self, spec: ModelSpec) -> Compose:
+        return Compose(methods=tuple(m.bind(spec) for m in self.methods))
+
+    def uses_proportional_attention(self) -> bool:
+        return any(m.uses_proportional_attention() for m in self.methods)
+
+    def reindexes_positions(self) -> bool:
+        return any(m.reindexes_positions() for m in self.methods)
+
+    def reduce_pre_encoder(self, signatures: torch.Tensor) -> torch.Tensor:
+        return self._at(PRE_ENCODER).reduce_pre_encoder(signatures)
+
+    def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
+        return self._at(PRE_LLM).reduce_pre_llm(features, layout, budget)
+
+    def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
+        return self._at(IN_LLM).reduce_in_llm(sample)
+
+    def in_llm_finished(self, sample: LayerSample) -> bool:
+        return self._at(IN_LLM).in_llm_finished(sample)
+
+    def decode_start_layer(self, spec: ModelSpec) -> int:
+        return self._at(DECODE).decode_start_layer(spec)
+
+    def select_decode_kv(self, sample: DecodeSample) -> torch.Tensor:
+        return self._at(DECODE).select_decode_kv(sample)
