@@ -140,6 +140,17 @@ def _synchronized(device: str) -> float:
     return time.perf_counter()
 
 
+def encoded_share(inputs: dict, fraction: float) -> dict:
+    """The video inputs of the first `fraction` of the clip's frame units (LLaVA: frames; Qwen: temporal patches)."""
+    pixels = inputs["pixel_values_videos"]
+    if "video_grid_thw" not in inputs:
+        return {"pixel_values_videos": pixels[:, : max(round(pixels.shape[1] * fraction), 1)]}
+    t, h, w = inputs["video_grid_thw"][0].tolist()
+    units = max(round(t * fraction), 1)
+    grid = inputs["video_grid_thw"].new_tensor([[units, h, w]])
+    return {"pixel_values_videos": pixels[: units * h * w], "video_grid_thw": grid}
+
+
 def measure(model, inputs: dict, new_tokens: int, repeats: int, device: str) -> dict:
     def generation() -> float:
         streamer = FirstTokenMark()
@@ -149,10 +160,12 @@ def measure(model, inputs: dict, new_tokens: int, repeats: int, device: str) -> 
     return timed_generation(generation, repeats, device, new_tokens)
 
 
-def measure_ideal(model, inputs: dict, visual_kept: int, new_tokens: int, repeats: int, device: str) -> dict:
-    """The vision encoder on the full clip, then the bare LLM on text + `visual_kept` tokens, greedy decode."""
-    video_keys = ("pixel_values_videos", "video_grid_thw")
-    video = {k: v for k, v in inputs.items() if k in video_keys}
+def measure_ideal(
+    model, inputs: dict, visual_kept: int, new_tokens: int, repeats: int, device: str, encoded: float = 1.0
+) -> dict:
+    """The vision encoder on the clip (on the `encoded` fraction of its frame units, as the method did), then the
+    bare LLM on text + `visual_kept` tokens, greedy decode."""
+    video = encoded_share(inputs, encoded)
     language_model, embed = model.model.language_model, model.get_input_embeddings()
     text = int((inputs["input_ids"] != model.config.video_token_id).sum())
     embeds = embed(inputs["input_ids"][:, :1].expand(1, text + visual_kept))
@@ -187,11 +200,13 @@ def run(args) -> list[dict]:
             stats = handle.stats  # of the last timed generate
         visual_in = int((inputs["input_ids"] == model.config.video_token_id).sum())
         kept = round(stats.achieved_ratio * visual_in)
-        ideal = measure_ideal(model, inputs, kept, args.new_tokens, args.repeats, args.device)
+        encoded = statistics.mean(s.encoder_ratio for s in stats.samples)
+        ideal = measure_ideal(model, inputs, kept, args.new_tokens, args.repeats, args.device, encoded)
         rows.append(dict(
             model=args.model, device=device_name(args.device), dtype=args.dtype, frames=frames, method=method, ratio=ratio,
-            visual_in=visual_in, visual_kept_layer_mean=kept, achieved_ratio=round(stats.achieved_ratio, 4),
-            compression_ms=round(stats.compression_seconds * 1e3, 3), **measured, **ideal,
+            new_tokens=args.new_tokens, visual_in=visual_in, visual_kept_layer_mean=kept, achieved_ratio=round(stats.achieved_ratio, 4),
+            compression_ms=round(stats.compression_seconds * 1e3, 3), encoder_ms=round(stats.encoder_seconds * 1e3, 3),
+            encoder_ratio=round(encoded, 4), **measured, **ideal,
             prefill_overhead_ms=measured["prefill_ms"] - ideal["ideal_prefill_ms"],
         ))
     return rows
@@ -248,6 +263,31 @@ def plot(rows: list[dict], out: Path, stem: str) -> None:
     figure.savefig(out / f"{stem}_speedup.png", dpi=110)
 
 
+def plot_breakdown(rows: list[dict], out: Path, stem: str) -> None:
+    """Where the time to first token goes, per run: vision encoder, compression, the rest of the prefill
+    (the LLM), next to the decode time of the following tokens."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['method']}@{r['ratio']:g}, {r['frames']}f" for r in rows]
+    encoder = [r["encoder_ms"] for r in rows]
+    compression = [r["compression_ms"] for r in rows]
+    llm = [max(r["prefill_ms"] - e - c, 0.0) for r, e, c in zip(rows, encoder, compression)]
+    decode = [r["decode_ms_per_token"] * (r["new_tokens"] - 1) for r in rows]
+    figure, axis = plt.subplots(figsize=(max(6, 0.55 * len(rows)), 4))
+    bottom = [0.0] * len(rows)
+    for values, name in ((encoder, "vision encoder"), (compression, "compression"), (llm, "LLM prefill"), (decode, "decode")):
+        axis.bar(labels, values, bottom=bottom, label=name)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    axis.set(ylabel="ms (median run)", title=f"where time goes - {rows[0]['model']} on {rows[0]['device']}")
+    axis.tick_params(axis="x", rotation=70, labelsize=7)
+    axis.legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(out / f"{stem}_breakdown.png", dpi=110)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="small", help="llava-onevision-7b, qwen2.5-vl-7b, small, or a checkpoint path")
@@ -266,6 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     stem = f"latency_{Path(args.model).name}_{device_name(args.device)}"
     print(f"wrote {write(rows, args.out, stem)}")
     plot(rows, args.out, stem)
+    plot_breakdown(rows, args.out, stem)
     for row in rows:
         print(f"{row['frames']:3d} frames {row['method']:12s} r={row['ratio']:<5g} prefill {row['prefill_ms']:9.1f} ms "
               f"(ideal {row['ideal_prefill_ms']:9.1f})  decode {row['decode_ms_per_token']:7.2f} ms/token "

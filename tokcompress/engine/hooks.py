@@ -182,6 +182,9 @@ class Engine:
     def _on_llm_call(self, module, args, kwargs):
         self._local.state = None
         if not self.active:
+            encoded, self._local.encoded = getattr(self._local, "encoded", None), None
+            if encoded is not None:  # the identity's stats time the vision tower too
+                self.last_stats.encoder_time.add(encoded.encoder_time)
             return None
         cache = compat.cache_of(kwargs)
         if cache is not None and cache.get_seq_length() > 0:
