@@ -95,3 +95,39 @@ def test_compositions_are_refused_when_two_methods_share_a_stage_or_a_list_gets_
         Compose(methods=(UniformSample(),))
     with pytest.raises(TypeError, match="configure each method in the list"):
         tokcompress.patch(model_for("llava_onevision"), ["framededup", "fastv"], layer=1)
+
+
+def test_packed_vision_attention_matches_the_stock_window_loop(clip, monkeypatch):
+    """Forced on (the CPU has no fused varlen kernel: the block-diagonal reference stands in), Qwen's tower gives
+    the stock features; unpatching restores the stock attention."""
+    from tokcompress.engine import compat, hooks
+
+    model = model_for("qwen2_5_vl")
+    inputs = inputs_for("qwen2_5_vl", clip, "What is moving?")
+    tower_config = model.model.visual.config
+    stock_implementation = tower_config._attn_implementation
+    encode = {k: inputs[k] for k in ("pixel_values_videos", "video_grid_thw")}
+    with torch.no_grad():
+        stock = torch.cat(model.model.get_video_features(**encode, return_dict=True).pooler_output)
+        with tokcompress.compress(model, "none"):
+            assert tower_config._attn_implementation == stock_implementation  # CPU, fp32: the stock path
+        monkeypatch.setattr(hooks, "varlen_available", lambda tensor: True)
+        with tokcompress.compress(model, "none"):
+            assert tower_config._attn_implementation == compat.VARLEN_ATTENTION
+            packed = torch.cat(model.model.get_video_features(**encode, return_dict=True).pooler_output)
+        with tokcompress.compress(model, "none", varlen_vision=False):
+            assert tower_config._attn_implementation == stock_implementation
+    assert tower_config._attn_implementation == stock_implementation
+    torch.testing.assert_close(packed, stock, rtol=1e-5, atol=1e-5)
+
+
+def test_varlen_attention_reference_is_attention_inside_each_sequence():
+    from tokcompress.ops.varlen import varlen_attention
+
+    query, key, value = (torch.randn(11, 2, 8, generator=torch.Generator().manual_seed(s)) for s in range(3))
+    boundaries = torch.tensor([0, 4, 5, 11])
+    out = varlen_attention(query, key, value, boundaries, 6, 8**-0.5)
+    for start, end in zip(boundaries[:-1].tolist(), boundaries[1:].tolist()):
+        q, k, v = (t[start:end].transpose(0, 1) for t in (query, key, value))
+        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(0, 1)
+        torch.testing.assert_close(out[start:end], expected)

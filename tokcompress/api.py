@@ -67,18 +67,28 @@ class CompressionHandle:
         return f"CompressionHandle({self.method!r}, {type(self.model).__name__}, {state})"
 
 
-def patch(model: nn.Module, method: str | Method | type[Method] = "none", ratio: Any = None, **knobs: Any) -> CompressionHandle:
+def patch(
+    model: nn.Module,
+    method: str | Method | type[Method] | list = "none",
+    ratio: Any = None,
+    *,
+    varlen_vision: bool = True,
+    **knobs: Any,
+) -> CompressionHandle:
     """Compress the visual tokens of every later forward / generate call of `model`.
 
-    method: a registered name (`list_methods()`), a Method class, or a configured Method instance.
+    method: a registered name (`list_methods()`), a Method class, a configured Method instance, or a list of
+        them acting at different stages (an encoder-side one, then an LLM-side one).
     ratio: retained fraction of visual tokens averaged over the LLM's layers, 0 < ratio ≤ 1 (1 = identity).
+    varlen_vision: on a GPU in half precision, run Qwen-VL's windowed vision attention as one packed call
+        instead of stock sdpa's loop over windows (the same math); False keeps the stock path.
     knobs: the method's own settings (e.g. `layer=2` for fastv); unknown ones are refused.
     Patching a patched model replaces the old patch. Nothing is changed if any argument is refused.
     """
     check_transformers_version()
     adapter = adapter_for(model)
     configured = build_method(method, ratio, **knobs).bind(adapter.spec)
-    engine = Engine(adapter, configured)
+    engine = Engine(adapter, configured, varlen_vision)
     unpatch(model)
     engine.attach()
     handle = CompressionHandle(model, engine)
@@ -96,9 +106,11 @@ def unpatch(model: nn.Module) -> bool:
 
 
 @contextlib.contextmanager
-def compress(model: nn.Module, method: str | Method | type[Method] = "none", ratio: Any = None, **knobs: Any) -> Iterator[CompressionHandle]:
-    """`with compress(model, "fastv", ratio=0.3) as handle: ...` - patched inside the block only."""
-    handle = patch(model, method, ratio, **knobs)
+def compress(
+    model: nn.Module, method: str | Method | type[Method] | list = "none", ratio: Any = None, **options: Any
+) -> Iterator[CompressionHandle]:
+    """`with compress(model, "fastv", ratio=0.3) as handle: ...` - patched inside the block only (as `patch`)."""
+    handle = patch(model, method, ratio, **options)
     try:
         yield handle
     finally:

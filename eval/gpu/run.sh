@@ -25,6 +25,7 @@ ln -sfn ../kernels tokcompress/kernels  # the package is not installed here: mak
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_ops.py 2>&1 | tail -5 | tee "$out/kernel_tests.txt"
 python3 eval/bench_kernels.py --out "$out" 2>&1 | tail -8
+python3 eval/gpu/vision_attention.py "$out" 2>&1 | tail -2
 python3 eval/bench_latency.py --model llava-onevision-7b --frames 64 --methods none uniform tome fastv framefusion dycoke \
     --ratios 0.15 0.3 --new-tokens 8 --repeats 3 --out "$out" 2>&1 | tail -12
 python3 eval/bench_latency.py --model qwen2.5-vl-7b --frames 64 --methods none uniform tome fastv framefusion dycoke \

@@ -22,6 +22,7 @@ class Adapter:
 
     model_type: ClassVar[str]
     mrope: ClassVar[bool] = False  # whether the LLM takes 3-D M-RoPE positions
+    packed_vision_attention: ClassVar[bool] = False  # whether the tower's attention takes packed windows (cu_seqlens)
 
     def __init__(self, model: nn.Module):
         self.model = model

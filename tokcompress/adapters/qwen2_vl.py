@@ -13,6 +13,7 @@ from .base import Adapter, token_runs
 class Qwen2VLAdapter(Adapter):
     model_type = "qwen2_vl"
     mrope = True
+    packed_vision_attention = True  # stock sdpa runs one attention call per window in a Python loop
 
     def video_layouts(self, input_ids, call_kwargs):
         grid_thw = call_kwargs.get("video_grid_thw")

@@ -13,7 +13,9 @@ is an edit to this file. Touchpoints, from the floor (5.23) to the newest tested
   the same way (5.24), the layer type picks the builder (`config.layer_types`);
 - the cache protocol: `cache.update(keys, values, layer_idx, ...)` gained a `kwargs=` argument (5.24); a layer's
   keys live in `cache.layers[i].keys`;
-- the attention backend: `config._attn_implementation`;
+- the attention backend: `config._attn_implementation`, and `AttentionInterface`, where a registered function
+  whose name contains "flash" gets packed sequences (`cu_seq_lens_q`, `max_length_q`) in one call - how the
+  Qwen-VL vision attention is run without its per-window loop;
 - position ids: a plain Qwen-VL forward hands the LM M-RoPE ids of shape (3, B, L), `generate` (4, B, L) with
   text positions in row 0;
 - the video encoder: `get_video_features(pixel_values_videos, ...)` on the multimodal model, called by its
@@ -40,6 +42,7 @@ import transformers
 from packaging.version import Version
 from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
 from transformers.modeling_outputs import BaseModelOutputWithPooling
+from transformers.modeling_utils import AttentionInterface
 
 FLOOR = Version("5.23")
 """Oldest transformers release tokcompress supports (pyproject's lower bound)."""
@@ -101,6 +104,30 @@ def cached_keys(cache: Any, layer_index: int) -> torch.Tensor:
 
 def attention_implementation(config: Any) -> str:
     return config._attn_implementation
+
+
+VARLEN_ATTENTION = "tokcompress_flash_varlen"  # "flash" in the name: vision attention hands it packed sequences
+
+
+def _varlen_attention_forward(module, query, key, value, attention_mask, scaling=None, **kwargs):
+    """HF attention-interface glue: (1, heads, total, d) packed windows → (1, total, heads, d), one call."""
+    from ..ops import varlen_attention
+
+    out = varlen_attention(
+        query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
+        kwargs["cu_seq_lens_q"], kwargs["max_length_q"], scaling,
+    )
+    return out[None], None
+
+
+# registered once, so that a saved patched model finds it again when loaded in a fresh process
+AttentionInterface.register(VARLEN_ATTENTION, _varlen_attention_forward)
+
+
+def use_attention(config: Any, implementation: str) -> str:
+    """Switch a config's attention implementation; returns the previous one."""
+    previous, config._attn_implementation = config._attn_implementation, implementation
+    return previous
 
 
 def build_attention_mask(

@@ -28,6 +28,7 @@ import torch
 
 from ..layout import VisualLayout
 from ..methods.base import DECODE, IN_LLM, PRE_LLM, Method
+from ..ops.varlen import varlen_available
 from ..stats import CompressionStats
 from . import compat
 from .decode import next_positions, select_visual_kv, skip_tokens_already_cached, start_decode_step
@@ -42,7 +43,7 @@ if TYPE_CHECKING:
 class Engine:
     """Hooks a method into one model through its adapter; `detach()` removes every hook."""
 
-    def __init__(self, adapter: Adapter, method: Method):
+    def __init__(self, adapter: Adapter, method: Method, varlen_vision: bool = True):
         implementation = compat.attention_implementation(adapter.language_model.config)
         if method.uses_proportional_attention() and "flash" in implementation:
             raise ValueError(
@@ -57,6 +58,8 @@ class Engine:
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._stand_ins: list[tuple] = []
         self._local = threading.local()
+        self.varlen_vision = varlen_vision
+        self._vision_attention: str | None = None  # the tower's own implementation while ours stands in
 
     # ------------------------------------------------------------------ lifecycle
     def attach(self) -> None:
@@ -73,6 +76,9 @@ class Engine:
             self._stand_ins = self._make_stand_ins()
             for module, name, stand_in in self._stand_ins:
                 setattr(module, name, stand_in)
+            tower = self.adapter.vision_tower
+            if self.varlen_vision and self.adapter.packed_vision_attention and varlen_available(next(tower.parameters())):
+                self._vision_attention = compat.use_attention(tower.config, compat.VARLEN_ATTENTION)
         except BaseException:
             self.detach()
             raise
@@ -85,6 +91,9 @@ class Engine:
             if vars(module).get(name) is stand_in:
                 delattr(module, name)
         self._stand_ins = []
+        if self._vision_attention is not None:
+            compat.use_attention(self.adapter.vision_tower.config, self._vision_attention)
+            self._vision_attention = None
 
     def _make_stand_ins(self) -> list[tuple]:
         """(module, method name, stand-in): the model methods this patch stands in for, as instance attributes.

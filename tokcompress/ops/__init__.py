@@ -4,5 +4,6 @@ from .attention import few_query_attention
 from .matching import bipartite_match
 from .merge import weighted_merge
 from .similarity import NO_PARTNER, aligned_cosine
+from .varlen import varlen_attention
 
-__all__ = ["NO_PARTNER", "aligned_cosine", "bipartite_match", "few_query_attention", "weighted_merge"]
+__all__ = ["NO_PARTNER", "aligned_cosine", "bipartite_match", "few_query_attention", "varlen_attention", "weighted_merge"]
