@@ -19,7 +19,6 @@ import csv
 import math
 import statistics
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -34,6 +33,8 @@ from transformers import (
 
 import tokcompress
 from tokcompress.engine.compat import CACHE_KEYWORD, output_cache
+from tokcompress.ideal import ideal_prefill
+from tokcompress.timing import timed_generate, timed_generation
 from tokcompress.video import llava_onevision_pixels, qwen_vl_pixels, read_frames, sample_clip
 
 RESULTS = Path(__file__).parent / "results"
@@ -101,63 +102,8 @@ def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
                 pixel_values_videos=llava_onevision_pixels(frames, vision.image_size))
 
 
-class FirstTokenMark:
-    """A generate() streamer that notes when the first new token exists (HF moves it to the CPU first)."""
-
-    def __init__(self):
-        self.puts, self.at = 0, None
-
-    def put(self, value):
-        self.puts += 1
-        if self.puts == 2:  # the first put is the prompt
-            self.at = time.perf_counter()
-
-    def end(self):
-        """generate() calls this when it is done; the mark is already taken."""
-
-
-def timed_generation(generation: Callable[[], float], repeats: int, device: str, new_tokens: int) -> dict:
-    """Median time to first token, decode time per token and end-to-end time of `generation()` (which returns
-    the moment its first token existed), all taken inside the same runs, plus peak GPU memory."""
-    runs = []
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    for repeat in range(repeats + 1):  # the first run warms up
-        start = _synchronized(device)
-        first = generation()
-        end = _synchronized(device)
-        if repeat:
-            runs.append((first - start, end - first, end - start))
-    ttft, decode, total = (statistics.median(values) for values in zip(*runs))
-    peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
-    return dict(prefill_ms=ttft * 1e3, decode_ms_per_token=decode / max(new_tokens - 1, 1) * 1e3,
-                end_to_end_ms=total * 1e3, peak_mib=peak)
-
-
-def _synchronized(device: str) -> float:
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter()
-
-
-def encoded_share(inputs: dict, fraction: float) -> dict:
-    """The video inputs of the first `fraction` of the clip's frame units (LLaVA: frames; Qwen: temporal patches)."""
-    pixels = inputs["pixel_values_videos"]
-    if "video_grid_thw" not in inputs:
-        return {"pixel_values_videos": pixels[:, : max(round(pixels.shape[1] * fraction), 1)]}
-    t, h, w = inputs["video_grid_thw"][0].tolist()
-    units = max(round(t * fraction), 1)
-    grid = inputs["video_grid_thw"].new_tensor([[units, h, w]])
-    return {"pixel_values_videos": pixels[: units * h * w], "video_grid_thw": grid}
-
-
 def measure(model, inputs: dict, new_tokens: int, repeats: int, device: str) -> dict:
-    def generation() -> float:
-        streamer = FirstTokenMark()
-        model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, streamer=streamer)
-        return streamer.at
-
-    return timed_generation(generation, repeats, device, new_tokens)
+    return timed_generate(model, inputs, new_tokens, repeats, device)
 
 
 def measure_ideal(
@@ -165,14 +111,11 @@ def measure_ideal(
 ) -> dict:
     """The vision encoder on the clip (on the `encoded` fraction of its frame units, as the method did), then the
     bare LLM on text + `visual_kept` tokens, greedy decode."""
-    video = encoded_share(inputs, encoded)
+    prefill = ideal_prefill(model, inputs, visual_kept, encoded)
     language_model, embed = model.model.language_model, model.get_input_embeddings()
-    text = int((inputs["input_ids"] != model.config.video_token_id).sum())
-    embeds = embed(inputs["input_ids"][:, :1].expand(1, text + visual_kept))
 
     def generation() -> float:
-        model.get_video_features(**video)
-        out = language_model(inputs_embeds=embeds, use_cache=True)
+        out = prefill()
         cache, token = output_cache(out), model.lm_head(out.last_hidden_state[:, -1:]).argmax(-1)
         token.cpu()  # generate's streamer gets the token on the CPU too: both clocks stop after a sync
         first = time.perf_counter()

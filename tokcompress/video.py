@@ -31,19 +31,24 @@ CHUNK = 8
 """Frames decoded or converted at a time: a long clip never sits in memory at full resolution or in float."""
 
 
-def read_frames(path: str | Path, num_frames: int, size: tuple[int, int] | None = None) -> torch.Tensor:
+def read_frames(
+    path: str | Path, num_frames: int, size: tuple[int, int] | None = None, progress: bool = False
+) -> torch.Tensor:
     """`num_frames` evenly spaced frames of a video as a uint8 tensor (T, H, W, 3), decoded with decord.
 
     size: (height, width) to resize to while decoding, a chunk of frames at a time (antialiased bilinear on
     uint8, as HF's processors resize), so a 1,024-frame clip needs a few hundred MB instead of gigabytes.
+    progress: show a progress bar when the clip takes more than one chunk.
     """
     import decord
+    from tqdm.auto import tqdm
 
     reader = decord.VideoReader(str(path), num_threads=1)
     # more frames than the clip has repeat some: decode each once
     distinct, order = torch.linspace(0, len(reader) - 1, num_frames).round().long().unique(return_inverse=True)
     chunks = []
-    for start in range(0, len(distinct), CHUNK):
+    starts = range(0, len(distinct), CHUNK)
+    for start in tqdm(starts, desc="decoding", unit="chunk", disable=not progress or len(starts) < 2):
         frames = torch.from_numpy(reader.get_batch(distinct[start : start + CHUNK].tolist()).asnumpy())
         if size is not None:  # frame by frame: resizing upcasts internally
             frames = torch.stack([_resize(frame.permute(2, 0, 1)[None], *size)[0] for frame in frames]).permute(0, 2, 3, 1)

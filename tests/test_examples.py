@@ -1,0 +1,83 @@
+"""examples/ and the command line, run as a user runs them (subprocesses, the tiny model, shipped clips)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tokcompress import tiny
+
+EXAMPLES = Path(__file__).parents[1] / "examples"
+
+
+def run(*argv: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout)
+
+
+def test_every_example_is_run_here():
+    assert {path.stem for path in EXAMPLES.glob("*.py")} == set(EXAMPLE_RUNS) | {"lmms_eval_plugin"}
+
+
+EXAMPLE_RUNS = {
+    "answer_video": (["--frames", "4"], "framefusion @ ratio 0.3: visual tokens 37 -> "),
+    "compose_methods": (["--frames", "8"], "the vision tower encoded"),
+    "custom_method": ([], "frame_outliers @ ratio 0.25: visual tokens 73 -> 18"),
+    "multi_turn_chat": ([], "turn 2:"),
+    "sweep_methods": (["--frames", "4", "--ratios", "0.3", "--repeats", "1", "--methods", "uniform", "framededup"], "wrote"),
+}
+
+
+@pytest.mark.parametrize("example", sorted(EXAMPLE_RUNS))
+def test_example_runs_on_the_cpu(example, tmp_path):
+    arguments, expected = EXAMPLE_RUNS[example]
+    if example == "sweep_methods":
+        arguments = [*arguments, "--out", str(tmp_path / "sweep.png")]
+    result = run(str(EXAMPLES / f"{example}.py"), *arguments)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert expected in result.stdout
+    if example == "sweep_methods":
+        assert (tmp_path / "sweep.png").exists()
+
+
+def test_lmms_eval_example_runs_the_toy_task():
+    pytest.importorskip("lmms_eval")
+    result = run(str(EXAMPLES / "lmms_eval_plugin.py"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "tokcompress_toy_video_mc" in result.stdout and "'visual_tokens_in': 73" in result.stdout
+
+
+def test_run_answers_on_the_tiny_model_and_a_shipped_clip_beside_none():
+    result = run("-m", "tokcompress", "run", "--video", "carphone_pristine.mp4", "--frames", "4", "--method", "fastv",
+                 "--ratio", "0.3", "--max-new-tokens", "3", "--compare")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "[none @ ratio 1]" in result.stdout and "[fastv @ ratio 0.3]" in result.stdout
+    assert "time to first token" in result.stdout and "fastv vs none:" in result.stdout
+
+
+def test_run_documents_itself_and_fails_with_exit_codes_a_script_can_use(tmp_path):
+    help_text = run("-m", "tokcompress", "run", "--help").stdout
+    assert all(flag in help_text for flag in ("--model", "--video", "--question", "--method", "--ratio", "--compare"))
+    assert "exit codes" in help_text
+    unknown = run("-m", "tokcompress", "run", "--method", "fastvv")
+    assert unknown.returncode == 2 and "known methods: dycoke" in unknown.stderr
+    missing = run("-m", "tokcompress", "run", "--video", str(tmp_path / "nope.mp4"))
+    assert missing.returncode == 3 and "no such video file" in missing.stderr
+    from transformers import Qwen2Config
+
+    Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=tiny.VOCAB).save_pretrained(tmp_path)
+    unsupported = run("-m", "tokcompress", "run", "--model", str(tmp_path))
+    assert unsupported.returncode == 4 and "'qwen2' model; supported: llava_onevision" in unsupported.stderr
+
+
+def test_demo_shows_medians_beside_the_ideal_and_both_token_columns():
+    result = run("-m", "tokcompress", "demo", "--frames", "4", "--methods", "none,fastv", "--repeats", "2",
+                 "--max-new-tokens", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    header = next(line for line in result.stdout.splitlines() if line.startswith("method"))
+    assert all(column in header for column in ("layer mean", "last layer", "prefill ms", "ideal ms", "vs ideal"))
+    fastv = next(line for line in result.stdout.splitlines() if line.startswith("fastv"))
+    assert "197 -> 59" in fastv and " 13 " in fastv  # 59 per layer on average, 13 at the last layer
+    assert "median of 2 runs after a warm-up" in result.stdout
