@@ -235,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="small", help="llava-onevision-7b, qwen2.5-vl-7b, small, or a checkpoint path")
     parser.add_argument("--frames", type=int, nargs="+", default=[8, 16])
-    parser.add_argument("--methods", nargs="+", default=["none", "uniform", "tome", "fastv", "framefusion", "dycoke"])
+    parser.add_argument("--methods", nargs="+", default=["none", *(m for m in tokcompress.list_methods() if m != "none")])
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.15, 0.3, 0.5])
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)

@@ -103,7 +103,7 @@ def test_register_method_makes_a_custom_method_available(clip):
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"method": "fastvv"}, ValueError, "known methods: dycoke, fastv, framededup, framefusion"),
+        ({"method": "fastvv"}, ValueError, f"known methods: {', '.join(tokcompress.list_methods())}"),
         ({"method": "fastv", "ratio": 0}, ValueError, r"\(0, 1\]"),
         ({"method": "fastv", "ratio": 1.5}, ValueError, r"\(0, 1\]"),
         ({"method": "fastv", "ratio": -0.2}, ValueError, r"\(0, 1\]"),

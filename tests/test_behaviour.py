@@ -60,12 +60,14 @@ def test_random_is_seeded_and_uniform_spreads_over_frames_and_cells():
 
 def test_dycoke_keeps_the_novel_tokens_of_each_pruned_frame():
     layout = VisualLayout.from_videos([0], [(4, 2, 2)])
-    features = torch.randn(1, 4, 16).expand(4, -1, -1).clone()  # four identical frames ...
-    features[1, 2] = torch.randn(16)  # ... except one cell in frame 1 and one in frame 3
-    features[3, 0] = torch.randn(16)
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(1, 4, 16, generator=generator).expand(4, -1, -1).clone()  # four identical frames ...
+    features[1, 2] = torch.randn(16, generator=generator)  # ... except one cell in frame 1 and one in frame 3
+    features[3, 0] = torch.randn(16, generator=generator)
     keep = DyCoke(ratio=7 / 16).reduce_pre_llm(features.reshape(16, 16), layout, LayerBudget(7 / 16, 16, 4)).keep
-    # anchor frame 0 whole; frames 1-3 keep one token each: the changed cells, and (a tie) frame 2's first
-    assert keep.tolist() == [0, 1, 2, 3, 4 + 2, 8 + 0, 12 + 0]
+    # anchor frame 0 whole; frames 1-3 keep one token each: the changed cells, and any one of frame 2's (all tie)
+    kept = keep.tolist()
+    assert kept[:5] == [0, 1, 2, 3, 4 + 2] and 8 <= kept[5] < 12 and kept[6] == 12 + 0
 
 
 def test_dycoke_reuses_its_selection_while_attention_is_stable_and_reselects_when_it_moves():

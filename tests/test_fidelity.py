@@ -15,13 +15,13 @@ import torch
 import tokcompress
 from tokcompress import tiny
 from tokcompress.layout import VisualLayout
-from tokcompress.methods import METHODS, DyCoke, FrameDedup, FrameFusion, LayerBudget, ToMe
+from tokcompress.methods import METHODS, DivPrune, DyCoke, FrameDedup, FrameFusion, LayerBudget, PDrop, ToMe, VidCom2
 from tokcompress.methods.base import DecodeSample, LayerSample
 
 from .conftest import generate, inputs_for, logits, model_for
 
 NO_PUBLISHED_RULE = {"none", "random", "uniform"}
-TRANSCRIBED = {"tome", "fastv", "framefusion", "dycoke", "framededup"}
+TRANSCRIBED = {"tome", "fastv", "framefusion", "dycoke", "framededup", "divprune", "vidcom2", "pdrop"}
 TEMPORAL_MERGERS = ("tome", "framefusion", "dycoke", "framededup")
 
 
@@ -283,6 +283,106 @@ def test_framededup_keeps_the_frames_longvu_keeps(frames, window):
         expected = longvu_select_frames(signatures, threshold, window)
         assert len(expected) <= round(0.99 * frames)
         assert method.reduce_pre_encoder(signatures).tolist() == expected
+
+
+# ---------------------------------------------------------------------------------------------- DivPrune
+
+
+def divprune_published(tokens: torch.Tensor, count: int) -> list[int]:
+    """DivPrune (methods.md §12): D = 1 − cosine; first the token whose nearest neighbour is farthest, then
+    repeatedly the token with the largest distance to its nearest kept token."""
+    n = len(tokens)
+    distance = [[1 - cosine(tokens[i], tokens[j]) for j in range(n)] for i in range(n)]
+    nearest = [min(distance[i][j] for i in range(n) if i != j) for j in range(n)]
+    kept = [max(range(n), key=lambda j: nearest[j])]
+    while len(kept) < count:
+        candidates = [j for j in range(n) if j not in kept]
+        kept.append(max(candidates, key=lambda j: min(distance[s][j] for s in kept)))
+    return sorted(kept)
+
+
+@pytest.mark.parametrize("count", [1, 4, 9])
+def test_divprune_keeps_the_tokens_the_max_min_rule_keeps(count):
+    layout = VisualLayout.from_videos([0], [(2, 3, 4)])
+    tokens = features(24, 12)
+    ratio = count / 24
+    keep = DivPrune(ratio=ratio).reduce_pre_llm(tokens, layout, LayerBudget(ratio, 24, 4)).keep.tolist()
+    assert keep == divprune_published(tokens, count)
+
+
+def test_divprune_takes_one_token_of_each_cluster_before_a_second():
+    layout = VisualLayout.from_videos([0], [(1, 4, 4)])
+    centres = features(4, 32) * 5
+    tokens = centres.repeat_interleave(4, dim=0) + 0.05 * features(16, 32, seed=1)  # 4 clusters of 4
+    keep = DivPrune(ratio=0.25).reduce_pre_llm(tokens, layout, LayerBudget(0.25, 16, 4)).keep
+    assert sorted((keep // 4).tolist()) == [0, 1, 2, 3]
+
+
+# ---------------------------------------------------------------------------------------------- VidCom²
+
+
+def vidcom2_published(tokens: torch.Tensor, ratio: float) -> tuple[list[int], list[set[int]]]:
+    """VidCom² (methods.md §10) on frames × P tokens: per-frame budgets k_t and the kept cells of each frame."""
+    frames, per_frame, _ = tokens.shape
+    flat = tokens.reshape(frames * per_frame, -1)
+    variance = flat.var(dim=0)
+    quiet = sorted(range(flat.shape[1]), key=lambda c: float(variance[c]))[: flat.shape[1] // 2]
+    unit = torch.nn.functional.normalize(flat[:, quiet], dim=-1).reshape(frames, per_frame, -1)
+
+    def score(x, centre):
+        d = float(((x - centre) ** 2).sum())
+        return sum(math.exp(-d / (2 * a)) for a in (1 / 8, 1 / 4, 1 / 2, 1, 2))
+
+    video_centre = unit.reshape(-1, unit.shape[-1]).mean(0)
+    video = [[score(unit[t, p], video_centre) for p in range(per_frame)] for t in range(frames)]
+    frame = [[score(unit[t, p], unit[t].mean(0)) for p in range(per_frame)] for t in range(frames)]
+    u = [-sum(v) / per_frame for v in video]
+    exps = [math.exp((x - max(u)) / 0.01) for x in u]
+    p = [e / sum(exps) for e in exps]
+    budgets = [max(1, round(min(ratio * (1 + pt - sum(p) / frames), 1) * per_frame)) for pt in p]
+    kept = [set(sorted(range(per_frame), key=lambda c: video[t][c] + frame[t][c])[: budgets[t]]) for t in range(frames)]
+    return budgets, kept
+
+
+def test_vidcom2_gives_the_most_distinct_frame_the_largest_budget_and_keeps_its_most_distinct_cells():
+    tokens = features(1, 9, 16).repeat(4, 1, 1) + 0.1 * features(4, 9, 16, seed=1)  # four similar frames ...
+    tokens[2] = features(9, 16, seed=2) * 3  # ... and a distinct one
+    layout = VisualLayout.from_videos([0], [(4, 3, 3)])
+    ratio = 12 / 36
+    keep = VidCom2(ratio=ratio).reduce_pre_llm(tokens.reshape(36, 16), layout, LayerBudget(ratio, 36, 4)).keep
+    ours = [{c for c in range(9) if 9 * t + c in set(keep.tolist())} for t in range(4)]
+    budgets, official = vidcom2_published(tokens, ratio)
+    assert max(range(4), key=lambda t: len(ours[t])) == 2 == max(range(4), key=lambda t: budgets[t])
+    assert sum(len(kept) for kept in ours) == 12  # the budget, where the official rounding can miss it by one
+    for kept, budget, published in zip(ours, budgets, official):
+        assert abs(len(kept) - budget) <= 1
+        assert kept <= published or published <= kept  # the same ranking: one count's top is inside the other's
+
+
+# ---------------------------------------------------------------------------------------------- PyramidDrop
+
+
+def test_pdrop_keeps_the_last_instruction_tokens_top_at_each_stage_geometrically():
+    """A 32-layer model at the paper's λ = 0.5: stages before layers 8 / 16 / 24 keep 1/2, 1/4, 1/8 of N,
+    ranked by the last token's attention at that layer (methods.md §11)."""
+    method, memory, n = PDrop(), {}, 64
+    layout = VisualLayout.from_videos([0], [(4, 4, 4)])
+    assert method.boundaries(LayerBudget(method.ratio, n, 32)) == [8, 16, 24]
+    current, spent, counts = torch.arange(n), 0, []
+    for layer in range(32):
+        attention = features(len(current), seed=layer).abs()
+        budget = LayerBudget(method.ratio, n, 32, layer, spent)
+        sample = LayerSample(layer, torch.zeros(len(current), 4), layout.select(current), budget, memory, lambda q, a=attention: a)
+        reduction = method.reduce_in_llm(sample)
+        if reduction is not None:
+            expected = sorted(sorted(range(len(current)), key=lambda i: -float(attention[i]))[: len(reduction.keep)])
+            assert reduction.keep.tolist() == expected
+            current = current[reduction.keep]
+            layout_count = len(current)
+            counts.append(layout_count)
+        spent += len(current)
+    assert counts == [32, 16, 8]
+    assert abs(spent / (n * 32) - method.ratio) * n <= 1
 
 
 # ---------------------------------------------------------------------------------------------- all temporal mergers

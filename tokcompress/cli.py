@@ -47,7 +47,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = commands.add_parser("demo", help="compare every method on a real clip", epilog=EPILOG)
     _add_common(demo, clip_flag="--clip")
     demo.add_argument("--ratio", type=float, default=0.3)
-    demo.add_argument("--methods", default="none,random,uniform,tome,fastv,framefusion,dycoke,framededup")
+    every = ",".join(["none", *(m for m in tokcompress.list_methods() if m != "none")])
+    demo.add_argument("--methods", default=every, help="comma-separated (default: every registered method)")
     demo.add_argument("--max-new-tokens", type=int, default=12)
     demo.add_argument("--repeats", type=int, default=3, help="timed runs per method after a warm-up (median shown)")
     run = commands.add_parser(

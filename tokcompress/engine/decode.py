@@ -42,23 +42,22 @@ def start_decode_step(state: GenerationState, kwargs: dict[str, Any]) -> None:
         kwargs["position_ids"] = kwargs["position_ids"] - state.position_shift
 
 
-def skip_tokens_already_cached(state: GenerationState, kwargs: dict[str, Any]) -> bool:
+def skip_tokens_already_cached(state: GenerationState, kwargs: dict[str, Any]) -> None:
     """Trim a continuation to the tokens the generation has not seen yet.
 
     `generate` sizes what it re-feeds from `cache.get_seq_length()`, which is the compressed length, so a
     multi-turn call (the whole conversation plus the cache of the earlier turns) would feed the tail of the
     earlier turns again. What was seen is told by the 2-D padding mask (it covers the whole conversation)
-    or, where generate dropped an all-ones mask, by the text positions it hands over. Returns whether it trimmed.
+    or, where generate dropped an all-ones mask, by the text positions it hands over.
     """
     fed = next(kwargs[name].shape[1] for name in ("input_ids", "inputs_embeds") if kwargs.get(name) is not None)
     seen = _tokens_already_cached(state, kwargs, fed)
     if not 0 < seen < fed:
-        return False
+        return
     for name in compat.PER_TOKEN_INPUTS:
         if isinstance(kwargs.get(name), torch.Tensor):
             sequence_dim = 1 if name == "inputs_embeds" else -1
             kwargs[name] = kwargs[name].narrow(sequence_dim, seen, kwargs[name].shape[sequence_dim] - seen)
-    return True
 
 
 def _tokens_already_cached(state: GenerationState, kwargs: dict[str, Any], fed: int) -> int:

@@ -180,11 +180,10 @@ class Engine:
         state = GenerationState.of(cache, self.key)
         if state is None:
             return None
-        trimmed = skip_tokens_already_cached(state, kwargs)
-        new_video = layouts is not None and any(layout.num_tokens for layout in layouts)
-        if kwargs.get("position_ids") is None or (trimmed and not new_video):
-            # HF counts positions from the (shorter) cache, and a multi-turn generate re-derives M-RoPE ids of
-            # the earlier video without its grid: continue from the last position this generation saw.
+        skip_tokens_already_cached(state, kwargs)
+        if not (layouts is not None and any(layout.num_tokens for layout in layouts)):
+            # Text continues the generation from the last position it saw. HF would count from the (shorter)
+            # cache, and for M-RoPE it may re-derive the earlier video's ids without its grid.
             kwargs["position_ids"] = next_positions(state.last_positions, _sequence_length(args, kwargs))
         return args, kwargs
 

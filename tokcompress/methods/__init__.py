@@ -7,14 +7,17 @@ from typing import Any
 
 from .base import DECODE, IN_LLM, PRE_ENCODER, PRE_LLM, LayerBudget, Method, ModelSpec, TokenReduction
 from .compose import Compose
+from .divprune import DivPrune
 from .dycoke import DyCoke
 from .fastv import FastV
 from .framededup import FrameDedup
 from .framefusion import FrameFusion
 from .identity import NoCompression
+from .pdrop import PDrop
 from .random_prune import RandomPrune
 from .tome import ToMe
 from .uniform import UniformSample
+from .vidcom2 import VidCom2
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -36,7 +39,9 @@ def register_method(cls: type[Method] | None = None, *, name: str | None = None,
     return register(cls) if cls is not None else register
 
 
-for _method in (NoCompression, RandomPrune, UniformSample, ToMe, FastV, FrameFusion, DyCoke, FrameDedup):
+for _method in (
+    NoCompression, RandomPrune, UniformSample, ToMe, FastV, FrameFusion, DyCoke, FrameDedup, DivPrune, VidCom2, PDrop,
+):
     register_method(_method)
 
 
@@ -87,6 +92,7 @@ __all__ = [
     "METHODS",
     "PRE_LLM",
     "Compose",
+    "DivPrune",
     "DyCoke",
     "FastV",
     "FrameDedup",
@@ -95,10 +101,12 @@ __all__ = [
     "Method",
     "ModelSpec",
     "NoCompression",
+    "PDrop",
     "RandomPrune",
     "ToMe",
     "TokenReduction",
     "UniformSample",
+    "VidCom2",
     "build_method",
     "list_methods",
     "register_method",

@@ -251,12 +251,25 @@ def top_tokens(scores: torch.Tensor, count: int, always: torch.Tensor | None = N
 
 def proportional_split(total: int, sizes: list[int]) -> list[int]:
     """Split `total` into integers proportional to `sizes` (largest remainders), never above a size."""
-    whole = sum(sizes)
-    if not whole:
-        return [0] * len(sizes)
-    shares = [total * size / whole for size in sizes]
-    counts = [min(int(share), size) for share, size in zip(shares, sizes)]
-    by_remainder = sorted(range(len(sizes)), key=lambda i: counts[i] - shares[i])
+    return apportion(total, sizes, sizes)
+
+
+def apportion(total: int, weights: list[float], caps: list[int]) -> list[int]:
+    """Split `total` into integers proportional to `weights`, none above its cap: what a capped entry cannot
+    take goes to the others (by weight, then evenly); largest remainders round. Sums to min(total, Σ caps)."""
+    total = min(total, sum(caps))
+    shares = [0.0] * len(caps)
+    remaining = float(total)
+    while remaining > 1e-9:
+        open_entries = [i for i, cap in enumerate(caps) if shares[i] < cap]
+        weighted = [i for i in open_entries if weights[i] > 0] or open_entries
+        weight_sum = sum(weights[i] for i in weighted) if any(weights[i] > 0 for i in weighted) else len(weighted)
+        for i in weighted:
+            shares[i] += remaining * (weights[i] if weights[i] > 0 else 1) / weight_sum
+        remaining = sum(max(share - cap, 0.0) for share, cap in zip(shares, caps))
+        shares = [min(share, cap) for share, cap in zip(shares, caps)]
+    counts = [int(share + 1e-9) for share in shares]
+    by_remainder = sorted((i for i in range(len(caps)) if counts[i] < caps[i]), key=lambda i: counts[i] - shares[i])
     for i in by_remainder[: total - sum(counts)]:
         counts[i] += 1
     return counts

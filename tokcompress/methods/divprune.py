@@ -1,0 +1,66 @@
+"""`divprune` (Alvar et al., CVPR'25): keep the most diverse visual tokens, by greedy max-min distance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..layout import VisualLayout
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction
+
+CHUNK = 4096  # rows of the similarity matrix computed at a time
+
+
+@dataclass
+class DivPrune(Method):
+    """Diversity pruning before the LLM, as a max-min subset selection (from the paper).
+
+    With distance D = 1 − cosine between the projected visual tokens, the first token kept is the one whose
+    nearest neighbour is farthest; then, repeatedly, the token farthest from everything kept so far (the
+    largest minimum distance) joins, until round(ratio · N) tokens are kept, in their original order. No
+    attention is needed, so any attention backend works.
+
+    ratio: 0.098 (the official default: 9.8 % kept).
+
+    Departures:
+    - From the paper only (the official code's license is non-commercial): nothing of it was read.
+    - Separators (LLaVA-OV's newline) are kept first and count toward the budget.
+    - Kept tokens keep their original positions; the official code re-indexes them.
+    - Each sample of a batch is pruned on its own, with every video of a sample in one pool.
+    """
+
+    ratio: float = 0.098
+
+    name = "divprune"
+    stages = (PRE_LLM,)
+
+    def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
+        count = budget.tokens_before_llm(layout.num_tokens)
+        separators = layout.is_separator.nonzero().squeeze(1)
+        cells = (~layout.is_separator).nonzero().squeeze(1)
+        picks = max_min_diverse(features[cells], max(count - separators.numel(), 0))
+        return TokenReduction.prune(torch.cat([separators[:count], cells[picks]]))
+
+
+def max_min_diverse(features: torch.Tensor, count: int) -> torch.Tensor:
+    """Indices of `count` tokens chosen greedily by max-min cosine distance (the first: farthest nearest neighbour)."""
+    n = features.shape[0]
+    if count <= 0 or n == 0:
+        return torch.zeros(0, dtype=torch.long, device=features.device)
+    unit = torch.nn.functional.normalize(features.float(), dim=-1)
+    nearest = torch.empty(n, device=features.device)
+    for start in range(0, n, CHUNK):
+        similarity = unit[start : start + CHUNK] @ unit.T
+        rows = torch.arange(similarity.shape[0], device=features.device)
+        similarity[rows, start + rows] = float("-inf")  # not its own neighbour
+        nearest[start : start + CHUNK] = 1 - similarity.max(dim=1).values
+    picks = [int(nearest.argmax())]
+    closest = 1 - unit @ unit[picks[0]]  # each token's distance to the nearest kept one
+    closest[picks[0]] = float("-inf")
+    for _ in range(min(count, n) - 1):
+        pick = int(closest.argmax())
+        picks.append(pick)
+        closest = torch.minimum(closest, 1 - unit @ unit[pick])  # kept tokens stay at -inf: never picked twice
+        closest[pick] = float("-inf")
+    return torch.tensor(picks, device=features.device)
