@@ -121,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     name = torch.cuda.get_device_name().replace(" ", "-") if device == "cuda" else "cpu-interpreter-smoke"
     dtype = getattr(torch, args.dtype) if device == "cuda" else torch.float32
-    sizes = [(n, d) for n in (256, 640) for d in SMOKE_SHAPES] if args.smoke else [
+    sizes = [(n, d) for n in (200, 400) for d in SMOKE_SHAPES] if args.smoke else [
         (n, d) for n in (1024, 4096, 12288, 25088) for d in SHAPES
     ]
     rows = []
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         for op, (inputs, implementations) in cases(n, d, dtype, device).items():
             for implementation, function in implementations.items():
                 try:
-                    median, low, high = time_call(function, inputs, repeats=3 if args.smoke else 20)
+                    median, low, high = time_call(function, inputs, repeats=2 if args.smoke else 20)
                 except torch.OutOfMemoryError:
                     median = low = high = float("nan")
                     torch.cuda.empty_cache()

@@ -58,19 +58,23 @@ def test_run_answers_on_the_tiny_model_and_a_shipped_clip_beside_none():
     assert "time to first token" in result.stdout and "fastv vs none:" in result.stdout
 
 
-def test_run_documents_itself_and_fails_with_exit_codes_a_script_can_use(tmp_path):
-    help_text = run("-m", "tokcompress", "run", "--help").stdout
-    assert all(flag in help_text for flag in ("--model", "--video", "--question", "--method", "--ratio", "--compare"))
-    assert "exit codes" in help_text
-    unknown = run("-m", "tokcompress", "run", "--method", "fastvv")
-    assert unknown.returncode == 2 and f"known methods: {', '.join(tokcompress.list_methods())}" in unknown.stderr
-    missing = run("-m", "tokcompress", "run", "--video", str(tmp_path / "nope.mp4"))
-    assert missing.returncode == 3 and "no such video file" in missing.stderr
+def test_run_documents_itself_and_fails_with_exit_codes_a_script_can_use(tmp_path, capsys):
     from transformers import Qwen2Config
 
+    from tokcompress.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(["run", "--help"])
+    help_text = capsys.readouterr().out
+    assert done.value.code == 0 and "exit codes" in help_text
+    assert all(flag in help_text for flag in ("--model", "--video", "--question", "--method", "--ratio", "--compare"))
+    assert main(["run", "--method", "fastvv"]) == 2
+    assert f"known methods: {', '.join(tokcompress.list_methods())}" in capsys.readouterr().err
+    assert main(["run", "--video", str(tmp_path / "nope.mp4")]) == 3
+    assert "no such video file" in capsys.readouterr().err
     Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=tiny.VOCAB).save_pretrained(tmp_path)
-    unsupported = run("-m", "tokcompress", "run", "--model", str(tmp_path))
-    assert unsupported.returncode == 4 and "'qwen2' model; supported: llava_onevision" in unsupported.stderr
+    assert main(["run", "--model", str(tmp_path)]) == 4
+    assert "'qwen2' model; supported: llava_onevision" in capsys.readouterr().err
 
 
 def test_demo_shows_medians_beside_the_ideal_and_both_token_columns():
