@@ -15,14 +15,16 @@ import torch
 import tokcompress
 from tokcompress import tiny
 from tokcompress.layout import VisualLayout
-from tokcompress.methods import METHODS, DivPrune, DyCoke, FrameDedup, FrameFusion, LayerBudget, PDrop, ToMe, VidCom2
+from tokcompress.methods import (
+    METHODS, DivPrune, DyCoke, FrameDedup, FrameFusion, LayerBudget, PDrop, PruneVid, ToMe, VidCom2,
+)
 from tokcompress.methods.base import DecodeSample, LayerSample
 
 from .conftest import generate, inputs_for, logits, model_for
 
 NO_PUBLISHED_RULE = {"none", "random", "uniform"}
-TRANSCRIBED = {"tome", "fastv", "framefusion", "dycoke", "framededup", "divprune", "vidcom2", "pdrop"}
-TEMPORAL_MERGERS = ("tome", "framefusion", "dycoke", "framededup")
+TRANSCRIBED = {"tome", "fastv", "framefusion", "dycoke", "framededup", "divprune", "vidcom2", "pdrop", "prunevid"}
+TEMPORAL_MERGERS = ("tome", "framefusion", "dycoke", "framededup", "prunevid")
 
 
 def test_every_registered_method_is_transcribed_here_or_has_no_published_rule():
@@ -383,6 +385,49 @@ def test_pdrop_keeps_the_last_instruction_tokens_top_at_each_stage_geometrically
         spent += len(current)
     assert counts == [32, 16, 8]
     assert abs(spent / (n * 32) - method.ratio) * n <= 1
+
+
+# ---------------------------------------------------------------------------------------------- PruneVid
+
+
+def prunevid_static(window: torch.Tensor, tau: float) -> list[bool]:
+    """PruneVid (methods.md §4.4 step 2): a cell is static when the mean cosine over all ordered pairs of
+    different frames exceeds tau."""
+    frames, cells, _ = window.shape
+    result = []
+    for c in range(cells):
+        pairs = [cosine(window[t, c], window[u, c]) for t in range(frames) for u in range(frames) if t != u]
+        result.append(sum(pairs) / len(pairs) > tau)
+    return result
+
+
+def test_prunevid_static_cells_and_their_merge_follow_the_published_rule():
+    from tokcompress.methods.prunevid import merge_destinations, static_cells
+
+    window = features(4, 6, 16)
+    window[:, :3] = window[:1, :3] + 0.1 * features(4, 3, 16, seed=1)  # cells 0-2 barely move
+    assert static_cells(window, 0.8).tolist() == prunevid_static(window, 0.8)
+    layout = VisualLayout.from_videos([0], [(4, 2, 3)])
+    destination = merge_destinations(window.reshape(24, 16), layout, 0.8, 0.25, 1.0)  # one segment, no clustering
+    static = prunevid_static(window, 0.8)
+    for cell in range(6):
+        tokens = [6 * t + cell for t in range(4)]
+        # a static cell folds into its first frame's token; a dynamic one keeps every frame's
+        assert [int(destination[i]) for i in tokens] == ([tokens[0]] * 4 if static[cell] else tokens)
+
+
+def test_prunevid_keeps_the_tokens_some_question_token_attends_to_most_in_some_head():
+    """max over heads, then over question tokens (methods.md §4.4 step 6): one sharp look is enough to survive."""
+    layout = VisualLayout.from_videos([0], [(2, 2, 3)])
+    attention = torch.full((4, 3, 12), 1 / 12)  # (heads, question tokens, visual tokens): flat ...
+    attention[2, 1, 7] = 0.9  # ... but head 2 of question token 1 looks hard at token 7
+    attention[0, 0, 3] = 0.5
+    method = PruneVid(ratio=0.5, layer=1)
+    budget = LayerBudget(0.5, 12, 4, 1, 12)  # layers 1-3 keep (24 - 12) / 3 = 4 tokens
+    sample = LayerSample(1, torch.zeros(12, 8), layout, budget, {}, None, torch.zeros(3, 8), lambda rows: attention)
+    kept = method.reduce_in_llm(sample).keep.tolist()
+    expected = sorted(sorted(range(12), key=lambda i: -float(attention[:, :, i].max()))[:4])
+    assert kept == expected and 7 in kept and 3 in kept
 
 
 # ---------------------------------------------------------------------------------------------- all temporal mergers

@@ -151,20 +151,32 @@ def _layer_samples(method, adapter, state, layer_index, layer, hidden, group, kw
         visual_in = state.stats.sample_of_row(b).visual_in
         budget = LayerBudget(method.ratio, visual_in, num_layers, layer_index, budget_spent[b])
 
-        def attention_to_visual(num_queries: int, b=b, slots=slots) -> torch.Tensor:
-            scores = _last_query_attention(adapter, layer, hidden, position_embeddings, group, b, num_queries)
-            return scores[slots]
+        valid = group.real_slots(b)
+        question_slots = (valid & (group.origin[b] > group.origin[b, slots].max())).nonzero().squeeze(1)
 
-        samples.append(LayerSample(layer_index, hidden[b, slots], layout, budget, memory, attention_to_visual))
+        def attention_to_visual(num_queries: int, b=b, slots=slots, valid=valid) -> torch.Tensor:
+            query_slots = valid.nonzero().squeeze(1)[-num_queries:]
+            scores = _query_attention(adapter, layer, hidden, position_embeddings, group, b, query_slots)
+            return scores.mean(dim=0)[slots]
+
+        def question_attention(rows=None, b=b, slots=slots, question_slots=question_slots) -> torch.Tensor:
+            query_slots = question_slots if rows is None else question_slots[rows]
+            scores = _query_attention(adapter, layer, hidden, position_embeddings, group, b, query_slots, False)
+            return scores[..., slots]
+
+        samples.append(LayerSample(
+            layer_index, hidden[b, slots], layout, budget, memory, attention_to_visual,
+            hidden[b, question_slots], question_attention,
+        ))
     return samples
 
 
-def _last_query_attention(adapter, layer, hidden, position_embeddings, group: TokenGroup, b: int, num_queries: int):
-    """Head-mean attention of sample b's last `num_queries` real tokens over all its slots, at this layer."""
+def _query_attention(adapter, layer, hidden, position_embeddings, group, b, query_slots, head_mean=True):
+    """Attention of sample b's tokens at `query_slots` over all its slots at this layer: (rows, W) head-mean,
+    or (heads, rows, W)."""
     valid = group.real_slots(b)
-    query_slots = valid.nonzero().squeeze(1)[-num_queries:]
     cos, sin = (sample_row(t, b) for t in position_embeddings)
     queries = adapter.project_queries(layer, hidden[b, query_slots], cos[query_slots], sin[query_slots])
     keys = adapter.project_keys(layer, hidden[b], cos, sin)
     causal = torch.arange(group.width, device=hidden.device)[None, :] <= query_slots[:, None]
-    return few_query_attention(queries, keys, valid[None, :] & causal).mean(dim=0)
+    return few_query_attention(queries, keys, valid[None, :] & causal, head_mean)

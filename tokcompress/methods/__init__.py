@@ -14,6 +14,7 @@ from .framededup import FrameDedup
 from .framefusion import FrameFusion
 from .identity import NoCompression
 from .pdrop import PDrop
+from .prunevid import PruneVid
 from .random_prune import RandomPrune
 from .tome import ToMe
 from .uniform import UniformSample
@@ -41,6 +42,7 @@ def register_method(cls: type[Method] | None = None, *, name: str | None = None,
 
 for _method in (
     NoCompression, RandomPrune, UniformSample, ToMe, FastV, FrameFusion, DyCoke, FrameDedup, DivPrune, VidCom2, PDrop,
+    PruneVid,
 ):
     register_method(_method)
 
@@ -102,6 +104,7 @@ __all__ = [
     "ModelSpec",
     "NoCompression",
     "PDrop",
+    "PruneVid",
     "RandomPrune",
     "ToMe",
     "TokenReduction",

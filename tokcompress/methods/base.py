@@ -159,6 +159,9 @@ class LayerSample:
     budget: LayerBudget
     memory: dict[str, Any]  # persists across the layers of one forward, for this sample only
     attention_to_visual: Callable[[int], torch.Tensor]  # num_queries -> (n,) head-mean attention of the last queries
+    question: torch.Tensor | None = None  # (q, D) hidden states of the text after the last visual token, in order
+    # rows of the question (None: all) -> (heads, rows, n) attention each row pays the visual tokens, per head
+    question_attention: Callable[[torch.Tensor | None], torch.Tensor] | None = None
 
 
 @dataclass

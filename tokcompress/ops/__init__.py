@@ -1,9 +1,13 @@
 """Shared math of the compression methods: one call per op, a torch reference, and a Triton kernel for CUDA tensors."""
 
 from .attention import few_query_attention
+from .cluster import density_peak_clusters
 from .matching import bipartite_match
 from .merge import weighted_merge
 from .similarity import NO_PARTNER, aligned_cosine
 from .varlen import varlen_attention
 
-__all__ = ["NO_PARTNER", "aligned_cosine", "bipartite_match", "few_query_attention", "varlen_attention", "weighted_merge"]
+__all__ = [
+    "NO_PARTNER", "aligned_cosine", "bipartite_match", "density_peak_clusters", "few_query_attention", "varlen_attention",
+    "weighted_merge",
+]
