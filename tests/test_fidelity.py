@@ -16,14 +16,14 @@ import tokcompress
 from tokcompress import tiny
 from tokcompress.layout import VisualLayout
 from tokcompress.methods import (
-    METHODS, DivPrune, DyCoke, FrameDedup, FrameFusion, LayerBudget, PDrop, PruneVid, ToMe, VidCom2,
+    METHODS, DivPrune, DyCoke, FrameDedup, FrameFusion, LayerBudget, PDrop, PruneVid, SparseVLM, ToMe, VidCom2,
 )
 from tokcompress.methods.base import DecodeSample, LayerSample
 
 from .conftest import generate, inputs_for, logits, model_for
 
 NO_PUBLISHED_RULE = {"none", "random", "uniform"}
-TRANSCRIBED = {"tome", "fastv", "framefusion", "dycoke", "framededup", "divprune", "vidcom2", "pdrop", "prunevid"}
+TRANSCRIBED = {"tome", "fastv", "framefusion", "dycoke", "framededup", "divprune", "vidcom2", "pdrop", "prunevid", "sparsevlm"}
 TEMPORAL_MERGERS = ("tome", "framefusion", "dycoke", "framededup", "prunevid")
 
 
@@ -428,6 +428,59 @@ def test_prunevid_keeps_the_tokens_some_question_token_attends_to_most_in_some_h
     kept = method.reduce_in_llm(sample).keep.tolist()
     expected = sorted(sorted(range(12), key=lambda i: -float(attention[:, :, i].max()))[:4])
     assert kept == expected and 7 in kept and 3 in kept
+
+
+# ---------------------------------------------------------------------------------------------- SparseVLM
+
+
+def sparsevlm_raters(visual: torch.Tensor, question: torch.Tensor) -> list[int]:
+    """SparseVLM (methods.md §6.4 step 1): m = mean over visual tokens of softmax over question tokens of V·Tᵀ;
+    raters are the question tokens with m above its mean."""
+    rows = [torch.softmax(torch.stack([v @ t for t in question]), dim=0) for v in visual]
+    m = [sum(float(row[j]) for row in rows) / len(rows) for j in range(len(question))]
+    return [j for j in range(len(question)) if m[j] > sum(m) / len(m)]
+
+
+def test_sparsevlm_rates_by_the_relevant_question_words_and_keeps_what_they_look_at():
+    layout = VisualLayout.from_videos([0], [(2, 2, 3)])
+    visual, question = features(12, 8), features(5, 8, seed=1)
+    question[3] = visual.mean(dim=0) * 4  # the word the video is about
+    expected_raters = sparsevlm_raters(visual, question)
+    attention = torch.full((2, 5, 12), 1 / 12)
+    attention[:, expected_raters, 9] = 0.6  # the raters look at token 9; the other words look at token 1
+    attention[:, [j for j in range(5) if j not in expected_raters], 1] = 0.9
+    method, memory = SparseVLM(ratio=0.5, recycle=False), {}
+    seen = []
+
+    def question_attention(rows):
+        seen.append(rows.tolist())
+        return attention[:, rows]
+
+    for layer in range(4):
+        budget = LayerBudget(0.5, 12, 4, layer, 12 * layer)
+        sample = LayerSample(layer, visual, layout, budget, memory, None, question, question_attention)
+        reduction = method.reduce_in_llm(sample)
+        if reduction is not None:
+            break
+    assert seen[0] == expected_raters and 3 in expected_raters
+    score = attention[:, expected_raters].mean(dim=(0, 1))  # mean over heads and raters: token 1 does not count
+    expected = sorted(sorted(range(12), key=lambda i: (-float(score[i]), i))[: reduction.keep.numel()])
+    assert reduction.keep.tolist() == expected and 9 in expected
+
+
+def test_sparsevlm_recycles_the_best_pruned_tokens_as_merged_clusters():
+    from tokcompress.methods.sparsevlm import recycled_reduction
+
+    tokens = features(40, 8)
+    score = torch.linspace(1, 0, 40)  # token i ranks i-th
+    reduction = recycled_reduction(tokens, score, 10, recycle=True)
+    candidates = list(range(10, 10 + int(30 * 0.3) + 1))  # the best-rated 30 % (+1) of the 30 below the count
+    clusters = len(candidates) // 10 + 1
+    assert reduction.keep.numel() == 10
+    kept_top = [i for i in reduction.keep.tolist() if i < 10 - clusters]
+    assert kept_top == list(range(10 - clusters))
+    folded = [i for i in range(40) if int(reduction.merge_into[i]) >= 0 and i not in reduction.keep.tolist()]
+    assert set(folded) <= set(candidates) and len(set(folded)) + clusters == len(candidates)
 
 
 # ---------------------------------------------------------------------------------------------- all temporal mergers

@@ -16,6 +16,7 @@ from .identity import NoCompression
 from .pdrop import PDrop
 from .prunevid import PruneVid
 from .random_prune import RandomPrune
+from .sparsevlm import SparseVLM
 from .tome import ToMe
 from .uniform import UniformSample
 from .vidcom2 import VidCom2
@@ -42,7 +43,7 @@ def register_method(cls: type[Method] | None = None, *, name: str | None = None,
 
 for _method in (
     NoCompression, RandomPrune, UniformSample, ToMe, FastV, FrameFusion, DyCoke, FrameDedup, DivPrune, VidCom2, PDrop,
-    PruneVid,
+    PruneVid, SparseVLM,
 ):
     register_method(_method)
 
@@ -106,6 +107,7 @@ __all__ = [
     "PDrop",
     "PruneVid",
     "RandomPrune",
+    "SparseVLM",
     "ToMe",
     "TokenReduction",
     "UniformSample",

@@ -1,0 +1,100 @@
+"""`sparsevlm` (Zhang et al., ICML'25): the question's relevant words rate the visual tokens, pruned in stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..ops import density_peak_clusters
+from .base import IN_LLM, LayerSample, Method, TokenReduction, top_tokens
+from .pdrop import stage_fraction
+
+PAPER_LAYERS, PAPER_DEPTH = (2, 6, 15), 32  # LLaVA-1.5's pruning layers
+RECYCLE_SHARE = 0.3  # of the pruned tokens, the best-rated 30 % (+1) are recycled
+
+
+@dataclass
+class SparseVLM(Method):
+    """Text-guided progressive sparsification inside the LLM (the paper's v1.5 code path).
+
+    At the LLM input the question picks its raters: with V the visual and T the question embeddings,
+    m = mean over visual tokens of softmax over question tokens of V·Tᵀ, and the raters are the question
+    tokens with m above its mean. Before each pruning layer (2, 6 and 15 of 32, scaled to the model's
+    depth) a visual token's score is the raters' attention to it (mean over heads and raters, from the
+    layer's own q/k) and the best-scored tokens stay. With `recycle`, the best-rated 30 % (+1) of the pruned
+    tokens are clustered (density peaks, n / 10 + 1 clusters) and each cluster is kept as one merged token.
+
+    ratio: 0.333 (the default RETAIN_TOKN 192 of LLaVA-1.5's 576); recycle: True.
+
+    Departures:
+    - Stage counts: λ, λ², λ³ of the visual tokens with λ set by `ratio` (the official counts are a fixed
+      table per budget, e.g. 300 / 200 / 110 of 576 for 192, roughly that shape); the last stage absorbs
+      rounding so the layer average meets the ratio within one token. Recycled clusters take places inside
+      that count (the official code adds them on top), so the recycled tokens are drawn from those ranked
+      below the full count.
+    - A recycled cluster is a size-weighted merge placed at its earliest member's original position (the
+      official code appends cluster means after the kept tokens and re-indexes positions); positions stay
+      original (as in its v2.0).
+    - The v2.0 "attention gravity" correction and head selection are not applied; clustering is
+      deterministic (no random tie noise); any batch size and padding.
+    """
+
+    ratio: float = 192 / 576
+    recycle: bool = True
+
+    name = "sparsevlm"
+    stages = (IN_LLM,)
+
+    def pruning_layers(self, num_layers: int) -> list[int]:
+        return sorted({min(round(layer * num_layers / PAPER_DEPTH), num_layers - 1) for layer in PAPER_LAYERS})
+
+    def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
+        memory, budget = sample.memory, sample.budget
+        if "raters" not in memory:  # the LLM input: embeddings of the visual tokens and of the question
+            memory["raters"] = raters(sample.features, sample.question)
+        layers = self.pruning_layers(budget.num_layers)
+        if sample.layer not in layers:
+            return None
+        stage = layers.index(sample.layer) + 1
+        count = sample.features.shape[0]
+        if stage == len(layers):
+            keep = budget.tokens_per_layer()
+        else:
+            keep = max(round(budget.num_visual * stage_fraction(self.ratio, layers, budget.num_layers) ** stage), 1)
+        keep = min(keep, count)
+        if memory["raters"] is not None:
+            score = sample.question_attention(memory["raters"]).mean(dim=(0, 1))
+        else:  # no question: the last token rates
+            score = sample.attention_to_visual(1)
+        return recycled_reduction(sample.features, score, keep, self.recycle)
+
+    def in_llm_finished(self, sample: LayerSample) -> bool:
+        return sample.layer >= self.pruning_layers(sample.budget.num_layers)[-1]
+
+
+def raters(visual: torch.Tensor, question: torch.Tensor | None) -> torch.Tensor | None:
+    """Indices of the question tokens whose relevance to the visual tokens is above the question's mean."""
+    if question is None or not len(question):
+        return None
+    relevance = torch.softmax(visual.float() @ question.float().T, dim=-1).mean(dim=0)  # (question tokens,)
+    chosen = (relevance > relevance.mean()).nonzero().squeeze(1)
+    return chosen if len(chosen) else relevance.argmax()[None]
+
+
+def recycled_reduction(features: torch.Tensor, score: torch.Tensor, keep: int, recycle: bool) -> TokenReduction:
+    """Keep `keep` tokens: the best-scored ones and, with `recycle`, clusters of the best-rated tokens beyond
+    the budget (30 % of them, + 1), each cluster merged onto its earliest member and taking one place."""
+    count = features.shape[0]
+    destination = torch.full((count,), -1, dtype=torch.long, device=features.device)
+    ranked = torch.sort(score.float(), descending=True, stable=True).indices
+    clusters = 0
+    if recycle and 1 < keep < count:
+        candidates = ranked[keep : keep + int((count - keep) * RECYCLE_SHARE) + 1]
+        assignment, centres = density_peak_clusters(features[candidates], min(len(candidates) // 10 + 1, keep - 1))
+        clusters = len(centres)
+        earliest = torch.full((clusters,), count, device=features.device)
+        destination[candidates] = earliest.scatter_reduce(0, assignment, candidates, reduce="amin")[assignment]
+    top = ranked[: keep - clusters]
+    destination[top] = top
+    return TokenReduction.from_destinations(destination)
