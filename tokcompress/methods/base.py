@@ -240,6 +240,13 @@ def keep_count(ratio: float, total: int) -> int:
     return int(min(max(round(ratio * total), 0), total))
 
 
+def separators_first(layout: VisualLayout, count: int) -> tuple[torch.Tensor, int]:
+    """Separators (LLaVA-OV's newline) are kept first - the first `count` of them if the budget is smaller:
+    returns (the separators kept, how many cell tokens the rest of `count` allows)."""
+    separators = layout.is_separator.nonzero().squeeze(1)[:count]
+    return separators, count - separators.numel()
+
+
 def top_tokens(scores: torch.Tensor, count: int, always: torch.Tensor | None = None) -> torch.Tensor:
     """Sorted indices of the `count` highest-scoring tokens; tokens in `always` (bool) come first.
 

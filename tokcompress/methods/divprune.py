@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction, separators_first
 
 CHUNK = 4096  # rows of the similarity matrix computed at a time
 
@@ -36,11 +36,10 @@ class DivPrune(Method):
     stages = (PRE_LLM,)
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
-        count = budget.tokens_before_llm(layout.num_tokens)
-        separators = layout.is_separator.nonzero().squeeze(1)
+        separators, budget_cells = separators_first(layout, budget.tokens_before_llm(layout.num_tokens))
         cells = (~layout.is_separator).nonzero().squeeze(1)
-        picks = max_min_diverse(features[cells], max(count - separators.numel(), 0))
-        return TokenReduction.prune(torch.cat([separators[:count], cells[picks]]))
+        picks = max_min_diverse(features[cells], budget_cells)
+        return TokenReduction.prune(torch.cat([separators, cells[picks]]))
 
 
 def max_min_diverse(features: torch.Tensor, count: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ from .base import (
     check_int,
     keep_count,
     proportional_split,
+    separators_first,
     top_tokens,
 )
 
@@ -101,15 +102,13 @@ class DyCoke(Method):
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         reference, is_anchor = group_references(layout)
         novelty = -aligned_cosine(features, reference)
-        count = budget.tokens_before_llm(layout.num_tokens)
-        separators = layout.is_separator.nonzero().squeeze(1)
-        cells = count - min(count, separators.numel())
+        separators, cells = separators_first(layout, budget.tokens_before_llm(layout.num_tokens))
         frames = torch.unique(layout.frame[~layout.is_separator]).tolist()
         members = {f: (layout.frame == f).nonzero().squeeze(1) for f in frames}
         anchors = [f for f in frames if bool(is_anchor[members[f][0]])]
         others = [f for f in frames if f not in set(anchors)]
         anchor_cells = sum(members[f].numel() for f in anchors)
-        kept = [separators[:count]]
+        kept = [separators]
         if cells < anchor_cells:  # only anchors fit: keep their most novel tokens, the first anchor first
             anchor_tokens = torch.cat([members[f] for f in anchors])
             kept.append(anchor_tokens[top_tokens(novelty[anchor_tokens], cells)])

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction, proportional_split
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction, proportional_split, separators_first
 
 GOLDEN = (math.sqrt(5) - 1) / 2
 
@@ -30,13 +30,11 @@ class UniformSample(Method):
     stages = (PRE_LLM,)
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
-        separators = layout.is_separator.nonzero().squeeze(1)
-        count = budget.tokens_before_llm(layout.num_tokens)
-        cells = count - min(count, separators.numel())
+        separators, cells = separators_first(layout, budget.tokens_before_llm(layout.num_tokens))
         frames = torch.unique(layout.frame[~layout.is_separator])
         members = [(layout.frame == f).nonzero().squeeze(1) for f in frames.tolist()]
         quotas = proportional_split(cells, [m.numel() for m in members])
-        kept = [separators[:count]]
+        kept = [separators]
         for frame, tokens, quota in zip(frames.tolist(), members, quotas):
             if quota:
                 phase = (frame * GOLDEN) % 1.0

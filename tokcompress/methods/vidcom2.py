@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction, apportion, top_tokens
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction, apportion, separators_first, top_tokens
 
 BANDWIDTHS = (1 / 8, 1 / 4, 1 / 2, 1.0, 2.0)
 
@@ -40,10 +40,8 @@ class VidCom2(Method):
     stages = (PRE_LLM,)
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
-        count = budget.tokens_before_llm(layout.num_tokens)
-        separators = layout.is_separator.nonzero().squeeze(1)
-        kept = [separators[:count]]
-        cells = count - min(count, separators.numel())
+        separators, cells = separators_first(layout, budget.tokens_before_llm(layout.num_tokens))
+        kept = [separators]
         videos = [(layout.video == v) & ~layout.is_separator for v in range(len(layout.grids))]
         video_cells = [int(members.sum()) for members in videos]
         for members, quota in zip(videos, apportion(cells, video_cells, video_cells)):
