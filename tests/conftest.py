@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -15,7 +16,23 @@ import tokcompress
 from tokcompress import tiny
 from tokcompress.video import read_frames, sample_clip
 
-FAMILIES = ("llava_onevision", "qwen2_5_vl")
+
+@dataclass(frozen=True)
+class TinyFamily:
+    """What the tests need to know about a family's tiny model (tokcompress.tiny) on an 8-frame clip."""
+
+    tokens_per_unit: int  # visual tokens of one frame unit
+    frames_per_unit: int = 1  # Qwen: 2-frame temporal patches
+    mixed_frame_counts: bool = False  # a batch may hold videos of different lengths
+    mrope: bool = False  # 3-D positions: no re-indexing to contiguous positions
+
+
+TINY = {
+    "llava_onevision": TinyFamily(tokens_per_unit=9),
+    "llava_next_video": TinyFamily(tokens_per_unit=9),
+    "qwen2_5_vl": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
+}
+FAMILIES = tuple(TINY)
 # every registered method but the identity: a new method cannot skip the contract suite
 COMPRESSING = tuple(sorted(set(tokcompress.list_methods()) - {"none"}))
 FRAME_GRANULAR = {"framededup"}  # keeps whole frames: its ratio is a cap, met to within a frame
@@ -33,9 +50,7 @@ def other_clip() -> torch.Tensor:
 
 
 def build(family: str, attn_implementation: str = "sdpa"):
-    if family == "llava_onevision":
-        return tiny.tiny_llava_onevision(attn_implementation=attn_implementation)
-    return tiny.tiny_qwen2_5_vl(attn_implementation=attn_implementation)
+    return tiny.TINY_MODELS[family](attn_implementation=attn_implementation)
 
 
 _MODELS: dict[tuple[str, str], torch.nn.Module] = {}
@@ -50,9 +65,7 @@ def model_for(family: str, attn_implementation: str = "sdpa"):
 
 def inputs_for(family: str, frames, questions):
     """Inputs for one video per prompt (lists make a left-padded batch)."""
-    if family == "llava_onevision":
-        return tiny.llava_onevision_inputs(model_for(family), frames, questions)
-    return tiny.qwen2_5_vl_inputs(frames, questions)
+    return tiny.video_inputs(model_for(family), frames, questions)
 
 
 def generate(model, inputs, max_new_tokens: int = 4, **kwargs) -> torch.Tensor:
@@ -64,6 +77,11 @@ def generate(model, inputs, max_new_tokens: int = 4, **kwargs) -> torch.Tensor:
 def logits(model, inputs) -> torch.Tensor:
     with torch.no_grad():
         return model(**inputs).logits
+
+
+def shorter(family: str, frames: torch.Tensor) -> torch.Tensor:
+    """A clip for a batch beside `frames`: shorter where the family batches videos of different lengths."""
+    return frames[:4] if TINY[family].mixed_frame_counts else frames
 
 
 @pytest.fixture(params=FAMILIES)

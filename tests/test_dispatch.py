@@ -8,7 +8,7 @@ from accelerate import dispatch_model
 
 import tokcompress
 
-from .conftest import COMPRESSING, FRAME_GRANULAR, build, generate, inputs_for
+from .conftest import COMPRESSING, FRAME_GRANULAR, TINY, build, generate, inputs_for
 
 
 @pytest.mark.parametrize("method", COMPRESSING)
@@ -37,5 +37,5 @@ def test_half_precision(family, clip, method, dtype):
         out = model(**inputs)
         sample = handle.stats.samples[0]
     assert torch.isfinite(out.logits).all()
-    tolerance = (9 if family == "llava_onevision" else 16) if method in FRAME_GRANULAR else 1.0  # tokens per unit
+    tolerance = TINY[family].tokens_per_unit if method in FRAME_GRANULAR else 1.0
     assert abs(sample.achieved_ratio - 0.3) * sample.visual_in <= tolerance

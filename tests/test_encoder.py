@@ -8,17 +8,15 @@ import torch
 import tokcompress
 from tokcompress.methods import Compose, FastV, FrameDedup, FrameFusion, UniformSample
 
-from .conftest import generate, inputs_for, logits, model_for
-
-UNITS = {"llava_onevision": 8, "qwen2_5_vl": 4}  # frame units of an 8-frame clip (Qwen: 2-frame temporal patches)
+from .conftest import TINY, generate, inputs_for, logits, model_for, shorter
 
 
 def count_tower_units(model, family):
     """Frame units entering the vision tower's first layer, per call."""
     seen: list[int] = []
-    if family == "llava_onevision":
+    if not TINY[family].mrope:  # a batch of frames
         first, per_unit = model.model.vision_tower.encoder.layers[0], 1
-    else:
+    else:  # Qwen: one packed sequence of patches
         grid_h = grid_w = 112 // 14
         first, per_unit = model.model.visual.blocks[0], grid_h * grid_w
     hook = first.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0] // per_unit))
@@ -36,7 +34,7 @@ def test_the_tower_encodes_only_the_frames_kept(family, clip, run):
         finally:
             hook.remove()
         (sample,) = handle.stats.samples
-    assert seen == [UNITS[family] // 2]
+    assert seen == [8 // TINY[family].frames_per_unit // 2]
     assert sample.encoder_ratio == 0.5 and handle.stats.encoder_seconds > 0
 
 
@@ -50,7 +48,7 @@ def test_identical_frames_are_encoded_once(family, clip):
             generate(model, inputs, max_new_tokens=2)
         finally:
             hook.remove()
-    assert seen == [1] and handle.stats.samples[0].encoder_ratio == 1 / UNITS[family]
+    assert seen == [1] and handle.stats.samples[0].encoder_ratio == TINY[family].frames_per_unit / 8
 
 
 @pytest.mark.parametrize("llm_side", [FrameFusion(ratio=0.3), UniformSample(ratio=0.3), FastV(ratio=0.3)])
@@ -66,14 +64,14 @@ def test_an_encoder_side_method_composes_with_an_llm_side_one(family, clip, othe
         stats = handle.stats
         assert stats.method == f"framededup+{llm_side.name}" and handle.ratio == 0.3
         (sample,) = stats.samples
-        assert seen == [UNITS[family] // 2] and sample.encoder_ratio == 0.5
+        assert seen == [8 // TINY[family].frames_per_unit // 2] and sample.encoder_ratio == 0.5
         assert abs(sample.achieved_ratio - 0.3) * sample.visual_in <= 1.0  # the budget keeps its meaning
         handle.ratio = 0.2  # sets the LLM-side member's
         assert handle.method.methods[1].ratio == 0.2 and handle.method.methods[0].ratio == 0.5
         logits(model, inputs)
         assert abs(handle.stats.samples[0].achieved_ratio - 0.2) * sample.visual_in <= 1.0
         # a sample's result does not depend on its batch mates
-        short = other_clip[:4] if family == "qwen2_5_vl" else other_clip
+        short = shorter(family, other_clip)
         batch = inputs_for(family, [clip, short], ["What is moving in this video?", "Who?"])
         together = generate(model, batch, max_new_tokens=3)
         for b, (frames, question) in enumerate(zip([clip, short], ["What is moving in this video?", "Who?"])):

@@ -9,7 +9,7 @@ import tokcompress
 from tokcompress import tiny
 from tokcompress.engine.compat import CACHE_KEYWORD, output_cache
 
-from .conftest import COMPRESSING, FRAME_GRANULAR, generate, inputs_for, logits, model_for
+from .conftest import COMPRESSING, FRAME_GRANULAR, TINY, generate, inputs_for, logits, model_for, shorter
 
 
 @pytest.mark.parametrize("method", ["none", *COMPRESSING])
@@ -45,7 +45,7 @@ def test_unpatch_restores_outputs_and_modules(family, clip, method):
 @pytest.mark.parametrize("method", COMPRESSING)
 def test_batch_equals_single(family, clip, other_clip, method):
     model = model_for(family)
-    short = other_clip[:4] if family == "qwen2_5_vl" else other_clip  # Qwen: videos of different lengths
+    short = shorter(family, other_clip)
     questions = ["What is moving in this video?", "Who?"]  # prompts of different lengths: left padding
     batch = inputs_for(family, [clip, short], questions)
     with tokcompress.compress(model, method, ratio=0.3) as handle:
@@ -79,7 +79,7 @@ def test_achieved_ratio_within_one_token(family, clip, method, ratio):
     with tokcompress.compress(model, method, ratio=ratio) as handle:
         logits(model, inputs)
         (sample,) = handle.stats.samples
-        tolerance = (9 if family == "llava_onevision" else 16) if method in FRAME_GRANULAR else 1.0  # tokens per unit
+        tolerance = TINY[family].tokens_per_unit if method in FRAME_GRANULAR else 1.0
         assert abs(sample.achieved_ratio - ratio) * sample.visual_in <= tolerance
         assert len(sample.kept_positions) == sample.visual_out
 
@@ -94,7 +94,7 @@ def test_pre_llm_methods_match_the_ideal_model_fed_only_kept_tokens(family, clip
     model = model_for(family)
     inputs = inputs_for(family, clip, "What is moving?")
     contiguous = knobs.get("positions") == "contiguous"
-    if contiguous and family == "qwen2_5_vl":
+    if contiguous and TINY[family].mrope:
         with pytest.raises(ValueError, match="M-RoPE positions"):
             tokcompress.patch(model, method, ratio=0.3, **knobs)
         return

@@ -77,3 +77,16 @@ def test_crossovers_come_from_the_measurements_and_the_dispatch_respects_committ
             row["n"], row["d"] = int(row["n"]), int(row["d"])
         for op, crossover in bench.crossovers(measured).items():  # dispatched only where every GPU measured a win
             assert MIN_KERNEL_SIZE[op] >= crossover, f"{table.name}: {op} dispatched below its measured crossover"
+
+
+@pytest.mark.parametrize("name", ["llava-onevision-7b", "llava-next-video-7b", "qwen2.5-vl-7b"])
+def test_the_real_shape_models_build_and_their_prompts_fit_the_adapter(name, clip):
+    """On the meta device (no memory): a 7B/8B-class model whose prompt the family's adapter lays out in full."""
+    from tokcompress.adapters import adapter_for
+
+    bench = load("bench_latency")
+    model = bench.named_model(name, torch.bfloat16, "meta")
+    assert 6e9 < sum(p.numel() for p in model.parameters()) < 10e9
+    inputs = bench.video_inputs(model, clip)
+    (layout,) = adapter_for(model).visual_layouts(inputs)
+    assert layout.num_tokens == int((inputs["input_ids"] == model.config.video_token_id).sum()) > 0

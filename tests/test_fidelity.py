@@ -20,7 +20,7 @@ from tokcompress.methods import (
 )
 from tokcompress.methods.base import DecodeSample, LayerSample
 
-from .conftest import generate, inputs_for, logits, model_for
+from .conftest import TINY, generate, inputs_for, logits, model_for
 
 NO_PUBLISHED_RULE = {"none", "random", "uniform"}
 TRANSCRIBED = {"tome", "fastv", "framefusion", "dycoke", "framededup", "divprune", "vidcom2", "pdrop", "prunevid", "sparsevlm"}
@@ -492,7 +492,7 @@ def test_identical_frames_collapse_to_one_frame_one_token_per_cell(family, clip,
     repeated = clip[:1].expand(8, -1, -1, -1).contiguous()
     inputs = inputs_for(family, repeated, "What is in the picture?")
     visual = (inputs["input_ids"][0] == tiny.VIDEO).nonzero().squeeze(1).tolist()
-    per_frame, frames = (9, 8) if family == "llava_onevision" else (16, 4)  # Qwen: 2-frame temporal patches
+    per_frame, frames = TINY[family].tokens_per_unit, 8 // TINY[family].frames_per_unit
     separators = visual[frames * per_frame :]
     with tokcompress.compress(model, method, ratio=(per_frame + len(separators)) / len(visual)) as handle:
         generate(model, inputs, max_new_tokens=2)
@@ -526,7 +526,7 @@ def test_tome_proportional_attention_adds_log_size_to_merged_keys(family, clip):
     inputs = inputs_for(family, repeated, "What is in the picture?")
     ids = inputs["input_ids"][0]
     visual = (ids == tiny.VIDEO).nonzero().squeeze(1).tolist()
-    per_frame, copies = (9, 8) if family == "llava_onevision" else (16, 4)
+    per_frame, copies = TINY[family].tokens_per_unit, 8 // TINY[family].frames_per_unit
     ratio = (len(visual) - per_frame * copies + per_frame) / len(visual)
     with tokcompress.compress(model, "tome", ratio=ratio) as handle:
         seen, hooks = _masks_seen_by_layers(model)

@@ -31,7 +31,7 @@ def test_a_multi_turn_chat_passing_the_cache_back_continues_it(family, clip, met
         cache = output_cache(first)
         ids = torch.cat([first.sequences, torch.tensor([tiny.text_ids("\nuser: and then?\nassistant:")])], dim=1)
         follow_up = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        if family == "qwen2_5_vl":
+        if "mm_token_type_ids" in inputs:
             follow_up["mm_token_type_ids"] = (ids == tiny.VIDEO).long() * 2
         second = model.generate(
             **follow_up, max_new_tokens=2, do_sample=False, output_logits=True, return_dict_in_generate=True,

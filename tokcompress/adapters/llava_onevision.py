@@ -5,67 +5,17 @@ from __future__ import annotations
 
 import math
 
-import torch
-
-from ..engine import compat
-from ..layout import VisualLayout
-from .base import Adapter, token_runs
+from .frames import FrameBatchAdapter
 
 
-class LlavaOnevisionAdapter(Adapter):
+class LlavaOnevisionAdapter(FrameBatchAdapter):
     model_type = "llava_onevision"
+    separators_per_video = 1
 
     def frame_grid(self) -> tuple[int, int]:
         side = math.ceil(self.config.vision_config.image_size // self.config.vision_config.patch_size / 2)
         return side, side
 
-    def video_layouts(self, input_ids, call_kwargs):
-        height, width = self.frame_grid()
-        per_frame = height * width
-        per_video, videos = self._video_sizes(call_kwargs)
-        if int((input_ids == self.config.video_token_id).sum()) != per_video * videos:
-            return None  # placeholders and features disagree: HF's own error says by how much
-        layouts = []
-        for ids in input_ids:
-            starts, grids = [], []
-            for start, length in token_runs(ids, self.config.video_token_id):
-                # A run may hold several videos back to back, each T·h·w tokens plus its newline.
-                if length % per_video or (per_video - 1) % per_frame:
-                    raise ValueError(
-                        f"a run of {length} video tokens does not split into videos of {per_video} tokens (frames of "
-                        f"{per_frame} tokens plus one newline); is the processor's frame size the model's?"
-                    )
-                for offset in range(0, length, per_video):
-                    starts.append(start + offset)
-                    grids.append(((per_video - 1) // per_frame, height, width))
-            layouts.append(VisualLayout.from_videos(starts, grids, separators_per_video=1, device=ids.device))
-        return layouts
-
-    def frame_signatures(self, encoder_args):
-        embed = self.vision_tower.embeddings.patch_embedding
-        pixels = encoder_args["pixel_values_videos"].to(embed.weight.dtype)
-        return [embed(video).flatten(2).transpose(1, 2) for video in pixels]  # (T, patches, D) per video
-
-    def encode_frames(self, encode, encoder_args, keep):
-        pixels = encoder_args["pixel_values_videos"]  # (videos, T, 3, S, S): every kept frame in one tower call
-        kept = torch.cat([video[frames] for video, frames in zip(pixels, keep)])[None]
-        output = encode(**{**encoder_args, "pixel_values_videos": kept})
-        features = output.pooler_output[0]  # (kept frames · tokens per frame + 1 newline, D)
-        per_frame = (features.shape[0] - 1) // kept.shape[1]
-        newline = features[-1:]
-        videos = []
-        for frames, video_features in zip(keep, features[:-1].split([len(f) * per_frame for f in keep])):
-            full = features.new_zeros(pixels.shape[1], per_frame, features.shape[-1])
-            full[frames] = video_features.view(len(frames), per_frame, -1)
-            videos.append(torch.cat([full.flatten(0, 1), newline]))
-        output.pooler_output = torch.stack(videos)
-        return output
-
-    def _video_sizes(self, call_kwargs) -> tuple[int, int]:
-        """(tokens per video, videos) of this call, from its pixels or from the features generate pre-encoded."""
-        pixels = call_kwargs.get("pixel_values_videos")
-        if pixels is not None:
-            per_frame = self.frame_grid()[0] * self.frame_grid()[1]
-            return pixels.shape[1] * per_frame + 1, pixels.shape[0]
-        features = compat.encoded_video(call_kwargs)
-        return features.shape[1], features.shape[0]
+    @property
+    def patch_embedding(self):
+        return self.vision_tower.embeddings.patch_embedding

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..ops import density_peak_clusters
-from .base import IN_LLM, LayerSample, Method, TokenReduction, top_tokens
+from .base import IN_LLM, LayerSample, Method, TokenReduction
 from .pdrop import stage_fraction
 
 PAPER_LAYERS, PAPER_DEPTH = (2, 6, 15), 32  # LLaVA-1.5's pruning layers
