@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import math
 import statistics
 import time
 from pathlib import Path
@@ -31,13 +30,16 @@ from transformers import (
     LlavaOnevisionForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    VideoLlavaConfig,
+    VideoLlavaForConditionalGeneration,
 )
 
 import tokcompress
 from tokcompress.engine.compat import CACHE_KEYWORD, output_cache
 from tokcompress.ideal import ideal_prefill
 from tokcompress.timing import timed_generate, timed_generation
-from tokcompress.video import llava_next_video_pixels, llava_onevision_pixels, qwen_vl_pixels, read_frames, sample_clip
+from tokcompress.tiny import frame_batch_video
+from tokcompress.video import qwen_vl_pixels, read_frames, sample_clip
 
 RESULTS = Path(__file__).parent / "results"
 QWEN2_7B_TEXT = dict(
@@ -48,9 +50,9 @@ VICUNA_7B_TEXT = dict(
     model_type="llama", hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
     num_key_value_heads=32, vocab_size=32064, max_position_embeddings=4096, rms_norm_eps=1e-5,
 )
-CLIP_L_336 = dict(
+CLIP_L = dict(
     model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
-    num_attention_heads=16, image_size=336, patch_size=14, projection_dim=768,
+    num_attention_heads=16, patch_size=14, projection_dim=768,
 )
 SIGLIP_SO400M = dict(
     model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
@@ -59,8 +61,8 @@ SIGLIP_SO400M = dict(
 
 
 def named_model(name: str, dtype: torch.dtype, device: str):
-    """Random-weight models at real shapes ('llava-onevision-7b', 'llava-next-video-7b', 'qwen2.5-vl-7b') or a small
-    one for the CPU."""
+    """Random-weight models at real shapes ('llava-onevision-7b', 'llava-next-video-7b', 'video-llava-7b',
+    'qwen2.5-vl-7b') or a small one for the CPU."""
     if name == "llava-onevision-7b":
         config = LlavaOnevisionConfig(
             text_config=dict(model_type="qwen2", **QWEN2_7B_TEXT), vision_config=SIGLIP_SO400M,
@@ -69,10 +71,16 @@ def named_model(name: str, dtype: torch.dtype, device: str):
         cls = LlavaOnevisionForConditionalGeneration
     elif name == "llava-next-video-7b":
         config = LlavaNextVideoConfig(
-            text_config=VICUNA_7B_TEXT, vision_config=CLIP_L_336, image_token_index=32001, video_token_index=32000,
+            text_config=VICUNA_7B_TEXT, vision_config={**CLIP_L, "image_size": 336}, image_token_index=32001, video_token_index=32000,
             vision_feature_layer=-2, vision_feature_select_strategy="default", spatial_pool_stride=2,
         )
         cls = LlavaNextVideoForConditionalGeneration
+    elif name == "video-llava-7b":  # LanguageBind's CLIP-L/14 video tower at 224 px, CLS kept: 257 tokens a frame
+        config = VideoLlavaConfig(
+            text_config=VICUNA_7B_TEXT, vision_config={**CLIP_L, "image_size": 224}, image_token_index=32000,
+            video_token_index=32001, vision_feature_layer=-2, vision_feature_select_strategy="default",
+        )
+        cls = VideoLlavaForConditionalGeneration
     elif name == "qwen2.5-vl-7b":
         config = Qwen2_5_VLConfig(
             text_config=dict(**QWEN2_7B_TEXT, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
@@ -111,14 +119,7 @@ def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
         ids = torch.cat([text[:8], torch.tensor([config.vision_start_token_id] + [config.video_token_id] * visual + [config.vision_end_token_id]), text[8:]])
         return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                     pixel_values_videos=pixels, video_grid_thw=grid, mm_token_type_ids=(ids == config.video_token_id).long()[None] * 2)
-    vision = config.vision_config
-    side = vision.image_size // vision.patch_size
-    if config.model_type == "llava_next_video":  # pooled frames, no separator
-        visual = frames.shape[0] * (side // config.spatial_pool_stride) ** 2
-        pixels = llava_next_video_pixels(frames, vision.image_size)
-    else:  # LLaVA-OneVision: ½-pooled frames, one newline per video
-        visual = frames.shape[0] * math.ceil(side / 2) ** 2 + 1
-        pixels = llava_onevision_pixels(frames, vision.image_size)
+    visual, pixels = frame_batch_video(config, frames)
     ids = torch.cat([text[:8], torch.full((visual,), config.video_token_id), text[8:]])
     return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long), pixel_values_videos=pixels)
 
@@ -255,7 +256,7 @@ def plot_breakdown(rows: list[dict], out: Path, stem: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--model", default="small", help="llava-onevision-7b, llava-next-video-7b, qwen2.5-vl-7b, small, or a checkpoint path"
+        "--model", default="small", help="llava-onevision-7b, llava-next-video-7b, video-llava-7b, qwen2.5-vl-7b, small, or a checkpoint path"
     )
     parser.add_argument("--frames", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--methods", nargs="+", default=["none", *(m for m in tokcompress.list_methods() if m != "none")])

@@ -33,7 +33,7 @@ if args.model:  # a real checkpoint with its own processor (HF's video processor
     decode = lambda ids: processor.decode(ids, skip_special_tokens=True)  # noqa: E731
 else:
     model = tiny.tiny_llava_onevision()
-    inputs = tiny.llava_onevision_inputs(model, read_frames(args.video, args.frames, size=(84, 84)), args.question)
+    inputs = tiny.video_inputs(model, read_frames(args.video, args.frames, size=(84, 84)), args.question)
     decode = tiny.decode
 
 with tokcompress.compress(model, args.method, ratio=args.ratio) as handle, torch.no_grad():

@@ -19,7 +19,7 @@ parser.add_argument("--frames", type=int, default=16)
 args = parser.parse_args()
 
 model = tiny.tiny_llava_onevision()  # any supported checkpoint works the same (see answer_video.py)
-inputs = tiny.llava_onevision_inputs(model, read_frames(args.video, args.frames, size=(84, 84)), "Who is speaking?")
+inputs = tiny.video_inputs(model, read_frames(args.video, args.frames, size=(84, 84)), "Who is speaking?")
 
 methods = [FrameDedup(threshold=0.9), FrameFusion(ratio=0.3)]  # or tokcompress.methods.Compose(methods=...)
 with tokcompress.compress(model, methods) as handle, torch.no_grad():

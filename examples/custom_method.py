@@ -34,7 +34,7 @@ class FrameOutliers(Method):
 
 
 model = tiny.tiny_llava_onevision()
-inputs = tiny.llava_onevision_inputs(model, read_frames(sample_clip("bikes.mp4"), 8, size=(84, 84)), "What moves?")
+inputs = tiny.video_inputs(model, read_frames(sample_clip("bikes.mp4"), 8, size=(84, 84)), "What moves?")
 with tokcompress.compress(model, "frame_outliers", ratio=0.25) as handle, torch.no_grad():
     model(**inputs)
     print(handle.stats)

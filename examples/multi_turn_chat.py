@@ -15,7 +15,7 @@ from tokcompress.engine.compat import (  # `cache=` from transformers 5.24, `pas
 from tokcompress.video import read_frames, sample_clip
 
 model = tiny.tiny_llava_onevision()
-inputs = tiny.llava_onevision_inputs(model, read_frames(sample_clip("bikes.mp4"), 8, size=(84, 84)), "What moves?")
+inputs = tiny.video_inputs(model, read_frames(sample_clip("bikes.mp4"), 8, size=(84, 84)), "What moves?")
 
 with tokcompress.compress(model, "fastv", ratio=0.3) as handle, torch.no_grad():
     first = model.generate(**inputs, max_new_tokens=8, do_sample=False, return_dict_in_generate=True)

@@ -25,7 +25,7 @@ parser.add_argument("--out", default="sweep.png")
 args = parser.parse_args()
 
 model = tiny.tiny_llava_onevision(num_layers=8, hidden_size=256, image_size=196)  # or any checkpoint
-inputs = tiny.llava_onevision_inputs(model, read_frames(sample_clip("bikes.mp4"), args.frames, size=(196, 196)), "What?")
+inputs = tiny.video_inputs(model, read_frames(sample_clip("bikes.mp4"), args.frames, size=(196, 196)), "What?")
 torch.set_grad_enabled(False)
 baseline = median_ms(lambda: model(**inputs), args.repeats, "cpu")
 print(f"{'method':12s} {'ratio':>5s} {'tokens/layer':>12s} {'prefill ms':>10s} {'speed-up':>8s}")

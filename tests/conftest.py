@@ -30,6 +30,7 @@ class TinyFamily:
 TINY = {
     "llava_onevision": TinyFamily(tokens_per_unit=9),
     "llava_next_video": TinyFamily(tokens_per_unit=9),
+    "video_llava": TinyFamily(tokens_per_unit=37),  # CLS + 6×6 patches
     "qwen2_5_vl": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
 }
 FAMILIES = tuple(TINY)

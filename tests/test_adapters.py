@@ -3,12 +3,13 @@ methods must be where the model put each frame's features."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 import tokcompress
 from tokcompress.adapters import adapter_for
 
-from .conftest import FAMILIES, TINY, inputs_for, model_for
+from .conftest import COMPRESSING, FAMILIES, FRAME_GRANULAR, TINY, generate, inputs_for, logits, model_for, shorter
 
 
 def placed_embeddings(model, inputs) -> torch.Tensor:
@@ -49,3 +50,41 @@ def test_the_layout_is_where_the_model_placed_each_frame(family, clip):
         in_full = layout.frame == unit
         assert layout.spatial[in_full].tolist() == list(range(height * width))
         torch.testing.assert_close(embeddings[layout.positions[in_full]], placed_embeddings(model, alone)[cells])
+
+
+def two_videos_in_one_prompt(family, first, second) -> dict:
+    """One prompt asking about two videos, each in its own span of placeholders."""
+    a, b = inputs_for(family, first, "Compare this"), inputs_for(family, second, "with this.")
+    per_token = {"input_ids", "attention_mask", "mm_token_type_ids"}
+    return {key: torch.cat([a[key], b[key]], dim=1 if key in per_token else 0) for key in a}
+
+
+def test_a_prompt_with_two_videos_lays_out_each_in_its_place(family, clip, other_clip):
+    model = model_for(family)
+    inputs = two_videos_in_one_prompt(family, clip, other_clip)
+    (layout,) = adapter_for(model).visual_layouts(inputs)
+    assert len(layout.grids) == 2 and layout.grids[0] == layout.grids[1]
+    embeddings = placed_embeddings(model, inputs)
+    for video, frames in enumerate([clip, other_clip]):
+        alone = inputs_for(family, frames, "What?")
+        (alone_layout,) = adapter_for(model).visual_layouts(alone)
+        torch.testing.assert_close(
+            embeddings[layout.positions[layout.video == video]], placed_embeddings(model, alone)[alone_layout.positions]
+        )
+
+
+@pytest.mark.parametrize("method", COMPRESSING)
+def test_every_method_compresses_a_prompt_with_two_videos(family, clip, other_clip, method):
+    """Forward and generate (which pre-encodes the videos) agree on what was kept."""
+    model = model_for(family)
+    inputs = two_videos_in_one_prompt(family, clip, shorter(family, other_clip))
+    with tokcompress.compress(model, method, ratio=0.3) as handle:
+        logits(model, inputs)
+        forward = handle.stats.samples[0]
+        generate(model, inputs, max_new_tokens=2)
+        generated = handle.stats.samples[0]
+    assert forward.kept_positions == generated.kept_positions
+    if method in FRAME_GRANULAR:  # a cap, per video to within a frame unit: repetitive clips end below it
+        assert generated.achieved_ratio * generated.visual_in <= 0.3 * generated.visual_in + 2 * TINY[family].tokens_per_unit
+    else:
+        assert abs(generated.achieved_ratio - 0.3) * generated.visual_in <= 1.0

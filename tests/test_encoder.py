@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import tokcompress
+from tokcompress.adapters import adapter_for
 from tokcompress.methods import Compose, FastV, FrameDedup, FrameFusion, UniformSample
 
 from .conftest import TINY, generate, inputs_for, logits, model_for, shorter
@@ -15,7 +16,7 @@ def count_tower_units(model, family):
     """Frame units entering the vision tower's first layer, per call."""
     seen: list[int] = []
     if not TINY[family].mrope:  # a batch of frames
-        first, per_unit = model.model.vision_tower.encoder.layers[0], 1
+        first, per_unit = adapter_for(model).vision_tower.encoder.layers[0], 1
     else:  # Qwen: one packed sequence of patches
         grid_h = grid_w = 112 // 14
         first, per_unit = model.model.visual.blocks[0], grid_h * grid_w

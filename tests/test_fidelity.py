@@ -134,7 +134,7 @@ def test_fastv_keeps_the_top_of_the_scoring_layers_attention_row(family, clip, s
 )
 def test_no_layer_is_left_without_visual_tokens_while_budget_remains(clip, method, layers, ratio):
     model = tiny.tiny_llava_onevision(num_layers=layers)
-    inputs = tiny.llava_onevision_inputs(model, clip, "What is moving?")
+    inputs = tiny.video_inputs(model, clip, "What is moving?")
     with tokcompress.compress(model, method, ratio=ratio) as handle:
         logits(model, inputs)
         (sample,) = handle.stats.samples

