@@ -30,6 +30,10 @@ from transformers import (
     LlavaOnevisionForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen3_5Config,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
     VideoLlavaConfig,
     VideoLlavaForConditionalGeneration,
 )
@@ -60,9 +64,24 @@ SIGLIP_SO400M = dict(
 )
 
 
+QWEN3_VL_8B_TEXT = dict(
+    hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
+    head_dim=128, vocab_size=151936, max_position_embeddings=262144, rms_norm_eps=1e-6,
+    rope_parameters={
+        "rope_type": "default", "rope_theta": 5e6, "mrope_section": [24, 20, 20], "mrope_interleaved": True
+    },
+)
+QWEN3_VISION = dict(  # Qwen3-VL's and Qwen3.5's tower (SigLIP-2 shape, 16 px patches), into a 4096-wide LLM
+    depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096, patch_size=16,
+    temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=2304,
+)
+MODEL_NAMES = (
+    "llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b", "small"
+)
+
+
 def named_model(name: str, dtype: torch.dtype, device: str):
-    """Random-weight models at real shapes ('llava-onevision-7b', 'llava-next-video-7b', 'video-llava-7b',
-    'qwen2.5-vl-7b') or a small one for the CPU."""
+    """Random-weight models at real shapes (MODEL_NAMES) or a small one for the CPU."""
     if name == "llava-onevision-7b":
         config = LlavaOnevisionConfig(
             text_config=dict(model_type="qwen2", **QWEN2_7B_TEXT), vision_config=SIGLIP_SO400M,
@@ -90,6 +109,18 @@ def named_model(name: str, dtype: torch.dtype, device: str):
             image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
         )
         cls = Qwen2_5_VLForConditionalGeneration
+    elif name == "qwen3-vl-8b":
+        config = Qwen3VLConfig(
+            text_config=QWEN3_VL_8B_TEXT, vision_config={**QWEN3_VISION, "deepstack_visual_indexes": [8, 16, 24]},
+            image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
+        )
+        cls = Qwen3VLForConditionalGeneration
+    elif name == "qwen3.5-9b":  # transformers' Qwen3.5 defaults: 32 layers, every 4th softmax, the rest linear
+        config = Qwen3_5Config(
+            vision_config=QWEN3_VISION, text_config={},
+            image_token_id=248056, video_token_id=248057, vision_start_token_id=248053, vision_end_token_id=248054,
+        )
+        cls = Qwen3_5ForConditionalGeneration
     elif name == "small":
         config = LlavaOnevisionConfig(
             text_config=dict(model_type="qwen2", hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
@@ -112,11 +143,16 @@ def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
     """One prompt: random text ids around the video placeholders, pixels from the real clip."""
     config = model.config
     text = torch.randint(10, 1000, (prompt_tokens,), generator=torch.Generator().manual_seed(0))
-    if config.model_type == "qwen2_5_vl":
-        size = 448
-        pixels, grid = qwen_vl_pixels(frames, size, size)
-        visual = int(grid.prod()) // 4
-        ids = torch.cat([text[:8], torch.tensor([config.vision_start_token_id] + [config.video_token_id] * visual + [config.vision_end_token_id]), text[8:]])
+    if config.model_type in ("qwen2_5_vl", "qwen3_vl", "qwen3_5"):
+        patch = config.vision_config.patch_size
+        pixels, grid = qwen_vl_pixels(frames, 32 * patch, 32 * patch, patch_size=patch)  # 448 px / 512 px
+        t, h, w = grid[0].tolist()
+        span = [config.vision_start_token_id] + [config.video_token_id] * (h * w // 4) + [config.vision_end_token_id]
+        if config.model_type != "qwen2_5_vl":  # each temporal patch: `<t seconds>` (6 tokens) + its own span
+            video = torch.cat([torch.cat([text[:6], torch.tensor(span)]) for _ in range(t)])
+        else:
+            video = torch.tensor(span[:1] + [config.video_token_id] * (t * h * w // 4) + span[-1:])
+        ids = torch.cat([text[:8], video, text[8:]])
         return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                     pixel_values_videos=pixels, video_grid_thw=grid, mm_token_type_ids=(ids == config.video_token_id).long()[None] * 2)
     visual, pixels = frame_batch_video(config, frames)
@@ -256,7 +292,7 @@ def plot_breakdown(rows: list[dict], out: Path, stem: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
-        "--model", default="small", help="llava-onevision-7b, llava-next-video-7b, video-llava-7b, qwen2.5-vl-7b, small, or a checkpoint path"
+        "--model", default="small", help=", ".join(MODEL_NAMES) + ", or a checkpoint path"
     )
     parser.add_argument("--frames", type=int, nargs="+", default=[8, 16])
     parser.add_argument("--methods", nargs="+", default=["none", *(m for m in tokcompress.list_methods() if m != "none")])

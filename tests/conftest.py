@@ -32,6 +32,9 @@ TINY = {
     "llava_next_video": TinyFamily(tokens_per_unit=9),
     "video_llava": TinyFamily(tokens_per_unit=37),  # CLS + 6×6 patches
     "qwen2_5_vl": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
+    "qwen3_vl": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
+    "qwen3_vl_moe": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
+    "qwen3_5": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
 }
 FAMILIES = tuple(TINY)
 # every registered method but the identity: a new method cannot skip the contract suite
@@ -78,6 +81,14 @@ def generate(model, inputs, max_new_tokens: int = 4, **kwargs) -> torch.Tensor:
 def logits(model, inputs) -> torch.Tensor:
     with torch.no_grad():
         return model(**inputs).logits
+
+
+def softmax_layers(model) -> list[int]:
+    """The decoder layers with softmax attention, which cache KV and return attention maps (all but Qwen3.5's
+    linear-attention layers)."""
+    from tokcompress.adapters import adapter_for
+
+    return sorted(adapter_for(model).kv_layers)
 
 
 def shorter(family: str, frames: torch.Tensor) -> torch.Tensor:

@@ -88,3 +88,4 @@ def test_every_method_compresses_a_prompt_with_two_videos(family, clip, other_cl
         assert generated.achieved_ratio * generated.visual_in <= 0.3 * generated.visual_in + 2 * TINY[family].tokens_per_unit
     else:
         assert abs(generated.achieved_ratio - 0.3) * generated.visual_in <= 1.0
+

@@ -13,7 +13,7 @@ import tokcompress
 from tokcompress import tiny
 from tokcompress.engine import compat
 
-from .conftest import COMPRESSING, FRAME_GRANULAR, TINY, generate, inputs_for, model_for, shorter
+from .conftest import COMPRESSING, FRAME_GRANULAR, TINY, generate, inputs_for, model_for, shorter, softmax_layers
 
 
 @pytest.mark.parametrize("method", COMPRESSING)
@@ -41,8 +41,8 @@ def test_generate_keeps_compressing_every_decoding_step(family, clip, other_clip
         assert len(sample.kept_positions) == sample.visual_out
         if method == "dycoke":
             assert len(sample.decode_visual_read) == new_tokens - 1
-    layers = len(model.model.language_model.layers)
-    assert len(checked.decode_calls) == (new_tokens - 1) * layers
+    assert len(checked.decode_calls) == (new_tokens - 1) * len(softmax_layers(model))
+    assert all(mask is None for mask in checked.recurrent_decode_masks)  # one new token: nothing padded
     mismatched = [(layer, mask, keys) for layer, mask, keys in checked.decode_calls if mask != keys]
     assert not mismatched, f"(layer, mask length, key length) mismatched while decoding: {mismatched}"
 
@@ -50,6 +50,7 @@ def test_generate_keeps_compressing_every_decoding_step(family, clip, other_clip
 class _MaskChecker:
     def __init__(self):
         self.decode_calls: list[tuple[int, int | None, int]] = []
+        self.recurrent_decode_masks: list = []  # what linear-attention layers got as a mask while decoding
         self.handles = []
 
     def remove(self):
@@ -58,19 +59,25 @@ class _MaskChecker:
 
 
 def _check_masks_against_caches(model) -> _MaskChecker:
-    """Record, per decoding call of each layer, the key length of its mask and of what its attention will read.
+    """Record, per decoding call of each softmax layer, the key length of its mask and of what its attention will
+    read; and the masks linear-attention layers get while decoding.
 
     Registered after tokcompress's own hooks, so it sees the inputs a layer really runs with.
     """
     checker = _MaskChecker()
+    softmax = softmax_layers(model)
 
     def watch(index):
         def hook(module, args, kwargs):
             cache = compat.cache_of(kwargs)
+            queries = (args[0] if args else kwargs["hidden_states"]).shape[1]
+            if index not in softmax:
+                if queries == 1:  # decoding
+                    checker.recurrent_decode_masks.append(kwargs.get("attention_mask"))
+                return
             past = cache.get_seq_length(index) if cache is not None else 0
             if past == 0:  # prefill
                 return
-            queries = (args[0] if args else kwargs["hidden_states"]).shape[1]
             keys = cache.index.shape[1] if isinstance(cache, compat.SelectedKV) else past + queries
             mask = kwargs.get("attention_mask")
             checker.decode_calls.append((index, None if mask is None else mask.shape[-1], keys))

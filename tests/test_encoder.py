@@ -96,13 +96,15 @@ def test_compositions_are_refused_when_two_methods_share_a_stage_or_a_list_gets_
         tokcompress.patch(model_for("llava_onevision"), ["framededup", "fastv"], layer=1)
 
 
-def test_packed_vision_attention_matches_the_stock_window_loop(clip, monkeypatch):
+# windows (Qwen2.5-VL) / frames (Qwen3-VL), each looped over by stock sdpa
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5"])
+def test_packed_vision_attention_matches_the_stock_window_loop(family, clip, monkeypatch):
     """Forced on (the CPU has no fused varlen kernel: the block-diagonal reference stands in), Qwen's tower gives
     the stock features; unpatching restores the stock attention."""
     from tokcompress.engine import compat, hooks
 
-    model = model_for("qwen2_5_vl")
-    inputs = inputs_for("qwen2_5_vl", clip, "What is moving?")
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
     tower_config = model.model.visual.config
     stock_implementation = tower_config._attn_implementation
     encode = {k: inputs[k] for k in ("pixel_values_videos", "video_grid_thw")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 import tokcompress
 from tokcompress import tiny
@@ -108,22 +109,92 @@ def test_pre_llm_methods_match_the_ideal_model_fed_only_kept_tokens(family, clip
     with torch.no_grad():
         embeds = model.model.get_input_embeddings()(inputs["input_ids"])
         encoder_inputs = {k: v for k, v in inputs.items() if k in ("pixel_values_videos", "video_grid_thw")}
-        features = model.model.get_video_features(**encoder_inputs, return_dict=True).pooler_output
+        encoded = model.model.get_video_features(**encoder_inputs, return_dict=True)
+        features = encoded.pooler_output
         embeds[0, visual] = torch.cat(features) if isinstance(features, tuple) else features.flatten(0, 1)
         step_embeds = embeds[:, survivors]
         step_positions = _original_positions(model, inputs)[..., survivors]
         if contiguous:
             step_positions = torch.arange(len(survivors))[None]
-        past = None
+        past, extra = None, _kept_deepstack(encoded, visual, kept, survivors)
         for step_logits in out.logits:
             lm = model.model.language_model(
-                inputs_embeds=step_embeds, position_ids=step_positions, use_cache=True, **{CACHE_KEYWORD: past}
+                inputs_embeds=step_embeds, position_ids=step_positions, use_cache=True, **{CACHE_KEYWORD: past}, **extra
             )
+            extra = {}
             past = output_cache(lm)
             ideal = model.lm_head(lm.last_hidden_state[:, -1])
             torch.testing.assert_close(step_logits, ideal, rtol=1e-4, atol=1e-5)
             step_embeds = model.model.get_input_embeddings()(ideal.argmax(-1))[:, None]
             step_positions = step_positions[..., -1:] + 1
+
+
+@pytest.mark.parametrize("layer", [1, 2])
+def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_each_layer_keeps(family, clip, layer):
+    """FastV dropping tokens before `layer`: layers before it see every token, layers from it on only the kept
+    ones, in the prefill and at every decoding step - each layer's KV cache, recurrent state (Qwen3.5's
+    linear attention) and DeepStack additions (Qwen3-VL) being those of the tokens it saw."""
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    with tokcompress.compress(model, "fastv", ratio=0.7, layer=layer) as handle, torch.no_grad():
+        out = model.generate(
+            **inputs, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
+        kept = handle.stats.samples[0].kept_positions
+    call = _language_model_call(model, inputs)
+    language_model = model.model.language_model
+    hidden, positions = call["inputs_embeds"], call.get("position_ids")
+    positions = torch.arange(hidden.shape[1])[None] if positions is None else positions[-3:].squeeze(0)
+    additions, visual = call.get("deepstack_visual_embeds") or [], call.get("visual_pos_masks")
+    is_visual = inputs["input_ids"][0] == tiny.VIDEO
+    survivors = ~is_visual
+    survivors[kept] = True
+    assert 0 < len(kept) < int(is_visual.sum())
+    cache = DynamicCache(config=language_model.config)
+    with torch.no_grad():
+        for step, step_logits in enumerate(out.logits):
+            cos, sin = language_model.rotary_emb(hidden, positions)
+            for index, decoder_layer in enumerate(language_model.layers):
+                if step == 0 and index == layer:
+                    additions = [features[survivors[is_visual]] for features in additions]
+                    hidden, cos, sin = hidden[:, survivors], cos[:, survivors], sin[:, survivors]
+                    visual = visual[:, survivors] if visual is not None else None
+                hidden = decoder_layer(
+                    hidden, position_embeddings=(cos, sin), attention_mask=None, **{CACHE_KEYWORD: cache}
+                )
+                if step == 0 and index < len(additions):
+                    hidden = hidden.clone()
+                    hidden[visual] += additions[index]
+            ideal = model.lm_head(language_model.norm(hidden[:, -1]))
+            torch.testing.assert_close(step_logits, ideal, rtol=1e-4, atol=1e-5)
+            hidden = model.get_input_embeddings()(ideal.argmax(-1))[:, None]
+            positions = positions[..., -1:] + 1
+
+
+def _language_model_call(model, inputs) -> dict:
+    """The keyword arguments the unpatched model hands its language model for `inputs`."""
+    call = {}
+    hook = model.model.language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: call.update(kwargs), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            model(**inputs)
+    finally:
+        hook.remove()
+    return call
+
+
+def _kept_deepstack(encoded, visual: list[int], kept: list[int], survivors: torch.Tensor) -> dict:
+    """Qwen3-VL's DeepStack features of the kept visual tokens, as its language model takes them."""
+    levels = getattr(encoded, "deepstack_features", None)
+    if levels is None:
+        return {}
+    rows = torch.tensor([visual.index(position) for position in sorted(kept)])
+    return {
+        "visual_pos_masks": torch.isin(survivors, torch.tensor(kept))[None],
+        "deepstack_visual_embeds": [torch.cat(level)[rows] for level in levels],  # each level: per video
+    }
 
 
 def _original_positions(model, inputs):

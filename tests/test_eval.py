@@ -79,7 +79,9 @@ def test_crossovers_come_from_the_measurements_and_the_dispatch_respects_committ
             assert MIN_KERNEL_SIZE[op] >= crossover, f"{table.name}: {op} dispatched below its measured crossover"
 
 
-@pytest.mark.parametrize("name", ["llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b"])
+@pytest.mark.parametrize(
+    "name", ["llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b"]
+)
 def test_the_real_shape_models_build_and_their_prompts_fit_the_adapter(name, clip):
     """On the meta device (no memory): a 7B/8B-class model whose prompt the family's adapter lays out in full."""
     from tokcompress.adapters import adapter_for

@@ -56,6 +56,27 @@ class VisualLayout:
         return predecessor
 
     @staticmethod
+    def from_frames(
+        frame_starts: list[list[int]], grids: list[tuple[int, int, int]], device: torch.device | str | None = None
+    ) -> VisualLayout:
+        """Layout of videos whose frames sit apart (Qwen3-VL: each frame between its timestamp and vision
+        start / end tokens): `frame_starts[v][f]` is the sequence index of the first token of frame f of video v."""
+        positions, video, frame, spatial = [], [], [], []
+        frame_offset = 0
+        for v, (starts, (t, h, w)) in enumerate(zip(frame_starts, grids)):
+            positions += [torch.arange(start, start + h * w) for start in starts]
+            video.append(torch.full((t * h * w,), v))
+            frame.append(torch.arange(t).repeat_interleave(h * w) + frame_offset)
+            spatial.append(torch.arange(h * w).repeat(t))
+            frame_offset += t
+        if not positions:
+            return VisualLayout.from_videos([], [], device=device)
+        return VisualLayout(
+            *(torch.cat(parts).to(device=device, dtype=torch.long) for parts in (positions, video, frame, spatial)),
+            tuple(grids),
+        )
+
+    @staticmethod
     def from_videos(
         starts: list[int],
         grids: list[tuple[int, int, int]],

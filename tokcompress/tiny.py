@@ -16,6 +16,12 @@ from transformers import (
     LlavaOnevisionForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen3_5Config,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
     VideoLlavaConfig,
     VideoLlavaForConditionalGeneration,
 )
@@ -97,6 +103,58 @@ def tiny_qwen2_5_vl(num_layers: int = 4, attn_implementation: str = "sdpa", seed
         image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
     )
     return _build(Qwen2_5_VLForConditionalGeneration, config, attn_implementation, seed)
+
+
+def tiny_qwen3_vl(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """Qwen3-VL with a 3-block vision tower (patch 16, temporal patch 2, merge 2) whose every block feeds a
+    DeepStack merger, so LLM layers 0-2 add visual features; interleaved M-RoPE sections fit head_dim 16."""
+    return _qwen3_vl(Qwen3VLConfig, Qwen3VLForConditionalGeneration, num_layers, attn_implementation, seed, hidden_size)
+
+
+def tiny_qwen3_vl_moe(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """Qwen3-VL-MoE: Qwen3-VL's tower and layout; every decoder MLP is 4 experts, 2 of them routed per token."""
+    return _qwen3_vl(
+        Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration, num_layers, attn_implementation, seed, hidden_size,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden_size,
+    )
+
+
+def tiny_qwen3_5(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """Qwen3.5: Qwen3-VL's tower (no DeepStack) and layout over a hybrid decoder, gated-delta linear attention in
+    even layers and gated softmax attention (q/k norms, rotary on half of head_dim 32) in odd ones."""
+    config = Qwen3_5Config(
+        text_config=_text_config(
+            num_layers, hidden_size, head_dim=32,
+            layer_types=["linear_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)],
+            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+            linear_conv_kernel_dim=4,
+            rope_parameters={
+                "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [3, 3, 2],
+                "mrope_interleaved": True,
+            },
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size, patch_size=16,
+            temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=64,
+        ),
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+    )
+    return _build(Qwen3_5ForConditionalGeneration, config, attn_implementation, seed)
+
+
+def _qwen3_vl(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size, **text_extra):
+    config = config_cls(
+        text_config=_text_config(
+            num_layers, hidden_size, head_dim=16,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]}, **text_extra,
+        ),
+        vision_config=dict(
+            depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size, patch_size=16,
+            temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=64, deepstack_visual_indexes=[0, 1, 2],
+        ),
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+    )
+    return _build(model_cls, config, attn_implementation, seed)
 
 
 def _build(model_cls, config, attn_implementation, seed):
@@ -181,11 +239,44 @@ TINY_MODELS = {
     "llava_next_video": tiny_llava_next_video,
     "video_llava": tiny_video_llava,
     "qwen2_5_vl": tiny_qwen2_5_vl,
+    "qwen3_vl": tiny_qwen3_vl,
+    "qwen3_vl_moe": tiny_qwen3_vl_moe,
+    "qwen3_5": tiny_qwen3_5,
 }
+
+
+def qwen3_vl_inputs(
+    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], size: int = 128, fps: float = 8.0
+) -> dict:
+    """Model inputs for one video per prompt, as Qwen3-VL's processor lays them out: each temporal patch is
+    `<t seconds>` + vision start + its tokens + vision end (t: the patch's mean frame time at `fps`)."""
+    frames = [frames] if isinstance(frames, torch.Tensor) else frames
+    questions = [questions] * len(frames) if isinstance(questions, str) else questions
+    patches, grids, rows = [], [], []
+    for clip, question in zip(frames, questions):
+        flat, grid = qwen_vl_pixels(clip, size, size, patch_size=16)
+        t, h, w = grid[0].tolist()
+        patches.append(flat)
+        grids.append(grid)
+        video = []
+        for unit in range(t):
+            timestamp = text_ids(f"<{(2 * unit + 0.5) / fps:.1f} seconds>")
+            video += timestamp + [VISION_START] + [VIDEO] * (h * w // 4) + [VISION_END]
+        rows.append(text_ids("user: ") + video + text_ids(f"\n{question}\nassistant:"))
+    ids, mask = left_pad(rows)
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "pixel_values_videos": torch.cat(patches),
+        "video_grid_thw": torch.cat(grids),
+        "mm_token_type_ids": (ids == VIDEO).long() * 2,
+    }
 
 
 def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
     """Inputs for one video per prompt for any tiny model (lists make a left-padded batch)."""
     if model.config.model_type == "qwen2_5_vl":
         return qwen2_5_vl_inputs(frames, questions)
+    if model.config.model_type in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5"):
+        return qwen3_vl_inputs(frames, questions)
     return frame_batch_inputs(model, frames, questions)

@@ -34,3 +34,7 @@ python3 eval/bench_latency.py --model llava-next-video-7b --frames 32 --methods 
     --ratios 0.3 --new-tokens 8 --repeats 3 --out "$out" 2>&1 | tail -6
 python3 eval/bench_latency.py --model video-llava-7b --frames 8 --methods none uniform fastv framefusion \
     --ratios 0.3 --new-tokens 8 --repeats 3 --out "$out" 2>&1 | tail -6
+python3 eval/bench_latency.py --model qwen3-vl-8b --frames 32 --methods none uniform fastv framefusion \
+    --ratios 0.3 --new-tokens 8 --repeats 3 --out "$out" 2>&1 | tail -6
+python3 eval/bench_latency.py --model qwen3.5-9b --frames 32 --methods none uniform fastv dycoke \
+    --ratios 0.3 --new-tokens 8 --repeats 3 --out "$out" 2>&1 | tail -6

@@ -8,11 +8,16 @@ from .base import Adapter
 from .llava_next_video import LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
+from .qwen3_5 import Qwen3_5Adapter
+from .qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 from .video_llava import VideoLlavaAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {
     adapter.model_type: adapter
-    for adapter in (LlavaOnevisionAdapter, LlavaNextVideoAdapter, VideoLlavaAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter)
+    for adapter in (
+        LlavaOnevisionAdapter, LlavaNextVideoAdapter, VideoLlavaAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter,
+        Qwen3VLAdapter, Qwen3VLMoeAdapter, Qwen3_5Adapter,
+    )
 }
 
 

@@ -62,17 +62,28 @@ class Adapter:
         unit, dropped ones reading zeros, so placeholders, grids and positions stay the model's own."""
         raise NotImplementedError
 
+    @property
+    def kv_layers(self) -> frozenset[int]:
+        """Decoder layers that cache keys and values, where decode-time KV selection applies (not Qwen3.5's
+        linear-attention layers, which keep a recurrent state)."""
+        config = self.language_model.config
+        return frozenset(i for i in range(len(self.layers)) if compat.layer_type(config, i) != compat.RECURRENT_LAYER)
+
+    layers_with_additions: int = 0
+    """How many of the first decoder layers add per-token features to their output (Qwen3-VL's DeepStack)."""
+
+    def take_layer_additions(self, llm_kwargs: dict[str, Any]) -> torch.Tensor | None:
+        """The per-token features the language model would add after its first `layers_with_additions` layers,
+        taken out of its call kwargs so that the engine adds them to the tokens it keeps: (B, L, layers, D)."""
+        return None
+
     def project_queries(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """(Hq, n, d) rotary-embedded queries of `layer` for the (n, D) hidden states entering it."""
-        attention = layer.self_attn
-        states = attention.q_proj(layer.input_layernorm(hidden))
-        return _rotate(states.view(hidden.shape[0], -1, attention.head_dim).transpose(0, 1), cos, sin)
+        return _project(layer, layer.self_attn.q_proj, getattr(layer.self_attn, "q_norm", None), hidden, cos, sin)
 
     def project_keys(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """(Hkv, n, d) rotary-embedded keys of `layer` for the (n, D) hidden states entering it."""
-        attention = layer.self_attn
-        states = attention.k_proj(layer.input_layernorm(hidden))
-        return _rotate(states.view(hidden.shape[0], -1, attention.head_dim).transpose(0, 1), cos, sin)
+        return _project(layer, layer.self_attn.k_proj, getattr(layer.self_attn, "k_norm", None), hidden, cos, sin)
 
 
 def carries_video(call_kwargs: dict[str, Any]) -> bool:
@@ -80,8 +91,20 @@ def carries_video(call_kwargs: dict[str, Any]) -> bool:
     return call_kwargs.get("pixel_values_videos") is not None or compat.encoded_video(call_kwargs) is not None
 
 
-def _rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    half = states.shape[-1] // 2
+def _project(layer, projection, head_norm, hidden, cos, sin) -> torch.Tensor:
+    """Heads of a projection of the layer's normed input, normed per head where the model does (Qwen3), rotated."""
+    states = projection(layer.input_layernorm(hidden)).view(hidden.shape[0], -1, layer.self_attn.head_dim)
+    if head_norm is not None:
+        states = head_norm(states)
+    return rotate(states.transpose(0, 1), cos, sin)
+
+
+def rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on the first cos.shape[-1] dims of each head (all of them, or a part: Qwen3.5)."""
+    dims = cos.shape[-1]
+    if dims < states.shape[-1]:
+        return torch.cat((rotate(states[..., :dims], cos, sin), states[..., dims:]), dim=-1)
+    half = dims // 2
     rotated = torch.cat((-states[..., half:], states[..., :half]), dim=-1)
     return states * cos + rotated * sin
 

@@ -42,7 +42,6 @@ class Qwen2VLAdapter(Adapter):
             layouts.append(VisualLayout.from_videos(starts, sample_grids, device=ids.device))
         return layouts
 
-
     def frame_signatures(self, encoder_args):
         embedded = self.vision_tower.patch_embed(encoder_args["pixel_values_videos"])  # (patches, D)
         grids = encoder_args["video_grid_thw"].tolist()
@@ -59,14 +58,18 @@ class Qwen2VLAdapter(Adapter):
         grid = encoder_args["video_grid_thw"]
         kept_grid = grid.new_tensor([[len(units), h, w] for (_, h, w), units in zip(grids, keep)])
         output = encode(**{**encoder_args, "pixel_values_videos": kept_pixels, "video_grid_thw": kept_grid})
-        merge = self.config.vision_config.spatial_merge_size ** 2
-        videos = []
-        for features, (t, h, w), units in zip(output.pooler_output, grids, keep):
-            full = features.new_zeros(t, h * w // merge, features.shape[-1])
-            full[units] = features.view(len(units), h * w // merge, -1)
-            videos.append(full.flatten(0, 1))
-        output.pooler_output = tuple(videos)
+        output.pooler_output = self._all_units(output.pooler_output, grids, keep)
         return output
+
+    def _all_units(self, features: tuple[torch.Tensor, ...], grids, keep) -> tuple[torch.Tensor, ...]:
+        """Per video, the features of the kept units in place and zeros for the dropped ones."""
+        merge = self.config.vision_config.spatial_merge_size**2
+        videos = []
+        for video, (t, h, w), units in zip(features, grids, keep):
+            full = video.new_zeros(t, h * w // merge, video.shape[-1])
+            full[units] = video.view(len(units), h * w // merge, -1)
+            videos.append(full.flatten(0, 1))
+        return tuple(videos)
 
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):

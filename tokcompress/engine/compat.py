@@ -9,8 +9,9 @@ is an edit to this file. Touchpoints, from the floor (5.23) to the newest tested
   5.40). A hook sees the keyword as the caller spelt it, so both are read; a replacement is written under the
   name the call used, since a forward given both silently uses `cache`;
 - the cache field of model outputs: `.past_key_values`, then `.cache` (5.24);
-- the mask builders `create_causal_mask` / `create_sliding_window_causal_mask`: their cache argument was renamed
-  the same way (5.24), the layer type picks the builder (`config.layer_types`);
+- the mask builders `create_causal_mask` / `create_sliding_window_causal_mask` / `create_recurrent_attention_mask`:
+  their cache argument was renamed the same way (5.24), the layer type picks the builder (`config.layer_types`;
+  "linear_attention" layers keep a recurrent state and take the 2-D padding mask);
 - the cache protocol: `cache.update(keys, values, layer_idx, ...)` gained a `kwargs=` argument (5.24); a layer's
   keys live in `cache.layers[i].keys`;
 - the attention backend: `config._attn_implementation`, and `AttentionInterface`, where a registered function
@@ -22,6 +23,8 @@ is an edit to this file. Touchpoints, from the floor (5.23) to the newest tested
   forward and, up front, by `generate`; a forward given `mm_encoder_outputs={"video":
   BaseModelOutputWithPooling}` instead of `pixel_values_videos` skips it; the features are its
   `pooler_output` ((videos, tokens, D) for LLaVA-OV, a tuple of (tokens, D) per video for Qwen-VL);
+- Qwen3-VL's DeepStack: its multimodal model hands the language model `visual_pos_masks` (B, L) and
+  `deepstack_visual_embeds` (one (visual tokens, D) tensor per early layer), added after those layers;
 - inputs with one entry per token, which a continuation that re-feeds already cached tokens must trim;
 - `generate`'s per-model helpers that an instance attribute can stand in for: `_reorder_cache` (beam search
   reorders the cache), `_expand_inputs_for_generation` (beams / returned sequences copy each sample),
@@ -40,7 +43,11 @@ from typing import Any
 import torch
 import transformers
 from packaging.version import Version
-from transformers.masking_utils import create_causal_mask, create_sliding_window_causal_mask
+from transformers.masking_utils import (
+    create_causal_mask,
+    create_recurrent_attention_mask,
+    create_sliding_window_causal_mask,
+)
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import AttentionInterface
 
@@ -53,7 +60,12 @@ NEWEST_TESTED = Version("5.24")
 CACHE_KEYWORD = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 _CACHE_KEYWORDS = tuple(dict.fromkeys((CACHE_KEYWORD, "past_key_values")))  # current name first
 
-_MASK_BUILDERS = {"full_attention": create_causal_mask, "sliding_attention": create_sliding_window_causal_mask}
+RECURRENT_LAYER = "linear_attention"  # Qwen3.5's gated delta layers: a recurrent state, no KV
+_MASK_BUILDERS = {
+    "full_attention": create_causal_mask,
+    "sliding_attention": create_sliding_window_causal_mask,
+    RECURRENT_LAYER: create_recurrent_attention_mask,  # the 2-D padding mask, None where nothing is padded
+}
 _warned_untested = False
 
 
@@ -130,6 +142,12 @@ def use_attention(config: Any, implementation: str) -> str:
     return previous
 
 
+def layer_type(config: Any, layer_index: int) -> str:
+    """The decoder layer's attention type as the config names it (`layer_types`); full attention by default."""
+    layer_types = getattr(config, "layer_types", None)
+    return layer_types[layer_index] if layer_types else "full_attention"
+
+
 def build_attention_mask(
     config: Any, layer_index: int, hidden: torch.Tensor, padding_mask: torch.Tensor, cache: Any, explicit: bool = False
 ):
@@ -137,8 +155,7 @@ def build_attention_mask(
 
     explicit: always build the mask tensor (sdpa may otherwise return None and rely on `is_causal`).
     """
-    layer_types = getattr(config, "layer_types", None)
-    builder = _MASK_BUILDERS[layer_types[layer_index] if layer_types else "full_attention"]
+    builder = _MASK_BUILDERS[layer_type(config, layer_index)]
     return builder(
         config=config,
         inputs_embeds=hidden,
@@ -176,6 +193,7 @@ def reorder_cache(model: Any, cache: Any, beam_idx: torch.Tensor) -> Any:
 
 
 ENCODE_VIDEOS = "get_video_features"
+DEEPSTACK_MASK, DEEPSTACK_FEATURES = "visual_pos_masks", "deepstack_visual_embeds"
 
 
 def encoded_video(call_kwargs: dict[str, Any]) -> torch.Tensor | tuple[torch.Tensor, ...] | None:

@@ -32,7 +32,7 @@ def start_decode_step(state: GenerationState, kwargs: dict[str, Any]) -> None:
         new_columns = torch.ones(batch, length, dtype=torch.long, device=device)
     for group in state.groups:
         group.attention_mask = torch.cat([group.attention_mask, new_columns], dim=1)
-        group.step_mask = None
+        group.step_masks = {}
         group.kv_selection = None
     kwargs["attention_mask"] = state.groups[0].attention_mask
     if kwargs.get("position_ids") is None:

@@ -35,7 +35,7 @@ class TokenGroup:
     position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None  # None: the LM's own
     position_ids: torch.Tensor | None = None  # the `position_ids` kwarg decoder layers get
     key_bias: torch.Tensor | None = None  # (B, W) added to attention logits per key slot (proportional attention)
-    step_mask: Any = None  # this step's mask (built once per step, shared by the group's layers)
+    step_masks: dict[str, Any] = field(default_factory=dict)  # this step's mask per layer type, built once
     kv_selection: tuple[torch.Tensor, Any] | None = None  # this step's selected KV slots and their mask
 
     @property
@@ -65,16 +65,22 @@ class TokenGroup:
             self.position_embeddings = tuple(t[rows] if t.shape[0] > 1 else t for t in self.position_embeddings)
         if self.position_ids is not None:
             self.position_ids = self.position_ids.index_select(-2, rows)
-        self.step_mask = self.kv_selection = None
+        self.step_masks, self.kv_selection = {}, None
 
     def substitute_inputs(self, config, layer_index: int, hidden: torch.Tensor, kwargs: dict, decoding: bool) -> None:
-        """Give a layer of this group the mask (and, in prefill, the rotary tables and positions) of its tokens."""
-        if self.step_mask is None or (not decoding and self.start_layer == layer_index):
+        """Give a layer of this group the mask (and, in prefill, the rotary tables and positions) of its tokens.
+
+        A recurrent (linear-attention) layer gets the group's padding mask, which zeroes its padding slots; as
+        they are on the left, its state starts from them unchanged. Proportional attention biases softmax layers."""
+        if not decoding and self.start_layer == layer_index:
+            self.step_masks = {}
+        kind = compat.layer_type(config, layer_index)
+        if kind not in self.step_masks:
             cache = compat.cache_of(kwargs)
-            explicit = self.key_bias is not None
-            mask = compat.build_attention_mask(config, layer_index, hidden, self.attention_mask, cache, explicit)
-            self.step_mask = mask if self.key_bias is None else with_key_bias(mask, self.key_bias, hidden.dtype)
-        kwargs["attention_mask"] = self.step_mask
+            biased = self.key_bias is not None and kind != compat.RECURRENT_LAYER
+            mask = compat.build_attention_mask(config, layer_index, hidden, self.attention_mask, cache, explicit=biased)
+            self.step_masks[kind] = with_key_bias(mask, self.key_bias, hidden.dtype) if biased else mask
+        kwargs["attention_mask"] = self.step_masks[kind]
         if decoding or self.position_embeddings is None:  # the language model's own rotary tables and positions fit
             return
         kwargs["position_embeddings"] = self.position_embeddings
@@ -99,6 +105,7 @@ class GenerationState:
     memories: list[dict] = field(default_factory=list)  # per row, for methods
     decode_memories: list[dict] = field(default_factory=list)
     reduced: bool = False  # whether any group differs from the caller's sequence
+    layer_additions: torch.Tensor | None = None  # (B, W, layers, D) added after the first layers (prefill only)
 
     def group_of(self, layer: int) -> TokenGroup:
         return next(g for g in reversed(self.groups) if g.start_layer <= layer)

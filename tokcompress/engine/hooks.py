@@ -53,6 +53,7 @@ class Engine:
         self.adapter = adapter
         self.method = method
         self.spec = adapter.spec
+        self.kv_layers = adapter.kv_layers  # where decode-time KV selection applies
         self.key = uuid.uuid4().hex  # marks the generations this patch started (travels with copies of it)
         self._last_stats = CompressionStats.empty(method, note="no forward pass yet")
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
@@ -73,6 +74,8 @@ class Engine:
             for index, layer in enumerate(self.adapter.layers):
                 hook = functools.partial(self._on_layer, index)
                 self._hooks.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
+            for index, layer in enumerate(self.adapter.layers[: self.adapter.layers_with_additions]):
+                self._hooks.append(layer.register_forward_hook(functools.partial(self._after_layer, index)))
             self._stand_ins = self._make_stand_ins()
             for module, name, stand_in in self._stand_ins:
                 setattr(module, name, stand_in)
@@ -218,6 +221,7 @@ class Engine:
             self.method, self.key, prompt.layouts, kwargs, prompt.rows_per_sample, prompt.generating
         )
         self._local.state = state
+        state.layer_additions = self.adapter.take_layer_additions(kwargs)  # added below, to the kept tokens
         kept = tokens_encoded(encoded, prompt.layouts, prompt.rows_per_sample)
         if encoded is not None:
             state.stats.compression_time.add(encoded.compression_time)
@@ -226,7 +230,7 @@ class Engine:
             for sample, (_, fraction) in zip(state.stats.samples, kept[:: prompt.rows_per_sample]):
                 sample.encoder_ratio = fraction
         if PRE_LLM not in self.method.stages and kept is None:
-            return None
+            return args, kwargs
         reduce_before_llm(self.method, self.spec.num_layers, state, kwargs, kept and [tokens for tokens, _ in kept])
         return args, kwargs
 
@@ -237,6 +241,7 @@ class Engine:
         self._local.state = None
         hidden = output.last_hidden_state
         if not state.stats.finished:
+            state.layer_additions = None
             _finish_prefill_stats(state)
             if state.reduced:
                 output.last_hidden_state = restore_sequence(hidden, state.groups[-1], state.full_length)
@@ -255,7 +260,10 @@ class Engine:
             return None
         method = self.method
         decoding = state.stats.finished
-        selects = decoding and DECODE in method.stages and layer_index >= method.decode_start_layer(self.spec)
+        selects = (
+            decoding and DECODE in method.stages and layer_index >= method.decode_start_layer(self.spec)
+            and layer_index in self.kv_layers
+        )
         if decoding and not selects and not state.group_of(layer_index).owns_mask:
             return None  # the LM's own mask and rotary tables fit this layer: nothing to change
         hidden = args[0] if args else kwargs["hidden_states"]
@@ -274,6 +282,13 @@ class Engine:
         else:
             kwargs["hidden_states"] = hidden
         return args, kwargs
+
+    def _after_layer(self, layer_index: int, module, args, output):
+        """Adds the model's per-token features after one of its first layers (DeepStack), to the tokens kept."""
+        state = getattr(self._local, "state", None)
+        if state is None or state.layer_additions is None:
+            return None
+        return output + state.layer_additions[:, :, layer_index].to(output.dtype)
 
 
 class _StandIn:

@@ -107,8 +107,17 @@ def _compact_inputs(state: GenerationState, reductions, embeds, positions, propo
     group = state.groups[0]
     new_group, slot_index = compact(group, reductions, 0, proportional)
     state.groups = [new_group]
+    _reduce_layer_additions(state, group, reductions, slot_index)
     embeds = gather_slots(write_merged(embeds, group, reductions), slot_index, fill=0.0)
     return embeds, gather_slots(positions, slot_index, fill=0)
+
+
+def _reduce_layer_additions(state: GenerationState, group: TokenGroup, reductions, slot_index) -> None:
+    """The features added after the first layers follow their tokens: kept, dropped or merged alike."""
+    additions = state.layer_additions
+    if additions is not None:
+        flat = write_merged(additions.flatten(2), group, reductions)
+        state.layer_additions = gather_slots(flat, slot_index, fill=0.0).unflatten(2, additions.shape[2:])
 
 
 def reduce_before_layer(
@@ -127,6 +136,7 @@ def reduce_before_layer(
         if all(r is None for r in reductions):
             return None
         new_group, slot_index = compact(group, reductions, layer_index, method.uses_proportional_attention())
+        _reduce_layer_additions(state, group, reductions, slot_index)
         hidden = gather_slots(write_merged(hidden, group, reductions), slot_index, fill=0.0)
         cos, sin = group.position_embeddings or kwargs["position_embeddings"]
         new_group.position_embeddings = (gather_slots(cos, slot_index, 0.0), gather_slots(sin, slot_index, 0.0))
