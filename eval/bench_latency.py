@@ -24,6 +24,8 @@ import torch
 from tqdm import tqdm
 from transformers import (
     AutoModelForImageTextToText,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
     LlavaNextVideoConfig,
     LlavaNextVideoForConditionalGeneration,
     LlavaOnevisionConfig,
@@ -39,11 +41,12 @@ from transformers import (
 )
 
 import tokcompress
+from tokcompress.adapters import adapter_for
 from tokcompress.engine.compat import CACHE_KEYWORD, output_cache
 from tokcompress.ideal import ideal_prefill
 from tokcompress.timing import timed_generate, timed_generation
 from tokcompress.tiny import frame_batch_video
-from tokcompress.video import qwen_vl_pixels, read_frames, sample_clip
+from tokcompress.video import IMAGENET_MEAN, IMAGENET_STD, qwen_vl_pixels, read_frames, resize_normalize, sample_clip
 
 RESULTS = Path(__file__).parent / "results"
 QWEN2_7B_TEXT = dict(
@@ -76,8 +79,10 @@ QWEN3_VISION = dict(  # Qwen3-VL's and Qwen3.5's tower (SigLIP-2 shape, 16 px pa
     temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=2304,
 )
 MODEL_NAMES = (
-    "llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b", "small"
+    "llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b",
+    "internvl3-8b", "small",
 )
+INTERNVL_IMAGE_START, INTERNVL_IMAGE_END = 151665, 151666  # <img>, </img>
 
 
 def named_model(name: str, dtype: torch.dtype, device: str):
@@ -121,6 +126,15 @@ def named_model(name: str, dtype: torch.dtype, device: str):
             image_token_id=248056, video_token_id=248057, vision_start_token_id=248053, vision_end_token_id=248054,
         )
         cls = Qwen3_5ForConditionalGeneration
+    elif name == "internvl3-8b":  # InternViT-300M at 448 px, pixel-shuffled to 16×16 tokens a frame; Qwen2.5-7B
+        config = InternVLConfig(
+            text_config=dict(model_type="qwen2", **{**QWEN2_7B_TEXT, "vocab_size": 151674}),
+            vision_config=dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
+                               image_size=448, patch_size=14),
+            image_token_id=151667, image_seq_length=256, downsample_ratio=0.5, vision_feature_layer=-1,
+            vision_feature_select_strategy="default",
+        )
+        cls = InternVLForConditionalGeneration
     elif name == "small":
         config = LlavaOnevisionConfig(
             text_config=dict(model_type="qwen2", hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
@@ -155,6 +169,12 @@ def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
         ids = torch.cat([text[:8], video, text[8:]])
         return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                     pixel_values_videos=pixels, video_grid_thw=grid, mm_token_type_ids=(ids == config.video_token_id).long()[None] * 2)
+    if config.model_type == "internvl":  # frames as images: `FrameN: <img>` (4 tokens) + 256 tokens + `</img>`
+        pixels = resize_normalize(frames, 448, 448, IMAGENET_MEAN, IMAGENET_STD)
+        frame = [INTERNVL_IMAGE_START] + [config.image_token_id] * config.image_seq_length + [INTERNVL_IMAGE_END]
+        video = torch.cat([torch.cat([text[:4], torch.tensor(frame)]) for _ in range(len(frames))])
+        ids = torch.cat([text[:8], video, text[8:]])
+        return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long), pixel_values=pixels)
     visual, pixels = frame_batch_video(config, frames)
     ids = torch.cat([text[:8], torch.full((visual,), config.video_token_id), text[8:]])
     return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long), pixel_values_videos=pixels)
@@ -199,7 +219,7 @@ def run(args) -> list[dict]:
         with tokcompress.compress(model, method, ratio=None if method == "none" else ratio) as handle:
             measured = measure(model, inputs, args.new_tokens, args.repeats, args.device)
             stats = handle.stats  # of the last timed generate
-        visual_in = int((inputs["input_ids"] == model.config.video_token_id).sum())
+        visual_in = int((inputs["input_ids"] == adapter_for(model).video_token_id).sum())
         kept = round(stats.achieved_ratio * visual_in)
         encoded = statistics.mean(s.encoder_ratio for s in stats.samples)
         ideal = measure_ideal(model, inputs, kept, args.new_tokens, args.repeats, args.device, encoded)

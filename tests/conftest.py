@@ -25,6 +25,7 @@ class TinyFamily:
     frames_per_unit: int = 1  # Qwen: 2-frame temporal patches
     mixed_frame_counts: bool = False  # a batch may hold videos of different lengths
     mrope: bool = False  # 3-D positions: no re-indexing to contiguous positions
+    encoder_side: bool = True  # a pre-encoder method keeps dropped frames from the tower (InternVL: not)
 
 
 TINY = {
@@ -35,6 +36,7 @@ TINY = {
     "qwen3_vl": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
     "qwen3_vl_moe": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
     "qwen3_5": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
+    "internvl": TinyFamily(tokens_per_unit=9, mixed_frame_counts=True, encoder_side=False),
 }
 FAMILIES = tuple(TINY)
 # every registered method but the identity: a new method cannot skip the contract suite

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import tokcompress
+from tokcompress import tiny
 from tokcompress.adapters import adapter_for
 
 from .conftest import COMPRESSING, FAMILIES, FRAME_GRANULAR, TINY, generate, inputs_for, logits, model_for, shorter
@@ -32,21 +33,23 @@ def test_every_supported_model_type_has_a_tiny_family_under_the_contract_suite()
 
 
 def test_the_layout_is_where_the_model_placed_each_frame(family, clip):
-    """Frame unit f's tokens in the layout hold what the model produces for unit f encoded on its own,
-    cell by cell in raster order; separators come after a video's frames."""
+    """Frame unit f's tokens in the layout hold what the model produces for unit f in a video of its own (twice:
+    InternVL reads one frame as an image), cell by cell in raster order; separators come after a video's frames."""
     model, spec = model_for(family), TINY[family]
     inputs = inputs_for(family, clip, "What is moving?")
     (layout,) = adapter_for(model).visual_layouts(inputs)
     units, height, width = layout.grids[0]
     assert units == len(clip) // spec.frames_per_unit and height * width == spec.tokens_per_unit
-    assert layout.positions.tolist() == (inputs["input_ids"][0] == model.config.video_token_id).nonzero()[:, 0].tolist()
+    video_tokens = inputs["input_ids"][0] == adapter_for(model).video_token_id
+    assert layout.positions.tolist() == video_tokens.nonzero()[:, 0].tolist()
     separators = layout.is_separator
     assert not separators[: units * height * width].any() and separators[units * height * width :].all()
     embeddings = placed_embeddings(model, inputs)
     for unit in range(units):
-        alone = inputs_for(family, clip[unit * spec.frames_per_unit : (unit + 1) * spec.frames_per_unit], "What is moving?")
+        frames = clip[unit * spec.frames_per_unit : (unit + 1) * spec.frames_per_unit]
+        alone = inputs_for(family, torch.cat([frames, frames]), "What is moving?")
         (alone_layout,) = adapter_for(model).visual_layouts(alone)
-        cells = alone_layout.positions[~alone_layout.is_separator]
+        cells = alone_layout.positions[alone_layout.frame == 0]
         in_full = layout.frame == unit
         assert layout.spatial[in_full].tolist() == list(range(height * width))
         torch.testing.assert_close(embeddings[layout.positions[in_full]], placed_embeddings(model, alone)[cells])
@@ -89,3 +92,26 @@ def test_every_method_compresses_a_prompt_with_two_videos(family, clip, other_cl
     else:
         assert abs(generated.achieved_ratio - 0.3) * generated.visual_in <= 1.0
 
+
+
+def test_internvl_reads_runs_of_single_tile_images_as_a_video_and_leaves_other_images_alone(clip):
+    """InternVL has no video path: a lone image and a tiled image (two tiles in one run) stay as they are; the
+    three single-tile images back to back, a frame label apart, are a 3-frame video and only they are compressed."""
+    model = model_for("internvl")
+    per_frame = TINY["internvl"].tokens_per_unit
+
+    def image(tiles: int) -> list[int]:
+        return [tiny.VISION_START] + [tiny.VIDEO] * (tiles * per_frame) + [tiny.VISION_END]
+
+    frames = [tiny.text_ids(f"\nFrame{i + 1}: ") + image(1) for i in range(3)]
+    ids = tiny.text_ids("An image: ") + image(1) + tiny.text_ids(" a tiled one: ") + image(2) + sum(frames, [])
+    ids = torch.tensor([ids + tiny.text_ids("\nWhat changes?")])
+    pixels = tiny.internvl_inputs(clip[:6], "")["pixel_values"]  # 1 + 2 + 3 images
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
+    (layout,) = adapter_for(model).visual_layouts(inputs)
+    image_tokens = (ids[0] == tiny.VIDEO).nonzero()[:, 0]
+    assert layout.grids == ((3, 3, 3),) and layout.positions.tolist() == image_tokens[-3 * per_frame :].tolist()
+    with tokcompress.compress(model, "uniform", ratio=1 / 3) as handle:
+        logits(model, inputs)
+        (sample,) = handle.stats.samples
+    assert sample.visual_in == 3 * per_frame and sample.visual_out == per_frame

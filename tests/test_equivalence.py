@@ -108,8 +108,10 @@ def test_pre_llm_methods_match_the_ideal_model_fed_only_kept_tokens(family, clip
     survivors = torch.tensor(sorted(set(range(len(ids))) - set(visual) | set(kept)))
     with torch.no_grad():
         embeds = model.model.get_input_embeddings()(inputs["input_ids"])
-        encoder_inputs = {k: v for k, v in inputs.items() if k in ("pixel_values_videos", "video_grid_thw")}
-        encoded = model.model.get_video_features(**encoder_inputs, return_dict=True)
+        pixel_keys = ("pixel_values_videos", "video_grid_thw", "pixel_values")  # InternVL: frames are images
+        encoder_inputs = {k: v for k, v in inputs.items() if k in pixel_keys}
+        encode = model.model.get_video_features if "pixel_values_videos" in inputs else model.model.get_image_features
+        encoded = encode(**encoder_inputs, return_dict=True)
         features = encoded.pooler_output
         embeds[0, visual] = torch.cat(features) if isinstance(features, tuple) else features.flatten(0, 1)
         step_embeds = embeds[:, survivors]

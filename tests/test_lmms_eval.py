@@ -65,6 +65,9 @@ def test_entry_points_register_the_compression_aware_wrappers():
     assert get_model("tc_qwen2_5_vl") is plugin.Qwen2_5_VLChat
     assert get_model("tokcompress_qwen2_vl") is plugin.Qwen2_VL
     assert get_model("tokcompress_qwen3_vl") is plugin.Qwen3_VLChat
+    assert get_model("tokcompress_qwen3_5") is plugin.Qwen3_5Chat
+    assert get_model("tokcompress_qwen3_5", force_simple=True) is plugin.Qwen3_5
+    assert get_model("tokcompress_internvl_hf") is plugin.InternVLHfChat
 
 
 @pytest.mark.parametrize("method", RUNS)

@@ -10,6 +10,8 @@ import math
 
 import torch
 from transformers import (
+    InternVLConfig,
+    InternVLForConditionalGeneration,
     LlavaNextVideoConfig,
     LlavaNextVideoForConditionalGeneration,
     LlavaOnevisionConfig,
@@ -26,7 +28,14 @@ from transformers import (
     VideoLlavaForConditionalGeneration,
 )
 
-from .video import clip_video_pixels, llava_onevision_pixels, qwen_vl_pixels
+from .video import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    clip_video_pixels,
+    llava_onevision_pixels,
+    qwen_vl_pixels,
+    resize_normalize,
+)
 
 PAD, IMAGE, VIDEO, VISION_START, VISION_END = 256, 257, 258, 259, 260
 VOCAB = 264
@@ -142,6 +151,23 @@ def tiny_qwen3_5(num_layers: int = 4, attn_implementation: str = "sdpa", seed: i
     return _build(Qwen3_5ForConditionalGeneration, config, attn_implementation, seed)
 
 
+def tiny_internvl(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, image_size: int = 84, hidden_size: int = 64
+):
+    """InternVL with its ViT (CLS dropped) and a Qwen2 LLM; image_size 84 gives 6×6 patches, pixel-shuffled to 3×3
+    tokens per frame. Its image token is tiny.VIDEO: frames are images to InternVL."""
+    config = InternVLConfig(
+        text_config=_text_config(num_layers, hidden_size, model_type="qwen2"),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
+            patch_size=14,
+        ),
+        image_token_id=VIDEO, image_seq_length=(image_size // 28) ** 2, downsample_ratio=0.5,
+        vision_feature_layer=-1, vision_feature_select_strategy="default",
+    )
+    return _build(InternVLForConditionalGeneration, config, attn_implementation, seed)
+
+
 def _qwen3_vl(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size, **text_extra):
     config = config_cls(
         text_config=_text_config(
@@ -242,6 +268,7 @@ TINY_MODELS = {
     "qwen3_vl": tiny_qwen3_vl,
     "qwen3_vl_moe": tiny_qwen3_vl_moe,
     "qwen3_5": tiny_qwen3_5,
+    "internvl": tiny_internvl,
 }
 
 
@@ -273,10 +300,30 @@ def qwen3_vl_inputs(
     }
 
 
+def internvl_inputs(
+    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], image_size: int = 84
+) -> dict:
+    """Model inputs for one video per prompt, as InternVL's processor lays a video out: each frame an image,
+    `FrameN: <img>` + its tokens + `</img>` on its own line (vision start / end stand in for <img> / </img>)."""
+    frames = [frames] if isinstance(frames, torch.Tensor) else frames
+    questions = [questions] * len(frames) if isinstance(questions, str) else questions
+    per_frame = (image_size // 28) ** 2
+    pixels, rows = [], []
+    for clip, question in zip(frames, questions):
+        pixels.append(resize_normalize(clip, image_size, image_size, IMAGENET_MEAN, IMAGENET_STD))
+        frame = [VISION_START] + [VIDEO] * per_frame + [VISION_END]
+        video = sum((text_ids(f"Frame{i + 1}: ") + frame + text_ids("\n") for i in range(len(clip))), [])
+        rows.append(text_ids("user: ") + video + text_ids(f"{question}\nassistant:"))
+    ids, mask = left_pad(rows)
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.cat(pixels)}
+
+
 def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
     """Inputs for one video per prompt for any tiny model (lists make a left-padded batch)."""
     if model.config.model_type == "qwen2_5_vl":
         return qwen2_5_vl_inputs(frames, questions)
     if model.config.model_type in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5"):
         return qwen3_vl_inputs(frames, questions)
+    if model.config.model_type == "internvl":
+        return internvl_inputs(frames, questions)
     return frame_batch_inputs(model, frames, questions)

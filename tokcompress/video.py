@@ -14,6 +14,7 @@ import torch
 SIGLIP_MEAN = SIGLIP_STD = (0.5, 0.5, 0.5)
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)  # InternVL
 
 
 def sample_clip(name: str = "bikes.mp4") -> Path:

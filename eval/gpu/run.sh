@@ -5,6 +5,7 @@
 #   eval/gpu/run.sh --download          # wheels of our transformers, decord, scikit-video into .whl/ (git-ignored)
 # Then on the GPU machine (device tool, carry .whl):
 #   bash eval/gpu/run.sh                # results under $OUT (or eval/results), named after the GPU
+#   FAMILIES="qwen3-vl-8b" SKIP_KERNELS=1 bash eval/gpu/run.sh   # latency of other families only
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -23,18 +24,19 @@ python3 -m pip install -q --no-index --no-deps --target .site .whl/*.whl
 export PYTHONPATH=$PWD/.site:$PWD
 ln -sfn ../kernels tokcompress/kernels  # the package is not installed here: make tokcompress.kernels importable
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
-python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_ops.py 2>&1 | tail -5 | tee "$out/kernel_tests.txt"
-python3 eval/bench_kernels.py --out "$out" 2>&1 | tail -8
-python3 eval/gpu/vision_attention.py "$out" 2>&1 | tail -2
-python3 eval/bench_latency.py --model llava-onevision-7b --frames 64 --methods none uniform tome fastv framefusion dycoke \
-    --ratios 0.15 0.3 --new-tokens 8 --repeats 3 --out "$out" 2>&1 | tail -12
-python3 eval/bench_latency.py --model qwen2.5-vl-7b --frames 64 --methods none uniform tome fastv framefusion dycoke \
-    --ratios 0.3 --new-tokens 8 --repeats 3 --out "$out" 2>&1 | tail -8
-python3 eval/bench_latency.py --model llava-next-video-7b --frames 32 --methods none uniform fastv framefusion \
-    --ratios 0.3 --new-tokens 8 --repeats 3 --out "$out" 2>&1 | tail -6
-python3 eval/bench_latency.py --model video-llava-7b --frames 8 --methods none uniform fastv framefusion \
-    --ratios 0.3 --new-tokens 8 --repeats 3 --out "$out" 2>&1 | tail -6
-python3 eval/bench_latency.py --model qwen3-vl-8b --frames 32 --methods none uniform fastv framefusion \
-    --ratios 0.3 --new-tokens 8 --repeats 3 --out "$out" 2>&1 | tail -6
-python3 eval/bench_latency.py --model qwen3.5-9b --frames 32 --methods none uniform fastv dycoke \
-    --ratios 0.3 --new-tokens 8 --repeats 3 --out "$out" 2>&1 | tail -6
+if [ -z "${SKIP_KERNELS:-}" ]; then
+    python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_ops.py 2>&1 | tail -5 | tee "$out/kernel_tests.txt"
+    python3 eval/bench_kernels.py --out "$out" 2>&1 | tail -8
+    python3 eval/gpu/vision_attention.py "$out" 2>&1 | tail -2
+fi
+# 7B/8B-shape latency, one family after another; every family takes longer than one 15-minute device
+# session, so name a few: FAMILIES="qwen3-vl-8b internvl3-8b" SKIP_KERNELS=1 bash eval/gpu/run.sh
+declare -A FRAMES=(
+    [llava-onevision-7b]=64 [qwen2.5-vl-7b]=64 [llava-next-video-7b]=32 [video-llava-7b]=8 [qwen3-vl-8b]=32
+    [qwen3.5-9b]=32 [internvl3-8b]=32
+)
+for model in ${FAMILIES:-llava-onevision-7b qwen2.5-vl-7b}; do
+    python3 eval/bench_latency.py --model "$model" --frames "${FRAMES[$model]}" \
+        --methods none uniform tome fastv framefusion dycoke --ratios 0.15 0.3 --new-tokens 8 --repeats 3 \
+        --out "$out" 2>&1 | tail -12
+done

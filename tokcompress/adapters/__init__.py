@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import Adapter
+from .internvl import InternVLAdapter
 from .llava_next_video import LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
@@ -16,7 +17,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
     adapter.model_type: adapter
     for adapter in (
         LlavaOnevisionAdapter, LlavaNextVideoAdapter, VideoLlavaAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter,
-        Qwen3VLAdapter, Qwen3VLMoeAdapter, Qwen3_5Adapter,
+        Qwen3VLAdapter, Qwen3VLMoeAdapter, Qwen3_5Adapter, InternVLAdapter,
     )
 }
 

@@ -23,6 +23,7 @@ class Adapter:
     model_type: ClassVar[str]
     mrope: ClassVar[bool] = False  # whether the LLM takes 3-D M-RoPE positions
     packed_vision_attention: ClassVar[bool] = False  # whether the tower's attention takes packed windows (cu_seqlens)
+    encoder_side: ClassVar[bool] = True  # whether a pre-encoder method can keep frames from the tower (not InternVL)
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -39,12 +40,21 @@ class Adapter:
     def config(self):
         return self.multimodal_model.config
 
+    @property
+    def video_token_id(self) -> int:
+        """The placeholder id of video tokens in the prompt."""
+        return self.config.video_token_id
+
+    def carries_video(self, call_kwargs: dict[str, Any]) -> bool:
+        """Whether this call brings video features; without them HF treats video placeholder ids as text."""
+        return call_kwargs.get("pixel_values_videos") is not None or compat.encoded_video(call_kwargs) is not None
+
     def visual_layouts(self, call_kwargs: dict[str, Any]) -> list[VisualLayout] | None:
         """Per sample, the layout of the video tokens of this call; None when input_ids are not given."""
         input_ids = call_kwargs.get("input_ids")
         if input_ids is None:
             return None
-        if not carries_video(call_kwargs):
+        if not self.carries_video(call_kwargs):
             return [VisualLayout.from_videos([], [], device=input_ids.device) for _ in input_ids]
         return self.video_layouts(input_ids, call_kwargs)
 
@@ -84,11 +94,6 @@ class Adapter:
     def project_keys(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """(Hkv, n, d) rotary-embedded keys of `layer` for the (n, D) hidden states entering it."""
         return _project(layer, layer.self_attn.k_proj, getattr(layer.self_attn, "k_norm", None), hidden, cos, sin)
-
-
-def carries_video(call_kwargs: dict[str, Any]) -> bool:
-    """Whether this call brings video features; without them HF treats video placeholder ids as text."""
-    return call_kwargs.get("pixel_values_videos") is not None or compat.encoded_video(call_kwargs) is not None
 
 
 def _project(layer, projection, head_norm, hidden, cos, sin) -> torch.Tensor:

@@ -1,10 +1,12 @@
 """The vision tower: the pre-encoder stage chooses which frame units it encodes, and its time is measured.
 
-The multimodal model's `get_video_features` gets a stand-in (its forward calls it, and `generate` calls it up
-front). With a pre-encoder method it asks the method which frame units of each video to keep, runs the stock
-encoder on those only, and returns an output that covers every unit - dropped ones read zeros - so the
-placeholders, grids and positions stay the model's own. The prefill then removes the dropped units' tokens
-before the LLM sees them, exactly as a pre-LLM reduction would.
+Where the tower encodes each video on its own, the multimodal model's `get_video_features` gets a stand-in (its
+forward calls it, and `generate` calls it up front). With a pre-encoder method it asks the method which frame
+units of each video to keep, runs the stock encoder on those only, and returns an output that covers every
+unit - dropped ones read zeros - so the placeholders, grids and positions stay the model's own. The prefill
+then removes the dropped units' tokens before the LLM sees them, exactly as a pre-LLM reduction would. Where
+the tower encodes every image before the prompt is read (InternVL), the method chooses from the frames'
+features at the prefill instead.
 """
 
 from __future__ import annotations
@@ -51,6 +53,22 @@ def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs:
         else:
             output = adapter.encode_frames(encode, encoder_args, record.keep)
     return output, record
+
+
+def frames_chosen_from_features(
+    method: Method, embeds: torch.Tensor, layouts: list[VisualLayout], rows_per_sample: int
+) -> EncodedVideos:
+    """Where the tower encodes before the prompt is read (InternVL), a pre-encoder method chooses frame units
+    from their features as the LLM would get them, (units, n, D) per video; the prefill drops the others."""
+    record = EncodedVideos(units=[], keep=[])
+    with record.compression_time.measure(embeds.device):
+        for b in range(0, len(layouts), rows_per_sample):
+            layout = layouts[b]
+            for video, (units, height, width) in enumerate(layout.grids):
+                cells = layout.positions[(layout.video == video) & ~layout.is_separator]
+                record.keep.append(method.reduce_pre_encoder(embeds[b, cells].view(units, height * width, -1)))
+                record.units.append(units)
+    return record
 
 
 def tokens_encoded(record: EncodedVideos | None, layouts: list[VisualLayout], rows_per_sample: int):

@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 from ..layout import VisualLayout
-from ..methods.base import DECODE, IN_LLM, PRE_LLM, Method
+from ..methods.base import DECODE, IN_LLM, PRE_ENCODER, PRE_LLM, Method
 from ..ops.varlen import varlen_available
 from ..stats import CompressionStats
 from . import compat
 from .decode import next_positions, select_visual_kv, skip_tokens_already_cached, start_decode_step
-from .encoder import encode_videos, tokens_encoded
+from .encoder import encode_videos, frames_chosen_from_features, tokens_encoded
 from .groups import GenerationState, restore_sequence
 from .prefill import begin_generation, reduce_before_layer, reduce_before_llm
 
@@ -108,8 +108,9 @@ class Engine:
             (model, compat.REORDER_CACHE, self._reorder_beams),
             (model, compat.EXPAND_INPUTS, self._expand_samples),
             (model, compat.CANDIDATE_GENERATOR, self._refuse_speculative_decoding),
-            (multimodal, compat.ENCODE_VIDEOS, self._encode_videos),
         ]
+        if self.adapter.encoder_side:
+            stand_ins.append((multimodal, compat.ENCODE_VIDEOS, self._encode_videos))
         return [(module, name, _StandIn(method, module, name)) for module, name, method in stand_ins]
 
     def __getstate__(self) -> dict:
@@ -222,11 +223,14 @@ class Engine:
         )
         self._local.state = state
         state.layer_additions = self.adapter.take_layer_additions(kwargs)  # added below, to the kept tokens
+        if not self.adapter.encoder_side and PRE_ENCODER in self.method.stages:  # the tower saw every frame
+            embeds = kwargs["inputs_embeds"]
+            encoded = frames_chosen_from_features(self.method, embeds, prompt.layouts, prompt.rows_per_sample)
         kept = tokens_encoded(encoded, prompt.layouts, prompt.rows_per_sample)
         if encoded is not None:
             state.stats.compression_time.add(encoded.compression_time)
             state.stats.encoder_time.add(encoded.encoder_time)
-        if kept is not None:
+        if kept is not None and self.adapter.encoder_side:
             for sample, (_, fraction) in zip(state.stats.samples, kept[:: prompt.rows_per_sample]):
                 sample.encoder_ratio = fraction
         if PRE_LLM not in self.method.stages and kept is None:

@@ -21,12 +21,15 @@ from typing import Any
 
 import torch
 from lmms_eval.api.instance import GenerationResult, TokenCounts, unwrap_generation_output
+from lmms_eval.models.chat.internvl_hf import InternVLHf as _InternVLHfChat
 from lmms_eval.models.chat.llava_hf import LlavaHf as _LlavaHfChat
 from lmms_eval.models.chat.qwen2_5_vl import Qwen2_5_VL as _Qwen2_5_VLChat
+from lmms_eval.models.chat.qwen3_5 import Qwen3_5 as _Qwen3_5Chat
 from lmms_eval.models.chat.qwen3_vl import Qwen3_VL as _Qwen3_VLChat
 from lmms_eval.models.simple.llava_hf import LlavaHf as _LlavaHf
 from lmms_eval.models.simple.qwen2_5_vl import Qwen2_5_VL as _Qwen2_5_VL
 from lmms_eval.models.simple.qwen2_vl import Qwen2_VL as _Qwen2_VL
+from lmms_eval.models.simple.qwen3_5 import Qwen3_5 as _Qwen3_5
 from lmms_eval.models.simple.qwen3_vl import Qwen3_VL as _Qwen3_VL
 from transformers import LogitsProcessor, LogitsProcessorList
 
@@ -150,3 +153,6 @@ Qwen2_5_VLChat = _compressed(_Qwen2_5_VLChat, "Qwen2_5_VLChat")
 Qwen2_VL = _compressed(_Qwen2_VL, "Qwen2_VL")
 Qwen3_VL = _compressed(_Qwen3_VL, "Qwen3_VL")
 Qwen3_VLChat = _compressed(_Qwen3_VLChat, "Qwen3_VLChat")
+Qwen3_5 = _compressed(_Qwen3_5, "Qwen3_5")
+Qwen3_5Chat = _compressed(_Qwen3_5Chat, "Qwen3_5Chat")
+InternVLHfChat = _compressed(_InternVLHfChat, "InternVLHfChat")

@@ -14,11 +14,13 @@ def manifests() -> list[ModelManifest]:
         "qwen2_5_vl": ("Qwen2_5_VL", "Qwen2_5_VLChat"),
         "qwen2_vl": ("Qwen2_VL", None),
         "qwen3_vl": ("Qwen3_VL", "Qwen3_VLChat"),
+        "qwen3_5": ("Qwen3_5", "Qwen3_5Chat"),
+        "internvl_hf": (None, "InternVLHfChat"),
     }
     return [
         ModelManifest(
             model_id=f"tokcompress_{stock}",
-            simple_class_path=f"{_MODULE}.{simple}",
+            simple_class_path=f"{_MODULE}.{simple}" if simple else None,
             chat_class_path=f"{_MODULE}.{chat}" if chat else None,
             aliases=(f"tc_{stock}",),
         )

@@ -25,7 +25,9 @@ class FrameDedup(Method):
 
     Departures:
     - Signatures are the vision tower's own patch embeddings of each frame, not a separate DINOv2-giant
-      (which LongVU runs on every frame); on them the threshold may want tuning per model.
+      (which LongVU runs on every frame); on them the threshold may want tuning per model. InternVL encodes
+      every frame before the prompt is read: there the signatures are each frame's projected features, and
+      the dropped frames are removed before the LLM, not spared the tower.
     - A Qwen-VL temporal patch (two frames encoded together) is one frame unit.
     - The ratio cap replaces LongVU's 400-frame cap; short clips are not exempt (LongVU skips dedup below
       its context budget); each video of a batch is deduplicated on its own.
