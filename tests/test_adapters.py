@@ -94,10 +94,8 @@ def test_every_method_compresses_a_prompt_with_two_videos(family, clip, other_cl
 
 
 
-def test_internvl_reads_runs_of_single_tile_images_as_a_video_and_leaves_other_images_alone(clip):
-    """InternVL has no video path: a lone image and a tiled image (two tiles in one run) stay as they are; the
-    three single-tile images back to back, a frame label apart, are a 3-frame video and only they are compressed."""
-    model = model_for("internvl")
+def internvl_images_and_a_video(clip) -> dict:
+    """An InternVL prompt with a lone image (frame 0), a two-tile image (frames 1-2) and a 3-frame video (3-5)."""
     per_frame = TINY["internvl"].tokens_per_unit
 
     def image(tiles: int) -> list[int]:
@@ -107,7 +105,16 @@ def test_internvl_reads_runs_of_single_tile_images_as_a_video_and_leaves_other_i
     ids = tiny.text_ids("An image: ") + image(1) + tiny.text_ids(" a tiled one: ") + image(2) + sum(frames, [])
     ids = torch.tensor([ids + tiny.text_ids("\nWhat changes?")])
     pixels = tiny.internvl_inputs(clip[:6], "")["pixel_values"]  # 1 + 2 + 3 images
-    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
+    return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
+
+
+def test_internvl_reads_runs_of_single_tile_images_as_a_video_and_leaves_other_images_alone(clip):
+    """InternVL has no video path: a lone image and a tiled image (two tiles in one run) stay as they are; the
+    three single-tile images back to back, a frame label apart, are a 3-frame video and only they are compressed."""
+    model = model_for("internvl")
+    per_frame = TINY["internvl"].tokens_per_unit
+    inputs = internvl_images_and_a_video(clip)
+    ids = inputs["input_ids"]
     (layout,) = adapter_for(model).visual_layouts(inputs)
     image_tokens = (ids[0] == tiny.VIDEO).nonzero()[:, 0]
     assert layout.grids == ((3, 3, 3),) and layout.positions.tolist() == image_tokens[-3 * per_frame :].tolist()

@@ -7,7 +7,7 @@ import torch
 
 import tokcompress
 from tokcompress.adapters import adapter_for
-from tokcompress.methods import Compose, FastV, FrameDedup, FrameFusion, UniformSample
+from tokcompress.methods import Compose, FastV, FrameDedup, FrameFusion, UniformSample, VisionZip
 
 from .conftest import TINY, generate, inputs_for, logits, model_for, shorter
 
@@ -65,7 +65,9 @@ def test_identical_frames_are_encoded_once(family, clip):
     assert sample.encoder_ratio == (TINY[family].frames_per_unit / 8 if TINY[family].encoder_side else 1.0)
 
 
-@pytest.mark.parametrize("llm_side", [FrameFusion(ratio=0.3), UniformSample(ratio=0.3), FastV(ratio=0.3)])
+@pytest.mark.parametrize(
+    "llm_side", [FrameFusion(ratio=0.3), UniformSample(ratio=0.3), FastV(ratio=0.3), VisionZip(ratio=0.3)]
+)
 def test_an_encoder_side_method_composes_with_an_llm_side_one(family, clip, other_clip, llm_side):
     model = model_for(family)
     inputs = inputs_for(family, clip, "What is moving?")

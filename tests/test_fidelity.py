@@ -23,7 +23,10 @@ from tokcompress.methods.base import DecodeSample, LayerSample
 from .conftest import TINY, generate, inputs_for, logits, model_for, softmax_layers
 
 NO_PUBLISHED_RULE = {"none", "random", "uniform"}
-TRANSCRIBED = {"tome", "fastv", "framefusion", "dycoke", "framededup", "divprune", "vidcom2", "pdrop", "prunevid", "sparsevlm"}
+TRANSCRIBED = {  # visionzip: in test_tower_attention.py
+    "tome", "fastv", "framefusion", "dycoke", "framededup", "divprune", "vidcom2", "pdrop", "prunevid", "sparsevlm",
+    "visionzip",
+}
 TEMPORAL_MERGERS = ("tome", "framefusion", "dycoke", "framededup", "prunevid")
 
 

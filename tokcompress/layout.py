@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -25,6 +25,7 @@ class VisualLayout:
     frame: torch.Tensor  # (N,) global frame id, SEPARATOR for separators
     spatial: torch.Tensor  # (N,) raster index inside its frame, SEPARATOR for separators
     grids: tuple[tuple[int, int, int], ...]  # (frames, height, width) per video
+    saliency: torch.Tensor | None = None  # (N,) attention each token got in the vision tower, where a method asks
 
     @property
     def num_tokens(self) -> int:
@@ -36,9 +37,13 @@ class VisualLayout:
 
     def select(self, index: torch.Tensor) -> VisualLayout:
         """The layout of the tokens at `index` (sorted indices into this layout)."""
+        saliency = None if self.saliency is None else self.saliency[index]
         return VisualLayout(
-            self.positions[index], self.video[index], self.frame[index], self.spatial[index], self.grids
+            self.positions[index], self.video[index], self.frame[index], self.spatial[index], self.grids, saliency
         )
+
+    def with_saliency(self, saliency: torch.Tensor) -> VisualLayout:
+        return replace(self, saliency=saliency)
 
     def temporal_predecessor(self) -> torch.Tensor:
         """For each token, the index of the closest earlier token at the same spatial cell of the same video.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import nn
@@ -10,6 +10,9 @@ from torch import nn
 from ..engine import compat
 from ..layout import VisualLayout
 from ..methods.base import ModelSpec
+
+if TYPE_CHECKING:
+    from ..engine.encoder import TowerCall
 
 
 class Adapter:
@@ -24,6 +27,7 @@ class Adapter:
     mrope: ClassVar[bool] = False  # whether the LLM takes 3-D M-RoPE positions
     packed_vision_attention: ClassVar[bool] = False  # whether the tower's attention takes packed windows (cu_seqlens)
     encoder_side: ClassVar[bool] = True  # whether a pre-encoder method can keep frames from the tower (not InternVL)
+    tower_has_cls: ClassVar[bool] = False  # whether tower tokens start with a CLS token (VisionZip reads its row)
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -87,6 +91,23 @@ class Adapter:
         taken out of its call kwargs so that the engine adds them to the tokens it keeps: (B, L, layers, D)."""
         return None
 
+    def tower_attention(self) -> nn.Module:
+        """The attention module of the tower layer whose output becomes the visual tokens; while a method that
+        ranks tokens by the tower's attention (VisionZip) is patched in, the engine records its inputs."""
+        raise NotImplementedError(f"{self.model_type}: no vision-tower attention scores")
+
+    def tower_attention_received(self, call: TowerCall) -> torch.Tensor:
+        """The attention each tower token got in one recorded `tower_attention()` call, averaged over heads (and
+        over queries, or the CLS row): (sequences, tokens), or (tokens,) for a packed call, in the call's order."""
+        raise NotImplementedError(f"{self.model_type}: no vision-tower attention scores")
+
+    def tower_token_scores(self, records: list[TowerCall], input_ids: torch.Tensor) -> list[torch.Tensor]:
+        """Per frame unit of the prompt's videos that the tower encoded, in order: the attention each of its
+        visual tokens got in `tower_attention()` (its tower tokens' scores pooled as the model pools them),
+        (tokens per unit,). `records` are the tower's and that module's calls for this prompt, in order;
+        `input_ids` has one row per sample."""
+        raise NotImplementedError(f"{self.model_type}: no vision-tower attention scores")
+
     def project_queries(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """(Hq, n, d) rotary-embedded queries of `layer` for the (n, D) hidden states entering it."""
         return _project(layer, layer.self_attn.q_proj, getattr(layer.self_attn, "q_norm", None), hidden, cos, sin)
@@ -94,6 +115,11 @@ class Adapter:
     def project_keys(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """(Hkv, n, d) rotary-embedded keys of `layer` for the (n, D) hidden states entering it."""
         return _project(layer, layer.self_attn.k_proj, getattr(layer.self_attn, "k_norm", None), hidden, cos, sin)
+
+
+def split_heads(states: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(..., n, H·d) → (..., H, n, d)."""
+    return states.unflatten(-1, (num_heads, -1)).transpose(-3, -2)
 
 
 def _project(layer, projection, head_norm, hidden, cos, sin) -> torch.Tensor:

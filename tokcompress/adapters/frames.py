@@ -10,7 +10,8 @@ import torch
 
 from ..engine import compat
 from ..layout import VisualLayout
-from .base import Adapter, token_runs
+from ..ops import attention_received
+from .base import Adapter, split_heads, token_runs
 
 
 class FrameBatchAdapter(Adapter):
@@ -18,6 +19,7 @@ class FrameBatchAdapter(Adapter):
     where the tower's patch embedding is."""
 
     separators_per_video: ClassVar[int] = 0
+    tower_has_cls = True  # CLIP
 
     def frame_grid(self) -> tuple[int, int]:
         raise NotImplementedError
@@ -68,6 +70,28 @@ class FrameBatchAdapter(Adapter):
             videos.append(torch.cat([full.flatten(0, 1), separators]))
         output.pooler_output = self.encoder_features(torch.stack(videos))
         return output
+
+    def tower_attention(self):
+        layer = self.config.vision_feature_layer  # hidden_states[k]: the output of layer k - 1 (k < 0: layer k)
+        return self.vision_tower.encoder.layers[layer if layer < 0 else layer - 1].self_attn
+
+    def tower_attention_received(self, call):
+        attention = self.tower_attention()
+        hidden = call.argument("hidden_states", 0)  # (frames, tower tokens, D)
+        queries = split_heads(attention.q_proj(hidden), attention.num_heads)
+        keys = split_heads(attention.k_proj(hidden), attention.num_heads)
+        return attention_received(queries, keys, from_first=self.tower_has_cls)
+
+    def tower_token_scores(self, records, input_ids):
+        frames = []
+        for call in records:
+            if call.kind == "attention":
+                frames.extend(self.pool_tower_scores(self.tower_attention_received(call)))
+        return frames
+
+    def pool_tower_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """(frames, tower tokens) → (frames, tokens per frame), as the model selects and pools its features."""
+        return scores
 
     def encoder_features(self, videos: torch.Tensor) -> torch.Tensor:
         """(videos, tokens per video, D) in the shape the stock encoder returns its `pooler_output`."""

@@ -12,8 +12,11 @@ from __future__ import annotations
 import math
 from typing import Any, ClassVar
 
+import torch
+
 from ..layout import VisualLayout
-from .base import Adapter, token_runs
+from ..ops import attention_received
+from .base import Adapter, split_heads, token_runs
 
 MAX_FRAME_GAP = 16
 """Most text tokens between two frames of one video (`</img>\\nFrame12: <img>` is about 8)."""
@@ -22,6 +25,7 @@ MAX_FRAME_GAP = 16
 class InternVLAdapter(Adapter):
     model_type = "internvl"
     encoder_side: ClassVar[bool] = False
+    tower_has_cls = True
 
     @property
     def video_token_id(self) -> int:
@@ -51,3 +55,38 @@ class InternVLAdapter(Adapter):
             grids = [(len(starts), side, side) for starts in videos]
             layouts.append(VisualLayout.from_frames(videos, grids, device=ids.device))
         return layouts
+
+    def tower_attention(self):
+        layer = self.config.vision_feature_layer  # hidden_states[k]: the output of layer k - 1 (k < 0: layer k)
+        return self.vision_tower.encoder.layer[layer if layer < 0 else layer - 1].attention
+
+    def tower_attention_received(self, call):
+        attention = self.tower_attention()
+        hidden = call.argument("hidden_states", 0)  # (images, 1 + s², D)
+        queries = split_heads(attention.q_norm(attention.q_proj(hidden)), attention.num_heads)
+        keys = split_heads(attention.k_norm(attention.k_proj(hidden)), attention.num_heads)
+        return attention_received(queries, keys, from_first=self.tower_has_cls)
+
+    def tower_token_scores(self, records, input_ids):
+        images = []
+        for call in records:
+            if call.kind == "attention":
+                scores = self.tower_attention_received(call)
+                if self.config.vision_feature_select_strategy == "default":
+                    scores = scores[:, 1:]
+                side = math.isqrt(scores.shape[1])
+                grid = scores.view(-1, side, side, 1)
+                shuffled = self.multimodal_model.pixel_shuffle(grid, scale_factor=self.config.downsample_ratio)
+                images.extend(shuffled.flatten(1, 2).mean(dim=-1))  # the tiles' patches each token stands for
+        return [images[index] for index in self._frame_images(input_ids)]
+
+    def _frame_images(self, input_ids: torch.Tensor) -> list[int]:
+        """Indices, among the prompts' images in order, of those that are frames of a video."""
+        frames, image = [], 0
+        for ids, layout in zip(input_ids, self.video_layouts(input_ids, {})):
+            frame_starts = set(layout.positions[layout.spatial == 0].tolist())
+            for start, length in token_runs(ids, self.video_token_id):
+                if start in frame_starts:
+                    frames.append(image)
+                image += length // self.config.image_seq_length
+        return frames

@@ -17,3 +17,8 @@ class LlavaNextVideoAdapter(FrameBatchAdapter):
     @property
     def patch_embedding(self):
         return self.vision_tower.embeddings.patch_embedding
+
+    def pool_tower_scores(self, scores):
+        if self.config.vision_feature_select_strategy == "default":
+            scores = scores[:, 1:]  # the CLS token is dropped
+        return self.multimodal_model.vision_resampler(scores[..., None])[..., 0]

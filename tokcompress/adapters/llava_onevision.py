@@ -11,6 +11,7 @@ from .frames import FrameBatchAdapter
 class LlavaOnevisionAdapter(FrameBatchAdapter):
     model_type = "llava_onevision"
     separators_per_video = 1
+    tower_has_cls = False  # SigLIP
 
     def frame_grid(self) -> tuple[int, int]:
         side = math.ceil(self.config.vision_config.image_size // self.config.vision_config.patch_size / 2)
@@ -19,3 +20,6 @@ class LlavaOnevisionAdapter(FrameBatchAdapter):
     @property
     def patch_embedding(self):
         return self.vision_tower.embeddings.patch_embedding
+
+    def pool_tower_scores(self, scores):
+        return self.multimodal_model.apply_pooling(scores[..., None])[..., 0]

@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import torch
 
+from ..engine import compat
 from ..engine.compat import mrope_grid_rows
 from ..layout import VisualLayout
-from .base import Adapter, token_runs
+from ..ops import attention_received
+from .base import Adapter, rotate, token_runs
 
 
 class Qwen2VLAdapter(Adapter):
@@ -61,6 +63,39 @@ class Qwen2VLAdapter(Adapter):
         output.pooler_output = self._all_units(output.pooler_output, grids, keep)
         return output
 
+    def tower_attention(self):
+        return self.vision_tower.blocks[-1].attn
+
+    def tower_attention_received(self, call):
+        attention = self.tower_attention()
+        hidden = call.argument("hidden_states", 0)  # (patches, D): the call's units packed
+        cos, sin = (table[:, None].float() for table in call.kwargs["position_embeddings"])
+        queries, keys, _ = attention.qkv(hidden).unflatten(-1, (3, attention.num_heads, -1)).unbind(1)
+        queries, keys = (rotate(states.float(), cos, sin).transpose(0, 1) for states in (queries, keys))
+        bounds = call.kwargs["cu_seqlens"].tolist()  # attention runs inside each frame unit (or window)
+        return torch.cat([
+            attention_received(queries[None, :, start:end], keys[None, :, start:end])[0]
+            for start, end in zip(bounds[:-1], bounds[1:])
+        ])
+
+    def tower_token_scores(self, records, input_ids):
+        merge = self.config.vision_config.spatial_merge_size**2
+        units, grid = [], None
+        for call in records:
+            if call.kind == "tower":
+                grid = call.argument("grid_thw", 1)
+                continue
+            received = self.tower_attention_received(call)
+            merged = self.in_patch_order(received.view(-1, merge).mean(dim=-1), grid)  # one per LLM token
+            for t, h, w in grid.tolist():
+                units.extend(merged[: t * h * w // merge].view(t, -1))
+                merged = merged[t * h * w // merge :]
+        return units
+
+    def in_patch_order(self, merged: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
+        """Per-merged-token values from the order the tower's blocks see them in back to the video's order."""
+        return merged
+
     def _all_units(self, features: tuple[torch.Tensor, ...], grids, keep) -> tuple[torch.Tensor, ...]:
         """Per video, the features of the kept units in place and zeros for the dropped ones."""
         merge = self.config.vision_config.spatial_merge_size**2
@@ -74,6 +109,10 @@ class Qwen2VLAdapter(Adapter):
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     model_type = "qwen2_5_vl"
+
+    def in_patch_order(self, merged, grid_thw):
+        window_order = compat.vision_window_order(grid_thw, self.config.vision_config).to(merged.device)
+        return merged[torch.argsort(window_order)]
 
 
 def grid_from_positions(positions: torch.Tensor) -> tuple[int, int, int]:

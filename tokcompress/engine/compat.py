@@ -23,6 +23,7 @@ is an edit to this file. Touchpoints, from the floor (5.23) to the newest tested
   forward and, up front, by `generate`; a forward given `mm_encoder_outputs={"video":
   BaseModelOutputWithPooling}` instead of `pixel_values_videos` skips it; the features are its
   `pooler_output` ((videos, tokens, D) for LLaVA-OV, a tuple of (tokens, D) per video for Qwen-VL);
+- Qwen2.5-VL's vision window order (`transformers.vision_utils.get_vision_window_index`);
 - Qwen3-VL's DeepStack: its multimodal model hands the language model `visual_pos_masks` (B, L) and
   `deepstack_visual_embeds` (one (visual tokens, D) tensor per early layer), added after those layers;
 - inputs with one entry per token, which a continuation that re-feeds already cached tokens must trim;
@@ -50,6 +51,7 @@ from transformers.masking_utils import (
 )
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import AttentionInterface
+from transformers.vision_utils import get_vision_window_index
 
 FLOOR = Version("5.23")
 """Oldest transformers release tokcompress supports (pyproject's lower bound)."""
@@ -253,3 +255,12 @@ class SelectedKV:
 
     def __getattr__(self, name):
         return getattr(self.cache, name)
+
+
+def vision_window_order(grid_thw: torch.Tensor, vision_config: Any) -> torch.Tensor:
+    """Qwen2.5-VL's window order: merged-patch units in the order its tower's blocks see them."""
+    window_index, _ = get_vision_window_index(
+        grid_thw, spatial_merge_size=vision_config.spatial_merge_size, window_size=vision_config.window_size,
+        patch_size=vision_config.patch_size, kwargs={},
+    )
+    return window_index

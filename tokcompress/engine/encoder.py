@@ -12,7 +12,7 @@ features at the prefill instead.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
@@ -23,6 +23,17 @@ from . import compat
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
+
+
+class TowerCall(NamedTuple):
+    """One recorded call: of the vision tower itself ("tower") or of its `tower_attention()` ("attention")."""
+
+    kind: str
+    args: tuple
+    kwargs: dict[str, Any]
+
+    def argument(self, name: str, position: int) -> Any:
+        return self.kwargs[name] if name in self.kwargs else self.args[position]
 
 
 @dataclass
@@ -69,6 +80,30 @@ def frames_chosen_from_features(
                 record.keep.append(method.reduce_pre_encoder(embeds[b, cells].view(units, height * width, -1)))
                 record.units.append(units)
     return record
+
+
+def layouts_with_tower_scores(
+    layouts: list[VisualLayout], unit_scores: list[torch.Tensor], encoded_units: list[torch.Tensor] | None, rows: int
+) -> list[VisualLayout]:
+    """Each row's layout with its tokens' vision-tower attention (`saliency`): `unit_scores` hold one (tokens,)
+    row per frame unit the tower encoded, in prompt order (`encoded_units`: per video, which ones; None: all);
+    separators and skipped units read 0."""
+    scores = iter(unit_scores)
+    videos = iter(encoded_units) if encoded_units is not None else None
+    out = []
+    for layout in layouts[::rows]:
+        saliency = torch.zeros(layout.num_tokens, device=layout.positions.device)
+        first_frame = 0
+        for video, (units, height, width) in enumerate(layout.grids):
+            encoded = next(videos).tolist() if videos is not None else range(units)
+            grid = torch.zeros(units, height * width, device=saliency.device)
+            for unit in encoded:
+                grid[unit] = next(scores).to(grid)
+            cells = (layout.video == video) & ~layout.is_separator
+            saliency[cells] = grid[layout.frame[cells] - first_frame, layout.spatial[cells]]
+            first_frame += units
+        out += [layout.with_saliency(saliency)] * rows
+    return out
 
 
 def tokens_encoded(record: EncodedVideos | None, layouts: list[VisualLayout], rows_per_sample: int):

@@ -29,10 +29,16 @@ import torch
 from ..layout import VisualLayout
 from ..methods.base import DECODE, IN_LLM, PRE_ENCODER, PRE_LLM, Method
 from ..ops.varlen import varlen_available
-from ..stats import CompressionStats
+from ..stats import CompressionStats, Timer
 from . import compat
 from .decode import next_positions, select_visual_kv, skip_tokens_already_cached, start_decode_step
-from .encoder import encode_videos, frames_chosen_from_features, tokens_encoded
+from .encoder import (
+    TowerCall,
+    encode_videos,
+    frames_chosen_from_features,
+    layouts_with_tower_scores,
+    tokens_encoded,
+)
 from .groups import GenerationState, restore_sequence
 from .prefill import begin_generation, reduce_before_layer, reduce_before_llm
 
@@ -76,6 +82,11 @@ class Engine:
                 self._hooks.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
             for index, layer in enumerate(self.adapter.layers[: self.adapter.layers_with_additions]):
                 self._hooks.append(layer.register_forward_hook(functools.partial(self._after_layer, index)))
+            if self.method.uses_tower_attention():
+                recorded = (("tower", self.adapter.vision_tower), ("attention", self.adapter.tower_attention()))
+                for kind, module in recorded:
+                    hook = functools.partial(self._record_tower_call, kind)
+                    self._hooks.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             self._stand_ins = self._make_stand_ins()
             for module, name, stand_in in self._stand_ins:
                 setattr(module, name, stand_in)
@@ -158,8 +169,22 @@ class Engine:
 
     def _encode_videos(self, *args, **kwargs):
         encode = compat.inherited(self.adapter.multimodal_model, compat.ENCODE_VIDEOS)
-        output, self._local.encoded = encode_videos(self.method, self.adapter, encode, args, kwargs)
+        self._local.encoding_videos = True
+        try:
+            output, self._local.encoded = encode_videos(self.method, self.adapter, encode, args, kwargs)
+        finally:
+            self._local.encoding_videos = False
         return output
+
+    def _record_tower_call(self, kind: str, module, args, kwargs):
+        """Keep the inputs of the tower's call on a prompt's videos (InternVL: on its images, the frames among
+        them) for the prefill; each such call encodes the whole prompt, so it replaces what an earlier one left."""
+        if not self.active or (self.adapter.encoder_side and not getattr(self._local, "encoding_videos", False)):
+            return None
+        if kind == "tower":
+            self._local.tower_calls = []
+        self._local.tower_calls.append(TowerCall(kind, args, kwargs))
+        return None
 
     # ------------------------------------------------------------------ hooks
     def _on_model_call(self, module, args, kwargs):
@@ -177,8 +202,9 @@ class Engine:
                 self.last_stats = CompressionStats.empty(self.method, note="no video tokens: passed through untouched")
             return None
         if prompt:
-            self._local.prompt = _Prompt(layouts, generate_rows or 1, generate_rows is not None)
-            if kwargs.get("pixel_values_videos") is not None:
+            rows, input_ids = generate_rows or 1, kwargs.get("input_ids")
+            self._local.prompt = _Prompt(layouts, rows, generate_rows is not None, input_ids)
+            if kwargs.get("pixel_values_videos") is not None or kwargs.get("pixel_values") is not None:
                 self._local.encoded = None  # this forward encodes its videos itself
             return None
         state = GenerationState.of(cache, self.key)
@@ -218,15 +244,19 @@ class Engine:
         if not any(layout.num_tokens for layout in prompt.layouts):
             self.last_stats = CompressionStats.empty(self.method, note="no video tokens: passed through untouched")
             return None
-        state = begin_generation(
-            self.method, self.key, prompt.layouts, kwargs, prompt.rows_per_sample, prompt.generating
-        )
+        layouts, scoring = prompt.layouts, Timer()
+        if self.method.uses_tower_attention():
+            records, self._local.tower_calls = getattr(self._local, "tower_calls", []), []
+            with scoring.measure(kwargs["inputs_embeds"].device):
+                layouts = self._with_tower_scores(records, prompt, encoded)
+        state = begin_generation(self.method, self.key, layouts, kwargs, prompt.rows_per_sample, prompt.generating)
+        state.stats.compression_time.add(scoring)
         self._local.state = state
         state.layer_additions = self.adapter.take_layer_additions(kwargs)  # added below, to the kept tokens
         if not self.adapter.encoder_side and PRE_ENCODER in self.method.stages:  # the tower saw every frame
             embeds = kwargs["inputs_embeds"]
-            encoded = frames_chosen_from_features(self.method, embeds, prompt.layouts, prompt.rows_per_sample)
-        kept = tokens_encoded(encoded, prompt.layouts, prompt.rows_per_sample)
+            encoded = frames_chosen_from_features(self.method, embeds, layouts, prompt.rows_per_sample)
+        kept = tokens_encoded(encoded, layouts, prompt.rows_per_sample)
         if encoded is not None:
             state.stats.compression_time.add(encoded.compression_time)
             state.stats.encoder_time.add(encoded.encoder_time)
@@ -237,6 +267,18 @@ class Engine:
             return args, kwargs
         reduce_before_llm(self.method, self.spec.num_layers, state, kwargs, kept and [tokens for tokens, _ in kept])
         return args, kwargs
+
+    def _with_tower_scores(self, records: list[TowerCall], prompt: _Prompt, encoded) -> list[VisualLayout]:
+        if not records:
+            raise RuntimeError(
+                f"{self.method.name} ranks tokens by the vision tower's attention, but no tower call was seen for this "
+                "prompt: pass the pixels to the forward or generate() (not features encoded beforehand)"
+            )
+        rows = prompt.rows_per_sample
+        with torch.no_grad():
+            scores = self.adapter.tower_token_scores(records, prompt.input_ids[::rows])
+        encoded_units = encoded.keep if encoded is not None and self.adapter.encoder_side else None
+        return layouts_with_tower_scores(prompt.layouts, scores, encoded_units, rows)
 
     def _on_llm_return(self, module, args, kwargs, output):
         state = getattr(self._local, "state", None)
@@ -315,6 +357,7 @@ class _Prompt(NamedTuple):
     layouts: list[VisualLayout] | None
     rows_per_sample: int  # rows generate() made of each sample
     generating: bool
+    input_ids: torch.Tensor | None
 
 
 def _finish_prefill_stats(state: GenerationState) -> None:

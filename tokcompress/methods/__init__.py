@@ -20,6 +20,7 @@ from .sparsevlm import SparseVLM
 from .tome import ToMe
 from .uniform import UniformSample
 from .vidcom2 import VidCom2
+from .visionzip import VisionZip
 
 METHODS: dict[str, type[Method]] = {}
 
@@ -43,7 +44,7 @@ def register_method(cls: type[Method] | None = None, *, name: str | None = None,
 
 for _method in (
     NoCompression, RandomPrune, UniformSample, ToMe, FastV, FrameFusion, DyCoke, FrameDedup, DivPrune, VidCom2, PDrop,
-    PruneVid, SparseVLM,
+    PruneVid, SparseVLM, VisionZip,
 ):
     register_method(_method)
 

@@ -203,6 +203,10 @@ class Method:
         """Whether tokens kept before the LLM get contiguous positions instead of their original ones."""
         return False
 
+    def uses_tower_attention(self) -> bool:
+        """Whether its pre-LLM stage reads `layout.saliency`, the attention each token got in the vision tower."""
+        return False
+
     def uses_proportional_attention(self) -> bool:
         """Whether a merged token's keys get log(size) added to their attention logits in every later layer."""
         return False

@@ -86,6 +86,9 @@ class Compose(Method):
     def reindexes_positions(self) -> bool:
         return any(m.reindexes_positions() for m in self.methods)
 
+    def uses_tower_attention(self) -> bool:
+        return any(m.uses_tower_attention() for m in self.methods)
+
     def reduce_pre_encoder(self, signatures: torch.Tensor) -> torch.Tensor:
         return self._at(PRE_ENCODER).reduce_pre_encoder(signatures)
 

@@ -36,3 +36,20 @@ def few_query_attention_reference(
         logits = logits.masked_fill(~key_mask.expand(num_queries, -1), float("-inf"))
     probabilities = logits.softmax(dim=-1)
     return probabilities.mean(dim=0) if head_mean else probabilities
+
+
+def attention_received(queries: torch.Tensor, keys: torch.Tensor, from_first: bool = False, chunk: int = 256):
+    """How much attention each token of a sequence gets in one layer: softmax(q·kᵀ/√d) averaged over heads and
+    either over every query row (towers without a CLS token) or taken from row 0 (the CLS token's view).
+
+    queries, keys: (B, H, n, d) for B sequences of n tokens → (B, n) fp32. Query rows go `chunk` at a time,
+    so memory stays O(B·H·chunk·n) - VisionZip's cue from a tower's own q/k, with its attention left fused.
+    """
+    scale = queries.shape[-1] ** -0.5
+    keys = keys.float().transpose(-1, -2)
+    if from_first:
+        return (queries[:, :, :1].float() @ keys * scale).softmax(dim=-1)[:, :, 0].mean(dim=1)
+    received = torch.zeros(keys.shape[0], keys.shape[1], keys.shape[-1], device=keys.device)
+    for start in range(0, queries.shape[2], chunk):
+        received += (queries[:, :, start : start + chunk].float() @ keys * scale).softmax(dim=-1).sum(dim=2)
+    return received.mean(dim=1) / queries.shape[2]

@@ -1,0 +1,193 @@
+"""The vision tower's attention as methods read it (VisionZip's cue), and VisionZip against its published rule."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+import tokcompress
+from tokcompress import tiny
+from tokcompress.adapters import adapter_for
+from tokcompress.engine.encoder import TowerCall
+from tokcompress.layout import VisualLayout
+from tokcompress.methods import LayerBudget, VisionZip
+from tokcompress.ops import attention_received
+
+from .conftest import TINY, inputs_for, logits, model_for
+from .test_adapters import internvl_images_and_a_video
+
+RECORDING = "tokcompress_test_recording"
+_recorded: list[tuple[torch.nn.Module, torch.Tensor]] = []
+
+
+def _recording_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """sdpa that also keeps the attention probabilities it computed (in fp32)."""
+    logits = query.float() @ key.float().transpose(-1, -2) * (scaling or query.shape[-1] ** -0.5)
+    _recorded.append((module, logits.softmax(dim=-1)))
+    return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
+
+
+AttentionInterface.register(RECORDING, _recording_attention)
+
+
+def test_attention_received_is_the_mean_or_first_row_of_the_attention_matrix():
+    queries, keys = (torch.randn(3, 2, 10, 8, generator=torch.Generator().manual_seed(s)) for s in (0, 1))
+    probabilities = (queries @ keys.transpose(-1, -2) * 8**-0.5).softmax(dim=-1)  # (B, H, n, n)
+    torch.testing.assert_close(attention_received(queries, keys, chunk=3), probabilities.mean(dim=(1, 2)))
+    torch.testing.assert_close(attention_received(queries, keys, from_first=True), probabilities[:, :, 0].mean(dim=1))
+
+
+def test_the_tower_attention_a_method_reads_is_the_one_the_tower_computed(family, clip):
+    """From one recorded call of the layer's attention: the same head-mean attention the tower's own attention
+    function computed (the CLS row on CLIP-like towers, the mean over queries elsewhere)."""
+    model = model_for(family)
+    adapter = adapter_for(model)
+    inputs = inputs_for(family, clip, "What is moving?")
+    target = adapter.tower_attention()
+    calls = []
+    hook = target.register_forward_pre_hook(
+        lambda module, args, kwargs: calls.append(TowerCall("attention", args, kwargs)), with_kwargs=True
+    )
+    tower_config = adapter.vision_tower.config
+    stock, tower_config._attn_implementation = tower_config._attn_implementation, RECORDING
+    _recorded.clear()
+    try:
+        with torch.no_grad():
+            logits(model, inputs)
+    finally:
+        hook.remove()
+        tower_config._attn_implementation = stock
+    probabilities = [p for module, p in _recorded if module is target]  # per call, or per frame chunk (Qwen)
+    (call,) = calls
+    with torch.no_grad():
+        received = adapter.tower_attention_received(call)
+    if adapter.tower_has_cls:
+        expected = torch.cat([p[:, :, 0].mean(dim=1) for p in probabilities])
+    else:
+        expected = torch.cat([p.mean(dim=2).mean(dim=1).flatten() for p in probabilities])
+    torch.testing.assert_close(received.flatten(), expected.flatten(), rtol=1e-4, atol=1e-6)
+
+
+def saliency_of(family, frames=None, inputs=None) -> VisualLayout:
+    """The layout, with its tower attention, that VisionZip gets for a prompt (one video of `frames`)."""
+    inputs = inputs if inputs is not None else inputs_for(family, frames, "What is moving?")
+    seen = []
+    method = VisionZip(ratio=0.5)
+    original = method.reduce_pre_llm
+
+    def spy(features, layout, budget):
+        seen.append(layout)
+        return original(features, layout, budget)
+
+    method.reduce_pre_llm = spy
+    with tokcompress.compress(model_for(family), method):
+        logits(model_for(family), inputs)
+    (layout,) = seen
+    return layout
+
+
+def test_internvl_scores_the_frames_among_the_prompts_images(clip):
+    """The tower encodes a lone image, a tiled one and the video's frames in one call: the video's tokens get
+    their own frames' scores."""
+    mixed = saliency_of("internvl", inputs=internvl_images_and_a_video(clip))
+    torch.testing.assert_close(mixed.saliency, saliency_of("internvl", clip[3:6]).saliency)
+
+
+def test_each_tokens_tower_attention_is_its_frames_own(family, clip):
+    """A frame unit's tokens get the scores its own encoding gives, wherever it sits in the clip: the scores
+    follow their units and cells through pooling, windows (Qwen2.5-VL) and the prompt's images (InternVL)."""
+    per_unit = TINY[family].frames_per_unit
+    full = saliency_of(family, clip)
+    for unit in (0, 8 // per_unit - 1):
+        frames = clip[unit * per_unit : (unit + 1) * per_unit]
+        alone = saliency_of(family, torch.cat([frames, frames]))
+        torch.testing.assert_close(full.saliency[full.frame == unit], alone.saliency[alone.frame == 0])
+
+
+def test_visionzip_keeps_the_tokens_the_tower_attends_to_most(family, clip):
+    """The engine hands VisionZip each token's tower attention, pooled to the LLM's tokens: in every frame the
+    dominant tokens it keeps are that frame's most attended ones."""
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    seen = []
+    method = VisionZip(ratio=0.5, contextual_share=0.0)
+    original = method.reduce_pre_llm
+
+    def spy(features, layout, budget):
+        reduction = original(features, layout, budget)
+        seen.append((layout, reduction))
+        return reduction
+
+    method.reduce_pre_llm = spy
+    with tokcompress.compress(model, method) as handle:
+        logits(model, inputs)
+        (sample,) = handle.stats.samples
+    ((layout, reduction),) = seen
+    assert layout.saliency is not None and bool((layout.saliency[~layout.is_separator] > 0).all())
+    assert abs(sample.achieved_ratio - 0.5) * sample.visual_in <= 1.0
+    kept = torch.zeros(layout.num_tokens, dtype=torch.bool)
+    kept[reduction.keep] = True
+    for frame in torch.unique(layout.frame[~layout.is_separator]).tolist():
+        cells = layout.frame == frame
+        in_frame = layout.saliency[cells]
+        count = int(kept[cells].sum())
+        assert 0 < count < int(cells.sum()) or TINY[family].tokens_per_unit <= 2
+        assert set(torch.topk(in_frame, count).indices.tolist()) == set(kept[cells].nonzero().squeeze(1).tolist())
+
+
+def visionzip_published(features: torch.Tensor, attention: torch.Tensor, dominant: int, contextual: int) -> list[int]:
+    """VisionZip on one frame (methods.md §3.4, a tower without CLS): the `dominant` most attended tokens; the
+    others, in order, every step-th a target (step = max(1, M // contextual)), each other one joining its most
+    similar target (cosine). Per token, the token it ends in."""
+    count = len(attention)
+    top = sorted(range(count), key=lambda i: (-float(attention[i]), i))[:dominant]
+    rest = [i for i in range(count) if i not in top]
+    targets = rest[:: max(1, len(rest) // contextual)][:contextual]
+    unit = torch.nn.functional.normalize(features, dim=-1)
+    destination = {i: i for i in top + targets}
+    for i in rest:
+        if i not in targets:
+            destination[i] = max(targets, key=lambda t: (float(unit[i] @ unit[t]), -t))
+    return [destination[i] for i in range(count)]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_visionzip_agrees_with_the_published_rule_on_a_frame(seed):
+    generator = torch.Generator().manual_seed(seed)
+    features, attention = torch.randn(36, 16, generator=generator), torch.rand(36, generator=generator)
+    layout = VisualLayout.from_videos([0], [(1, 6, 6)]).with_saliency(attention)
+    method = VisionZip(ratio=12 / 36, contextual_share=0.25)  # 9 dominant + 3 contextual
+    reduction = method.reduce_pre_llm(features, layout, LayerBudget(method.ratio, 36, 4))
+    keep = reduction.keep.tolist()
+    ours = [keep[m] for m in reduction.merge_into.tolist()]
+    assert ours == visionzip_published(features, attention, 9, 3)
+
+
+def test_visionzip_without_the_towers_attention_says_so():
+    layout = VisualLayout.from_videos([0], [(1, 2, 2)])
+    with pytest.raises(RuntimeError, match="vision tower's attention"):
+        VisionZip(ratio=0.5).reduce_pre_llm(torch.randn(4, 8), layout, LayerBudget(0.5, 4, 4))
+
+
+@pytest.mark.parametrize("family", [f for f in TINY if TINY[f].mrope])
+def test_qwen_tower_scores_are_put_back_in_the_order_the_tower_outputs_its_tokens(family, clip):
+    """Qwen2.5-VL's blocks see merged patches in window order; scores go back to the video's order exactly as
+    its merged features do (at 168 px: 3 × 3 windows, an order that is not its own inverse)."""
+    model = model_for(family)
+    adapter = adapter_for(model)
+    if family == "qwen2_5_vl":
+        inputs = tiny.qwen2_5_vl_inputs(clip, "What is moving?", size=168)
+    else:
+        inputs = inputs_for(family, clip, "What is moving?")
+    merged = []
+    hook = adapter.vision_tower.merger.register_forward_hook(lambda module, args, output: merged.append(output))
+    try:
+        with torch.no_grad():
+            features = model.model.get_video_features(
+                inputs["pixel_values_videos"], inputs["video_grid_thw"], return_dict=True
+            ).pooler_output
+    finally:
+        hook.remove()
+    torch.testing.assert_close(adapter.in_patch_order(merged[0], inputs["video_grid_thw"]), torch.cat(features))
