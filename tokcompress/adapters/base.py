@@ -10,6 +10,7 @@ from torch import nn
 from ..engine import compat
 from ..layout import VisualLayout
 from ..methods.base import ModelSpec
+from ..ops import attention_received
 
 if TYPE_CHECKING:
     from ..engine.encoder import TowerCall
@@ -115,6 +116,23 @@ class Adapter:
     def project_keys(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """(Hkv, n, d) rotary-embedded keys of `layer` for the (n, D) hidden states entering it."""
         return _project(layer, layer.self_attn.k_proj, getattr(layer.self_attn, "k_norm", None), hidden, cos, sin)
+
+
+def feature_layer_index(config) -> int:
+    """The tower layer whose output the model takes: `vision_feature_layer` k indexes hidden_states, the output
+    of layer k - 1 (k < 0: of layer k)."""
+    layer = config.vision_feature_layer
+    return layer if layer < 0 else layer - 1
+
+
+def vit_attention_received(attention: nn.Module, hidden: torch.Tensor, from_first: bool) -> torch.Tensor:
+    """(images, tokens) head-mean attention each token gets in a ViT attention module (q_proj / k_proj, q/k norms
+    where it has them) on its (images, tokens, D) input."""
+    identity = nn.Identity()
+    queries = getattr(attention, "q_norm", identity)(attention.q_proj(hidden))
+    keys = getattr(attention, "k_norm", identity)(attention.k_proj(hidden))
+    heads = attention.num_heads
+    return attention_received(split_heads(queries, heads), split_heads(keys, heads), from_first)
 
 
 def split_heads(states: torch.Tensor, num_heads: int) -> torch.Tensor:

@@ -10,8 +10,7 @@ import torch
 
 from ..engine import compat
 from ..layout import VisualLayout
-from ..ops import attention_received
-from .base import Adapter, split_heads, token_runs
+from .base import Adapter, feature_layer_index, token_runs, vit_attention_received
 
 
 class FrameBatchAdapter(Adapter):
@@ -72,15 +71,10 @@ class FrameBatchAdapter(Adapter):
         return output
 
     def tower_attention(self):
-        layer = self.config.vision_feature_layer  # hidden_states[k]: the output of layer k - 1 (k < 0: layer k)
-        return self.vision_tower.encoder.layers[layer if layer < 0 else layer - 1].self_attn
+        return self.vision_tower.encoder.layers[feature_layer_index(self.config)].self_attn
 
-    def tower_attention_received(self, call):
-        attention = self.tower_attention()
-        hidden = call.argument("hidden_states", 0)  # (frames, tower tokens, D)
-        queries = split_heads(attention.q_proj(hidden), attention.num_heads)
-        keys = split_heads(attention.k_proj(hidden), attention.num_heads)
-        return attention_received(queries, keys, from_first=self.tower_has_cls)
+    def tower_attention_received(self, call):  # (frames, tower tokens)
+        return vit_attention_received(self.tower_attention(), call.argument("hidden_states", 0), self.tower_has_cls)
 
     def tower_token_scores(self, records, input_ids):
         frames = []

@@ -15,8 +15,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..layout import VisualLayout
-from ..ops import attention_received
-from .base import Adapter, split_heads, token_runs
+from .base import Adapter, feature_layer_index, token_runs, vit_attention_received
 
 MAX_FRAME_GAP = 16
 """Most text tokens between two frames of one video (`</img>\\nFrame12: <img>` is about 8)."""
@@ -57,15 +56,10 @@ class InternVLAdapter(Adapter):
         return layouts
 
     def tower_attention(self):
-        layer = self.config.vision_feature_layer  # hidden_states[k]: the output of layer k - 1 (k < 0: layer k)
-        return self.vision_tower.encoder.layer[layer if layer < 0 else layer - 1].attention
+        return self.vision_tower.encoder.layer[feature_layer_index(self.config)].attention
 
-    def tower_attention_received(self, call):
-        attention = self.tower_attention()
-        hidden = call.argument("hidden_states", 0)  # (images, 1 + s², D)
-        queries = split_heads(attention.q_norm(attention.q_proj(hidden)), attention.num_heads)
-        keys = split_heads(attention.k_norm(attention.k_proj(hidden)), attention.num_heads)
-        return attention_received(queries, keys, from_first=self.tower_has_cls)
+    def tower_attention_received(self, call):  # (images, 1 + s²)
+        return vit_attention_received(self.tower_attention(), call.argument("hidden_states", 0), self.tower_has_cls)
 
     def tower_token_scores(self, records, input_ids):
         images = []
