@@ -23,9 +23,9 @@ from tokcompress.methods.base import DecodeSample, LayerSample
 from .conftest import TINY, generate, inputs_for, logits, model_for, softmax_layers
 
 NO_PUBLISHED_RULE = {"none", "random", "uniform"}
-TRANSCRIBED = {  # visionzip: in test_tower_attention.py
+TRANSCRIBED = {  # visionzip and fastvid: in test_tower_attention.py
     "tome", "fastv", "framefusion", "dycoke", "framededup", "divprune", "vidcom2", "pdrop", "prunevid", "sparsevlm",
-    "visionzip",
+    "visionzip", "fastvid",
 }
 TEMPORAL_MERGERS = ("tome", "framefusion", "dycoke", "framededup", "prunevid")
 

@@ -1,4 +1,5 @@
-"""The vision tower's attention as methods read it (VisionZip's cue), and VisionZip against its published rule."""
+"""The vision tower's attention as methods read it (VisionZip's cue), and the methods that read it (VisionZip,
+FastVID) against their published rules."""
 
 from __future__ import annotations
 
@@ -12,8 +13,9 @@ from tokcompress import tiny
 from tokcompress.adapters import adapter_for
 from tokcompress.engine.encoder import TowerCall
 from tokcompress.layout import VisualLayout
-from tokcompress.methods import LayerBudget, VisionZip
-from tokcompress.ops import attention_received
+from tokcompress.methods import FastVID, LayerBudget, VisionZip
+from tokcompress.methods.fastvid import dynamic_segments
+from tokcompress.ops import attention_received, density_peak_clusters
 
 from .conftest import TINY, inputs_for, logits, model_for
 from .test_adapters import internvl_images_and_a_video
@@ -191,3 +193,71 @@ def test_qwen_tower_scores_are_put_back_in_the_order_the_tower_outputs_its_token
     finally:
         hook.remove()
     torch.testing.assert_close(adapter.in_patch_order(merged[0], inputs["video_grid_thw"]), torch.cat(features))
+
+
+def test_fastvid_cuts_segments_where_the_video_changes():
+    steady, other = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.2, 1.0, 0.0])
+    frames = torch.stack([steady] * 3 + [other] * 3)
+    assert dynamic_segments(frames, segments=2, threshold=0.9) == [[0, 1, 2], [3, 4, 5]]
+    assert dynamic_segments(frames, segments=1, threshold=-1.0) == [[0, 1, 2, 3, 4, 5]]
+    assert dynamic_segments(frames, segments=8, threshold=0.9) == [[i] for i in range(6)]  # the official c on 6
+
+
+def fastvid_published(features, attention, frame_of, quotas, segments, threshold, share, stride) -> list[int]:
+    """FastVID on one video (methods.md §8) with each frame's retained count given: DySeg cuts, each frame's
+    top-attended r − int(r·d) tokens, the segment's contextual count over its anchors (every p-th frame back
+    from the last: context · S // ceil(S / p) each), their non-salient tokens' density peaks, every other
+    non-salient token of the segment to its most similar peak. Per token, the token it ends in."""
+    count, frames = len(frame_of), len(quotas)
+    unit = torch.nn.functional.normalize(features, dim=-1)
+    means = torch.nn.functional.normalize(torch.stack([features[frame_of == f].mean(0) for f in range(frames)]), dim=-1)
+    similarity = [float(means[t] @ means[t + 1]) for t in range(frames - 1)]
+    lowest = sorted(range(frames - 1), key=lambda t: (similarity[t], t))[: segments - 1]
+    cuts = sorted(set(lowest) | {t for t in range(frames - 1) if similarity[t] < threshold})
+    bounds = [0, *(t + 1 for t in cuts), frames]
+    destination = {}
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        others = {}
+        for f in range(start, end):
+            tokens = [i for i in range(count) if frame_of[i] == f]
+            salient = sorted(tokens, key=lambda i: (-float(attention[i]), i))[: quotas[f] - int(quotas[f] * share)]
+            destination.update({i: i for i in salient})
+            others[f] = [i for i in tokens if i not in salient]
+        size = end - start
+        anchors = [end - 1 - k * stride for k in range(-(-size // stride))]
+        per_anchor = (quotas[start] - (quotas[start] - int(quotas[start] * share))) * size // len(anchors)
+        peaks = []
+        for anchor in anchors:
+            _, centres = density_peak_clusters(features[others[anchor]], per_anchor, neighbours=4)
+            peaks += [others[anchor][c] for c in centres.tolist()]
+        for f in range(start, end):
+            for i in others[f]:
+                nearest = max(peaks, key=lambda t: (float(unit[i] @ unit[t]), -peaks.index(t)))
+                destination[i] = i if i in peaks else nearest
+    return [destination.get(i, -1) for i in range(count)]
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_fastvid_agrees_with_the_published_rule_on_a_video_with_a_cut(seed):
+    """8 frames of 9 tokens, the scene changing after frame 3; 5 tokens a frame: 3 salient, 2 contextual."""
+    generator = torch.Generator().manual_seed(seed)
+    scenes = torch.randn(2, 16, generator=generator) * 3
+    features = torch.cat([scenes[f // 4] + torch.randn(9, 16, generator=generator) for f in range(8)])
+    attention = torch.rand(72, generator=generator)
+    layout = VisualLayout.from_videos([0], [(8, 3, 3)]).with_saliency(attention)
+    method = FastVID(ratio=40 / 72, segments=2, similarity_threshold=0.5, contextual_share=0.4, anchor_stride=2)
+    reduction = method.reduce_pre_llm(features, layout, LayerBudget(method.ratio, 72, 4))
+    keep = reduction.keep.tolist()
+    ours = [keep[m] if m >= 0 else -1 for m in reduction.merge_into.tolist()]
+    expected = fastvid_published(features, attention, layout.frame, [5] * 8, 2, 0.5, 0.4, 2)
+    assert ours == expected and len(keep) == 40
+
+
+def test_fastvid_refuses_bad_knobs_and_needs_the_towers_attention():
+    with pytest.raises(ValueError, match="contextual_share"):
+        FastVID(contextual_share=1.0)
+    with pytest.raises(ValueError, match="segments"):
+        FastVID(segments=0)
+    with pytest.raises(RuntimeError, match="vision tower's attention"):
+        FastVID(ratio=0.5).reduce_pre_llm(torch.randn(4, 8), VisualLayout.from_videos([0], [(1, 2, 2)]),
+                                          LayerBudget(0.5, 4, 4))

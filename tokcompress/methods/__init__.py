@@ -10,6 +10,7 @@ from .compose import Compose
 from .divprune import DivPrune
 from .dycoke import DyCoke
 from .fastv import FastV
+from .fastvid import FastVID
 from .framededup import FrameDedup
 from .framefusion import FrameFusion
 from .identity import NoCompression
@@ -44,7 +45,7 @@ def register_method(cls: type[Method] | None = None, *, name: str | None = None,
 
 for _method in (
     NoCompression, RandomPrune, UniformSample, ToMe, FastV, FrameFusion, DyCoke, FrameDedup, DivPrune, VidCom2, PDrop,
-    PruneVid, SparseVLM, VisionZip,
+    PruneVid, SparseVLM, VisionZip, FastVID,
 ):
     register_method(_method)
 

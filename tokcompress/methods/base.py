@@ -251,6 +251,22 @@ def separators_first(layout: VisualLayout, count: int) -> tuple[torch.Tensor, in
     return separators, count - separators.numel()
 
 
+def merge_destinations(layout: VisualLayout, count: int, device: torch.device) -> tuple[torch.Tensor, int]:
+    """For a pre-LLM method that merges: per token, where it goes (-1: dropped) with the separators kept first,
+    and how many cell tokens the rest of `count` allows."""
+    separators, cells = separators_first(layout, count)
+    destination = torch.full((layout.num_tokens,), -1, dtype=torch.long, device=device)
+    destination[separators] = separators
+    return destination, cells
+
+
+def tower_attention(layout: VisualLayout, method: str) -> torch.Tensor:
+    """Each token's attention in the vision tower (methods whose `uses_tower_attention` is True get it)."""
+    if layout.saliency is None:
+        raise RuntimeError(f"{method} needs the vision tower's attention: patch the model with tokcompress.patch")
+    return layout.saliency
+
+
 def top_tokens(scores: torch.Tensor, count: int, always: torch.Tensor | None = None) -> torch.Tensor:
     """Sorted indices of the `count` highest-scoring tokens; tokens in `always` (bool) come first.
 

@@ -8,7 +8,16 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction, proportional_split, separators_first, top_tokens
+from .base import (
+    PRE_LLM,
+    LayerBudget,
+    Method,
+    TokenReduction,
+    merge_destinations,
+    proportional_split,
+    top_tokens,
+    tower_attention,
+)
 
 
 @dataclass
@@ -54,16 +63,13 @@ class VisionZip(Method):
         return True
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
-        if layout.saliency is None:
-            raise RuntimeError("visionzip needs the vision tower's attention: patch the model with tokcompress.patch")
-        separators, cells = separators_first(layout, budget.tokens_before_llm(layout.num_tokens))
-        destination = torch.full((layout.num_tokens,), -1, dtype=torch.long, device=features.device)
-        destination[separators] = separators
+        saliency = tower_attention(layout, self.name)
+        destination, cells = merge_destinations(layout, budget.tokens_before_llm(layout.num_tokens), features.device)
         frames = torch.unique(layout.frame[~layout.is_separator]).tolist()
         members = [(layout.frame == frame).nonzero().squeeze(1) for frame in frames]
         for tokens, quota in zip(members, proportional_split(cells, [m.numel() for m in members])):
             if quota:
-                local = self.frame_destinations(features[tokens], layout.saliency[tokens], quota)
+                local = self.frame_destinations(features[tokens], saliency[tokens], quota)
                 destination[tokens] = torch.where(local >= 0, tokens[local.clamp_min(0)], -1)
         return TokenReduction.from_destinations(destination)
 

@@ -1,0 +1,121 @@
+"""`fastvid` (FastVID, Shen et al., NeurIPS'25): segment the video where it changes, keep each frame's salient
+tokens, and merge the rest of each segment into density peaks of a few anchor frames."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..layout import VisualLayout
+from ..ops import density_peak_clusters
+from .base import (
+    PRE_LLM,
+    LayerBudget,
+    Method,
+    TokenReduction,
+    apportion,
+    check_int,
+    merge_destinations,
+    proportional_split,
+    top_tokens,
+    tower_attention,
+)
+
+
+@dataclass
+class FastVID(Method):
+    """Dynamic temporal segmentation, then density-based spatio-temporal pruning, before the LLM.
+
+    As the paper and the official code, per video: DySeg cuts between consecutive frames whose global features
+    are the `segments` − 1 least similar pairs or less similar than `similarity_threshold` (cosine). Each
+    frame's retained count r splits into r − int(r · `contextual_share`) salient tokens, the frame's most
+    attended ones (ATS), and the rest contextual. A segment's contextual tokens go to its anchor frames - every
+    `anchor_stride`-th frame counted back from its last - as the density peaks (DPC-KNN, k = 4) of their
+    non-salient tokens, and every non-salient token of the segment joins its most similar peak (cosine).
+
+    ratio: 0.10 (the official retention ratio); segments 8 (DySeg c), similarity_threshold 0.9 (τ),
+    contextual_share 0.4 (d), anchor_stride 4 (p).
+
+    Departures:
+    - Frame counts are apportioned so that round(ratio · N) tokens are kept in all (official: int(P · ratio)
+      per frame), a segment's contextual count split evenly over its anchors (official: context · S //
+      ceil(S / p) each, the same when it divides), what an anchor frame cannot hold going to the others.
+    - Saliency is the attention each token gets in the vision tower's feature layer (VisionZip's cue, see
+      `visionzip`); the official code uses SigLIP's MAP-head probe attention, which only LLaVA-OV's tower has.
+      A frame's global feature is the mean of its tokens, not the MAP-pooled feature.
+    - A merged token is the mean of its peak and the tokens that join it (official: w · peak + (1 − w) · mean,
+      w = max(1 / (n + 1), 0.6)); a clip that repeats itself can end below the ratio (duplicates are no
+      density peaks). Separators are kept first; positions stay the original ones, as in the official code.
+    """
+
+    ratio: float = 0.1
+    segments: int = 8
+    similarity_threshold: float = 0.9
+    contextual_share: float = 0.4
+    anchor_stride: int = 4
+
+    name = "fastvid"
+    stages = (PRE_LLM,)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("fastvid", "segments", self.segments, 1)
+        check_int("fastvid", "anchor_stride", self.anchor_stride, 1)
+        if not 0.0 <= self.contextual_share < 1.0:
+            raise ValueError(f"fastvid contextual_share must lie in [0, 1), got {self.contextual_share!r}")
+        if not -1.0 <= self.similarity_threshold <= 1.0:
+            raise ValueError(f"fastvid similarity_threshold must lie in [-1, 1], got {self.similarity_threshold!r}")
+
+    def uses_tower_attention(self) -> bool:
+        return True
+
+    def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
+        saliency = tower_attention(layout, self.name)
+        destination, cells = merge_destinations(layout, budget.tokens_before_llm(layout.num_tokens), features.device)
+        videos = [(layout.video == v) & ~layout.is_separator for v in range(len(layout.grids))]
+        sizes = [int(members.sum()) for members in videos]
+        for members, quota in zip(videos, proportional_split(cells, sizes)):
+            frames = [(members & (layout.frame == f)).nonzero().squeeze(1) for f in layout.frame[members].unique()]
+            quotas = proportional_split(quota, [len(tokens) for tokens in frames])
+            for segment in dynamic_segments(torch.stack([features[t].float().mean(0) for t in frames]),
+                                             self.segments, self.similarity_threshold):
+                self._prune_segment([frames[f] for f in segment], [quotas[f] for f in segment],
+                                    features, saliency, destination)
+        return TokenReduction.from_destinations(destination)
+
+    def _prune_segment(self, frames, quotas, features, saliency, destination) -> None:
+        """Salient tokens of each frame kept; the segment's other tokens folded into its anchors' density peaks."""
+        salient_counts = [quota - int(quota * self.contextual_share) for quota in quotas]
+        others = []
+        for tokens, count in zip(frames, salient_counts):
+            kept = tokens[top_tokens(saliency[tokens], count)]
+            destination[kept] = kept
+            others.append(tokens[destination[tokens] < 0])
+        contextual = sum(quotas) - sum(salient_counts)
+        anchors = list(range(len(frames) - 1, -1, -self.anchor_stride))
+        capacity = [len(others[a]) for a in anchors]
+        peaks = []
+        for anchor, count in zip(anchors, apportion(contextual, [1.0] * len(anchors), capacity)):
+            if count:
+                _, centres = density_peak_clusters(features[others[anchor]], count, neighbours=4)
+                peaks.append(others[anchor][centres])
+        pool = torch.cat(others)
+        if not peaks or not pool.numel():
+            return
+        peaks = torch.cat(peaks)
+        unit = torch.nn.functional.normalize(features.float(), dim=-1)
+        destination[pool] = peaks[(unit[pool] @ unit[peaks].T).argmax(dim=1)]
+        destination[peaks] = peaks
+
+
+def dynamic_segments(global_features: torch.Tensor, segments: int, threshold: float) -> list[list[int]]:
+    """DySeg: frame indices of each segment, cut after frame t where frames t and t + 1 are among the
+    `segments` − 1 least similar neighbours or less similar than `threshold` (cosine)."""
+    count = global_features.shape[0]
+    unit = torch.nn.functional.normalize(global_features.float(), dim=-1)
+    similarity = (unit[:-1] * unit[1:]).sum(dim=-1)
+    lowest = torch.sort(similarity, stable=True).indices[: segments - 1].tolist()
+    cuts = sorted(set(lowest) | set((similarity < threshold).nonzero().squeeze(1).tolist()))
+    bounds = [0, *(t + 1 for t in cuts), count]
+    return [list(range(start, end)) for start, end in zip(bounds[:-1], bounds[1:]) if end > start]
