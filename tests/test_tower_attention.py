@@ -180,7 +180,7 @@ def test_qwen_tower_scores_are_put_back_in_the_order_the_tower_outputs_its_token
     model = model_for(family)
     adapter = adapter_for(model)
     if family == "qwen2_5_vl":
-        inputs = tiny.qwen2_5_vl_inputs(clip, "What is moving?", size=168)
+        inputs = tiny.qwen_vl_inputs(clip, "What is moving?", size=168)
     else:
         inputs = inputs_for(family, clip, "What is moving?")
     merged = []

@@ -238,28 +238,6 @@ def frame_batch_inputs(model, frames: torch.Tensor | list[torch.Tensor], questio
     return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": torch.cat(pixels)}
 
 
-def qwen2_5_vl_inputs(frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], size: int = 112) -> dict:
-    """Model inputs for one video per prompt; videos may have different frame counts."""
-    frames = [frames] if isinstance(frames, torch.Tensor) else frames
-    questions = [questions] * len(frames) if isinstance(questions, str) else questions
-    patches, grids, rows = [], [], []
-    for clip, question in zip(frames, questions):
-        flat, grid = qwen_vl_pixels(clip, size, size)
-        t, h, w = grid[0].tolist()
-        patches.append(flat)
-        grids.append(grid)
-        rows.append(text_ids("user: ") + [VISION_START] + [VIDEO] * (t * h * w // 4) + [VISION_END] + text_ids(f"\n{question}\nassistant:"))
-    ids, mask = left_pad(rows)
-    token_types = (ids == VIDEO).long() * 2
-    return {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "pixel_values_videos": torch.cat(patches),
-        "video_grid_thw": torch.cat(grids),
-        "mm_token_type_ids": token_types,
-    }
-
-
 TINY_MODELS = {
     "llava_onevision": tiny_llava_onevision,
     "llava_next_video": tiny_llava_next_video,
@@ -272,23 +250,29 @@ TINY_MODELS = {
 }
 
 
-def qwen3_vl_inputs(
-    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], size: int = 128, fps: float = 8.0
+def qwen_vl_inputs(
+    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], size: int = 112, patch_size: int = 14,
+    fps: float | None = None,
 ) -> dict:
-    """Model inputs for one video per prompt, as Qwen3-VL's processor lays them out: each temporal patch is
-    `<t seconds>` + vision start + its tokens + vision end (t: the patch's mean frame time at `fps`)."""
+    """Model inputs for one video per prompt (videos may have different frame counts), as the Qwen-VL processors
+    lay them out: vision start + all the video's tokens + vision end (Qwen2/2.5-VL) or, given the `fps`
+    (Qwen3-VL, Qwen3.5), each temporal patch on its own: `<t seconds>` + vision start + its tokens + vision end
+    (t: the patch's mean frame time)."""
     frames = [frames] if isinstance(frames, torch.Tensor) else frames
     questions = [questions] * len(frames) if isinstance(questions, str) else questions
     patches, grids, rows = [], [], []
     for clip, question in zip(frames, questions):
-        flat, grid = qwen_vl_pixels(clip, size, size, patch_size=16)
+        flat, grid = qwen_vl_pixels(clip, size, size, patch_size=patch_size)
         t, h, w = grid[0].tolist()
         patches.append(flat)
         grids.append(grid)
-        video = []
-        for unit in range(t):
-            timestamp = text_ids(f"<{(2 * unit + 0.5) / fps:.1f} seconds>")
-            video += timestamp + [VISION_START] + [VIDEO] * (h * w // 4) + [VISION_END]
+        if fps is None:
+            video = [VISION_START] + [VIDEO] * (t * h * w // 4) + [VISION_END]
+        else:
+            video = []
+            for unit in range(t):
+                timestamp = text_ids(f"<{(2 * unit + 0.5) / fps:.1f} seconds>")
+                video += timestamp + [VISION_START] + [VIDEO] * (h * w // 4) + [VISION_END]
         rows.append(text_ids("user: ") + video + text_ids(f"\n{question}\nassistant:"))
     ids, mask = left_pad(rows)
     return {
@@ -321,9 +305,9 @@ def internvl_inputs(
 def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
     """Inputs for one video per prompt for any tiny model (lists make a left-padded batch)."""
     if model.config.model_type == "qwen2_5_vl":
-        return qwen2_5_vl_inputs(frames, questions)
-    if model.config.model_type in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5"):
-        return qwen3_vl_inputs(frames, questions)
+        return qwen_vl_inputs(frames, questions)
+    if model.config.model_type in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5"):  # 16-px patches, timestamps at 8 fps
+        return qwen_vl_inputs(frames, questions, size=128, patch_size=16, fps=8.0)
     if model.config.model_type == "internvl":
         return internvl_inputs(frames, questions)
     return frame_batch_inputs(model, frames, questions)

@@ -29,6 +29,8 @@ class Adapter:
     packed_vision_attention: ClassVar[bool] = False  # whether the tower's attention takes packed windows (cu_seqlens)
     encoder_side: ClassVar[bool] = True  # whether a pre-encoder method can keep frames from the tower (not InternVL)
     tower_has_cls: ClassVar[bool] = False  # whether tower tokens start with a CLS token (VisionZip reads its row)
+    video_pixels: ClassVar[str] = "pixel_values_videos"  # the call keyword of video pixels (InternVL: its images')
+    video_modality: ClassVar[str] = "video"  # their key in pre-encoded `mm_encoder_outputs`
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -52,7 +54,8 @@ class Adapter:
 
     def carries_video(self, call_kwargs: dict[str, Any]) -> bool:
         """Whether this call brings video features; without them HF treats video placeholder ids as text."""
-        return call_kwargs.get("pixel_values_videos") is not None or compat.encoded_video(call_kwargs) is not None
+        encoded = compat.encoded_video(call_kwargs, self.video_modality)
+        return call_kwargs.get(self.video_pixels) is not None or encoded is not None
 
     def visual_layouts(self, call_kwargs: dict[str, Any]) -> list[VisualLayout] | None:
         """Per sample, the layout of the video tokens of this call; None when input_ids are not given."""

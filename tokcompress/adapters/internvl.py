@@ -10,7 +10,7 @@ method (framededup) chooses frames from their features before the LLM: the tower
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import torch
 
@@ -25,14 +25,11 @@ class InternVLAdapter(Adapter):
     model_type = "internvl"
     encoder_side: ClassVar[bool] = False
     tower_has_cls = True
+    video_pixels, video_modality = "pixel_values", "image"
 
     @property
     def video_token_id(self) -> int:
         return self.config.image_token_id
-
-    def carries_video(self, call_kwargs: dict[str, Any]) -> bool:
-        encoded = call_kwargs.get("mm_encoder_outputs") or {}
-        return call_kwargs.get("pixel_values") is not None or encoded.get("image") is not None
 
     def video_layouts(self, input_ids, call_kwargs):
         per_frame = self.config.image_seq_length

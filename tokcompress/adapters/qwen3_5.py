@@ -8,6 +8,8 @@ tokens it saw; decode-time KV selection touches the softmax layers only (`Adapte
 
 from __future__ import annotations
 
+import functools
+
 from torch import nn
 
 from .base import rotate
@@ -18,20 +20,22 @@ class Qwen3_5Adapter(Qwen3VLAdapter):
     model_type = "qwen3_5"
 
     def project_queries(self, layer, hidden, cos, sin):
-        layer = self._softmax_layer(layer)
+        layer = self._scoring_layer[layer]
         attention = layer.self_attn
         projected = attention.q_proj(layer.input_layernorm(hidden)).view(len(hidden), -1, 2 * attention.head_dim)
         queries = attention.q_norm(projected[..., : attention.head_dim])  # the other half gates the output
         return rotate(queries.transpose(0, 1), cos, sin)
 
     def project_keys(self, layer, hidden, cos, sin):
-        return super().project_keys(self._softmax_layer(layer), hidden, cos, sin)
+        return super().project_keys(self._scoring_layer[layer], hidden, cos, sin)
 
-    def _softmax_layer(self, layer: nn.Module) -> nn.Module:
-        """A linear-attention layer has no attention map: a method scoring with one reads the next softmax layer's
-        (the last one's, past the last), projecting the hidden states that enter `layer`."""
-        if hasattr(layer, "self_attn"):
-            return layer
-        index = next(i for i, candidate in enumerate(self.layers) if candidate is layer)
-        softmax_layers = sorted(self.kv_layers)
-        return self.layers[next((i for i in softmax_layers if i > index), softmax_layers[-1])]
+    @functools.cached_property
+    def _scoring_layer(self) -> dict[nn.Module, nn.Module]:
+        """Per decoder layer, the softmax layer whose q/k score tokens there: itself, or - a linear-attention layer
+        has no attention map - the next softmax layer (the last one, past the last), projecting the hidden
+        states that enter the linear layer."""
+        softmax = sorted(self.kv_layers)
+        return {
+            layer: self.layers[next((i for i in softmax if i >= index), softmax[-1])]
+            for index, layer in enumerate(self.layers)
+        }

@@ -198,9 +198,11 @@ ENCODE_VIDEOS = "get_video_features"
 DEEPSTACK_MASK, DEEPSTACK_FEATURES = "visual_pos_masks", "deepstack_visual_embeds"
 
 
-def encoded_video(call_kwargs: dict[str, Any]) -> torch.Tensor | tuple[torch.Tensor, ...] | None:
-    """The pre-encoded video features a call carries, or None."""
-    encoded = (call_kwargs.get("mm_encoder_outputs") or {}).get("video")
+def encoded_video(
+    call_kwargs: dict[str, Any], modality: str = "video"
+) -> torch.Tensor | tuple[torch.Tensor, ...] | None:
+    """The pre-encoded video features a call carries (InternVL's frames: modality "image"), or None."""
+    encoded = (call_kwargs.get("mm_encoder_outputs") or {}).get(modality)
     return None if encoded is None else encoded.pooler_output
 
 

@@ -204,7 +204,7 @@ class Engine:
         if prompt:
             rows, input_ids = generate_rows or 1, kwargs.get("input_ids")
             self._local.prompt = _Prompt(layouts, rows, generate_rows is not None, input_ids)
-            if kwargs.get("pixel_values_videos") is not None or kwargs.get("pixel_values") is not None:
+            if kwargs.get(self.adapter.video_pixels) is not None:
                 self._local.encoded = None  # this forward encodes its videos itself
             return None
         state = GenerationState.of(cache, self.key)
