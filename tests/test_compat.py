@@ -127,13 +127,13 @@ def test_transformers_newer_than_tested_warns_once_naming_the_tested_range(monke
     monkeypatch.setattr(compat, "_warned_untested", False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        for version in ("5.23.0", "5.24.0", "5.24.7"):
+        for version in ("5.23.0", "5.24.0", "5.25.3"):
             compat.check_transformers_version(version)
         assert not caught
-        compat.check_transformers_version("5.25.0")
-        compat.check_transformers_version("5.26.1")
+        compat.check_transformers_version("5.26.0")
+        compat.check_transformers_version("5.27.1")
     assert len(caught) == 1 and caught[0].category is compat.UntestedTransformersWarning
-    assert "tested with transformers 5.23-5.24.x, found 5.25.0" in str(caught[0].message)
+    assert "tested with transformers 5.23-5.25.x, found 5.26.0" in str(caught[0].message)
 
 
 def test_patch_applies_the_version_policy(monkeypatch):

@@ -2,7 +2,7 @@
 
 transformers renames what the engine hooks every few releases; everything the engine reads from or writes
 to call keywords, outputs, mask builders and caches goes through here, so a release that moves one of them
-is an edit to this file. Touchpoints, from the floor (5.23) to the newest tested release (5.24):
+is an edit to this file. Touchpoints, from the floor (5.23) to the newest tested release (5.25):
 
 - the cache keyword of every forward (multimodal model, language model, decoder layer, attention):
   `past_key_values` until 5.23, `cache` from 5.24 (the old name is still accepted, with a deprecation, until
@@ -55,7 +55,7 @@ from transformers.vision_utils import get_vision_window_index
 
 FLOOR = Version("5.23")
 """Oldest transformers release tokcompress supports (pyproject's lower bound)."""
-NEWEST_TESTED = Version("5.24")
+NEWEST_TESTED = Version("5.25")
 """Newest transformers minor release the test suite ran on."""
 
 # transformers renamed the cache everywhere at once (5.24); the mask builder's signature tells which name it uses.
