@@ -23,9 +23,10 @@ from tokcompress.methods.base import DecodeSample, LayerSample
 from .conftest import TINY, generate, inputs_for, logits, model_for, softmax_layers
 
 NO_PUBLISHED_RULE = {"none", "random", "uniform"}
-TRANSCRIBED = {  # visionzip and fastvid: in test_tower_attention.py
+# visionzip, fastvid: transcribed in test_tower_attention.py; holitom, aim, tsllava: test_fidelity_holitom_aim_tsllava.py
+TRANSCRIBED = {
     "tome", "fastv", "framefusion", "dycoke", "framededup", "divprune", "vidcom2", "pdrop", "prunevid", "sparsevlm",
-    "visionzip", "fastvid",
+    "visionzip", "fastvid", "holitom", "aim", "tsllava",
 }
 TEMPORAL_MERGERS = ("tome", "framefusion", "dycoke", "framededup", "prunevid")
 

@@ -174,9 +174,15 @@ def _layer_samples(method, adapter, state, layer_index, layer, hidden, group, kw
             scores = _query_attention(adapter, layer, hidden, position_embeddings, group, b, query_slots, False)
             return scores[..., slots]
 
+        def queries_and_keys(b=b, slots=slots, valid=valid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            real = valid.nonzero().squeeze(1)
+            cos, sin = (sample_row(t, b)[real] for t in position_embeddings)
+            queries = adapter.project_queries(layer, hidden[b, real], cos, sin)
+            return queries, adapter.project_keys(layer, hidden[b, real], cos, sin), torch.searchsorted(real, slots)
+
         samples.append(LayerSample(
             layer_index, hidden[b, slots], layout, budget, memory, attention_to_visual,
-            hidden[b, question_slots], question_attention,
+            hidden[b, question_slots], question_attention, queries_and_keys,
         ))
     return samples
 

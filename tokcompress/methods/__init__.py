@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+from .aim import AIM
 from .base import DECODE, IN_LLM, PRE_ENCODER, PRE_LLM, LayerBudget, Method, ModelSpec, TokenReduction
 from .compose import Compose
 from .divprune import DivPrune
@@ -13,12 +14,14 @@ from .fastv import FastV
 from .fastvid import FastVID
 from .framededup import FrameDedup
 from .framefusion import FrameFusion
+from .holitom import HoliTom
 from .identity import NoCompression
 from .pdrop import PDrop
 from .prunevid import PruneVid
 from .random_prune import RandomPrune
 from .sparsevlm import SparseVLM
 from .tome import ToMe
+from .tsllava import TSLLaVA
 from .uniform import UniformSample
 from .vidcom2 import VidCom2
 from .visionzip import VisionZip
@@ -45,7 +48,7 @@ def register_method(cls: type[Method] | None = None, *, name: str | None = None,
 
 for _method in (
     NoCompression, RandomPrune, UniformSample, ToMe, FastV, FrameFusion, DyCoke, FrameDedup, DivPrune, VidCom2, PDrop,
-    PruneVid, SparseVLM, VisionZip, FastVID,
+    PruneVid, SparseVLM, VisionZip, FastVID, HoliTom, AIM, TSLLaVA,
 ):
     register_method(_method)
 
@@ -91,6 +94,7 @@ def build_method(method: str | Method | type[Method] | list, ratio: Any = None, 
 
 
 __all__ = [
+    "AIM",
     "DECODE",
     "IN_LLM",
     "PRE_ENCODER",
@@ -100,8 +104,10 @@ __all__ = [
     "DivPrune",
     "DyCoke",
     "FastV",
+    "FastVID",
     "FrameDedup",
     "FrameFusion",
+    "HoliTom",
     "LayerBudget",
     "Method",
     "ModelSpec",
@@ -111,9 +117,11 @@ __all__ = [
     "RandomPrune",
     "SparseVLM",
     "ToMe",
+    "TSLLaVA",
     "TokenReduction",
     "UniformSample",
     "VidCom2",
+    "VisionZip",
     "build_method",
     "list_methods",
     "register_method",

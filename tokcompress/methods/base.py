@@ -162,6 +162,9 @@ class LayerSample:
     question: torch.Tensor | None = None  # (q, D) hidden states of the text after the last visual token, in order
     # rows of the question (None: all) -> (heads, rows, n) attention each row pays the visual tokens, per head
     question_attention: Callable[[torch.Tensor | None], torch.Tensor] | None = None
+    # () -> (queries (Hq, m, d), keys (Hkv, m, d), visual (n,)): the layer's own rotary-embedded q/k of all m
+    # tokens of the sample in sequence order, and where its visual tokens sit among them (AIM's full graph)
+    queries_and_keys: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
 
 
 @dataclass

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from ..ops import density_peak_clusters
+from ..ops import density_peak_clusters, fold_clusters
 from .base import IN_LLM, PRE_LLM, LayerBudget, LayerSample, Method, ModelSpec, TokenReduction, check_int, top_tokens
 
 PAPER_LAYER, PAPER_DEPTH = 10, 28  # layer 10 of the 7B LLMs' 28
@@ -109,9 +109,11 @@ def merge_destinations(
             static = static_cells(features[window], tau)
             if static.any():
                 static_tokens = window[:, static]  # (W, cells): every frame's token of each static cell
-                _fold_clusters(destination, features, static_tokens[0], cluster_ratio, static_tokens)
+                clusters = _cluster_count(static_tokens.shape[1], cluster_ratio)
+                fold_clusters(destination, features, static_tokens, clusters)
             for frame_tokens in window[:, ~static]:
-                _fold_clusters(destination, features, frame_tokens, cluster_ratio, frame_tokens[None])
+                clusters = _cluster_count(frame_tokens.numel(), cluster_ratio)
+                fold_clusters(destination, features, frame_tokens[None], clusters)
     return destination
 
 
@@ -157,20 +159,6 @@ def static_cells(window: torch.Tensor, tau: float) -> torch.Tensor:
     return pairs > tau
 
 
-def _fold_clusters(destination, features, representatives, cluster_ratio, groups) -> None:
-    """Fold every token of `groups` ((rows, n) token indices; column j is one unit, represented by
-    `representatives[j]`) into a cluster of the units: clustered (density peaks) to int(n · cluster_ratio)
-    when there are more than MIN_TO_CLUSTER units, each cluster landing on its earliest token."""
-    n = representatives.numel()
-    if n == 0:
-        return
-    unit_features = features[groups].float().mean(dim=0)  # (n, D): a static cell's mean over the window
-    if n > MIN_TO_CLUSTER and cluster_ratio < 1:
-        assignment = density_peak_clusters(unit_features, max(math.floor(n * cluster_ratio), 1), NEIGHBOURS)[0]
-    else:
-        assignment = torch.arange(n, device=features.device)
-    everything = groups.reshape(-1)
-    cluster_of = assignment.repeat(groups.shape[0])
-    earliest = torch.full((int(assignment.max()) + 1,), everything.max() + 1, device=features.device)
-    earliest = earliest.scatter_reduce(0, cluster_of, everything, reduce="amin")
-    destination[everything] = earliest[cluster_of]
+def _cluster_count(units: int, cluster_ratio: float) -> int:
+    """int(n · cluster_ratio) clusters, only above MIN_TO_CLUSTER units (the official code's threshold)."""
+    return max(math.floor(units * cluster_ratio), 1) if units > MIN_TO_CLUSTER and cluster_ratio < 1 else units

@@ -62,7 +62,7 @@ class ToMe(Method):
         level = _TEMPORAL
         while alive.numel() > max(target, 1):
             window_id, is_a = _split(layout, alive, level, self.window)
-            source, destination, score = _match_within_windows(values, window_id, is_a)
+            source, destination, score = match_within_windows(values, window_id, is_a)
             merges = min(alive.numel() - target, source.numel())
             if merges == 0:  # no window holds both sets at this level: widen
                 level += 1
@@ -96,7 +96,7 @@ def _split(layout: VisualLayout, alive: torch.Tensor, level: int, window: int) -
     return window_id, rank % 2 == 0
 
 
-def _match_within_windows(values: torch.Tensor, window_id: torch.Tensor, is_a: torch.Tensor):
+def match_within_windows(values: torch.Tensor, window_id: torch.Tensor, is_a: torch.Tensor):
     """Match every A token to its most similar B token of the same window; at most half a window may merge.
 
     Returns (source, destination, score) for the A tokens allowed to merge this round: each one, its best B

@@ -53,3 +53,33 @@ def attention_received(queries: torch.Tensor, keys: torch.Tensor, from_first: bo
     for start in range(0, queries.shape[2], chunk):
         received += (queries[:, :, start : start + chunk].float() @ keys * scale).softmax(dim=-1).sum(dim=2)
     return received.mean(dim=1) / queries.shape[2]
+
+
+def attention_pagerank(
+    queries: torch.Tensor, keys: torch.Tensor, temperature: float = 0.1, iterations: int = 5, chunk: int = 256
+) -> torch.Tensor:
+    """AIM's token importance: per head, a distribution over the tokens starts uniform and takes `iterations`
+    steps dist ← dist · M, M = softmax(causal q·kᵀ/√d / temperature) over every query row; the importance is
+    √(mean over heads of dist²).
+
+    queries: (Hq, m, d), keys: (Hkv, m, d) of m tokens in sequence order, grouped-query aware → (m,) fp32.
+    Query rows go `chunk` at a time (memory O(Hq·chunk·m)); each step costs one attention's q·kᵀ.
+    """
+    num_heads, count, head_dim = queries.shape
+    num_kv_heads = keys.shape[0]
+    group = num_heads // num_kv_heads
+    keys_t = keys.float().transpose(-1, -2)  # (Hkv, d, m)
+    scale = head_dim**-0.5 / temperature
+    position = torch.arange(count, device=queries.device)
+    distribution = torch.full((num_heads, count), 1.0 / count, device=queries.device)
+    for _ in range(iterations):
+        step = torch.zeros_like(distribution)
+        for start in range(0, count, chunk):
+            rows = queries[:, start : start + chunk].float()
+            width = rows.shape[1]
+            logits = (rows.reshape(num_kv_heads, group * width, head_dim) @ keys_t).reshape(num_heads, width, count)
+            future = position[None, :] > position[start : start + width, None]
+            transition = (logits * scale).masked_fill(future, float("-inf")).softmax(dim=-1)
+            step += (distribution[:, start : start + width, None] * transition).sum(dim=1)
+        distribution = step
+    return distribution.square().mean(dim=0).sqrt()

@@ -32,3 +32,24 @@ def density_peak_clusters(features: torch.Tensor, clusters: int, neighbours: int
     assignment = distance[:, centres].argmin(dim=1)
     assignment[centres] = torch.arange(clusters, device=x.device)
     return assignment, centres
+
+
+def fold_clusters(
+    destination: torch.Tensor, features: torch.Tensor, groups: torch.Tensor, clusters: int, neighbours: int = 7
+) -> None:
+    """Fold every token of `groups` ((rows, n) token indices; column j is one unit, e.g. a static cell over a
+    window's frames) into one of `clusters` density-peak clusters of the units (their mean over the rows),
+    each cluster landing on its earliest token (DPC-KNN with k = `neighbours`). Every unit is its own cluster
+    when `clusters` ≥ n."""
+    n = groups.shape[1]
+    if n == 0:
+        return
+    if clusters < n:
+        assignment = density_peak_clusters(features[groups].float().mean(dim=0), clusters, neighbours)[0]
+    else:
+        assignment = torch.arange(n, device=features.device)
+    everything = groups.reshape(-1)
+    cluster_of = assignment.repeat(groups.shape[0])
+    earliest = torch.full((int(assignment.max()) + 1,), int(everything.max()) + 1, device=features.device)
+    earliest = earliest.scatter_reduce(0, cluster_of, everything, reduce="amin")
+    destination[everything] = earliest[cluster_of]

@@ -1,0 +1,201 @@
+"""`holitom` (HoliTom, Shao et al., NeurIPS'25): merge what stays still over globally chosen time windows, keep
+each frame's most attended moving tokens, then merge again inside the LLM."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ..layout import VisualLayout
+from ..ops import fold_clusters
+from .base import (
+    IN_LLM,
+    PRE_LLM,
+    LayerBudget,
+    LayerSample,
+    Method,
+    ModelSpec,
+    TokenReduction,
+    apportion,
+    check_int,
+    merge_destinations,
+    proportional_split,
+    top_tokens,
+    tower_attention,
+)
+
+PAPER_LAYER, PAPER_DEPTH = 18, 28  # the scripts' HOLITOM_k = 18 of LLaVA-OV-7B's 28 layers
+PAPER_RETAIN, PAPER_INNER_MERGE = 0.10, 0.5  # RETAIN_RATIO and HOLITOM_r
+PAPER_RATIO = PAPER_RETAIN * (PAPER_LAYER + (PAPER_DEPTH - PAPER_LAYER) * (1 - PAPER_INNER_MERGE)) / PAPER_DEPTH
+
+
+@dataclass
+class HoliTom(Method):
+    """Holistic token merging: outside the LLM over time and space, inside it once more.
+
+    Before the LLM, per video: the frames are cut into windows by dynamic programming, maximising over the
+    windows Σ (W − 1) · (cells whose consecutive-frame cosines all exceed `tau` inside the window) - the
+    tokens a window's static cells save. A static cell of a window folds into one token (its W frames); the
+    window's static cells are then clustered (DPC-KNN, k = 7) and each cluster merged; every frame keeps its
+    most attended dynamic tokens (the attention each token gets in the vision tower) and drops the others.
+    Static clusters and dynamic tokens take the same retained share: the pre-LLM count over what the static
+    merge leaves. Inside the LLM, before layer `inner_layer`, the `inner_merge` share of the visual tokens
+    with the least attention from the last token (the layer before's own q/k) fold into their most similar
+    (cosine) kept token.
+
+    ratio: 0.082 (the scripts' RETAIN_RATIO 0.10 before the LLM, halved from layer 18 of 28); tau: 0.8 (T);
+    inner_layer: None = the scripts' 18 of 28 scaled to the model's depth; inner_merge: 0.5 (0 turns the
+    inner merge off); max_window: 1024.
+
+    Departures:
+    - Counts are apportioned so the kept total meets the budget within one token (official: round / ceil per
+      window and frame); the pre-LLM count is what the inner merge leaves room for in the layer average.
+      Where the static merge would leave fewer tokens than the budget, τ rises (to the lowest cosine that
+      leaves enough) instead of ending below the ratio as the official code does.
+    - Every merge is a size-weighted mean placed at its earliest member's original position (official:
+      β · centre + (1 − β) · mean for clusters, sequential (a + b) / 2 inside the LLM); positions stay original.
+    - Saliency is the attention each token gets in the vision tower's feature layer (see `visionzip`), read
+      from the tower's own q/k; the official code swaps in an eager SigLIP that returns attentions.
+    - D = 0 (no contextual merging of the dropped dynamic tokens), the code's default; any batch size.
+    """
+
+    ratio: float = PAPER_RATIO
+    tau: float = 0.8
+    inner_layer: int | None = None
+    inner_merge: float = PAPER_INNER_MERGE
+    max_window: int = 1024
+
+    name = "holitom"
+    stages = (PRE_LLM, IN_LLM)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("holitom", "inner_layer", self.inner_layer, 1, optional=True)
+        check_int("holitom", "max_window", self.max_window, 1)
+        if not 0.0 <= self.inner_merge < 1.0:
+            raise ValueError(f"holitom inner_merge must lie in [0, 1), got {self.inner_merge!r}")
+        if not -1.0 <= self.tau <= 1.0:
+            raise ValueError(f"holitom tau must lie in [-1, 1], got {self.tau!r}")
+
+    def bind(self, spec: ModelSpec) -> HoliTom:
+        if self.inner_layer is not None and self.inner_layer >= spec.num_layers:
+            raise ValueError(
+                f"holitom inner_layer={self.inner_layer} but the model has {spec.num_layers} layers; pass a smaller one"
+            )
+        return self
+
+    def uses_tower_attention(self) -> bool:
+        return True
+
+    def merge_layer(self, num_layers: int) -> int:
+        if self.inner_layer is not None:
+            return self.inner_layer
+        return min(max(round(PAPER_LAYER / PAPER_DEPTH * num_layers), 1), num_layers - 1)
+
+    def tokens_into_llm(self, budget: LayerBudget, available: int) -> int:
+        """The pre-LLM count whose layer average, with the inner merge's share gone from `merge_layer` on, is
+        the ratio (at most what is there)."""
+        layers, inner = budget.num_layers, self.merge_layer(budget.num_layers)
+        shrink = (inner + (layers - inner) * (1 - self.inner_merge)) / layers if layers > 1 else 1.0
+        return min(round(self.ratio * budget.num_visual / shrink), available)
+
+    def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
+        saliency = tower_attention(layout, self.name)
+        count = self.tokens_into_llm(budget, layout.num_tokens)
+        destination, cells = merge_destinations(layout, count, features.device)
+        videos = [((layout.video == v) & ~layout.is_separator).nonzero().squeeze(1) for v in range(len(layout.grids))]
+        for members, quota in zip(videos, proportional_split(cells, [len(m) for m in videos])):
+            if len(members):
+                frames = len(layout.frame[members].unique())
+                self._merge_video(members.view(frames, -1), quota, features, saliency, destination)
+        return TokenReduction.from_destinations(destination)
+
+    def _merge_video(self, grid, quota, features, saliency, destination) -> None:
+        """grid: (T, cells) token indices of one video, frame-major. Static cells of each window fold and
+        cluster; each frame's top dynamic tokens stay."""
+        similarity = consecutive_similarity(features[grid])
+        windows, statics, units = self._static_plan(similarity, self.tau, grid.numel())
+        if units < quota:  # the static merge alone would go below the budget: raise τ until it does not
+            levels = torch.unique(similarity[similarity >= self.tau])  # at the top one nothing is static
+            low, high = 0, len(levels) - 1
+            while low < high:
+                middle = (low + high) // 2
+                if self._static_plan(similarity, float(levels[middle]), grid.numel())[2] >= quota:
+                    high = middle
+                else:
+                    low = middle + 1
+            windows, statics, _ = self._static_plan(similarity, float(levels[low]), grid.numel())
+        groups = []  # (tokens (rows, units), is_static): a window's static cells, or one frame's dynamic tokens
+        for (start, end), static in zip(windows, statics):
+            if static.any():
+                groups.append((grid[start:end, static], True))
+            groups += [(frame[~static][None], False) for frame in grid[start:end]]
+        sizes = [tokens.shape[1] for tokens, _ in groups]
+        for (tokens, is_static), count in zip(groups, apportion(quota, [float(s) for s in sizes], sizes)):
+            if is_static and count:
+                fold_clusters(destination, features, tokens, count)
+            elif count:
+                kept = tokens[0][top_tokens(saliency[tokens[0]], count)]
+                destination[kept] = kept
+
+    def _static_plan(self, similarity: torch.Tensor, tau: float, tokens: int):
+        """(windows, static cells of each, units left after folding every window's static cells)."""
+        windows = holistic_windows(similarity, tau, self.max_window)
+        statics = [static_cells(similarity[start : end - 1], tau) for start, end in windows]
+        folded = sum((end - start - 1) * int(static.sum()) for (start, end), static in zip(windows, statics))
+        return windows, statics, tokens - folded
+
+    def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
+        layer = self.merge_layer(sample.budget.num_layers)
+        if self.inner_merge and sample.layer == max(layer - 1, 0):  # the layer before scores, as the official code
+            sample.memory["importance"] = sample.attention_to_visual(1)
+        if not self.inner_merge or sample.layer != layer:
+            return None
+        importance = sample.memory.pop("importance")
+        count = sample.features.shape[0]
+        keep = min(sample.budget.tokens_per_layer(), count)
+        if keep >= count or keep == 0:
+            return None if keep else TokenReduction.prune(torch.zeros(0, dtype=torch.long, device=importance.device))
+        kept = top_tokens(importance, keep)
+        unit = torch.nn.functional.normalize(sample.features.float(), dim=-1)
+        destination = kept[(unit @ unit[kept].T).argmax(dim=1)]
+        destination[kept] = kept
+        return TokenReduction.from_destinations(destination)
+
+    def in_llm_finished(self, sample: LayerSample) -> bool:
+        return self.inner_merge == 0 or sample.layer >= self.merge_layer(sample.budget.num_layers)
+
+
+def consecutive_similarity(grid_features: torch.Tensor) -> torch.Tensor:
+    """(T − 1, cells) cosine between each cell and the same cell of the next frame. grid_features: (T, cells, D)."""
+    unit = torch.nn.functional.normalize(grid_features.float(), dim=-1)
+    return (unit[:-1] * unit[1:]).sum(dim=-1)
+
+
+def static_cells(similarity: torch.Tensor, tau: float) -> torch.Tensor:
+    """(cells,) bool: static in a window whose consecutive-frame cosines are `similarity` ((W − 1, cells)) -
+    every one above tau. A one-frame window has no static cell."""
+    if similarity.shape[0] == 0:
+        return torch.zeros(similarity.shape[1], dtype=torch.bool, device=similarity.device)
+    return (similarity > tau).all(dim=0)
+
+
+def holistic_windows(similarity: torch.Tensor, tau: float, max_window: int) -> list[tuple[int, int]]:
+    """HoliTom's global segmentation: [start, end) frame windows maximising Σ (W − 1) · static cells, by
+    dynamic programming over the window ends (ties go to the longer last window)."""
+    frames = similarity.shape[0] + 1
+    above = (similarity > tau).to(torch.int8)
+    best, cut = [0] + [-1] * frames, [0] * (frames + 1)
+    for end in range(1, frames + 1):
+        # static cells of every window [s, end): the cells above tau at all of s … end − 2
+        still = above[: end - 1].flip(0).cummin(dim=0).values.flip(0).sum(dim=1).tolist()
+        for start in range(max(end - max_window, 0), end):
+            saved = (end - start - 1) * still[start] if start < end - 1 else 0
+            if best[start] + saved > best[end]:
+                best[end], cut[end] = best[start] + saved, start
+    windows, end = [], frames
+    while end > 0:
+        windows.append((cut[end], end))
+        end = cut[end]
+    return windows[::-1]
