@@ -22,7 +22,6 @@ out=${OUT:-eval/results}
 mkdir -p "$out"
 python3 -m pip install -q --no-index --no-deps --target .site .whl/*.whl
 export PYTHONPATH=$PWD/.site:$PWD
-ln -sfn ../kernels tokcompress/kernels  # the package is not installed here: make tokcompress.kernels importable
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 if [ -z "${SKIP_KERNELS:-}" ]; then
     python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_ops.py 2>&1 | tail -5 | tee "$out/kernel_tests.txt"
