@@ -2,8 +2,9 @@
 
 For each frame count × method × ratio: prefill (time to first token: vision encoder + LLM prefill), decode
 time per token, end-to-end generate time, peak GPU memory, and the **ideal** - the same model's vision
-encoder on the full clip plus its LLM fed only as many visual tokens as the method kept (its layer-
-averaged count), with no hooks. measured − ideal is tokcompress's overhead.
+encoder on the share of the clip the method encoded, then the model's own `generate()` (no hooks) on the
+prompt's text plus as many visual tokens as the method kept (its layer-averaged count). Both go through
+`generate()`, so measured − ideal is tokcompress's overhead and nothing else.
 
     python eval/bench_latency.py --model llava-onevision-7b --frames 32 64 --device cuda    # random 7B weights
     python eval/bench_latency.py --model /path/to/checkpoint --frames 32                    # real weights
@@ -17,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import statistics
-import time
 from pathlib import Path
 
 import torch
@@ -42,9 +42,8 @@ from transformers import (
 
 import tokcompress
 from tokcompress.adapters import adapter_for
-from tokcompress.engine.compat import CACHE_KEYWORD, output_cache
-from tokcompress.ideal import ideal_prefill
-from tokcompress.timing import timed_generate, timed_generation
+from tokcompress.ideal import ideal_inputs
+from tokcompress.timing import timed_generate
 from tokcompress.tiny import frame_batch_video
 from tokcompress.video import IMAGENET_MEAN, IMAGENET_STD, qwen_vl_pixels, read_frames, resize_normalize, sample_clip
 
@@ -188,21 +187,9 @@ def measure_ideal(
     model, inputs: dict, visual_kept: int, new_tokens: int, repeats: int, device: str, encoded: float = 1.0
 ) -> dict:
     """The vision encoder on the clip (on the `encoded` fraction of its frame units, as the method did), then the
-    bare LLM on text + `visual_kept` tokens, greedy decode."""
-    prefill = ideal_prefill(model, inputs, visual_kept, encoded)
-    language_model, embed = model.model.language_model, model.get_input_embeddings()
-
-    def generation() -> float:
-        out = prefill()
-        cache, token = output_cache(out), model.lm_head(out.last_hidden_state[:, -1:]).argmax(-1)
-        token.cpu()  # generate's streamer gets the token on the CPU too: both clocks stop after a sync
-        first = time.perf_counter()
-        for _ in range(new_tokens - 1):
-            out = language_model(inputs_embeds=embed(token), use_cache=True, **{CACHE_KEYWORD: cache})
-            cache, token = output_cache(out), model.lm_head(out.last_hidden_state).argmax(-1)
-        return first
-
-    timing = timed_generation(generation, repeats, device, new_tokens)
+    model's own generate() on text + `visual_kept` tokens: the measured run's path, without hooks."""
+    encode, ideal = ideal_inputs(model, inputs, visual_kept, encoded)
+    timing = timed_generate(model, ideal, new_tokens, repeats, device, before=encode)
     return {f"ideal_{key}": value for key, value in timing.items() if key != "end_to_end_ms"}
 
 

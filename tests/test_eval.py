@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from .conftest import inputs_for, model_for
+
 EVAL = Path(__file__).parents[1] / "eval"
 
 
@@ -57,6 +59,21 @@ def test_latency_benchmark_smoke_run(tmp_path):
     assert abs(float(rows[1]["achieved_ratio"]) - 0.3) < 0.02
     assert [float(r["encoder_ratio"]) for r in rows] == [1.0, 1.0, 0.5]  # 2 frames, one encoded
     assert list(tmp_path.glob("latency_*_vs_ratio.png")) and list(tmp_path.glob("latency_*_breakdown.png"))
+
+
+def test_the_ideal_is_the_models_own_forward_and_generate_on_text_plus_the_kept_tokens(family, clip):
+    """Every family: the tower encodes, then the unpatched model prefills / generates text + kept tokens."""
+    from tokcompress.adapters import adapter_for
+    from tokcompress.ideal import ideal_inputs, ideal_prefill
+
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is happening?")
+    text = int((inputs["input_ids"] != adapter_for(model).video_token_id).sum())
+    with torch.no_grad():
+        assert ideal_prefill(model, inputs, 7, encoded=0.5)().logits.shape[1] == text + 7
+        encode, ideal = ideal_inputs(model, inputs, 7)
+        encode()
+        assert model.generate(**ideal, max_new_tokens=2, min_new_tokens=2, do_sample=False).shape[1] == 2
 
 
 def test_crossovers_come_from_the_measurements_and_the_dispatch_respects_committed_gpu_results():

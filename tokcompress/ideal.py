@@ -1,8 +1,9 @@
 """The ideal a compressed run is measured against: the same model fed only what the method kept.
 
-Its vision tower encodes the share of the clip the method encoded, and its bare LLM prefills the prompt's
-text plus as many visual tokens as the method kept (layer-averaged). `measured − ideal` is what compression
-itself and its plumbing cost.
+Its vision tower encodes the share of the clip the method encoded, and the model's own forward (or
+`generate`) runs, with no hooks, on the prompt's text plus as many visual tokens as the method kept
+(layer-averaged), handed in as embeddings. Timed on the path the measured run takes, `measured − ideal` is
+what compression itself and its plumbing cost.
 """
 
 from __future__ import annotations
@@ -10,20 +11,31 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+import torch
+
 from .adapters import adapter_for
 
 
+def ideal_inputs(model, inputs: dict, visual_kept: int, encoded: float = 1.0) -> tuple[Callable[[], Any], dict]:
+    """(encode, ideal): `encode()` runs the vision tower on the encoded share of the clip; `ideal` are the
+    keyword arguments of a forward or `generate` over the prompt's text and `visual_kept` visual tokens."""
+    adapter, video = adapter_for(model), encoded_share(inputs, encoded)
+    tower = adapter.multimodal_model
+    encode = tower.get_video_features if "pixel_values_videos" in video else tower.get_image_features
+    text = int((inputs["input_ids"] != adapter.video_token_id).sum())
+    embeds = model.get_input_embeddings()(inputs["input_ids"][:, :1].expand(1, text + visual_kept))
+    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
+    return (lambda: encode(**video)), {"inputs_embeds": embeds, "attention_mask": mask}
+
+
 def ideal_prefill(model, inputs: dict, visual_kept: int, encoded: float = 1.0) -> Callable[[], Any]:
-    """A zero-argument callable running that prefill (with a cache); it returns the LLM's output."""
-    video = encoded_share(inputs, encoded)
-    encode = model.get_video_features if "pixel_values_videos" in video else model.get_image_features
-    language_model, embed = model.model.language_model, model.get_input_embeddings()
-    text = int((inputs["input_ids"] != adapter_for(model).video_token_id).sum())
-    embeds = embed(inputs["input_ids"][:, :1].expand(1, text + visual_kept))
+    """A zero-argument callable: the tower, then the model's own forward on the kept tokens (what
+    `model(**inputs)` would cost had the prompt held only those)."""
+    encode, ideal = ideal_inputs(model, inputs, visual_kept, encoded)
 
     def prefill():
-        encode(**video)
-        return language_model(inputs_embeds=embeds, use_cache=True)
+        encode()
+        return model(**ideal)
 
     return prefill
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 
@@ -46,11 +47,16 @@ def timed_generation(generation: Callable[[], float], repeats: int, device: str,
                 end_to_end_ms=total * 1e3, peak_mib=peak)
 
 
-def timed_generate(model, inputs: dict, new_tokens: int, repeats: int, device: str) -> dict:
-    """`timed_generation` of greedy `model.generate(**inputs)` producing exactly `new_tokens` tokens."""
+def timed_generate(
+    model, inputs: dict, new_tokens: int, repeats: int, device: str, before: Callable[[], Any] | None = None
+) -> dict:
+    """`timed_generation` of greedy `model.generate(**inputs)` producing exactly `new_tokens` tokens, after
+    `before()` (inside the timed region) when given."""
 
     def generation() -> float:
         mark = FirstTokenMark()
+        if before is not None:
+            before()
         model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, streamer=mark)
         return mark.at
 
