@@ -23,10 +23,11 @@ from tokcompress.methods.base import DecodeSample, LayerSample
 from .conftest import TINY, generate, inputs_for, logits, model_for, softmax_layers
 
 NO_PUBLISHED_RULE = {"none", "random", "uniform"}
-# visionzip, fastvid: transcribed in test_tower_attention.py; holitom, aim, tsllava: test_fidelity_holitom_aim_tsllava.py
+# transcribed in test_tower_attention.py (visionzip, fastvid), test_fidelity_holitom_aim_tsllava.py and
+# test_encoder_merging.py (earlytom)
 TRANSCRIBED = {
     "tome", "fastv", "framefusion", "dycoke", "framededup", "divprune", "vidcom2", "pdrop", "prunevid", "sparsevlm",
-    "visionzip", "fastvid", "holitom", "aim", "tsllava",
+    "visionzip", "fastvid", "holitom", "aim", "tsllava", "earlytom",
 }
 TEMPORAL_MERGERS = ("tome", "framefusion", "dycoke", "framededup", "prunevid")
 

@@ -29,6 +29,7 @@ class Adapter:
     packed_vision_attention: ClassVar[bool] = False  # whether the tower's attention takes packed windows (cu_seqlens)
     encoder_side: ClassVar[bool] = True  # whether a pre-encoder method can keep frames from the tower (not InternVL)
     tower_has_cls: ClassVar[bool] = False  # whether tower tokens start with a CLS token (VisionZip reads its row)
+    frames_batched_in_tower: ClassVar[bool] = False  # whether the tower encodes a video's frames as a batch of images
     video_pixels: ClassVar[str] = "pixel_values_videos"  # the call keyword of video pixels (InternVL: its images')
     video_modality: ClassVar[str] = "video"  # their key in pre-encoded `mm_encoder_outputs`
 
@@ -94,6 +95,15 @@ class Adapter:
         """The per-token features the language model would add after its first `layers_with_additions` layers,
         taken out of its call kwargs so that the engine adds them to the tokens it keeps: (B, L, layers, D)."""
         return None
+
+    def frame_counts(self, encoder_args: dict[str, Any]) -> list[int]:
+        """Per video of a `get_video_features` call, its frames, where the tower encodes frames as a batch."""
+        raise NotImplementedError(f"{self.model_type}: the vision tower does not encode frames as a batch")
+
+    def tower_layers(self) -> tuple[nn.ModuleList, int]:
+        """(the tower's layers, how many of them lead to the features the model takes), where the tower encodes
+        frames as a batch: an in-encoder method folds frames between them."""
+        raise NotImplementedError(f"{self.model_type}: the vision tower does not encode frames as a batch")
 
     def tower_attention(self) -> nn.Module:
         """The attention module of the tower layer whose output becomes the visual tokens; while a method that

@@ -19,6 +19,7 @@ class FrameBatchAdapter(Adapter):
 
     separators_per_video: ClassVar[int] = 0
     tower_has_cls = True  # CLIP
+    frames_batched_in_tower = True
 
     def frame_grid(self) -> tuple[int, int]:
         raise NotImplementedError
@@ -69,6 +70,14 @@ class FrameBatchAdapter(Adapter):
             videos.append(torch.cat([full.flatten(0, 1), separators]))
         output.pooler_output = self.encoder_features(torch.stack(videos))
         return output
+
+    def frame_counts(self, encoder_args):
+        pixels = encoder_args["pixel_values_videos"]  # (videos, frames, 3, S, S)
+        return [pixels.shape[1]] * pixels.shape[0]
+
+    def tower_layers(self):
+        layers = self.vision_tower.encoder.layers
+        return layers, feature_layer_index(self.config) % len(layers) + 1
 
     def tower_attention(self):
         return self.vision_tower.encoder.layers[feature_layer_index(self.config)].self_attn

@@ -6,10 +6,11 @@ import dataclasses
 from typing import Any
 
 from .aim import AIM
-from .base import DECODE, IN_LLM, PRE_ENCODER, PRE_LLM, LayerBudget, Method, ModelSpec, TokenReduction
+from .base import DECODE, IN_ENCODER, IN_LLM, PRE_ENCODER, PRE_LLM, LayerBudget, Method, ModelSpec, TokenReduction
 from .compose import Compose
 from .divprune import DivPrune
 from .dycoke import DyCoke
+from .earlytom import EarlyTom
 from .fastv import FastV
 from .fastvid import FastVID
 from .framededup import FrameDedup
@@ -48,7 +49,7 @@ def register_method(cls: type[Method] | None = None, *, name: str | None = None,
 
 for _method in (
     NoCompression, RandomPrune, UniformSample, ToMe, FastV, FrameFusion, DyCoke, FrameDedup, DivPrune, VidCom2, PDrop,
-    PruneVid, SparseVLM, VisionZip, FastVID, HoliTom, AIM, TSLLaVA,
+    PruneVid, SparseVLM, VisionZip, FastVID, HoliTom, AIM, TSLLaVA, EarlyTom,
 ):
     register_method(_method)
 
@@ -96,6 +97,7 @@ def build_method(method: str | Method | type[Method] | list, ratio: Any = None, 
 __all__ = [
     "AIM",
     "DECODE",
+    "IN_ENCODER",
     "IN_LLM",
     "PRE_ENCODER",
     "METHODS",
@@ -103,6 +105,7 @@ __all__ = [
     "Compose",
     "DivPrune",
     "DyCoke",
+    "EarlyTom",
     "FastV",
     "FastVID",
     "FrameDedup",

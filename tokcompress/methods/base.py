@@ -20,8 +20,10 @@ import torch
 
 from ..layout import VisualLayout
 
-PRE_ENCODER, PRE_LLM, IN_LLM, DECODE = "pre_encoder", "pre_llm", "in_llm", "decode"
-"""The stages, in the order data flows: before the vision tower, before the LLM, inside it, while decoding."""
+PRE_ENCODER, IN_ENCODER = "pre_encoder", "in_encoder"
+PRE_LLM, IN_LLM, DECODE = "pre_llm", "in_llm", "decode"
+"""The stages, in the order data flows: before and inside the vision tower, before the LLM, inside it, while
+decoding."""
 
 
 def check_ratio(ratio: Any) -> float:
@@ -221,6 +223,23 @@ class Method:
         temporal patch of two frames), a cheap stand-in for what the tower would see.
         """
         raise NotImplementedError(f"{type(self).__name__} does not act before the vision encoder")
+
+    def encoder_merge_layers(self, depth: int) -> list[int]:
+        """The vision-tower layers (of the `depth` whose output the model uses) after which `reduce_in_encoder`
+        folds frames together."""
+        raise NotImplementedError(f"{type(self).__name__} does not act inside the vision encoder")
+
+    def reduce_in_encoder(
+        self, frames: torch.Tensor, sizes: torch.Tensor, layer: int, depth: int
+    ) -> TokenReduction | None:
+        """Which frames of one video fold together after tower layer `layer`, so later layers encode fewer:
+        a reduction over the frames, or None to leave them.
+
+        frames: (F, n, D) the hidden states of the frames still in the tower; sizes: (F,) how many of the
+        video's frames each stands for (merges are size-weighted means). Only for towers that encode a video's
+        frames as a batch of images (the LLaVA families); elsewhere the tower encodes every frame.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not act inside the vision encoder")
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         raise NotImplementedError(f"{type(self).__name__} does not act before the LLM")

@@ -10,6 +10,7 @@ import torch
 from ..layout import VisualLayout
 from .base import (
     DECODE,
+    IN_ENCODER,
     IN_LLM,
     PRE_ENCODER,
     PRE_LLM,
@@ -22,6 +23,7 @@ from .base import (
     check_ratio,
 )
 
+ENCODER_STAGES = (PRE_ENCODER, IN_ENCODER)
 LLM_STAGES = (PRE_LLM, IN_LLM, DECODE)
 
 
@@ -44,7 +46,7 @@ class Compose(Method):
         members = tuple(self.methods)
         if len(members) < 2 or not all(isinstance(m, Method) and not isinstance(m, Compose) for m in members):
             raise TypeError(f"Compose takes two or more tokcompress methods (not compositions), got {members!r}")
-        for stage in (PRE_ENCODER, *LLM_STAGES):
+        for stage in (*ENCODER_STAGES, *LLM_STAGES):
             acting = [m.name for m in members if stage in m.stages]
             if len(acting) > 1:
                 raise ValueError(
@@ -69,7 +71,8 @@ class Compose(Method):
 
     @property
     def stages(self) -> tuple[str, ...]:
-        return tuple(stage for stage in (PRE_ENCODER, *LLM_STAGES) if any(stage in m.stages for m in self.methods))
+        stages = (*ENCODER_STAGES, *LLM_STAGES)
+        return tuple(stage for stage in stages if any(stage in m.stages for m in self.methods))
 
     def _at(self, stage: str) -> Method:
         return next(m for m in self.methods if stage in m.stages)
@@ -91,6 +94,14 @@ class Compose(Method):
 
     def reduce_pre_encoder(self, signatures: torch.Tensor) -> torch.Tensor:
         return self._at(PRE_ENCODER).reduce_pre_encoder(signatures)
+
+    def encoder_merge_layers(self, depth: int) -> list[int]:
+        return self._at(IN_ENCODER).encoder_merge_layers(depth)
+
+    def reduce_in_encoder(
+        self, frames: torch.Tensor, sizes: torch.Tensor, layer: int, depth: int
+    ) -> TokenReduction | None:
+        return self._at(IN_ENCODER).reduce_in_encoder(frames, sizes, layer, depth)
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         return self._at(PRE_LLM).reduce_pre_llm(features, layout, budget)

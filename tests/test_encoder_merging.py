@@ -1,0 +1,142 @@
+"""The in-encoder stage: frames folded together between vision-tower layers (EarlyTom), on the families whose
+tower encodes a video's frames as a batch; elsewhere the tower encodes every frame."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tokcompress
+from tokcompress import tiny
+from tokcompress.adapters import ADAPTERS, adapter_for
+from tokcompress.methods import EarlyTom, FrameDedup
+from tokcompress.methods.earlytom import frame_segments, middle_merges, stratified_top
+
+from .conftest import FAMILIES, generate, inputs_for, model_for
+
+BATCHED = [f for f in FAMILIES if ADAPTERS[f].frames_batched_in_tower]
+
+
+def still(clip: torch.Tensor) -> torch.Tensor:
+    return clip[:1].expand(8, -1, -1, -1).contiguous()
+
+
+def rows_entering_tower_layers(model, run) -> list[int]:
+    layers, _ = adapter_for(model).tower_layers()
+    seen: list[int] = []
+    hooks = [layer.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0])) for layer in layers]
+    try:
+        run()
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return seen
+
+
+@pytest.mark.parametrize("family", BATCHED)
+def test_folded_frames_leave_the_later_tower_layers_fewer_frames_to_encode(family, clip):
+    model = model_for(family)
+    inputs = inputs_for(family, [still(clip), still(clip)], ["What is here?", "Describe it."])
+    with tokcompress.compress(model, EarlyTom(ratio=0.3)) as handle:
+        rows = rows_entering_tower_layers(model, lambda: generate(model, inputs, max_new_tokens=2))
+        stats = handle.stats
+    assert rows[0] == 16 and rows[-1] < 16  # two videos of 8 frames; merged after layer 0 of the tiny tower
+    assert all(0 < s.encoder_ratio < 1 for s in stats.samples)
+    assert abs(stats.achieved_ratio - 0.3) * stats.visual_in <= 1
+
+
+@pytest.mark.parametrize("family", BATCHED)
+def test_the_llm_reads_the_frames_that_stood_at_their_original_positions(family, clip):
+    """Identical frames fold into identical ones, so the kept tokens' features are the unpatched model's own:
+    the LLM fed only those, at their positions, gives the same logits."""
+    model = model_for(family)
+    inputs = inputs_for(family, still(clip), "What is here?")
+    with tokcompress.compress(model, EarlyTom(ratio=0.3)) as handle, torch.no_grad():
+        out = model.generate(
+            **inputs, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
+        kept, encoder_ratio = handle.stats.samples[0].kept_positions, handle.stats.samples[0].encoder_ratio
+    assert encoder_ratio < 1
+    ids = inputs["input_ids"][0]
+    visual = (ids == tiny.VIDEO).nonzero().squeeze(1).tolist()
+    survivors = sorted(set(range(len(ids))) - set(visual) | set(kept))
+    with torch.no_grad():
+        embeds = model.get_input_embeddings()(inputs["input_ids"])
+        features = model.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"], return_dict=True)
+        embeds[0, visual] = features.pooler_output.flatten(0, 1)
+        lm = model.model.language_model(inputs_embeds=embeds[:, survivors], position_ids=torch.tensor([survivors]))
+        torch.testing.assert_close(out.logits[0], model.lm_head(lm.last_hidden_state[:, -1]), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in BATCHED])
+def test_where_the_tower_does_not_batch_frames_it_encodes_every_one_and_the_budget_holds(family, clip):
+    model = model_for(family)
+    inputs = inputs_for(family, still(clip), "What is here?")
+    with tokcompress.compress(model, EarlyTom(ratio=0.3)) as handle:
+        generate(model, inputs, max_new_tokens=2)
+    assert handle.stats.samples[0].encoder_ratio == 1.0
+    assert abs(handle.stats.achieved_ratio - 0.3) * handle.stats.visual_in <= 1
+
+
+def test_a_pre_encoder_method_and_an_in_encoder_one_compose(clip):
+    """FrameDedup keeps one frame (the most redundant) from the tower, EarlyTom folds some of the rest inside it."""
+    model = model_for("llava_onevision")
+    inputs = inputs_for("llava_onevision", torch.cat([clip[:1], clip[:-1]]), "What is here?")
+    method = [FrameDedup(ratio=7 / 8, threshold=1.0), EarlyTom(ratio=0.3, tau=-1.0)]  # one segment of 7 frames
+    with tokcompress.compress(model, method) as handle:
+        rows = rows_entering_tower_layers(model, lambda: generate(model, inputs, max_new_tokens=2))
+        stats = handle.stats
+    assert rows[0] == 7 and rows[-1] < 7
+    assert stats.samples[0].encoder_ratio < 7 / 8
+    assert abs(stats.achieved_ratio - 0.3) * stats.visual_in <= 1
+
+
+# ---------------------------------------------------------------------------------------------- transcription
+
+
+def earlytom_published_segments(similarity, tau: float, window: int, ema: float) -> list[tuple[int, int]]:
+    """EarlyTom's streaming segmentation on a frame-similarity function (windows of at most `window` frames)."""
+    segments, start, smoothed = [], 0, 1.0
+    for i in range(1, len(similarity)):
+        smoothed = ema * similarity[start][i] + (1 - ema) * smoothed
+        if smoothed < tau or i - start >= window:
+            segments.append((start, i))
+            start, smoothed = i, 1.0
+    return segments + [(start, len(similarity))]
+
+
+def earlytom_published_mixing(similarity, start: int, end: int) -> list[tuple[int, int]]:
+    """The mixing walk over a segment's middle frames (pairs merge when ≥ the first-to-last similarity and the
+    next pair's)."""
+    threshold, middle = similarity[start][end - 1], list(range(start + 1, end - 1))
+    pairs = [similarity[middle[j]][middle[j + 1]] for j in range(len(middle) - 1)]
+    merges, j = [], 0
+    while j < len(pairs):
+        if pairs[j] >= threshold and (j + 1 == len(pairs) or pairs[j] >= pairs[j + 1]):
+            merges.append((middle[j] - start, middle[j + 1] - start))
+            j += 2
+        else:
+            j += 1
+    return merges
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_earlytom_segments_and_folds_frames_as_the_published_walk(seed):
+    generator = torch.Generator().manual_seed(seed)
+    base = torch.randn(3, 6, 16, generator=generator)
+    # three scenes of 5, 4 and 3 frames, each frame its scene plus noise
+    frames = torch.cat([base[s] + 0.3 * torch.randn(n, 6, 16, generator=generator) for s, n in enumerate((5, 4, 3))])
+    unit = torch.nn.functional.normalize(frames, dim=-1)
+    similarity = torch.einsum("ipd,jpd->ijp", unit, unit).mean(-1).tolist()
+    segments = frame_segments(frames, 0.6, 8, 0.9)
+    assert segments == earlytom_published_segments(similarity, 0.6, 8, 0.9)
+    assert len(segments) >= 3
+    for start, end in segments:
+        assert middle_merges(frames[start:end]) == earlytom_published_mixing(similarity, start, end)
+
+
+def test_earlytom_static_frames_keep_the_best_token_of_each_raster_window():
+    scores = torch.tensor([0.1, 0.9, 0.3, 0.2, 0.8, 0.4, 0.7, 0.6, 0.5, 0.05])
+    # 10 tokens in 4 windows: sizes 3, 3, 2, 2
+    assert stratified_top(scores, 4).tolist() == [1, 4, 6, 8]
+    assert stratified_top(scores, 0).tolist() == []

@@ -1,0 +1,177 @@
+"""`earlytom` (EarlyTom, CVPR'26): fold similar neighbouring frames together inside the vision tower, so its
+later layers encode fewer frames, then choose each frame's tokens before the LLM."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..layout import VisualLayout
+from .base import (
+    IN_ENCODER,
+    PRE_LLM,
+    LayerBudget,
+    Method,
+    TokenReduction,
+    check_int,
+    proportional_split,
+    separators_first,
+    top_tokens,
+    tower_attention,
+)
+
+PAPER_LAYERS, PAPER_DEPTH = (6, 21, 23), 26  # PRUNE_LAYERS of LLaVA-OV's 26 SigLIP layers
+
+
+@dataclass
+class EarlyTom(Method):
+    """Early token merging: frames merge inside the tower, tokens are chosen after it.
+
+    Inside the vision tower (where it encodes a video's frames as a batch: the LLaVA families), after each
+    merge layer (the paper's 6, 21 and 23 of 26, scaled to the layers before the feature layer) the frames are
+    segmented greedily: a segment starts at a reference frame and grows while the smoothed mean cosine to it,
+    e ← `ema` · c + (1 − `ema`) · e, stays at least `tau`, up to `max_window` frames. In a segment of three or
+    more frames the first and last stay, and neighbouring middle frames j, j + 1 fold together when their mean
+    cosine is at least the first-to-last cosine and the next pair's (the last pair: the first-to-last only).
+    Later tower layers run on the frames left. Before the LLM the same segmentation of the frames that stood
+    marks each segment's middle frames static and the others dynamic; every frame gets an equal share of the
+    budget: a dynamic frame keeps its most attended tokens (the attention each got in the tower's feature
+    layer), a static frame splits its raster order into that many windows and keeps each window's most
+    attended token.
+
+    ratio: 0.1 (RETAIN_RATIO); tau: 0.6 (T); max_window: 8 (M); ema: 0.9; merge_layers: None = "6,21,23" of
+    26 scaled (a comma-separated list of tower layers otherwise).
+
+    Departures:
+    - Folded frames are size-weighted means (official: similarity-weighted mixing w · a + (1 − w) · b); a
+      segment holds up to `max_window` frames (official: max_window − 1), a last unpaired middle frame stays
+      (official: dropped), and ties merge (official: strictly more similar, so identical frames never fold).
+      Merging stops where fewer frames would be left than the budget needs.
+    - The tower's output is expanded back to every frame, so the model's own projector and pooling run
+      unchanged; the frames folded away are then left out before the LLM, at the original positions of the
+      frames that stood (official: re-indexed, one sequence per group).
+    - Token scores are the attention received in the tower's feature layer, from its own q/k (official: the
+      merged attention maps of the last merge layer); the segmentation before the LLM reads the projected
+      features. No inner-LLM merge (the official scripts add HoliTom's; compose it with `holitom` instead).
+    - Where the tower encodes frames otherwise (Qwen-VL's packed windows, InternVL's images read before the
+      prompt), the tower encodes every frame and only the token choice before the LLM runs. Any batch size.
+    """
+
+    ratio: float = 0.1
+    tau: float = 0.6
+    max_window: int = 8
+    ema: float = 0.9
+    merge_layers: str | None = None
+
+    name = "earlytom"
+    stages = (IN_ENCODER, PRE_LLM)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_int("earlytom", "max_window", self.max_window, 2)
+        if not 0.0 <= self.ema <= 1.0:
+            raise ValueError(f"earlytom ema must lie in [0, 1], got {self.ema!r}")
+        if self.merge_layers is not None:
+            try:
+                layers = [int(layer) for layer in self.merge_layers.split(",")]
+            except ValueError:
+                layers = [-1]
+            if not layers or min(layers) < 0:
+                raise ValueError(
+                    "earlytom merge_layers must be comma-separated tower layers ≥ 0 (e.g. '6,21,23'), "
+                    f"got {self.merge_layers!r}"
+                )
+
+    def uses_tower_attention(self) -> bool:
+        return True
+
+    def encoder_merge_layers(self, depth: int) -> list[int]:
+        """Tower layers before the feature layer (its output is what the tower's attention scores are read from)."""
+        if self.merge_layers is not None:
+            layers = [int(layer) for layer in self.merge_layers.split(",")]
+        else:
+            layers = [round(layer * depth / PAPER_DEPTH) for layer in PAPER_LAYERS]
+        return sorted({min(layer, depth - 2) for layer in layers if depth >= 2})
+
+    def reduce_in_encoder(
+        self, frames: torch.Tensor, sizes: torch.Tensor, layer: int, depth: int
+    ) -> TokenReduction | None:
+        merges_allowed = len(frames) - math.ceil(self.ratio * float(sizes.sum()))
+        if merges_allowed <= 0:
+            return None
+        destination = torch.arange(len(frames), device=frames.device)
+        for start, end in frame_segments(frames, self.tau, self.max_window, self.ema):
+            for a, b in middle_merges(frames[start:end]):
+                if merges_allowed == 0:
+                    break
+                destination[start + b] = start + a
+                merges_allowed -= 1
+        return TokenReduction.from_destinations(destination)
+
+    def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
+        saliency = tower_attention(layout, self.name)
+        separators, cells = separators_first(layout, budget.tokens_before_llm(layout.num_tokens))
+        videos = [((layout.video == v) & ~layout.is_separator).nonzero().squeeze(1) for v in range(len(layout.grids))]
+        kept = [separators]
+        for members, quota in zip(videos, proportional_split(cells, [len(m) for m in videos])):
+            if not len(members):
+                continue
+            grid = members.view(len(layout.frame[members].unique()), -1)  # (frames that stood, tokens per frame)
+            static = torch.zeros(len(grid), dtype=torch.bool)
+            for start, end in frame_segments(features[grid], self.tau, self.max_window, self.ema):
+                static[start + 1 : end - 1] = True
+            for tokens, count, is_static in zip(grid, proportional_split(quota, [grid.shape[1]] * len(grid)), static):
+                scores = saliency[tokens]
+                kept.append(tokens[stratified_top(scores, count) if is_static else top_tokens(scores, count)])
+        return TokenReduction.prune(torch.cat(kept))
+
+
+def frame_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Mean over positions of the cosine between two frames' tokens, (n, D) each."""
+    return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).mean())
+
+
+def frame_segments(frames: torch.Tensor, tau: float, max_window: int, ema: float) -> list[tuple[int, int]]:
+    """EarlyTom's streaming segmentation of (F, n, D) frames into [start, end) runs: frame i joins the run while
+    the smoothed similarity to the run's first frame stays at least tau and the run is under max_window."""
+    segments, start, smoothed = [], 0, 1.0
+    for i in range(1, len(frames)):
+        smoothed = ema * frame_similarity(frames[start], frames[i]) + (1 - ema) * smoothed
+        if smoothed < tau or i - start >= max_window:
+            segments.append((start, i))
+            start, smoothed = i, 1.0
+    return [*segments, (start, len(frames))] if len(frames) else []
+
+
+def middle_merges(segment: torch.Tensor) -> list[tuple[int, int]]:
+    """(a, b) frame pairs of one segment (indices into it) where middle frame b folds into a: neighbouring
+    middle frames whose similarity is at least the first-to-last one and the next pair's (the last pair: the
+    first)."""
+    if len(segment) < 3:
+        return []
+    threshold = frame_similarity(segment[0], segment[-1])
+    middle = list(range(1, len(segment) - 1))
+    pair = [frame_similarity(segment[a], segment[a + 1]) for a in middle[:-1]]
+    merges, j = [], 0
+    while j < len(pair):
+        last = j + 1 == len(pair)
+        if pair[j] >= threshold and (last or pair[j] >= pair[j + 1]):
+            merges.append((middle[j], middle[j + 1]))
+            j += 2
+        else:
+            j += 1
+    return merges
+
+
+def stratified_top(scores: torch.Tensor, count: int) -> torch.Tensor:
+    """Sorted indices: `scores` split in raster order into `count` contiguous windows (the first len % count
+    one longer), the best of each."""
+    if count <= 0:
+        return torch.zeros(0, dtype=torch.long, device=scores.device)
+    bounds = [0]
+    for window in range(count):
+        bounds.append(bounds[-1] + len(scores) // count + (window < len(scores) % count))
+    return torch.tensor([a + int(scores[a:b].argmax()) for a, b in zip(bounds[:-1], bounds[1:]) if b > a],
+                        dtype=torch.long, device=scores.device)
