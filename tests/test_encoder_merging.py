@@ -3,6 +3,8 @@ tower encodes a video's frames as a batch; elsewhere the tower encodes every fra
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -76,6 +78,22 @@ def test_where_the_tower_does_not_batch_frames_it_encodes_every_one_and_the_budg
         generate(model, inputs, max_new_tokens=2)
     assert handle.stats.samples[0].encoder_ratio == 1.0
     assert abs(handle.stats.achieved_ratio - 0.3) * handle.stats.visual_in <= 1
+
+
+def test_threads_folding_frames_at_once_each_get_their_own(clip):
+    """The tower hooks are the patch's; which frames fold is each thread's own encoder call."""
+    model = model_for("llava_onevision")
+    prompts = [inputs_for("llava_onevision", frames, "What is here?") for frames in (still(clip), clip)] * 2
+    with tokcompress.compress(model, EarlyTom(ratio=0.3)):
+        expected = [generate(model, inputs) for inputs in prompts]
+        results: dict[int, torch.Tensor] = {}
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, generate(model, prompts[i])))
+                   for i in range(len(prompts))]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    assert all(torch.equal(results[i], expected[i]) for i in range(len(prompts)))
 
 
 def test_a_pre_encoder_method_and_an_in_encoder_one_compose(clip):

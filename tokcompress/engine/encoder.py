@@ -18,7 +18,7 @@ it folded into), and the prefill keeps only the frames that still stood, as for 
 from __future__ import annotations
 
 import contextlib
-import functools
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -83,8 +83,9 @@ def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs:
 
 
 class FrameMerging:
-    """Hooks, for one encoder call, that fold each video's frames together after the method's merge layers and
-    expand the tower's output back to one row per frame the call encodes.
+    """For one encoder call (while entered, on this thread): folds each video's frames together after the
+    method's merge layers and expands the tower's output back to one row per frame the call encodes. The
+    engine's hooks on the tower (`after_tower_layer`, `after_tower`) hand it the tower's outputs.
 
     The tower's batch holds the frames of every video in order (`frames[v]`: the units of video v it encodes).
     After a merge, row r of the batch stands for the frames that folded into it; `stages` maps each encoded
@@ -103,19 +104,17 @@ class FrameMerging:
         self.row_of = torch.arange(total)
         self.counts: list[tuple[int, list[int]]] = []  # (layer, frames per video after it) per merge
         self.merged = False
-        # first in line, so whatever records the layers' outputs (HF's output capture) sees the folded frames
-        self._hooks = [layer.register_forward_hook(functools.partial(self._after_layer, index), prepend=True)
-                       for index, layer in enumerate(layers) if index in self.merge_layers]
-        self._hooks.append(adapter.vision_tower.register_forward_hook(self._expand, prepend=True))
 
     def __enter__(self) -> FrameMerging:
+        _ACTIVE.merging = self
         return self
 
     def __exit__(self, *exc) -> None:
-        for hook in self._hooks:
-            hook.remove()
+        _ACTIVE.merging = None
 
-    def _after_layer(self, index: int, module, args, output):
+    def after_layer(self, index: int, output):
+        if index not in self.merge_layers:
+            return None
         hidden = output[0] if isinstance(output, tuple) else output
         rows, sizes, standing, slot_of_row, start = [], [], [], [], 0
         for video, frames in enumerate(self.standing):
@@ -149,7 +148,7 @@ class FrameMerging:
         hidden = torch.cat(rows)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
-    def _expand(self, module, args, output):
+    def expand(self, output):
         """Every tensor of the tower's output that has one row per batch entry at some stage gets one row per
         encoded frame back: the row of the frame it folded into (zeros for a dropped one)."""
         merged_sizes = set(self.stages) - {len(self.row_of)}
@@ -177,6 +176,22 @@ class FrameMerging:
                 previous = (layer + 1, counts[video] if counts else 0)
             shares.append(rows / (self.num_layers * max(count, 1)))
         return shares
+
+
+_ACTIVE = threading.local()  # the FrameMerging of the encoder call in progress on this thread
+
+
+def after_tower_layer(index: int, module, args, output):
+    """Forward hook of tower layer `index` (the engine puts it first in line, so whatever records the layers'
+    outputs - HF's output capture - sees the folded frames)."""
+    merging = getattr(_ACTIVE, "merging", None)
+    return merging.after_layer(index, output) if merging is not None else None
+
+
+def after_tower(module, args, output):
+    """Forward hook of the vision tower: its output back to one row per encoded frame."""
+    merging = getattr(_ACTIVE, "merging", None)
+    return merging.expand(output) if merging is not None else None
 
 
 def _pruned(keep: torch.Tensor, count: int) -> torch.Tensor:

@@ -27,13 +27,15 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 from ..layout import VisualLayout
-from ..methods.base import DECODE, IN_LLM, PRE_ENCODER, PRE_LLM, Method
+from ..methods.base import DECODE, IN_ENCODER, IN_LLM, PRE_ENCODER, PRE_LLM, Method
 from ..ops.varlen import varlen_available
 from ..stats import CompressionStats, Timer
 from . import compat
 from .decode import next_positions, select_visual_kv, skip_tokens_already_cached, start_decode_step
 from .encoder import (
     TowerCall,
+    after_tower,
+    after_tower_layer,
     encode_videos,
     frames_chosen_from_features,
     layouts_with_tower_scores,
@@ -87,6 +89,12 @@ class Engine:
                 for kind, module in recorded:
                     hook = functools.partial(self._record_tower_call, kind)
                     self._hooks.append(module.register_forward_pre_hook(hook, with_kwargs=True))
+            if IN_ENCODER in self.method.stages and self.adapter.frames_batched_in_tower:
+                layers, _ = self.adapter.tower_layers()
+                for index, layer in enumerate(layers):
+                    hook = functools.partial(after_tower_layer, index)
+                    self._hooks.append(layer.register_forward_hook(hook, prepend=True))
+                self._hooks.append(self.adapter.vision_tower.register_forward_hook(after_tower, prepend=True))
             self._stand_ins = self._make_stand_ins()
             for module, name, stand_in in self._stand_ins:
                 setattr(module, name, stand_in)
