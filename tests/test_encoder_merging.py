@@ -12,7 +12,7 @@ import tokcompress
 from tokcompress import tiny
 from tokcompress.adapters import ADAPTERS, adapter_for
 from tokcompress.methods import EarlyTom, FrameDedup
-from tokcompress.methods.earlytom import frame_segments, middle_merges, stratified_top
+from tokcompress.methods.earlytom import frame_segments, frame_similarities, middle_merges, stratified_top
 
 from .conftest import FAMILIES, generate, inputs_for, model_for
 
@@ -112,8 +112,13 @@ def test_a_pre_encoder_method_and_an_in_encoder_one_compose(clip):
 # ---------------------------------------------------------------------------------------------- transcription
 
 
+def earlytom_published_similarity(frames: torch.Tensor) -> list[list[float]]:
+    """Mean over positions of the cosine between two frames' tokens, pair by pair."""
+    return [[float(torch.cosine_similarity(a, b, dim=-1).mean()) for b in frames] for a in frames]
+
+
 def earlytom_published_segments(similarity, tau: float, window: int, ema: float) -> list[tuple[int, int]]:
-    """EarlyTom's streaming segmentation on a frame-similarity function (windows of at most `window` frames)."""
+    """EarlyTom's streaming segmentation (windows of at most `window` frames)."""
     segments, start, smoothed = [], 0, 1.0
     for i in range(1, len(similarity)):
         smoothed = ema * similarity[start][i] + (1 - ema) * smoothed
@@ -131,7 +136,7 @@ def earlytom_published_mixing(similarity, start: int, end: int) -> list[tuple[in
     merges, j = [], 0
     while j < len(pairs):
         if pairs[j] >= threshold and (j + 1 == len(pairs) or pairs[j] >= pairs[j + 1]):
-            merges.append((middle[j] - start, middle[j + 1] - start))
+            merges.append((middle[j], middle[j + 1]))
             j += 2
         else:
             j += 1
@@ -144,13 +149,17 @@ def test_earlytom_segments_and_folds_frames_as_the_published_walk(seed):
     base = torch.randn(3, 6, 16, generator=generator)
     # three scenes of 5, 4 and 3 frames, each frame its scene plus noise
     frames = torch.cat([base[s] + 0.3 * torch.randn(n, 6, 16, generator=generator) for s, n in enumerate((5, 4, 3))])
-    unit = torch.nn.functional.normalize(frames, dim=-1)
-    similarity = torch.einsum("ipd,jpd->ijp", unit, unit).mean(-1).tolist()
-    segments = frame_segments(frames, 0.6, 8, 0.9)
-    assert segments == earlytom_published_segments(similarity, 0.6, 8, 0.9)
+    published = earlytom_published_similarity(frames)
+    similarity = frame_similarities(frames)
+    torch.testing.assert_close(torch.tensor(similarity), torch.tensor(published), rtol=1e-5, atol=1e-6)
+    segments = frame_segments(similarity, 0.6, 8, 0.9)
+    assert segments == earlytom_published_segments(published, 0.6, 8, 0.9)
     assert len(segments) >= 3
     for start, end in segments:
-        assert middle_merges(frames[start:end]) == earlytom_published_mixing(similarity, start, end)
+        assert middle_merges(similarity, start, end) == earlytom_published_mixing(published, start, end)
+    reduction = EarlyTom(ratio=0.1).reduce_in_encoder(frames, torch.ones(12), 0, 4)
+    folded = [b for start, end in segments for _, b in earlytom_published_mixing(published, start, end)]
+    assert sorted(set(range(12)) - set(reduction.keep.tolist())) == sorted(folded)
 
 
 def test_earlytom_static_frames_keep_the_best_token_of_each_raster_window():

@@ -102,11 +102,12 @@ class EarlyTom(Method):
         if merges_allowed <= 0:
             return None
         destination = torch.arange(len(frames), device=frames.device)
-        for start, end in frame_segments(frames, self.tau, self.max_window, self.ema):
-            for a, b in middle_merges(frames[start:end]):
+        similarity = frame_similarities(frames)
+        for start, end in frame_segments(similarity, self.tau, self.max_window, self.ema):
+            for a, b in middle_merges(similarity, start, end):
                 if merges_allowed == 0:
                     break
-                destination[start + b] = start + a
+                destination[b] = a
                 merges_allowed -= 1
         return TokenReduction.from_destinations(destination)
 
@@ -120,7 +121,7 @@ class EarlyTom(Method):
                 continue
             grid = members.view(len(layout.frame[members].unique()), -1)  # (frames that stood, tokens per frame)
             static = torch.zeros(len(grid), dtype=torch.bool)
-            for start, end in frame_segments(features[grid], self.tau, self.max_window, self.ema):
+            for start, end in frame_segments(frame_similarities(features[grid]), self.tau, self.max_window, self.ema):
                 static[start + 1 : end - 1] = True
             for tokens, count, is_static in zip(grid, proportional_split(quota, [grid.shape[1]] * len(grid)), static):
                 scores = saliency[tokens]
@@ -128,32 +129,31 @@ class EarlyTom(Method):
         return TokenReduction.prune(torch.cat(kept))
 
 
-def frame_similarity(a: torch.Tensor, b: torch.Tensor) -> float:
-    """Mean over positions of the cosine between two frames' tokens, (n, D) each."""
-    return float(torch.nn.functional.cosine_similarity(a.float(), b.float(), dim=-1).mean())
+def frame_similarities(frames: torch.Tensor) -> list[list[float]]:
+    """[i][j]: the mean over positions of the cosine between frames i and j's tokens; frames (F, n, D)."""
+    unit = torch.nn.functional.normalize(frames.float(), dim=-1).flatten(1)
+    return (unit @ unit.T / frames.shape[1]).tolist()
 
 
-def frame_segments(frames: torch.Tensor, tau: float, max_window: int, ema: float) -> list[tuple[int, int]]:
-    """EarlyTom's streaming segmentation of (F, n, D) frames into [start, end) runs: frame i joins the run while
-    the smoothed similarity to the run's first frame stays at least tau and the run is under max_window."""
+def frame_segments(similarity: list[list[float]], tau: float, max_window: int, ema: float) -> list[tuple[int, int]]:
+    """EarlyTom's streaming segmentation of the frames into [start, end) runs: frame i joins the run while the
+    smoothed similarity to the run's first frame stays at least tau and the run is under max_window."""
     segments, start, smoothed = [], 0, 1.0
-    for i in range(1, len(frames)):
-        smoothed = ema * frame_similarity(frames[start], frames[i]) + (1 - ema) * smoothed
+    for i in range(1, len(similarity)):
+        smoothed = ema * similarity[start][i] + (1 - ema) * smoothed
         if smoothed < tau or i - start >= max_window:
             segments.append((start, i))
             start, smoothed = i, 1.0
-    return [*segments, (start, len(frames))] if len(frames) else []
+    return [*segments, (start, len(similarity))] if len(similarity) else []
 
 
-def middle_merges(segment: torch.Tensor) -> list[tuple[int, int]]:
-    """(a, b) frame pairs of one segment (indices into it) where middle frame b folds into a: neighbouring
-    middle frames whose similarity is at least the first-to-last one and the next pair's (the last pair: the
-    first)."""
-    if len(segment) < 3:
+def middle_merges(similarity: list[list[float]], start: int, end: int) -> list[tuple[int, int]]:
+    """(a, b) frame pairs of the segment [start, end) where middle frame b folds into a: neighbouring middle
+    frames whose similarity is at least the first-to-last one and the next pair's (the last pair: the first)."""
+    if end - start < 3:
         return []
-    threshold = frame_similarity(segment[0], segment[-1])
-    middle = list(range(1, len(segment) - 1))
-    pair = [frame_similarity(segment[a], segment[a + 1]) for a in middle[:-1]]
+    threshold, middle = similarity[start][end - 1], list(range(start + 1, end - 1))
+    pair = [similarity[a][a + 1] for a in middle[:-1]]
     merges, j = [], 0
     while j < len(pair):
         last = j + 1 == len(pair)
