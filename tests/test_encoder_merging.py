@@ -1,5 +1,6 @@
-"""The in-encoder stage: frames folded together between vision-tower layers (EarlyTom), on the families whose
-tower encodes a video's frames as a batch; elsewhere the tower encodes every frame."""
+"""The in-encoder stage: frames (EarlyTom) or tokens inside each frame (vid-TLDR) folded together between
+vision-tower layers, on the families whose tower encodes a video's frames as a batch; elsewhere the tower
+encodes every frame."""
 
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import torch
 import tokcompress
 from tokcompress import tiny
 from tokcompress.adapters import ADAPTERS, adapter_for
-from tokcompress.methods import EarlyTom, FrameDedup
+from tokcompress.methods import EarlyTom, FrameDedup, VidTLDR
 from tokcompress.methods.earlytom import frame_segments, frame_similarities, middle_merges, stratified_top
 
 from .conftest import FAMILIES, generate, inputs_for, model_for
+from .test_fidelity import features
 
 BATCHED = [f for f in FAMILIES if ADAPTERS[f].frames_batched_in_tower]
 
@@ -23,10 +25,11 @@ def still(clip: torch.Tensor) -> torch.Tensor:
     return clip[:1].expand(8, -1, -1, -1).contiguous()
 
 
-def rows_entering_tower_layers(model, run) -> list[int]:
+def rows_entering_tower_layers(model, run, dim: int = 0) -> list[int]:
+    """Per tower layer, the size of dimension `dim` of its input while `run()` runs (0: frames, 1: tokens)."""
     layers, _ = adapter_for(model).tower_layers()
     seen: list[int] = []
-    hooks = [layer.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[0])) for layer in layers]
+    hooks = [layer.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[dim])) for layer in layers]
     try:
         run()
     finally:
@@ -167,3 +170,75 @@ def test_earlytom_static_frames_keep_the_best_token_of_each_raster_window():
     # 10 tokens in 4 windows: sizes 3, 3, 2, 2
     assert stratified_top(scores, 4).tolist() == [1, 4, 6, 8]
     assert stratified_top(scores, 0).tolist() == []
+
+
+# ---------------------------------------------------------------------------------------------- vid-TLDR
+
+
+@pytest.mark.parametrize("family", BATCHED)
+def test_vidtldr_leaves_the_later_tower_layers_fewer_tokens_and_expands_the_output_back(family, clip):
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    masks, projected = [], []
+    adapter = adapter_for(model)
+    with tokcompress.compress(model, VidTLDR(ratio=0.3)) as handle:  # the patch's hooks first, then these
+        hooks = [
+            adapter.tower_layers()[0][1].self_attn.register_forward_pre_hook(
+                lambda m, a, k: masks.append(k.get("attention_mask")), with_kwargs=True
+            ),
+            adapter.vision_tower.register_forward_hook(lambda m, a, out: projected.append(out.last_hidden_state)),
+        ]
+        try:
+            tokens = rows_entering_tower_layers(model, lambda: generate(model, inputs, max_new_tokens=2), dim=1)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        stats = handle.stats
+    (features,) = projected  # the model's own selection and pooling see every tower token, merged ones repeated
+    assert features.shape[:2] == (8, tokens[0])
+    assert len(torch.unique(features[0], dim=0)) == tokens[1] - round(0.114 * tokens[1])  # merged after layer 1 too
+    fixed = int(adapter_for(model).tower_has_cls)
+    assert tokens[1] == tokens[0] - round(0.255 * tokens[0]) and 0 < stats.samples[0].encoder_ratio < 1
+    (mask,) = masks  # layer 1 attends with log(size) on its keys: sizes are positive, and CLS (if any) stands alone
+    assert mask.shape == (8, 1, 1, tokens[1]) and torch.isfinite(mask).all()
+    if fixed:
+        assert (mask[..., 0] == 0).all()
+    assert abs(stats.achieved_ratio - 0.3) * stats.visual_in <= 1
+
+
+def test_vidtldr_refuses_a_flash_attention_tower(monkeypatch):
+    model = model_for("llava_onevision")
+    monkeypatch.setattr(model.model.vision_tower.config, "_attn_implementation", "flash_attention_2")
+    with pytest.raises(ValueError, match="float attention mask"):
+        tokcompress.patch(model, VidTLDR(ratio=0.3))
+
+
+def vidtldr_published_merge(tokens: torch.Tensor, sharpness: torch.Tensor, merges: int) -> dict[int, tuple[int, float]]:
+    """One frame, no CLS: per source token, (its destination, its weight), by the published steps."""
+    values = sharpness.tolist()
+    s = [(v - min(values)) / (max(values) - min(values)) for v in values]
+    mean = sum(s) / len(s)
+    background = [v < mean for v in s]
+    top = max(v - mean for v in s)
+    s = [0.0 if bg else (v - mean) / top for v, bg in zip(s, background)]
+    best = {}
+    for a in range(0, len(tokens), 2):
+        similarity = {b: float(torch.cosine_similarity(tokens[a], tokens[b], dim=0)) for b in range(1, len(tokens), 2)}
+        partner = max(similarity, key=lambda b: (similarity[b], -b))
+        best[a] = (similarity[partner], partner)
+    sources = sorted(best, key=lambda a: -best[a][0])[:merges]
+    return {a: (best[a][1], s[a]) for a in sources}
+
+
+@pytest.mark.parametrize("fixed", [0, 1])
+def test_vidtldr_merges_the_best_matched_even_tokens_weighted_by_saliency_as_published(fixed):
+    tokens, sharpness = features(2, 13, 8, seed=11), features(2, 13, seed=12)
+    merge_into, weight = VidTLDR().merge_in_encoder_tokens(tokens, torch.ones(2, 13), sharpness, 0, 4, fixed)
+    merges = round(0.255 * 13)
+    for row in range(2):
+        expected = vidtldr_published_merge(tokens[row, fixed:], sharpness[row, fixed:], merges)
+        kept = [t for t in range(13) if t - fixed not in expected or t < fixed]
+        for token in range(13):
+            destination, factor = expected.get(token - fixed, (token - fixed, 1.0)) if token >= fixed else (token, 1.0)
+            assert int(merge_into[row, token]) == kept.index(destination + fixed if token >= fixed else token)
+            assert float(weight[row, token]) == pytest.approx(factor, abs=1e-6)

@@ -24,10 +24,10 @@ from .conftest import TINY, generate, inputs_for, logits, model_for, softmax_lay
 
 NO_PUBLISHED_RULE = {"none", "random", "uniform"}
 # transcribed in test_tower_attention.py (visionzip, fastvid), test_fidelity_holitom_aim_tsllava.py and
-# test_encoder_merging.py (earlytom)
+# test_encoder_merging.py (earlytom, vidtldr)
 TRANSCRIBED = {
     "tome", "fastv", "framefusion", "dycoke", "framededup", "divprune", "vidcom2", "pdrop", "prunevid", "sparsevlm",
-    "visionzip", "fastvid", "holitom", "aim", "tsllava", "earlytom",
+    "visionzip", "fastvid", "holitom", "aim", "tsllava", "earlytom", "vidtldr",
 }
 TEMPORAL_MERGERS = ("tome", "framefusion", "dycoke", "framededup", "prunevid")
 

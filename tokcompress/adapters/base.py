@@ -101,9 +101,13 @@ class Adapter:
         raise NotImplementedError(f"{self.model_type}: the vision tower does not encode frames as a batch")
 
     def tower_layers(self) -> tuple[nn.ModuleList, int]:
-        """(the tower's layers, how many of them lead to the features the model takes), where the tower encodes
-        frames as a batch: an in-encoder method folds frames between them."""
+        """(the tower's layers, each with its attention as `self_attn`; how many of them lead to the features the
+        model takes), where the tower encodes frames as a batch: an in-encoder method folds between them."""
         raise NotImplementedError(f"{self.model_type}: the vision tower does not encode frames as a batch")
+
+    def tower_queries_keys(self, attention: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(images, heads, tokens, d) queries and keys of one tower attention module on its input."""
+        return vit_queries_keys(attention, hidden)
 
     def tower_attention(self) -> nn.Module:
         """The attention module of the tower layer whose output becomes the visual tokens; while a method that
@@ -139,13 +143,18 @@ def feature_layer_index(config) -> int:
 
 
 def vit_attention_received(attention: nn.Module, hidden: torch.Tensor, from_first: bool) -> torch.Tensor:
-    """(images, tokens) head-mean attention each token gets in a ViT attention module (q_proj / k_proj, q/k norms
-    where it has them) on its (images, tokens, D) input."""
+    """(images, tokens) head-mean attention each token gets in a ViT attention module on its (images, tokens, D)
+    input."""
+    return attention_received(*vit_queries_keys(attention, hidden), from_first)
+
+
+def vit_queries_keys(attention: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, heads, tokens, d) queries and keys of a ViT attention module (q_proj / k_proj, q/k norms where it
+    has them) on its (images, tokens, D) input."""
     identity = nn.Identity()
     queries = getattr(attention, "q_norm", identity)(attention.q_proj(hidden))
     keys = getattr(attention, "k_norm", identity)(attention.k_proj(hidden))
-    heads = attention.num_heads
-    return attention_received(split_heads(queries, heads), split_heads(keys, heads), from_first)
+    return split_heads(queries, attention.num_heads), split_heads(keys, attention.num_heads)
 
 
 def split_heads(states: torch.Tensor, num_heads: int) -> torch.Tensor:

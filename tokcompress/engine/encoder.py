@@ -1,5 +1,5 @@
 """The vision tower: the pre-encoder stage chooses which frame units it encodes, the in-encoder stage folds
-frames together between its layers, and its time is measured.
+frames or tokens together between its layers, and its time is measured.
 
 Where the tower encodes each video on its own, the multimodal model's `get_video_features` gets a stand-in (its
 forward calls it, and `generate` calls it up front). With a pre-encoder method it asks the method which frame
@@ -10,15 +10,14 @@ the tower encodes every image before the prompt is read (InternVL), the method c
 features at the prefill instead.
 
 With an in-encoder method, where the tower encodes a video's frames as a batch of images (the LLaVA
-families), hooks on its layers fold frames together after the method's merge layers, so every later layer
-runs on fewer frames; the tower's output is expanded back to one row per frame (each frame reads the frame
+families), the call folds frames or tokens together between the tower's layers (`folding`), so every later
+layer runs on fewer; the tower's output is expanded back to its full shape (each frame or token reads what
 it folded into), and the prefill keeps only the frames that still stood, as for the pre-encoder stage.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -26,9 +25,9 @@ import torch
 
 from ..layout import VisualLayout
 from ..methods.base import IN_ENCODER, PRE_ENCODER, Method
-from ..ops import weighted_merge
 from ..stats import Timer
 from . import compat
+from .folding import FrameMerging, TokenMerging
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
@@ -68,136 +67,19 @@ def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs:
         record.units = [len(signature) for signature in signatures]
         if any(len(units) < count for units, count in zip(keep, record.units)):
             record.keep = keep
-    merging = None
+    folding = None
     if IN_ENCODER in method.stages and method.compresses() and adapter.frames_batched_in_tower:
         record.units = record.units or adapter.frame_counts(encoder_args)
-        merging = FrameMerging(method, adapter, record.keep or [torch.arange(units) for units in record.units])
-    with record.encoder_time.measure(pixels.device), merging or contextlib.nullcontext():
+        frames = record.keep or [torch.arange(units) for units in record.units]
+        folding = (TokenMerging if method.in_encoder_unit == "token" else FrameMerging)(method, adapter, frames)
+    with record.encoder_time.measure(pixels.device), folding or contextlib.nullcontext():
         if record.keep is None:
             output = encode(**encoder_args)
         else:
             output = adapter.encode_frames(encode, encoder_args, record.keep)
-    if merging is not None and merging.merged:
-        record.keep, record.layer_share = merging.standing, merging.layer_share(record.units)
+    if folding is not None and folding.merged:
+        record.keep, record.layer_share = folding.standing, folding.layer_share(record.units)
     return output, record
-
-
-class FrameMerging:
-    """For one encoder call (while entered, on this thread): folds each video's frames together after the
-    method's merge layers and expands the tower's output back to one row per frame the call encodes. The
-    engine's hooks on the tower (`after_tower_layer`, `after_tower`) hand it the tower's outputs.
-
-    The tower's batch holds the frames of every video in order (`frames[v]`: the units of video v it encodes).
-    After a merge, row r of the batch stands for the frames that folded into it; `stages` maps each encoded
-    frame to its row for every batch size the tower passed through (-1: dropped), which is how the output's
-    tensors - the hidden states of any layer - are expanded."""
-
-    def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor]):
-        layers, self.depth = adapter.tower_layers()
-        self.method, self.num_layers = method, len(layers)
-        self.merge_layers = set(method.encoder_merge_layers(self.depth))
-        self.standing = [f.clone() for f in frames]  # per video, the units whose rows are still in the tower
-        self.initial = [len(f) for f in frames]
-        self.sizes = [torch.ones(len(f)) for f in frames]
-        total = sum(len(f) for f in frames)
-        self.stages = {total: torch.arange(total)}  # batch size -> (encoded frames,) its row, -1 if dropped
-        self.row_of = torch.arange(total)
-        self.counts: list[tuple[int, list[int]]] = []  # (layer, frames per video after it) per merge
-        self.merged = False
-
-    def __enter__(self) -> FrameMerging:
-        _ACTIVE.merging = self
-        return self
-
-    def __exit__(self, *exc) -> None:
-        _ACTIVE.merging = None
-
-    def after_layer(self, index: int, output):
-        if index not in self.merge_layers:
-            return None
-        hidden = output[0] if isinstance(output, tuple) else output
-        rows, sizes, standing, slot_of_row, start = [], [], [], [], 0
-        for video, frames in enumerate(self.standing):
-            block = hidden[start : start + len(frames)]
-            reduction = self.method.reduce_in_encoder(block, self.sizes[video].to(block.device), index, self.depth)
-            if reduction is None or len(reduction.keep) == len(frames):
-                rows.append(block)
-                slot_of_row.append(torch.arange(len(frames)) + sum(len(r) for r in rows[:-1]))
-                sizes.append(self.sizes[video])
-                standing.append(frames)
-            else:
-                merge_into = reduction.merge_into
-                if merge_into is None:  # a pruning: the others are dropped
-                    merge_into = _pruned(reduction.keep, len(frames))
-                merged, merged_sizes = weighted_merge(block.flatten(1), self.sizes[video].to(block.device),
-                                                      merge_into, len(reduction.keep))
-                offset = sum(len(r) for r in rows)
-                rows.append(merged.view(-1, *block.shape[1:]).to(block.dtype))
-                slot_of_row.append(torch.where(merge_into.cpu() >= 0, merge_into.cpu() + offset, -1))
-                sizes.append(merged_sizes.cpu())
-                standing.append(frames[reduction.keep.cpu()])
-            start += len(frames)
-        remaining = sum(len(r) for r in rows)
-        if remaining == hidden.shape[0]:
-            return None
-        slots = torch.cat(slot_of_row)
-        self.row_of = torch.where(self.row_of >= 0, slots[self.row_of.clamp_min(0)], -1)
-        self.stages[remaining] = self.row_of.clone()
-        self.standing, self.sizes, self.merged = standing, sizes, True
-        self.counts.append((index, [len(f) for f in standing]))
-        hidden = torch.cat(rows)
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-    def expand(self, output):
-        """Every tensor of the tower's output that has one row per batch entry at some stage gets one row per
-        encoded frame back: the row of the frame it folded into (zeros for a dropped one)."""
-        merged_sizes = set(self.stages) - {len(self.row_of)}
-
-        def expand(value):
-            if isinstance(value, torch.Tensor) and value.dim() and value.shape[0] in merged_sizes:
-                row_of = self.stages[value.shape[0]].to(value.device)
-                full = value[row_of.clamp_min(0)]
-                return full.masked_fill((row_of < 0).view(-1, *[1] * (value.dim() - 1)), 0)
-            if isinstance(value, tuple):
-                return tuple(expand(v) for v in value)
-            return value
-
-        for key in list(output.keys()):
-            output[key] = expand(output[key])
-        return output
-
-    def layer_share(self, units: list[int]) -> list[float]:
-        """Per video, the share of its frame-layers the tower computed (every layer counts, merging or not)."""
-        shares = []
-        for video, count in enumerate(units):
-            rows, previous = 0, (0, self.initial[video])
-            for layer, counts in [*self.counts, (self.num_layers - 1, None)]:
-                rows += (layer + 1 - previous[0]) * previous[1]
-                previous = (layer + 1, counts[video] if counts else 0)
-            shares.append(rows / (self.num_layers * max(count, 1)))
-        return shares
-
-
-_ACTIVE = threading.local()  # the FrameMerging of the encoder call in progress on this thread
-
-
-def after_tower_layer(index: int, module, args, output):
-    """Forward hook of tower layer `index` (the engine puts it first in line, so whatever records the layers'
-    outputs - HF's output capture - sees the folded frames)."""
-    merging = getattr(_ACTIVE, "merging", None)
-    return merging.after_layer(index, output) if merging is not None else None
-
-
-def after_tower(module, args, output):
-    """Forward hook of the vision tower: its output back to one row per encoded frame."""
-    merging = getattr(_ACTIVE, "merging", None)
-    return merging.expand(output) if merging is not None else None
-
-
-def _pruned(keep: torch.Tensor, count: int) -> torch.Tensor:
-    slot = torch.full((count,), -1, dtype=torch.long, device=keep.device)
-    slot[keep] = torch.arange(len(keep), device=keep.device)
-    return slot
 
 
 def frames_chosen_from_features(

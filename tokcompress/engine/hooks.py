@@ -34,13 +34,12 @@ from . import compat
 from .decode import next_positions, select_visual_kv, skip_tokens_already_cached, start_decode_step
 from .encoder import (
     TowerCall,
-    after_tower,
-    after_tower_layer,
     encode_videos,
     frames_chosen_from_features,
     layouts_with_tower_scores,
     tokens_encoded,
 )
+from .folding import after_tower, after_tower_layer, before_tower_attention
 from .groups import GenerationState, restore_sequence
 from .prefill import begin_generation, reduce_before_layer, reduce_before_llm
 
@@ -57,6 +56,14 @@ class Engine:
             raise ValueError(
                 f"{method.name} with proportional attention needs a float attention mask, which {implementation} "
                 "cannot take; pass proportional_attention=False or load the model with attn_implementation='sdpa'"
+            )
+        tower_implementation = compat.attention_implementation(adapter.vision_tower.config)
+        folds_tokens = IN_ENCODER in method.stages and method.in_encoder_unit == "token"
+        if folds_tokens and adapter.frames_batched_in_tower and "flash" in tower_implementation:
+            raise ValueError(
+                f"{method.name} folds tokens inside the vision tower, whose later layers then need a float attention "
+                f"mask (proportional attention), which {tower_implementation} cannot take; load the tower with "
+                "attn_implementation='sdpa'"
             )
         self.adapter = adapter
         self.method = method
@@ -94,6 +101,8 @@ class Engine:
                 for index, layer in enumerate(layers):
                     hook = functools.partial(after_tower_layer, index)
                     self._hooks.append(layer.register_forward_hook(hook, prepend=True))
+                    hook = functools.partial(before_tower_attention, index)
+                    self._hooks.append(layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True))
                 self._hooks.append(self.adapter.vision_tower.register_forward_hook(after_tower, prepend=True))
             self._stand_ins = self._make_stand_ins()
             for module, name, stand_in in self._stand_ins:

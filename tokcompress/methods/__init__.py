@@ -25,6 +25,7 @@ from .tome import ToMe
 from .tsllava import TSLLaVA
 from .uniform import UniformSample
 from .vidcom2 import VidCom2
+from .vidtldr import VidTLDR
 from .visionzip import VisionZip
 
 METHODS: dict[str, type[Method]] = {}
@@ -49,7 +50,7 @@ def register_method(cls: type[Method] | None = None, *, name: str | None = None,
 
 for _method in (
     NoCompression, RandomPrune, UniformSample, ToMe, FastV, FrameFusion, DyCoke, FrameDedup, DivPrune, VidCom2, PDrop,
-    PruneVid, SparseVLM, VisionZip, FastVID, HoliTom, AIM, TSLLaVA, EarlyTom,
+    PruneVid, SparseVLM, VisionZip, FastVID, HoliTom, AIM, TSLLaVA, EarlyTom, VidTLDR,
 ):
     register_method(_method)
 
@@ -124,6 +125,7 @@ __all__ = [
     "TokenReduction",
     "UniformSample",
     "VidCom2",
+    "VidTLDR",
     "VisionZip",
     "build_method",
     "list_methods",

@@ -185,6 +185,7 @@ class Method:
 
     name: ClassVar[str] = ""
     stages: ClassVar[tuple[str, ...]] = ()
+    in_encoder_unit: ClassVar[str] = "frame"  # what its in-encoder stage folds: whole frames, or tokens in each
 
     def __post_init__(self) -> None:
         for knob, annotation in _knob_annotations(type(self)).items():
@@ -240,6 +241,20 @@ class Method:
         frames as a batch of images (the LLaVA families); elsewhere the tower encodes every frame.
         """
         raise NotImplementedError(f"{type(self).__name__} does not act inside the vision encoder")
+
+    def merge_in_encoder_tokens(
+        self, tokens: torch.Tensor, sizes: torch.Tensor, sharpness: torch.Tensor, layer: int, depth: int, fixed: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Inside every frame, which tokens fold together after tower layer `layer` (`in_encoder_unit` "token"):
+        (merge_into, weight), each (F, n) - the index among the frame's kept tokens (as many in every frame, in
+        order) that each token folds into (a kept token: its own), and the factor on its size in that mean -
+        or None to leave them.
+
+        tokens: (F, n, D) the layer's output; sizes: (F, n) how many original tokens each stands for;
+        sharpness: (F, n) Σ_j Ā_ij log Ā_ij of each token's head-mean attention row in that layer; the first
+        `fixed` tokens (a CLS) must stay.
+        """
+        raise NotImplementedError(f"{type(self).__name__} does not fold tokens inside the vision encoder")
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         raise NotImplementedError(f"{type(self).__name__} does not act before the LLM")

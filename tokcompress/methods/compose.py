@@ -103,6 +103,15 @@ class Compose(Method):
     ) -> TokenReduction | None:
         return self._at(IN_ENCODER).reduce_in_encoder(frames, sizes, layer, depth)
 
+    @property
+    def in_encoder_unit(self) -> str:
+        return self._at(IN_ENCODER).in_encoder_unit if IN_ENCODER in self.stages else "frame"
+
+    def merge_in_encoder_tokens(
+        self, tokens: torch.Tensor, sizes: torch.Tensor, sharpness: torch.Tensor, layer: int, depth: int, fixed: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self._at(IN_ENCODER).merge_in_encoder_tokens(tokens, sizes, sharpness, layer, depth, fixed)
+
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         return self._at(PRE_LLM).reduce_pre_llm(features, layout, budget)
 

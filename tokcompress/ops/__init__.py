@@ -1,6 +1,6 @@
 """Shared math of the compression methods: one call per op, a torch reference, and a Triton kernel for CUDA tensors."""
 
-from .attention import attention_pagerank, attention_received, few_query_attention
+from .attention import attention_pagerank, attention_received, attention_row_sharpness, few_query_attention
 from .cluster import density_peak_clusters, fold_clusters
 from .matching import bipartite_match
 from .merge import weighted_merge
@@ -8,6 +8,6 @@ from .similarity import NO_PARTNER, aligned_cosine
 from .varlen import varlen_attention
 
 __all__ = [
-    "NO_PARTNER", "aligned_cosine", "attention_pagerank", "attention_received", "bipartite_match", "density_peak_clusters", "few_query_attention", "fold_clusters", "varlen_attention",
+    "NO_PARTNER", "aligned_cosine", "attention_pagerank", "attention_received", "attention_row_sharpness", "bipartite_match", "density_peak_clusters", "few_query_attention", "fold_clusters", "varlen_attention",
     "weighted_merge",
 ]

@@ -83,3 +83,19 @@ def attention_pagerank(
             step += (distribution[:, start : start + width, None] * transition).sum(dim=1)
         distribution = step
     return distribution.square().mean(dim=0).sqrt()
+
+
+def attention_row_sharpness(queries: torch.Tensor, keys: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+    """vid-TLDR's saliency: for each token, Σ_j Ā_ij · log Ā_ij over its row of the head-mean attention Ā =
+    mean over heads of softmax(q·kᵀ/√d) - the negative entropy of where it looks (sharper is higher).
+
+    queries, keys: (B, H, n, d) for B sequences → (B, n) fp32; `chunk` sequences at a time, so memory stays
+    O(chunk·H·n²).
+    """
+    scale = queries.shape[-1] ** -0.5
+    sharpness = []
+    for start in range(0, queries.shape[0], chunk):
+        q, k = queries[start : start + chunk].float(), keys[start : start + chunk].float()
+        mean = (q @ k.transpose(-1, -2) * scale).softmax(dim=-1).mean(dim=1)  # (chunk, n, n)
+        sharpness.append((mean * mean.clamp_min(1e-30).log()).sum(dim=-1))
+    return torch.cat(sharpness) if sharpness else queries.new_zeros(0, queries.shape[2], dtype=torch.float32)
