@@ -6,7 +6,13 @@ import pytest
 import torch
 
 from tokcompress.layout import VisualLayout
-from tokcompress.ops import NO_PARTNER, aligned_cosine, few_query_attention, weighted_merge
+from tokcompress.ops import (
+    NO_PARTNER,
+    aligned_cosine,
+    attention_row_sharpness,
+    few_query_attention,
+    weighted_merge,
+)
 
 TOLERANCE = {torch.float32: dict(atol=1e-5, rtol=1e-5), torch.bfloat16: dict(atol=2e-2, rtol=2e-2), torch.float16: dict(atol=2e-3, rtol=2e-3)}
 
@@ -77,3 +83,14 @@ def test_weighted_merge_of_several_tensors_shares_one_assignment():
     torch.testing.assert_close(merged_hidden, alone_hidden)
     torch.testing.assert_close(merged_keys, weighted_merge(keys.float(), sizes, merge_into, 3)[0].to(torch.bfloat16))
     assert merged_keys.dtype == torch.bfloat16 and torch.equal(sizes_out, alone_sizes)
+
+
+@pytest.mark.parametrize("chunk", [1, 4])
+def test_attention_row_sharpness_is_the_negative_entropy_of_each_head_mean_row(chunk):
+    generator = torch.Generator().manual_seed(3)
+    queries, keys = torch.randn(3, 2, 7, 4, generator=generator), torch.randn(3, 2, 7, 4, generator=generator)
+    expected = torch.zeros(3, 7)
+    for image in range(3):
+        rows = torch.stack([torch.softmax(queries[image, h] @ keys[image, h].T / 2, dim=-1) for h in range(2)]).mean(0)
+        expected[image] = torch.tensor([sum(p * torch.log(p) for p in row).item() for row in rows])
+    torch.testing.assert_close(attention_row_sharpness(queries, keys, chunk), expected, rtol=1e-5, atol=1e-6)
