@@ -36,12 +36,15 @@ class _Folding:
         _ACTIVE.folding = None
 
     def before_attention(self, index: int, module, kwargs: dict) -> dict | None:
+        """The call kwargs of tower layer `index`'s attention, changed, or None to leave them."""
         return None
 
     def after_layer(self, index: int, output):
+        """Tower layer `index`'s output with what folds after it folded, or None to leave it."""
         raise NotImplementedError
 
     def expand_tensor(self, value: torch.Tensor) -> torch.Tensor:
+        """One tensor of the tower's output back in the full shape (unchanged if it is not a folded one)."""
         raise NotImplementedError
 
     def expand(self, output):
