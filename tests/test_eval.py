@@ -76,6 +76,20 @@ def test_the_ideal_is_the_models_own_forward_and_generate_on_text_plus_the_kept_
         assert model.generate(**ideal, max_new_tokens=2, min_new_tokens=2, do_sample=False).shape[1] == 2
 
 
+@pytest.mark.parametrize("config", sorted((EVAL / "sweeps").glob("*.yaml")), ids=lambda path: path.stem)
+def test_every_sweep_runs_every_method_with_knobs_it_takes(config):
+    """The accuracy sweeps name every registered method, each with knobs it accepts, at each of their ratios."""
+    import yaml
+
+    import tokcompress
+    from tokcompress.methods import build_method
+
+    planned = load("sweep").runs(yaml.safe_load(config.read_text()))
+    assert {method for method, _, _ in planned} == set(tokcompress.list_methods())
+    for method, ratio, knobs in planned:
+        assert build_method(method, ratio, **knobs).ratio == (1.0 if ratio is None else ratio)
+
+
 def test_crossovers_come_from_the_measurements_and_the_dispatch_respects_committed_gpu_results():
     bench = load("bench_kernels")
     rows = [dict(op="x", n=n, d=d, implementation=i, median_ms=t) for n, d, i, t in [
