@@ -130,10 +130,12 @@ def aim_published_importance(queries, keys, temperature: float, iterations: int)
 
 
 @pytest.mark.parametrize(("heads", "kv_heads", "chunk"), [(4, 4, 256), (8, 2, 5)])
-def test_aim_pagerank_is_the_published_iteration(heads, kv_heads, chunk):
+@pytest.mark.parametrize("cache_elements", [0, 2**27], ids=["recomputed", "cached"])
+def test_aim_pagerank_is_the_published_iteration(heads, kv_heads, chunk, cache_elements):
     queries, keys = features(heads, 23, 8, seed=5), features(kv_heads, 23, 8, seed=6)
     expected = aim_published_importance(queries, keys, 0.1, 5)
-    torch.testing.assert_close(attention_pagerank(queries, keys, 0.1, 5, chunk), expected, rtol=1e-5, atol=1e-7)
+    importance = attention_pagerank(queries, keys, 0.1, 5, chunk, cache_elements)
+    torch.testing.assert_close(importance, expected, rtol=1e-5, atol=1e-7)
 
 
 def aim_published_merge_round(frame: torch.Tensor) -> dict[int, int]:

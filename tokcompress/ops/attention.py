@@ -56,14 +56,21 @@ def attention_received(queries: torch.Tensor, keys: torch.Tensor, from_first: bo
 
 
 def attention_pagerank(
-    queries: torch.Tensor, keys: torch.Tensor, temperature: float = 0.1, iterations: int = 5, chunk: int = 256
+    queries: torch.Tensor,
+    keys: torch.Tensor,
+    temperature: float = 0.1,
+    iterations: int = 5,
+    chunk: int = 256,
+    cache_elements: int = 2**27,
 ) -> torch.Tensor:
     """AIM's token importance: per head, a distribution over the tokens starts uniform and takes `iterations`
     steps dist ← dist · M, M = softmax(causal q·kᵀ/√d / temperature) over every query row; the importance is
     √(mean over heads of dist²).
 
     queries: (Hq, m, d), keys: (Hkv, m, d) of m tokens in sequence order, grouped-query aware → (m,) fp32.
-    Query rows go `chunk` at a time (memory O(Hq·chunk·m)); each step costs one attention's q·kᵀ.
+    Query rows go `chunk` at a time. M is built once and kept while it holds at most `cache_elements`
+    entries (Hq·m², 512 MiB by default); beyond that each step recomputes its chunks (memory O(Hq·chunk·m),
+    one attention's q·kᵀ per step).
     """
     num_heads, count, head_dim = queries.shape
     num_kv_heads = keys.shape[0]
@@ -71,16 +78,23 @@ def attention_pagerank(
     keys_t = keys.float().transpose(-1, -2)  # (Hkv, d, m)
     scale = head_dim**-0.5 / temperature
     position = torch.arange(count, device=queries.device)
+
+    def transition(start: int) -> torch.Tensor:
+        """Rows start … start + chunk of M, per head: (Hq, rows, m)."""
+        rows = queries[:, start : start + chunk].float()
+        width = rows.shape[1]
+        logits = (rows.reshape(num_kv_heads, group * width, head_dim) @ keys_t).reshape(num_heads, width, count)
+        future = position[None, :] > position[start : start + width, None]
+        return (logits * scale).masked_fill(future, float("-inf")).softmax(dim=-1)
+
+    starts = range(0, count, chunk)
+    cached = [transition(start) for start in starts] if num_heads * count * count <= cache_elements else None
     distribution = torch.full((num_heads, count), 1.0 / count, device=queries.device)
     for _ in range(iterations):
         step = torch.zeros_like(distribution)
-        for start in range(0, count, chunk):
-            rows = queries[:, start : start + chunk].float()
-            width = rows.shape[1]
-            logits = (rows.reshape(num_kv_heads, group * width, head_dim) @ keys_t).reshape(num_heads, width, count)
-            future = position[None, :] > position[start : start + width, None]
-            transition = (logits * scale).masked_fill(future, float("-inf")).softmax(dim=-1)
-            step += (distribution[:, start : start + width, None] * transition).sum(dim=1)
+        for i, start in enumerate(starts):
+            block = cached[i] if cached is not None else transition(start)
+            step += (distribution[:, start : start + block.shape[1], None] * block).sum(dim=1)
         distribution = step
     return distribution.square().mean(dim=0).sqrt()
 
