@@ -83,31 +83,27 @@ class FrameMerging(_Folding):
         if index not in self.merge_layers:
             return None
         hidden = output[0] if isinstance(output, tuple) else output
-        rows, sizes, standing, slot_of_row, start = [], [], [], [], 0
+        rows, sizes, standing, slots, start = [], [], [], [], 0
         for video, frames in enumerate(self.standing):
-            block = hidden[start : start + len(frames)]
-            reduction = self.method.reduce_in_encoder(block, self.sizes[video].to(block.device), index, self.depth)
-            if reduction is None or len(reduction.keep) == len(frames):
-                rows.append(block)
-                slot_of_row.append(torch.arange(len(frames)) + sum(len(r) for r in rows[:-1]))
-                sizes.append(self.sizes[video])
-                standing.append(frames)
-            else:
-                merge_into = reduction.merge_into
-                if merge_into is None:  # a pruning: the others are dropped
-                    merge_into = _pruned(reduction.keep, len(frames))
-                merged, merged_sizes = weighted_merge(block.flatten(1), self.sizes[video].to(block.device),
-                                                      merge_into, len(reduction.keep))
-                offset = sum(len(r) for r in rows)
-                rows.append(merged.view(-1, *block.shape[1:]).to(block.dtype))
-                slot_of_row.append(torch.where(merge_into.cpu() >= 0, merge_into.cpu() + offset, -1))
-                sizes.append(merged_sizes.cpu())
-                standing.append(frames[reduction.keep.cpu()])
+            block, video_sizes = hidden[start : start + len(frames)], self.sizes[video]
             start += len(frames)
+            reduction = self.method.reduce_in_encoder(block, video_sizes.to(block.device), index, self.depth)
+            if reduction is None or len(reduction.keep) == len(frames):
+                merge_into = torch.arange(len(frames))
+            else:
+                merge_into = reduction.assignment(len(frames))
+                merged, video_sizes = weighted_merge(block.flatten(1), video_sizes.to(block.device), merge_into,
+                                                     len(reduction.keep))
+                block, video_sizes = merged.view(-1, *block.shape[1:]).to(block.dtype), video_sizes.cpu()
+                frames, merge_into = frames[reduction.keep.cpu()], merge_into.cpu()
+            slots.append(torch.where(merge_into >= 0, merge_into + sum(len(r) for r in rows), -1))
+            rows.append(block)
+            sizes.append(video_sizes)
+            standing.append(frames)
         remaining = sum(len(r) for r in rows)
         if remaining == hidden.shape[0]:
             return None
-        slots = torch.cat(slot_of_row)
+        slots = torch.cat(slots)
         self.row_of = torch.where(self.row_of >= 0, slots[self.row_of.clamp_min(0)], -1)
         self.stages[remaining] = self.row_of.clone()
         self.standing, self.sizes, self.merged = standing, sizes, True
@@ -125,14 +121,11 @@ class FrameMerging(_Folding):
 
     def layer_share(self, units: list[int]) -> list[float]:
         """Per video, the share of its frame-layers the tower computed (every layer counts, merging or not)."""
-        shares = []
-        for video, count in enumerate(units):
-            rows, previous = 0, (0, self.initial[video])
-            for layer, counts in [*self.counts, (self.num_layers - 1, None)]:
-                rows += (layer + 1 - previous[0]) * previous[1]
-                previous = (layer + 1, counts[video] if counts else 0)
-            shares.append(rows / (self.num_layers * max(count, 1)))
-        return shares
+        return [
+            _rows_through_layers(self.initial[video], [(layer, c[video]) for layer, c in self.counts], self.num_layers)
+            / (self.num_layers * max(count, 1))
+            for video, count in enumerate(units)
+        ]
 
 
 class TokenMerging(_Folding):
@@ -146,6 +139,7 @@ class TokenMerging(_Folding):
         self.standing = frames  # per video, the units the call encodes: every one stands
         self.rows, self.fixed = sum(len(f) for f in frames), int(adapter.tower_has_cls)  # a leading CLS never folds
         self.sizes: torch.Tensor | None = None  # (rows, tokens) once something folded
+        self.key_bias: torch.Tensor | None = None  # (rows, 1, 1, tokens) log(size), what later layers' keys add
         self.token_of: torch.Tensor | None = None  # (rows, original tokens): the current token of each
         self.stages: dict[int, torch.Tensor] = {}  # tokens per frame -> token_of at that stage
         self.counts: list[tuple[int, int]] = []  # (layer, tokens per frame after it) per merge
@@ -154,11 +148,10 @@ class TokenMerging(_Folding):
     def before_attention(self, index, module, kwargs):
         if index in self.merge_layers:
             self.attention_input = (module, kwargs["hidden_states"])
-        if self.sizes is None:
+        if self.key_bias is None:
             return None
-        bias = self.sizes.log().to(kwargs["hidden_states"].dtype)[:, None, None, :]
         mask = kwargs.get("attention_mask")
-        return {**kwargs, "attention_mask": bias if mask is None else mask + bias}
+        return {**kwargs, "attention_mask": self.key_bias if mask is None else mask + self.key_bias}
 
     def after_layer(self, index, output):
         if index not in self.merge_layers:
@@ -184,6 +177,7 @@ class TokenMerging(_Folding):
         self.token_of = merge_into.gather(1, self.token_of)
         self.stages[kept] = self.token_of
         self.sizes, self.merged = merged_sizes.view(rows, kept), True
+        self.key_bias = self.sizes.log().to(hidden.dtype)[:, None, None, :]
         self.counts.append((index, kept))
         hidden = merged.view(rows, kept, -1).to(hidden.dtype)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
@@ -198,11 +192,7 @@ class TokenMerging(_Folding):
     def layer_share(self, units: list[int]) -> list[float]:
         """Per video, the share of its token-layers the tower computed."""
         full = self.token_of.shape[1]
-        tokens, previous = 0, (0, full)
-        for layer, count in [*self.counts, (self.num_layers - 1, 0)]:
-            tokens += (layer + 1 - previous[0]) * previous[1]
-            previous = (layer + 1, count)
-        share = tokens / (self.num_layers * full)
+        share = _rows_through_layers(full, self.counts, self.num_layers) / (self.num_layers * full)
         return [len(frames) / max(count, 1) * share for frames, count in zip(self.standing, units)]
 
 
@@ -228,7 +218,11 @@ def after_tower(module, args, output):
     return folding.expand(output) if folding is not None and folding.merged else None
 
 
-def _pruned(keep: torch.Tensor, count: int) -> torch.Tensor:
-    slot = torch.full((count,), -1, dtype=torch.long, device=keep.device)
-    slot[keep] = torch.arange(len(keep), device=keep.device)
-    return slot
+def _rows_through_layers(initial: int, counts: list[tuple[int, int]], num_layers: int) -> int:
+    """Σ over the tower's layers of the rows (frames or tokens) each one ran on: `initial` at first, then
+    `count` from the layer after each (layer, count) merge."""
+    total, previous = 0, (0, initial)
+    for layer, count in [*counts, (num_layers - 1, 0)]:
+        total += (layer + 1 - previous[0]) * previous[1]
+        previous = (layer + 1, count)
+    return total

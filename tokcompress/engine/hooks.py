@@ -101,8 +101,9 @@ class Engine:
                 for index, layer in enumerate(layers):
                     hook = functools.partial(after_tower_layer, index)
                     self._hooks.append(layer.register_forward_hook(hook, prepend=True))
-                    hook = functools.partial(before_tower_attention, index)
-                    self._hooks.append(layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True))
+                    if self.method.in_encoder_unit == "token":  # its saliency and proportional attention
+                        hook = functools.partial(before_tower_attention, index)
+                        self._hooks.append(layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True))
                 self._hooks.append(self.adapter.vision_tower.register_forward_hook(after_tower, prepend=True))
             self._stand_ins = self._make_stand_ins()
             for module, name, stand_in in self._stand_ins:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from ..ops import attention_pagerank, weighted_merge
+from ..ops import attention_pagerank
 from .base import (
     IN_LLM,
     PRE_LLM,
@@ -21,7 +21,7 @@ from .base import (
     proportional_split,
     top_tokens,
 )
-from .tome import match_within_windows
+from .tome import match_within_windows, merge_round
 
 PAPER_DEPTH, PAPER_START, PAPER_SPAN = 28, 14, 8  # full up to layer 14 of 28, then 1/8 fewer per layer
 PAPER_MERGE = 0.25  # two rounds of merging half of every frame
@@ -150,11 +150,5 @@ def merge_within_frames(values: torch.Tensor, frame_of: torch.Tensor, targets: t
         chosen = by_frame[place < excess[edge_frame]]
         if not chosen.numel():
             break
-        merge_into = torch.arange(alive.numel(), device=device)
-        merge_into[source[chosen]] = destination[chosen]
-        survives = merge_into == torch.arange(alive.numel(), device=device)
-        slot = torch.cumsum(survives, 0) - 1
-        values, sizes = weighted_merge(values, sizes, slot[merge_into], int(survives.sum()))
-        owner = alive[merge_into[torch.searchsorted(alive, owner)]]
-        alive = alive[survives]
+        values, sizes, owner, alive = merge_round(values, sizes, owner, alive, source[chosen], destination[chosen])
     return torch.where(targets[frame_of] > 0, owner, -1)

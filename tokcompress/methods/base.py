@@ -104,6 +104,14 @@ class TokenReduction:
     def prune(keep: torch.Tensor) -> TokenReduction:
         return TokenReduction(torch.sort(keep.long()).values)
 
+    def assignment(self, count: int) -> torch.Tensor:
+        """Per current token, its index into `keep` (-1: dropped): `merge_into`, or a pruning's places."""
+        if self.merge_into is not None:
+            return self.merge_into
+        slot = torch.full((count,), -1, dtype=torch.long, device=self.keep.device)
+        slot[self.keep] = torch.arange(self.keep.numel(), device=self.keep.device)
+        return slot
+
     @staticmethod
     def from_destinations(destination: torch.Tensor) -> TokenReduction:
         """Build a merge from `destination[i]`: the token that token i folds into (itself when kept, -1 dropped)."""
@@ -286,6 +294,18 @@ def separators_first(layout: VisualLayout, count: int) -> tuple[torch.Tensor, in
     returns (the separators kept, how many cell tokens the rest of `count` allows)."""
     separators = layout.is_separator.nonzero().squeeze(1)[:count]
     return separators, count - separators.numel()
+
+
+def video_grids(layout: VisualLayout, cells: int) -> list[tuple[int, torch.Tensor, int]]:
+    """(video, grid, quota) per video that has cell tokens: `grid` (frames, tokens per frame) their indices,
+    frame-major in raster order; `quota` its share of `cells`, in proportion to its tokens."""
+    videos = [((layout.video == v) & ~layout.is_separator).nonzero().squeeze(1) for v in range(len(layout.grids))]
+    quotas = proportional_split(cells, [len(members) for members in videos])
+    return [
+        (video, members.view(len(layout.frame[members].unique()), -1), quota)
+        for video, (members, quota) in enumerate(zip(videos, quotas))
+        if len(members)
+    ]
 
 
 def merge_destinations(layout: VisualLayout, count: int, device: torch.device) -> tuple[torch.Tensor, int]:

@@ -20,6 +20,7 @@ from .base import (
     separators_first,
     top_tokens,
     tower_attention,
+    video_grids,
 )
 
 PAPER_LAYERS, PAPER_DEPTH = (6, 21, 23), 26  # PRUNE_LAYERS of LLaVA-OV's 26 SigLIP layers
@@ -114,12 +115,8 @@ class EarlyTom(Method):
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         saliency = tower_attention(layout, self.name)
         separators, cells = separators_first(layout, budget.tokens_before_llm(layout.num_tokens))
-        videos = [((layout.video == v) & ~layout.is_separator).nonzero().squeeze(1) for v in range(len(layout.grids))]
         kept = [separators]
-        for members, quota in zip(videos, proportional_split(cells, [len(m) for m in videos])):
-            if not len(members):
-                continue
-            grid = members.view(len(layout.frame[members].unique()), -1)  # (frames that stood, tokens per frame)
+        for _, grid, quota in video_grids(layout, cells):  # the frames that stood
             static = torch.zeros(len(grid), dtype=torch.bool)
             for start, end in frame_segments(frame_similarities(features[grid]), self.tau, self.max_window, self.ema):
                 static[start + 1 : end - 1] = True

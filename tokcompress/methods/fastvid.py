@@ -20,6 +20,7 @@ from .base import (
     proportional_split,
     top_tokens,
     tower_attention,
+    video_grids,
 )
 
 
@@ -73,10 +74,8 @@ class FastVID(Method):
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         saliency = tower_attention(layout, self.name)
         destination, cells = merge_destinations(layout, budget.tokens_before_llm(layout.num_tokens), features.device)
-        videos = [(layout.video == v) & ~layout.is_separator for v in range(len(layout.grids))]
-        sizes = [int(members.sum()) for members in videos]
-        for members, quota in zip(videos, proportional_split(cells, sizes)):
-            frames = [(members & (layout.frame == f)).nonzero().squeeze(1) for f in layout.frame[members].unique()]
+        for _, grid, quota in video_grids(layout, cells):
+            frames = list(grid)
             quotas = proportional_split(quota, [len(tokens) for tokens in frames])
             for segment in dynamic_segments(torch.stack([features[t].float().mean(0) for t in frames]),
                                              self.segments, self.similarity_threshold):

@@ -20,9 +20,9 @@ from .base import (
     apportion,
     check_int,
     merge_destinations,
-    proportional_split,
     top_tokens,
     tower_attention,
+    video_grids,
 )
 
 PAPER_LAYER, PAPER_DEPTH = 18, 28  # the scripts' HOLITOM_k = 18 of LLaVA-OV-7B's 28 layers
@@ -104,11 +104,8 @@ class HoliTom(Method):
         saliency = tower_attention(layout, self.name)
         count = self.tokens_into_llm(budget, layout.num_tokens)
         destination, cells = merge_destinations(layout, count, features.device)
-        videos = [((layout.video == v) & ~layout.is_separator).nonzero().squeeze(1) for v in range(len(layout.grids))]
-        for members, quota in zip(videos, proportional_split(cells, [len(m) for m in videos])):
-            if len(members):
-                frames = len(layout.frame[members].unique())
-                self._merge_video(members.view(frames, -1), quota, features, saliency, destination)
+        for _, grid, quota in video_grids(layout, cells):
+            self._merge_video(grid, quota, features, saliency, destination)
         return TokenReduction.from_destinations(destination)
 
     def _merge_video(self, grid, quota, features, saliency, destination) -> None:

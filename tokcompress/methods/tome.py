@@ -68,17 +68,26 @@ class ToMe(Method):
                 level += 1
                 continue
             best = torch.topk(score, merges).indices
-            merge_into = torch.arange(alive.numel(), device=alive.device)
-            merge_into[source[best]] = destination[best]
-            survives = merge_into == torch.arange(alive.numel(), device=alive.device)
-            slot = torch.cumsum(survives, 0) - 1
-            values, sizes = weighted_merge(values, sizes, slot[merge_into], int(survives.sum()))
-            owner[cells] = alive[merge_into[torch.searchsorted(alive, owner[cells])]]
-            alive = alive[survives]
+            values, sizes, owner[cells], alive = merge_round(
+                values, sizes, owner[cells], alive, source[best], destination[best]
+            )
         if target == 0:
             owner[cells] = -1
         owner[separators.nonzero().squeeze(1)[count:]] = -1  # a budget below the separators keeps the first ones
         return TokenReduction.from_destinations(owner)
+
+
+def merge_round(values, sizes, owner, alive, source, destination):
+    """One merging round: token `source[i]` (an index into `alive`, the surviving original tokens, whose
+    features and sizes are `values`, `sizes`) folds into `destination[i]` as a size-weighted mean. `owner`
+    maps original tokens to the surviving one they live in. Returns the four after the round."""
+    merge_into = torch.arange(alive.numel(), device=alive.device)
+    merge_into[source] = destination
+    survives = merge_into == torch.arange(alive.numel(), device=alive.device)
+    slot = torch.cumsum(survives, 0) - 1
+    values, sizes = weighted_merge(values, sizes, slot[merge_into], int(survives.sum()))
+    owner = alive[merge_into[torch.searchsorted(alive, owner)]]
+    return values, sizes, owner, alive[survives]
 
 
 def _split(layout: VisualLayout, alive: torch.Tensor, level: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction, check_int, merge_destinations, proportional_split
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction, check_int, merge_destinations, video_grids
 
 PAPER_FRAMES, PAPER_SAMPLED, PAPER_THUMBNAIL = 50, 2880, 576  # V2: 50 frames of 576 tokens, 2,880 sampled
 PAPER_RATIO = (PAPER_SAMPLED + PAPER_THUMBNAIL) / (PAPER_FRAMES * PAPER_THUMBNAIL)
@@ -55,12 +55,9 @@ class TSLLaVA(Method):
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         destination, cells = merge_destinations(layout, budget.tokens_before_llm(layout.num_tokens), features.device)
-        videos = [((layout.video == v) & ~layout.is_separator).nonzero().squeeze(1) for v in range(len(layout.grids))]
-        for (_, height, width), members, quota in zip(
-            layout.grids, videos, proportional_split(cells, [len(m) for m in videos])
-        ):
-            if len(members):
-                self._thumbnail_and_sample(members.view(-1, height, width), quota, destination)
+        for video, grid, quota in video_grids(layout, cells):
+            _, height, width = layout.grids[video]
+            self._thumbnail_and_sample(grid.view(-1, height, width), quota, destination)
         return TokenReduction.from_destinations(destination)
 
     def thumbnail_plan(self, frames: int, height: int, width: int, quota: int) -> tuple[int, int, int]:
