@@ -10,15 +10,18 @@ import pytest
 import torch
 
 import tokcompress
-from tokcompress import tiny
 from tokcompress.adapters import ADAPTERS, adapter_for
+from tokcompress.engine.folding import BATCHED as BATCHED_TOWER
+from tokcompress.engine.folding import PACKED as PACKED_TOWER
 from tokcompress.methods import EarlyTom, FrameDedup, VidTLDR
 from tokcompress.methods.earlytom import frame_segments, frame_similarities, middle_merges, stratified_top
 
-from .conftest import FAMILIES, generate, inputs_for, model_for
+from .conftest import FAMILIES, TINY, generate, inputs_for, model_for
+from .test_equivalence import assert_logits_of_the_llm_fed_only
 from .test_fidelity import features
 
-BATCHED = [f for f in FAMILIES if ADAPTERS[f].frames_batched_in_tower]
+BATCHED = [f for f in FAMILIES if ADAPTERS[f].tower_frames == BATCHED_TOWER]
+FOLDING = [f for f in FAMILIES if ADAPTERS[f].tower_frames is not None]  # towers that can fold frames
 
 
 def still(clip: torch.Tensor) -> torch.Tensor:
@@ -38,55 +41,88 @@ def rows_entering_tower_layers(model, run, dim: int = 0) -> list[int]:
     return seen
 
 
-@pytest.mark.parametrize("family", BATCHED)
+def frames_entering_tower_layers(model, inputs, run) -> list[int]:
+    """Per tower layer, the frame units in its input while `run()` runs (a packed tower: its rows over a unit's)."""
+    rows_per_unit = 1
+    if adapter_for(model).tower_frames == PACKED_TOWER:
+        _, height, width = inputs["video_grid_thw"][0].tolist()
+        rows_per_unit = height * width
+    return [rows // rows_per_unit for rows in rows_entering_tower_layers(model, run)]
+
+
+@pytest.mark.parametrize("family", FOLDING)
 def test_folded_frames_leave_the_later_tower_layers_fewer_frames_to_encode(family, clip):
     model = model_for(family)
     inputs = inputs_for(family, [still(clip), still(clip)], ["What is here?", "Describe it."])
     with tokcompress.compress(model, EarlyTom(ratio=0.3)) as handle:
-        rows = rows_entering_tower_layers(model, lambda: generate(model, inputs, max_new_tokens=2))
+        units = frames_entering_tower_layers(model, inputs, lambda: generate(model, inputs, max_new_tokens=2))
         stats = handle.stats
-    assert rows[0] == 16 and rows[-1] < 16  # two videos of 8 frames; merged after layer 0 of the tiny tower
+    assert units[0] == 2 * 8 // TINY[family].frames_per_unit  # two videos of 8 frames
+    assert units[-1] < units[0]  # merged after layer 0 of the tiny tower
     assert all(0 < s.encoder_ratio < 1 for s in stats.samples)
     assert abs(stats.achieved_ratio - 0.3) * stats.visual_in <= 1
 
 
-@pytest.mark.parametrize("family", BATCHED)
+@pytest.mark.parametrize("family", FOLDING)
 def test_the_llm_reads_the_frames_that_stood_at_their_original_positions(family, clip):
     """Identical frames fold into identical ones, so the kept tokens' features are the unpatched model's own:
-    the LLM fed only those, at their positions, gives the same logits."""
+    the LLM fed only those, at their positions, gives the same logits at every step."""
     model = model_for(family)
     inputs = inputs_for(family, still(clip), "What is here?")
     with tokcompress.compress(model, EarlyTom(ratio=0.3)) as handle, torch.no_grad():
         out = model.generate(
-            **inputs, max_new_tokens=1, do_sample=False, output_logits=True, return_dict_in_generate=True
+            **inputs, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True
         )
         kept, encoder_ratio = handle.stats.samples[0].kept_positions, handle.stats.samples[0].encoder_ratio
     assert encoder_ratio < 1
-    ids = inputs["input_ids"][0]
-    visual = (ids == tiny.VIDEO).nonzero().squeeze(1).tolist()
-    survivors = sorted(set(range(len(ids))) - set(visual) | set(kept))
-    with torch.no_grad():
-        embeds = model.get_input_embeddings()(inputs["input_ids"])
-        features = model.model.get_video_features(pixel_values_videos=inputs["pixel_values_videos"], return_dict=True)
-        embeds[0, visual] = features.pooler_output.flatten(0, 1)
-        lm = model.model.language_model(inputs_embeds=embeds[:, survivors], position_ids=torch.tensor([survivors]))
-        torch.testing.assert_close(out.logits[0], model.lm_head(lm.last_hidden_state[:, -1]), rtol=1e-4, atol=1e-4)
+    assert_logits_of_the_llm_fed_only(model, inputs, kept, out.logits)
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in BATCHED])
-def test_where_the_tower_does_not_batch_frames_it_encodes_every_one_and_the_budget_holds(family, clip):
+@pytest.mark.parametrize(
+    ("family", "method"),
+    [*((f, EarlyTom) for f in FAMILIES if f not in FOLDING), *((f, VidTLDR) for f in FAMILIES if f not in BATCHED)],
+)
+def test_where_the_tower_cannot_fold_it_encodes_everything_and_the_budget_holds(family, method, clip):
     model = model_for(family)
     inputs = inputs_for(family, still(clip), "What is here?")
-    with tokcompress.compress(model, EarlyTom(ratio=0.3)) as handle:
+    with tokcompress.compress(model, method(ratio=0.3)) as handle:
         generate(model, inputs, max_new_tokens=2)
     assert handle.stats.samples[0].encoder_ratio == 1.0
     assert abs(handle.stats.achieved_ratio - 0.3) * handle.stats.visual_in <= 1
 
 
-def test_threads_folding_frames_at_once_each_get_their_own(clip):
+def test_a_packed_tower_runs_its_later_windows_on_the_frames_that_stand_and_reads_out_every_frame(clip, monkeypatch):
+    """Qwen2.5-VL with window attention in its last layer too: after identical frame units fold at layer 0,
+    layer 1 gets four 4×4-patch windows per unit that stands (and their rotary rows), and the tower's output -
+    every unit reading the one it folded into - is the unpatched tower's, bit for bit."""
+    model = model_for("qwen2_5_vl")
+    monkeypatch.setattr(model.model.visual, "fullatt_block_indexes", [])
+    inputs = inputs_for("qwen2_5_vl", still(clip), "What is here?")
+    video = {"pixel_values_videos": inputs["pixel_values_videos"], "video_grid_thw": inputs["video_grid_thw"]}
+    with torch.no_grad():
+        expected = model.model.get_video_features(**video, return_dict=True)
+        seen = []
+        hook = model.model.visual.blocks[1].register_forward_pre_hook(
+            lambda m, args, kwargs: seen.append((args[0].shape[0], kwargs["cu_seqlens"].clone(),
+                                                 kwargs["position_embeddings"][0].shape[0])),
+            with_kwargs=True)
+        try:
+            with tokcompress.compress(model, EarlyTom(ratio=0.3)):
+                folded = model.model.get_video_features(**video, return_dict=True)
+        finally:
+            hook.remove()
+    (rows, segments, rotary_rows), = seen
+    assert rows < 4 * 64 and rows % 64 == 0 and rotary_rows == rows  # 4 units of 8×8 patches, fewer stand
+    assert torch.equal(segments, torch.arange(0, rows + 1, 16, dtype=segments.dtype))  # 4×4-patch windows
+    assert torch.equal(torch.cat(folded.pooler_output), torch.cat(expected.pooler_output))
+    assert torch.equal(folded.last_hidden_state, expected.last_hidden_state)
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_threads_folding_frames_at_once_each_get_their_own(family, clip):
     """The tower hooks are the patch's; which frames fold is each thread's own encoder call."""
-    model = model_for("llava_onevision")
-    prompts = [inputs_for("llava_onevision", frames, "What is here?") for frames in (still(clip), clip)] * 2
+    model = model_for(family)
+    prompts = [inputs_for(family, frames, "What is here?") for frames in (still(clip), clip)] * 2
     with tokcompress.compress(model, EarlyTom(ratio=0.3)):
         expected = [generate(model, inputs) for inputs in prompts]
         results: dict[int, torch.Tensor] = {}
@@ -99,15 +135,21 @@ def test_threads_folding_frames_at_once_each_get_their_own(clip):
     assert all(torch.equal(results[i], expected[i]) for i in range(len(prompts)))
 
 
-def test_a_pre_encoder_method_and_an_in_encoder_one_compose(clip):
-    """FrameDedup keeps one frame (the most redundant) from the tower, EarlyTom folds some of the rest inside it."""
-    model = model_for("llava_onevision")
-    inputs = inputs_for("llava_onevision", torch.cat([clip[:1], clip[:-1]]), "What is here?")
-    method = [FrameDedup(ratio=7 / 8, threshold=1.0), EarlyTom(ratio=0.3, tau=-1.0)]  # one segment of 7 frames
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_a_pre_encoder_method_and_an_in_encoder_one_compose(family, clip):
+    """Of 8 frame units whose first repeats, FrameDedup keeps the repeat from the tower and EarlyTom folds some
+    of the other 7 inside it."""
+    if TINY[family].frames_per_unit == 1:
+        frames = torch.cat([clip[:1], clip[:-1]])
+    else:  # two-frame units: (0 1) (0 1) (2 3) (4 5) (6 7) (2 3) (4 5) (6 7)
+        frames = torch.cat([clip[:2], clip[:2], clip[2:], clip[2:]])
+    model = model_for(family)
+    inputs = inputs_for(family, frames, "What is here?")
+    method = [FrameDedup(ratio=7 / 8, threshold=1.0), EarlyTom(ratio=0.3, tau=-1.0)]  # one segment of 7 units
     with tokcompress.compress(model, method) as handle:
-        rows = rows_entering_tower_layers(model, lambda: generate(model, inputs, max_new_tokens=2))
+        units = frames_entering_tower_layers(model, inputs, lambda: generate(model, inputs, max_new_tokens=2))
         stats = handle.stats
-    assert rows[0] == 7 and rows[-1] < 7
+    assert units[0] == 7 and units[-1] < 7
     assert stats.samples[0].encoder_ratio < 7 / 8
     assert abs(stats.achieved_ratio - 0.3) * stats.visual_in <= 1
 

@@ -103,6 +103,12 @@ def test_pre_llm_methods_match_the_ideal_model_fed_only_kept_tokens(family, clip
     with tokcompress.compress(model, method, ratio=0.3, **knobs) as handle, torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
         kept = handle.stats.samples[0].kept_positions
+    assert_logits_of_the_llm_fed_only(model, inputs, kept, out.logits, contiguous)
+
+
+def assert_logits_of_the_llm_fed_only(model, inputs, kept: list[int], step_logits, contiguous: bool = False) -> None:
+    """Each step's logits are the unpatched language model's, run with a cache on the prompt's text and its
+    `kept` visual tokens (the unpatched encoder's features) at their original (or re-indexed) positions."""
     ids = inputs["input_ids"][0]
     visual = (ids == tiny.VIDEO).nonzero().squeeze(1).tolist()
     survivors = torch.tensor(sorted(set(range(len(ids))) - set(visual) | set(kept)))
@@ -119,14 +125,14 @@ def test_pre_llm_methods_match_the_ideal_model_fed_only_kept_tokens(family, clip
         if contiguous:
             step_positions = torch.arange(len(survivors))[None]
         past, extra = None, _kept_deepstack(encoded, visual, kept, survivors)
-        for step_logits in out.logits:
+        for logits_now in step_logits:
             lm = model.model.language_model(
                 inputs_embeds=step_embeds, position_ids=step_positions, use_cache=True, **{CACHE_KEYWORD: past}, **extra
             )
             extra = {}
             past = output_cache(lm)
             ideal = model.lm_head(lm.last_hidden_state[:, -1])
-            torch.testing.assert_close(step_logits, ideal, rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(logits_now, ideal, rtol=1e-4, atol=1e-5)
             step_embeds = model.model.get_input_embeddings()(ideal.argmax(-1))[:, None]
             step_positions = step_positions[..., -1:] + 1
 

@@ -29,7 +29,10 @@ class Adapter:
     packed_vision_attention: ClassVar[bool] = False  # whether the tower's attention takes packed windows (cu_seqlens)
     encoder_side: ClassVar[bool] = True  # whether a pre-encoder method can keep frames from the tower (not InternVL)
     tower_has_cls: ClassVar[bool] = False  # whether tower tokens start with a CLS token (VisionZip reads its row)
-    frames_batched_in_tower: ClassVar[bool] = False  # whether the tower encodes a video's frames as a batch of images
+    # How the tower holds a video's frames, where an in-encoder method can fold them: BATCHED (one image per batch
+    # row: the LLaVA families), PACKED (frame units back to back in one packed sequence, attention inside each:
+    # Qwen-VL), None (it cannot fold them: InternVL encodes before the prompt is read).
+    tower_frames: ClassVar[str | None] = None
     video_pixels: ClassVar[str] = "pixel_values_videos"  # the call keyword of video pixels (InternVL: its images')
     video_modality: ClassVar[str] = "video"  # their key in pre-encoded `mm_encoder_outputs`
 
@@ -97,13 +100,23 @@ class Adapter:
         return None
 
     def frame_counts(self, encoder_args: dict[str, Any]) -> list[int]:
-        """Per video of a `get_video_features` call, its frames, where the tower encodes frames as a batch."""
-        raise NotImplementedError(f"{self.model_type}: the vision tower does not encode frames as a batch")
+        """Per video of a `get_video_features` call, its frame units, where the tower can fold them."""
+        raise NotImplementedError(f"{self.model_type}: the vision tower cannot fold frames")
+
+    def frame_rows(self, encoder_args: dict[str, Any]) -> list[int]:
+        """Per video of a `get_video_features` call, the rows of one frame unit in a PACKED tower's sequence."""
+        raise NotImplementedError(f"{self.model_type}: the vision tower does not pack frames")
 
     def tower_layers(self) -> tuple[nn.ModuleList, int]:
-        """(the tower's layers, each with its attention as `self_attn`; how many of them lead to the features the
-        model takes), where the tower encodes frames as a batch: an in-encoder method folds between them."""
-        raise NotImplementedError(f"{self.model_type}: the vision tower does not encode frames as a batch")
+        """(the tower's layers, for BATCHED towers each with its attention as `self_attn`; how many of them lead
+        to the features the model takes), where the tower can fold frames: an in-encoder method folds between
+        them."""
+        raise NotImplementedError(f"{self.model_type}: the vision tower cannot fold frames")
+
+    def tower_readouts(self) -> list[nn.Module]:
+        """The modules of a PACKED tower that read its rows after the layers (its patch merger, DeepStack's
+        mergers): their input is expanded back to every frame unit before they run."""
+        raise NotImplementedError(f"{self.model_type}: the vision tower does not pack frames")
 
     def tower_queries_keys(self, attention: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(images, heads, tokens, d) queries and keys of one tower attention module on its input."""
@@ -119,11 +132,14 @@ class Adapter:
         over queries, or the CLS row): (sequences, tokens), or (tokens,) for a packed call, in the call's order."""
         raise NotImplementedError(f"{self.model_type}: no vision-tower attention scores")
 
-    def tower_token_scores(self, records: list[TowerCall], input_ids: torch.Tensor) -> list[torch.Tensor]:
-        """Per frame unit of the prompt's videos that the tower encoded, in order: the attention each of its
-        visual tokens got in `tower_attention()` (its tower tokens' scores pooled as the model pools them),
-        (tokens per unit,). `records` are the tower's and that module's calls for this prompt, in order;
-        `input_ids` has one row per sample."""
+    def tower_token_scores(
+        self, records: list[TowerCall], input_ids: torch.Tensor, standing: list[int] | None = None
+    ) -> list[torch.Tensor]:
+        """Per frame unit of the prompt's videos that the tower encoded (and that still stood at its end), in
+        order: the attention each of its visual tokens got in `tower_attention()` (its tower tokens' scores pooled
+        as the model pools them), (tokens per unit,). `records` are the tower's and that module's calls for this
+        prompt, in order; `input_ids` has one row per sample; `standing`: per video, the frame units that still
+        stood where the tower folded some (None: as many as the tower call encoded)."""
         raise NotImplementedError(f"{self.model_type}: no vision-tower attention scores")
 
     def project_queries(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):

@@ -9,6 +9,7 @@ from typing import ClassVar
 import torch
 
 from ..engine import compat
+from ..engine.folding import BATCHED
 from ..layout import VisualLayout
 from .base import Adapter, feature_layer_index, token_runs, vit_attention_received
 
@@ -19,7 +20,7 @@ class FrameBatchAdapter(Adapter):
 
     separators_per_video: ClassVar[int] = 0
     tower_has_cls = True  # CLIP
-    frames_batched_in_tower = True
+    tower_frames = BATCHED
 
     def frame_grid(self) -> tuple[int, int]:
         raise NotImplementedError
@@ -85,7 +86,7 @@ class FrameBatchAdapter(Adapter):
     def tower_attention_received(self, call):  # (frames, tower tokens)
         return vit_attention_received(self.tower_attention(), call.argument("hidden_states", 0), self.tower_has_cls)
 
-    def tower_token_scores(self, records, input_ids):
+    def tower_token_scores(self, records, input_ids, standing=None):  # one score row per frame it ran on
         frames = []
         for call in records:
             if call.kind == "attention":

@@ -58,7 +58,7 @@ class InternVLAdapter(Adapter):
     def tower_attention_received(self, call):  # (images, 1 + s²)
         return vit_attention_received(self.tower_attention(), call.argument("hidden_states", 0), self.tower_has_cls)
 
-    def tower_token_scores(self, records, input_ids):
+    def tower_token_scores(self, records, input_ids, standing=None):  # its tower folds nothing
         images = []
         for call in records:
             if call.kind == "attention":

@@ -7,6 +7,7 @@ import torch
 
 from ..engine import compat
 from ..engine.compat import mrope_grid_rows
+from ..engine.folding import PACKED
 from ..layout import VisualLayout
 from ..ops import attention_received
 from .base import Adapter, rotate, token_runs
@@ -16,6 +17,7 @@ class Qwen2VLAdapter(Adapter):
     model_type = "qwen2_vl"
     mrope = True
     packed_vision_attention = True  # stock sdpa runs one attention call per window in a Python loop
+    tower_frames = PACKED  # each temporal patch a run of h·w rows (window-ordered alike), attention inside each
 
     def video_layouts(self, input_ids, call_kwargs):
         grid_thw = call_kwargs.get("video_grid_thw")
@@ -63,6 +65,18 @@ class Qwen2VLAdapter(Adapter):
         output.pooler_output = self._all_units(output.pooler_output, grids, keep)
         return output
 
+    def frame_counts(self, encoder_args):
+        return encoder_args["video_grid_thw"][:, 0].tolist()
+
+    def frame_rows(self, encoder_args):
+        return (encoder_args["video_grid_thw"][:, 1] * encoder_args["video_grid_thw"][:, 2]).tolist()
+
+    def tower_layers(self):
+        return self.vision_tower.blocks, len(self.vision_tower.blocks)
+
+    def tower_readouts(self):
+        return [self.vision_tower.merger]
+
     def tower_attention(self):
         return self.vision_tower.blocks[-1].attn
 
@@ -78,12 +92,13 @@ class Qwen2VLAdapter(Adapter):
             for start, end in zip(bounds[:-1], bounds[1:])
         ])
 
-    def tower_token_scores(self, records, input_ids):
+    def tower_token_scores(self, records, input_ids, standing=None):
         merge = self.config.vision_config.spatial_merge_size**2
-        units, grid = [], None
+        units, grid, standing = [], None, iter(standing or ())
         for call in records:
-            if call.kind == "tower":
-                grid = call.argument("grid_thw", 1)
+            if call.kind == "tower":  # the units its last layer ran on: what stood of the call's
+                grid = call.argument("grid_thw", 1).clone()
+                grid[:, 0] = grid.new_tensor([next(standing, t) for t in grid[:, 0].tolist()])
                 continue
             received = self.tower_attention_received(call)
             merged = self.in_patch_order(received.view(-1, merge).mean(dim=-1), grid)  # one per LLM token

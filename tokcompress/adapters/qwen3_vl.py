@@ -67,13 +67,15 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
         additions[mask.to(embeds.device)] = torch.stack(features, dim=1).to(embeds.dtype)
         return additions
 
+    def tower_readouts(self):
+        return [*super().tower_readouts(), *getattr(self.vision_tower, "deepstack_merger_list", ())]
+
     def encode_frames(self, encode, encoder_args, keep):
         output = super().encode_frames(encode, encoder_args, keep)
         if getattr(output, "deepstack_features", None) is not None:
             grids = encoder_args["video_grid_thw"].tolist()
             output.deepstack_features = [self._all_units(level, grids, keep) for level in output.deepstack_features]
         return output
-
 
 
 class Qwen3VLMoeAdapter(Qwen3VLAdapter):

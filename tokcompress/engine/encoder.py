@@ -9,10 +9,11 @@ then removes the dropped units' tokens before the LLM sees them, exactly as a pr
 the tower encodes every image before the prompt is read (InternVL), the method chooses from the frames'
 features at the prefill instead.
 
-With an in-encoder method, where the tower encodes a video's frames as a batch of images (the LLaVA
-families), the call folds frames or tokens together between the tower's layers (`folding`), so every later
-layer runs on fewer; the tower's output is expanded back to its full shape (each frame or token reads what
-it folded into), and the prefill keeps only the frames that still stood, as for the pre-encoder stage.
+With an in-encoder method, the call folds frames together between the tower's layers (`folding`) where the
+tower holds them as a batch of images (the LLaVA families) or as runs of a packed sequence (Qwen-VL), and
+tokens inside each frame where it batches them, so every later layer runs on fewer; the tower's output is
+expanded back to its full shape (each frame or token reads what it folded into), and the prefill keeps only
+the frames that still stood, as for the pre-encoder stage.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from ..layout import VisualLayout
 from ..methods.base import IN_ENCODER, PRE_ENCODER, Method
 from ..stats import Timer
 from . import compat
-from .folding import FrameMerging, TokenMerging
+from .folding import BATCHED, PACKED, FrameMerging, TokenMerging
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
@@ -68,10 +69,14 @@ def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs:
         if any(len(units) < count for units, count in zip(keep, record.units)):
             record.keep = keep
     folding = None
-    if IN_ENCODER in method.stages and method.compresses() and adapter.frames_batched_in_tower:
+    if folds_in_tower(method, adapter):
         record.units = record.units or adapter.frame_counts(encoder_args)
         frames = record.keep or [torch.arange(units) for units in record.units]
-        folding = (TokenMerging if method.in_encoder_unit == "token" else FrameMerging)(method, adapter, frames)
+        if method.in_encoder_unit == "token":
+            folding = TokenMerging(method, adapter, frames)
+        else:
+            packed_rows = adapter.frame_rows(encoder_args) if adapter.tower_frames == PACKED else None
+            folding = FrameMerging(method, adapter, frames, packed_rows)
     with record.encoder_time.measure(pixels.device), folding or contextlib.nullcontext():
         if record.keep is None:
             output = encode(**encoder_args)
@@ -80,6 +85,13 @@ def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs:
     if folding is not None and folding.merged:
         record.keep, record.layer_share = folding.standing, folding.layer_share(record.units)
     return output, record
+
+
+def folds_in_tower(method: Method, adapter: Adapter) -> bool:
+    """Whether the method folds frames (any tower that can) or tokens (a batched one) inside this tower."""
+    if IN_ENCODER not in method.stages or not method.compresses() or adapter.tower_frames is None:
+        return False
+    return method.in_encoder_unit == "frame" or adapter.tower_frames == BATCHED
 
 
 def frames_chosen_from_features(

@@ -35,11 +35,20 @@ from .decode import next_positions, select_visual_kv, skip_tokens_already_cached
 from .encoder import (
     TowerCall,
     encode_videos,
+    folds_in_tower,
     frames_chosen_from_features,
     layouts_with_tower_scores,
     tokens_encoded,
 )
-from .folding import after_tower, after_tower_layer, before_tower_attention
+from .folding import (
+    BATCHED,
+    PACKED,
+    after_tower,
+    after_tower_layer,
+    before_tower_attention,
+    before_tower_layer,
+    before_tower_readout,
+)
 from .groups import GenerationState, restore_sequence
 from .prefill import begin_generation, reduce_before_layer, reduce_before_llm
 
@@ -59,7 +68,7 @@ class Engine:
             )
         tower_implementation = compat.attention_implementation(adapter.vision_tower.config)
         folds_tokens = IN_ENCODER in method.stages and method.in_encoder_unit == "token"
-        if folds_tokens and adapter.frames_batched_in_tower and "flash" in tower_implementation:
+        if folds_tokens and adapter.tower_frames == BATCHED and "flash" in tower_implementation:
             raise ValueError(
                 f"{method.name} folds tokens inside the vision tower, whose later layers then need a float attention "
                 f"mask (proportional attention), which {tower_implementation} cannot take; load the tower with "
@@ -96,15 +105,8 @@ class Engine:
                 for kind, module in recorded:
                     hook = functools.partial(self._record_tower_call, kind)
                     self._hooks.append(module.register_forward_pre_hook(hook, with_kwargs=True))
-            if IN_ENCODER in self.method.stages and self.adapter.frames_batched_in_tower:
-                layers, _ = self.adapter.tower_layers()
-                for index, layer in enumerate(layers):
-                    hook = functools.partial(after_tower_layer, index)
-                    self._hooks.append(layer.register_forward_hook(hook, prepend=True))
-                    if self.method.in_encoder_unit == "token":  # its saliency and proportional attention
-                        hook = functools.partial(before_tower_attention, index)
-                        self._hooks.append(layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True))
-                self._hooks.append(self.adapter.vision_tower.register_forward_hook(after_tower, prepend=True))
+            if folds_in_tower(self.method, self.adapter):
+                self._hook_tower_folding()
             self._stand_ins = self._make_stand_ins()
             for module, name, stand_in in self._stand_ins:
                 setattr(module, name, stand_in)
@@ -114,6 +116,23 @@ class Engine:
         except BaseException:
             self.detach()
             raise
+
+    def _hook_tower_folding(self) -> None:
+        """The tower hooks through which the encoder call in progress folds frames or tokens (`folding`)."""
+        layers, _ = self.adapter.tower_layers()
+        packed = self.adapter.tower_frames == PACKED
+        for index, layer in enumerate(layers):
+            hook = functools.partial(after_tower_layer, index)
+            self._hooks.append(layer.register_forward_hook(hook, prepend=True))
+            if packed:  # its attention segments and rotary rows, for the frames that stand
+                hook = functools.partial(before_tower_layer, index)
+                self._hooks.append(layer.register_forward_pre_hook(hook, with_kwargs=True, prepend=True))
+            if self.method.in_encoder_unit == "token":  # its saliency and proportional attention
+                hook = functools.partial(before_tower_attention, index)
+                self._hooks.append(layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True))
+        for readout in self.adapter.tower_readouts() if packed else ():
+            self._hooks.append(readout.register_forward_pre_hook(before_tower_readout, prepend=True))
+        self._hooks.append(self.adapter.vision_tower.register_forward_hook(after_tower, prepend=True))
 
     def detach(self) -> None:
         for hook in self._hooks:
@@ -294,8 +313,9 @@ class Engine:
             )
         rows = prompt.rows_per_sample
         with torch.no_grad():
-            scores = self.adapter.tower_token_scores(records, prompt.input_ids[::rows])
-        encoded_units = encoded.keep if encoded is not None and self.adapter.encoder_side else None
+            encoded_units = encoded.keep if encoded is not None and self.adapter.encoder_side else None
+            standing = [len(units) for units in encoded_units] if encoded_units is not None else None
+            scores = self.adapter.tower_token_scores(records, prompt.input_ids[::rows], standing)
         return layouts_with_tower_scores(prompt.layouts, scores, encoded_units, rows)
 
     def _on_llm_return(self, module, args, kwargs, output):

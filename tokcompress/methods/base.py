@@ -245,8 +245,9 @@ class Method:
         a reduction over the frames, or None to leave them.
 
         frames: (F, n, D) the hidden states of the frames still in the tower; sizes: (F,) how many of the
-        video's frames each stands for (merges are size-weighted means). Only for towers that encode a video's
-        frames as a batch of images (the LLaVA families); elsewhere the tower encodes every frame.
+        video's frames each stands for (merges are size-weighted means). For towers that can fold frames (a
+        batch of images: the LLaVA families; a packed sequence of temporal patches: Qwen-VL); elsewhere the tower
+        encodes every frame.
         """
         raise NotImplementedError(f"{type(self).__name__} does not act inside the vision encoder")
 

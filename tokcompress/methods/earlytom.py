@@ -30,8 +30,8 @@ PAPER_LAYERS, PAPER_DEPTH = (6, 21, 23), 26  # PRUNE_LAYERS of LLaVA-OV's 26 Sig
 class EarlyTom(Method):
     """Early token merging: frames merge inside the tower, tokens are chosen after it.
 
-    Inside the vision tower (where it encodes a video's frames as a batch: the LLaVA families), after each
-    merge layer (the paper's 6, 21 and 23 of 26, scaled to the layers before the feature layer) the frames are
+    Inside the vision tower (where it can fold frames: the LLaVA families' batch of images, Qwen-VL's packed
+    sequence of temporal patches), after each merge layer (the paper's 6, 21 and 23 of 26, scaled to the layers before the feature layer) the frames are
     segmented greedily: a segment starts at a reference frame and grows while the smoothed mean cosine to it,
     e ← `ema` · c + (1 − `ema`) · e, stays at least `tau`, up to `max_window` frames. In a segment of three or
     more frames the first and last stay, and neighbouring middle frames j, j + 1 fold together when their mean
@@ -56,8 +56,9 @@ class EarlyTom(Method):
     - Token scores are the attention received in the tower's feature layer, from its own q/k (official: the
       merged attention maps of the last merge layer); the segmentation before the LLM reads the projected
       features. No inner-LLM merge (the official scripts add HoliTom's; compose it with `holitom` instead).
-    - Where the tower encodes frames otherwise (Qwen-VL's packed windows, InternVL's images read before the
-      prompt), the tower encodes every frame and only the token choice before the LLM runs. Any batch size.
+    - On Qwen-VL a frame is a temporal patch (two frames), and its layers are all the tower's (the merger reads
+      the last). Where the tower cannot fold (InternVL encodes its images before the prompt is read) it encodes
+      every frame and only the token choice before the LLM runs. Any batch size.
     """
 
     ratio: float = 0.1
