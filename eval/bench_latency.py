@@ -43,7 +43,7 @@ from transformers import (
 import tokcompress
 from tokcompress.adapters import adapter_for
 from tokcompress.ideal import ideal_inputs
-from tokcompress.timing import timed_generate
+from tokcompress.timing import median_ms, timed_generate
 from tokcompress.tiny import frame_batch_video
 from tokcompress.video import IMAGENET_MEAN, IMAGENET_STD, qwen_vl_pixels, read_frames, resize_normalize, sample_clip
 
@@ -77,9 +77,11 @@ QWEN3_VISION = dict(  # Qwen3-VL's and Qwen3.5's tower (SigLIP-2 shape, 16 px pa
     depth=27, hidden_size=1152, intermediate_size=4304, num_heads=16, out_hidden_size=4096, patch_size=16,
     temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=2304,
 )
+STOCK = "stock"  # the unpatched model, as users run it
+BASELINES = ("none", STOCK)  # measured once, at ratio 1
 MODEL_NAMES = (
     "llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b",
-    "internvl3-8b", "small",
+    "internvl3-8b", "small", "small-qwen2.5-vl",
 )
 INTERNVL_IMAGE_START, INTERNVL_IMAGE_END = 151665, 151666  # <img>, </img>
 
@@ -143,6 +145,17 @@ def named_model(name: str, dtype: torch.dtype, device: str):
             image_token_id=4000, video_token_id=4001, vision_feature_layer=-1, vision_feature_select_strategy="full",
         )
         cls = LlavaOnevisionForConditionalGeneration
+    elif name == "small-qwen2.5-vl":  # Qwen2.5-VL's packed, windowed tower (8 layers, 2 of full attention)
+        config = Qwen2_5_VLConfig(
+            text_config=dict(model_type="qwen2_5_vl_text", hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
+                             num_attention_heads=8, num_key_value_heads=2, vocab_size=4096,
+                             rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [8, 12, 12]}),
+            vision_config=dict(depth=8, hidden_size=192, intermediate_size=384, num_heads=3, out_hidden_size=512,
+                               patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=112,
+                               fullatt_block_indexes=[3, 7]),
+            image_token_id=4000, video_token_id=4001, vision_start_token_id=4002, vision_end_token_id=4003,
+        )
+        cls = Qwen2_5_VLForConditionalGeneration
     else:
         model = AutoModelForImageTextToText.from_pretrained(name, dtype=dtype, device_map=device)
         return model.eval()
@@ -193,29 +206,51 @@ def measure_ideal(
     return {f"ideal_{key}": value for key, value in timing.items() if key != "end_to_end_ms"}
 
 
+def measure_stock(model, inputs: dict, new_tokens: int, repeats: int, device: str) -> dict:
+    """The model as users run it, no patch at all (Qwen-VL: stock sdpa's loop over vision windows, where `none`
+    takes the packed varlen path); its ideal is itself."""
+    encode, _ = ideal_inputs(model, inputs, 0)
+    measured = measure(model, inputs, new_tokens, repeats, device)
+    ideal = {f"ideal_{key}": value for key, value in measured.items() if key != "end_to_end_ms"}
+    return dict(compression_ms=0.0, encoder_ms=round(median_ms(encode, repeats, device), 3), encoder_ratio=1.0,
+                **measured, **ideal)
+
+
+def measure_method(model, inputs: dict, method: str, ratio: float, visual_in: int, args) -> dict:
+    """A patched run, then the ideal for what it kept and encoded."""
+    with tokcompress.compress(model, method, ratio=None if method == "none" else ratio) as handle:
+        measured = measure(model, inputs, args.new_tokens, args.repeats, args.device)
+        stats = handle.stats  # of the last timed generate
+    kept = round(stats.achieved_ratio * visual_in)
+    encoded = statistics.mean(s.encoder_ratio for s in stats.samples)
+    ideal = measure_ideal(model, inputs, kept, args.new_tokens, args.repeats, args.device, encoded)
+    return dict(
+        achieved_ratio=stats.achieved_ratio, compression_ms=round(stats.compression_seconds * 1e3, 3),
+        encoder_ms=round(stats.encoder_seconds * 1e3, 3), encoder_ratio=round(encoded, 4), **measured, **ideal,
+    )
+
+
 def run(args) -> list[dict]:
     dtype = getattr(torch, args.dtype)
     model = named_model(args.model, dtype, args.device)
     clip = sample_clip(args.clip)
     rows = []
-    jobs = [(f, m, r) for f in args.frames for m in args.methods for r in ([1.0] if m == "none" else args.ratios)]
+    jobs = [(f, m, r) for f in args.frames for m in args.methods for r in ([1.0] if m in BASELINES else args.ratios)]
     torch.set_grad_enabled(False)
     for frames, method, ratio in tqdm(jobs, desc="latency", unit="run"):
         inputs = {k: v.to(args.device) for k, v in video_inputs(model, read_frames(clip, frames)).items()}
         inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
-        with tokcompress.compress(model, method, ratio=None if method == "none" else ratio) as handle:
-            measured = measure(model, inputs, args.new_tokens, args.repeats, args.device)
-            stats = handle.stats  # of the last timed generate
         visual_in = int((inputs["input_ids"] == adapter_for(model).video_token_id).sum())
-        kept = round(stats.achieved_ratio * visual_in)
-        encoded = statistics.mean(s.encoder_ratio for s in stats.samples)
-        ideal = measure_ideal(model, inputs, kept, args.new_tokens, args.repeats, args.device, encoded)
+        if method == STOCK:
+            timing = measure_stock(model, inputs, args.new_tokens, args.repeats, args.device)
+        else:
+            timing = measure_method(model, inputs, method, ratio, visual_in, args)
+        achieved = timing.pop("achieved_ratio", 1.0)
         rows.append(dict(
-            model=args.model, device=device_name(args.device), dtype=args.dtype, frames=frames, method=method, ratio=ratio,
-            new_tokens=args.new_tokens, visual_in=visual_in, visual_kept_layer_mean=kept, achieved_ratio=round(stats.achieved_ratio, 4),
-            compression_ms=round(stats.compression_seconds * 1e3, 3), encoder_ms=round(stats.encoder_seconds * 1e3, 3),
-            encoder_ratio=round(encoded, 4), **measured, **ideal,
-            prefill_overhead_ms=measured["prefill_ms"] - ideal["ideal_prefill_ms"],
+            model=args.model, device=device_name(args.device), dtype=args.dtype, frames=frames, method=method,
+            ratio=ratio, new_tokens=args.new_tokens, visual_in=visual_in, visual_kept_layer_mean=round(achieved * visual_in),
+            achieved_ratio=round(achieved, 4), **timing,
+            prefill_overhead_ms=timing["prefill_ms"] - timing["ideal_prefill_ms"],
         ))
     return rows
 
@@ -241,7 +276,7 @@ def plot(rows: list[dict], out: Path, stem: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m != "none"]
+    methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in BASELINES]
     frames = sorted({r["frames"] for r in rows})
     baseline = {r["frames"]: r for r in rows if r["method"] == "none"}
     figure, axes = plt.subplots(1, len(frames), figsize=(5 * len(frames), 4), squeeze=False)
@@ -254,6 +289,9 @@ def plot(rows: list[dict], out: Path, stem: str) -> None:
             axis.plot(*zip(*ideal), linestyle="--", color="black", label="ideal")
         if count in baseline:
             axis.axhline(baseline[count]["prefill_ms"], color="gray", linestyle=":", label="none")
+        stock = [r for r in rows if r["method"] == STOCK and r["frames"] == count]
+        if stock:
+            axis.axhline(stock[0]["prefill_ms"], color="brown", linestyle=":", label="stock (unpatched)")
         axis.set(title=f"{count} frames", xlabel="ratio", ylabel="prefill ms (median)")
         axis.legend(fontsize=7)
     figure.suptitle(f"prefill latency vs ratio - {rows[0]['model']} on {rows[0]['device']}")
@@ -302,7 +340,10 @@ def main(argv: list[str] | None = None) -> int:
         "--model", default="small", help=", ".join(MODEL_NAMES) + ", or a checkpoint path"
     )
     parser.add_argument("--frames", type=int, nargs="+", default=[8, 16])
-    parser.add_argument("--methods", nargs="+", default=["none", *(m for m in tokcompress.list_methods() if m != "none")])
+    parser.add_argument(
+        "--methods", nargs="+", default=[STOCK, "none", *(m for m in tokcompress.list_methods() if m != "none")],
+        help=f"registered methods, and '{STOCK}': the unpatched model (Qwen-VL: stock sdpa vision windows)",
+    )
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.15, 0.3, 0.5])
     parser.add_argument("--new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)

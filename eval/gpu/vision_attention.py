@@ -1,7 +1,9 @@
-"""Qwen2.5-VL-7B's vision tower (random weights, bf16): stock sdpa window loop vs one packed varlen call.
+"""Qwen2.5-VL-7B's vision tower (random weights, bf16): stock sdpa window loop vs one packed varlen call, and
+EarlyTom folding frame units inside the packed tower.
 
 GPU only. Prints and writes eval/results/vision_attention_<gpu>.csv: median ms of each path over the same
-64-frame clip shape, and the largest output difference (the math is the same; bf16 rounding differs).
+64-frame clip shape, and the largest output difference (the math is the same; bf16 rounding differs). On a
+still clip (every temporal patch the same) the folded tower must give the unfolded packed tower's output.
 """
 
 from __future__ import annotations
@@ -17,6 +19,17 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from bench_latency import named_model  # noqa: E402
 
 import tokcompress  # noqa: E402
+from tokcompress.methods import EarlyTom  # noqa: E402
+
+
+def still_prompt(model, pixels: torch.Tensor, grid: torch.Tensor) -> dict:
+    """A prompt holding the video's placeholders only, so that a forward reads the folded tower's stats."""
+    config = model.config
+    tokens = int(grid.prod()) // 4
+    ids = torch.tensor([[config.vision_start_token_id, *[config.video_token_id] * tokens, config.vision_end_token_id]],
+                       device=pixels.device)
+    return dict(input_ids=ids, pixel_values_videos=pixels, video_grid_thw=grid,
+                mm_token_type_ids=(ids == config.video_token_id).long() * 2)
 
 
 def main(out: Path = Path(__file__).parents[1] / "results") -> int:
@@ -30,9 +43,20 @@ def main(out: Path = Path(__file__).parents[1] / "results") -> int:
         stock, stock_ms = encode(), triton.testing.do_bench(encode)
         with tokcompress.compress(model, "none"):
             packed, packed_ms = encode(), triton.testing.do_bench(encode)
+        pixels = pixels.view(frames // 2, -1, pixels.shape[-1])[:1].expand(frames // 2, -1, -1).reshape(pixels.shape)
+        with tokcompress.compress(model, "none"):
+            still = encode()
+        with tokcompress.compress(model, EarlyTom(ratio=0.3)) as handle:
+            folded, folded_ms = encode(), triton.testing.do_bench(encode)
+            model(**still_prompt(model, pixels, grid))  # the prefill reads what the tower folded
+            encoder_ratio = handle.stats.samples[0].encoder_ratio
     difference = float((packed.float() - stock.float()).abs().max())
-    rows.append(dict(gpu=torch.cuda.get_device_name(), frames=frames, size=size, stock_ms=stock_ms, packed_ms=packed_ms,
-                     speedup=stock_ms / packed_ms, max_abs_diff=difference, output_abs_max=float(stock.float().abs().max())))
+    rows.append(dict(
+        gpu=torch.cuda.get_device_name(), frames=frames, size=size, stock_ms=stock_ms, packed_ms=packed_ms,
+        speedup=stock_ms / packed_ms, max_abs_diff=difference, output_abs_max=float(stock.float().abs().max()),
+        still_folded_ms=folded_ms, still_encoder_ratio=encoder_ratio,
+        still_folded_max_abs_diff=float((folded.float() - still.float()).abs().max()),
+    ))
     print(rows[0])
     out.mkdir(parents=True, exist_ok=True)
     with (out / f"vision_attention_{torch.cuda.get_device_name().replace(' ', '-')}.csv").open("w", newline="") as handle:
