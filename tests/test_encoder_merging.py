@@ -13,10 +13,10 @@ import tokcompress
 from tokcompress.adapters import ADAPTERS, adapter_for
 from tokcompress.engine.folding import BATCHED as BATCHED_TOWER
 from tokcompress.engine.folding import PACKED as PACKED_TOWER
-from tokcompress.methods import EarlyTom, FrameDedup, VidTLDR
+from tokcompress.methods import Compose, EarlyTom, EncoderOnly, FastV, FrameDedup, FrameFusion, VidTLDR
 from tokcompress.methods.earlytom import frame_segments, frame_similarities, middle_merges, stratified_top
 
-from .conftest import FAMILIES, TINY, generate, inputs_for, model_for
+from .conftest import FAMILIES, TINY, generate, inputs_for, model_for, shorter
 from .test_equivalence import assert_logits_of_the_llm_fed_only
 from .test_fidelity import features
 
@@ -152,6 +152,47 @@ def test_a_pre_encoder_method_and_an_in_encoder_one_compose(family, clip):
     assert units[0] == 7 and units[-1] < 7
     assert stats.samples[0].encoder_ratio < 7 / 8
     assert abs(stats.achieved_ratio - 0.3) * stats.visual_in <= 1
+
+
+@pytest.mark.parametrize("llm_side", [FrameFusion(ratio=0.3), FastV(ratio=0.3)])
+@pytest.mark.parametrize("family", FOLDING)
+def test_the_encoder_stage_of_a_method_alone_composes_with_an_llm_side_one(family, llm_side, clip, other_clip):
+    """EarlyTom's folding inside the tower, then an LLM-side method on the frames that stood, one budget."""
+    model = model_for(family)
+    inputs = inputs_for(family, still(clip), "What is here?")
+    method = [EncoderOnly(EarlyTom(ratio=0.3)), llm_side]
+    with tokcompress.compress(model, method) as handle:
+        units = frames_entering_tower_layers(model, inputs, lambda: generate(model, inputs, max_new_tokens=2))
+        stats = handle.stats
+        assert stats.method == f"earlytom@encoder+{llm_side.name}"
+        assert units[-1] < units[0] and stats.samples[0].encoder_ratio < 1
+        assert abs(stats.achieved_ratio - 0.3) * stats.visual_in <= 1
+        clips, questions = [still(clip), shorter(family, other_clip)], ["What is here?", "Who?"]
+        together = generate(model, inputs_for(family, clips, questions), max_new_tokens=3)
+        for b, (frames, question) in enumerate(zip(clips, questions)):
+            assert torch.equal(generate(model, inputs_for(family, frames, question), max_new_tokens=3)[0], together[b])
+
+
+def test_the_encoder_stage_alone_hands_the_llm_the_frames_that_stood(clip):
+    model = model_for("qwen2_5_vl")
+    inputs = inputs_for("qwen2_5_vl", still(clip), "What is here?")
+    with tokcompress.compress(model, EncoderOnly(EarlyTom(), ratio=0.5)) as handle, torch.no_grad():
+        out = model.generate(
+            **inputs, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
+        sample = handle.stats.samples[0]
+    assert handle.method.stages == ("in_encoder",) and handle.method.method.ratio == 0.5
+    assert sample.achieved_ratio == 0.75  # the middle pair of the 4 identical units folded: 3 stood, every token
+    assert_logits_of_the_llm_fed_only(model, inputs, sample.kept_positions, out.logits)
+
+
+def test_encoder_only_refuses_what_has_no_encoder_stage_or_is_a_composition():
+    with pytest.raises(ValueError, match="framefusion acts at no encoder stage"):
+        EncoderOnly(FrameFusion())
+    with pytest.raises(TypeError, match="one tokcompress method"):
+        EncoderOnly(Compose(methods=(FrameDedup(), FrameFusion())))
+    with pytest.raises(TypeError, match="one tokcompress method"):
+        EncoderOnly("earlytom")
 
 
 # ---------------------------------------------------------------------------------------------- transcription

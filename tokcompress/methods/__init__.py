@@ -7,7 +7,7 @@ from typing import Any
 
 from .aim import AIM
 from .base import DECODE, IN_ENCODER, IN_LLM, PRE_ENCODER, PRE_LLM, LayerBudget, Method, ModelSpec, TokenReduction
-from .compose import Compose
+from .compose import Compose, EncoderOnly
 from .divprune import DivPrune
 from .dycoke import DyCoke
 from .earlytom import EarlyTom
@@ -107,6 +107,7 @@ __all__ = [
     "DivPrune",
     "DyCoke",
     "EarlyTom",
+    "EncoderOnly",
     "FastV",
     "FastVID",
     "FrameDedup",

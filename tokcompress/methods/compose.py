@@ -1,4 +1,5 @@
-"""Composition: methods that act at different stages run as one, in the order data flows."""
+"""Composition: methods that act at different stages run as one, in the order data flows; `EncoderOnly` keeps
+a method's encoder-side stages alone, so that one acting in the tower and before the LLM composes too."""
 
 from __future__ import annotations
 
@@ -126,3 +127,67 @@ class Compose(Method):
 
     def select_decode_kv(self, sample: DecodeSample) -> torch.Tensor:
         return self._at(DECODE).select_decode_kv(sample)
+
+
+@dataclass(init=False)
+class EncoderOnly(Method):
+    """Only the encoder-side stages (pre-encoder, in-encoder) of a method that also acts in the LLM, so that it
+    composes with any LLM-side method: `[EncoderOnly(EarlyTom(ratio=0.3)), FrameFusion(ratio=0.3)]` folds
+    frames inside the vision tower, then FrameFusion runs on the frames that stood. `ratio` is the inner
+    method's (its own cap on what the encoder side removes); alone, the LLM gets the frames that stood.
+
+    Departures: none - it only delegates.
+    """
+
+    ratio: float | None = None
+    method: Method | None = None
+
+    def __init__(self, method: Method, ratio: float | None = None):
+        self.method, self.ratio = method, ratio
+        self.__post_init__()
+
+    def __post_init__(self) -> None:
+        inner = self.method
+        if not isinstance(inner, Method) or isinstance(inner, (Compose, EncoderOnly)):
+            raise TypeError(f"EncoderOnly takes one tokcompress method (not a composition), got {inner!r}")
+        if not set(inner.stages) & set(ENCODER_STAGES):
+            raise ValueError(
+                f"{inner.name} acts at no encoder stage ({', '.join(inner.stages) or 'none'}); use it as it is"
+            )
+        if self.ratio is not None:
+            inner = dataclasses.replace(inner, ratio=check_ratio(self.ratio))
+        self.method, self.ratio = inner, inner.ratio
+
+    @property
+    def name(self) -> str:
+        return f"{self.method.name}@encoder"
+
+    @property
+    def stages(self) -> tuple[str, ...]:
+        return tuple(stage for stage in ENCODER_STAGES if stage in self.method.stages)
+
+    @property
+    def in_encoder_unit(self) -> str:
+        return self.method.in_encoder_unit
+
+    def compresses(self) -> bool:
+        return self.method.compresses()
+
+    def bind(self, spec: ModelSpec) -> EncoderOnly:
+        return EncoderOnly(method=self.method.bind(spec))
+
+    def reduce_pre_encoder(self, signatures: torch.Tensor) -> torch.Tensor:
+        return self.method.reduce_pre_encoder(signatures)
+
+    def encoder_merge_layers(self, depth: int) -> list[int]:
+        return self.method.encoder_merge_layers(depth)
+
+    def reduce_in_encoder(
+        self, frames: torch.Tensor, sizes: torch.Tensor, layer: int, depth: int
+    ) -> TokenReduction | None:
+        return self.method.reduce_in_encoder(frames, sizes, layer, depth)
+
+    def merge_in_encoder_tokens(
+        self, tokens: torch.Tensor, sizes: torch.Tensor, sharpness: torch.Tensor, layer: int, depth: int, fixed: int
+    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+        return self.method.merge_in_encoder_tokens(tokens, sizes, sharpness, layer, depth, fixed)
