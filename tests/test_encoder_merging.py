@@ -4,6 +4,7 @@ encodes every frame."""
 
 from __future__ import annotations
 
+import contextlib
 import threading
 
 import pytest
@@ -13,7 +14,16 @@ import tokcompress
 from tokcompress.adapters import ADAPTERS, adapter_for
 from tokcompress.engine.folding import BATCHED as BATCHED_TOWER
 from tokcompress.engine.folding import PACKED as PACKED_TOWER
-from tokcompress.methods import Compose, EarlyTom, EncoderOnly, FastV, FrameDedup, FrameFusion, VidTLDR
+from tokcompress.methods import (
+    Compose,
+    EarlyTom,
+    EncoderOnly,
+    FastV,
+    FrameDedup,
+    FrameFusion,
+    VidTLDR,
+    VisionZip,
+)
 from tokcompress.methods.earlytom import frame_segments, frame_similarities, middle_merges, stratified_top
 
 from .conftest import FAMILIES, TINY, generate, inputs_for, model_for, shorter
@@ -80,7 +90,7 @@ def test_the_llm_reads_the_frames_that_stood_at_their_original_positions(family,
 
 @pytest.mark.parametrize(
     ("family", "method"),
-    [*((f, EarlyTom) for f in FAMILIES if f not in FOLDING), *((f, VidTLDR) for f in FAMILIES if f not in BATCHED)],
+    [(family, method) for family in FAMILIES if family not in FOLDING for method in (EarlyTom, VidTLDR)],
 )
 def test_where_the_tower_cannot_fold_it_encodes_everything_and_the_budget_holds(family, method, clip):
     model = model_for(family)
@@ -186,6 +196,12 @@ def test_the_encoder_stage_alone_hands_the_llm_the_frames_that_stood(clip):
     assert_logits_of_the_llm_fed_only(model, inputs, sample.kept_positions, out.logits)
 
 
+@pytest.mark.parametrize("family", FOLDING)
+def test_folding_tokens_in_the_tower_refuses_a_method_that_ranks_by_the_towers_attention(family):
+    with pytest.raises(ValueError, match="rows are then of the folded tokens"):
+        tokcompress.patch(model_for(family), [EncoderOnly(VidTLDR()), VisionZip(ratio=0.3)])
+
+
 def test_encoder_only_refuses_what_has_no_encoder_stage_or_is_a_composition():
     with pytest.raises(ValueError, match="framefusion acts at no encoder stage"):
         EncoderOnly(FrameFusion())
@@ -289,6 +305,53 @@ def test_vidtldr_leaves_the_later_tower_layers_fewer_tokens_and_expands_the_outp
     assert abs(stats.achieved_ratio - 0.3) * stats.visual_in <= 1
 
 
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their_places(family, clip, monkeypatch):
+    """After layer 0 every temporal patch keeps 48 of its 64 rows: layer 1 gets exactly those rows' rotary rows
+    and attention segments (Qwen2.5-VL here windowed: 4×4-patch windows that lost some rows; Qwen3-VL: each
+    unit whole), and the merger reads all 64 rows again, the folded ones repeating their kept token."""
+    model = model_for(family)
+    visual = model.model.visual
+    if family == "qwen2_5_vl":
+        monkeypatch.setattr(visual, "fullatt_block_indexes", [])
+    inputs = inputs_for(family, clip, "What is moving?")
+    method = VidTLDR(ratio=0.3, merge_schedule="0.25")
+    plans = []
+    merge = method.merge_in_encoder_tokens
+    monkeypatch.setattr(method, "merge_in_encoder_tokens", lambda *a: plans.append(merge(*a)) or plans[-1])
+
+    def layer_one_and_merger_inputs(patched: bool):
+        seen = {}
+        hooks = [
+            visual.blocks[1].register_forward_pre_hook(
+                lambda m, a, k: seen.update(rows=a[0].shape[0], segments=k["cu_seqlens"],
+                                            rotary=k["position_embeddings"][0]), with_kwargs=True),
+            visual.merger.register_forward_pre_hook(lambda m, a: seen.update(merger=a[0])),
+        ]
+        try:
+            with tokcompress.compress(model, method) if patched else contextlib.nullcontext(), torch.no_grad():
+                model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+        finally:
+            for hook in hooks:
+                hook.remove()
+        return seen
+
+    stock, folded = layer_one_and_merger_inputs(False), layer_one_and_merger_inputs(True)
+    (plan,) = plans
+    units, tokens = plan.merge_into.shape
+    assert plan.keep.shape == (units, 48) and folded["rows"] == units * 48
+    origin = (torch.arange(units)[:, None] * tokens + plan.keep).flatten()  # the kept tokens' original rows
+    torch.testing.assert_close(folded["rotary"], stock["rotary"][origin], rtol=0, atol=0)
+    window = torch.searchsorted(stock["segments"][1:], origin, right=True)
+    lengths = torch.bincount(window, minlength=len(stock["segments"]) - 1)
+    assert folded["segments"].tolist() == [0, *lengths[lengths > 0].cumsum(0).tolist()]
+    if family == "qwen2_5_vl":
+        assert len(folded["segments"]) == len(stock["segments"]) > units + 1  # windows, every one still there
+    assert folded["merger"].shape == stock["merger"].shape
+    merged_rows = folded["merger"].view(units, tokens, -1)
+    assert all(len(torch.unique(frame, dim=0)) == 48 for frame in merged_rows)
+
+
 def test_vidtldr_refuses_a_flash_attention_tower(monkeypatch):
     model = model_for("llava_onevision")
     monkeypatch.setattr(model.model.vision_tower.config, "_attn_implementation", "flash_attention_2")
@@ -316,11 +379,13 @@ def vidtldr_published_merge(tokens: torch.Tensor, sharpness: torch.Tensor, merge
 @pytest.mark.parametrize("fixed", [0, 1])
 def test_vidtldr_merges_the_best_matched_even_tokens_weighted_by_saliency_as_published(fixed):
     tokens, sharpness = features(2, 13, 8, seed=11), features(2, 13, seed=12)
-    merge_into, weight = VidTLDR().merge_in_encoder_tokens(tokens, torch.ones(2, 13), sharpness, 0, 4, fixed)
+    folding = VidTLDR().merge_in_encoder_tokens(tokens, torch.ones(2, 13), sharpness, 0, 4, fixed)
+    merge_into, weight = folding.merge_into, folding.weight
     merges = round(0.255 * 13)
     for row in range(2):
         expected = vidtldr_published_merge(tokens[row, fixed:], sharpness[row, fixed:], merges)
         kept = [t for t in range(13) if t - fixed not in expected or t < fixed]
+        assert folding.keep[row].tolist() == kept
         for token in range(13):
             destination, factor = expected.get(token - fixed, (token - fixed, 1.0)) if token >= fixed else (token, 1.0)
             assert int(merge_into[row, token]) == kept.index(destination + fixed if token >= fixed else token)

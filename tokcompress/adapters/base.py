@@ -10,7 +10,7 @@ from torch import nn
 from ..engine import compat
 from ..layout import VisualLayout
 from ..methods.base import ModelSpec
-from ..ops import attention_received
+from ..ops import attention_received, attention_row_sharpness
 
 if TYPE_CHECKING:
     from ..engine.encoder import TowerCall
@@ -118,9 +118,15 @@ class Adapter:
         mergers): their input is expanded back to every frame unit before they run."""
         raise NotImplementedError(f"{self.model_type}: the vision tower does not pack frames")
 
-    def tower_queries_keys(self, attention: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(images, heads, tokens, d) queries and keys of one tower attention module on its input."""
-        return vit_queries_keys(attention, hidden)
+    def tower_layer_attention(self, layer: nn.Module) -> nn.Module:
+        """The attention module of one of `tower_layers()` (token folding reads its input)."""
+        return layer.self_attn
+
+    def tower_row_sharpness(self, attention: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
+        """Σ_j Ā_ij log Ā_ij of each token's head-mean attention row in one call of a tower layer's attention:
+        (images, tokens) in a batched tower, (rows,) in a packed one."""
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        return attention_row_sharpness(*vit_queries_keys(attention, hidden))
 
     def tower_attention(self) -> nn.Module:
         """The attention module of the tower layer whose output becomes the visual tokens; while a method that

@@ -9,7 +9,7 @@ from ..engine import compat
 from ..engine.compat import mrope_grid_rows
 from ..engine.folding import PACKED
 from ..layout import VisualLayout
-from ..ops import attention_received
+from ..ops import attention_received, attention_row_sharpness
 from .base import Adapter, rotate, token_runs
 
 
@@ -81,16 +81,30 @@ class Qwen2VLAdapter(Adapter):
         return self.vision_tower.blocks[-1].attn
 
     def tower_attention_received(self, call):
-        attention = self.tower_attention()
-        hidden = call.argument("hidden_states", 0)  # (patches, D): the call's units packed
-        cos, sin = (table[:, None].float() for table in call.kwargs["position_embeddings"])
-        queries, keys, _ = attention.qkv(hidden).unflatten(-1, (3, attention.num_heads, -1)).unbind(1)
-        queries, keys = (rotate(states.float(), cos, sin).transpose(0, 1) for states in (queries, keys))
+        queries, keys = packed_queries_keys(self.tower_attention(), call.argument("hidden_states", 0), call.kwargs)
         bounds = call.kwargs["cu_seqlens"].tolist()  # attention runs inside each frame unit (or window)
         return torch.cat([
             attention_received(queries[None, :, start:end], keys[None, :, start:end])[0]
             for start, end in zip(bounds[:-1], bounds[1:])
         ])
+
+    def tower_layer_attention(self, layer):
+        return layer.attn
+
+    def tower_row_sharpness(self, attention, args, kwargs):
+        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+        queries, keys = packed_queries_keys(attention, hidden, kwargs)  # (heads, rows, d)
+        heads, rows, dim = queries.shape
+        bounds, sharpness = kwargs["cu_seqlens"], queries.new_empty(rows)
+        lengths = bounds.diff()
+        for length in lengths.unique().tolist():  # segments of one length at a time, as a batch
+            starts = bounds[:-1][lengths == length]
+            segment_rows = (starts[:, None] + torch.arange(length, device=starts.device)).flatten()
+            q, k = (states[:, segment_rows].view(heads, len(starts), length, dim).transpose(0, 1)
+                    for states in (queries, keys))
+            chunk = max(2**26 // (heads * length * length), 1)  # attention maps of at most 2^26 entries at once
+            sharpness[segment_rows] = attention_row_sharpness(q, k, chunk).flatten()
+        return sharpness
 
     def tower_token_scores(self, records, input_ids, standing=None):
         merge = self.config.vision_config.spatial_merge_size**2
@@ -128,6 +142,14 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     def in_patch_order(self, merged, grid_thw):
         window_order = compat.vision_window_order(grid_thw, self.config.vision_config).to(merged.device)
         return merged[torch.argsort(window_order)]
+
+
+def packed_queries_keys(attention, hidden: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(heads, rows, d) fp32 rotary-embedded queries and keys of a packed tower attention (fused qkv) on its
+    (rows, D) input, with the call's rotary tables."""
+    cos, sin = (table[:, None].float() for table in kwargs["position_embeddings"])
+    queries, keys, _ = attention.qkv(hidden).unflatten(-1, (3, attention.num_heads, -1)).unbind(1)
+    return tuple(rotate(states.float(), cos, sin).transpose(0, 1) for states in (queries, keys))
 
 
 def grid_from_positions(positions: torch.Tensor) -> tuple[int, int, int]:

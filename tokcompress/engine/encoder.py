@@ -9,9 +9,9 @@ then removes the dropped units' tokens before the LLM sees them, exactly as a pr
 the tower encodes every image before the prompt is read (InternVL), the method chooses from the frames'
 features at the prefill instead.
 
-With an in-encoder method, the call folds frames together between the tower's layers (`folding`) where the
-tower holds them as a batch of images (the LLaVA families) or as runs of a packed sequence (Qwen-VL), and
-tokens inside each frame where it batches them, so every later layer runs on fewer; the tower's output is
+With an in-encoder method, the call folds frames, or tokens inside each frame, together between the tower's
+layers (`folding`) where the tower holds them as a batch of images (the LLaVA families) or as runs of a
+packed sequence (Qwen-VL), so every later layer runs on fewer; the tower's output is
 expanded back to its full shape (each frame or token reads what it folded into), and the prefill keeps only
 the frames that still stood, as for the pre-encoder stage.
 """
@@ -28,7 +28,7 @@ from ..layout import VisualLayout
 from ..methods.base import IN_ENCODER, PRE_ENCODER, Method
 from ..stats import Timer
 from . import compat
-from .folding import BATCHED, PACKED, FrameMerging, TokenMerging
+from .folding import PACKED, FrameMerging, TokenMerging
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
@@ -72,11 +72,10 @@ def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs:
     if folds_in_tower(method, adapter):
         record.units = record.units or adapter.frame_counts(encoder_args)
         frames = record.keep or [torch.arange(units) for units in record.units]
-        if method.in_encoder_unit == "token":
-            folding = TokenMerging(method, adapter, frames)
-        else:
-            packed_rows = adapter.frame_rows(encoder_args) if adapter.tower_frames == PACKED else None
-            folding = FrameMerging(method, adapter, frames, packed_rows)
+        packed_rows = adapter.frame_rows(encoder_args) if adapter.tower_frames == PACKED else None
+        folding = (TokenMerging if method.in_encoder_unit == "token" else FrameMerging)(
+            method, adapter, frames, packed_rows
+        )
     with record.encoder_time.measure(pixels.device), folding or contextlib.nullcontext():
         if record.keep is None:
             output = encode(**encoder_args)
@@ -88,10 +87,8 @@ def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs:
 
 
 def folds_in_tower(method: Method, adapter: Adapter) -> bool:
-    """Whether the method folds frames (any tower that can) or tokens (a batched one) inside this tower."""
-    if IN_ENCODER not in method.stages or not method.compresses() or adapter.tower_frames is None:
-        return False
-    return method.in_encoder_unit == "frame" or adapter.tower_frames == BATCHED
+    """Whether the method folds frames or tokens inside this tower (one that holds frames as a batch or packed)."""
+    return IN_ENCODER in method.stages and method.compresses() and adapter.tower_frames is not None
 
 
 def frames_chosen_from_features(

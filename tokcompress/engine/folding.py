@@ -1,6 +1,6 @@
 """Folding inside the vision tower, for one encoder call: the engine's hooks on the tower's layers hand their
-outputs to the folding of the call in progress on this thread, which merges frames (`FrameMerging`, in a
-batched or a packed tower) or tokens inside each frame (`TokenMerging`, batched towers) so that the later
+outputs to the folding of the call in progress on this thread, which merges frames (`FrameMerging`) or tokens
+inside each frame (`TokenMerging`), in a batched or a packed tower, so that the later
 layers encode fewer, and expands the tower's output back to the shape the model expects, each frame or token
 reading what it folded into (a packed tower's readouts get their input expanded before they run)."""
 
@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..methods.base import Method
-from ..ops import attention_row_sharpness, weighted_merge
+from ..methods.base import Method, TokenFolding
+from ..ops import weighted_merge
+from .rows import PackedRows, RowMap, runs
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
@@ -22,12 +23,20 @@ _ACTIVE = threading.local()  # the folding of the encoder call in progress on th
 
 
 class _Folding:
-    """Entered around one encoder call on one thread; `merged` once anything folded."""
+    """Entered around one encoder call on one thread; `merged` once anything folded.
 
-    def __init__(self, method: Method, adapter: Adapter):
+    `frames[v]`: the frame units of video v the call encodes, in order. In a BATCHED tower every frame is a
+    batch row; in a PACKED one it is a run of `packed_rows[v]` rows of the sequence (every frame of a video in
+    the same window order), and each later layer gets the attention segments and rotary rows of the rows
+    that remain (`PackedRows`)."""
+
+    def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor], packed_rows: list[int] | None):
         layers, self.depth = adapter.tower_layers()
         self.method, self.adapter, self.num_layers = method, adapter, len(layers)
         self.merge_layers = set(method.encoder_merge_layers(self.depth))
+        self.standing = [f.clone() for f in frames]  # per video, the units whose rows are still in the tower
+        self.initial = [len(f) for f in frames]
+        self.packed_rows = packed_rows
         self.merged = False
 
     def __enter__(self):
@@ -38,10 +47,10 @@ class _Folding:
         _ACTIVE.folding = None
 
     def before_layer(self, index: int, kwargs: dict) -> dict | None:
-        """The call kwargs of a packed tower's layer `index`, changed, or None to leave them."""
-        return None
+        """The call kwargs of a packed tower's layer `index`, for the rows that remain (None: unchanged)."""
+        return self.rows.layer_kwargs(kwargs) if self.packed_rows is not None else None
 
-    def before_attention(self, index: int, module, kwargs: dict) -> dict | None:
+    def before_attention(self, index: int, module, args: tuple, kwargs: dict) -> dict | None:
         """The call kwargs of tower layer `index`'s attention, changed, or None to leave them."""
         return None
 
@@ -51,62 +60,58 @@ class _Folding:
 
     def expand_tensor(self, value: torch.Tensor) -> torch.Tensor:
         """One tensor of the tower's output back in the full shape (unchanged if it is not a folded one)."""
-        raise NotImplementedError
+        return self.rows.expand(value)
 
     def expand(self, output):
-        """The tower's output, every tensor in it (the hidden states of any layer) back in the full shape."""
+        """The tower's output, every tensor in it (the hidden states of any layer) back in the full shape; a
+        packed tower's readouts (its merger) already read expanded input, so there only the hidden states."""
+        keys = list(output.keys()) if self.packed_rows is None else ["last_hidden_state", "hidden_states"]
 
         def expand(value):
             if isinstance(value, torch.Tensor):
                 return self.expand_tensor(value)
             return tuple(expand(v) for v in value) if isinstance(value, tuple) else value
 
-        for key in list(output.keys()):
-            output[key] = expand(output[key])
+        for key in keys:
+            if output.get(key) is not None:
+                output[key] = expand(output[key])
         return output
+
+    def _videos(self, hidden: torch.Tensor, tokens: list[int]) -> list[torch.Tensor]:
+        """A packed tower's rows as one (frames, tokens[v], D) block per video."""
+        blocks = hidden.split([len(f) * n for f, n in zip(self.standing, tokens)])
+        return [block.view(len(f), n, -1) for block, f, n in zip(blocks, self.standing, tokens)]
 
 
 class FrameMerging(_Folding):
-    """Folds each video's frames together after the method's merge layers and expands the tower's output back
-    to one row per frame the call encodes.
-
-    In a BATCHED tower row r of the batch is one frame (`frames[v]`: the units of video v it encodes, in
-    order); in a PACKED one frame g is a run of `packed_rows[v]` rows of the sequence, every frame of a video in
-    the same (window) order, and each layer gets `cu_seqlens` and rotary rows for the frames that stand. After
-    a merge a row stands for the frames that folded into it; `stages` maps each of the tower's original rows to
-    its row for every row count the tower passed through (-1: dropped), which is how the output's tensors - the
-    hidden states of any layer - are expanded."""
+    """Folds each video's frames together after the method's merge layers (size-weighted), so later layers
+    encode fewer; a row then stands for the frames that folded into it, and the output's tensors - the hidden
+    states of any layer - expand back to one row per frame (or per packed row) the call encodes."""
 
     def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor], packed_rows: list[int] | None):
-        super().__init__(method, adapter)
-        self.standing = [f.clone() for f in frames]  # per video, the units whose rows are still in the tower
-        self.initial = [len(f) for f in frames]
+        super().__init__(method, adapter, frames, packed_rows)
         self.sizes = [torch.ones(len(f)) for f in frames]
-        self.packed_rows = packed_rows
         first = torch.tensor([0, *self.initial]).cumsum(0)
         self.ordinals = [torch.arange(a, b) for a, b in zip(first[:-1].tolist(), first[1:].tolist())]
         self.row_of = torch.arange(int(first[-1]))  # per encoded frame (in order), its row now; -1: dropped
-        if packed_rows is not None:  # per encoded frame, its rows and its first row in the packed sequence
+        if packed_rows is None:
+            self.rows = RowMap(len(self.row_of))
+        else:  # per encoded frame, its packed rows and its first one
             self.frame_rows = torch.tensor([rows for n, rows in zip(self.initial, packed_rows) for _ in range(n)])
             self.frame_first = self.frame_rows.cumsum(0) - self.frame_rows
-        total = len(self.row_of) if packed_rows is None else int(self.frame_rows.sum())
-        self.stages = {total: torch.arange(total)}  # row count -> (original rows,) its row then, -1 if dropped
+            self.rows = PackedRows(int(self.frame_rows.sum()))
         self.counts: list[tuple[int, list[int]]] = []  # (layer, frames per video after it) per merge
-        self._layer_kwargs: dict[tuple, object] = {}  # a packed tower's per-layer arguments for what stands now
-
-    def _videos(self, hidden: torch.Tensor) -> list[torch.Tensor]:
-        """The tower's rows as one (frames, tokens, D) block per video."""
-        if self.packed_rows is None:
-            return list(hidden.split([len(f) for f in self.standing]))
-        blocks = hidden.split([len(f) * rows for f, rows in zip(self.standing, self.packed_rows)])
-        return [block.view(len(f), rows, -1) for block, f, rows in zip(blocks, self.standing, self.packed_rows)]
 
     def after_layer(self, index: int, output):
         if index not in self.merge_layers:
             return None
         hidden = output[0] if isinstance(output, tuple) else output
+        if self.packed_rows is None:
+            blocks_in = list(hidden.split([len(f) for f in self.standing]))
+        else:
+            blocks_in = self._videos(hidden, self.packed_rows)
         blocks, sizes, standing, ordinals, slots, rows = [], [], [], [], [], 0
-        for video, block in enumerate(self._videos(hidden)):
+        for video, block in enumerate(blocks_in):
             frames, video_sizes, video_ordinals = self.standing[video], self.sizes[video], self.ordinals[video]
             reduction = self.method.reduce_in_encoder(block, video_sizes.to(block.device), index, self.depth)
             if reduction is None or len(reduction.keep) == len(frames):
@@ -132,74 +137,17 @@ class FrameMerging(_Folding):
         self.counts.append((index, [len(f) for f in standing]))
         if self.packed_rows is None:
             hidden = torch.cat(blocks)
+            self.rows.add(self.row_of.clone(), len(hidden))
         else:
             hidden = torch.cat([block.flatten(0, 1) for block in blocks])
-        self.stages[hidden.shape[0]] = self._original_rows(self.row_of)
+            frames = torch.cat(self.ordinals)  # the encoded frames that stand, in order
+            origin = runs(self.frame_first[frames], self.frame_rows[frames])
+            standing_rows = self.frame_rows[frames]
+            first_now = (standing_rows.cumsum(0) - standing_rows)[self.row_of.clamp_min(0)]
+            read = runs(first_now, self.frame_rows).masked_fill(
+                torch.repeat_interleave(self.row_of < 0, self.frame_rows), -1)
+            self.rows.fold(origin, read)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-    def _original_rows(self, row_of: torch.Tensor) -> torch.Tensor:
-        """Per original row of the tower, its row now (-1: dropped), from each frame's row now."""
-        if self.packed_rows is None:
-            return row_of.clone()
-        standing_rows = self.frame_rows[torch.cat(self.ordinals)]
-        first_now = (standing_rows.cumsum(0) - standing_rows)[row_of.clamp_min(0)]
-        rows = _runs(first_now, self.frame_rows)
-        return rows.masked_fill(torch.repeat_interleave(row_of < 0, self.frame_rows), -1)
-
-    def before_layer(self, index: int, kwargs: dict) -> dict | None:
-        """A packed tower's layer gets the attention segments (`cu_seqlens`: frames or windows inside them) and
-        rotary rows of the frames that stand (every frame of a video has the same ones)."""
-        if not self.merged or self.packed_rows is None:
-            return None
-        rows = next(iter(reversed(self.stages)))
-        new_kwargs = dict(kwargs)
-        segments = kwargs.get("cu_seqlens")
-        if segments is not None:
-            new_kwargs["cu_seqlens"] = self._cached(("segments", rows, segments.data_ptr(), len(segments)),
-                                                    lambda: self._standing_segments(segments))
-        rotary = kwargs.get("position_embeddings")
-        if rotary is not None:
-            new_kwargs["position_embeddings"] = self._cached(
-                ("rotary", rows, rotary[0].data_ptr()), lambda: tuple(table[self._standing_rows(table.device)]
-                                                                      for table in rotary))
-        return new_kwargs
-
-    def _cached(self, key: tuple, compute):
-        if key not in self._layer_kwargs:
-            self._layer_kwargs[key] = compute()
-        return self._layer_kwargs[key]
-
-    def _standing_rows(self, device: torch.device) -> torch.Tensor:
-        """The tower's original rows of the frames that stand, in the order they stand in."""
-        frames = torch.cat(self.ordinals)
-        return _runs(self.frame_first[frames], self.frame_rows[frames]).to(device)
-
-    def _standing_segments(self, segments: torch.Tensor) -> torch.Tensor:
-        """`cu_seqlens` over the original rows → over the standing ones: the segments (frames, or windows inside
-        them) of the frames that stand, in order."""
-        standing = torch.zeros(int(segments[-1]), dtype=torch.bool, device=segments.device)
-        standing[self._standing_rows(segments.device)] = True
-        lengths = segments.diff()[standing[segments[:-1].clamp_max(len(standing) - 1)]]
-        return torch.cat([segments.new_zeros(1), lengths.cumsum(0).to(segments.dtype)])
-
-    def expand_tensor(self, value: torch.Tensor) -> torch.Tensor:
-        """A tensor with one row per tower row at some stage gets one row per original row back: the row of the
-        frame it folded into (zeros for a dropped one)."""
-        original = next(iter(self.stages))
-        if not value.dim() or value.shape[0] not in self.stages or value.shape[0] == original:
-            return value
-        row_of = self.stages[value.shape[0]].to(value.device)
-        return value[row_of.clamp_min(0)].masked_fill((row_of < 0).view(-1, *[1] * (value.dim() - 1)), 0)
-
-    def expand(self, output):
-        if self.packed_rows is None:
-            return super().expand(output)
-        for key in ("last_hidden_state", "hidden_states"):  # the readouts' inputs were expanded before they ran
-            if output.get(key) is not None:
-                value = output[key]
-                output[key] = self.expand_tensor(value) if isinstance(value, torch.Tensor) else tuple(
-                    self.expand_tensor(v) for v in value)
-        return output
 
     def layer_share(self, units: list[int]) -> list[float]:
         """Per video, the share of its frame-layers the tower computed (every layer counts, merging or not)."""
@@ -211,25 +159,32 @@ class FrameMerging(_Folding):
 
 
 class TokenMerging(_Folding):
-    """Inside every frame (the tower's batch rows), tokens fold together after the method's merge layers,
-    size-tracked: every later layer adds log(size) to each key's attention logits (proportional attention, a
-    float mask), and the tower's output is expanded back to every token of the grid, each reading the token it
-    folded into - so the model's own feature selection and pooling run unchanged."""
+    """Inside every frame, tokens fold together after the method's merge layers, size-tracked, and the tower's
+    output is expanded back to every token of the grid, each reading the token it folded into - so the model's
+    own feature selection, pooling and merger run unchanged.
 
-    def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor]):
-        super().__init__(method, adapter)
-        self.standing = frames  # per video, the units the call encodes: every one stands
-        self.rows, self.fixed = sum(len(f) for f in frames), int(adapter.tower_has_cls)  # a leading CLS never folds
-        self.sizes: torch.Tensor | None = None  # (rows, tokens) once something folded
-        self.key_bias: torch.Tensor | None = None  # (rows, 1, 1, tokens) log(size), what later layers' keys add
-        self.token_of: torch.Tensor | None = None  # (rows, original tokens): the current token of each
-        self.stages: dict[int, torch.Tensor] = {}  # tokens per frame -> token_of at that stage
-        self.counts: list[tuple[int, int]] = []  # (layer, tokens per frame after it) per merge
-        self.attention_input = None
+    In a batched tower every later layer adds log(size) to each key's attention logits (proportional
+    attention, a float mask). A packed tower's attention (varlen over `cu_seqlens`) takes no mask: there a
+    folded token keeps its kept token's place - rotary row and window - and attends without the bias."""
 
-    def before_attention(self, index, module, kwargs):
+    def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor], packed_rows: list[int] | None):
+        super().__init__(method, adapter, frames, packed_rows)
+        if packed_rows is None:  # one block of every frame (a batch), a leading CLS never folds
+            self.fixed, self.tokens = int(adapter.tower_has_cls), None
+        else:  # one block per video, of its frames' current tokens
+            self.fixed, self.tokens = 0, list(packed_rows)
+            self.rows = PackedRows(sum(n * rows for n, rows in zip(self.initial, packed_rows)))
+        self.sizes: list[torch.Tensor] | None = None  # per block (frames, tokens) once something folded
+        self.token_of: list[torch.Tensor] | None = None  # per block (frames, original tokens): its current token
+        self.origin: list[torch.Tensor] | None = None  # per block (frames, tokens): each one's original token
+        self.key_bias: torch.Tensor | None = None  # batched: (frames, 1, 1, tokens) log(size) the keys add
+        self.stages: dict[int, torch.Tensor] = {}  # batched: tokens per frame -> token_of at that stage
+        self.counts: list[tuple[int, list[int]]] = []  # (layer, tokens per frame of each block) per merge
+        self.attention_call = None
+
+    def before_attention(self, index, module, args, kwargs):
         if index in self.merge_layers:
-            self.attention_input = (module, kwargs["hidden_states"])
+            self.attention_call = (module, args, kwargs)
         if self.key_bias is None:
             return None
         mask = kwargs.get("attention_mask")
@@ -238,44 +193,82 @@ class TokenMerging(_Folding):
     def after_layer(self, index, output):
         if index not in self.merge_layers:
             return None
-        hidden = output[0] if isinstance(output, tuple) else output  # (rows, tokens, D)
-        rows, count = hidden.shape[:2]
-        module, normed = self.attention_input
+        hidden = output[0] if isinstance(output, tuple) else output
         with torch.no_grad():
-            sharpness = attention_row_sharpness(*self.adapter.tower_queries_keys(module, normed))
-        sizes = self.sizes if self.sizes is not None else hidden.new_ones(rows, count, dtype=torch.float32)
-        plan = self.method.merge_in_encoder_tokens(hidden, sizes, sharpness, index, self.depth, self.fixed)
-        if plan is None:
+            sharpness = self.adapter.tower_row_sharpness(*self.attention_call)
+        if self.tokens is None:
+            blocks, sharpness = [hidden], [sharpness]
+        else:
+            blocks = self._videos(hidden, self.tokens)
+            sharpness = sharpness.split([block.shape[:2].numel() for block in blocks])
+            sharpness = [scores.view(block.shape[:2]) for scores, block in zip(sharpness, blocks)]
+        plans = []
+        for b, (block, block_sharpness) in enumerate(zip(blocks, sharpness)):
+            sizes = self.sizes[b] if self.sizes else block.new_ones(block.shape[:2], dtype=torch.float32)
+            plans.append(self.method.merge_in_encoder_tokens(block, sizes, block_sharpness, index, self.depth,
+                                                             self.fixed))
+        if all(plan is None or plan.keep.shape[1] == block.shape[1] for plan, block in zip(plans, blocks)):
             return None
-        merge_into, weight = plan
-        kept = int(merge_into.max()) + 1
-        if kept == count:
-            return None
-        slot = merge_into + torch.arange(rows, device=merge_into.device)[:, None] * kept
-        weights = (sizes * weight).flatten()
-        merged, merged_sizes = weighted_merge(hidden.flatten(0, 1), weights, slot.flatten(), rows * kept)
-        if self.token_of is None:
-            self.token_of = torch.arange(count, device=merge_into.device).expand(rows, count)
-        self.token_of = merge_into.gather(1, self.token_of)
-        self.stages[kept] = self.token_of
-        self.sizes, self.merged = merged_sizes.view(rows, kept), True
-        self.key_bias = self.sizes.log().to(hidden.dtype)[:, None, None, :]
-        self.counts.append((index, kept))
-        hidden = merged.view(rows, kept, -1).to(hidden.dtype)
+        if self.sizes is None:
+            self.sizes = [block.new_ones(block.shape[:2], dtype=torch.float32) for block in blocks]
+            self.token_of = [TokenFolding.identity(*block.shape[:2], block.device).keep for block in blocks]
+            self.origin = list(self.token_of)
+        merged_blocks = []
+        for b, (block, plan) in enumerate(zip(blocks, plans)):
+            frames, count = block.shape[:2]
+            plan = plan or TokenFolding.identity(frames, count, block.device)
+            kept = plan.keep.shape[1]
+            slot = plan.merge_into + torch.arange(frames, device=block.device)[:, None] * kept
+            merged, sizes = weighted_merge(block.flatten(0, 1), (self.sizes[b] * plan.weight).flatten(),
+                                           slot.flatten(), frames * kept)
+            merged_blocks.append(merged.view(frames, kept, -1).to(block.dtype))
+            self.sizes[b] = sizes.view(frames, kept)
+            self.token_of[b] = plan.merge_into.gather(1, self.token_of[b])
+            self.origin[b] = self.origin[b].gather(1, plan.keep)
+        self.merged = True
+        self.counts.append((index, [block.shape[1] for block in merged_blocks]))
+        if self.tokens is None:
+            hidden = merged_blocks[0]
+            self.stages[hidden.shape[1]] = self.token_of[0]
+            self.key_bias = self.sizes[0].log().to(hidden.dtype)[:, None, None, :]
+        else:
+            hidden = torch.cat([block.flatten(0, 1) for block in merged_blocks])
+            self.tokens = [block.shape[1] for block in merged_blocks]
+            self.rows.fold(*self._packed_rows())
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
+    def _packed_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(origin, read) of the packed rows now: each remaining row's original row, each original row's row."""
+        origin, read, first, first_now = [], [], 0, 0
+        for origin_b, token_of_b in zip(self.origin, self.token_of):
+            frames, original = token_of_b.shape
+            kept = origin_b.shape[1]
+            frame = torch.arange(frames, device=origin_b.device)[:, None]
+            origin.append((first + frame * original + origin_b).flatten())
+            read.append((first_now + frame * kept + token_of_b).flatten())
+            first, first_now = first + frames * original, first_now + frames * kept
+        return torch.cat(origin).cpu(), torch.cat(read).cpu()
+
     def expand_tensor(self, value):
-        """(rows, tokens at some stage, D) back to (rows, every token, D): each token reads the one it folded into."""
-        if value.dim() != 3 or value.shape[0] != self.rows or value.shape[1] not in self.stages:
+        """Batched: (rows, tokens at some stage, D) back to (rows, every token, D), each token reading the one
+        it folded into; packed: the rows' `PackedRows` expansion."""
+        if self.tokens is not None:
+            return super().expand_tensor(value)
+        if value.dim() != 3 or value.shape[0] != sum(self.initial) or value.shape[1] not in self.stages:
             return value
         index = self.stages[value.shape[1]].to(value.device)
         return value.gather(1, index[..., None].expand(-1, -1, value.shape[-1]))
 
     def layer_share(self, units: list[int]) -> list[float]:
         """Per video, the share of its token-layers the tower computed."""
-        full = self.token_of.shape[1]
-        share = _rows_through_layers(full, self.counts, self.num_layers) / (self.num_layers * full)
-        return [len(frames) / max(count, 1) * share for frames, count in zip(self.standing, units)]
+        shares = []
+        for video, (frames, count) in enumerate(zip(self.standing, units)):
+            block = 0 if self.tokens is None else video
+            full = self.token_of[block].shape[1]
+            counts = [(layer, per_block[block]) for layer, per_block in self.counts]
+            shares.append(len(frames) / max(count, 1) * _rows_through_layers(full, counts, self.num_layers)
+                          / (self.num_layers * full))
+        return shares
 
 
 def before_tower_attention(index: int, module, args, kwargs):
@@ -283,7 +276,7 @@ def before_tower_attention(index: int, module, args, kwargs):
     folding = getattr(_ACTIVE, "folding", None)
     if folding is None:
         return None
-    new_kwargs = folding.before_attention(index, module, kwargs)
+    new_kwargs = folding.before_attention(index, module, args, kwargs)
     return None if new_kwargs is None else (args, new_kwargs)
 
 
@@ -313,11 +306,6 @@ def after_tower(module, args, output):
     """Forward hook of the vision tower: its output back in the shape the model expects."""
     folding = getattr(_ACTIVE, "folding", None)
     return folding.expand(output) if folding is not None and folding.merged else None
-
-
-def _runs(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-    """The runs start, start + 1, …, start + length − 1, one after the other."""
-    return torch.repeat_interleave(starts - (lengths.cumsum(0) - lengths), lengths) + torch.arange(int(lengths.sum()))
 
 
 def _rows_through_layers(initial: int, counts: list[tuple[int, int]], num_layers: int) -> int:

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 
 from ..layout import VisualLayout
-from ..methods.base import DECODE, IN_ENCODER, IN_LLM, PRE_ENCODER, PRE_LLM, Method
+from ..methods.base import DECODE, IN_LLM, PRE_ENCODER, PRE_LLM, Method
 from ..ops.varlen import varlen_available
 from ..stats import CompressionStats, Timer
 from . import compat
@@ -67,12 +67,18 @@ class Engine:
                 "cannot take; pass proportional_attention=False or load the model with attn_implementation='sdpa'"
             )
         tower_implementation = compat.attention_implementation(adapter.vision_tower.config)
-        folds_tokens = IN_ENCODER in method.stages and method.in_encoder_unit == "token"
+        folds_tokens = folds_in_tower(method, adapter) and method.in_encoder_unit == "token"
         if folds_tokens and adapter.tower_frames == BATCHED and "flash" in tower_implementation:
             raise ValueError(
                 f"{method.name} folds tokens inside the vision tower, whose later layers then need a float attention "
                 f"mask (proportional attention), which {tower_implementation} cannot take; load the tower with "
                 "attn_implementation='sdpa'"
+            )
+        if folds_tokens and method.uses_tower_attention():
+            raise ValueError(
+                f"{method.name} folds tokens inside the vision tower and ranks them by the attention of its last "
+                "layers, whose rows are then of the folded tokens; compose a token-folding method with one that "
+                "does not read the tower's attention (or fold frames: earlytom)"
             )
         self.adapter = adapter
         self.method = method
@@ -127,9 +133,10 @@ class Engine:
             if packed:  # its attention segments and rotary rows, for the frames that stand
                 hook = functools.partial(before_tower_layer, index)
                 self._hooks.append(layer.register_forward_pre_hook(hook, with_kwargs=True, prepend=True))
-            if self.method.in_encoder_unit == "token":  # its saliency and proportional attention
+            if self.method.in_encoder_unit == "token":  # its saliency (and batched: proportional attention)
                 hook = functools.partial(before_tower_attention, index)
-                self._hooks.append(layer.self_attn.register_forward_pre_hook(hook, with_kwargs=True))
+                attention = self.adapter.tower_layer_attention(layer)
+                self._hooks.append(attention.register_forward_pre_hook(hook, with_kwargs=True))
         for readout in self.adapter.tower_readouts() if packed else ():
             self._hooks.append(readout.register_forward_pre_hook(before_tower_readout, prepend=True))
         self._hooks.append(self.adapter.vision_tower.register_forward_hook(after_tower, prepend=True))

@@ -6,7 +6,18 @@ import dataclasses
 from typing import Any
 
 from .aim import AIM
-from .base import DECODE, IN_ENCODER, IN_LLM, PRE_ENCODER, PRE_LLM, LayerBudget, Method, ModelSpec, TokenReduction
+from .base import (
+    DECODE,
+    IN_ENCODER,
+    IN_LLM,
+    PRE_ENCODER,
+    PRE_LLM,
+    LayerBudget,
+    Method,
+    ModelSpec,
+    TokenFolding,
+    TokenReduction,
+)
 from .compose import Compose, EncoderOnly
 from .divprune import DivPrune
 from .dycoke import DyCoke
@@ -123,6 +134,7 @@ __all__ = [
     "SparseVLM",
     "ToMe",
     "TSLLaVA",
+    "TokenFolding",
     "TokenReduction",
     "UniformSample",
     "VidCom2",

@@ -125,6 +125,26 @@ class TokenReduction:
 
 
 @dataclass(frozen=True)
+class TokenFolding:
+    """Inside the tower, per frame (rows of F frames): which tokens fold together (`merge_in_encoder_tokens`).
+
+    keep: (F, k) sorted indices of the tokens that stay, as many in every frame (a folded group takes its
+        kept token's place); merge_into: (F, n) each token's index into keep (a kept token: its own);
+        weight: (F, n) the factor on each token's size in its group's mean.
+    """
+
+    keep: torch.Tensor
+    merge_into: torch.Tensor
+    weight: torch.Tensor
+
+    @staticmethod
+    def identity(frames: int, tokens: int, device: torch.device | str | None = None) -> TokenFolding:
+        """Every token stays on its own."""
+        index = torch.arange(tokens, device=device).expand(frames, tokens)
+        return TokenFolding(index, index, torch.ones(frames, tokens, device=device))
+
+
+@dataclass(frozen=True)
 class LayerBudget:
     """The layer-averaged token budget of one sample, seen from the layer a reduction acts before.
 
@@ -253,10 +273,8 @@ class Method:
 
     def merge_in_encoder_tokens(
         self, tokens: torch.Tensor, sizes: torch.Tensor, sharpness: torch.Tensor, layer: int, depth: int, fixed: int
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Inside every frame, which tokens fold together after tower layer `layer` (`in_encoder_unit` "token"):
-        (merge_into, weight), each (F, n) - the index among the frame's kept tokens (as many in every frame, in
-        order) that each token folds into (a kept token: its own), and the factor on its size in that mean -
+    ) -> TokenFolding | None:
+        """Inside every frame, which tokens fold together after tower layer `layer` (`in_encoder_unit` "token"),
         or None to leave them.
 
         tokens: (F, n, D) the layer's output; sizes: (F, n) how many original tokens each stands for;

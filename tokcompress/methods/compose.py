@@ -20,6 +20,7 @@ from .base import (
     LayerSample,
     Method,
     ModelSpec,
+    TokenFolding,
     TokenReduction,
     check_ratio,
 )
@@ -110,7 +111,7 @@ class Compose(Method):
 
     def merge_in_encoder_tokens(
         self, tokens: torch.Tensor, sizes: torch.Tensor, sharpness: torch.Tensor, layer: int, depth: int, fixed: int
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    ) -> TokenFolding | None:
         return self._at(IN_ENCODER).merge_in_encoder_tokens(tokens, sizes, sharpness, layer, depth, fixed)
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
@@ -189,5 +190,5 @@ class EncoderOnly(Method):
 
     def merge_in_encoder_tokens(
         self, tokens: torch.Tensor, sizes: torch.Tensor, sharpness: torch.Tensor, layer: int, depth: int, fixed: int
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    ) -> TokenFolding | None:
         return self.method.merge_in_encoder_tokens(tokens, sizes, sharpness, layer, depth, fixed)

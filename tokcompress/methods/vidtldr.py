@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import IN_ENCODER, PRE_LLM
+from .base import IN_ENCODER, PRE_LLM, TokenFolding
 from .tome import ToMe
 
 PAPER_SCHEDULE = "0.255,0.114"  # MSRVTT-QA / MSVD-QA, UMT-B/16: 600 then 200 of 2,352 tokens, blocks 0 and 1
@@ -14,8 +14,8 @@ PAPER_SCHEDULE = "0.255,0.114"  # MSRVTT-QA / MSVD-QA, UMT-B/16: 600 then 200 of
 
 @dataclass
 class VidTLDR(ToMe):
-    """Inside the vision tower (where it encodes a video's frames as a batch: the LLaVA families), after each
-    of its first layers every frame merges r of its tokens, r from `merge_schedule` (a fraction of the frame's
+    """Inside the vision tower (where it can fold: the LLaVA families' batch of images, Qwen-VL's packed
+    sequence of temporal patches), after each of its first layers every frame merges r of its tokens, r from `merge_schedule` (a fraction of the frame's
     current tokens, or a count when ≥ 1; at most half): a token's saliency is the sharpness of where it
     looks (Σ_j Ā_ij log Ā_ij over its row of the layer's head-mean attention), min-max normalised; tokens
     below the mean are background (saliency 0), the others centred and scaled to (0, 1]. As in ToMe, even
@@ -37,8 +37,11 @@ class VidTLDR(ToMe):
       (official: unmerged A tokens first, then B) - a ViT's position embeddings were added at its input.
     - vid-TLDR has no LLM: its output tokens go to UMT's pooled heads. Here they are expanded back for the
       model's own projector and pooling, then `tome` meets the LLM budget.
-    - Where the tower encodes frames otherwise (Qwen-VL, InternVL) only `tome`'s stage runs. Proportional
-      attention in the tower needs sdpa or eager there (a float mask).
+    - Qwen-VL: a frame is a temporal patch and its tokens are in the tower's window order (the even / odd
+      alternation follows it); a folded group keeps its kept token's rotary row and window, and attends
+      without log(size) (the packed varlen attention takes no mask). InternVL's tower encodes before the prompt
+      is read: there only `tome`'s stage runs. Proportional attention in a batched tower needs sdpa or eager
+      there (a float mask).
     """
 
     merge_schedule: str = PAPER_SCHEDULE
@@ -67,7 +70,7 @@ class VidTLDR(ToMe):
 
     def merge_in_encoder_tokens(
         self, tokens: torch.Tensor, sizes: torch.Tensor, sharpness: torch.Tensor, layer: int, depth: int, fixed: int
-    ) -> tuple[torch.Tensor, torch.Tensor] | None:
+    ) -> TokenFolding | None:
         rows, count, _ = tokens.shape
         value, free = self.schedule()[layer], count - fixed
         merges = min(round(value * count) if value < 1 else int(value), free // 2)
@@ -85,7 +88,8 @@ class VidTLDR(ToMe):
         destination[row, fixed + 2 * sources] = fixed + 2 * partner.gather(1, sources) + 1
         weight = torch.ones(rows, count, device=tokens.device)
         weight[:, fixed:] = torch.where(is_source[:, fixed:], saliency, 1.0)
-        return kept.gather(1, destination), weight
+        keep = (~is_source).nonzero()[:, 1].view(rows, -1)
+        return TokenFolding(keep, kept.gather(1, destination), weight)
 
 
 def foreground_saliency(sharpness: torch.Tensor) -> torch.Tensor:

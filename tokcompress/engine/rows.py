@@ -1,0 +1,77 @@
+"""Where a vision tower's rows went once folding removed some: which row of a folded tensor each original row
+reads (to expand any tensor the tower produced back to full size) and, in a packed tower, which original
+row each remaining row is (so later layers get its attention segments and rotary row)."""
+
+from __future__ import annotations
+
+import torch
+
+
+class RowMap:
+    """For every row count the tower passed through, each original row's row at that count (-1: dropped)."""
+
+    def __init__(self, total: int):
+        self.total = total
+        self.reads = {total: torch.arange(total)}
+
+    def add(self, read: torch.Tensor, count: int) -> None:
+        """The tower now has `count` rows; original row r reads row `read[r]`."""
+        self.reads[count] = read
+
+    def expand(self, value: torch.Tensor) -> torch.Tensor:
+        """A tensor with one entry per row at some count, back to one per original row: the row each original
+        one reads (zeros for a dropped one); anything else unchanged."""
+        if not value.dim() or value.shape[0] not in self.reads or value.shape[0] == self.total:
+            return value
+        read = self.reads[value.shape[0]].to(value.device)
+        return value[read.clamp_min(0)].masked_fill((read < 0).view(-1, *[1] * (value.dim() - 1)), 0)
+
+
+class PackedRows(RowMap):
+    """A packed tower's rows (frame units back to back, attention inside segments given by `cu_seqlens`):
+    `origin[i]` is the original row whose place remaining row i keeps - its rotary row and its segment (a
+    frame, or a window inside one). Folding keeps the remaining rows in their original order."""
+
+    def __init__(self, total: int):
+        super().__init__(total)
+        self.origin = torch.arange(total)
+        self._cached: dict[tuple, object] = {}  # per row count and original table: what later layers get
+
+    def fold(self, origin: torch.Tensor, read: torch.Tensor) -> None:
+        self.origin = origin
+        self.add(read, len(origin))
+
+    def layer_kwargs(self, kwargs: dict) -> dict | None:
+        """A layer's call kwargs with `cu_seqlens` and rotary tables (`position_embeddings`) for the remaining
+        rows, or None before anything folded."""
+        if len(self.origin) == self.total:
+            return None
+        changed = dict(kwargs)
+        segments = kwargs.get("cu_seqlens")
+        if segments is not None:
+            key = ("segments", len(self.origin), segments.data_ptr(), len(segments))
+            changed["cu_seqlens"] = self._once(key, lambda: self._segments(segments))
+        rotary = kwargs.get("position_embeddings")
+        if rotary is not None:
+            key = ("rotary", len(self.origin), rotary[0].data_ptr())
+            changed["position_embeddings"] = self._once(key, lambda: tuple(t[self.origin.to(t.device)] for t in rotary))
+        return changed
+
+    def _once(self, key: tuple, compute):
+        if key not in self._cached:
+            self._cached[key] = compute()
+        return self._cached[key]
+
+    def _segments(self, segments: torch.Tensor) -> torch.Tensor:
+        """`cu_seqlens` over the original rows → over the remaining ones: each segment keeps the rows that
+        remain in it (empty ones go)."""
+        origin = self.origin.to(segments.device)
+        segment = torch.searchsorted(segments[1:], origin, right=True)
+        lengths = torch.bincount(segment, minlength=len(segments) - 1)
+        lengths = lengths[lengths > 0]
+        return torch.cat([segments.new_zeros(1), lengths.cumsum(0).to(segments.dtype)])
+
+
+def runs(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """The runs start, start + 1, …, start + length − 1, one after the other."""
+    return torch.repeat_interleave(starts - (lengths.cumsum(0) - lengths), lengths) + torch.arange(int(lengths.sum()))
