@@ -82,7 +82,18 @@ def test_demo_shows_medians_beside_the_ideal_and_both_token_columns():
                  "--max-new-tokens", "2")
     assert result.returncode == 0, result.stderr[-2000:]
     header = next(line for line in result.stdout.splitlines() if line.startswith("method"))
-    assert all(column in header for column in ("layer mean", "last layer", "prefill ms", "ideal ms", "vs ideal"))
+    columns = ("layer mean", "last layer", "tower", "prefill ms", "ideal ms", "vs ideal")
+    assert all(column in header for column in columns)
     fastv = next(line for line in result.stdout.splitlines() if line.startswith("fastv"))
     assert "197 -> 59" in fastv and " 13 " in fastv  # 59 per layer on average, 13 at the last layer
     assert "median of 2 runs after a warm-up" in result.stdout
+
+
+def test_demo_runs_any_tiny_family_and_shows_the_share_of_the_tower_computed():
+    result = run("-m", "tokcompress", "demo", "--tiny", "qwen2_5_vl", "--frames", "4", "--methods", "none,vidtldr",
+                 "--repeats", "1", "--max-new-tokens", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "model: tiny qwen2_5_vl" in result.stdout
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith(("none", "vidtldr"))}
+    assert " 100% " in rows["none"]
+    assert " 88% " in rows["vidtldr"]  # 16 of each temporal patch's 64 rows merged after layer 0 of 2: (64 + 48) / 128
