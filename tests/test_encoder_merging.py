@@ -14,6 +14,7 @@ import tokcompress
 from tokcompress.adapters import ADAPTERS, adapter_for
 from tokcompress.engine.folding import BATCHED as BATCHED_TOWER
 from tokcompress.engine.folding import PACKED as PACKED_TOWER
+from tokcompress.engine.rows import PackedRows
 from tokcompress.methods import (
     Compose,
     EarlyTom,
@@ -71,6 +72,21 @@ def test_folded_frames_leave_the_later_tower_layers_fewer_frames_to_encode(famil
     assert units[-1] < units[0]  # merged after layer 0 of the tiny tower
     assert all(0 < s.encoder_ratio < 1 for s in stats.samples)
     assert abs(stats.achieved_ratio - 0.3) * stats.visual_in <= 1
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+@pytest.mark.parametrize("method", [EarlyTom, VidTLDR])
+def test_a_patch_made_at_ratio_one_folds_in_the_tower_once_its_ratio_is_lowered(family, method, clip):
+    model = model_for(family)
+    inputs = inputs_for(family, still(clip), "What is here?")
+    dim = 1 if method is VidTLDR and family == "llava_onevision" else 0  # batched tokens: dimension 1
+    with tokcompress.compress(model, method(ratio=1.0)) as handle:
+        untouched = rows_entering_tower_layers(model, lambda: generate(model, inputs, max_new_tokens=2), dim)
+        handle.ratio = 0.3
+        folded = rows_entering_tower_layers(model, lambda: generate(model, inputs, max_new_tokens=2), dim)
+        stats = handle.stats
+    assert untouched[-1] == untouched[0] and folded[0] == untouched[0] and folded[-1] < folded[0]
+    assert stats.samples[0].encoder_ratio < 1
 
 
 @pytest.mark.parametrize("family", FOLDING)
@@ -350,6 +366,15 @@ def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their
     assert folded["merger"].shape == stock["merger"].shape
     merged_rows = folded["merger"].view(units, tokens, -1)
     assert all(len(torch.unique(frame, dim=0)) == 48 for frame in merged_rows)
+
+
+def test_a_packed_tower_refuses_kept_rows_out_of_their_order():
+    """Attention segments are rebuilt from the remaining rows' order: a method keeping rows unsorted is refused."""
+    rows = PackedRows(4)
+    with pytest.raises(ValueError, match="must be sorted"):
+        rows.fold(torch.tensor([2, 1]), torch.tensor([1, 0, -1, -1]))
+    rows.fold(torch.tensor([1, 2]), torch.tensor([0, 0, 1, -1]))
+    assert rows.expand(torch.tensor([[5.0], [7.0]])).flatten().tolist() == [5.0, 5.0, 7.0, 0.0]
 
 
 def test_vidtldr_refuses_a_flash_attention_tower(monkeypatch):

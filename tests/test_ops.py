@@ -85,12 +85,12 @@ def test_weighted_merge_of_several_tensors_shares_one_assignment():
     assert merged_keys.dtype == torch.bfloat16 and torch.equal(sizes_out, alone_sizes)
 
 
-@pytest.mark.parametrize("chunk", [1, 4])
-def test_attention_row_sharpness_is_the_negative_entropy_of_each_head_mean_row(chunk):
+@pytest.mark.parametrize("max_entries", [1, 2 * 7 * 3, 2 * 7 * 7 * 2, 2**26])  # a row, 3 rows, 2 sequences, all
+def test_attention_row_sharpness_is_the_negative_entropy_of_each_head_mean_row(max_entries):
     generator = torch.Generator().manual_seed(3)
     queries, keys = torch.randn(3, 2, 7, 4, generator=generator), torch.randn(3, 2, 7, 4, generator=generator)
     expected = torch.zeros(3, 7)
     for image in range(3):
         rows = torch.stack([torch.softmax(queries[image, h] @ keys[image, h].T / 2, dim=-1) for h in range(2)]).mean(0)
         expected[image] = torch.tensor([sum(p * torch.log(p) for p in row).item() for row in rows])
-    torch.testing.assert_close(attention_row_sharpness(queries, keys, chunk), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(attention_row_sharpness(queries, keys, max_entries), expected, rtol=1e-5, atol=1e-6)

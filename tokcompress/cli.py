@@ -187,7 +187,8 @@ def _method(name: str) -> str:
 
 
 def _kept(stats) -> tuple[int, float]:
-    """(visual tokens kept per layer on average, fraction of frame units encoded) of a run's stats."""
+    """(visual tokens kept per layer on average, share of the tower's frame- or token-layers computed) of a run's
+    stats."""
     if not stats.samples:
         return 0, 1.0
     return round(stats.achieved_ratio * stats.visual_in), statistics.mean(s.encoder_ratio for s in stats.samples)

@@ -103,7 +103,7 @@ class Adapter:
         """Per video of a `get_video_features` call, its frame units, where the tower can fold them."""
         raise NotImplementedError(f"{self.model_type}: the vision tower cannot fold frames")
 
-    def frame_rows(self, encoder_args: dict[str, Any]) -> list[int]:
+    def unit_rows(self, encoder_args: dict[str, Any]) -> list[int]:
         """Per video of a `get_video_features` call, the rows of one frame unit in a PACKED tower's sequence."""
         raise NotImplementedError(f"{self.model_type}: the vision tower does not pack frames")
 
@@ -144,8 +144,8 @@ class Adapter:
         """Per frame unit of the prompt's videos that the tower encoded (and that still stood at its end), in
         order: the attention each of its visual tokens got in `tower_attention()` (its tower tokens' scores pooled
         as the model pools them), (tokens per unit,). `records` are the tower's and that module's calls for this
-        prompt, in order; `input_ids` has one row per sample; `standing`: per video, the frame units that still
-        stood where the tower folded some (None: as many as the tower call encoded)."""
+        prompt, in order; `input_ids` has one row per sample; `standing`: per video, how many frame units still
+        stood at the tower's end where it folded some (None: as many as the tower call encoded)."""
         raise NotImplementedError(f"{self.model_type}: no vision-tower attention scores")
 
     def project_queries(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):

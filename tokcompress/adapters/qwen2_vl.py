@@ -68,7 +68,7 @@ class Qwen2VLAdapter(Adapter):
     def frame_counts(self, encoder_args):
         return encoder_args["video_grid_thw"][:, 0].tolist()
 
-    def frame_rows(self, encoder_args):
+    def unit_rows(self, encoder_args):
         return (encoder_args["video_grid_thw"][:, 1] * encoder_args["video_grid_thw"][:, 2]).tolist()
 
     def tower_layers(self):
@@ -102,8 +102,7 @@ class Qwen2VLAdapter(Adapter):
             segment_rows = (starts[:, None] + torch.arange(length, device=starts.device)).flatten()
             q, k = (states[:, segment_rows].view(heads, len(starts), length, dim).transpose(0, 1)
                     for states in (queries, keys))
-            chunk = max(2**26 // (heads * length * length), 1)  # attention maps of at most 2^26 entries at once
-            sharpness[segment_rows] = attention_row_sharpness(q, k, chunk).flatten()
+            sharpness[segment_rows] = attention_row_sharpness(q, k).flatten()
         return sharpness
 
     def tower_token_scores(self, records, input_ids, standing=None):

@@ -51,7 +51,7 @@ class EncodedVideos:
 
     units: list[int]  # per video, its frame units
     keep: list[torch.Tensor] | None = None  # per video, the units encoded (to the end); None: all of them
-    layer_share: list[float] | None = None  # per video, the share of the tower's frame-layers computed
+    layer_share: list[float] | None = None  # per video, the share of the tower's frame- (or token-) layers computed
     compression_time: Timer = field(default_factory=Timer)
     encoder_time: Timer = field(default_factory=Timer)
 
@@ -69,12 +69,12 @@ def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs:
         if any(len(units) < count for units, count in zip(keep, record.units)):
             record.keep = keep
     folding = None
-    if folds_in_tower(method, adapter):
+    if method.compresses() and folds_in_tower(method, adapter):
         record.units = record.units or adapter.frame_counts(encoder_args)
         frames = record.keep or [torch.arange(units) for units in record.units]
-        packed_rows = adapter.frame_rows(encoder_args) if adapter.tower_frames == PACKED else None
+        unit_rows = adapter.unit_rows(encoder_args) if adapter.tower_frames == PACKED else None
         folding = (TokenMerging if method.in_encoder_unit == "token" else FrameMerging)(
-            method, adapter, frames, packed_rows
+            method, adapter, frames, unit_rows
         )
     with record.encoder_time.measure(pixels.device), folding or contextlib.nullcontext():
         if record.keep is None:
@@ -87,8 +87,9 @@ def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs:
 
 
 def folds_in_tower(method: Method, adapter: Adapter) -> bool:
-    """Whether the method folds frames or tokens inside this tower (one that holds frames as a batch or packed)."""
-    return IN_ENCODER in method.stages and method.compresses() and adapter.tower_frames is not None
+    """Whether the method acts inside this tower (one that holds frames as a batch or packed), at whatever ratio:
+    the patch's tower hooks stay in place while `handle.ratio` changes."""
+    return IN_ENCODER in method.stages and adapter.tower_frames is not None
 
 
 def frames_chosen_from_features(

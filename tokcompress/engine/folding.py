@@ -26,17 +26,17 @@ class _Folding:
     """Entered around one encoder call on one thread; `merged` once anything folded.
 
     `frames[v]`: the frame units of video v the call encodes, in order. In a BATCHED tower every frame is a
-    batch row; in a PACKED one it is a run of `packed_rows[v]` rows of the sequence (every frame of a video in
+    batch row; in a PACKED one it is a run of `unit_rows[v]` rows of the sequence (every frame of a video in
     the same window order), and each later layer gets the attention segments and rotary rows of the rows
     that remain (`PackedRows`)."""
 
-    def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor], packed_rows: list[int] | None):
+    def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor], unit_rows: list[int] | None):
         layers, self.depth = adapter.tower_layers()
         self.method, self.adapter, self.num_layers = method, adapter, len(layers)
         self.merge_layers = set(method.encoder_merge_layers(self.depth))
         self.standing = [f.clone() for f in frames]  # per video, the units whose rows are still in the tower
         self.initial = [len(f) for f in frames]
-        self.packed_rows = packed_rows
+        self.unit_rows = unit_rows
         self.merged = False
 
     def __enter__(self):
@@ -48,7 +48,7 @@ class _Folding:
 
     def before_layer(self, index: int, kwargs: dict) -> dict | None:
         """The call kwargs of a packed tower's layer `index`, for the rows that remain (None: unchanged)."""
-        return self.rows.layer_kwargs(kwargs) if self.packed_rows is not None else None
+        return self.rows.layer_kwargs(kwargs) if self.unit_rows is not None else None
 
     def before_attention(self, index: int, module, args: tuple, kwargs: dict) -> dict | None:
         """The call kwargs of tower layer `index`'s attention, changed, or None to leave them."""
@@ -65,7 +65,7 @@ class _Folding:
     def expand(self, output):
         """The tower's output, every tensor in it (the hidden states of any layer) back in the full shape; a
         packed tower's readouts (its merger) already read expanded input, so there only the hidden states."""
-        keys = list(output.keys()) if self.packed_rows is None else ["last_hidden_state", "hidden_states"]
+        keys = list(output.keys()) if self.unit_rows is None else ["last_hidden_state", "hidden_states"]
 
         def expand(value):
             if isinstance(value, torch.Tensor):
@@ -88,28 +88,28 @@ class FrameMerging(_Folding):
     encode fewer; a row then stands for the frames that folded into it, and the output's tensors - the hidden
     states of any layer - expand back to one row per frame (or per packed row) the call encodes."""
 
-    def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor], packed_rows: list[int] | None):
-        super().__init__(method, adapter, frames, packed_rows)
+    def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor], unit_rows: list[int] | None):
+        super().__init__(method, adapter, frames, unit_rows)
         self.sizes = [torch.ones(len(f)) for f in frames]
         first = torch.tensor([0, *self.initial]).cumsum(0)
         self.ordinals = [torch.arange(a, b) for a, b in zip(first[:-1].tolist(), first[1:].tolist())]
         self.row_of = torch.arange(int(first[-1]))  # per encoded frame (in order), its row now; -1: dropped
-        if packed_rows is None:
+        if unit_rows is None:
             self.rows = RowMap(len(self.row_of))
         else:  # per encoded frame, its packed rows and its first one
-            self.frame_rows = torch.tensor([rows for n, rows in zip(self.initial, packed_rows) for _ in range(n)])
-            self.frame_first = self.frame_rows.cumsum(0) - self.frame_rows
-            self.rows = PackedRows(int(self.frame_rows.sum()))
+            self.rows_of_frame = torch.tensor([rows for n, rows in zip(self.initial, unit_rows) for _ in range(n)])
+            self.first_row_of_frame = self.rows_of_frame.cumsum(0) - self.rows_of_frame
+            self.rows = PackedRows(int(self.rows_of_frame.sum()))
         self.counts: list[tuple[int, list[int]]] = []  # (layer, frames per video after it) per merge
 
     def after_layer(self, index: int, output):
         if index not in self.merge_layers:
             return None
         hidden = output[0] if isinstance(output, tuple) else output
-        if self.packed_rows is None:
+        if self.unit_rows is None:
             blocks_in = list(hidden.split([len(f) for f in self.standing]))
         else:
-            blocks_in = self._videos(hidden, self.packed_rows)
+            blocks_in = self._videos(hidden, self.unit_rows)
         blocks, sizes, standing, ordinals, slots, rows = [], [], [], [], [], 0
         for video, block in enumerate(blocks_in):
             frames, video_sizes, video_ordinals = self.standing[video], self.sizes[video], self.ordinals[video]
@@ -135,17 +135,17 @@ class FrameMerging(_Folding):
         self.row_of = torch.where(self.row_of >= 0, slots[self.row_of.clamp_min(0)], -1)
         self.standing, self.sizes, self.ordinals, self.merged = standing, sizes, ordinals, True
         self.counts.append((index, [len(f) for f in standing]))
-        if self.packed_rows is None:
+        if self.unit_rows is None:
             hidden = torch.cat(blocks)
             self.rows.add(self.row_of.clone(), len(hidden))
         else:
             hidden = torch.cat([block.flatten(0, 1) for block in blocks])
             frames = torch.cat(self.ordinals)  # the encoded frames that stand, in order
-            origin = runs(self.frame_first[frames], self.frame_rows[frames])
-            standing_rows = self.frame_rows[frames]
+            origin = runs(self.first_row_of_frame[frames], self.rows_of_frame[frames])
+            standing_rows = self.rows_of_frame[frames]
             first_now = (standing_rows.cumsum(0) - standing_rows)[self.row_of.clamp_min(0)]
-            read = runs(first_now, self.frame_rows).masked_fill(
-                torch.repeat_interleave(self.row_of < 0, self.frame_rows), -1)
+            read = runs(first_now, self.rows_of_frame).masked_fill(
+                torch.repeat_interleave(self.row_of < 0, self.rows_of_frame), -1)
             self.rows.fold(origin, read)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
@@ -167,13 +167,13 @@ class TokenMerging(_Folding):
     attention, a float mask). A packed tower's attention (varlen over `cu_seqlens`) takes no mask: there a
     folded token keeps its kept token's place - rotary row and window - and attends without the bias."""
 
-    def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor], packed_rows: list[int] | None):
-        super().__init__(method, adapter, frames, packed_rows)
-        if packed_rows is None:  # one block of every frame (a batch), a leading CLS never folds
+    def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor], unit_rows: list[int] | None):
+        super().__init__(method, adapter, frames, unit_rows)
+        if unit_rows is None:  # one block of every frame (a batch), a leading CLS never folds
             self.fixed, self.tokens = int(adapter.tower_has_cls), None
         else:  # one block per video, of its frames' current tokens
-            self.fixed, self.tokens = 0, list(packed_rows)
-            self.rows = PackedRows(sum(n * rows for n, rows in zip(self.initial, packed_rows)))
+            self.fixed, self.tokens = 0, list(unit_rows)
+            self.rows = PackedRows(sum(n * rows for n, rows in zip(self.initial, unit_rows)))
         self.sizes: list[torch.Tensor] | None = None  # per block (frames, tokens) once something folded
         self.token_of: list[torch.Tensor] | None = None  # per block (frames, original tokens): its current token
         self.origin: list[torch.Tensor] | None = None  # per block (frames, tokens): each one's original token

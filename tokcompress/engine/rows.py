@@ -35,9 +35,14 @@ class PackedRows(RowMap):
     def __init__(self, total: int):
         super().__init__(total)
         self.origin = torch.arange(total)
-        self._cached: dict[tuple, object] = {}  # per row count and original table: what later layers get
+        self._cached: dict[tuple, tuple] = {}  # (what, row count) -> (the tower's tensor, what later layers get)
 
     def fold(self, origin: torch.Tensor, read: torch.Tensor) -> None:
+        if len(origin) > 1 and not bool((origin.diff() > 0).all()):
+            raise ValueError(
+                "frames or tokens kept inside a packed tower must stay in their order (a method's `keep` must be "
+                "sorted): attention segments are rebuilt from it"
+            )
         self.origin = origin
         self.add(read, len(origin))
 
@@ -48,19 +53,21 @@ class PackedRows(RowMap):
             return None
         changed = dict(kwargs)
         segments = kwargs.get("cu_seqlens")
-        if segments is not None:
-            key = ("segments", len(self.origin), segments.data_ptr(), len(segments))
-            changed["cu_seqlens"] = self._once(key, lambda: self._segments(segments))
+        if segments is not None:  # the frames' segments, or the windows' (Qwen2.5-VL alternates them)
+            changed["cu_seqlens"] = self._once(segments, lambda: self._segments(segments))
         rotary = kwargs.get("position_embeddings")
         if rotary is not None:
-            key = ("rotary", len(self.origin), rotary[0].data_ptr())
-            changed["position_embeddings"] = self._once(key, lambda: tuple(t[self.origin.to(t.device)] for t in rotary))
+            origin = self.origin.to(rotary[0].device)
+            changed["position_embeddings"] = self._once(rotary, lambda: tuple(table[origin] for table in rotary))
         return changed
 
-    def _once(self, key: tuple, compute):
-        if key not in self._cached:
-            self._cached[key] = compute()
-        return self._cached[key]
+    def _once(self, source, compute):
+        """`compute()` for the tower's `source` at the current row count, once (the tower passes the same
+        tensors to every layer)."""
+        key = (id(source), len(self.origin))
+        if key not in self._cached or self._cached[key][0] is not source:
+            self._cached[key] = (source, compute())
+        return self._cached[key][1]
 
     def _segments(self, segments: torch.Tensor) -> torch.Tensor:
         """`cu_seqlens` over the original rows → over the remaining ones: each segment keeps the rows that

@@ -99,17 +99,22 @@ def attention_pagerank(
     return distribution.square().mean(dim=0).sqrt()
 
 
-def attention_row_sharpness(queries: torch.Tensor, keys: torch.Tensor, chunk: int = 4) -> torch.Tensor:
+def attention_row_sharpness(queries: torch.Tensor, keys: torch.Tensor, max_entries: int = 2**26) -> torch.Tensor:
     """vid-TLDR's saliency: for each token, Σ_j Ā_ij · log Ā_ij over its row of the head-mean attention Ā =
     mean over heads of softmax(q·kᵀ/√d) - the negative entropy of where it looks (sharper is higher).
 
-    queries, keys: (B, H, n, d) for B sequences → (B, n) fp32; `chunk` sequences at a time, so memory stays
-    O(chunk·H·n²).
+    queries, keys: (B, H, n, d) for B sequences → (B, n) fp32; blocks of sequences and of query rows at a
+    time, so that an attention map holds at most `max_entries` (or one row of each head) at once.
     """
+    batch, heads, count, _ = queries.shape
     scale = queries.shape[-1] ** -0.5
-    sharpness = []
-    for start in range(0, queries.shape[0], chunk):
-        q, k = queries[start : start + chunk].float(), keys[start : start + chunk].float()
-        mean = (q @ k.transpose(-1, -2) * scale).softmax(dim=-1).mean(dim=1)  # (chunk, n, n)
-        sharpness.append((mean * mean.clamp_min(1e-30).log()).sum(dim=-1))
-    return torch.cat(sharpness) if sharpness else queries.new_zeros(0, queries.shape[2], dtype=torch.float32)
+    rows = max(min(count, max_entries // max(heads * count, 1)), 1)  # query rows of one sequence at once
+    sequences = max(max_entries // max(heads * rows * count, 1), 1)
+    sharpness = queries.new_empty(batch, count, dtype=torch.float32)
+    for first in range(0, batch, sequences):
+        k = keys[first : first + sequences].float()
+        for row in range(0, count, rows):
+            q = queries[first : first + sequences, :, row : row + rows].float()
+            mean = (q @ k.transpose(-1, -2) * scale).softmax(dim=-1).mean(dim=1)  # (sequences, rows, n)
+            sharpness[first : first + sequences, row : row + rows] = (mean * mean.clamp_min(1e-30).log()).sum(dim=-1)
+    return sharpness
