@@ -6,6 +6,7 @@
 # Then on the GPU machine (device tool, carry .whl):
 #   bash eval/gpu/run.sh                # results under $OUT (or eval/results), named after the GPU
 #   FAMILIES="qwen3-vl-8b" SKIP_KERNELS=1 bash eval/gpu/run.sh   # latency of other families only
+#   PROFILE=1 FAMILIES=" " SKIP_KERNELS=1 bash eval/gpu/run.sh     # only the compressed prefill's profile
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -27,6 +28,9 @@ if [ -z "${SKIP_KERNELS:-}" ]; then
     python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_ops.py 2>&1 | tail -5 | tee "$out/kernel_tests.txt"
     python3 eval/bench_kernels.py --out "$out" 2>&1 | tail -8
     python3 eval/gpu/vision_attention.py "$out" 2>&1 | tail -2
+fi
+if [ -n "${PROFILE:-}" ]; then  # where tome's / framefusion's compression time goes at 12.5k tokens (issue 10, item 5)
+    python3 eval/gpu/profile_prefill.py "$out" 2>&1 | grep -v "^STAGE" | tail -40 | tee "$out/profile_prefill.txt"
 fi
 # 7B/8B-shape latency, one family after another; every family takes longer than one 15-minute device
 # session, so name a few: FAMILIES="qwen3-vl-8b internvl3-8b" SKIP_KERNELS=1 bash eval/gpu/run.sh
