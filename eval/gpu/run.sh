@@ -31,6 +31,8 @@ if [ -z "${SKIP_KERNELS:-}" ]; then
 fi
 if [ -n "${PROFILE:-}" ]; then  # where tome's / framefusion's compression time goes at 12.5k tokens (issue 10, item 5)
     python3 eval/gpu/profile_prefill.py "$out" 2>&1 | grep -v "^STAGE" | tail -40 | tee "$out/profile_prefill.txt"
+    python3 eval/gpu/profile_prefill.py "$out" --step decode --methods dycoke 2>&1 | grep -v "^STAGE" | tail -20 \
+        | tee "$out/profile_decode.txt"
 fi
 # 7B/8B-shape latency, one family after another; every family takes longer than one 15-minute device
 # session, so name a few: FAMILIES="qwen3-vl-8b internvl3-8b" SKIP_KERNELS=1 bash eval/gpu/run.sh
