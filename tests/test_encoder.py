@@ -103,6 +103,22 @@ def test_a_composition_at_ratio_one_is_the_identity(family, clip):
         assert torch.equal(logits(model, inputs), reference)
 
 
+def test_a_composition_spelt_as_its_stats_name_builds_it():
+    composed = tokcompress.methods.build_method("framededup+framefusion", 0.3)
+    assert isinstance(composed, Compose) and composed.name == "framededup+framefusion" and composed.ratio == 0.3
+    assert [type(m) for m in composed.methods] == [FrameDedup, FrameFusion] and composed.methods[0].ratio == 0.5
+    encoder_side = tokcompress.methods.build_method("earlytom@encoder+fastv")
+    assert encoder_side.name == "earlytom@encoder+fastv" and encoder_side.stages == ("in_encoder", "in_llm")
+    alone = tokcompress.methods.build_method("earlytom@encoder", 0.4)
+    assert alone.name == "earlytom@encoder" and alone.method.ratio == 0.4
+    with pytest.raises(ValueError, match="unknown method 'fastvv'"):
+        tokcompress.methods.build_method("framededup+fastvv")
+    with pytest.raises(ValueError, match="framefusion acts at no encoder stage"):
+        tokcompress.methods.build_method("framefusion@encoder")
+    with pytest.raises(TypeError, match="build its methods instead"):
+        tokcompress.methods.build_method("framededup+fastv", layer=1)
+
+
 def test_compositions_are_refused_when_two_methods_share_a_stage_or_a_list_gets_knobs():
     with pytest.raises(ValueError, match="uniform and tome both act at the pre_llm stage"):
         Compose(methods=(UniformSample(), tokcompress.methods.ToMe()))

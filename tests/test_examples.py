@@ -58,6 +58,14 @@ def test_run_answers_on_the_tiny_model_and_a_shipped_clip_beside_none():
     assert "time to first token" in result.stdout and "fastv vs none:" in result.stdout
 
 
+def test_run_takes_a_composition_spelt_as_its_stats_name(capsys):
+    from tokcompress.cli import main
+
+    argv = ["run", "--frames", "4", "--method", "framededup+fastv", "--ratio", "0.3", "--max-new-tokens", "2"]
+    assert main(argv) == 0
+    assert "[framededup+fastv @ ratio 0.3]" in capsys.readouterr().out
+
+
 def test_run_documents_itself_and_fails_with_exit_codes_a_script_can_use(tmp_path, capsys):
     from transformers import Qwen2Config
 

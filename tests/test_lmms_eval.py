@@ -92,6 +92,14 @@ def test_unknown_method_in_model_args_names_the_known_ones(checkpoint, stand_in_
         plugin.LlavaHf(pretrained=str(checkpoint), device="cpu", device_map="cpu", method="fastvv")
 
 
+def test_a_composition_in_model_args_patches_the_wrapper_model(checkpoint, stand_in_processor):
+    wrapper = plugin.LlavaHf(pretrained=str(checkpoint), device="cpu", device_map="cpu",
+                             method="earlytom@encoder+fastv", ratio=0.3)
+    assert wrapper.compression.method.name == "earlytom@encoder+fastv" and wrapper.compression.ratio == 0.3
+    with pytest.raises(ValueError, match="known methods"):
+        plugin.LlavaHf(pretrained=str(checkpoint), device="cpu", device_map="cpu", method="framededup+fastvv")
+
+
 def test_sweep_commands_and_plots(evaluations, tmp_path):
     sweep, plot_sweep = load("sweep"), load("plot_sweep")
     config = {

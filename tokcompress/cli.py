@@ -21,6 +21,7 @@ import tokcompress
 
 from . import tiny
 from .ideal import ideal_prefill
+from .methods import build_method
 from .timing import median_ms, timed_generate
 from .video import read_frames, sample_clip
 
@@ -48,7 +49,8 @@ def main(argv: list[str] | None = None) -> int:
     _add_common(demo, clip_flag="--clip")
     demo.add_argument("--ratio", type=float, default=0.3)
     every = ",".join(["none", *(m for m in tokcompress.list_methods() if m != "none")])
-    demo.add_argument("--methods", default=every, help="comma-separated (default: every registered method)")
+    demo.add_argument("--methods", default=every,
+                      help="comma-separated (default: every registered method); a composition: framededup+fastv")
     demo.add_argument("--max-new-tokens", type=int, default=12)
     demo.add_argument("--repeats", type=int, default=3, help="timed runs per method after a warm-up (median shown)")
     run = commands.add_parser(
@@ -56,7 +58,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Decode a clip with decord, answer a question with a compressed model, print the stats and timings.",
     )
     _add_common(run, clip_flag="--video")
-    run.add_argument("--method", default="framefusion", help=f"one of: {', '.join(tokcompress.list_methods())}")
+    run.add_argument("--method", default="framefusion",
+                     help=f"one of: {', '.join(tokcompress.list_methods())}; or a composition (framededup+framefusion, "
+                          "earlytom@encoder+fastv)")
     run.add_argument("--ratio", type=float, default=None, help="retained fraction (default: the method's own)")
     run.add_argument("--max-new-tokens", type=int, default=32)
     run.add_argument("--repeats", type=int, default=1, help="timed runs after a warm-up (median shown)")
@@ -181,8 +185,11 @@ def load_checkpoint(path: str):
 
 
 def _method(name: str) -> str:
-    if name not in tokcompress.list_methods():
-        raise CommandError("usage", f"unknown method {name!r}; known methods: {', '.join(tokcompress.list_methods())}")
+    """A registered method's name, or a composition spelt as its stats name it ("framededup+framefusion")."""
+    try:
+        build_method(name)
+    except (TypeError, ValueError) as error:
+        raise CommandError("usage", str(error)) from error
     return name
 
 

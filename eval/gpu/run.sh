@@ -42,6 +42,7 @@ declare -A FRAMES=(
 )
 for model in ${FAMILIES:-llava-onevision-7b qwen2.5-vl-7b}; do
     python3 eval/bench_latency.py --model "$model" --frames "${FRAMES[$model]}" \
-        --methods stock none tome fastv framefusion dycoke framededup earlytom --ratios 0.15 0.3 --new-tokens 8 --repeats 3 \
-        --out "$out" 2>&1 | tail -12
+        --methods stock none tome fastv framefusion dycoke framededup earlytom vidtldr framededup+framefusion \
+        earlytom@encoder+framefusion --ratios 0.15 0.3 --new-tokens 8 --repeats 3 \
+        --out "$out" 2>&1 | tail -30
 done

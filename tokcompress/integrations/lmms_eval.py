@@ -7,8 +7,9 @@ Registered through the `lmms_eval.models` entry-point group (see `lmms_eval_mani
         --model_args pretrained=Qwen/Qwen2.5-VL-7B-Instruct,method=framefusion,ratio=0.3,similarity_threshold=0.5 \\
         --tasks videomme --log_samples --output_path results/
 
-`method`, `ratio` and the method's knobs are taken out of `--model_args`; the rest goes to the stock
-wrapper. Every request is answered on its own (exact per-sample records), and its `token_counts` in the
+`method`, `ratio` and the method's knobs are taken out of `--model_args` (`method` may be a composition,
+"framededup+framefusion" or "earlytom@encoder+fastv", its members at their defaults); the rest goes to the
+stock wrapper. Every request is answered on its own (exact per-sample records), and its `token_counts` in the
 logged samples carry the compression fields: visual tokens in and out, achieved ratio, prefill time,
 decode time per token and peak GPU memory.
 """
@@ -34,7 +35,7 @@ from lmms_eval.models.simple.qwen3_vl import Qwen3_VL as _Qwen3_VL
 from transformers import LogitsProcessor, LogitsProcessorList
 
 import tokcompress
-from tokcompress.methods import METHODS
+from tokcompress.methods import METHODS, build_method
 
 
 @dataclasses.dataclass
@@ -79,8 +80,8 @@ class CompressionMixin:
 
     def __init__(self, *args: Any, method: str = "none", ratio: float | None = None, **kwargs: Any):
         if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; known methods: {', '.join(sorted(METHODS))}")
-        knob_names = set(METHODS[method].knobs()) - {"ratio"}
+            build_method(method)  # a composition ("framededup+framefusion"), or an error naming the known methods
+        knob_names = set(METHODS[method].knobs()) - {"ratio"} if method in METHODS else set()
         knobs = {name: kwargs.pop(name) for name in list(kwargs) if name in knob_names}
         super().__init__(*args, **kwargs)
         self.compression = tokcompress.patch(self._model, method, ratio, **knobs)

@@ -18,7 +18,7 @@ from .base import (
     TokenFolding,
     TokenReduction,
 )
-from .compose import Compose, EncoderOnly
+from .compose import ENCODER_SUFFIX, Compose, EncoderOnly
 from .divprune import DivPrune
 from .dycoke import DyCoke
 from .earlytom import EarlyTom
@@ -73,7 +73,13 @@ def list_methods() -> list[str]:
 
 def build_method(method: str | Method | type[Method] | list, ratio: Any = None, **knobs: Any) -> Method:
     """Turn a name, a Method class or instance, or a list of them (a `Compose`) plus ratio/knobs into a
-    configured Method."""
+    configured Method. A name may spell a composition as its stats do: "framededup+framefusion",
+    "earlytom@encoder+fastv" (`EncoderOnly` for "@encoder"); its members take their defaults."""
+    if isinstance(method, str) and ("+" in method or method.endswith(ENCODER_SUFFIX)):
+        if knobs:
+            raise TypeError(f"got the composition {method!r} and knobs {sorted(knobs)}; build its methods instead")
+        members = [_member(name.strip()) for name in method.split("+")]
+        return build_method(members[0] if len(members) == 1 else members, ratio)
     if isinstance(method, (list, tuple)):
         if knobs:
             raise TypeError(
@@ -104,6 +110,13 @@ def build_method(method: str | Method | type[Method] | list, ratio: Any = None, 
     if ratio is not None:
         knobs["ratio"] = ratio
     return method_cls(**knobs)
+
+
+def _member(name: str) -> Method:
+    """One member of a composition spelt as a name: a registered method, its encoder stages with "@encoder"."""
+    if name.endswith(ENCODER_SUFFIX):
+        return EncoderOnly(build_method(name.removesuffix(ENCODER_SUFFIX)))
+    return build_method(name)
 
 
 __all__ = [

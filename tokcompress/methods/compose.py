@@ -26,6 +26,7 @@ from .base import (
 )
 
 ENCODER_STAGES = (PRE_ENCODER, IN_ENCODER)
+ENCODER_SUFFIX = "@encoder"  # "earlytom@encoder": EncoderOnly(EarlyTom()), in names and in `build_method`
 LLM_STAGES = (PRE_LLM, IN_LLM, DECODE)
 
 
@@ -161,7 +162,7 @@ class EncoderOnly(Method):
 
     @property
     def name(self) -> str:
-        return f"{self.method.name}@encoder"
+        return f"{self.method.name}{ENCODER_SUFFIX}"
 
     @property
     def stages(self) -> tuple[str, ...]:
