@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from tokcompress.layout import VisualLayout
+from tokcompress.methods.base import top_tokens, top_tokens_per_group
 from tokcompress.ops import (
     NO_PARTNER,
     aligned_cosine,
@@ -94,3 +95,18 @@ def test_attention_row_sharpness_is_the_negative_entropy_of_each_head_mean_row(m
         rows = torch.stack([torch.softmax(queries[image, h] @ keys[image, h].T / 2, dim=-1) for h in range(2)]).mean(0)
         expected[image] = torch.tensor([sum(p * torch.log(p) for p in row).item() for row in rows])
     torch.testing.assert_close(attention_row_sharpness(queries, keys, max_entries), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_top_tokens_per_group_is_top_tokens_in_every_group(seed):
+    """The vectorised per-frame choice is the loop over groups it replaces, ties to the earlier token included."""
+    generator = torch.Generator().manual_seed(seed)
+    group = torch.randint(0, 5, (40,), generator=generator)
+    scores = torch.randint(0, 4, (40,), generator=generator).float()  # many ties
+    counts = torch.randint(0, 9, (6,), generator=generator)  # group 5 has no tokens
+    expected = [
+        members[top_tokens(scores[members], int(counts[g]))]
+        for g in range(5)
+        for members in [(group == g).nonzero().squeeze(1)]
+    ]
+    assert top_tokens_per_group(scores, group, counts).tolist() == torch.sort(torch.cat(expected)).values.tolist()

@@ -355,6 +355,16 @@ def top_tokens(scores: torch.Tensor, count: int, always: torch.Tensor | None = N
     return torch.sort(order[:count]).values
 
 
+def top_tokens_per_group(scores: torch.Tensor, group: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Sorted indices of each group's `counts[g]` highest-scoring tokens (ties to the earlier token, as
+    `top_tokens`), all groups at once: `group` (n,) each token's group id, `counts` (groups,)."""
+    order = torch.sort(scores.float(), descending=True, stable=True).indices
+    order = order[torch.sort(group[order], stable=True).indices]  # by group, each best first
+    sizes = torch.bincount(group, minlength=len(counts))
+    rank = torch.arange(len(order), device=order.device) - (sizes.cumsum(0) - sizes)[group[order]]
+    return torch.sort(order[rank < counts[group[order]]]).values
+
+
 def proportional_split(total: int, sizes: list[int]) -> list[int]:
     """Split `total` into integers proportional to `sizes` (largest remainders), never above a size."""
     return apportion(total, sizes, sizes)

@@ -22,6 +22,7 @@ from .base import (
     proportional_split,
     separators_first,
     top_tokens,
+    top_tokens_per_group,
 )
 
 POSITIONS = ("original", "contiguous")
@@ -103,22 +104,15 @@ class DyCoke(Method):
         reference, is_anchor = group_references(layout)
         novelty = -aligned_cosine(features, reference)
         separators, cells = separators_first(layout, budget.tokens_before_llm(layout.num_tokens))
-        frames = torch.unique(layout.frame[~layout.is_separator]).tolist()
-        members = {f: (layout.frame == f).nonzero().squeeze(1) for f in frames}
-        anchors = [f for f in frames if bool(is_anchor[members[f][0]])]
-        others = [f for f in frames if f not in set(anchors)]
-        anchor_cells = sum(members[f].numel() for f in anchors)
-        kept = [separators]
-        if cells < anchor_cells:  # only anchors fit: keep their most novel tokens, the first anchor first
-            anchor_tokens = torch.cat([members[f] for f in anchors])
-            kept.append(anchor_tokens[top_tokens(novelty[anchor_tokens], cells)])
-            return TokenReduction.prune(torch.cat(kept))
-        kept.extend(members[f] for f in anchors)
-        quotas = proportional_split(cells - anchor_cells, [members[f].numel() for f in others])
-        for frame, quota in zip(others, quotas):
-            tokens = members[frame]
-            kept.append(tokens[top_tokens(novelty[tokens], quota)])
-        return TokenReduction.prune(torch.cat(kept))
+        anchor_tokens = is_anchor.nonzero().squeeze(1)
+        if cells < len(anchor_tokens):  # only anchors fit: keep their most novel tokens, the first anchor first
+            kept = anchor_tokens[top_tokens(novelty[anchor_tokens], cells)]
+            return TokenReduction.prune(torch.cat([separators, kept]))
+        pruned = (~layout.is_separator & ~is_anchor).nonzero().squeeze(1)  # the frames pruned, each by its quota
+        sizes = torch.bincount(layout.frame[pruned], minlength=int(layout.frame.max()) + 1)
+        quotas = torch.tensor(proportional_split(cells - len(anchor_tokens), sizes.tolist()), device=sizes.device)
+        kept = pruned[top_tokens_per_group(novelty[pruned], layout.frame[pruned], quotas)]
+        return TokenReduction.prune(torch.cat([separators, anchor_tokens, kept]))
 
     def decode_start_layer(self, spec: ModelSpec) -> int:
         return min(PAPER_DECODE_LAYER, spec.num_layers - 1) if self.decode_layer is None else self.decode_layer
