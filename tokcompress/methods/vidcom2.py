@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction, apportion, separators_first, top_tokens
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction, apportion, separators_first, top_tokens_per_group
 
 BANDWIDTHS = (1 / 8, 1 / 4, 1 / 2, 1.0, 2.0)
 
@@ -50,9 +50,8 @@ class VidCom2(Method):
             scores, frame_weight = uniqueness(features[tokens], frames)
             sizes = torch.bincount(frames - frames.min()).tolist()
             quotas = frame_quotas(quota, [w * size for w, size in zip(frame_weight.tolist(), sizes)], sizes)
-            for f, frame_quota in enumerate(quotas):
-                in_frame = (frames - frames.min() == f).nonzero().squeeze(1)
-                kept.append(tokens[in_frame[top_tokens(-scores[in_frame], frame_quota)]])
+            quotas = torch.tensor(quotas, device=tokens.device)
+            kept.append(tokens[top_tokens_per_group(-scores, frames - frames.min(), quotas)])
         return TokenReduction.prune(torch.cat(kept))
 
 
