@@ -25,7 +25,8 @@ from tokcompress.methods import (
     VidTLDR,
     VisionZip,
 )
-from tokcompress.methods.earlytom import frame_segments, frame_similarities, middle_merges, stratified_top
+from tokcompress.methods.base import top_tokens_per_group
+from tokcompress.methods.earlytom import frame_choice_groups, frame_segments, frame_similarities, middle_merges
 
 from .conftest import FAMILIES, TINY, generate, inputs_for, model_for, shorter
 from .test_equivalence import assert_logits_of_the_llm_fed_only
@@ -280,11 +281,14 @@ def test_earlytom_segments_and_folds_frames_as_the_published_walk(seed):
     assert sorted(set(range(12)) - set(reduction.keep.tolist())) == sorted(folded)
 
 
-def test_earlytom_static_frames_keep_the_best_token_of_each_raster_window():
+def test_earlytom_static_frames_keep_the_best_token_of_each_raster_window_and_dynamic_ones_their_best():
     scores = torch.tensor([0.1, 0.9, 0.3, 0.2, 0.8, 0.4, 0.7, 0.6, 0.5, 0.05])
-    # 10 tokens in 4 windows: sizes 3, 3, 2, 2
-    assert stratified_top(scores, 4).tolist() == [1, 4, 6, 8]
-    assert stratified_top(scores, 0).tolist() == []
+    frames = scores.expand(4, -1).flatten()  # 4 frames of 10 tokens: static / static / dynamic / static
+    group, counts = frame_choice_groups(torch.tensor([4, 0, 3, 10]), torch.tensor([True, True, False, True]), 10)
+    kept = top_tokens_per_group(frames, group.flatten(), counts).tolist()
+    assert [k for k in kept if k < 10] == [1, 4, 6, 8]  # 4 windows: sizes 3, 3, 2, 2, the best of each
+    assert [k - 20 for k in kept if 20 <= k < 30] == [1, 4, 6]  # the 3 best
+    assert [k - 30 for k in kept if k >= 30] == list(range(10)) and not [k for k in kept if 10 <= k < 20]
 
 
 # ---------------------------------------------------------------------------------------------- vid-TLDR

@@ -18,7 +18,7 @@ from .base import (
     check_int,
     proportional_split,
     separators_first,
-    top_tokens,
+    top_tokens_per_group,
     tower_attention,
     video_grids,
 )
@@ -31,15 +31,15 @@ class EarlyTom(Method):
     """Early token merging: frames merge inside the tower, tokens are chosen after it.
 
     Inside the vision tower (where it can fold frames: the LLaVA families' batch of images, Qwen-VL's packed
-    sequence of temporal patches), after each merge layer (the paper's 6, 21 and 23 of 26, scaled to the layers before the feature layer) the frames are
-    segmented greedily: a segment starts at a reference frame and grows while the smoothed mean cosine to it,
-    e ← `ema` · c + (1 − `ema`) · e, stays at least `tau`, up to `max_window` frames. In a segment of three or
-    more frames the first and last stay, and neighbouring middle frames j, j + 1 fold together when their mean
-    cosine is at least the first-to-last cosine and the next pair's (the last pair: the first-to-last only).
-    Later tower layers run on the frames left. Before the LLM the same segmentation of the frames that stood
-    marks each segment's middle frames static and the others dynamic; every frame gets an equal share of the
-    budget: a dynamic frame keeps its most attended tokens (the attention each got in the tower's feature
-    layer), a static frame splits its raster order into that many windows and keeps each window's most
+    sequence of temporal patches), after each merge layer (the paper's 6, 21 and 23 of 26, scaled to the layers
+    before the feature layer) the frames are segmented greedily: a segment starts at a reference frame and grows
+    while the smoothed mean cosine to it, e ← `ema` · c + (1 − `ema`) · e, stays at least `tau`, up to `max_window`
+    frames. In a segment of three or more frames the first and last stay, and neighbouring middle frames j, j + 1
+    fold together when their mean cosine is at least the first-to-last cosine and the next pair's (the last pair:
+    the first-to-last only). Later tower layers run on the frames left. Before the LLM the same segmentation of the
+    frames that stood marks each segment's middle frames static and the others dynamic; every frame gets an equal
+    share of the budget: a dynamic frame keeps its most attended tokens (the attention each got in the tower's
+    feature layer), a static frame splits its raster order into that many windows and keeps each window's most
     attended token.
 
     ratio: 0.1 (RETAIN_RATIO); tau: 0.6 (T); max_window: 8 (M); ema: 0.9; merge_layers: None = "6,21,23" of
@@ -121,9 +121,9 @@ class EarlyTom(Method):
             static = torch.zeros(len(grid), dtype=torch.bool)
             for start, end in frame_segments(frame_similarities(features[grid]), self.tau, self.max_window, self.ema):
                 static[start + 1 : end - 1] = True
-            for tokens, count, is_static in zip(grid, proportional_split(quota, [grid.shape[1]] * len(grid)), static):
-                scores = saliency[tokens]
-                kept.append(tokens[stratified_top(scores, count) if is_static else top_tokens(scores, count)])
+            counts = torch.tensor(proportional_split(quota, [grid.shape[1]] * len(grid)), device=grid.device)
+            group, group_counts = frame_choice_groups(counts, static.to(grid.device), grid.shape[1])
+            kept.append(grid.flatten()[top_tokens_per_group(saliency[grid].flatten(), group.flatten(), group_counts)])
         return TokenReduction.prune(torch.cat(kept))
 
 
@@ -163,13 +163,18 @@ def middle_merges(similarity: list[list[float]], start: int, end: int) -> list[t
     return merges
 
 
-def stratified_top(scores: torch.Tensor, count: int) -> torch.Tensor:
-    """Sorted indices: `scores` split in raster order into `count` contiguous windows (the first len % count
-    one longer), the best of each."""
-    if count <= 0:
-        return torch.zeros(0, dtype=torch.long, device=scores.device)
-    bounds = [0]
-    for window in range(count):
-        bounds.append(bounds[-1] + len(scores) // count + (window < len(scores) % count))
-    return torch.tensor([a + int(scores[a:b].argmax()) for a, b in zip(bounds[:-1], bounds[1:]) if b > a],
-                        dtype=torch.long, device=scores.device)
+def frame_choice_groups(counts: torch.Tensor, static: torch.Tensor, tokens: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """EarlyTom's per-frame choice as one top-k per group, all frames at once: (group of each token (F, n), how
+    many each group keeps). A dynamic frame f is group f, keeping counts[f]; a static frame's raster order
+    splits into c = counts[f] contiguous windows (the first n % c one longer), each a group keeping its best
+    token."""
+    frames = len(counts)
+    position = torch.arange(tokens, device=counts.device)
+    windows = counts.clamp_min(1)[:, None]
+    size, longer = tokens // windows, tokens % windows  # windows of size + 1 first, `longer` of them
+    split = longer * (size + 1)
+    window = torch.where(position < split, position // (size + 1), longer + (position - split) // size.clamp_min(1))
+    frame = torch.arange(frames, device=counts.device)[:, None]
+    group = torch.where(static[:, None], frames + frame * tokens + window, frame)
+    group_counts = torch.cat([torch.where(static, 0, counts), (counts > 0).repeat_interleave(tokens).long()])
+    return group, group_counts
