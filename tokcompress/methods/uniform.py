@@ -31,14 +31,13 @@ class UniformSample(Method):
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         separators, cells = separators_first(layout, budget.tokens_before_llm(layout.num_tokens))
-        frames = torch.unique(layout.frame[~layout.is_separator])
-        members = [(layout.frame == f).nonzero().squeeze(1) for f in frames.tolist()]
-        quotas = proportional_split(cells, [m.numel() for m in members])
-        kept = [separators]
-        for frame, tokens, quota in zip(frames.tolist(), members, quotas):
-            if quota:
-                phase = (frame * GOLDEN) % 1.0
-                picks = ((torch.arange(quota, dtype=torch.float64) + phase) * tokens.numel() / quota).long()
-                kept.append(tokens[picks.to(tokens.device)])
-        return TokenReduction.prune(torch.cat(kept))
+        tokens = (~layout.is_separator).nonzero().squeeze(1)
+        tokens = tokens[torch.sort(layout.frame[tokens], stable=True).indices]  # frame by frame, in order
+        sizes = torch.bincount(layout.frame[tokens])
+        quotas = torch.tensor(proportional_split(cells, sizes.tolist()), device=tokens.device)
+        frame = torch.repeat_interleave(torch.arange(len(sizes), device=tokens.device), quotas)  # of each pick
+        pick = torch.arange(len(frame), device=tokens.device) - (quotas.cumsum(0) - quotas)[frame]
+        phase = (frame.double() * GOLDEN) % 1.0
+        offset = ((pick + phase) * sizes[frame] / quotas[frame]).long()  # `quota` evenly spaced, phase-shifted
+        return TokenReduction.prune(torch.cat([separators, tokens[(sizes.cumsum(0) - sizes)[frame] + offset]]))
 
