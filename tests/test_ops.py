@@ -7,6 +7,7 @@ import torch
 
 from tokcompress.layout import VisualLayout
 from tokcompress.methods.base import top_tokens, top_tokens_per_group
+from tokcompress.methods.framefusion import fold_into_unmarked_predecessor
 from tokcompress.ops import (
     NO_PARTNER,
     aligned_cosine,
@@ -110,3 +111,19 @@ def test_top_tokens_per_group_is_top_tokens_in_every_group(seed):
         for members in [(group == g).nonzero().squeeze(1)]
     ]
     assert top_tokens_per_group(scores, group, counts).tolist() == torch.sort(torch.cat(expected)).values.tolist()
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_framefusion_folds_each_marked_token_into_the_nearest_unmarked_one_up_its_chain(seed):
+    """Pointer doubling gives what walking each chain one link at a time gives."""
+    generator = torch.Generator().manual_seed(seed)
+    frames, cells = 12, 5
+    predecessor = torch.arange(frames * cells) - cells  # the same cell one frame earlier; -1 in the first frame
+    predecessor[:cells] = -1
+    marked = torch.rand(frames * cells, generator=generator) < 0.7
+    expected = []
+    for token in range(frames * cells):
+        while token >= 0 and marked[token]:
+            token = int(predecessor[token])
+        expected.append(token)
+    assert fold_into_unmarked_predecessor(marked, predecessor).tolist() == expected

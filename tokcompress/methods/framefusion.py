@@ -115,11 +115,13 @@ class FrameFusion(Method):
 
 
 def fold_into_unmarked_predecessor(marked: torch.Tensor, predecessor: torch.Tensor) -> torch.Tensor:
-    """destination[i]: i itself if unmarked, else the nearest unmarked token up its predecessor chain."""
+    """destination[i]: i itself if unmarked, else the nearest unmarked token up its predecessor chain (-1: none).
+    Pointer doubling - each round a token takes its target's target - so a chain of L marked frames takes
+    log2(L) rounds, not L."""
     destination = torch.arange(marked.numel(), device=marked.device)
     destination = torch.where(marked, predecessor, destination)
     while True:
-        moving = (destination >= 0) & marked[destination.clamp_min(0)] & marked
-        if not bool(moving.any()):
+        pending = (destination >= 0) & marked[destination.clamp_min(0)]  # still points at a marked token
+        if not bool(pending.any()):
             return destination
-        destination = torch.where(moving, predecessor[destination.clamp_min(0)], destination)
+        destination = torch.where(pending, destination[destination.clamp_min(0)], destination)
