@@ -18,7 +18,7 @@ from .base import (
     check_int,
     merge_destinations,
     proportional_split,
-    top_tokens,
+    top_tokens_per_group,
     tower_attention,
     video_grids,
 )
@@ -75,31 +75,29 @@ class FastVID(Method):
         saliency = tower_attention(layout, self.name)
         destination, cells = merge_destinations(layout, budget.tokens_before_llm(layout.num_tokens), features.device)
         for _, grid, quota in video_grids(layout, cells):
-            frames = list(grid)
-            quotas = proportional_split(quota, [len(tokens) for tokens in frames])
-            for segment in dynamic_segments(torch.stack([features[t].float().mean(0) for t in frames]),
-                                             self.segments, self.similarity_threshold):
-                self._prune_segment([frames[f] for f in segment], [quotas[f] for f in segment],
-                                    features, saliency, destination)
+            quotas = proportional_split(quota, [grid.shape[1]] * len(grid))
+            for segment in dynamic_segments(features[grid].float().mean(1), self.segments, self.similarity_threshold):
+                self._prune_segment(grid[segment], [quotas[f] for f in segment], features, saliency, destination)
         return TokenReduction.from_destinations(destination)
 
-    def _prune_segment(self, frames, quotas, features, saliency, destination) -> None:
-        """Salient tokens of each frame kept; the segment's other tokens folded into its anchors' density peaks."""
-        salient_counts = [quota - int(quota * self.contextual_share) for quota in quotas]
-        others = []
-        for tokens, count in zip(frames, salient_counts):
-            kept = tokens[top_tokens(saliency[tokens], count)]
-            destination[kept] = kept
-            others.append(tokens[destination[tokens] < 0])
-        contextual = sum(quotas) - sum(salient_counts)
-        anchors = list(range(len(frames) - 1, -1, -self.anchor_stride))
-        capacity = [len(others[a]) for a in anchors]
+    def _prune_segment(self, grid, quotas, features, saliency, destination) -> None:
+        """Salient tokens of each frame (a row of `grid`) kept; the segment's other tokens folded into its anchors'
+        density peaks."""
+        salient = [quota - int(quota * self.contextual_share) for quota in quotas]
+        frame = torch.arange(len(grid), device=grid.device)[:, None].expand_as(grid).flatten()
+        kept = grid.flatten()[top_tokens_per_group(saliency[grid].flatten(), frame, grid.new_tensor(salient))]
+        destination[kept] = kept
+        others = destination[grid] < 0  # (frames, tokens): not kept as salient
+        contextual = sum(quotas) - sum(salient)
+        anchors = list(range(len(grid) - 1, -1, -self.anchor_stride))
+        capacity = others[anchors].sum(dim=1).tolist()
         peaks = []
         for anchor, count in zip(anchors, apportion(contextual, [1.0] * len(anchors), capacity)):
             if count:
-                _, centres = density_peak_clusters(features[others[anchor]], count, neighbours=4)
-                peaks.append(others[anchor][centres])
-        pool = torch.cat(others)
+                members = grid[anchor][others[anchor]]
+                _, centres = density_peak_clusters(features[members], count, neighbours=4)
+                peaks.append(members[centres])
+        pool = grid[others]
         if not peaks or not pool.numel():
             return
         peaks = torch.cat(peaks)
