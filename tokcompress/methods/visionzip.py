@@ -15,7 +15,7 @@ from .base import (
     TokenReduction,
     merge_destinations,
     proportional_split,
-    top_tokens,
+    top_tokens_per_group,
     tower_attention,
 )
 
@@ -65,27 +65,45 @@ class VisionZip(Method):
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         saliency = tower_attention(layout, self.name)
         destination, cells = merge_destinations(layout, budget.tokens_before_llm(layout.num_tokens), features.device)
-        frames = torch.unique(layout.frame[~layout.is_separator]).tolist()
-        members = [(layout.frame == frame).nonzero().squeeze(1) for frame in frames]
-        for tokens, quota in zip(members, proportional_split(cells, [m.numel() for m in members])):
-            if quota:
-                local = self.frame_destinations(features[tokens], saliency[tokens], quota)
-                destination[tokens] = torch.where(local >= 0, tokens[local.clamp_min(0)], -1)
+        tokens = (~layout.is_separator).nonzero().squeeze(1)
+        tokens = tokens[torch.sort(layout.frame[tokens], stable=True).indices]  # frame by frame, in order
+        sizes = torch.bincount(layout.frame[tokens]).tolist()
+        quotas = proportional_split(cells, sizes)
+        firsts = [sum(sizes[:frame]) for frame in range(len(sizes))]
+        for size in sorted(set(sizes) - {0}):  # frames of one size at a time, as a batch (one size, usually)
+            frames = [frame for frame, n in enumerate(sizes) if n == size]
+            grid = tokens[torch.tensor([firsts[f] for f in frames], device=tokens.device)[:, None]
+                          + torch.arange(size, device=tokens.device)]  # (frames, size)
+            local = self.frame_destinations(features[grid], saliency[grid], [quotas[f] for f in frames])
+            destination[grid] = torch.where(local >= 0, grid.gather(1, local.clamp_min(0)), -1)
         return TokenReduction.from_destinations(destination)
 
-    def frame_destinations(self, features: torch.Tensor, saliency: torch.Tensor, quota: int) -> torch.Tensor:
-        """Per token of one frame, the index (into the frame) of the token it ends up in; -1 when dropped."""
-        count = features.shape[0]
-        contextual = min(round(quota * self.contextual_share), quota - 1)
-        dominant = top_tokens(saliency, quota - contextual)
-        destination = torch.full((count,), -1, dtype=torch.long, device=features.device)
-        destination[dominant] = dominant
-        others = destination.eq(-1).nonzero().squeeze(1)
-        if contextual and others.numel():
-            targets = others[:: max(1, others.numel() // contextual)][:contextual]
-            joining = others[~torch.isin(others, targets)]
-            destination[targets] = targets
-            if joining.numel():
-                unit = torch.nn.functional.normalize(features.float(), dim=-1)
-                destination[joining] = targets[(unit[joining] @ unit[targets].T).argmax(dim=1)]
-        return destination
+    def frame_destinations(self, features: torch.Tensor, saliency: torch.Tensor, quotas: list[int]) -> torch.Tensor:
+        """Per token of each frame (F, n), the index into its frame of the token it ends up in (-1: dropped),
+        every frame at once: features (F, n, D), saliency (F, n), quotas: tokens each frame keeps."""
+        frames, count = saliency.shape
+        device = saliency.device
+        contextual = [min(round(quota * self.contextual_share), quota - 1) if quota else 0 for quota in quotas]
+        dominant = torch.tensor([quota - c for quota, c in zip(quotas, contextual)], device=device)
+        row = torch.arange(frames, device=device)[:, None].expand(frames, count)
+        position = torch.arange(count, device=device).expand(frames, count)
+        kept = top_tokens_per_group(saliency.flatten(), row.flatten(), dominant)
+        destination = torch.full((frames, count), -1, dtype=torch.long, device=device)
+        destination.view(-1)[kept] = position.flatten()[kept]
+        # of the others, in order, every step-th (step = max(1, others // contextual)) is a contextual target
+        other = destination < 0
+        rank = other.long().cumsum(dim=1) - 1
+        targets = torch.tensor(contextual, device=device)[:, None]
+        step = ((count - dominant)[:, None] // targets.clamp_min(1)).clamp_min(1)
+        is_target = other & (rank % step == 0) & (rank // step < targets)
+        destination = torch.where(is_target, position, destination)
+        joining = other & ~is_target & (targets > 0)
+        if not bool(joining.any()):
+            return destination
+        target_of_slot = torch.full((frames, max(contextual)), -1, dtype=torch.long, device=device)
+        target_of_slot[row[is_target], (rank // step).expand(frames, count)[is_target]] = position[is_target]
+        unit = torch.nn.functional.normalize(features.float(), dim=-1)
+        target_units = unit.gather(1, target_of_slot.clamp_min(0)[..., None].expand(-1, -1, unit.shape[-1]))
+        similarity = (unit @ target_units.transpose(1, 2)).masked_fill((target_of_slot < 0)[:, None, :], -torch.inf)
+        best = target_of_slot.gather(1, similarity.argmax(dim=2))  # each token's most similar target (cosine)
+        return torch.where(joining, best, destination)
