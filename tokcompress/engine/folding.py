@@ -1,8 +1,8 @@
 """Folding inside the vision tower, for one encoder call: the engine's hooks on the tower's layers hand their
 outputs to the folding of the call in progress on this thread, which merges frames (`FrameMerging`) or tokens
-inside each frame (`TokenMerging`), in a batched or a packed tower, so that the later
-layers encode fewer, and expands the tower's output back to the shape the model expects, each frame or token
-reading what it folded into (a packed tower's readouts get their input expanded before they run)."""
+inside each frame (`TokenMerging`), in a batched or a packed tower, so that the later layers encode fewer, and
+expands the tower's output back to the shape the model expects, each frame or token reading what it folded
+into (a packed tower's readouts get their input expanded before they run)."""
 
 from __future__ import annotations
 
