@@ -124,10 +124,10 @@ class HoliTom(Method):
                     low = middle + 1
             windows, statics, _ = self._static_plan(similarity, float(levels[low]), grid.numel())
         groups = []  # (tokens (rows, units), is_static): a window's static cells, or one frame's dynamic tokens
-        for (start, end), static in zip(windows, statics):
-            if static.any():
+        for (start, end), (static, count) in zip(windows, statics):
+            if count:
                 groups.append((grid[start:end, static], True))
-            groups += [(frame[~static][None], False) for frame in grid[start:end]]
+            groups += [(frame[None], False) for frame in grid[start:end, ~static]]  # one mask per window
         sizes = [tokens.shape[1] for tokens, _ in groups]
         for (tokens, is_static), count in zip(groups, apportion(quota, [float(s) for s in sizes], sizes)):
             if is_static and count:
@@ -137,11 +137,12 @@ class HoliTom(Method):
                 destination[kept] = kept
 
     def _static_plan(self, similarity: torch.Tensor, tau: float, tokens: int):
-        """(windows, static cells of each, units left after folding every window's static cells)."""
+        """(windows, (static cells, how many) of each, units left after folding every window's static cells)."""
         windows = holistic_windows(similarity, tau, self.max_window)
         statics = [static_cells(similarity[start : end - 1], tau) for start, end in windows]
-        folded = sum((end - start - 1) * int(static.sum()) for (start, end), static in zip(windows, statics))
-        return windows, statics, tokens - folded
+        counts = torch.stack([static.sum() for static in statics]).tolist() if statics else []  # one sync
+        folded = sum((end - start - 1) * count for (start, end), count in zip(windows, counts))
+        return windows, list(zip(statics, counts)), tokens - folded
 
     def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
         layer = self.merge_layer(sample.budget.num_layers)
