@@ -122,10 +122,10 @@ class Adapter:
         """The attention module of one of `tower_layers()` (token folding reads its input)."""
         return layer.self_attn
 
-    def tower_row_sharpness(self, attention: nn.Module, args: tuple, kwargs: dict) -> torch.Tensor:
-        """Σ_j Ā_ij log Ā_ij of each token's head-mean attention row in one call of a tower layer's attention:
-        (images, tokens) in a batched tower, (rows,) in a packed one."""
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    def tower_row_sharpness(self, attention: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+        """Σ_j Ā_ij log Ā_ij of each token's head-mean attention row in one call of a tower layer's attention
+        (its input `hidden` and its other call kwargs): (images, tokens) in a batched tower, (rows,) in a packed
+        one."""
         return attention_row_sharpness(*vit_queries_keys(attention, hidden))
 
     def tower_attention(self) -> nn.Module:

@@ -91,8 +91,7 @@ class Qwen2VLAdapter(Adapter):
     def tower_layer_attention(self, layer):
         return layer.attn
 
-    def tower_row_sharpness(self, attention, args, kwargs):
-        hidden = kwargs["hidden_states"] if "hidden_states" in kwargs else args[0]
+    def tower_row_sharpness(self, attention, hidden, kwargs):
         queries, keys = packed_queries_keys(attention, hidden, kwargs)  # (heads, rows, d)
         heads, rows, dim = queries.shape
         bounds, sharpness = kwargs["cu_seqlens"], queries.new_empty(rows)

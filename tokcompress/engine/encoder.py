@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from ..layout import VisualLayout
-from ..methods.base import IN_ENCODER, PRE_ENCODER, Method
+from ..methods.base import PRE_ENCODER, Method
 from ..stats import Timer
 from . import compat
-from .folding import PACKED, FrameMerging, TokenMerging
+from .folding import PACKED, FrameMerging, TokenMerging, folds_in_tower
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
@@ -84,12 +84,6 @@ def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs:
     if folding is not None and folding.merged:
         record.keep, record.layer_share = folding.standing, folding.layer_share(record.units)
     return output, record
-
-
-def folds_in_tower(method: Method, adapter: Adapter) -> bool:
-    """Whether the method acts inside this tower (one that holds frames as a batch or packed), at whatever ratio:
-    the patch's tower hooks stay in place while `handle.ratio` changes."""
-    return IN_ENCODER in method.stages and adapter.tower_frames is not None
 
 
 def frames_chosen_from_features(

@@ -1,18 +1,20 @@
-"""Folding inside the vision tower, for one encoder call: the engine's hooks on the tower's layers hand their
-outputs to the folding of the call in progress on this thread, which merges frames (`FrameMerging`) or tokens
-inside each frame (`TokenMerging`), in a batched or a packed tower, so that the later layers encode fewer, and
-expands the tower's output back to the shape the model expects, each frame or token reading what it folded
+"""Folding inside the vision tower, for one encoder call: the patch's hooks on the tower (`hook_tower_folding`) hand
+its layers' outputs to the folding of the call in progress on this thread, which merges frames (`FrameMerging`) or
+tokens inside each frame (`TokenMerging`), in a batched or a packed tower, so that the later layers encode fewer,
+and expands the tower's output back to the shape the model expects, each frame or token reading what it folded
 into (a packed tower's readouts get their input expanded before they run)."""
 
 from __future__ import annotations
 
+import functools
 import threading
 from typing import TYPE_CHECKING
 
 import torch
 
-from ..methods.base import Method, TokenFolding
+from ..methods.base import IN_ENCODER, Method, TokenFolding
 from ..ops import weighted_merge
+from . import compat
 from .rows import PackedRows, RowMap, runs
 
 if TYPE_CHECKING:
@@ -141,8 +143,8 @@ class FrameMerging(_Folding):
         else:
             hidden = torch.cat([block.flatten(0, 1) for block in blocks])
             frames = torch.cat(self.ordinals)  # the encoded frames that stand, in order
-            origin = runs(self.first_row_of_frame[frames], self.rows_of_frame[frames])
             standing_rows = self.rows_of_frame[frames]
+            origin = runs(self.first_row_of_frame[frames], standing_rows)
             first_now = (standing_rows.cumsum(0) - standing_rows)[self.row_of.clamp_min(0)]
             read = runs(first_now, self.rows_of_frame).masked_fill(
                 torch.repeat_interleave(self.row_of < 0, self.rows_of_frame), -1)
@@ -174,7 +176,7 @@ class TokenMerging(_Folding):
         else:  # one block per video, of its frames' current tokens
             self.fixed, self.tokens = 0, list(unit_rows)
             self.rows = PackedRows(sum(n * rows for n, rows in zip(self.initial, unit_rows)))
-        self.sizes: list[torch.Tensor] | None = None  # per block (frames, tokens) once something folded
+        self.sizes: list[torch.Tensor] | None = None  # per block (frames, tokens), from the first merge layer on
         self.token_of: list[torch.Tensor] | None = None  # per block (frames, original tokens): its current token
         self.origin: list[torch.Tensor] | None = None  # per block (frames, tokens): each one's original token
         self.key_bias: torch.Tensor | None = None  # batched: (frames, 1, 1, tokens) log(size) the keys add
@@ -183,8 +185,8 @@ class TokenMerging(_Folding):
         self.attention_call = None
 
     def before_attention(self, index, module, args, kwargs):
-        if index in self.merge_layers:
-            self.attention_call = (module, args, kwargs)
+        if index in self.merge_layers:  # the layer's own attention input, for the saliency of its rows
+            self.attention_call = (module, kwargs["hidden_states"] if "hidden_states" in kwargs else args[0], kwargs)
         if self.key_bias is None:
             return None
         mask = kwargs.get("attention_mask")
@@ -202,17 +204,16 @@ class TokenMerging(_Folding):
             blocks = self._videos(hidden, self.tokens)
             sharpness = sharpness.split([block.shape[:2].numel() for block in blocks])
             sharpness = [scores.view(block.shape[:2]) for scores, block in zip(sharpness, blocks)]
-        plans = []
-        for b, (block, block_sharpness) in enumerate(zip(blocks, sharpness)):
-            sizes = self.sizes[b] if self.sizes else block.new_ones(block.shape[:2], dtype=torch.float32)
-            plans.append(self.method.merge_in_encoder_tokens(block, sizes, block_sharpness, index, self.depth,
-                                                             self.fixed))
-        if all(plan is None or plan.keep.shape[1] == block.shape[1] for plan, block in zip(plans, blocks)):
-            return None
-        if self.sizes is None:
+        if self.sizes is None:  # the first merge layer: every token stands for itself
             self.sizes = [block.new_ones(block.shape[:2], dtype=torch.float32) for block in blocks]
             self.token_of = [TokenFolding.identity(*block.shape[:2], block.device).keep for block in blocks]
             self.origin = list(self.token_of)
+        plans = [
+            self.method.merge_in_encoder_tokens(block, sizes, scores, index, self.depth, self.fixed)
+            for block, sizes, scores in zip(blocks, self.sizes, sharpness)
+        ]
+        if all(plan is None or plan.keep.shape[1] == block.shape[1] for plan, block in zip(plans, blocks)):
+            return None
         merged_blocks = []
         for b, (block, plan) in enumerate(zip(blocks, plans)):
             frames, count = block.shape[:2]
@@ -271,7 +272,52 @@ class TokenMerging(_Folding):
         return shares
 
 
-def before_tower_attention(index: int, module, args, kwargs):
+def folds_in_tower(method: Method, adapter: Adapter) -> bool:
+    """Whether the method acts inside this tower (one that holds frames as a batch or packed), at whatever ratio:
+    the patch's tower hooks stay in place while `handle.ratio` changes."""
+    return IN_ENCODER in method.stages and adapter.tower_frames is not None
+
+
+def check_tower_folding(method: Method, adapter: Adapter) -> None:
+    """ValueError, naming the fix, where folding tokens inside this tower cannot work."""
+    if not folds_in_tower(method, adapter) or method.in_encoder_unit != "token":
+        return
+    implementation = compat.attention_implementation(adapter.vision_tower.config)
+    if adapter.tower_frames == BATCHED and "flash" in implementation:
+        raise ValueError(
+            f"{method.name} folds tokens inside the vision tower, whose later layers then need a float attention "
+            f"mask (proportional attention), which {implementation} cannot take; load the tower with "
+            "attn_implementation='sdpa'"
+        )
+    if method.uses_tower_attention():
+        raise ValueError(
+            f"{method.name} folds tokens inside the vision tower and ranks them by the attention of its last "
+            "layers, whose rows are then of the folded tokens; compose a token-folding method with one that "
+            "does not read the tower's attention (or fold frames: earlytom)"
+        )
+
+
+def hook_tower_folding(method: Method, adapter: Adapter) -> list[torch.utils.hooks.RemovableHandle]:
+    """The tower hooks through which the encoder call in progress on a thread folds frames or tokens; they come
+    first in line (HF's output capture then records what folded)."""
+    layers, _ = adapter.tower_layers()
+    packed = adapter.tower_frames == PACKED
+    handles = []
+    for index, layer in enumerate(layers):
+        handles.append(layer.register_forward_hook(functools.partial(_after_layer, index), prepend=True))
+        if packed:  # its attention segments and rotary rows, for the rows that remain
+            hook = functools.partial(_before_layer, index)
+            handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True, prepend=True))
+        if method.in_encoder_unit == "token":  # its saliency (and batched: proportional attention)
+            hook = functools.partial(_before_attention, index)
+            handles.append(adapter.tower_layer_attention(layer).register_forward_pre_hook(hook, with_kwargs=True))
+    for readout in adapter.tower_readouts() if packed else ():
+        handles.append(readout.register_forward_pre_hook(_before_readout, prepend=True))
+    handles.append(adapter.vision_tower.register_forward_hook(_after_tower, prepend=True))
+    return handles
+
+
+def _before_attention(index: int, module, args, kwargs):
     """Forward pre-hook of tower layer `index`'s attention."""
     folding = getattr(_ACTIVE, "folding", None)
     if folding is None:
@@ -280,14 +326,14 @@ def before_tower_attention(index: int, module, args, kwargs):
     return None if new_kwargs is None else (args, new_kwargs)
 
 
-def before_tower_layer(index: int, module, args, kwargs):
+def _before_layer(index: int, module, args, kwargs):
     """Forward pre-hook of a packed tower's layer `index`."""
     folding = getattr(_ACTIVE, "folding", None)
     new_kwargs = folding.before_layer(index, kwargs) if folding is not None else None
     return None if new_kwargs is None else (args, new_kwargs)
 
 
-def before_tower_readout(module, args):
+def _before_readout(module, args):
     """Forward pre-hook of a packed tower's readout (patch merger): its input back to every frame's rows."""
     folding = getattr(_ACTIVE, "folding", None)
     if folding is None or not folding.merged:
@@ -295,14 +341,13 @@ def before_tower_readout(module, args):
     return (folding.expand_tensor(args[0]), *args[1:])
 
 
-def after_tower_layer(index: int, module, args, output):
-    """Forward hook of tower layer `index` (the engine puts it first in line, so whatever records the layers'
-    outputs - HF's output capture - sees what folded)."""
+def _after_layer(index: int, module, args, output):
+    """Forward hook of tower layer `index`."""
     folding = getattr(_ACTIVE, "folding", None)
     return folding.after_layer(index, output) if folding is not None else None
 
 
-def after_tower(module, args, output):
+def _after_tower(module, args, output):
     """Forward hook of the vision tower: its output back in the shape the model expects."""
     folding = getattr(_ACTIVE, "folding", None)
     return folding.expand(output) if folding is not None and folding.merged else None

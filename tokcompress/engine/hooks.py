@@ -35,20 +35,11 @@ from .decode import next_positions, select_visual_kv, skip_tokens_already_cached
 from .encoder import (
     TowerCall,
     encode_videos,
-    folds_in_tower,
     frames_chosen_from_features,
     layouts_with_tower_scores,
     tokens_encoded,
 )
-from .folding import (
-    BATCHED,
-    PACKED,
-    after_tower,
-    after_tower_layer,
-    before_tower_attention,
-    before_tower_layer,
-    before_tower_readout,
-)
+from .folding import check_tower_folding, folds_in_tower, hook_tower_folding
 from .groups import GenerationState, restore_sequence
 from .prefill import begin_generation, reduce_before_layer, reduce_before_llm
 
@@ -66,20 +57,7 @@ class Engine:
                 f"{method.name} with proportional attention needs a float attention mask, which {implementation} "
                 "cannot take; pass proportional_attention=False or load the model with attn_implementation='sdpa'"
             )
-        tower_implementation = compat.attention_implementation(adapter.vision_tower.config)
-        folds_tokens = folds_in_tower(method, adapter) and method.in_encoder_unit == "token"
-        if folds_tokens and adapter.tower_frames == BATCHED and "flash" in tower_implementation:
-            raise ValueError(
-                f"{method.name} folds tokens inside the vision tower, whose later layers then need a float attention "
-                f"mask (proportional attention), which {tower_implementation} cannot take; load the tower with "
-                "attn_implementation='sdpa'"
-            )
-        if folds_tokens and method.uses_tower_attention():
-            raise ValueError(
-                f"{method.name} folds tokens inside the vision tower and ranks them by the attention of its last "
-                "layers, whose rows are then of the folded tokens; compose a token-folding method with one that "
-                "does not read the tower's attention (or fold frames: earlytom)"
-            )
+        check_tower_folding(method, adapter)
         self.adapter = adapter
         self.method = method
         self.spec = adapter.spec
@@ -112,34 +90,17 @@ class Engine:
                     hook = functools.partial(self._record_tower_call, kind)
                     self._hooks.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             if folds_in_tower(self.method, self.adapter):
-                self._hook_tower_folding()
+                self._hooks.extend(hook_tower_folding(self.method, self.adapter))
             self._stand_ins = self._make_stand_ins()
             for module, name, stand_in in self._stand_ins:
                 setattr(module, name, stand_in)
             tower = self.adapter.vision_tower
-            if self.varlen_vision and self.adapter.packed_vision_attention and varlen_available(next(tower.parameters())):
+            packed = self.adapter.packed_vision_attention
+            if self.varlen_vision and packed and varlen_available(next(tower.parameters())):
                 self._vision_attention = compat.use_attention(tower.config, compat.VARLEN_ATTENTION)
         except BaseException:
             self.detach()
             raise
-
-    def _hook_tower_folding(self) -> None:
-        """The tower hooks through which the encoder call in progress folds frames or tokens (`folding`)."""
-        layers, _ = self.adapter.tower_layers()
-        packed = self.adapter.tower_frames == PACKED
-        for index, layer in enumerate(layers):
-            hook = functools.partial(after_tower_layer, index)
-            self._hooks.append(layer.register_forward_hook(hook, prepend=True))
-            if packed:  # its attention segments and rotary rows, for the frames that stand
-                hook = functools.partial(before_tower_layer, index)
-                self._hooks.append(layer.register_forward_pre_hook(hook, with_kwargs=True, prepend=True))
-            if self.method.in_encoder_unit == "token":  # its saliency (and batched: proportional attention)
-                hook = functools.partial(before_tower_attention, index)
-                attention = self.adapter.tower_layer_attention(layer)
-                self._hooks.append(attention.register_forward_pre_hook(hook, with_kwargs=True))
-        for readout in self.adapter.tower_readouts() if packed else ():
-            self._hooks.append(readout.register_forward_pre_hook(before_tower_readout, prepend=True))
-        self._hooks.append(self.adapter.vision_tower.register_forward_hook(after_tower, prepend=True))
 
     def detach(self) -> None:
         for hook in self._hooks:
