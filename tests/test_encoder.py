@@ -154,13 +154,75 @@ def test_packed_vision_attention_matches_the_stock_window_loop(family, clip, mon
     torch.testing.assert_close(packed, stock, rtol=1e-5, atol=1e-5)
 
 
-def test_varlen_attention_reference_is_attention_inside_each_sequence():
+def block_diagonal_attention(query, key, value, boundaries, scale, key_bias=None):
+    """The definition, in fp32: one mask over every row, keys of other sequences at -inf, the bias on the rest."""
+    sequence = torch.searchsorted(boundaries[1:], torch.arange(len(query), device=query.device), right=True)
+    mask = torch.where(sequence[:, None] == sequence[None, :], 0.0, float("-inf"))
+    if key_bias is not None:
+        mask = mask + key_bias.float()[None, :]
+    q, k, v = (states.float().transpose(0, 1) for states in (query, key, value))
+    return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale).transpose(0, 1)
+
+
+def packed_batch(dtype=torch.float32, width=8):
+    query, key, value = (torch.randn(11, 2, width, generator=torch.Generator().manual_seed(s)).to(dtype)
+                         for s in range(3))
+    key_bias = torch.rand(11, generator=torch.Generator().manual_seed(3)) * 2  # log-sizes up to e²
+    return query, key, value, torch.tensor([0, 4, 5, 11]), key_bias
+
+
+@pytest.mark.parametrize("biased", [False, True])
+def test_varlen_attention_off_the_gpu_is_attention_inside_each_sequence(biased):
     from tokcompress.ops.varlen import varlen_attention
 
-    query, key, value = (torch.randn(11, 2, 8, generator=torch.Generator().manual_seed(s)) for s in range(3))
-    boundaries = torch.tensor([0, 4, 5, 11])
-    out = varlen_attention(query, key, value, boundaries, 6, 8**-0.5)
-    for start, end in zip(boundaries[:-1].tolist(), boundaries[1:].tolist()):
-        q, k, v = (t[start:end].transpose(0, 1) for t in (query, key, value))
-        expected = torch.nn.functional.scaled_dot_product_attention(q, k, v).transpose(0, 1)
-        torch.testing.assert_close(out[start:end], expected)
+    query, key, value, boundaries, key_bias = packed_batch()
+    key_bias = key_bias if biased else None
+    out = varlen_attention(query, key, value, boundaries, 6, 8**-0.5, key_bias)
+    torch.testing.assert_close(out, block_diagonal_attention(query, key, value, boundaries, 8**-0.5, key_bias))
+
+
+@pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 4e-3)])
+@pytest.mark.parametrize("width", [8, 80])  # Qwen-VL's towers: 80 per head
+def test_a_key_bias_riding_in_an_extra_head_dimension_is_the_biased_attention(dtype, tolerance, width):
+    """What the fused varlen kernel (no mask) computes on the widened heads: q gains a 1, k its bias / scale;
+    checked with unmasked attention per sequence, as the kernel runs it."""
+    from tokcompress.ops.varlen import biased_by_extra_dimension
+
+    query, key, value, boundaries, key_bias = packed_batch(dtype, width)
+    scale = width**-0.5
+    widened = biased_by_extra_dimension(query, key, value, key_bias, scale)
+    assert widened[0].shape[-1] % 8 == 0 and widened[0].shape[-1] > width
+    out = torch.cat([
+        torch.nn.functional.scaled_dot_product_attention(
+            *(states[start:end].float().transpose(0, 1) for states in widened), scale=scale
+        ).transpose(0, 1)
+        for start, end in zip(boundaries[:-1].tolist(), boundaries[1:].tolist())
+    ])
+    assert (out[..., width:] == 0).all()
+    expected = block_diagonal_attention(query, key, value, boundaries, scale, key_bias)
+    torch.testing.assert_close(out[..., :width], expected, rtol=tolerance, atol=tolerance)
+
+
+def test_proportional_attention_counts_a_folded_token_as_the_copies_it_stands_for():
+    """Three identical tokens folded into one of size 3 (log 3 on its key): every token's output is as before."""
+    from tokcompress.ops.varlen import varlen_attention
+
+    query, key, value, _, _ = packed_batch()
+    copies = torch.tensor([0, 0, 0, 1, 2])  # rows 0-2 the same token
+    unfolded = varlen_attention(query[copies], key[copies], value[copies], torch.tensor([0, 5]), 5, 8**-0.5)
+    folded = varlen_attention(query[:3], key[:3], value[:3], torch.tensor([0, 3]), 3, 8**-0.5,
+                              torch.tensor([3.0, 1.0, 1.0]).log())
+    torch.testing.assert_close(folded[copies], unfolded)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the fused varlen kernel runs on a GPU")
+@pytest.mark.parametrize("biased", [False, True])
+def test_the_fused_varlen_kernel_is_the_attention_inside_each_sequence(biased):
+    from tokcompress.ops.varlen import varlen_attention, varlen_available
+
+    query, key, value, boundaries, key_bias = (t.cuda() for t in packed_batch(torch.bfloat16, 80))
+    assert varlen_available(query)
+    key_bias = key_bias if biased else None
+    out = varlen_attention(query, key, value, boundaries, 6, 80**-0.5, key_bias)
+    expected = block_diagonal_attention(query, key, value, boundaries, 80**-0.5, key_bias)
+    torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)

@@ -329,7 +329,11 @@ def test_vidtldr_leaves_the_later_tower_layers_fewer_tokens_and_expands_the_outp
 def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their_places(family, clip, monkeypatch):
     """After layer 0 every temporal patch keeps 48 of its 64 rows: layer 1 gets exactly those rows' rotary rows
     and attention segments (Qwen2.5-VL here windowed: 4×4-patch windows that lost some rows; Qwen3-VL: each
-    unit whole), and the merger reads all 64 rows again, the folded ones repeating their kept token."""
+    unit whole) and attends with log(size) on each key (proportional attention, through ours: the stock
+    attention takes no bias), and the merger reads all 64 rows again, the folded ones repeating their kept
+    token."""
+    from tokcompress.engine import compat
+
     model = model_for(family)
     visual = model.model.visual
     if family == "qwen2_5_vl":
@@ -342,18 +346,23 @@ def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their
 
     def layer_one_and_merger_inputs(patched: bool):
         seen = {}
-        hooks = [
-            visual.blocks[1].register_forward_pre_hook(
-                lambda m, a, k: seen.update(rows=a[0].shape[0], segments=k["cu_seqlens"],
-                                            rotary=k["position_embeddings"][0]), with_kwargs=True),
-            visual.merger.register_forward_pre_hook(lambda m, a: seen.update(merger=a[0])),
-        ]
-        try:
-            with tokcompress.compress(model, method) if patched else contextlib.nullcontext(), torch.no_grad():
+        with tokcompress.compress(model, method) if patched else contextlib.nullcontext(), torch.no_grad():
+            hooks = [  # after the patch's: they see what it hands on
+                visual.blocks[1].register_forward_pre_hook(
+                    lambda m, a, k: seen.update(rows=a[0].shape[0], segments=k["cu_seqlens"],
+                                                rotary=k["position_embeddings"][0]), with_kwargs=True),
+                visual.merger.register_forward_pre_hook(lambda m, a: seen.update(merger=a[0])),
+                *(visual.blocks[layer].attn.register_forward_pre_hook(
+                    lambda m, a, k, layer=layer: seen.update({f"bias{layer}": k.get(compat.KEY_BIAS)}),
+                    with_kwargs=True) for layer in (0, 1)),
+                visual.blocks[1].attn.register_forward_pre_hook(
+                    lambda m, a, k: seen.update(implementation=m.config._attn_implementation), with_kwargs=True),
+            ]
+            try:
                 model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
-        finally:
-            for hook in hooks:
-                hook.remove()
+            finally:
+                for hook in hooks:
+                    hook.remove()
         return seen
 
     stock, folded = layer_one_and_merger_inputs(False), layer_one_and_merger_inputs(True)
@@ -370,6 +379,10 @@ def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their
     assert folded["merger"].shape == stock["merger"].shape
     merged_rows = folded["merger"].view(units, tokens, -1)
     assert all(len(torch.unique(frame, dim=0)) == 48 for frame in merged_rows)
+    assert stock["implementation"] == "sdpa" and folded["implementation"] == compat.SEGMENT_ATTENTION
+    assert folded["bias0"] is None and stock["bias1"] is None
+    sizes = torch.zeros(units, 48).scatter_add(1, plan.merge_into, plan.weight)  # size × saliency of what folded
+    torch.testing.assert_close(folded["bias1"], sizes.log().flatten())  # each kept token's, in row order
 
 
 def test_a_packed_tower_refuses_kept_rows_out_of_their_order():

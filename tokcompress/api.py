@@ -81,7 +81,8 @@ def patch(
         them acting at different stages (an encoder-side one, then an LLM-side one).
     ratio: retained fraction of visual tokens averaged over the LLM's layers, 0 < ratio ≤ 1 (1 = identity).
     varlen_vision: on a GPU in half precision, run Qwen-VL's windowed vision attention as one packed call
-        instead of stock sdpa's loop over windows (the same math); False keeps the stock path.
+        instead of stock sdpa's loop over windows (the same math); False keeps the stock loop (with the bias of
+        tokens folded inside the tower, where a method folds them).
     knobs: the method's own settings (e.g. `layer=2` for fastv); unknown ones are refused.
     Patching a patched model replaces the old patch. Nothing is changed if any argument is refused.
     """

@@ -21,18 +21,22 @@ fi
 
 out=${OUT:-eval/results}
 mkdir -p "$out"
+# one step failing (a kernel that does not compile, a shape that runs out of memory) must not cost the others
+step() { "$@" || echo "FAILED ($?): $*" | tee -a "$out/failed_steps.txt"; }
 python3 -m pip install -q --no-index --no-deps --target .site .whl/*.whl
 export PYTHONPATH=$PWD/.site:$PWD
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 if [ -z "${SKIP_KERNELS:-}" ]; then
-    python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_ops.py 2>&1 | tail -5 | tee "$out/kernel_tests.txt"
-    python3 eval/bench_kernels.py --out "$out" 2>&1 | tail -8
-    python3 eval/gpu/vision_attention.py "$out" 2>&1 | tail -2
+    step python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_ops.py tests/test_encoder.py \
+        > "$out/kernel_tests.txt" 2>&1; tail -5 "$out/kernel_tests.txt"
+    step python3 eval/bench_kernels.py --out "$out" > "$out/bench_kernels.log" 2>&1; tail -8 "$out/bench_kernels.log"
+    step python3 eval/gpu/vision_attention.py "$out" > "$out/vision_attention.log" 2>&1; tail -2 "$out/vision_attention.log"
 fi
 if [ -n "${PROFILE:-}" ]; then  # where tome's / framefusion's compression time goes at 12.5k tokens (issue 10, item 5)
-    python3 eval/gpu/profile_prefill.py "$out" 2>&1 | grep -v "^STAGE" | tail -40 | tee "$out/profile_prefill.txt"
-    python3 eval/gpu/profile_prefill.py "$out" --step decode --methods dycoke 2>&1 | grep -v "^STAGE" | tail -20 \
-        | tee "$out/profile_decode.txt"
+    step python3 eval/gpu/profile_prefill.py "$out" > "$out/profile_prefill.log" 2>&1
+    grep -v "^STAGE" "$out/profile_prefill.log" | tail -40 | tee "$out/profile_prefill.txt"
+    step python3 eval/gpu/profile_prefill.py "$out" --step decode --methods dycoke > "$out/profile_decode.log" 2>&1
+    grep -v "^STAGE" "$out/profile_decode.log" | tail -20 | tee "$out/profile_decode.txt"
 fi
 # 7B/8B-shape latency, one family after another; every family takes longer than one 15-minute device
 # session, so name a few: FAMILIES="qwen3-vl-8b internvl3-8b" SKIP_KERNELS=1 bash eval/gpu/run.sh
@@ -41,8 +45,8 @@ declare -A FRAMES=(
     [qwen3.5-9b]=32 [internvl3-8b]=32
 )
 for model in ${FAMILIES:-llava-onevision-7b qwen2.5-vl-7b}; do
-    python3 eval/bench_latency.py --model "$model" --frames "${FRAMES[$model]}" \
+    step python3 eval/bench_latency.py --model "$model" --frames "${FRAMES[$model]}" \
         --methods stock none tome fastv framefusion dycoke framededup earlytom vidtldr framededup+framefusion \
         earlytom@encoder+framefusion --ratios 0.15 0.3 --new-tokens 8 --repeats 3 \
-        --out "$out" 2>&1 | tail -30
+        --out "$out" > "$out/latency_$model.log" 2>&1; tail -30 "$out/latency_$model.log"
 done

@@ -37,6 +37,7 @@ Not touched, so not here: `rope_deltas` (left the outputs in 5.23) and LLaVA-One
 
 from __future__ import annotations
 
+import functools
 import inspect
 import warnings
 from typing import Any
@@ -120,22 +121,28 @@ def attention_implementation(config: Any) -> str:
     return config._attn_implementation
 
 
-VARLEN_ATTENTION = "tokcompress_flash_varlen"  # "flash" in the name: vision attention hands it packed sequences
+# Ours for a packed vision tower ("flash" in the names: its attention then hands them every window in one call,
+# with `cu_seqlens`): the fused varlen kernel where it runs, else one sdpa call per window; both add the log-size
+# bias of tokens folded inside the tower, passed as the attention call's `KEY_BIAS` keyword.
+VARLEN_ATTENTION = "tokcompress_flash_varlen"
+SEGMENT_ATTENTION = "tokcompress_flash_segments"
+KEY_BIAS = "tokcompress_key_bias"
 
 
-def _varlen_attention_forward(module, query, key, value, attention_mask, scaling=None, **kwargs):
-    """HF attention-interface glue: (1, heads, total, d) packed windows → (1, total, heads, d), one call."""
+def _packed_attention_forward(module, query, key, value, attention_mask, scaling=None, *, fused: bool, **kwargs):
+    """HF attention-interface glue: (1, heads, total, d) packed windows → (1, total, heads, d)."""
     from ..ops import varlen_attention
 
     out = varlen_attention(
         query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
-        kwargs["cu_seq_lens_q"], kwargs["max_length_q"], scaling,
+        kwargs["cu_seq_lens_q"], kwargs["max_length_q"], scaling, kwargs.get(KEY_BIAS), fused,
     )
     return out[None], None
 
 
-# registered once, so that a saved patched model finds it again when loaded in a fresh process
-AttentionInterface.register(VARLEN_ATTENTION, _varlen_attention_forward)
+# registered once, so that a saved patched model finds them again when loaded in a fresh process
+AttentionInterface.register(VARLEN_ATTENTION, functools.partial(_packed_attention_forward, fused=True))
+AttentionInterface.register(SEGMENT_ATTENTION, functools.partial(_packed_attention_forward, fused=False))
 
 
 def use_attention(config: Any, implementation: str) -> str:

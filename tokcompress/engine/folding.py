@@ -165,9 +165,9 @@ class TokenMerging(_Folding):
     output is expanded back to every token of the grid, each reading the token it folded into - so the model's
     own feature selection, pooling and merger run unchanged.
 
-    In a batched tower every later layer adds log(size) to each key's attention logits (proportional
-    attention, a float mask). A packed tower's attention (varlen over `cu_seqlens`) takes no mask: there a
-    folded token keeps its kept token's place - rotary row and window - and attends without the bias."""
+    Every later layer adds log(size) to each key's attention logits (proportional attention): a batched tower
+    through a float mask, a packed one through the `compat.KEY_BIAS` keyword its attention (ours: the engine
+    puts it in) reads. In a packed tower a folded token keeps its kept token's place - rotary row and window."""
 
     def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor], unit_rows: list[int] | None):
         super().__init__(method, adapter, frames, unit_rows)
@@ -179,7 +179,7 @@ class TokenMerging(_Folding):
         self.sizes: list[torch.Tensor] | None = None  # per block (frames, tokens), from the first merge layer on
         self.token_of: list[torch.Tensor] | None = None  # per block (frames, original tokens): its current token
         self.origin: list[torch.Tensor] | None = None  # per block (frames, tokens): each one's original token
-        self.key_bias: torch.Tensor | None = None  # batched: (frames, 1, 1, tokens) log(size) the keys add
+        self.key_bias: torch.Tensor | None = None  # keys' log(size): batched (frames, 1, 1, tokens), packed (rows,)
         self.stages: dict[int, torch.Tensor] = {}  # batched: tokens per frame -> token_of at that stage
         self.counts: list[tuple[int, list[int]]] = []  # (layer, tokens per frame of each block) per merge
         self.attention_call = None
@@ -189,6 +189,8 @@ class TokenMerging(_Folding):
             self.attention_call = (module, kwargs["hidden_states"] if "hidden_states" in kwargs else args[0], kwargs)
         if self.key_bias is None:
             return None
+        if self.tokens is not None:
+            return {**kwargs, compat.KEY_BIAS: self.key_bias}
         mask = kwargs.get("attention_mask")
         return {**kwargs, "attention_mask": self.key_bias if mask is None else mask + self.key_bias}
 
@@ -236,6 +238,7 @@ class TokenMerging(_Folding):
             hidden = torch.cat([block.flatten(0, 1) for block in merged_blocks])
             self.tokens = [block.shape[1] for block in merged_blocks]
             self.rows.fold(*self._packed_rows())
+            self.key_bias = torch.cat([sizes.flatten() for sizes in self.sizes]).log()
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     def _packed_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -308,7 +311,7 @@ def hook_tower_folding(method: Method, adapter: Adapter) -> list[torch.utils.hoo
         if packed:  # its attention segments and rotary rows, for the rows that remain
             hook = functools.partial(_before_layer, index)
             handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True, prepend=True))
-        if method.in_encoder_unit == "token":  # its saliency (and batched: proportional attention)
+        if method.in_encoder_unit == "token":  # its saliency and proportional attention
             hook = functools.partial(_before_attention, index)
             handles.append(adapter.tower_layer_attention(layer).register_forward_pre_hook(hook, with_kwargs=True))
     for readout in adapter.tower_readouts() if packed else ():

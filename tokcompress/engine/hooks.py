@@ -94,10 +94,9 @@ class Engine:
             self._stand_ins = self._make_stand_ins()
             for module, name, stand_in in self._stand_ins:
                 setattr(module, name, stand_in)
-            tower = self.adapter.vision_tower
-            packed = self.adapter.packed_vision_attention
-            if self.varlen_vision and packed and varlen_available(next(tower.parameters())):
-                self._vision_attention = compat.use_attention(tower.config, compat.VARLEN_ATTENTION)
+            implementation = self._packed_vision_attention()
+            if implementation is not None:
+                self._vision_attention = compat.use_attention(self.adapter.vision_tower.config, implementation)
         except BaseException:
             self.detach()
             raise
@@ -113,6 +112,18 @@ class Engine:
         if self._vision_attention is not None:
             compat.use_attention(self.adapter.vision_tower.config, self._vision_attention)
             self._vision_attention = None
+
+    def _packed_vision_attention(self) -> str | None:
+        """Ours for a packed tower's attention, or None to leave the stock one: the fused varlen kernel where it
+        runs (unless turned off), else one sdpa call per window where tokens fold inside the tower (the stock
+        path would drop their proportional attention)."""
+        if not self.adapter.packed_vision_attention:
+            return None
+        if self.varlen_vision and varlen_available(next(self.adapter.vision_tower.parameters())):
+            return compat.VARLEN_ATTENTION
+        if folds_in_tower(self.method, self.adapter) and self.method.in_encoder_unit == "token":
+            return compat.SEGMENT_ATTENTION
+        return None
 
     def _make_stand_ins(self) -> list[tuple]:
         """(module, method name, stand-in): the model methods this patch stands in for, as instance attributes.

@@ -38,10 +38,10 @@ class VidTLDR(ToMe):
     - vid-TLDR has no LLM: its output tokens go to UMT's pooled heads. Here they are expanded back for the
       model's own projector and pooling, then `tome` meets the LLM budget.
     - Qwen-VL: a frame is a temporal patch and its tokens are in the tower's window order (the even / odd
-      alternation follows it); a folded group keeps its kept token's rotary row and window, and attends
-      without log(size) (the packed varlen attention takes no mask). InternVL's tower encodes before the prompt
-      is read: there only `tome`'s stage runs. Proportional attention in a batched tower needs sdpa or eager
-      there (a float mask).
+      alternation follows it); a folded group keeps its kept token's rotary row and window. Its attention
+      runs through ours (the fused varlen kernel, log(size) riding in an extra head dimension, or one sdpa call
+      per window). InternVL's tower encodes before the prompt is read: there only `tome`'s stage runs.
+      Proportional attention in a batched tower needs sdpa or eager there (a float mask).
     """
 
     merge_schedule: str = PAPER_SCHEDULE

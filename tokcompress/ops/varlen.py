@@ -1,4 +1,5 @@
-"""Attention inside packed sequences: one call for every window of a vision tower instead of one per window."""
+"""Attention inside packed sequences: one call for every window of a vision tower instead of one per window,
+optionally with a per-key bias on the logits (proportional attention for tokens folded inside the tower)."""
 
 from __future__ import annotations
 
@@ -17,29 +18,64 @@ def varlen_available(tensor: torch.Tensor) -> bool:
 
 
 def varlen_attention(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor, max_seqlen: int, scale: float
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    max_seqlen: int,
+    scale: float,
+    key_bias: torch.Tensor | None = None,
+    fused: bool = True,
 ) -> torch.Tensor:
-    """softmax(q·kᵀ·scale)·v within each sequence of a packed batch.
+    """softmax(q·kᵀ·scale + key_bias)·v within each sequence of a packed batch.
 
     query / key / value: (total, heads, d), the sequences back to back; cu_seqlens: (sequences + 1,) their
-    boundaries. Returns (total, heads, d). torch's fused varlen kernel where `varlen_available`, else the
-    reference (a block-diagonal mask: O(total²) memory, for checks and small inputs).
+    boundaries; key_bias: (total,) added to every logit of each key (log of a folded token's size), or None.
+    Returns (total, heads, d). torch's fused varlen kernel where `fused` and `varlen_available` (a bias rides in
+    an extra head dimension, as the kernel takes no mask), else `segment_attention`.
     """
-    if varlen_available(query):
-        from torch.nn.attention.varlen import varlen_attn
+    if not (fused and varlen_available(query)):
+        return segment_attention(query, key, value, cu_seqlens, scale, key_bias)
+    from torch.nn.attention.varlen import varlen_attn
 
-        cu_seqlens = cu_seqlens.to(torch.int32)
-        return varlen_attn(query, key, value, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale)
-    return varlen_attention_reference(query, key, value, cu_seqlens, scale)
+    width = query.shape[-1]
+    if key_bias is not None:
+        query, key, value = biased_by_extra_dimension(query, key, value, key_bias, scale)
+    cu_seqlens = cu_seqlens.to(torch.int32)
+    out = varlen_attn(query, key, value, cu_seqlens, cu_seqlens, max_seqlen, max_seqlen, scale=scale)
+    return out[..., :width]
 
 
-def varlen_attention_reference(
-    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, cu_seqlens: torch.Tensor, scale: float
+def biased_by_extra_dimension(
+    query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, key_bias: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(q', k', v') with head dimension d rounded up past d to a multiple of 8 (fused kernels' granularity), such
+    that q'·k'ᵀ·scale = q·kᵀ·scale + key_bias[key] and softmax(·)·v' = [softmax(·)·v, 0]: q gains a 1, k gains
+    key_bias / scale, the rest zeros. In half precision the bias is rounded to the dtype (relative 2⁻⁸)."""
+    rows, heads, width = query.shape
+    padded = (width // 8 + 1) * 8
+    extra_query = query.new_zeros(rows, heads, padded - width)
+    extra_query[..., 0] = 1
+    extra_key = key.new_zeros(key.shape[0], key.shape[1], padded - width)
+    extra_key[..., 0] = (key_bias.float() / scale).to(key.dtype)[:, None]
+    extra_value = value.new_zeros(value.shape[0], value.shape[1], padded - width)
+    return torch.cat([query, extra_query], -1), torch.cat([key, extra_key], -1), torch.cat([value, extra_value], -1)
+
+
+def segment_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    cu_seqlens: torch.Tensor,
+    scale: float,
+    key_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    positions = torch.arange(query.shape[0], device=query.device)
-    sequence = torch.searchsorted(cu_seqlens[1:].to(query.device), positions, right=True)
-    same_sequence = sequence[:, None] == sequence[None, :]
-    out = torch.nn.functional.scaled_dot_product_attention(
-        query.transpose(0, 1), key.transpose(0, 1), value.transpose(0, 1), attn_mask=same_sequence, scale=scale
-    )
-    return out.transpose(0, 1)
+    """`varlen_attention` as one sdpa call per sequence (what a stock sdpa tower does per window; exact, the
+    reference for the fused path). Same arguments; one host sync for the boundaries."""
+    bounds = cu_seqlens.tolist()
+    out = []
+    for start, end in zip(bounds[:-1], bounds[1:]):
+        q, k, v = (states[start:end].transpose(0, 1)[None] for states in (query, key, value))
+        bias = None if key_bias is None else key_bias[start:end].to(q.dtype).view(1, 1, 1, -1)
+        out.append(torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)[0])
+    return torch.cat(out, dim=1).transpose(0, 1)
