@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -12,7 +14,10 @@ from tokcompress.ops import (
     NO_PARTNER,
     aligned_cosine,
     attention_row_sharpness,
+    density_peak_clusters,
     few_query_attention,
+    fold_clusters,
+    grouped_density_peaks,
     weighted_merge,
 )
 
@@ -127,3 +132,59 @@ def test_framefusion_folds_each_marked_token_into_the_nearest_unmarked_one_up_it
             token = int(predecessor[token])
         expected.append(token)
     assert fold_into_unmarked_predecessor(marked, predecessor).tolist() == expected
+
+
+def density_peaks_published(features: torch.Tensor, clusters: int, neighbours: int) -> tuple[list[int], list[int]]:
+    """DPC-KNN on one group, token by token (methods.md: PruneVid / FastVID's clustering), ties to the earlier
+    token: (each token's cluster, the centres in score order)."""
+    n, dim = features.shape
+    x = features.double()
+    distance = [[float((x[i] - x[j]).norm()) / dim**0.5 for j in range(n)] for i in range(n)]
+    nearest = min(neighbours, n)
+    density = [math.exp(-sum(d * d for d in sorted(row)[:nearest]) / nearest) for row in distance]
+    rank = sorted(range(n), key=lambda i: (-density[i], i))
+    delta = []
+    for i in range(n):
+        denser = [distance[i][j] for j in rank[: rank.index(i)]]
+        delta.append(min(denser) if denser else max(distance[i]))
+    score = [delta[i] * density[i] for i in range(n)]
+    count = min(max(min(clusters, n), 1), max(sum(s > 0 for s in score), 1))
+    centres = sorted(range(n), key=lambda i: (-score[i], i))[:count]
+    assignment = [min(range(count), key=lambda c: (distance[i][centres[c]], c)) for i in range(n)]
+    for c, centre in enumerate(centres):
+        assignment[centre] = c
+    return assignment, centres
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_grouped_density_peaks_cluster_every_group_as_one_alone(seed):
+    """Groups of 1 to 20 tokens (fewer than the neighbours too; duplicates that never lead) in one call."""
+    generator = torch.Generator().manual_seed(seed)
+    groups = [torch.randn(n, 6, generator=generator) for n in (20, 1, 5, 13)]
+    groups[3][7:10] = groups[3][2]  # three copies of a token
+    clusters = [4, 3, 9, 6]
+    assignment, centres = grouped_density_peaks(groups, clusters, neighbours=7)
+    assert assignment.shape == (4, 20) and centres.shape == (4, 9)
+    for g, (features, count) in enumerate(zip(groups, clusters)):
+        expected_assignment, expected_centres = density_peaks_published(features, count, 7)
+        n = len(features)
+        assert assignment[g, :n].tolist() == expected_assignment and (assignment[g, n:] == -1).all()
+        assert [c for c in centres[g].tolist() if c >= 0] == expected_centres
+        assert (centres[g, len(expected_centres):] == -1).all()
+        single = density_peak_clusters(features, count, neighbours=7)
+        assert single[0].tolist() == expected_assignment and single[1].tolist() == expected_centres
+
+
+def test_fold_clusters_folds_every_group_into_its_clusters_earliest_tokens():
+    """Two groups at once - static cells over 3 frames clustered, one frame's tokens each their own - as each alone."""
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(40, 6, generator=generator)
+    cells = torch.arange(30).view(3, 10)  # 3 frames × 10 cells
+    alone = torch.arange(30, 36)[None]  # 6 tokens, 6 clusters: each its own
+    destination = torch.full((40,), -1)
+    fold_clusters(destination, features, [cells, alone, torch.zeros(1, 0, dtype=torch.long)], [4, 6, 2])
+    assignment, _ = density_peaks_published(features[cells].mean(dim=0), 4, 7)
+    for cell, cluster in enumerate(assignment):
+        earliest = min(int(cells[0, c]) for c, other in enumerate(assignment) if other == cluster)
+        assert destination[cells[:, cell]].tolist() == [earliest] * 3
+    assert destination[30:36].tolist() == list(range(30, 36)) and (destination[36:] == -1).all()

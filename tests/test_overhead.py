@@ -13,9 +13,9 @@ import tokcompress
 from .conftest import COMPRESSING, inputs_for, model_for
 
 HOST_SYNCS = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten._unique2", "aten.unique_dim")
-# Still one sync or more per frame: a greedy pick that is sequential by nature (divprune) and clustering per
-# frame or per anchor frame (holitom, prunevid, fastvid). Remove a method from here once it is vectorised.
-PER_FRAME = {"divprune", "holitom", "prunevid", "fastvid"}
+# Still one sync or more per frame: a greedy pick that is sequential by nature (divprune). Remove a method from
+# here once it is vectorised.
+PER_FRAME = {"divprune"}
 
 
 class HostSyncs(TorchDispatchMode):

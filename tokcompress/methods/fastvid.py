@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from ..ops import density_peak_clusters
+from ..ops import grouped_density_peaks
 from .base import (
     PRE_LLM,
     LayerBudget,
@@ -91,18 +91,21 @@ class FastVID(Method):
         contextual = sum(quotas) - sum(salient)
         anchors = list(range(len(grid) - 1, -1, -self.anchor_stride))
         capacity = others[anchors].sum(dim=1).tolist()
-        peaks = []
-        for anchor, count in zip(anchors, apportion(contextual, [1.0] * len(anchors), capacity)):
-            if count:
-                members = grid[anchor][others[anchor]]
-                _, centres = density_peak_clusters(features[members], count, neighbours=4)
-                peaks.append(members[centres])
-        pool = grid[others]
-        if not peaks or not pool.numel():
+        chosen = [(anchor, count, size) for anchor, count, size
+                  in zip(anchors, apportion(contextual, [1.0] * len(anchors), capacity), capacity) if count]
+        if not chosen:
             return
-        peaks = torch.cat(peaks)
+        members = [  # each anchor's non-salient tokens, in order
+            grid[anchor][torch.sort((~others[anchor]).to(torch.int8), stable=True).indices[:size]]
+            for anchor, _, size in chosen
+        ]
+        _, centres = grouped_density_peaks([features[m] for m in members], [count for _, count, _ in chosen], 4)
+        peaks = torch.nn.utils.rnn.pad_sequence(members, batch_first=True).gather(1, centres.clamp_min(0))
+        peaks = torch.where(centres >= 0, peaks, peaks[:, :1]).flatten()  # past a group's peaks: its first again
+        tokens = grid.flatten()
         unit = torch.nn.functional.normalize(features.float(), dim=-1)
-        destination[pool] = peaks[(unit[pool] @ unit[peaks].T).argmax(dim=1)]
+        nearest = peaks[(unit[tokens] @ unit[peaks].T).argmax(dim=1)]
+        destination[tokens] = torch.where(others.flatten(), nearest, destination[tokens])
         destination[peaks] = peaks
 
 

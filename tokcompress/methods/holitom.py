@@ -21,6 +21,7 @@ from .base import (
     check_int,
     merge_destinations,
     top_tokens,
+    top_tokens_per_group,
     tower_attention,
     video_grids,
 )
@@ -125,16 +126,22 @@ class HoliTom(Method):
             windows, statics, _ = self._static_plan(similarity, float(levels[low]), grid.numel())
         groups = []  # (tokens (rows, units), is_static): a window's static cells, or one frame's dynamic tokens
         for (start, end), (static, count) in zip(windows, statics):
+            cells = torch.sort((~static).to(torch.int8), stable=True).indices  # static first, each in order
             if count:
-                groups.append((grid[start:end, static], True))
-            groups += [(frame[None], False) for frame in grid[start:end, ~static]]  # one mask per window
+                groups.append((grid[start:end, cells[:count]], True))
+            groups += [(frame[None], False) for frame in grid[start:end, cells[count:]]]
         sizes = [tokens.shape[1] for tokens, _ in groups]
-        for (tokens, is_static), count in zip(groups, apportion(quota, [float(s) for s in sizes], sizes)):
-            if is_static and count:
-                fold_clusters(destination, features, tokens, count)
-            elif count:
-                kept = tokens[0][top_tokens(saliency[tokens[0]], count)]
-                destination[kept] = kept
+        quotas = apportion(quota, [float(s) for s in sizes], sizes)
+        folded = [(tokens, count) for (tokens, is_static), count in zip(groups, quotas) if is_static and count]
+        fold_clusters(destination, features, [tokens for tokens, _ in folded], [count for _, count in folded])
+        moving = [(tokens[0], count) for (tokens, is_static), count in zip(groups, quotas) if not is_static and count]
+        if moving:  # each frame's most attended moving tokens, every frame at once
+            tokens = torch.cat([frame for frame, _ in moving])
+            frame_of = torch.repeat_interleave(torch.arange(len(moving), device=tokens.device),
+                                               torch.tensor([len(frame) for frame, _ in moving], device=tokens.device))
+            counts = torch.tensor([count for _, count in moving], device=tokens.device)
+            kept = tokens[top_tokens_per_group(saliency[tokens], frame_of, counts)]
+            destination[kept] = kept
 
     def _static_plan(self, similarity: torch.Tensor, tau: float, tokens: int):
         """(windows, (static cells, how many) of each, units left after folding every window's static cells)."""

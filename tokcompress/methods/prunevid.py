@@ -99,21 +99,24 @@ class PruneVid(Method):
 def merge_destinations(
     features: torch.Tensor, layout: VisualLayout, tau: float, segment_ratio: float, cluster_ratio: float
 ) -> torch.Tensor:
-    """Per visual token, the token it folds into (itself when it stays): PruneVid's static/dynamic merging."""
+    """Per visual token, the token it folds into (itself when it stays): PruneVid's static/dynamic merging,
+    every window's static cells and every frame's dynamic tokens clustered at once."""
     destination = torch.arange(layout.num_tokens, device=features.device)
+    groups = []  # (tokens (rows, units), clusters): a window's static cells, or one frame's dynamic tokens
     for video, (frames, height, width) in enumerate(layout.grids):
         members = ((layout.video == video) & ~layout.is_separator).nonzero().squeeze(1)
         grid = members.view(frames, height * width)  # frame-major, raster order
-        for start, end in temporal_segments(features[grid].float().mean(dim=1), segment_ratio):
-            window = grid[start:end]
-            static = static_cells(features[window], tau)
-            if static.any():
-                static_tokens = window[:, static]  # (W, cells): every frame's token of each static cell
-                clusters = _cluster_count(static_tokens.shape[1], cluster_ratio)
-                fold_clusters(destination, features, static_tokens, clusters)
-            for frame_tokens in window[:, ~static]:
-                clusters = _cluster_count(frame_tokens.numel(), cluster_ratio)
-                fold_clusters(destination, features, frame_tokens[None], clusters)
+        segments = temporal_segments(features[grid].float().mean(dim=1), segment_ratio)
+        windows = [grid[start:end] for start, end in segments]
+        statics = [static_cells(features[window], tau) for window in windows]
+        counts = torch.stack([static.sum() for static in statics]).tolist()  # one sync per video
+        for window, static, count in zip(windows, statics, counts):
+            cells = torch.sort((~static).to(torch.int8), stable=True).indices  # static first, each in order
+            if count:  # every frame's token of each static cell
+                groups.append((window[:, cells[:count]], _cluster_count(count, cluster_ratio)))
+            dynamic = window.shape[1] - count
+            groups += [(frame[None], _cluster_count(dynamic, cluster_ratio)) for frame in window[:, cells[count:]]]
+    fold_clusters(destination, features, [tokens for tokens, _ in groups], [clusters for _, clusters in groups])
     return destination
 
 

@@ -1,55 +1,89 @@
-"""Density-peak clustering with k nearest neighbours (DPC-KNN), as PruneVid, SparseVLM, FastVID and HoliTom use it."""
+"""Density-peak clustering with k nearest neighbours (DPC-KNN), as PruneVid, SparseVLM, FastVID and HoliTom use it:
+many groups of tokens at once (one call, no host sync), so a method clusters every window or frame together."""
 
 from __future__ import annotations
 
 import torch
 
 
-def density_peak_clusters(features: torch.Tensor, clusters: int, neighbours: int = 7) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cluster (n, D) tokens around `clusters` density peaks.
+def grouped_density_peaks(
+    features: list[torch.Tensor], clusters: list[int], neighbours: int = 7
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cluster each group of (n_g, D) tokens around `clusters[g]` density peaks, every group in one batch.
 
     Distances are Euclidean / √D. A token's density is exp(−mean squared distance to its `neighbours` nearest
     tokens, itself included); δ is its distance to the nearest denser token (the densest: its largest
-    distance); the centres are the tokens with the largest δ · density, and every token joins its nearest
-    centre. Returns (assignment (n,) in [0, clusters), centres (clusters,) token indices, in score order).
-    Deterministic: ties in density go to the earlier token (the published code breaks them with noise).
+    distance); the centres are the tokens with the largest δ · density - at most `clusters[g]`, at least one,
+    and only tokens with a positive score (a duplicate of a denser token never leads) - and every token joins
+    its nearest centre. Deterministic: ties in density go to the earlier token (the published code breaks
+    them with noise). Returns, padded to the longest group, (assignment (G, N): each token's cluster in
+    [0, count_g), -1 past n_g; centres (G, max(clusters)): the centres' token positions in score order, -1
+    past count_g).
     """
-    n = features.shape[0]
-    clusters = max(min(clusters, n), 1)
-    x = features.float()
-    distance = torch.cdist(x, x) / x.shape[1] ** 0.5
-    nearest = distance.topk(min(neighbours, n), dim=1, largest=False).values
-    density = torch.exp(-(nearest**2).mean(dim=1))
-    rank = torch.empty(n, dtype=torch.long, device=x.device)
-    rank[torch.sort(density, descending=True, stable=True).indices] = torch.arange(n, device=x.device)
-    denser = rank[None, :] < rank[:, None]  # [i, j]: j is denser than i
-    delta = distance.masked_fill(~denser, float("inf")).min(dim=1).values
-    peak = delta.isinf()
-    delta[peak] = distance[peak].max(dim=1).values
-    score = delta * density
-    clusters = min(clusters, max(int((score > 0).sum()), 1))  # duplicates of a denser token never lead a cluster
-    centres = torch.sort(score, descending=True, stable=True).indices[:clusters]
-    assignment = distance[:, centres].argmin(dim=1)
-    assignment[centres] = torch.arange(clusters, device=x.device)
-    return assignment, centres
+    lengths = [len(f) for f in features]
+    groups, width, device = len(features), max(lengths), features[0].device
+    if width == 0:
+        empty = torch.zeros(groups, 0, dtype=torch.long, device=device)
+        return empty, empty
+    x = torch.nn.utils.rnn.pad_sequence([f.float() for f in features], batch_first=True)  # (G, N, D)
+    n = torch.tensor(lengths, device=device)
+    valid = torch.arange(width, device=device) < n[:, None]
+    pair = valid[:, :, None] & valid[:, None, :]
+    distance = (torch.cdist(x, x) / x.shape[-1] ** 0.5).masked_fill(~pair, float("inf"))
+    nearest_count = n.clamp(max=neighbours)
+    nearest = distance.topk(min(neighbours, width), dim=2, largest=False).values
+    nearest = nearest.masked_fill(torch.arange(nearest.shape[2], device=device) >= nearest_count[:, None, None], 0)
+    density = torch.exp(-(nearest**2).sum(dim=2) / nearest_count.clamp_min(1)[:, None]).masked_fill(~valid, -1)
+    rank = torch.empty_like(valid, dtype=torch.long)
+    rank.scatter_(1, torch.sort(density, dim=1, descending=True, stable=True).indices,
+                  torch.arange(width, device=device).expand(groups, width))
+    denser = rank[:, None, :] < rank[:, :, None]  # [g, i, j]: j is denser than i
+    delta = distance.masked_fill(~denser, float("inf")).amin(dim=2)
+    farthest = distance.masked_fill(~pair, float("-inf")).amax(dim=2)
+    delta = torch.where(delta.isinf(), farthest, delta)  # the densest token of each group
+    score = (delta * density).masked_fill(~valid, float("-inf"))
+    wanted = torch.tensor(clusters, device=device).clamp_min(1)
+    count = torch.minimum(torch.minimum(wanted, n), (score > 0).sum(dim=1).clamp_min(1))
+    slots = max(max(clusters), 1)
+    centres = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :slots]
+    is_centre = torch.arange(slots, device=device) < count[:, None]
+    to_centre = distance.gather(2, centres[:, None, :].expand(groups, width, slots))
+    assignment = to_centre.masked_fill(~is_centre[:, None, :], float("inf")).argmin(dim=2)
+    own = torch.where(is_centre, torch.arange(slots, device=device), assignment.gather(1, centres))
+    assignment = assignment.scatter(1, centres, own).masked_fill(~valid, -1)  # a centre leads its own cluster
+    return assignment, centres.masked_fill(~is_centre, -1)
+
+
+def density_peak_clusters(
+    features: torch.Tensor, clusters: int, neighbours: int = 7
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`grouped_density_peaks` of one group of (n, D) tokens: (assignment (n,) in [0, count), centres (count,)
+    token indices in score order)."""
+    assignment, centres = grouped_density_peaks([features], [min(clusters, len(features))], neighbours)
+    return assignment[0], centres[0][centres[0] >= 0]
 
 
 def fold_clusters(
-    destination: torch.Tensor, features: torch.Tensor, groups: torch.Tensor, clusters: int, neighbours: int = 7
+    destination: torch.Tensor, features: torch.Tensor, groups: list[torch.Tensor], clusters: list[int],
+    neighbours: int = 7,
 ) -> None:
-    """Fold every token of `groups` ((rows, n) token indices; column j is one unit, e.g. a static cell over a
-    window's frames) into one of `clusters` density-peak clusters of the units (their mean over the rows),
-    each cluster landing on its earliest token (DPC-KNN with k = `neighbours`). Every unit is its own cluster
-    when `clusters` ≥ n."""
-    n = groups.shape[1]
-    if n == 0:
+    """Fold every token of each group ((rows, n) token indices; column j is one unit, e.g. a static cell over a
+    window's frames) into one of its `clusters[g]` density-peak clusters of the units (their mean over the
+    rows), each cluster landing on its earliest token (DPC-KNN with k = `neighbours`). Every unit is its own
+    cluster when `clusters[g]` ≥ n. All groups at once, without a host sync."""
+    groups = [tokens for tokens in groups if tokens.shape[1]]
+    clusters = [count for tokens, count in zip(groups, clusters) if tokens.shape[1]]
+    if not groups:
         return
-    if clusters < n:
-        assignment = density_peak_clusters(features[groups].float().mean(dim=0), clusters, neighbours)[0]
-    else:
-        assignment = torch.arange(n, device=features.device)
-    everything = groups.reshape(-1)
-    cluster_of = assignment.repeat(groups.shape[0])
-    earliest = torch.full((int(assignment.max()) + 1,), int(everything.max()) + 1, device=features.device)
+    units = [features[tokens].float().mean(dim=0) for tokens in groups]
+    assignment, _ = grouped_density_peaks(units, clusters, neighbours)
+    whole = [torch.arange(tokens.shape[1], device=features.device) for tokens in groups]  # its own cluster each
+    width = assignment.shape[1]
+    cluster_of = torch.cat([
+        (index if count >= tokens.shape[1] else assignment[g, : tokens.shape[1]]).repeat(tokens.shape[0]) + g * width
+        for g, (tokens, count, index) in enumerate(zip(groups, clusters, whole))
+    ])
+    everything = torch.cat([tokens.reshape(-1) for tokens in groups])
+    earliest = torch.full((len(groups) * width,), len(destination), device=features.device)
     earliest = earliest.scatter_reduce(0, cluster_of, everything, reduce="amin")
     destination[everything] = earliest[cluster_of]
