@@ -13,9 +13,6 @@ import tokcompress
 from .conftest import COMPRESSING, inputs_for, model_for
 
 HOST_SYNCS = ("aten._local_scalar_dense", "aten.nonzero", "aten.masked_select", "aten._unique2", "aten.unique_dim")
-# Still one sync or more per frame: a greedy pick that is sequential by nature (divprune). Remove a method from
-# here once it is vectorised.
-PER_FRAME = {"divprune"}
 
 
 class HostSyncs(TorchDispatchMode):
@@ -38,7 +35,7 @@ def prefill_syncs(model, inputs) -> int:
     return syncs.count
 
 
-@pytest.mark.parametrize("method", sorted(set(COMPRESSING) - PER_FRAME))
+@pytest.mark.parametrize("method", sorted(COMPRESSING))
 def test_a_prefills_host_syncs_do_not_grow_with_the_frames(clip, method):
     """8 more frames add fewer than 4 syncs (a per-frame loop adds 8 or more; FrameFusion's chain following is
     logarithmic in the frames)."""

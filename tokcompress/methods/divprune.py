@@ -54,12 +54,11 @@ def max_min_diverse(features: torch.Tensor, count: int) -> torch.Tensor:
         rows = torch.arange(similarity.shape[0], device=features.device)
         similarity[rows, start + rows] = float("-inf")  # not its own neighbour
         nearest[start : start + CHUNK] = 1 - similarity.max(dim=1).values
-    picks = [int(nearest.argmax())]
-    closest = 1 - unit @ unit[picks[0]]  # each token's distance to the nearest kept one
-    closest[picks[0]] = float("-inf")
-    for _ in range(min(count, n) - 1):
-        pick = int(closest.argmax())
-        picks.append(pick)
-        closest = torch.minimum(closest, 1 - unit @ unit[pick])  # kept tokens stay at -inf: never picked twice
-        closest[pick] = float("-inf")
-    return torch.tensor(picks, device=features.device)
+    picks = torch.empty(min(count, n), dtype=torch.long, device=features.device)  # on the device: no sync a pick
+    pick = nearest.argmax().view(1)
+    closest = torch.full_like(nearest, float("inf"))  # each token's distance to the nearest kept one
+    for i in range(len(picks)):
+        picks[i] = pick[0]
+        closest = torch.minimum(closest, 1 - unit @ unit[pick][0]).index_fill_(0, pick, float("-inf"))
+        pick = closest.argmax().view(1)  # kept tokens stay at -inf: never picked twice
+    return picks
