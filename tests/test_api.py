@@ -11,9 +11,9 @@ import torch
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 import tokcompress
-from tokcompress.methods import METHODS, FastV, FrameFusion, Method, TokenReduction
+from tokcompress.methods import METHODS, Compose, FastV, FrameDedup, FrameFusion, Method, TokenReduction, build_method
 
-from .conftest import FAMILIES, TINY, generate, inputs_for, logits, model_for
+from .conftest import COMPRESSING, FAMILIES, TINY, generate, inputs_for, logits, model_for
 
 
 def hook_count(model) -> int:
@@ -65,6 +65,22 @@ def test_compress_context_manager_unpatches_on_error(clip):
     assert hook_count(model) == before
 
 
+def test_a_compress_block_inside_a_patch_gives_the_outer_patch_back(clip):
+    model = model_for("llava_onevision")
+    inputs = inputs_for("llava_onevision", clip, "What is moving?")
+    outer = tokcompress.patch(model, "fastv", ratio=0.3)
+    hooks = hook_count(model)
+    with tokcompress.compress(model, "uniform", ratio=0.5) as inner:
+        assert not outer.patched and inner.patched
+    assert outer.patched and not inner.patched and hook_count(model) == hooks
+    logits(model, inputs)
+    assert outer.stats.method == "fastv" and abs(outer.stats.achieved_ratio - 0.3) * outer.stats.visual_in <= 1
+    with tokcompress.compress(model, "uniform", ratio=0.5):
+        newest = tokcompress.patch(model, "random", ratio=0.5)  # patched anew inside: that one stays
+    assert newest.patched and not outer.patched
+    newest.unpatch()
+
+
 def test_patching_twice_replaces_instead_of_stacking(clip):
     model = model_for("llava_onevision")
     inputs = inputs_for("llava_onevision", clip, "What is moving?")
@@ -104,6 +120,9 @@ def test_register_method_makes_a_custom_method_available(clip):
     ("kwargs", "error", "message"),
     [
         ({"method": "fastvv"}, ValueError, f"known methods: {', '.join(tokcompress.list_methods())}"),
+        ({"method": "FrameFusion"}, ValueError, "did you mean 'framefusion'"),
+        ({"method": "framefusoin"}, ValueError, "did you mean 'framefusion'"),
+        ({"method": "framededup+framefusion", "threshold": 0.9}, TypeError, r"method=\[FrameDedup\(threshold=0.9\)"),
         ({"method": "fastv", "ratio": 0}, ValueError, r"\(0, 1\]"),
         ({"method": "fastv", "ratio": 1.5}, ValueError, r"\(0, 1\]"),
         ({"method": "fastv", "ratio": -0.2}, ValueError, r"\(0, 1\]"),
@@ -135,6 +154,22 @@ def test_unsupported_model_lists_the_supported_families():
     with pytest.raises(ValueError, match=f"model_type 'qwen2'.*supported families: {', '.join(tokcompress.list_models())}$"):
         tokcompress.patch(model, "fastv", ratio=0.3)
     assert hook_count(model) == before
+
+
+@pytest.mark.parametrize("model", ["Qwen/Qwen2.5-VL-7B-Instruct", torch.nn.Linear(2, 2)])
+def test_anything_but_a_loaded_model_is_refused_naming_what_is_expected(model):
+    with pytest.raises(TypeError, match="takes a loaded Hugging Face model"):
+        tokcompress.patch(model, "fastv", ratio=0.3)
+
+
+def test_every_registered_method_compresses_at_its_own_default_ratio():
+    """Patched by name alone, each method meets its own default (below 1), not the identity."""
+    assert {name: build_method(name).ratio < 1 for name in COMPRESSING} == dict.fromkeys(COMPRESSING, True)
+
+
+def test_compose_takes_its_methods_as_one_list_too():
+    composed = Compose([FrameDedup(), FrameFusion(ratio=0.3)])
+    assert composed.name == "framededup+framefusion" and composed.ratio == 0.3
 
 
 def test_refused_repatch_keeps_the_old_patch():

@@ -226,3 +226,18 @@ def test_the_fused_varlen_kernel_is_the_attention_inside_each_sequence(biased):
     out = varlen_attention(query, key, value, boundaries, 6, 80**-0.5, key_bias)
     expected = block_diagonal_attention(query, key, value, boundaries, 80**-0.5, key_bias)
     torch.testing.assert_close(out.float(), expected, rtol=2e-2, atol=2e-2)
+
+
+def test_a_pre_llm_member_keeps_its_own_share_and_leaves_the_in_llm_one_the_rest(clip):
+    """[UniformSample(0.6), FastV(0.3)]: 0.6 of the tokens enter the LLM, FastV meets the 0.3 layer average from
+    there; a pre-LLM share below the budget would leave FastV nothing to prune, and is refused."""
+    model = model_for("llava_onevision")
+    inputs = inputs_for("llava_onevision", clip, "What is moving?")
+    with tokcompress.compress(model, [UniformSample(ratio=0.6), FastV(ratio=0.3, layer=1)]) as handle:
+        generate(model, inputs, max_new_tokens=2)
+        (sample,) = handle.stats.samples
+    original = sample.visual_in  # before any reduction
+    assert abs(sample.visual_per_layer[0] - 0.6 * original) <= 1 and sample.visual_per_layer[-1] < 0.3 * original
+    assert abs(sum(sample.visual_per_layer) / len(sample.visual_per_layer) - 0.3 * original) <= 1
+    with pytest.raises(ValueError, match=r"uniform keeps 0.5 .* below the budget 0.6 .* UniformSample\(ratio=1\)"):
+        tokcompress.patch(model, "uniform+fastv", ratio=0.6)

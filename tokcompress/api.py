@@ -56,6 +56,11 @@ class CompressionHandle:
         if self.patched:
             delattr(self.model, HANDLE_ATTRIBUTE)
 
+    def _reattach(self) -> None:
+        """Patch the model with this handle's method again (after a `compress` block stood in for it)."""
+        self._engine.attach()
+        setattr(self.model, HANDLE_ATTRIBUTE, self)
+
     def __enter__(self) -> CompressionHandle:
         return self
 
@@ -110,9 +115,13 @@ def unpatch(model: nn.Module) -> bool:
 def compress(
     model: nn.Module, method: str | Method | type[Method] | list = "none", ratio: Any = None, **options: Any
 ) -> Iterator[CompressionHandle]:
-    """`with compress(model, "fastv", ratio=0.3) as handle: ...` - patched inside the block only (as `patch`)."""
+    """`with compress(model, "fastv", ratio=0.3) as handle: ...` - patched inside the block only (arguments as
+    `patch`); a patch the model had before the block is back after it."""
+    outer = getattr(model, HANDLE_ATTRIBUTE, None)
     handle = patch(model, method, ratio, **options)
     try:
         yield handle
     finally:
         handle.unpatch()
+        if outer is not None and getattr(model, HANDLE_ATTRIBUTE, None) is None:  # unless patched anew inside
+            outer._reattach()

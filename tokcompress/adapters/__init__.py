@@ -30,6 +30,11 @@ def list_models() -> list[str]:
 def adapter_for(model: nn.Module) -> Adapter:
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
+    if config is None:
+        raise TypeError(
+            f"tokcompress.patch takes a loaded Hugging Face model (e.g. LlavaOnevisionForConditionalGeneration."
+            f"from_pretrained(...)), got {type(model).__name__}: {str(model)[:80]!r}"
+        )
     if model_type not in ADAPTERS:
         raise ValueError(
             f"tokcompress does not support model_type {model_type!r} ({type(model).__name__}); "

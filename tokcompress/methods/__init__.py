@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 from typing import Any
 
 from .aim import AIM
@@ -77,7 +78,10 @@ def build_method(method: str | Method | type[Method] | list, ratio: Any = None, 
     "earlytom@encoder+fastv" (`EncoderOnly` for "@encoder"); its members take their defaults."""
     if isinstance(method, str) and ("+" in method or method.endswith(ENCODER_SUFFIX)):
         if knobs:
-            raise TypeError(f"got the composition {method!r} and knobs {sorted(knobs)}; build its methods instead")
+            raise TypeError(
+                f"got the composition {method!r} and knobs {sorted(knobs)}; build its methods instead, each with its "
+                f"knobs: method=[FrameDedup(threshold=0.9), FrameFusion(ratio=0.3)]"
+            )
         members = [_member(name.strip()) for name in method.split("+")]
         return build_method(members[0] if len(members) == 1 else members, ratio)
     if isinstance(method, (list, tuple)):
@@ -94,7 +98,9 @@ def build_method(method: str | Method | type[Method] | list, ratio: Any = None, 
         return method if ratio is None else dataclasses.replace(method, ratio=ratio)
     if isinstance(method, str):
         if method not in METHODS:
-            raise ValueError(f"unknown method {method!r}; known methods: {', '.join(list_methods())}")
+            close = difflib.get_close_matches(method.lower().replace("_", "").replace("-", ""), list_methods(), 1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ValueError(f"unknown method {method!r}; {hint}known methods: {', '.join(list_methods())}")
         method_cls = METHODS[method]
     elif isinstance(method, type) and issubclass(method, Method):
         method_cls = method

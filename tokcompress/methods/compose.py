@@ -37,7 +37,9 @@ class Compose(Method):
     `tokcompress.patch(model, method=[FrameDedup(), FrameFusion(ratio=0.3)])` builds one. Every stage is handled
     by the one member that acts at it. `ratio` is the LLM budget with its usual meaning - the layer-averaged
     fraction of the original visual tokens, whatever an encoder-side member already removed - and belongs to
-    the last member that acts in the LLM: reading or setting it reads or sets that member's.
+    the last member that acts in the LLM: reading or setting it reads or sets that member's. A member acting
+    before the LLM beside another pruning inside it keeps its own ratio's share of the tokens (at least the
+    budget: refused below it), and the in-LLM member meets the budget from there.
 
     Departures: none - it only delegates.
     """
@@ -46,6 +48,8 @@ class Compose(Method):
     methods: tuple[Method, ...] = ()
 
     def __post_init__(self) -> None:
+        if isinstance(self.ratio, (list, tuple)) and not self.methods:  # Compose([A(), B()]): the natural call
+            self.ratio, self.methods = None, self.ratio
         members = tuple(self.methods)
         if len(members) < 2 or not all(isinstance(m, Method) and not isinstance(m, Compose) for m in members):
             raise TypeError(f"Compose takes two or more tokcompress methods (not compositions), got {members!r}")
@@ -62,11 +66,26 @@ class Compose(Method):
             budget_holder = self._budget_holder(members)
         self.methods = members
         self.ratio = budget_holder.ratio
+        before = self._pre_llm_share()
+        if before is not None and before.ratio < self.ratio:
+            raise ValueError(
+                f"{before.name} keeps {before.ratio:g} of the visual tokens before the LLM, below the budget "
+                f"{self.ratio:g} that {budget_holder.name} is to meet inside it, which then has nothing to prune: "
+                f"give {before.name} a ratio above {self.ratio:g} (e.g. {type(before).__name__}(ratio="
+                f"{min(2 * self.ratio, 1.0):g})), or keep its encoder stage alone ({before.name}{ENCODER_SUFFIX})"
+            )
 
     @staticmethod
     def _budget_holder(members: tuple[Method, ...]) -> Method:
         in_llm = [m for m in members if set(m.stages) & set(LLM_STAGES)]
         return (in_llm or list(members))[-1]
+
+    def _pre_llm_share(self) -> Method | None:
+        """The member that acts before the LLM when another one prunes inside it: it keeps its own ratio's share,
+        so that the in-LLM member has the rest of the budget to meet (else None)."""
+        if PRE_LLM not in self.stages or IN_LLM not in self.stages or self._at(PRE_LLM) is self._at(IN_LLM):
+            return None
+        return self._at(PRE_LLM)
 
     @property
     def name(self) -> str:
@@ -116,6 +135,9 @@ class Compose(Method):
         return self._at(IN_ENCODER).merge_in_encoder_tokens(tokens, sizes, sharpness, layer, depth, fixed)
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
+        before = self._pre_llm_share()
+        if before is not None:
+            budget = dataclasses.replace(budget, ratio=before.ratio)
         return self._at(PRE_LLM).reduce_pre_llm(features, layout, budget)
 
     def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:

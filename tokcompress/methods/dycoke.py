@@ -47,7 +47,7 @@ class DyCoke(Method):
     `reselect_threshold`) and reused otherwise, as the paper describes; attention really reads only the
     selected entries. `ratio` counts prefill only; `stats` reports the decode-time read fraction.
 
-    ratio: float = 0.5
+    ratio: 0.5
     decode_keep: 0.2 (the official P = 0.8 drops 80 %)
     decode_layer: L = 3
     reselect_threshold: 0.9
@@ -67,6 +67,7 @@ class DyCoke(Method):
       back to the full cache; no state crosses samples or generations.
     """
 
+    ratio: float = 0.5
     decode_keep: float = 0.2
     decode_layer: int | None = None
     reselect_threshold: float = 0.9

@@ -28,7 +28,7 @@ class FastV(Method):
     at layer K−1 (mean over heads), computed from that layer's own q/k on its input; the top tokens are kept
     in their original order with their original positions; layers before K see every token.
 
-    ratio: float = 0.5
+    ratio: 0.5
     layer: K, the decoder layer before which tokens are dropped. None (default) means the paper's K = 2, or
         the deepest earlier layer that still leaves every later layer at least one visual token.
     num_queries: how many last tokens' attention rows to average (1 in the paper).
@@ -43,6 +43,7 @@ class FastV(Method):
     - With the KV cache, pruning happens once at prefill (the official HF fork's cached behaviour).
     """
 
+    ratio: float = 0.5
     layer: int | None = None
     num_queries: int = 1
     scoring: str = "previous_layer"
