@@ -39,4 +39,4 @@ else:
 with tokcompress.compress(model, args.method, ratio=args.ratio) as handle, torch.no_grad():
     output = model.generate(**inputs, max_new_tokens=32, do_sample=False)
     print(decode(output[0, inputs["input_ids"].shape[1] :].tolist()))
-    print(handle.stats)  # visual tokens in -> out, the ratio achieved, what compressing cost
+    print(handle.stats)  # visual tokens in -> per layer, the ratio achieved, what compressing cost

@@ -25,7 +25,7 @@ def test_every_example_is_run_here():
 EXAMPLE_RUNS = {
     "answer_video": (["--frames", "4"], "framefusion @ ratio 0.3: visual tokens 37 -> "),
     "compose_methods": (["--frames", "8"], "the vision tower encoded"),
-    "custom_method": ([], "frame_outliers @ ratio 0.25: visual tokens 73 -> 18"),
+    "custom_method": ([], "frame_outliers @ ratio 0.25: visual tokens 73 -> 18 per layer on average"),
     "multi_turn_chat": ([], "turn 2:"),
     "sweep_methods": (["--frames", "4", "--ratios", "0.3", "--repeats", "1", "--methods", "uniform", "framededup"], "wrote"),
 }
@@ -83,6 +83,41 @@ def test_run_documents_itself_and_fails_with_exit_codes_a_script_can_use(tmp_pat
     Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=tiny.VOCAB).save_pretrained(tmp_path)
     assert main(["run", "--model", str(tmp_path)]) == 4
     assert f"'qwen2' model; supported: {', '.join(tokcompress.list_models())}" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["run", "--ratio", "1.5"], "a ratio is a retained fraction in (0, 1], got 1.5"),
+    (["run", "--ratio", "0"], "a ratio is a retained fraction in (0, 1], got 0"),
+    (["demo", "--ratio", "2"], "a ratio is a retained fraction in (0, 1], got 2"),
+    (["run", "--frames", "0"], "must be at least 1, got 0"),
+    (["run", "--frames", "-3"], "must be at least 1, got -3"),
+    (["run", "--repeats", "0"], "must be at least 1, got 0"),
+    (["run", "--max-new-tokens", "0"], "must be at least 1, got 0"),
+])
+def test_bad_numbers_on_the_command_line_are_usage_errors(argv, message, capsys):
+    from tokcompress.cli import main
+
+    with pytest.raises(SystemExit) as done:
+        main(argv)
+    assert done.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_bad_names_and_files_fail_before_any_work_with_their_exit_codes(tmp_path, capsys):
+    from tokcompress.cli import main
+
+    assert main(["demo", "--methods", "fastv,bogus"]) == 2
+    assert "unknown method 'bogus'" in capsys.readouterr().err
+    assert main(["run", "--method", "none", "--ratio", "0.5"]) == 2
+    assert "takes no --ratio" in capsys.readouterr().err
+    not_a_video = tmp_path / "notes.mp4"
+    not_a_video.write_text("not a video")
+    assert main(["run", "--video", str(not_a_video)]) == 3
+    assert f"cannot decode {not_a_video} as a video" in capsys.readouterr().err
+    assert main(["run", "--model", str(tmp_path / "missing")]) == 3
+    assert "no such checkpoint directory" in capsys.readouterr().err
+    tiny.TINY_MODELS["llava_onevision"]().config.save_pretrained(tmp_path / "weights_only")
+    assert main(["run", "--model", str(tmp_path / "weights_only")]) == 3
+    assert "no processor at" in capsys.readouterr().err
 
 
 def test_demo_shows_medians_beside_the_ideal_and_both_token_columns():

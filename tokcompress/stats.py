@@ -135,7 +135,8 @@ class CompressionStats:
         """(rows, W) input-sequence index of every position of the hidden states decoder `layer` processes.
 
         -1 marks padding. Maps the layer's outputs (`hidden_states[layer + 1]`, `attentions[layer]`) back to
-        the caller's sequence; None where that layer saw the caller's sequence unchanged.
+        the caller's sequence; None when no forward compressed anything (a layer before the first reduction
+        maps each position to itself).
         """
         return next((origin for start, origin in reversed(self.layer_positions) if start <= layer), None)
 
@@ -153,6 +154,13 @@ class CompressionStats:
         if not self.visual_in:
             return 1.0
         return sum(s.achieved_ratio * s.visual_in for s in self.samples) / self.visual_in
+
+    @property
+    def encoder_ratio(self) -> float:
+        """Share of the vision tower's frame- (or token-) layers computed, over the batch's videos (1: all)."""
+        if not self.samples:
+            return 1.0
+        return sum(s.encoder_ratio * s.visual_in for s in self.samples) / max(self.visual_in, 1)
 
     @property
     def compression_seconds(self) -> float:
@@ -190,10 +198,13 @@ class CompressionStats:
         if not self.samples:
             return f"{self.method}: {self.note or 'nothing compressed'}"
         text = (
-            f"{self.method} @ ratio {self.ratio:g}: visual tokens {self.visual_in} -> {self.visual_out}, "
-            f"achieved ratio {self.achieved_ratio:.3f}, compression {self.compression_seconds * 1e3:.1f} ms"
+            f"{self.method} @ ratio {self.ratio:g}: visual tokens {self.visual_in} -> "
+            f"{round(self.achieved_ratio * self.visual_in)} per layer on average ({self.visual_out} at the last), "
+            f"achieved ratio {self.achieved_ratio:.3f}"
         )
+        if self.encoder_ratio < 1:
+            text += f", vision tower computed {self.encoder_ratio:.0%} of its layers' rows"
         reads = [r for s in self.samples if (r := s.decode_read_ratio) is not None]
         if reads:
             text += f", decode reads {mean(reads):.3f} of the visual KV"
-        return text
+        return text + f", compression {self.compression_seconds * 1e3:.1f} ms"
