@@ -28,10 +28,12 @@ class CompressionHandle:
 
     @property
     def method(self) -> Method:
+        """The configured method in place (a `Compose` for a list or an "a+b" name)."""
         return self._engine.method
 
     @property
     def ratio(self) -> float:
+        """The retained fraction asked for; set it to change it without re-patching."""
         return self._engine.method.ratio
 
     @ratio.setter
@@ -48,6 +50,7 @@ class CompressionHandle:
 
     @property
     def patched(self) -> bool:
+        """Whether this handle's patch is the one in place on the model."""
         return getattr(self.model, HANDLE_ATTRIBUTE, None) is self
 
     def unpatch(self) -> None:
@@ -75,7 +78,7 @@ class CompressionHandle:
 def patch(
     model: nn.Module,
     method: str | Method | type[Method] | list = "none",
-    ratio: Any = None,
+    ratio: float | None = None,
     *,
     varlen_vision: bool = True,
     **knobs: Any,
@@ -83,8 +86,10 @@ def patch(
     """Compress the visual tokens of every later forward / generate call of `model`.
 
     method: a registered name (`list_methods()`), a Method class, a configured Method instance, or a list of
-        them acting at different stages (an encoder-side one, then an LLM-side one).
-    ratio: retained fraction of visual tokens averaged over the LLM's layers, 0 < ratio ≤ 1 (1 = identity).
+        them acting at different stages (an encoder-side one, then an LLM-side one), also spelt as a name:
+        "framededup+framefusion", "earlytom@encoder+fastv". The default, "none", compresses nothing.
+    ratio: retained fraction of visual tokens averaged over the LLM's layers, 0 < ratio ≤ 1 (1 = identity);
+        None: the method's own default (each method's docstring, README's table).
     varlen_vision: on a GPU in half precision, run Qwen-VL's windowed vision attention as one packed call
         instead of stock sdpa's loop over windows (the same math); False keeps the stock loop (with the bias of
         tokens folded inside the tower, where a method folds them).
@@ -113,7 +118,7 @@ def unpatch(model: nn.Module) -> bool:
 
 @contextlib.contextmanager
 def compress(
-    model: nn.Module, method: str | Method | type[Method] | list = "none", ratio: Any = None, **options: Any
+    model: nn.Module, method: str | Method | type[Method] | list = "none", ratio: float | None = None, **options: Any
 ) -> Iterator[CompressionHandle]:
     """`with compress(model, "fastv", ratio=0.3) as handle: ...` - patched inside the block only (arguments as
     `patch`); a patch the model had before the block is back after it."""

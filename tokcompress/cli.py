@@ -224,7 +224,8 @@ def load_checkpoint(path: str):
     except ImportError as error:
         raise CommandError("missing dependency", f"the processor of {path} needs torchvision ({error})") from error
     except (OSError, ValueError) as error:
-        raise CommandError("missing file", f"no processor at {path} (its preprocessor / tokenizer files): {error}") from error
+        message = f"no processor at {path} (its preprocessor / tokenizer files): {error}"
+        raise CommandError("missing file", message) from error
     model = AutoModelForImageTextToText.from_pretrained(path, dtype="auto", device_map="auto").eval()
     return model, processor
 
