@@ -164,7 +164,8 @@ class CompressionStats:
 
     @property
     def compression_seconds(self) -> float:
-        """Time spent choosing and applying reductions (prefill and decoding steps)."""
+        """Time spent choosing and applying reductions (prefill and decoding steps); a first call's includes
+        one-time costs (kernel compilation, first allocations)."""
         return self.compression_time.seconds
 
     @property
