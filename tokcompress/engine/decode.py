@@ -14,7 +14,7 @@ import torch
 from ..methods.base import DecodeSample, Method
 from ..ops import few_query_attention
 from . import compat
-from .groups import GenerationState, TokenGroup, left_padded, sample_row
+from .groups import GenerationState, TokenGroup, sample_row
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
@@ -51,6 +51,8 @@ def skip_tokens_already_cached(state: GenerationState, kwargs: dict[str, Any]) -
     or, where generate dropped an all-ones mask, by the text positions it hands over.
     """
     fed = next(kwargs[name].shape[1] for name in ("input_ids", "inputs_embeds") if kwargs.get(name) is not None)
+    if fed <= 1:  # a plain decoding step: nothing to trim (and no position to read back from the device)
+        return
     seen = _tokens_already_cached(state, kwargs, fed)
     if not 0 < seen < fed:
         return
@@ -83,42 +85,54 @@ def select_visual_kv(
     with state.stats.timed(hidden.device):
         if group.kv_selection is None:  # once per step and group, at its first selecting layer
             keys = compat.cached_keys(cache, layer_index)  # (B, Hkv, K, d), before this step's update
-            slots = _decode_selection(method, adapter, state, layer, hidden, keys, group, kwargs)
+            slots, padded = _decode_selection(method, adapter, state, layer, hidden, keys, group, kwargs)
             implementation = compat.attention_implementation(adapter.language_model.config)
-            mask = select_key_mask(kwargs.get("attention_mask"), slots.clamp_min(0), slots >= 0, implementation)
+            valid = slots >= 0 if padded else None
+            mask = select_key_mask(kwargs.get("attention_mask"), slots.clamp_min(0), valid, implementation)
             group.kv_selection = (slots.clamp_min(0), mask)
         index, mask = group.kv_selection
         compat.replace_cache(kwargs, compat.SelectedKV(cache, index))
         kwargs["attention_mask"] = mask
 
 
-def _decode_selection(method, adapter, state, layer, hidden, keys, group: TokenGroup, kwargs) -> torch.Tensor:
-    """(B, K') cache slots this step reads: every non-visual entry, the method's visual choice, the new entries."""
+def _decode_selection(
+    method, adapter, state, layer, hidden, keys, group: TokenGroup, kwargs
+) -> tuple[torch.Tensor, bool]:
+    """(B, K') cache slots this step reads - every non-visual entry, the method's visual choice, the new entries,
+    left-padded with -1 - and whether any row is padded. One host sync a step, for K'."""
     batch, past = keys.shape[0], keys.shape[2]
     steps = hidden.shape[1]
     cos, sin = kwargs["position_embeddings"]
-    rows, read = [], []
+    reads, chosen_counts = [], []
     for b in range(batch):
         valid = group.attention_mask[b, :past].bool()
         slots = group.visual_slots[b]
         queries = adapter.project_queries(layer, hidden[b], sample_row(cos, b), sample_row(sin, b))
         attention = few_query_attention(queries, keys[b], valid[None, :]).mean(dim=0)
         chosen = slots[method.select_decode_kv(DecodeSample(attention[slots], state.decode_memories[b]))]
-        is_visual = torch.zeros(past, dtype=torch.bool, device=keys.device)
-        is_visual[slots] = True
-        others = (valid & ~is_visual).nonzero().squeeze(1)
-        new = torch.arange(past, past + steps, device=keys.device)
-        rows.append(torch.cat([torch.cat([others, chosen]).sort().values, new]))
-        read.append(len(chosen))
-    state.stats.record_decode_read(read, method.decode_start_layer(adapter.spec))
-    return left_padded(rows)
+        read = valid.clone()
+        read[slots] = False
+        read[chosen] = True
+        reads.append(read)
+        chosen_counts.append(len(chosen))
+    state.stats.record_decode_read(chosen_counts, method.decode_start_layer(adapter.spec))
+    read = torch.stack(reads)  # (B, past): the slots each row reads, in order
+    counts = read.sum(dim=1)
+    width, fewest = torch.stack([counts.max(), counts.min()]).tolist()
+    last = torch.sort(read.to(torch.int8), dim=1, stable=True).indices[:, past - width :]  # the read ones last
+    slots = torch.where(read.gather(1, last), last, -1)
+    new = torch.arange(past, past + steps, device=keys.device).expand(batch, steps)
+    return torch.cat([slots, new], dim=1), fewest < width
 
 
-def select_key_mask(mask, index: torch.Tensor, valid: torch.Tensor, attn_implementation: str):
-    """The layer's attention mask restricted to the key columns `index` (invalid columns masked out)."""
-    if mask is None:
-        if bool(valid.all()):
+def select_key_mask(mask, index: torch.Tensor, valid: torch.Tensor | None, attn_implementation: str):
+    """The layer's attention mask restricted to the key columns `index` (invalid columns masked out; None:
+    every column valid)."""
+    if valid is None:
+        valid = torch.ones_like(index, dtype=torch.bool)
+        if mask is None:
             return None
+    if mask is None:
         if attn_implementation == "eager":
             blocked = torch.finfo(torch.float32).min
             return torch.where(valid, 0.0, blocked)[:, None, None, :]

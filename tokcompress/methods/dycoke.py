@@ -122,12 +122,12 @@ class DyCoke(Method):
         memory, attention = sample.memory, sample.attention
         previous, selection = memory.get("attention"), memory.get("selection")
         memory["attention"] = attention
-        if selection is not None and previous is not None and previous.shape == attention.shape:
-            if float(torch.nn.functional.cosine_similarity(previous, attention, dim=0)) >= self.reselect_threshold:
-                return selection
-        selection = top_tokens(attention, keep_count(self.decode_keep, attention.numel()))
-        memory["selection"] = selection
-        return selection
+        fresh = top_tokens(attention, keep_count(self.decode_keep, attention.numel()))
+        if selection is not None and previous is not None and previous.shape == attention.shape:  # on the device
+            stable = torch.nn.functional.cosine_similarity(previous, attention, dim=0) >= self.reselect_threshold
+            fresh = torch.where(stable, selection, fresh)
+        memory["selection"] = fresh
+        return fresh
 
 
 def group_references(layout: VisualLayout) -> tuple[torch.Tensor, torch.Tensor]:

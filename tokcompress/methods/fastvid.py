@@ -76,36 +76,48 @@ class FastVID(Method):
         destination, cells = merge_destinations(layout, budget.tokens_before_llm(layout.num_tokens), features.device)
         for _, grid, quota in video_grids(layout, cells):
             quotas = proportional_split(quota, [grid.shape[1]] * len(grid))
-            for segment in dynamic_segments(features[grid].float().mean(1), self.segments, self.similarity_threshold):
-                self._prune_segment(grid[segment], [quotas[f] for f in segment], features, saliency, destination)
+            segments = dynamic_segments(features[grid].float().mean(1), self.segments, self.similarity_threshold)
+            self._prune_video(grid, quotas, segments, features, saliency, destination)
         return TokenReduction.from_destinations(destination)
 
-    def _prune_segment(self, grid, quotas, features, saliency, destination) -> None:
-        """Salient tokens of each frame (a row of `grid`) kept; the segment's other tokens folded into its anchors'
-        density peaks."""
+    def _prune_video(self, grid, quotas, segments, features, saliency, destination) -> None:
+        """Salient tokens of each frame (a row of `grid`) kept; each segment's other tokens folded into its anchors'
+        density peaks - every segment at once, with one host sync for the anchors' capacities."""
+        device = grid.device
         salient = [quota - int(quota * self.contextual_share) for quota in quotas]
-        frame = torch.arange(len(grid), device=grid.device)[:, None].expand_as(grid).flatten()
+        frame = torch.arange(len(grid), device=device)[:, None].expand_as(grid).flatten()
         kept = grid.flatten()[top_tokens_per_group(saliency[grid].flatten(), frame, grid.new_tensor(salient))]
         destination[kept] = kept
         others = destination[grid] < 0  # (frames, tokens): not kept as salient
-        contextual = sum(quotas) - sum(salient)
-        anchors = list(range(len(grid) - 1, -1, -self.anchor_stride))
-        capacity = others[anchors].sum(dim=1).tolist()
-        chosen = [(anchor, count, size) for anchor, count, size
-                  in zip(anchors, apportion(contextual, [1.0] * len(anchors), capacity), capacity) if count]
+        anchors = [(s, f) for s, segment in enumerate(segments)
+                   for f in range(segment[-1], segment[0] - 1, -self.anchor_stride)]
+        capacity = others[[f for _, f in anchors]].sum(dim=1).tolist()
+        counts = []
+        for s, segment in enumerate(segments):
+            contextual = sum(quotas[f] - salient[f] for f in segment)
+            own = [c for (t, _), c in zip(anchors, capacity) if t == s]
+            counts += apportion(contextual, [1.0] * len(own), own)
+        chosen = [(s, f, count, size) for (s, f), count, size in zip(anchors, counts, capacity) if count]
         if not chosen:
             return
         members = [  # each anchor's non-salient tokens, in order
-            grid[anchor][torch.sort((~others[anchor]).to(torch.int8), stable=True).indices[:size]]
-            for anchor, _, size in chosen
+            grid[f][torch.sort((~others[f]).to(torch.int8), stable=True).indices[:size]] for _, f, _, size in chosen
         ]
-        _, centres = grouped_density_peaks([features[m] for m in members], [count for _, count, _ in chosen], 4)
+        _, centres = grouped_density_peaks([features[m] for m in members], [count for _, _, count, _ in chosen], 4)
         peaks = torch.nn.utils.rnn.pad_sequence(members, batch_first=True).gather(1, centres.clamp_min(0))
-        peaks = torch.where(centres >= 0, peaks, peaks[:, :1]).flatten()  # past a group's peaks: its first again
+        peaks = torch.where(centres >= 0, peaks, peaks[:, :1])  # past a group's peaks: its first again
+        peak_segment = torch.tensor([s for s, _, _, _ in chosen], device=device)[:, None].expand_as(peaks).flatten()
+        peaks = peaks.flatten()
+        segment_of = torch.tensor([s for s, segment in enumerate(segments) for _ in segment], device=device)
+        token_segment = segment_of[:, None].expand_as(grid).flatten()
         tokens = grid.flatten()
         unit = torch.nn.functional.normalize(features.float(), dim=-1)
-        nearest = peaks[(unit[tokens] @ unit[peaks].T).argmax(dim=1)]
-        destination[tokens] = torch.where(others.flatten(), nearest, destination[tokens])
+        similarity = (unit[tokens] @ unit[peaks].T).masked_fill(token_segment[:, None] != peak_segment, float("-inf"))
+        nearest = peaks[similarity.argmax(dim=1)]  # its own segment's most similar peak
+        has_peaks = torch.zeros(len(segments), dtype=torch.bool, device=device)
+        has_peaks[peak_segment] = True
+        joins = others.flatten() & has_peaks[token_segment]
+        destination[tokens] = torch.where(joins, nearest, destination[tokens])
         destination[peaks] = peaks
 
 

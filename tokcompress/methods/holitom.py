@@ -190,13 +190,20 @@ def holistic_windows(similarity: torch.Tensor, tau: float, max_window: int) -> l
     """HoliTom's global segmentation: [start, end) frame windows maximising Σ (W − 1) · static cells, by
     dynamic programming over the window ends (ties go to the longer last window)."""
     frames = similarity.shape[0] + 1
-    above = (similarity > tau).to(torch.int8)
+    above = similarity > tau
+    runs, run = [], above  # runs[l - 1][s]: cells above tau at all of s … s + l − 1 (a window of l + 1 frames)
+    for length in range(1, min(max_window, frames)):
+        run = run if length == 1 else run[:-1] & above[length - 1 :]
+        runs.append(run.sum(dim=1))
+    flat = torch.cat(runs).tolist() if runs else []  # one sync for every window's static cells
+    offsets = [0]
+    for counts in runs:
+        offsets.append(offsets[-1] + len(counts))
     best, cut = [0] + [-1] * frames, [0] * (frames + 1)
     for end in range(1, frames + 1):
-        # static cells of every window [s, end): the cells above tau at all of s … end − 2
-        still = above[: end - 1].flip(0).cummin(dim=0).values.flip(0).sum(dim=1).tolist()
         for start in range(max(end - max_window, 0), end):
-            saved = (end - start - 1) * still[start] if start < end - 1 else 0
+            length = end - start - 1  # the window [start, end)'s consecutive-frame similarities
+            saved = length * flat[offsets[length - 1] + start] if length else 0
             if best[start] + saved > best[end]:
                 best[end], cut[end] = best[start] + saved, start
     windows, end = [], frames
