@@ -9,7 +9,6 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import tokcompress
-
 from tokcompress.methods import DECODE, METHODS
 
 from .conftest import COMPRESSING, generate, inputs_for, model_for
