@@ -1,6 +1,6 @@
-"""The engine's own cost on the prefill path: a method's device-to-host syncs (`.item()`, `.tolist()`,
-`nonzero`, ... - each one stalls a GPU's queue) must not grow with the clip's length (a per-frame Python loop
-on the prefill path). Counted on the CPU with a dispatch mode, so it holds without a GPU."""
+"""The engine's own cost: a method's device-to-host syncs (`.item()`, `.tolist()`, `nonzero`, ... - each one
+stalls a GPU's queue) must not grow with the clip's length in a prefill (a per-frame Python loop) nor with the
+batch in a decoding step. Counted on the CPU with a dispatch mode, so it holds without a GPU."""
 
 from __future__ import annotations
 
