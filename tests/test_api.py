@@ -68,6 +68,7 @@ def test_compress_context_manager_unpatches_on_error(clip):
 def test_a_compress_block_inside_a_patch_gives_the_outer_patch_back(clip):
     model = model_for("llava_onevision")
     inputs = inputs_for("llava_onevision", clip, "What is moving?")
+    bare = hook_count(model)
     outer = tokcompress.patch(model, "fastv", ratio=0.3)
     hooks = hook_count(model)
     with tokcompress.compress(model, "uniform", ratio=0.5) as inner:
@@ -78,7 +79,15 @@ def test_a_compress_block_inside_a_patch_gives_the_outer_patch_back(clip):
     with tokcompress.compress(model, "uniform", ratio=0.5):
         newest = tokcompress.patch(model, "random", ratio=0.5)  # patched anew inside: that one stays
     assert newest.patched and not outer.patched
-    newest.unpatch()
+    outer = tokcompress.patch(model, "fastv", ratio=0.3)
+    with tokcompress.compress(model, "uniform", ratio=0.5):
+        tokcompress.unpatch(model)  # unpatched inside: it stays so
+    assert not outer.patched and hook_count(model) == bare
+    outer = tokcompress.patch(model, "fastv", ratio=0.3)
+    with pytest.raises(ValueError, match="unknown method"), tokcompress.compress(model, "nope"):
+        pass
+    assert outer.patched  # a refused block leaves the patch in place
+    outer.unpatch()
 
 
 def test_patching_twice_replaces_instead_of_stacking(clip):

@@ -7,7 +7,7 @@ import torch
 
 import tokcompress
 from tokcompress.adapters import adapter_for
-from tokcompress.methods import Compose, FastV, FrameDedup, FrameFusion, UniformSample, VisionZip
+from tokcompress.methods import Compose, FastV, FrameDedup, FrameFusion, UniformSample, VisionZip, build_method
 
 from .conftest import TINY, generate, inputs_for, logits, model_for, shorter
 
@@ -239,5 +239,11 @@ def test_a_pre_llm_member_keeps_its_own_share_and_leaves_the_in_llm_one_the_rest
     original = sample.visual_in  # before any reduction
     assert abs(sample.visual_per_layer[0] - 0.6 * original) <= 1 and sample.visual_per_layer[-1] < 0.3 * original
     assert abs(sum(sample.visual_per_layer) / len(sample.visual_per_layer) - 0.3 * original) <= 1
-    with pytest.raises(ValueError, match=r"uniform keeps 0.5 .* below the budget 0.6 .* UniformSample\(ratio=1\)"):
+    message = r"uniform keeps 0.5 .* no more than the budget 0.6 .* \(e.g. UniformSample\(ratio=1\)\)$"
+    with pytest.raises(ValueError, match=message):
         tokcompress.patch(model, "uniform+fastv", ratio=0.6)
+    with pytest.raises(ValueError, match=r"no more than the budget 0.5 ") as refused:
+        tokcompress.patch(model, "uniform+fastv")  # equal shares: FastV would prune nothing either
+    assert "@encoder" not in str(refused.value)  # uniform has no encoder stage to keep alone
+    composed = build_method("fastv+dycoke", 0.3)  # listed in any order, the in-LLM member holds the budget
+    assert [m.ratio for m in composed.methods] == [0.3, 0.5]

@@ -182,9 +182,14 @@ def test_fold_clusters_folds_every_group_into_its_clusters_earliest_tokens():
     cells = torch.arange(30).view(3, 10)  # 3 frames × 10 cells
     alone = torch.arange(30, 36)[None]  # 6 tokens, 6 clusters: each its own
     destination = torch.full((40,), -1)
-    fold_clusters(destination, features, [cells, alone, torch.zeros(1, 0, dtype=torch.long)], [4, 6, 2])
+    empty = torch.zeros(1, 0, dtype=torch.long)  # (a window whose cells are all static: no moving token)
+    fold_clusters(destination, features, [empty, cells, empty, alone, empty], [0, 4, 0, 6, 2])
     assignment, _ = density_peaks_published(features[cells].mean(dim=0), 4, 7)
     for cell, cluster in enumerate(assignment):
         earliest = min(int(cells[0, c]) for c, other in enumerate(assignment) if other == cluster)
         assert destination[cells[:, cell]].tolist() == [earliest] * 3
     assert destination[30:36].tolist() == list(range(30, 36)) and (destination[36:] == -1).all()
+    fold_clusters(destination, features, [torch.arange(36, 39)[None]], [5])  # more clusters than units: each its own
+    assert destination[36:].tolist() == [36, 37, 38, -1]
+    assignment, centres = grouped_density_peaks([features[:3]], [5])
+    assert centres.shape == (1, 3) and (assignment >= 0).all()

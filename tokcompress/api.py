@@ -121,12 +121,19 @@ def compress(
     model: nn.Module, method: str | Method | type[Method] | list = "none", ratio: float | None = None, **options: Any
 ) -> Iterator[CompressionHandle]:
     """`with compress(model, "fastv", ratio=0.3) as handle: ...` - patched inside the block only (arguments as
-    `patch`); a patch the model had before the block is back after it."""
+    `patch`); a patch the model had before the block is back after it, unless the block itself unpatched or
+    patched the model again."""
     outer = getattr(model, HANDLE_ATTRIBUTE, None)
-    handle = patch(model, method, ratio, **options)
+    try:
+        handle = patch(model, method, ratio, **options)
+    except BaseException:
+        if outer is not None and not outer.patched:  # refused or failed after the old patch came off
+            outer._reattach()
+        raise
     try:
         yield handle
     finally:
+        restore = outer is not None and handle.patched  # not if the block unpatched or patched anew itself
         handle.unpatch()
-        if outer is not None and getattr(model, HANDLE_ATTRIBUTE, None) is None:  # unless patched anew inside
+        if restore:
             outer._reattach()

@@ -11,7 +11,6 @@ processors need torchvision).
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 from pathlib import Path
 
@@ -118,7 +117,7 @@ def _add_common(command: argparse.ArgumentParser, clip_flag: str) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    names = [_method(name.strip()) for name in args.methods.split(",")]  # every name checked before any work
+    names = [_method(name.strip(), args.ratio) for name in args.methods.split(",")]  # all checked before any work
     model, inputs, decode, path = load(args)
     print(f"clip: {path} ({args.frames} frames), question: {args.question!r}, ratio {args.ratio}\n")
     rows, baseline = [], None
@@ -144,7 +143,7 @@ def run_demo(args: argparse.Namespace) -> None:
 
 
 def run_one(args: argparse.Namespace) -> None:
-    method = _method(args.method)
+    method = _method(args.method, args.ratio)
     if method == "none" and args.ratio is not None:
         raise CommandError("usage", "none compresses nothing and takes no --ratio; name a method to compress")
     model, inputs, decode, path = load(args)
@@ -210,8 +209,9 @@ def load_checkpoint(path: str):
     """A supported checkpoint and its processor (checked before any weight is read)."""
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
-    local = Path(path).is_absolute() or path.startswith((".", "~")) or "/" not in path
-    if local and not Path(path).expanduser().exists():
+    path = str(Path(path).expanduser()) if path.startswith("~") else path
+    local = Path(path).is_absolute() or path.startswith(".") or "/" not in path
+    if local and not Path(path).exists():
         raise CommandError("missing file", f"no such checkpoint directory: {path}")
     try:
         model_type = AutoConfig.from_pretrained(path).model_type
@@ -230,10 +230,11 @@ def load_checkpoint(path: str):
     return model, processor
 
 
-def _method(name: str) -> str:
-    """A registered method's name, or a composition spelt as its stats name it ("framededup+framefusion")."""
+def _method(name: str, ratio: float | None = None) -> str:
+    """A registered method's name, or a composition spelt as its stats name it ("framededup+framefusion"),
+    checked with the ratio it will run at."""
     try:
-        build_method(name)
+        build_method(name, None if name == "none" else ratio)
     except (TypeError, ValueError) as error:
         raise CommandError("usage", str(error)) from error
     return name
@@ -244,7 +245,7 @@ def _kept(stats) -> tuple[int, float]:
     stats."""
     if not stats.samples:
         return 0, 1.0
-    return round(stats.achieved_ratio * stats.visual_in), statistics.mean(s.encoder_ratio for s in stats.samples)
+    return round(stats.achieved_ratio * stats.visual_in), stats.encoder_ratio
 
 
 def print_table(header, rows) -> None:

@@ -157,10 +157,9 @@ class CompressionStats:
 
     @property
     def encoder_ratio(self) -> float:
-        """Share of the vision tower's frame- (or token-) layers computed, over the batch's videos (1: all)."""
-        if not self.samples:
-            return 1.0
-        return sum(s.encoder_ratio * s.visual_in for s in self.samples) / max(self.visual_in, 1)
+        """Share of the vision tower's frame- (or token-) layers computed, the mean over the batch's samples
+        (1: all)."""
+        return mean(s.encoder_ratio for s in self.samples) if self.samples else 1.0
 
     @property
     def compression_seconds(self) -> float:

@@ -37,9 +37,10 @@ class Compose(Method):
     `tokcompress.patch(model, method=[FrameDedup(), FrameFusion(ratio=0.3)])` builds one. Every stage is handled
     by the one member that acts at it. `ratio` is the LLM budget with its usual meaning - the layer-averaged
     fraction of the original visual tokens, whatever an encoder-side member already removed - and belongs to
-    the last member that acts in the LLM: reading or setting it reads or sets that member's. A member acting
-    before the LLM beside another pruning inside it keeps its own ratio's share of the tokens (at least the
-    budget: refused below it), and the in-LLM member meets the budget from there.
+    the member that acts last in the prefill (inside the LLM, else before it): reading or setting it reads or
+    sets that member's. A member acting before the LLM beside another pruning inside it keeps its own ratio's
+    share of the tokens (more than the budget: refused otherwise), and the in-LLM member meets the budget
+    from there, whatever the order they are listed in.
 
     Departures: none - it only delegates.
     """
@@ -48,8 +49,8 @@ class Compose(Method):
     methods: tuple[Method, ...] = ()
 
     def __post_init__(self) -> None:
-        if isinstance(self.ratio, (list, tuple)) and not self.methods:  # Compose([A(), B()]): the natural call
-            self.ratio, self.methods = None, self.ratio
+        if isinstance(self.ratio, (list, tuple)):  # Compose([A(), B()]) or Compose([A(), B()], 0.3): the natural call
+            self.ratio, self.methods = (self.methods or None), self.ratio
         members = tuple(self.methods)
         if len(members) < 2 or not all(isinstance(m, Method) and not isinstance(m, Compose) for m in members):
             raise TypeError(f"Compose takes two or more tokcompress methods (not compositions), got {members!r}")
@@ -67,18 +68,24 @@ class Compose(Method):
         self.methods = members
         self.ratio = budget_holder.ratio
         before = self._pre_llm_share()
-        if before is not None and before.ratio < self.ratio:
+        if before is not None and before.ratio <= self.ratio < 1:
+            encoder_only = f", or keep its encoder stage alone ({before.name}{ENCODER_SUFFIX})" if set(
+                before.stages) & set(ENCODER_STAGES) else ""
             raise ValueError(
-                f"{before.name} keeps {before.ratio:g} of the visual tokens before the LLM, below the budget "
+                f"{before.name} keeps {before.ratio:g} of the visual tokens before the LLM, no more than the budget "
                 f"{self.ratio:g} that {budget_holder.name} is to meet inside it, which then has nothing to prune: "
                 f"give {before.name} a ratio above {self.ratio:g} (e.g. {type(before).__name__}(ratio="
-                f"{min(2 * self.ratio, 1.0):g})), or keep its encoder stage alone ({before.name}{ENCODER_SUFFIX})"
+                f"{min(2 * self.ratio, 1.0):g})){encoder_only}"
             )
 
     @staticmethod
     def _budget_holder(members: tuple[Method, ...]) -> Method:
-        in_llm = [m for m in members if set(m.stages) & set(LLM_STAGES)]
-        return (in_llm or list(members))[-1]
+        """The member acting last in the prefill: in the LLM, else before it, else the last one listed."""
+        for stage in (IN_LLM, PRE_LLM, DECODE):
+            acting = [m for m in members if stage in m.stages]
+            if acting:
+                return acting[0]
+        return members[-1]
 
     def _pre_llm_share(self) -> Method | None:
         """The member that acts before the LLM when another one prunes inside it: it keeps its own ratio's share,

@@ -17,8 +17,8 @@ def grouped_density_peaks(
     and only tokens with a positive score (a duplicate of a denser token never leads) - and every token joins
     its nearest centre. Deterministic: ties in density go to the earlier token (the published code breaks
     them with noise). Returns, padded to the longest group, (assignment (G, N): each token's cluster in
-    [0, count_g), -1 past n_g; centres (G, max(clusters)): the centres' token positions in score order, -1
-    past count_g).
+    [0, count_g), -1 past n_g; centres (G, min(max(clusters), N)): the centres' token positions in score
+    order, -1 past count_g).
     """
     lengths = [len(f) for f in features]
     groups, width, device = len(features), max(lengths), features[0].device
@@ -44,7 +44,7 @@ def grouped_density_peaks(
     score = (delta * density).masked_fill(~valid, float("-inf"))
     wanted = torch.tensor(clusters, device=device).clamp_min(1)
     count = torch.minimum(torch.minimum(wanted, n), (score > 0).sum(dim=1).clamp_min(1))
-    slots = max(max(clusters), 1)
+    slots = min(max(max(clusters), 1), width)
     centres = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :slots]
     is_centre = torch.arange(slots, device=device) < count[:, None]
     to_centre = distance.gather(2, centres[:, None, :].expand(groups, width, slots))
@@ -71,10 +71,10 @@ def fold_clusters(
     window's frames) into one of its `clusters[g]` density-peak clusters of the units (their mean over the
     rows), each cluster landing on its earliest token (DPC-KNN with k = `neighbours`). Every unit is its own
     cluster when `clusters[g]` ≥ n. All groups at once, without a host sync."""
-    groups = [tokens for tokens in groups if tokens.shape[1]]
-    clusters = [count for tokens, count in zip(groups, clusters) if tokens.shape[1]]
-    if not groups:
+    nonempty = [(tokens, count) for tokens, count in zip(groups, clusters) if tokens.shape[1]]
+    if not nonempty:
         return
+    groups, clusters = [tokens for tokens, _ in nonempty], [count for _, count in nonempty]
     units = [features[tokens].float().mean(dim=0) for tokens in groups]
     assignment, _ = grouped_density_peaks(units, clusters, neighbours)
     whole = [torch.arange(tokens.shape[1], device=features.device) for tokens in groups]  # its own cluster each

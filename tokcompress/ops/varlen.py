@@ -23,14 +23,15 @@ def varlen_attention(
     value: torch.Tensor,
     cu_seqlens: torch.Tensor,
     max_seqlen: int,
-    scale: float,
+    scale: float | None,
     key_bias: torch.Tensor | None = None,
     fused: bool = True,
 ) -> torch.Tensor:
     """softmax(q·kᵀ·scale + key_bias)·v within each sequence of a packed batch.
 
     query / key / value: (total, heads, d), the sequences back to back; cu_seqlens: (sequences + 1,) their
-    boundaries; key_bias: (total,) added to every logit of each key (log of a folded token's size), or None.
+    boundaries; scale: None for 1/√d; key_bias: (total,) added to every logit of each key (log of a folded
+    token's size), or None.
     Returns (total, heads, d). torch's fused varlen kernel where `fused` and `varlen_available` (a bias rides in
     an extra head dimension, as the kernel takes no mask), else `segment_attention`.
     """
@@ -39,6 +40,7 @@ def varlen_attention(
     from torch.nn.attention.varlen import varlen_attn
 
     width = query.shape[-1]
+    scale = width**-0.5 if scale is None else scale  # of the real heads, not the widened ones
     if key_bias is not None:
         query, key, value = biased_by_extra_dimension(query, key, value, key_bias, scale)
     cu_seqlens = cu_seqlens.to(torch.int32)
