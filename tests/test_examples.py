@@ -122,6 +122,17 @@ def test_bad_names_and_files_fail_before_any_work_with_their_exit_codes(tmp_path
     assert "no processor at" in capsys.readouterr().err
 
 
+def test_demo_warns_when_a_busy_machine_moved_the_timings(monkeypatch, capsys):
+    from tokcompress import cli
+
+    steady = ["demo", "--frames", "4", "--methods", "none,uniform", "--repeats", "3", "--max-new-tokens", "1"]
+    monkeypatch.setattr(cli, "run_times_ms", lambda function, repeats, device: function() and [10.0, 10.5, 10.2])
+    assert cli.main(steady) == 0 and "warning" not in capsys.readouterr().out
+    monkeypatch.setattr(cli, "run_times_ms", lambda function, repeats, device: function() and [10.0, 30.0, 12.0])
+    assert cli.main(steady) == 0
+    assert "warning: a method's prefill runs differed by 167% of their median" in capsys.readouterr().out
+
+
 def test_demo_shows_medians_beside_the_ideal_and_both_token_columns():
     result = run("-m", "tokcompress", "demo", "--frames", "4", "--methods", "none,fastv", "--repeats", "2",
                  "--max-new-tokens", "2")

@@ -11,6 +11,7 @@ processors need torchvision).
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 from pathlib import Path
 
@@ -21,10 +22,11 @@ import tokcompress
 from . import tiny
 from .ideal import ideal_prefill
 from .methods import build_method
-from .timing import median_ms, timed_generate
+from .timing import median_ms, run_times_ms, spread, timed_generate
 from .video import read_frames, sample_clip
 
 TINY_IMAGE_SIZE = 196  # 7×7 tokens per frame after pooling
+UNSTEADY = 0.5  # runs of one method differing by more than this share of their median: warn
 EXIT_CODES = {"usage": 2, "missing file": 3, "unsupported model": 4, "missing dependency": 5}
 EPILOG = (
     "exit codes: 0 done; 2 bad usage or unknown method; 3 missing video or checkpoint; 4 unsupported model "
@@ -120,10 +122,11 @@ def run_demo(args: argparse.Namespace) -> None:
     names = [_method(name.strip(), args.ratio) for name in args.methods.split(",")]  # all checked before any work
     model, inputs, decode, path = load(args)
     print(f"clip: {path} ({args.frames} frames), question: {args.question!r}, ratio {args.ratio}\n")
-    rows, baseline = [], None
+    rows, baseline, widest = [], None, 0.0
     for name in names:
         with tokcompress.compress(model, name, ratio=None if name == "none" else args.ratio) as handle:
-            prefill = median_ms(lambda: model(**inputs), args.repeats, model.device.type)
+            times = run_times_ms(lambda: model(**inputs), args.repeats, model.device.type)
+            prefill, widest = statistics.median(times), max(widest, spread(times))
             stats = handle.stats
             out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
         baseline = baseline or prefill
@@ -140,6 +143,9 @@ def run_demo(args: argparse.Namespace) -> None:
     print(f"\nprefill: median of {args.repeats} runs after a warm-up; ideal: the same model fed only the kept tokens; "
           "tower: the share of the vision tower's frame- (or token-) layers computed; speed-up: against `none`; "
           "vs ideal: measured / ideal (1.00x = no overhead)")
+    if widest > UNSTEADY:
+        print(f"\nwarning: a method's prefill runs differed by {widest:.0%} of their median - the machine is busy, so "
+              "compare these timings with care (or raise --repeats)")
 
 
 def run_one(args: argparse.Namespace) -> None:

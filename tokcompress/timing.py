@@ -63,15 +63,25 @@ def timed_generate(
     return timed_generation(generation, repeats, device, new_tokens)
 
 
-def median_ms(function: Callable[[], object], repeats: int, device: str) -> float:
-    """Median milliseconds of `function()` over `repeats` runs, after one warm-up run."""
+def run_times_ms(function: Callable[[], object], repeats: int, device: str) -> list[float]:
+    """Milliseconds of each of `repeats` runs of `function()`, after one warm-up run."""
     function()
     times = []
     for _ in range(repeats):
         start = synchronized(device)
         function()
-        times.append(synchronized(device) - start)
-    return statistics.median(times) * 1e3
+        times.append((synchronized(device) - start) * 1e3)
+    return times
+
+
+def median_ms(function: Callable[[], object], repeats: int, device: str) -> float:
+    """Median milliseconds of `function()` over `repeats` runs, after one warm-up run."""
+    return statistics.median(run_times_ms(function, repeats, device))
+
+
+def spread(times: list[float]) -> float:
+    """(slowest − fastest) / median of repeated runs: how much a busy machine moved them."""
+    return (max(times) - min(times)) / statistics.median(times) if len(times) > 1 else 0.0
 
 
 def synchronized(device: str) -> float:
