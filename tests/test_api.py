@@ -146,6 +146,7 @@ def test_register_method_makes_a_custom_method_available(clip):
         ({"method": "framefusion", "similarity_threshold": 2.0}, ValueError, r"\[-1, 1\]"),
         ({"method": FastV(ratio=0.3), "layer": 1}, TypeError, "set them on the instance"),
         ({"method": 3}, TypeError, "Method class or instance"),
+        ({"method": Compose}, TypeError, r"Compose wraps other methods: pass an instance"),
     ],
 )
 def test_bad_input_fails_early_and_leaves_the_model_untouched(kwargs, error, message):

@@ -102,6 +102,11 @@ def build_method(method: str | Method | type[Method] | list, ratio: Any = None, 
             hint = f"did you mean {close[0]!r}? " if close else ""
             raise ValueError(f"unknown method {method!r}; {hint}known methods: {', '.join(list_methods())}")
         method_cls = METHODS[method]
+    elif isinstance(method, type) and issubclass(method, (Compose, EncoderOnly)):
+        raise TypeError(
+            f"{method.__name__} wraps other methods: pass an instance - EncoderOnly(EarlyTom()), "
+            "Compose([FrameDedup(), FrameFusion(ratio=0.3)]) - or a name: 'earlytom@encoder', 'framededup+framefusion'"
+        )
     elif isinstance(method, type) and issubclass(method, Method):
         method_cls = method
     else:
