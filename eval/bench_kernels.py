@@ -115,10 +115,13 @@ def time_call(function: Callable, args: tuple, repeats: int) -> tuple[float, flo
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--smoke", action="store_true", help="tiny shapes (the CPU run)")
-    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
+                        help="on a GPU (the CPU smoke run is float32)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu" and not args.smoke:  # the full sizes through TRITON_INTERPRET would take hours
+        parser.error("without a GPU only --smoke runs (the kernels go through the Triton interpreter)")
     name = torch.cuda.get_device_name().replace(" ", "-") if device == "cuda" else "cpu-interpreter-smoke"
     dtype = getattr(torch, args.dtype) if device == "cuda" else torch.float32
     sizes = [(n, d) for n in (200, 400) for d in SMOKE_SHAPES] if args.smoke else [

@@ -3,8 +3,10 @@
     python eval/plot_sweep.py results/sweeps/qwen2_5_vl_7b [--metric videomme=videomme_perception_score]
 
 Reads every `*_results.json` below the folder and its `*_samples_<task>.jsonl` siblings; the method and
-ratio of a run come from tokcompress's per-sample records, as do latency and achieved ratio. Writes
-sweep.csv, sweep.md, accuracy_vs_ratio.png and accuracy_vs_latency.png into the folder.
+ratio of a run come from tokcompress's per-sample records, as do latency and achieved ratio. A group task that
+lmms-eval reports without a score of its own (MVBench: 20 subtasks) becomes one column, the plain mean of its
+subtasks' scores (MVBench's own average). Writes sweep.csv, sweep.md, accuracy_vs_ratio.png and
+accuracy_vs_latency.png into the folder.
 """
 
 from __future__ import annotations
@@ -30,30 +32,55 @@ def collect(root: Path, preferred: dict[str, str]) -> list[dict]:
     rows = []
     for results_file in sorted(root.rglob("*_results.json")):
         results = json.loads(results_file.read_text())
-        stamp = results_file.name.removesuffix("_results.json")
-        for task, task_results in results.get("results", {}).items():
-            metric = headline_metric(task_results, preferred.get(task))
-            samples_file = results_file.with_name(f"{stamp}_samples_{task}.jsonl")
-            if metric is None or not samples_file.exists():
-                continue
-            records = [
-                counts
-                for line in samples_file.read_text().splitlines()
-                if line.strip()
-                for counts in json.loads(line).get("token_counts") or []
-                if counts and "method" in counts
-            ]
-            if not records:
-                continue
-            numbers = lambda key: [r[key] for r in records if r.get(key) is not None]  # noqa: E731
-            rows.append(dict(
-                task=task, method=records[0]["method"], ratio=records[0]["ratio"], metric=metric[0], score=metric[1],
-                achieved_ratio=round(mean(numbers("achieved_ratio") or [1.0]), 4),
-                prefill_ms=round(mean(numbers("prefill_ms")), 2) if numbers("prefill_ms") else None,
-                decode_ms_per_token=round(mean(numbers("decode_ms_per_token")), 3) if numbers("decode_ms_per_token") else None,
-                samples=len(records),
-            ))
+        run = _task_rows(results_file, results, preferred)
+        rows += _grouped(run, results.get("group_subtasks", {}))
     return sorted(rows, key=lambda r: (r["task"], r["method"] != "none", r["method"], -r["ratio"]))
+
+
+def _grouped(rows: list[dict], groups: dict[str, list[str]]) -> list[dict]:
+    """One run's rows with each scoreless group's subtasks folded into one row: the mean of their scores, their
+    costs weighted by samples."""
+    for group, subtasks in groups.items():
+        members = [r for r in rows if r["task"] in subtasks]
+        if not members or any(r["task"] == group for r in rows):
+            continue
+        samples = sum(r["samples"] for r in members)
+        weighted = lambda key: round(sum(r[key] * r["samples"] for r in members) / samples, 4)  # noqa: E731
+        timed = lambda key: weighted(key) if all(r[key] is not None for r in members) else None  # noqa: E731
+        rows = [r for r in rows if r not in members] + [dict(
+            members[0], task=group, score=mean(r["score"] for r in members), achieved_ratio=weighted("achieved_ratio"),
+            prefill_ms=timed("prefill_ms"), decode_ms_per_token=timed("decode_ms_per_token"), samples=samples,
+        )]
+    return rows
+
+
+def _task_rows(results_file: Path, results: dict, preferred: dict[str, str]) -> list[dict]:
+    """A row per task of one lmms-eval results file that has a metric and tokcompress's per-sample records."""
+    rows = []
+    stamp = results_file.name.removesuffix("_results.json")
+    for task, task_results in results.get("results", {}).items():
+        metric = headline_metric(task_results, preferred.get(task))
+        samples_file = results_file.with_name(f"{stamp}_samples_{task}.jsonl")
+        if metric is None or not samples_file.exists():
+            continue
+        records = [
+            counts
+            for line in samples_file.read_text().splitlines()
+            if line.strip()
+            for counts in json.loads(line).get("token_counts") or []
+            if counts and "method" in counts
+        ]
+        if not records:
+            continue
+        numbers = lambda key: [r[key] for r in records if r.get(key) is not None]  # noqa: E731
+        rows.append(dict(
+            task=task, method=records[0]["method"], ratio=records[0]["ratio"], metric=metric[0], score=metric[1],
+            achieved_ratio=round(mean(numbers("achieved_ratio") or [1.0]), 4),
+            prefill_ms=round(mean(numbers("prefill_ms")), 2) if numbers("prefill_ms") else None,
+            decode_ms_per_token=round(mean(numbers("decode_ms_per_token")), 3) if numbers("decode_ms_per_token") else None,
+            samples=len(records),
+        ))
+    return rows
 
 
 def write_tables(rows: list[dict], root: Path) -> None:
@@ -108,9 +135,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("root", type=Path)
     parser.add_argument("--metric", action="append", default=[], help="task=metric_name, to pick a task's headline metric")
     args = parser.parse_args(argv)
-    rows = collect(args.root, dict(item.split("=", 1) for item in args.metric))
+    if any("=" not in item for item in args.metric):
+        parser.error("--metric takes task=metric_name, e.g. videomme=videomme_perception_score")
+    preferred = dict(item.split("=", 1) for item in args.metric)
+    rows = collect(args.root, preferred)
     if not rows:
-        raise SystemExit(f"no lmms-eval results with tokcompress records under {args.root}")
+        hint = f" (or none has the metric asked for: {preferred})" if preferred else ""
+        raise SystemExit(f"no lmms-eval results with tokcompress records under {args.root}{hint}")
     write_tables(rows, args.root)
     plot(rows, args.root)
     print((args.root / "sweep.md").read_text())

@@ -20,7 +20,7 @@ inputs = tiny.video_inputs(model, read_frames(sample_clip("bikes.mp4"), 8, size=
 with tokcompress.compress(model, "fastv", ratio=0.3) as handle, torch.no_grad():
     first = model.generate(**inputs, max_new_tokens=8, do_sample=False, return_dict_in_generate=True)
     print("turn 1:", tiny.decode(first.sequences[0, inputs["input_ids"].shape[1] :].tolist()))
-    print("       ", handle.stats)
+    print("       ", handle.stats, f"- {handle.stats.decode_steps} decoding steps")
 
     follow_up = torch.tensor([tiny.text_ids("\nuser: and then?\nassistant:")])
     conversation = torch.cat([first.sequences, follow_up], dim=1)
@@ -29,4 +29,4 @@ with tokcompress.compress(model, "fastv", ratio=0.3) as handle, torch.no_grad():
         return_dict_in_generate=True, **{CACHE_KEYWORD: output_cache(first)},
     )
     print("turn 2:", tiny.decode(second.sequences[0, conversation.shape[1] :].tolist()))
-    print("       ", handle.stats)  # the same generation: its decoding steps keep counting
+    print("       ", handle.stats, f"- {handle.stats.decode_steps} decoding steps")  # one generation: they go on

@@ -121,3 +121,17 @@ def test_sweep_commands_and_plots(evaluations, tmp_path):
     assert float(rows[1]["achieved_ratio"]) == pytest.approx(0.3, abs=1 / 73)
     assert (tmp_path / "accuracy_vs_ratio.png").exists() and (tmp_path / "accuracy_vs_latency.png").exists()
     assert "| fastv | 0.3 |" in (tmp_path / "sweep.md").read_text()
+
+
+def test_a_group_task_without_a_score_of_its_own_becomes_one_column_the_mean_of_its_subtasks():
+    """MVBench in lmms-eval 0.7.3: 20 subtasks, no aggregate - one column, MVBench's own average."""
+    plot_sweep = load("plot_sweep")
+    row = dict(method="fastv", ratio=0.3, metric="accuracy", achieved_ratio=0.3, prefill_ms=10.0,
+               decode_ms_per_token=1.0)
+    rows = [dict(row, task="mvbench_a", score=0.5, samples=10), dict(row, task="mvbench_b", score=0.7, samples=30,
+                                                                     prefill_ms=20.0),
+            dict(row, task="videomme", score=0.6, samples=5)]
+    grouped = plot_sweep._grouped(rows, {"mvbench": ["mvbench_a", "mvbench_b"]})
+    assert sorted(r["task"] for r in grouped) == ["mvbench", "videomme"]
+    (mvbench,) = [r for r in grouped if r["task"] == "mvbench"]
+    assert mvbench["score"] == pytest.approx(0.6) and mvbench["samples"] == 40 and mvbench["prefill_ms"] == 17.5
