@@ -285,13 +285,14 @@ def plot(rows: list[dict], out: Path, stem: str) -> None:
     import matplotlib.pyplot as plt
 
     methods = [m for m in dict.fromkeys(r["method"] for r in rows) if m not in BASELINES]
+    style = {m: dict(color=plt.get_cmap("tab20")(i % 20), marker="os^Dv"[i // 20 % 5]) for i, m in enumerate(methods)}
     frames = sorted({r["frames"] for r in rows})
     baseline = {r["frames"]: r for r in rows if r["method"] == "none"}
-    figure, axes = plt.subplots(1, len(frames), figsize=(5 * len(frames), 4), squeeze=False)
+    figure, axes = plt.subplots(1, len(frames), figsize=(5 * len(frames) + 2, 4.5), squeeze=False)
     for axis, count in zip(axes[0], frames):
         for method in methods:
             points = sorted((r["ratio"], r["prefill_ms"]) for r in rows if r["method"] == method and r["frames"] == count)
-            axis.plot(*zip(*points), marker="o", label=method)
+            axis.plot(*zip(*points), label=method, **style[method])
         llm_side = [r for r in rows if r["method"] not in BASELINES and r["frames"] == count
                     and float(r.get("encoder_ratio", 1.0)) >= 0.999]  # their ideals share a full tower
         ratios = sorted({r["ratio"] for r in llm_side})
@@ -304,18 +305,18 @@ def plot(rows: list[dict], out: Path, stem: str) -> None:
         if stock:
             axis.axhline(stock[0]["prefill_ms"], color="brown", linestyle=":", label="stock (unpatched)")
         axis.set(title=f"{count} frames", xlabel="ratio", ylabel="prefill ms (median)")
-        axis.legend(fontsize=7)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     figure.suptitle(f"prefill latency vs ratio - {rows[0]['model']} on {rows[0]['device']}")
     figure.tight_layout()
     figure.savefig(out / f"{stem}_vs_ratio.png", dpi=110)
-    figure, axis = plt.subplots(figsize=(5.5, 4))
+    figure, axis = plt.subplots(figsize=(9, 4.5))
     for method in methods:
-        for ratio in sorted({r["ratio"] for r in rows if r["method"] == method}):
+        for ratio, line in zip(sorted({r["ratio"] for r in rows if r["method"] == method}), ("-", "--", ":", "-.")):
             points = sorted((r["frames"], baseline[r["frames"]]["prefill_ms"] / r["prefill_ms"])
                             for r in rows if r["method"] == method and r["ratio"] == ratio and r["frames"] in baseline)
-            axis.plot(*zip(*points), marker="o", label=f"{method} @ {ratio:g}")
+            axis.plot(*zip(*points), linestyle=line, label=f"{method} @ {ratio:g}", **style[method])
     axis.set(xlabel="frames", ylabel="prefill speed-up vs none", title=f"{rows[0]['model']} on {rows[0]['device']}")
-    axis.legend(fontsize=6, ncol=2)
+    axis.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.02, 1.0))
     figure.tight_layout()
     figure.savefig(out / f"{stem}_speedup.png", dpi=110)
 
