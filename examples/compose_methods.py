@@ -13,7 +13,7 @@ from tokcompress import tiny
 from tokcompress.methods import FrameDedup, FrameFusion
 from tokcompress.video import read_frames, sample_clip
 
-parser = argparse.ArgumentParser(description=__doc__)
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--video", default=str(sample_clip("carphone_pristine.mp4")))  # a mostly static clip
 parser.add_argument("--frames", type=int, default=16)
 args = parser.parse_args()

@@ -39,7 +39,7 @@ model = LlavaHf(pretrained=checkpoint, max_frames_num=8, method=args.method, rat
 results = simple_evaluate(model=model, tasks=args.tasks, batch_size=1, log_samples=True,
                           task_manager=TaskManager(include_path=str(TASKS), model_name="llava_hf"))
 for task, metrics in results["results"].items():
-    print(task, {k: v for k, v in metrics.items() if isinstance(v, float)})
+    print(task, {k: round(float(v), 4) for k, v in metrics.items() if isinstance(v, float)})
 for sample in results["samples"][args.tasks[0]][:3]:
     (counts,) = sample["token_counts"]
     print({k: counts[k] for k in ("method", "visual_tokens_in", "visual_tokens_out", "achieved_ratio", "prefill_ms")})

@@ -16,7 +16,7 @@ from tokcompress import tiny  # noqa: E402
 from tokcompress.timing import median_ms  # noqa: E402
 from tokcompress.video import read_frames, sample_clip  # noqa: E402
 
-parser = argparse.ArgumentParser(description=__doc__)
+parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
 parser.add_argument("--methods", nargs="+", default=["uniform", "tome", "fastv", "framefusion", "framededup"])
 parser.add_argument("--ratios", type=float, nargs="+", default=[0.15, 0.3, 0.5])
 parser.add_argument("--frames", type=int, default=16)
@@ -29,6 +29,7 @@ inputs = tiny.video_inputs(model, read_frames(sample_clip("bikes.mp4"), args.fra
 torch.set_grad_enabled(False)
 baseline = median_ms(lambda: model(**inputs), args.repeats, "cpu")
 print(f"{'method':12s} {'ratio':>5s} {'tokens/layer':>12s} {'prefill ms':>10s} {'speed-up':>8s}")
+print(f"{'none':12s} {1.0:5.2f} {'all':>12s} {baseline:10.1f} {1.0:7.2f}x")
 figure, axis = plt.subplots(figsize=(6, 4))
 for method in args.methods:
     points = []

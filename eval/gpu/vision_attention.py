@@ -9,6 +9,7 @@ still clip (every temporal patch the same) the folded tower must give the unfold
 
 from __future__ import annotations
 
+import argparse
 import csv
 import sys
 from pathlib import Path
@@ -88,4 +89,9 @@ def main(out: Path = Path(__file__).parents[1] / "results") -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main(Path(sys.argv[1]) if len(sys.argv) > 1 else Path(__file__).parents[1] / "results"))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("out", type=Path, nargs="?", default=Path(__file__).parents[1] / "results")
+    arguments = parser.parse_args()
+    if not torch.cuda.is_available():
+        parser.error("a GPU only measurement (no CUDA device here)")
+    raise SystemExit(main(arguments.out))
