@@ -16,7 +16,17 @@ import tokcompress
 from tokcompress import tiny
 from tokcompress.layout import VisualLayout
 from tokcompress.methods import (
-    METHODS, DivPrune, DyCoke, FrameDedup, FrameFusion, LayerBudget, PDrop, PruneVid, SparseVLM, ToMe, VidCom2,
+    METHODS,
+    DivPrune,
+    DyCoke,
+    FrameDedup,
+    FrameFusion,
+    LayerBudget,
+    PDrop,
+    PruneVid,
+    SparseVLM,
+    ToMe,
+    VidCom2,
 )
 from tokcompress.methods.base import DecodeSample, LayerSample
 
