@@ -53,14 +53,15 @@ def prefill_syncs(model, inputs) -> int:
 
 
 @pytest.mark.parametrize("method", sorted(COMPRESSING))
-def test_a_prefills_host_syncs_do_not_grow_with_the_frames(clip, method):
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])  # a batched tower, a packed windowed one
+def test_a_prefills_host_syncs_do_not_grow_with_the_frames(clip, family, method):
     """8 more frames add fewer than 4 syncs (a per-frame loop adds 8 or more; FrameFusion's chain following is
     logarithmic in the frames)."""
-    model = model_for("llava_onevision")
+    model = model_for(family)
     clips = (clip, torch.cat([clip, clip.flip(0)]))
     with tokcompress.compress(model, method, ratio=0.3):
-        short, long = (prefill_syncs(model, inputs_for("llava_onevision", frames, "What?")) for frames in clips)
-    assert long - short < 4, f"{method}: {short} syncs for 8 frames, {long} for 16"
+        short, long = (prefill_syncs(model, inputs_for(family, frames, "What?")) for frames in clips)
+    assert long - short < 4, f"{method} on {family}: {short} syncs for 8 frames, {long} for 16"
 
 
 def decode_step_syncs(model, inputs) -> float:
