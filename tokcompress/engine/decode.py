@@ -128,11 +128,9 @@ def _decode_selection(
 def select_key_mask(mask, index: torch.Tensor, valid: torch.Tensor | None, attn_implementation: str):
     """The layer's attention mask restricted to the key columns `index` (invalid columns masked out; None:
     every column valid)."""
-    if valid is None:
-        valid = torch.ones_like(index, dtype=torch.bool)
-        if mask is None:
-            return None
     if mask is None:
+        if valid is None:
+            return None
         if attn_implementation == "eager":
             blocked = torch.finfo(torch.float32).min
             return torch.where(valid, 0.0, blocked)[:, None, None, :]
@@ -142,6 +140,8 @@ def select_key_mask(mask, index: torch.Tensor, valid: torch.Tensor | None, attn_
     columns = index.view(index.shape[0], *([1] * (mask.ndim - 2)), index.shape[1])
     columns = columns.expand(*mask.shape[:-1], index.shape[1])
     selected = mask.gather(-1, columns)
+    if valid is None:
+        return selected
     keep = valid.view_as(index).view(index.shape[0], *([1] * (mask.ndim - 2)), index.shape[1])
     if selected.dtype == torch.bool:
         return selected & keep

@@ -281,9 +281,15 @@ def folds_in_tower(method: Method, adapter: Adapter) -> bool:
     return IN_ENCODER in method.stages and adapter.tower_frames is not None
 
 
+def folds_tokens_in_tower(method: Method, adapter: Adapter) -> bool:
+    """Whether the method folds tokens (not whole frames) inside this tower: its later layers then attend with
+    each folded token's log(size)."""
+    return folds_in_tower(method, adapter) and method.in_encoder_unit == "token"
+
+
 def check_tower_folding(method: Method, adapter: Adapter) -> None:
     """ValueError, naming the fix, where folding tokens inside this tower cannot work."""
-    if not folds_in_tower(method, adapter) or method.in_encoder_unit != "token":
+    if not folds_tokens_in_tower(method, adapter):
         return
     implementation = compat.attention_implementation(adapter.vision_tower.config)
     if adapter.tower_frames == BATCHED and "flash" in implementation:

@@ -343,6 +343,12 @@ def tower_attention(layout: VisualLayout, method: str) -> torch.Tensor:
     return layout.saliency
 
 
+def true_first(mask: torch.Tensor) -> torch.Tensor:
+    """Indices of `mask`'s True entries, then its False ones, each in order: with the True count known,
+    `mask.nonzero()` (or `~mask`'s) is a slice of it, without the host sync a boolean index takes."""
+    return torch.sort((~mask).to(torch.int8), stable=True).indices
+
+
 def top_tokens(scores: torch.Tensor, count: int, always: torch.Tensor | None = None) -> torch.Tensor:
     """Sorted indices of the `count` highest-scoring tokens; tokens in `always` (bool) come first.
 

@@ -20,6 +20,7 @@ from .base import (
     proportional_split,
     top_tokens_per_group,
     tower_attention,
+    true_first,
     video_grids,
 )
 
@@ -101,7 +102,7 @@ class FastVID(Method):
         if not chosen:
             return
         members = [  # each anchor's non-salient tokens, in order
-            grid[f][torch.sort((~others[f]).to(torch.int8), stable=True).indices[:size]] for _, f, _, size in chosen
+            grid[f][true_first(others[f])[:size]] for _, f, _, size in chosen
         ]
         _, centres = grouped_density_peaks([features[m] for m in members], [count for _, _, count, _ in chosen], 4)
         peaks = torch.nn.utils.rnn.pad_sequence(members, batch_first=True).gather(1, centres.clamp_min(0))

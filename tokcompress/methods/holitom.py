@@ -23,6 +23,7 @@ from .base import (
     top_tokens,
     top_tokens_per_group,
     tower_attention,
+    true_first,
     video_grids,
 )
 
@@ -126,7 +127,7 @@ class HoliTom(Method):
             windows, statics, _ = self._static_plan(similarity, float(levels[low]), grid.numel())
         groups = []  # (tokens (rows, units), is_static): a window's static cells, or one frame's dynamic tokens
         for (start, end), (static, count) in zip(windows, statics):
-            cells = torch.sort((~static).to(torch.int8), stable=True).indices  # static first, each in order
+            cells = true_first(static)
             if count:
                 groups.append((grid[start:end, cells[:count]], True))
             groups += [(frame[None], False) for frame in grid[start:end, cells[count:]]]

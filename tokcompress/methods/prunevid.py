@@ -9,7 +9,18 @@ import torch
 
 from ..layout import VisualLayout
 from ..ops import density_peak_clusters, fold_clusters
-from .base import IN_LLM, PRE_LLM, LayerBudget, LayerSample, Method, ModelSpec, TokenReduction, check_int, top_tokens
+from .base import (
+    IN_LLM,
+    PRE_LLM,
+    LayerBudget,
+    LayerSample,
+    Method,
+    ModelSpec,
+    TokenReduction,
+    check_int,
+    top_tokens,
+    true_first,
+)
 
 PAPER_LAYER, PAPER_DEPTH = 10, 28  # layer 10 of the 7B LLMs' 28
 MIN_TO_CLUSTER = 14  # the official code clusters a group only above 14 tokens
@@ -111,7 +122,7 @@ def merge_destinations(
         statics = [static_cells(features[window], tau) for window in windows]
         counts = torch.stack([static.sum() for static in statics]).tolist()  # one sync per video
         for window, static, count in zip(windows, statics, counts):
-            cells = torch.sort((~static).to(torch.int8), stable=True).indices  # static first, each in order
+            cells = true_first(static)
             if count:  # every frame's token of each static cell
                 groups.append((window[:, cells[:count]], _cluster_count(count, cluster_ratio)))
             dynamic = window.shape[1] - count

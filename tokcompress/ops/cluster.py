@@ -71,19 +71,23 @@ def fold_clusters(
     window's frames) into one of its `clusters[g]` density-peak clusters of the units (their mean over the
     rows), each cluster landing on its earliest token (DPC-KNN with k = `neighbours`). Every unit is its own
     cluster when `clusters[g]` ≥ n. All groups at once, without a host sync."""
-    nonempty = [(tokens, count) for tokens, count in zip(groups, clusters) if tokens.shape[1]]
-    if not nonempty:
+    groups = [(tokens, count) for tokens, count in zip(groups, clusters) if tokens.shape[1]]
+    if not groups:
         return
-    groups, clusters = [tokens for tokens, _ in nonempty], [count for _, count in nonempty]
-    units = [features[tokens].float().mean(dim=0) for tokens in groups]
-    assignment, _ = grouped_density_peaks(units, clusters, neighbours)
-    whole = [torch.arange(tokens.shape[1], device=features.device) for tokens in groups]  # its own cluster each
-    width = assignment.shape[1]
-    cluster_of = torch.cat([
-        (index if count >= tokens.shape[1] else assignment[g, : tokens.shape[1]]).repeat(tokens.shape[0]) + g * width
-        for g, (tokens, count, index) in enumerate(zip(groups, clusters, whole))
-    ])
-    everything = torch.cat([tokens.reshape(-1) for tokens in groups])
+    clustered = [g for g, (tokens, count) in enumerate(groups) if count < tokens.shape[1]]  # others: one per unit
+    found = None
+    if clustered:
+        units = [features[groups[g][0]].float().mean(dim=0) for g in clustered]
+        found, _ = grouped_density_peaks(units, [groups[g][1] for g in clustered], neighbours)
+    row_of = {g: row for row, g in enumerate(clustered)}
+    width = max(tokens.shape[1] for tokens, _ in groups)
+    cluster_of = []  # per token of every group, its cluster, numbered apart for each group
+    for g, (tokens, _) in enumerate(groups):
+        count = tokens.shape[1]
+        cluster = found[row_of[g], :count] if g in row_of else torch.arange(count, device=features.device)
+        cluster_of.append(cluster.repeat(tokens.shape[0]) + g * width)
+    cluster_of = torch.cat(cluster_of)
+    everything = torch.cat([tokens.reshape(-1) for tokens, _ in groups])
     earliest = torch.full((len(groups) * width,), len(destination), device=features.device)
     earliest = earliest.scatter_reduce(0, cluster_of, everything, reduce="amin")
     destination[everything] = earliest[cluster_of]
