@@ -28,6 +28,8 @@ import torch
 from tqdm import tqdm
 from transformers import (
     AutoModelForImageTextToText,
+    Glm4vConfig,
+    Glm4vForConditionalGeneration,
     InternVLConfig,
     InternVLForConditionalGeneration,
     LlavaNextVideoConfig,
@@ -84,10 +86,11 @@ QWEN3_VISION = dict(  # Qwen3-VL's and Qwen3.5's tower (SigLIP-2 shape, 16 px pa
 STOCK = "stock"  # the unpatched model, as users run it
 BASELINES = ("none", STOCK)  # measured once, at ratio 1
 SPECIAL_TOKENS = ("video_token_id", "image_token_id", "vision_start_token_id", "vision_end_token_id",
-                  "video_token_index", "image_token_index")  # config ids the random prompt text must avoid
+                  "video_token_index", "image_token_index", "image_start_token_id", "image_end_token_id",
+                  "video_start_token_id", "video_end_token_id")  # config ids the random prompt text must avoid
 MODEL_NAMES = (
     "llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b",
-    "internvl3-8b", "small", "small-qwen2.5-vl",
+    "internvl3-8b", "glm-4.1v-9b", "small", "small-qwen2.5-vl",
 )
 INTERNVL_IMAGE_START, INTERNVL_IMAGE_END = 151665, 151666  # <img>, </img>
 
@@ -142,6 +145,11 @@ def named_model(name: str, dtype: torch.dtype, device: str):
             vision_feature_select_strategy="default",
         )
         cls = InternVLForConditionalGeneration
+    elif name == "glm-4.1v-9b":  # transformers' GLM-4.1V defaults: 40 layers of 4096 (2 KV heads), a 24-block tower
+        config = Glm4vConfig(text_config={"rope_parameters": {
+            "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [8, 12, 12],
+        }})
+        cls = Glm4vForConditionalGeneration
     elif name == "small":
         config = LlavaOnevisionConfig(
             text_config=dict(model_type="qwen2", hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
@@ -177,18 +185,27 @@ def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
     special = {getattr(config, name, None) for name in SPECIAL_TOKENS}
     ordinary = torch.tensor([i for i in range(10, min(1000, config.get_text_config().vocab_size)) if i not in special])
     text = ordinary[torch.randint(len(ordinary), (prompt_tokens,), generator=torch.Generator().manual_seed(0))]
-    if config.model_type in ("qwen2_5_vl", "qwen3_vl", "qwen3_5"):
+    if config.model_type in ("qwen2_5_vl", "qwen3_vl", "qwen3_5", "glm4v"):
         patch = config.vision_config.patch_size
         pixels, grid = qwen_vl_pixels(frames, 32 * patch, 32 * patch, patch_size=patch)  # 448 px / 512 px
         t, h, w = grid[0].tolist()
-        span = [config.vision_start_token_id] + [config.video_token_id] * (h * w // 4) + [config.vision_end_token_id]
-        if config.model_type != "qwen2_5_vl":  # each temporal patch: `<t seconds>` (6 tokens) + its own span
-            video = torch.cat([torch.cat([text[:6], torch.tensor(span)]) for _ in range(t)])
+        if config.model_type == "glm4v":  # video start, per temporal patch its image span and second, video end
+            span = [config.image_start_token_id] + [config.image_token_id] * (h * w // 4) + [config.image_end_token_id]
+            units = [torch.cat([torch.tensor(span), text[:1]]) for _ in range(t)]
+            start, end = torch.tensor([config.video_start_token_id]), torch.tensor([config.video_end_token_id])
+            video = torch.cat([start, *units, end])
+        elif config.model_type != "qwen2_5_vl":  # each temporal patch: `<t seconds>` (6 tokens) + its own span
+            span = torch.tensor([config.vision_start_token_id, *[config.video_token_id] * (h * w // 4),
+                                 config.vision_end_token_id])
+            video = torch.cat([torch.cat([text[:6], span]) for _ in range(t)])
         else:
-            video = torch.tensor(span[:1] + [config.video_token_id] * (t * h * w // 4) + span[-1:])
+            video = torch.tensor([config.vision_start_token_id, *[config.video_token_id] * (t * h * w // 4),
+                                  config.vision_end_token_id])
         ids = torch.cat([text[:8], video, text[8:]])
-        return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long),
-                    pixel_values_videos=pixels, video_grid_thw=grid, mm_token_type_ids=(ids == config.video_token_id).long()[None] * 2)
+        placeholder = adapter_for(model).video_token_id
+        mask, types = torch.ones(1, len(ids), dtype=torch.long), (ids == placeholder).long()[None] * 2
+        return dict(input_ids=ids[None], attention_mask=mask, pixel_values_videos=pixels, video_grid_thw=grid,
+                    mm_token_type_ids=types)
     if config.model_type == "internvl":  # frames as images: `FrameN: <img>` (4 tokens) + 256 tokens + `</img>`
         pixels = resize_normalize(frames, 448, 448, IMAGENET_MEAN, IMAGENET_STD)
         frame = [INTERNVL_IMAGE_START] + [config.image_token_id] * config.image_seq_length + [INTERNVL_IMAGE_END]

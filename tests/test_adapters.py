@@ -1,5 +1,6 @@
 """Each family's adapter against the model's own placement of a real clip: the frames × grid it hands the
-methods must be where the model put each frame's features."""
+methods must be where the model put each frame's features, and the queries and keys it projects must be the
+ones the model attends with."""
 
 from __future__ import annotations
 
@@ -9,8 +10,20 @@ import torch
 import tokcompress
 from tokcompress import tiny
 from tokcompress.adapters import adapter_for
+from tokcompress.engine.groups import sample_row
 
-from .conftest import COMPRESSING, FAMILIES, FRAME_GRANULAR, TINY, generate, inputs_for, logits, model_for, shorter
+from .conftest import (
+    COMPRESSING,
+    FAMILIES,
+    FRAME_GRANULAR,
+    TINY,
+    generate,
+    inputs_for,
+    logits,
+    model_for,
+    shorter,
+    softmax_layers,
+)
 
 
 def placed_embeddings(model, inputs) -> torch.Tensor:
@@ -28,7 +41,8 @@ def placed_embeddings(model, inputs) -> torch.Tensor:
 
 
 def test_every_supported_model_type_has_a_tiny_family_under_the_contract_suite():
-    covered_by_subclass = {"qwen2_vl"}  # Qwen2_5_VLAdapter's parent: same placement, tested through it
+    # Qwen2_5_VLAdapter's parent (same placement) and GLM-4.1V's twin (the same modules), tested through them
+    covered_by_subclass = {"qwen2_vl", "glm46v"}
     assert set(tokcompress.list_models()) - covered_by_subclass == set(FAMILIES)
 
 
@@ -53,6 +67,49 @@ def test_the_layout_is_where_the_model_placed_each_frame(family, clip):
         in_full = layout.frame == unit
         assert layout.spatial[in_full].tolist() == list(range(height * width))
         torch.testing.assert_close(embeddings[layout.positions[in_full]], placed_embeddings(model, alone)[cells])
+
+
+def test_the_adapters_queries_and_keys_give_the_models_own_attention_map(family, clip):
+    """What query-guided methods score with - `project_queries` / `project_keys` on a layer's input, with its
+    rotary tables - reproduces the eager model's attention rows at that layer (head by head, every row)."""
+    model = model_for(family, "eager")
+    adapter = adapter_for(model)
+    index = softmax_layers(model)[1]
+    layer, seen = adapter.layers[index], {}
+    hook = layer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.update(
+            hidden=args[0] if args else kwargs["hidden_states"], tables=kwargs["position_embeddings"]
+        ),
+        with_kwargs=True,
+    )
+    try:
+        with torch.no_grad():
+            output = model(**inputs_for(family, clip, "Who?"), output_attentions=True)
+        attentions = dict(zip(softmax_layers(model), output.attentions))
+    finally:
+        hook.remove()
+    hidden = seen["hidden"][0]
+    cos, sin = (sample_row(table, 0) for table in seen["tables"])
+    with torch.no_grad():
+        queries, keys = adapter.project_queries(layer, hidden, cos, sin), adapter.project_keys(layer, hidden, cos, sin)
+    keys = keys.repeat_interleave(len(queries) // len(keys), dim=0)
+    scores = queries @ keys.transpose(1, 2) / queries.shape[-1] ** 0.5
+    future = torch.ones(len(hidden), len(hidden), dtype=torch.bool).triu(1)
+    torch.testing.assert_close(scores.masked_fill(future, float("-inf")).softmax(-1), attentions[index][0])
+
+
+@pytest.mark.parametrize("method", ["framefusion", "vidtldr"])
+def test_glm46v_runs_as_glm41v_under_another_name(clip, method):
+    """GLM-4.6V's model is GLM-4.1V's modules (built alike, the same weights): compressed, it keeps the same tokens
+    and gives the same logits."""
+    inputs = inputs_for("glm4v", clip, "What is moving?")
+    outcomes = []
+    for model in (model_for("glm4v"), tiny.tiny_glm46v()):
+        with tokcompress.compress(model, method, ratio=0.3) as handle:
+            outcomes.append((logits(model, inputs), handle.stats.samples[0].kept_positions))
+        assert adapter_for(model).model_type == model.config.model_type
+    torch.testing.assert_close(outcomes[0][0], outcomes[1][0], rtol=0, atol=0)
+    assert outcomes[0][1] == outcomes[1][1]
 
 
 def two_videos_in_one_prompt(family, first, second) -> dict:
@@ -106,6 +163,18 @@ def internvl_images_and_a_video(clip) -> dict:
     ids = torch.tensor([ids + tiny.text_ids("\nWhat changes?")])
     pixels = tiny.internvl_inputs(clip[:6], "")["pixel_values"]  # 1 + 2 + 3 images
     return {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values": pixels}
+
+
+def test_glm_reads_a_video_off_its_span_and_leaves_the_prompts_image_alone(clip):
+    """GLM-4V's images and video frames share one placeholder id: only the tokens inside the video's span are the
+    video's. (Layout only: the stock model itself cannot run a prompt holding both, transformers 5.23-5.25 - it
+    scatters the image's features over every image token, the video's included.)"""
+    video = inputs_for("glm4v", clip, "And this video?")
+    image = torch.tensor([tiny.VISION_START, *[tiny.VIDEO] * 16, tiny.VISION_END, *tiny.text_ids("See this image.")])
+    ids = torch.cat([image[None], video["input_ids"]], dim=1)
+    (layout,) = adapter_for(model_for("glm4v")).visual_layouts({**video, "input_ids": ids})
+    assert layout.grids == ((4, 4, 4),)
+    assert layout.positions.tolist() == (video["mm_token_type_ids"][0] == 2).nonzero()[:, 0].add(len(image)).tolist()
 
 
 def test_internvl_reads_runs_of_single_tile_images_as_a_video_and_leaves_other_images_alone(clip):

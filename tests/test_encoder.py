@@ -6,10 +6,10 @@ import pytest
 import torch
 
 import tokcompress
-from tokcompress.adapters import adapter_for
+from tokcompress.adapters import ADAPTERS, adapter_for
 from tokcompress.methods import Compose, FastV, FrameDedup, FrameFusion, UniformSample, VisionZip, build_method
 
-from .conftest import TINY, generate, inputs_for, logits, model_for, shorter
+from .conftest import FAMILIES, TINY, generate, inputs_for, logits, model_for, shorter
 
 
 def count_tower_units(model, family):
@@ -128,8 +128,8 @@ def test_compositions_are_refused_when_two_methods_share_a_stage_or_a_list_gets_
         tokcompress.patch(model_for("llava_onevision"), ["framededup", "fastv"], layer=1)
 
 
-# windows (Qwen2.5-VL) / frames (Qwen3-VL), each looped over by stock sdpa
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe", "qwen3_5"])
+# windows (Qwen2.5-VL) / frames (Qwen3-VL, GLM-4.1V), each looped over by stock sdpa
+@pytest.mark.parametrize("family", [f for f in FAMILIES if ADAPTERS[f].packed_vision_attention])
 def test_packed_vision_attention_matches_the_stock_window_loop(family, clip, monkeypatch):
     """Forced on (the CPU has no fused varlen kernel: the block-diagonal reference stands in), Qwen's tower gives
     the stock features; unpatching restores the stock attention."""

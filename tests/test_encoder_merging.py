@@ -181,10 +181,11 @@ def test_a_pre_encoder_method_and_an_in_encoder_one_compose(family, clip):
     assert abs(stats.achieved_ratio - 0.3) * stats.visual_in <= 1
 
 
-@pytest.mark.parametrize("llm_side", [FrameFusion(ratio=0.3), FastV(ratio=0.3)])
+@pytest.mark.parametrize("llm_side", [FrameFusion(ratio=0.3), FastV(ratio=0.3), VisionZip(ratio=0.3)])
 @pytest.mark.parametrize("family", FOLDING)
 def test_the_encoder_stage_of_a_method_alone_composes_with_an_llm_side_one(family, llm_side, clip, other_clip):
-    """EarlyTom's folding inside the tower, then an LLM-side method on the frames that stood, one budget."""
+    """EarlyTom's folding inside the tower, then an LLM-side method on the frames that stood, one budget
+    (VisionZip: ranked by the tower attention of the units that stood, videos of different lengths in a batch)."""
     model = model_for(family)
     inputs = inputs_for(family, still(clip), "What is here?")
     method = [EncoderOnly(EarlyTom(ratio=0.3)), llm_side]
@@ -325,13 +326,13 @@ def test_vidtldr_leaves_the_later_tower_layers_fewer_tokens_and_expands_the_outp
     assert abs(stats.achieved_ratio - 0.3) * stats.visual_in <= 1
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "glm4v"])
 def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their_places(family, clip, monkeypatch):
     """After layer 0 every temporal patch keeps 48 of its 64 rows: layer 1 gets exactly those rows' rotary rows
-    and attention segments (Qwen2.5-VL here windowed: 4×4-patch windows that lost some rows; Qwen3-VL: each
+    and attention segments (Qwen2.5-VL here windowed: 4×4-patch windows that lost some rows; Qwen3-VL, GLM: each
     unit whole) and attends with log(size) on each key (proportional attention, through ours: the stock
-    attention takes no bias), and the merger reads all 64 rows again, the folded ones repeating their kept
-    token."""
+    attention takes no bias), and the readout (the merger; GLM's post-norm) reads all 64 rows again, the folded
+    ones repeating their kept token."""
     from tokcompress.engine import compat
 
     model = model_for(family)
@@ -351,7 +352,7 @@ def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their
                 visual.blocks[1].register_forward_pre_hook(
                     lambda m, a, k: seen.update(rows=a[0].shape[0], segments=k["cu_seqlens"],
                                                 rotary=k["position_embeddings"][0]), with_kwargs=True),
-                visual.merger.register_forward_pre_hook(lambda m, a: seen.update(merger=a[0])),
+                adapter_for(model).tower_readouts()[0].register_forward_pre_hook(lambda m, a: seen.update(merger=a[0])),
                 *(visual.blocks[layer].attn.register_forward_pre_hook(
                     lambda m, a, k, layer=layer: seen.update({f"bias{layer}": k.get(compat.KEY_BIAS)}),
                     with_kwargs=True) for layer in (0, 1)),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import io
 import threading
 
@@ -66,6 +67,8 @@ def test_beam_search_scores_every_hypothesis_as_decoding_it_alone(family, clip, 
     """Beam scores (raw sums, length_penalty 0) equal teacher-forcing each returned hypothesis by itself."""
     model = model_for(family)
     inputs = inputs_for(family, clip, "What is moving?")
+    if not _stock_beam_search_works(family, clip):
+        pytest.skip(f"the stock {family} model cannot beam-search a video")
     knobs = {"decode_keep": 0.25, "decode_layer": 1, "reselect_threshold": -1.0} if method == "dycoke" else {}
     with tokcompress.compress(model, method, ratio=0.3, **knobs) as handle, torch.no_grad():
         out = model.generate(
@@ -76,6 +79,17 @@ def test_beam_search_scores_every_hypothesis_as_decoding_it_alone(family, clip, 
         prompt = inputs["input_ids"].shape[1]
         for hypothesis, score in zip(out.sequences[:, prompt:], out.sequences_scores):
             assert _teacher_forced_log_prob(model, inputs, hypothesis) == pytest.approx(float(score), abs=1e-4)
+
+
+@functools.cache
+def _stock_beam_search_works(family: str, clip: torch.Tensor) -> bool:
+    """GLM-4V's (transformers 5.23-5.25) cannot: it expands a video's features for the beams by counting
+    `video_token_id` in the prompt, which holds image tokens only (its videos' placeholders)."""
+    try:
+        generate(model_for(family), inputs_for(family, clip, "What is moving?"), max_new_tokens=1, num_beams=2)
+    except ValueError:
+        return False
+    return True
 
 
 def _visual_count(inputs) -> int:

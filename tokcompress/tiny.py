@@ -10,6 +10,12 @@ import math
 
 import torch
 from transformers import (
+    Glm4vConfig,
+    Glm4vForConditionalGeneration,
+    Glm4vMoeConfig,
+    Glm4vMoeForConditionalGeneration,
+    Glm46VConfig,
+    Glm46VForConditionalGeneration,
     InternVLConfig,
     InternVLForConditionalGeneration,
     LlavaNextVideoConfig,
@@ -38,7 +44,9 @@ from .video import (
 )
 
 PAD, IMAGE, VIDEO, VISION_START, VISION_END = 256, 257, 258, 259, 260
+VIDEO_START, VIDEO_END = 262, 263  # GLM-4.1V's video span (261 is the tiny checkpoint's end of turn)
 VOCAB = 264
+
 def _text_config(num_layers: int, hidden_size: int, **extra) -> dict:
     """A 4-head (2 KV heads) decoder over the byte vocabulary."""
     return dict(
@@ -168,6 +176,46 @@ def tiny_internvl(
     return _build(InternVLForConditionalGeneration, config, attn_implementation, seed)
 
 
+def tiny_glm4v(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """GLM-4.1V with a 2-block vision tower (patch 14, temporal patch 2, merge 2, 112-px position table) and a GLM-4
+    decoder (M-RoPE on interleaved pairs of half of head_dim 16). Its image token is tiny.VIDEO: inside a video's
+    span, GLM's video tokens are image tokens."""
+    return _glm4v(Glm4vConfig, Glm4vForConditionalGeneration, num_layers, attn_implementation, seed, hidden_size)
+
+
+def tiny_glm46v(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """GLM-4.6V: GLM-4.1V's tower and decoder under its own config."""
+    return _glm4v(Glm46VConfig, Glm46VForConditionalGeneration, num_layers, attn_implementation, seed, hidden_size)
+
+
+def tiny_glm4v_moe(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """GLM-4.5V: GLM-4.1V's tower over a mixture-of-experts decoder (rotate-half M-RoPE on half of each head; after
+    a dense first layer, 4 routed experts, 2 per token, beside a shared one)."""
+    return _glm4v(
+        Glm4vMoeConfig, Glm4vMoeForConditionalGeneration, num_layers, attn_implementation, seed, hidden_size,
+        n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden_size, first_k_dense_replace=1,
+        n_group=1, topk_group=1,
+    )
+
+
+def _glm4v(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size, **text_extra):
+    config = config_cls(
+        text_config=_text_config(
+            num_layers, hidden_size, **text_extra,
+            rope_parameters={
+                "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1],
+            },
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size, patch_size=14,
+            temporal_patch_size=2, spatial_merge_size=2, image_size=112,
+        ),
+        image_token_id=VIDEO, video_token_id=IMAGE, image_start_token_id=VISION_START, image_end_token_id=VISION_END,
+        video_start_token_id=VIDEO_START, video_end_token_id=VIDEO_END,
+    )
+    return _build(model_cls, config, attn_implementation, seed)
+
+
 def _qwen3_vl(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size, **text_extra):
     config = config_cls(
         text_config=_text_config(
@@ -247,17 +295,21 @@ TINY_MODELS = {
     "qwen3_vl_moe": tiny_qwen3_vl_moe,
     "qwen3_5": tiny_qwen3_5,
     "internvl": tiny_internvl,
+    "glm4v": tiny_glm4v,
+    "glm4v_moe": tiny_glm4v_moe,
+    "glm46v": tiny_glm46v,
 }
 
 
 def qwen_vl_inputs(
     frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], size: int = 112, patch_size: int = 14,
-    fps: float | None = None,
+    fps: float | None = None, glm: bool = False,
 ) -> dict:
-    """Model inputs for one video per prompt (videos may have different frame counts), as the Qwen-VL processors
-    lay them out: vision start + all the video's tokens + vision end (Qwen2/2.5-VL) or, given the `fps`
-    (Qwen3-VL, Qwen3.5), each temporal patch on its own: `<t seconds>` + vision start + its tokens + vision end
-    (t: the patch's mean frame time)."""
+    """Model inputs for one video per prompt (videos may have different frame counts), as the Qwen-VL and GLM-4.1V
+    processors lay them out: vision start + all the video's tokens + vision end (Qwen2/2.5-VL); given the `fps`,
+    each temporal patch on its own: `<t seconds>` + vision start + its tokens + vision end (Qwen3-VL, Qwen3.5;
+    t: the patch's mean frame time); with `glm`, video start, then per temporal patch image start + its tokens +
+    image end + its first frame's whole second, then video end (GLM-4.1V)."""
     frames = [frames] if isinstance(frames, torch.Tensor) else frames
     questions = [questions] * len(frames) if isinstance(questions, str) else questions
     patches, grids, rows = [], [], []
@@ -266,13 +318,14 @@ def qwen_vl_inputs(
         t, h, w = grid[0].tolist()
         patches.append(flat)
         grids.append(grid)
-        if fps is None:
+        unit = [VISION_START] + [VIDEO] * (h * w // 4) + [VISION_END]
+        if glm:
+            seconds = (text_ids(str(int(2 * i / (fps or 1)))) for i in range(t))
+            video = [VIDEO_START] + sum((unit + second for second in seconds), []) + [VIDEO_END]
+        elif fps is None:
             video = [VISION_START] + [VIDEO] * (t * h * w // 4) + [VISION_END]
         else:
-            video = []
-            for unit in range(t):
-                timestamp = text_ids(f"<{(2 * unit + 0.5) / fps:.1f} seconds>")
-                video += timestamp + [VISION_START] + [VIDEO] * (h * w // 4) + [VISION_END]
+            video = sum((text_ids(f"<{(2 * i + 0.5) / fps:.1f} seconds>") + unit for i in range(t)), [])
         rows.append(text_ids("user: ") + video + text_ids(f"\n{question}\nassistant:"))
     ids, mask = left_pad(rows)
     return {
@@ -310,4 +363,6 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
         return qwen_vl_inputs(frames, questions, size=128, patch_size=16, fps=8.0)
     if model.config.model_type == "internvl":
         return internvl_inputs(frames, questions)
+    if model.config.model_type in ("glm4v", "glm4v_moe", "glm46v"):
+        return qwen_vl_inputs(frames, questions, fps=2.0, glm=True)
     return frame_batch_inputs(model, frames, questions)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import Adapter
+from .glm4v import Glm4vAdapter, Glm4vMoeAdapter, Glm46VAdapter
 from .internvl import InternVLAdapter
 from .llava_next_video import LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
@@ -17,7 +18,8 @@ ADAPTERS: dict[str, type[Adapter]] = {
     adapter.model_type: adapter
     for adapter in (
         LlavaOnevisionAdapter, LlavaNextVideoAdapter, VideoLlavaAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter,
-        Qwen3VLAdapter, Qwen3VLMoeAdapter, Qwen3_5Adapter, InternVLAdapter,
+        Qwen3VLAdapter, Qwen3VLMoeAdapter, Qwen3_5Adapter, InternVLAdapter, Glm4vAdapter, Glm46VAdapter,
+        Glm4vMoeAdapter,
     )
 }
 

@@ -16,6 +16,16 @@ if TYPE_CHECKING:
     from ..engine.encoder import TowerCall
 
 
+def rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate-half RoPE on the first cos.shape[-1] dims of each head (all of them, or a part: Qwen3.5)."""
+    dims = cos.shape[-1]
+    if dims < states.shape[-1]:
+        return torch.cat((rotate(states[..., :dims], cos, sin), states[..., dims:]), dim=-1)
+    half = dims // 2
+    rotated = torch.cat((-states[..., half:], states[..., :half]), dim=-1)
+    return states * cos + rotated * sin
+
+
 class Adapter:
     """Base adapter for multimodal models whose decoder layers follow the Llama/Qwen2 layout.
 
@@ -35,6 +45,7 @@ class Adapter:
     tower_frames: ClassVar[str | None] = None
     video_pixels: ClassVar[str] = "pixel_values_videos"  # the call keyword of video pixels (InternVL: its images')
     video_modality: ClassVar[str] = "video"  # their key in pre-encoded `mm_encoder_outputs`
+    rotation = staticmethod(rotate)  # how the decoder applies RoPE to (the first dims of) each head
 
     def __init__(self, model: nn.Module):
         self.model = model
@@ -150,11 +161,18 @@ class Adapter:
 
     def project_queries(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """(Hq, n, d) rotary-embedded queries of `layer` for the (n, D) hidden states entering it."""
-        return _project(layer, layer.self_attn.q_proj, getattr(layer.self_attn, "q_norm", None), hidden, cos, sin)
+        return self._project(layer, layer.self_attn.q_proj, getattr(layer.self_attn, "q_norm", None), hidden, cos, sin)
 
     def project_keys(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """(Hkv, n, d) rotary-embedded keys of `layer` for the (n, D) hidden states entering it."""
-        return _project(layer, layer.self_attn.k_proj, getattr(layer.self_attn, "k_norm", None), hidden, cos, sin)
+        return self._project(layer, layer.self_attn.k_proj, getattr(layer.self_attn, "k_norm", None), hidden, cos, sin)
+
+    def _project(self, layer, projection, head_norm, hidden, cos, sin) -> torch.Tensor:
+        """Heads of a projection of the layer's normed input, normed per head where the model does (Qwen3), rotated."""
+        states = projection(layer.input_layernorm(hidden)).view(hidden.shape[0], -1, layer.self_attn.head_dim)
+        if head_norm is not None:
+            states = head_norm(states)
+        return self.rotation(states.transpose(0, 1), cos, sin)
 
 
 def feature_layer_index(config) -> int:
@@ -182,24 +200,6 @@ def vit_queries_keys(attention: nn.Module, hidden: torch.Tensor) -> tuple[torch.
 def split_heads(states: torch.Tensor, num_heads: int) -> torch.Tensor:
     """(..., n, H·d) → (..., H, n, d)."""
     return states.unflatten(-1, (num_heads, -1)).transpose(-3, -2)
-
-
-def _project(layer, projection, head_norm, hidden, cos, sin) -> torch.Tensor:
-    """Heads of a projection of the layer's normed input, normed per head where the model does (Qwen3), rotated."""
-    states = projection(layer.input_layernorm(hidden)).view(hidden.shape[0], -1, layer.self_attn.head_dim)
-    if head_norm is not None:
-        states = head_norm(states)
-    return rotate(states.transpose(0, 1), cos, sin)
-
-
-def rotate(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate-half RoPE on the first cos.shape[-1] dims of each head (all of them, or a part: Qwen3.5)."""
-    dims = cos.shape[-1]
-    if dims < states.shape[-1]:
-        return torch.cat((rotate(states[..., :dims], cos, sin), states[..., dims:]), dim=-1)
-    half = dims // 2
-    rotated = torch.cat((-states[..., half:], states[..., :half]), dim=-1)
-    return states * cos + rotated * sin
 
 
 def token_runs(ids: torch.Tensor, token_id: int) -> list[tuple[int, int]]:

@@ -22,13 +22,14 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
 
     def video_layouts(self, input_ids, call_kwargs):
         videos = self._video_sizes(call_kwargs)
-        if int((input_ids == self.config.video_token_id).sum()) != sum(tokens for tokens, _ in videos):
+        all_runs = [self.frame_runs(ids) for ids in input_ids]
+        if sum(length for runs in all_runs for _, length in runs) != sum(tokens for tokens, _ in videos):
             return None  # placeholders and features disagree: HF's own error says by how much
         positions = call_kwargs.get("position_ids")
         pending = iter(videos)
         layouts = []
-        for b, ids in enumerate(input_ids):
-            runs, frame_starts, grids = token_runs(ids, self.config.video_token_id), [], []
+        for b, runs in enumerate(all_runs):
+            frame_starts, grids = [], []
             while runs:
                 tokens, frame_grid = next(pending)
                 frames = []
@@ -45,8 +46,12 @@ class Qwen3VLAdapter(Qwen2VLAdapter):
                 height, width = frame_grid or (1, length)
                 frame_starts.append([start for start, _ in frames])
                 grids.append((len(frames), height, width))
-            layouts.append(VisualLayout.from_frames(frame_starts, grids, device=ids.device))
+            layouts.append(VisualLayout.from_frames(frame_starts, grids, device=input_ids.device))
         return layouts
+
+    def frame_runs(self, ids: torch.Tensor) -> list[tuple[int, int]]:
+        """(start, length) of each run of video tokens in one prompt: a temporal patch each."""
+        return token_runs(ids, self.config.video_token_id)
 
     def _video_sizes(self, call_kwargs) -> list[tuple[int, tuple[int, int] | None]]:
         """Per video, in order of appearance: its tokens and its frame grid, when the call says it. `generate`

@@ -16,6 +16,7 @@ def manifests() -> list[ModelManifest]:
         "qwen3_vl": ("Qwen3_VL", "Qwen3_VLChat"),
         "qwen3_5": ("Qwen3_5", "Qwen3_5Chat"),
         "internvl_hf": (None, "InternVLHfChat"),
+        "glm4v": ("GLM4V", None),
     }
     return [
         ModelManifest(
