@@ -33,6 +33,7 @@ from .pdrop import PDrop
 from .prunevid import PruneVid
 from .random_prune import RandomPrune
 from .sparsevlm import SparseVLM
+from .sttm import STTM
 from .tome import ToMe
 from .tsllava import TSLLaVA
 from .uniform import UniformSample
@@ -62,7 +63,7 @@ def register_method(cls: type[Method] | None = None, *, name: str | None = None,
 
 for _method in (
     NoCompression, RandomPrune, UniformSample, ToMe, FastV, FrameFusion, DyCoke, FrameDedup, DivPrune, VidCom2, PDrop,
-    PruneVid, SparseVLM, VisionZip, FastVID, HoliTom, AIM, TSLLaVA, EarlyTom, VidTLDR,
+    PruneVid, SparseVLM, VisionZip, FastVID, HoliTom, AIM, TSLLaVA, EarlyTom, VidTLDR, STTM,
 ):
     register_method(_method)
 
@@ -155,6 +156,7 @@ __all__ = [
     "PDrop",
     "PruneVid",
     "RandomPrune",
+    "STTM",
     "SparseVLM",
     "ToMe",
     "TSLLaVA",

@@ -303,6 +303,31 @@ class Method:
         raise NotImplementedError(f"{type(self).__name__} does not act while decoding")
 
 
+def check_layer(method: str, layer: int | None, ratio: float, spec: ModelSpec) -> None:
+    """ValueError, naming the fix, where a method that prunes once before decoder `layer` (None: its default)
+    cannot act there: past the model's layers, or so deep that the layers before it spend the whole budget."""
+    if layer is None:
+        return
+    if layer >= spec.num_layers:
+        raise ValueError(f"{method} layer={layer} but the model has {spec.num_layers} layers; pass a smaller layer")
+    if layer >= ratio * spec.num_layers - 1e-9:
+        raise ValueError(
+            f"{method} at layer {layer} of {spec.num_layers} cannot average a ratio of {ratio:g}: the {layer} layers "
+            f"before it see every token and spend the whole budget, so the ratio must be above "
+            f"{layer / spec.num_layers:.3f}; lower `layer` (or leave it None) or raise `ratio`"
+        )
+
+
+def deepest_layer_within_budget(ratio: float, budget: LayerBudget, deepest: int) -> int:
+    """The deepest decoder layer ≤ `deepest` (and before the last) before which a one-time reduction still leaves
+    every later layer at least one visual token of the budget (0 if none does)."""
+    for layer in range(min(deepest, budget.num_layers - 1), 0, -1):
+        spent_before = layer * budget.num_visual
+        if LayerBudget(ratio, budget.num_visual, budget.num_layers, layer, spent_before).tokens_per_layer():
+            return layer
+    return 0
+
+
 def keep_count(ratio: float, total: int) -> int:
     """round(ratio · total), the token count a pre-LLM method keeps."""
     return int(min(max(round(ratio * total), 0), total))

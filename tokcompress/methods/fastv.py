@@ -13,6 +13,8 @@ from .base import (
     TokenReduction,
     check_choice,
     check_int,
+    check_layer,
+    deepest_layer_within_budget,
     top_tokens,
 )
 
@@ -58,30 +60,12 @@ class FastV(Method):
         check_choice("fastv", "scoring", self.scoring, SCORINGS)
 
     def bind(self, spec: ModelSpec) -> FastV:
-        if self.layer is None:
-            return self
-        if self.layer >= spec.num_layers:
-            raise ValueError(
-                f"fastv layer={self.layer} but the model has {spec.num_layers} layers; pass a smaller layer"
-            )
-        if self.layer >= self.ratio * spec.num_layers - 1e-9:
-            raise ValueError(
-                f"fastv at layer {self.layer} of {spec.num_layers} cannot average a ratio of {self.ratio:g}: the "
-                f"{self.layer} layers before it see every token and spend the whole budget, so the ratio must be above "
-                f"{self.layer / spec.num_layers:.3f}; lower `layer` (or leave it None) or raise `ratio`"
-            )
+        check_layer("fastv", self.layer, self.ratio, spec)
         return self
 
     def prune_layer(self, budget: LayerBudget) -> int:
         """K: the given `layer`, or the deepest layer ≤ 2 after which every layer keeps a visual token."""
-        if self.layer is not None:
-            return self.layer
-        deepest = min(PAPER_LAYER, budget.num_layers - 1)
-        for layer in range(deepest, 0, -1):
-            spent_before = layer * budget.num_visual
-            if LayerBudget(self.ratio, budget.num_visual, budget.num_layers, layer, spent_before).tokens_per_layer():
-                return layer
-        return 0
+        return self.layer if self.layer is not None else deepest_layer_within_budget(self.ratio, budget, PAPER_LAYER)
 
     def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
         layer = self.prune_layer(sample.budget)

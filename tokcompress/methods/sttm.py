@@ -1,0 +1,245 @@
+"""`sttm` (STTM, Hyun et al., ICCV'25): a quadtree merges each frame's uniform regions, then nested regions that
+repeat across frames merge, once, early in the LLM."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .base import (
+    IN_LLM,
+    LayerBudget,
+    LayerSample,
+    Method,
+    ModelSpec,
+    TokenReduction,
+    check_int,
+    check_layer,
+    deepest_layer_within_budget,
+    merge_destinations,
+    video_grids,
+)
+
+PAPER_LAYER = 2  # sa_start_layer_idx of the 7B models' scripts
+THRESHOLD_SHIFTS = 64  # shifts of both thresholds tried at once, twice (the second time between the first's best two)
+
+
+@dataclass
+class STTM(Method):
+    """Spatio-temporal token merging: quadtrees inside frames, then their nested nodes across frames.
+
+    Before decoder layer `layer` (the layers before it see every token), per video: every frame's hidden states
+    are pooled into a pyramid (2× average pooling until a side is 2; an odd side pools its first row or column
+    alone). From the nodes at `root_level` (0: the coarsest) down, a node whose children all have cosine at
+    least `spatial_threshold` with it stands as one token; otherwise its children are tried. Then a node of a
+    frame joins the most similar node of the previous frame whose region nests with its own (contains or lies
+    inside it) if their cosine is at least `temporal_threshold`, and each chain of joined nodes is one token.
+    A merged token is the size-weighted mean of its cells, at the position of its earliest, top-left cell.
+
+    ratio: 0.3; spatial_threshold: 0.8 and temporal_threshold: 0.55 (the scripts' τ_s / τ_t lie in 0.80-0.85 /
+    0.50-0.65); root_level: 1 (the scripts'); layer: None = the scripts' 2, or the deepest earlier layer that
+    still leaves every later layer a visual token.
+
+    Departures:
+    - Budgeted: the official thresholds are fixed and the kept share is whatever they give. Here both
+      thresholds shift by one amount (their gap, which decides spatial against temporal merging, is the
+      knobs'), the smallest shift that keeps at least the budget; the few joins still needed are the most
+      similar ones below the temporal threshold. Where even merging every region down to the root level leaves
+      more than the budget, the root level moves up (to the whole frame); where ties make the budget unreachable
+      by joins, the smallest chains are dropped.
+    - A node joins one node of the previous frame (its most similar nested one), so chains never branch
+      backwards and each join removes exactly one token; the official union-find also joins several small nodes
+      of one frame through a larger node of the next.
+    - Merged tokens are size-weighted means of their cells (the engine's merge), where the official code emits a
+      node's pooled average of averages and averages a chain's nodes equally; positions stay the original ones
+      (the official LLaVA path re-indexes them).
+    - An odd side's missing children are left out of a node's test (the official code tests cell (0, 0) in
+      their place); any batch size and frame grid, not just square ones.
+    """
+
+    ratio: float = 0.3
+    spatial_threshold: float = 0.8
+    temporal_threshold: float = 0.55
+    root_level: int = 1
+    layer: int | None = None
+
+    name = "sttm"
+    stages = (IN_LLM,)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for knob in ("spatial_threshold", "temporal_threshold"):
+            if not -1.0 <= getattr(self, knob) <= 1.0:
+                raise ValueError(f"sttm {knob} must lie in [-1, 1], got {getattr(self, knob)!r}")
+        check_int("sttm", "root_level", self.root_level, 0)
+        check_int("sttm", "layer", self.layer, 0, optional=True)
+
+    def bind(self, spec: ModelSpec) -> STTM:
+        check_layer("sttm", self.layer, self.ratio, spec)
+        return self
+
+    def merge_layer(self, budget: LayerBudget) -> int:
+        return self.layer if self.layer is not None else deepest_layer_within_budget(self.ratio, budget, PAPER_LAYER)
+
+    def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
+        if sample.layer != self.merge_layer(sample.budget):
+            return None
+        layout, features = sample.layout, sample.features
+        frame_cells = torch.tensor([h * w for t, h, w in layout.grids for _ in range(t)], device=features.device)
+        cell = (~layout.is_separator).long()
+        counts = torch.zeros_like(frame_cells).index_add_(0, layout.frame.clamp_min(0), cell)
+        if not bool(((counts == 0) | (counts == frame_cells)).all()):
+            raise ValueError(
+                "sttm needs every cell of each frame it sees, but an earlier stage dropped some: compose it only "
+                "with methods that keep or drop whole frames (framededup, earlytom@encoder)"
+            )
+        destination, cells = merge_destinations(layout, sample.budget.tokens_per_layer(), features.device)
+        for video, grid, quota in video_grids(layout, cells):
+            _, height, width = layout.grids[video]
+            if quota == 0:
+                continue
+            tree = Quadtree(features[grid].view(len(grid), height, width, -1))
+            chosen = tree.merge(quota, self.spatial_threshold, self.temporal_threshold, self.root_level)
+            destination[grid.flatten()] = torch.where(chosen >= 0, grid.flatten()[chosen.clamp_min(0)], -1)
+        return TokenReduction.from_destinations(destination)
+
+    def in_llm_finished(self, sample: LayerSample) -> bool:
+        return sample.layer >= self.merge_layer(sample.budget)
+
+
+class Quadtree:
+    """The pyramids of a video's frames, (T, H, W, D) hidden states, and the merges they allow.
+
+    Levels run from the whole frame (level 0, a fallback for tiny budgets) through the official pyramid (its
+    coarsest, ≤ 2 on a side, is level 1) to the cells. Each level's nodes are in raster order; a node is named
+    by its head, the first cell (raster order) it covers: a leaf (t, cell) with `is_head` names one node.
+    """
+
+    def __init__(self, frames: torch.Tensor):
+        self.frames, height, width, _ = frames.shape
+        self.cells = height * width
+        sizes = [(height, width)]
+        while min(sizes[0]) > 2:
+            h, w = sizes[0]
+            sizes.insert(0, ((h + 1) // 2, (w + 1) // 2))  # an odd side's first row / column pools alone
+        sizes.insert(0, (1, 1))
+        device = frames.device
+        ancestors = [torch.arange(self.cells, device=device)]  # per level (fine to coarse), each cell's node
+        parents = []  # per level but the finest, each node of the next finer level's parent
+        for (h, w), (fine_h, fine_w) in zip(sizes[-2::-1], sizes[:0:-1]):
+            rows, cols = torch.arange(fine_h, device=device), torch.arange(fine_w, device=device)
+            if (h, w) == (1, 1):
+                parent = torch.zeros(fine_h * fine_w, dtype=torch.long, device=device)
+            else:
+                parent = (((rows + fine_h % 2) // 2)[:, None] * w + (cols + fine_w % 2) // 2).flatten()
+            parents.insert(0, parent)
+            ancestors.insert(0, parent[ancestors[0]])
+        self.levels = len(sizes)
+        self.ancestor = torch.stack(ancestors)  # (levels, cells)
+        features = [frames.flatten(1, 2).float()]  # fine to coarse, (T, nodes, D): averages of averages
+        for parent, (h, w) in zip(parents[::-1], sizes[-2::-1]):
+            pooled = features[0].new_zeros(self.frames, h * w, features[0].shape[-1]).index_add_(1, parent, features[0])
+            children = pooled.new_zeros(h * w).index_add_(0, parent, pooled.new_ones(len(parent)))
+            features.insert(0, pooled / children[:, None])
+        self.unit = [torch.nn.functional.normalize(level, dim=-1) for level in features]
+        scores = []  # per level, each node's least cosine with its children (+inf for cells: they always stand)
+        for level, parent in enumerate(parents):
+            cosine = (self.unit[level][:, parent] * self.unit[level + 1]).sum(-1)
+            lowest = cosine.new_full((self.frames, len(self.unit[level][0])), float("inf"))
+            scores.append(lowest.scatter_reduce(1, parent.expand_as(cosine), cosine, "amin"))
+        scores.append(torch.full((self.frames, self.cells), float("inf"), device=device))
+        cell = torch.arange(self.cells, device=device)
+        heads = [torch.full((len(s[0]),), self.cells, device=device).scatter_reduce(0, a, cell, "amin")
+                 for s, a in zip(scores, self.ancestor)]
+        self.is_head = torch.stack([head[a] == cell for head, a in zip(heads, self.ancestor)])  # (levels, cells)
+        self.head = torch.stack([head[a] for head, a in zip(heads, self.ancestor)])  # (levels, cells): its node's head
+        self.path_scores = torch.stack([s[:, a] for s, a in zip(scores, self.ancestor)], dim=-1)  # (T, cells, levels)
+        self.link_cosines = self._link_cosines(heads)
+
+    def _link_cosines(self, heads: list[torch.Tensor]) -> torch.Tensor:
+        """(T - 1, levels, levels, cells): cosine of frame t + 1's node over a cell at level a with frame t's node
+        over it at level b (the two nest: one contains the other). `heads`: per level, each node's head."""
+        table = self.unit[0].new_empty(self.frames - 1, self.levels, self.levels, self.cells)
+        for a in range(self.levels):
+            for b in range(self.levels):
+                finer = max(a, b)  # one cosine per node of the finer level, then spread over its cells
+                later = self.unit[a][1:, self.ancestor[a, heads[finer]]]
+                earlier = self.unit[b][:-1, self.ancestor[b, heads[finer]]]
+                table[:, a, b] = (later * earlier).sum(-1)[:, self.ancestor[finer]]
+        return table
+
+    def plan(self, shifts: torch.Tensor, spatial: float, temporal: float, root: int):
+        """For each threshold shift (P,): the level of the node each cell's stands in (P, T, cells), whether the
+        cell heads it, and the cosine of each head's best join and the head it joins in the previous frame."""
+        thresholds = (spatial + shifts)[:, None, None, None]
+        standing = self.path_scores[None, :, :, root:] >= thresholds  # the first level from the root that stands
+        level = root + standing.to(torch.int8).argmax(-1)
+        cell = torch.arange(self.cells, device=level.device).expand_as(level)
+        heads = self.is_head[level, cell]
+        best = torch.full(level.shape, float("-inf"), device=level.device)
+        target = torch.full(level.shape, -1, dtype=torch.long, device=level.device)
+        if self.frames == 1:
+            return level, heads, best, target
+        later, earlier = level[:, 1:], level[:, :-1]
+        # frame t's node over a head's cell nests with the head's node (it contains it or lies inside it)
+        step = torch.arange(self.frames - 1, device=level.device)[:, None]
+        cosine = self.link_cosines[step, later, earlier, cell[:, 1:]]  # (P, T - 1, cells)
+        best[:, 1:] = torch.where(heads[:, 1:], cosine, float("-inf"))
+        target[:, 1:] = self.head[earlier, cell[:, 1:]]
+        # frame t's heads lying inside a coarser node of frame t + 1 offer that node a join too
+        inside = heads[:, :-1] & (later < earlier)
+        offered = torch.where(inside, cosine, float("-inf"))
+        into = self.head[later, cell[:, 1:]]
+        best[:, 1:] = best[:, 1:].scatter_reduce(2, into, offered, "amax")
+        chosen = inside & (offered == best[:, 1:].gather(2, into))
+        fallback = torch.full_like(target[:, 1:], self.cells)
+        offered_head = fallback.scatter_reduce(2, into, torch.where(chosen, cell[:, 1:], self.cells), "amin")
+        taken = offered_head < self.cells
+        target[:, 1:] = torch.where(taken, offered_head, target[:, 1:])
+        best = torch.where(heads, best, float("-inf"))
+        return level, heads, best, target
+
+    def tokens(self, shifts: torch.Tensor, spatial: float, temporal: float, root: int) -> torch.Tensor:
+        """(P,) tokens left at each threshold shift: the standing nodes less the joins at or above the shifted
+        temporal threshold."""
+        _, heads, best, _ = self.plan(shifts, spatial, temporal, root)
+        joins = best >= (temporal + shifts)[:, None, None]
+        return heads.flatten(1).sum(1) - joins.flatten(1).sum(1)
+
+    def merge(self, quota: int, spatial: float, temporal: float, root_level: int) -> torch.Tensor:
+        """Per cell (T · cells, frame-major), the cell whose token it ends in (-1: dropped), `quota` tokens left."""
+        device = self.path_scores.device
+        lowest = torch.tensor([-3.0], device=device)  # every node stands at its root, every join is taken
+        root = min(root_level + 1, self.levels - 1)
+        while root > 0 and int(self.tokens(lowest, spatial, temporal, root)) > quota:
+            root -= 1  # even all merges leave too many: start from coarser nodes
+        low, high = -3.0, 3.0  # shifts that put every threshold below / above every cosine
+        for _ in range(2):
+            shifts = torch.linspace(low, high, THRESHOLD_SHIFTS, device=device)
+            enough = self.tokens(shifts, spatial, temporal, root) >= quota
+            first = int(torch.where(enough, torch.arange(len(shifts), device=device), len(shifts)).min())
+            first = min(first, len(shifts) - 1)
+            low, high = float(shifts[max(first - 1, 0)]), float(shifts[first])
+        shift = torch.tensor([high], device=device)
+        level, heads, best, target = (t[0] for t in self.plan(shift, spatial, temporal, root))
+        joins = best >= temporal + high
+        extra = int(heads.sum() - joins.sum()) - quota  # the most similar joins below the threshold close the gap
+        if extra > 0:
+            open_joins = torch.where(joins | ~heads, float("-inf"), best).flatten()
+            picked = torch.topk(open_joins, min(extra, len(open_joins))).indices
+            joins.view(-1)[picked] |= open_joins[picked] > float("-inf")
+        cell = torch.arange(self.cells, device=device)
+        flat = torch.arange(self.frames, device=device)[:, None] * self.cells
+        parent = torch.where(joins, flat - self.cells + target.clamp_min(0), flat + cell).flatten()
+        for _ in range(math.ceil(math.log2(max(self.frames, 2)))):  # pointer doubling: each head's first one
+            parent = parent[parent]
+        chain = parent[(flat + self.head[level, cell.expand_as(level)]).flatten()]  # per cell, its chain's head
+        chains = heads & ~joins
+        if int(chains.sum()) > quota:  # ties left the budget out of the joins' reach: keep the largest chains
+            size = torch.bincount(chain, minlength=len(chain)).float()
+            kept = torch.zeros_like(size, dtype=torch.bool)
+            kept[torch.topk(torch.where(chains.flatten(), size, -1.0), quota).indices] = True
+            chain = torch.where(kept[chain], chain, -1)
+        return chain
