@@ -33,11 +33,11 @@ from tokcompress.methods.base import DecodeSample, LayerSample
 from .conftest import TINY, generate, inputs_for, logits, model_for, softmax_layers
 
 NO_PUBLISHED_RULE = {"none", "random", "uniform"}
-# transcribed in test_tower_attention.py (visionzip, fastvid), test_fidelity_holitom_aim_tsllava.py and
-# test_encoder_merging.py (earlytom, vidtldr)
+# transcribed in test_tower_attention.py (visionzip, fastvid), test_fidelity_holitom_aim_tsllava.py,
+# test_encoder_merging.py (earlytom, vidtldr) and test_fidelity_sttm.py
 TRANSCRIBED = {
     "tome", "fastv", "framefusion", "dycoke", "framededup", "divprune", "vidcom2", "pdrop", "prunevid", "sparsevlm",
-    "visionzip", "fastvid", "holitom", "aim", "tsllava", "earlytom", "vidtldr",
+    "visionzip", "fastvid", "holitom", "aim", "tsllava", "earlytom", "vidtldr", "sttm",
 }
 TEMPORAL_MERGERS = ("tome", "framefusion", "dycoke", "framededup", "prunevid")
 

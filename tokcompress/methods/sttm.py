@@ -23,6 +23,7 @@ from .base import (
 )
 
 PAPER_LAYER = 2  # sa_start_layer_idx of the 7B models' scripts
+GATHERED_ELEMENTS = 1 << 25  # at most 128 MiB of fp32 node features gathered at once for the join cosines
 THRESHOLD_SHIFTS = 64  # shifts of both thresholds tried at once, twice (the second time between the first's best two)
 
 
@@ -47,8 +48,8 @@ class STTM(Method):
       thresholds shift by one amount (their gap, which decides spatial against temporal merging, is the
       knobs'), the smallest shift that keeps at least the budget; the few joins still needed are the most
       similar ones below the temporal threshold. Where even merging every region down to the root level leaves
-      more than the budget, the root level moves up (to the whole frame); where ties make the budget unreachable
-      by joins, the smallest chains are dropped.
+      more than the budget, the root level moves up (to the whole frame); where ties (or a lone frame) leave
+      the budget out of the joins' reach, the least distinct chains fold into their most similar ones.
     - A node joins one node of the previous frame (its most similar nested one), so chains never branch
       backwards and each join removes exactly one token; the official union-find also joins several small nodes
       of one frame through a larger node of the next.
@@ -162,12 +163,16 @@ class Quadtree:
         """(T - 1, levels, levels, cells): cosine of frame t + 1's node over a cell at level a with frame t's node
         over it at level b (the two nest: one contains the other). `heads`: per level, each node's head."""
         table = self.unit[0].new_empty(self.frames - 1, self.levels, self.levels, self.cells)
+        width = self.unit[0].shape[-1]
         for a in range(self.levels):
             for b in range(self.levels):
                 finer = max(a, b)  # one cosine per node of the finer level, then spread over its cells
-                later = self.unit[a][1:, self.ancestor[a, heads[finer]]]
-                earlier = self.unit[b][:-1, self.ancestor[b, heads[finer]]]
-                table[:, a, b] = (later * earlier).sum(-1)[:, self.ancestor[finer]]
+                step = max(GATHERED_ELEMENTS // (len(heads[finer]) * width), 1)  # frames at a time
+                for start in range(0, self.frames - 1, step):
+                    end = min(start + step, self.frames - 1)
+                    later = self.unit[a][start + 1 : end + 1, self.ancestor[a, heads[finer]]]
+                    earlier = self.unit[b][start:end, self.ancestor[b, heads[finer]]]
+                    table[start:end, a, b] = (later * earlier).sum(-1)[:, self.ancestor[finer]]
         return table
 
     def plan(self, shifts: torch.Tensor, spatial: float, temporal: float, root: int):
@@ -202,26 +207,35 @@ class Quadtree:
         return level, heads, best, target
 
     def tokens(self, shifts: torch.Tensor, spatial: float, temporal: float, root: int) -> torch.Tensor:
-        """(P,) tokens left at each threshold shift: the standing nodes less the joins at or above the shifted
-        temporal threshold."""
+        """(2, P) at each threshold shift: the tokens left (the standing nodes less the joins at or above the
+        shifted temporal threshold) and the first frame's (no join can take those)."""
         _, heads, best, _ = self.plan(shifts, spatial, temporal, root)
         joins = best >= (temporal + shifts)[:, None, None]
-        return heads.flatten(1).sum(1) - joins.flatten(1).sum(1)
+        return torch.stack([heads.flatten(1).sum(1) - joins.flatten(1).sum(1), heads[:, 0].sum(1)])
 
-    def merge(self, quota: int, spatial: float, temporal: float, root_level: int) -> torch.Tensor:
-        """Per cell (T · cells, frame-major), the cell whose token it ends in (-1: dropped), `quota` tokens left."""
+    def smallest_shift(self, quota: int, spatial: float, temporal: float, root: int) -> tuple[float, bool]:
+        """The smallest threshold shift that leaves at least `quota` tokens (two rounds of a grid search), and
+        whether the first frame's tokens then fit the quota (the joins can meet it exactly)."""
         device = self.path_scores.device
-        lowest = torch.tensor([-3.0], device=device)  # every node stands at its root, every join is taken
-        root = min(root_level + 1, self.levels - 1)
-        while root > 0 and int(self.tokens(lowest, spatial, temporal, root)) > quota:
-            root -= 1  # even all merges leave too many: start from coarser nodes
         low, high = -3.0, 3.0  # shifts that put every threshold below / above every cosine
         for _ in range(2):
             shifts = torch.linspace(low, high, THRESHOLD_SHIFTS, device=device)
-            enough = self.tokens(shifts, spatial, temporal, root) >= quota
-            first = int(torch.where(enough, torch.arange(len(shifts), device=device), len(shifts)).min())
-            first = min(first, len(shifts) - 1)
+            enough = self.tokens(shifts, spatial, temporal, root)[0] >= quota
+            first = int(torch.where(enough, torch.arange(len(shifts), device=device), len(shifts) - 1).min())
             low, high = float(shifts[max(first - 1, 0)]), float(shifts[first])
+        first_frame = int(self.tokens(torch.tensor([high], device=device), spatial, temporal, root)[1, 0])
+        return high, first_frame <= quota
+
+    def merge(self, quota: int, spatial: float, temporal: float, root_level: int) -> torch.Tensor:
+        """Per cell (T · cells, frame-major), the cell whose token it ends in: `quota` tokens left, none dropped."""
+        device = self.path_scores.device
+        root = min(root_level + 1, self.levels - 1)
+        high, fits = self.smallest_shift(quota, spatial, temporal, root)
+        for coarser in range(root - 1, -1, -1) if not fits else ():  # the first frame alone is over the quota
+            coarser_high, fits = self.smallest_shift(quota, spatial, temporal, coarser)
+            if fits:  # start from coarser nodes
+                root, high = coarser, coarser_high
+                break
         shift = torch.tensor([high], device=device)
         level, heads, best, target = (t[0] for t in self.plan(shift, spatial, temporal, root))
         joins = best >= temporal + high
@@ -236,10 +250,24 @@ class Quadtree:
         for _ in range(math.ceil(math.log2(max(self.frames, 2)))):  # pointer doubling: each head's first one
             parent = parent[parent]
         chain = parent[(flat + self.head[level, cell.expand_as(level)]).flatten()]  # per cell, its chain's head
-        chains = heads & ~joins
-        if int(chains.sum()) > quota:  # ties left the budget out of the joins' reach: keep the largest chains
-            size = torch.bincount(chain, minlength=len(chain)).float()
-            kept = torch.zeros_like(size, dtype=torch.bool)
-            kept[torch.topk(torch.where(chains.flatten(), size, -1.0), quota).indices] = True
-            chain = torch.where(kept[chain], chain, -1)
+        return self._fold_excess(chain, level, heads & ~joins, quota)
+
+    def _fold_excess(self, chain: torch.Tensor, level: torch.Tensor, chains: torch.Tensor, quota: int) -> torch.Tensor:
+        """Where ties (or a lone frame) leave more chains than the quota out of the joins' reach: the least
+        distinct fold into their most similar ones, ToMe-style (each round, every other chain's most similar of
+        the rest, the best pairs first)."""
+        heads = chains.flatten().nonzero().squeeze(1)
+        while len(heads) > quota:
+            frame, cell = heads // self.cells, heads % self.cells
+            at_levels = torch.stack([unit[frame, self.ancestor[lv, cell]] for lv, unit in enumerate(self.unit)])
+            features = at_levels[level[frame, cell], torch.arange(len(heads), device=heads.device)]
+            sources, destinations = heads[0::2], heads[1::2]
+            similarity = features[0::2] @ features[1::2].T
+            score, match = similarity.max(dim=1)
+            folded = torch.topk(score, min(len(heads) - quota, len(sources))).indices
+            remap = torch.arange(len(chain), device=chain.device)
+            remap[sources[folded]] = destinations[match[folded]]
+            chain = remap[chain]
+            heads = torch.cat([sources[torch.ones_like(score, dtype=torch.bool).index_fill(0, folded, False)],
+                               destinations]).sort().values
         return chain
