@@ -29,7 +29,7 @@ from .conftest import (
 def placed_embeddings(model, inputs) -> torch.Tensor:
     """The LLM's input embeddings of one sample, as the model assembled them (features scattered in)."""
     seen = []
-    hook = model.model.language_model.register_forward_pre_hook(
+    hook = adapter_for(model).language_model.register_forward_pre_hook(
         lambda module, args, kwargs: seen.append(kwargs["inputs_embeds"][0]), with_kwargs=True
     )
     try:
@@ -116,7 +116,8 @@ def two_videos_in_one_prompt(family, first, second) -> dict:
     """One prompt asking about two videos, each in its own span of placeholders."""
     a, b = inputs_for(family, first, "Compare this"), inputs_for(family, second, "with this.")
     per_token = {"input_ids", "attention_mask", "mm_token_type_ids"}
-    return {key: torch.cat([a[key], b[key]], dim=1 if key in per_token else 0) for key in a}
+    images_per_prompt = a.get("pixel_values", torch.empty(0)).ndim == 5  # SmolVLM: (prompts, images, 3, H, W)
+    return {key: torch.cat([a[key], b[key]], dim=1 if key in per_token or images_per_prompt else 0) for key in a}
 
 
 def test_a_prompt_with_two_videos_lays_out_each_in_its_place(family, clip, other_clip):

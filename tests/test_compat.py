@@ -11,6 +11,7 @@ import torch
 
 import tokcompress
 from tokcompress import tiny
+from tokcompress.adapters import adapter_for
 from tokcompress.engine import compat
 
 from .conftest import COMPRESSING, FRAME_GRANULAR, TINY, generate, inputs_for, model_for, shorter, softmax_layers
@@ -84,7 +85,7 @@ def _check_masks_against_caches(model) -> _MaskChecker:
 
         return hook
 
-    for index, layer in enumerate(model.model.language_model.layers):
+    for index, layer in enumerate(adapter_for(model).language_model.layers):
         checker.handles.append(layer.register_forward_pre_hook(watch(index), with_kwargs=True))
     return checker
 

@@ -7,6 +7,7 @@ import torch
 from accelerate import dispatch_model
 
 import tokcompress
+from tokcompress.adapters import adapter_for
 
 from .conftest import COMPRESSING, FRAME_GRANULAR, TINY, build, generate, inputs_for
 
@@ -15,7 +16,7 @@ from .conftest import COMPRESSING, FRAME_GRANULAR, TINY, build, generate, inputs
 def test_accelerate_dispatched_model_compresses_like_the_plain_one(family, clip, method):
     plain = build(family)
     dispatched = dispatch_model(build(family), device_map={"": "cpu"}, force_hooks=True)
-    assert hasattr(dispatched.model.language_model, "_hf_hook")
+    assert hasattr(adapter_for(dispatched).language_model, "_hf_hook")
     inputs = inputs_for(family, clip, "What is moving?")
     results = []
     for model in (plain, dispatched):

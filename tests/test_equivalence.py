@@ -8,6 +8,7 @@ from transformers import DynamicCache
 
 import tokcompress
 from tokcompress import tiny
+from tokcompress.adapters import adapter_for
 from tokcompress.engine.compat import CACHE_KEYWORD, output_cache
 
 from .conftest import COMPRESSING, FRAME_GRANULAR, TINY, generate, inputs_for, logits, model_for, shorter
@@ -119,14 +120,14 @@ def assert_logits_of_the_llm_fed_only(model, inputs, kept: list[int], step_logit
         encode = model.model.get_video_features if "pixel_values_videos" in inputs else model.model.get_image_features
         encoded = encode(**encoder_inputs, return_dict=True)
         features = encoded.pooler_output
-        embeds[0, visual] = torch.cat(features) if isinstance(features, tuple) else features.flatten(0, 1)
+        embeds[0, visual] = torch.cat(features) if isinstance(features, (tuple, list)) else features.flatten(0, 1)
         step_embeds = embeds[:, survivors]
         step_positions = _original_positions(model, inputs)[..., survivors]
         if contiguous:
             step_positions = torch.arange(len(survivors))[None]
         past, extra = None, _kept_deepstack(encoded, visual, kept, survivors)
         for logits_now in step_logits:
-            lm = model.model.language_model(
+            lm = adapter_for(model).language_model(
                 inputs_embeds=step_embeds, position_ids=step_positions, use_cache=True, **{CACHE_KEYWORD: past}, **extra
             )
             extra = {}
@@ -150,7 +151,7 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
         )
         kept = handle.stats.samples[0].kept_positions
     call = _language_model_call(model, inputs)
-    language_model = model.model.language_model
+    language_model = adapter_for(model).language_model
     hidden, positions = call["inputs_embeds"], call.get("position_ids")
     positions = torch.arange(hidden.shape[1])[None] if positions is None else positions[-3:].squeeze(0)
     additions, visual = call.get("deepstack_visual_embeds") or [], call.get("visual_pos_masks")
@@ -182,7 +183,7 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
 def _language_model_call(model, inputs) -> dict:
     """The keyword arguments the unpatched model hands its language model for `inputs`."""
     call = {}
-    hook = model.model.language_model.register_forward_pre_hook(
+    hook = adapter_for(model).language_model.register_forward_pre_hook(
         lambda module, args, kwargs: call.update(kwargs), with_kwargs=True
     )
     try:

@@ -14,6 +14,7 @@ import torch
 
 import tokcompress
 from tokcompress import tiny
+from tokcompress.adapters import adapter_for
 from tokcompress.layout import VisualLayout
 from tokcompress.methods import (
     METHODS,
@@ -532,7 +533,7 @@ def _masks_seen_by_layers(model):
 
         return hook
 
-    layers = model.model.language_model.layers
+    layers = adapter_for(model).language_model.layers
     return seen, [layers[i].register_forward_pre_hook(record(i), with_kwargs=True) for i in softmax_layers(model)]
 
 
@@ -578,7 +579,7 @@ def test_tome_proportional_attention_is_the_same_under_sdpa_and_eager(family, cl
 
 def test_proportional_attention_is_refused_under_flash_attention(monkeypatch):
     model = model_for("llava_onevision")
-    monkeypatch.setattr(model.model.language_model.config, "_attn_implementation", "flash_attention_2")
+    monkeypatch.setattr(adapter_for(model).language_model.config, "_attn_implementation", "flash_attention_2")
     with pytest.raises(ValueError, match="proportional_attention=False"):
         tokcompress.patch(model, "tome", ratio=0.3)
     tokcompress.patch(model, "tome", ratio=0.3, proportional_attention=False).unpatch()

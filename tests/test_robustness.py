@@ -12,6 +12,7 @@ import torch
 
 import tokcompress
 from tokcompress import tiny
+from tokcompress.adapters import adapter_for
 from tokcompress.engine.compat import CACHE_KEYWORD, output_cache
 from tokcompress.video import qwen_vl_pixels
 
@@ -262,7 +263,7 @@ def test_per_layer_outputs_map_back_to_input_positions(family, clip):
         reduced = model(**inputs, output_hidden_states=True).hidden_states
         stats = handle.stats
     kept = set(stats.samples[0].kept_positions)
-    for layer in range(len(model.model.language_model.layers)):
+    for layer in range(len(adapter_for(model).layers)):
         positions = stats.positions_at_layer(layer)[0]
         assert reduced[layer + 1].shape[1] == positions.numel()
         visual = {int(p) for p in positions if int(inputs["input_ids"][0, p]) == tiny.VIDEO}

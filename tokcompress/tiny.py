@@ -30,6 +30,8 @@ from transformers import (
     Qwen3VLForConditionalGeneration,
     Qwen3VLMoeConfig,
     Qwen3VLMoeForConditionalGeneration,
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
     VideoLlavaConfig,
     VideoLlavaForConditionalGeneration,
 )
@@ -176,6 +178,22 @@ def tiny_internvl(
     return _build(InternVLForConditionalGeneration, config, attn_implementation, seed)
 
 
+def tiny_smolvlm(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, image_size: int = 84, hidden_size: int = 64
+):
+    """SmolVLM with its SigLIP tower (no CLS) and a Llama LLM; image_size 84 gives 6×6 patches, pixel-shuffled to
+    3×3 tokens per frame. Its image token is tiny.VIDEO: frames are images to SmolVLM."""
+    config = SmolVLMConfig(
+        text_config=_text_config(num_layers, hidden_size, model_type="llama"),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=image_size,
+            patch_size=14,
+        ),
+        image_token_id=VIDEO, scale_factor=2,
+    )
+    return _build(SmolVLMForConditionalGeneration, config, attn_implementation, seed)
+
+
 def tiny_glm4v(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
     """GLM-4.1V with a 2-block vision tower (patch 14, temporal patch 2, merge 2, 112-px position table) and a GLM-4
     decoder (M-RoPE on interleaved pairs of half of head_dim 16). Its image token is tiny.VIDEO: inside a video's
@@ -295,6 +313,7 @@ TINY_MODELS = {
     "qwen3_vl_moe": tiny_qwen3_vl_moe,
     "qwen3_5": tiny_qwen3_5,
     "internvl": tiny_internvl,
+    "smolvlm": tiny_smolvlm,
     "glm4v": tiny_glm4v,
     "glm4v_moe": tiny_glm4v_moe,
     "glm46v": tiny_glm46v,
@@ -338,20 +357,31 @@ def qwen_vl_inputs(
 
 
 def internvl_inputs(
-    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], image_size: int = 84
+    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], image_size: int = 84, smolvlm: bool = False
 ) -> dict:
     """Model inputs for one video per prompt, as InternVL's processor lays a video out: each frame an image,
-    `FrameN: <img>` + its tokens + `</img>` on its own line (vision start / end stand in for <img> / </img>)."""
+    `FrameN: <img>` + its tokens + `</img>` on its own line (vision start / end stand in for <img> / </img>). With
+    `smolvlm`, as SmolVLM's: `\nMM:SS:` (its `Frame from ` left out: byte tokens are long) + fake token + global
+    token + its tokens + fake token (vision start, 261, vision start), frames padded to the batch's longest video
+    with blank images."""
     frames = [frames] if isinstance(frames, torch.Tensor) else frames
     questions = [questions] * len(frames) if isinstance(questions, str) else questions
     per_frame = (image_size // 28) ** 2
     pixels, rows = [], []
     for clip, question in zip(frames, questions):
         pixels.append(resize_normalize(clip, image_size, image_size, IMAGENET_MEAN, IMAGENET_STD))
-        frame = [VISION_START] + [VIDEO] * per_frame + [VISION_END]
-        video = sum((text_ids(f"Frame{i + 1}: ") + frame + text_ids("\n") for i in range(len(clip))), [])
+        if smolvlm:
+            frame = [VISION_START, 261] + [VIDEO] * per_frame + [VISION_START]
+            video = sum((text_ids(f"\n00:{i:02d}:") + frame for i in range(len(clip))), [])
+        else:
+            frame = [VISION_START] + [VIDEO] * per_frame + [VISION_END]
+            video = sum((text_ids(f"Frame{i + 1}: ") + frame + text_ids("\n") for i in range(len(clip))), [])
         rows.append(text_ids("user: ") + video + text_ids(f"{question}\nassistant:"))
     ids, mask = left_pad(rows)
+    if smolvlm:  # (batch, images, 3, H, W), shorter videos padded with all-zero images, which the model skips
+        longest = max(len(clip) for clip in pixels)
+        padded = torch.stack([torch.cat([p, p.new_zeros(longest - len(p), *p.shape[1:])]) for p in pixels])
+        return {"input_ids": ids, "attention_mask": mask, "pixel_values": padded}
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.cat(pixels)}
 
 
@@ -361,8 +391,8 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
         return qwen_vl_inputs(frames, questions)
     if model.config.model_type in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5"):  # 16-px patches, timestamps at 8 fps
         return qwen_vl_inputs(frames, questions, size=128, patch_size=16, fps=8.0)
-    if model.config.model_type == "internvl":
-        return internvl_inputs(frames, questions)
+    if model.config.model_type in ("internvl", "smolvlm"):
+        return internvl_inputs(frames, questions, smolvlm=model.config.model_type == "smolvlm")
     if model.config.model_type in ("glm4v", "glm4v_moe", "glm46v"):
         return qwen_vl_inputs(frames, questions, fps=2.0, glm=True)
     return frame_batch_inputs(model, frames, questions)

@@ -51,11 +51,13 @@ class Adapter:
         self.model = model
         # XForConditionalGeneration wraps the XModel as `.model`; accept either.
         self.multimodal_model = model.model if hasattr(model, "lm_head") else model
-        self.language_model = self.multimodal_model.language_model
+        multimodal = self.multimodal_model
+        self.language_model = next(getattr(multimodal, name) for name in ("language_model", "text_model")
+                                   if hasattr(multimodal, name))  # SmolVLM: text_model
         self.layers = self.language_model.layers
         # Video-LLaVA has a tower for videos beside its image tower; the others one tower for both
-        towers = ("video_tower", "vision_tower", "visual")
-        self.vision_tower = next(getattr(self.multimodal_model, name) for name in towers if hasattr(self.multimodal_model, name))
+        towers = ("video_tower", "vision_tower", "visual", "vision_model")
+        self.vision_tower = next(getattr(multimodal, name) for name in towers if hasattr(multimodal, name))
         self.spec = ModelSpec(self.model_type, len(self.layers), self.mrope)
 
     @property

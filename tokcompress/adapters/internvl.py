@@ -31,8 +31,13 @@ class InternVLAdapter(Adapter):
     def video_token_id(self) -> int:
         return self.config.image_token_id
 
+    @property
+    def tokens_per_frame(self) -> int:
+        """The tokens of a one-tile image: a frame."""
+        return self.config.image_seq_length
+
     def video_layouts(self, input_ids, call_kwargs):
-        per_frame = self.config.image_seq_length
+        per_frame = self.tokens_per_frame
         side = math.isqrt(per_frame)
         layouts = []
         for ids in input_ids:
@@ -62,14 +67,18 @@ class InternVLAdapter(Adapter):
         images = []
         for call in records:
             if call.kind == "attention":
-                scores = self.tower_attention_received(call)
-                if self.config.vision_feature_select_strategy == "default":
-                    scores = scores[:, 1:]
-                side = math.isqrt(scores.shape[1])
-                grid = scores.view(-1, side, side, 1)
-                shuffled = self.multimodal_model.pixel_shuffle(grid, scale_factor=self.config.downsample_ratio)
-                images.extend(shuffled.flatten(1, 2).mean(dim=-1))  # the tiles' patches each token stands for
+                images.extend(self.pooled_tower_scores(self.tower_attention_received(call)))
         return [images[index] for index in self._frame_images(input_ids)]
+
+    def pooled_tower_scores(self, scores: torch.Tensor) -> torch.Tensor:
+        """(images, tower tokens) scores → (images, tokens): per visual token, the mean over the patches that the
+        pixel shuffle gathers into it."""
+        if self.config.vision_feature_select_strategy == "default":
+            scores = scores[:, 1:]
+        side = math.isqrt(scores.shape[1])
+        grid = scores.view(-1, side, side, 1)
+        shuffled = self.multimodal_model.pixel_shuffle(grid, scale_factor=self.config.downsample_ratio)
+        return shuffled.flatten(1, 2).mean(dim=-1)  # the tiles' patches each token stands for
 
     def _frame_images(self, input_ids: torch.Tensor) -> list[int]:
         """Indices, among the prompts' images in order, of those that are frames of a video."""
@@ -79,5 +88,5 @@ class InternVLAdapter(Adapter):
             for start, length in token_runs(ids, self.video_token_id):
                 if start in frame_starts:
                     frames.append(image)
-                image += length // self.config.image_seq_length
+                image += length // self.tokens_per_frame
         return frames
