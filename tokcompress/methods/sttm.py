@@ -170,9 +170,12 @@ class Quadtree:
                 step = max(GATHERED_ELEMENTS // (len(heads[finer]) * width), 1)  # frames at a time
                 for start in range(0, self.frames - 1, step):
                     end = min(start + step, self.frames - 1)
-                    later = self.unit[a][start + 1 : end + 1, self.ancestor[a, heads[finer]]]
-                    earlier = self.unit[b][start:end, self.ancestor[b, heads[finer]]]
-                    table[start:end, a, b] = (later * earlier).sum(-1)[:, self.ancestor[finer]]
+                    later, earlier = self.unit[a][start + 1 : end + 1], self.unit[b][start:end]
+                    if a < finer:  # the coarser node over each node of the finer level (that one is itself)
+                        later = later[:, self.ancestor[a, heads[finer]]]
+                    if b < finer:
+                        earlier = earlier[:, self.ancestor[b, heads[finer]]]
+                    table[start:end, a, b] = torch.linalg.vecdot(later, earlier)[:, self.ancestor[finer]]
         return table
 
     def plan(self, shifts: torch.Tensor, spatial: float, temporal: float, root: int):
