@@ -178,6 +178,24 @@ def test_glm_reads_a_video_off_its_span_and_leaves_the_prompts_image_alone(clip)
     assert layout.positions.tolist() == (video["mm_token_type_ids"][0] == 2).nonzero()[:, 0].add(len(image)).tolist()
 
 
+def test_smolvlm_reads_a_split_image_as_an_image_and_frames_as_a_video(clip):
+    """SmolVLM writes each tile of a split image as a run of one image's tokens, opened by its own `<row_i_col_j>`
+    (stand-ins here: distinct byte ids), then the whole image opened by `<global-img>`: not a video. A video's
+    frames, each opened by `<global-img>`, are."""
+    model = model_for("smolvlm")
+    per_frame = TINY["smolvlm"].tokens_per_unit
+    tiles = sum(([tiny.VISION_START, ord(str(i))] + [tiny.VIDEO] * per_frame for i in range(1, 5)), [])
+    image = tiles + [tiny.VISION_START, 261] + [tiny.VIDEO] * per_frame + [tiny.VISION_START]
+    video = inputs_for("smolvlm", clip[:3], "And this?")
+    ids = torch.cat([torch.tensor([image + tiny.text_ids("See this. ")]), video["input_ids"]], dim=1)
+    (layout,) = adapter_for(model).visual_layouts({**video, "input_ids": ids})
+    assert layout.grids == ((3, 3, 3),)
+    offset = len(image) + len("See this. ")
+    assert layout.positions.tolist() == (video["input_ids"][0] == tiny.VIDEO).nonzero()[:, 0].add(offset).tolist()
+    (image_only,) = adapter_for(model).visual_layouts({**video, "input_ids": torch.tensor([image])})
+    assert image_only.grids == ()
+
+
 def test_internvl_reads_runs_of_single_tile_images_as_a_video_and_leaves_other_images_alone(clip):
     """InternVL has no video path: a lone image and a tiled image (two tiles in one run) stay as they are; the
     three single-tile images back to back, a frame label apart, are a 3-frame video and only they are compressed."""

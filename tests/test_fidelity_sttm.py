@@ -117,8 +117,8 @@ def test_a_larger_node_joins_the_best_of_the_smaller_nodes_inside_it():
     [(8, 14, 14, False), (5, 7, 5, False), (1, 14, 14, False), (3, 3, 3, False), (6, 2, 2, False), (3, 14, 14, True)],
 )
 def test_the_budget_is_met_exactly_on_any_grid(frames, height, width, repeats):
-    """Every quota from 1 to all the cells: exactly that many tokens, each a chain ending in its own head, and no
-    cell dropped (a lone frame, or ties, fold their least distinct chains instead)."""
+    """Every quota from 1 to all the cells: exactly that many tokens, each at its earliest cell, and no cell
+    dropped (a lone frame, or ties, fold their least distinct chains instead)."""
     torch.manual_seed(frames + height)
     features = torch.randn(frames, height, width, 8) + torch.randn(1, 1, 1, 8)
     tree = Quadtree(torch.ones_like(features) if repeats else features)  # every cosine tied
@@ -126,6 +126,8 @@ def test_the_budget_is_met_exactly_on_any_grid(frames, height, width, repeats):
     for quota in sorted({1, 2, 3, max(total // 7, 1), max(total // 3, 1), total // 2 or 1, total - 1 or 1, total}):
         chain = tree.merge(quota, 0.8, 0.55, 1)
         assert (chain >= 0).all() and len(chain.unique()) == quota and torch.equal(chain[chain], chain)
+        earliest = torch.arange(len(chain)).scatter_reduce(0, chain, torch.arange(len(chain)), "amin")
+        assert torch.equal(earliest[chain], chain)  # each token stands at its earliest (then top-left) cell
 
 
 def test_identical_frames_collapse_onto_the_first_one_cell_by_cell():

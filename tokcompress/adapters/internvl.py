@@ -3,9 +3,10 @@ images - `FrameN: <img>` + one tile's `image_seq_length` tokens + `</img>` per f
 every image before the prompt is read (`generate` encodes them up front).
 
 So a video is read off the prompt: two or more single-tile images back to back (at most `MAX_FRAME_GAP` text
-tokens apart, the processor's frame labels) are the frames of one video, each an s × s grid (the
-pixel-shuffled tile, raster order). Lone images and multi-tile images pass through as text. A pre-encoder
-method (framededup) chooses frames from their features before the LLM: the tower has seen them all."""
+tokens apart, the processor's frame labels, each opened by the same token) are the frames of one video, each an
+s × s grid (the pixel-shuffled tile, raster order). Lone images and multi-tile images pass through as text.
+A pre-encoder method (framededup) chooses frames from their features before the LLM: the tower has seen them
+all."""
 
 from __future__ import annotations
 
@@ -42,16 +43,21 @@ class InternVLAdapter(Adapter):
         layouts = []
         for ids in input_ids:
             videos: list[list[int]] = []
-            previous_end = None
-            for start, length in token_runs(ids, self.video_token_id):
-                if length != per_frame:  # a tiled image
+            runs = token_runs(ids, self.video_token_id)
+            # the token before each run: a frame opens as the one before it (`<img>`, SmolVLM's `<global-img>`),
+            # a tile of a split image with its own `<row_i_col_j>`
+            openers = ids[torch.tensor([max(start - 1, 0) for start, _ in runs], dtype=torch.long, device=ids.device)]
+            openers = openers.tolist()
+            previous_end, previous_opener = None, None
+            for (start, length), opener in zip(runs, openers):
+                if length != per_frame:  # a tiled image (InternVL: one long run)
                     previous_end = None
                     continue
-                if previous_end is not None and start - previous_end <= MAX_FRAME_GAP:
+                if previous_end is not None and start - previous_end <= MAX_FRAME_GAP and opener == previous_opener:
                     videos[-1].append(start)
                 else:
                     videos.append([start])
-                previous_end = start + length
+                previous_end, previous_opener = start + length, opener
             videos = [starts for starts in videos if len(starts) > 1]
             grids = [(len(starts), side, side) for starts in videos]
             layouts.append(VisualLayout.from_frames(videos, grids, device=ids.device))

@@ -268,9 +268,9 @@ class Quadtree:
             similarity = features[0::2] @ features[1::2].T
             score, match = similarity.max(dim=1)
             folded = torch.topk(score, min(len(heads) - quota, len(sources))).indices
+            source, destination = sources[folded], destinations[match[folded]]
             remap = torch.arange(len(chain), device=chain.device)
-            remap[sources[folded]] = destinations[match[folded]]
-            chain = remap[chain]
-            heads = torch.cat([sources[torch.ones_like(score, dtype=torch.bool).index_fill(0, folded, False)],
-                               destinations]).sort().values
+            earliest = remap.scatter_reduce(0, destination, source, "amin")  # a group stands at its earliest cell
+            remap[source], remap[destination] = earliest[destination], earliest[destination]
+            chain, heads = remap[chain], torch.unique(remap[heads])
         return chain
