@@ -103,7 +103,7 @@ class STTM(Method):
                 continue
             tree = Quadtree(features[grid].view(len(grid), height, width, -1))
             chosen = tree.merge(quota, self.spatial_threshold, self.temporal_threshold, self.root_level)
-            destination[grid.flatten()] = torch.where(chosen >= 0, grid.flatten()[chosen.clamp_min(0)], -1)
+            destination[grid.flatten()] = grid.flatten()[chosen]
         return TokenReduction.from_destinations(destination)
 
     def in_llm_finished(self, sample: LayerSample) -> bool:
@@ -179,8 +179,8 @@ class Quadtree:
         return table
 
     def plan(self, shifts: torch.Tensor, spatial: float, temporal: float, root: int):
-        """For each threshold shift (P,): the level of the node each cell's stands in (P, T, cells), whether the
-        cell heads it, and the cosine of each head's best join and the head it joins in the previous frame."""
+        """For each threshold shift (P,): the level of the node each cell stands in (P, T, cells), whether the cell
+        heads it, and the cosine of each head's best join and the head it joins in the previous frame."""
         thresholds = (spatial + shifts)[:, None, None, None]
         standing = self.path_scores[None, :, :, root:] >= thresholds  # the first level from the root that stands
         level = root + standing.to(torch.int8).argmax(-1)
