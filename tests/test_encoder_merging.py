@@ -351,7 +351,8 @@ def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their
             hooks = [  # after the patch's: they see what it hands on
                 visual.blocks[1].register_forward_pre_hook(
                     lambda m, a, k: seen.update(rows=a[0].shape[0], segments=k["cu_seqlens"],
-                                                rotary=k["position_embeddings"][0]), with_kwargs=True),
+                                                rotary=k["position_embeddings"][0], longest=k.get("max_seqlen")),
+                    with_kwargs=True),
                 adapter_for(model).tower_readouts()[0].register_forward_pre_hook(lambda m, a: seen.update(merger=a[0])),
                 *(visual.blocks[layer].attn.register_forward_pre_hook(
                     lambda m, a, k, layer=layer: seen.update({f"bias{layer}": k.get(compat.KEY_BIAS)}),
@@ -375,6 +376,7 @@ def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their
     window = torch.searchsorted(stock["segments"][1:], origin, right=True)
     lengths = torch.bincount(window, minlength=len(stock["segments"]) - 1)
     assert folded["segments"].tolist() == [0, *lengths[lengths > 0].cumsum(0).tolist()]
+    assert folded["longest"] == int(lengths.max())  # the longest segment left: the fused kernel sizes its grid by it
     if family == "qwen2_5_vl":
         assert len(folded["segments"]) == len(stock["segments"]) > units + 1  # windows, every one still there
     assert folded["merger"].shape == stock["merger"].shape

@@ -54,7 +54,9 @@ class PackedRows(RowMap):
         changed = dict(kwargs)
         segments = kwargs.get("cu_seqlens")
         if segments is not None:  # the frames' segments, or the windows' (Qwen2.5-VL alternates them)
-            changed["cu_seqlens"] = self._once(segments, lambda: self._segments(segments))
+            changed["cu_seqlens"], longest = self._once(segments, lambda: self._segments(segments))
+            if kwargs.get("max_seqlen") is not None:  # the fused kernel sizes its grid by the longest segment
+                changed["max_seqlen"] = longest
         rotary = kwargs.get("position_embeddings")
         if rotary is not None:
             origin = self.origin.to(rotary[0].device)
@@ -69,14 +71,14 @@ class PackedRows(RowMap):
             self._cached[key] = (source, compute())
         return self._cached[key][1]
 
-    def _segments(self, segments: torch.Tensor) -> torch.Tensor:
-        """`cu_seqlens` over the original rows → over the remaining ones: each segment keeps the rows that
-        remain in it (empty ones go)."""
+    def _segments(self, segments: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """`cu_seqlens` over the original rows → over the remaining ones (each segment keeps the rows that remain
+        in it, empty ones go), and the longest remaining segment."""
         origin = self.origin.to(segments.device)
         segment = torch.searchsorted(segments[1:], origin, right=True)
         lengths = torch.bincount(segment, minlength=len(segments) - 1)
         lengths = lengths[lengths > 0]
-        return torch.cat([segments.new_zeros(1), lengths.cumsum(0).to(segments.dtype)])
+        return torch.cat([segments.new_zeros(1), lengths.cumsum(0).to(segments.dtype)]), int(lengths.max())
 
 
 def runs(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
