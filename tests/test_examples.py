@@ -18,6 +18,15 @@ def run(*argv: str, timeout: int = 600) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, *argv], capture_output=True, text=True, timeout=timeout)
 
 
+def test_the_readme_describes_every_method_and_model_family():
+    """Its method table holds a row for each registered method (and the guide a mention), its model table one
+    naming each model_type."""
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    assert [m for m in tokcompress.list_methods() if f"| `{m}` |" not in readme] == []
+    assert [m for m in tokcompress.list_methods() if readme.count(f"`{m}`") < 2 and m != "none"] == []
+    assert [family for family in tokcompress.list_models() if f"`{family}`" not in readme] == []
+
+
 def test_every_example_is_run_here():
     assert {path.stem for path in EXAMPLES.glob("*.py")} == set(EXAMPLE_RUNS) | {"lmms_eval_plugin"}
 
