@@ -53,10 +53,12 @@ class Glm4vAdapter(Qwen3VLAdapter):
 
     def _videos(self, ids: torch.Tensor) -> list[tuple[int, int]]:
         """(temporal patches, tokens per patch) of each video in one prompt, in order."""
+        runs = self.frame_runs(ids)
         span = (ids == self.config.video_start_token_id).cumsum(0)
+        spans = span[torch.tensor([start for start, _ in runs], dtype=torch.long, device=ids.device)].tolist()
         videos: dict[int, list[int]] = {}
-        for start, length in self.frame_runs(ids):
-            videos.setdefault(int(span[start]), []).append(length)
+        for (_, length), video in zip(runs, spans):
+            videos.setdefault(video, []).append(length)
         return [(len(lengths), lengths[0]) for lengths in videos.values()]
 
 

@@ -318,13 +318,16 @@ def check_layer(method: str, layer: int | None, ratio: float, spec: ModelSpec) -
         )
 
 
-def deepest_layer_within_budget(ratio: float, budget: LayerBudget, deepest: int) -> int:
-    """The deepest decoder layer ≤ `deepest` (and before the last) before which a one-time reduction still leaves
-    every later layer at least one visual token of the budget (0 if none does)."""
-    for layer in range(min(deepest, budget.num_layers - 1), 0, -1):
-        spent_before = layer * budget.num_visual
-        if LayerBudget(ratio, budget.num_visual, budget.num_layers, layer, spent_before).tokens_per_layer():
-            return layer
+def one_time_layer(layer: int | None, ratio: float, budget: LayerBudget, preferred: int) -> int:
+    """Where a method that reduces once inside the LLM acts: the given `layer`, or else the deepest decoder layer
+    ≤ `preferred` (and before the last) before which the reduction still leaves every later layer at least one
+    visual token of the budget (0 if none does)."""
+    if layer is not None:
+        return layer
+    for candidate in range(min(preferred, budget.num_layers - 1), 0, -1):
+        spent_before = candidate * budget.num_visual
+        if LayerBudget(ratio, budget.num_visual, budget.num_layers, candidate, spent_before).tokens_per_layer():
+            return candidate
     return 0
 
 

@@ -14,7 +14,7 @@ from .base import (
     check_choice,
     check_int,
     check_layer,
-    deepest_layer_within_budget,
+    one_time_layer,
     top_tokens,
 )
 
@@ -65,7 +65,7 @@ class FastV(Method):
 
     def prune_layer(self, budget: LayerBudget) -> int:
         """K: the given `layer`, or the deepest layer ≤ 2 after which every layer keeps a visual token."""
-        return self.layer if self.layer is not None else deepest_layer_within_budget(self.ratio, budget, PAPER_LAYER)
+        return one_time_layer(self.layer, self.ratio, budget, PAPER_LAYER)
 
     def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
         layer = self.prune_layer(sample.budget)

@@ -17,8 +17,8 @@ from .base import (
     TokenReduction,
     check_int,
     check_layer,
-    deepest_layer_within_budget,
     merge_destinations,
+    one_time_layer,
     video_grids,
 )
 
@@ -82,7 +82,7 @@ class STTM(Method):
         return self
 
     def merge_layer(self, budget: LayerBudget) -> int:
-        return self.layer if self.layer is not None else deepest_layer_within_budget(self.ratio, budget, PAPER_LAYER)
+        return one_time_layer(self.layer, self.ratio, budget, PAPER_LAYER)
 
     def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
         if sample.layer != self.merge_layer(sample.budget):
@@ -223,11 +223,11 @@ class Quadtree:
         low, high = -3.0, 3.0  # shifts that put every threshold below / above every cosine
         for _ in range(2):
             shifts = torch.linspace(low, high, THRESHOLD_SHIFTS, device=device)
-            enough = self.tokens(shifts, spatial, temporal, root)[0] >= quota
-            first = int(torch.where(enough, torch.arange(len(shifts), device=device), len(shifts) - 1).min())
+            counts = self.tokens(shifts, spatial, temporal, root)  # (all tokens, the first frame's) per shift
+            index = torch.arange(len(shifts), device=device)
+            first = int(torch.where(counts[0] >= quota, index, len(shifts) - 1).min())
             low, high = float(shifts[max(first - 1, 0)]), float(shifts[first])
-        first_frame = int(self.tokens(torch.tensor([high], device=device), spatial, temporal, root)[1, 0])
-        return high, first_frame <= quota
+        return high, int(counts[1, first]) <= quota
 
     def merge(self, quota: int, spatial: float, temporal: float, root_level: int) -> torch.Tensor:
         """Per cell (T · cells, frame-major), the cell whose token it ends in: `quota` tokens left, none dropped."""
