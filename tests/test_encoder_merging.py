@@ -25,8 +25,8 @@ from tokcompress.methods import (
     VidTLDR,
     VisionZip,
 )
-from tokcompress.methods.base import top_tokens_per_group
 from tokcompress.methods.earlytom import frame_choice_groups, frame_segments, frame_similarities, middle_merges
+from tokcompress.methods.selection import top_tokens_per_group
 
 from .conftest import FAMILIES, TINY, generate, inputs_for, model_for, shorter
 from .test_equivalence import assert_logits_of_the_llm_fed_only

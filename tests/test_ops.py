@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from tokcompress.layout import VisualLayout
-from tokcompress.methods.base import top_tokens, top_tokens_per_group
 from tokcompress.methods.framefusion import fold_into_unmarked_predecessor
+from tokcompress.methods.selection import top_tokens, top_tokens_per_group
 from tokcompress.ops import (
     NO_PARTNER,
     aligned_cosine,

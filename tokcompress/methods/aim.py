@@ -9,18 +9,8 @@ import torch
 
 from ..layout import VisualLayout
 from ..ops import attention_pagerank
-from .base import (
-    IN_LLM,
-    PRE_LLM,
-    LayerBudget,
-    LayerSample,
-    Method,
-    TokenReduction,
-    check_int,
-    merge_destinations,
-    proportional_split,
-    top_tokens,
-)
+from .base import IN_LLM, PRE_LLM, LayerBudget, LayerSample, Method, TokenReduction, check_int
+from .selection import merge_destinations, proportional_split, top_tokens
 from .tome import match_within_windows, merge_round
 
 PAPER_DEPTH, PAPER_START, PAPER_SPAN = 28, 14, 8  # full up to layer 14 of 28, then 1/8 fewer per layer

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction, separators_first
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction
+from .selection import separators_first
 
 CHUNK = 4096  # rows of the similarity matrix computed at a time
 

@@ -8,22 +8,8 @@ import torch
 
 from ..layout import VisualLayout
 from ..ops import aligned_cosine
-from .base import (
-    DECODE,
-    PRE_LLM,
-    DecodeSample,
-    LayerBudget,
-    Method,
-    ModelSpec,
-    TokenReduction,
-    check_choice,
-    check_int,
-    keep_count,
-    proportional_split,
-    separators_first,
-    top_tokens,
-    top_tokens_per_group,
-)
+from .base import DECODE, PRE_LLM, DecodeSample, LayerBudget, Method, ModelSpec, TokenReduction, check_choice, check_int
+from .selection import keep_count, proportional_split, separators_first, top_tokens, top_tokens_per_group
 
 POSITIONS = ("original", "contiguous")
 GROUP = 4  # frames per temporal group: one anchor and three frames pruned against it

@@ -9,19 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import (
-    IN_ENCODER,
-    PRE_LLM,
-    LayerBudget,
-    Method,
-    TokenReduction,
-    check_int,
-    proportional_split,
-    separators_first,
-    top_tokens_per_group,
-    tower_attention,
-    video_grids,
-)
+from .base import IN_ENCODER, PRE_LLM, LayerBudget, Method, TokenReduction, check_int
+from .selection import proportional_split, separators_first, top_tokens_per_group, tower_attention, video_grids
 
 PAPER_LAYERS, PAPER_DEPTH = (6, 21, 23), 26  # PRUNE_LAYERS of LLaVA-OV's 26 SigLIP layers
 
@@ -117,7 +106,7 @@ class EarlyTom(Method):
         saliency = tower_attention(layout, self.name)
         separators, cells = separators_first(layout, budget.tokens_before_llm(layout.num_tokens))
         kept = [separators]
-        for _, grid, quota in video_grids(layout, cells):  # the frames that stood
+        for _, grid, quota in video_grids(layout, cells, self.name):  # the frames that stood
             static = torch.zeros(len(grid), dtype=torch.bool)
             for start, end in frame_segments(frame_similarities(features[grid]), self.tau, self.max_window, self.ema):
                 static[start + 1 : end - 1] = True

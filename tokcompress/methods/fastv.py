@@ -15,8 +15,8 @@ from .base import (
     check_int,
     check_layer,
     one_time_layer,
-    top_tokens,
 )
+from .selection import top_tokens
 
 PAPER_LAYER = 2
 SCORINGS = ("previous_layer", "same_layer")

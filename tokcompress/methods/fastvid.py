@@ -9,13 +9,9 @@ import torch
 
 from ..layout import VisualLayout
 from ..ops import grouped_density_peaks
-from .base import (
-    PRE_LLM,
-    LayerBudget,
-    Method,
-    TokenReduction,
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction, check_int
+from .selection import (
     apportion,
-    check_int,
     merge_destinations,
     proportional_split,
     top_tokens_per_group,
@@ -75,7 +71,7 @@ class FastVID(Method):
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         saliency = tower_attention(layout, self.name)
         destination, cells = merge_destinations(layout, budget.tokens_before_llm(layout.num_tokens), features.device)
-        for _, grid, quota in video_grids(layout, cells):
+        for _, grid, quota in video_grids(layout, cells, self.name):
             quotas = proportional_split(quota, [grid.shape[1]] * len(grid))
             segments = dynamic_segments(features[grid].float().mean(1), self.segments, self.similarity_threshold)
             self._prune_video(grid, quotas, segments, features, saliency, destination)

@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import PRE_ENCODER, Method, check_int, keep_count, top_tokens
+from .base import PRE_ENCODER, Method, check_int
+from .selection import keep_count, top_tokens
 
 
 @dataclass

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from ..ops import aligned_cosine
-from .base import IN_LLM, LayerSample, Method, ModelSpec, TokenReduction, check_int, top_tokens
+from .base import IN_LLM, LayerSample, Method, ModelSpec, TokenReduction, check_int
+from .selection import top_tokens
 
 # The official code's per-family settings: S_th 0.5 and the last 4 queries for Qwen2-VL, 0.6 and 1 elsewhere.
 FAMILY_DEFAULTS = {"qwen2_vl": (0.5, 4), "qwen2_5_vl": (0.5, 4)}

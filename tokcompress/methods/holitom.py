@@ -9,16 +9,9 @@ import torch
 
 from ..layout import VisualLayout
 from ..ops import fold_clusters
-from .base import (
-    IN_LLM,
-    PRE_LLM,
-    LayerBudget,
-    LayerSample,
-    Method,
-    ModelSpec,
-    TokenReduction,
+from .base import IN_LLM, PRE_LLM, LayerBudget, LayerSample, Method, ModelSpec, TokenReduction, check_int
+from .selection import (
     apportion,
-    check_int,
     merge_destinations,
     top_tokens,
     top_tokens_per_group,
@@ -106,7 +99,7 @@ class HoliTom(Method):
         saliency = tower_attention(layout, self.name)
         count = self.tokens_into_llm(budget, layout.num_tokens)
         destination, cells = merge_destinations(layout, count, features.device)
-        for _, grid, quota in video_grids(layout, cells):
+        for _, grid, quota in video_grids(layout, cells, self.name):
             self._merge_video(grid, quota, features, saliency, destination)
         return TokenReduction.from_destinations(destination)
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import IN_LLM, LayerBudget, LayerSample, Method, ModelSpec, TokenReduction, check_int, top_tokens
+from .base import IN_LLM, LayerBudget, LayerSample, Method, ModelSpec, TokenReduction, check_int
+from .selection import top_tokens
 
 PAPER_RATIO = (1 + 0.5 + 0.25 + 0.125) / 4  # λ = 0.5 over four equal stages: the official 8/16/24 of 32 layers
 
@@ -16,7 +17,9 @@ class PDrop(Method):
     last instruction token pays them at that layer (its own q/k, as the official code computes it).
 
     `ratio` sets λ: the layer average of (1, λ, λ², …) is the ratio (the paper's λ = 0.5 with four stages is
-    ratio 0.469); the last stage absorbs rounding so the layer average meets the ratio within one token.
+    ratio 0.469). λ is solved again at each boundary from the tokens there and the budget left, so the ratio is
+    met also where an earlier stage (frame dedup before the tower) left the LLM fewer tokens than the prompt
+    held; the last stage absorbs rounding so the layer average meets the ratio within one token.
 
     ratio: 0.469 (the paper's λ = 0.5); stages: 4; num_queries: 1 (the last instruction token).
 
@@ -63,12 +66,7 @@ class PDrop(Method):
         if sample.layer not in boundaries:
             return None
         stage = boundaries.index(sample.layer) + 1
-        if stage == len(boundaries):  # the last stage: whatever the budget has left
-            count = budget.tokens_per_layer()
-        else:
-            fraction = stage_fraction(self.ratio, boundaries, budget.num_layers)
-            count = max(round(budget.num_visual * fraction**stage), 1)
-        count = min(count, sample.features.shape[0])
+        count = stage_count(budget, sample.features.shape[0], boundaries, stage)
         importance = sample.attention_to_visual(self.num_queries)
         return TokenReduction.prune(top_tokens(importance, count))
 
@@ -76,15 +74,27 @@ class PDrop(Method):
         return sample.layer >= self.boundaries(sample.budget)[-1]
 
 
-def stage_fraction(ratio: float, boundaries: list[int], num_layers: int) -> float:
-    """λ such that layers keep 1, λ, λ², … of the tokens stage by stage and average `ratio` (bisection)."""
-    lengths = [b - a for a, b in zip([0, *boundaries], [*boundaries, num_layers])]
+def stage_count(budget: LayerBudget, current: int, boundaries: list[int], stage: int) -> int:
+    """How many of the `current` tokens a pyramid keeps before `boundaries[stage - 1]`: at the last boundary what
+    the budget has left per layer; before that current · λ, where keeping current · (λ, λ², …) over the runs of
+    layers from here on spends what is left (the paper's λ^s of the original count on a full prompt)."""
+    if stage == len(boundaries):
+        count = budget.tokens_per_layer()
+    else:
+        runs = [end - start for start, end in zip(boundaries[stage - 1 :], [*boundaries[stage:], budget.num_layers])]
+        count = max(round(current * stage_fraction(budget.remaining / current, runs)), 1)
+    return min(count, current)
 
-    def average(fraction: float) -> float:
-        return sum(length * fraction**s for s, length in enumerate(lengths)) / num_layers
+
+def stage_fraction(layers_per_token: float, runs: list[int]) -> float:
+    """λ in [0, 1] such that runs of layers keeping λ, λ², … of the tokens spend `layers_per_token` token-layers
+    per token (bisection; 1 where even keeping every token cannot spend it)."""
+
+    def spent(fraction: float) -> float:
+        return sum(length * fraction ** (s + 1) for s, length in enumerate(runs))
 
     low, high = 0.0, 1.0
     for _ in range(60):
         middle = (low + high) / 2
-        low, high = (middle, high) if average(middle) < ratio else (low, middle)
+        low, high = (middle, high) if spent(middle) < layers_per_token else (low, middle)
     return (low + high) / 2

@@ -9,18 +9,8 @@ import torch
 
 from ..layout import VisualLayout
 from ..ops import density_peak_clusters, fold_clusters
-from .base import (
-    IN_LLM,
-    PRE_LLM,
-    LayerBudget,
-    LayerSample,
-    Method,
-    ModelSpec,
-    TokenReduction,
-    check_int,
-    top_tokens,
-    true_first,
-)
+from .base import IN_LLM, PRE_LLM, LayerBudget, LayerSample, Method, ModelSpec, TokenReduction, check_int
+from .selection import frame_grids, top_tokens, true_first
 
 PAPER_LAYER, PAPER_DEPTH = 10, 28  # layer 10 of the 7B LLMs' 28
 MIN_TO_CLUSTER = 14  # the official code clusters a group only above 14 tokens
@@ -114,9 +104,7 @@ def merge_destinations(
     every window's static cells and every frame's dynamic tokens clustered at once."""
     destination = torch.arange(layout.num_tokens, device=features.device)
     groups = []  # (tokens (rows, units), clusters): a window's static cells, or one frame's dynamic tokens
-    for video, (frames, height, width) in enumerate(layout.grids):
-        members = ((layout.video == video) & ~layout.is_separator).nonzero().squeeze(1)
-        grid = members.view(frames, height * width)  # frame-major, raster order
+    for _, grid in frame_grids(layout, "prunevid"):  # frame-major, raster order, the frames that stand
         segments = temporal_segments(features[grid].float().mean(dim=1), segment_ratio)
         windows = [grid[start:end] for start, end in segments]
         statics = [static_cells(features[window], tau) for window in windows]

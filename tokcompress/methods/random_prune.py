@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction, top_tokens
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction
+from .selection import top_tokens
 
 
 @dataclass

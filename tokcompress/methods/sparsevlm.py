@@ -8,7 +8,7 @@ import torch
 
 from ..ops import density_peak_clusters
 from .base import IN_LLM, LayerSample, Method, TokenReduction
-from .pdrop import stage_fraction
+from .pdrop import stage_count
 
 PAPER_LAYERS, PAPER_DEPTH = (2, 6, 15), 32  # LLaVA-1.5's pruning layers
 RECYCLE_SHARE = 0.3  # of the pruned tokens, the best-rated 30 % (+1) are recycled
@@ -28,9 +28,9 @@ class SparseVLM(Method):
     ratio: 0.333 (the default RETAIN_TOKN 192 of LLaVA-1.5's 576); recycle: True.
 
     Departures:
-    - Stage counts: λ, λ², λ³ of the visual tokens with λ set by `ratio` (the official counts are a fixed
-      table per budget, e.g. 300 / 200 / 110 of 576 for 192, roughly that shape); the last stage absorbs
-      rounding so the layer average meets the ratio within one token. Recycled clusters take places inside
+    - Stage counts: λ, λ², λ³ of the visual tokens with λ set by `ratio`, as `pdrop` sets them (the official
+      counts are a fixed table per budget, e.g. 300 / 200 / 110 of 576 for 192, roughly that shape); the last
+      stage absorbs rounding so the layer average meets the ratio within one token. Recycled clusters take places inside
       that count (the official code adds them on top), so the recycled tokens are drawn from those ranked
       below the full count.
     - A recycled cluster is a size-weighted merge placed at its earliest member's original position (the
@@ -56,13 +56,7 @@ class SparseVLM(Method):
         layers = self.pruning_layers(budget.num_layers)
         if sample.layer not in layers:
             return None
-        stage = layers.index(sample.layer) + 1
-        count = sample.features.shape[0]
-        if stage == len(layers):
-            keep = budget.tokens_per_layer()
-        else:
-            keep = max(round(budget.num_visual * stage_fraction(self.ratio, layers, budget.num_layers) ** stage), 1)
-        keep = min(keep, count)
+        keep = stage_count(budget, sample.features.shape[0], layers, layers.index(sample.layer) + 1)
         if memory["raters"] is not None:
             score = sample.question_attention(memory["raters"]).mean(dim=(0, 1))
         else:  # no question: the last token rates

@@ -17,10 +17,9 @@ from .base import (
     TokenReduction,
     check_int,
     check_layer,
-    merge_destinations,
     one_time_layer,
-    video_grids,
 )
+from .selection import merge_destinations, video_grids
 
 PAPER_LAYER = 2  # sa_start_layer_idx of the 7B models' scripts
 GATHERED_ELEMENTS = 1 << 25  # at most 128 MiB of fp32 node features gathered at once for the join cosines
@@ -88,16 +87,8 @@ class STTM(Method):
         if sample.layer != self.merge_layer(sample.budget):
             return None
         layout, features = sample.layout, sample.features
-        frame_cells = torch.tensor([h * w for t, h, w in layout.grids for _ in range(t)], device=features.device)
-        cell = (~layout.is_separator).long()
-        counts = torch.zeros_like(frame_cells).index_add_(0, layout.frame.clamp_min(0), cell)
-        if not bool(((counts == 0) | (counts == frame_cells)).all()):
-            raise ValueError(
-                "sttm needs every cell of each frame it sees, but an earlier stage dropped some: compose it only "
-                "with methods that keep or drop whole frames (framededup, earlytom@encoder)"
-            )
         destination, cells = merge_destinations(layout, sample.budget.tokens_per_layer(), features.device)
-        for video, grid, quota in video_grids(layout, cells):
+        for video, grid, quota in video_grids(layout, cells, self.name):
             _, height, width = layout.grids[video]
             if quota == 0:
                 continue

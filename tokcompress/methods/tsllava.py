@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction, check_int, merge_destinations, video_grids
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction, check_int
+from .selection import merge_destinations, video_grids
 
 PAPER_FRAMES, PAPER_SAMPLED, PAPER_THUMBNAIL = 50, 2880, 576  # V2: 50 frames of 576 tokens, 2,880 sampled
 PAPER_RATIO = (PAPER_SAMPLED + PAPER_THUMBNAIL) / (PAPER_FRAMES * PAPER_THUMBNAIL)
@@ -55,7 +56,7 @@ class TSLLaVA(Method):
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         destination, cells = merge_destinations(layout, budget.tokens_before_llm(layout.num_tokens), features.device)
-        for video, grid, quota in video_grids(layout, cells):
+        for video, grid, quota in video_grids(layout, cells, self.name):
             _, height, width = layout.grids[video]
             self._thumbnail_and_sample(grid.view(-1, height, width), quota, destination)
         return TokenReduction.from_destinations(destination)

@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction, proportional_split, separators_first
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction
+from .selection import proportional_split, separators_first
 
 GOLDEN = (math.sqrt(5) - 1) / 2
 

@@ -7,7 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction, apportion, separators_first, top_tokens_per_group
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction
+from .selection import apportion, separators_first, top_tokens_per_group
 
 BANDWIDTHS = (1 / 8, 1 / 4, 1 / 2, 1.0, 2.0)
 
@@ -46,12 +47,12 @@ class VidCom2(Method):
         video_cells = [int(members.sum()) for members in videos]
         for members, quota in zip(videos, apportion(cells, video_cells, video_cells)):
             tokens = members.nonzero().squeeze(1)
-            frames = layout.frame[tokens]
+            frames = torch.unique(layout.frame[tokens], return_inverse=True)[1]  # 0, 1, … over the frames that stand
             scores, frame_weight = uniqueness(features[tokens], frames)
-            sizes = torch.bincount(frames - frames.min()).tolist()
+            sizes = torch.bincount(frames).tolist()
             quotas = frame_quotas(quota, [w * size for w, size in zip(frame_weight.tolist(), sizes)], sizes)
             quotas = torch.tensor(quotas, device=tokens.device)
-            kept.append(tokens[top_tokens_per_group(-scores, frames - frames.min(), quotas)])
+            kept.append(tokens[top_tokens_per_group(-scores, frames, quotas)])
         return TokenReduction.prune(torch.cat(kept))
 
 
@@ -68,18 +69,18 @@ def frame_quotas(total: int, shares: list[float], sizes: list[int]) -> list[int]
 
 def uniqueness(features: torch.Tensor, frames: torch.Tensor, temperature: float = 0.01):
     """Per token, its video + frame closeness score (lower: more distinct); per frame, its budget weight
-    1 + p_t − mean p (p: the softmax of the frames' distance from the video centre)."""
+    1 + p_t − mean p (p: the softmax of the frames' distance from the video centre). `frames`: each token's
+    frame, numbered 0, 1, … without gaps."""
     variance = features.float().var(dim=0)
     channels = torch.topk(-variance, max(features.shape[1] // 2, 1)).indices  # the quietest half
     tokens = torch.nn.functional.normalize(features.float()[:, channels], dim=-1)
-    local = frames - frames.min()
-    count = int(local.max()) + 1
-    frame_centres = torch.zeros(count, tokens.shape[1], device=tokens.device).index_add_(0, local, tokens)
-    frame_centres /= torch.bincount(local, minlength=count)[:, None]
+    count = int(frames.max()) + 1
+    frame_centres = torch.zeros(count, tokens.shape[1], device=tokens.device).index_add_(0, frames, tokens)
+    frame_centres /= torch.bincount(frames, minlength=count)[:, None]
     video_score = kernel_score(tokens, tokens.mean(dim=0, keepdim=True))
-    frame_score = kernel_score(tokens, frame_centres[local])
-    mean_video_score = torch.zeros(count, device=tokens.device).index_add_(0, local, video_score)
-    mean_video_score /= torch.bincount(local, minlength=count)
+    frame_score = kernel_score(tokens, frame_centres[frames])
+    mean_video_score = torch.zeros(count, device=tokens.device).index_add_(0, frames, video_score)
+    mean_video_score /= torch.bincount(frames, minlength=count)
     u = -mean_video_score
     p = torch.softmax((u - u.max()) / temperature, dim=0)
     return video_score + frame_score, 1 + p - p.mean()

@@ -8,16 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import (
-    PRE_LLM,
-    LayerBudget,
-    Method,
-    TokenReduction,
-    merge_destinations,
-    proportional_split,
-    top_tokens_per_group,
-    tower_attention,
-)
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction
+from .selection import merge_destinations, proportional_split, top_tokens_per_group, tower_attention
 
 
 @dataclass

@@ -1,0 +1,118 @@
+"""Shared selection helpers of the methods: budgets split over videos and frames, the tokens a method keeps
+first, top-k choices without host syncs."""
+
+from __future__ import annotations
+
+import torch
+
+from ..layout import VisualLayout
+
+
+def keep_count(ratio: float, total: int) -> int:
+    """round(ratio · total), the token count a pre-LLM method keeps."""
+    return int(min(max(round(ratio * total), 0), total))
+
+
+def separators_first(layout: VisualLayout, count: int) -> tuple[torch.Tensor, int]:
+    """Separators (LLaVA-OV's newline) are kept first - the first `count` of them if the budget is smaller:
+    returns (the separators kept, how many cell tokens the rest of `count` allows)."""
+    separators = layout.is_separator.nonzero().squeeze(1)[:count]
+    return separators, count - separators.numel()
+
+
+def frame_grids(layout: VisualLayout, method: str) -> list[tuple[int, torch.Tensor]]:
+    """(video, grid) per video that has cell tokens: `grid` (frames, tokens per frame) their indices, frame-major
+    in raster order, over the frames that stand (an earlier stage may have dropped whole ones). A ValueError
+    naming the fix where a frame holds only some of its cells: methods that read frames as grids need them whole."""
+    grids = []
+    for video, (_, height, width) in enumerate(layout.grids):
+        members = ((layout.video == video) & ~layout.is_separator).nonzero().squeeze(1)
+        if not len(members):
+            continue
+        frames = len(layout.frame[members].unique())
+        if frames * height * width != len(members):
+            raise ValueError(
+                f"{method} needs every cell of each frame it sees, but some frames hold only part of theirs: an "
+                "earlier stage dropped cells inside them (compose it only after methods that keep or drop whole "
+                "frames: framededup, earlytom), or the processor did (VideoLLaMA3's token compression: load its "
+                "processor with use_token_compression=False)"
+            )
+        grids.append((video, members.view(frames, height * width)))
+    return grids
+
+
+def video_grids(layout: VisualLayout, cells: int, method: str) -> list[tuple[int, torch.Tensor, int]]:
+    """`frame_grids` with each video's `quota`: its share of `cells`, in proportion to its tokens."""
+    grids = frame_grids(layout, method)
+    quotas = proportional_split(cells, [grid.numel() for _, grid in grids])
+    return [(video, grid, quota) for (video, grid), quota in zip(grids, quotas)]
+
+
+def merge_destinations(layout: VisualLayout, count: int, device: torch.device) -> tuple[torch.Tensor, int]:
+    """For a pre-LLM method that merges: per token, where it goes (-1: dropped) with the separators kept first,
+    and how many cell tokens the rest of `count` allows."""
+    separators, cells = separators_first(layout, count)
+    destination = torch.full((layout.num_tokens,), -1, dtype=torch.long, device=device)
+    destination[separators] = separators
+    return destination, cells
+
+
+def tower_attention(layout: VisualLayout, method: str) -> torch.Tensor:
+    """Each token's attention in the vision tower (methods whose `uses_tower_attention` is True get it)."""
+    if layout.saliency is None:
+        raise RuntimeError(f"{method} needs the vision tower's attention: patch the model with tokcompress.patch")
+    return layout.saliency
+
+
+def true_first(mask: torch.Tensor) -> torch.Tensor:
+    """Indices of `mask`'s True entries, then its False ones, each in order: with the True count known,
+    `mask.nonzero()` (or `~mask`'s) is a slice of it, without the host sync a boolean index takes."""
+    return torch.sort((~mask).to(torch.int8), stable=True).indices
+
+
+def top_tokens(scores: torch.Tensor, count: int, always: torch.Tensor | None = None) -> torch.Tensor:
+    """Sorted indices of the `count` highest-scoring tokens; tokens in `always` (bool) come first.
+
+    Ties go to the earlier token, so results are deterministic.
+    """
+    priority = scores.float().clone()
+    if always is not None:
+        priority[always] = float("inf")
+    order = torch.sort(priority, descending=True, stable=True).indices
+    return torch.sort(order[:count]).values
+
+
+def top_tokens_per_group(scores: torch.Tensor, group: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """Sorted indices of each group's `counts[g]` highest-scoring tokens (ties to the earlier token, as
+    `top_tokens`), all groups at once: `group` (n,) each token's group id, `counts` (groups,)."""
+    order = torch.sort(scores.float(), descending=True, stable=True).indices
+    order = order[torch.sort(group[order], stable=True).indices]  # by group, each best first
+    sizes = torch.bincount(group, minlength=len(counts))
+    rank = torch.arange(len(order), device=order.device) - (sizes.cumsum(0) - sizes)[group[order]]
+    return torch.sort(order[rank < counts[group[order]]]).values
+
+
+def proportional_split(total: int, sizes: list[int]) -> list[int]:
+    """Split `total` into integers proportional to `sizes` (largest remainders), never above a size."""
+    return apportion(total, sizes, sizes)
+
+
+def apportion(total: int, weights: list[float], caps: list[int]) -> list[int]:
+    """Split `total` into integers proportional to `weights`, none above its cap: what a capped entry cannot
+    take goes to the others (by weight, then evenly); largest remainders round. Sums to min(total, Σ caps)."""
+    total = min(total, sum(caps))
+    shares = [0.0] * len(caps)
+    remaining = float(total)
+    while remaining > 1e-9:
+        open_entries = [i for i, cap in enumerate(caps) if shares[i] < cap]
+        weighted = [i for i in open_entries if weights[i] > 0] or open_entries
+        weight_sum = sum(weights[i] for i in weighted) if any(weights[i] > 0 for i in weighted) else len(weighted)
+        for i in weighted:
+            shares[i] += remaining * (weights[i] if weights[i] > 0 else 1) / weight_sum
+        remaining = sum(max(share - cap, 0.0) for share, cap in zip(shares, caps))
+        shares = [min(share, cap) for share, cap in zip(shares, caps)]
+    counts = [int(share + 1e-9) for share in shares]
+    by_remainder = sorted((i for i in range(len(caps)) if counts[i] < caps[i]), key=lambda i: counts[i] - shares[i])
+    for i in by_remainder[: total - sum(counts)]:
+        counts[i] += 1
+    return counts
