@@ -40,6 +40,7 @@ TINY = {
     "smolvlm": TinyFamily(tokens_per_unit=9, mixed_frame_counts=True, encoder_side=False),
     "glm4v": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
     "glm4v_moe": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
+    "video_llama_3": TinyFamily(tokens_per_unit=16, mixed_frame_counts=True),
 }
 FAMILIES = tuple(TINY)
 # every registered method but the identity: a new method cannot skip the contract suite
@@ -75,6 +76,11 @@ def model_for(family: str, attn_implementation: str = "sdpa"):
 def inputs_for(family: str, frames, questions):
     """Inputs for one video per prompt (lists make a left-padded batch)."""
     return tiny.video_inputs(model_for(family), frames, questions)
+
+
+def video_encoder_inputs(inputs: dict) -> dict:
+    """The keywords of a call's inputs that `get_video_features` takes (VideoLLaMA3: its merge sizes too)."""
+    return {k: inputs[k] for k in ("pixel_values_videos", "video_grid_thw", "video_merge_sizes") if k in inputs}
 
 
 def generate(model, inputs, max_new_tokens: int = 4, **kwargs) -> torch.Tensor:

@@ -7,20 +7,32 @@ import torch
 
 import tokcompress
 from tokcompress.adapters import ADAPTERS, adapter_for
+from tokcompress.engine.folding import PACKED
 from tokcompress.methods import Compose, FastV, FrameDedup, FrameFusion, UniformSample, VisionZip, build_method
+from tokcompress.methods.base import PRE_ENCODER
 
-from .conftest import FAMILIES, TINY, generate, inputs_for, logits, model_for, shorter
+from .conftest import (
+    COMPRESSING,
+    FAMILIES,
+    TINY,
+    generate,
+    inputs_for,
+    logits,
+    model_for,
+    shorter,
+    video_encoder_inputs,
+)
 
 
 def count_tower_units(model, family):
     """Frame units entering the vision tower's first layer, per call."""
     seen: list[int] = []
-    if not TINY[family].mrope:  # a batch of frames
-        encoder = adapter_for(model).vision_tower.encoder
+    adapter = adapter_for(model)
+    if adapter.tower_frames == PACKED:  # one packed sequence of patches: 8 × 8 a frame unit
+        first, per_unit = adapter.tower_layers()[0][0], 64
+    else:  # a batch of frames
+        encoder = adapter.vision_tower.encoder
         first, per_unit = (encoder.layers if hasattr(encoder, "layers") else encoder.layer)[0], 1
-    else:  # Qwen: one packed sequence of patches
-        grid_h = grid_w = 112 // 14
-        first, per_unit = model.model.visual.blocks[0], grid_h * grid_w
     hook = first.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0] // per_unit))
     return seen, hook
 
@@ -95,6 +107,19 @@ def test_an_encoder_side_method_composes_with_an_llm_side_one(family, clip, othe
             assert torch.equal(generate(model, inputs_for(family, frames, question), max_new_tokens=3)[0], together[b])
 
 
+@pytest.mark.parametrize("method", [m for m in COMPRESSING if PRE_ENCODER not in build_method(m).stages])
+def test_every_method_reads_the_frames_that_stand_after_frame_dedup(clip, method):
+    """A method after a stage that dropped whole frames meets its budget over the frames that stand (PruneVid
+    once read the video's full frame count and failed; VidCom² gave dropped frames a token each; PDrop and
+    SparseVLM cut from the prompt's count, not the tokens the LLM got, and spent too little)."""
+    model = model_for("llava_onevision")
+    inputs = inputs_for("llava_onevision", clip, "What is moving?")
+    with tokcompress.compress(model, [FrameDedup(), build_method(method, ratio=0.3)]) as handle:
+        generate(model, inputs, max_new_tokens=2)
+        (sample,) = handle.stats.samples
+    assert sample.encoder_ratio <= 0.5 and abs(sample.achieved_ratio - 0.3) * sample.visual_in <= 1.0
+
+
 def test_a_composition_at_ratio_one_is_the_identity(family, clip):
     model = model_for(family)
     inputs = inputs_for(family, clip, "What is moving?")
@@ -128,7 +153,7 @@ def test_compositions_are_refused_when_two_methods_share_a_stage_or_a_list_gets_
         tokcompress.patch(model_for("llava_onevision"), ["framededup", "fastv"], layer=1)
 
 
-# windows (Qwen2.5-VL) / frames (Qwen3-VL, GLM-4.1V), each looped over by stock sdpa
+# windows (Qwen2.5-VL) / frames (Qwen3-VL, GLM-4.1V, VideoLLaMA3), each looped over by stock sdpa
 @pytest.mark.parametrize("family", [f for f in FAMILIES if ADAPTERS[f].packed_vision_attention])
 def test_packed_vision_attention_matches_the_stock_window_loop(family, clip, monkeypatch):
     """Forced on (the CPU has no fused varlen kernel: the block-diagonal reference stands in), Qwen's tower gives
@@ -137,9 +162,9 @@ def test_packed_vision_attention_matches_the_stock_window_loop(family, clip, mon
 
     model = model_for(family)
     inputs = inputs_for(family, clip, "What is moving?")
-    tower_config = model.model.visual.config
+    tower_config = adapter_for(model).vision_tower.config
     stock_implementation = tower_config._attn_implementation
-    encode = {k: inputs[k] for k in ("pixel_values_videos", "video_grid_thw")}
+    encode = video_encoder_inputs(inputs)
     with torch.no_grad():
         stock = torch.cat(model.model.get_video_features(**encode, return_dict=True).pooler_output)
         with tokcompress.compress(model, "none"):

@@ -28,7 +28,7 @@ from tokcompress.methods import (
 from tokcompress.methods.earlytom import frame_choice_groups, frame_segments, frame_similarities, middle_merges
 from tokcompress.methods.selection import top_tokens_per_group
 
-from .conftest import FAMILIES, TINY, generate, inputs_for, model_for, shorter
+from .conftest import FAMILIES, TINY, generate, inputs_for, model_for, shorter, video_encoder_inputs
 from .test_equivalence import assert_logits_of_the_llm_fed_only
 from .test_fidelity import features
 
@@ -326,7 +326,7 @@ def test_vidtldr_leaves_the_later_tower_layers_fewer_tokens_and_expands_the_outp
     assert abs(stats.achieved_ratio - 0.3) * stats.visual_in <= 1
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "glm4v"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_vl", "glm4v", "video_llama_3"])
 def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their_places(family, clip, monkeypatch):
     """After layer 0 every temporal patch keeps 48 of its 64 rows: layer 1 gets exactly those rows' rotary rows
     and attention segments (Qwen2.5-VL here windowed: 4×4-patch windows that lost some rows; Qwen3-VL, GLM: each
@@ -336,7 +336,9 @@ def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their
     from tokcompress.engine import compat
 
     model = model_for(family)
-    visual = model.model.visual
+    adapter = adapter_for(model)
+    visual, (blocks, _) = adapter.vision_tower, adapter.tower_layers()
+    attention = [adapter.tower_layer_attention(block) for block in blocks]
     if family == "qwen2_5_vl":
         monkeypatch.setattr(visual, "fullatt_block_indexes", [])
     inputs = inputs_for(family, clip, "What is moving?")
@@ -349,19 +351,19 @@ def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their
         seen = {}
         with tokcompress.compress(model, method) if patched else contextlib.nullcontext(), torch.no_grad():
             hooks = [  # after the patch's: they see what it hands on
-                visual.blocks[1].register_forward_pre_hook(
+                blocks[1].register_forward_pre_hook(
                     lambda m, a, k: seen.update(rows=a[0].shape[0], segments=k["cu_seqlens"],
                                                 rotary=k["position_embeddings"][0], longest=k.get("max_seqlen")),
                     with_kwargs=True),
-                adapter_for(model).tower_readouts()[0].register_forward_pre_hook(lambda m, a: seen.update(merger=a[0])),
-                *(visual.blocks[layer].attn.register_forward_pre_hook(
+                adapter.tower_readouts()[0].register_forward_pre_hook(lambda m, a: seen.update(merger=a[0])),
+                *(attention[layer].register_forward_pre_hook(
                     lambda m, a, k, layer=layer: seen.update({f"bias{layer}": k.get(compat.KEY_BIAS)}),
                     with_kwargs=True) for layer in (0, 1)),
-                visual.blocks[1].attn.register_forward_pre_hook(
+                attention[1].register_forward_pre_hook(
                     lambda m, a, k: seen.update(implementation=m.config._attn_implementation), with_kwargs=True),
             ]
             try:
-                model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
+                model.model.get_video_features(**video_encoder_inputs(inputs))
             finally:
                 for hook in hooks:
                     hook.remove()

@@ -11,7 +11,17 @@ from tokcompress import tiny
 from tokcompress.adapters import adapter_for
 from tokcompress.engine.compat import CACHE_KEYWORD, output_cache
 
-from .conftest import COMPRESSING, FRAME_GRANULAR, TINY, generate, inputs_for, logits, model_for, shorter
+from .conftest import (
+    COMPRESSING,
+    FRAME_GRANULAR,
+    TINY,
+    generate,
+    inputs_for,
+    logits,
+    model_for,
+    shorter,
+    video_encoder_inputs,
+)
 
 
 @pytest.mark.parametrize("method", ["none", *COMPRESSING])
@@ -115,12 +125,13 @@ def assert_logits_of_the_llm_fed_only(model, inputs, kept: list[int], step_logit
     survivors = torch.tensor(sorted(set(range(len(ids))) - set(visual) | set(kept)))
     with torch.no_grad():
         embeds = model.model.get_input_embeddings()(inputs["input_ids"])
-        pixel_keys = ("pixel_values_videos", "video_grid_thw", "pixel_values")  # InternVL: frames are images
-        encoder_inputs = {k: v for k, v in inputs.items() if k in pixel_keys}
-        encode = model.model.get_video_features if "pixel_values_videos" in inputs else model.model.get_image_features
-        encoded = encode(**encoder_inputs, return_dict=True)
+        if "pixel_values_videos" in inputs:
+            encoded = model.model.get_video_features(**video_encoder_inputs(inputs), return_dict=True)
+        else:  # InternVL, SmolVLM: frames are images
+            encoded = model.model.get_image_features(inputs["pixel_values"], return_dict=True)
         features = encoded.pooler_output
-        embeds[0, visual] = torch.cat(features) if isinstance(features, (tuple, list)) else features.flatten(0, 1)
+        features = torch.cat(features) if isinstance(features, (tuple, list)) else features.flatten(0, 1)
+        embeds[0, visual] = features[inputs.get("video_compression_mask", slice(None))]  # VideoLLaMA3's
         step_embeds = embeds[:, survivors]
         step_positions = _original_positions(model, inputs)[..., survivors]
         if contiguous:
@@ -207,7 +218,7 @@ def _kept_deepstack(encoded, visual: list[int], kept: list[int], survivors: torc
 
 
 def _original_positions(model, inputs):
-    if "video_grid_thw" not in inputs:
+    if not TINY[model.config.model_type].mrope:
         return torch.arange(inputs["input_ids"].shape[1])[None]
     positions, _ = model.model.get_rope_index(
         inputs["input_ids"], mm_token_type_ids=inputs["mm_token_type_ids"], video_grid_thw=inputs["video_grid_thw"]

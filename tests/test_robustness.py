@@ -14,7 +14,7 @@ import tokcompress
 from tokcompress import tiny
 from tokcompress.adapters import adapter_for
 from tokcompress.engine.compat import CACHE_KEYWORD, output_cache
-from tokcompress.video import qwen_vl_pixels
+from tokcompress.video import llava_onevision_pixels, qwen_vl_pixels
 
 from .conftest import COMPRESSING, build, generate, inputs_for, logits, model_for
 
@@ -50,7 +50,7 @@ def test_llava_two_videos_back_to_back_generate(clip, other_clip, method):
     per_video = 8 * 9 + 1
     videos = [tiny.VIDEO] * (2 * per_video)
     ids = torch.tensor([tiny.text_ids("user: ") + videos + tiny.text_ids("\nSame?\nassistant:")])
-    pixels = torch.cat([tiny.llava_onevision_pixels(frames, 84) for frames in (clip, other_clip)])
+    pixels = torch.cat([llava_onevision_pixels(frames, 84) for frames in (clip, other_clip)])
     inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values_videos": pixels}
     reference = generate(model, inputs)
     with tokcompress.compress(model, method, ratio=None if method == "none" else 0.3) as handle:

@@ -51,4 +51,5 @@ def encoded_share(inputs: dict, fraction: float) -> dict:
     t, h, w = inputs["video_grid_thw"][0].tolist()
     units = max(round(t * fraction), 1)
     grid = inputs["video_grid_thw"].new_tensor([[units, h, w]])
-    return {"pixel_values_videos": pixels[: units * h * w], "video_grid_thw": grid}
+    merges = {k: inputs[k] for k in ("video_merge_sizes",) if k in inputs}  # VideoLLaMA3's, one per video
+    return {"pixel_values_videos": pixels[: units * h * w], "video_grid_thw": grid, **merges}

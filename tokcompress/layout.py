@@ -62,17 +62,24 @@ class VisualLayout:
 
     @staticmethod
     def from_frames(
-        frame_starts: list[list[int]], grids: list[tuple[int, int, int]], device: torch.device | str | None = None
+        frame_starts: list[list[int]],
+        grids: list[tuple[int, int, int]],
+        kept: list[torch.Tensor] | None = None,
+        device: torch.device | str | None = None,
     ) -> VisualLayout:
         """Layout of videos whose frames sit apart (Qwen3-VL: each frame between its timestamp and vision
-        start / end tokens): `frame_starts[v][f]` is the sequence index of the first token of frame f of video v."""
+        start / end tokens): `frame_starts[v][f]` is the sequence index of the first token of frame f of video v.
+        `kept[v]`, a (frames, h·w) mask, says which cells of each frame the prompt holds (in raster order) where a
+        processor already left some out (VideoLLaMA3's compression); None: all of them."""
         positions, video, frame, spatial = [], [], [], []
         frame_offset = 0
         for v, (starts, (t, h, w)) in enumerate(zip(frame_starts, grids)):
-            positions += [torch.arange(start, start + h * w) for start in starts]
-            video.append(torch.full((t * h * w,), v))
-            frame.append(torch.arange(t).repeat_interleave(h * w) + frame_offset)
-            spatial.append(torch.arange(h * w).repeat(t))
+            cells = torch.ones(t, h * w, dtype=torch.bool) if kept is None else kept[v].cpu().view(t, h * w)
+            counts = cells.sum(dim=1)
+            positions += [torch.arange(start, start + int(count)) for start, count in zip(starts, counts)]
+            video.append(torch.full((int(counts.sum()),), v))
+            frame.append(torch.arange(t).repeat_interleave(counts) + frame_offset)
+            spatial.append(cells.nonzero()[:, 1])
             frame_offset += t
         if not positions:
             return VisualLayout.from_videos([], [], device=device)

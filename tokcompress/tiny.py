@@ -1,12 +1,11 @@
 """Tiny models built from configs (random weights) with a byte-level vocabulary, for tests and the demo.
 
 Token ids 0-255 are raw UTF-8 bytes, so prompts are real text and generations decode to (meaningless)
-text; ids 256+ are the special tokens the models need. Nothing is downloaded.
+text; ids 256+ are the special tokens the models need. Nothing is downloaded. Their prompts and pixels come
+from `tiny_inputs` (reachable here too: `tiny.video_inputs(model, frames, question)`).
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from transformers import (
@@ -32,22 +31,32 @@ from transformers import (
     Qwen3VLMoeForConditionalGeneration,
     SmolVLMConfig,
     SmolVLMForConditionalGeneration,
+    VideoLlama3Config,
+    VideoLlama3ForConditionalGeneration,
     VideoLlavaConfig,
     VideoLlavaForConditionalGeneration,
 )
 
-from .video import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    clip_video_pixels,
-    llava_onevision_pixels,
-    qwen_vl_pixels,
-    resize_normalize,
+from .tiny_inputs import (  # noqa: F401 - the prompts and pixels of these models, here too for `tiny.X` callers
+    IMAGE,
+    PAD,
+    VIDEO,
+    VIDEO_END,
+    VIDEO_START,
+    VISION_END,
+    VISION_START,
+    VOCAB,
+    decode,
+    frame_batch_inputs,
+    frame_batch_video,
+    internvl_inputs,
+    left_pad,
+    qwen_vl_inputs,
+    text_ids,
+    video_inputs,
+    video_llama_3_inputs,
 )
 
-PAD, IMAGE, VIDEO, VISION_START, VISION_END = 256, 257, 258, 259, 260
-VIDEO_START, VIDEO_END = 262, 263  # GLM-4.1V's video span (261 is the tiny checkpoint's end of turn)
-VOCAB = 264
 
 def _text_config(num_layers: int, hidden_size: int, **extra) -> dict:
     """A 4-head (2 KV heads) decoder over the byte vocabulary."""
@@ -216,6 +225,19 @@ def tiny_glm4v_moe(num_layers: int = 4, attn_implementation: str = "sdpa", seed:
     )
 
 
+def tiny_video_llama_3(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """VideoLLaMA3 with a 2-layer SigLIP tower (16-pixel patches, 2-D RoPE; videos merge 2 × 2 patches) over a
+    Qwen2 decoder."""
+    config = VideoLlama3Config(
+        text_config=_text_config(num_layers, hidden_size),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16,
+        ),
+        image_token_id=IMAGE, video_token_id=VIDEO,
+    )
+    return _build(VideoLlama3ForConditionalGeneration, config, attn_implementation, seed)
+
+
 def _glm4v(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size, **text_extra):
     config = config_cls(
         text_config=_text_config(
@@ -257,53 +279,6 @@ def _build(model_cls, config, attn_implementation, seed):
     return model.eval()
 
 
-def text_ids(text: str) -> list[int]:
-    return list(text.encode("utf-8"))
-
-
-def decode(ids) -> str:
-    """Byte-level decode; tokens that are not printable ASCII show as their id, e.g. <215>."""
-    return "".join(chr(i) if 32 <= i < 127 else f"<{i}>" for i in ids)
-
-
-def left_pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-padded input_ids and attention_mask for a batch of prompts of different lengths."""
-    width = max(map(len, rows))
-    ids = torch.full((len(rows), width), PAD, dtype=torch.long)
-    mask = torch.zeros(len(rows), width, dtype=torch.long)
-    for b, row in enumerate(rows):
-        ids[b, width - len(row) :] = torch.tensor(row)
-        mask[b, width - len(row) :] = 1
-    return ids, mask
-
-
-def frame_batch_video(config, clip: torch.Tensor) -> tuple[int, torch.Tensor]:
-    """(placeholder tokens, `pixel_values_videos`) of one video for the families whose tower encodes frames as
-    images, as their processors make them."""
-    vision = config.vision_config
-    side = vision.image_size // vision.patch_size
-    if config.model_type == "llava_onevision":  # ½ bilinear pooling, one newline after the video
-        return clip.shape[0] * math.ceil(side / 2) ** 2 + 1, llava_onevision_pixels(clip, vision.image_size)
-    if config.model_type == "llava_next_video":  # CLS dropped, pooled with the configured stride
-        return clip.shape[0] * (side // config.spatial_pool_stride) ** 2, clip_video_pixels(clip, vision.image_size)
-    if config.model_type == "video_llava":  # CLS kept, no pooling
-        return clip.shape[0] * (side * side + 1), clip_video_pixels(clip, vision.image_size)
-    raise ValueError(f"{config.model_type!r} does not encode a video's frames as images")
-
-
-def frame_batch_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
-    """Model inputs for one video per prompt; all videos of a batch have the same frame count (as in HF)."""
-    frames = [frames] if isinstance(frames, torch.Tensor) else frames
-    questions = [questions] * len(frames) if isinstance(questions, str) else questions
-    rows, pixels = [], []
-    for clip, question in zip(frames, questions):
-        placeholders, clip_pixels = frame_batch_video(model.config, clip)
-        rows.append(text_ids("user: ") + [VIDEO] * placeholders + text_ids(f"\n{question}\nassistant:"))
-        pixels.append(clip_pixels)
-    ids, mask = left_pad(rows)
-    return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": torch.cat(pixels)}
-
-
 TINY_MODELS = {
     "llava_onevision": tiny_llava_onevision,
     "llava_next_video": tiny_llava_next_video,
@@ -317,82 +292,5 @@ TINY_MODELS = {
     "glm4v": tiny_glm4v,
     "glm4v_moe": tiny_glm4v_moe,
     "glm46v": tiny_glm46v,
+    "video_llama_3": tiny_video_llama_3,
 }
-
-
-def qwen_vl_inputs(
-    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], size: int = 112, patch_size: int = 14,
-    fps: float | None = None, glm: bool = False,
-) -> dict:
-    """Model inputs for one video per prompt (videos may have different frame counts), as the Qwen-VL and GLM-4.1V
-    processors lay them out: vision start + all the video's tokens + vision end (Qwen2/2.5-VL); given the `fps`,
-    each temporal patch on its own: `<t seconds>` + vision start + its tokens + vision end (Qwen3-VL, Qwen3.5;
-    t: the patch's mean frame time); with `glm`, video start, then per temporal patch image start + its tokens +
-    image end + its first frame's whole second, then video end (GLM-4.1V)."""
-    frames = [frames] if isinstance(frames, torch.Tensor) else frames
-    questions = [questions] * len(frames) if isinstance(questions, str) else questions
-    patches, grids, rows = [], [], []
-    for clip, question in zip(frames, questions):
-        flat, grid = qwen_vl_pixels(clip, size, size, patch_size=patch_size)
-        t, h, w = grid[0].tolist()
-        patches.append(flat)
-        grids.append(grid)
-        unit = [VISION_START] + [VIDEO] * (h * w // 4) + [VISION_END]
-        if glm:
-            seconds = (text_ids(str(int(2 * i / (fps or 1)))) for i in range(t))
-            video = [VIDEO_START] + sum((unit + second for second in seconds), []) + [VIDEO_END]
-        elif fps is None:
-            video = [VISION_START] + [VIDEO] * (t * h * w // 4) + [VISION_END]
-        else:
-            video = sum((text_ids(f"<{(2 * i + 0.5) / fps:.1f} seconds>") + unit for i in range(t)), [])
-        rows.append(text_ids("user: ") + video + text_ids(f"\n{question}\nassistant:"))
-    ids, mask = left_pad(rows)
-    return {
-        "input_ids": ids,
-        "attention_mask": mask,
-        "pixel_values_videos": torch.cat(patches),
-        "video_grid_thw": torch.cat(grids),
-        "mm_token_type_ids": (ids == VIDEO).long() * 2,
-    }
-
-
-def internvl_inputs(
-    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], image_size: int = 84, smolvlm: bool = False
-) -> dict:
-    """Model inputs for one video per prompt, as InternVL's processor lays a video out: each frame an image,
-    `FrameN: <img>` + its tokens + `</img>` on its own line (vision start / end stand in for <img> / </img>). With
-    `smolvlm`, as SmolVLM's: `\nMM:SS:` (its `Frame from ` left out: byte tokens are long) + fake token + global
-    token + its tokens + fake token (vision start, 261, vision start), frames padded to the batch's longest video
-    with blank images."""
-    frames = [frames] if isinstance(frames, torch.Tensor) else frames
-    questions = [questions] * len(frames) if isinstance(questions, str) else questions
-    per_frame = (image_size // 28) ** 2
-    pixels, rows = [], []
-    for clip, question in zip(frames, questions):
-        pixels.append(resize_normalize(clip, image_size, image_size, IMAGENET_MEAN, IMAGENET_STD))
-        if smolvlm:
-            frame = [VISION_START, 261] + [VIDEO] * per_frame + [VISION_START]
-            video = sum((text_ids(f"\n00:{i:02d}:") + frame for i in range(len(clip))), [])
-        else:
-            frame = [VISION_START] + [VIDEO] * per_frame + [VISION_END]
-            video = sum((text_ids(f"Frame{i + 1}: ") + frame + text_ids("\n") for i in range(len(clip))), [])
-        rows.append(text_ids("user: ") + video + text_ids(f"{question}\nassistant:"))
-    ids, mask = left_pad(rows)
-    if smolvlm:  # (batch, images, 3, H, W), shorter videos padded with all-zero images, which the model skips
-        longest = max(len(clip) for clip in pixels)
-        padded = torch.stack([torch.cat([p, p.new_zeros(longest - len(p), *p.shape[1:])]) for p in pixels])
-        return {"input_ids": ids, "attention_mask": mask, "pixel_values": padded}
-    return {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.cat(pixels)}
-
-
-def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
-    """Inputs for one video per prompt for any tiny model (lists make a left-padded batch)."""
-    if model.config.model_type == "qwen2_5_vl":
-        return qwen_vl_inputs(frames, questions)
-    if model.config.model_type in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5"):  # 16-px patches, timestamps at 8 fps
-        return qwen_vl_inputs(frames, questions, size=128, patch_size=16, fps=8.0)
-    if model.config.model_type in ("internvl", "smolvlm"):
-        return internvl_inputs(frames, questions, smolvlm=model.config.model_type == "smolvlm")
-    if model.config.model_type in ("glm4v", "glm4v_moe", "glm46v"):
-        return qwen_vl_inputs(frames, questions, fps=2.0, glm=True)
-    return frame_batch_inputs(model, frames, questions)

@@ -13,6 +13,7 @@ from .qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 from .qwen3_5 import Qwen3_5Adapter
 from .qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
 from .smolvlm import SmolVLMAdapter
+from .video_llama_3 import VideoLlama3Adapter
 from .video_llava import VideoLlavaAdapter
 
 ADAPTERS: dict[str, type[Adapter]] = {
@@ -20,7 +21,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
     for adapter in (
         LlavaOnevisionAdapter, LlavaNextVideoAdapter, VideoLlavaAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter,
         Qwen3VLAdapter, Qwen3VLMoeAdapter, Qwen3_5Adapter, InternVLAdapter, Glm4vAdapter, Glm46VAdapter,
-        Glm4vMoeAdapter, SmolVLMAdapter,
+        Glm4vMoeAdapter, SmolVLMAdapter, VideoLlama3Adapter,
     )
 }
 

@@ -92,6 +92,10 @@ class Adapter:
         unit (a frame, or the frames the tower encodes together)."""
         raise NotImplementedError
 
+    def note_encoded(self, output: Any, encoder_args: dict[str, Any]) -> None:
+        """Note on a `get_video_features` output what the prefill reading it needs where its call no longer says
+        (`generate` encodes up front and drops the grids; VideoLLaMA3 has nothing else to tell them by)."""
+
     def encode_frames(self, encode, encoder_args: dict[str, Any], keep: list[torch.Tensor]) -> Any:
         """`encode` (the stock `get_video_features`) run on the kept frame units only; its output covers every
         unit, dropped ones reading zeros, so placeholders, grids and positions stay the model's own."""

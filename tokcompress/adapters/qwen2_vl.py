@@ -3,6 +3,8 @@ frame-major in raster order; 3-D M-RoPE positions come from `get_rope_index` and
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 
 from ..engine import compat
@@ -11,6 +13,9 @@ from ..engine.folding import PACKED
 from ..layout import VisualLayout
 from ..ops import attention_received, attention_row_sharpness
 from .base import Adapter, rotate, token_runs
+
+if TYPE_CHECKING:
+    from ..engine.encoder import TowerCall
 
 
 class Qwen2VLAdapter(Adapter):
@@ -47,7 +52,7 @@ class Qwen2VLAdapter(Adapter):
         return layouts
 
     def frame_signatures(self, encoder_args):
-        embedded = self.vision_tower.patch_embed(encoder_args["pixel_values_videos"])  # (patches, D)
+        embedded = self.patch_embeddings(encoder_args["pixel_values_videos"])  # (patches, D)
         grids = encoder_args["video_grid_thw"].tolist()
         videos = embedded.split([t * h * w for t, h, w in grids])
         return [video.view(t, h * w, -1) for video, (t, h, w) in zip(videos, grids)]
@@ -65,6 +70,10 @@ class Qwen2VLAdapter(Adapter):
         output.pooler_output = self._all_units(output.pooler_output, grids, keep)
         return output
 
+    def patch_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
+        """The tower's (patches, D) embeddings of flattened patches, before its first layer."""
+        return self.vision_tower.patch_embed(pixels)
+
     def frame_counts(self, encoder_args):
         return encoder_args["video_grid_thw"][:, 0].tolist()
 
@@ -81,7 +90,7 @@ class Qwen2VLAdapter(Adapter):
         return self.vision_tower.blocks[-1].attn
 
     def tower_attention_received(self, call):
-        queries, keys = packed_queries_keys(self.tower_attention(), call.argument("hidden_states", 0), call.kwargs)
+        queries, keys = self.tower_queries_keys(self.tower_attention(), call.argument("hidden_states", 0), call.kwargs)
         bounds = call.kwargs["cu_seqlens"].tolist()  # attention runs inside each frame unit (or window)
         return torch.cat([
             attention_received(queries[None, :, start:end], keys[None, :, start:end])[0]
@@ -92,7 +101,7 @@ class Qwen2VLAdapter(Adapter):
         return layer.attn
 
     def tower_row_sharpness(self, attention, hidden, kwargs):
-        queries, keys = packed_queries_keys(attention, hidden, kwargs)  # (heads, rows, d)
+        queries, keys = self.tower_queries_keys(attention, hidden, kwargs)  # (heads, rows, d)
         heads, rows, dim = queries.shape
         bounds, sharpness = kwargs["cu_seqlens"], queries.new_empty(rows)
         lengths = bounds.diff()
@@ -104,11 +113,22 @@ class Qwen2VLAdapter(Adapter):
             sharpness[segment_rows] = attention_row_sharpness(q, k).flatten()
         return sharpness
 
+    def tower_queries_keys(self, attention, hidden: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """(heads, rows, d) fp32 rotary-embedded queries and keys of a packed tower attention on its (rows, D)
+        input, with the call's rotary tables (a fused qkv projection here)."""
+        cos, sin = (table[:, None].float() for table in kwargs["position_embeddings"])
+        queries, keys, _ = attention.qkv(hidden).unflatten(-1, (3, attention.num_heads, -1)).unbind(1)
+        return tuple(rotate(states.float(), cos, sin).transpose(0, 1) for states in (queries, keys))
+
+    def patches_per_token(self, tower_call: TowerCall) -> int:
+        """How many of a recorded tower call's patch rows make one LLM token (m² for a spatial merge size m)."""
+        return self.config.vision_config.spatial_merge_size**2
+
     def tower_token_scores(self, records, input_ids, standing=None):
-        merge = self.config.vision_config.spatial_merge_size**2
-        units, grid, standing = [], None, iter(standing or ())
+        units, grid, merge, standing = [], None, 1, iter(standing or ())
         for call in records:
             if call.kind == "tower":  # the units its last layer ran on: what stood of the call's
+                merge = self.patches_per_token(call)
                 grid = call.argument("grid_thw", 1).clone()
                 grid[:, 0] = grid.new_tensor([next(standing, t) for t in grid[:, 0].tolist()])
                 continue
@@ -125,11 +145,11 @@ class Qwen2VLAdapter(Adapter):
 
     def _all_units(self, features: tuple[torch.Tensor, ...], grids, keep) -> tuple[torch.Tensor, ...]:
         """Per video, the features of the kept units in place and zeros for the dropped ones."""
-        merge = self.config.vision_config.spatial_merge_size**2
         videos = []
-        for video, (t, h, w), units in zip(features, grids, keep):
-            full = video.new_zeros(t, h * w // merge, video.shape[-1])
-            full[units] = video.view(len(units), h * w // merge, -1)
+        for video, (t, _, _), units in zip(features, grids, keep):
+            kept = video.view(len(units), -1, video.shape[-1])
+            full = kept.new_zeros(t, *kept.shape[1:])
+            full[units] = kept
             videos.append(full.flatten(0, 1))
         return tuple(videos)
 
@@ -140,14 +160,6 @@ class Qwen2_5_VLAdapter(Qwen2VLAdapter):
     def in_patch_order(self, merged, grid_thw):
         window_order = compat.vision_window_order(grid_thw, self.config.vision_config).to(merged.device)
         return merged[torch.argsort(window_order)]
-
-
-def packed_queries_keys(attention, hidden: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """(heads, rows, d) fp32 rotary-embedded queries and keys of a packed tower attention (fused qkv) on its
-    (rows, D) input, with the call's rotary tables."""
-    cos, sin = (table[:, None].float() for table in kwargs["position_embeddings"])
-    queries, keys, _ = attention.qkv(hidden).unflatten(-1, (3, attention.num_heads, -1)).unbind(1)
-    return tuple(rotate(states.float(), cos, sin).transpose(0, 1) for states in (queries, keys))
 
 
 def grid_from_positions(positions: torch.Tensor) -> tuple[int, int, int]:

@@ -83,6 +83,7 @@ def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs:
             output = adapter.encode_frames(encode, encoder_args, record.keep)
     if folding is not None and folding.merged:
         record.keep, record.layer_share = folding.standing, folding.layer_share(record.units)
+    adapter.note_encoded(output, encoder_args)
     return output, record
 
 

@@ -1,0 +1,114 @@
+"""VideoLLaMA3: each frame of a video sits on its own, `Time t.ts:` + its tokens, over a Qwen2 decoder with plain
+1-D RoPE. Its SigLIP tower packs the frames' patches (m × m blocks in a row, attention inside each frame) and
+pools each block to one token (bilinear, by m). The processor's own compression (`video_compression_mask`, on
+by default) already drops the patches of a frame that repeat the previous one's pixels, keeping at least one
+token a frame: a frame's prompt tokens are the cells its mask keeps, so the layout starts thinned."""
+
+from __future__ import annotations
+
+import torch
+
+from ..layout import VisualLayout
+from .base import rotate, token_runs
+from .qwen2_vl import Qwen2VLAdapter
+
+ENCODED_GRIDS = "tokcompress_video_grids"
+"""Key added to a `get_video_features` output (a key, not an attribute: accelerate's device moves rebuild the
+output from its items): per video, its (frames, H, W) grid of LLM tokens."""
+
+
+class VideoLlama3Adapter(Qwen2VLAdapter):
+    model_type = "video_llama_3"
+    mrope = False
+
+    def video_layouts(self, input_ids, call_kwargs):
+        grids = self._grids(call_kwargs)
+        mask = call_kwargs.get("video_compression_mask")
+        sizes = [t * h * w for t, h, w in grids]
+        mask = torch.ones(sum(sizes), dtype=torch.bool) if mask is None else mask.cpu()  # None: every cell
+        if len(mask) != sum(sizes) or int((input_ids == self.video_token_id).sum()) != int(mask.sum()):
+            return None  # placeholders, mask and features disagree: HF's own error says how
+        kept = [cells.view(t, h * w) for cells, (t, h, w) in zip(mask.split(sizes), grids)]
+        pending = iter(zip(grids, kept))
+        layouts = []
+        for ids in input_ids:
+            runs = token_runs(ids, self.video_token_id)
+            frame_starts, sample_grids, sample_kept = [], [], []
+            while runs:
+                grid, cells = next(pending, (None, None))
+                if grid is None:
+                    return None  # more runs than videos: HF's own error says so
+                counts = cells.sum(dim=1).tolist()  # every frame keeps at least one (the processor's rule)
+                frames, runs = runs[: len(counts)], runs[len(counts) :]
+                if [length for _, length in frames] != counts:
+                    raise ValueError(
+                        f"a video's frames keep {counts} tokens (its `video_compression_mask`) but its runs of video "
+                        f"tokens hold {[length for _, length in frames]}; pass the processor's prompt and mask"
+                    )
+                frame_starts.append([start for start, _ in frames])
+                sample_grids.append(grid)
+                sample_kept.append(cells)
+            layouts.append(VisualLayout.from_frames(frame_starts, sample_grids, sample_kept, device=ids.device))
+        return layouts
+
+    def _grids(self, call_kwargs) -> list[tuple[int, int, int]]:
+        """Per video of the call, its (frames, H, W) grid of LLM tokens: from `video_grid_thw` and
+        `video_merge_sizes`, or (`generate` encodes up front and drops them) as noted on the encoded features -
+        matched to each video by its token count where `generate` repeated the videos (beams, sequences)."""
+        grid_thw = call_kwargs.get("video_grid_thw")
+        if grid_thw is not None:
+            return self.token_grids(grid_thw, call_kwargs.get("video_merge_sizes"))
+        encoded = (call_kwargs.get("mm_encoder_outputs") or {}).get("video")
+        noted = None if encoded is None else encoded.get(ENCODED_GRIDS)
+        if noted is None:
+            raise ValueError(
+                "VideoLLaMA3 video features encoded before the model was patched carry no frame grid: pass "
+                "pixel_values_videos, video_grid_thw and video_merge_sizes (or encode after tokcompress.patch)"
+            )
+        counts = [len(features) for features in encoded.pooler_output]
+        if len(counts) == len(noted):
+            return noted
+        by_count = {t * h * w: (t, h, w) for t, h, w in noted}
+        if len(by_count) < len(set(noted)) or any(count not in by_count for count in counts):
+            raise ValueError(
+                f"cannot tell the grids {noted} of the encoded videos apart by their token counts {counts}: pass "
+                "pixel_values_videos, video_grid_thw and video_merge_sizes to the call"
+            )
+        return [by_count[count] for count in counts]
+
+    def token_grids(self, grid_thw: torch.Tensor, merge_sizes: torch.Tensor | None) -> list[tuple[int, int, int]]:
+        merges = merge_sizes.tolist() if merge_sizes is not None else [1] * len(grid_thw)
+        return [(t, h // m, w // m) for (t, h, w), m in zip(grid_thw.tolist(), merges)]
+
+    def note_encoded(self, output, encoder_args):
+        output[ENCODED_GRIDS] = self.token_grids(encoder_args["video_grid_thw"], encoder_args.get("video_merge_sizes"))
+
+    def patch_embeddings(self, pixels):
+        return self.vision_tower.embeddings(pixels.to(self.vision_tower.dtype))
+
+    def tower_layers(self):
+        layers = self.vision_tower.encoder.layers
+        return layers, len(layers)
+
+    def tower_readouts(self):
+        return [self.vision_tower.post_layernorm]  # then each frame's m × m blocks pooled to one token
+
+    def tower_attention(self):
+        return self.vision_tower.encoder.layers[-1].self_attn
+
+    def tower_layer_attention(self, layer):
+        return layer.self_attn
+
+    def tower_queries_keys(self, attention, hidden, kwargs):
+        cos, sin = (table[:, None].float() for table in kwargs["position_embeddings"])
+        return tuple(
+            rotate(projection(hidden).unflatten(-1, (attention.num_heads, -1)).float(), cos, sin).transpose(0, 1)
+            for projection in (attention.q_proj, attention.k_proj)
+        )
+
+    def patches_per_token(self, tower_call):
+        merges = tower_call.argument("merge_sizes", 2).unique().tolist()
+        if len(merges) != 1:
+            raise ValueError(f"a VideoLLaMA3 tower call whose videos merge patches differently ({merges})")
+        return merges[0] ** 2
+
