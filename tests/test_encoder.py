@@ -120,6 +120,21 @@ def test_every_method_reads_the_frames_that_stand_after_frame_dedup(clip, method
     assert sample.encoder_ratio <= 0.5 and abs(sample.achieved_ratio - 0.3) * sample.visual_in <= 1.0
 
 
+@pytest.mark.parametrize("method", ["none", "framefusion", "framededup", "earlytom"])
+def test_get_video_features_gives_the_stock_tuple_when_asked_for_one(family, clip, method):
+    model = model_for(family)
+    if not ADAPTERS[family].encoder_side:
+        pytest.skip(f"{family}'s frames are images: its video features are not the patch's")
+    encode = {**video_encoder_inputs(inputs_for(family, clip, "What is moving?")), "return_dict": False}
+    with torch.no_grad():
+        stock = model.model.get_video_features(**encode)
+        with tokcompress.compress(model, method, ratio=None if method == "none" else 0.5):
+            patched = model.model.get_video_features(**encode)
+    assert isinstance(patched, tuple) and len(patched) == len(stock)
+    if method in ("none", "framefusion"):  # the pre-LLM one leaves the tower alone
+        torch.testing.assert_close(patched, stock)
+
+
 def test_a_composition_at_ratio_one_is_the_identity(family, clip):
     model = model_for(family)
     inputs = inputs_for(family, clip, "What is moving?")

@@ -78,3 +78,28 @@ def test_features_encoded_while_patched_carry_their_grid_and_others_are_refused(
         torch.testing.assert_close(logits(model, {**text, "mm_encoder_outputs": {"video": encoded}}), expected)
         with pytest.raises(ValueError, match="encoded before the model was patched"):
             logits(model, {**text, "mm_encoder_outputs": {"video": unpatched}})
+
+
+def test_beams_repeat_each_samples_grids_even_where_two_videos_have_as_many_tokens(clip, other_clip):
+    """`generate` drops the grids and repeats each sample's videos for its beams: the noted grids are repeated
+    the same way, so a batch of a 4-frame 4 × 4 and an 8-frame 2 × 4 video (64 tokens each) decodes as each
+    video alone."""
+    model = model_for("video_llama_3")
+    videos, questions, sizes = [clip[:4], other_clip], ["What is moving?", "Describe it."], [(128, 128), (64, 128)]
+    batch = tiny.video_llama_3_inputs(videos, questions, sizes=sizes)
+    assert batch["video_grid_thw"].tolist() == [[4, 8, 8], [8, 4, 8]]
+    with tokcompress.compress(model, "framefusion", ratio=0.3):
+        together = generate(model, batch, num_beams=2)
+        alone = [generate(model, tiny.video_llama_3_inputs(v, q, sizes=[size]), num_beams=2)[0]
+                 for v, q, size in zip(videos, questions, sizes)]
+    assert all(torch.equal(row, single) for row, single in zip(together, alone))
+
+
+def test_token_folding_in_the_tower_leaves_its_pooled_output_alone(clip):
+    """VideoLLaMA3's tower hands out its pooled output: after folding three quarters of its rows away (leaving as
+    many as the pooled output has) only the layers' rows are expanded back."""
+    model = model_for("video_llama_3")
+    inputs = tiny.video_llama_3_inputs(clip, "What is moving?")
+    with tokcompress.compress(model, "vidtldr", ratio=0.3, merge_schedule="0.5,0.5") as handle:
+        generate(model, inputs)
+    assert abs(handle.stats.samples[0].achieved_ratio - 0.3) * handle.stats.samples[0].visual_in <= 1

@@ -143,17 +143,18 @@ def internvl_inputs(
 
 def video_llama_3_inputs(
     frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], fps: float = 2.0,
-    compression: float | None = None,
+    compression: float | None = None, sizes: list[tuple[int, int]] | None = None,
 ) -> dict:
     """Model inputs for one video per prompt as VideoLLaMA3's processor lays them out: per frame `Time t.ts:` + its
-    tokens (128-px frames, 2 × 2 merged 16-px patches: 4 × 4 tokens). With a `compression` threshold, its
-    `video_compression_mask`: a frame keeps the tokens whose patches differ from the previous frame's by more
-    than it (mean |Δ| of normalised pixels × 255), at least one; None: every token (compression off)."""
+    tokens (2 × 2 merged 16-px patches; 128-px frames, 4 × 4 tokens, or each video's (height, width) in `sizes`).
+    With a `compression` threshold, its `video_compression_mask`: a frame keeps the tokens whose patches differ
+    from the previous frame's by more than it (mean |Δ| of normalised pixels × 255), at least one; None: every
+    token (compression off)."""
     frames = [frames] if isinstance(frames, torch.Tensor) else frames
     questions = [questions] * len(frames) if isinstance(questions, str) else questions
     patches, grids, masks, rows = [], [], [], []
-    for clip, question in zip(frames, questions):
-        flat, grid = qwen_vl_pixels(clip, 128, 128, patch_size=16, temporal_patch_size=1)
+    for clip, question, (height, width) in zip(frames, questions, sizes or [(128, 128)] * len(frames)):
+        flat, grid = qwen_vl_pixels(clip, height, width, patch_size=16, temporal_patch_size=1)
         t, h, w = grid[0].tolist()
         blocks = flat.view(t, h * w // 4, -1)
         kept = torch.ones(t, h * w // 4, dtype=torch.bool)
@@ -165,8 +166,8 @@ def video_llama_3_inputs(
         masks.append(kept.flatten())
         video = sum((text_ids(f"Time {i / fps:.1f}s:") + [VIDEO] * int(n) for i, n in enumerate(kept.sum(dim=1))), [])
         rows.append(prompt(video, question))
-    compression = {"video_merge_sizes": torch.full((len(grids),), 2), "video_compression_mask": torch.cat(masks)}
-    return {**packed_inputs(rows, patches, grids), **compression}
+    extra = {"video_merge_sizes": torch.full((len(grids),), 2), "video_compression_mask": torch.cat(masks)}
+    return {**packed_inputs(rows, patches, grids), **extra}
 
 
 def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:

@@ -135,6 +135,10 @@ class Adapter:
         mergers): their input is expanded back to every frame unit before they run."""
         raise NotImplementedError(f"{self.model_type}: the vision tower does not pack frames")
 
+    tower_row_outputs: ClassVar[tuple[str, ...]] = ("last_hidden_state", "hidden_states")
+    """The outputs of a PACKED tower that hold its rows as its layers left them (not read out): expanded back to
+    every frame unit's rows after a fold."""
+
     def tower_layer_attention(self, layer: nn.Module) -> nn.Module:
         """The attention module of one of `tower_layers()` (token folding reads its input)."""
         return layer.self_attn

@@ -20,9 +20,10 @@ output from its items): per video, its (frames, H, W) grid of LLM tokens."""
 class VideoLlama3Adapter(Qwen2VLAdapter):
     model_type = "video_llama_3"
     mrope = False
+    tower_row_outputs = ("hidden_states",)  # its last_hidden_state is read out already: normed, pooled
 
     def video_layouts(self, input_ids, call_kwargs):
-        grids = self._grids(call_kwargs)
+        grids = self._grids(input_ids, call_kwargs)
         mask = call_kwargs.get("video_compression_mask")
         sizes = [t * h * w for t, h, w in grids]
         mask = torch.ones(sum(sizes), dtype=torch.bool) if mask is None else mask.cpu()  # None: every cell
@@ -51,10 +52,10 @@ class VideoLlama3Adapter(Qwen2VLAdapter):
             layouts.append(VisualLayout.from_frames(frame_starts, sample_grids, sample_kept, device=ids.device))
         return layouts
 
-    def _grids(self, call_kwargs) -> list[tuple[int, int, int]]:
+    def _grids(self, input_ids, call_kwargs) -> list[tuple[int, int, int]]:
         """Per video of the call, its (frames, H, W) grid of LLM tokens: from `video_grid_thw` and
         `video_merge_sizes`, or (`generate` encodes up front and drops them) as noted on the encoded features -
-        matched to each video by its token count where `generate` repeated the videos (beams, sequences)."""
+        repeated as `generate` repeats each sample's videos for its beams or returned sequences."""
         grid_thw = call_kwargs.get("video_grid_thw")
         if grid_thw is not None:
             return self.token_grids(grid_thw, call_kwargs.get("video_merge_sizes"))
@@ -66,15 +67,25 @@ class VideoLlama3Adapter(Qwen2VLAdapter):
                 "pixel_values_videos, video_grid_thw and video_merge_sizes (or encode after tokcompress.patch)"
             )
         counts = [len(features) for features in encoded.pooler_output]
-        if len(counts) == len(noted):
-            return noted
-        by_count = {t * h * w: (t, h, w) for t, h, w in noted}
-        if len(by_count) < len(set(noted)) or any(count not in by_count for count in counts):
-            raise ValueError(
-                f"cannot tell the grids {noted} of the encoded videos apart by their token counts {counts}: pass "
-                "pixel_values_videos, video_grid_thw and video_merge_sizes to the call"
-            )
-        return [by_count[count] for count in counts]
+        if len(counts) == len(noted) or len(counts) % len(noted) or len(input_ids) % (len(counts) // len(noted)):
+            return noted  # as encoded (or not a repetition of it: the placeholder check refuses the call)
+        return self._repeated(noted, counts, input_ids, call_kwargs.get("video_compression_mask"))
+
+    def _repeated(self, noted, counts, input_ids, mask) -> list[tuple[int, int, int]]:
+        """The noted grids as `generate` repeated them: each sample's block of videos once per row it made of
+        the sample, the rows of a sample one after another; a row's videos are those its placeholders hold."""
+        rows = len(counts) // len(noted)
+        kept = iter((mask.cpu().split(counts) if mask is not None else [torch.ones(c) for c in counts]))
+        placeholders = (input_ids == self.video_token_id).sum(dim=1).tolist()
+        grids, first = [], 0
+        for row, held in enumerate(placeholders):
+            videos = 0
+            while held > 0:
+                held -= int(next(kept).sum())
+                videos += 1
+            grids += noted[first : first + videos]
+            first += videos if row % rows == rows - 1 else 0
+        return grids
 
     def token_grids(self, grid_thw: torch.Tensor, merge_sizes: torch.Tensor | None) -> list[tuple[int, int, int]]:
         merges = merge_sizes.tolist() if merge_sizes is not None else [1] * len(grid_thw)

@@ -59,6 +59,9 @@ class EncodedVideos:
 def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs: dict[str, Any]):
     """Run the stock `encode` as the method wants; returns its output and the record of what was encoded."""
     encoder_args = compat.bound_arguments(encode, args, kwargs)
+    # the output is read and extended here as a ModelOutput, made a tuple again (as the stock one) for the caller
+    as_tuple = encoder_args.get("return_dict") is False
+    encoder_args["return_dict"] = True
     pixels = encoder_args["pixel_values_videos"]
     record = EncodedVideos(units=[])
     if PRE_ENCODER in method.stages and method.compresses():
@@ -83,6 +86,8 @@ def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs:
             output = adapter.encode_frames(encode, encoder_args, record.keep)
     if folding is not None and folding.merged:
         record.keep, record.layer_share = folding.standing, folding.layer_share(record.units)
+    if as_tuple:
+        return output.to_tuple(), record
     adapter.note_encoded(output, encoder_args)
     return output, record
 

@@ -66,8 +66,9 @@ class _Folding:
 
     def expand(self, output):
         """The tower's output, every tensor in it (the hidden states of any layer) back in the full shape; a
-        packed tower's readouts (its merger) already read expanded input, so there only the hidden states."""
-        keys = list(output.keys()) if self.unit_rows is None else ["last_hidden_state", "hidden_states"]
+        packed tower's readouts (its merger) already read expanded input, so there only the outputs that hold
+        its rows (`Adapter.tower_row_outputs`)."""
+        keys = list(output.keys()) if self.unit_rows is None else self.adapter.tower_row_outputs
 
         def expand(value):
             if isinstance(value, torch.Tensor):
