@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 import tokcompress
 from tokcompress import tiny
@@ -73,6 +74,41 @@ def test_run_takes_a_composition_spelt_as_its_stats_name(capsys):
     argv = ["run", "--frames", "4", "--method", "framededup+fastv", "--ratio", "0.3", "--max-new-tokens", "2"]
     assert main(argv) == 0
     assert "[framededup+fastv @ ratio 0.3]" in capsys.readouterr().out
+
+
+def test_run_on_a_checkpoint_tells_its_processor_when_each_frame_was_taken(monkeypatch, capsys):
+    """The frames are sampled already: the processor gets them with their indices in the clip and its fps (the
+    times Qwen3-VL, GLM-4V, SmolVLM and VideoLLaMA3 write into the prompt) and is told not to sample again."""
+    import decord
+    from transformers import BatchFeature
+
+    from tokcompress import cli
+    from tokcompress.video import read_frames, sample_clip
+
+    model, calls = tiny.tiny_video_llama_3(), []
+
+    class Processor:
+        def apply_chat_template(self, conversation, add_generation_prompt):
+            return conversation[0]["content"][1]["text"]
+
+        def __call__(self, text, videos, **kwargs):
+            calls.append((videos, kwargs))
+            return BatchFeature(tiny.video_inputs(model, torch.from_numpy(videos[0]), text[0]))
+
+        def decode(self, ids, skip_special_tokens):
+            return tiny.decode(ids)
+
+    monkeypatch.setattr(cli, "load_checkpoint", lambda path: (model, Processor()))
+    argv = ["run", "--model", "some/checkpoint", "--video", "bikes.mp4", "--frames", "6", "--max-new-tokens", "2"]
+    assert cli.main(argv) == 0 and "model: some/checkpoint" in capsys.readouterr().out
+    ((videos, kwargs),) = calls
+    path = sample_clip("bikes.mp4")
+    clip = decord.VideoReader(str(path))
+    (metadata,) = kwargs["video_metadata"]
+    assert kwargs["do_sample_frames"] is False and metadata["fps"] == clip.get_avg_fps()
+    assert metadata["total_num_frames"] == len(clip) and len(metadata["frames_indices"]) == 6
+    expected = torch.from_numpy(clip.get_batch(metadata["frames_indices"]).asnumpy())
+    assert torch.equal(torch.from_numpy(videos[0]), expected) and torch.equal(expected, read_frames(path, 6))
 
 
 def test_run_documents_itself_and_fails_with_exit_codes_a_script_can_use(tmp_path, capsys):

@@ -23,7 +23,7 @@ from . import tiny
 from .ideal import ideal_prefill
 from .methods import build_method
 from .timing import median_ms, run_times_ms, spread, timed_generate
-from .video import read_frames, sample_clip
+from .video import read_frames, sample_clip, video_metadata
 
 TINY_IMAGE_SIZE = 196  # 7×7 tokens per frame after pooling
 UNSTEADY = 0.5  # runs of one method differing by more than this share of their median: warn
@@ -191,7 +191,10 @@ def load(args: argparse.Namespace):
         frames = _frames(path, args.frames)
         conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": args.question}]}]
         prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
-        inputs = dict(processor(text=[prompt], videos=[frames.numpy()], return_tensors="pt").to(model.device))
+        metadata = [video_metadata(path, args.frames)]  # the frames are sampled already: their times, not again
+        videos = processor(text=[prompt], videos=[frames.numpy()], video_metadata=metadata, do_sample_frames=False,
+                           return_tensors="pt")
+        inputs = dict(videos.to(model.device))
         print(f"model: {args.model}")
         return model, inputs, lambda ids: processor.decode(ids, skip_special_tokens=True), path
     # the default a little larger than the tests' (7×7 tokens a frame); the other families at their tests' sizes

@@ -46,7 +46,7 @@ def read_frames(
 
     reader = decord.VideoReader(str(path), num_threads=1)
     # more frames than the clip has repeat some: decode each once
-    distinct, order = torch.linspace(0, len(reader) - 1, num_frames).round().long().unique(return_inverse=True)
+    distinct, order = frame_indices(len(reader), num_frames).unique(return_inverse=True)
     chunks = []
     starts = range(0, len(distinct), CHUNK)
     for start in tqdm(starts, desc="decoding", unit="chunk", disable=not progress or len(starts) < 2):
@@ -55,6 +55,25 @@ def read_frames(
             frames = torch.stack([_resize(frame.permute(2, 0, 1)[None], *size)[0] for frame in frames]).permute(0, 2, 3, 1)
         chunks.append(frames)
     return torch.cat(chunks)[order]
+
+
+def frame_indices(total: int, num_frames: int) -> torch.Tensor:
+    """The `num_frames` evenly spaced indices of a `total`-frame clip that `read_frames` decodes."""
+    return torch.linspace(0, total - 1, num_frames).round().long()
+
+
+def video_metadata(path: str | Path, num_frames: int) -> dict:
+    """What HF's video processors are told of the frames `read_frames(path, num_frames)` returns - the clip's frame
+    count and fps and each frame's index in it: Qwen3-VL, GLM-4V, SmolVLM and VideoLLaMA3 write each frame's time
+    into the prompt (VideoLLaMA3's processor refuses a video without it)."""
+    import decord
+
+    reader = decord.VideoReader(str(path), num_threads=1)
+    total, fps = len(reader), float(reader.get_avg_fps())
+    return {
+        "total_num_frames": total, "fps": fps, "duration": total / fps,
+        "frames_indices": frame_indices(total, num_frames).tolist(),
+    }
 
 
 def resize_normalize(frames: torch.Tensor, height: int, width: int, mean, std) -> torch.Tensor:
