@@ -42,6 +42,8 @@ from transformers import (
     Qwen3_5ForConditionalGeneration,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
+    VideoLlama3Config,
+    VideoLlama3ForConditionalGeneration,
     VideoLlavaConfig,
     VideoLlavaForConditionalGeneration,
 )
@@ -90,7 +92,7 @@ SPECIAL_TOKENS = ("video_token_id", "image_token_id", "vision_start_token_id", "
                   "video_start_token_id", "video_end_token_id")  # config ids the random prompt text must avoid
 MODEL_NAMES = (
     "llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b",
-    "internvl3-8b", "glm-4.1v-9b", "small", "small-qwen2.5-vl",
+    "internvl3-8b", "glm-4.1v-9b", "videollama3-7b", "small", "small-qwen2.5-vl",
 )
 INTERNVL_IMAGE_START, INTERNVL_IMAGE_END = 151665, 151666  # <img>, </img>
 
@@ -150,6 +152,13 @@ def named_model(name: str, dtype: torch.dtype, device: str):
             "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [8, 12, 12],
         }})
         cls = Glm4vForConditionalGeneration
+    elif name == "videollama3-7b":  # SigLIP-so400m/14 (26 layers, as LLaVA-OV's) with 2-D RoPE over Qwen2.5-7B
+        config = VideoLlama3Config(
+            text_config=dict(model_type="qwen2", **QWEN2_7B_TEXT),
+            vision_config={k: v for k, v in SIGLIP_SO400M.items() if k not in ("model_type", "image_size")},
+            image_token_id=151655, video_token_id=151656,  # <|image_pad|>, <|video_pad|>
+        )
+        cls = VideoLlama3ForConditionalGeneration
     elif name == "small":
         config = LlavaOnevisionConfig(
             text_config=dict(model_type="qwen2", hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
@@ -206,6 +215,13 @@ def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
         mask, types = torch.ones(1, len(ids), dtype=torch.long), (ids == placeholder).long()[None] * 2
         return dict(input_ids=ids[None], attention_mask=mask, pixel_values_videos=pixels, video_grid_thw=grid,
                     mm_token_type_ids=types)
+    if config.model_type == "video_llama_3":  # each frame `Time t.ts:` (6 tokens) + its 16×16 tokens at 448 px
+        pixels, grid = qwen_vl_pixels(frames, 448, 448, patch_size=14, temporal_patch_size=1)
+        t, h, w = grid[0].tolist()
+        frame = torch.full((h * w // 4,), config.video_token_id)
+        ids = torch.cat([text[:8], *(torch.cat([text[:6], frame]) for _ in range(t)), text[8:]])
+        return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                    pixel_values_videos=pixels, video_grid_thw=grid, video_merge_sizes=torch.tensor([2]))
     if config.model_type == "internvl":  # frames as images: `FrameN: <img>` (4 tokens) + 256 tokens + `</img>`
         pixels = resize_normalize(frames, 448, 448, IMAGENET_MEAN, IMAGENET_STD)
         frame = [INTERNVL_IMAGE_START] + [config.image_token_id] * config.image_seq_length + [INTERNVL_IMAGE_END]
