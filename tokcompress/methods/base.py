@@ -73,6 +73,18 @@ def check_int(method: str, knob: str, value: Any, minimum: int, optional: bool =
         raise ValueError(f"{method} {knob} must be {allowed}, got {value!r}")
 
 
+def check_interval(method: str, knob: str, value: float | None, interval: str, optional: bool = False) -> None:
+    """Validate a number knob inside `interval`, written as in mathematics ("[-1, 1]", "(0, 1]", "[0, 1)"), or
+    None when `optional`; NaN lies in none."""
+    if optional and value is None:
+        return
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    above = value > low if interval[0] == "(" else value >= low
+    below = value < high if interval[-1] == ")" else value <= high
+    if not (above and below):
+        raise ValueError(f"{method} {knob} must lie in {interval}, got {value!r}")
+
+
 def check_choice(method: str, knob: str, value: Any, choices: tuple[str, ...]) -> None:
     """Validate a knob that takes one of a few names."""
     if value not in choices:

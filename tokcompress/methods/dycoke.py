@@ -8,7 +8,18 @@ import torch
 
 from ..layout import VisualLayout
 from ..ops import aligned_cosine
-from .base import DECODE, PRE_LLM, DecodeSample, LayerBudget, Method, ModelSpec, TokenReduction, check_choice, check_int
+from .base import (
+    DECODE,
+    PRE_LLM,
+    DecodeSample,
+    LayerBudget,
+    Method,
+    ModelSpec,
+    TokenReduction,
+    check_choice,
+    check_int,
+    check_interval,
+)
 from .selection import keep_count, proportional_split, separators_first, top_tokens, top_tokens_per_group
 
 POSITIONS = ("original", "contiguous")
@@ -64,11 +75,9 @@ class DyCoke(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 < self.decode_keep <= 1.0:
-            raise ValueError(f"dycoke decode_keep must lie in (0, 1], got {self.decode_keep!r}")
+        check_interval("dycoke", "decode_keep", self.decode_keep, "(0, 1]")
         check_int("dycoke", "decode_layer", self.decode_layer, 0, optional=True)
-        if not -1.0 <= self.reselect_threshold <= 1.0:
-            raise ValueError(f"dycoke reselect_threshold must lie in [-1, 1], got {self.reselect_threshold!r}")
+        check_interval("dycoke", "reselect_threshold", self.reselect_threshold, "[-1, 1]")
         check_choice("dycoke", "positions", self.positions, POSITIONS)
 
     def reindexes_positions(self) -> bool:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import IN_ENCODER, PRE_LLM, LayerBudget, Method, TokenReduction, check_int
+from .base import IN_ENCODER, PRE_LLM, LayerBudget, Method, TokenReduction, check_int, check_interval
 from .selection import proportional_split, separators_first, top_tokens_per_group, tower_attention, video_grids
 
 PAPER_LAYERS, PAPER_DEPTH = (6, 21, 23), 26  # PRUNE_LAYERS of LLaVA-OV's 26 SigLIP layers
@@ -62,8 +62,7 @@ class EarlyTom(Method):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("earlytom", "max_window", self.max_window, 2)
-        if not 0.0 <= self.ema <= 1.0:
-            raise ValueError(f"earlytom ema must lie in [0, 1], got {self.ema!r}")
+        check_interval("earlytom", "ema", self.ema, "[0, 1]")
         if self.merge_layers is not None:
             try:
                 layers = [int(layer) for layer in self.merge_layers.split(",")]

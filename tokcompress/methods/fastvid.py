@@ -9,7 +9,7 @@ import torch
 
 from ..layout import VisualLayout
 from ..ops import grouped_density_peaks
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction, check_int
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction, check_int, check_interval
 from .selection import (
     apportion,
     merge_destinations,
@@ -60,10 +60,8 @@ class FastVID(Method):
         super().__post_init__()
         check_int("fastvid", "segments", self.segments, 1)
         check_int("fastvid", "anchor_stride", self.anchor_stride, 1)
-        if not 0.0 <= self.contextual_share < 1.0:
-            raise ValueError(f"fastvid contextual_share must lie in [0, 1), got {self.contextual_share!r}")
-        if not -1.0 <= self.similarity_threshold <= 1.0:
-            raise ValueError(f"fastvid similarity_threshold must lie in [-1, 1], got {self.similarity_threshold!r}")
+        check_interval("fastvid", "contextual_share", self.contextual_share, "[0, 1)")
+        check_interval("fastvid", "similarity_threshold", self.similarity_threshold, "[-1, 1]")
 
     def uses_tower_attention(self) -> bool:
         return True

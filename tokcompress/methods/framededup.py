@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import PRE_ENCODER, Method, check_int
+from .base import PRE_ENCODER, Method, check_int, check_interval
 from .selection import keep_count, top_tokens
 
 
@@ -43,8 +43,7 @@ class FrameDedup(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not -1.0 <= self.threshold <= 1.0:
-            raise ValueError(f"framededup threshold must lie in [-1, 1], got {self.threshold!r}")
+        check_interval("framededup", "threshold", self.threshold, "[-1, 1]")
         check_int("framededup", "window", self.window, 1)
 
     def reduce_pre_encoder(self, signatures: torch.Tensor) -> torch.Tensor:

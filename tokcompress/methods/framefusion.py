@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..ops import aligned_cosine
-from .base import IN_LLM, LayerSample, Method, ModelSpec, TokenReduction, check_int
+from .base import IN_LLM, LayerSample, Method, ModelSpec, TokenReduction, check_int, check_interval
 from .selection import top_tokens
 
 # The official code's per-family settings: S_th 0.5 and the last 4 queries for Qwen2-VL, 0.6 and 1 elsewhere.
@@ -61,10 +61,8 @@ class FrameFusion(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if self.similarity_threshold is not None and not -1.0 <= self.similarity_threshold <= 1.0:
-            raise ValueError(f"framefusion similarity_threshold must lie in [-1, 1], got {self.similarity_threshold!r}")
-        if not 0.0 <= self.min_merge_ratio <= 1.0:
-            raise ValueError(f"framefusion min_merge_ratio must lie in [0, 1], got {self.min_merge_ratio!r}")
+        check_interval("framefusion", "similarity_threshold", self.similarity_threshold, "[-1, 1]", optional=True)
+        check_interval("framefusion", "min_merge_ratio", self.min_merge_ratio, "[0, 1]")
         check_int("framefusion", "num_queries", self.num_queries, 1, optional=True)
 
     def bind(self, spec: ModelSpec) -> FrameFusion:

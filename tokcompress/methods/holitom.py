@@ -9,7 +9,17 @@ import torch
 
 from ..layout import VisualLayout
 from ..ops import fold_clusters
-from .base import IN_LLM, PRE_LLM, LayerBudget, LayerSample, Method, ModelSpec, TokenReduction, check_int
+from .base import (
+    IN_LLM,
+    PRE_LLM,
+    LayerBudget,
+    LayerSample,
+    Method,
+    ModelSpec,
+    TokenReduction,
+    check_int,
+    check_interval,
+)
 from .selection import (
     apportion,
     merge_destinations,
@@ -68,10 +78,8 @@ class HoliTom(Method):
         super().__post_init__()
         check_int("holitom", "inner_layer", self.inner_layer, 1, optional=True)
         check_int("holitom", "max_window", self.max_window, 1)
-        if not 0.0 <= self.inner_merge < 1.0:
-            raise ValueError(f"holitom inner_merge must lie in [0, 1), got {self.inner_merge!r}")
-        if not -1.0 <= self.tau <= 1.0:
-            raise ValueError(f"holitom tau must lie in [-1, 1], got {self.tau!r}")
+        check_interval("holitom", "inner_merge", self.inner_merge, "[0, 1)")
+        check_interval("holitom", "tau", self.tau, "[-1, 1]")
 
     def bind(self, spec: ModelSpec) -> HoliTom:
         if self.inner_layer is not None and self.inner_layer >= spec.num_layers:

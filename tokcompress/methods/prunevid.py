@@ -9,7 +9,17 @@ import torch
 
 from ..layout import VisualLayout
 from ..ops import density_peak_clusters, fold_clusters
-from .base import IN_LLM, PRE_LLM, LayerBudget, LayerSample, Method, ModelSpec, TokenReduction, check_int
+from .base import (
+    IN_LLM,
+    PRE_LLM,
+    LayerBudget,
+    LayerSample,
+    Method,
+    ModelSpec,
+    TokenReduction,
+    check_int,
+    check_interval,
+)
 from .selection import frame_grids, top_tokens, true_first
 
 PAPER_LAYER, PAPER_DEPTH = 10, 28  # layer 10 of the 7B LLMs' 28
@@ -54,8 +64,7 @@ class PruneVid(Method):
     def __post_init__(self) -> None:
         super().__post_init__()
         for knob in ("temporal_segment_ratio", "cluster_ratio"):
-            if not 0.0 < getattr(self, knob) <= 1.0:
-                raise ValueError(f"prunevid {knob} must lie in (0, 1], got {getattr(self, knob)!r}")
+            check_interval("prunevid", knob, getattr(self, knob), "(0, 1]")
         check_int("prunevid", "layer", self.layer, 0, optional=True)
 
     def bind(self, spec: ModelSpec) -> PruneVid:

@@ -16,6 +16,7 @@ from .base import (
     ModelSpec,
     TokenReduction,
     check_int,
+    check_interval,
     check_layer,
     one_time_layer,
 )
@@ -71,8 +72,7 @@ class STTM(Method):
     def __post_init__(self) -> None:
         super().__post_init__()
         for knob in ("spatial_threshold", "temporal_threshold"):
-            if not -1.0 <= getattr(self, knob) <= 1.0:
-                raise ValueError(f"sttm {knob} must lie in [-1, 1], got {getattr(self, knob)!r}")
+            check_interval("sttm", knob, getattr(self, knob), "[-1, 1]")
         check_int("sttm", "root_level", self.root_level, 0)
         check_int("sttm", "layer", self.layer, 0, optional=True)
 

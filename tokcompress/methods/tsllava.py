@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction, check_int
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction, check_int, check_interval
 from .selection import merge_destinations, video_grids
 
 PAPER_FRAMES, PAPER_SAMPLED, PAPER_THUMBNAIL = 50, 2880, 576  # V2: 50 frames of 576 tokens, 2,880 sampled
@@ -51,8 +51,7 @@ class TSLLaVA(Method):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("tsllava", "thumbnail_frames", self.thumbnail_frames, 0)
-        if not 0.0 <= self.thumbnail_share <= 1.0:
-            raise ValueError(f"tsllava thumbnail_share must lie in [0, 1], got {self.thumbnail_share!r}")
+        check_interval("tsllava", "thumbnail_share", self.thumbnail_share, "[0, 1]")
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         destination, cells = merge_destinations(layout, budget.tokens_before_llm(layout.num_tokens), features.device)

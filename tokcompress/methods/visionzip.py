@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction, check_interval
 from .selection import merge_destinations, proportional_split, top_tokens_per_group, tower_attention
 
 
@@ -48,8 +48,7 @@ class VisionZip(Method):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        if not 0.0 <= self.contextual_share < 1.0:
-            raise ValueError(f"visionzip contextual_share must lie in [0, 1), got {self.contextual_share!r}")
+        check_interval("visionzip", "contextual_share", self.contextual_share, "[0, 1)")
 
     def uses_tower_attention(self) -> bool:
         return True
