@@ -128,6 +128,8 @@ def test_the_budget_is_met_exactly_on_any_grid(frames, height, width, repeats):
         assert (chain >= 0).all() and len(chain.unique()) == quota and torch.equal(chain[chain], chain)
         earliest = torch.arange(len(chain)).scatter_reduce(0, chain, torch.arange(len(chain)), "amin")
         assert torch.equal(earliest[chain], chain)  # each token stands at its earliest (then top-left) cell
+    with pytest.raises(ValueError, match="at least one token"):
+        tree.merge(0, 0.8, 0.55, 1)
 
 
 def test_identical_frames_collapse_onto_the_first_one_cell_by_cell():

@@ -222,6 +222,8 @@ class Quadtree:
 
     def merge(self, quota: int, spatial: float, temporal: float, root_level: int) -> torch.Tensor:
         """Per cell (T · cells, frame-major), the cell whose token it ends in: `quota` tokens left, none dropped."""
+        if quota < 1:
+            raise ValueError(f"a quadtree merge keeps at least one token (every cell ends in one), got quota {quota}")
         device = self.path_scores.device
         root = min(root_level + 1, self.levels - 1)
         high, fits = self.smallest_shift(quota, spatial, temporal, root)
