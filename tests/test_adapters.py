@@ -210,3 +210,17 @@ def test_internvl_reads_runs_of_single_tile_images_as_a_video_and_leaves_other_i
         logits(model, inputs)
         (sample,) = handle.stats.samples
     assert sample.visual_in == 3 * per_frame and sample.visual_out == per_frame
+
+
+def test_token_runs_are_the_maximal_runs_of_the_token():
+    from tokcompress.adapters.base import token_runs
+
+    assert token_runs(torch.tensor([], dtype=torch.long), 7) == [] and token_runs(torch.tensor([1, 2]), 7) == []
+    assert token_runs(torch.tensor([7, 7, 0, 7, 1, 7, 7, 7]), 7) == [(0, 2), (3, 1), (5, 3)]
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):  # against the definition: a run starts where the token follows another id (or nothing)
+        ids = torch.randint(0, 3, (int(torch.randint(1, 40, (1,), generator=generator)),), generator=generator)
+        hit = (ids == 2).tolist()
+        starts = [i for i in range(len(hit)) if hit[i] and (i == 0 or not hit[i - 1])]
+        lengths = [next((j for j in range(i, len(hit)) if not hit[j]), len(hit)) - i for i in starts]
+        assert token_runs(ids, 2) == list(zip(starts, lengths))

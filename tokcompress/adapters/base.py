@@ -213,12 +213,10 @@ def split_heads(states: torch.Tensor, num_heads: int) -> torch.Tensor:
 
 
 def token_runs(ids: torch.Tensor, token_id: int) -> list[tuple[int, int]]:
-    """(start, length) of each maximal run of `token_id` in a 1-D id tensor."""
-    hits = (ids == token_id).nonzero().squeeze(1).tolist()
-    runs: list[tuple[int, int]] = []
-    for index in hits:
-        if runs and runs[-1][0] + runs[-1][1] == index:
-            runs[-1] = (runs[-1][0], runs[-1][1] + 1)
-        else:
-            runs.append((index, 1))
-    return runs
+    """(start, length) of each maximal run of `token_id` in a 1-D id tensor (one host read)."""
+    hits = (ids == token_id).nonzero().squeeze(1).cpu()
+    if not len(hits):
+        return []
+    first = torch.cat([torch.ones(1, dtype=torch.bool), hits.diff() != 1]).nonzero().squeeze(1)  # runs' first hits
+    lengths = torch.cat([first, torch.tensor([len(hits)])]).diff()
+    return list(zip(hits[first].tolist(), lengths.tolist()))
