@@ -405,6 +405,27 @@ def test_pdrop_keeps_the_last_instruction_tokens_top_at_each_stage_geometrically
     assert abs(spent / (n * 32) - method.ratio) * n <= 1
 
 
+@pytest.mark.parametrize("method", [PDrop, SparseVLM])
+@pytest.mark.parametrize(("num_layers", "n"), [(4, 64), (32, 64), (32, 1568)])
+@pytest.mark.parametrize("ratio", [0.01, 0.05, 0.3, 0.9])
+def test_staged_pruning_meets_the_layer_averaged_budget_at_any_ratio(method, num_layers, n, ratio):
+    """Down to ratios whose budget runs out before the paper's first pruning layer (that layer then moves
+    earlier): the layer average is the ratio to within one token."""
+    method, memory = method(ratio=ratio), {}
+    layout = VisualLayout.from_videos([0], [(n // 16, 4, 4)])
+    current, spent = torch.arange(n), 0
+    for layer in range(num_layers):
+        attention = features(len(current), seed=layer).abs()
+        budget = LayerBudget(ratio, n, num_layers, layer, spent)
+        sample = LayerSample(layer, features(len(current), 8, seed=layer), layout.select(current), budget, memory,
+                             lambda q, a=attention: a)
+        reduction = method.reduce_in_llm(sample)
+        if reduction is not None:
+            current = current[reduction.keep]
+        spent += len(current)
+    assert abs(spent / (n * num_layers) - ratio) * n <= 1
+
+
 # ---------------------------------------------------------------------------------------------- PruneVid
 
 

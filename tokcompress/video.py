@@ -69,9 +69,9 @@ def video_metadata(path: str | Path, num_frames: int) -> dict:
     import decord
 
     reader = decord.VideoReader(str(path), num_threads=1)
-    total, fps = len(reader), float(reader.get_avg_fps())
+    total, fps = len(reader), float(reader.get_avg_fps()) or None  # a file may not say (0): the processor's default
     return {
-        "total_num_frames": total, "fps": fps, "duration": total / fps,
+        "total_num_frames": total, "fps": fps, "duration": total / fps if fps else None,
         "frames_indices": frame_indices(total, num_frames).tolist(),
     }
 

@@ -78,6 +78,8 @@ def check_interval(method: str, knob: str, value: float | None, interval: str, o
     None when `optional`; NaN lies in none."""
     if optional and value is None:
         return
+    if interval[0] not in "[(" or interval[-1] not in ")]" or interval.count(",") != 1:
+        raise ValueError(f"an interval is written '[low, high]', '(low, high]', … ; got {interval!r}")
     low, high = (float(bound) for bound in interval[1:-1].split(","))
     above = value > low if interval[0] == "(" else value >= low
     below = value < high if interval[-1] == ")" else value <= high

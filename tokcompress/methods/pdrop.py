@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import IN_LLM, LayerBudget, LayerSample, Method, ModelSpec, TokenReduction, check_int
+from .base import IN_LLM, LayerBudget, LayerSample, Method, ModelSpec, TokenReduction, check_int, one_time_layer
 from .selection import top_tokens
 
 PAPER_RATIO = (1 + 0.5 + 0.25 + 0.125) / 4  # λ = 0.5 over four equal stages: the official 8/16/24 of 32 layers
@@ -54,9 +54,7 @@ class PDrop(Method):
         """The layers before which tokens are dropped: the first run of layers is L / num_stages long, or as much
         shorter as the budget needs (down to dropping before layer 0); the other runs split the rest evenly."""
         num_layers, stages = budget.num_layers, self.num_stages
-        first = round(num_layers / stages)
-        while first > 0 and not LayerBudget(self.ratio, budget.num_visual, num_layers, first, first * budget.num_visual).tokens_per_layer():
-            first -= 1
+        first = one_time_layer(None, self.ratio, budget, round(num_layers / stages))
         rest = [first + round(s * (num_layers - first) / (stages - 1)) for s in range(stages - 1)]
         return sorted(set(b for b in rest if b < num_layers))
 
@@ -78,6 +76,8 @@ def stage_count(budget: LayerBudget, current: int, boundaries: list[int], stage:
     """How many of the `current` tokens a pyramid keeps before `boundaries[stage - 1]`: at the last boundary what
     the budget has left per layer; before that current · λ, where keeping current · (λ, λ², …) over the runs of
     layers from here on spends what is left (the paper's λ^s of the original count on a full prompt)."""
+    if current == 0:
+        return 0
     if stage == len(boundaries):
         count = budget.tokens_per_layer()
     else:

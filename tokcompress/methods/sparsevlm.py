@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from ..ops import density_peak_clusters
-from .base import IN_LLM, LayerSample, Method, TokenReduction
+from .base import IN_LLM, LayerBudget, LayerSample, Method, TokenReduction, one_time_layer
 from .pdrop import stage_count
 
 PAPER_LAYERS, PAPER_DEPTH = (2, 6, 15), 32  # LLaVA-1.5's pruning layers
@@ -30,7 +30,8 @@ class SparseVLM(Method):
     Departures:
     - Stage counts: λ, λ², λ³ of the visual tokens with λ set by `ratio`, as `pdrop` sets them (the official
       counts are a fixed table per budget, e.g. 300 / 200 / 110 of 576 for 192, roughly that shape); the last
-      stage absorbs rounding so the layer average meets the ratio within one token. Recycled clusters take places inside
+      stage absorbs rounding so the layer average meets the ratio within one token. The first pruning layer
+      moves earlier where a low ratio cannot keep every token until it (down to before layer 0). Recycled clusters take places inside
       that count (the official code adds them on top), so the recycled tokens are drawn from those ranked
       below the full count.
     - A recycled cluster is a size-weighted merge placed at its earliest member's original position (the
@@ -46,14 +47,17 @@ class SparseVLM(Method):
     name = "sparsevlm"
     stages = (IN_LLM,)
 
-    def pruning_layers(self, num_layers: int) -> list[int]:
-        return sorted({min(round(layer * num_layers / PAPER_DEPTH), num_layers - 1) for layer in PAPER_LAYERS})
+    def pruning_layers(self, budget: LayerBudget) -> list[int]:
+        """The paper's layers scaled to the model's depth, the first moved earlier where the budget cannot hold
+        every token until then (a low ratio)."""
+        layers = [min(round(layer * budget.num_layers / PAPER_DEPTH), budget.num_layers - 1) for layer in PAPER_LAYERS]
+        return sorted({one_time_layer(None, self.ratio, budget, layers[0]), *layers[1:]})
 
     def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
         memory, budget = sample.memory, sample.budget
         if "raters" not in memory:  # the LLM input: embeddings of the visual tokens and of the question
             memory["raters"] = raters(sample.features, sample.question)
-        layers = self.pruning_layers(budget.num_layers)
+        layers = self.pruning_layers(budget)
         if sample.layer not in layers:
             return None
         keep = stage_count(budget, sample.features.shape[0], layers, layers.index(sample.layer) + 1)
@@ -64,7 +68,7 @@ class SparseVLM(Method):
         return recycled_reduction(sample.features, score, keep, self.recycle)
 
     def in_llm_finished(self, sample: LayerSample) -> bool:
-        return sample.layer >= self.pruning_layers(sample.budget.num_layers)[-1]
+        return sample.layer >= self.pruning_layers(sample.budget)[-1]
 
 
 def raters(visual: torch.Tensor, question: torch.Tensor | None) -> torch.Tensor | None:
