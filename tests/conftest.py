@@ -26,6 +26,7 @@ class TinyFamily:
     mixed_frame_counts: bool = False  # a batch may hold videos of different lengths
     mrope: bool = False  # 3-D positions: no re-indexing to contiguous positions
     encoder_side: bool = True  # a pre-encoder method keeps dropped frames from the tower (InternVL: not)
+    positions_from_mask: bool = False  # the stock forward builds M-RoPE ids only from a mask (Qwen2.5-Omni)
 
 
 TINY = {
@@ -41,6 +42,9 @@ TINY = {
     "glm4v": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
     "glm4v_moe": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
     "video_llama_3": TinyFamily(tokens_per_unit=16, mixed_frame_counts=True),
+    "qwen2_5_omni_thinker": TinyFamily(
+        tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True, positions_from_mask=True,
+    ),
 }
 FAMILIES = tuple(TINY)
 # every registered method but the identity: a new method cannot skip the contract suite

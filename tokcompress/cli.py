@@ -216,7 +216,8 @@ def _frames(path: Path, count: int, **options) -> torch.Tensor:
 
 def load_checkpoint(path: str):
     """A supported checkpoint and its processor (checked before any weight is read)."""
-    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoModelForMultimodalLM, AutoProcessor
+    from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
 
     path = str(Path(path).expanduser()) if path.startswith("~") else path
     local = Path(path).is_absolute() or path.startswith(".") or "/" not in path
@@ -235,8 +236,11 @@ def load_checkpoint(path: str):
     except (OSError, ValueError) as error:
         message = f"no processor at {path} (its preprocessor / tokenizer files): {error}"
         raise CommandError("missing file", message) from error
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype="auto", device_map="auto").eval()
-    return model, processor
+    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+        model = AutoModelForImageTextToText.from_pretrained(path, dtype="auto", device_map="auto")
+    else:  # the whole Qwen2.5-Omni: its thinker answers in text (its talker would speak the answer)
+        model = AutoModelForMultimodalLM.from_pretrained(path, dtype="auto", device_map="auto").thinker
+    return model.eval(), processor
 
 
 def _method(name: str, ratio: float | None = None) -> str:

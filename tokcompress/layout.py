@@ -74,12 +74,15 @@ class VisualLayout:
         positions, video, frame, spatial = [], [], [], []
         frame_offset = 0
         for v, (starts, (t, h, w)) in enumerate(zip(frame_starts, grids)):
-            cells = torch.ones(t, h * w, dtype=torch.bool) if kept is None else kept[v].cpu().view(t, h * w)
-            counts = cells.sum(dim=1)
-            positions += [torch.arange(start, start + int(count)) for start, count in zip(starts, counts)]
-            video.append(torch.full((int(counts.sum()),), v))
-            frame.append(torch.arange(t).repeat_interleave(counts) + frame_offset)
-            spatial.append(cells.nonzero()[:, 1])
+            if kept is None:
+                counts, cells = [h * w] * t, torch.arange(h * w).repeat(t)
+            else:  # one host read per video
+                mask = kept[v].cpu().view(t, h * w)
+                counts, cells = mask.sum(dim=1).tolist(), mask.nonzero()[:, 1]
+            positions += [torch.arange(start, start + count) for start, count in zip(starts, counts)]
+            video.append(torch.full((sum(counts),), v))
+            frame.append(torch.arange(t).repeat_interleave(torch.tensor(counts)) + frame_offset)
+            spatial.append(cells)
             frame_offset += t
         if not positions:
             return VisualLayout.from_videos([], [], device=device)

@@ -23,6 +23,8 @@ from transformers import (
     LlavaOnevisionForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5OmniThinkerConfig,
+    Qwen2_5OmniThinkerForConditionalGeneration,
     Qwen3_5Config,
     Qwen3_5ForConditionalGeneration,
     Qwen3VLConfig,
@@ -38,6 +40,9 @@ from transformers import (
 )
 
 from .tiny_inputs import (  # noqa: F401 - the prompts and pixels of these models, here too for `tiny.X` callers
+    AUDIO,
+    AUDIO_END,
+    AUDIO_START,
     IMAGE,
     PAD,
     VIDEO,
@@ -51,6 +56,7 @@ from .tiny_inputs import (  # noqa: F401 - the prompts and pixels of these model
     frame_batch_video,
     internvl_inputs,
     left_pad,
+    qwen_omni_inputs,
     qwen_vl_inputs,
     text_ids,
     video_inputs,
@@ -117,20 +123,37 @@ def tiny_video_llava(
     return _build(VideoLlavaForConditionalGeneration, config, attn_implementation, seed)
 
 
+QWEN2_5_ROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}  # fits head_dim 16
+QWEN2_5_TOWER = dict(  # 2 blocks, the second of full attention; patch 14, temporal patch 2, merge 2
+    depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, temporal_patch_size=2,
+    spatial_merge_size=2, window_size=56, fullatt_block_indexes=[1],
+)
+
+
 def tiny_qwen2_5_vl(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
     """Qwen2.5-VL with a 2-block vision tower (patch 14, temporal patch 2, merge 2); M-RoPE sections fit head_dim 16."""
     config = Qwen2_5_VLConfig(
-        text_config=_text_config(
-            num_layers, hidden_size,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-        ),
-        vision_config=dict(
-            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size,
-            patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=56, fullatt_block_indexes=[1],
-        ),
+        text_config=_text_config(num_layers, hidden_size, rope_parameters=QWEN2_5_ROPE),
+        vision_config={**QWEN2_5_TOWER, "out_hidden_size": hidden_size},
         image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
     )
     return _build(Qwen2_5_VLForConditionalGeneration, config, attn_implementation, seed)
+
+
+def tiny_qwen2_5_omni_thinker(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64
+):
+    """Qwen2.5-Omni's thinker: Qwen2.5-VL's tiny tower and decoder beside a 1-layer audio encoder (16 mel bins),
+    over the byte vocabulary and three audio ids."""
+    config = Qwen2_5OmniThinkerConfig(
+        text_config={**_text_config(num_layers, hidden_size, rope_parameters=QWEN2_5_ROPE), "vocab_size": VOCAB + 3},
+        vision_config={**QWEN2_5_TOWER, "out_hidden_size": hidden_size},
+        audio_config=dict(encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, d_model=16,
+                          output_dim=hidden_size, num_mel_bins=16, n_window=4, max_source_positions=64),
+        image_token_index=IMAGE, video_token_index=VIDEO, audio_token_index=AUDIO, audio_start_token_id=AUDIO_START,
+        audio_end_token_id=AUDIO_END, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+    )
+    return _build(Qwen2_5OmniThinkerForConditionalGeneration, config, attn_implementation, seed)
 
 
 def tiny_qwen3_vl(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
@@ -293,4 +316,5 @@ TINY_MODELS = {
     "glm4v_moe": tiny_glm4v_moe,
     "glm46v": tiny_glm46v,
     "video_llama_3": tiny_video_llama_3,
+    "qwen2_5_omni_thinker": tiny_qwen2_5_omni_thinker,
 }

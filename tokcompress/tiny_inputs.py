@@ -19,6 +19,7 @@ from .video import (
 PAD, IMAGE, VIDEO, VISION_START, VISION_END = 256, 257, 258, 259, 260
 VIDEO_START, VIDEO_END = 262, 263  # GLM-4.1V's video span (261 is the tiny checkpoint's end of turn)
 VOCAB = 264
+AUDIO, AUDIO_START, AUDIO_END = 264, 265, 266  # Qwen2.5-Omni's audio placeholder and span (its tiny vocabulary: 267)
 
 
 def text_ids(text: str) -> list[int]:
@@ -170,6 +171,46 @@ def video_llama_3_inputs(
     return {**packed_inputs(rows, patches, grids), **extra}
 
 
+def qwen_omni_inputs(
+    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], audio_frames: int | None = None,
+    fps: float = 2.0, seconds_per_chunk: int = 2, position_id_per_seconds: int = 25,
+) -> dict:
+    """Model inputs for one video per prompt as Qwen2.5-Omni's processor lays them out: vision start + the video's
+    tokens (112-px frames, 2-frame units of 4 × 4 tokens) + vision end; with `audio_frames` (mel frames of a random
+    16-bin track per video), its audio in the video: vision start + audio start + per chunk of seconds the chunk's
+    units, then its audio tokens + audio end + vision end (`use_audio_in_video`)."""
+    frames = [frames] if isinstance(frames, torch.Tensor) else frames
+    questions = [questions] * len(frames) if isinstance(questions, str) else questions
+    patches, grids, rows = [], [], []
+    per_chunk = seconds_per_chunk * position_id_per_seconds  # the M-RoPE time ids a chunk spans
+    audio_tokens = 0 if audio_frames is None else ((audio_frames - 1) // 2 + 1 - 2) // 2 + 1  # its encoder's strides
+    for clip, question in zip(frames, questions):
+        flat, grid = qwen_vl_pixels(clip, 112, 112)
+        t, h, w = grid[0].tolist()
+        unit = [VIDEO] * (h * w // 4)
+        if audio_frames is None:
+            video = unit * t
+        else:
+            unit_chunks = [int(u * 2 / fps * position_id_per_seconds) // per_chunk for u in range(t)]
+            chunks = max(unit_chunks[-1] + 1, -(-audio_tokens // per_chunk))
+            video = [AUDIO_START]
+            for chunk in range(chunks):  # the chunk's units, then its audio tokens
+                audio = min(per_chunk, max(audio_tokens - chunk * per_chunk, 0))
+                video += unit * unit_chunks.count(chunk) + [AUDIO] * audio
+            video += [AUDIO_END]
+        rows.append(prompt([VISION_START, *video, VISION_END], question))
+        patches.append(flat)
+        grids.append(grid)
+    extra = {"video_second_per_grid": torch.full((len(grids),), 2 / fps)}
+    if audio_frames is not None:
+        generator = torch.Generator().manual_seed(0)
+        extra.update(
+            input_features=torch.randn(len(grids), 16, audio_frames, generator=generator),
+            feature_attention_mask=torch.ones(len(grids), audio_frames, dtype=torch.long), use_audio_in_video=True,
+        )
+    return {**packed_inputs(rows, patches, grids), **extra}
+
+
 def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
     """Inputs for one video per prompt for any tiny model (lists make a left-padded batch)."""
     if model.config.model_type == "qwen2_5_vl":
@@ -182,4 +223,6 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
         return qwen_vl_inputs(frames, questions, fps=2.0, glm=True)
     if model.config.model_type == "video_llama_3":
         return video_llama_3_inputs(frames, questions)
+    if model.config.model_type in ("qwen2_5_omni_thinker", "qwen2_5_omni"):
+        return qwen_omni_inputs(frames, questions)
     return frame_batch_inputs(model, frames, questions)

@@ -25,31 +25,51 @@ class Qwen2VLAdapter(Adapter):
     tower_frames = PACKED  # each temporal patch a run of h·w rows (window-ordered alike), attention inside each
 
     def video_layouts(self, input_ids, call_kwargs):
-        grid_thw = call_kwargs.get("video_grid_thw")
-        merge = self.config.vision_config.spatial_merge_size
-        all_grids = [(t, h // merge, w // merge) for t, h, w in grid_thw.tolist()] if grid_thw is not None else []
-        placeholders = int((input_ids == self.config.video_token_id).sum())
-        if all_grids and placeholders != sum(t * h * w for t, h, w in all_grids):
+        """Each video's tokens come as runs of whole frame units, in order: one run (Qwen2/2.5-VL), one run per unit
+        (Qwen3-VL: each between its timestamp and vision start / end), or a few units per run (Qwen2.5-Omni: chunks
+        of seconds, the video's audio tokens between them)."""
+        videos = self._video_sizes(call_kwargs)
+        all_runs = [self.frame_runs(ids) for ids in input_ids]
+        if sum(length for runs in all_runs for _, length in runs) != sum(tokens for tokens, _ in videos):
             return None  # placeholders and features disagree: HF's own error says by how much
-        grids = iter(all_grids)
-        # `generate` encodes the videos up front and drops video_grid_thw; the M-RoPE ids still carry the grid.
         positions = call_kwargs.get("position_ids")
+        pending = iter(videos)
         layouts = []
-        for b, ids in enumerate(input_ids):
-            starts, sample_grids = [], []
-            for start, length in token_runs(ids, self.config.video_token_id):
-                grid = next(grids, None)
-                if grid is None and positions is not None and positions.ndim == 3:
-                    grid = grid_from_positions(mrope_grid_rows(positions)[:, b, start : start + length])
-                if grid is None or grid[0] * grid[1] * grid[2] != length:
+        for b, runs in enumerate(all_runs):
+            unit_starts, grids = [], []
+            while runs:
+                tokens, frame_grid = next(pending)
+                taken = []
+                while runs and sum(length for _, length in taken) < tokens:
+                    taken.append(runs.pop(0))
+                start, length = taken[0]
+                if frame_grid is None and positions is not None and positions.ndim == 3:
+                    frame_grid = grid_from_positions(mrope_grid_rows(positions)[:, b, start : start + length])[1:]
+                height, width = frame_grid or (1, length)
+                unit = height * width
+                if sum(length for _, length in taken) != tokens or any(length % unit for _, length in taken):
                     raise ValueError(
-                        f"a run of {length} video tokens does not match `video_grid_thw` "
-                        "(one grid per video, in order of appearance); pass the processor's video_grid_thw"
+                        f"a video of {tokens} tokens does not fall into whole frame units of {unit} in its runs of "
+                        f"video tokens ({[length for _, length in taken]}); pass the processor's prompt and grids"
                     )
-                starts.append(start)
-                sample_grids.append(grid)
-            layouts.append(VisualLayout.from_videos(starts, sample_grids, device=ids.device))
+                unit_starts.append([start + i * unit for start, length in taken for i in range(length // unit)])
+                grids.append((len(unit_starts[-1]), height, width))
+            layouts.append(VisualLayout.from_frames(unit_starts, grids, device=input_ids.device))
         return layouts
+
+    def frame_runs(self, ids: torch.Tensor) -> list[tuple[int, int]]:
+        """(start, length) of each run of video tokens in one prompt."""
+        return token_runs(ids, self.video_token_id)
+
+    def _video_sizes(self, call_kwargs) -> list[tuple[int, tuple[int, int] | None]]:
+        """Per video, in order of appearance: its tokens and its frame grid, when the call says it. `generate`
+        encodes the videos up front and drops video_grid_thw: the features it hands over still count tokens (and
+        the M-RoPE ids carry the grid)."""
+        grid_thw = call_kwargs.get("video_grid_thw")
+        if grid_thw is not None:
+            merge = self.config.vision_config.spatial_merge_size
+            return [(t * (h // merge) * (w // merge), (h // merge, w // merge)) for t, h, w in grid_thw.tolist()]
+        return [(len(features), None) for features in compat.encoded_video(call_kwargs)]
 
     def frame_signatures(self, encoder_args):
         embedded = self.patch_embeddings(encoder_args["pixel_values_videos"])  # (patches, D)
@@ -115,10 +135,17 @@ class Qwen2VLAdapter(Adapter):
 
     def tower_queries_keys(self, attention, hidden: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """(heads, rows, d) fp32 rotary-embedded queries and keys of a packed tower attention on its (rows, D)
-        input, with the call's rotary tables (a fused qkv projection here)."""
+        input, with the call's rotary tables."""
         cos, sin = (table[:, None].float() for table in kwargs["position_embeddings"])
-        queries, keys, _ = attention.qkv(hidden).unflatten(-1, (3, attention.num_heads, -1)).unbind(1)
-        return tuple(rotate(states.float(), cos, sin).transpose(0, 1) for states in (queries, keys))
+        return tuple(
+            rotate(states.unflatten(-1, (attention.num_heads, -1)).float(), cos, sin).transpose(0, 1)
+            for states in self.tower_projections(attention, hidden)
+        )
+
+    def tower_projections(self, attention, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rows, H·d) queries and keys of a packed tower attention, before RoPE (a fused qkv here)."""
+        queries, keys, _ = attention.qkv(hidden).chunk(3, dim=-1)
+        return queries, keys
 
     def patches_per_token(self, tower_call: TowerCall) -> int:
         """How many of a recorded tower call's patch rows make one LLM token (m² for a spatial merge size m)."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 
 from ..layout import VisualLayout
-from .base import rotate, token_runs
+from .base import token_runs
 from .qwen2_vl import Qwen2VLAdapter
 
 ENCODED_GRIDS = "tokcompress_video_grids"
@@ -110,12 +110,8 @@ class VideoLlama3Adapter(Qwen2VLAdapter):
     def tower_layer_attention(self, layer):
         return layer.self_attn
 
-    def tower_queries_keys(self, attention, hidden, kwargs):
-        cos, sin = (table[:, None].float() for table in kwargs["position_embeddings"])
-        return tuple(
-            rotate(projection(hidden).unflatten(-1, (attention.num_heads, -1)).float(), cos, sin).transpose(0, 1)
-            for projection in (attention.q_proj, attention.k_proj)
-        )
+    def tower_projections(self, attention, hidden):
+        return attention.q_proj(hidden), attention.k_proj(hidden)
 
     def patches_per_token(self, tower_call):
         merges = tower_call.argument("merge_sizes", 2).unique().tolist()
