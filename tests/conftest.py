@@ -45,6 +45,9 @@ TINY = {
     "qwen2_5_omni_thinker": TinyFamily(
         tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True, positions_from_mask=True,
     ),
+    "qwen3_omni_moe_thinker": TinyFamily(
+        tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True, positions_from_mask=True,
+    ),
 }
 FAMILIES = tuple(TINY)
 # every registered method but the identity: a new method cannot skip the contract suite

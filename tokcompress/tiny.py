@@ -27,6 +27,8 @@ from transformers import (
     Qwen2_5OmniThinkerForConditionalGeneration,
     Qwen3_5Config,
     Qwen3_5ForConditionalGeneration,
+    Qwen3OmniMoeThinkerConfig,
+    Qwen3OmniMoeThinkerForConditionalGeneration,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
     Qwen3VLMoeConfig,
@@ -56,6 +58,7 @@ from .tiny_inputs import (  # noqa: F401 - the prompts and pixels of these model
     frame_batch_video,
     internvl_inputs,
     left_pad,
+    omni_audio_tokens,
     qwen_omni_inputs,
     qwen_vl_inputs,
     text_ids,
@@ -130,6 +133,14 @@ QWEN2_5_TOWER = dict(  # 2 blocks, the second of full attention; patch 14, tempo
 )
 
 
+QWEN3_ROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]}
+QWEN3_TOWER = dict(  # 3 blocks, each feeding DeepStack; patch 16, temporal patch 2, merge 2, an 8 × 8 position table
+    depth=3, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16, temporal_patch_size=2,
+    spatial_merge_size=2, num_position_embeddings=64, deepstack_visual_indexes=[0, 1, 2],
+)
+OMNI_AUDIO = dict(encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, d_model=16, num_mel_bins=16)
+
+
 def tiny_qwen2_5_vl(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
     """Qwen2.5-VL with a 2-block vision tower (patch 14, temporal patch 2, merge 2); M-RoPE sections fit head_dim 16."""
     config = Qwen2_5_VLConfig(
@@ -148,8 +159,7 @@ def tiny_qwen2_5_omni_thinker(
     config = Qwen2_5OmniThinkerConfig(
         text_config={**_text_config(num_layers, hidden_size, rope_parameters=QWEN2_5_ROPE), "vocab_size": VOCAB + 3},
         vision_config={**QWEN2_5_TOWER, "out_hidden_size": hidden_size},
-        audio_config=dict(encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, d_model=16,
-                          output_dim=hidden_size, num_mel_bins=16, n_window=4, max_source_positions=64),
+        audio_config={**OMNI_AUDIO, "output_dim": hidden_size, "n_window": 4, "max_source_positions": 64},
         image_token_index=IMAGE, video_token_index=VIDEO, audio_token_index=AUDIO, audio_start_token_id=AUDIO_START,
         audio_end_token_id=AUDIO_END, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
     )
@@ -261,6 +271,24 @@ def tiny_video_llama_3(num_layers: int = 4, attn_implementation: str = "sdpa", s
     return _build(VideoLlama3ForConditionalGeneration, config, attn_implementation, seed)
 
 
+def tiny_qwen3_omni_moe_thinker(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64
+):
+    """Qwen3-Omni's thinker: Qwen3-VL's tiny tower (DeepStack) over a mixture-of-experts decoder (4 experts, 2 a
+    token), beside a 1-layer audio encoder (16 mel bins), over the byte vocabulary and three audio ids."""
+    config = Qwen3OmniMoeThinkerConfig(
+        text_config={
+            **_text_config(num_layers, hidden_size, head_dim=16, rope_parameters=QWEN3_ROPE), "vocab_size": VOCAB + 3,
+            "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": hidden_size,
+        },
+        vision_config={**QWEN3_TOWER, "out_hidden_size": hidden_size},
+        audio_config={**OMNI_AUDIO, "output_dim": hidden_size, "downsample_hidden_size": 8},
+        image_token_id=IMAGE, video_token_id=VIDEO, audio_token_id=AUDIO, audio_start_token_id=AUDIO_START,
+        audio_end_token_id=AUDIO_END, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+    )
+    return _build(Qwen3OmniMoeThinkerForConditionalGeneration, config, attn_implementation, seed)
+
+
 def _glm4v(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size, **text_extra):
     config = config_cls(
         text_config=_text_config(
@@ -281,14 +309,8 @@ def _glm4v(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_
 
 def _qwen3_vl(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size, **text_extra):
     config = config_cls(
-        text_config=_text_config(
-            num_layers, hidden_size, head_dim=16,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]}, **text_extra,
-        ),
-        vision_config=dict(
-            depth=3, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size, patch_size=16,
-            temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=64, deepstack_visual_indexes=[0, 1, 2],
-        ),
+        text_config=_text_config(num_layers, hidden_size, head_dim=16, rope_parameters=QWEN3_ROPE, **text_extra),
+        vision_config={**QWEN3_TOWER, "out_hidden_size": hidden_size},
         image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
     )
     return _build(model_cls, config, attn_implementation, seed)
@@ -317,4 +339,5 @@ TINY_MODELS = {
     "glm46v": tiny_glm46v,
     "video_llama_3": tiny_video_llama_3,
     "qwen2_5_omni_thinker": tiny_qwen2_5_omni_thinker,
+    "qwen3_omni_moe_thinker": tiny_qwen3_omni_moe_thinker,
 }

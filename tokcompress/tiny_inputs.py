@@ -173,31 +173,32 @@ def video_llama_3_inputs(
 
 def qwen_omni_inputs(
     frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], audio_frames: int | None = None,
-    fps: float = 2.0, seconds_per_chunk: int = 2, position_id_per_seconds: int = 25,
+    fps: float = 2.0, qwen3: bool = False,
 ) -> dict:
-    """Model inputs for one video per prompt as Qwen2.5-Omni's processor lays them out: vision start + the video's
-    tokens (112-px frames, 2-frame units of 4 × 4 tokens) + vision end; with `audio_frames` (mel frames of a random
-    16-bin track per video), its audio in the video: vision start + audio start + per chunk of seconds the chunk's
-    units, then its audio tokens + audio end + vision end (`use_audio_in_video`)."""
+    """Model inputs for one video per prompt as the Qwen-Omni processors lay them out: vision start + the video's
+    tokens + vision end (Qwen2.5-Omni: 112-px frames of 14-px patches; Qwen3-Omni with `qwen3`: 128-px frames of
+    16-px patches; 2-frame units of 4 × 4 tokens). With `audio_frames` (mel frames of a random 16-bin track per
+    video), its audio in the video (`use_audio_in_video`): vision start + audio start + the units and audio tokens at
+    their times (25 a second; Qwen2.5-Omni per 2-second chunk its units, then its audio; Qwen3-Omni each unit at
+    its start time) + audio end + vision end."""
     frames = [frames] if isinstance(frames, torch.Tensor) else frames
     questions = [questions] * len(frames) if isinstance(questions, str) else questions
+    size, patch = (128, 16) if qwen3 else (112, 14)
     patches, grids, rows = [], [], []
-    per_chunk = seconds_per_chunk * position_id_per_seconds  # the M-RoPE time ids a chunk spans
-    audio_tokens = 0 if audio_frames is None else ((audio_frames - 1) // 2 + 1 - 2) // 2 + 1  # its encoder's strides
     for clip, question in zip(frames, questions):
-        flat, grid = qwen_vl_pixels(clip, 112, 112)
+        flat, grid = qwen_vl_pixels(clip, size, size, patch_size=patch)
         t, h, w = grid[0].tolist()
         unit = [VIDEO] * (h * w // 4)
         if audio_frames is None:
             video = unit * t
-        else:
-            unit_chunks = [int(u * 2 / fps * position_id_per_seconds) // per_chunk for u in range(t)]
-            chunks = max(unit_chunks[-1] + 1, -(-audio_tokens // per_chunk))
-            video = [AUDIO_START]
-            for chunk in range(chunks):  # the chunk's units, then its audio tokens
-                audio = min(per_chunk, max(audio_tokens - chunk * per_chunk, 0))
-                video += unit * unit_chunks.count(chunk) + [AUDIO] * audio
-            video += [AUDIO_END]
+        else:  # (time in position ids - 25 a second -, is audio, tokens) of each unit and audio token
+            units = [(u * 2 / fps * 25, False, unit) for u in range(t)]
+            audio = [(i, True, [AUDIO]) for i in range(omni_audio_tokens(audio_frames, qwen3))]
+            if qwen3:  # each unit at its start time, before the audio tokens of that time
+                ordered = sorted(units + audio, key=lambda item: item[:2])
+            else:  # per 2-second chunk: its units, then its audio
+                ordered = sorted(units + audio, key=lambda item: (item[0] // 50, item[1]))
+            video = [AUDIO_START, *(token for *_, tokens in ordered for token in tokens), AUDIO_END]
         rows.append(prompt([VISION_START, *video, VISION_END], question))
         patches.append(flat)
         grids.append(grid)
@@ -209,6 +210,15 @@ def qwen_omni_inputs(
             feature_attention_mask=torch.ones(len(grids), audio_frames, dtype=torch.long), use_audio_in_video=True,
         )
     return {**packed_inputs(rows, patches, grids), **extra}
+
+
+def omni_audio_tokens(mel_frames: int, qwen3: bool) -> int:
+    """The audio tokens a Qwen-Omni audio encoder makes of `mel_frames`: Qwen2.5-Omni's two stride-2 steps; Qwen3-Omni's
+    three per 100-frame window (13 tokens a whole window)."""
+    if not qwen3:
+        return ((mel_frames - 1) // 2 + 1 - 2) // 2 + 1
+    rest = (mel_frames % 100 - 1) // 2 + 1
+    return ((rest - 1) // 2 + 1 - 1) // 2 + 1 + mel_frames // 100 * 13
 
 
 def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
@@ -223,6 +233,6 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
         return qwen_vl_inputs(frames, questions, fps=2.0, glm=True)
     if model.config.model_type == "video_llama_3":
         return video_llama_3_inputs(frames, questions)
-    if model.config.model_type in ("qwen2_5_omni_thinker", "qwen2_5_omni"):
-        return qwen_omni_inputs(frames, questions)
+    if model.config.model_type in ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"):
+        return qwen_omni_inputs(frames, questions, qwen3=model.config.model_type == "qwen3_omni_moe_thinker")
     return frame_batch_inputs(model, frames, questions)

@@ -9,10 +9,10 @@ from .glm4v import Glm4vAdapter, Glm4vMoeAdapter, Glm46VAdapter
 from .internvl import InternVLAdapter
 from .llava_next_video import LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
-from .qwen2_5_omni import Qwen2_5OmniAdapter, Qwen2_5OmniThinkerAdapter
 from .qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 from .qwen3_5 import Qwen3_5Adapter
 from .qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
+from .qwen_omni import Qwen2_5OmniAdapter, Qwen2_5OmniThinkerAdapter, Qwen3OmniMoeAdapter, Qwen3OmniMoeThinkerAdapter
 from .smolvlm import SmolVLMAdapter
 from .video_llama_3 import VideoLlama3Adapter
 from .video_llava import VideoLlavaAdapter
@@ -23,6 +23,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
         LlavaOnevisionAdapter, LlavaNextVideoAdapter, VideoLlavaAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter,
         Qwen3VLAdapter, Qwen3VLMoeAdapter, Qwen3_5Adapter, InternVLAdapter, Glm4vAdapter, Glm46VAdapter,
         Glm4vMoeAdapter, SmolVLMAdapter, VideoLlama3Adapter, Qwen2_5OmniThinkerAdapter, Qwen2_5OmniAdapter,
+        Qwen3OmniMoeThinkerAdapter, Qwen3OmniMoeAdapter,
     )
 }
 

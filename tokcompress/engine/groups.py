@@ -160,7 +160,7 @@ def compact(group: TokenGroup, reductions: list[TokenReduction | None], start_la
         visual_slots.append(new_slot_of[kept_visual[b]])
     new_group = TokenGroup(
         start_layer=start_layer,
-        origin=gather_slots(group.origin, slot_index, fill=-1),
+        origin=gather_ids(group.origin, slot_index, fill=-1),
         attention_mask=(slot_index >= 0).long(),
         visual_slots=visual_slots,
         layouts=layouts,
@@ -210,22 +210,22 @@ def restore_sequence(hidden: torch.Tensor, group: TokenGroup, full_length: int) 
 
 
 def gather_slots(tensor: torch.Tensor, slot_index: torch.Tensor, fill) -> torch.Tensor:
-    """Gather along the sequence dimension: (..., B, L[, D]) → (..., B, W'); slots -1 read `fill`.
-
-    Handles hidden states (B, L, D), rotary tables (B or 1, L, D), masks (B, L) and 1-D or M-RoPE
-    position ids ((B, L), (3, B, L), (4, B, L)).
-    """
-    batch, width = slot_index.shape
+    """Per-token features along the sequence: hidden states (B, L, D), rotary tables (B or 1, L, D) → (B, W', D);
+    slots -1 read `fill`."""
     index = slot_index.clamp_min(0)
-    pad = slot_index < 0
-    if tensor.is_floating_point():  # hidden states and rotary tables: (B or 1, L, D)
-        tensor = tensor.expand(batch, -1, -1)
-        out = tensor.gather(1, index[:, :, None].expand(-1, -1, tensor.shape[-1]))
-        return out.masked_fill(pad[:, :, None], fill)
+    tensor = tensor.expand(len(slot_index), -1, -1)
+    out = tensor.gather(1, index[:, :, None].expand(-1, -1, tensor.shape[-1]))
+    return out.masked_fill((slot_index < 0)[:, :, None], fill)
+
+
+def gather_ids(tensor: torch.Tensor, slot_index: torch.Tensor, fill) -> torch.Tensor:
+    """Per-token ids along the sequence: masks and origins (B, L), 1-D or M-RoPE position ids ((B, L), (3, B, L),
+    (4, B, L); integer or, as Qwen3-Omni's, float) → (..., B, W'); slots -1 read `fill`."""
+    batch, width = slot_index.shape
     lead = tensor.shape[:-2]
     tensor = tensor.expand(*lead, batch, tensor.shape[-1])
-    out = tensor.gather(-1, index.expand(*lead, batch, width))
-    return out.masked_fill(pad.expand(*lead, batch, width), fill)
+    out = tensor.gather(-1, slot_index.clamp_min(0).expand(*lead, batch, width))
+    return out.masked_fill((slot_index < 0).expand(*lead, batch, width), fill)
 
 
 def left_padded(rows: list[torch.Tensor]) -> torch.Tensor:

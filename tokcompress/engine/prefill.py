@@ -14,7 +14,7 @@ from ..layout import VisualLayout
 from ..methods.base import PRE_LLM, LayerBudget, LayerSample, Method, TokenReduction
 from ..ops import few_query_attention
 from ..stats import CompressionStats
-from .groups import GenerationState, TokenGroup, compact, gather_slots, sample_row, write_merged
+from .groups import GenerationState, TokenGroup, compact, gather_ids, gather_slots, sample_row, write_merged
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
@@ -109,7 +109,7 @@ def _compact_inputs(state: GenerationState, reductions, embeds, positions, propo
     state.groups = [new_group]
     _reduce_layer_additions(state, group, reductions, slot_index)
     embeds = gather_slots(write_merged(embeds, group, reductions), slot_index, fill=0.0)
-    return embeds, gather_slots(positions, slot_index, fill=0)
+    return embeds, gather_ids(positions, slot_index, fill=0)
 
 
 def _reduce_layer_additions(state: GenerationState, group: TokenGroup, reductions, slot_index) -> None:
@@ -141,7 +141,7 @@ def reduce_before_layer(
         cos, sin = group.position_embeddings or kwargs["position_embeddings"]
         new_group.position_embeddings = (gather_slots(cos, slot_index, 0.0), gather_slots(sin, slot_index, 0.0))
         base_ids = group.position_ids if group is not state.groups[0] else kwargs.get("position_ids")
-        new_group.position_ids = gather_slots(base_ids, slot_index, 0) if base_ids is not None else None
+        new_group.position_ids = gather_ids(base_ids, slot_index, 0) if base_ids is not None else None
         state.groups.append(new_group)
         state.reduced = True
     return hidden
