@@ -38,6 +38,8 @@ from transformers import (
     LlavaOnevisionForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5OmniThinkerConfig,
+    Qwen2_5OmniThinkerForConditionalGeneration,
     Qwen3_5Config,
     Qwen3_5ForConditionalGeneration,
     Qwen3VLConfig,
@@ -68,6 +70,11 @@ CLIP_L = dict(
     model_type="clip_vision_model", hidden_size=1024, intermediate_size=4096, num_hidden_layers=24,
     num_attention_heads=16, patch_size=14, projection_dim=768,
 )
+QWEN2_5_VL_ROPE = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}
+QWEN2_5_VL_TOWER = dict(  # Qwen2.5-VL-7B's (and Qwen2.5-Omni-7B's) windowed tower
+    depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584, patch_size=14,
+    temporal_patch_size=2, spatial_merge_size=2, window_size=112, fullatt_block_indexes=[7, 15, 23, 31],
+)
 SIGLIP_SO400M = dict(
     model_type="siglip_vision_model", hidden_size=1152, intermediate_size=4304, num_hidden_layers=26,
     num_attention_heads=16, image_size=384, patch_size=14,
@@ -92,7 +99,7 @@ SPECIAL_TOKENS = ("video_token_id", "image_token_id", "vision_start_token_id", "
                   "video_start_token_id", "video_end_token_id")  # config ids the random prompt text must avoid
 MODEL_NAMES = (
     "llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b",
-    "internvl3-8b", "glm-4.1v-9b", "videollama3-7b", "small", "small-qwen2.5-vl",
+    "internvl3-8b", "glm-4.1v-9b", "videollama3-7b", "qwen2.5-omni-7b", "small", "small-qwen2.5-vl",
 )
 INTERNVL_IMAGE_START, INTERNVL_IMAGE_END = 151665, 151666  # <img>, </img>
 
@@ -119,13 +126,18 @@ def named_model(name: str, dtype: torch.dtype, device: str):
         cls = VideoLlavaForConditionalGeneration
     elif name == "qwen2.5-vl-7b":
         config = Qwen2_5_VLConfig(
-            text_config=dict(**QWEN2_7B_TEXT, rope_parameters={"rope_type": "default", "rope_theta": 1e6, "mrope_section": [16, 24, 24]}),
-            vision_config=dict(depth=32, hidden_size=1280, intermediate_size=3420, num_heads=16, out_hidden_size=3584,
-                               patch_size=14, temporal_patch_size=2, spatial_merge_size=2, window_size=112,
-                               fullatt_block_indexes=[7, 15, 23, 31]),
+            text_config=dict(**QWEN2_7B_TEXT, rope_parameters=QWEN2_5_VL_ROPE),
+            vision_config=QWEN2_5_VL_TOWER,
             image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653,
         )
         cls = Qwen2_5_VLForConditionalGeneration
+    elif name == "qwen2.5-omni-7b":  # the thinker: Qwen2.5-VL-7B's tower and decoder beside Whisper-large's encoder
+        config = Qwen2_5OmniThinkerConfig(
+            text_config=dict(**QWEN2_7B_TEXT, rope_parameters=QWEN2_5_VL_ROPE),
+            vision_config=QWEN2_5_VL_TOWER, image_token_index=151655, video_token_index=151656,
+            vision_start_token_id=151652, vision_end_token_id=151653,
+        )
+        cls = Qwen2_5OmniThinkerForConditionalGeneration
     elif name == "qwen3-vl-8b":
         config = Qwen3VLConfig(
             text_config=QWEN3_VL_8B_TEXT, vision_config={**QWEN3_VISION, "deepstack_visual_indexes": [8, 16, 24]},
@@ -194,7 +206,7 @@ def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
     special = {getattr(config, name, None) for name in SPECIAL_TOKENS}
     ordinary = torch.tensor([i for i in range(10, min(1000, config.get_text_config().vocab_size)) if i not in special])
     text = ordinary[torch.randint(len(ordinary), (prompt_tokens,), generator=torch.Generator().manual_seed(0))]
-    if config.model_type in ("qwen2_5_vl", "qwen3_vl", "qwen3_5", "glm4v"):
+    if config.model_type in ("qwen2_5_vl", "qwen3_vl", "qwen3_5", "glm4v", "qwen2_5_omni_thinker"):
         patch = config.vision_config.patch_size
         pixels, grid = qwen_vl_pixels(frames, 32 * patch, 32 * patch, patch_size=patch)  # 448 px / 512 px
         t, h, w = grid[0].tolist()
@@ -213,8 +225,10 @@ def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
         ids = torch.cat([text[:8], video, text[8:]])
         placeholder = adapter_for(model).video_token_id
         mask, types = torch.ones(1, len(ids), dtype=torch.long), (ids == placeholder).long()[None] * 2
-        return dict(input_ids=ids[None], attention_mask=mask, pixel_values_videos=pixels, video_grid_thw=grid,
-                    mm_token_type_ids=types)
+        inputs = dict(input_ids=ids[None], attention_mask=mask, pixel_values_videos=pixels, video_grid_thw=grid)
+        if config.model_type == "qwen2_5_omni_thinker":  # no token types; 2 frames a unit at 2 fps
+            return dict(inputs, video_second_per_grid=torch.tensor([1.0]))
+        return dict(inputs, mm_token_type_ids=types)
     if config.model_type == "video_llama_3":  # each frame `Time t.ts:` (6 tokens) + its 16×16 tokens at 448 px
         pixels, grid = qwen_vl_pixels(frames, 448, 448, patch_size=14, temporal_patch_size=1)
         t, h, w = grid[0].tolist()
