@@ -198,3 +198,23 @@ def test_demo_runs_any_tiny_family_and_shows_the_share_of_the_tower_computed():
     rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.startswith(("none", "vidtldr"))}
     assert " 100% " in rows["none"]
     assert " 88% " in rows["vidtldr"]  # 16 of each temporal patch's 64 rows merged after layer 0 of 2: (64 + 48) / 128
+
+
+def test_a_method_that_refuses_the_prompt_is_named_with_its_reason(monkeypatch, capsys):
+    """VideoLLaMA3's processor thins frames that repeat (its default): `demo` shows the methods that need whole
+    frames as refused, with the fix, and goes on; `run` fails with exit code 2 and the same reason."""
+    from tokcompress import cli
+
+    def thinned(model, frames, question):  # the top half of the clip frozen: its cells dropped after frame 0
+        frames = frames.clone()
+        frames[1:, : frames.shape[1] // 2] = frames[0, : frames.shape[1] // 2]
+        return tiny.video_llama_3_inputs(frames, question, compression=0.1)
+
+    monkeypatch.setattr(tiny, "video_inputs", thinned)
+    common = ["--tiny", "video_llama_3", "--frames", "4", "--max-new-tokens", "2", "--repeats", "1"]
+    assert cli.main(["demo", *common, "--methods", "none,prunevid,framefusion"]) == 0
+    out = capsys.readouterr().out
+    assert "refused (below)" in out and "prunevid refused this prompt:" in out and "use_token_compression" in out
+    assert "framefusion" in out.split("prunevid refused")[0]  # the others ran
+    assert cli.main(["run", *common, "--method", "prunevid"]) == 2
+    assert "prunevid refused this prompt:" in capsys.readouterr().err

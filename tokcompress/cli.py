@@ -122,13 +122,18 @@ def run_demo(args: argparse.Namespace) -> None:
     names = [_method(name.strip(), args.ratio) for name in args.methods.split(",")]  # all checked before any work
     model, inputs, decode, path = load(args)
     print(f"clip: {path} ({args.frames} frames), question: {args.question!r}, ratio {args.ratio}\n")
-    rows, baseline, widest = [], None, 0.0
+    rows, baseline, widest, refused = [], None, 0.0, {}
     for name in names:
-        with tokcompress.compress(model, name, ratio=None if name == "none" else args.ratio) as handle:
-            times = run_times_ms(lambda: model(**inputs), args.repeats, model.device.type)
-            prefill, widest = statistics.median(times), max(widest, spread(times))
-            stats = handle.stats
-            out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+        try:
+            with tokcompress.compress(model, name, ratio=None if name == "none" else args.ratio) as handle:
+                times = run_times_ms(lambda: model(**inputs), args.repeats, model.device.type)
+                prefill, widest = statistics.median(times), max(widest, spread(times))
+                stats = handle.stats
+                out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+        except ValueError as error:  # the method refuses this prompt (e.g. frames a processor thinned): say why
+            refused[name] = str(error)
+            rows.append((name, "refused (below)", *[""] * 8))
+            continue
         baseline = baseline or prefill
         ideal = median_ms(ideal_prefill(model, inputs, *_kept(stats)), args.repeats, model.device.type)
         text = decode(out[0, inputs["input_ids"].shape[1] :].tolist())
@@ -143,6 +148,8 @@ def run_demo(args: argparse.Namespace) -> None:
     print(f"\nprefill: median of {args.repeats} runs after a warm-up; ideal: the same model fed only the kept tokens; "
           "tower: the share of the vision tower's frame- (or token-) layers computed; speed-up: against `none`; "
           "vs ideal: measured / ideal (1.00x = no overhead)")
+    for name, reason in refused.items():
+        print(f"\n{name} refused this prompt: {reason}")
     if widest > UNSTEADY:
         print(f"\nwarning: a method's prefill runs differed by {widest:.0%} of their median - the machine is busy, so "
               "compare these timings with care (or raise --repeats)")
@@ -157,7 +164,10 @@ def run_one(args: argparse.Namespace) -> None:
     results = {}
     for name in (["none"] if args.compare else []) + [method]:
         with tokcompress.compress(model, name, ratio=None if name == "none" else args.ratio) as handle:
-            out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+            try:
+                out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
+            except ValueError as error:  # the method refuses this prompt (e.g. frames a processor thinned)
+                raise CommandError("usage", f"{name} refused this prompt: {error}") from error
             timing = timed_generate(model, inputs, args.max_new_tokens, args.repeats, model.device.type)
             stats = handle.stats
         answer = decode(out[0, inputs["input_ids"].shape[1] :].tolist())
