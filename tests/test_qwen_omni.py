@@ -57,6 +57,25 @@ def test_the_layout_holds_the_units_between_the_audio_and_leaves_the_audio_out(t
     torch.testing.assert_close(placed_embeddings(model, inputs)[layout.positions], features)
 
 
+def test_a_unit_split_over_two_chunks_at_low_fps_is_laid_out_token_by_token(clip):
+    """At fps below 1 Qwen2.5-Omni's processor puts the first token of a unit that jumps two chunk ends in a chunk
+    of its own, audio tokens between it and the rest of its unit: the layout follows the tokens, not the runs."""
+    model = model_for("qwen2_5_omni_thinker")
+    inputs = tiny.qwen_omni_inputs(clip, "What is moving?", audio_frames=1000, fps=0.5)
+    ids = inputs["input_ids"][0]
+    video = (ids == tiny.VIDEO).nonzero()[:, 0]
+    runs = torch.tensor([0, *((video.diff() > 1).nonzero()[:, 0] + 1).tolist(), len(video)]).diff().tolist()
+    assert runs == [16, 1, 15, 1, 15, 16]  # units 1 and 2 each straddle two chunks
+    (layout,) = adapter_for(model).visual_layouts(inputs)
+    assert layout.positions.tolist() == video.tolist() and layout.grids == ((4, 4, 4),)
+    with torch.no_grad():
+        features = torch.cat(model.model.get_video_features(**video_encoder_inputs(inputs)).pooler_output)
+    torch.testing.assert_close(placed_embeddings(model, inputs)[layout.positions], features)
+    with tokcompress.compress(model, "framefusion", ratio=0.3) as handle:
+        generate(model, inputs)
+    assert abs(handle.stats.samples[0].achieved_ratio - 0.3) * 64 <= 1
+
+
 @pytest.mark.parametrize("method", COMPRESSING)
 def test_every_method_compresses_a_video_with_its_audio_track(thinker, clip, other_clip, method):
     """Exact at ratio 1; at 0.3 of the video tokens (the audio tokens are not among them: the layout test) a batch

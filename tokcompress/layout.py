@@ -92,6 +92,25 @@ class VisualLayout:
         )
 
     @staticmethod
+    def from_token_positions(
+        video_positions: list[torch.Tensor], grids: list[tuple[int, int, int]], device: torch.device | str | None = None
+    ) -> VisualLayout:
+        """Layout of videos whose tokens sit anywhere in the prompt, in order (Qwen2.5-Omni: its frame units in
+        runs between its audio tokens, a unit split over two runs at low fps): `video_positions[v]` holds the
+        sequence index of each of video v's t·h·w tokens, frame-major in raster order."""
+        if not video_positions:
+            return VisualLayout.from_videos([], [], device=device)
+        video, frame, spatial, frame_offset = [], [], [], 0
+        for v, (t, h, w) in enumerate(grids):
+            index = torch.arange(t * h * w)
+            video.append(torch.full((t * h * w,), v))
+            frame.append(index // (h * w) + frame_offset)
+            spatial.append(index % (h * w))
+            frame_offset += t
+        parts = (video_positions, video, frame, spatial)
+        return VisualLayout(*(torch.cat(part).to(device=device, dtype=torch.long) for part in parts), tuple(grids))
+
+    @staticmethod
     def from_videos(
         starts: list[int],
         grids: list[tuple[int, int, int]],

@@ -196,9 +196,16 @@ def qwen_omni_inputs(
             audio = [(i, True, [AUDIO]) for i in range(omni_audio_tokens(audio_frames, qwen3))]
             if qwen3:  # each unit at its start time, before the audio tokens of that time
                 ordered = sorted(units + audio, key=lambda item: item[:2])
-            else:  # per 2-second chunk: its units, then its audio
-                ordered = sorted(units + audio, key=lambda item: (item[0] // 50, item[1]))
-            video = [AUDIO_START, *(token for *_, tokens in ordered for token in tokens), AUDIO_END]
+                video = [AUDIO_START, *(token for *_, tokens in ordered for token in tokens), AUDIO_END]
+            else:  # per 2-second chunk its video tokens, then its audio tokens (the processor's chunking)
+                video_times = [time for time, _, tokens in units for _ in tokens]
+                video_chunks = omni_chunks(video_times, 50)
+                audio_chunks = omni_chunks([time for time, *_ in audio], 50)
+                video = [AUDIO_START]
+                for chunk in range(max(len(video_chunks), len(audio_chunks))):
+                    video += [VIDEO] * (len(video_chunks[chunk]) if chunk < len(video_chunks) else 0)
+                    video += [AUDIO] * (len(audio_chunks[chunk]) if chunk < len(audio_chunks) else 0)
+                video += [AUDIO_END]
         rows.append(prompt([VISION_START, *video, VISION_END], question))
         patches.append(flat)
         grids.append(grid)
@@ -210,6 +217,18 @@ def qwen_omni_inputs(
             feature_attention_mask=torch.ones(len(grids), audio_frames, dtype=torch.long), use_audio_in_video=True,
         )
     return {**packed_inputs(rows, patches, grids), **extra}
+
+
+def omni_chunks(times: list[float], per_chunk: int) -> list[range]:
+    """Qwen2.5-Omni's processor's chunks of tokens by time: a chunk ends at the first token at or past its end, and
+    the next chunk's end is one chunk further - so a token that jumps two chunk ends (a unit at fps below 1) stands
+    in a chunk of its own, the rest of its unit in the next."""
+    chunks, start, end = [], 0, per_chunk
+    for i, time in enumerate(times):
+        if time >= end:
+            chunks.append(range(start, i))
+            start, end = i, end + per_chunk
+    return [*chunks, range(start, len(times))]
 
 
 def omni_audio_tokens(mel_frames: int, qwen3: bool) -> int:

@@ -25,9 +25,9 @@ class Qwen2VLAdapter(Adapter):
     tower_frames = PACKED  # each temporal patch a run of h·w rows (window-ordered alike), attention inside each
 
     def video_layouts(self, input_ids, call_kwargs):
-        """Each video's tokens come as runs of whole frame units, in order: one run (Qwen2/2.5-VL), one run per unit
-        (Qwen3-VL: each between its timestamp and vision start / end), or a few units per run (Qwen2.5-Omni: chunks
-        of seconds, the video's audio tokens between them)."""
+        """Each video's tokens come in order in one or more runs: one run (Qwen2/2.5-VL), one per frame unit (Qwen3-VL:
+        each between its timestamp and vision start / end), or units between the video's audio tokens (Qwen-Omni; a
+        unit may straddle two runs at low fps)."""
         videos = self._video_sizes(call_kwargs)
         all_runs = [self.frame_runs(ids) for ids in input_ids]
         if sum(length for runs in all_runs for _, length in runs) != sum(tokens for tokens, _ in videos):
@@ -36,7 +36,7 @@ class Qwen2VLAdapter(Adapter):
         pending = iter(videos)
         layouts = []
         for b, runs in enumerate(all_runs):
-            unit_starts, grids = [], []
+            video_positions, grids = [], []
             while runs:
                 tokens, frame_grid = next(pending)
                 taken = []
@@ -46,15 +46,14 @@ class Qwen2VLAdapter(Adapter):
                 if frame_grid is None and positions is not None and positions.ndim == 3:
                     frame_grid = grid_from_positions(mrope_grid_rows(positions)[:, b, start : start + length])[1:]
                 height, width = frame_grid or (1, length)
-                unit = height * width
-                if sum(length for _, length in taken) != tokens or any(length % unit for _, length in taken):
+                if sum(length for _, length in taken) != tokens or tokens % (height * width):
                     raise ValueError(
-                        f"a video of {tokens} tokens does not fall into whole frame units of {unit} in its runs of "
-                        f"video tokens ({[length for _, length in taken]}); pass the processor's prompt and grids"
+                        f"a video of {tokens} tokens of {height}×{width} a frame unit does not match its runs of video "
+                        f"tokens ({[length for _, length in taken]}); pass the processor's prompt and grids"
                     )
-                unit_starts.append([start + i * unit for start, length in taken for i in range(length // unit)])
-                grids.append((len(unit_starts[-1]), height, width))
-            layouts.append(VisualLayout.from_frames(unit_starts, grids, device=input_ids.device))
+                video_positions.append(torch.cat([torch.arange(start, start + length) for start, length in taken]))
+                grids.append((tokens // (height * width), height, width))
+            layouts.append(VisualLayout.from_token_positions(video_positions, grids, device=input_ids.device))
         return layouts
 
     def frame_runs(self, ids: torch.Tensor) -> list[tuple[int, int]]:
