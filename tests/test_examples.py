@@ -218,3 +218,8 @@ def test_a_method_that_refuses_the_prompt_is_named_with_its_reason(monkeypatch, 
     assert "framefusion" in out.split("prunevid refused")[0]  # the others ran
     assert cli.main(["run", *common, "--method", "prunevid"]) == 2
     assert "prunevid refused this prompt:" in capsys.readouterr().err
+    # a method that refuses the model itself (not the prompt) is a usage error in both commands
+    for command in (["demo", *common, "--methods", "none,vidtldr@encoder+visionzip"],
+                    ["run", *common, "--method", "vidtldr@encoder+visionzip"]):
+        assert cli.main(command) == 2
+        assert "vidtldr@encoder+visionzip: " in capsys.readouterr().err

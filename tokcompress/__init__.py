@@ -10,6 +10,7 @@ from . import methods
 from .adapters import list_models
 from .api import CompressionHandle, compress, patch, unpatch
 from .methods import list_methods, register_method
+from .methods.base import PromptRefused
 from .stats import CompressionStats
 
 __version__ = "0.1.0"
@@ -17,6 +18,7 @@ __version__ = "0.1.0"
 __all__ = [
     "CompressionHandle",
     "CompressionStats",
+    "PromptRefused",
     "compress",
     "list_methods",
     "list_models",

@@ -22,6 +22,7 @@ import tokcompress
 from . import tiny
 from .ideal import ideal_prefill
 from .methods import build_method
+from .methods.base import PromptRefused
 from .timing import median_ms, run_times_ms, spread, timed_generate
 from .video import read_frames, sample_clip, video_metadata
 
@@ -125,12 +126,12 @@ def run_demo(args: argparse.Namespace) -> None:
     rows, baseline, widest, refused = [], None, 0.0, {}
     for name in names:
         try:
-            with tokcompress.compress(model, name, ratio=None if name == "none" else args.ratio) as handle:
+            with _patched(model, name, args.ratio) as handle:
                 times = run_times_ms(lambda: model(**inputs), args.repeats, model.device.type)
                 prefill, widest = statistics.median(times), max(widest, spread(times))
                 stats = handle.stats
                 out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
-        except ValueError as error:  # the method refuses this prompt (e.g. frames a processor thinned): say why
+        except PromptRefused as error:  # e.g. frames a processor thinned: say why, run the others
             refused[name] = str(error)
             rows.append((name, "refused (below)", *[""] * 8))
             continue
@@ -163,10 +164,10 @@ def run_one(args: argparse.Namespace) -> None:
     print(f"video: {path} ({args.frames} frames), question: {args.question!r}\n")
     results = {}
     for name in (["none"] if args.compare else []) + [method]:
-        with tokcompress.compress(model, name, ratio=None if name == "none" else args.ratio) as handle:
+        with _patched(model, name, args.ratio) as handle:
             try:
                 out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
-            except ValueError as error:  # the method refuses this prompt (e.g. frames a processor thinned)
+            except PromptRefused as error:  # e.g. frames a processor thinned
                 raise CommandError("usage", f"{name} refused this prompt: {error}") from error
             timing = timed_generate(model, inputs, args.max_new_tokens, args.repeats, model.device.type)
             stats = handle.stats
@@ -184,6 +185,15 @@ def run_one(args: argparse.Namespace) -> None:
         speed_up = results["none"]["prefill_ms"] / results[method]["prefill_ms"]
         verdict = f"{speed_up:.2f}x faster" if speed_up >= 1 else f"{1 / speed_up:.2f}x slower"
         print(f"{method} vs none: {verdict} to the first token")
+
+
+def _patched(model, name: str, ratio: float | None):
+    """The model patched with a method, as a context; a CommandError where the method refuses the model itself
+    (e.g. a composition whose stages cannot work together on its tower)."""
+    try:
+        return tokcompress.patch(model, name, ratio=None if name == "none" else ratio)
+    except ValueError as error:
+        raise CommandError("usage", f"{name}: {error}") from error
 
 
 def load(args: argparse.Namespace):

@@ -19,12 +19,21 @@ from typing import Any, ClassVar
 import torch
 
 from ..layout import VisualLayout
-from .selection import keep_count
 
 PRE_ENCODER, IN_ENCODER = "pre_encoder", "in_encoder"
 PRE_LLM, IN_LLM, DECODE = "pre_llm", "in_llm", "decode"
 """The stages, in the order data flows: before and inside the vision tower, before the LLM, inside it, while
 decoding."""
+
+
+def keep_count(ratio: float, total: int) -> int:
+    """round(ratio · total), the token count a pre-LLM method keeps."""
+    return int(min(max(round(ratio * total), 0), total))
+
+
+class PromptRefused(ValueError):
+    """A method cannot compress this prompt as it stands (e.g. it reads frames as full grids and a processor thinned
+    them): the message names why and the way out. Other methods may still run on it."""
 
 
 def check_ratio(ratio: Any) -> float:

@@ -19,8 +19,9 @@ from .base import (
     check_choice,
     check_int,
     check_interval,
+    keep_count,
 )
-from .selection import keep_count, proportional_split, separators_first, top_tokens, top_tokens_per_group
+from .selection import proportional_split, separators_first, top_tokens, top_tokens_per_group
 
 POSITIONS = ("original", "contiguous")
 GROUP = 4  # frames per temporal group: one anchor and three frames pruned against it

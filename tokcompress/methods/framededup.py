@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import PRE_ENCODER, Method, check_int, check_interval
-from .selection import keep_count, top_tokens
+from .base import PRE_ENCODER, Method, check_int, check_interval, keep_count
+from .selection import top_tokens
 
 
 @dataclass

@@ -6,11 +6,7 @@ from __future__ import annotations
 import torch
 
 from ..layout import VisualLayout
-
-
-def keep_count(ratio: float, total: int) -> int:
-    """round(ratio · total), the token count a pre-LLM method keeps."""
-    return int(min(max(round(ratio * total), 0), total))
+from .base import PromptRefused
 
 
 def separators_first(layout: VisualLayout, count: int) -> tuple[torch.Tensor, int]:
@@ -31,7 +27,7 @@ def frame_grids(layout: VisualLayout, method: str) -> list[tuple[int, torch.Tens
             continue
         frames = len(layout.frame[members].unique())
         if frames * height * width != len(members):
-            raise ValueError(
+            raise PromptRefused(
                 f"{method} needs every cell of each frame it sees, but some frames hold only part of theirs: an "
                 "earlier stage dropped cells inside them (compose it only after methods that keep or drop whole "
                 "frames: framededup, earlytom), or the processor did (VideoLLaMA3's token compression: load its "

@@ -31,9 +31,9 @@ class SparseVLM(Method):
     - Stage counts: λ, λ², λ³ of the visual tokens with λ set by `ratio`, as `pdrop` sets them (the official
       counts are a fixed table per budget, e.g. 300 / 200 / 110 of 576 for 192, roughly that shape); the last
       stage absorbs rounding so the layer average meets the ratio within one token. The first pruning layer
-      moves earlier where a low ratio cannot keep every token until it (down to before layer 0). Recycled clusters take places inside
-      that count (the official code adds them on top), so the recycled tokens are drawn from those ranked
-      below the full count.
+      moves earlier where a low ratio cannot keep every token until it (down to before layer 0). Recycled
+      clusters take places inside that count (the official code adds them on top), so the recycled tokens are
+      drawn from those ranked below the full count.
     - A recycled cluster is a size-weighted merge placed at its earliest member's original position (the
       official code appends cluster means after the kept tokens and re-indexes positions); positions stay
       original (as in its v2.0).
