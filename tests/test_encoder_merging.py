@@ -390,6 +390,23 @@ def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their
     torch.testing.assert_close(folded["bias1"], sizes.log().flatten())  # each kept token's, in row order
 
 
+@pytest.mark.parametrize("family", [f for f in FAMILIES if ADAPTERS[f].tower_frames == PACKED_TOWER])
+def test_a_packed_towers_outputs_keep_their_stock_shapes_whatever_folds(family, clip):
+    """Folding three quarters of every unit's rows away leaves as many rows as a 2 × 2 readout makes: only the
+    outputs that hold the layers' rows expand back (GLM's downsampled and VideoLLaMA3's pooled last_hidden_state
+    stay as the tower read them out)."""
+    model = model_for(family)
+    encode = {**video_encoder_inputs(inputs_for(family, clip, "What?")), "output_hidden_states": True}
+    with torch.no_grad():
+        stock = model.model.get_video_features(**encode)
+        with tokcompress.compress(model, "vidtldr", ratio=0.3, merge_schedule="0.5,0.5"):
+            folded = model.model.get_video_features(**encode)
+    for key in ("last_hidden_state", "pooler_output", "hidden_states"):
+        shapes = [[tuple(t.shape) for t in (out[key] if isinstance(out[key], (tuple, list)) else [out[key]])]
+                  for out in (stock, folded)]
+        assert shapes[0] == shapes[1], key
+
+
 def test_a_packed_tower_refuses_kept_rows_out_of_their_order():
     """Attention segments are rebuilt from the remaining rows' order: a method keeping rows unsorted is refused."""
     rows = PackedRows(4)

@@ -26,6 +26,7 @@ def rotate_pairs(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> 
 class Glm4vAdapter(Qwen3VLAdapter):
     model_type = "glm4v"
     rotation = staticmethod(rotate_pairs)
+    tower_row_outputs = ("hidden_states",)  # its last_hidden_state is read out already: normed, downsampled
 
     @property
     def video_token_id(self) -> int:

@@ -69,10 +69,11 @@ class _Folding:
         packed tower's readouts (its merger) already read expanded input, so there only the outputs that hold
         its rows (`Adapter.tower_row_outputs`)."""
         keys = list(output.keys()) if self.unit_rows is None else self.adapter.tower_row_outputs
+        read_out = [value for key, value in output.items() if key not in keys]  # HF may repeat one in hidden_states
 
         def expand(value):
             if isinstance(value, torch.Tensor):
-                return self.expand_tensor(value)
+                return value if any(value is tensor for tensor in read_out) else self.expand_tensor(value)
             return tuple(expand(v) for v in value) if isinstance(value, tuple) else value
 
         for key in keys:
