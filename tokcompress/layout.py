@@ -68,44 +68,39 @@ class VisualLayout:
         device: torch.device | str | None = None,
     ) -> VisualLayout:
         """Layout of videos whose frames sit apart (Qwen3-VL: each frame between its timestamp and vision
-        start / end tokens): `frame_starts[v][f]` is the sequence index of the first token of frame f of video v.
-        `kept[v]`, a (frames, h·w) mask, says which cells of each frame the prompt holds (in raster order) where a
-        processor already left some out (VideoLLaMA3's compression); None: all of them."""
-        positions, video, frame, spatial = [], [], [], []
-        frame_offset = 0
-        for v, (starts, (t, h, w)) in enumerate(zip(frame_starts, grids)):
-            if kept is None:
-                counts, cells = [h * w] * t, torch.arange(h * w).repeat(t)
-            else:  # one host read per video
-                mask = kept[v].cpu().view(t, h * w)
-                counts, cells = mask.sum(dim=1).tolist(), mask.nonzero()[:, 1]
-            positions += [torch.arange(start, start + count) for start, count in zip(starts, counts)]
-            video.append(torch.full((sum(counts),), v))
-            frame.append(torch.arange(t).repeat_interleave(torch.tensor(counts)) + frame_offset)
-            spatial.append(cells)
-            frame_offset += t
-        if not positions:
-            return VisualLayout.from_videos([], [], device=device)
-        return VisualLayout(
-            *(torch.cat(parts).to(device=device, dtype=torch.long) for parts in (positions, video, frame, spatial)),
-            tuple(grids),
-        )
+        start / end tokens): `frame_starts[v][f]` is the sequence index of the first token of frame f of video v,
+        the frame's tokens following it (`kept`: as in `from_token_positions`)."""
+        kept = [None] * len(grids) if kept is None else [mask.cpu().view(t, -1) for mask, (t, _, _) in zip(kept, grids)]
+        video_positions = []
+        for starts, (t, h, w), mask in zip(frame_starts, grids, kept):
+            counts = [h * w] * t if mask is None else mask.sum(dim=1).tolist()  # one host read per video
+            video_positions.append(torch.cat([torch.arange(start, start + n) for start, n in zip(starts, counts)]))
+        return VisualLayout.from_token_positions(video_positions, grids, kept, device)
 
     @staticmethod
     def from_token_positions(
-        video_positions: list[torch.Tensor], grids: list[tuple[int, int, int]], device: torch.device | str | None = None
+        video_positions: list[torch.Tensor],
+        grids: list[tuple[int, int, int]],
+        kept: list[torch.Tensor | None] | None = None,
+        device: torch.device | str | None = None,
     ) -> VisualLayout:
         """Layout of videos whose tokens sit anywhere in the prompt, in order (Qwen2.5-Omni: its frame units in
         runs between its audio tokens, a unit split over two runs at low fps): `video_positions[v]` holds the
-        sequence index of each of video v's t·h·w tokens, frame-major in raster order."""
+        sequence index of each of video v's tokens, frame-major in raster order. `kept[v]`, a (frames, h·w) mask,
+        says which cells of each frame the prompt holds where a processor already left some out (VideoLLaMA3's
+        compression); None: all of them."""
         if not video_positions:
             return VisualLayout.from_videos([], [], device=device)
         video, frame, spatial, frame_offset = [], [], [], 0
-        for v, (t, h, w) in enumerate(grids):
-            index = torch.arange(t * h * w)
-            video.append(torch.full((t * h * w,), v))
-            frame.append(index // (h * w) + frame_offset)
-            spatial.append(index % (h * w))
+        for v, ((t, h, w), mask) in enumerate(zip(grids, kept or [None] * len(grids))):
+            if mask is None:  # every cell, in order
+                index = torch.arange(t * h * w)
+                frame_of, cell = index // (h * w), index % (h * w)
+            else:
+                frame_of, cell = mask.cpu().view(t, h * w).nonzero().unbind(1)
+            video.append(torch.full((len(cell),), v))
+            frame.append(frame_of + frame_offset)
+            spatial.append(cell)
             frame_offset += t
         parts = (video_positions, video, frame, spatial)
         return VisualLayout(*(torch.cat(part).to(device=device, dtype=torch.long) for part in parts), tuple(grids))

@@ -39,14 +39,15 @@ class Qwen2VLAdapter(Adapter):
             video_positions, grids = [], []
             while runs:
                 tokens, frame_grid = next(pending)
-                taken = []
-                while runs and sum(length for _, length in taken) < tokens:
+                taken, held = [], 0
+                while runs and held < tokens:
                     taken.append(runs.pop(0))
+                    held += taken[-1][1]
                 start, length = taken[0]
                 if frame_grid is None and positions is not None and positions.ndim == 3:
                     frame_grid = grid_from_positions(mrope_grid_rows(positions)[:, b, start : start + length])[1:]
                 height, width = frame_grid or (1, length)
-                if sum(length for _, length in taken) != tokens or tokens % (height * width):
+                if held != tokens or tokens % (height * width):
                     raise ValueError(
                         f"a video of {tokens} tokens of {height}×{width} a frame unit does not match its runs of video "
                         f"tokens ({[length for _, length in taken]}); pass the processor's prompt and grids"
