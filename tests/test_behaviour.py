@@ -7,6 +7,7 @@ import torch
 
 import tokcompress
 from tokcompress import tiny
+from tokcompress.adapters import adapter_for
 from tokcompress.layout import VisualLayout
 from tokcompress.methods import DyCoke, FastV, LayerBudget, RandomPrune, UniformSample
 from tokcompress.methods.base import DecodeSample, LayerSample
@@ -91,7 +92,10 @@ def test_dycoke_decoding_reads_only_the_selected_visual_entries(family, clip):
         sample = handle.stats.samples[0]
     selected = round(0.25 * sample.visual_out)
     assert sample.decode_visual_read == [selected] * 2  # one selection per decoding step (the first token comes from prefill)
-    expected = (1 * sample.visual_out + 3 * selected) / 4 / sample.visual_out
+    adapter = adapter_for(model)
+    layers = adapter.spec.num_layers  # those whose decoding reads the selection: from layer 1, caching every token
+    selecting = sum(1 <= i < layers for i in adapter.kv_layers)
+    expected = ((layers - selecting) * sample.visual_out + selecting * selected) / layers / sample.visual_out
     assert sample.decode_read_ratio == pytest.approx(expected)
     with tokcompress.compress(model, "dycoke", ratio=0.5, decode_keep=1.0) as handle:
         full = generate(model, inputs, max_new_tokens=3)

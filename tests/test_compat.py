@@ -61,12 +61,21 @@ class _MaskChecker:
 
 def _check_masks_against_caches(model) -> _MaskChecker:
     """Record, per decoding call of each softmax layer, the key length of its mask and of what its attention will
-    read; and the masks linear-attention layers get while decoding.
+    read (a sliding layer's cache keeps its window; a layer sharing another's KV reads what that one cached this
+    step); and the masks linear-attention layers get while decoding.
 
     Registered after tokcompress's own hooks, so it sees the inputs a layer really runs with.
     """
     checker = _MaskChecker()
     softmax = softmax_layers(model)
+    adapter = adapter_for(model)
+    config = adapter.language_model.config
+    decoding, selected = [], {}  # whether this step decodes; the keys each layer read as selected this step
+
+    def step(module, args, kwargs):
+        cache = compat.cache_of(kwargs)
+        decoding[:] = [cache is not None and cache.get_seq_length() > 0]
+        selected.clear()
 
     def watch(index):
         def hook(module, args, kwargs):
@@ -76,16 +85,22 @@ def _check_masks_against_caches(model) -> _MaskChecker:
                 if queries == 1:  # decoding
                     checker.recurrent_decode_masks.append(kwargs.get("attention_mask"))
                 return
-            past = cache.get_seq_length(index) if cache is not None else 0
-            if past == 0:  # prefill
+            if not decoding[0]:
                 return
+            source = adapter.kv_source(index)
+            past = cache.get_seq_length(source) - (queries if source != index else 0)  # before this step
+            if compat.layer_type(config, index) == compat.SLIDING_LAYER:
+                past = min(past, config.sliding_window - 1)
             keys = cache.index.shape[1] if isinstance(cache, compat.SelectedKV) else past + queries
+            selected[index] = keys
+            keys = selected.get(source, keys)
             mask = kwargs.get("attention_mask")
             checker.decode_calls.append((index, None if mask is None else mask.shape[-1], keys))
 
         return hook
 
-    for index, layer in enumerate(adapter_for(model).language_model.layers):
+    checker.handles.append(adapter.language_model.register_forward_pre_hook(step, with_kwargs=True))
+    for index, layer in enumerate(adapter.language_model.layers):
         checker.handles.append(layer.register_forward_pre_hook(watch(index), with_kwargs=True))
     return checker
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import tokcompress
 from tokcompress import tiny
@@ -25,13 +26,18 @@ _recorded: list[tuple[torch.nn.Module, torch.Tensor]] = []
 
 
 def _recording_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """sdpa that also keeps the attention probabilities it computed (in fp32)."""
+    """sdpa that also keeps the attention probabilities it computed (in fp32), under the call's mask (Gemma 4's tower
+    masks its padded patches)."""
     logits = query.float() @ key.float().transpose(-1, -2) * (scaling or query.shape[-1] ** -0.5)
+    if attention_mask is not None:
+        blocked = ~attention_mask if attention_mask.dtype == torch.bool else attention_mask < -1e30
+        logits = logits.masked_fill(blocked, float("-inf"))
     _recorded.append((module, logits.softmax(dim=-1)))
     return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, **kwargs)
 
 
 AttentionInterface.register(RECORDING, _recording_attention)
+AttentionMaskInterface.register(RECORDING, sdpa_mask)  # the masks sdpa gets (Gemma 4's tower masks its padding)
 
 
 def test_attention_received_is_the_mean_or_first_row_of_the_attention_matrix():

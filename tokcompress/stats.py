@@ -65,7 +65,7 @@ class SampleStats:
     visual_per_layer: list[int]  # visual tokens each decoder layer processed during prefill
     kept_positions: list[int] = field(default_factory=list)  # input-sequence indices of the visual tokens that reach the last layer
     decode_visual_read: list[int] = field(default_factory=list)  # per step: visual KV entries read by selecting layers
-    decode_start_layer: int | None = None
+    decode_selecting_layers: int = 0  # of `visual_per_layer`'s layers, those whose decoding reads the selection
     encoder_ratio: float = 1.0  # fraction of the vision tower's frame units (so token-layers) it computed
 
     @property
@@ -85,9 +85,8 @@ class SampleStats:
         """Fraction of the cached visual entries that decoding attention read, averaged over layers and steps."""
         if not self.decode_visual_read or not self.visual_out:
             return None
-        layers = len(self.visual_per_layer)
-        selecting = layers - self.decode_start_layer
-        per_step = [(self.decode_start_layer * self.visual_out + selecting * r) / layers for r in self.decode_visual_read]
+        layers, selecting = len(self.visual_per_layer), self.decode_selecting_layers
+        per_step = [((layers - selecting) * self.visual_out + selecting * r) / layers for r in self.decode_visual_read]
         return mean(per_step) / self.visual_out
 
 
@@ -188,11 +187,12 @@ class CompressionStats:
         """Per batch row, the visual token-layers its sample already spent in layers before `layer`."""
         return [sum(s.visual_per_layer[:layer]) for s in self.samples for _ in range(self.rows_per_sample)]
 
-    def record_decode_read(self, row_reads: list[int], start_layer: int) -> None:
-        """Visual KV entries read this step (the first row of each sample stands for its beams)."""
+    def record_decode_read(self, row_reads: list[int], selecting_layers: int) -> None:
+        """Visual KV entries read this step by the `selecting_layers` layers whose attention reads the selection
+        (the first row of each sample stands for its beams)."""
         for sample, count in zip(self.samples, row_reads[:: self.rows_per_sample]):
             sample.decode_visual_read.append(count)
-            sample.decode_start_layer = start_layer
+            sample.decode_selecting_layers = selecting_layers
 
     def __str__(self) -> str:
         if not self.samples:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -58,7 +59,7 @@ class Adapter:
         # Video-LLaVA has a tower for videos beside its image tower; the others one tower for both
         towers = ("video_tower", "vision_tower", "visual", "vision_model")
         self.vision_tower = next(getattr(multimodal, name) for name in towers if hasattr(multimodal, name))
-        self.spec = ModelSpec(self.model_type, len(self.layers), self.mrope)
+        self.spec = ModelSpec(self.model_type, self.reducible_layers, self.mrope)
 
     @property
     def config(self):
@@ -101,12 +102,38 @@ class Adapter:
         unit, dropped ones reading zeros, so placeholders, grids and positions stay the model's own."""
         raise NotImplementedError
 
-    @property
+    @functools.cached_property
     def kv_layers(self) -> frozenset[int]:
-        """Decoder layers that cache keys and values, where decode-time KV selection applies (not Qwen3.5's
-        linear-attention layers, which keep a recurrent state)."""
+        """Decoder layers that cache every token's keys and values, where decode-time KV selection applies: not
+        Qwen3.5's linear-attention layers (a recurrent state), sliding-window layers (their cache keeps the last
+        tokens only) or layers that read another layer's KV (Gemma 4's KV sharing)."""
         config = self.language_model.config
-        return frozenset(i for i in range(len(self.layers)) if compat.layer_type(config, i) != compat.RECURRENT_LAYER)
+        partial = (compat.RECURRENT_LAYER, compat.SLIDING_LAYER)
+        return frozenset(
+            i for i in range(len(self.layers)) if compat.layer_type(config, i) not in partial and self.kv_source(i) == i
+        )
+
+    @property
+    def reducible_layers(self) -> int:
+        """How many of the first decoder layers hold every prompt token, so that a reduction may act before them
+        (`spec.num_layers`: the ratio is averaged over them); later ones see the tokens of the last of them."""
+        return len(self.layers)
+
+    def kv_source(self, layer_index: int) -> int:
+        """The decoder layer whose keys and values `layer_index` attends to: itself, or (KV sharing) an earlier one."""
+        return layer_index
+
+    bidirectional_layer_types: ClassVar[tuple[str, ...]] = ()
+    """Decoder layer types in which a prompt's vision blocks (`attention_blocks`) attend both ways."""
+
+    def attention_blocks(self, call_kwargs: dict[str, Any]) -> torch.Tensor | None:
+        """(B, L) the bidirectional attention block of each token of a multimodal-model call (-1: none), where the
+        model lets vision tokens attend both ways; None where it does not."""
+        return None
+
+    llm_token_inputs: ClassVar[tuple[str, ...]] = ()
+    """Call keywords of the language model, besides embeddings and positions, with one entry per token along dim 1
+    (Gemma 4's per-layer inputs): gathered with the tokens a pre-LLM reduction keeps."""
 
     layers_with_additions: int = 0
     """How many of the first decoder layers add per-token features to their output (Qwen3-VL's DeepStack)."""
@@ -210,6 +237,36 @@ def vit_queries_keys(attention: nn.Module, hidden: torch.Tensor) -> tuple[torch.
 def split_heads(states: torch.Tensor, num_heads: int) -> torch.Tensor:
     """(..., n, H·d) → (..., H, n, d)."""
     return states.unflatten(-1, (num_heads, -1)).transpose(-3, -2)
+
+
+def noted_grids(
+    call_kwargs: dict[str, Any], input_ids: torch.Tensor, token_id: int, family: str, fix: str,
+    held: list[int] | None = None,
+) -> list[tuple[int, int, int]]:
+    """Per video of a call given features `generate` encoded up front, its (frames, H, W) token grid as the patch
+    noted it on them (`note_encoded`), repeated as generate repeats each sample's videos for its beams or returned
+    sequences: each sample's block once per row it made of the sample, the rows of a sample one after another, a
+    row's videos those its placeholders hold (`held`: per encoded video, its placeholders; None: its features)."""
+    encoded = (call_kwargs.get("mm_encoder_outputs") or {}).get("video")
+    noted = None if encoded is None else encoded.get(compat.ENCODED_GRIDS)
+    if noted is None:
+        raise ValueError(
+            f"{family} video features encoded before the model was patched carry no frame grid: pass {fix} (or "
+            "encode after tokcompress.patch)"
+        )
+    counts = held or [len(features) for features in encoded.pooler_output]
+    if len(counts) == len(noted) or len(counts) % len(noted) or len(input_ids) % (len(counts) // len(noted)):
+        return noted  # as encoded (or not a repetition of it: the placeholder check refuses the call)
+    rows, pending = len(counts) // len(noted), iter(counts)
+    grids, first = [], 0
+    for row, placeholders in enumerate((input_ids == token_id).sum(dim=1).tolist()):
+        videos = 0
+        while placeholders > 0:
+            placeholders -= next(pending)
+            videos += 1
+        grids += noted[first : first + videos]
+        first += videos if row % rows == rows - 1 else 0
+    return grids
 
 
 def token_runs(ids: torch.Tensor, token_id: int) -> list[tuple[int, int]]:

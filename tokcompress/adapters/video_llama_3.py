@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import torch
 
+from ..engine import compat
 from ..layout import VisualLayout
-from .base import token_runs
+from .base import noted_grids, token_runs
 from .qwen2_vl import Qwen2VLAdapter
-
-ENCODED_GRIDS = "tokcompress_video_grids"
-"""Key added to a `get_video_features` output (a key, not an attribute: accelerate's device moves rebuild the
-output from its items): per video, its (frames, H, W) grid of LLM tokens."""
 
 
 class VideoLlama3Adapter(Qwen2VLAdapter):
@@ -54,45 +51,25 @@ class VideoLlama3Adapter(Qwen2VLAdapter):
 
     def _grids(self, input_ids, call_kwargs) -> list[tuple[int, int, int]]:
         """Per video of the call, its (frames, H, W) grid of LLM tokens: from `video_grid_thw` and
-        `video_merge_sizes`, or (`generate` encodes up front and drops them) as noted on the encoded features -
-        repeated as `generate` repeats each sample's videos for its beams or returned sequences."""
+        `video_merge_sizes`, or (`generate` encodes up front and drops them) as noted on the encoded features."""
         grid_thw = call_kwargs.get("video_grid_thw")
         if grid_thw is not None:
             return self.token_grids(grid_thw, call_kwargs.get("video_merge_sizes"))
-        encoded = (call_kwargs.get("mm_encoder_outputs") or {}).get("video")
-        noted = None if encoded is None else encoded.get(ENCODED_GRIDS)
-        if noted is None:
-            raise ValueError(
-                "VideoLLaMA3 video features encoded before the model was patched carry no frame grid: pass "
-                "pixel_values_videos, video_grid_thw and video_merge_sizes (or encode after tokcompress.patch)"
-            )
-        counts = [len(features) for features in encoded.pooler_output]
-        if len(counts) == len(noted) or len(counts) % len(noted) or len(input_ids) % (len(counts) // len(noted)):
-            return noted  # as encoded (or not a repetition of it: the placeholder check refuses the call)
-        return self._repeated(noted, counts, input_ids, call_kwargs.get("video_compression_mask"))
-
-    def _repeated(self, noted, counts, input_ids, mask) -> list[tuple[int, int, int]]:
-        """The noted grids as `generate` repeated them: each sample's block of videos once per row it made of
-        the sample, the rows of a sample one after another; a row's videos are those its placeholders hold."""
-        rows = len(counts) // len(noted)
-        kept = iter((mask.cpu().split(counts) if mask is not None else [torch.ones(c) for c in counts]))
-        placeholders = (input_ids == self.video_token_id).sum(dim=1).tolist()
-        grids, first = [], 0
-        for row, held in enumerate(placeholders):
-            videos = 0
-            while held > 0:
-                held -= int(next(kept).sum())
-                videos += 1
-            grids += noted[first : first + videos]
-            first += videos if row % rows == rows - 1 else 0
-        return grids
+        mask = call_kwargs.get("video_compression_mask")
+        held = None
+        if mask is not None:  # the features hold every cell; the prompt the kept ones
+            counts = [len(features) for features in compat.encoded_video(call_kwargs)]
+            held = [int(cells.sum()) for cells in mask.cpu().split(counts)]
+        fix = "pixel_values_videos, video_grid_thw and video_merge_sizes"
+        return noted_grids(call_kwargs, input_ids, self.video_token_id, "VideoLLaMA3", fix, held)
 
     def token_grids(self, grid_thw: torch.Tensor, merge_sizes: torch.Tensor | None) -> list[tuple[int, int, int]]:
         merges = merge_sizes.tolist() if merge_sizes is not None else [1] * len(grid_thw)
         return [(t, h // m, w // m) for (t, h, w), m in zip(grid_thw.tolist(), merges)]
 
     def note_encoded(self, output, encoder_args):
-        output[ENCODED_GRIDS] = self.token_grids(encoder_args["video_grid_thw"], encoder_args.get("video_merge_sizes"))
+        grids = self.token_grids(encoder_args["video_grid_thw"], encoder_args.get("video_merge_sizes"))
+        output[compat.ENCODED_GRIDS] = grids
 
     def patch_embeddings(self, pixels):
         return self.vision_tower.embeddings(pixels.to(self.vision_tower.dtype))

@@ -46,12 +46,15 @@ import torch
 import transformers
 from packaging.version import Version
 from transformers.masking_utils import (
+    blockwise_overlay,
     create_causal_mask,
     create_recurrent_attention_mask,
     create_sliding_window_causal_mask,
+    sliding_window_overlay,
 )
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import AttentionInterface
+from transformers.models.gemma4.modeling_gemma4 import apply_multidimensional_rope
 from transformers.vision_utils import get_vision_window_index
 
 FLOOR = Version("5.23")
@@ -64,9 +67,10 @@ CACHE_KEYWORD = "cache" if "cache" in inspect.signature(create_causal_mask).para
 _CACHE_KEYWORDS = tuple(dict.fromkeys((CACHE_KEYWORD, "past_key_values")))  # current name first
 
 RECURRENT_LAYER = "linear_attention"  # Qwen3.5's gated delta layers: a recurrent state, no KV
+SLIDING_LAYER = "sliding_attention"  # a window over the last tokens, whose cache keeps only those
 _MASK_BUILDERS = {
     "full_attention": create_causal_mask,
-    "sliding_attention": create_sliding_window_causal_mask,
+    SLIDING_LAYER: create_sliding_window_causal_mask,
     RECURRENT_LAYER: create_recurrent_attention_mask,  # the 2-D padding mask, None where nothing is padded
 }
 _warned_untested = False
@@ -158,14 +162,22 @@ def layer_type(config: Any, layer_index: int) -> str:
 
 
 def build_attention_mask(
-    config: Any, layer_index: int, hidden: torch.Tensor, padding_mask: torch.Tensor, cache: Any, explicit: bool = False
+    config: Any,
+    layer_index: int,
+    hidden: torch.Tensor,
+    padding_mask: torch.Tensor,
+    cache: Any,
+    explicit: bool = False,
+    blocks: torch.Tensor | None = None,
 ):
     """The mask decoder layer `layer_index` expects, built by transformers' own builder for its layer type.
 
     explicit: always build the mask tensor (sdpa may otherwise return None and rely on `is_causal`).
+    blocks: (B, L) per token its bidirectional block (-1: none; Gemma 4's vision tokens, a block per image or
+    frame), whose tokens also attend to each other's later ones - inside the window of a sliding layer.
     """
-    builder = _MASK_BUILDERS[layer_type(config, layer_index)]
-    return builder(
+    kind = layer_type(config, layer_index)
+    arguments = dict(
         config=config,
         inputs_embeds=hidden,
         attention_mask=padding_mask,
@@ -174,6 +186,10 @@ def build_attention_mask(
         allow_is_causal_skip=not explicit,
         **{CACHE_KEYWORD: cache},
     )
+    if blocks is None:
+        return _MASK_BUILDERS[kind](**arguments)
+    window = sliding_window_overlay(config.sliding_window) if kind == SLIDING_LAYER else None
+    return create_causal_mask(**arguments, or_mask_function=blockwise_overlay(blocks), and_mask_function=window)
 
 
 PER_TOKEN_INPUTS = ("input_ids", "inputs_embeds", "position_ids", "token_type_ids", "mm_token_type_ids")
@@ -202,6 +218,10 @@ def reorder_cache(model: Any, cache: Any, beam_idx: torch.Tensor) -> Any:
 
 
 ENCODE_VIDEOS = "get_video_features"
+ENCODED_GRIDS = "tokcompress_video_grids"
+"""Key we add to a `get_video_features` output where the prefill that reads it cannot tell its videos' grids
+otherwise (`generate` encodes up front and drops the grid keywords): per video, its (frames, H, W) grid of LLM
+tokens. A key, not an attribute: accelerate's device moves rebuild the output from its items."""
 DEEPSTACK_MASK, DEEPSTACK_FEATURES = "visual_pos_masks", "deepstack_visual_embeds"
 
 
@@ -264,6 +284,11 @@ class SelectedKV:
 
     def __getattr__(self, name):
         return getattr(self.cache, name)
+
+
+def vision_rope(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Gemma 4's 2-D rotary embedding of (images, patches, heads, d) tower states at their (x, y) patch positions."""
+    return apply_multidimensional_rope(states, cos, sin, positions)
 
 
 def vision_window_order(grid_thw: torch.Tensor, vision_config: Any) -> torch.Tensor:

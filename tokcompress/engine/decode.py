@@ -115,7 +115,8 @@ def _decode_selection(
         read[chosen] = True
         reads.append(read)
         chosen_counts.append(len(chosen))
-    state.stats.record_decode_read(chosen_counts, method.decode_start_layer(adapter.spec))
+    start, reducible = method.decode_start_layer(adapter.spec), adapter.spec.num_layers
+    state.stats.record_decode_read(chosen_counts, sum(start <= i < reducible for i in adapter.kv_layers))
     read = torch.stack(reads)  # (B, past): the slots each row reads, in order
     counts = read.sum(dim=1)
     width, fewest = torch.stack([counts.max(), counts.min()]).tolist()

@@ -32,11 +32,14 @@ class TokenGroup:
     visual_slots: list[torch.Tensor]  # per sample, slot of each current visual token (layout order)
     layouts: list[VisualLayout]  # per sample, layout of the current visual tokens
     sizes: list[torch.Tensor]  # per sample, how many original tokens each visual token stands for
-    position_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None  # None: the LM's own
-    position_ids: torch.Tensor | None = None  # the `position_ids` kwarg decoder layers get
+    # (B, W) each slot's token in the language model's input (-1: padding), whose per-token tensors the LM hands
+    # every layer (rotary tables, position ids, per-layer inputs): None where the group is that input itself
+    lm_slots: torch.Tensor | None = None
+    blocks: torch.Tensor | None = None  # (B, W) bidirectional attention block of each slot (-1: none), where used
     key_bias: torch.Tensor | None = None  # (B, W) added to attention logits per key slot (proportional attention)
     step_masks: dict[str, Any] = field(default_factory=dict)  # this step's mask per layer type, built once
     kv_selection: tuple[torch.Tensor, Any] | None = None  # this step's selected KV slots and their mask
+    _gathered: dict[int, tuple] = field(default_factory=dict)  # id(LM tensor) -> (it, gathered at lm_slots)
 
     @property
     def width(self) -> int:
@@ -45,7 +48,22 @@ class TokenGroup:
     @property
     def owns_mask(self) -> bool:
         """Whether its layers need a mask other than the one the language model builds for its input."""
-        return self.position_embeddings is not None or self.key_bias is not None
+        return self.lm_slots is not None or self.key_bias is not None
+
+    def at_slots(self, value: Any, ids: bool = False) -> Any:
+        """A per-token tensor the language model hands its layers - features along dim 1 (rotary tables, per-layer
+        inputs; a tuple of them), or `ids` along the last (position ids) - for this group's slots: gathered at
+        `lm_slots` (once per tensor: the LM hands every layer the same one), else as it is."""
+        if self.lm_slots is None or value is None:
+            return value
+        if isinstance(value, tuple):
+            return tuple(self.at_slots(part, ids) for part in value)
+        cached = self._gathered.get(id(value))
+        if cached is None or cached[0] is not value:
+            slots = self.lm_slots.to(value.device)
+            gathered = gather_ids(value, slots, 0) if ids else gather_slots(value, slots, 0.0)
+            cached = self._gathered[id(value)] = (value, gathered)
+        return cached[1]
 
     def real_slots(self, b: int) -> torch.Tensor:
         """(W,) bool: the slots of sample b that hold a real (unpadded) token."""
@@ -59,33 +77,40 @@ class TokenGroup:
         self.visual_slots = [self.visual_slots[i] for i in order]
         self.layouts = [self.layouts[i] for i in order]
         self.sizes = [self.sizes[i] for i in order]
-        if self.key_bias is not None:
-            self.key_bias = self.key_bias[rows]
-        if self.position_embeddings is not None:
-            self.position_embeddings = tuple(t[rows] if t.shape[0] > 1 else t for t in self.position_embeddings)
-        if self.position_ids is not None:
-            self.position_ids = self.position_ids.index_select(-2, rows)
-        self.step_masks, self.kv_selection = {}, None
+        for name in ("key_bias", "lm_slots", "blocks"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name)[rows])
+        self.step_masks, self.kv_selection, self._gathered = {}, None, {}
 
-    def substitute_inputs(self, config, layer_index: int, hidden: torch.Tensor, kwargs: dict, decoding: bool) -> None:
+    def substitute_inputs(
+        self, config, layer_index: int, mask_layer: int, hidden: torch.Tensor, kwargs: dict, decoding: bool,
+        bidirectional: tuple[str, ...] = (),
+    ) -> None:
         """Give a layer of this group the mask (and, in prefill, the rotary tables and positions) of its tokens.
 
-        A recurrent (linear-attention) layer gets the group's padding mask, which zeroes its padding slots; as
-        they are on the left, its state starts from them unchanged. Proportional attention biases softmax layers."""
+        mask_layer: the layer whose keys it attends to (itself, or the earlier layer whose KV it shares). A prefill's
+        masks are built for the group's whole width, independent of the cache (a generation's prefill starts on an
+        empty one). The layer types in `bidirectional` let a prompt's vision blocks attend both ways. A recurrent
+        (linear-attention) layer gets the group's padding mask, which zeroes its padding slots; as they are on the
+        left, its state starts from them unchanged. Proportional attention biases softmax layers."""
         if not decoding and self.start_layer == layer_index:
             self.step_masks = {}
-        kind = compat.layer_type(config, layer_index)
+        kind = compat.layer_type(config, mask_layer)
         if kind not in self.step_masks:
-            cache = compat.cache_of(kwargs)
+            cache = compat.cache_of(kwargs) if decoding else None
+            width_of = hidden if decoding else hidden[:, -1:].expand(-1, self.width, -1)
             biased = self.key_bias is not None and kind != compat.RECURRENT_LAYER
-            mask = compat.build_attention_mask(config, layer_index, hidden, self.attention_mask, cache, explicit=biased)
+            blocks = self.blocks if not decoding and kind in bidirectional else None
+            mask = compat.build_attention_mask(
+                config, mask_layer, width_of, self.attention_mask, cache, explicit=biased, blocks=blocks
+            )
             self.step_masks[kind] = with_key_bias(mask, self.key_bias, hidden.dtype) if biased else mask
         kwargs["attention_mask"] = self.step_masks[kind]
-        if decoding or self.position_embeddings is None:  # the language model's own rotary tables and positions fit
-            return
-        kwargs["position_embeddings"] = self.position_embeddings
+        if decoding or self.lm_slots is None or hidden.shape[1] < self.width:
+            return  # the LM's own rotary tables, positions and per-layer inputs fit (its last tokens, where it sliced)
+        kwargs["position_embeddings"] = self.at_slots(kwargs["position_embeddings"])
         if "position_ids" in kwargs:
-            kwargs["position_ids"] = self.position_ids
+            kwargs["position_ids"] = self.at_slots(kwargs["position_ids"], ids=True)
 
 
 @dataclass
@@ -165,6 +190,7 @@ def compact(group: TokenGroup, reductions: list[TokenReduction | None], start_la
         visual_slots=visual_slots,
         layouts=layouts,
         sizes=sizes,
+        blocks=None if group.blocks is None else gather_ids(group.blocks, slot_index, fill=-1),
     )
     if proportional and any(bool((s != 1).any()) for s in sizes):
         bias = torch.zeros(slot_index.shape, dtype=torch.float32, device=device)
@@ -200,12 +226,14 @@ def write_merged(hidden: torch.Tensor, group: TokenGroup, reductions: list[Token
 
 
 def restore_sequence(hidden: torch.Tensor, group: TokenGroup, full_length: int) -> torch.Tensor:
-    """Scatter the group's hidden states back to the caller's sequence length (dropped tokens read zero)."""
+    """Scatter the group's hidden states back to the caller's sequence length (dropped tokens read zero). Where the
+    language model computed only its last tokens (after KV sharing), those are its last slots."""
     batch = hidden.shape[0]
     restored = hidden.new_zeros(batch, full_length, hidden.shape[-1])
-    keep = group.origin >= 0
-    rows = torch.arange(batch, device=hidden.device)[:, None].expand_as(group.origin)
-    restored[rows[keep], group.origin[keep]] = hidden[keep]
+    origin = group.origin[:, group.width - hidden.shape[1] :]
+    keep = origin >= 0
+    rows = torch.arange(batch, device=hidden.device)[:, None].expand_as(origin)
+    restored[rows[keep], origin[keep]] = hidden[keep]
     return restored
 
 

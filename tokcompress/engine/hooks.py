@@ -219,7 +219,8 @@ class Engine:
             return None
         if prompt:
             rows, input_ids = generate_rows or 1, kwargs.get("input_ids")
-            self._local.prompt = _Prompt(layouts, rows, generate_rows is not None, input_ids)
+            model_masks = (kwargs.get("attention_mask"), self.adapter.attention_blocks(kwargs))
+            self._local.prompt = _Prompt(layouts, rows, generate_rows is not None, input_ids, model_masks)
             if kwargs.get(self.adapter.video_pixels) is not None:
                 self._local.encoded = None  # this forward encodes its videos itself
             return None
@@ -265,7 +266,9 @@ class Engine:
             records, self._local.tower_calls = getattr(self._local, "tower_calls", []), []
             with scoring.measure(kwargs["inputs_embeds"].device):
                 layouts = self._with_tower_scores(records, prompt, encoded)
-        state = begin_generation(self.method, self.key, layouts, kwargs, prompt.rows_per_sample, prompt.generating)
+        state = begin_generation(
+            self.method, self.key, layouts, kwargs, prompt.rows_per_sample, prompt.generating, prompt.model_masks
+        )
         state.stats.compression_time.add(scoring)
         self._local.state = state
         state.layer_additions = self.adapter.take_layer_additions(kwargs)  # added below, to the kept tokens
@@ -281,7 +284,7 @@ class Engine:
                 sample.encoder_ratio = fraction
         if PRE_LLM not in self.method.stages and kept is None:
             return args, kwargs
-        reduce_before_llm(self.method, self.spec.num_layers, state, kwargs, kept and [tokens for tokens, _ in kept])
+        reduce_before_llm(self.method, self.adapter, state, kwargs, kept and [tokens for tokens, _ in kept])
         return args, kwargs
 
     def _with_tower_scores(self, records: list[TowerCall], prompt: _Prompt, encoded) -> list[VisualLayout]:
@@ -321,30 +324,42 @@ class Engine:
         state = getattr(self._local, "state", None)
         if state is None:
             return None
-        method = self.method
+        method, adapter = self.method, self.adapter
         decoding = state.stats.finished
-        selects = (
-            decoding and DECODE in method.stages and layer_index >= method.decode_start_layer(self.spec)
-            and layer_index in self.kv_layers
-        )
+        mask_layer = adapter.kv_source(layer_index)  # whose keys it reads: its own, or those it shares
+        selects = decoding and DECODE in method.stages and self._selects_kv(mask_layer)
         if decoding and not selects and not state.group_of(layer_index).owns_mask:
             return None  # the LM's own mask and rotary tables fit this layer: nothing to change
         hidden = args[0] if args else kwargs["hidden_states"]
-        if not decoding and IN_LLM in method.stages:
-            reduced = reduce_before_layer(method, self.adapter, state, layer_index, module, hidden, kwargs)
+        reducible = layer_index < self.spec.num_layers  # later layers (KV sharing) follow the last reducible one
+        if not decoding and IN_LLM in method.stages and reducible:
+            reduced = reduce_before_layer(method, adapter, state, layer_index, module, hidden, kwargs)
             hidden = hidden if reduced is None else reduced
         group = state.group_of(layer_index)
         if group.owns_mask:
-            group.substitute_inputs(self.adapter.language_model.config, layer_index, hidden, kwargs, decoding)
-        if selects:
-            select_visual_kv(method, self.adapter, state, layer_index, module, hidden, group, kwargs)
-        if not decoding:
+            config = adapter.language_model.config
+            bidirectional = adapter.bidirectional_layer_types
+            group.substitute_inputs(config, layer_index, mask_layer, hidden, kwargs, decoding, bidirectional)
+            if not decoding and len(args) > 1 and hidden.shape[1] == group.width:  # the layer's per-token input
+                args = (args[0], group.at_slots(args[1]), *args[2:])
+        if selects and mask_layer == layer_index:
+            select_visual_kv(method, adapter, state, layer_index, module, hidden, group, kwargs)
+        elif selects and group.kv_selection is not None:  # it reads the selected keys of the layer it shares them with
+            kwargs["attention_mask"] = group.kv_selection[1]
+        if not decoding and reducible:
             state.stats.record_layer(layer_index, [len(s) for s in group.visual_slots])
+        mask = kwargs.get("attention_mask")
+        if isinstance(mask, torch.Tensor) and mask.ndim == 4 and mask.shape[-2] > hidden.shape[1]:
+            kwargs["attention_mask"] = mask[..., -hidden.shape[1] :, :]  # the LM computes its last tokens only
         if args:
             args = (hidden, *args[1:])
         else:
             kwargs["hidden_states"] = hidden
         return args, kwargs
+
+    def _selects_kv(self, layer_index: int) -> bool:
+        """Whether decode-time selection makes this layer (one that caches its own KV) read selected entries."""
+        return layer_index >= self.method.decode_start_layer(self.spec) and layer_index in self.kv_layers
 
     def _after_layer(self, layer_index: int, module, args, output):
         """Adds the model's per-token features after one of its first layers (DeepStack), to the tokens kept."""
@@ -375,6 +390,7 @@ class _Prompt(NamedTuple):
     rows_per_sample: int  # rows generate() made of each sample
     generating: bool
     input_ids: torch.Tensor | None
+    model_masks: tuple  # the multimodal model's 2-D padding mask and its tokens' bidirectional blocks (or None)
 
 
 def _finish_prefill_stats(state: GenerationState) -> None:

@@ -14,6 +14,7 @@ from ..layout import VisualLayout
 from ..methods.base import PRE_LLM, LayerBudget, LayerSample, Method, TokenReduction
 from ..ops import few_query_attention
 from ..stats import CompressionStats
+from . import compat
 from .groups import GenerationState, TokenGroup, compact, gather_ids, gather_slots, sample_row, write_merged
 
 if TYPE_CHECKING:
@@ -27,13 +28,18 @@ def begin_generation(
     kwargs: dict[str, Any],
     rows_per_sample: int = 1,
     generating: bool = False,
+    model_masks: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
 ) -> GenerationState:
     """The state of a generation whose prompt enters the language model with these call kwargs.
 
     rows_per_sample: how many batch rows `generate` made of each sample (beams, returned sequences).
     generating: whether `generate` runs it, which reads the last position of every row.
+    model_masks: where the multimodal model hands the language model the masks it built itself (Gemma 4: one per
+        layer type), the 2-D padding mask it was given and the bidirectional blocks of its tokens (or None).
     """
-    mask = kwargs.get("attention_mask")
+    mask, blocks = kwargs.get("attention_mask"), None
+    if isinstance(mask, dict) and model_masks is not None:
+        mask, blocks = model_masks
     if mask is not None and (isinstance(mask, dict) or mask.ndim != 2):
         raise ValueError(
             "tokcompress needs the 2-D padding mask; precomputed 4-D masks (e.g. from a static cache) "
@@ -56,6 +62,7 @@ def begin_generation(
         visual_slots=[layout.positions for layout in layouts],
         layouts=layouts,
         sizes=[torch.ones(layout.num_tokens, device=device) for layout in layouts],
+        blocks=None if blocks is None else blocks.to(device),
     )
     positions = kwargs.get("position_ids")
     return GenerationState(
@@ -70,17 +77,18 @@ def begin_generation(
 
 
 def reduce_before_llm(
-    method: Method, layers: int, state: GenerationState, kwargs: dict[str, Any], encoded: list | None = None
+    method: Method, adapter: Adapter, state: GenerationState, kwargs: dict[str, Any], encoded: list | None = None
 ) -> None:
     """Shrink the language model's call kwargs before layer 0: first to the tokens of the frame units the vision
     tower encoded (`encoded`: per row, their indices in its layout), then by the method's pre-LLM reductions."""
     embeds = kwargs["inputs_embeds"]
     positions = kwargs.get("position_ids")
     positions = state.groups[0].origin if positions is None else positions
+    layers = adapter.spec.num_layers
     with state.stats.timed(embeds.device):
         if encoded is not None:
             drops = [TokenReduction.prune(kept) for kept in encoded]
-            embeds, positions = _compact_inputs(state, drops, embeds, positions)
+            embeds, positions = _compact_inputs(state, drops, embeds, positions, kwargs, adapter.llm_token_inputs)
         if PRE_LLM in method.stages:
             group = state.groups[0]
             reductions = [
@@ -92,32 +100,62 @@ def reduce_before_llm(
                 for b, (slots, layout) in enumerate(zip(group.visual_slots, group.layouts))
             ]
             proportional = method.uses_proportional_attention()
-            embeds, positions = _compact_inputs(state, reductions, embeds, positions, proportional)
+            embeds, positions = _compact_inputs(
+                state, reductions, embeds, positions, kwargs, adapter.llm_token_inputs, proportional
+            )
         if method.reindexes_positions():  # 1-D positions: kept tokens numbered as if nothing had been dropped
             contiguous = (state.groups[0].attention_mask.cumsum(-1) - 1).clamp_min(0)
             state.position_shift = positions[..., -1:] - contiguous[..., -1:]
             positions = contiguous
         kwargs["inputs_embeds"], kwargs["position_ids"] = embeds, positions
-        kwargs["attention_mask"] = state.groups[0].attention_mask
+        kwargs["attention_mask"] = _llm_attention_mask(adapter, state.groups[0], embeds, kwargs)
         state.reduced = True
 
 
-def _compact_inputs(state: GenerationState, reductions, embeds, positions, proportional: bool = False):
-    """Apply per-row reductions to the prompt's single token group; returns the gathered embeds and positions."""
+def _llm_attention_mask(adapter: Adapter, group: TokenGroup, embeds: torch.Tensor, kwargs: dict[str, Any]):
+    """The kept tokens' mask for the language model's call: the 2-D padding mask it builds its own masks from, or,
+    where vision blocks attend both ways (which it cannot build from that), the mask of each layer type."""
+    if group.blocks is None:
+        return group.attention_mask
+    config = adapter.language_model.config
+    first_of_type: dict[str, int] = {}
+    for index in range(len(adapter.layers)):
+        first_of_type.setdefault(compat.layer_type(config, index), index)
+    return {
+        kind: compat.build_attention_mask(
+            config, layer, embeds, group.attention_mask, compat.cache_of(kwargs),
+            blocks=group.blocks if kind in adapter.bidirectional_layer_types else None,
+        )
+        for kind, layer in first_of_type.items()
+    }
+
+
+def _compact_inputs(
+    state: GenerationState, reductions, embeds, positions, kwargs, token_inputs=(), proportional: bool = False
+):
+    """Apply per-row reductions to the prompt's single token group; returns the gathered embeds and positions, and
+    gathers the language model's other per-token inputs (`token_inputs`) in `kwargs` alike."""
     group = state.groups[0]
     new_group, slot_index = compact(group, reductions, 0, proportional)
     state.groups = [new_group]
     _reduce_layer_additions(state, group, reductions, slot_index)
+    for name in token_inputs:
+        if kwargs.get(name) is not None:
+            kwargs[name] = _follow_tokens(kwargs[name], group, reductions, slot_index)
     embeds = gather_slots(write_merged(embeds, group, reductions), slot_index, fill=0.0)
     return embeds, gather_ids(positions, slot_index, fill=0)
 
 
+def _follow_tokens(features: torch.Tensor, group: TokenGroup, reductions, slot_index) -> torch.Tensor:
+    """(B, L, ...) per-token features after the reductions: kept, dropped or merged (size-weighted) as their tokens."""
+    flat = write_merged(features.flatten(2), group, reductions)
+    return gather_slots(flat, slot_index, fill=0.0).unflatten(2, features.shape[2:])
+
+
 def _reduce_layer_additions(state: GenerationState, group: TokenGroup, reductions, slot_index) -> None:
     """The features added after the first layers follow their tokens: kept, dropped or merged alike."""
-    additions = state.layer_additions
-    if additions is not None:
-        flat = write_merged(additions.flatten(2), group, reductions)
-        state.layer_additions = gather_slots(flat, slot_index, fill=0.0).unflatten(2, additions.shape[2:])
+    if state.layer_additions is not None:
+        state.layer_additions = _follow_tokens(state.layer_additions, group, reductions, slot_index)
 
 
 def reduce_before_layer(
@@ -138,10 +176,8 @@ def reduce_before_layer(
         new_group, slot_index = compact(group, reductions, layer_index, method.uses_proportional_attention())
         _reduce_layer_additions(state, group, reductions, slot_index)
         hidden = gather_slots(write_merged(hidden, group, reductions), slot_index, fill=0.0)
-        cos, sin = group.position_embeddings or kwargs["position_embeddings"]
-        new_group.position_embeddings = (gather_slots(cos, slot_index, 0.0), gather_slots(sin, slot_index, 0.0))
-        base_ids = group.position_ids if group is not state.groups[0] else kwargs.get("position_ids")
-        new_group.position_ids = gather_ids(base_ids, slot_index, 0) if base_ids is not None else None
+        lm_slots = group.lm_slots if group.lm_slots is not None else torch.arange(group.width, device=hidden.device)
+        new_group.lm_slots = gather_ids(lm_slots.expand(len(slot_index), -1), slot_index, fill=-1)
         state.groups.append(new_group)
         state.reduced = True
     return hidden
@@ -150,7 +186,7 @@ def reduce_before_layer(
 def _layer_samples(method, adapter, state, layer_index, layer, hidden, group, kwargs) -> list[LayerSample | None]:
     budget_spent = state.stats.spent_before(layer_index)
     num_layers = adapter.spec.num_layers
-    position_embeddings = group.position_embeddings or kwargs["position_embeddings"]
+    position_embeddings = group.at_slots(kwargs["position_embeddings"])
     samples: list[LayerSample | None] = []
     for b, slots in enumerate(group.visual_slots):
         layout = group.layouts[b]
