@@ -28,6 +28,8 @@ import torch
 from tqdm import tqdm
 from transformers import (
     AutoModelForImageTextToText,
+    Gemma4Config,
+    Gemma4ForConditionalGeneration,
     Glm4vConfig,
     Glm4vForConditionalGeneration,
     InternVLConfig,
@@ -55,7 +57,15 @@ from tokcompress.adapters import adapter_for
 from tokcompress.ideal import ideal_inputs
 from tokcompress.timing import median_ms, timed_generate
 from tokcompress.tiny import frame_batch_video
-from tokcompress.video import IMAGENET_MEAN, IMAGENET_STD, qwen_vl_pixels, read_frames, resize_normalize, sample_clip
+from tokcompress.video import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    gemma4_pixels,
+    qwen_vl_pixels,
+    read_frames,
+    resize_normalize,
+    sample_clip,
+)
 
 RESULTS = Path(__file__).parent / "results"
 QWEN2_7B_TEXT = dict(
@@ -99,7 +109,7 @@ SPECIAL_TOKENS = ("video_token_id", "image_token_id", "vision_start_token_id", "
                   "video_start_token_id", "video_end_token_id")  # config ids the random prompt text must avoid
 MODEL_NAMES = (
     "llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b",
-    "internvl3-8b", "glm-4.1v-9b", "videollama3-7b", "qwen2.5-omni-7b", "small", "small-qwen2.5-vl",
+    "internvl3-8b", "glm-4.1v-9b", "videollama3-7b", "qwen2.5-omni-7b", "gemma-4-e4b", "small", "small-qwen2.5-vl",
 )
 INTERNVL_IMAGE_START, INTERNVL_IMAGE_END = 151665, 151666  # <img>, </img>
 
@@ -171,6 +181,18 @@ def named_model(name: str, dtype: torch.dtype, device: str):
             image_token_id=151655, video_token_id=151656,  # <|image_pad|>, <|video_pad|>
         )
         cls = VideoLlama3ForConditionalGeneration
+    elif name == "gemma-4-e4b":  # 42 layers of 2560 (5 sliding : 1 global), per-layer inputs, the last 18 share KV
+        config = Gemma4Config(
+            text_config=dict(
+                hidden_size=2560, intermediate_size=10240, num_hidden_layers=42, num_attention_heads=8,
+                num_key_value_heads=2, head_dim=256, global_head_dim=512, hidden_size_per_layer_input=256,
+                num_kv_shared_layers=18, sliding_window=512, final_logit_softcapping=30.0,
+                layer_types=(["sliding_attention"] * 5 + ["full_attention"]) * 7,
+            ),
+            vision_config={},  # transformers' defaults: 16 layers of 768, 16 px patches, 3 × 3 pooled to a token
+            audio_config=None,
+        )
+        cls = Gemma4ForConditionalGeneration
     elif name == "small":
         config = LlavaOnevisionConfig(
             text_config=dict(model_type="qwen2", hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
@@ -236,6 +258,14 @@ def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
         ids = torch.cat([text[:8], *(torch.cat([text[:6], frame]) for _ in range(t)), text[8:]])
         return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                     pixel_values_videos=pixels, video_grid_thw=grid, video_merge_sizes=torch.tensor([2]))
+    if config.model_type == "gemma4":  # each frame `MM:SS <boi>` (5 tokens) + 8×8 tokens (384 px, 3×3 pooled) + `<eoi>`
+        pixels, positions = gemma4_pixels(frames, 384, 384, max_patches=630)  # its processor's 70-token budget
+        frame = torch.tensor([config.boi_token_id, *[config.video_token_id] * 64, config.eoi_token_id])
+        ids = torch.cat([text[:8], *(torch.cat([text[:5], frame]) for _ in range(len(frames))), text[8:]])
+        types = (ids == config.video_token_id).long()[None] * 2
+        return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                    pixel_values_videos=pixels, video_position_ids=positions,
+                    num_frames_per_video=torch.tensor([len(frames)]), mm_token_type_ids=types)
     if config.model_type == "internvl":  # frames as images: `FrameN: <img>` (4 tokens) + 256 tokens + `</img>`
         pixels = resize_normalize(frames, 448, 448, IMAGENET_MEAN, IMAGENET_STD)
         frame = [INTERNVL_IMAGE_START] + [config.image_token_id] * config.image_seq_length + [INTERNVL_IMAGE_END]

@@ -48,6 +48,7 @@ TINY = {
     "qwen3_omni_moe_thinker": TinyFamily(
         tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True, positions_from_mask=True,
     ),
+    "gemma4": TinyFamily(tokens_per_unit=9, mixed_frame_counts=True),
 }
 FAMILIES = tuple(TINY)
 # every registered method but the identity: a new method cannot skip the contract suite
@@ -86,8 +87,12 @@ def inputs_for(family: str, frames, questions):
 
 
 def video_encoder_inputs(inputs: dict) -> dict:
-    """The keywords of a call's inputs that `get_video_features` takes (VideoLLaMA3: its merge sizes too)."""
-    return {k: inputs[k] for k in ("pixel_values_videos", "video_grid_thw", "video_merge_sizes") if k in inputs}
+    """The keywords of a call's inputs that `get_video_features` takes (VideoLLaMA3: its merge sizes too; Gemma 4: its
+    patch positions and frame counts)."""
+    keywords = (
+        "pixel_values_videos", "video_grid_thw", "video_merge_sizes", "video_position_ids", "num_frames_per_video",
+    )
+    return {k: inputs[k] for k in keywords if k in inputs}
 
 
 def generate(model, inputs, max_new_tokens: int = 4, **kwargs) -> torch.Tensor:
@@ -102,11 +107,13 @@ def logits(model, inputs) -> torch.Tensor:
 
 
 def softmax_layers(model) -> list[int]:
-    """The decoder layers with softmax attention, which cache KV and return attention maps (all but Qwen3.5's
-    linear-attention layers)."""
+    """The decoder layers with softmax attention, which return attention maps (all but Qwen3.5's linear-attention
+    layers)."""
     from tokcompress.adapters import adapter_for
+    from tokcompress.engine import compat
 
-    return sorted(adapter_for(model).kv_layers)
+    config = adapter_for(model).language_model.config
+    return [i for i in range(config.num_hidden_layers) if compat.layer_type(config, i) != compat.RECURRENT_LAYER]
 
 
 def shorter(family: str, frames: torch.Tensor) -> torch.Tensor:

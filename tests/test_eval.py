@@ -74,7 +74,8 @@ def test_the_ideal_is_the_models_own_forward_and_generate_on_text_plus_the_kept_
         assert ideal_prefill(model, inputs, 7, encoded=0.5)().logits.shape[1] == text + 7
         encode, ideal = ideal_inputs(model, inputs, 7)
         encode()
-        assert model.generate(**ideal, max_new_tokens=2, min_new_tokens=2, do_sample=False).shape[1] == 2
+        generated = model.generate(**ideal, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+        assert generated.shape[1] == text + 7 + 2  # the ideal prompt (given as ids, as the measured run's) and two
 
 
 @pytest.mark.parametrize("config", sorted((EVAL / "sweeps").glob("*.yaml")), ids=lambda path: path.stem)
@@ -115,7 +116,7 @@ def test_crossovers_come_from_the_measurements_and_the_dispatch_respects_committ
     "name",
     [
         "llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b",
-        "internvl3-8b", "glm-4.1v-9b", "videollama3-7b", "qwen2.5-omni-7b",
+        "internvl3-8b", "glm-4.1v-9b", "videollama3-7b", "qwen2.5-omni-7b", "gemma-4-e4b",
     ],
 )
 def test_the_real_shape_models_build_and_their_prompts_fit_the_adapter(name, clip):

@@ -69,6 +69,7 @@ def test_entry_points_register_the_compression_aware_wrappers():
     assert get_model("tokcompress_qwen3_5", force_simple=True) is plugin.Qwen3_5
     assert get_model("tokcompress_internvl_hf") is plugin.InternVLHfChat
     assert get_model("tokcompress_glm4v") is plugin.GLM4V
+    assert get_model("tokcompress_gemma4") is plugin.Gemma4
 
 
 @pytest.mark.parametrize("method", RUNS)

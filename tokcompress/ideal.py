@@ -2,7 +2,8 @@
 
 Its vision tower encodes the share of the clip the method encoded, and the model's own forward (or
 `generate`) runs, with no hooks, on the prompt's text plus as many visual tokens as the method kept
-(layer-averaged), handed in as embeddings. Timed on the path the measured run takes, `measured − ideal` is
+(layer-averaged), as text tokens (the same sequence an embedding of them would be; Gemma 4's `generate` takes
+no embeddings). Timed on the path the measured run takes, `measured − ideal` is
 what compression itself and its plumbing cost.
 """
 
@@ -23,9 +24,8 @@ def ideal_inputs(model, inputs: dict, visual_kept: int, encoded: float = 1.0) ->
     tower = adapter.multimodal_model
     encode = tower.get_video_features if "pixel_values_videos" in video else tower.get_image_features
     text = int((inputs["input_ids"] != adapter.video_token_id).sum())
-    embeds = model.get_input_embeddings()(inputs["input_ids"][:, :1].expand(1, text + visual_kept))
-    mask = torch.ones(embeds.shape[:2], dtype=torch.long, device=embeds.device)
-    return (lambda: encode(**video)), {"inputs_embeds": embeds, "attention_mask": mask}
+    ids = inputs["input_ids"][:, :1].expand(1, text + visual_kept)  # text ids: no visual placeholder to fill
+    return (lambda: encode(**video)), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 def ideal_prefill(model, inputs: dict, visual_kept: int, encoded: float = 1.0) -> Callable[[], Any]:
@@ -41,11 +41,18 @@ def ideal_prefill(model, inputs: dict, visual_kept: int, encoded: float = 1.0) -
 
 
 def encoded_share(inputs: dict, fraction: float) -> dict:
-    """The video inputs of the first `fraction` of the clip's frame units (LLaVA: frames; Qwen: temporal patches;
-    InternVL: all of its images, which its tower encodes before a method chooses frames)."""
+    """The video inputs of the first `fraction` of the clip's frame units (LLaVA, Gemma 4: frames; Qwen: temporal
+    patches; InternVL: all of its images, which its tower encodes before a method chooses frames)."""
     if "pixel_values_videos" not in inputs:
         return {"pixel_values": inputs["pixel_values"]}
     pixels = inputs["pixel_values_videos"]
+    if "num_frames_per_video" in inputs:  # Gemma 4: the frames of every video in a row, each with its patch positions
+        units = max(round(int(inputs["num_frames_per_video"][0]) * fraction), 1)
+        counts = inputs["num_frames_per_video"][:1].clone().fill_(units)
+        return {
+            "pixel_values_videos": pixels[:units], "video_position_ids": inputs["video_position_ids"][:units],
+            "num_frames_per_video": counts,
+        }
     if "video_grid_thw" not in inputs:
         return {"pixel_values_videos": pixels[:, : max(round(pixels.shape[1] * fraction), 1)]}
     t, h, w = inputs["video_grid_thw"][0].tolist()

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 from transformers import (
+    Gemma4Config,
+    Gemma4ForConditionalGeneration,
     Glm4vConfig,
     Glm4vForConditionalGeneration,
     Glm4vMoeConfig,
@@ -56,6 +58,7 @@ from .tiny_inputs import (  # noqa: F401 - the prompts and pixels of these model
     decode,
     frame_batch_inputs,
     frame_batch_video,
+    gemma4_inputs,
     internvl_inputs,
     left_pad,
     omni_audio_tokens,
@@ -289,6 +292,30 @@ def tiny_qwen3_omni_moe_thinker(
     return _build(Qwen3OmniMoeThinkerForConditionalGeneration, config, attn_implementation, seed)
 
 
+def tiny_gemma4(num_layers: int = 8, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """Gemma 4 as E2B / E4B are built, small: sliding (16-token window) and global layers in turn, per-layer inputs,
+    the last two layers sharing the KV of the last unshared layer of their type, vision blocks attending both ways
+    in sliding layers; a 2-layer tower (16-px patches, 2 × 2 pooled to one token); the byte vocabulary and three
+    audio ids."""
+    text = dict(
+        vocab_size=VOCAB + 3, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, global_head_dim=16, sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"] * (num_layers // 2), use_bidirectional_attention="vision",
+        vocab_size_per_layer_input=VOCAB + 3, hidden_size_per_layer_input=8, num_kv_shared_layers=2, pad_token_id=PAD,
+        bos_token_id=None, eos_token_id=None,
+    )
+    vision = dict(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
+        head_dim=16, patch_size=16, pooling_kernel_size=2, position_embedding_size=64,
+    )
+    config = Gemma4Config(
+        text_config=text, vision_config=vision, audio_config=None, image_token_id=IMAGE, video_token_id=VIDEO,
+        boi_token_id=VISION_START, eoi_token_id=VISION_END, audio_token_id=AUDIO, boa_token_id=AUDIO_START,
+        eoa_token_index=AUDIO_END,  # no audio tower, but its ids must be in the vocabulary
+    )
+    return _build(Gemma4ForConditionalGeneration, config, attn_implementation, seed)
+
+
 def _glm4v(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size, **text_extra):
     config = config_cls(
         text_config=_text_config(
@@ -340,4 +367,5 @@ TINY_MODELS = {
     "video_llama_3": tiny_video_llama_3,
     "qwen2_5_omni_thinker": tiny_qwen2_5_omni_thinker,
     "qwen3_omni_moe_thinker": tiny_qwen3_omni_moe_thinker,
+    "gemma4": tiny_gemma4,
 }

@@ -11,6 +11,7 @@ from .video import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     clip_video_pixels,
+    gemma4_pixels,
     llava_onevision_pixels,
     qwen_vl_pixels,
     resize_normalize,
@@ -240,6 +241,34 @@ def omni_audio_tokens(mel_frames: int, qwen3: bool) -> int:
     return ((rest - 1) // 2 + 1 - 1) // 2 + 1 + mel_frames // 100 * 13
 
 
+def gemma4_inputs(
+    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], fps: float = 2.0,
+    sizes: list[tuple[int, int]] | None = None, max_patches: int = 48,
+) -> dict:
+    """Model inputs for one video per prompt as Gemma 4's processor lays them out: per frame `MM:SS <boi>` + its
+    tokens + `<eoi>`, frames joined by spaces; 16-px patches ((x, y) positions), 2 × 2 of them a token (96-px
+    frames: 3 × 3 tokens, or each video's (height, width) in `sizes`), every frame padded to `max_patches`."""
+    frames = [frames] if isinstance(frames, torch.Tensor) else frames
+    questions = [questions] * len(frames) if isinstance(questions, str) else questions
+    pixels, positions, counts, rows = [], [], [], []
+    for clip, question, (height, width) in zip(frames, questions, sizes or [(96, 96)] * len(frames)):
+        patches, xy = gemma4_pixels(clip, height, width, max_patches)
+        pixels.append(patches)
+        positions.append(xy)
+        t = len(clip)
+        counts.append(t)
+        stamps = [f"{' ' if i else ''}{int(i / fps // 60):02d}:{int(i / fps % 60):02d} " for i in range(t)]
+        tokens = [VIDEO] * (height // 32 * (width // 32))
+        video_ids = sum((text_ids(stamp) + [VISION_START, *tokens, VISION_END] for stamp in stamps), [])
+        rows.append(prompt(video_ids, question))
+    ids, mask = left_pad(rows)
+    return {
+        "input_ids": ids, "attention_mask": mask, "pixel_values_videos": torch.cat(pixels),
+        "video_position_ids": torch.cat(positions), "num_frames_per_video": torch.tensor(counts),
+        "mm_token_type_ids": (ids == VIDEO).long() * 2,
+    }
+
+
 def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
     """Inputs for one video per prompt for any tiny model (lists make a left-padded batch)."""
     if model.config.model_type == "qwen2_5_vl":
@@ -252,6 +281,8 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
         return qwen_vl_inputs(frames, questions, fps=2.0, glm=True)
     if model.config.model_type == "video_llama_3":
         return video_llama_3_inputs(frames, questions)
+    if model.config.model_type == "gemma4":
+        return gemma4_inputs(frames, questions)
     if model.config.model_type in ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"):
         return qwen_omni_inputs(frames, questions, qwen3=model.config.model_type == "qwen3_omni_moe_thinker")
     return frame_batch_inputs(model, frames, questions)

@@ -125,3 +125,18 @@ def qwen_vl_pixels(
     patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
     flat = patches.reshape(grid_t * grid_h * grid_w, 3 * temporal_patch_size * patch_size * patch_size)
     return flat, torch.tensor([[grid_t, grid_h, grid_w]])
+
+
+def gemma4_pixels(
+    frames: torch.Tensor, height: int, width: int, max_patches: int, patch_size: int = 16
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pixel_values_videos` and `video_position_ids` of one Gemma 4 video, in its processor's layout: per frame its
+    patches (pixels rescaled to [0, 1], each patch row-major, channels last) and their (x, y) positions, padded
+    with zeros (positions -1) to `max_patches`."""
+    pixels = resize_normalize(frames, height, width, [0.0] * 3, [1.0] * 3)
+    t, down, across = pixels.shape[0], height // patch_size, width // patch_size
+    patches = pixels.view(t, 3, down, patch_size, across, patch_size).permute(0, 2, 4, 3, 5, 1).flatten(3).flatten(1, 2)
+    xy = torch.stack(torch.meshgrid(torch.arange(across), torch.arange(down), indexing="xy"), dim=-1).view(-1, 2)
+    padding = max_patches - down * across
+    positions = torch.nn.functional.pad(xy.expand(t, -1, -1), (0, 0, 0, padding), value=-1)
+    return torch.nn.functional.pad(patches, (0, 0, 0, padding)), positions

@@ -27,6 +27,7 @@ from lmms_eval.models.chat.llava_hf import LlavaHf as _LlavaHfChat
 from lmms_eval.models.chat.qwen2_5_vl import Qwen2_5_VL as _Qwen2_5_VLChat
 from lmms_eval.models.chat.qwen3_5 import Qwen3_5 as _Qwen3_5Chat
 from lmms_eval.models.chat.qwen3_vl import Qwen3_VL as _Qwen3_VLChat
+from lmms_eval.models.simple.gemma4 import Gemma4 as _Gemma4
 from lmms_eval.models.simple.glm4v import GLM4V as _GLM4V
 from lmms_eval.models.simple.llava_hf import LlavaHf as _LlavaHf
 from lmms_eval.models.simple.qwen2_5_vl import Qwen2_5_VL as _Qwen2_5_VL
@@ -159,3 +160,4 @@ Qwen3_5 = _compressed(_Qwen3_5, "Qwen3_5")
 Qwen3_5Chat = _compressed(_Qwen3_5Chat, "Qwen3_5Chat")
 InternVLHfChat = _compressed(_InternVLHfChat, "InternVLHfChat")
 GLM4V = _compressed(_GLM4V, "GLM4V")  # GLM-4.1V and GLM-4.5V
+Gemma4 = _compressed(_Gemma4, "Gemma4")

@@ -17,6 +17,7 @@ def manifests() -> list[ModelManifest]:
         "qwen3_5": ("Qwen3_5", "Qwen3_5Chat"),
         "internvl_hf": (None, "InternVLHfChat"),
         "glm4v": ("GLM4V", None),
+        "gemma4": ("Gemma4", None),
     }
     return [
         ModelManifest(
