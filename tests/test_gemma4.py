@@ -10,7 +10,7 @@ import tokcompress
 from tokcompress import tiny
 from tokcompress.adapters import adapter_for
 
-from .conftest import generate, logits, model_for
+from .conftest import COMPRESSING, generate, logits, model_for
 
 
 def _masks(language_model, embeds, types):
@@ -107,6 +107,39 @@ def test_frames_of_any_shape_and_beams_under_generate(clip, other_clip):
             one = tiny.gemma4_inputs(frames, question, sizes=[size])
             singles.append(generate(model, one, max_new_tokens=3, num_beams=2)[0])
     assert torch.equal(beams, torch.stack(singles))
+
+
+def test_the_large_builds_run_every_method(clip, other_clip):
+    """26B-A4B / 31B (`tiny.GEMMA4_LARGE`): global layers with their own head size, one KV head and keys as values,
+    experts, no per-layer inputs, no sharing. Scores read the global layers' own attention; ratio 1 is exact; every
+    method keeps a batch's answers those of each prompt alone."""
+    model = tiny.tiny_gemma4(attn_implementation="eager", **tiny.GEMMA4_LARGE)
+    adapter = adapter_for(model)
+    assert adapter.spec.num_layers == 8 and adapter.kv_layers == {1, 3, 5, 7}
+    single = tiny.video_inputs(model, clip, "What is moving?")
+    layer, seen = adapter.layers[1], {}
+    hook = layer.register_forward_pre_hook(
+        lambda module, args, kwargs: seen.update(kwargs, hidden=args[0]), with_kwargs=True
+    )
+    with torch.no_grad():
+        output = model(**single, output_attentions=True)
+    hook.remove()
+    hidden, (cos, sin) = seen["hidden"][0], (table[0] for table in seen["position_embeddings"])
+    with torch.no_grad():
+        queries, keys = adapter.project_queries(layer, hidden, cos, sin), adapter.project_keys(layer, hidden, cos, sin)
+    assert queries.shape[-1] == 32 and len(keys) == 1
+    scores = (queries @ keys.transpose(1, 2) / 32**0.5).masked_fill(torch.ones(len(hidden), len(hidden)).triu(1) > 0,
+                                                                      float("-inf"))
+    torch.testing.assert_close(scores.softmax(-1), output.attentions[1][0])
+    with tokcompress.compress(model, "fastv", ratio=1.0):
+        assert torch.equal(logits(model, single), output.logits)
+    pair = tiny.video_inputs(model, [clip, other_clip[:4]], ["What is moving?", "Who?"])
+    alone = tiny.video_inputs(model, other_clip[:4], "Who?")
+    for method in COMPRESSING:
+        with tokcompress.compress(model, method, ratio=0.3):
+            answers = generate(model, pair, max_new_tokens=3)[:, -3:]
+            expected = [generate(model, inputs, max_new_tokens=3)[0, -3:] for inputs in (single, alone)]
+        assert torch.equal(answers, torch.stack(expected)), method
 
 
 def test_the_command_line_loads_a_saved_checkpoint(tmp_path, monkeypatch):

@@ -292,18 +292,28 @@ def tiny_qwen3_omni_moe_thinker(
     return _build(Qwen3OmniMoeThinkerForConditionalGeneration, config, attn_implementation, seed)
 
 
-def tiny_gemma4(num_layers: int = 8, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+GEMMA4_LARGE = dict(
+    hidden_size_per_layer_input=0, num_kv_shared_layers=0, attention_k_eq_v=True, num_global_key_value_heads=1,
+    global_head_dim=32, enable_moe_block=True, num_experts=4, top_k_experts=2, moe_intermediate_size=32,
+)
+"""Gemma 4's text config as 26B-A4B and 31B are built (small): no per-layer inputs and no KV sharing; global layers
+with their own head size, one KV head and keys as values; a mixture of experts beside each MLP (26B-A4B)."""
+
+
+def tiny_gemma4(
+    num_layers: int = 8, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64, **text_overrides
+):
     """Gemma 4 as E2B / E4B are built, small: sliding (16-token window) and global layers in turn, per-layer inputs,
     the last two layers sharing the KV of the last unshared layer of their type, vision blocks attending both ways
     in sliding layers; a 2-layer tower (16-px patches, 2 × 2 pooled to one token); the byte vocabulary and three
-    audio ids."""
+    audio ids. `text_overrides` change the text config (`GEMMA4_LARGE`: as 26B-A4B / 31B are built)."""
     text = dict(
         vocab_size=VOCAB + 3, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, global_head_dim=16, sliding_window=16,
         layer_types=["sliding_attention", "full_attention"] * (num_layers // 2), use_bidirectional_attention="vision",
         vocab_size_per_layer_input=VOCAB + 3, hidden_size_per_layer_input=8, num_kv_shared_layers=2, pad_token_id=PAD,
         bos_token_id=None, eos_token_id=None,
-    )
+    ) | text_overrides
     vision = dict(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
         head_dim=16, patch_size=16, pooling_kernel_size=2, position_embedding_size=64,
