@@ -10,7 +10,7 @@ prompt's text plus as many visual tokens as the method kept (its layer-averaged 
     python eval/bench_latency.py --model /path/to/checkpoint --frames 32                    # real weights
     python eval/bench_latency.py --model small --frames 32 --ratios 0.15 0.3 --device cpu   # the committed CPU runs
     python eval/bench_latency.py --model small-qwen2.5-vl --frames 32 --ratios 0.15 0.3 --device cpu \
-        --methods stock none tome fastv framefusion framededup earlytom vidtldr visionzip holitom
+        --methods stock none tome fastv framefusion framededup earlytom vidtldr flowcut visionzip holitom
 
 Writes eval/results/latency_<model>_<device>.csv and three plots (latency vs ratio, with the ideal of the
 LLM-side methods; speed-up vs frames; where the prefill's time goes). Peak memory is a GPU figure (NaN on

@@ -25,6 +25,7 @@ from tokcompress.methods import (
     VidTLDR,
     VisionZip,
 )
+from tokcompress.methods.base import TowerTokens
 from tokcompress.methods.earlytom import frame_choice_groups, frame_segments, frame_similarities, middle_merges
 from tokcompress.methods.selection import top_tokens_per_group
 
@@ -295,25 +296,32 @@ def test_earlytom_static_frames_keep_the_best_token_of_each_raster_window_and_dy
 # ---------------------------------------------------------------------------------------------- vid-TLDR
 
 
-@pytest.mark.parametrize("family", BATCHED)
-def test_vidtldr_leaves_the_later_tower_layers_fewer_tokens_and_expands_the_output_back(family, clip):
-    model = model_for(family)
-    inputs = inputs_for(family, clip, "What is moving?")
-    masks, projected = [], []
+def batched_tower_pass(model, method, inputs):
+    """A `generate` call under `method` in a batched tower: per layer, the tokens entering it; the attention masks
+    its layer 1 got; the tower's last_hidden_states; the stats."""
     adapter = adapter_for(model)
-    with tokcompress.compress(model, VidTLDR(ratio=0.3)) as handle:  # the patch's hooks first, then these
+    masks, outputs = [], []
+    with tokcompress.compress(model, method) as handle:  # the patch's hooks first, then these
         hooks = [
             adapter.tower_layers()[0][1].self_attn.register_forward_pre_hook(
                 lambda m, a, k: masks.append(k.get("attention_mask")), with_kwargs=True
             ),
-            adapter.vision_tower.register_forward_hook(lambda m, a, out: projected.append(out.last_hidden_state)),
+            adapter.vision_tower.register_forward_hook(lambda m, a, out: outputs.append(out.last_hidden_state)),
         ]
         try:
             tokens = rows_entering_tower_layers(model, lambda: generate(model, inputs, max_new_tokens=2), dim=1)
         finally:
             for hook in hooks:
                 hook.remove()
-        stats = handle.stats
+    return tokens, masks, outputs, handle.stats
+
+
+@pytest.mark.parametrize("family", BATCHED)
+def test_vidtldr_leaves_the_later_tower_layers_fewer_tokens_and_expands_the_output_back(family, clip):
+    model = model_for(family)
+    tokens, masks, projected, stats = batched_tower_pass(
+        model, VidTLDR(ratio=0.3), inputs_for(family, clip, "What is moving?")
+    )
     (features,) = projected  # the model's own selection and pooling see every tower token, merged ones repeated
     assert features.shape[:2] == (8, tokens[0])
     assert len(torch.unique(features[0], dim=0)) == tokens[1] - round(0.114 * tokens[1])  # merged after layer 1 too
@@ -443,7 +451,8 @@ def vidtldr_published_merge(tokens: torch.Tensor, sharpness: torch.Tensor, merge
 @pytest.mark.parametrize("fixed", [0, 1])
 def test_vidtldr_merges_the_best_matched_even_tokens_weighted_by_saliency_as_published(fixed):
     tokens, sharpness = features(2, 13, 8, seed=11), features(2, 13, seed=12)
-    folding = VidTLDR().merge_in_encoder_tokens(tokens, torch.ones(2, 13), sharpness, 0, 4, fixed)
+    frames = TowerTokens(tokens, torch.ones(2, 13), 0, 4, fixed, 13, None, sharpness=lambda: sharpness, heads=None)
+    folding = VidTLDR().merge_in_encoder_tokens(frames)
     merge_into, weight = folding.merge_into, folding.weight
     merges = round(0.255 * 13)
     for row in range(2):

@@ -174,7 +174,15 @@ class Adapter:
         """Σ_j Ā_ij log Ā_ij of each token's head-mean attention row in one call of a tower layer's attention
         (its input `hidden` and its other call kwargs): (images, tokens) in a batched tower, (rows,) in a packed
         one."""
-        return attention_row_sharpness(*vit_queries_keys(attention, hidden))
+        return attention_row_sharpness(*self.tower_heads(attention, hidden, kwargs)[:2])
+
+    def tower_heads(
+        self, attention: nn.Module, hidden: torch.Tensor, kwargs: dict
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The queries, keys and values one call of a tower layer's attention computes (its input `hidden`, its
+        other call kwargs; rotary embedded where the tower rotates them), per head: (images, heads, tokens, d) in a
+        batched tower, (heads, rows, d) in a packed one."""
+        return vit_heads(attention, hidden)
 
     def tower_attention(self) -> nn.Module:
         """The attention module of the tower layer whose output becomes the visual tokens; while a method that
@@ -222,16 +230,16 @@ def feature_layer_index(config) -> int:
 def vit_attention_received(attention: nn.Module, hidden: torch.Tensor, from_first: bool) -> torch.Tensor:
     """(images, tokens) head-mean attention each token gets in a ViT attention module on its (images, tokens, D)
     input."""
-    return attention_received(*vit_queries_keys(attention, hidden), from_first)
+    return attention_received(*vit_heads(attention, hidden)[:2], from_first)
 
 
-def vit_queries_keys(attention: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images, heads, tokens, d) queries and keys of a ViT attention module (q_proj / k_proj, q/k norms where it
-    has them) on its (images, tokens, D) input."""
+def vit_heads(attention: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(images, heads, tokens, d) queries, keys and values of a ViT attention module (q_proj / k_proj / v_proj, q/k
+    norms where it has them) on its (images, tokens, D) input."""
     identity = nn.Identity()
     queries = getattr(attention, "q_norm", identity)(attention.q_proj(hidden))
     keys = getattr(attention, "k_norm", identity)(attention.k_proj(hidden))
-    return split_heads(queries, attention.num_heads), split_heads(keys, attention.num_heads)
+    return tuple(split_heads(states, attention.num_heads) for states in (queries, keys, attention.v_proj(hidden)))
 
 
 def split_heads(states: torch.Tensor, num_heads: int) -> torch.Tensor:

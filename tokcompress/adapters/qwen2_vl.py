@@ -110,7 +110,7 @@ class Qwen2VLAdapter(Adapter):
         return self.vision_tower.blocks[-1].attn
 
     def tower_attention_received(self, call):
-        queries, keys = self.tower_queries_keys(self.tower_attention(), call.argument("hidden_states", 0), call.kwargs)
+        queries, keys, _ = self.tower_heads(self.tower_attention(), call.argument("hidden_states", 0), call.kwargs)
         bounds = call.kwargs["cu_seqlens"].tolist()  # attention runs inside each frame unit (or window)
         return torch.cat([
             attention_received(queries[None, :, start:end], keys[None, :, start:end])[0]
@@ -121,7 +121,7 @@ class Qwen2VLAdapter(Adapter):
         return layer.attn
 
     def tower_row_sharpness(self, attention, hidden, kwargs):
-        queries, keys = self.tower_queries_keys(attention, hidden, kwargs)  # (heads, rows, d)
+        queries, keys, _ = self.tower_heads(attention, hidden, kwargs)  # (heads, rows, d)
         heads, rows, dim = queries.shape
         bounds, sharpness = kwargs["cu_seqlens"], queries.new_empty(rows)
         lengths = bounds.diff()
@@ -133,19 +133,17 @@ class Qwen2VLAdapter(Adapter):
             sharpness[segment_rows] = attention_row_sharpness(q, k).flatten()
         return sharpness
 
-    def tower_queries_keys(self, attention, hidden: torch.Tensor, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """(heads, rows, d) fp32 rotary-embedded queries and keys of a packed tower attention on its (rows, D)
-        input, with the call's rotary tables."""
+    def tower_heads(self, attention, hidden, kwargs):
+        """(heads, rows, d) fp32 queries and keys (rotary embedded with the call's tables) and values of a packed
+        tower attention on its (rows, D) input."""
         cos, sin = (table[:, None].float() for table in kwargs["position_embeddings"])
-        return tuple(
-            rotate(states.unflatten(-1, (attention.num_heads, -1)).float(), cos, sin).transpose(0, 1)
-            for states in self.tower_projections(attention, hidden)
-        )
+        projections = self.tower_projections(attention, hidden)
+        queries, keys, values = (states.unflatten(-1, (attention.num_heads, -1)).float() for states in projections)
+        return rotate(queries, cos, sin).transpose(0, 1), rotate(keys, cos, sin).transpose(0, 1), values.transpose(0, 1)
 
-    def tower_projections(self, attention, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(rows, H·d) queries and keys of a packed tower attention, before RoPE (a fused qkv here)."""
-        queries, keys, _ = attention.qkv(hidden).chunk(3, dim=-1)
-        return queries, keys
+    def tower_projections(self, attention, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(rows, H·d) queries, keys and values of a packed tower attention, before RoPE (a fused qkv here)."""
+        return attention.qkv(hidden).chunk(3, dim=-1)
 
     def patches_per_token(self, tower_call: TowerCall) -> int:
         """How many of a recorded tower call's patch rows make one LLM token (m² for a spatial merge size m)."""

@@ -16,7 +16,7 @@ class Qwen2_5OmniThinkerAdapter(Qwen2_5_VLAdapter):
     model_type = "qwen2_5_omni_thinker"
 
     def tower_projections(self, attention, hidden):
-        return attention.q(hidden), attention.k(hidden)
+        return attention.q(hidden), attention.k(hidden), attention.v(hidden)
 
 
 class Qwen2_5OmniAdapter(Qwen2_5OmniThinkerAdapter):

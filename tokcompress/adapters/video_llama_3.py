@@ -88,7 +88,7 @@ class VideoLlama3Adapter(Qwen2VLAdapter):
         return layer.self_attn
 
     def tower_projections(self, attention, hidden):
-        return attention.q_proj(hidden), attention.k_proj(hidden)
+        return attention.q_proj(hidden), attention.k_proj(hidden), attention.v_proj(hidden)
 
     def patches_per_token(self, tower_call):
         merges = tower_call.argument("merge_sizes", 2).unique().tolist()

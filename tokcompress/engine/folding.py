@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..methods.base import IN_ENCODER, Method, TokenFolding
+from ..methods.base import IN_ENCODER, Method, TokenFolding, TowerTokens
 from ..ops import weighted_merge
 from . import compat
 from .rows import PackedRows, RowMap, runs
@@ -167,9 +167,11 @@ class TokenMerging(_Folding):
     output is expanded back to every token of the grid, each reading the token it folded into - so the model's
     own feature selection, pooling and merger run unchanged.
 
-    Every later layer adds log(size) to each key's attention logits (proportional attention): a batched tower
-    through a float mask, a packed one through the `compat.KEY_BIAS` keyword its attention (ours: the engine
-    puts it in) reads. In a packed tower a folded token keeps its kept token's place - rotary row and window."""
+    Where tokens fold with their mass (`Method.folds_with_mass`), every later layer adds log(size) to each key's
+    attention logits (proportional attention): a batched tower through a float mask, a packed one through the
+    `compat.KEY_BIAS` keyword its attention (ours: the engine puts it in) reads. In a packed tower a folded token
+    keeps its kept token's place - rotary row and window. A method may carry a value per token from one of its
+    merge layers to the next (`TokenFolding.carry`)."""
 
     def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor], unit_rows: list[int] | None):
         super().__init__(method, adapter, frames, unit_rows)
@@ -181,6 +183,7 @@ class TokenMerging(_Folding):
         self.sizes: list[torch.Tensor] | None = None  # per block (frames, tokens), from the first merge layer on
         self.token_of: list[torch.Tensor] | None = None  # per block (frames, original tokens): its current token
         self.origin: list[torch.Tensor] | None = None  # per block (frames, tokens): each one's original token
+        self.carried: list[torch.Tensor | None] = []  # per block, what the method carries to its next merge layer
         self.key_bias: torch.Tensor | None = None  # keys' log(size): batched (frames, 1, 1, tokens), packed (rows,)
         self.stages: dict[int, torch.Tensor] = {}  # batched: tokens per frame -> token_of at that stage
         self.counts: list[tuple[int, list[int]]] = []  # (layer, tokens per frame of each block) per merge
@@ -200,22 +203,14 @@ class TokenMerging(_Folding):
         if index not in self.merge_layers:
             return None
         hidden = output[0] if isinstance(output, tuple) else output
-        with torch.no_grad():
-            sharpness = self.adapter.tower_row_sharpness(*self.attention_call)
-        if self.tokens is None:
-            blocks, sharpness = [hidden], [sharpness]
-        else:
-            blocks = self._videos(hidden, self.tokens)
-            sharpness = sharpness.split([block.shape[:2].numel() for block in blocks])
-            sharpness = [scores.view(block.shape[:2]) for scores, block in zip(sharpness, blocks)]
+        blocks = [hidden] if self.tokens is None else self._videos(hidden, self.tokens)
         if self.sizes is None:  # the first merge layer: every token stands for itself
             self.sizes = [block.new_ones(block.shape[:2], dtype=torch.float32) for block in blocks]
             self.token_of = [TokenFolding.identity(*block.shape[:2], block.device).keep for block in blocks]
             self.origin = list(self.token_of)
-        plans = [
-            self.method.merge_in_encoder_tokens(block, sizes, scores, index, self.depth, self.fixed)
-            for block, sizes, scores in zip(blocks, self.sizes, sharpness)
-        ]
+            self.carried = [None] * len(blocks)
+        plans = [self.method.merge_in_encoder_tokens(frames) for frames in self._tower_tokens(index, blocks)]
+        self.carried = [None if plan is None else plan.carry for plan in plans]
         if all(plan is None or plan.keep.shape[1] == block.shape[1] for plan, block in zip(plans, blocks)):
             return None
         merged_blocks = []
@@ -232,16 +227,53 @@ class TokenMerging(_Folding):
             self.origin[b] = self.origin[b].gather(1, plan.keep)
         self.merged = True
         self.counts.append((index, [block.shape[1] for block in merged_blocks]))
+        with_mass = self.method.folds_with_mass()
         if self.tokens is None:
             hidden = merged_blocks[0]
             self.stages[hidden.shape[1]] = self.token_of[0]
-            self.key_bias = self.sizes[0].log().to(hidden.dtype)[:, None, None, :]
+            self.key_bias = self.sizes[0].log().to(hidden.dtype)[:, None, None, :] if with_mass else None
         else:
             hidden = torch.cat([block.flatten(0, 1) for block in merged_blocks])
             self.tokens = [block.shape[1] for block in merged_blocks]
             self.rows.fold(*self._packed_rows())
-            self.key_bias = torch.cat([sizes.flatten() for sizes in self.sizes]).log()
+            self.key_bias = torch.cat([sizes.flatten() for sizes in self.sizes]).log() if with_mass else None
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    def _tower_tokens(self, index: int, blocks: list[torch.Tensor]) -> list[TowerTokens]:
+        """Each block as the method sees it, the layer's attention read from its call (once, when first asked)."""
+        module, attention_input, kwargs = self.attention_call
+
+        @functools.cache
+        def sharpness() -> list[torch.Tensor]:
+            with torch.no_grad():
+                scores = self.adapter.tower_row_sharpness(module, attention_input, kwargs)
+            return [scores] if self.tokens is None else [
+                rows.view(block.shape[:2]) for rows, block in zip(scores.split(self._block_rows(blocks)), blocks)
+            ]
+
+        @functools.cache
+        def heads() -> list[tuple[torch.Tensor, ...]]:
+            with torch.no_grad():
+                states = self.adapter.tower_heads(module, attention_input, kwargs)
+            if self.tokens is None:
+                return [states]
+            per_block = zip(*(state.split(self._block_rows(blocks), dim=1) for state in states))
+            return [
+                tuple(state.unflatten(1, block.shape[:2]).transpose(0, 1) for state in block_states)
+                for block_states, block in zip(per_block, blocks)
+            ]
+
+        return [
+            TowerTokens(
+                block, self.sizes[b], index, self.depth, self.fixed, self.token_of[b].shape[1], self.carried[b],
+                sharpness=lambda b=b: sharpness()[b], heads=lambda b=b: heads()[b],
+            )
+            for b, block in enumerate(blocks)
+        ]
+
+    @staticmethod
+    def _block_rows(blocks: list[torch.Tensor]) -> list[int]:
+        return [block.shape[:2].numel() for block in blocks]
 
     def _packed_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(origin, read) of the packed rows now: each remaining row's original row, each original row's row."""
@@ -284,9 +316,14 @@ def folds_in_tower(method: Method, adapter: Adapter) -> bool:
 
 
 def folds_tokens_in_tower(method: Method, adapter: Adapter) -> bool:
-    """Whether the method folds tokens (not whole frames) inside this tower: its later layers then attend with
-    each folded token's log(size)."""
+    """Whether the method folds tokens (not whole frames) inside this tower."""
     return folds_in_tower(method, adapter) and method.in_encoder_unit == "token"
+
+
+def tower_attends_by_size(method: Method, adapter: Adapter) -> bool:
+    """Whether the method folds tokens inside this tower with their mass: its later layers then attend with each
+    folded token's log(size) (proportional attention)."""
+    return folds_tokens_in_tower(method, adapter) and method.folds_with_mass()
 
 
 def check_tower_folding(method: Method, adapter: Adapter) -> None:
@@ -294,7 +331,7 @@ def check_tower_folding(method: Method, adapter: Adapter) -> None:
     if not folds_tokens_in_tower(method, adapter):
         return
     implementation = compat.attention_implementation(adapter.vision_tower.config)
-    if adapter.tower_frames == BATCHED and "flash" in implementation:
+    if adapter.tower_frames == BATCHED and "flash" in implementation and method.folds_with_mass():
         raise ValueError(
             f"{method.name} folds tokens inside the vision tower, whose later layers then need a float attention "
             f"mask (proportional attention), which {implementation} cannot take; load the tower with "

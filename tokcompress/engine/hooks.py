@@ -39,7 +39,7 @@ from .encoder import (
     layouts_with_tower_scores,
     tokens_encoded,
 )
-from .folding import check_tower_folding, folds_in_tower, folds_tokens_in_tower, hook_tower_folding
+from .folding import check_tower_folding, folds_in_tower, hook_tower_folding, tower_attends_by_size
 from .groups import GenerationState, restore_sequence
 from .prefill import begin_generation, reduce_before_layer, reduce_before_llm
 
@@ -121,7 +121,7 @@ class Engine:
             return None
         if self.varlen_vision and varlen_available(next(self.adapter.vision_tower.parameters())):
             return compat.VARLEN_ATTENTION
-        if folds_tokens_in_tower(self.method, self.adapter):
+        if tower_attends_by_size(self.method, self.adapter):
             return compat.SEGMENT_ATTENTION
         return None
 

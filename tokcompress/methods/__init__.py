@@ -18,6 +18,7 @@ from .base import (
     ModelSpec,
     TokenFolding,
     TokenReduction,
+    TowerTokens,
 )
 from .compose import ENCODER_SUFFIX, Compose, EncoderOnly
 from .divprune import DivPrune
@@ -25,6 +26,7 @@ from .dycoke import DyCoke
 from .earlytom import EarlyTom
 from .fastv import FastV
 from .fastvid import FastVID
+from .flowcut import FlowCut
 from .framededup import FrameDedup
 from .framefusion import FrameFusion
 from .holitom import HoliTom
@@ -63,7 +65,7 @@ def register_method(cls: type[Method] | None = None, *, name: str | None = None,
 
 for _method in (
     NoCompression, RandomPrune, UniformSample, ToMe, FastV, FrameFusion, DyCoke, FrameDedup, DivPrune, VidCom2, PDrop,
-    PruneVid, SparseVLM, VisionZip, FastVID, HoliTom, AIM, TSLLaVA, EarlyTom, VidTLDR, STTM,
+    PruneVid, SparseVLM, VisionZip, FastVID, HoliTom, AIM, TSLLaVA, EarlyTom, VidTLDR, STTM, FlowCut,
 ):
     register_method(_method)
 
@@ -146,6 +148,7 @@ __all__ = [
     "EncoderOnly",
     "FastV",
     "FastVID",
+    "FlowCut",
     "FrameDedup",
     "FrameFusion",
     "HoliTom",
@@ -162,6 +165,7 @@ __all__ = [
     "TSLLaVA",
     "TokenFolding",
     "TokenReduction",
+    "TowerTokens",
     "UniformSample",
     "VidCom2",
     "VidTLDR",

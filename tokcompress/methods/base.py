@@ -160,12 +160,35 @@ class TokenFolding:
     keep: torch.Tensor
     merge_into: torch.Tensor
     weight: torch.Tensor
+    carry: torch.Tensor | None = None  # (F, k) per kept token, what the method gets back at its next merge layer
 
     @staticmethod
-    def identity(frames: int, tokens: int, device: torch.device | str | None = None) -> TokenFolding:
+    def identity(
+        frames: int, tokens: int, device: torch.device | str | None = None, carry: torch.Tensor | None = None
+    ) -> TokenFolding:
         """Every token stays on its own."""
         index = torch.arange(tokens, device=device).expand(frames, tokens)
-        return TokenFolding(index, index, torch.ones(frames, tokens, device=device))
+        return TokenFolding(index, index, torch.ones(frames, tokens, device=device), carry)
+
+
+@dataclass
+class TowerTokens:
+    """A block of F frames (n tokens each) after vision-tower layer `layer` of the `depth` whose output the model
+    takes, as a method folding tokens inside the tower sees it; what the layer's attention says of them is computed
+    on request."""
+
+    tokens: torch.Tensor  # (F, n, D) the layer's output
+    sizes: torch.Tensor  # (F, n) how many original tokens each stands for
+    layer: int
+    depth: int
+    fixed: int  # the first `fixed` tokens of every frame (a CLS) must stay
+    grid_tokens: int  # tokens of a frame before anything folded (fixed ones included)
+    carried: torch.Tensor | None  # (F, n) the `carry` of the method's last folding here (None before one)
+    # () -> (F, n): Σ_j Ā_ij log Ā_ij of each token's head-mean attention row in that layer
+    sharpness: Callable[[], torch.Tensor]
+    # () -> (F, heads, n, d) each: the layer's queries, keys (rotary embedded where the tower rotates them) and
+    # values, fp32, over each frame's tokens (in a windowed tower, whatever window a token attends in)
+    heads: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
 
 
 @dataclass(frozen=True)
@@ -295,17 +318,16 @@ class Method:
         """
         raise NotImplementedError(f"{type(self).__name__} does not act inside the vision encoder")
 
-    def merge_in_encoder_tokens(
-        self, tokens: torch.Tensor, sizes: torch.Tensor, sharpness: torch.Tensor, layer: int, depth: int, fixed: int
-    ) -> TokenFolding | None:
-        """Inside every frame, which tokens fold together after tower layer `layer` (`in_encoder_unit` "token"),
-        or None to leave them.
-
-        tokens: (F, n, D) the layer's output; sizes: (F, n) how many original tokens each stands for;
-        sharpness: (F, n) Σ_j Ā_ij log Ā_ij of each token's head-mean attention row in that layer; the first
-        `fixed` tokens (a CLS) must stay.
-        """
+    def merge_in_encoder_tokens(self, frames: TowerTokens) -> TokenFolding | None:
+        """Inside every frame, which tokens fold together after tower layer `frames.layer` (`in_encoder_unit`
+        "token"), or None to leave them (and drop what it carried)."""
         raise NotImplementedError(f"{type(self).__name__} does not fold tokens inside the vision encoder")
+
+    def folds_with_mass(self) -> bool:
+        """Whether tokens folded inside the tower carry their mass into the token they join, so that every later
+        tower layer adds each token's log(size) to its keys' logits (proportional attention); a method whose
+        folded tokens carry none (pruning) leaves the tower its own attention."""
+        return True
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         raise NotImplementedError(f"{type(self).__name__} does not act before the LLM")

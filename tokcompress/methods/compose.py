@@ -22,6 +22,7 @@ from .base import (
     ModelSpec,
     TokenFolding,
     TokenReduction,
+    TowerTokens,
     check_ratio,
 )
 
@@ -136,10 +137,11 @@ class Compose(Method):
     def in_encoder_unit(self) -> str:
         return self._at(IN_ENCODER).in_encoder_unit if IN_ENCODER in self.stages else "frame"
 
-    def merge_in_encoder_tokens(
-        self, tokens: torch.Tensor, sizes: torch.Tensor, sharpness: torch.Tensor, layer: int, depth: int, fixed: int
-    ) -> TokenFolding | None:
-        return self._at(IN_ENCODER).merge_in_encoder_tokens(tokens, sizes, sharpness, layer, depth, fixed)
+    def merge_in_encoder_tokens(self, frames: TowerTokens) -> TokenFolding | None:
+        return self._at(IN_ENCODER).merge_in_encoder_tokens(frames)
+
+    def folds_with_mass(self) -> bool:
+        return self._at(IN_ENCODER).folds_with_mass() if IN_ENCODER in self.stages else True
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         before = self._pre_llm_share()
@@ -218,7 +220,8 @@ class EncoderOnly(Method):
     ) -> TokenReduction | None:
         return self.method.reduce_in_encoder(frames, sizes, layer, depth)
 
-    def merge_in_encoder_tokens(
-        self, tokens: torch.Tensor, sizes: torch.Tensor, sharpness: torch.Tensor, layer: int, depth: int, fixed: int
-    ) -> TokenFolding | None:
-        return self.method.merge_in_encoder_tokens(tokens, sizes, sharpness, layer, depth, fixed)
+    def merge_in_encoder_tokens(self, frames: TowerTokens) -> TokenFolding | None:
+        return self.method.merge_in_encoder_tokens(frames)
+
+    def folds_with_mass(self) -> bool:
+        return self.method.folds_with_mass()

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import IN_ENCODER, PRE_LLM, TokenFolding
+from .base import IN_ENCODER, PRE_LLM, TokenFolding, TowerTokens
 from .tome import ToMe
 
 PAPER_SCHEDULE = "0.255,0.114"  # MSRVTT-QA / MSVD-QA, UMT-B/16: 600 then 200 of 2,352 tokens, blocks 0 and 1
@@ -68,15 +68,14 @@ class VidTLDR(ToMe):
     def encoder_merge_layers(self, depth: int) -> list[int]:
         return [layer for layer, value in enumerate(self.schedule()[:depth]) if value > 0]
 
-    def merge_in_encoder_tokens(
-        self, tokens: torch.Tensor, sizes: torch.Tensor, sharpness: torch.Tensor, layer: int, depth: int, fixed: int
-    ) -> TokenFolding | None:
+    def merge_in_encoder_tokens(self, frames: TowerTokens) -> TokenFolding | None:
+        tokens, fixed = frames.tokens, frames.fixed
         rows, count, _ = tokens.shape
-        value, free = self.schedule()[layer], count - fixed
+        value, free = self.schedule()[frames.layer], count - fixed
         merges = min(round(value * count) if value < 1 else int(value), free // 2)
         if merges <= 0:
             return None
-        saliency = foreground_saliency(sharpness[:, fixed:])
+        saliency = foreground_saliency(frames.sharpness()[:, fixed:])
         unit = torch.nn.functional.normalize(tokens[:, fixed:].float(), dim=-1)
         score, partner = (unit[:, 0::2] @ unit[:, 1::2].transpose(1, 2)).max(dim=-1)  # each even token's best odd
         sources = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :merges]  # even-token ranks

@@ -1,6 +1,12 @@
 """Shared math of the compression methods: one call per op, a torch reference, and a Triton kernel for CUDA tensors."""
 
-from .attention import attention_pagerank, attention_received, attention_row_sharpness, few_query_attention
+from .attention import (
+    attention_pagerank,
+    attention_received,
+    attention_row_sharpness,
+    few_query_attention,
+    global_query_attention,
+)
 from .cluster import density_peak_clusters, fold_clusters, grouped_density_peaks
 from .matching import bipartite_match
 from .merge import weighted_merge
@@ -9,6 +15,6 @@ from .varlen import varlen_attention
 
 __all__ = [
     "NO_PARTNER", "aligned_cosine", "attention_pagerank", "attention_received", "attention_row_sharpness",
-    "bipartite_match", "density_peak_clusters", "few_query_attention", "fold_clusters", "grouped_density_peaks",
-    "varlen_attention", "weighted_merge",
+    "bipartite_match", "density_peak_clusters", "few_query_attention", "fold_clusters", "global_query_attention",
+    "grouped_density_peaks", "varlen_attention", "weighted_merge",
 ]

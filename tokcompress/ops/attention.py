@@ -55,6 +55,17 @@ def attention_received(queries: torch.Tensor, keys: torch.Tensor, from_first: bo
     return received.mean(dim=1) / queries.shape[2]
 
 
+def global_query_attention(queries: torch.Tensor, keys: torch.Tensor, from_first: bool = False) -> torch.Tensor:
+    """FlowCut's relation: the attention each token of a sequence gets from one global query - the mean of the
+    queries (towers without a CLS token) or the first token's (a CLS) -, softmax(q̄·kᵀ/√d) averaged over heads.
+
+    queries, keys: (B, H, n, d) for B sequences of n tokens → (B, n) fp32 (each row sums to 1).
+    """
+    query = queries[:, :, :1] if from_first else queries.float().mean(dim=2, keepdim=True)
+    logits = query.float() @ keys.float().transpose(-1, -2) * queries.shape[-1] ** -0.5  # (B, H, 1, n)
+    return logits.softmax(dim=-1)[:, :, 0].mean(dim=1)
+
+
 def attention_pagerank(
     queries: torch.Tensor,
     keys: torch.Tensor,

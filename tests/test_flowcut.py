@@ -1,0 +1,132 @@
+"""FlowCut: tokens pruned step by step inside the vision tower, ranked by the information flowing to them."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import tokcompress
+from tokcompress.adapters import adapter_for
+from tokcompress.engine import compat
+from tokcompress.methods import FlowCut
+from tokcompress.methods.base import TowerTokens
+
+from .conftest import generate, inputs_for, model_for
+from .test_encoder_merging import BATCHED, batched_tower_pass
+from .test_fidelity import features
+
+
+def tower_tokens(frames: int, count: int, fixed: int, layer: int, depth: int, seed: int, carried=None, grid=None):
+    tokens = features(frames, count, 8, seed=seed)
+    heads = tuple(features(frames, 2, count, 4, seed=seed + i) for i in (1, 2, 3))
+    return TowerTokens(tokens, torch.ones(frames, count), layer, depth, fixed, grid or count, carried,
+                       sharpness=None, heads=lambda: heads)
+
+
+def published_flow(queries, keys, values, fixed: int) -> list[float]:
+    """One frame, by the published steps: per head, the global query's softmax over the tokens (its CLS row, or
+    the mean query's), averaged over heads, normalised over the patches; with a CLS plus the normalised head-mean
+    softmax of v_CLS · v_j; times the L1 norm of the head-mean value."""
+    heads, count, dim = queries.shape
+    query = [queries[h, 0] if fixed else queries[h].mean(dim=0) for h in range(heads)]
+    relation = [sum(torch.softmax(keys[h] @ query[h] / math.sqrt(dim), 0)[j] for h in range(heads)) / heads
+                for j in range(count)]
+    patches = range(fixed, count)
+    score = [relation[j] / sum(relation[i] for i in patches) for j in patches]
+    if fixed:
+        semantic = [sum(torch.softmax(values[h] @ values[h, 0], 0)[j] for h in range(heads)) / heads for j in patches]
+        score = [s + m / sum(semantic) for s, m in zip(score, semantic)]
+    return [float(s * values[:, j].mean(dim=0).abs().sum()) for s, j in zip(score, patches)]
+
+
+@pytest.mark.parametrize("fixed", [0, 1])
+def test_flowcut_keeps_the_tokens_information_flows_to_and_drops_the_rest_without_weight(fixed):
+    """A step 4 layers before the last pruning one drops (n − T)/√4 of the patches: the lowest by cum = (carried +
+    score) / 2; each dropped one reads its most similar kept patch (never the CLS) and adds no weight to it; the
+    kept ones carry their cum on."""
+    count, frames = 21, 2
+    carried = features(frames, count, seed=9).abs()
+    view = tower_tokens(frames, count, fixed, layer=2, depth=8, seed=3, carried=carried)
+    folding = FlowCut(ratio=0.3).merge_in_encoder_tokens(view)
+    free, target = count - fixed, round(0.3 * (count - fixed))
+    kept_count = free - round((free - target) / math.sqrt(4))
+    queries, keys, values = view.heads()
+    for row in range(frames):
+        flow = [(float(c) + s) / 2 for c, s in zip(carried[row, fixed:], published_flow(
+            queries[row], keys[row], values[row], fixed))]
+        best = sorted(range(free), key=lambda j: -flow[j])[:kept_count]
+        kept = list(range(fixed)) + sorted(j + fixed for j in best)
+        assert folding.keep[row].tolist() == kept
+        torch.testing.assert_close(folding.carry[row, fixed:], torch.tensor([flow[j - fixed] for j in kept[fixed:]]))
+        unit = torch.nn.functional.normalize(view.tokens[row], dim=-1)
+        for token in range(count):
+            if token in kept:
+                assert int(folding.merge_into[row, token]) == kept.index(token) and folding.weight[row, token] == 1
+            else:
+                similarity = {k: float(unit[token] @ unit[k]) for k in kept[fixed:]}
+                assert kept[int(folding.merge_into[row, token])] == max(similarity, key=similarity.get)
+                assert folding.weight[row, token] == 0
+
+
+def test_flowcut_prunes_every_other_layer_down_to_the_tower_budget():
+    """Depth 8: layers 0, 2, 4 and 6 prune 36 patches (T = 11) to 26, 18, 13 and 11, as (n − T)/√r, r = 6, 4, 2, 0;
+    `tower_ratio` sets T apart from the LLM's ratio."""
+    method = FlowCut(ratio=0.3)
+    assert method.encoder_merge_layers(8) == [0, 2, 4, 6] and method.encoder_merge_layers(2) == [0]
+    assert FlowCut().encoder_merge_layers(1) == []
+    for tower_ratio, expected in [(None, [26, 18, 13, 11]), (0.5, [29, 23, 19, 18])]:
+        count, carried, counts = 36, None, []
+        for layer in method.encoder_merge_layers(8):
+            view = tower_tokens(3, count, 0, layer, 8, seed=layer, carried=carried, grid=36)
+            folding = FlowCut(ratio=0.3, tower_ratio=tower_ratio).merge_in_encoder_tokens(view)
+            count, carried = folding.keep.shape[1], folding.carry
+            counts.append(count)
+        assert counts == expected
+    with pytest.raises(ValueError, match="tower_ratio"):
+        FlowCut(tower_ratio=0.0)
+
+
+def test_a_token_the_global_query_looks_at_with_a_large_value_survives_the_first_cut():
+    count = 30
+    view = tower_tokens(1, count, 0, layer=0, depth=26, seed=5)
+    queries, keys, values = view.heads()
+    keys[0, :, 17] = queries[0].mean(dim=1) * 4
+    values[0, :, 17] *= 10
+    folding = FlowCut(ratio=0.1).merge_in_encoder_tokens(view)
+    assert folding.keep.shape[1] < count and 17 in folding.keep[0].tolist()
+
+
+@pytest.mark.parametrize("family", BATCHED)
+def test_flowcut_leaves_a_batched_tower_its_own_attention_and_every_token_of_the_grid(family, clip, monkeypatch):
+    """Pruning adds no weight, so later layers attend as the stock tower (no float mask: flash attention is
+    allowed) on fewer tokens, and the output holds the grid, each dropped token repeating a kept one."""
+    model = model_for(family)
+    adapter = adapter_for(model)
+    tokens, masks, outputs, _ = batched_tower_pass(model, FlowCut(ratio=0.3), inputs_for(family, clip, "What?"))
+    fixed = int(adapter.tower_has_cls)
+    assert tokens[1] == fixed + round(0.3 * (tokens[0] - fixed)) and masks == [None]
+    (output,) = outputs
+    assert output.shape[1] == tokens[0] and all(len(torch.unique(frame, dim=0)) == tokens[1] for frame in output)
+    monkeypatch.setattr(adapter.vision_tower.config, "_attn_implementation", "flash_attention_2")
+    tokcompress.patch(model, FlowCut(ratio=0.3)).unpatch()
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "video_llama_3"])
+def test_flowcut_leaves_a_packed_tower_its_own_attention(family, clip):
+    """No log(size) to add: a packed tower keeps its stock attention (on the CPU; the fused varlen kernel on a GPU)
+    and its later layers get no key bias."""
+    model = model_for(family)
+    adapter = adapter_for(model)
+    attention = adapter.tower_layer_attention(adapter.tower_layers()[0][1])
+    seen = []
+    with tokcompress.compress(model, FlowCut(ratio=0.3)):
+        hook = attention.register_forward_pre_hook(
+            lambda m, a, k: seen.append((m.config._attn_implementation, compat.KEY_BIAS in k)), with_kwargs=True
+        )
+        try:
+            generate(model, inputs_for(family, clip, "What is moving?"), max_new_tokens=2)
+        finally:
+            hook.remove()
+    assert seen == [("sdpa", False)]

@@ -1,0 +1,108 @@
+"""`flowcut` (FlowCut, Tong et al., NeurIPS'25): progressive pruning inside the vision tower, ranked by how
+information flows to each token."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from ..ops import global_query_attention
+from .base import IN_ENCODER, PRE_LLM, TokenFolding, TowerTokens, check_interval
+from .tome import ToMe
+
+
+@dataclass
+class FlowCut(ToMe):
+    """Inside the vision tower (where it can fold: the LLaVA families' batch of images, Qwen-VL's packed sequence
+    of temporal patches), every frame drops tokens step by step, so that each later layer runs on fewer. After
+    every other layer, ending with the one before the last the model reads, a token's score is its share of the
+    attention of the frame's global query (its CLS row; without a CLS, the mean of its queries) - plus, with a
+    CLS, its share of softmax(v_CLS · v_j) - times ‖mean over heads of v_j‖₁; the scores flow through the layers
+    as cum ← (cum + score) / 2, and the frame keeps its best tokens by cum. A step r layers before the last
+    pruning layer drops (n − T) / √r of the n tokens left, T = round(tower_ratio · the frame's tokens); the last
+    one leaves T exactly. The tower's output is expanded back to the full grid (each dropped token reads its most
+    similar kept one, cosine of the layer's output, and adds no weight to it), so the model's own pooling and
+    merger run unchanged, and before the LLM the budget is met as `tome` meets it, the most similar pairs - the
+    repeats - first.
+
+    ratio: 0.3; tower_ratio: the share of each frame's tower tokens left after the last pruning layer (None: ratio);
+    window, proportional_attention (default off: a dropped token carries no weight): as `tome`.
+
+    Departures:
+    - The paper scales every step by (1 − e²), e the normalised entropy of the global query's attention, and takes
+      the largest count over the batch. Here a batched tower holds the frames of every sample, so that count would
+      let batch mates change a sample's tokens: every step drops (n − T) / √(steps left) - the schedule at e = 0,
+      which drops earlier and saves more of the tower.
+    - Scores are read at the pruning layers only (the paper: every layer), from the layer's queries, keys and
+      values recomputed beside its fused attention; cum flows over those.
+    - The last step follows the layer before the last the model reads (CLIP's as published; the Qwen2-VL variant
+      prunes after its last block), so that one layer runs on the kept tokens. Towers without a CLS (SigLIP, the
+      Qwen-VL family) take the Qwen variant's score (relation × ‖v‖₁); in Qwen2.5-VL's windowed layers the global
+      query still looks at its whole frame unit.
+    - The paper hands the LLM the survivors (LLaVA-1.5) or concatenates any four of them (the Qwen variant's
+      merger); here the tower's output keeps its grid (above) and `tome` meets the LLM budget. The LLM-side step of
+      its LLaVA-NeXT and Qwen variants (after LLM layer 1, scored by the last instruction token) is not included.
+    - InternVL's tower encodes before the prompt is read, and SmolVLM's and Gemma 4's encode each frame without
+      folding: there only `tome`'s stage runs.
+    """
+
+    ratio: float = 0.3
+    tower_ratio: float | None = None
+    proportional_attention: bool = False
+
+    name = "flowcut"
+    stages = (IN_ENCODER, PRE_LLM)
+    in_encoder_unit = "token"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_interval("flowcut", "tower_ratio", self.tower_ratio, "(0, 1]", optional=True)
+
+    def folds_with_mass(self) -> bool:
+        return False
+
+    def encoder_merge_layers(self, depth: int) -> list[int]:
+        """Every other layer, ending with the one before the last that the model reads (layer 0 for a 2-layer one)."""
+        return list(range(depth - 2, -1, -2))[::-1]
+
+    def merge_in_encoder_tokens(self, frames: TowerTokens) -> TokenFolding | None:
+        tokens, fixed = frames.tokens, frames.fixed
+        rows, count, _ = tokens.shape
+        free = count - fixed
+        share = self.ratio if self.tower_ratio is None else self.tower_ratio
+        target = max(round(share * (frames.grid_tokens - fixed)), 1)
+        if free <= target:
+            return None
+        flow = torch.zeros(rows, count, device=tokens.device)
+        flow[:, fixed:] = information_flow(*frames.heads(), fixed)
+        if frames.carried is not None:
+            flow = (frames.carried + flow) / 2
+        layers_left = frames.depth - 2 - frames.layer  # to the last pruning layer
+        drops = free - target if layers_left == 0 else round((free - target) / math.sqrt(layers_left))
+        if drops <= 0:
+            return TokenFolding.identity(rows, count, tokens.device, carry=flow)
+        order = torch.sort(flow[:, fixed:], dim=1, descending=True, stable=True).indices[:, : free - drops] + fixed
+        keep = torch.cat([torch.arange(fixed, device=tokens.device).expand(rows, fixed), order.sort(dim=1).values], 1)
+        is_kept = torch.zeros(rows, count, dtype=torch.bool, device=tokens.device).scatter_(1, keep, True)
+        unit = torch.nn.functional.normalize(tokens.float(), dim=-1)
+        similarity = unit @ unit.gather(1, keep[..., None].expand(-1, -1, unit.shape[-1])).transpose(1, 2)
+        similarity[..., :fixed] = -torch.inf  # a dropped token never reads the CLS
+        merge_into = torch.where(is_kept, torch.cumsum(is_kept, dim=1) - 1, similarity.argmax(dim=-1))
+        return TokenFolding(keep, merge_into, is_kept.float(), carry=flow.gather(1, keep))
+
+
+def information_flow(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, fixed: int) -> torch.Tensor:
+    """FlowCut's score of each token after the first `fixed` (a CLS) in one layer: its share of the global query's
+    attention - plus, with a CLS, its share of softmax(v_CLS · v_j) - times ‖mean over heads of v_j‖₁.
+
+    queries, keys, values: (F, heads, n, d) → (F, n − fixed) fp32.
+    """
+    values = values.float()
+    relation = global_query_attention(queries, keys, from_first=fixed > 0)[:, fixed:]
+    score = relation / relation.sum(dim=1, keepdim=True).clamp_min(1e-30)
+    if fixed:
+        semantic = (values[:, :, :1] @ values.transpose(-1, -2)).softmax(dim=-1)[:, :, 0].mean(dim=1)[:, fixed:]
+        score = score + semantic / semantic.sum(dim=1, keepdim=True).clamp_min(1e-30)
+    return score * values.mean(dim=1)[:, fixed:].abs().sum(dim=-1)
