@@ -93,8 +93,8 @@ def test_dycoke_decoding_reads_only_the_selected_visual_entries(family, clip):
     selected = round(0.25 * sample.visual_out)
     assert sample.decode_visual_read == [selected] * 2  # one selection per decoding step (the first token comes from prefill)
     adapter = adapter_for(model)
-    layers = adapter.spec.num_layers  # those whose decoding reads the selection: from layer 1, caching every token
-    selecting = sum(1 <= i < layers for i in adapter.kv_layers)
+    layers = len(adapter.layers)  # those whose decoding reads the selection: from layer 1, caching every token
+    selecting = sum(1 <= adapter.kv_source(i) and adapter.kv_source(i) in adapter.kv_layers for i in range(layers))
     expected = ((layers - selecting) * sample.visual_out + selecting * selected) / layers / sample.visual_out
     assert sample.decode_read_ratio == pytest.approx(expected)
     with tokcompress.compress(model, "dycoke", ratio=0.5, decode_keep=1.0) as handle:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+
 import pytest
 import torch
 from transformers.models.gemma4.modeling_gemma4 import create_masks_for_vision_model, get_block_sequence_ids_for_mask
@@ -9,6 +12,7 @@ from transformers.models.gemma4.modeling_gemma4 import create_masks_for_vision_m
 import tokcompress
 from tokcompress import tiny
 from tokcompress.adapters import adapter_for
+from tokcompress.engine import compat
 
 from .conftest import COMPRESSING, generate, logits, model_for
 
@@ -107,6 +111,84 @@ def test_frames_of_any_shape_and_beams_under_generate(clip, other_clip):
             one = tiny.gemma4_inputs(frames, question, sizes=[size])
             singles.append(generate(model, one, max_new_tokens=3, num_beams=2)[0])
     assert torch.equal(beams, torch.stack(singles))
+
+
+SPECIAL_IDS = list(range(tiny.VOCAB, tiny.VOCAB + 11))  # generated text stays text: a prefill of it reads the same
+
+
+def test_a_decode_step_reads_what_a_prefill_of_the_whole_sequence_reads(clip):
+    """ToMe's merged tokens inside a sliding layer's window keep their log(size) while decoding (the window's mask
+    columns are the cache's last keys), and a three-turn chat of a left-padded batch, each turn fed whole, counts
+    the tokens it fed (the LM returns the last one only after KV sharing): each step's logits are those of a prefill
+    of everything so far."""
+    model = model_for("gemma4")
+    options = dict(do_sample=False, suppress_tokens=SPECIAL_IDS, output_logits=True, return_dict_in_generate=True)
+
+    def whole(inputs, ids):  # the same prompt and everything since, as one prefill
+        mask = torch.cat([inputs["attention_mask"], torch.ones(len(ids), ids.shape[1] - inputs["input_ids"].shape[1],
+                                                               dtype=torch.long)], dim=1)
+        return dict(inputs, input_ids=ids, attention_mask=mask, mm_token_type_ids=(ids == tiny.VIDEO).long() * 2)
+
+    single = tiny.video_inputs(model, clip, "?")
+    with tokcompress.compress(model, "tome", ratio=0.5), torch.no_grad():
+        out = model.generate(**single, max_new_tokens=2, **options)
+        expected = model(**whole(single, out.sequences[:, :-1])).logits[:, -1]
+    torch.testing.assert_close(out.logits[1], expected, rtol=1e-4, atol=1e-4)
+    batch = tiny.video_inputs(model, [clip, clip[:4]], ["What is moving?", "Who?"])
+    with tokcompress.compress(model, "uniform", ratio=0.3), torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=3, **options)
+        for _ in range(2):
+            text = torch.tensor([tiny.text_ids("\nuser: and then?\nassistant:")] * 2)
+            ids = torch.cat([out.sequences, text], dim=1)
+            turn = whole(batch, ids)
+            out = model.generate(input_ids=ids, attention_mask=turn["attention_mask"],
+                                 mm_token_type_ids=turn["mm_token_type_ids"], max_new_tokens=2,
+                                 **{compat.CACHE_KEYWORD: compat.output_cache(out)}, **options)
+            torch.testing.assert_close(out.logits[0], model(**turn).logits[:, -1], rtol=1e-4, atol=1e-4)
+
+
+def test_the_layers_sharing_kv_get_explicit_masks_when_they_compute_the_last_tokens_only(clip):
+    """With padding the model's own masks are tensors and its sharing layers compute only the `logits_to_keep`
+    last tokens: their mask rows must be those tokens' (sdpa's is_causal would align them to the first keys)."""
+    model = model_for("gemma4")
+    inputs = tiny.video_inputs(model, clip, "What is moving?")
+    ids = torch.cat([torch.tensor([[tiny.PAD]]), inputs["input_ids"]], dim=1)  # one pad: the model's masks are tensors
+    mask = torch.cat([torch.zeros(1, 1, dtype=torch.long), inputs["attention_mask"]], dim=1)
+    inputs = dict(inputs, input_ids=ids, attention_mask=mask, mm_token_type_ids=(ids == tiny.VIDEO).long() * 2)
+    with tokcompress.compress(model, "fastv", ratio=0.5, layer=2), torch.no_grad():
+        full = model(**inputs).logits[:, -3:]
+        kept = model(**inputs, logits_to_keep=3).logits
+    torch.testing.assert_close(kept, full, rtol=1e-4, atol=1e-5)
+
+
+def test_a_generation_keeps_nothing_the_prefill_gathered_for_its_layers(clip):
+    """The cache keeps the generation's state alive; the per-layer inputs gathered at the kept tokens for the
+    prefill's layers must not live on with it."""
+    model = model_for("gemma4")
+    gathered = []
+    with tokcompress.compress(model, "fastv", ratio=0.5, layer=2):
+        hook = adapter_for(model).layers[3].register_forward_pre_hook(  # after the patch's: what it hands the layer
+            lambda module, args: gathered.append(weakref.ref(args[1])) if not gathered else None
+        )
+        try:
+            out = model.generate(**tiny.video_inputs(model, clip, "What?"), max_new_tokens=2, do_sample=False,
+                                 return_dict_in_generate=True)
+        finally:
+            hook.remove()
+        gc.collect()
+        assert compat.output_cache(out) is not None and gathered[0]() is None
+
+
+def test_decoding_counts_the_layers_that_read_a_selection_through_shared_kv(clip):
+    """dycoke selecting from layer 4: of the global layers that cache every token only 5 does, and 7 reads its
+    keys - 2 of the 8 layers read the selection."""
+    model = model_for("gemma4")
+    with tokcompress.compress(model, "dycoke", ratio=0.5, decode_layer=4, decode_keep=0.25) as handle:
+        generate(model, tiny.video_inputs(model, clip, "What is moving?"), max_new_tokens=3)
+        (sample,) = handle.stats.samples
+    assert (sample.decode_selecting_layers, sample.decode_layers) == (2, 8)
+    read = round(0.25 * sample.visual_out) / sample.visual_out
+    assert sample.decode_read_ratio == pytest.approx((6 + 2 * read) / 8)
 
 
 def test_the_large_builds_run_every_method(clip, other_clip):

@@ -65,7 +65,8 @@ class SampleStats:
     visual_per_layer: list[int]  # visual tokens each decoder layer processed during prefill
     kept_positions: list[int] = field(default_factory=list)  # input-sequence indices of the visual tokens that reach the last layer
     decode_visual_read: list[int] = field(default_factory=list)  # per step: visual KV entries read by selecting layers
-    decode_selecting_layers: int = 0  # of `visual_per_layer`'s layers, those whose decoding reads the selection
+    decode_layers: int = 0  # the decoder's layers
+    decode_selecting_layers: int = 0  # of them, those whose decoding reads the selection (of their keys or shared ones)
     encoder_ratio: float = 1.0  # fraction of the vision tower's frame units (so token-layers) it computed
 
     @property
@@ -85,7 +86,7 @@ class SampleStats:
         """Fraction of the cached visual entries that decoding attention read, averaged over layers and steps."""
         if not self.decode_visual_read or not self.visual_out:
             return None
-        layers, selecting = len(self.visual_per_layer), self.decode_selecting_layers
+        layers, selecting = self.decode_layers, self.decode_selecting_layers
         per_step = [((layers - selecting) * self.visual_out + selecting * r) / layers for r in self.decode_visual_read]
         return mean(per_step) / self.visual_out
 
@@ -187,12 +188,12 @@ class CompressionStats:
         """Per batch row, the visual token-layers its sample already spent in layers before `layer`."""
         return [sum(s.visual_per_layer[:layer]) for s in self.samples for _ in range(self.rows_per_sample)]
 
-    def record_decode_read(self, row_reads: list[int], selecting_layers: int) -> None:
-        """Visual KV entries read this step by the `selecting_layers` layers whose attention reads the selection
-        (the first row of each sample stands for its beams)."""
+    def record_decode_read(self, row_reads: list[int], selecting_layers: int, layers: int) -> None:
+        """Visual KV entries read this step by the `selecting_layers` of the decoder's `layers` whose attention reads
+        the selection (the first row of each sample stands for its beams)."""
         for sample, count in zip(self.samples, row_reads[:: self.rows_per_sample]):
             sample.decode_visual_read.append(count)
-            sample.decode_selecting_layers = selecting_layers
+            sample.decode_selecting_layers, sample.decode_layers = selecting_layers, layers
 
     def __str__(self) -> str:
         if not self.samples:

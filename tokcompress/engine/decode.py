@@ -115,8 +115,10 @@ def _decode_selection(
         read[chosen] = True
         reads.append(read)
         chosen_counts.append(len(chosen))
-    start, reducible = method.decode_start_layer(adapter.spec), adapter.spec.num_layers
-    state.stats.record_decode_read(chosen_counts, sum(start <= i < reducible for i in adapter.kv_layers))
+    start, layers = method.decode_start_layer(adapter.spec), len(adapter.layers)
+    sources = [adapter.kv_source(i) for i in range(layers)]  # whose keys each layer reads: its own, or shared ones
+    readers = sum(source >= start and source in adapter.kv_layers for source in sources)
+    state.stats.record_decode_read(chosen_counts, readers, layers)
     read = torch.stack(reads)  # (B, past): the slots each row reads, in order
     counts = read.sum(dim=1)
     width, fewest = torch.stack([counts.max(), counts.min()]).tolist()

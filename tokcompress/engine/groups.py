@@ -37,7 +37,7 @@ class TokenGroup:
     lm_slots: torch.Tensor | None = None
     blocks: torch.Tensor | None = None  # (B, W) bidirectional attention block of each slot (-1: none), where used
     key_bias: torch.Tensor | None = None  # (B, W) added to attention logits per key slot (proportional attention)
-    step_masks: dict[str, Any] = field(default_factory=dict)  # this step's mask per layer type, built once
+    step_masks: dict[tuple[str, bool], Any] = field(default_factory=dict)  # this step's mask per (layer type, sliced)
     kv_selection: tuple[torch.Tensor, Any] | None = None  # this step's selected KV slots and their mask
     _gathered: dict[int, tuple] = field(default_factory=dict)  # id(LM tensor) -> (it, gathered at lm_slots)
 
@@ -64,6 +64,11 @@ class TokenGroup:
             gathered = gather_ids(value, slots, 0) if ids else gather_slots(value, slots, 0.0)
             cached = self._gathered[id(value)] = (value, gathered)
         return cached[1]
+
+    def end_prefill(self) -> None:
+        """Let go of what only the prefill reads (its masks, the LM's tables gathered at the slots): the cache keeps
+        this group alive for the whole generation."""
+        self.step_masks, self._gathered = {}, {}
 
     def real_slots(self, b: int) -> torch.Tensor:
         """(W,) bool: the slots of sample b that hold a real (unpadded) token."""
@@ -96,16 +101,20 @@ class TokenGroup:
         if not decoding and self.start_layer == layer_index:
             self.step_masks = {}
         kind = compat.layer_type(config, mask_layer)
-        if kind not in self.step_masks:
+        sliced = not decoding and hidden.shape[1] < self.width  # the LM computes its last tokens only (KV sharing)
+        if (kind, sliced) not in self.step_masks:
             cache = compat.cache_of(kwargs) if decoding else None
             width_of = hidden if decoding else hidden[:, -1:].expand(-1, self.width, -1)
             biased = self.key_bias is not None and kind != compat.RECURRENT_LAYER
             blocks = self.blocks if not decoding and kind in bidirectional else None
-            mask = compat.build_attention_mask(
-                config, mask_layer, width_of, self.attention_mask, cache, explicit=biased, blocks=blocks
+            mask = compat.build_attention_mask(  # explicit where sdpa's is_causal would not fit (fewer rows than keys)
+                config, mask_layer, width_of, self.attention_mask, cache, explicit=biased or sliced, blocks=blocks
             )
-            self.step_masks[kind] = with_key_bias(mask, self.key_bias, hidden.dtype) if biased else mask
-        kwargs["attention_mask"] = self.step_masks[kind]
+            if biased:  # the keys so far: the cached ones (all ever cached, for a sliding layer) and this step's
+                keys = cache.get_seq_length(mask_layer) + hidden.shape[1] if decoding else self.width
+                mask = with_key_bias(mask, self.key_bias, hidden.dtype, keys)
+            self.step_masks[kind, sliced] = mask
+        kwargs["attention_mask"] = self.step_masks[kind, sliced]
         if decoding or self.lm_slots is None or hidden.shape[1] < self.width:
             return  # the LM's own rotary tables, positions and per-layer inputs fit (its last tokens, where it sliced)
         kwargs["position_embeddings"] = self.at_slots(kwargs["position_embeddings"])
@@ -200,14 +209,15 @@ def compact(group: TokenGroup, reductions: list[TokenReduction | None], start_la
     return new_group, slot_index
 
 
-def with_key_bias(mask: torch.Tensor, key_bias: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def with_key_bias(mask: torch.Tensor, key_bias: torch.Tensor, dtype: torch.dtype, keys: int) -> torch.Tensor:
     """An additive float mask: `mask` (bool, True = attend, or already additive) plus a per-key bias.
 
-    key_bias (B, W) covers the group's slots; keys past them (tokens generated since) get no bias.
+    key_bias (B, W) covers the group's slots, the first of the `keys` keys so far; keys past them (tokens generated
+    since) get no bias. The mask's columns are the last keys (a sliding layer's cache holds only its window).
     """
     if mask.dtype == torch.bool:
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-    bias = torch.nn.functional.pad(key_bias, (0, mask.shape[-1] - key_bias.shape[1]))
+    bias = torch.nn.functional.pad(key_bias, (0, keys - key_bias.shape[1]))[:, keys - mask.shape[-1] :]
     return mask + bias[:, None, None, :].to(dtype)
 
 

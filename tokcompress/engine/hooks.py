@@ -308,6 +308,8 @@ class Engine:
         hidden = output.last_hidden_state
         if not state.stats.finished:
             state.layer_additions = None
+            for group in state.groups:
+                group.end_prefill()
             _finish_prefill_stats(state)
             if state.reduced:
                 output.last_hidden_state = restore_sequence(hidden, state.groups[-1], state.full_length)
@@ -315,8 +317,10 @@ class Engine:
             cache = compat.output_cache(output)
             if cache is not None:
                 state.attach(cache)
-        else:
-            state.full_length += hidden.shape[1]
+        else:  # as many tokens as it was fed (after KV sharing it may return the last one only)
+            fed = kwargs.get("inputs_embeds")
+            fed = kwargs.get("input_ids") if fed is None else fed
+            state.full_length += (hidden if fed is None else fed).shape[1]
             state.stats.decode_steps += 1
         return output
 
