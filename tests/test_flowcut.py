@@ -10,10 +10,10 @@ import torch
 import tokcompress
 from tokcompress.adapters import adapter_for
 from tokcompress.engine import compat
-from tokcompress.methods import FlowCut
+from tokcompress.methods import FlowCut, VidTLDR
 from tokcompress.methods.base import TowerTokens
 
-from .conftest import generate, inputs_for, model_for
+from .conftest import generate, inputs_for, model_for, video_encoder_inputs
 from .test_encoder_merging import BATCHED, batched_tower_pass
 from .test_fidelity import features
 
@@ -111,6 +111,28 @@ def test_flowcut_leaves_a_batched_tower_its_own_attention_and_every_token_of_the
     assert output.shape[1] == tokens[0] and all(len(torch.unique(frame, dim=0)) == tokens[1] for frame in output)
     monkeypatch.setattr(adapter.vision_tower.config, "_attn_implementation", "flash_attention_2")
     tokcompress.patch(model, FlowCut(ratio=0.3)).unpatch()
+
+
+@pytest.mark.parametrize(
+    "family", ["llava_onevision", "video_llava", "qwen2_5_vl", "video_llama_3", "qwen2_5_omni_thinker"]
+)
+@pytest.mark.parametrize("method", [FlowCut(ratio=0.3), VidTLDR(ratio=0.3, merge_schedule="0.2")])
+def test_scores_read_the_projections_the_tower_computed(family, method, clip):
+    """A merge layer's queries, keys and values come from its attention's own call: each projection runs once."""
+    model = model_for(family)
+    adapter = adapter_for(model)
+    attention = adapter.tower_layer_attention(adapter.tower_layers()[0][0])
+    calls = {}
+    with tokcompress.compress(model, method):
+        hooks = [module.register_forward_hook(lambda m, a, out: calls.update({m: calls.get(m, 0) + 1}))
+                 for module in attention.modules() if isinstance(module, torch.nn.Linear)]
+        try:
+            with torch.no_grad():
+                model.model.get_video_features(**video_encoder_inputs(inputs_for(family, clip, "What?")))
+        finally:
+            for hook in hooks:
+                hook.remove()
+    assert len(calls) >= 2 and set(calls.values()) == {1}
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "video_llama_3"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -170,19 +171,22 @@ class Adapter:
         """The attention module of one of `tower_layers()` (token folding reads its input)."""
         return layer.self_attn
 
-    def tower_row_sharpness(self, attention: nn.Module, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
+    def tower_row_sharpness(
+        self, attention: nn.Module, hidden: torch.Tensor, kwargs: dict, project: Projection | None = None
+    ) -> torch.Tensor:
         """Σ_j Ā_ij log Ā_ij of each token's head-mean attention row in one call of a tower layer's attention
         (its input `hidden` and its other call kwargs): (images, tokens) in a batched tower, (rows,) in a packed
         one."""
-        return attention_row_sharpness(*self.tower_heads(attention, hidden, kwargs)[:2])
+        return attention_row_sharpness(*self.tower_heads(attention, hidden, kwargs, project)[:2])
 
     def tower_heads(
-        self, attention: nn.Module, hidden: torch.Tensor, kwargs: dict
+        self, attention: nn.Module, hidden: torch.Tensor, kwargs: dict, project: Projection | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """The queries, keys and values one call of a tower layer's attention computes (its input `hidden`, its
         other call kwargs; rotary embedded where the tower rotates them), per head: (images, heads, tokens, d) in a
-        batched tower, (heads, rows, d) in a packed one."""
-        return vit_heads(attention, hidden)
+        batched tower, (heads, rows, d) in a packed one. `project(module)`: a projection's output on `hidden`
+        (default: computed again; the engine hands over what the call itself computed)."""
+        return vit_heads(attention, project or applied_to(hidden))
 
     def tower_attention(self) -> nn.Module:
         """The attention module of the tower layer whose output becomes the visual tokens; while a method that
@@ -230,16 +234,25 @@ def feature_layer_index(config) -> int:
 def vit_attention_received(attention: nn.Module, hidden: torch.Tensor, from_first: bool) -> torch.Tensor:
     """(images, tokens) head-mean attention each token gets in a ViT attention module on its (images, tokens, D)
     input."""
-    return attention_received(*vit_heads(attention, hidden)[:2], from_first)
+    return attention_received(*vit_heads(attention, applied_to(hidden))[:2], from_first)
 
 
-def vit_heads(attention: nn.Module, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+Projection = Callable[[nn.Module], torch.Tensor]
+"""A projection module's output on an attention call's input."""
+
+
+def applied_to(hidden: torch.Tensor) -> Projection:
+    """Projections computed on `hidden`."""
+    return lambda module: module(hidden)
+
+
+def vit_heads(attention: nn.Module, project: Projection) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(images, heads, tokens, d) queries, keys and values of a ViT attention module (q_proj / k_proj / v_proj, q/k
-    norms where it has them) on its (images, tokens, D) input."""
+    norms where it has them) from its projections of its (images, tokens, D) input."""
     identity = nn.Identity()
-    queries = getattr(attention, "q_norm", identity)(attention.q_proj(hidden))
-    keys = getattr(attention, "k_norm", identity)(attention.k_proj(hidden))
-    return tuple(split_heads(states, attention.num_heads) for states in (queries, keys, attention.v_proj(hidden)))
+    queries = getattr(attention, "q_norm", identity)(project(attention.q_proj))
+    keys = getattr(attention, "k_norm", identity)(project(attention.k_proj))
+    return tuple(split_heads(states, attention.num_heads) for states in (queries, keys, project(attention.v_proj)))
 
 
 def split_heads(states: torch.Tensor, num_heads: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from ..engine.compat import mrope_grid_rows
 from ..engine.folding import PACKED
 from ..layout import VisualLayout
 from ..ops import attention_received, attention_row_sharpness
-from .base import Adapter, rotate, token_runs
+from .base import Adapter, Projection, applied_to, rotate, token_runs
 
 if TYPE_CHECKING:
     from ..engine.encoder import TowerCall
@@ -120,8 +120,8 @@ class Qwen2VLAdapter(Adapter):
     def tower_layer_attention(self, layer):
         return layer.attn
 
-    def tower_row_sharpness(self, attention, hidden, kwargs):
-        queries, keys, _ = self.tower_heads(attention, hidden, kwargs)  # (heads, rows, d)
+    def tower_row_sharpness(self, attention, hidden, kwargs, project=None):
+        queries, keys, _ = self.tower_heads(attention, hidden, kwargs, project)  # (heads, rows, d)
         heads, rows, dim = queries.shape
         bounds, sharpness = kwargs["cu_seqlens"], queries.new_empty(rows)
         lengths = bounds.diff()
@@ -133,17 +133,17 @@ class Qwen2VLAdapter(Adapter):
             sharpness[segment_rows] = attention_row_sharpness(q, k).flatten()
         return sharpness
 
-    def tower_heads(self, attention, hidden, kwargs):
+    def tower_heads(self, attention, hidden, kwargs, project=None):
         """(heads, rows, d) fp32 queries and keys (rotary embedded with the call's tables) and values of a packed
         tower attention on its (rows, D) input."""
         cos, sin = (table[:, None].float() for table in kwargs["position_embeddings"])
-        projections = self.tower_projections(attention, hidden)
+        projections = self.tower_projections(attention, project or applied_to(hidden))
         queries, keys, values = (states.unflatten(-1, (attention.num_heads, -1)).float() for states in projections)
         return rotate(queries, cos, sin).transpose(0, 1), rotate(keys, cos, sin).transpose(0, 1), values.transpose(0, 1)
 
-    def tower_projections(self, attention, hidden: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def tower_projections(self, attention, project: Projection) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rows, H·d) queries, keys and values of a packed tower attention, before RoPE (a fused qkv here)."""
-        return attention.qkv(hidden).chunk(3, dim=-1)
+        return project(attention.qkv).chunk(3, dim=-1)
 
     def patches_per_token(self, tower_call: TowerCall) -> int:
         """How many of a recorded tower call's patch rows make one LLM token (m² for a spatial merge size m)."""

@@ -15,8 +15,8 @@ from .qwen3_vl import Qwen3VLAdapter
 class Qwen2_5OmniThinkerAdapter(Qwen2_5_VLAdapter):
     model_type = "qwen2_5_omni_thinker"
 
-    def tower_projections(self, attention, hidden):
-        return attention.q(hidden), attention.k(hidden), attention.v(hidden)
+    def tower_projections(self, attention, project):
+        return project(attention.q), project(attention.k), project(attention.v)
 
 
 class Qwen2_5OmniAdapter(Qwen2_5OmniThinkerAdapter):

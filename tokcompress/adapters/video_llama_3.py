@@ -87,8 +87,8 @@ class VideoLlama3Adapter(Qwen2VLAdapter):
     def tower_layer_attention(self, layer):
         return layer.self_attn
 
-    def tower_projections(self, attention, hidden):
-        return attention.q_proj(hidden), attention.k_proj(hidden), attention.v_proj(hidden)
+    def tower_projections(self, attention, project):
+        return project(attention.q_proj), project(attention.k_proj), project(attention.v_proj)
 
     def patches_per_token(self, tower_call):
         merges = tower_call.argument("merge_sizes", 2).unique().tolist()

@@ -188,16 +188,23 @@ class TokenMerging(_Folding):
         self.stages: dict[int, torch.Tensor] = {}  # batched: tokens per frame -> token_of at that stage
         self.counts: list[tuple[int, list[int]]] = []  # (layer, tokens per frame of each block) per merge
         self.attention_call = None
+        self.projections: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}  # module -> (input, output)
 
     def before_attention(self, index, module, args, kwargs):
         if index in self.merge_layers:  # the layer's own attention input, for the saliency of its rows
             self.attention_call = (module, kwargs["hidden_states"] if "hidden_states" in kwargs else args[0], kwargs)
+            self.projections = {}
         if self.key_bias is None:
             return None
         if self.tokens is not None:
             return {**kwargs, compat.KEY_BIAS: self.key_bias}
         mask = kwargs.get("attention_mask")
         return {**kwargs, "attention_mask": self.key_bias if mask is None else mask + self.key_bias}
+
+    def after_projection(self, index: int, module, inputs: tuple, output: torch.Tensor) -> None:
+        """A projection inside merge layer `index`'s attention ran: its output, for the method's scores."""
+        if index in self.merge_layers and inputs:
+            self.projections[module] = (inputs[0], output)
 
     def after_layer(self, index, output):
         if index not in self.merge_layers:
@@ -210,7 +217,7 @@ class TokenMerging(_Folding):
             self.origin = list(self.token_of)
             self.carried = [None] * len(blocks)
         plans = [self.method.merge_in_encoder_tokens(frames) for frames in self._tower_tokens(index, blocks)]
-        self.carried = [None if plan is None else plan.carry for plan in plans]
+        self.carried, self.projections = [None if plan is None else plan.carry for plan in plans], {}
         if all(plan is None or plan.keep.shape[1] == block.shape[1] for plan, block in zip(plans, blocks)):
             return None
         merged_blocks = []
@@ -240,13 +247,19 @@ class TokenMerging(_Folding):
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     def _tower_tokens(self, index: int, blocks: list[torch.Tensor]) -> list[TowerTokens]:
-        """Each block as the method sees it, the layer's attention read from its call (once, when first asked)."""
+        """Each block as the method sees it, the layer's attention read from its call (once, when first asked) and
+        from the projections the call computed (again where one did not run on the call's input)."""
         module, attention_input, kwargs = self.attention_call
+
+        def project(projection: torch.nn.Module) -> torch.Tensor:
+            recorded = self.projections.get(projection)
+            ran_on_input = recorded is not None and recorded[0] is attention_input
+            return recorded[1] if ran_on_input else projection(attention_input)
 
         @functools.cache
         def sharpness() -> list[torch.Tensor]:
             with torch.no_grad():
-                scores = self.adapter.tower_row_sharpness(module, attention_input, kwargs)
+                scores = self.adapter.tower_row_sharpness(module, attention_input, kwargs, project)
             return [scores] if self.tokens is None else [
                 rows.view(block.shape[:2]) for rows, block in zip(scores.split(self._block_rows(blocks)), blocks)
             ]
@@ -254,7 +267,7 @@ class TokenMerging(_Folding):
         @functools.cache
         def heads() -> list[tuple[torch.Tensor, ...]]:
             with torch.no_grad():
-                states = self.adapter.tower_heads(module, attention_input, kwargs)
+                states = self.adapter.tower_heads(module, attention_input, kwargs, project)
             if self.tokens is None:
                 return [states]
             per_block = zip(*(state.split(self._block_rows(blocks), dim=1) for state in states))
@@ -356,9 +369,12 @@ def hook_tower_folding(method: Method, adapter: Adapter) -> list[torch.utils.hoo
         if packed:  # its attention segments and rotary rows, for the rows that remain
             hook = functools.partial(_before_layer, index)
             handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True, prepend=True))
-        if method.in_encoder_unit == "token":  # its saliency and proportional attention
+        if method.in_encoder_unit == "token":  # its saliency and proportional attention, from its projections
+            attention = adapter.tower_layer_attention(layer)
             hook = functools.partial(_before_attention, index)
-            handles.append(adapter.tower_layer_attention(layer).register_forward_pre_hook(hook, with_kwargs=True))
+            handles.append(attention.register_forward_pre_hook(hook, with_kwargs=True))
+            for projection in (module for module in attention.modules() if isinstance(module, torch.nn.Linear)):
+                handles.append(projection.register_forward_hook(functools.partial(_after_projection, index)))
     for readout in adapter.tower_readouts() if packed else ():
         handles.append(readout.register_forward_pre_hook(_before_readout, prepend=True))
     handles.append(adapter.vision_tower.register_forward_hook(_after_tower, prepend=True))
@@ -372,6 +388,13 @@ def _before_attention(index: int, module, args, kwargs):
         return None
     new_kwargs = folding.before_attention(index, module, args, kwargs)
     return None if new_kwargs is None else (args, new_kwargs)
+
+
+def _after_projection(index: int, module, args, output):
+    """Forward hook of a linear layer inside tower layer `index`'s attention."""
+    folding = getattr(_ACTIVE, "folding", None)
+    if folding is not None:  # a TokenMerging: only token-folding methods hook projections
+        folding.after_projection(index, module, args, output)
 
 
 def _before_layer(index: int, module, args, kwargs):

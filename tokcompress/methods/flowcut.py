@@ -83,13 +83,17 @@ class FlowCut(ToMe):
         drops = free - target if layers_left == 0 else round((free - target) / math.sqrt(layers_left))
         if drops <= 0:
             return TokenFolding.identity(rows, count, tokens.device, carry=flow)
-        order = torch.sort(flow[:, fixed:], dim=1, descending=True, stable=True).indices[:, : free - drops] + fixed
-        keep = torch.cat([torch.arange(fixed, device=tokens.device).expand(rows, fixed), order.sort(dim=1).values], 1)
+        ranked = torch.sort(flow[:, fixed:], dim=1, descending=True, stable=True).indices + fixed
+        kept, dropped = ranked[:, : free - drops].sort(dim=1).values, ranked[:, free - drops :]
+        keep = torch.cat([torch.arange(fixed, device=tokens.device).expand(rows, fixed), kept], dim=1)
         is_kept = torch.zeros(rows, count, dtype=torch.bool, device=tokens.device).scatter_(1, keep, True)
         unit = torch.nn.functional.normalize(tokens.float(), dim=-1)
-        similarity = unit @ unit.gather(1, keep[..., None].expand(-1, -1, unit.shape[-1])).transpose(1, 2)
+        dropped_units, kept_units = (
+            unit.gather(1, index[..., None].expand(-1, -1, unit.shape[-1])) for index in (dropped, keep)
+        )
+        similarity = dropped_units @ kept_units.transpose(1, 2)  # (F, drops, kept)
         similarity[..., :fixed] = -torch.inf  # a dropped token never reads the CLS
-        merge_into = torch.where(is_kept, torch.cumsum(is_kept, dim=1) - 1, similarity.argmax(dim=-1))
+        merge_into = (torch.cumsum(is_kept, dim=1) - 1).scatter_(1, dropped, similarity.argmax(dim=-1))
         return TokenFolding(keep, merge_into, is_kept.float(), carry=flow.gather(1, keep))
 
 
