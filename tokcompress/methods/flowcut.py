@@ -24,8 +24,8 @@ class FlowCut(ToMe):
     pruning layer drops (n − T) / √r of the n tokens left, T = round(tower_ratio · the frame's tokens); the last
     one leaves T exactly. The tower's output is expanded back to the full grid (each dropped token reads its most
     similar kept one, cosine of the layer's output, and adds no weight to it), so the model's own pooling and
-    merger run unchanged, and before the LLM the budget is met as `tome` meets it, the most similar pairs - the
-    repeats - first.
+    merger run unchanged, and before the LLM `tome` meets the budget (its rounds pair neighbouring frames first, so
+    repeats inside one frame fold only once the pairs run out; at low ratios some reach the LLM).
 
     ratio: 0.3; tower_ratio: the share of each frame's tower tokens left after the last pruning layer (None: ratio);
     window, proportional_attention (default off: a dropped token carries no weight): as `tome`.
@@ -33,10 +33,10 @@ class FlowCut(ToMe):
     Departures:
     - The paper scales every step by (1 − e²), e the normalised entropy of the global query's attention, and takes
       the largest count over the batch. Here a batched tower holds the frames of every sample, so that count would
-      let batch mates change a sample's tokens: every step drops (n − T) / √(steps left) - the schedule at e = 0,
-      which drops earlier and saves more of the tower.
-    - Scores are read at the pruning layers only (the paper: every layer), from the layer's queries, keys and
-      values recomputed beside its fused attention; cum flows over those.
+      let batch mates change a sample's tokens: every step drops (n − T) / √r - the schedule at e = 0, which
+      drops earlier and saves more of the tower.
+    - Scores are read at the pruning layers only (the paper: every layer), from the queries, keys and values the
+      layer's own attention projected; cum flows over those.
     - The last step follows the layer before the last the model reads (CLIP's as published; the Qwen2-VL variant
       prunes after its last block), so that one layer runs on the kept tokens. Towers without a CLS (SigLIP, the
       Qwen-VL family) take the Qwen variant's score (relation × ‖v‖₁); in Qwen2.5-VL's windowed layers the global

@@ -23,8 +23,8 @@ class VidTLDR(ToMe):
     tokens merge into their partners, each weighted by size × saliency - background ones vanish without
     mass. Every later tower layer adds log(size) to each key's attention logits. The tower's output is
     expanded back to the full grid (each token reading the one it merged into), so the merged groups reach
-    the LLM as repeated features, and before the LLM the budget is met as `tome` meets it, the most similar
-    pairs first - the repeats go first.
+    the LLM as repeated features, and before the LLM `tome` meets the budget (its rounds pair neighbouring
+    frames first, so repeats inside one frame fold only once the pairs run out; at low ratios some reach the LLM).
 
     ratio: 0.5 (as `tome`); merge_schedule: "0.255,0.114" (the README's MSRVTT-QA schedule for UMT-B/16,
     600 and 200 of 2,352 tokens); window, proportional_attention: as `tome`.
@@ -33,7 +33,7 @@ class VidTLDR(ToMe):
     - Frames merge on their own (SigLIP / CLIP encode frames independently; UMT attends across them), the
       schedule's fractions applying per frame; a CLS token never merges.
     - Merging happens after the block's MLP (official: after attention, before the MLP), from the block's
-      attention recomputed from its own q/k beside the fused attention; kept tokens stay in their order
+      attention recomputed from the q/k its own attention projected, beside the fused attention; kept tokens stay in their order
       (official: unmerged A tokens first, then B) - a ViT's position embeddings were added at its input.
     - vid-TLDR has no LLM: its output tokens go to UMT's pooled heads. Here they are expanded back for the
       model's own projector and pooling, then `tome` meets the LLM budget.
