@@ -33,8 +33,9 @@ class VidTLDR(ToMe):
     - Frames merge on their own (SigLIP / CLIP encode frames independently; UMT attends across them), the
       schedule's fractions applying per frame; a CLS token never merges.
     - Merging happens after the block's MLP (official: after attention, before the MLP), from the block's
-      attention recomputed from the q/k its own attention projected, beside the fused attention; kept tokens stay in their order
-      (official: unmerged A tokens first, then B) - a ViT's position embeddings were added at its input.
+      attention recomputed from the q/k its own attention projected, beside the fused attention; kept tokens
+      stay in their order (official: unmerged A tokens first, then B) - a ViT's position embeddings were added
+      at its input.
     - vid-TLDR has no LLM: its output tokens go to UMT's pooled heads. Here they are expanded back for the
       model's own projector and pooling, then `tome` meets the LLM budget.
     - Qwen-VL: a frame is a temporal patch and its tokens are in the tower's window order (the even / odd
