@@ -10,8 +10,10 @@ import torch
 import tokcompress
 from tokcompress.adapters import adapter_for
 from tokcompress.engine import compat
+from tokcompress.layout import VisualLayout
 from tokcompress.methods import FlowCut, VidTLDR
 from tokcompress.methods.base import TowerTokens
+from tokcompress.methods.tome import first_copies
 
 from .conftest import generate, inputs_for, model_for, video_encoder_inputs
 from .test_encoder_merging import BATCHED, batched_tower_pass
@@ -111,6 +113,39 @@ def test_flowcut_leaves_a_batched_tower_its_own_attention_and_every_token_of_the
     assert output.shape[1] == tokens[0] and all(len(torch.unique(frame, dim=0)) == tokens[1] for frame in output)
     monkeypatch.setattr(adapter.vision_tower.config, "_attn_implementation", "flash_attention_2")
     tokcompress.patch(model, FlowCut(ratio=0.3)).unpatch()
+
+
+@pytest.mark.parametrize("method", [FlowCut(ratio=0.3), VidTLDR(ratio=0.3)])
+def test_the_llm_gets_distinct_tokens_where_the_tower_kept_enough(method, clip):
+    """Video-LLaVA projects each tower token on its own: the tower's repeats reach the prompt as exact copies, and
+    fold first, so the 89 visual tokens the budget keeps are 89 different ones (the tower kept 12 of 37 a frame)."""
+    model = model_for("video_llava")
+    adapter = adapter_for(model)
+    inputs = inputs_for("video_llava", clip, "What?")
+    seen = {}
+    with tokcompress.compress(model, method) as handle:
+        hook = adapter.layers[0].register_forward_pre_hook(lambda m, args: seen.update(hidden=args[0][0]))
+        try:
+            with torch.no_grad():
+                model(**inputs)
+        finally:
+            hook.remove()
+        (sample,) = handle.stats.samples
+    is_visual = inputs["input_ids"][0] == adapter.video_token_id
+    survives = ~is_visual
+    survives[sample.kept_positions] = True
+    visual = seen["hidden"][is_visual[survives]]
+    assert len(visual) == round(0.3 * sample.visual_in) == len(torch.unique(visual, dim=0))
+
+
+def test_repeats_fold_into_their_first_copy_in_their_frame_up_to_the_limit():
+    layout = VisualLayout(torch.arange(8), torch.zeros(8, dtype=torch.long), torch.tensor([0, 0, 0, 0, 1, 1, 1, -1]),
+                          torch.tensor([0, 1, 2, 3, 0, 1, 2, -1]), ((2, 1, 4),))
+    distinct = torch.randn(8, 4, generator=torch.Generator().manual_seed(0))
+    features = distinct[[0, 1, 0, 1, 0, 5, 5, 0]] * torch.tensor([1, 1, 1, 1 + 1e-7, 1, 1, 1, 1])[:, None]
+    assert first_copies(features, layout, limit=8).tolist() == [0, 1, 0, 1, 4, 5, 5, 7]  # not across frames
+    assert first_copies(features, layout, limit=2).tolist() == [0, 1, 0, 1, 4, 5, 6, 7]  # the first repeats
+    assert first_copies(features + torch.tensor([0, 0, 1e-3, 0, 0, 0, 0, 0])[:, None], layout, 8).tolist()[2] == 2
 
 
 @pytest.mark.parametrize(

@@ -136,6 +136,13 @@ class TokenReduction:
         slot[self.keep] = torch.arange(self.keep.numel(), device=self.keep.device)
         return slot
 
+    def then(self, later: TokenReduction, count: int) -> TokenReduction:
+        """This reduction of `count` tokens followed by `later`, a reduction of the tokens this one keeps."""
+        first = self.assignment(count)
+        second = later.assignment(self.keep.numel())
+        merge_into = torch.where(first >= 0, second[first.clamp_min(0)], -1)
+        return TokenReduction(self.keep[later.keep], merge_into)
+
     @staticmethod
     def from_destinations(destination: torch.Tensor) -> TokenReduction:
         """Build a merge from `destination[i]`: the token that token i folds into (itself when kept, -1 dropped)."""

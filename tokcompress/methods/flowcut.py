@@ -10,11 +10,11 @@ import torch
 
 from ..ops import global_query_attention
 from .base import IN_ENCODER, PRE_LLM, TokenFolding, TowerTokens, check_interval
-from .tome import ToMe
+from .tome import ToMeAfterTower
 
 
 @dataclass
-class FlowCut(ToMe):
+class FlowCut(ToMeAfterTower):
     """Inside the vision tower (where it can fold: the LLaVA families' batch of images, Qwen-VL's packed sequence
     of temporal patches), every frame drops tokens step by step, so that each later layer runs on fewer. After
     every other layer, ending with the one before the last the model reads, a token's score is its share of the
@@ -24,8 +24,7 @@ class FlowCut(ToMe):
     pruning layer drops (n − T) / √r of the n tokens left, T = round(tower_ratio · the frame's tokens); the last
     one leaves T exactly. The tower's output is expanded back to the full grid (each dropped token reads its most
     similar kept one, cosine of the layer's output, and adds no weight to it), so the model's own pooling and
-    merger run unchanged, and before the LLM `tome` meets the budget (its rounds pair neighbouring frames first, so
-    repeats inside one frame fold only once the pairs run out; at low ratios some reach the LLM).
+    merger run unchanged; before the LLM each frame's repeats fold first, then `tome` meets the budget.
 
     ratio: 0.3; tower_ratio: the share of each frame's tower tokens left after the last pruning layer (None: ratio);
     window, proportional_attention (default off: a dropped token carries no weight): as `tome`.

@@ -54,13 +54,13 @@ class ToMe(Method):
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         count = budget.tokens_before_llm(layout.num_tokens)
         separators = layout.is_separator
-        cells = ~separators
-        target = max(count - int(separators.sum()), 0)
+        cells = (~separators).nonzero().squeeze(1)  # sorted original indices of the cell tokens
+        target = max(count - (layout.num_tokens - cells.numel()), 0)
         owner = torch.arange(layout.num_tokens, device=features.device)  # original token -> its surviving token
-        alive = cells.nonzero().squeeze(1)  # sorted original indices of the surviving cell tokens
+        alive = cells  # the surviving cell tokens
         values, sizes = features[alive], torch.ones(alive.numel(), device=features.device)
         level = _TEMPORAL
-        while alive.numel() > max(target, 1):
+        while alive.numel() > max(target, 1):  # two host reads a round (in match_within_windows)
             window_id, is_a = _split(layout, alive, level, self.window)
             source, destination, score = match_within_windows(values, window_id, is_a)
             merges = min(alive.numel() - target, source.numel())
@@ -77,28 +77,79 @@ class ToMe(Method):
         return TokenReduction.from_destinations(owner)
 
 
+@dataclass
+class ToMeAfterTower(ToMe):
+    """ToMe's stage before the LLM for methods that fold tokens inside the vision tower and expand its output back
+    to the grid: first each frame's repeats (tokens equal to an earlier one of their frame to 1e-5 - a folded
+    token read where it was, or a pooled window of them) fold into their first copy, as many as the budget lets,
+    so the LLM gets distinct tokens; then `tome` meets the budget (its rounds pair neighbouring frames first, and
+    would reach repeats inside one frame only once the pairs run out)."""
+
+    def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
+        count = layout.num_tokens
+        repeats = TokenReduction.from_destinations(
+            first_copies(features, layout, count - budget.tokens_before_llm(count))
+        )
+        rest = super().reduce_pre_llm(features[repeats.keep], layout.select(repeats.keep), budget)
+        return repeats.then(rest, count)
+
+
+def first_copies(features: torch.Tensor, layout: VisualLayout, limit: int, tolerance: float = 1e-5) -> torch.Tensor:
+    """Per token, the earliest token of its frame it equals (‖a − b‖ ≤ tolerance · ‖b‖; itself when none, and for
+    separators), for at most `limit` repeats - the first ones in sequence order. All frames at once."""
+    token = torch.arange(layout.num_tokens, device=features.device)
+    cells = token[~layout.is_separator]
+    if not len(cells):
+        return token
+    member = _runs(layout.frame[cells])  # each cell's frame, 0 … F − 1 (frames come in order)
+    lengths = torch.zeros(len(cells), dtype=torch.long, device=token.device).scatter_add_(
+        0, member, torch.ones_like(member)
+    )
+    frames, width = torch.stack([member[-1] + 1, lengths.max()]).tolist()
+    rank = torch.arange(len(cells), device=token.device) - (torch.cumsum(lengths, 0) - lengths)[member]
+    grid = torch.full((frames, width), -1, device=token.device)
+    grid[member, rank] = cells  # (F, width): each frame's tokens in order, -1 past its end
+    values = features[grid.clamp_min(0)].float()
+    distance = torch.cdist(values, values, compute_mode="donot_use_mm_for_euclid_dist")  # exact on the diagonal
+    close = (distance <= tolerance * values.norm(dim=-1)[:, None, :]).tril() & (grid >= 0)[:, None, :]
+    first = torch.where(close, torch.arange(width, device=token.device), width).amin(dim=-1).clamp_max(width - 1)
+    destination = token.clone()
+    destination[cells] = grid.gather(1, first)[member, rank]
+    repeat = destination != token
+    return torch.where(repeat & (torch.cumsum(repeat, 0) > limit), token, destination)
+
+
 def merge_round(values, sizes, owner, alive, source, destination):
     """One merging round: token `source[i]` (an index into `alive`, the surviving original tokens, whose
-    features and sizes are `values`, `sizes`) folds into `destination[i]` as a size-weighted mean. `owner`
-    maps original tokens to the surviving one they live in. Returns the four after the round."""
-    merge_into = torch.arange(alive.numel(), device=alive.device)
+    features and sizes are `values`, `sizes`) folds into `destination[i]` (a token that stays) as a size-weighted
+    mean; no token is a source twice. `owner` maps original tokens to the surviving one they live in. Returns the
+    four after the round, without reading anything back to the host."""
+    token = torch.arange(alive.numel(), device=alive.device)
+    merge_into = token.clone()
     merge_into[source] = destination
-    survives = merge_into == torch.arange(alive.numel(), device=alive.device)
+    survives = merge_into == token
     slot = torch.cumsum(survives, 0) - 1
-    values, sizes = weighted_merge(values, sizes, slot[merge_into], int(survives.sum()))
+    kept = alive.numel() - source.numel()
+    values, sizes = weighted_merge(values, sizes, slot[merge_into], kept)
     owner = alive[merge_into[torch.searchsorted(alive, owner)]]
-    return values, sizes, owner, alive[survives]
+    return values, sizes, owner, alive[torch.argsort((~survives).to(torch.int8), stable=True)[:kept]]
+
+
+def _runs(values: torch.Tensor) -> torch.Tensor:
+    """Per entry of a sequence in runs of equal values, its run's index (0, 0, 1, 2, 2, ...)."""
+    changes = values[1:] != values[:-1]
+    return torch.cat([changes.new_zeros(1), changes]).cumsum(0)
 
 
 def _split(layout: VisualLayout, alive: torch.Tensor, level: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per surviving token, its window and whether it is in set A, at one level of the merging schedule."""
+    """Per surviving token (in sequence order), its window - consecutive windows, non-decreasing ids - and whether
+    it is in set A, at one level of the merging schedule."""
     video, frame = layout.video[alive], layout.frame[alive]
-    if level == _TEMPORAL:
-        # rank of each token's frame among the surviving frames of its video (frames are global, so sorted by video)
-        surviving_frames, frame_index = torch.unique(frame, return_inverse=True)
-        frame_video = torch.zeros_like(surviving_frames).scatter_(0, frame_index, video)
-        first_of_video = torch.searchsorted(frame_video, frame_video)  # index of the video's first surviving frame
-        rank = (torch.arange(surviving_frames.numel(), device=alive.device) - first_of_video)[frame_index]
+    if level == _TEMPORAL:  # frames come in order, a video's after the previous video's
+        frame_index = _runs(frame)
+        starts_video = torch.cat([video.new_ones(1, dtype=torch.bool), video[1:] != video[:-1]])
+        first_of_video = torch.cummax(torch.where(starts_video, frame_index, 0), 0).values
+        rank = frame_index - first_of_video  # of each token's frame among the surviving frames of its video
         return video * (layout.frame.numel() + 1) + rank // window, rank % 2 == 0
     window_id = video if level == _SPATIAL else torch.zeros_like(video)
     rank = torch.arange(alive.numel(), device=alive.device) - torch.searchsorted(window_id, window_id)
@@ -107,23 +158,30 @@ def _split(layout: VisualLayout, alive: torch.Tensor, level: int, window: int) -
 
 def match_within_windows(values: torch.Tensor, window_id: torch.Tensor, is_a: torch.Tensor):
     """Match every A token to its most similar B token of the same window; at most half a window may merge.
+    window_id: per token, non-decreasing (each window's tokens consecutive).
 
     Returns (source, destination, score) for the A tokens allowed to merge this round: each one, its best B
-    token and their cosine.
+    token and their cosine. Two host reads: the windows' sizes, and how many may merge.
     """
-    windows, members = torch.unique(window_id, return_inverse=True)
-    rows, dim, device = windows.numel(), values.shape[-1], values.device
-    side_rank = torch.zeros_like(members)  # rank of a token among its window's tokens of the same set
-    token = torch.arange(values.shape[0], device=device)
-    a_lengths = torch.bincount(members[is_a], minlength=rows)
-    b_lengths = torch.bincount(members[~is_a], minlength=rows)
-    for side, lengths in ((is_a, a_lengths), (~is_a, b_lengths)):
-        starts = torch.cumsum(lengths, 0) - lengths
-        side_rank[side] = torch.arange(int(side.sum()), device=device) - starts[members[side]]
-    a_index = torch.full((rows, max(int(a_lengths.max()), 1)), -1, dtype=torch.long, device=device)
-    b_index = torch.full((rows, max(int(b_lengths.max()), 1)), -1, dtype=torch.long, device=device)
-    a_index[members[is_a], side_rank[is_a]] = token[is_a]
-    b_index[members[~is_a], side_rank[~is_a]] = token[~is_a]
+    count, dim, device = values.shape[0], values.shape[-1], values.device
+    if count == 0:
+        empty = torch.zeros(0, dtype=torch.long, device=device)
+        return empty, empty, torch.zeros(0, device=device)
+    members = _runs(window_id)
+    token = torch.arange(count, device=device)
+    sides = []
+    for side in (is_a, ~is_a):
+        lengths = torch.zeros(count, dtype=torch.long, device=device).scatter_add_(0, members, side.long())
+        rank = torch.cumsum(side, 0) - 1 - (torch.cumsum(lengths, 0) - lengths)[members]  # among its window's side
+        sides.append((side, lengths, rank))
+    rows, a_width, b_width = torch.stack([members[-1] + 1, sides[0][1].max(), sides[1][1].max()]).tolist()
+    indices = []
+    for (side, lengths, rank), width in zip(sides, (max(a_width, 1), max(b_width, 1))):
+        index = torch.full((rows, width + 1), -1, dtype=torch.long, device=device)  # the last column: the other side
+        index[members, torch.where(side, rank, width)] = torch.where(side, token, -1)
+        indices.append(index[:, :width])
+    a_index, b_index = indices
+    a_lengths, b_lengths = sides[0][1][:rows], sides[1][1][:rows]
     a = values[a_index.clamp_min(0)].reshape(rows, -1, dim)
     b = values[b_index.clamp_min(0)].reshape(rows, -1, dim)
     score, match = bipartite_match(a, b, a_lengths, b_lengths)
@@ -131,5 +189,5 @@ def match_within_windows(values: torch.Tensor, window_id: torch.Tensor, is_a: to
     cap = (a_lengths + b_lengths) // 2
     order = torch.argsort(score, dim=1, descending=True, stable=True)
     rank = torch.empty_like(order).scatter_(1, order, torch.arange(order.shape[1], device=device).expand_as(order))
-    allowed = (match >= 0) & (rank < cap[:, None])
-    return a_index[allowed], b_index.gather(1, match.clamp_min(0))[allowed], score[allowed]
+    picked = ((match >= 0) & (rank < cap[:, None])).nonzero(as_tuple=True)
+    return a_index[picked], b_index.gather(1, match.clamp_min(0))[picked], score[picked]

@@ -7,13 +7,13 @@ from dataclasses import dataclass
 import torch
 
 from .base import IN_ENCODER, PRE_LLM, TokenFolding, TowerTokens
-from .tome import ToMe
+from .tome import ToMeAfterTower
 
 PAPER_SCHEDULE = "0.255,0.114"  # MSRVTT-QA / MSVD-QA, UMT-B/16: 600 then 200 of 2,352 tokens, blocks 0 and 1
 
 
 @dataclass
-class VidTLDR(ToMe):
+class VidTLDR(ToMeAfterTower):
     """Inside the vision tower (where it can fold: the LLaVA families' batch of images, Qwen-VL's packed
     sequence of temporal patches), after each of its first layers every frame merges r of its tokens, r from `merge_schedule` (a fraction of the frame's
     current tokens, or a count when ≥ 1; at most half): a token's saliency is the sharpness of where it
@@ -23,8 +23,8 @@ class VidTLDR(ToMe):
     tokens merge into their partners, each weighted by size × saliency - background ones vanish without
     mass. Every later tower layer adds log(size) to each key's attention logits. The tower's output is
     expanded back to the full grid (each token reading the one it merged into), so the merged groups reach
-    the LLM as repeated features, and before the LLM `tome` meets the budget (its rounds pair neighbouring
-    frames first, so repeats inside one frame fold only once the pairs run out; at low ratios some reach the LLM).
+    the LLM as repeated features; before the LLM each frame's repeats fold first, then `tome` meets the
+    budget.
 
     ratio: 0.5 (as `tome`); merge_schedule: "0.255,0.114" (the README's MSRVTT-QA schedule for UMT-B/16,
     600 and 200 of 2,352 tokens); window, proportional_attention: as `tome`.
@@ -37,7 +37,7 @@ class VidTLDR(ToMe):
       stay in their order (official: unmerged A tokens first, then B) - a ViT's position embeddings were added
       at its input.
     - vid-TLDR has no LLM: its output tokens go to UMT's pooled heads. Here they are expanded back for the
-      model's own projector and pooling, then `tome` meets the LLM budget.
+      model's own projector and pooling, then repeats fold and `tome` meets the LLM budget.
     - Qwen-VL: a frame is a temporal patch and its tokens are in the tower's window order (the even / odd
       alternation follows it); a folded group keeps its kept token's rotary row and window. Its attention
       runs through ours (the fused varlen kernel, log(size) riding in an extra head dimension, or one sdpa call
