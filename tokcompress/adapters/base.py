@@ -234,7 +234,7 @@ def feature_layer_index(config) -> int:
 def vit_attention_received(attention: nn.Module, hidden: torch.Tensor, from_first: bool) -> torch.Tensor:
     """(images, tokens) head-mean attention each token gets in a ViT attention module on its (images, tokens, D)
     input."""
-    return attention_received(*vit_heads(attention, applied_to(hidden))[:2], from_first)
+    return attention_received(*vit_queries_keys(attention, applied_to(hidden)), from_first)
 
 
 Projection = Callable[[nn.Module], torch.Tensor]
@@ -246,13 +246,18 @@ def applied_to(hidden: torch.Tensor) -> Projection:
     return lambda module: module(hidden)
 
 
-def vit_heads(attention: nn.Module, project: Projection) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(images, heads, tokens, d) queries, keys and values of a ViT attention module (q_proj / k_proj / v_proj, q/k
-    norms where it has them) from its projections of its (images, tokens, D) input."""
+def vit_queries_keys(attention: nn.Module, project: Projection) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images, heads, tokens, d) queries and keys of a ViT attention module (q_proj / k_proj, q/k norms where it
+    has them) from its projections of its (images, tokens, D) input."""
     identity = nn.Identity()
     queries = getattr(attention, "q_norm", identity)(project(attention.q_proj))
     keys = getattr(attention, "k_norm", identity)(project(attention.k_proj))
-    return tuple(split_heads(states, attention.num_heads) for states in (queries, keys, project(attention.v_proj)))
+    return split_heads(queries, attention.num_heads), split_heads(keys, attention.num_heads)
+
+
+def vit_heads(attention: nn.Module, project: Projection) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Its queries and keys (`vit_queries_keys`) and its values (v_proj), per head."""
+    return *vit_queries_keys(attention, project), split_heads(project(attention.v_proj), attention.num_heads)
 
 
 def split_heads(states: torch.Tensor, num_heads: int) -> torch.Tensor:
