@@ -7,6 +7,7 @@ a selected subset of its visual KV entries through a stand-in cache that gathers
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -76,16 +77,19 @@ def next_positions(last: torch.Tensor, length: int) -> torch.Tensor:
 
 
 def select_visual_kv(
-    method: Method, adapter: Adapter, state: GenerationState, layer_index: int, layer, hidden, group: TokenGroup, kwargs
+    method: Method, adapter: Adapter, state: GenerationState, layer_index: int, layer, hidden, group: TokenGroup,
+    kwargs, readers: Callable[[], int],
 ) -> None:
-    """Make this layer's attention read only the selected visual KV entries (plus all others)."""
+    """Make this layer's attention read only the selected visual KV entries (plus all others); `readers()`: how
+    many decoder layers read the selection (for the stats)."""
     cache = compat.cache_of(kwargs)
     if cache is None:
         return
     with state.stats.timed(hidden.device):
         if group.kv_selection is None:  # once per step and group, at its first selecting layer
             keys = compat.cached_keys(cache, layer_index)  # (B, Hkv, K, d), before this step's update
-            slots, padded = _decode_selection(method, adapter, state, layer, hidden, keys, group, kwargs)
+            slots, padded, chosen = _decode_selection(method, adapter, state, layer, hidden, keys, group, kwargs)
+            state.stats.record_decode_read(chosen, readers(), len(adapter.layers))
             implementation = compat.attention_implementation(adapter.language_model.config)
             valid = slots >= 0 if padded else None
             mask = select_key_mask(kwargs.get("attention_mask"), slots.clamp_min(0), valid, implementation)
@@ -97,9 +101,10 @@ def select_visual_kv(
 
 def _decode_selection(
     method, adapter, state, layer, hidden, keys, group: TokenGroup, kwargs
-) -> tuple[torch.Tensor, bool]:
+) -> tuple[torch.Tensor, bool, list[int]]:
     """(B, K') cache slots this step reads - every non-visual entry, the method's visual choice, the new entries,
-    left-padded with -1 - and whether any row is padded. One host sync a step, for K'."""
+    left-padded with -1 -, whether any row is padded, and how many visual entries each row chose. One host sync a
+    step, for K'."""
     batch, past = keys.shape[0], keys.shape[2]
     steps = hidden.shape[1]
     cos, sin = kwargs["position_embeddings"]
@@ -115,17 +120,13 @@ def _decode_selection(
         read[chosen] = True
         reads.append(read)
         chosen_counts.append(len(chosen))
-    start, layers = method.decode_start_layer(adapter.spec), len(adapter.layers)
-    sources = [adapter.kv_source(i) for i in range(layers)]  # whose keys each layer reads: its own, or shared ones
-    readers = sum(source >= start and source in adapter.kv_layers for source in sources)
-    state.stats.record_decode_read(chosen_counts, readers, layers)
     read = torch.stack(reads)  # (B, past): the slots each row reads, in order
     counts = read.sum(dim=1)
     width, fewest = torch.stack([counts.max(), counts.min()]).tolist()
     last = torch.sort(read.to(torch.int8), dim=1, stable=True).indices[:, past - width :]  # the read ones last
     slots = torch.where(read.gather(1, last), last, -1)
     new = torch.arange(past, past + steps, device=keys.device).expand(batch, steps)
-    return torch.cat([slots, new], dim=1), fewest < width
+    return torch.cat([slots, new], dim=1), fewest < width, chosen_counts
 
 
 def select_key_mask(mask, index: torch.Tensor, valid: torch.Tensor | None, attn_implementation: str):

@@ -28,7 +28,8 @@ from ..layout import VisualLayout
 from ..methods.base import PRE_ENCODER, Method
 from ..stats import Timer
 from . import compat
-from .folding import PACKED, FrameMerging, TokenMerging, folds_in_tower
+from .folding import PACKED, FrameMerging, folds_in_tower
+from .token_merging import TokenMerging
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter

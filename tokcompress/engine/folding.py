@@ -1,8 +1,8 @@
 """Folding inside the vision tower, for one encoder call: the patch's hooks on the tower (`hook_tower_folding`) hand
 its layers' outputs to the folding of the call in progress on this thread, which merges frames (`FrameMerging`) or
-tokens inside each frame (`TokenMerging`), in a batched or a packed tower, so that the later layers encode fewer,
-and expands the tower's output back to the shape the model expects, each frame or token reading what it folded
-into (a packed tower's readouts get their input expanded before they run)."""
+tokens inside each frame (`token_merging.TokenMerging`), in a batched or a packed tower, so that the later layers
+encode fewer, and expands the tower's output back to the shape the model expects, each frame or token reading what
+it folded into (a packed tower's readouts get their input expanded before they run)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..methods.base import IN_ENCODER, Method, TokenFolding, TowerTokens
+from ..methods.base import IN_ENCODER, Method
 from ..ops import weighted_merge
 from . import compat
 from .rows import PackedRows, RowMap, runs
@@ -24,7 +24,7 @@ BATCHED, PACKED = "batched", "packed"  # how a tower holds a video's frames (`Ad
 _ACTIVE = threading.local()  # the folding of the encoder call in progress on this thread
 
 
-class _Folding:
+class TowerFolding:
     """Entered around one encoder call on one thread; `merged` once anything folded.
 
     `frames[v]`: the frame units of video v the call encodes, in order. In a BATCHED tower every frame is a
@@ -87,7 +87,7 @@ class _Folding:
         return [block.view(len(f), n, -1) for block, f, n in zip(blocks, self.standing, tokens)]
 
 
-class FrameMerging(_Folding):
+class FrameMerging(TowerFolding):
     """Folds each video's frames together after the method's merge layers (size-weighted), so later layers
     encode fewer; a row then stands for the frames that folded into it, and the output's tensors - the hidden
     states of any layer - expand back to one row per frame (or per packed row) the call encodes."""
@@ -156,170 +156,10 @@ class FrameMerging(_Folding):
     def layer_share(self, units: list[int]) -> list[float]:
         """Per video, the share of its frame-layers the tower computed (every layer counts, merging or not)."""
         return [
-            _rows_through_layers(self.initial[video], [(layer, c[video]) for layer, c in self.counts], self.num_layers)
+            rows_through_layers(self.initial[video], [(layer, c[video]) for layer, c in self.counts], self.num_layers)
             / (self.num_layers * max(count, 1))
             for video, count in enumerate(units)
         ]
-
-
-class TokenMerging(_Folding):
-    """Inside every frame, tokens fold together after the method's merge layers, size-tracked, and the tower's
-    output is expanded back to every token of the grid, each reading the token it folded into - so the model's
-    own feature selection, pooling and merger run unchanged.
-
-    Where tokens fold with their mass (`Method.folds_with_mass`), every later layer adds log(size) to each key's
-    attention logits (proportional attention): a batched tower through a float mask, a packed one through the
-    `compat.KEY_BIAS` keyword its attention (ours: the engine puts it in) reads. In a packed tower a folded token
-    keeps its kept token's place - rotary row and window. A method may carry a value per token from one of its
-    merge layers to the next (`TokenFolding.carry`)."""
-
-    def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor], unit_rows: list[int] | None):
-        super().__init__(method, adapter, frames, unit_rows)
-        if unit_rows is None:  # one block of every frame (a batch), a leading CLS never folds
-            self.fixed, self.tokens = int(adapter.tower_has_cls), None
-        else:  # one block per video, of its frames' current tokens
-            self.fixed, self.tokens = 0, list(unit_rows)
-            self.rows = PackedRows(sum(n * rows for n, rows in zip(self.initial, unit_rows)))
-        self.sizes: list[torch.Tensor] | None = None  # per block (frames, tokens), from the first merge layer on
-        self.token_of: list[torch.Tensor] | None = None  # per block (frames, original tokens): its current token
-        self.origin: list[torch.Tensor] | None = None  # per block (frames, tokens): each one's original token
-        self.carried: list[torch.Tensor | None] = []  # per block, what the method carries to its next merge layer
-        self.key_bias: torch.Tensor | None = None  # keys' log(size): batched (frames, 1, 1, tokens), packed (rows,)
-        self.stages: dict[int, torch.Tensor] = {}  # batched: tokens per frame -> token_of at that stage
-        self.counts: list[tuple[int, list[int]]] = []  # (layer, tokens per frame of each block) per merge
-        self.attention_call = None
-        self.projections: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}  # module -> (input, output)
-
-    def before_attention(self, index, module, args, kwargs):
-        if index in self.merge_layers:  # the layer's own attention input, for the saliency of its rows
-            self.attention_call = (module, kwargs["hidden_states"] if "hidden_states" in kwargs else args[0], kwargs)
-            self.projections = {}
-        if self.key_bias is None:
-            return None
-        if self.tokens is not None:
-            return {**kwargs, compat.KEY_BIAS: self.key_bias}
-        mask = kwargs.get("attention_mask")
-        return {**kwargs, "attention_mask": self.key_bias if mask is None else mask + self.key_bias}
-
-    def after_projection(self, index: int, module, inputs: tuple, output: torch.Tensor) -> None:
-        """A projection inside merge layer `index`'s attention ran: its output, for the method's scores."""
-        if index in self.merge_layers and inputs:
-            self.projections[module] = (inputs[0], output)
-
-    def after_layer(self, index, output):
-        if index not in self.merge_layers:
-            return None
-        hidden = output[0] if isinstance(output, tuple) else output
-        blocks = [hidden] if self.tokens is None else self._videos(hidden, self.tokens)
-        if self.sizes is None:  # the first merge layer: every token stands for itself
-            self.sizes = [block.new_ones(block.shape[:2], dtype=torch.float32) for block in blocks]
-            self.token_of = [TokenFolding.identity(*block.shape[:2], block.device).keep for block in blocks]
-            self.origin = list(self.token_of)
-            self.carried = [None] * len(blocks)
-        plans = [self.method.merge_in_encoder_tokens(frames) for frames in self._tower_tokens(index, blocks)]
-        self.carried, self.projections = [None if plan is None else plan.carry for plan in plans], {}
-        if all(plan is None or plan.keep.shape[1] == block.shape[1] for plan, block in zip(plans, blocks)):
-            return None
-        merged_blocks = []
-        for b, (block, plan) in enumerate(zip(blocks, plans)):
-            frames, count = block.shape[:2]
-            plan = plan or TokenFolding.identity(frames, count, block.device)
-            kept = plan.keep.shape[1]
-            slot = plan.merge_into + torch.arange(frames, device=block.device)[:, None] * kept
-            merged, sizes = weighted_merge(block.flatten(0, 1), (self.sizes[b] * plan.weight).flatten(),
-                                           slot.flatten(), frames * kept)
-            merged_blocks.append(merged.view(frames, kept, -1).to(block.dtype))
-            self.sizes[b] = sizes.view(frames, kept)
-            self.token_of[b] = plan.merge_into.gather(1, self.token_of[b])
-            self.origin[b] = self.origin[b].gather(1, plan.keep)
-        self.merged = True
-        self.counts.append((index, [block.shape[1] for block in merged_blocks]))
-        with_mass = self.method.folds_with_mass()
-        if self.tokens is None:
-            hidden = merged_blocks[0]
-            self.stages[hidden.shape[1]] = self.token_of[0]
-            self.key_bias = self.sizes[0].log().to(hidden.dtype)[:, None, None, :] if with_mass else None
-        else:
-            hidden = torch.cat([block.flatten(0, 1) for block in merged_blocks])
-            self.tokens = [block.shape[1] for block in merged_blocks]
-            self.rows.fold(*self._packed_rows())
-            self.key_bias = torch.cat([sizes.flatten() for sizes in self.sizes]).log() if with_mass else None
-        return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
-
-    def _tower_tokens(self, index: int, blocks: list[torch.Tensor]) -> list[TowerTokens]:
-        """Each block as the method sees it, the layer's attention read from its call (once, when first asked) and
-        from the projections the call computed (again where one did not run on the call's input)."""
-        module, attention_input, kwargs = self.attention_call
-
-        def project(projection: torch.nn.Module) -> torch.Tensor:
-            recorded = self.projections.get(projection)
-            ran_on_input = recorded is not None and recorded[0] is attention_input
-            return recorded[1] if ran_on_input else projection(attention_input)
-
-        @functools.cache
-        def sharpness() -> list[torch.Tensor]:
-            with torch.no_grad():
-                scores = self.adapter.tower_row_sharpness(module, attention_input, kwargs, project)
-            return [scores] if self.tokens is None else [
-                rows.view(block.shape[:2]) for rows, block in zip(scores.split(self._block_rows(blocks)), blocks)
-            ]
-
-        @functools.cache
-        def heads() -> list[tuple[torch.Tensor, ...]]:
-            with torch.no_grad():
-                states = self.adapter.tower_heads(module, attention_input, kwargs, project)
-            if self.tokens is None:
-                return [states]
-            per_block = zip(*(state.split(self._block_rows(blocks), dim=1) for state in states))
-            return [
-                tuple(state.unflatten(1, block.shape[:2]).transpose(0, 1) for state in block_states)
-                for block_states, block in zip(per_block, blocks)
-            ]
-
-        return [
-            TowerTokens(
-                block, self.sizes[b], index, self.depth, self.fixed, self.token_of[b].shape[1], self.carried[b],
-                sharpness=lambda b=b: sharpness()[b], heads=lambda b=b: heads()[b],
-            )
-            for b, block in enumerate(blocks)
-        ]
-
-    @staticmethod
-    def _block_rows(blocks: list[torch.Tensor]) -> list[int]:
-        return [block.shape[:2].numel() for block in blocks]
-
-    def _packed_rows(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(origin, read) of the packed rows now: each remaining row's original row, each original row's row."""
-        origin, read, first, first_now = [], [], 0, 0
-        for origin_b, token_of_b in zip(self.origin, self.token_of):
-            frames, original = token_of_b.shape
-            kept = origin_b.shape[1]
-            frame = torch.arange(frames, device=origin_b.device)[:, None]
-            origin.append((first + frame * original + origin_b).flatten())
-            read.append((first_now + frame * kept + token_of_b).flatten())
-            first, first_now = first + frames * original, first_now + frames * kept
-        return torch.cat(origin).cpu(), torch.cat(read).cpu()
-
-    def expand_tensor(self, value):
-        """Batched: (rows, tokens at some stage, D) back to (rows, every token, D), each token reading the one
-        it folded into; packed: the rows' `PackedRows` expansion."""
-        if self.tokens is not None:
-            return super().expand_tensor(value)
-        if value.dim() != 3 or value.shape[0] != sum(self.initial) or value.shape[1] not in self.stages:
-            return value
-        index = self.stages[value.shape[1]].to(value.device)
-        return value.gather(1, index[..., None].expand(-1, -1, value.shape[-1]))
-
-    def layer_share(self, units: list[int]) -> list[float]:
-        """Per video, the share of its token-layers the tower computed."""
-        shares = []
-        for video, (frames, count) in enumerate(zip(self.standing, units)):
-            block = 0 if self.tokens is None else video
-            full = self.token_of[block].shape[1]
-            counts = [(layer, per_block[block]) for layer, per_block in self.counts]
-            shares.append(len(frames) / max(count, 1) * _rows_through_layers(full, counts, self.num_layers)
-                          / (self.num_layers * full))
-        return shares
 
 
 def folds_in_tower(method: Method, adapter: Adapter) -> bool:
@@ -424,7 +264,7 @@ def _after_tower(module, args, output):
     return folding.expand(output) if folding is not None and folding.merged else None
 
 
-def _rows_through_layers(initial: int, counts: list[tuple[int, int]], num_layers: int) -> int:
+def rows_through_layers(initial: int, counts: list[tuple[int, int]], num_layers: int) -> int:
     """Σ over the tower's layers of the rows (frames or tokens) each one ran on: `initial` at first, then
     `count` from the layer after each (layer, count) merge."""
     total, previous = 0, (0, initial)

@@ -347,7 +347,9 @@ class Engine:
             if not decoding and len(args) > 1 and hidden.shape[1] == group.width:  # the layer's per-token input
                 args = (args[0], group.at_slots(args[1]), *args[2:])
         if selects and mask_layer == layer_index:
-            select_visual_kv(method, adapter, state, layer_index, module, hidden, group, kwargs)
+            select_visual_kv(
+                method, adapter, state, layer_index, module, hidden, group, kwargs, self._selection_readers
+            )
         elif selects and group.kv_selection is not None:  # it reads the selected keys of the layer it shares them with
             kwargs["attention_mask"] = group.kv_selection[1]
         if not decoding and reducible:
@@ -364,6 +366,10 @@ class Engine:
     def _selects_kv(self, layer_index: int) -> bool:
         """Whether decode-time selection makes this layer (one that caches its own KV) read selected entries."""
         return layer_index >= self.method.decode_start_layer(self.spec) and layer_index in self.kv_layers
+
+    def _selection_readers(self) -> int:
+        """The decoder layers whose decoding reads the selection: those selecting, and those sharing their keys."""
+        return sum(self._selects_kv(self.adapter.kv_source(i)) for i in range(len(self.adapter.layers)))
 
     def _after_layer(self, layer_index: int, module, args, output):
         """Adds the model's per-token features after one of its first layers (DeepStack), to the tokens kept."""

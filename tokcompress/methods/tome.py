@@ -102,13 +102,11 @@ def first_copies(features: torch.Tensor, layout: VisualLayout, limit: int, toler
     if not len(cells):
         return token
     member = _runs(layout.frame[cells])  # each cell's frame, 0 … F − 1 (frames come in order)
-    lengths = torch.zeros(len(cells), dtype=torch.long, device=token.device).scatter_add_(
-        0, member, torch.ones_like(member)
-    )
+    every = torch.ones_like(cells, dtype=torch.bool)
+    lengths, rank = _ranks_in_runs(member, every)
     frames, width = torch.stack([member[-1] + 1, lengths.max()]).tolist()
-    rank = torch.arange(len(cells), device=token.device) - (torch.cumsum(lengths, 0) - lengths)[member]
-    grid = torch.full((frames, width), -1, device=token.device)
-    grid[member, rank] = cells  # (F, width): each frame's tokens in order, -1 past its end
+    grid = _padded(member, every, rank, frames, width)  # (F, width): each frame's cells in order, -1 past its end
+    grid = torch.where(grid >= 0, cells[grid.clamp_min(0)], -1)
     values = features[grid.clamp_min(0)].float()
     distance = torch.cdist(values, values, compute_mode="donot_use_mm_for_euclid_dist")  # exact on the diagonal
     close = (distance <= tolerance * values.norm(dim=-1)[:, None, :]).tril() & (grid >= 0)[:, None, :]
@@ -141,14 +139,29 @@ def _runs(values: torch.Tensor) -> torch.Tensor:
     return torch.cat([changes.new_zeros(1), changes]).cumsum(0)
 
 
+def _ranks_in_runs(members: torch.Tensor, chosen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For tokens in runs (`members`: each one's run, non-decreasing): per run, how many `chosen` tokens it holds
+    (padded to the token count), and per token, its rank among its run's chosen ones."""
+    lengths = torch.zeros_like(members).scatter_add_(0, members, chosen.long())
+    return lengths, torch.cumsum(chosen, 0) - 1 - (torch.cumsum(lengths, 0) - lengths)[members]
+
+
+def _padded(members: torch.Tensor, chosen: torch.Tensor, rank: torch.Tensor, rows: int, width: int) -> torch.Tensor:
+    """(rows, width): each run's chosen tokens (their indices) in order, -1 past its end - filled by index, no host
+    read."""
+    index = torch.full((rows, width + 1), -1, dtype=torch.long, device=members.device)  # the last: the others
+    token = torch.arange(len(members), device=members.device)
+    index[members, torch.where(chosen, rank, width)] = torch.where(chosen, token, -1)
+    return index[:, :width]
+
+
 def _split(layout: VisualLayout, alive: torch.Tensor, level: int, window: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Per surviving token (in sequence order), its window - consecutive windows, non-decreasing ids - and whether
     it is in set A, at one level of the merging schedule."""
     video, frame = layout.video[alive], layout.frame[alive]
     if level == _TEMPORAL:  # frames come in order, a video's after the previous video's
         frame_index = _runs(frame)
-        starts_video = torch.cat([video.new_ones(1, dtype=torch.bool), video[1:] != video[:-1]])
-        first_of_video = torch.cummax(torch.where(starts_video, frame_index, 0), 0).values
+        first_of_video = frame_index[torch.searchsorted(video, video)]
         rank = frame_index - first_of_video  # of each token's frame among the surviving frames of its video
         return video * (layout.frame.numel() + 1) + rank // window, rank % 2 == 0
     window_id = video if level == _SPATIAL else torch.zeros_like(video)
@@ -168,20 +181,11 @@ def match_within_windows(values: torch.Tensor, window_id: torch.Tensor, is_a: to
         empty = torch.zeros(0, dtype=torch.long, device=device)
         return empty, empty, torch.zeros(0, device=device)
     members = _runs(window_id)
-    token = torch.arange(count, device=device)
-    sides = []
-    for side in (is_a, ~is_a):
-        lengths = torch.zeros(count, dtype=torch.long, device=device).scatter_add_(0, members, side.long())
-        rank = torch.cumsum(side, 0) - 1 - (torch.cumsum(lengths, 0) - lengths)[members]  # among its window's side
-        sides.append((side, lengths, rank))
-    rows, a_width, b_width = torch.stack([members[-1] + 1, sides[0][1].max(), sides[1][1].max()]).tolist()
-    indices = []
-    for (side, lengths, rank), width in zip(sides, (max(a_width, 1), max(b_width, 1))):
-        index = torch.full((rows, width + 1), -1, dtype=torch.long, device=device)  # the last column: the other side
-        index[members, torch.where(side, rank, width)] = torch.where(side, token, -1)
-        indices.append(index[:, :width])
-    a_index, b_index = indices
-    a_lengths, b_lengths = sides[0][1][:rows], sides[1][1][:rows]
+    (a_lengths, a_rank), (b_lengths, b_rank) = _ranks_in_runs(members, is_a), _ranks_in_runs(members, ~is_a)
+    rows, a_width, b_width = torch.stack([members[-1] + 1, a_lengths.max(), b_lengths.max()]).tolist()
+    a_index = _padded(members, is_a, a_rank, rows, max(a_width, 1))
+    b_index = _padded(members, ~is_a, b_rank, rows, max(b_width, 1))
+    a_lengths, b_lengths = a_lengths[:rows], b_lengths[:rows]
     a = values[a_index.clamp_min(0)].reshape(rows, -1, dim)
     b = values[b_index.clamp_min(0)].reshape(rows, -1, dim)
     score, match = bipartite_match(a, b, a_lengths, b_lengths)
