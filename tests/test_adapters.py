@@ -72,7 +72,8 @@ def test_the_layout_is_where_the_model_placed_each_frame(family, clip):
 
 def test_the_adapters_queries_and_keys_give_the_models_own_attention_map(family, clip):
     """What query-guided methods score with - `project_queries` / `project_keys` on a layer's input, with its
-    rotary tables - reproduces the eager model's attention rows at that layer (head by head, every row)."""
+    rotary tables - reproduces the eager model's attention rows at that layer (head by head, every row);
+    `project_values` the values its cache holds."""
     model = model_for(family, "eager")
     adapter = adapter_for(model)
     index = softmax_layers(model)[1]
@@ -85,7 +86,7 @@ def test_the_adapters_queries_and_keys_give_the_models_own_attention_map(family,
     )
     try:
         with torch.no_grad():
-            output = model(**inputs_for(family, clip, "Who?"), output_attentions=True)
+            output = model(**inputs_for(family, clip, "Who?"), output_attentions=True, use_cache=True)
         attentions = dict(zip(softmax_layers(model), output.attentions))
     finally:
         hook.remove()
@@ -97,6 +98,9 @@ def test_the_adapters_queries_and_keys_give_the_models_own_attention_map(family,
     scores = queries @ keys.transpose(1, 2) / queries.shape[-1] ** 0.5
     future = torch.ones(len(hidden), len(hidden), dtype=torch.bool).triu(1)
     torch.testing.assert_close(scores.masked_fill(future, float("-inf")).softmax(-1), attentions[index][0])
+    cached = output.past_key_values.layers[index].values[0]  # a sliding layer's: its window's last tokens
+    with torch.no_grad():
+        torch.testing.assert_close(adapter.project_values(layer, hidden)[:, -cached.shape[1]:], cached)
 
 
 @pytest.mark.parametrize("method", ["framefusion", "vidtldr"])

@@ -193,7 +193,8 @@ def test_decoding_counts_the_layers_that_read_a_selection_through_shared_kv(clip
 
 def test_the_large_builds_run_every_method(clip, other_clip):
     """26B-A4B / 31B (`tiny.GEMMA4_LARGE`): global layers with their own head size, one KV head and keys as values,
-    experts, no per-layer inputs, no sharing. Scores read the global layers' own attention; ratio 1 is exact; every
+    experts, no per-layer inputs, no sharing. Scores read the global layers' own attention and values; ratio 1 is
+    exact; every
     method keeps a batch's answers those of each prompt alone."""
     model = tiny.tiny_gemma4(attn_implementation="eager", **tiny.GEMMA4_LARGE)
     adapter = adapter_for(model)
@@ -204,12 +205,14 @@ def test_the_large_builds_run_every_method(clip, other_clip):
         lambda module, args, kwargs: seen.update(kwargs, hidden=args[0]), with_kwargs=True
     )
     with torch.no_grad():
-        output = model(**single, output_attentions=True)
+        output = model(**single, output_attentions=True, use_cache=True)
     hook.remove()
     hidden, (cos, sin) = seen["hidden"][0], (table[0] for table in seen["position_embeddings"])
     with torch.no_grad():
         queries, keys = adapter.project_queries(layer, hidden, cos, sin), adapter.project_keys(layer, hidden, cos, sin)
+        values = adapter.project_values(layer, hidden)  # the keys' projection, normed without scale
     assert queries.shape[-1] == 32 and len(keys) == 1
+    torch.testing.assert_close(values, output.past_key_values.layers[1].values[0])
     scores = (queries @ keys.transpose(1, 2) / 32**0.5).masked_fill(torch.ones(len(hidden), len(hidden)).triu(1) > 0,
                                                                       float("-inf"))
     torch.testing.assert_close(scores.softmax(-1), output.attentions[1][0])

@@ -216,6 +216,16 @@ class Adapter:
         """(Hkv, n, d) rotary-embedded keys of `layer` for the (n, D) hidden states entering it."""
         return self._project(layer, layer.self_attn.k_proj, getattr(layer.self_attn, "k_norm", None), hidden, cos, sin)
 
+    def project_values(self, layer: nn.Module, hidden: torch.Tensor):
+        """(Hkv, n, d) values of `layer` for the (n, D) hidden states entering it (v_proj, or the keys' projection
+        where a layer shares it - Gemma 4's global layers -, normed per head where the model does)."""
+        attention = layer.self_attn
+        projection = attention.v_proj if getattr(attention, "v_proj", None) is not None else attention.k_proj
+        states = projection(layer.input_layernorm(hidden)).view(hidden.shape[0], -1, attention.head_dim)
+        if getattr(attention, "v_norm", None) is not None:
+            states = attention.v_norm(states)
+        return states.transpose(0, 1)
+
     def _project(self, layer, projection, head_norm, hidden, cos, sin) -> torch.Tensor:
         """Heads of a projection of the layer's normed input, normed per head where the model does (Qwen3), rotated."""
         states = projection(layer.input_layernorm(hidden)).view(hidden.shape[0], -1, layer.self_attn.head_dim)

@@ -29,6 +29,9 @@ class Qwen3_5Adapter(Qwen3VLAdapter):
     def project_keys(self, layer, hidden, cos, sin):
         return super().project_keys(self._scoring_layer[layer], hidden, cos, sin)
 
+    def project_values(self, layer, hidden):
+        return super().project_values(self._scoring_layer[layer], hidden)
+
     @functools.cached_property
     def _scoring_layer(self) -> dict[nn.Module, nn.Module]:
         """Per decoder layer, the softmax layer whose q/k score tokens there: itself, or - a linear-attention layer

@@ -216,9 +216,12 @@ def _layer_samples(method, adapter, state, layer_index, layer, hidden, group, kw
             queries = adapter.project_queries(layer, hidden[b, real], cos, sin)
             return queries, adapter.project_keys(layer, hidden[b, real], cos, sin), torch.searchsorted(real, slots)
 
+        def values(b=b, valid=valid) -> torch.Tensor:
+            return adapter.project_values(layer, hidden[b, valid.nonzero().squeeze(1)])
+
         samples.append(LayerSample(
             layer_index, hidden[b, slots], layout, budget, memory, attention_to_visual,
-            hidden[b, question_slots], question_attention, queries_and_keys,
+            hidden[b, question_slots], question_attention, queries_and_keys, values,
         ))
     return samples
 

@@ -31,6 +31,15 @@ def keep_count(ratio: float, total: int) -> int:
     return int(min(max(round(ratio * total), 0), total))
 
 
+def layer_share(num_layers: int, inner_cut: tuple[int, float] | None) -> float:
+    """The layer average of the tokens that enter the LLM when `share` of them go before layer `layer`
+    (inner_cut = (layer, share)): (layer + (L − layer) · (1 − share)) / L; 1 without a cut."""
+    if inner_cut is None or num_layers <= 1:
+        return 1.0
+    layer, share = inner_cut
+    return (layer + (num_layers - layer) * (1 - share)) / num_layers
+
+
 class PromptRefused(ValueError):
     """A method cannot compress this prompt as it stands (e.g. it reads frames as full grids and a processor thinned
     them): the message names why and the way out. Other methods may still run on it."""
@@ -212,10 +221,13 @@ class LayerBudget:
     layer: int = 0
     spent: int = 0
 
-    def tokens_before_llm(self, available: int) -> int:
+    def tokens_before_llm(self, available: int, inner_cut: tuple[int, float] | None = None) -> int:
         """round(ratio · num_visual), the count a pre-LLM reduction keeps, at most the `available` tokens (fewer
-        than num_visual when an encoder-side stage already dropped some)."""
-        return min(keep_count(self.ratio, self.num_visual), available)
+        than num_visual when an encoder-side stage already dropped some). A method that removes `share` of its
+        tokens again before LLM layer `layer` (`inner_cut`) keeps as many more as that leaves room for in the
+        layer average: round(ratio / layer_share(...) · num_visual)."""
+        share = min(self.ratio / layer_share(self.num_layers, inner_cut), 1.0)
+        return min(keep_count(share, self.num_visual), available)
 
     @property
     def remaining(self) -> float:
@@ -249,6 +261,7 @@ class LayerSample:
     # () -> (queries (Hq, m, d), keys (Hkv, m, d), visual (n,)): the layer's own rotary-embedded q/k of all m
     # tokens of the sample in sequence order, and where its visual tokens sit among them (AIM's full graph)
     queries_and_keys: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+    values: Callable[[], torch.Tensor] | None = None  # () -> (Hkv, m, d): the layer's values of those m tokens
 
 
 @dataclass
@@ -281,6 +294,11 @@ class Method:
     def compresses(self) -> bool:
         """Whether it changes anything: ratio 1 (and a method with no stage) is the identity."""
         return bool(self.stages) and self.ratio < 1
+
+    def encoder_side(self) -> Method:
+        """The method as its encoder-side stages run when they run alone (`EncoderOnly`): itself, unless what it
+        does in the tower depends on its LLM-side stages."""
+        return self
 
     def bind(self, spec: ModelSpec) -> Method:
         """The method as it runs on this model: knobs checked against it (ValueError naming the fix) and

@@ -189,6 +189,7 @@ class EncoderOnly(Method):
             )
         if self.ratio is not None:
             inner = dataclasses.replace(inner, ratio=check_ratio(self.ratio))
+        inner = inner.encoder_side()
         self.method, self.ratio = inner, inner.ratio
 
     @property

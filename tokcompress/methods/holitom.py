@@ -96,16 +96,9 @@ class HoliTom(Method):
             return self.inner_layer
         return min(max(round(PAPER_LAYER / PAPER_DEPTH * num_layers), 1), num_layers - 1)
 
-    def tokens_into_llm(self, budget: LayerBudget, available: int) -> int:
-        """The pre-LLM count whose layer average, with the inner merge's share gone from `merge_layer` on, is
-        the ratio (at most what is there)."""
-        layers, inner = budget.num_layers, self.merge_layer(budget.num_layers)
-        shrink = (inner + (layers - inner) * (1 - self.inner_merge)) / layers if layers > 1 else 1.0
-        return min(round(self.ratio * budget.num_visual / shrink), available)
-
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         saliency = tower_attention(layout, self.name)
-        count = self.tokens_into_llm(budget, layout.num_tokens)
+        count = budget.tokens_before_llm(layout.num_tokens, (self.merge_layer(budget.num_layers), self.inner_merge))
         destination, cells = merge_destinations(layout, count, features.device)
         for _, grid, quota in video_grids(layout, cells, self.name):
             self._merge_video(grid, quota, features, saliency, destination)
