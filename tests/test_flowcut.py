@@ -11,8 +11,10 @@ import tokcompress
 from tokcompress.adapters import adapter_for
 from tokcompress.engine import compat
 from tokcompress.layout import VisualLayout
-from tokcompress.methods import FlowCut, VidTLDR
-from tokcompress.methods.base import TowerTokens
+from tokcompress.methods import EncoderOnly, FlowCut, LayerBudget, VidTLDR
+from tokcompress.methods.base import LayerSample, ModelSpec, TowerTokens
+from tokcompress.methods.flowcut import instruction_flow
+from tokcompress.methods.selection import top_tokens
 from tokcompress.methods.tome import first_copies
 
 from .conftest import generate, inputs_for, model_for, video_encoder_inputs
@@ -107,15 +109,15 @@ def test_flowcut_leaves_a_batched_tower_its_own_attention_and_every_token_of_the
     model = model_for(family)
     adapter = adapter_for(model)
     tokens, masks, outputs, _ = batched_tower_pass(model, FlowCut(ratio=0.3), inputs_for(family, clip, "What?"))
-    fixed = int(adapter.tower_has_cls)
-    assert tokens[1] == fixed + round(0.3 * (tokens[0] - fixed)) and masks == [None]
+    fixed, share = int(adapter.tower_has_cls), FlowCut(ratio=0.3).bind(adapter.spec).tower_ratio
+    assert tokens[1] == fixed + round(share * (tokens[0] - fixed)) and masks == [None]
     (output,) = outputs
     assert output.shape[1] == tokens[0] and all(len(torch.unique(frame, dim=0)) == tokens[1] for frame in output)
     monkeypatch.setattr(adapter.vision_tower.config, "_attn_implementation", "flash_attention_2")
     tokcompress.patch(model, FlowCut(ratio=0.3)).unpatch()
 
 
-@pytest.mark.parametrize("method", [FlowCut(ratio=0.3), VidTLDR(ratio=0.3)])
+@pytest.mark.parametrize("method", [FlowCut(ratio=0.3, inner_prune=0.0), VidTLDR(ratio=0.3)])
 def test_the_llm_gets_distinct_tokens_where_the_tower_kept_enough(method, clip):
     """Video-LLaVA projects each tower token on its own: the tower's repeats reach the prompt as exact copies, and
     fold first, so the 89 visual tokens the budget keeps are 89 different ones (the tower kept 12 of 37 a frame)."""
@@ -187,3 +189,91 @@ def test_flowcut_leaves_a_packed_tower_its_own_attention(family, clip):
         finally:
             hook.remove()
     assert seen == [("sdpa", False)]
+
+
+# ------------------------------------------------------------------------------------- the step inside the LLM
+
+
+def published_instruction_flow(query, keys, query_value, values) -> list[float]:
+    """FlowCut's LLM-side score (its LLaVA-NeXT variant), by the steps: per query head, softmax(q · K_vis / √d)
+    against its key head; per value head, softmax(v_q · V_vis / √d); each averaged over heads and normalised to sum
+    to one; their sum times the L1 norm of the head-mean value."""
+    heads, dim = query.shape
+    kv_heads, count, _ = keys.shape
+    group = heads // kv_heads
+    relation = sum(torch.softmax(keys[h // group] @ query[h] / math.sqrt(dim), 0) for h in range(heads)) / heads
+    semantic = sum(torch.softmax(values[h] @ query_value[h] / math.sqrt(dim), 0) for h in range(kv_heads)) / kv_heads
+    return [float((relation[j] / relation.sum() + semantic[j] / semantic.sum()) * values[:, j].mean(dim=0).abs().sum())
+            for j in range(count)]
+
+
+def test_the_llm_step_scores_by_the_last_tokens_flow_and_drops_its_share_before_layer_2():
+    """Layer 1 scores with the last token's q and v (four query heads over two KV heads); before layer 2 the
+    layer budget's tokens stay - the best by that score, in order - and the rest are dropped."""
+    count, sequence = 12, 16
+    queries, keys, values = (features(heads, sequence, 8, seed=seed) for heads, seed in ((4, 1), (2, 2), (2, 3)))
+    visual = torch.arange(2, 2 + count)
+    method = FlowCut(ratio=0.5)
+    layout = VisualLayout.from_videos([0], [(2, 2, 3)])
+    memory = {}
+    scoring = LayerSample(1, features(count, 8, seed=4), layout, LayerBudget(0.5, count, 8, 1, 2 * count), memory,
+                          lambda q: None, queries_and_keys=lambda: (queries, keys, visual), values=lambda: values)
+    assert method.reduce_in_llm(scoring) is None and not method.in_llm_finished(scoring)
+    flow = published_instruction_flow(queries[:, -1], keys[:, visual], values[:, -1], values[:, visual])
+    torch.testing.assert_close(memory["flow"], torch.tensor(flow))
+    budget = LayerBudget(0.5, count, 8, 2, 2 * count)
+    pruning = LayerSample(2, features(count, 8, seed=5), layout, budget, memory, lambda q: None)
+    reduction = method.reduce_in_llm(pruning)
+    keep = budget.tokens_per_layer()
+    assert keep == 4 and reduction.keep.tolist() == sorted(sorted(range(count), key=lambda j: -flow[j])[:keep])
+    assert reduction.merge_into is None and method.in_llm_finished(pruning)
+
+
+def test_the_visual_token_the_last_token_looks_at_with_a_large_value_survives_the_llm_step():
+    queries, keys, values = features(2, 14, 4, seed=6), features(2, 14, 4, seed=7), features(2, 14, 4, seed=8)
+    keys[:, 7] = queries[:, -1] * 3  # visual token 4 (at 7) answers the last token's query
+    values[:, 7] *= 2
+    score = instruction_flow(queries[:, -1], keys[:, 3:13], values[:, -1], values[:, 3:13])
+    assert top_tokens(score, 2).tolist().count(4) == 1
+
+
+def test_flowcut_bound_to_a_model_gives_the_tower_and_the_llm_the_counts_the_layer_average_allows():
+    """On a 28-layer LLM at 0.3: 0.56 of the tokens enter it, half of them stay from layer 2 on - a layer average
+    of 0.3 - and the tower keeps that 0.56 of each frame; without the LLM step the tower and the LLM get the
+    ratio."""
+    spec = ModelSpec("llava_onevision", 28)
+    bound = FlowCut(ratio=0.3).bind(spec)
+    assert bound.inner_layer == 2 and bound.tower_ratio == pytest.approx(0.3 * 28 / (2 + 26 * 0.5))
+    budget = LayerBudget(0.3, 1000, 28)
+    entering = bound.tokens_into_llm(budget, 1000)
+    assert entering == 560
+    assert abs((2 * entering + 26 * round(entering / 2)) / 28 - 300) < 1
+    plain = FlowCut(ratio=0.3, inner_prune=0.0).bind(spec)
+    assert plain.tower_ratio == pytest.approx(0.3) and plain.tokens_into_llm(budget, 1000) == 300
+    assert FlowCut(ratio=0.3, tower_ratio=0.2).bind(spec).tower_ratio == 0.2
+    assert EncoderOnly(FlowCut(ratio=0.3)).bind(spec).method.tower_ratio == 0.3  # alone in the tower: its own ratio
+    assert FlowCut().bind(ModelSpec("tiny", 2)).inner_layer == 1
+    with pytest.raises(ValueError, match="inner_layer=28"):
+        FlowCut(inner_layer=28).bind(spec)
+    with pytest.raises(ValueError, match="inner_prune"):
+        FlowCut(inner_prune=1.0)
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "gemma4"])
+def test_the_llm_step_drops_visual_tokens_before_layer_2_and_meets_the_ratio(family, clip):
+    model = model_for(family)
+    adapter = adapter_for(model)
+    inputs = inputs_for(family, clip, "What is moving?")
+    seen = []
+    with tokcompress.compress(model, FlowCut(ratio=0.3)) as handle:
+        hooks = [layer.register_forward_pre_hook(lambda m, args, kwargs: seen.append(
+            (args[0] if args else kwargs["hidden_states"]).shape[1]), with_kwargs=True) for layer in adapter.layers[:3]]
+        try:
+            with torch.no_grad():
+                model(**inputs)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        (sample,) = handle.stats.samples
+    assert seen[0] == seen[1] > seen[2]
+    assert abs(sample.achieved_ratio - 0.3) * sample.visual_in < 1

@@ -3,14 +3,31 @@ information flows to each token."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 
 import torch
 
 from ..ops import global_query_attention
-from .base import IN_ENCODER, PRE_LLM, TokenFolding, TowerTokens, check_interval
+from .base import (
+    IN_ENCODER,
+    IN_LLM,
+    PRE_LLM,
+    LayerBudget,
+    LayerSample,
+    ModelSpec,
+    TokenFolding,
+    TokenReduction,
+    TowerTokens,
+    check_int,
+    check_interval,
+    layer_share,
+)
+from .selection import top_tokens
 from .tome import ToMeAfterTower
+
+PAPER_INNER_LAYER = 2  # the LLaVA-NeXT and Qwen variants prune after LLM layer 1
 
 
 @dataclass
@@ -24,10 +41,18 @@ class FlowCut(ToMeAfterTower):
     pruning layer drops (n − T) / √r of the n tokens left, T = round(tower_ratio · the frame's tokens); the last
     one leaves T exactly. The tower's output is expanded back to the full grid (each dropped token reads its most
     similar kept one, cosine of the layer's output, and adds no weight to it), so the model's own pooling and
-    merger run unchanged; before the LLM each frame's repeats fold first, then `tome` meets the budget.
+    merger run unchanged; before the LLM each frame's repeats fold first, then `tome` meets the count. Inside the
+    LLM (its LLaVA-NeXT and Qwen variants), layer `inner_layer` − 1 scores the visual tokens by the last token's
+    flow - its share of softmax(q · k_j / √d) plus its share of softmax(v · v_j / √d), head means, times
+    ‖mean over heads of v_j‖₁, from that layer's own projections - and the `inner_prune` share of them with the
+    lowest scores is dropped before layer `inner_layer`. The count before the LLM is what that leaves room for in
+    the layer average.
 
-    ratio: 0.3; tower_ratio: the share of each frame's tower tokens left after the last pruning layer (None: ratio);
-    window, proportional_attention (default off: a dropped token carries no weight): as `tome`.
+    ratio: 0.3; tower_ratio: the share of each frame's tower tokens left after the last pruning layer (None: the
+    share the LLM gets before its inner step; the ratio when inner_prune is 0 or as `flowcut@encoder`);
+    inner_layer: 2 (after layer 1, as published; the last layer on shallower models); inner_prune: 0.5 (the Qwen
+    variant's tower keeps twice the final count; 0 turns the step off); window, proportional_attention (default
+    off: a dropped token carries no weight): as `tome`.
 
     Departures:
     - The paper scales every step by (1 − e²), e the normalised entropy of the global query's attention, and takes
@@ -41,23 +66,54 @@ class FlowCut(ToMeAfterTower):
       Qwen-VL family) take the Qwen variant's score (relation × ‖v‖₁); in Qwen2.5-VL's windowed layers the global
       query still looks at its whole frame unit.
     - The paper hands the LLM the survivors (LLaVA-1.5) or concatenates any four of them (the Qwen variant's
-      merger); here the tower's output keeps its grid (above) and `tome` meets the LLM budget. The LLM-side step of
-      its LLaVA-NeXT and Qwen variants (after LLM layer 1, scored by the last instruction token) is not included.
+      merger); here the tower's output keeps its grid (above) and `tome` meets the count before the LLM.
+    - The LLM step adds the normalised relation and semantic shares as the LLaVA-NeXT variant does (the Qwen
+      variant adds the raw ones); counts follow the layer-averaged `ratio`, not a fixed target_num.
     - InternVL's tower encodes before the prompt is read, and SmolVLM's and Gemma 4's encode each frame without
-      folding: there only `tome`'s stage runs.
+      folding: there only `tome`'s stage and the LLM step run.
     """
 
     ratio: float = 0.3
     tower_ratio: float | None = None
+    inner_layer: int | None = None
+    inner_prune: float = 0.5
     proportional_attention: bool = False
 
     name = "flowcut"
-    stages = (IN_ENCODER, PRE_LLM)
+    stages = (IN_ENCODER, PRE_LLM, IN_LLM)
     in_encoder_unit = "token"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_interval("flowcut", "tower_ratio", self.tower_ratio, "(0, 1]", optional=True)
+        check_int("flowcut", "inner_layer", self.inner_layer, 1, optional=True)
+        check_interval("flowcut", "inner_prune", self.inner_prune, "[0, 1)")
+
+    def encoder_side(self) -> FlowCut:
+        """Alone in the tower its frames keep `tower_ratio`, else the ratio: no LLM step to leave room for."""
+        return dataclasses.replace(self, inner_prune=0.0)
+
+    def bind(self, spec: ModelSpec) -> FlowCut:
+        if self.inner_layer is not None and self.inner_layer >= spec.num_layers:
+            raise ValueError(
+                f"flowcut inner_layer={self.inner_layer} but the model has {spec.num_layers} layers; pass a smaller one"
+            )
+        tower_ratio = self.tower_ratio
+        if tower_ratio is None:
+            tower_ratio = min(self.ratio / layer_share(spec.num_layers, self._inner_cut(spec.num_layers)), 1.0)
+        return dataclasses.replace(self, tower_ratio=tower_ratio, inner_layer=self.llm_layer(spec.num_layers))
+
+    def llm_layer(self, num_layers: int) -> int:
+        """The LLM layer before which its inner step prunes: `inner_layer`, or 2 (the last one on shallower models)."""
+        if self.inner_layer is not None:
+            return self.inner_layer
+        return max(min(PAPER_INNER_LAYER, num_layers - 1), 1)
+
+    def _inner_cut(self, num_layers: int) -> tuple[int, float] | None:
+        return (self.llm_layer(num_layers), self.inner_prune) if self.inner_prune else None
+
+    def tokens_into_llm(self, budget: LayerBudget, available: int) -> int:
+        return budget.tokens_before_llm(available, self._inner_cut(budget.num_layers))
 
     def folds_with_mass(self) -> bool:
         return False
@@ -94,6 +150,41 @@ class FlowCut(ToMeAfterTower):
         similarity[..., :fixed] = -torch.inf  # a dropped token never reads the CLS
         merge_into = (torch.cumsum(is_kept, dim=1) - 1).scatter_(1, dropped, similarity.argmax(dim=-1))
         return TokenFolding(keep, merge_into, is_kept.float(), carry=flow.gather(1, keep))
+
+
+    def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
+        layer = self.llm_layer(sample.budget.num_layers)
+        if self.inner_prune and sample.layer == max(layer - 1, 0):  # the layer before scores, as published
+            queries, keys, visual = sample.queries_and_keys()
+            values = sample.values()
+            sample.memory["flow"] = instruction_flow(queries[:, -1], keys[:, visual], values[:, -1], values[:, visual])
+        if not self.inner_prune or sample.layer != layer:
+            return None
+        flow = sample.memory.pop("flow")
+        count = sample.features.shape[0]
+        keep = min(sample.budget.tokens_per_layer(), count)
+        return TokenReduction.prune(top_tokens(flow, keep)) if keep < count else None
+
+    def in_llm_finished(self, sample: LayerSample) -> bool:
+        return not self.inner_prune or sample.layer >= self.llm_layer(sample.budget.num_layers)
+
+
+def instruction_flow(
+    query: torch.Tensor, keys: torch.Tensor, query_value: torch.Tensor, values: torch.Tensor
+) -> torch.Tensor:
+    """FlowCut's LLM-side score of each visual token: its share of the last token's attention over the visual
+    tokens, softmax(q · k_j / √d), plus its share of softmax(v · v_j / √d) - each a head mean - times ‖mean over
+    heads of v_j‖₁.
+
+    query: (Hq, d); keys: (Hkv, n, d); query_value: (Hkv, d); values: (Hkv, n, d), grouped-query aware → (n,) fp32.
+    """
+    keys = keys.repeat_interleave(query.shape[0] // keys.shape[0], dim=0)
+    relation = global_query_attention(query[None, :, None], keys[None], from_first=True)[0]
+    values = values.float()
+    semantic = (query_value.float()[:, None] @ values.transpose(-1, -2) * values.shape[-1] ** -0.5).softmax(dim=-1)
+    semantic = semantic[:, 0].mean(dim=0)
+    share = relation / relation.sum().clamp_min(1e-30) + semantic / semantic.sum().clamp_min(1e-30)
+    return share * values.mean(dim=0).abs().sum(dim=-1)
 
 
 def information_flow(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, fixed: int) -> torch.Tensor:

@@ -51,8 +51,12 @@ class ToMe(Method):
     def uses_proportional_attention(self) -> bool:
         return self.proportional_attention
 
+    def tokens_into_llm(self, budget: LayerBudget, available: int) -> int:
+        """How many of the `available` tokens its rounds leave (a method adding a step inside the LLM leaves more)."""
+        return budget.tokens_before_llm(available)
+
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
-        count = budget.tokens_before_llm(layout.num_tokens)
+        count = self.tokens_into_llm(budget, layout.num_tokens)
         separators = layout.is_separator
         cells = (~separators).nonzero().squeeze(1)  # sorted original indices of the cell tokens
         target = max(count - (layout.num_tokens - cells.numel()), 0)
@@ -88,7 +92,7 @@ class ToMeAfterTower(ToMe):
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
         count = layout.num_tokens
         repeats = TokenReduction.from_destinations(
-            first_copies(features, layout, count - budget.tokens_before_llm(count))
+            first_copies(features, layout, count - self.tokens_into_llm(budget, count))
         )
         rest = super().reduce_pre_llm(features[repeats.keep], layout.select(repeats.keep), budget)
         return repeats.then(rest, count)
