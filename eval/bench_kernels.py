@@ -22,11 +22,17 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-from tokcompress.kernels import attention as attention_kernel  # noqa: E402
-from tokcompress.kernels import matching as matching_kernel  # noqa: E402
-from tokcompress.kernels import merge as merge_kernel  # noqa: E402
-from tokcompress.kernels import similarity as similarity_kernel  # noqa: E402
 from tokcompress.ops import attention, matching, merge, similarity  # noqa: E402
+
+try:
+    from tokcompress.kernels import attention as attention_kernel
+    from tokcompress.kernels import matching as matching_kernel
+    from tokcompress.kernels import merge as merge_kernel
+    from tokcompress.kernels import similarity as similarity_kernel
+except ImportError as error:  # no triton: --help still works, and a run says what to install
+    MISSING_KERNELS = error
+else:
+    MISSING_KERNELS = None
 
 RESULTS = Path(__file__).parent / "results"
 TOKENS_PER_FRAME = 196
@@ -119,6 +125,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="on a GPU (the CPU smoke run is float32)")
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
+    if MISSING_KERNELS is not None:
+        parser.error(f"the kernels need triton ({MISSING_KERNELS}): pip install -c constraints.txt -e '.[kernels]'")
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu" and not args.smoke:  # the full sizes through TRITON_INTERPRET would take hours
         parser.error("without a GPU only --smoke runs (the kernels go through the Triton interpreter)")

@@ -13,7 +13,7 @@ from tokcompress import tiny
 from tokcompress.video import read_frames, sample_clip
 
 parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-parser.add_argument("--model", help="a checkpoint (LLaVA-OneVision, Qwen2-VL, Qwen2.5-VL); default: tiny")
+parser.add_argument("--model", help="a checkpoint of a supported family (tokcompress.list_models()); default: tiny")
 parser.add_argument("--video", default=str(sample_clip("bikes.mp4")))
 parser.add_argument("--question", default="What is happening in this video?")
 parser.add_argument("--method", default="framefusion")

@@ -8,10 +8,6 @@ import torch
 
 import tokcompress
 from tokcompress import tiny
-from tokcompress.engine.compat import (  # `cache=` from transformers 5.24, `past_key_values=` before
-    CACHE_KEYWORD,
-    output_cache,
-)
 from tokcompress.video import read_frames, sample_clip
 
 model = tiny.tiny_llava_onevision()
@@ -22,11 +18,12 @@ with tokcompress.compress(model, "fastv", ratio=0.3) as handle, torch.no_grad():
     print("turn 1:", tiny.decode(first.sequences[0, inputs["input_ids"].shape[1] :].tolist()))
     print("       ", handle.stats, f"- {handle.stats.decode_steps} decoding steps")
 
+    cache = "cache" if "cache" in first else "past_key_values"  # its name from transformers 5.24 on, and before
     follow_up = torch.tensor([tiny.text_ids("\nuser: and then?\nassistant:")])
     conversation = torch.cat([first.sequences, follow_up], dim=1)
     second = model.generate(
         input_ids=conversation, attention_mask=torch.ones_like(conversation), max_new_tokens=8, do_sample=False,
-        return_dict_in_generate=True, **{CACHE_KEYWORD: output_cache(first)},
+        return_dict_in_generate=True, **{cache: first[cache]},
     )
     print("turn 2:", tiny.decode(second.sequences[0, conversation.shape[1] :].tolist()))
     print("       ", handle.stats, f"- {handle.stats.decode_steps} decoding steps")  # one generation: they go on

@@ -28,6 +28,14 @@ def test_the_readme_describes_every_method_and_model_family():
     assert [family for family in tokcompress.list_models() if f"`{family}`" not in readme] == []
 
 
+def test_the_readmes_tiny_model_snippet_runs_as_written():
+    readme = (EXAMPLES.parent / "README.md").read_text()
+    snippet = next(block for block in readme.split("```python\n")[1:] if "tiny.video_inputs" in block)
+    result = run("-c", snippet.split("```")[0])
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "framefusion @ ratio 0.3: visual tokens 73 -> 22 per layer on average" in result.stdout
+
+
 def test_every_example_is_run_here():
     assert {path.stem for path in EXAMPLES.glob("*.py")} == set(EXAMPLE_RUNS) | {"lmms_eval_plugin"}
 
@@ -138,6 +146,7 @@ def test_run_documents_itself_and_fails_with_exit_codes_a_script_can_use(tmp_pat
     (["run", "--frames", "-3"], "must be at least 1, got -3"),
     (["run", "--repeats", "0"], "must be at least 1, got 0"),
     (["run", "--max-new-tokens", "0"], "must be at least 1, got 0"),
+    (["run", "--knob", "layer"], "a knob is NAME=VALUE (e.g. layer=3), got 'layer'"),
 ])
 def test_bad_numbers_on_the_command_line_are_usage_errors(argv, message, capsys):
     from tokcompress.cli import main
@@ -145,6 +154,16 @@ def test_bad_numbers_on_the_command_line_are_usage_errors(argv, message, capsys)
     with pytest.raises(SystemExit) as done:
         main(argv)
     assert done.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_run_takes_the_methods_knobs(capsys):
+    from tokcompress.cli import main
+
+    common = ["run", "--frames", "4", "--max-new-tokens", "1", "--method", "fastv", "--ratio", "0.5"]
+    assert main([*common, "--knob", "layer=1", "--knob", "scoring=same_layer"]) == 0
+    assert "visual tokens 197 -> 98 per layer on average (84 at the last)" in capsys.readouterr().out  # from layer 1
+    assert main([*common, "--knob", "lay=1"]) == 2
+    assert "fastv has no knob 'lay'; its knobs: layer, num_queries, scoring" in capsys.readouterr().err
 
 
 def test_bad_names_and_files_fail_before_any_work_with_their_exit_codes(tmp_path, capsys):
@@ -176,6 +195,18 @@ def test_demo_warns_when_a_busy_machine_moved_the_timings(monkeypatch, capsys):
     monkeypatch.setattr(cli, "run_times_ms", lambda function, repeats, device: function() and [10.0, 30.0, 12.0])
     assert cli.main(steady) == 0
     assert "warning: a method's prefill runs differed by 167% of their median" in capsys.readouterr().out
+
+
+def test_demo_measures_every_speed_up_against_none_which_runs_first(monkeypatch, capsys):
+    from tokcompress import cli
+
+    times = iter([[20.0], [10.0], [40.0]])  # none, then the methods in the order given
+    monkeypatch.setattr(cli, "run_times_ms", lambda function, repeats, device: function() and next(times))
+    assert cli.main(["demo", "--frames", "4", "--methods", "fastv,none,uniform", "--repeats", "1",
+                     "--max-new-tokens", "1"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith(("none", "fastv", "uniform"))]
+    assert [row.split()[0] for row in rows] == ["none", "fastv", "uniform"]
+    assert [row.split("x")[0].split()[-1] for row in rows] == ["1.00", "2.00", "0.50"]
 
 
 def test_demo_shows_medians_beside_the_ideal_and_both_token_columns():

@@ -11,6 +11,7 @@ processors need torchvision).
 from __future__ import annotations
 
 import argparse
+import ast
 import statistics
 import sys
 from pathlib import Path
@@ -69,6 +70,17 @@ def positive(text: str) -> int:
     return value
 
 
+def knob(text: str) -> tuple[str, object]:
+    """argparse type: NAME=VALUE, the value read as a Python literal (3, 0.5, True, None, 'x') or else as text."""
+    name, equals, value = text.partition("=")
+    if not equals or not name.isidentifier():
+        raise argparse.ArgumentTypeError(f"a knob is NAME=VALUE (e.g. layer=3), got {text!r}")
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name, value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tokcompress", description=__doc__, epilog=EPILOG,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -82,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--ratio", type=ratio, default=0.3, help="retained fraction every method is asked for")
     every = ",".join(["none", *(m for m in tokcompress.list_methods() if m != "none")])
     demo.add_argument("--methods", default=every,
-                      help="comma-separated (default: every registered method); a composition: framededup+fastv")
+                      help="comma-separated (default: every registered method; `none`, the baseline, always runs "
+                           "first); a composition: framededup+fastv")
     demo.add_argument("--max-new-tokens", type=positive, default=12, help="tokens generated per method")
     demo.add_argument("--repeats", type=positive, default=3, help="timed runs per method after a warm-up (median)")
     run = commands.add_parser(
@@ -94,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                      help=f"one of: {', '.join(tokcompress.list_methods())}; or a composition (framededup+framefusion, "
                           "earlytom@encoder+fastv)")
     run.add_argument("--ratio", type=ratio, default=None, help="retained fraction (default: the method's own)")
+    run.add_argument("--knob", type=knob, action="append", default=[], metavar="NAME=VALUE",
+                     help="one of the method's settings, e.g. --knob layer=3 (repeatable; its docstring lists them)")
     run.add_argument("--max-new-tokens", type=positive, default=32, help="tokens generated")
     run.add_argument("--repeats", type=positive, default=1, help="timed runs after a warm-up (median)")
     run.add_argument("--compare", action="store_true", help="also run `none` on the same inputs and show the speed-up")
@@ -121,6 +136,7 @@ def _add_common(command: argparse.ArgumentParser, clip_flag: str) -> None:
 
 def run_demo(args: argparse.Namespace) -> None:
     names = [_method(name.strip(), args.ratio) for name in args.methods.split(",")]  # all checked before any work
+    names = ["none", *(name for name in names if name != "none")]  # first: the speed-ups' baseline
     model, inputs, decode, path = load(args)
     print(f"clip: {path} ({args.frames} frames), question: {args.question!r}, ratio {args.ratio}\n")
     rows, baseline, widest, refused = [], None, 0.0, {}
@@ -135,7 +151,7 @@ def run_demo(args: argparse.Namespace) -> None:
             refused[name] = str(error)
             rows.append((name, "refused (below)", *[""] * 8))
             continue
-        baseline = baseline or prefill
+        baseline = prefill if name == "none" else baseline
         ideal = median_ms(ideal_prefill(model, inputs, *_kept(stats)), args.repeats, model.device.type)
         text = decode(out[0, inputs["input_ids"].shape[1] :].tolist())
         visual_in = stats.visual_in
@@ -147,7 +163,8 @@ def run_demo(args: argparse.Namespace) -> None:
               "speed-up", "vs ideal", "generated text")
     print_table(header, rows)
     print(f"\nprefill: median of {args.repeats} runs after a warm-up; ideal: the same model fed only the kept tokens; "
-          "tower: the share of the vision tower's frame- (or token-) layers computed; speed-up: against `none`; "
+          "tower: the share of the vision tower's layers' rows computed (frames or tokens folded inside it skip "
+          "its later layers); speed-up: against `none`; "
           "vs ideal: measured / ideal (1.00x = no overhead)")
     for name, reason in refused.items():
         print(f"\n{name} refused this prompt: {reason}")
@@ -157,14 +174,15 @@ def run_demo(args: argparse.Namespace) -> None:
 
 
 def run_one(args: argparse.Namespace) -> None:
-    method = _method(args.method, args.ratio)
+    knobs = dict(args.knob)
+    method = _method(args.method, args.ratio, knobs)
     if method == "none" and args.ratio is not None:
         raise CommandError("usage", "none compresses nothing and takes no --ratio; name a method to compress")
     model, inputs, decode, path = load(args)
     print(f"video: {path} ({args.frames} frames), question: {args.question!r}\n")
     results = {}
     for name in (["none"] if args.compare else []) + [method]:
-        with _patched(model, name, args.ratio) as handle:
+        with _patched(model, name, args.ratio, knobs if name == method else {}) as handle:
             try:
                 out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
             except PromptRefused as error:  # e.g. frames a processor thinned
@@ -175,10 +193,6 @@ def run_one(args: argparse.Namespace) -> None:
         results[name] = timing
         print(f"[{stats.method} @ ratio {stats.ratio:g}] {answer}")
         print(f"  {stats}")
-        if stats.samples:
-            print(f"  visual tokens: {stats.visual_in} in, {round(stats.achieved_ratio * stats.visual_in)} per layer on "
-                  f"average, {stats.visual_out} at the last layer; vision tower computed "
-                  f"{_kept(stats)[1]:.0%} of its frame- (or token-) layers")
         print(f"  time to first token {timing['prefill_ms']:.1f} ms, decode {timing['decode_ms_per_token']:.1f} ms/token, "
               f"total {timing['end_to_end_ms']:.1f} ms (median of {args.repeats} after a warm-up)\n")
     if args.compare:
@@ -187,11 +201,11 @@ def run_one(args: argparse.Namespace) -> None:
         print(f"{method} vs none: {verdict} to the first token")
 
 
-def _patched(model, name: str, ratio: float | None):
+def _patched(model, name: str, ratio: float | None, knobs: dict | None = None):
     """The model patched with a method, as a context; a CommandError where the method refuses the model itself
     (e.g. a composition whose stages cannot work together on its tower)."""
     try:
-        return tokcompress.patch(model, name, ratio=None if name == "none" else ratio)
+        return tokcompress.patch(model, name, ratio=None if name == "none" else ratio, **(knobs or {}))
     except ValueError as error:
         raise CommandError("usage", f"{name}: {error}") from error
 
@@ -263,11 +277,11 @@ def load_checkpoint(path: str):
     return model.eval(), processor
 
 
-def _method(name: str, ratio: float | None = None) -> str:
+def _method(name: str, ratio: float | None = None, knobs: dict | None = None) -> str:
     """A registered method's name, or a composition spelt as its stats name it ("framededup+framefusion"),
-    checked with the ratio it will run at."""
+    checked with the ratio and knobs it will run with."""
     try:
-        build_method(name, None if name == "none" else ratio)
+        build_method(name, None if name == "none" else ratio, **(knobs or {}))
     except (TypeError, ValueError) as error:
         raise CommandError("usage", str(error)) from error
     return name
