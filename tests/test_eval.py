@@ -78,6 +78,22 @@ def test_the_ideal_is_the_models_own_forward_and_generate_on_text_plus_the_kept_
         assert generated.shape[1] == text + 7 + 2  # the ideal prompt (given as ids, as the measured run's) and two
 
 
+def test_the_ideal_keeps_the_token_types_a_model_builds_its_vision_blocks_from(clip):
+    """Gemma 4 builds its two-way frame blocks from `mm_token_type_ids` (a cost of its own forward): the ideal's
+    text and kept visual tokens carry the prompt's types, so with every token kept it is the prompt's typing."""
+    from tokcompress.adapters import adapter_for
+    from tokcompress.ideal import ideal_inputs
+
+    model = model_for("gemma4")
+    inputs = inputs_for("gemma4", clip, "What is happening?")
+    visual = int((inputs["input_ids"] == adapter_for(model).video_token_id).sum())
+    assert torch.equal(ideal_inputs(model, inputs, visual)[1]["mm_token_type_ids"], inputs["mm_token_type_ids"])
+    types = ideal_inputs(model, inputs, 7)[1]["mm_token_type_ids"]
+    assert types.shape[1] == inputs["input_ids"].shape[1] - visual + 7 and int((types > 0).sum()) == 7
+    assert "mm_token_type_ids" not in ideal_inputs(model_for("llava_onevision"), inputs_for(
+        "llava_onevision", clip, "What?"), 7)[1]
+
+
 @pytest.mark.parametrize("config", sorted((EVAL / "sweeps").glob("*.yaml")), ids=lambda path: path.stem)
 def test_every_sweep_runs_every_method_with_knobs_it_takes(config):
     """The accuracy sweeps name every registered method, each with knobs it accepts, at each of their ratios."""

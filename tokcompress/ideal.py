@@ -3,8 +3,9 @@
 Its vision tower encodes the share of the clip the method encoded, and the model's own forward (or
 `generate`) runs, with no hooks, on the prompt's text plus as many visual tokens as the method kept
 (layer-averaged), as text tokens (the same sequence an embedding of them would be; Gemma 4's `generate` takes
-no embeddings). Timed on the path the measured run takes, `measured − ideal` is
-what compression itself and its plumbing cost.
+no embeddings) - typed as the prompt's where the model builds its own masks from the token types (Gemma 4's
+vision blocks). Timed on the path the measured run takes, `measured − ideal` is what compression itself and its
+plumbing cost.
 """
 
 from __future__ import annotations
@@ -23,9 +24,13 @@ def ideal_inputs(model, inputs: dict, visual_kept: int, encoded: float = 1.0) ->
     adapter, video = adapter_for(model), encoded_share(inputs, encoded)
     tower = adapter.multimodal_model
     encode = tower.get_video_features if "pixel_values_videos" in video else tower.get_image_features
-    text = int((inputs["input_ids"] != adapter.video_token_id).sum())
-    ids = inputs["input_ids"][:, :1].expand(1, text + visual_kept)  # text ids: no visual placeholder to fill
-    return (lambda: encode(**video)), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    visual = inputs["input_ids"][0] == adapter.video_token_id
+    ids = inputs["input_ids"][:, :1].expand(1, int((~visual).sum()) + visual_kept)  # text ids: nothing to fill
+    ideal = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    if adapter.attention_blocks(inputs) is not None:  # the model builds its vision blocks' masks itself (Gemma 4)
+        kept = ~visual | (torch.cumsum(visual, 0) <= visual_kept)  # the text, and the first kept visual tokens
+        ideal["mm_token_type_ids"] = inputs["mm_token_type_ids"][:1, kept]
+    return (lambda: encode(**video)), ideal
 
 
 def ideal_prefill(model, inputs: dict, visual_kept: int, encoded: float = 1.0) -> Callable[[], Any]:
