@@ -116,6 +116,9 @@ def test_register_method_makes_a_custom_method_available(clip):
     try:
         with pytest.raises(ValueError, match="already registered"):
             tokcompress.register_method(KeepFirst, name="fastv")
+        for spelt_as_a_composition in ("keep+first", "keep_first@encoder"):
+            with pytest.raises(ValueError, match="cannot hold"):
+                tokcompress.register_method(KeepFirst, name=spelt_as_a_composition)
         model = model_for("qwen2_5_vl")
         with tokcompress.compress(model, "keep_first_test", ratio=0.25) as handle:
             logits(model, inputs_for("qwen2_5_vl", clip, "Q?"))
@@ -249,3 +252,12 @@ def test_an_unpatched_handle_refuses_a_new_ratio():
     handle.unpatch()
     with pytest.raises(RuntimeError, match="unpatched"):
         handle.ratio = 0.3
+    first = tokcompress.patch(model_for("llava_onevision"), "fastv", ratio=0.5)
+    with tokcompress.patch(model_for("llava_onevision"), "tome", ratio=0.5):
+        with pytest.raises(RuntimeError, match=r"replaced by a later one \(tome\)"):
+            first.ratio = 0.3
+
+
+def test_videos_of_different_lengths_in_one_frame_batch_are_refused_with_the_families_that_pack_them(clip):
+    with pytest.raises(ValueError, match=r"need the same frame count \(got \[8, 4\]\).*qwen2_5_vl"):
+        inputs_for("llava_onevision", [clip, clip[:4]], ["What?", "Who?"])

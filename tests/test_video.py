@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from tokcompress.video import read_frames, sample_clip
@@ -36,9 +37,10 @@ def test_resizing_while_decoding_equals_resizing_afterwards():
     assert torch.equal(read_frames(path, 12, size=(56, 70)), resized)
 
 
-def test_asking_for_more_frames_than_the_clip_has_repeats_frames():
+def test_asking_for_more_frames_than_the_clip_has_repeats_frames_and_says_so():
     path = sample_clip("carphone_pristine.mp4")  # 120 frames
-    frames = read_frames(path, 200, size=(36, 44))
+    with pytest.warns(UserWarning, match="has 120 frames, so 80 of the 200 asked for repeat others"):
+        frames = read_frames(path, 200, size=(36, 44))
     indices = torch.linspace(0, 119, 200).round().long()
     assert frames.shape == (200, 36, 44, 3)
     repeated = (indices[1:] == indices[:-1]).nonzero().squeeze(1)

@@ -39,6 +39,12 @@ class CompressionHandle:
     @ratio.setter
     def ratio(self, value: float) -> None:
         if not self.patched:
+            current = getattr(self.model, HANDLE_ATTRIBUTE, None)
+            if current is not None:
+                raise RuntimeError(
+                    f"this handle's patch was replaced by a later one ({current.method.name}), so its ratio no longer "
+                    "applies; set the ratio on the handle the last patch returned"
+                )
             raise RuntimeError("this handle was unpatched, so its ratio no longer applies; patch the model again")
         method = dataclasses.replace(self._engine.method, ratio=check_ratio(value))
         self._engine.method = method.bind(self._engine.spec)

@@ -107,6 +107,7 @@ class CompressionStats:
     finished: bool = False  # prefill done
     rows_per_sample: int = 1
     layer_positions: list[tuple[int, torch.Tensor]] = field(default_factory=list, repr=False)
+    num_layers: int = 0  # the decoder's layers (known once a prefill went through the patched model)
     compression_time: Timer = field(default_factory=lambda: Timer(), repr=False)
     encoder_time: Timer = field(default_factory=lambda: Timer(), repr=False)
 
@@ -138,6 +139,8 @@ class CompressionStats:
         the caller's sequence; None when no forward compressed anything (a layer before the first reduction
         maps each position to itself).
         """
+        if self.num_layers and not 0 <= layer < self.num_layers:
+            raise IndexError(f"layer {layer} is out of range: the model has decoder layers 0 … {self.num_layers - 1}")
         return next((origin for start, origin in reversed(self.layer_positions) if start <= layer), None)
 
     @property

@@ -75,6 +75,12 @@ def frame_batch_inputs(model, frames: torch.Tensor | list[torch.Tensor], questio
     """Model inputs for one video per prompt; all videos of a batch have the same frame count (as in HF)."""
     frames = [frames] if isinstance(frames, torch.Tensor) else frames
     questions = [questions] * len(frames) if isinstance(questions, str) else questions
+    if len({len(clip) for clip in frames}) > 1:
+        raise ValueError(
+            f"{model.config.model_type} takes a batch of videos as one (videos, frames, ...) tensor, so its videos "
+            f"need the same frame count (got {[len(clip) for clip in frames]}): sample each clip to one count, or "
+            "use a family that packs videos (qwen2_5_vl, qwen3_vl, glm4v, ...)"
+        )
     rows, pixels = [], []
     for clip, question in zip(frames, questions):
         placeholders, clip_pixels = frame_batch_video(model.config, clip)

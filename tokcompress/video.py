@@ -7,6 +7,7 @@ The HF video processors need torchvision; where it is missing (CPU machines here
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from pathlib import Path
 
 import torch
@@ -30,6 +31,7 @@ def sample_clip(name: str = "bikes.mp4") -> Path:
 
 CHUNK = 8
 """Frames decoded or converted at a time: a long clip never sits in memory at full resolution or in float."""
+PROGRESS_FROM = 64  # frames: a shorter clip decodes in a moment, without a progress bar
 
 
 def read_frames(
@@ -39,17 +41,23 @@ def read_frames(
 
     size: (height, width) to resize to while decoding, a chunk of frames at a time (antialiased bilinear on
     uint8, as HF's processors resize), so a 1,024-frame clip needs a few hundred MB instead of gigabytes.
-    progress: show a progress bar when the clip takes more than one chunk.
+    progress: show a progress bar for a long clip (`PROGRESS_FROM` frames or more).
     """
     import decord
     from tqdm.auto import tqdm
 
     reader = decord.VideoReader(str(path), num_threads=1)
+    if num_frames > len(reader):
+        warnings.warn(
+            f"{Path(path).name} has {len(reader)} frames, so {num_frames - len(reader)} of the {num_frames} asked for "
+            "repeat others (exact copies); ask for at most as many as the clip has",
+            stacklevel=2,
+        )
     # more frames than the clip has repeat some: decode each once
     distinct, order = frame_indices(len(reader), num_frames).unique(return_inverse=True)
     chunks = []
     starts = range(0, len(distinct), CHUNK)
-    for start in tqdm(starts, desc="decoding", unit="chunk", disable=not progress or len(starts) < 2):
+    for start in tqdm(starts, desc="decoding", unit="chunk", disable=not progress or len(distinct) < PROGRESS_FROM):
         frames = torch.from_numpy(reader.get_batch(distinct[start : start + CHUNK].tolist()).asnumpy())
         if size is not None:  # frame by frame: resizing upcasts internally
             frames = torch.stack([_resize(frame.permute(2, 0, 1)[None], *size)[0] for frame in frames]).permute(0, 2, 3, 1)

@@ -310,6 +310,7 @@ class Engine:
             state.layer_additions = None
             for group in state.groups:
                 group.end_prefill()
+            state.stats.num_layers = len(self.adapter.layers)
             _finish_prefill_stats(state)
             if state.reduced:
                 output.last_hidden_state = restore_sequence(hidden, state.groups[-1], state.full_length)

@@ -55,6 +55,9 @@ def register_method(cls: type[Method] | None = None, *, name: str | None = None,
         key = name or method_cls.name
         if not key:
             raise ValueError(f"{method_cls.__name__} has no `name`; pass register_method(..., name=...)")
+        if "+" in key or key.endswith(ENCODER_SUFFIX):
+            raise ValueError(f"a method's name cannot hold '+' or end in {ENCODER_SUFFIX!r} (they spell "
+                             f"compositions: 'framededup+framefusion', 'earlytom@encoder'), got {key!r}")
         if key in METHODS and METHODS[key] is not method_cls and not replace:
             raise ValueError(f"a method named {key!r} is already registered; pass replace=True to override it")
         METHODS[key] = method_cls
@@ -92,6 +95,8 @@ def build_method(method: str | Method | type[Method] | list, ratio: Any = None, 
             raise TypeError(
                 f"got a list of methods and knobs {sorted(knobs)}; configure each method in the list instead"
             )
+        if len(method) == 1:  # a list of one: that method
+            return build_method(method[0], ratio)
         return Compose(ratio=ratio, methods=tuple(build_method(m) for m in method))
     if isinstance(method, Method):
         if knobs:

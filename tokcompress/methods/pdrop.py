@@ -12,7 +12,7 @@ PAPER_RATIO = (1 + 0.5 + 0.25 + 0.125) / 4  # λ = 0.5 over four equal stages: t
 
 @dataclass
 class PDrop(Method):
-    """Pyramid-shaped pruning inside the LLM: the LLM is cut into `stages` equal runs of layers; before each
+    """Pyramid-shaped pruning inside the LLM: the LLM is cut into `num_stages` equal runs of layers; before each
     run but the first, the visual tokens are cut to λ^s of the original count, ranked by the attention the
     last instruction token pays them at that layer (its own q/k, as the official code computes it).
 
@@ -21,7 +21,7 @@ class PDrop(Method):
     met also where an earlier stage (frame dedup before the tower) left the LLM fewer tokens than the prompt
     held; the last stage absorbs rounding so the layer average meets the ratio within one token.
 
-    ratio: 0.469 (the paper's λ = 0.5); stages: 4; num_queries: 1 (the last instruction token).
+    ratio: 0.469 (the paper's λ = 0.5); num_stages: 4; num_queries: 1 (the last instruction token).
 
     Departures:
     - Stage boundaries at multiples of L / num_stages of the model's real depth (the official list is
