@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
-from lmms_eval.models.registry_v2 import ModelManifest
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from lmms_eval.models.registry_v2 import ModelManifest
 
 _MODULE = "tokcompress.integrations.lmms_eval"
 
 
 def manifests() -> list[ModelManifest]:
     """`--model tokcompress_<stock name>`; chat classes are lmms-eval's default where the stock one has them."""
+    # imported here, not above: lmms-eval's registry loads this entry point while it initialises, so importing
+    # this module first would re-enter it half-initialised
+    from lmms_eval.models.registry_v2 import ModelManifest
+
     wrappers = {
         "llava_hf": ("LlavaHf", "LlavaHfChat"),
         "qwen2_5_vl": ("Qwen2_5_VL", "Qwen2_5_VLChat"),
