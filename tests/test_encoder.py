@@ -164,6 +164,8 @@ def test_compositions_are_refused_when_two_methods_share_a_stage_or_a_list_gets_
         Compose(methods=(UniformSample(), tokcompress.methods.ToMe()))
     with pytest.raises(TypeError, match="two or more"):
         Compose(methods=(UniformSample(),))
+    with pytest.raises(ValueError, match=r"in_llm stage; .*keep flowcut's tower stage alone: flowcut@encoder"):
+        tokcompress.methods.build_method("flowcut+fastv")
     assert tokcompress.methods.build_method([UniformSample()], 0.2) == UniformSample(ratio=0.2)  # a list of one
     with pytest.raises(TypeError, match="configure each method in the list"):
         tokcompress.patch(model_for("llava_onevision"), ["framededup", "fastv"], layer=1)

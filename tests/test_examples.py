@@ -164,6 +164,15 @@ def test_run_takes_the_methods_knobs(capsys):
     assert "visual tokens 197 -> 98 per layer on average (84 at the last)" in capsys.readouterr().out  # from layer 1
     assert main([*common, "--knob", "lay=1"]) == 2
     assert "fastv has no knob 'lay'; its knobs: layer, num_queries, scoring" in capsys.readouterr().err
+    assert main([*common[:-4], "--method", "framededup+fastv", "--knob", "layer=1"]) == 2
+    assert "--knob sets one registered method's knobs" in capsys.readouterr().err
+    # values are read against the knob's type: a string knob keeps text that looks like numbers
+    from tokcompress.methods import EarlyTom, FastV, VidTLDR
+    from tokcompress.methods.base import knob_from_text
+
+    assert knob_from_text(VidTLDR, "merge_schedule", "0.255,0.114") == "0.255,0.114"
+    assert knob_from_text(EarlyTom, "merge_layers", "6") == "6" and knob_from_text(EarlyTom, "merge_layers", "None") is None
+    assert knob_from_text(FastV, "layer", "3") == 3 and knob_from_text(FastV, "scoring", "same_layer") == "same_layer"
 
 
 def test_bad_names_and_files_fail_before_any_work_with_their_exit_codes(tmp_path, capsys):

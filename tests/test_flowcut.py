@@ -8,11 +8,12 @@ import pytest
 import torch
 
 import tokcompress
+from tokcompress import tiny
 from tokcompress.adapters import adapter_for
 from tokcompress.engine import compat
 from tokcompress.layout import VisualLayout
 from tokcompress.methods import EncoderOnly, FlowCut, LayerBudget, VidTLDR
-from tokcompress.methods.base import LayerSample, ModelSpec, TowerTokens
+from tokcompress.methods.base import LayerSample, ModelSpec, TowerTokens, kept_layer_average
 from tokcompress.methods.flowcut import instruction_flow
 from tokcompress.methods.selection import top_tokens
 from tokcompress.methods.tome import first_copies
@@ -109,7 +110,7 @@ def test_flowcut_leaves_a_batched_tower_its_own_attention_and_every_token_of_the
     model = model_for(family)
     adapter = adapter_for(model)
     tokens, masks, outputs, _ = batched_tower_pass(model, FlowCut(ratio=0.3), inputs_for(family, clip, "What?"))
-    fixed, share = int(adapter.tower_has_cls), FlowCut(ratio=0.3).bind(adapter.spec).tower_ratio
+    fixed, share = int(adapter.tower_has_cls), FlowCut(ratio=0.3).bind(adapter.spec).tower_share()
     assert tokens[1] == fixed + round(share * (tokens[0] - fixed)) and masks == [None]
     (output,) = outputs
     assert output.shape[1] == tokens[0] and all(len(torch.unique(frame, dim=0)) == tokens[1] for frame in output)
@@ -210,14 +211,19 @@ def published_instruction_flow(query, keys, query_value, values) -> list[float]:
 def test_the_llm_step_scores_by_the_last_tokens_flow_and_drops_its_share_before_layer_2():
     """Layer 1 scores with the last token's q and v (four query heads over two KV heads); before layer 2 the
     layer budget's tokens stay - the best by that score, in order - and the rest are dropped."""
-    count, sequence = 12, 16
-    queries, keys, values = (features(heads, sequence, 8, seed=seed) for heads, seed in ((4, 1), (2, 2), (2, 3)))
-    visual = torch.arange(2, 2 + count)
+    count = 12
+    queries, keys, values = (features(heads, count + 1, 8, seed=seed) for heads, seed in ((4, 1), (2, 2), (2, 3)))
+    visual = torch.arange(count)  # the visual tokens, then the last token: what it asks the engine to project
     method = FlowCut(ratio=0.5)
     layout = VisualLayout.from_videos([0], [(2, 2, 3)])
     memory = {}
+
+    def last_and_visual(projections):
+        return lambda last_and_visual=False: projections if last_and_visual else pytest.fail("projects all tokens")
+
     scoring = LayerSample(1, features(count, 8, seed=4), layout, LayerBudget(0.5, count, 8, 1, 2 * count), memory,
-                          lambda q: None, queries_and_keys=lambda: (queries, keys, visual), values=lambda: values)
+                          lambda q: None, queries_and_keys=last_and_visual((queries, keys, visual)),
+                          values=last_and_visual(values))
     assert method.reduce_in_llm(scoring) is None and not method.in_llm_finished(scoring)
     flow = published_instruction_flow(queries[:, -1], keys[:, visual], values[:, -1], values[:, visual])
     torch.testing.assert_close(memory["flow"], torch.tensor(flow))
@@ -243,20 +249,37 @@ def test_flowcut_bound_to_a_model_gives_the_tower_and_the_llm_the_counts_the_lay
     ratio."""
     spec = ModelSpec("llava_onevision", 28)
     bound = FlowCut(ratio=0.3).bind(spec)
-    assert bound.inner_layer == 2 and bound.tower_ratio == pytest.approx(0.3 * 28 / (2 + 26 * 0.5))
+    assert bound.tower_share() == pytest.approx(0.3 * 28 / (2 + 26 * 0.5)) and bound == FlowCut(ratio=0.3)
     budget = LayerBudget(0.3, 1000, 28)
     entering = bound.tokens_into_llm(budget, 1000)
     assert entering == 560
     assert abs((2 * entering + 26 * round(entering / 2)) / 28 - 300) < 1
     plain = FlowCut(ratio=0.3, inner_prune=0.0).bind(spec)
-    assert plain.tower_ratio == pytest.approx(0.3) and plain.tokens_into_llm(budget, 1000) == 300
-    assert FlowCut(ratio=0.3, tower_ratio=0.2).bind(spec).tower_ratio == 0.2
-    assert EncoderOnly(FlowCut(ratio=0.3)).bind(spec).method.tower_ratio == 0.3  # alone in the tower: its own ratio
-    assert FlowCut().bind(ModelSpec("tiny", 2)).inner_layer == 1
+    assert plain.tower_share() == pytest.approx(0.3) and plain.tokens_into_llm(budget, 1000) == 300
+    assert FlowCut(ratio=0.3, tower_ratio=0.2).bind(spec).tower_share() == 0.2
+    assert EncoderOnly(FlowCut(ratio=0.3)).bind(spec).method.tower_share() == 0.3  # alone in the tower: its ratio
+    assert FlowCut(ratio=0.3).bind(ModelSpec("tiny", 2)).tower_share() == pytest.approx(0.3 * 2 / 1.5)  # at layer 1
+    assert FlowCut(ratio=0.3).bind(ModelSpec("tiny", 1)).tower_share() == 0.3  # one layer: no step inside the LLM
     with pytest.raises(ValueError, match="inner_layer=28"):
         FlowCut(inner_layer=28).bind(spec)
     with pytest.raises(ValueError, match="inner_prune"):
         FlowCut(inner_prune=1.0)
+
+
+def test_a_new_ratio_moves_the_towers_default_share_with_it(clip):
+    """The share is worked out from the ratio at each bind, not stored in the knobs: after `handle.ratio = 0.1`
+    the tower keeps what 0.1 leaves room for; a one-layer LLM has no inner step and takes a new ratio too."""
+    model = model_for("llava_onevision")
+    with tokcompress.compress(model, FlowCut(ratio=0.3)) as handle:
+        handle.ratio = 0.1
+        method = handle.method
+        assert method.tower_ratio is None and method.tower_share() == pytest.approx(
+            0.1 / kept_layer_average(adapter_for(model).spec.num_layers, (2, 0.5)))
+    shallow = tiny.tiny_llava_onevision(num_layers=1)
+    with tokcompress.compress(shallow, FlowCut(ratio=0.3)) as handle:
+        handle.ratio = 0.5
+        generate(shallow, inputs_for("llava_onevision", clip, "What?"), max_new_tokens=1)
+        assert abs(handle.stats.achieved_ratio - 0.5) * handle.stats.visual_in <= 1
 
 
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "gemma4"])

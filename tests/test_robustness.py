@@ -271,6 +271,10 @@ def test_per_layer_outputs_map_back_to_input_positions(family, clip):
         assert visual == (kept if layer >= 2 else every)
     # layers before the pruning layer saw every token: their outputs are the unpatched ones, position by position
     torch.testing.assert_close(reduced[2][0], full[2][0, stats.positions_at_layer(1)[0]])
+    with tokcompress.compress(model, "none") as handle, torch.no_grad():
+        model(**inputs)
+        identity = handle.stats
     for layer in (-1, len(adapter_for(model).layers)):
-        with pytest.raises(IndexError, match="out of range"):
-            stats.positions_at_layer(layer)
+        for checked in (stats, identity):
+            with pytest.raises(IndexError, match="out of range"):
+                checked.positions_at_layer(layer)

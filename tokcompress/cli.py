@@ -11,7 +11,6 @@ processors need torchvision).
 from __future__ import annotations
 
 import argparse
-import ast
 import statistics
 import sys
 from pathlib import Path
@@ -22,8 +21,8 @@ import tokcompress
 
 from . import tiny
 from .ideal import ideal_prefill
-from .methods import build_method
-from .methods.base import PromptRefused
+from .methods import METHODS, build_method
+from .methods.base import PromptRefused, knob_from_text
 from .timing import median_ms, run_times_ms, spread, timed_generate
 from .video import read_frames, sample_clip, video_metadata
 
@@ -70,15 +69,12 @@ def positive(text: str) -> int:
     return value
 
 
-def knob(text: str) -> tuple[str, object]:
-    """argparse type: NAME=VALUE, the value read as a Python literal (3, 0.5, True, None, 'x') or else as text."""
+def knob(text: str) -> tuple[str, str]:
+    """argparse type: NAME=VALUE (the value is read against the knob's type once the method is known)."""
     name, equals, value = text.partition("=")
     if not equals or not name.isidentifier():
         raise argparse.ArgumentTypeError(f"a knob is NAME=VALUE (e.g. layer=3), got {text!r}")
-    try:
-        return name, ast.literal_eval(value)
-    except (ValueError, SyntaxError):
-        return name, value
+    return name, value
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -174,7 +170,7 @@ def run_demo(args: argparse.Namespace) -> None:
 
 
 def run_one(args: argparse.Namespace) -> None:
-    knobs = dict(args.knob)
+    knobs = _knobs(args.method, dict(args.knob))
     method = _method(args.method, args.ratio, knobs)
     if method == "none" and args.ratio is not None:
         raise CommandError("usage", "none compresses nothing and takes no --ratio; name a method to compress")
@@ -285,6 +281,13 @@ def _method(name: str, ratio: float | None = None, knobs: dict | None = None) ->
     except (TypeError, ValueError) as error:
         raise CommandError("usage", str(error)) from error
     return name
+
+
+def _knobs(name: str, texts: dict[str, str]) -> dict:
+    """--knob values as the method's knobs take them (3 → an int, 0.5 → a float, "6,21,23" stays text)."""
+    if texts and name not in METHODS:
+        raise CommandError("usage", f"--knob sets one registered method's knobs; {name} runs its members' defaults")
+    return {knob: knob_from_text(METHODS[name], knob, text) for knob, text in texts.items()}
 
 
 def _kept(stats) -> tuple[int, float]:

@@ -32,8 +32,9 @@ class Adapter:
     """Base adapter for multimodal models whose decoder layers follow the Llama/Qwen2 layout.
 
     A subclass names its `model_type` and says where the visual tokens are (`visual_layouts`). The default
-    `project_queries` / `project_keys` fit decoders whose layers hold `input_layernorm` and a `self_attn`
-    with `q_proj` / `k_proj` and rotate-half RoPE; families with q/k norms override them.
+    `project_queries` / `project_keys` / `project_values` fit decoders whose layers hold `input_layernorm` and a
+    `self_attn` with `q_proj` / `k_proj` / `v_proj` and rotate-half RoPE (q/k/v norms where it has them);
+    families that differ override them.
     """
 
     model_type: ClassVar[str]

@@ -213,6 +213,7 @@ class Engine:
         if not self.active:
             if layouts and any(layout.num_tokens for layout in layouts):
                 stats = CompressionStats.identity(self.method, layouts, self.spec.num_layers, generate_rows or 1)
+                stats.num_layers = len(self.adapter.layers)
                 self.last_stats = stats
             elif prompt:
                 self.last_stats = CompressionStats.empty(self.method, note="no video tokens: passed through untouched")

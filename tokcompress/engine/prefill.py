@@ -210,14 +210,20 @@ def _layer_samples(method, adapter, state, layer_index, layer, hidden, group, kw
             scores = _query_attention(adapter, layer, hidden, position_embeddings, group, b, query_slots, False)
             return scores[..., slots]
 
-        def queries_and_keys(b=b, slots=slots, valid=valid) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        def projected(last_and_visual: bool, b=b, slots=slots, valid=valid) -> torch.Tensor:
+            """The slots whose projections a method reads, in sequence order: every real one, or the visual ones
+            and the last."""
             real = valid.nonzero().squeeze(1)
-            cos, sin = (sample_row(t, b)[real] for t in position_embeddings)
-            queries = adapter.project_queries(layer, hidden[b, real], cos, sin)
-            return queries, adapter.project_keys(layer, hidden[b, real], cos, sin), torch.searchsorted(real, slots)
+            return torch.cat([slots, real[-1:]]) if last_and_visual else real
 
-        def values(b=b, valid=valid) -> torch.Tensor:
-            return adapter.project_values(layer, hidden[b, valid.nonzero().squeeze(1)])
+        def queries_and_keys(last_and_visual=False, b=b, slots=slots, projected=projected) -> tuple[torch.Tensor, ...]:
+            rows = projected(last_and_visual)
+            cos, sin = (sample_row(t, b)[rows] for t in position_embeddings)
+            queries = adapter.project_queries(layer, hidden[b, rows], cos, sin)
+            return queries, adapter.project_keys(layer, hidden[b, rows], cos, sin), torch.searchsorted(rows, slots)
+
+        def values(last_and_visual=False, b=b, projected=projected) -> torch.Tensor:
+            return adapter.project_values(layer, hidden[b, projected(last_and_visual)])
 
         samples.append(LayerSample(
             layer_index, hidden[b, slots], layout, budget, memory, attention_to_visual,

@@ -7,6 +7,7 @@ A method is a small dataclass of knobs. The engine hands it, per sample, the vis
 
 from __future__ import annotations
 
+import ast
 import functools
 import math
 import numbers
@@ -31,7 +32,7 @@ def keep_count(ratio: float, total: int) -> int:
     return int(min(max(round(ratio * total), 0), total))
 
 
-def layer_share(num_layers: int, inner_cut: tuple[int, float] | None) -> float:
+def kept_layer_average(num_layers: int, inner_cut: tuple[int, float] | None) -> float:
     """The layer average of the tokens that enter the LLM when `share` of them go before layer `layer`
     (inner_cut = (layer, share)): (layer + (L − layer) · (1 − share)) / L; 1 without a cut."""
     if inner_cut is None or num_layers <= 1:
@@ -74,6 +75,22 @@ def knob_value(method: str, knob: str, value: Any, annotation: Any) -> Any:
         return value
     allowed = " or ".join(_TYPE_NAMES.get(option, getattr(option, "__name__", str(option))) for option in options)
     raise TypeError(f"{method} {knob} must be {allowed}, got {value!r} ({type(value).__name__})")
+
+
+def knob_from_text(method_cls: type, knob: str, text: str) -> Any:
+    """A knob's value as a command line writes it: the Python literal it spells (3, 0.5, True, None) where that
+    is one of the knob's types, else the text itself (a string knob such as "0.255,0.114" or "6,21,23")."""
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+    annotation = _knob_annotations(method_cls).get(knob)
+    if annotation is None:  # not one of its knobs: building the method says which are
+        return value
+    try:
+        return knob_value(method_cls.name, knob, value, annotation)
+    except TypeError:
+        return text
 
 
 @functools.cache
@@ -225,8 +242,8 @@ class LayerBudget:
         """round(ratio · num_visual), the count a pre-LLM reduction keeps, at most the `available` tokens (fewer
         than num_visual when an encoder-side stage already dropped some). A method that removes `share` of its
         tokens again before LLM layer `layer` (`inner_cut`) keeps as many more as that leaves room for in the
-        layer average: round(ratio / layer_share(...) · num_visual)."""
-        share = min(self.ratio / layer_share(self.num_layers, inner_cut), 1.0)
+        layer average: round(ratio / kept_layer_average(...) · num_visual)."""
+        share = min(self.ratio / kept_layer_average(self.num_layers, inner_cut), 1.0)
         return min(keep_count(share, self.num_visual), available)
 
     @property
@@ -258,10 +275,11 @@ class LayerSample:
     question: torch.Tensor | None = None  # (q, D) hidden states of the text after the last visual token, in order
     # rows of the question (None: all) -> (heads, rows, n) attention each row pays the visual tokens, per head
     question_attention: Callable[[torch.Tensor | None], torch.Tensor] | None = None
-    # () -> (queries (Hq, m, d), keys (Hkv, m, d), visual (n,)): the layer's own rotary-embedded q/k of all m
-    # tokens of the sample in sequence order, and where its visual tokens sit among them (AIM's full graph)
-    queries_and_keys: Callable[[], tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
-    values: Callable[[], torch.Tensor] | None = None  # () -> (Hkv, m, d): the layer's values of those m tokens
+    # (last_and_visual=False) -> (queries (Hq, m, d), keys (Hkv, m, d), visual (n,)): the layer's own
+    # rotary-embedded q/k of all m tokens of the sample in sequence order (AIM's full graph), or of its visual
+    # tokens and its last token only, and where its visual tokens sit among them
+    queries_and_keys: Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]] | None = None
+    values: Callable[..., torch.Tensor] | None = None  # (last_and_visual=False) -> (Hkv, m, d): of the same tokens
 
 
 @dataclass

@@ -56,10 +56,14 @@ class Compose(Method):
         if len(members) < 2 or not all(isinstance(m, Method) and not isinstance(m, Compose) for m in members):
             raise TypeError(f"Compose takes two or more tokcompress methods (not compositions), got {members!r}")
         for stage in (*ENCODER_STAGES, *LLM_STAGES):
-            acting = [m.name for m in members if stage in m.stages]
+            acting = [m for m in members if stage in m.stages]
             if len(acting) > 1:
+                encoder_side = [m.name for m in acting if set(m.stages) & set(ENCODER_STAGES)]
+                hint = f" (or keep {encoder_side[0]}'s tower stage alone: {encoder_side[0]}{ENCODER_SUFFIX})" if (
+                    encoder_side and stage in LLM_STAGES) else ""
                 raise ValueError(
-                    f"{' and '.join(acting)} both act at the {stage} stage; compose methods of different stages"
+                    f"{' and '.join(m.name for m in acting)} both act at the {stage} stage; compose methods of "
+                    f"different stages{hint}"
                 )
         budget_holder = self._budget_holder(members)
         if self.ratio is not None:

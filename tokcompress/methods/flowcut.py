@@ -1,5 +1,5 @@
 """`flowcut` (FlowCut, Tong et al., NeurIPS'25): progressive pruning inside the vision tower, ranked by how
-information flows to each token."""
+information flows to each token, and once more after the LLM's layer 1, ranked by the flow to the last token."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from .base import (
     TowerTokens,
     check_int,
     check_interval,
-    layer_share,
+    kept_layer_average,
 )
 from .selection import top_tokens
 from .tome import ToMeAfterTower
@@ -44,15 +44,16 @@ class FlowCut(ToMeAfterTower):
     merger run unchanged; before the LLM each frame's repeats fold first, then `tome` meets the count. Inside the
     LLM (its LLaVA-NeXT and Qwen variants), layer `inner_layer` − 1 scores the visual tokens by the last token's
     flow - its share of softmax(q · k_j / √d) plus its share of softmax(v · v_j / √d), head means, times
-    ‖mean over heads of v_j‖₁, from that layer's own projections - and the `inner_prune` share of them with the
-    lowest scores is dropped before layer `inner_layer`. The count before the LLM is what that leaves room for in
-    the layer average.
+    ‖mean over heads of v_j‖₁, from that layer's own projections - and those with the lowest scores are dropped
+    before layer `inner_layer`, down to what the layer budget leaves (about 1 − `inner_prune` of them stay). The
+    count before the LLM (and by default the tower's) is what that leaves room for in the layer average, so from a
+    ratio of about kept_layer_average(L, (2, inner_prune)) (0.54 on 28 layers) the tower keeps every token.
 
     ratio: 0.3; tower_ratio: the share of each frame's tower tokens left after the last pruning layer (None: the
     share the LLM gets before its inner step; the ratio when inner_prune is 0 or as `flowcut@encoder`);
-    inner_layer: 2 (after layer 1, as published; the last layer on shallower models); inner_prune: 0.5 (the Qwen
-    variant's tower keeps twice the final count; 0 turns the step off); window, proportional_attention (default
-    off: a dropped token carries no weight): as `tome`.
+    inner_layer: 2 (after layer 1, as published; the last layer on shallower ones, none on a one-layer LLM);
+    inner_prune: 0.5 (the Qwen variant's tower keeps twice the final count; 0 turns the step off); window,
+    proportional_attention (default off: a dropped token carries no weight): as `tome`.
 
     Departures:
     - The paper scales every step by (1 − e²), e the normalised entropy of the global query's attention, and takes
@@ -78,6 +79,7 @@ class FlowCut(ToMeAfterTower):
     inner_layer: int | None = None
     inner_prune: float = 0.5
     proportional_attention: bool = False
+    _llm_layers: int | None = dataclasses.field(default=None, init=False, repr=False, compare=False)  # from bind
 
     name = "flowcut"
     stages = (IN_ENCODER, PRE_LLM, IN_LLM)
@@ -94,23 +96,32 @@ class FlowCut(ToMeAfterTower):
         return dataclasses.replace(self, inner_prune=0.0)
 
     def bind(self, spec: ModelSpec) -> FlowCut:
+        """A copy that knows the LLM's depth, for the tower's default share; the knobs stay as given, so a new
+        ratio (`handle.ratio = ...`, which binds again) moves that share with it."""
         if self.inner_layer is not None and self.inner_layer >= spec.num_layers:
             raise ValueError(
                 f"flowcut inner_layer={self.inner_layer} but the model has {spec.num_layers} layers; pass a smaller one"
             )
-        tower_ratio = self.tower_ratio
-        if tower_ratio is None:
-            tower_ratio = min(self.ratio / layer_share(spec.num_layers, self._inner_cut(spec.num_layers)), 1.0)
-        return dataclasses.replace(self, tower_ratio=tower_ratio, inner_layer=self.llm_layer(spec.num_layers))
+        bound = dataclasses.replace(self)
+        bound._llm_layers = spec.num_layers
+        return bound
 
-    def llm_layer(self, num_layers: int) -> int:
-        """The LLM layer before which its inner step prunes: `inner_layer`, or 2 (the last one on shallower models)."""
-        if self.inner_layer is not None:
-            return self.inner_layer
-        return max(min(PAPER_INNER_LAYER, num_layers - 1), 1)
+    def tower_share(self) -> float:
+        """The share of each frame's tower tokens the last pruning layer leaves: `tower_ratio`, or what the LLM
+        gets before its inner step (the ratio where there is none, or before `bind` told it the LLM's depth)."""
+        if self.tower_ratio is not None:
+            return self.tower_ratio
+        if self._llm_layers is None:
+            return self.ratio
+        return min(self.ratio / kept_layer_average(self._llm_layers, self._inner_cut(self._llm_layers)), 1.0)
 
     def _inner_cut(self, num_layers: int) -> tuple[int, float] | None:
-        return (self.llm_layer(num_layers), self.inner_prune) if self.inner_prune else None
+        """(layer, share): its LLM step drops `inner_prune` of the visual tokens before `inner_layer` (2, after
+        layer 1 as published; the last layer on shallower models); None when off or the LLM has one layer."""
+        if not self.inner_prune or num_layers < 2:
+            return None
+        layer = self.inner_layer if self.inner_layer is not None else min(PAPER_INNER_LAYER, num_layers - 1)
+        return layer, self.inner_prune
 
     def tokens_into_llm(self, budget: LayerBudget, available: int) -> int:
         return budget.tokens_before_llm(available, self._inner_cut(budget.num_layers))
@@ -126,8 +137,7 @@ class FlowCut(ToMeAfterTower):
         tokens, fixed = frames.tokens, frames.fixed
         rows, count, _ = tokens.shape
         free = count - fixed
-        share = self.ratio if self.tower_ratio is None else self.tower_ratio
-        target = max(round(share * (frames.grid_tokens - fixed)), 1)
+        target = max(round(self.tower_share() * (frames.grid_tokens - fixed)), 1)
         if free <= target:
             return None
         flow = torch.zeros(rows, count, device=tokens.device)
@@ -153,12 +163,15 @@ class FlowCut(ToMeAfterTower):
 
 
     def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
-        layer = self.llm_layer(sample.budget.num_layers)
-        if self.inner_prune and sample.layer == max(layer - 1, 0):  # the layer before scores, as published
-            queries, keys, visual = sample.queries_and_keys()
-            values = sample.values()
+        cut = self._inner_cut(sample.budget.num_layers)
+        if cut is None:
+            return None
+        if sample.layer == cut[0] - 1:  # the layer before scores, as published: the last token's q and v
+            queries, keys, visual = sample.queries_and_keys(last_and_visual=True)
+            values = sample.values(last_and_visual=True)
             sample.memory["flow"] = instruction_flow(queries[:, -1], keys[:, visual], values[:, -1], values[:, visual])
-        if not self.inner_prune or sample.layer != layer:
+            return None
+        if sample.layer != cut[0]:
             return None
         flow = sample.memory.pop("flow")
         count = sample.features.shape[0]
@@ -166,7 +179,8 @@ class FlowCut(ToMeAfterTower):
         return TokenReduction.prune(top_tokens(flow, keep)) if keep < count else None
 
     def in_llm_finished(self, sample: LayerSample) -> bool:
-        return not self.inner_prune or sample.layer >= self.llm_layer(sample.budget.num_layers)
+        cut = self._inner_cut(sample.budget.num_layers)
+        return cut is None or sample.layer >= cut[0]
 
 
 def instruction_flow(
