@@ -300,3 +300,27 @@ def test_the_llm_step_drops_visual_tokens_before_layer_2_and_meets_the_ratio(fam
         (sample,) = handle.stats.samples
     assert seen[0] == seen[1] > seen[2]
     assert abs(sample.achieved_ratio - 0.3) * sample.visual_in < 1
+
+
+def test_the_llm_steps_projections_of_the_last_and_visual_tokens_are_those_of_the_whole_prompt(clip, other_clip):
+    """In a left-padded batch, the q/k/v the step asks for (the visual tokens and the last one) equal the same
+    tokens' rows of the whole prompt's projections."""
+    compared = []
+
+    class Checked(FlowCut):
+        def reduce_in_llm(self, sample):
+            if sample.layer == 1:
+                queries, keys, visual = sample.queries_and_keys()
+                values = sample.values()
+                some_queries, some_keys, some_visual = sample.queries_and_keys(last_and_visual=True)
+                some_values = sample.values(last_and_visual=True)
+                for every, some in ((queries, some_queries), (keys, some_keys), (values, some_values)):
+                    torch.testing.assert_close(some[:, some_visual], every[:, visual])
+                    torch.testing.assert_close(some[:, -1], every[:, -1])
+                compared.append(len(visual))
+            return super().reduce_in_llm(sample)
+
+    model = model_for("qwen2_5_vl")
+    with tokcompress.compress(model, Checked(ratio=0.3)):
+        generate(model, inputs_for("qwen2_5_vl", [clip, other_clip[:4]], ["What is moving?", "Who?"]), 1)
+    assert len(compared) == 2 and compared[0] > compared[1]

@@ -172,7 +172,7 @@ def run_demo(args: argparse.Namespace) -> None:
 def run_one(args: argparse.Namespace) -> None:
     knobs = _knobs(args.method, dict(args.knob))
     method = _method(args.method, args.ratio, knobs)
-    if method == "none" and args.ratio is not None:
+    if method == "none" and args.ratio not in (None, 1.0):  # ratio 1 is the identity, as none
         raise CommandError("usage", "none compresses nothing and takes no --ratio; name a method to compress")
     model, inputs, decode, path = load(args)
     print(f"video: {path} ({args.frames} frames), question: {args.question!r}\n")

@@ -100,7 +100,12 @@ class ToMeAfterTower(ToMe):
 
 def first_copies(features: torch.Tensor, layout: VisualLayout, limit: int, tolerance: float = 1e-5) -> torch.Tensor:
     """Per token, the earliest token of its frame it equals (‖a − b‖ ≤ tolerance · ‖b‖; itself when none, and for
-    separators), for at most `limit` repeats - the first ones in sequence order. All frames at once."""
+    separators), for at most `limit` repeats - the first ones in sequence order. All frames at once.
+
+    Each frame's tokens are sorted by their projection on one fixed random direction, so copies sit side by side
+    (a distinct token would have to project within the copies' rounding error to come between them): each token is
+    compared with its neighbour in that order only - n log n a frame, not every pair.
+    """
     token = torch.arange(layout.num_tokens, device=features.device)
     cells = token[~layout.is_separator]
     if not len(cells):
@@ -112,9 +117,15 @@ def first_copies(features: torch.Tensor, layout: VisualLayout, limit: int, toler
     grid = _padded(member, every, rank, frames, width)  # (F, width): each frame's cells in order, -1 past its end
     grid = torch.where(grid >= 0, cells[grid.clamp_min(0)], -1)
     values = features[grid.clamp_min(0)].float()
-    distance = torch.cdist(values, values, compute_mode="donot_use_mm_for_euclid_dist")  # exact on the diagonal
-    close = (distance <= tolerance * values.norm(dim=-1)[:, None, :]).tril() & (grid >= 0)[:, None, :]
-    first = torch.where(close, torch.arange(width, device=token.device), width).amin(dim=-1).clamp_max(width - 1)
+    direction = torch.randn(values.shape[-1], generator=torch.Generator().manual_seed(0)).to(values.device)
+    order = torch.sort(torch.where(grid >= 0, values @ direction, torch.inf), dim=1, stable=True).indices
+    ordered = values.gather(1, order[..., None].expand_as(values))
+    gap = (ordered[:, 1:] - ordered[:, :-1]).norm(dim=-1)
+    real = (grid >= 0).gather(1, order)
+    close = (gap <= tolerance * ordered[:, :-1].norm(dim=-1)) & real[:, 1:]
+    run = torch.cat([close.new_zeros(frames, 1), ~close], dim=1).cumsum(dim=1)  # copies share a run
+    earliest = torch.full_like(order, width).scatter_reduce_(1, run, order, "amin")  # the run's first column
+    first = torch.empty_like(order).scatter_(1, order, earliest.gather(1, run))
     destination = token.clone()
     destination[cells] = grid.gather(1, first)[member, rank]
     repeat = destination != token
