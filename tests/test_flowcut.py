@@ -149,6 +149,24 @@ def test_repeats_fold_into_their_first_copy_in_their_frame_up_to_the_limit():
     assert first_copies(features, layout, limit=8).tolist() == [0, 1, 0, 1, 4, 5, 5, 7]  # not across frames
     assert first_copies(features, layout, limit=2).tolist() == [0, 1, 0, 1, 4, 5, 6, 7]  # the first repeats
     assert first_copies(features + torch.tensor([0, 0, 1e-3, 0, 0, 0, 0, 0])[:, None], layout, 8).tolist()[2] == 2
+    one_token_frames = VisualLayout.from_videos([0], [(3, 1, 1)])
+    assert first_copies(distinct[:3], one_token_frames, limit=3).tolist() == [0, 1, 2]
+
+
+def test_repeats_are_found_as_comparing_every_pair_would():
+    """Sorting along one direction and comparing neighbours finds what comparing every pair finds."""
+    generator = torch.Generator().manual_seed(1)
+    for _ in range(20):
+        frames, height, width = (int(torch.randint(1, 5, (1,), generator=generator)) for _ in range(3))
+        layout = VisualLayout.from_videos([0], [(frames, height, width)], 1)
+        count = layout.num_tokens
+        distinct = torch.randn(max(count // 2, 1), 8, generator=generator)
+        features = distinct[torch.randint(len(distinct), (count,), generator=generator)]
+        expected = list(range(count))
+        for token in range(count - 1):  # the separator (last) stays itself
+            same_frame = [t for t in range(token) if layout.frame[t] == layout.frame[token]]
+            expected[token] = next((t for t in same_frame if torch.equal(features[t], features[token])), token)
+        assert first_copies(features, layout, limit=count).tolist() == expected
 
 
 @pytest.mark.parametrize(
