@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import gc
 import io
 import threading
 
@@ -278,3 +279,26 @@ def test_per_layer_outputs_map_back_to_input_positions(family, clip):
         for checked in (stats, identity):
             with pytest.raises(IndexError, match="out of range"):
                 checked.positions_at_layer(layer)
+
+
+def live_tensor_bytes() -> int:
+    """Bytes held by every tensor alive (parameters and buffers included), after a collection."""
+    gc.collect()
+    return sum(o.numel() * o.element_size() for o in gc.get_objects() if issubclass(type(o), torch.Tensor))
+
+
+@pytest.mark.parametrize("method", COMPRESSING)
+def test_a_long_running_patch_holds_no_more_memory_with_each_generation(method, clip):
+    """A server calls generate again and again: after the first call (lazily built state), the tensors alive
+    stay the same, and unpatching lets go of everything the patch held."""
+    model = model_for("qwen2_5_vl")
+    inputs = inputs_for("qwen2_5_vl", clip, "What is moving?")
+    generate(model, inputs, max_new_tokens=2)  # the stock model keeps state of its own (its rope deltas)
+    before = live_tensor_bytes()
+    with tokcompress.compress(model, method, ratio=0.3):
+        generate(model, inputs, max_new_tokens=2)
+        first = live_tensor_bytes()
+        for _ in range(2):
+            generate(model, inputs, max_new_tokens=2)
+        assert live_tensor_bytes() == first
+    assert live_tensor_bytes() == before
