@@ -240,3 +240,33 @@ def test_the_command_line_loads_a_saved_checkpoint(tmp_path, monkeypatch):
     assert loaded.config.model_type == "gemma4" and processor == "its processor"
     expected = model.state_dict()
     assert all(torch.equal(value, expected[key]) for key, value in loaded.state_dict().items())
+
+
+def test_a_videos_audio_track_reaches_every_layer_whatever_the_method(clip):
+    """E2B / E4B hear as well: with an audio span after the video, ratio 1 is exact, and every method compresses
+    the video's tokens only - each audio token reaches the last layer, entering the LLM as the audio tower made it."""
+    model = tiny.tiny_gemma4(audio=True)
+    adapter = adapter_for(model)
+    inputs = tiny.gemma4_inputs(clip[:4], "What is happening?", audio_frames=32)
+    audio = (inputs["input_ids"][0] == tiny.AUDIO).nonzero().squeeze(1)
+    assert len(audio) == 8
+
+    def first_layer_input() -> torch.Tensor:  # hooked after the patch's own hooks: what layer 0 really gets
+        seen = []
+        hook = adapter.layers[0].register_forward_pre_hook(lambda module, args: seen.append(args[0][0]))
+        try:
+            logits(model, inputs)
+        finally:
+            hook.remove()
+        return seen[0]
+
+    reference, stock = logits(model, inputs), first_layer_input()[audio]
+    with tokcompress.compress(model, "fastv", ratio=1.0):
+        assert torch.equal(logits(model, inputs), reference)
+    for method in COMPRESSING:
+        with tokcompress.compress(model, method, ratio=0.3) as handle:
+            hidden = first_layer_input()
+            stats = handle.stats
+        first, last = (stats.positions_at_layer(layer)[0] for layer in (0, len(adapter.layers) - 1))
+        assert set(audio.tolist()) <= set(last.tolist()), method
+        torch.testing.assert_close(hidden[torch.searchsorted(first, audio)], stock, msg=method)

@@ -47,6 +47,7 @@ from .tiny_inputs import (  # noqa: F401 - the prompts and pixels of these model
     AUDIO,
     AUDIO_END,
     AUDIO_START,
+    GEMMA4_AUDIO_BINS,
     IMAGE,
     PAD,
     VIDEO,
@@ -301,12 +302,14 @@ with their own head size, one KV head and keys as values; a mixture of experts b
 
 
 def tiny_gemma4(
-    num_layers: int = 8, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64, **text_overrides
+    num_layers: int = 8, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64, audio: bool = False,
+    **text_overrides,
 ):
     """Gemma 4 as E2B / E4B are built, small: sliding (16-token window) and global layers in turn, per-layer inputs,
     the last two layers sharing the KV of the last unshared layer of their type, vision blocks attending both ways
     in sliding layers; a 2-layer tower (16-px patches, 2 × 2 pooled to one token); the byte vocabulary and three
-    audio ids. `text_overrides` change the text config (`GEMMA4_LARGE`: as 26B-A4B / 31B are built)."""
+    audio ids; with `audio`, a one-layer audio tower (32 mel bins, a token per 4 frames: `GEMMA4_AUDIO_BINS`).
+    `text_overrides` change the text config (`GEMMA4_LARGE`: as 26B-A4B / 31B are built)."""
     text = dict(
         vocab_size=VOCAB + 3, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
         num_attention_heads=4, num_key_value_heads=2, head_dim=16, global_head_dim=16, sliding_window=16,
@@ -318,11 +321,18 @@ def tiny_gemma4(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
         head_dim=16, patch_size=16, pooling_kernel_size=2, position_embedding_size=64,
     )
+    audio_config = dict(  # the subsampling's first channels: 4 × the bins left after its two stride-2 convs
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, subsampling_conv_channels=[GEMMA4_AUDIO_BINS, 4],
+        output_proj_dims=32, attention_chunk_size=4, attention_context_left=5,
+    ) if audio else None
     config = Gemma4Config(
-        text_config=text, vision_config=vision, audio_config=None, image_token_id=IMAGE, video_token_id=VIDEO,
+        text_config=text, vision_config=vision, audio_config=audio_config, image_token_id=IMAGE, video_token_id=VIDEO,
         boi_token_id=VISION_START, eoi_token_id=VISION_END, audio_token_id=AUDIO, boa_token_id=AUDIO_START,
-        eoa_token_index=AUDIO_END,  # no audio tower, but its ids must be in the vocabulary
+        eoa_token_index=AUDIO_END,  # its ids must be in the vocabulary, with or without an audio tower
     )
+    if audio:  # its audio tower has an eager attention only (what a checkpoint load picks for it too)
+        attn_implementation = {"text_config": attn_implementation, "vision_config": attn_implementation,
+                               "audio_config": "eager"}
     return _build(Gemma4ForConditionalGeneration, config, attn_implementation, seed)
 
 

@@ -21,6 +21,7 @@ PAD, IMAGE, VIDEO, VISION_START, VISION_END = 256, 257, 258, 259, 260
 VIDEO_START, VIDEO_END = 262, 263  # GLM-4.1V's video span (261 is the tiny checkpoint's end of turn)
 VOCAB = 264
 AUDIO, AUDIO_START, AUDIO_END = 264, 265, 266  # Qwen2.5-Omni's audio placeholder and span (its tiny vocabulary: 267)
+GEMMA4_AUDIO_BINS = 32  # mel bins of tiny Gemma 4's audio (its subsampling keeps bins / 4 after two stride-2 convs)
 
 
 def text_ids(text: str) -> list[int]:
@@ -249,11 +250,13 @@ def omni_audio_tokens(mel_frames: int, qwen3: bool) -> int:
 
 def gemma4_inputs(
     frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], fps: float = 2.0,
-    sizes: list[tuple[int, int]] | None = None, max_patches: int = 48,
+    sizes: list[tuple[int, int]] | None = None, max_patches: int = 48, audio_frames: int | None = None,
 ) -> dict:
     """Model inputs for one video per prompt as Gemma 4's processor lays them out: per frame `MM:SS <boi>` + its
     tokens + `<eoi>`, frames joined by spaces; 16-px patches ((x, y) positions), 2 × 2 of them a token (96-px
-    frames: 3 × 3 tokens, or each video's (height, width) in `sizes`), every frame padded to `max_patches`."""
+    frames: 3 × 3 tokens, or each video's (height, width) in `sizes`), every frame padded to `max_patches`. With
+    `audio_frames` (a multiple of 4), a random track of that many mel frames after each video: `<boa>` + a token per
+    4 frames + `<eoa>` (for `tiny_gemma4(audio=True)`)."""
     frames = [frames] if isinstance(frames, torch.Tensor) else frames
     questions = [questions] * len(frames) if isinstance(questions, str) else questions
     pixels, positions, counts, rows = [], [], [], []
@@ -266,13 +269,22 @@ def gemma4_inputs(
         stamps = [f"{' ' if i else ''}{int(i / fps // 60):02d}:{int(i / fps % 60):02d} " for i in range(t)]
         tokens = [VIDEO] * (height // 32 * (width // 32))
         video_ids = sum((text_ids(stamp) + [VISION_START, *tokens, VISION_END] for stamp in stamps), [])
+        if audio_frames is not None:
+            video_ids += [AUDIO_START, *[AUDIO] * (audio_frames // 4), AUDIO_END]
         rows.append(prompt(video_ids, question))
     ids, mask = left_pad(rows)
-    return {
+    inputs = {
         "input_ids": ids, "attention_mask": mask, "pixel_values_videos": torch.cat(pixels),
         "video_position_ids": torch.cat(positions), "num_frames_per_video": torch.tensor(counts),
-        "mm_token_type_ids": (ids == VIDEO).long() * 2,
+        "mm_token_type_ids": (ids == VIDEO).long() * 2 + (ids == AUDIO).long() * 3,
     }
+    if audio_frames is not None:
+        if audio_frames % 4:
+            raise ValueError(f"audio_frames must be a multiple of 4 (a token per 4 mel frames), got {audio_frames}")
+        track = torch.Generator().manual_seed(0)
+        inputs["input_features"] = torch.randn(len(rows), audio_frames, GEMMA4_AUDIO_BINS, generator=track)
+        inputs["input_features_mask"] = torch.ones(len(rows), audio_frames, dtype=torch.bool)
+    return inputs
 
 
 def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
