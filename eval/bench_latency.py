@@ -55,6 +55,8 @@ from transformers import (
 import tokcompress
 from tokcompress.adapters import adapter_for
 from tokcompress.ideal import ideal_inputs
+from tokcompress.methods import METHODS
+from tokcompress.methods.base import knob_from_text
 from tokcompress.timing import median_ms, timed_generate
 from tokcompress.tiny import frame_batch_video
 from tokcompress.video import (
@@ -301,9 +303,21 @@ def measure_stock(model, inputs: dict, new_tokens: int, repeats: int, device: st
                 **measured, **ideal)
 
 
+def method_spec(text: str) -> tuple[str, dict]:
+    """(name, knobs) of a --methods entry: a name, a composition ("framededup+fastv"), or a method with knobs,
+    "flowcut:inner_prune=0:window=4" (values read against the knobs' types)."""
+    name, *settings = text.split(":")
+    knobs = dict(setting.partition("=")[::2] for setting in settings)
+    if any(not knob or not value for knob, value in knobs.items()):
+        raise ValueError(f"a method's knobs are spelt name:knob=value[:knob=value], got {text!r}")
+    method_cls = METHODS.get(name)  # a composition takes no knobs: building it says so
+    return name, {k: knob_from_text(method_cls, k, value) if method_cls else value for k, value in knobs.items()}
+
+
 def measure_method(model, inputs: dict, method: str, ratio: float, visual_in: int, args) -> dict:
     """A patched run, then the ideal for what it kept and encoded."""
-    with tokcompress.compress(model, method, ratio=None if method == "none" else ratio) as handle:
+    name, knobs = method_spec(method)
+    with tokcompress.compress(model, name, ratio=None if name == "none" else ratio, **knobs) as handle:
         measured = measure(model, inputs, args.new_tokens, args.repeats, args.device)
         stats = handle.stats  # of the last timed generate
     kept = round(stats.achieved_ratio * visual_in)
@@ -431,7 +445,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, nargs="+", default=[8, 16])
     parser.add_argument(
         "--methods", nargs="+", default=[STOCK, "none", *(m for m in tokcompress.list_methods() if m != "none")],
-        help=f"registered methods, and '{STOCK}': the unpatched model (Qwen-VL: stock sdpa vision windows)",
+        help=f"registered methods (knobs as flowcut:inner_prune=0), compositions (framededup+fastv), and '{STOCK}': "
+             "the unpatched model (Qwen-VL: stock sdpa vision windows)",
     )
     parser.add_argument("--ratios", type=float, nargs="+", default=[0.15, 0.3, 0.5])
     parser.add_argument("--new-tokens", type=int, default=16)

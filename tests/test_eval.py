@@ -48,17 +48,22 @@ def test_kernel_benchmark_cases_have_the_real_head_shapes(d):
 
 def test_latency_benchmark_smoke_run(tmp_path):
     """The small model, two frames: every column is filled, beside the ideal and the unpatched model."""
-    argv = ["--frames", "2", "--methods", "stock", "none", "uniform", "framededup", "--ratios", "0.3",
-            "--new-tokens", "3", "--repeats", "1", "--out", str(tmp_path)]
-    assert load("bench_latency").main(argv) == 0
+    argv = ["--frames", "2", "--methods", "stock", "none", "uniform", "framededup", "fastv:layer=1", "--ratios",
+            "0.3", "--new-tokens", "3", "--repeats", "1", "--out", str(tmp_path)]
+    bench = load("bench_latency")
+    assert bench.main(argv) == 0
     (table,) = tmp_path.glob("latency_*.csv")
     rows = list(csv.DictReader(table.open()))
-    assert [r["method"] for r in rows] == ["stock", "none", "uniform", "framededup"]
+    assert [r["method"] for r in rows] == ["stock", "none", "uniform", "framededup", "fastv:layer=1"]
+    assert bench.method_spec("vidtldr:merge_schedule=0.2,0.1:window=3") == (
+        "vidtldr", {"merge_schedule": "0.2,0.1", "window": 3})
+    with pytest.raises(ValueError, match="name:knob=value"):
+        bench.method_spec("fastv:layer")
     assert all(float(r["prefill_ms"]) > 0 and float(r["ideal_prefill_ms"]) > 0 for r in rows)
     assert all(float(r["encoder_ms"]) > 0 for r in rows)  # the identity's stats time the tower too
     assert float(rows[0]["compression_ms"]) == 0 and float(rows[0]["prefill_overhead_ms"]) == 0
     assert abs(float(rows[2]["achieved_ratio"]) - 0.3) < 0.02
-    assert [float(r["encoder_ratio"]) for r in rows] == [1.0, 1.0, 1.0, 0.5]  # 2 frames, one encoded
+    assert [float(r["encoder_ratio"]) for r in rows] == [1.0, 1.0, 1.0, 0.5, 1.0]  # 2 frames, one encoded
     assert list(tmp_path.glob("latency_*_vs_ratio.png")) and list(tmp_path.glob("latency_*_breakdown.png"))
 
 
