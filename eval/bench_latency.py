@@ -55,7 +55,7 @@ from transformers import (
 import tokcompress
 from tokcompress.adapters import adapter_for
 from tokcompress.ideal import ideal_inputs
-from tokcompress.methods import METHODS
+from tokcompress.methods import METHODS, build_method
 from tokcompress.methods.base import knob_from_text
 from tokcompress.timing import median_ms, timed_generate
 from tokcompress.tiny import frame_batch_video
@@ -307,9 +307,11 @@ def method_spec(text: str) -> tuple[str, dict]:
     """(name, knobs) of a --methods entry: a name, a composition ("framededup+fastv"), or a method with knobs,
     "flowcut:inner_prune=0:window=4" (values read against the knobs' types)."""
     name, *settings = text.split(":")
-    knobs = dict(setting.partition("=")[::2] for setting in settings)
-    if any(not knob or not value for knob, value in knobs.items()):
-        raise ValueError(f"a method's knobs are spelt name:knob=value[:knob=value], got {text!r}")
+    pairs = [setting.partition("=")[::2] for setting in settings]
+    knobs = dict(pairs)
+    if any(not knob or not value for knob, value in pairs) or len(knobs) < len(pairs) or "ratio" in knobs:
+        raise ValueError(f"a method's knobs are spelt name:knob=value[:knob=value], each once (ratio: --ratios), "
+                         f"got {text!r}")
     method_cls = METHODS.get(name)  # a composition takes no knobs: building it says so
     return name, {k: knob_from_text(method_cls, k, value) if method_cls else value for k, value in knobs.items()}
 
@@ -457,6 +459,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    for method in args.methods:  # every spec checked before the first (long) run, not when its turn comes
+        if method != STOCK:
+            name, knobs = method_spec(method)
+            try:
+                build_method(name, **knobs)
+            except (TypeError, ValueError) as error:
+                parser.error(f"{method}: {error}")
     rows = run(args)
     stem = f"latency_{Path(args.model).name}_{device_name(args.device)}"
     print(f"wrote {write(rows, args.out, stem)}")

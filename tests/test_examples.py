@@ -182,6 +182,7 @@ def test_bad_names_and_files_fail_before_any_work_with_their_exit_codes(tmp_path
     assert "unknown method 'bogus'" in capsys.readouterr().err
     assert main(["run", "--method", "none", "--ratio", "0.5"]) == 2
     assert "takes no --ratio" in capsys.readouterr().err
+    assert main(["run", "--method", "none", "--ratio", "1", "--frames", "2", "--max-new-tokens", "1"]) == 0  # identity
     assert main(["run", "--method", "uniform+fastv", "--ratio", "0.6"]) == 2  # refused at the ratio it would run at
     assert "nothing to prune" in capsys.readouterr().err
     not_a_video = tmp_path / "notes.mp4"

@@ -154,18 +154,24 @@ def test_repeats_fold_into_their_first_copy_in_their_frame_up_to_the_limit():
 
 
 def test_repeats_are_found_as_comparing_every_pair_would():
-    """Sorting along one direction and comparing neighbours finds what comparing every pair finds."""
+    """Sorting along fixed directions and comparing neighbours finds what comparing every pair finds: two videos of
+    different frame sizes (padded columns), copies equal to within the tolerance, a shared large component."""
     generator = torch.Generator().manual_seed(1)
-    for _ in range(20):
-        frames, height, width = (int(torch.randint(1, 5, (1,), generator=generator)) for _ in range(3))
-        layout = VisualLayout.from_videos([0], [(frames, height, width)], 1)
+    for trial in range(20):
+        shapes = [tuple(int(torch.randint(1, 4, (1,), generator=generator)) for _ in range(3)) for _ in range(2)]
+        layout = VisualLayout.from_videos([0, shapes[0][0] * shapes[0][1] * shapes[0][2] + 1], shapes, 1)
         count = layout.num_tokens
-        distinct = torch.randn(max(count // 2, 1), 8, generator=generator)
+        distinct = torch.randn(max(count // 2, 1), 8, generator=generator) + (100.0 if trial % 2 else 0.0)
         features = distinct[torch.randint(len(distinct), (count,), generator=generator)]
+        features = features * (1 + 1e-7 * torch.randn(count, 1, generator=generator))  # copies, not bitwise
         expected = list(range(count))
-        for token in range(count - 1):  # the separator (last) stays itself
-            same_frame = [t for t in range(token) if layout.frame[t] == layout.frame[token]]
-            expected[token] = next((t for t in same_frame if torch.equal(features[t], features[token])), token)
+        for token in range(count):
+            if layout.is_separator[token]:
+                continue
+            same_frame = [t for t in range(token) if layout.video[t] == layout.video[token]
+                          and layout.frame[t] == layout.frame[token]]
+            expected[token] = next((t for t in same_frame if torch.dist(features[t], features[token])
+                                    <= 1e-5 * features[t].norm()), token)
         assert first_copies(features, layout, limit=count).tolist() == expected
 
 

@@ -268,5 +268,5 @@ def test_a_videos_audio_track_reaches_every_layer_whatever_the_method(clip):
             hidden = first_layer_input()
             stats = handle.stats
         first, last = (stats.positions_at_layer(layer)[0] for layer in (0, len(adapter.layers) - 1))
-        assert set(audio.tolist()) <= set(last.tolist()), method
+        assert stats.achieved_ratio < 0.5 and set(audio.tolist()) <= set(last.tolist()), method
         torch.testing.assert_close(hidden[torch.searchsorted(first, audio)], stock, msg=method)

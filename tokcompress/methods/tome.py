@@ -102,9 +102,10 @@ def first_copies(features: torch.Tensor, layout: VisualLayout, limit: int, toler
     """Per token, the earliest token of its frame it equals (‖a − b‖ ≤ tolerance · ‖b‖; itself when none, and for
     separators), for at most `limit` repeats - the first ones in sequence order. All frames at once.
 
-    Each frame's tokens are sorted by their projection on one fixed random direction, so copies sit side by side
-    (a distinct token would have to project within the copies' rounding error to come between them): each token is
-    compared with its neighbour in that order only - n log n a frame, not every pair.
+    Each frame's tokens, less its mean, are sorted by their projection on a fixed random direction (a second one
+    orders exact ties), so copies sit side by side - a distinct token would have to project between copies that
+    differ by rounding to come between them - and each is compared with its neighbour in that order only: n log n
+    a frame, not every pair. Projections are elementwise sums, so a token's never depends on its row.
     """
     token = torch.arange(layout.num_tokens, device=features.device)
     cells = token[~layout.is_separator]
@@ -117,12 +118,16 @@ def first_copies(features: torch.Tensor, layout: VisualLayout, limit: int, toler
     grid = _padded(member, every, rank, frames, width)  # (F, width): each frame's cells in order, -1 past its end
     grid = torch.where(grid >= 0, cells[grid.clamp_min(0)], -1)
     values = features[grid.clamp_min(0)].float()
-    direction = torch.randn(values.shape[-1], generator=torch.Generator().manual_seed(0)).to(values.device)
-    order = torch.sort(torch.where(grid >= 0, values @ direction, torch.inf), dim=1, stable=True).indices
+    real = grid >= 0
+    centred = values - (values * real[..., None]).sum(dim=1, keepdim=True) / real.sum(dim=1, keepdim=True)[..., None]
+    directions = torch.randn(2, values.shape[-1], generator=torch.Generator().manual_seed(0), dtype=torch.float32)
+    order = torch.arange(width, device=values.device).expand(frames, width)
+    for direction in directions.to(values.device).flip(0):  # the second direction, then the first: lexicographic
+        projection = torch.where(real, (centred * direction).sum(dim=-1), torch.inf).gather(1, order)
+        order = order.gather(1, torch.sort(projection, dim=1, stable=True).indices)
     ordered = values.gather(1, order[..., None].expand_as(values))
     gap = (ordered[:, 1:] - ordered[:, :-1]).norm(dim=-1)
-    real = (grid >= 0).gather(1, order)
-    close = (gap <= tolerance * ordered[:, :-1].norm(dim=-1)) & real[:, 1:]
+    close = (gap <= tolerance * ordered[:, :-1].norm(dim=-1)) & real.gather(1, order)[:, 1:]
     run = torch.cat([close.new_zeros(frames, 1), ~close], dim=1).cumsum(dim=1)  # copies share a run
     earliest = torch.full_like(order, width).scatter_reduce_(1, run, order, "amin")  # the run's first column
     first = torch.empty_like(order).scatter_(1, order, earliest.gather(1, run))
