@@ -95,7 +95,8 @@ def patch(
         them acting at different stages (an encoder-side one, then an LLM-side one), also spelt as a name:
         "framededup+framefusion", "earlytom@encoder+fastv". The default, "none", compresses nothing.
     ratio: retained fraction of visual tokens averaged over the LLM's layers, 0 < ratio ≤ 1 (1 = identity);
-        None: the method's own default (each method's docstring, README's table).
+        None: the method's own default (each method's docstring, README's table), or a configured instance's.
+        Given with a configured instance, it replaces the instance's ratio (its other knobs stay).
     varlen_vision: on a GPU in half precision, run Qwen-VL's windowed vision attention as one packed call
         instead of stock sdpa's loop over windows (the same math); False keeps the stock loop (with the bias of
         tokens folded inside the tower, where a method folds them).
