@@ -211,28 +211,27 @@ class Adapter:
 
     def project_queries(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """(Hq, n, d) rotary-embedded queries of `layer` for the (n, D) hidden states entering it."""
-        return self._project(layer, layer.self_attn.q_proj, getattr(layer.self_attn, "q_norm", None), hidden, cos, sin)
+        attention = layer.self_attn
+        return self.rotation(_heads(layer, attention.q_proj, getattr(attention, "q_norm", None), hidden), cos, sin)
 
     def project_keys(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
         """(Hkv, n, d) rotary-embedded keys of `layer` for the (n, D) hidden states entering it."""
-        return self._project(layer, layer.self_attn.k_proj, getattr(layer.self_attn, "k_norm", None), hidden, cos, sin)
+        attention = layer.self_attn
+        return self.rotation(_heads(layer, attention.k_proj, getattr(attention, "k_norm", None), hidden), cos, sin)
 
     def project_values(self, layer: nn.Module, hidden: torch.Tensor):
         """(Hkv, n, d) values of `layer` for the (n, D) hidden states entering it (v_proj, or the keys' projection
-        where a layer shares it - Gemma 4's global layers -, normed per head where the model does)."""
+        where a layer shares it - Gemma 4's global layers)."""
         attention = layer.self_attn
         projection = attention.v_proj if getattr(attention, "v_proj", None) is not None else attention.k_proj
-        states = projection(layer.input_layernorm(hidden)).view(hidden.shape[0], -1, attention.head_dim)
-        if getattr(attention, "v_norm", None) is not None:
-            states = attention.v_norm(states)
-        return states.transpose(0, 1)
+        return _heads(layer, projection, getattr(attention, "v_norm", None), hidden)
 
-    def _project(self, layer, projection, head_norm, hidden, cos, sin) -> torch.Tensor:
-        """Heads of a projection of the layer's normed input, normed per head where the model does (Qwen3), rotated."""
-        states = projection(layer.input_layernorm(hidden)).view(hidden.shape[0], -1, layer.self_attn.head_dim)
-        if head_norm is not None:
-            states = head_norm(states)
-        return self.rotation(states.transpose(0, 1), cos, sin)
+
+def _heads(layer: nn.Module, projection: nn.Module, head_norm: nn.Module | None, hidden: torch.Tensor) -> torch.Tensor:
+    """(heads, n, d): a projection of the layer's normed input, normed per head where the model does (Qwen3's q/k,
+    Gemma 4's q/k/v)."""
+    states = projection(layer.input_layernorm(hidden)).view(hidden.shape[0], -1, layer.self_attn.head_dim)
+    return (states if head_norm is None else head_norm(states)).transpose(0, 1)
 
 
 def feature_layer_index(config) -> int:

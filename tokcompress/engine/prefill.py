@@ -6,6 +6,7 @@ decoding continues from the original positions and each layer's KV cache holds e
 
 from __future__ import annotations
 
+import functools
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -210,6 +211,7 @@ def _layer_samples(method, adapter, state, layer_index, layer, hidden, group, kw
             scores = _query_attention(adapter, layer, hidden, position_embeddings, group, b, query_slots, False)
             return scores[..., slots]
 
+        @functools.cache  # the q/k and the values of one set of rows: one host read for both
         def projected(last_and_visual: bool, b=b, slots=slots, valid=valid) -> torch.Tensor:
             """The slots whose projections a method reads, in sequence order: every real one, or the visual ones
             and the last."""
