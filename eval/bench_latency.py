@@ -56,7 +56,7 @@ import tokcompress
 from tokcompress.adapters import adapter_for
 from tokcompress.ideal import ideal_inputs
 from tokcompress.methods import METHODS, build_method
-from tokcompress.methods.base import knob_from_text
+from tokcompress.methods.knobs import knob_from_text
 from tokcompress.timing import median_ms, timed_generate
 from tokcompress.tiny import frame_batch_video
 from tokcompress.video import (

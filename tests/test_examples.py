@@ -168,7 +168,7 @@ def test_run_takes_the_methods_knobs(capsys):
     assert "--knob sets one registered method's knobs" in capsys.readouterr().err
     # values are read against the knob's type: a string knob keeps text that looks like numbers
     from tokcompress.methods import EarlyTom, FastV, VidTLDR
-    from tokcompress.methods.base import knob_from_text
+    from tokcompress.methods.knobs import knob_from_text
 
     assert knob_from_text(VidTLDR, "merge_schedule", "0.255,0.114") == "0.255,0.114"
     assert knob_from_text(EarlyTom, "merge_layers", "6") == "6" and knob_from_text(EarlyTom, "merge_layers", "None") is None

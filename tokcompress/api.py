@@ -13,7 +13,7 @@ from .adapters import adapter_for
 from .engine import Engine
 from .engine.compat import check_transformers_version
 from .methods import Method, build_method
-from .methods.base import check_ratio
+from .methods.knobs import check_ratio
 from .stats import CompressionStats
 
 HANDLE_ATTRIBUTE = "_tokcompress_handle"

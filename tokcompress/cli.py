@@ -22,7 +22,8 @@ import tokcompress
 from . import tiny
 from .ideal import ideal_prefill
 from .methods import METHODS, build_method
-from .methods.base import PromptRefused, knob_from_text
+from .methods.base import PromptRefused
+from .methods.knobs import knob_from_text
 from .timing import median_ms, run_times_ms, spread, timed_generate
 from .video import read_frames, sample_clip, video_metadata
 

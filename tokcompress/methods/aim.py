@@ -9,7 +9,8 @@ import torch
 
 from ..layout import VisualLayout
 from ..ops import attention_pagerank
-from .base import IN_LLM, PRE_LLM, LayerBudget, LayerSample, Method, TokenReduction, check_int
+from .base import IN_LLM, PRE_LLM, LayerBudget, LayerSample, Method, TokenReduction
+from .knobs import check_int
 from .selection import merge_destinations, proportional_split, top_tokens
 from .tome import match_within_windows, merge_round
 

@@ -23,8 +23,8 @@ from .base import (
     TokenFolding,
     TokenReduction,
     TowerTokens,
-    check_ratio,
 )
+from .knobs import check_ratio
 
 ENCODER_STAGES = (PRE_ENCODER, IN_ENCODER)
 ENCODER_SUFFIX = "@encoder"  # "earlytom@encoder": EncoderOnly(EarlyTom()), in names and in `build_method`

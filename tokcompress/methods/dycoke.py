@@ -8,19 +8,8 @@ import torch
 
 from ..layout import VisualLayout
 from ..ops import aligned_cosine
-from .base import (
-    DECODE,
-    PRE_LLM,
-    DecodeSample,
-    LayerBudget,
-    Method,
-    ModelSpec,
-    TokenReduction,
-    check_choice,
-    check_int,
-    check_interval,
-    keep_count,
-)
+from .base import DECODE, PRE_LLM, DecodeSample, LayerBudget, Method, ModelSpec, TokenReduction, keep_count
+from .knobs import check_choice, check_int, check_interval
 from .selection import proportional_split, separators_first, top_tokens, top_tokens_per_group
 
 POSITIONS = ("original", "contiguous")

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import IN_ENCODER, PRE_LLM, LayerBudget, Method, TokenReduction, check_int, check_interval
+from .base import IN_ENCODER, PRE_LLM, LayerBudget, Method, TokenReduction
+from .knobs import check_int, check_interval
 from .selection import proportional_split, separators_first, top_tokens_per_group, tower_attention, video_grids
 
 PAPER_LAYERS, PAPER_DEPTH = (6, 21, 23), 26  # PRUNE_LAYERS of LLaVA-OV's 26 SigLIP layers

@@ -4,18 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import (
-    IN_LLM,
-    LayerBudget,
-    LayerSample,
-    Method,
-    ModelSpec,
-    TokenReduction,
-    check_choice,
-    check_int,
-    check_layer,
-    one_time_layer,
-)
+from .base import IN_LLM, LayerBudget, LayerSample, Method, ModelSpec, TokenReduction, check_layer, one_time_layer
+from .knobs import check_choice, check_int
 from .selection import top_tokens
 
 PAPER_LAYER = 2

@@ -9,7 +9,8 @@ import torch
 
 from ..layout import VisualLayout
 from ..ops import grouped_density_peaks
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction, check_int, check_interval
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction
+from .knobs import check_int, check_interval
 from .selection import (
     apportion,
     merge_destinations,

@@ -20,10 +20,9 @@ from .base import (
     TokenFolding,
     TokenReduction,
     TowerTokens,
-    check_int,
-    check_interval,
     kept_layer_average,
 )
+from .knobs import check_int, check_interval
 from .selection import top_tokens
 from .tome import ToMeAfterTower
 

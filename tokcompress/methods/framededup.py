@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import PRE_ENCODER, Method, check_int, check_interval, keep_count
+from .base import PRE_ENCODER, Method, keep_count
+from .knobs import check_int, check_interval
 from .selection import top_tokens
 
 

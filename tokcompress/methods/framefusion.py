@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from ..ops import aligned_cosine
-from .base import IN_LLM, LayerSample, Method, ModelSpec, TokenReduction, check_int, check_interval
+from .base import IN_LLM, LayerSample, Method, ModelSpec, TokenReduction
+from .knobs import check_int, check_interval
 from .selection import top_tokens
 
 # The official code's per-family settings: S_th 0.5 and the last 4 queries for Qwen2-VL, 0.6 and 1 elsewhere.

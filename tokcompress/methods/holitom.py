@@ -9,17 +9,8 @@ import torch
 
 from ..layout import VisualLayout
 from ..ops import fold_clusters
-from .base import (
-    IN_LLM,
-    PRE_LLM,
-    LayerBudget,
-    LayerSample,
-    Method,
-    ModelSpec,
-    TokenReduction,
-    check_int,
-    check_interval,
-)
+from .base import IN_LLM, PRE_LLM, LayerBudget, LayerSample, Method, ModelSpec, TokenReduction
+from .knobs import check_int, check_interval
 from .selection import (
     apportion,
     merge_destinations,

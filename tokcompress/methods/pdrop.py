@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import IN_LLM, LayerBudget, LayerSample, Method, ModelSpec, TokenReduction, check_int, one_time_layer
+from .base import IN_LLM, LayerBudget, LayerSample, Method, ModelSpec, TokenReduction, one_time_layer
+from .knobs import check_int
 from .selection import top_tokens
 
 PAPER_RATIO = (1 + 0.5 + 0.25 + 0.125) / 4  # λ = 0.5 over four equal stages: the official 8/16/24 of 32 layers

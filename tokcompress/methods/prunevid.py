@@ -9,17 +9,8 @@ import torch
 
 from ..layout import VisualLayout
 from ..ops import density_peak_clusters, fold_clusters
-from .base import (
-    IN_LLM,
-    PRE_LLM,
-    LayerBudget,
-    LayerSample,
-    Method,
-    ModelSpec,
-    TokenReduction,
-    check_int,
-    check_interval,
-)
+from .base import IN_LLM, PRE_LLM, LayerBudget, LayerSample, Method, ModelSpec, TokenReduction
+from .knobs import check_int, check_interval
 from .selection import frame_grids, top_tokens, true_first
 
 PAPER_LAYER, PAPER_DEPTH = 10, 28  # layer 10 of the 7B LLMs' 28

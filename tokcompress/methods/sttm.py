@@ -8,18 +8,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import (
-    IN_LLM,
-    LayerBudget,
-    LayerSample,
-    Method,
-    ModelSpec,
-    TokenReduction,
-    check_int,
-    check_interval,
-    check_layer,
-    one_time_layer,
-)
+from .base import IN_LLM, LayerBudget, LayerSample, Method, ModelSpec, TokenReduction, check_layer, one_time_layer
+from .knobs import check_int, check_interval
 from .selection import merge_destinations, video_grids
 
 PAPER_LAYER = 2  # sa_start_layer_idx of the 7B models' scripts

@@ -8,7 +8,8 @@ import torch
 
 from ..layout import VisualLayout
 from ..ops import bipartite_match, weighted_merge
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction, check_int
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction
+from .knobs import check_int
 
 _TEMPORAL, _SPATIAL, _ACROSS_VIDEOS = range(3)
 

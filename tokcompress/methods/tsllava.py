@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction, check_int, check_interval
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction
+from .knobs import check_int, check_interval
 from .selection import merge_destinations, video_grids
 
 PAPER_FRAMES, PAPER_SAMPLED, PAPER_THUMBNAIL = 50, 2880, 576  # V2: 50 frames of 576 tokens, 2,880 sampled

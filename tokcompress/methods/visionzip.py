@@ -8,7 +8,8 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction, check_interval
+from .base import PRE_LLM, LayerBudget, Method, TokenReduction
+from .knobs import check_interval
 from .selection import merge_destinations, proportional_split, top_tokens_per_group, tower_attention
 
 
