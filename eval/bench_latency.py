@@ -287,9 +287,10 @@ def measure_ideal(
     model, inputs: dict, visual_kept: int, new_tokens: int, repeats: int, device: str, encoded: float = 1.0
 ) -> dict:
     """The vision encoder on the clip (on the `encoded` fraction of its frame units, as the method did), then the
-    model's own generate() on text + `visual_kept` tokens: the measured run's path, without hooks."""
-    encode, ideal = ideal_inputs(model, inputs, visual_kept, encoded)
-    timing = timed_generate(model, ideal, new_tokens, repeats, device, before=encode)
+    model's own generate() on text + `visual_kept` tokens (at their original M-RoPE positions, which it computes
+    from the prompt's grids where it has them): the measured run's path, without hooks."""
+    _, prepare = ideal_inputs(model, inputs, visual_kept, encoded)
+    timing = timed_generate(model, prepare, new_tokens, repeats, device)
     return {f"ideal_{key}": value for key, value in timing.items() if key != "end_to_end_ms"}
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import inputs_for, model_for
+from .conftest import FAMILIES, TINY, inputs_for, model_for
 
 EVAL = Path(__file__).parents[1] / "eval"
 
@@ -80,9 +80,8 @@ def test_the_ideal_is_the_models_own_forward_and_generate_on_text_plus_the_kept_
     text = int((inputs["input_ids"] != adapter_for(model).video_token_id).sum())
     with torch.no_grad():
         assert ideal_prefill(model, inputs, 7, encoded=0.5)().logits.shape[1] == text + 7
-        encode, ideal = ideal_inputs(model, inputs, 7)
-        encode()
-        generated = model.generate(**ideal, max_new_tokens=2, min_new_tokens=2, do_sample=False)
+        _, prepare = ideal_inputs(model, inputs, 7)
+        generated = model.generate(**prepare(), max_new_tokens=2, min_new_tokens=2, do_sample=False)
         assert generated.shape[1] == text + 7 + 2  # the ideal prompt (given as ids, as the measured run's) and two
 
 
@@ -95,11 +94,29 @@ def test_the_ideal_keeps_the_token_types_a_model_builds_its_vision_blocks_from(c
     model = model_for("gemma4")
     inputs = inputs_for("gemma4", clip, "What is happening?")
     visual = int((inputs["input_ids"] == adapter_for(model).video_token_id).sum())
-    assert torch.equal(ideal_inputs(model, inputs, visual)[1]["mm_token_type_ids"], inputs["mm_token_type_ids"])
-    types = ideal_inputs(model, inputs, 7)[1]["mm_token_type_ids"]
+    assert torch.equal(ideal_inputs(model, inputs, visual)[1]()["mm_token_type_ids"], inputs["mm_token_type_ids"])
+    types = ideal_inputs(model, inputs, 7)[1]()["mm_token_type_ids"]
     assert types.shape[1] == inputs["input_ids"].shape[1] - visual + 7 and int((types > 0).sum()) == 7
     assert "mm_token_type_ids" not in ideal_inputs(model_for("llava_onevision"), inputs_for(
-        "llava_onevision", clip, "What?"), 7)[1]
+        "llava_onevision", clip, "What?"), 7)[1]()
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if TINY[f].mrope])
+def test_the_ideal_has_the_kept_tokens_original_m_rope_positions(family, clip):
+    """M-RoPE models compute positions from the whole prompt's grids (a pass of their own forward): the ideal
+    does too, and its tokens sit where they sat in the prompt - the text after the video where it was."""
+    from tokcompress.engine.compat import prompt_positions
+    from tokcompress.ideal import ideal_inputs
+
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is happening?")
+    prompt = prompt_positions(model, inputs)
+    ideal = ideal_inputs(model, inputs, 7)[1]()
+    positions = ideal["position_ids"]
+    assert positions.shape[-1] == ideal["input_ids"].shape[1] and positions.shape[:-1] == prompt.shape[:-1]
+    assert torch.equal(positions[..., -1], prompt[..., -1])  # the question's last token: its original position
+    with torch.no_grad():  # generate continues from there
+        model.generate(**ideal, max_new_tokens=2, min_new_tokens=2, do_sample=False)
 
 
 @pytest.mark.parametrize("config", sorted((EVAL / "sweeps").glob("*.yaml")), ids=lambda path: path.stem)

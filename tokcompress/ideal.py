@@ -4,8 +4,9 @@ Its vision tower encodes the share of the clip the method encoded, and the model
 `generate`) runs, with no hooks, on the prompt's text plus as many visual tokens as the method kept
 (layer-averaged), as text tokens (the same sequence an embedding of them would be; Gemma 4's `generate` takes
 no embeddings) - typed as the prompt's where the model builds its own masks from the token types (Gemma 4's
-vision blocks). Timed on the path the measured run takes, `measured − ideal` is what compression itself and its
-plumbing cost.
+vision blocks), and at their original M-RoPE positions where the model has them, which it computes from the
+whole prompt's grids as its own forward does. Timed on the path the measured run takes, `measured − ideal` is
+what compression itself and its plumbing cost.
 """
 
 from __future__ import annotations
@@ -16,33 +17,42 @@ from typing import Any
 import torch
 
 from .adapters import adapter_for
+from .engine.compat import prompt_positions
 
 
-def ideal_inputs(model, inputs: dict, visual_kept: int, encoded: float = 1.0) -> tuple[Callable[[], Any], dict]:
-    """(encode, ideal): `encode()` runs the vision tower on the encoded share of the clip; `ideal` are the
-    keyword arguments of a forward or `generate` over the prompt's text and `visual_kept` visual tokens."""
+def ideal_inputs(
+    model, inputs: dict, visual_kept: int, encoded: float = 1.0
+) -> tuple[Callable[[], Any], Callable[[], dict]]:
+    """(encode, prepare): `encode()` runs the vision tower on the encoded share of the clip; `prepare()` runs it
+    too, then returns the keyword arguments of a forward or `generate` over the first prompt's text and
+    `visual_kept` of its visual tokens - what the timed region of an ideal prefill does before the model runs."""
     adapter, video = adapter_for(model), encoded_share(inputs, encoded)
     tower = adapter.multimodal_model
-    encode = tower.get_video_features if "pixel_values_videos" in video else tower.get_image_features
+    encode_video = tower.get_video_features if "pixel_values_videos" in video else tower.get_image_features
     visual = inputs["input_ids"][0] == adapter.video_token_id
-    ids = inputs["input_ids"][:, :1].expand(1, int((~visual).sum()) + visual_kept)  # text ids: nothing to fill
+    kept = ~visual | (torch.cumsum(visual, 0) <= visual_kept)  # the text, and the first kept visual tokens
+    ids = inputs["input_ids"][:, :1].expand(1, int(kept.sum()))  # text ids: nothing to fill
     ideal = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if adapter.attention_blocks(inputs) is not None:  # the model builds its vision blocks' masks itself (Gemma 4)
-        kept = ~visual | (torch.cumsum(visual, 0) <= visual_kept)  # the text, and the first kept visual tokens
         ideal["mm_token_type_ids"] = inputs["mm_token_type_ids"][:1, kept]
-    return (lambda: encode(**video)), ideal
+
+    def encode():
+        return encode_video(**video)
+
+    def prepare() -> dict:
+        encode()
+        if not adapter.mrope:
+            return ideal
+        return {**ideal, "position_ids": prompt_positions(model, inputs)[..., :1, kept]}
+
+    return encode, prepare
 
 
 def ideal_prefill(model, inputs: dict, visual_kept: int, encoded: float = 1.0) -> Callable[[], Any]:
     """A zero-argument callable: the tower, then the model's own forward on the kept tokens (what
     `model(**inputs)` would cost had the prompt held only those)."""
-    encode, ideal = ideal_inputs(model, inputs, visual_kept, encoded)
-
-    def prefill():
-        encode()
-        return model(**ideal)
-
-    return prefill
+    _, prepare = ideal_inputs(model, inputs, visual_kept, encoded)
+    return lambda: model(**prepare())
 
 
 def encoded_share(inputs: dict, fraction: float) -> dict:

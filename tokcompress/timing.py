@@ -9,7 +9,6 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
 
@@ -47,17 +46,14 @@ def timed_generation(generation: Callable[[], float], repeats: int, device: str,
                 end_to_end_ms=total * 1e3, peak_mib=peak)
 
 
-def timed_generate(
-    model, inputs: dict, new_tokens: int, repeats: int, device: str, before: Callable[[], Any] | None = None
-) -> dict:
-    """`timed_generation` of greedy `model.generate(**inputs)` producing exactly `new_tokens` tokens, after
-    `before()` (inside the timed region) when given."""
+def timed_generate(model, inputs: dict | Callable[[], dict], new_tokens: int, repeats: int, device: str) -> dict:
+    """`timed_generation` of greedy `model.generate(**inputs)` producing exactly `new_tokens` tokens; `inputs` may
+    be a callable that makes them, run inside the timed region (the ideal's tower and positions)."""
 
     def generation() -> float:
         mark = FirstTokenMark()
-        if before is not None:
-            before()
-        model.generate(**inputs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, streamer=mark)
+        kwargs = inputs() if callable(inputs) else inputs
+        model.generate(**kwargs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, streamer=mark)
         return mark.at
 
     return timed_generation(generation, repeats, device, new_tokens)

@@ -29,7 +29,8 @@ is an edit to this file. Touchpoints, from the floor (5.23) to the newest tested
 - inputs with one entry per token, which a continuation that re-feeds already cached tokens must trim;
 - `generate`'s per-model helpers that an instance attribute can stand in for: `_reorder_cache` (beam search
   reorders the cache), `_expand_inputs_for_generation` (beams / returned sequences copy each sample),
-  `_get_candidate_generator` (only speculative decoding asks for it).
+  `_get_candidate_generator` (only speculative decoding asks for it), and `_prepare_position_ids_for_generation`
+  (the prompt's positions, before the first forward: M-RoPE models run their rope-index pass there).
 
 Not touched, so not here: `rope_deltas` (left the outputs in 5.23) and LLaVA-OneVision's `video_hidden_states`
 (deprecated in 5.24 for `video_outputs.pooler_output`).
@@ -198,6 +199,7 @@ PER_TOKEN_INPUTS = ("input_ids", "inputs_embeds", "position_ids", "token_type_id
 REORDER_CACHE = "_reorder_cache"
 EXPAND_INPUTS = "_expand_inputs_for_generation"
 CANDIDATE_GENERATOR = "_get_candidate_generator"
+PROMPT_POSITIONS = "_prepare_position_ids_for_generation"
 
 
 def inherited(model: Any, name: str):
@@ -207,6 +209,12 @@ def inherited(model: Any, name: str):
 
 def call_inherited(model: Any, name: str, *args, **kwargs):
     return inherited(model, name)(*args, **kwargs)
+
+
+def prompt_positions(model: Any, inputs: dict) -> torch.Tensor:
+    """The position ids `generate` gives the prompt of `inputs` (M-RoPE models: from their grids)."""
+    kwargs = {key: value for key, value in inputs.items() if key != "input_ids"}
+    return call_inherited(model, PROMPT_POSITIONS, inputs["input_ids"], kwargs)
 
 
 def reorder_cache(model: Any, cache: Any, beam_idx: torch.Tensor) -> Any:
