@@ -12,6 +12,7 @@ import torch
 
 import tokcompress
 from tokcompress.adapters import ADAPTERS, adapter_for
+from tokcompress.adapters.base import Adapter
 from tokcompress.engine.folding import BATCHED as BATCHED_TOWER
 from tokcompress.engine.folding import PACKED as PACKED_TOWER
 from tokcompress.engine.rows import PackedRows
@@ -298,16 +299,25 @@ def test_earlytom_static_frames_keep_the_best_token_of_each_raster_window_and_dy
 
 def batched_tower_pass(model, method, inputs):
     """A `generate` call under `method` in a batched tower: per layer, the tokens entering it; the attention masks
-    its layer 1 got; the tower's last_hidden_states; the stats."""
+    its layer 1 got; the tower's rows as its layers left them (its last_hidden_states, or what its pooler reads);
+    the stats."""
     adapter = adapter_for(model)
     masks, outputs = [], []
+
+    def rows_read_out(module, args, kwargs):
+        outputs.append(args[0] if args else kwargs["hidden_states"])
+
     with tokcompress.compress(model, method) as handle:  # the patch's hooks first, then these
         hooks = [
             adapter.tower_layers()[0][1].self_attn.register_forward_pre_hook(
                 lambda m, a, k: masks.append(k.get("attention_mask")), with_kwargs=True
             ),
-            adapter.vision_tower.register_forward_hook(lambda m, a, out: outputs.append(out.last_hidden_state)),
+            *[readout.register_forward_pre_hook(rows_read_out, with_kwargs=True)
+              for readout in adapter.tower_readouts()],
         ]
+        if not adapter.tower_readouts():
+            hooks.append(adapter.vision_tower.register_forward_hook(
+                lambda m, a, out: outputs.append(out.last_hidden_state)))
         try:
             tokens = rows_entering_tower_layers(model, lambda: generate(model, inputs, max_new_tokens=2), dim=1)
         finally:
@@ -319,14 +329,14 @@ def batched_tower_pass(model, method, inputs):
 @pytest.mark.parametrize("family", BATCHED)
 def test_vidtldr_leaves_the_later_tower_layers_fewer_tokens_and_expands_the_output_back(family, clip):
     model = model_for(family)
-    tokens, masks, projected, stats = batched_tower_pass(
-        model, VidTLDR(ratio=0.3), inputs_for(family, clip, "What is moving?")
-    )
+    inputs = inputs_for(family, clip, "What is moving?")
+    tokens, masks, projected, stats = batched_tower_pass(model, VidTLDR(ratio=0.3), inputs)
     (features,) = projected  # the model's own selection and pooling see every tower token, merged ones repeated
     assert features.shape[:2] == (8, tokens[0])
     assert len(torch.unique(features[0], dim=0)) == tokens[1] - round(0.114 * tokens[1])  # merged after layer 1 too
     fixed = int(adapter_for(model).tower_has_cls)
-    assert tokens[1] == tokens[0] - round(0.255 * tokens[0]) and 0 < stats.samples[0].encoder_ratio < 1
+    real = (adapter_for(model).tower_real_tokens(inputs) or tokens[:1])[0]  # Gemma 4: its padding goes too
+    assert tokens[1] == real - round(0.255 * real) and 0 < stats.samples[0].encoder_ratio < 1
     (mask,) = masks  # layer 1 attends with log(size) on its keys: sizes are positive, and CLS (if any) stands alone
     assert mask.shape == (8, 1, 1, tokens[1]) and torch.isfinite(mask).all()
     if fixed:
@@ -398,11 +408,11 @@ def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their
     torch.testing.assert_close(folded["bias1"], sizes.log().flatten())  # each kept token's, in row order
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if ADAPTERS[f].tower_frames == PACKED_TOWER])
-def test_a_packed_towers_outputs_keep_their_stock_shapes_whatever_folds(family, clip):
+@pytest.mark.parametrize("family", [f for f in FOLDING if ADAPTERS[f].tower_readouts is not Adapter.tower_readouts])
+def test_a_towers_outputs_keep_their_stock_shapes_whatever_folds_where_it_reads_them_out(family, clip):
     """Folding three quarters of every unit's rows away leaves as many rows as a 2 × 2 readout makes: only the
-    outputs that hold the layers' rows expand back (GLM's downsampled and VideoLLaMA3's pooled last_hidden_state
-    stay as the tower read them out)."""
+    outputs that hold the layers' rows expand back (GLM's downsampled, VideoLLaMA3's and Gemma 4's pooled
+    last_hidden_state stay as the tower read them out)."""
     model = model_for(family)
     encode = {**video_encoder_inputs(inputs_for(family, clip, "What?")), "output_hidden_states": True}
     with torch.no_grad():

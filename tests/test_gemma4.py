@@ -13,8 +13,9 @@ import tokcompress
 from tokcompress import tiny
 from tokcompress.adapters import adapter_for
 from tokcompress.engine import compat
+from tokcompress.methods import FlowCut, VidTLDR
 
-from .conftest import COMPRESSING, generate, logits, model_for
+from .conftest import COMPRESSING, generate, logits, model_for, video_encoder_inputs
 
 
 def _masks(language_model, embeds, types):
@@ -78,6 +79,46 @@ def test_reductions_act_before_the_layers_that_store_kv_for_sharing(clip):
         (sample,) = handle.stats.samples
     assert len(sample.visual_per_layer) == 5
     assert abs(sample.achieved_ratio - 0.3) * sample.visual_in <= 1.0
+
+
+@pytest.mark.parametrize("method", [FlowCut(ratio=0.3), VidTLDR(ratio=0.3)], ids=["flowcut", "vidtldr"])
+def test_tokens_fold_in_its_tower_without_its_padding_and_each_video_as_if_alone(method, clip, other_clip):
+    """Two videos of different sizes in one tower call (36 and 24 real patches a frame, each padded to 48): from
+    layer 1 on every frame holds as many tokens as the larger video kept, the smaller one's fillers masked as keys;
+    each kept token keeps its patch position and rotary row; each video's features are those it gets alone."""
+    model = model_for("gemma4")
+    adapter = adapter_for(model)
+    videos, sizes = [clip, other_clip[:4]], [(96, 96), (64, 96)]
+    both = video_encoder_inputs(tiny.gemma4_inputs(videos, ["What?", "Why?"], sizes=sizes))
+    seen = {}
+    layer = adapter.tower_layers()[0][1]
+    with tokcompress.compress(model, method), torch.no_grad():
+        hooks = [
+            layer.register_forward_pre_hook(lambda m, a, k: seen.update(k, hidden=a[0]), with_kwargs=True),
+            layer.self_attn.register_forward_pre_hook(lambda m, a, k: seen.update(mask=k["attention_mask"]),
+                                                      with_kwargs=True),
+        ]
+        features = model.model.get_video_features(**both).pooler_output
+        for hook in hooks:
+            hook.remove()
+        alone = [
+            model.model.get_video_features(**video_encoder_inputs(tiny.gemma4_inputs(video, "What?", sizes=[size])))
+            .pooler_output[0]
+            for video, size in zip(videos, sizes)
+        ]
+    kept = [int(n) for n in (seen["mask"][:, 0, 0].isfinite().sum(dim=1)[[0, 8]])]
+    assert seen["hidden"].shape[:2] == (12, max(kept)) and kept[1] < kept[0] < 36
+    assert seen["mask"][8:, ..., kept[1]:].isneginf().all() and seen["mask"][:8].isfinite().all()
+    positions = seen["position_ids"]
+    for frame, count in ((0, kept[0]), (8, kept[1])):  # real patches, each once, from the frame's own
+        real = positions[frame, :count]
+        assert (real >= 0).all() and len(real.unique(dim=0)) == count
+        assert set(map(tuple, real.tolist())) <= set(map(tuple, both["video_position_ids"][frame].tolist()))
+    rotary = adapter.vision_tower.encoder.rotary_emb(seen["hidden"], positions)
+    for table, expected in zip(seen["position_embeddings"], rotary):
+        torch.testing.assert_close(table, expected)
+    for batched, single in zip(features, alone):
+        torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
 
 
 def test_frames_attend_both_ways_only_where_the_config_says_vision(clip):

@@ -160,13 +160,24 @@ class Adapter:
         raise NotImplementedError(f"{self.model_type}: the vision tower cannot fold frames")
 
     def tower_readouts(self) -> list[nn.Module]:
-        """The modules of a PACKED tower that read its rows after the layers (its patch merger, DeepStack's
-        mergers): their input is expanded back to every frame unit before they run."""
-        raise NotImplementedError(f"{self.model_type}: the vision tower does not pack frames")
+        """The modules inside the tower that read its rows after the layers (a PACKED tower's patch merger and
+        DeepStack's mergers, Gemma 4's pooler): their input is expanded back to every frame unit (and token) before
+        they run. None: the tower's output is its layers' rows, expanded where it leaves the tower."""
+        return []
 
     tower_row_outputs: ClassVar[tuple[str, ...]] = ("last_hidden_state", "hidden_states")
-    """The outputs of a PACKED tower that hold its rows as its layers left them (not read out): expanded back to
-    every frame unit's rows after a fold."""
+    """The outputs of a tower with readouts that hold its rows as its layers left them (not read out): expanded back
+    to every frame unit's rows after a fold."""
+
+    tower_row_kwargs: ClassVar[tuple[str, ...]] = ()
+    """Call kwargs of a BATCHED tower's layers with a row per frame and an entry per token (dims 0 and 1; a tuple:
+    each of its tensors), gathered for the frames and tokens that remain after a fold (Gemma 4's 2-D rotary tables
+    and patch positions). A layer's `attention_mask` follows the frames too; folding tokens builds its own."""
+
+    def tower_real_tokens(self, encoder_args: dict[str, Any]) -> list[int] | None:
+        """Per video of a `get_video_features` call, the tokens of each of its frames that are not padding, where
+        a BATCHED tower pads its frames at their end (Gemma 4); None where every token is real."""
+        return None
 
     def tower_layer_attention(self, layer: nn.Module) -> nn.Module:
         """The attention module of one of `tower_layers()` (token folding reads its input)."""

@@ -2,7 +2,9 @@
 window and global layers (each type with its own rotary table), per-layer inputs (E2B / E4B), KV sharing (the last
 layers reuse the keys and values of the last unshared layer of their type) and, where the config says "vision",
 vision blocks (an image, a frame) that attend both ways inside sliding layers. Its tower encodes a video's frames as
-a batch of images, each padded to the processor's patch budget, and pools k × k patches to one token by position.
+a batch of images, each padded to the processor's patch budget, and pools k × k patches to one token by position:
+folding inside it gathers each layer's 2-D rotary tables and patch positions with the frames and patches that
+remain, leaves the padding out, and expands the layers' output back before the pooler.
 
 Where it departs from the stock forward: tokens a method drops leave the sliding windows too (a window spans the
 last kept tokens, as in the model's sliding cache); a merged token keeps its kept token's per-layer input and
@@ -16,9 +18,10 @@ import functools
 import torch
 
 from ..engine import compat
+from ..engine.folding import BATCHED
 from ..layout import VisualLayout
 from ..ops import attention_received
-from .base import Adapter, noted_grids, token_runs
+from .base import Adapter, applied_to, noted_grids, token_runs
 
 VISION_TYPES = (1, 2)  # `mm_token_type_ids` of image and video tokens
 
@@ -27,6 +30,9 @@ class Gemma4Adapter(Adapter):
     model_type = "gemma4"
     bidirectional_layer_types = (compat.SLIDING_LAYER,)  # global layers stay causal (HF's rule for Gemma 4)
     llm_token_inputs = ("per_layer_inputs",)
+    tower_frames = BATCHED
+    tower_row_kwargs = ("position_embeddings", "position_ids")
+    tower_row_outputs = ("hidden_states",)  # its last_hidden_state is read out already: pooled, standardised
 
     def __init__(self, model):
         super().__init__(model)
@@ -100,7 +106,7 @@ class Gemma4Adapter(Adapter):
         kernel = self.config.vision_config.pooling_kernel_size
         extent = (encoder_args["video_position_ids"].amax(dim=1) + 1) // kernel  # (frames, 2): tokens across, down
         grids = []
-        for frames in extent.split(self._frame_counts(encoder_args)):
+        for frames in extent.split(self.frame_counts(encoder_args)):
             (width, height), *others = frames.tolist()
             if any(other != [width, height] for other in others):
                 raise ValueError("a Gemma 4 video whose frames differ in size (its processor sizes them alike)")
@@ -118,11 +124,11 @@ class Gemma4Adapter(Adapter):
         real = (encoder_args["video_position_ids"] != -1).all(dim=-1).sum(dim=1).tolist()
         return [
             video[:, : real[first]]  # the processor pads every frame at its end
-            for video, first in zip(embedded.split(self._frame_counts(encoder_args)), self._first_frames(encoder_args))
+            for video, first in zip(embedded.split(self.frame_counts(encoder_args)), self._first_frames(encoder_args))
         ]
 
     def encode_frames(self, encode, encoder_args, keep):
-        counts = self._frame_counts(encoder_args)
+        counts = self.frame_counts(encoder_args)
         index = torch.cat([frames + first for frames, first in zip(keep, self._first_frames(encoder_args))])
         index = index.to(encoder_args["pixel_values_videos"].device)
         kept = {
@@ -140,30 +146,49 @@ class Gemma4Adapter(Adapter):
         output.pooler_output = tuple(videos)
         return output
 
-    def _frame_counts(self, encoder_args) -> list[int]:
+    def frame_counts(self, encoder_args):
         counts = encoder_args["num_frames_per_video"]
         return counts.tolist() if isinstance(counts, torch.Tensor) else list(counts)
 
     def _first_frames(self, encoder_args) -> list[int]:
-        counts = self._frame_counts(encoder_args)
+        counts = self.frame_counts(encoder_args)
         return [sum(counts[:v]) for v in range(len(counts))]
+
+    def tower_layers(self):
+        layers = self.vision_tower.encoder.layers
+        return layers, len(layers)
+
+    def tower_readouts(self):
+        return [self.vision_tower.pooler]
+
+    def tower_real_tokens(self, encoder_args):  # the real patches lead each frame, padding follows
+        real = (encoder_args["video_position_ids"] != -1).all(dim=-1).sum(dim=1)
+        return real[self._first_frames(encoder_args)].tolist()
+
+    def tower_heads(self, attention, hidden, kwargs, project=None):
+        """Queries scaled so that the usual 1/√d gives its logits (its scale is 1: q and k are normed)."""
+        project = project or applied_to(hidden)
+        cos, sin = kwargs["position_embeddings"]
+        positions = kwargs["position_ids"]
+
+        def heads(projection, norm, rotated):  # (images, heads, patches, d)
+            states = norm(project(projection).unflatten(-1, (-1, attention.head_dim)))
+            return (compat.vision_rope(states, cos, sin, positions) if rotated else states).transpose(1, 2)
+
+        queries = heads(attention.q_proj, attention.q_norm, True) * (attention.scaling * attention.head_dim**0.5)
+        keys, values = heads(attention.k_proj, attention.k_norm, True), heads(attention.v_proj, attention.v_norm, False)
+        groups = queries.shape[1] // keys.shape[1]
+        return queries, keys.repeat_interleave(groups, dim=1), values.repeat_interleave(groups, dim=1)
 
     def tower_attention(self):
         return self.vision_tower.encoder.layers[-1].self_attn
 
     def tower_attention_received(self, call):  # (frames, patches): attention each real patch got, 0 on padding
-        attention = self.tower_attention()
-        hidden = call.argument("hidden_states", 0)
-        cos, sin = call.argument("position_embeddings", 1)
         positions = call.argument("position_ids", 3)
-        queries, keys = (  # (frames, heads, patches, d)
-            compat.vision_rope(norm(projection(hidden).unflatten(-1, (-1, attention.head_dim))), cos, sin, positions)
-            .transpose(1, 2)
-            for projection, norm in ((attention.q_proj, attention.q_norm), (attention.k_proj, attention.k_norm))
-        )
-        queries = queries * (attention.scaling * attention.head_dim**0.5)  # its scale is 1, attention_received's 1/√d
+        rotary = {"position_embeddings": call.argument("position_embeddings", 1), "position_ids": positions}
+        queries, keys, _ = self.tower_heads(self.tower_attention(), call.argument("hidden_states", 0), rotary)
         real = (positions != -1).all(dim=-1).sum(dim=1)  # the real patches lead, padding follows
-        received = torch.zeros(positions.shape[:2], device=hidden.device)
+        received = torch.zeros(positions.shape[:2], device=queries.device)
         for count in real.unique().tolist():  # frames of one size at once: every row attends to their real patches
             frames = (real == count).nonzero().squeeze(1)
             received[frames, :count] = attention_received(queries[frames], keys[frames, :, :count])

@@ -10,7 +10,7 @@ the tower encodes every image before the prompt is read (InternVL), the method c
 features at the prefill instead.
 
 With an in-encoder method, the call folds frames, or tokens inside each frame, together between the tower's
-layers (`folding`) where the tower holds them as a batch of images (the LLaVA families) or as runs of a
+layers (`folding`) where the tower holds them as a batch of images (the LLaVA families, Gemma 4) or as runs of a
 packed sequence (Qwen-VL), so every later layer runs on fewer; the tower's output is
 expanded back to its full shape (each frame or token reads what it folded into), and the prefill keeps only
 the frames that still stood, as for the pre-encoder stage.
@@ -28,7 +28,7 @@ from ..layout import VisualLayout
 from ..methods.base import PRE_ENCODER, Method
 from ..stats import Timer
 from . import compat
-from .folding import PACKED, FrameMerging, folds_in_tower
+from .folding import FrameMerging, folds_in_tower
 from .token_merging import TokenMerging
 
 if TYPE_CHECKING:
@@ -76,9 +76,8 @@ def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs:
     if method.compresses() and folds_in_tower(method, adapter):
         record.units = record.units or adapter.frame_counts(encoder_args)
         frames = record.keep or [torch.arange(units) for units in record.units]
-        unit_rows = adapter.unit_rows(encoder_args) if adapter.tower_frames == PACKED else None
         folding = (TokenMerging if method.in_encoder_unit == "token" else FrameMerging)(
-            method, adapter, frames, unit_rows
+            method, adapter, frames, encoder_args
         )
     with record.encoder_time.measure(pixels.device), folding or contextlib.nullcontext():
         if record.keep is None:

@@ -2,7 +2,9 @@
 its layers' outputs to the folding of the call in progress on this thread, which merges frames (`FrameMerging`) or
 tokens inside each frame (`token_merging.TokenMerging`), in a batched or a packed tower, so that the later layers
 encode fewer, and expands the tower's output back to the shape the model expects, each frame or token reading what
-it folded into (a packed tower's readouts get their input expanded before they run)."""
+it folded into (the readouts inside a tower - a patch merger, a pooler - get their input expanded before they run).
+Later layers get the per-frame call kwargs of what remains: a packed tower's segments and rotary rows, a batched
+one's `Adapter.tower_row_kwargs`."""
 
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ import torch
 from ..methods.base import IN_ENCODER, Method
 from ..ops import weighted_merge
 from . import compat
-from .rows import PackedRows, RowMap, runs
+from .rows import PackedRows, PerSource, RowMap, gather_rows, runs
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
@@ -32,13 +34,15 @@ class TowerFolding:
     the same window order), and each later layer gets the attention segments and rotary rows of the rows
     that remain (`PackedRows`)."""
 
-    def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor], unit_rows: list[int] | None):
+    def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor], encoder_args: dict):
         layers, self.depth = adapter.tower_layers()
         self.method, self.adapter, self.num_layers = method, adapter, len(layers)
         self.merge_layers = set(method.encoder_merge_layers(self.depth))
         self.standing = [f.clone() for f in frames]  # per video, the units whose rows are still in the tower
         self.initial = [len(f) for f in frames]
-        self.unit_rows = unit_rows
+        self.unit_rows = adapter.unit_rows(encoder_args) if adapter.tower_frames == PACKED else None
+        self.reads_out = bool(adapter.tower_readouts())
+        self.layer_inputs = PerSource()  # a batched tower's per-frame layer kwargs, for what remains
         self.merged = False
 
     def __enter__(self):
@@ -49,8 +53,25 @@ class TowerFolding:
         _ACTIVE.folding = None
 
     def before_layer(self, index: int, kwargs: dict) -> dict | None:
-        """The call kwargs of a packed tower's layer `index`, for the rows that remain (None: unchanged)."""
-        return self.rows.layer_kwargs(kwargs) if self.unit_rows is not None else None
+        """The call kwargs of tower layer `index`, for the rows that remain (None: unchanged)."""
+        if self.unit_rows is not None:
+            return self.rows.layer_kwargs(kwargs)
+        remaining = self.remaining()
+        if remaining is None:
+            return None
+        frames, tokens = remaining
+        stage = (len(frames), None if tokens is None else tokens.shape[1])
+        names = self.adapter.tower_row_kwargs  # and the mask, where frames fold (folding tokens builds its own)
+        changed = {}
+        for name in (*names, "attention_mask") if tokens is None else names:
+            if (value := kwargs.get(name)) is not None:
+                changed[name] = self.layer_inputs.get(value, stage, lambda: gather_rows(value, frames, tokens))
+        return {**kwargs, **changed} if changed else None
+
+    def remaining(self) -> tuple[torch.Tensor, torch.Tensor | None] | None:
+        """In a batched tower, per row now the original row it continues and (where tokens folded) per token the
+        original token whose place it keeps, (rows, tokens); None while nothing folded."""
+        raise NotImplementedError
 
     def before_attention(self, index: int, module, args: tuple, kwargs: dict) -> dict | None:
         """The call kwargs of tower layer `index`'s attention, changed, or None to leave them."""
@@ -65,10 +86,10 @@ class TowerFolding:
         return self.rows.expand(value)
 
     def expand(self, output):
-        """The tower's output, every tensor in it (the hidden states of any layer) back in the full shape; a
-        packed tower's readouts (its merger) already read expanded input, so there only the outputs that hold
-        its rows (`Adapter.tower_row_outputs`)."""
-        keys = list(output.keys()) if self.unit_rows is None else self.adapter.tower_row_outputs
+        """The tower's output, every tensor in it (the hidden states of any layer) back in the full shape; where
+        readouts inside the tower (a merger, a pooler) already read expanded input, only the outputs that hold its
+        rows (`Adapter.tower_row_outputs`)."""
+        keys = self.adapter.tower_row_outputs if self.reads_out else list(output.keys())
         read_out = [value for key, value in output.items() if key not in keys]  # HF may repeat one in hidden_states
 
         def expand(value):
@@ -92,8 +113,9 @@ class FrameMerging(TowerFolding):
     encode fewer; a row then stands for the frames that folded into it, and the output's tensors - the hidden
     states of any layer - expand back to one row per frame (or per packed row) the call encodes."""
 
-    def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor], unit_rows: list[int] | None):
-        super().__init__(method, adapter, frames, unit_rows)
+    def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor], encoder_args: dict):
+        super().__init__(method, adapter, frames, encoder_args)
+        unit_rows = self.unit_rows
         self.sizes = [torch.ones(len(f)) for f in frames]
         first = torch.tensor([0, *self.initial]).cumsum(0)
         self.ordinals = [torch.arange(a, b) for a, b in zip(first[:-1].tolist(), first[1:].tolist())]
@@ -153,6 +175,10 @@ class FrameMerging(TowerFolding):
             self.rows.fold(origin, read)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
+    def remaining(self):
+        rows = torch.cat(self.ordinals)  # the encoded frames that stand, each where its row is now
+        return None if len(rows) == len(self.row_of) else (rows, None)
+
     def layer_share(self, units: list[int]) -> list[float]:
         """Per video, the share of its frame-layers the tower computed (every layer counts, merging or not)."""
         return [
@@ -202,11 +228,11 @@ def hook_tower_folding(method: Method, adapter: Adapter) -> list[torch.utils.hoo
     """The tower hooks through which the encoder call in progress on a thread folds frames or tokens; they come
     first in line (HF's output capture then records what folded)."""
     layers, _ = adapter.tower_layers()
-    packed = adapter.tower_frames == PACKED
+    per_frame_kwargs = adapter.tower_frames == PACKED or bool(adapter.tower_row_kwargs)
     handles = []
     for index, layer in enumerate(layers):
         handles.append(layer.register_forward_hook(functools.partial(_after_layer, index), prepend=True))
-        if packed:  # its attention segments and rotary rows, for the rows that remain
+        if per_frame_kwargs:  # its attention segments, rotary rows, positions, for the rows that remain
             hook = functools.partial(_before_layer, index)
             handles.append(layer.register_forward_pre_hook(hook, with_kwargs=True, prepend=True))
         if method.in_encoder_unit == "token":  # its saliency and proportional attention, from its projections
@@ -215,8 +241,8 @@ def hook_tower_folding(method: Method, adapter: Adapter) -> list[torch.utils.hoo
             handles.append(attention.register_forward_pre_hook(hook, with_kwargs=True))
             for projection in (module for module in attention.modules() if isinstance(module, torch.nn.Linear)):
                 handles.append(projection.register_forward_hook(functools.partial(_after_projection, index)))
-    for readout in adapter.tower_readouts() if packed else ():
-        handles.append(readout.register_forward_pre_hook(_before_readout, prepend=True))
+    for readout in adapter.tower_readouts():
+        handles.append(readout.register_forward_pre_hook(_before_readout, with_kwargs=True, prepend=True))
     handles.append(adapter.vision_tower.register_forward_hook(_after_tower, prepend=True))
     return handles
 
@@ -238,18 +264,21 @@ def _after_projection(index: int, module, args, output):
 
 
 def _before_layer(index: int, module, args, kwargs):
-    """Forward pre-hook of a packed tower's layer `index`."""
+    """Forward pre-hook of tower layer `index`, where its call kwargs hold something per frame."""
     folding = getattr(_ACTIVE, "folding", None)
     new_kwargs = folding.before_layer(index, kwargs) if folding is not None else None
     return None if new_kwargs is None else (args, new_kwargs)
 
 
-def _before_readout(module, args):
-    """Forward pre-hook of a packed tower's readout (patch merger): its input back to every frame's rows."""
+def _before_readout(module, args, kwargs):
+    """Forward pre-hook of a readout inside the tower (patch merger, pooler): its input (the first argument, or
+    `hidden_states`) back to every frame's rows and tokens."""
     folding = getattr(_ACTIVE, "folding", None)
     if folding is None or not folding.merged:
         return None
-    return (folding.expand_tensor(args[0]), *args[1:])
+    if args:
+        return (folding.expand_tensor(args[0]), *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": folding.expand_tensor(kwargs["hidden_states"])}
 
 
 def _after_layer(index: int, module, args, output):

@@ -35,7 +35,7 @@ class PackedRows(RowMap):
     def __init__(self, total: int):
         super().__init__(total)
         self.origin = torch.arange(total)
-        self._cached: dict[tuple, tuple] = {}  # (what, row count) -> (the tower's tensor, what later layers get)
+        self._layer_inputs = PerSource()
 
     def fold(self, origin: torch.Tensor, read: torch.Tensor) -> None:
         if len(origin) > 1 and not bool((origin.diff() > 0).all()):
@@ -64,12 +64,7 @@ class PackedRows(RowMap):
         return changed
 
     def _once(self, source, compute):
-        """`compute()` for the tower's `source` at the current row count, once (the tower passes the same
-        tensors to every layer)."""
-        key = (id(source), len(self.origin))
-        if key not in self._cached or self._cached[key][0] is not source:
-            self._cached[key] = (source, compute())
-        return self._cached[key][1]
+        return self._layer_inputs.get(source, len(self.origin), compute)
 
     def _segments(self, segments: torch.Tensor) -> tuple[torch.Tensor, int]:
         """`cu_seqlens` over the original rows → over the remaining ones (each segment keeps the rows that remain
@@ -79,6 +74,32 @@ class PackedRows(RowMap):
         lengths = torch.bincount(segment, minlength=len(segments) - 1)
         lengths = lengths[lengths > 0]
         return torch.cat([segments.new_zeros(1), lengths.cumsum(0).to(segments.dtype)]), int(lengths.max())
+
+
+class PerSource:
+    """What later layers get in place of a call kwarg the tower passes to every layer, computed once per stage."""
+
+    def __init__(self):
+        self._cached: dict[tuple, tuple] = {}  # (id of the tower's value, stage) -> (the value, what layers get)
+
+    def get(self, source, stage, compute):
+        """`compute()` for the tower's `source` at `stage` (a row count, or rows and tokens), once."""
+        key = (id(source), stage)
+        if key not in self._cached or self._cached[key][0] is not source:
+            self._cached[key] = (source, compute())
+        return self._cached[key][1]
+
+
+def gather_rows(value, rows: torch.Tensor, tokens: torch.Tensor | None = None):
+    """A tensor (or a tuple of them) with a row per frame (dim 0) and, given `tokens` (per remaining row, the
+    original token each of its tokens continues), an entry per token (dim 1): that of what remains."""
+    if isinstance(value, tuple):
+        return tuple(gather_rows(part, rows, tokens) for part in value)
+    value = value[rows.to(value.device)]
+    if tokens is None:
+        return value
+    index = tokens.to(value.device).view(*tokens.shape, *[1] * (value.dim() - 2))
+    return value.gather(1, index.expand(-1, -1, *value.shape[2:]))
 
 
 def runs(starts: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

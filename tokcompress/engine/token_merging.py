@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..methods.base import Method, TokenFolding, TowerTokens
-from ..ops import weighted_merge
+from ..ops import attention_row_sharpness, weighted_merge
 from . import compat
 from .folding import TowerFolding, rows_through_layers
 from .rows import PackedRows
@@ -24,25 +24,31 @@ class TokenMerging(TowerFolding):
     output is expanded back to every token of the grid, each reading the token it folded into - so the model's
     own feature selection, pooling and merger run unchanged.
 
-    Where tokens fold with their mass (`Method.folds_with_mass`), every later layer adds log(size) to each key's
-    attention logits (proportional attention): a batched tower through a float mask, a packed one through the
-    `compat.KEY_BIAS` keyword its attention (ours: the engine puts it in) reads. In a packed tower a folded token
-    keeps its kept token's place - rotary row and window. A method may carry a value per token from one of its
-    merge layers to the next (`TokenFolding.carry`)."""
+    The method sees one block per video: its frames' current tokens (a leading CLS never folds; a batched tower's
+    padding at the end of a frame - Gemma 4's - is left out and goes at the first merge). A batched tower's frames
+    then hold the most tokens any video kept, a video that kept fewer filling its rows with masked keys. Where
+    tokens fold with their mass (`Method.folds_with_mass`), every later layer adds log(size) to each key's attention
+    logits (proportional attention): a batched tower through a float mask, a packed one through the `compat.KEY_BIAS`
+    keyword its attention (ours: the engine puts it in) reads. A folded token keeps its kept token's place: a packed
+    tower's rotary row and window, a batched one's `Adapter.tower_row_kwargs`. A method may carry a value per token
+    from one of its merge layers to the next (`TokenFolding.carry`)."""
 
-    def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor], unit_rows: list[int] | None):
-        super().__init__(method, adapter, frames, unit_rows)
-        if unit_rows is None:  # one block of every frame (a batch), a leading CLS never folds
-            self.fixed, self.tokens = int(adapter.tower_has_cls), None
-        else:  # one block per video, of its frames' current tokens
-            self.fixed, self.tokens = 0, list(unit_rows)
-            self.rows = PackedRows(sum(n * rows for n, rows in zip(self.initial, unit_rows)))
+    def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor], encoder_args: dict):
+        super().__init__(method, adapter, frames, encoder_args)
+        self.packed = self.unit_rows is not None
+        if self.packed:  # per video, its frames' current tokens
+            self.fixed, self.tokens = 0, list(self.unit_rows)
+            self.rows = PackedRows(sum(n * rows for n, rows in zip(self.initial, self.unit_rows)))
+        else:  # per video, its frames' real tokens (None: all, known at the first merge)
+            self.fixed, self.tokens = int(adapter.tower_has_cls), adapter.tower_real_tokens(encoder_args)
+            self.original_width = self.width = None  # tokens a batched tower's frames hold: at first, once folded
+            self.kept_tokens: torch.Tensor | None = None  # (frames, width): the original token each continues
         self.sizes: list[torch.Tensor] | None = None  # per block (frames, tokens), from the first merge layer on
         self.token_of: list[torch.Tensor] | None = None  # per block (frames, original tokens): its current token
         self.origin: list[torch.Tensor] | None = None  # per block (frames, tokens): each one's original token
         self.carried: list[torch.Tensor | None] = []  # per block, what the method carries to its next merge layer
         self.key_bias: torch.Tensor | None = None  # keys' log(size): batched (frames, 1, 1, tokens), packed (rows,)
-        self.stages: dict[int, torch.Tensor] = {}  # batched: tokens per frame -> token_of at that stage
+        self.stages: dict[int, torch.Tensor] = {}  # batched: tokens per frame -> each original token's token then
         self.counts: list[tuple[int, list[int]]] = []  # (layer, tokens per frame of each block) per merge
         self.attention_call = None
         self.projections: dict[torch.nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}  # module -> (input, output)
@@ -51,12 +57,11 @@ class TokenMerging(TowerFolding):
         if index in self.merge_layers:  # the layer's own attention input, for the saliency of its rows
             self.attention_call = (module, kwargs["hidden_states"] if "hidden_states" in kwargs else args[0], kwargs)
             self.projections = {}
-        if self.key_bias is None:
+        if self.packed:
+            return None if self.key_bias is None else {**kwargs, compat.KEY_BIAS: self.key_bias}
+        if not self.merged:
             return None
-        if self.tokens is not None:
-            return {**kwargs, compat.KEY_BIAS: self.key_bias}
-        mask = kwargs.get("attention_mask")
-        return {**kwargs, "attention_mask": self.key_bias if mask is None else mask + self.key_bias}
+        return {**kwargs, "attention_mask": self.key_bias}  # the call's own masked tokens that are gone now
 
     def after_projection(self, index: int, module, inputs: tuple, output: torch.Tensor) -> None:
         """A projection inside merge layer `index`'s attention ran: its output, for the method's scores."""
@@ -67,7 +72,10 @@ class TokenMerging(TowerFolding):
         if index not in self.merge_layers:
             return None
         hidden = output[0] if isinstance(output, tuple) else output
-        blocks = [hidden] if self.tokens is None else self._videos(hidden, self.tokens)
+        if self.sizes is None and not self.packed:  # the first merge layer: the frames' width as the tower had it
+            self.original_width = hidden.shape[1]
+            self.tokens = self.tokens or [self.original_width] * len(self.initial)
+        blocks = self._videos(hidden, self.tokens) if self.packed else self._frames_of_videos(hidden)
         if self.sizes is None:  # the first merge layer: every token stands for itself
             self.sizes = [block.new_ones(block.shape[:2], dtype=torch.float32) for block in blocks]
             self.token_of = [TokenFolding.identity(*block.shape[:2], block.device).keep for block in blocks]
@@ -90,18 +98,55 @@ class TokenMerging(TowerFolding):
             self.token_of[b] = plan.merge_into.gather(1, self.token_of[b])
             self.origin[b] = self.origin[b].gather(1, plan.keep)
         self.merged = True
-        self.counts.append((index, [block.shape[1] for block in merged_blocks]))
+        self.tokens = [block.shape[1] for block in merged_blocks]
+        self.counts.append((index, self.tokens))
         with_mass = self.method.folds_with_mass()
-        if self.tokens is None:
-            hidden = merged_blocks[0]
-            self.stages[hidden.shape[1]] = self.token_of[0]
-            self.key_bias = self.sizes[0].log().to(hidden.dtype)[:, None, None, :] if with_mass else None
-        else:
+        if self.packed:
             hidden = torch.cat([block.flatten(0, 1) for block in merged_blocks])
-            self.tokens = [block.shape[1] for block in merged_blocks]
             self.rows.fold(*self._packed_rows())
             self.key_bias = torch.cat([sizes.flatten() for sizes in self.sizes]).log() if with_mass else None
+        else:
+            hidden = self._batch(merged_blocks, with_mass)
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
+
+    def _frames_of_videos(self, hidden: torch.Tensor) -> list[torch.Tensor]:
+        """A batched tower's rows as one (frames, tokens[v], D) block per video, its frames' current tokens."""
+        return [rows[:, :tokens] for rows, tokens in zip(hidden.split(self.initial), self.tokens)]
+
+    def _batch(self, blocks: list[torch.Tensor], with_mass: bool) -> torch.Tensor:
+        """The folded videos as a batched tower's rows again: each frame's tokens, then (where a video kept fewer
+        than another) fillers, masked as keys; notes where every original token reads, and the keys' mask."""
+        width = max(self.tokens)
+        while width in {self.original_width, *self.stages}:  # a width seen before would not say which stage it is
+            width += 1
+        hidden = blocks[0].new_zeros(sum(self.initial), width, blocks[0].shape[-1])
+        bias = torch.full(hidden.shape[:2], float("-inf"), device=hidden.device)
+        kept_tokens = torch.zeros(hidden.shape[:2], dtype=torch.long)
+        reads = torch.zeros(len(hidden), self.original_width, dtype=torch.long)
+        first = 0
+        for block, sizes, origin, token_of in zip(blocks, self.sizes, self.origin, self.token_of):
+            rows, kept = slice(first, first + len(block)), block.shape[1]
+            hidden[rows, :kept] = block
+            bias[rows, :kept] = sizes.log().to(bias.device) if with_mass else 0
+            kept_tokens[rows, :kept] = origin.cpu()
+            reads[rows, : token_of.shape[1]] = token_of.cpu()  # padding (none kept) reads token 0: the pooler zeroes it
+            first += len(block)
+        self.width, self.kept_tokens, self.stages[width] = width, kept_tokens, reads
+        masked = bool(torch.isinf(bias).any())
+        implementation = compat.attention_implementation(self.adapter.vision_tower.config)
+        if masked and "flash" in implementation:
+            raise ValueError(
+                f"the videos of this tower call kept different numbers of tokens, so their frames hold fillers that "
+                f"{implementation} cannot mask: load the tower with attn_implementation='sdpa', or encode videos of "
+                "different sizes in separate calls"
+            )
+        self.key_bias = bias.to(hidden.dtype)[:, None, None, :] if with_mass or masked else None
+        return hidden
+
+    def remaining(self):
+        if self.width is None:
+            return None
+        return torch.arange(sum(self.initial)), self.kept_tokens
 
     def _tower_tokens(self, index: int, blocks: list[torch.Tensor]) -> list[TowerTokens]:
         """Each block as the method sees it, the layer's attention read from its call (once, when first asked) and
@@ -115,18 +160,21 @@ class TokenMerging(TowerFolding):
 
         @functools.cache
         def sharpness() -> list[torch.Tensor]:
+            if not self.packed:  # each block's rows over its own tokens (not its padding or fillers)
+                return [attention_row_sharpness(*block_heads[:2]) for block_heads in heads()]
             with torch.no_grad():
                 scores = self.adapter.tower_row_sharpness(module, attention_input, kwargs, project)
-            return [scores] if self.tokens is None else [
-                rows.view(block.shape[:2]) for rows, block in zip(scores.split(self._block_rows(blocks)), blocks)
-            ]
+            return [rows.view(block.shape[:2]) for rows, block in zip(scores.split(self._block_rows(blocks)), blocks)]
 
         @functools.cache
         def heads() -> list[tuple[torch.Tensor, ...]]:
             with torch.no_grad():
                 states = self.adapter.tower_heads(module, attention_input, kwargs, project)
-            if self.tokens is None:
-                return [states]
+            if not self.packed:
+                return [
+                    tuple(state[rows, :, :block.shape[1]] for state in states)
+                    for rows, block in zip(self._video_rows(), blocks)
+                ]
             per_block = zip(*(state.split(self._block_rows(blocks), dim=1) for state in states))
             return [
                 tuple(state.unflatten(1, block.shape[:2]).transpose(0, 1) for state in block_states)
@@ -140,6 +188,11 @@ class TokenMerging(TowerFolding):
             )
             for b, block in enumerate(blocks)
         ]
+
+    def _video_rows(self) -> list[slice]:
+        """A batched tower's rows of each video."""
+        bounds = torch.tensor([0, *self.initial]).cumsum(0).tolist()
+        return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
 
     @staticmethod
     def _block_rows(blocks: list[torch.Tensor]) -> list[int]:
@@ -160,7 +213,7 @@ class TokenMerging(TowerFolding):
     def expand_tensor(self, value):
         """Batched: (rows, tokens at some stage, D) back to (rows, every token, D), each token reading the one
         it folded into; packed: the rows' `PackedRows` expansion."""
-        if self.tokens is not None:
+        if self.packed:
             return super().expand_tensor(value)
         if value.dim() != 3 or value.shape[0] != sum(self.initial) or value.shape[1] not in self.stages:
             return value
@@ -171,9 +224,8 @@ class TokenMerging(TowerFolding):
         """Per video, the share of its token-layers the tower computed."""
         shares = []
         for video, (frames, count) in enumerate(zip(self.standing, units)):
-            block = 0 if self.tokens is None else video
-            full = self.token_of[block].shape[1]
-            counts = [(layer, per_block[block]) for layer, per_block in self.counts]
+            full = self.token_of[video].shape[1]
+            counts = [(layer, per_block[video]) for layer, per_block in self.counts]
             shares.append(len(frames) / max(count, 1) * rows_through_layers(full, counts, self.num_layers)
                           / (self.num_layers * full))
         return shares

@@ -269,8 +269,8 @@ class Method:
 
         frames: (F, n, D) the hidden states of the frames still in the tower; sizes: (F,) how many of the
         video's frames each stands for (merges are size-weighted means). For towers that can fold frames (a
-        batch of images: the LLaVA families; a packed sequence of temporal patches: Qwen-VL); elsewhere the tower
-        encodes every frame.
+        batch of images: the LLaVA families, Gemma 4; a packed sequence of temporal patches: Qwen-VL); elsewhere
+        the tower encodes every frame.
         """
         raise NotImplementedError(f"{type(self).__name__} does not act inside the vision encoder")
 

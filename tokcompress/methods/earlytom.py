@@ -20,17 +20,16 @@ PAPER_LAYERS, PAPER_DEPTH = (6, 21, 23), 26  # PRUNE_LAYERS of LLaVA-OV's 26 Sig
 class EarlyTom(Method):
     """Early token merging: frames merge inside the tower, tokens are chosen after it.
 
-    Inside the vision tower (where it can fold frames: the LLaVA families' batch of images, Qwen-VL's packed
-    sequence of temporal patches), after each merge layer (the paper's 6, 21 and 23 of 26, scaled to the layers
-    before the feature layer) the frames are segmented greedily: a segment starts at a reference frame and grows
-    while the smoothed mean cosine to it, e ← `ema` · c + (1 − `ema`) · e, stays at least `tau`, up to `max_window`
-    frames. In a segment of three or more frames the first and last stay, and neighbouring middle frames j, j + 1
-    fold together when their mean cosine is at least the first-to-last cosine and the next pair's (the last pair:
-    the first-to-last only). Later tower layers run on the frames left. Before the LLM the same segmentation of the
-    frames that stood marks each segment's middle frames static and the others dynamic; every frame gets an equal
-    share of the budget: a dynamic frame keeps its most attended tokens (the attention each got in the tower's
-    feature layer), a static frame splits its raster order into that many windows and keeps each window's most
-    attended token.
+    Inside the vision tower (where it can fold frames: the LLaVA families' and Gemma 4's batch of images, Qwen-VL's
+    packed sequence of temporal patches), after each merge layer (the paper's 6, 21 and 23 of 26, scaled to the layers
+    before the feature layer) the frames are segmented greedily: a segment starts at a reference frame and grows while
+    the smoothed mean cosine to it, e ← `ema` · c + (1 − `ema`) · e, stays at least `tau`, up to `max_window` frames. In
+    a segment of three or more frames the first and last stay, and neighbouring middle frames j, j + 1 fold together
+    when their mean cosine is at least the first-to-last cosine and the next pair's (the last pair: the first-to-last
+    only). Later tower layers run on the frames left. Before the LLM the same segmentation of the frames that stood
+    marks each segment's middle frames static and the others dynamic; every frame gets an equal share of the budget: a
+    dynamic frame keeps its most attended tokens (the attention each got in the tower's feature layer), a static frame
+    splits its raster order into that many windows and keeps each window's most attended token.
 
     ratio: 0.1 (RETAIN_RATIO); tau: 0.6 (T); max_window: 8 (M); ema: 0.9; merge_layers: None = "6,21,23" of
     26 scaled (a comma-separated list of tower layers otherwise).

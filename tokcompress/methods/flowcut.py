@@ -31,18 +31,18 @@ PAPER_INNER_LAYER = 2  # the LLaVA-NeXT and Qwen variants prune after LLM layer 
 
 @dataclass
 class FlowCut(ToMeAfterTower):
-    """Inside the vision tower (where it can fold: the LLaVA families' batch of images, Qwen-VL's packed sequence
-    of temporal patches), every frame drops tokens step by step, so that each later layer runs on fewer. After
-    every other layer, ending with the one before the last the model reads, a token's score is its share of the
-    attention of the frame's global query (its CLS row; without a CLS, the mean of its queries) - plus, with a
-    CLS, its share of softmax(v_CLS · v_j) - times ‖mean over heads of v_j‖₁; the scores flow through the layers
-    as cum ← (cum + score) / 2, and the frame keeps its best tokens by cum. A step r layers before the last
-    pruning layer drops (n − T) / √r of the n tokens left, T = round(tower_ratio · the frame's tokens); the last
-    one leaves T exactly. The tower's output is expanded back to the full grid (each dropped token reads its most
-    similar kept one, cosine of the layer's output, and adds no weight to it), so the model's own pooling and
-    merger run unchanged; before the LLM each frame's repeats fold first, then `tome` meets the count. Inside the
-    LLM (its LLaVA-NeXT and Qwen variants), layer `inner_layer` − 1 scores the visual tokens by the last token's
-    flow - its share of softmax(q · k_j / √d) plus its share of softmax(v · v_j / √d), head means, times
+    """Inside the vision tower (where it can fold: the LLaVA families' and Gemma 4's batch of images, Qwen-VL's
+    packed sequence of temporal patches), every frame drops tokens step by step, so that each later layer runs on
+    fewer. After every other layer, ending with the one before the last the model reads, a token's score is its
+    share of the attention of the frame's global query (its CLS row; without a CLS, the mean of its queries) - plus,
+    with a CLS, its share of softmax(v_CLS · v_j) - times ‖mean over heads of v_j‖₁; the scores flow through the
+    layers as cum ← (cum + score) / 2, and the frame keeps its best tokens by cum. A step r layers before the last
+    pruning layer drops (n − T) / √r of the n tokens left, T = round(tower_ratio · the frame's tokens); the last one
+    leaves T exactly. The tower's output is expanded back to the full grid (each dropped token reads its most
+    similar kept one, cosine of the layer's output, and adds no weight to it), so the model's own pooling and merger
+    run unchanged; before the LLM each frame's repeats fold first, then `tome` meets the count. Inside the LLM (its
+    LLaVA-NeXT and Qwen variants), layer `inner_layer` − 1 scores the visual tokens by the last token's flow - its
+    share of softmax(q · k_j / √d) plus its share of softmax(v · v_j / √d), head means, times
     ‖mean over heads of v_j‖₁, from that layer's own projections - and those with the lowest scores are dropped
     before layer `inner_layer`, down to what the layer budget leaves (about 1 − `inner_prune` of them stay). The
     count before the LLM (and by default the tower's) is what that leaves room for in the layer average, so from a

@@ -14,17 +14,16 @@ PAPER_SCHEDULE = "0.255,0.114"  # MSRVTT-QA / MSVD-QA, UMT-B/16: 600 then 200 of
 
 @dataclass
 class VidTLDR(ToMeAfterTower):
-    """Inside the vision tower (where it can fold: the LLaVA families' batch of images, Qwen-VL's packed
-    sequence of temporal patches), after each of its first layers every frame merges r of its tokens, r from `merge_schedule` (a fraction of the frame's
-    current tokens, or a count when ≥ 1; at most half): a token's saliency is the sharpness of where it
-    looks (Σ_j Ā_ij log Ā_ij over its row of the layer's head-mean attention), min-max normalised; tokens
-    below the mean are background (saliency 0), the others centred and scaled to (0, 1]. As in ToMe, even
-    tokens find their most similar odd token (cosine of the layer's output) and the r best-matched even
-    tokens merge into their partners, each weighted by size × saliency - background ones vanish without
-    mass. Every later tower layer adds log(size) to each key's attention logits. The tower's output is
-    expanded back to the full grid (each token reading the one it merged into), so the merged groups reach
-    the LLM as repeated features; before the LLM each frame's repeats fold first, then `tome` meets the
-    budget.
+    """Inside the vision tower (where it can fold: the LLaVA families' and Gemma 4's batch of images, Qwen-VL's packed
+    sequence of temporal patches), after each of its first layers every frame merges r of its tokens, r from
+    `merge_schedule` (a fraction of the frame's current tokens, or a count when ≥ 1; at most half): a token's saliency
+    is the sharpness of where it looks (Σ_j Ā_ij log Ā_ij over its row of the layer's head-mean attention), min-max
+    normalised; tokens below the mean are background (saliency 0), the others centred and scaled to (0, 1]. As in ToMe,
+    even tokens find their most similar odd token (cosine of the layer's output) and the r best-matched even tokens
+    merge into their partners, each weighted by size × saliency - background ones vanish without mass. Every later tower
+    layer adds log(size) to each key's attention logits. The tower's output is expanded back to the full grid (each
+    token reading the one it merged into), so the merged groups reach the LLM as repeated features; before the LLM each
+    frame's repeats fold first, then `tome` meets the budget.
 
     ratio: 0.5 (as `tome`); merge_schedule: "0.255,0.114" (the README's MSRVTT-QA schedule for UMT-B/16,
     600 and 200 of 2,352 tokens); window, proportional_attention: as `tome`.
