@@ -21,6 +21,7 @@ from tokcompress.methods import (
     EarlyTom,
     EncoderOnly,
     FastV,
+    FlowCut,
     FrameDedup,
     FrameFusion,
     VidTLDR,
@@ -145,6 +146,24 @@ def test_a_packed_tower_runs_its_later_windows_on_the_frames_that_stand_and_read
     assert torch.equal(segments, torch.arange(0, rows + 1, 16, dtype=segments.dtype))  # 4×4-patch windows
     assert torch.equal(torch.cat(folded.pooler_output), torch.cat(expected.pooler_output))
     assert torch.equal(folded.last_hidden_state, expected.last_hidden_state)
+
+
+@pytest.mark.parametrize("family", BATCHED)
+@pytest.mark.parametrize("method", [EarlyTom(ratio=0.3), VidTLDR(ratio=0.3), FlowCut(ratio=0.3)], ids=str)
+def test_each_video_of_a_batched_tower_call_folds_as_if_encoded_alone(family, method, clip, other_clip):
+    """Every video of the call is its own block: what a method folds in one does not depend on the other."""
+    model = model_for(family)
+
+    def video_features(frames: list[torch.Tensor]) -> list[torch.Tensor]:
+        encode = video_encoder_inputs(inputs_for(family, frames, ["What?"] * len(frames)))
+        features = model.model.get_video_features(**encode).pooler_output
+        return list(features) if len(features) == len(frames) else list(features.chunk(len(frames)))  # per frame
+
+    with tokcompress.compress(model, method), torch.no_grad():
+        together = video_features([clip, other_clip])
+        alone = [video_features([frames])[0] for frames in (clip, other_clip)]
+    for batched, single in zip(together, alone):
+        torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])

@@ -178,7 +178,7 @@ def test_repeats_are_found_as_comparing_every_pair_would():
 
 
 @pytest.mark.parametrize(
-    "family", ["llava_onevision", "video_llava", "qwen2_5_vl", "video_llama_3", "qwen2_5_omni_thinker"]
+    "family", ["llava_onevision", "video_llava", "qwen2_5_vl", "video_llama_3", "qwen2_5_omni_thinker", "gemma4"]
 )
 @pytest.mark.parametrize("method", [FlowCut(ratio=0.3), VidTLDR(ratio=0.3, merge_schedule="0.2")])
 def test_scores_read_the_projections_the_tower_computed(family, method, clip):

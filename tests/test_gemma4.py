@@ -13,7 +13,7 @@ import tokcompress
 from tokcompress import tiny
 from tokcompress.adapters import adapter_for
 from tokcompress.engine import compat
-from tokcompress.methods import FlowCut, VidTLDR
+from tokcompress.methods import EarlyTom, FlowCut, VidTLDR
 
 from .conftest import COMPRESSING, generate, logits, model_for, video_encoder_inputs
 
@@ -119,6 +119,49 @@ def test_tokens_fold_in_its_tower_without_its_padding_and_each_video_as_if_alone
         torch.testing.assert_close(table, expected)
     for batched, single in zip(features, alone):
         torch.testing.assert_close(batched, single, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("method", [EarlyTom(ratio=0.3), VidTLDR(ratio=0.3), FlowCut(ratio=0.3)], ids=str)
+def test_videos_of_two_sizes_in_one_tower_call_fold_as_if_encoded_alone(method, dtype, clip, other_clip):
+    """Frames folded (each frame keeping its own patch positions and padding mask) or tokens (fillers masked) in a
+    call of a 96 × 96 and a 64 × 96 video: each video gets the features it gets alone - in bf16 too, to rounding."""
+    model = model_for("gemma4") if dtype == torch.float32 else tiny.tiny_gemma4().to(dtype)
+    videos, sizes = [clip, other_clip[:4]], [(96, 96), (64, 96)]
+
+    def features(frames, frame_sizes):
+        inputs = video_encoder_inputs(tiny.gemma4_inputs(frames, ["What?"] * len(frames), sizes=frame_sizes))
+        return model.model.get_video_features(**{**inputs, "pixel_values_videos": inputs["pixel_values_videos"]
+                                                 .to(dtype)}).pooler_output
+
+    with tokcompress.compress(model, method), torch.no_grad():
+        rows = []
+        hook = adapter_for(model).tower_layers()[0][-1].register_forward_pre_hook(
+            lambda module, args: rows.append(args[0].shape[0]))
+        together = features(videos, sizes)
+        hook.remove()
+        alone = [features([video], [size])[0] for video, size in zip(videos, sizes)]
+    assert rows[0] < 12 if isinstance(method, EarlyTom) else rows[0] == 12  # frames folded, or tokens
+    tolerance = {"atol": 1e-5, "rtol": 1e-4} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}
+    for batched, single in zip(together, alone):
+        assert batched.isfinite().all()
+        torch.testing.assert_close(batched, single, **tolerance)
+
+
+def test_a_flash_tower_refuses_videos_of_two_sizes_before_it_runs(clip, other_clip, monkeypatch):
+    """Tokens folded in videos of different sizes leave some frames fillers that flash attention cannot mask: the
+    call is refused before the tower's first layer runs, with the fix."""
+    model = model_for("gemma4")
+    adapter = adapter_for(model)
+    inputs = video_encoder_inputs(tiny.gemma4_inputs([clip, other_clip], ["What?"] * 2, sizes=[(96, 96), (64, 96)]))
+    ran = []
+    with tokcompress.compress(model, FlowCut(ratio=0.3)), torch.no_grad():
+        monkeypatch.setattr(adapter.vision_tower.config, "_attn_implementation", "flash_attention_2")
+        hook = adapter.tower_layers()[0][0].register_forward_pre_hook(lambda module, args: ran.append(True))
+        with pytest.raises(ValueError, match="cannot mask: load the tower with attn_implementation='sdpa'"):
+            model.model.get_video_features(**inputs)
+        hook.remove()
+    assert not ran
 
 
 def test_frames_attend_both_ways_only_where_the_config_says_vision(clip):

@@ -53,7 +53,7 @@ def prefill_syncs(model, inputs) -> int:
 
 
 @pytest.mark.parametrize("method", sorted(COMPRESSING))
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])  # a batched tower, a packed windowed one
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "gemma4"])  # batched, packed, padded batched
 def test_a_prefills_host_syncs_do_not_grow_with_the_frames(clip, family, method):
     """8 more frames add fewer than 4 syncs (a per-frame loop adds 8 or more; FrameFusion's chain following is
     logarithmic in the frames)."""

@@ -162,7 +162,7 @@ class Adapter:
     def tower_readouts(self) -> list[nn.Module]:
         """The modules inside the tower that read its rows after the layers (a PACKED tower's patch merger and
         DeepStack's mergers, Gemma 4's pooler): their input is expanded back to every frame unit (and token) before
-        they run. None: the tower's output is its layers' rows, expanded where it leaves the tower."""
+        they run. None (empty): the tower's output is its layers' rows, expanded where it leaves the tower."""
         return []
 
     tower_row_outputs: ClassVar[tuple[str, ...]] = ("last_hidden_state", "hidden_states")
@@ -178,6 +178,11 @@ class Adapter:
         """Per video of a `get_video_features` call, the tokens of each of its frames that are not padding, where
         a BATCHED tower pads its frames at their end (Gemma 4); None where every token is real."""
         return None
+
+    def tower_projection_modules(self, attention: nn.Module) -> list[nn.Module]:
+        """The projections inside a tower layer's attention whose outputs on its input `tower_heads` reads: hooked
+        while a method folds tokens, so their outputs are reused, not computed again (default: its linear layers)."""
+        return [module for module in attention.modules() if isinstance(module, nn.Linear)]
 
     def tower_layer_attention(self, layer: nn.Module) -> nn.Module:
         """The attention module of one of `tower_layers()` (token folding reads its input)."""

@@ -32,7 +32,7 @@ class Gemma4Adapter(Adapter):
     llm_token_inputs = ("per_layer_inputs",)
     tower_frames = BATCHED
     tower_row_kwargs = ("position_embeddings", "position_ids")
-    tower_row_outputs = ("hidden_states",)  # its last_hidden_state is read out already: pooled, standardised
+    tower_row_outputs = ("hidden_states", "attentions")  # its last_hidden_state is read out: pooled, standardised
 
     def __init__(self, model):
         super().__init__(model)
@@ -164,6 +164,9 @@ class Gemma4Adapter(Adapter):
     def tower_real_tokens(self, encoder_args):  # the real patches lead each frame, padding follows
         real = (encoder_args["video_position_ids"] != -1).all(dim=-1).sum(dim=1)
         return real[self._first_frames(encoder_args)].tolist()
+
+    def tower_projection_modules(self, attention):  # clippable: a clamp around each linear layer
+        return [attention.q_proj, attention.k_proj, attention.v_proj]
 
     def tower_heads(self, attention, hidden, kwargs, project=None):
         """Queries scaled so that the usual 1/√d gives its logits (its scale is 1: q and k are normed)."""

@@ -9,6 +9,7 @@ one's `Adapter.tower_row_kwargs`."""
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 from typing import TYPE_CHECKING
 
@@ -17,7 +18,7 @@ import torch
 from ..methods.base import IN_ENCODER, Method
 from ..ops import weighted_merge
 from . import compat
-from .rows import PackedRows, PerSource, RowMap, gather_rows, runs
+from .rows import LayerInputCache, PackedRows, RowMap, gather_rows, runs
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
@@ -40,9 +41,10 @@ class TowerFolding:
         self.merge_layers = set(method.encoder_merge_layers(self.depth))
         self.standing = [f.clone() for f in frames]  # per video, the units whose rows are still in the tower
         self.initial = [len(f) for f in frames]
+        self.bounds = [0, *itertools.accumulate(self.initial)]  # video v: the call's frames bounds[v]:bounds[v + 1]
         self.unit_rows = adapter.unit_rows(encoder_args) if adapter.tower_frames == PACKED else None
         self.reads_out = bool(adapter.tower_readouts())
-        self.layer_inputs = PerSource()  # a batched tower's per-frame layer kwargs, for what remains
+        self.layer_inputs = LayerInputCache()  # a batched tower's per-frame layer kwargs, for what remains
         self.merged = False
 
     def __enter__(self):
@@ -117,9 +119,8 @@ class FrameMerging(TowerFolding):
         super().__init__(method, adapter, frames, encoder_args)
         unit_rows = self.unit_rows
         self.sizes = [torch.ones(len(f)) for f in frames]
-        first = torch.tensor([0, *self.initial]).cumsum(0)
-        self.ordinals = [torch.arange(a, b) for a, b in zip(first[:-1].tolist(), first[1:].tolist())]
-        self.row_of = torch.arange(int(first[-1]))  # per encoded frame (in order), its row now; -1: dropped
+        self.ordinals = [torch.arange(a, b) for a, b in itertools.pairwise(self.bounds)]
+        self.row_of = torch.arange(self.bounds[-1])  # per encoded frame (in order), its row now; -1: dropped
         if unit_rows is None:
             self.rows = RowMap(len(self.row_of))
         else:  # per encoded frame, its packed rows and its first one
@@ -239,7 +240,7 @@ def hook_tower_folding(method: Method, adapter: Adapter) -> list[torch.utils.hoo
             attention = adapter.tower_layer_attention(layer)
             hook = functools.partial(_before_attention, index)
             handles.append(attention.register_forward_pre_hook(hook, with_kwargs=True))
-            for projection in (module for module in attention.modules() if isinstance(module, torch.nn.Linear)):
+            for projection in adapter.tower_projection_modules(attention):
                 handles.append(projection.register_forward_hook(functools.partial(_after_projection, index)))
     for readout in adapter.tower_readouts():
         handles.append(readout.register_forward_pre_hook(_before_readout, with_kwargs=True, prepend=True))
@@ -257,7 +258,7 @@ def _before_attention(index: int, module, args, kwargs):
 
 
 def _after_projection(index: int, module, args, output):
-    """Forward hook of a linear layer inside tower layer `index`'s attention."""
+    """Forward hook of a projection inside tower layer `index`'s attention."""
     folding = getattr(_ACTIVE, "folding", None)
     if folding is not None:  # a TokenMerging: only token-folding methods hook projections
         folding.after_projection(index, module, args, output)

@@ -35,7 +35,7 @@ class PackedRows(RowMap):
     def __init__(self, total: int):
         super().__init__(total)
         self.origin = torch.arange(total)
-        self._layer_inputs = PerSource()
+        self._layer_inputs = LayerInputCache()
 
     def fold(self, origin: torch.Tensor, read: torch.Tensor) -> None:
         if len(origin) > 1 and not bool((origin.diff() > 0).all()):
@@ -76,7 +76,7 @@ class PackedRows(RowMap):
         return torch.cat([segments.new_zeros(1), lengths.cumsum(0).to(segments.dtype)]), int(lengths.max())
 
 
-class PerSource:
+class LayerInputCache:
     """What later layers get in place of a call kwarg the tower passes to every layer, computed once per stage."""
 
     def __init__(self):

@@ -5,6 +5,7 @@ to every token of the grid."""
 from __future__ import annotations
 
 import functools
+import itertools
 from typing import TYPE_CHECKING
 
 import torch
@@ -41,8 +42,10 @@ class TokenMerging(TowerFolding):
             self.rows = PackedRows(sum(n * rows for n, rows in zip(self.initial, self.unit_rows)))
         else:  # per video, its frames' real tokens (None: all, known at the first merge)
             self.fixed, self.tokens = int(adapter.tower_has_cls), adapter.tower_real_tokens(encoder_args)
-            self.original_width = self.width = None  # tokens a batched tower's frames hold: at first, once folded
-            self.kept_tokens: torch.Tensor | None = None  # (frames, width): the original token each continues
+            if self.tokens is not None and len(set(self.tokens)) > 1:  # they will keep different numbers
+                _refuse_fillers_under_flash(adapter)
+            self.original_width: int | None = None  # the tokens a batched tower's frames hold at first
+            self.kept_tokens: torch.Tensor | None = None  # once folded, (frames, width): the token each continues
         self.sizes: list[torch.Tensor] | None = None  # per block (frames, tokens), from the first merge layer on
         self.token_of: list[torch.Tensor] | None = None  # per block (frames, original tokens): its current token
         self.origin: list[torch.Tensor] | None = None  # per block (frames, tokens): each one's original token
@@ -61,7 +64,7 @@ class TokenMerging(TowerFolding):
             return None if self.key_bias is None else {**kwargs, compat.KEY_BIAS: self.key_bias}
         if not self.merged:
             return None
-        return {**kwargs, "attention_mask": self.key_bias}  # the call's own masked tokens that are gone now
+        return {**kwargs, "attention_mask": self.key_bias}  # the call's was for its padding, gone at the first fold
 
     def after_projection(self, index: int, module, inputs: tuple, output: torch.Tensor) -> None:
         """A projection inside merge layer `index`'s attention ran: its output, for the method's scores."""
@@ -99,14 +102,15 @@ class TokenMerging(TowerFolding):
             self.origin[b] = self.origin[b].gather(1, plan.keep)
         self.merged = True
         self.tokens = [block.shape[1] for block in merged_blocks]
-        self.counts.append((index, self.tokens))
         with_mass = self.method.folds_with_mass()
         if self.packed:
             hidden = torch.cat([block.flatten(0, 1) for block in merged_blocks])
             self.rows.fold(*self._packed_rows())
             self.key_bias = torch.cat([sizes.flatten() for sizes in self.sizes]).log() if with_mass else None
-        else:
+            self.counts.append((index, self.tokens))
+        else:  # every frame computes the batch's width
             hidden = self._batch(merged_blocks, with_mass)
+            self.counts.append((index, [hidden.shape[1]] * len(merged_blocks)))
         return (hidden, *output[1:]) if isinstance(output, tuple) else hidden
 
     def _frames_of_videos(self, hidden: torch.Tensor) -> list[torch.Tensor]:
@@ -117,34 +121,33 @@ class TokenMerging(TowerFolding):
         """The folded videos as a batched tower's rows again: each frame's tokens, then (where a video kept fewer
         than another) fillers, masked as keys; notes where every original token reads, and the keys' mask."""
         width = max(self.tokens)
-        while width in {self.original_width, *self.stages}:  # a width seen before would not say which stage it is
-            width += 1
-        hidden = blocks[0].new_zeros(sum(self.initial), width, blocks[0].shape[-1])
-        bias = torch.full(hidden.shape[:2], float("-inf"), device=hidden.device)
-        kept_tokens = torch.zeros(hidden.shape[:2], dtype=torch.long)
-        reads = torch.zeros(len(hidden), self.original_width, dtype=torch.long)
-        first = 0
-        for block, sizes, origin, token_of in zip(blocks, self.sizes, self.origin, self.token_of):
-            rows, kept = slice(first, first + len(block)), block.shape[1]
-            hidden[rows, :kept] = block
-            bias[rows, :kept] = sizes.log().to(bias.device) if with_mass else 0
-            kept_tokens[rows, :kept] = origin.cpu()
-            reads[rows, : token_of.shape[1]] = token_of.cpu()  # padding (none kept) reads token 0: the pooler zeroes it
-            first += len(block)
-        self.width, self.kept_tokens, self.stages[width] = width, kept_tokens, reads
-        masked = bool(torch.isinf(bias).any())
-        implementation = compat.attention_implementation(self.adapter.vision_tower.config)
-        if masked and "flash" in implementation:
-            raise ValueError(
-                f"the videos of this tower call kept different numbers of tokens, so their frames hold fillers that "
-                f"{implementation} cannot mask: load the tower with attn_implementation='sdpa', or encode videos of "
-                "different sizes in separate calls"
-            )
-        self.key_bias = bias.to(hidden.dtype)[:, None, None, :] if with_mass or masked else None
+        while width in {self.original_width, *self.stages}:  # widths name the stages `expand_tensor` reads: one
+            width += 1  # seen before would be ambiguous, so a filler column more (only where videos fold unevenly)
+        fillers = width > min(self.tokens)
+        if fillers:
+            _refuse_fillers_under_flash(self.adapter)
+            hidden = blocks[0].new_zeros(sum(self.initial), width, blocks[0].shape[-1])
+        else:
+            hidden = torch.cat(blocks)
+        device = hidden.device
+        kept_tokens = torch.zeros(hidden.shape[:2], dtype=torch.long, device=device)
+        reads = torch.zeros(len(hidden), self.original_width, dtype=torch.long, device=device)
+        bias = torch.full(hidden.shape[:2], float("-inf"), device=device) if with_mass or fillers else None
+        for rows, block, sizes, origin, token_of in zip(self._video_rows(), blocks, self.sizes, self.origin,
+                                                         self.token_of):
+            kept = block.shape[1]
+            if fillers:
+                hidden[rows, :kept] = block
+            if bias is not None:
+                bias[rows, :kept] = sizes.log() if with_mass else 0
+            kept_tokens[rows, :kept] = origin
+            reads[rows, : token_of.shape[1]] = token_of  # padding (never kept) reads token 0: the pooler zeroes it
+        self.kept_tokens, self.stages[width] = kept_tokens, reads
+        self.key_bias = None if bias is None else bias.to(hidden.dtype)[:, None, None, :]
         return hidden
 
     def remaining(self):
-        if self.width is None:
+        if self.kept_tokens is None:
             return None
         return torch.arange(sum(self.initial)), self.kept_tokens
 
@@ -191,8 +194,7 @@ class TokenMerging(TowerFolding):
 
     def _video_rows(self) -> list[slice]:
         """A batched tower's rows of each video."""
-        bounds = torch.tensor([0, *self.initial]).cumsum(0).tolist()
-        return [slice(a, b) for a, b in zip(bounds[:-1], bounds[1:])]
+        return [slice(a, b) for a, b in itertools.pairwise(self.bounds)]
 
     @staticmethod
     def _block_rows(blocks: list[torch.Tensor]) -> list[int]:
@@ -224,8 +226,20 @@ class TokenMerging(TowerFolding):
         """Per video, the share of its token-layers the tower computed."""
         shares = []
         for video, (frames, count) in enumerate(zip(self.standing, units)):
-            full = self.token_of[video].shape[1]
+            full = self.token_of[video].shape[1] if self.packed else self.original_width  # a batched frame: padded
             counts = [(layer, per_block[video]) for layer, per_block in self.counts]
             shares.append(len(frames) / max(count, 1) * rows_through_layers(full, counts, self.num_layers)
                           / (self.num_layers * full))
         return shares
+
+
+def _refuse_fillers_under_flash(adapter: Adapter) -> None:
+    """ValueError where a batched tower's frames would hold fillers (videos keeping different numbers of tokens),
+    which its flash attention cannot mask."""
+    implementation = compat.attention_implementation(adapter.vision_tower.config)
+    if "flash" in implementation:
+        raise ValueError(
+            f"the videos of this tower call keep different numbers of tokens, so the frames of some hold fillers "
+            f"that {implementation} cannot mask: load the tower with attn_implementation='sdpa', or encode videos "
+            "of different sizes in separate calls"
+        )
