@@ -13,7 +13,10 @@ is an edit to this file. Touchpoints, from the floor (5.23) to the newest tested
   their cache argument was renamed the same way (5.24), the layer type picks the builder (`config.layer_types`;
   "linear_attention" layers keep a recurrent state and take the 2-D padding mask);
 - the cache protocol: `cache.update(keys, values, layer_idx, ...)` gained a `kwargs=` argument (5.24); a layer's
-  keys live in `cache.layers[i].keys`;
+  keys live in `cache.layers[i].keys` (a static layer's: every preallocated slot, the first `get_seq_length()`
+  filled, each layer counting its own);
+- the masks `generate` builds up front for a compileable (static) cache and hands the forward instead of the 2-D
+  padding mask (`prepare_inputs_for_generation`): 4-D, or a dict per layer type;
 - the attention backend: `config._attn_implementation`, and `AttentionInterface`, where a registered function
   whose name contains "flash" gets packed sequences (`cu_seq_lens_q`, `max_length_q`) in one call - how the
   Qwen-VL vision attention is run without its per-window loop;
@@ -118,8 +121,35 @@ def output_cache(output: Any) -> Any:
 
 
 def cached_keys(cache: Any, layer_index: int) -> torch.Tensor:
-    """(B, Hkv, K, d) keys that `cache` holds for decoder layer `layer_index`."""
-    return cache.layers[layer_index].keys
+    """(B, Hkv, K, d) keys that `cache` holds for decoder layer `layer_index` (of a static cache: its filled slots)."""
+    layer = cache.layers[layer_index]
+    return layer.keys[:, :, : int(layer.get_seq_length())]
+
+
+def preallocated(cache: Any) -> bool:
+    """Whether `cache` holds fixed slots from the start (a static cache), which a layer's attention reads all of."""
+    return cache is not None and bool(getattr(cache, "is_compileable", False))
+
+
+def prefill_key_columns(cache: Any, layer_index: int, keys: int) -> int:
+    """How many keys a static cache's layer hands its attention in a prefill of `keys` tokens: its slots (a sliding
+    layer's window), or the prompt's where they are more."""
+    return max(keys, cache.layers[layer_index].max_cache_len)
+
+
+def pad_key_columns(mask: torch.Tensor | None, columns: int) -> torch.Tensor | None:
+    """A mask with its key columns extended to `columns`, the new ones (empty slots) masked."""
+    missing = columns - mask.shape[-1] if mask is not None else 0
+    if missing <= 0:
+        return mask
+    masked = False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min if mask.is_floating_point() else 0
+    return torch.nn.functional.pad(mask, (0, missing), value=masked)
+
+
+def is_padding_mask(mask: Any) -> bool:
+    """Whether a forward's `attention_mask` is the 2-D padding mask (or None: no padding), not masks `generate`
+    built up front for a static cache."""
+    return mask is None or (isinstance(mask, torch.Tensor) and mask.ndim == 2)
 
 
 def attention_implementation(config: Any) -> str:

@@ -95,21 +95,26 @@ class TokenGroup:
 
         mask_layer: the layer whose keys it attends to (itself, or the earlier layer whose KV it shares). A prefill's
         masks are built for the group's whole width, independent of the cache (a generation's prefill starts on an
-        empty one). The layer types in `bidirectional` let a prompt's vision blocks attend both ways. A recurrent
-        (linear-attention) layer gets the group's padding mask, which zeroes its padding slots; as they are on the
-        left, its state starts from them unchanged. Proportional attention biases softmax layers."""
+        empty one; a static cache's empty slots are masked out). The layer types in `bidirectional` let a prompt's
+        vision blocks attend both ways. A recurrent (linear-attention) layer gets the group's padding mask, which
+        zeroes its padding slots; as they are on the left, its state starts from them unchanged. Proportional
+        attention biases softmax layers."""
         if not decoding and self.start_layer == layer_index:
             self.step_masks = {}
         kind = compat.layer_type(config, mask_layer)
         sliced = not decoding and hidden.shape[1] < self.width  # the LM computes its last tokens only (KV sharing)
         if (kind, sliced) not in self.step_masks:
-            cache = compat.cache_of(kwargs) if decoding else None
+            cache = compat.cache_of(kwargs)
+            static = not decoding and compat.preallocated(cache) and kind != compat.RECURRENT_LAYER
             width_of = hidden if decoding else hidden[:, -1:].expand(-1, self.width, -1)
             biased = self.key_bias is not None and kind != compat.RECURRENT_LAYER
             blocks = self.blocks if not decoding and kind in bidirectional else None
             mask = compat.build_attention_mask(  # explicit where sdpa's is_causal would not fit (fewer rows than keys)
-                config, mask_layer, width_of, self.attention_mask, cache, explicit=biased or sliced, blocks=blocks
+                config, mask_layer, width_of, self.attention_mask, cache if decoding else None,
+                explicit=biased or sliced or static, blocks=blocks,
             )
+            if static:  # its layers read their slots, the empty ones too
+                mask = compat.pad_key_columns(mask, compat.prefill_key_columns(cache, mask_layer, self.width))
             if biased:  # the keys so far: the cached ones (all ever cached, for a sliding layer) and this step's
                 keys = cache.get_seq_length(mask_layer) + hidden.shape[1] if decoding else self.width
                 mask = with_key_bias(mask, self.key_bias, hidden.dtype, keys)
@@ -213,11 +218,13 @@ def with_key_bias(mask: torch.Tensor, key_bias: torch.Tensor, dtype: torch.dtype
     """An additive float mask: `mask` (bool, True = attend, or already additive) plus a per-key bias.
 
     key_bias (B, W) covers the group's slots, the first of the `keys` keys so far; keys past them (tokens generated
-    since) get no bias. The mask's columns are the last keys (a sliding layer's cache holds only its window).
+    since) get no bias. The mask's columns are the last keys (a sliding layer's cache holds only its window), or a
+    static cache's slots, the first `keys` of them filled.
     """
     if mask.dtype == torch.bool:
         mask = torch.zeros(mask.shape, dtype=dtype, device=mask.device).masked_fill(~mask, torch.finfo(dtype).min)
-    bias = torch.nn.functional.pad(key_bias, (0, keys - key_bias.shape[1]))[:, keys - mask.shape[-1] :]
+    columns = max(keys, mask.shape[-1])
+    bias = torch.nn.functional.pad(key_bias, (0, columns - key_bias.shape[1]))[:, columns - mask.shape[-1] :]
     return mask + bias[:, None, None, :].to(dtype)
 
 

@@ -172,7 +172,9 @@ class Engine:
 
     def _expand_samples(self, *args, **kwargs):
         self._local.generate_rows = kwargs.get("expand_size", 1)  # generate() is preparing its prompt
-        return compat.call_inherited(self.adapter.model, compat.EXPAND_INPUTS, *args, **kwargs)
+        input_ids, model_kwargs = compat.call_inherited(self.adapter.model, compat.EXPAND_INPUTS, *args, **kwargs)
+        self._local.generate_padding = model_kwargs.get("attention_mask")  # before it builds masks for a static cache
+        return input_ids, model_kwargs
 
     def _refuse_speculative_decoding(self, *args, **kwargs):
         if self.active:
@@ -208,7 +210,8 @@ class Engine:
         prompt = cache is None or cache.get_seq_length() == 0
         # set by generate() for the prompt it prepared; a plain forward has one row per sample
         generate_rows = getattr(self._local, "generate_rows", None) if prompt else None
-        self._local.generate_rows = None
+        generate_padding = getattr(self._local, "generate_padding", None) if prompt else None
+        self._local.generate_rows = self._local.generate_padding = None
         layouts = self.adapter.visual_layouts(kwargs)
         if not self.active:
             if layouts and any(layout.num_tokens for layout in layouts):
@@ -220,7 +223,10 @@ class Engine:
             return None
         if prompt:
             rows, input_ids = generate_rows or 1, kwargs.get("input_ids")
-            model_masks = (kwargs.get("attention_mask"), self.adapter.attention_blocks(kwargs))
+            padding = kwargs.get("attention_mask")
+            if generate_rows is not None and not compat.is_padding_mask(padding):  # built for a static cache
+                padding = generate_padding
+            model_masks = (padding, self.adapter.attention_blocks(kwargs))
             self._local.prompt = _Prompt(layouts, rows, generate_rows is not None, input_ids, model_masks)
             if kwargs.get(self.adapter.video_pixels) is not None:
                 self._local.encoded = None  # this forward encodes its videos itself

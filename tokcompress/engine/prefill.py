@@ -35,16 +35,17 @@ def begin_generation(
 
     rows_per_sample: how many batch rows `generate` made of each sample (beams, returned sequences).
     generating: whether `generate` runs it, which reads the last position of every row.
-    model_masks: where the multimodal model hands the language model the masks it built itself (Gemma 4: one per
-        layer type), the 2-D padding mask it was given and the bidirectional blocks of its tokens (or None).
+    model_masks: the 2-D padding mask of the multimodal model's call (or of the prompt `generate` prepared, where it
+        built the masks up front for a static cache) and the bidirectional blocks of its tokens (or None), for where
+        the language model gets masks built already (Gemma 4: one per layer type; a static cache's).
     """
     mask, blocks = kwargs.get("attention_mask"), None
-    if isinstance(mask, dict) and model_masks is not None:
+    if not compat.is_padding_mask(mask) and model_masks is not None:
         mask, blocks = model_masks
-    if mask is not None and (isinstance(mask, dict) or mask.ndim != 2):
+    if not compat.is_padding_mask(mask):
         raise ValueError(
-            "tokcompress needs the 2-D padding mask; precomputed 4-D masks (e.g. from a static cache) "
-            "are not supported. Use the default dynamic cache."
+            "tokcompress needs the 2-D padding mask; a forward given 4-D masks built beforehand cannot be compressed "
+            "(generate() with a static cache is supported: it builds them itself)"
         )
     if generating and mask is not None and bool((mask[:, -1] == 0).any()):
         raise ValueError(
