@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import StaticCache
 
 import tokcompress
+from tokcompress import tiny
+from tokcompress.engine import compat
 
-from .conftest import COMPRESSING, FAMILIES, TINY, inputs_for, model_for
+from .conftest import COMPRESSING, FAMILIES, TINY, inputs_for, logits, model_for
 
 
 def padded_batch(family, clip, other_clip) -> dict:
@@ -38,6 +41,38 @@ def test_a_static_cache_generates_what_the_default_one_does(family, method, clip
     assert torch.equal(dynamic, static)
 
 
+@pytest.mark.parametrize("method", ["tome", "dycoke", "fastv"])  # a key bias, decode-time KV selection, in-LLM
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "gemma4"])
+def test_eager_attention_with_a_static_cache(family, method, clip, other_clip):
+    """Float masks: the empty slots get the dtype's minimum."""
+    model = model_for(family, "eager")
+    with tokcompress.compress(model, method, ratio=0.3):
+        dynamic, static = generations(model, padded_batch(family, clip, other_clip))
+    assert torch.equal(dynamic, static)
+
+
+@pytest.mark.parametrize("method", ["tome", "dycoke", "fastv"])
+def test_a_prompt_shorter_than_a_sliding_window(method, clip, other_clip):
+    """Gemma 4 with a 512-token window (as its checkpoints): the kept prompt fits inside it, so a sliding layer's
+    static cache hands its attention the whole window, mostly empty slots, vision blocks included."""
+    model = tiny.tiny_gemma4(sliding_window=512)
+    with tokcompress.compress(model, method, ratio=0.3):
+        dynamic, static = generations(model, padded_batch("gemma4", clip, other_clip))
+    assert torch.equal(dynamic, static)
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "gemma4"])
+def test_a_forward_given_a_static_cache(family, clip):
+    """A plain prefill into a `StaticCache` the caller made: the logits of the default cache's."""
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is happening here?")
+    with tokcompress.compress(model, "tome", ratio=0.3):
+        expected = logits(model, inputs)
+        cache = StaticCache(config=model.config.get_text_config(), max_cache_len=inputs["input_ids"].shape[1] + 4)
+        static = logits(model, {**inputs, compat.CACHE_KEYWORD: cache})
+    torch.testing.assert_close(static, expected)
+
+
 def test_beams_with_a_static_cache(clip, other_clip):
     model = model_for("qwen2_5_vl")
     with tokcompress.compress(model, "framefusion", ratio=0.3):
@@ -45,11 +80,16 @@ def test_beams_with_a_static_cache(clip, other_clip):
     assert torch.equal(dynamic, static)
 
 
-def test_a_forward_given_masks_built_beforehand_is_refused(clip):
-    """Without the prompt's 2-D padding mask the kept tokens' masks cannot be built: the error says what works."""
+def test_a_forward_given_masks_built_beforehand_is_refused(clip, other_clip):
+    """Without the prompt's 2-D padding mask the kept tokens' masks cannot be built: the error says what works -
+    also right after a refused `generate`, whose prompt's padding mask must not stand in for this call's."""
     model = model_for("llava_onevision")
     inputs = inputs_for("llava_onevision", clip, "What?")
     length = inputs["input_ids"].shape[1]
     causal = torch.ones(length, length, dtype=torch.bool).tril()[None, None]
-    with tokcompress.compress(model, "fastv", ratio=0.3), pytest.raises(ValueError, match="static cache is supported"):
-        model(**{**inputs, "attention_mask": causal})
+    with tokcompress.compress(model, "fastv", ratio=0.3):
+        with pytest.raises(ValueError, match="speculative decoding"):
+            model.generate(**padded_batch("llava_onevision", clip, other_clip), prompt_lookup_num_tokens=3,
+                           max_new_tokens=3)
+        with pytest.raises(ValueError, match="static cache is supported"):
+            model(**{**inputs, "attention_mask": causal})

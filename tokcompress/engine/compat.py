@@ -131,15 +131,13 @@ def preallocated(cache: Any) -> bool:
     return cache is not None and bool(getattr(cache, "is_compileable", False))
 
 
-def prefill_key_columns(cache: Any, layer_index: int, keys: int) -> int:
-    """How many keys a static cache's layer hands its attention in a prefill of `keys` tokens: its slots (a sliding
-    layer's window), or the prompt's where they are more."""
-    return max(keys, cache.layers[layer_index].max_cache_len)
-
-
-def pad_key_columns(mask: torch.Tensor | None, columns: int) -> torch.Tensor | None:
-    """A mask with its key columns extended to `columns`, the new ones (empty slots) masked."""
-    missing = columns - mask.shape[-1] if mask is not None else 0
+def static_prefill_mask(mask: Any, padding: torch.Tensor, cache: Any, layer_index: int) -> Any:
+    """A prefill's mask over `padding.shape[1]` tokens made to fit a static cache's layer, which hands its attention
+    every slot (a sliding layer's window, or the prompt where it is longer): the empty slots masked out. Flash
+    attention takes the 2-D padding mask and cuts the keys to its width."""
+    if mask is None or mask.ndim == 2:
+        return padding
+    missing = max(padding.shape[1], cache.layers[layer_index].max_cache_len) - mask.shape[-1]
     if missing <= 0:
         return mask
     masked = False if mask.dtype == torch.bool else torch.finfo(mask.dtype).min if mask.is_floating_point() else 0
@@ -219,6 +217,9 @@ def build_attention_mask(
     )
     if blocks is None:
         return _MASK_BUILDERS[kind](**arguments)
+    if preallocated(cache):  # its keys span its slots (a sliding layer's window, maybe past the prompt): no block
+        slots = max(getattr(layer, "max_cache_len", 0) for layer in cache.layers)  # a KV-sharing layer holds none
+        blocks = torch.nn.functional.pad(blocks, (0, slots), value=-1)
     window = sliding_window_overlay(config.sliding_window) if kind == SLIDING_LAYER else None
     return create_causal_mask(**arguments, or_mask_function=blockwise_overlay(blocks), and_mask_function=window)
 

@@ -114,7 +114,7 @@ class TokenGroup:
                 explicit=biased or sliced or static, blocks=blocks,
             )
             if static:  # its layers read their slots, the empty ones too
-                mask = compat.pad_key_columns(mask, compat.prefill_key_columns(cache, mask_layer, self.width))
+                mask = compat.static_prefill_mask(mask, self.attention_mask, cache, mask_layer)
             if biased:  # the keys so far: the cached ones (all ever cached, for a sliding layer) and this step's
                 keys = cache.get_seq_length(mask_layer) + hidden.shape[1] if decoding else self.width
                 mask = with_key_bias(mask, self.key_bias, hidden.dtype, keys)

@@ -178,6 +178,7 @@ class Engine:
 
     def _refuse_speculative_decoding(self, *args, **kwargs):
         if self.active:
+            self._local.generate_rows = self._local.generate_padding = None  # no prompt follows
             raise ValueError(
                 f"speculative decoding (assistant_model / prompt_lookup_num_tokens) is not supported with "
                 f"{self.method.name} at ratio {self.method.ratio:g}: draft tokens would join the prompt the method "
@@ -225,7 +226,7 @@ class Engine:
             rows, input_ids = generate_rows or 1, kwargs.get("input_ids")
             padding = kwargs.get("attention_mask")
             if generate_rows is not None and not compat.is_padding_mask(padding):  # built for a static cache
-                padding = generate_padding
+                padding = generate_padding if _fits(generate_padding, input_ids) else padding
             model_masks = (padding, self.adapter.attention_blocks(kwargs))
             self._local.prompt = _Prompt(layouts, rows, generate_rows is not None, input_ids, model_masks)
             if kwargs.get(self.adapter.video_pixels) is not None:
@@ -419,6 +420,11 @@ def _finish_prefill_stats(state: GenerationState) -> None:
     if state.reduced:
         stats.layer_positions = [(group.start_layer, group.origin) for group in state.groups]
     stats.finished = True
+
+
+def _fits(padding: torch.Tensor | None, input_ids: torch.Tensor | None) -> bool:
+    """Whether a 2-D padding mask noted for a prompt has its shape (None: no padding, which fits any)."""
+    return padding is None or input_ids is None or padding.shape == input_ids.shape
 
 
 def _sequence_length(args, kwargs) -> int:
