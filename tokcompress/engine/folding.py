@@ -117,14 +117,13 @@ class FrameMerging(TowerFolding):
 
     def __init__(self, method: Method, adapter: Adapter, frames: list[torch.Tensor], encoder_args: dict):
         super().__init__(method, adapter, frames, encoder_args)
-        unit_rows = self.unit_rows
         self.sizes = [torch.ones(len(f)) for f in frames]
         self.ordinals = [torch.arange(a, b) for a, b in itertools.pairwise(self.bounds)]
         self.row_of = torch.arange(self.bounds[-1])  # per encoded frame (in order), its row now; -1: dropped
-        if unit_rows is None:
+        if self.unit_rows is None:
             self.rows = RowMap(len(self.row_of))
         else:  # per encoded frame, its packed rows and its first one
-            self.rows_of_frame = torch.tensor([rows for n, rows in zip(self.initial, unit_rows) for _ in range(n)])
+            self.rows_of_frame = torch.tensor([rows for n, rows in zip(self.initial, self.unit_rows) for _ in range(n)])
             self.first_row_of_frame = self.rows_of_frame.cumsum(0) - self.rows_of_frame
             self.rows = PackedRows(int(self.rows_of_frame.sum()))
         self.counts: list[tuple[int, list[int]]] = []  # (layer, frames per video after it) per merge

@@ -54,17 +54,18 @@ class PackedRows(RowMap):
         changed = dict(kwargs)
         segments = kwargs.get("cu_seqlens")
         if segments is not None:  # the frames' segments, or the windows' (Qwen2.5-VL alternates them)
-            changed["cu_seqlens"], longest = self._once(segments, lambda: self._segments(segments))
+            changed["cu_seqlens"], longest = self._layer_inputs.get(
+                segments, len(self.origin), lambda: self._segments(segments)
+            )
             if kwargs.get("max_seqlen") is not None:  # the fused kernel sizes its grid by the longest segment
                 changed["max_seqlen"] = longest
         rotary = kwargs.get("position_embeddings")
         if rotary is not None:
             origin = self.origin.to(rotary[0].device)
-            changed["position_embeddings"] = self._once(rotary, lambda: tuple(table[origin] for table in rotary))
+            changed["position_embeddings"] = self._layer_inputs.get(
+                rotary, len(self.origin), lambda: tuple(table[origin] for table in rotary)
+            )
         return changed
-
-    def _once(self, source, compute):
-        return self._layer_inputs.get(source, len(self.origin), compute)
 
     def _segments(self, segments: torch.Tensor) -> tuple[torch.Tensor, int]:
         """`cu_seqlens` over the original rows → over the remaining ones (each segment keeps the rows that remain

@@ -75,11 +75,12 @@ class TokenMerging(TowerFolding):
         if index not in self.merge_layers:
             return None
         hidden = output[0] if isinstance(output, tuple) else output
-        if self.sizes is None and not self.packed:  # the first merge layer: the frames' width as the tower had it
+        first = self.sizes is None
+        if first and not self.packed:  # the frames' width as the tower had it
             self.original_width = hidden.shape[1]
             self.tokens = self.tokens or [self.original_width] * len(self.initial)
         blocks = self._videos(hidden, self.tokens) if self.packed else self._frames_of_videos(hidden)
-        if self.sizes is None:  # the first merge layer: every token stands for itself
+        if first:  # every token stands for itself
             self.sizes = [block.new_ones(block.shape[:2], dtype=torch.float32) for block in blocks]
             self.token_of = [TokenFolding.identity(*block.shape[:2], block.device).keep for block in blocks]
             self.origin = list(self.token_of)
