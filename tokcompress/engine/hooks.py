@@ -8,8 +8,7 @@
 - every decoder layer: in-LLM reductions shrink the hidden states before layer k, each later layer gets the
   mask, rotary tables and position ids of the tokens it really sees, and decode-time methods make a layer
   attend to a selected subset of its KV entries;
-- `generate`'s helpers on the model: beam search reorders a generation's state with its cache, sample
-  expansion (beams, returned sequences) is counted, and speculative decoding is refused.
+- `generate`'s helpers on the model, for which the engine stands in (stand_ins.py).
 
 A generation's state lives on its KV cache; the forward in progress is tracked per thread. So generations
 that interleave, run in threads, or continue a copied cache never see each other's state, and a deep copy
@@ -19,7 +18,6 @@ or pickle of a patched model carries a whole, independent patch.
 from __future__ import annotations
 
 import functools
-import inspect
 import threading
 import uuid
 from typing import TYPE_CHECKING, NamedTuple
@@ -34,7 +32,6 @@ from . import compat
 from .decode import next_positions, select_visual_kv, skip_tokens_already_cached, start_decode_step
 from .encoder import (
     TowerCall,
-    encode_videos,
     frames_chosen_from_features,
     layouts_with_tower_scores,
     tokens_encoded,
@@ -42,12 +39,13 @@ from .encoder import (
 from .folding import check_tower_folding, folds_in_tower, hook_tower_folding, tower_attends_by_size
 from .groups import GenerationState, restore_sequence
 from .prefill import begin_generation, reduce_before_layer, reduce_before_llm
+from .stand_ins import StandIns
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
 
 
-class Engine:
+class Engine(StandIns):
     """Hooks a method into one model through its adapter; `detach()` removes every hook."""
 
     def __init__(self, adapter: Adapter, method: Method, varlen_vision: bool = True):
@@ -91,9 +89,7 @@ class Engine:
                     self._hooks.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             if folds_in_tower(self.method, self.adapter):
                 self._hooks.extend(hook_tower_folding(self.method, self.adapter))
-            self._stand_ins = self._make_stand_ins()
-            for module, name, stand_in in self._stand_ins:
-                setattr(module, name, stand_in)
+            self._install_stand_ins()
             implementation = self._packed_vision_attention()
             if implementation is not None:
                 self._vision_attention = compat.use_attention(self.adapter.vision_tower.config, implementation)
@@ -105,10 +101,7 @@ class Engine:
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
-        for module, name, stand_in in self._stand_ins:
-            if vars(module).get(name) is stand_in:
-                delattr(module, name)
-        self._stand_ins = []
+        self._remove_stand_ins()
         if self._vision_attention is not None:
             compat.use_attention(self.adapter.vision_tower.config, self._vision_attention)
             self._vision_attention = None
@@ -124,21 +117,6 @@ class Engine:
         if tower_attends_by_size(self.method, self.adapter):
             return compat.SEGMENT_ATTENTION
         return None
-
-    def _make_stand_ins(self) -> list[tuple]:
-        """(module, method name, stand-in): the model methods this patch stands in for, as instance attributes.
-
-        Each stand-in shows the stock method's signature: generate inspects it to pick the arguments it passes.
-        """
-        model, multimodal = self.adapter.model, self.adapter.multimodal_model
-        stand_ins = [
-            (model, compat.REORDER_CACHE, self._reorder_beams),
-            (model, compat.EXPAND_INPUTS, self._expand_samples),
-            (model, compat.CANDIDATE_GENERATOR, self._refuse_speculative_decoding),
-        ]
-        if self.adapter.encoder_side:
-            stand_ins.append((multimodal, compat.ENCODE_VIDEOS, self._encode_videos))
-        return [(module, name, _StandIn(method, module, name)) for module, name, method in stand_ins]
 
     def __getstate__(self) -> dict:
         state = dict(self.__dict__)
@@ -161,39 +139,6 @@ class Engine:
     @last_stats.setter
     def last_stats(self, stats: CompressionStats) -> None:
         self._local.last_stats = self._last_stats = stats
-
-    # ------------------------------------------------------------------ generate's helpers
-    def _reorder_beams(self, cache, beam_idx):
-        cache = compat.reorder_cache(self.adapter.model, cache, beam_idx)
-        state = GenerationState.of(cache, self.key)
-        if state is not None:
-            state.reorder(beam_idx)
-        return cache
-
-    def _expand_samples(self, *args, **kwargs):
-        self._local.generate_rows = kwargs.get("expand_size", 1)  # generate() is preparing its prompt
-        input_ids, model_kwargs = compat.call_inherited(self.adapter.model, compat.EXPAND_INPUTS, *args, **kwargs)
-        self._local.generate_padding = model_kwargs.get("attention_mask")  # before it builds masks for a static cache
-        return input_ids, model_kwargs
-
-    def _refuse_speculative_decoding(self, *args, **kwargs):
-        if self.active:
-            self._local.generate_rows = self._local.generate_padding = None  # no prompt follows
-            raise ValueError(
-                f"speculative decoding (assistant_model / prompt_lookup_num_tokens) is not supported with "
-                f"{self.method.name} at ratio {self.method.ratio:g}: draft tokens would join the prompt the method "
-                "scores and the cache is cropped behind its back; generate without them, or unpatch first"
-            )
-        return compat.call_inherited(self.adapter.model, compat.CANDIDATE_GENERATOR, *args, **kwargs)
-
-    def _encode_videos(self, *args, **kwargs):
-        encode = compat.inherited(self.adapter.multimodal_model, compat.ENCODE_VIDEOS)
-        self._local.encoding_videos = True
-        try:
-            output, self._local.encoded = encode_videos(self.method, self.adapter, encode, args, kwargs)
-        finally:
-            self._local.encoding_videos = False
-        return output
 
     def _record_tower_call(self, kind: str, module, args, kwargs):
         """Keep the inputs of the tower's call on a prompt's videos (InternVL: on its images, the frames among
@@ -386,20 +331,6 @@ class Engine:
         if state is None or state.layer_additions is None:
             return None
         return output + state.layer_additions[:, :, layer_index].to(output.dtype)
-
-
-class _StandIn:
-    """Calls `method` in place of `module.<name>`, showing the stock method's signature (generate inspects it)."""
-
-    def __init__(self, method, module, name: str):
-        self.method, self.module, self.name = method, module, name
-
-    def __call__(self, *args, **kwargs):
-        return self.method(*args, **kwargs)
-
-    @property
-    def __signature__(self) -> inspect.Signature:
-        return inspect.signature(compat.inherited(self.module, self.name))
 
 
 class _Prompt(NamedTuple):

@@ -1,0 +1,88 @@
+"""What a patch does in place of `generate`'s helpers on the model, installed as instance attributes that show the
+stock method's signature (generate inspects it to pick the arguments it passes):
+
+- beam search reorders a generation's state with its cache;
+- sample expansion (beams, returned sequences) is counted, and the prompt's 2-D padding mask noted before generate
+  builds 4-D masks for a static cache;
+- speculative decoding is refused while the method compresses;
+- a family that encodes videos up front (`generate` does, before the prompt's forward) encodes them through the
+  engine, so pre- and in-encoder stages run there.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from . import compat
+from .encoder import encode_videos
+from .groups import GenerationState
+
+
+class StandIns:
+    """The Engine's stand-ins for generate's helpers (a mixin: they share the engine's adapter, method and
+    per-thread state)."""
+
+    def _install_stand_ins(self) -> None:
+        model, multimodal = self.adapter.model, self.adapter.multimodal_model
+        stand_ins = [
+            (model, compat.REORDER_CACHE, self._reorder_beams),
+            (model, compat.EXPAND_INPUTS, self._expand_samples),
+            (model, compat.CANDIDATE_GENERATOR, self._refuse_speculative_decoding),
+        ]
+        if self.adapter.encoder_side:
+            stand_ins.append((multimodal, compat.ENCODE_VIDEOS, self._encode_videos))
+        self._stand_ins = [(module, name, _StandIn(method, module, name)) for module, name, method in stand_ins]
+        for module, name, stand_in in self._stand_ins:
+            setattr(module, name, stand_in)
+
+    def _remove_stand_ins(self) -> None:
+        for module, name, stand_in in self._stand_ins:
+            if vars(module).get(name) is stand_in:
+                delattr(module, name)
+        self._stand_ins = []
+
+    def _reorder_beams(self, cache, beam_idx):
+        cache = compat.reorder_cache(self.adapter.model, cache, beam_idx)
+        state = GenerationState.of(cache, self.key)
+        if state is not None:
+            state.reorder(beam_idx)
+        return cache
+
+    def _expand_samples(self, *args, **kwargs):
+        self._local.generate_rows = kwargs.get("expand_size", 1)  # generate() is preparing its prompt
+        input_ids, model_kwargs = compat.call_inherited(self.adapter.model, compat.EXPAND_INPUTS, *args, **kwargs)
+        self._local.generate_padding = model_kwargs.get("attention_mask")  # before it builds masks for a static cache
+        return input_ids, model_kwargs
+
+    def _refuse_speculative_decoding(self, *args, **kwargs):
+        if self.active:
+            self._local.generate_rows = self._local.generate_padding = None  # no prompt follows
+            raise ValueError(
+                f"speculative decoding (assistant_model / prompt_lookup_num_tokens) is not supported with "
+                f"{self.method.name} at ratio {self.method.ratio:g}: draft tokens would join the prompt the method "
+                "scores and the cache is cropped behind its back; generate without them, or unpatch first"
+            )
+        return compat.call_inherited(self.adapter.model, compat.CANDIDATE_GENERATOR, *args, **kwargs)
+
+    def _encode_videos(self, *args, **kwargs):
+        encode = compat.inherited(self.adapter.multimodal_model, compat.ENCODE_VIDEOS)
+        self._local.encoding_videos = True
+        try:
+            output, self._local.encoded = encode_videos(self.method, self.adapter, encode, args, kwargs)
+        finally:
+            self._local.encoding_videos = False
+        return output
+
+
+class _StandIn:
+    """Calls `method` in place of `module.<name>`, showing the stock method's signature (generate inspects it)."""
+
+    def __init__(self, method, module, name: str):
+        self.method, self.module, self.name = method, module, name
+
+    def __call__(self, *args, **kwargs):
+        return self.method(*args, **kwargs)
+
+    @property
+    def __signature__(self) -> inspect.Signature:
+        return inspect.signature(compat.inherited(self.module, self.name))
