@@ -28,6 +28,8 @@ import torch
 from tqdm import tqdm
 from transformers import (
     AutoModelForImageTextToText,
+    Cosmos3EdgeConfig,
+    Cosmos3EdgeForConditionalGeneration,
     Gemma4Config,
     Gemma4ForConditionalGeneration,
     Glm4vConfig,
@@ -111,7 +113,8 @@ SPECIAL_TOKENS = ("video_token_id", "image_token_id", "vision_start_token_id", "
                   "video_start_token_id", "video_end_token_id")  # config ids the random prompt text must avoid
 MODEL_NAMES = (
     "llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b",
-    "internvl3-8b", "glm-4.1v-9b", "videollama3-7b", "qwen2.5-omni-7b", "gemma-4-e4b", "small", "small-qwen2.5-vl",
+    "internvl3-8b", "glm-4.1v-9b", "videollama3-7b", "qwen2.5-omni-7b", "gemma-4-e4b", "cosmos3-edge", "small",
+    "small-qwen2.5-vl",
 )
 INTERNVL_IMAGE_START, INTERNVL_IMAGE_END = 151665, 151666  # <img>, </img>
 
@@ -195,6 +198,9 @@ def named_model(name: str, dtype: torch.dtype, device: str):
             audio_config=None,
         )
         cls = Gemma4ForConditionalGeneration
+    elif name == "cosmos3-edge":  # transformers' defaults: SigLIP2 (27 layers of 1152, 16 px) over a Llama of 28 x 2048
+        config = Cosmos3EdgeConfig()
+        cls = Cosmos3EdgeForConditionalGeneration
     elif name == "small":
         config = LlavaOnevisionConfig(
             text_config=dict(model_type="qwen2", hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
@@ -230,9 +236,12 @@ def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
     special = {getattr(config, name, None) for name in SPECIAL_TOKENS}
     ordinary = torch.tensor([i for i in range(10, min(1000, config.get_text_config().vocab_size)) if i not in special])
     text = ordinary[torch.randint(len(ordinary), (prompt_tokens,), generator=torch.Generator().manual_seed(0))]
-    if config.model_type in ("qwen2_5_vl", "qwen3_vl", "qwen3_5", "glm4v", "qwen2_5_omni_thinker"):
-        patch = config.vision_config.patch_size
-        pixels, grid = qwen_vl_pixels(frames, 32 * patch, 32 * patch, patch_size=patch)  # 448 px / 512 px
+    if config.model_type in ("qwen2_5_vl", "qwen3_vl", "qwen3_5", "glm4v", "qwen2_5_omni_thinker", "cosmos3_edge"):
+        patch, cosmos = config.vision_config.patch_size, config.model_type == "cosmos3_edge"  # one frame a unit
+        pixels, grid = qwen_vl_pixels(  # 448 px / 512 px
+            frames, 32 * patch, 32 * patch, patch_size=patch, temporal_patch_size=1 if cosmos else 2,
+            channels_last=cosmos,
+        )
         t, h, w = grid[0].tolist()
         if config.model_type == "glm4v":  # video start, per temporal patch its image span and second, video end
             span = [config.image_start_token_id] + [config.image_token_id] * (h * w // 4) + [config.image_end_token_id]

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 from transformers import (
+    Cosmos3EdgeConfig,
+    Cosmos3EdgeForConditionalGeneration,
     Gemma4Config,
     Gemma4ForConditionalGeneration,
     Glm4vConfig,
@@ -275,6 +277,22 @@ def tiny_video_llama_3(num_layers: int = 4, attn_implementation: str = "sdpa", s
     return _build(VideoLlama3ForConditionalGeneration, config, attn_implementation, seed)
 
 
+def tiny_cosmos3_edge(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """Cosmos3 Edge with a 2-layer packed SigLIP2 tower (16-px patches, one frame a unit, a 4 × 4 learned position
+    grid resized to each frame, 2 × 2 patches merged by the projector) over a Llama decoder with interleaved
+    M-RoPE."""
+    config = Cosmos3EdgeConfig(
+        text_config=_text_config(num_layers, hidden_size, head_dim=16, rope_parameters=QWEN3_ROPE),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16,
+            num_patches=16,
+        ),
+        projector_hidden_size=2 * hidden_size, image_token_id=IMAGE, video_token_id=VIDEO,
+        vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+    )
+    return _build(Cosmos3EdgeForConditionalGeneration, config, attn_implementation, seed)
+
+
 def tiny_qwen3_omni_moe_thinker(
     num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64
 ):
@@ -388,4 +406,5 @@ TINY_MODELS = {
     "qwen2_5_omni_thinker": tiny_qwen2_5_omni_thinker,
     "qwen3_omni_moe_thinker": tiny_qwen3_omni_moe_thinker,
     "gemma4": tiny_gemma4,
+    "cosmos3_edge": tiny_cosmos3_edge,
 }

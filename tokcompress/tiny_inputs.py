@@ -93,29 +93,33 @@ def frame_batch_inputs(model, frames: torch.Tensor | list[torch.Tensor], questio
 
 def qwen_vl_inputs(
     frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], size: int = 112, patch_size: int = 14,
-    fps: float | None = None, glm: bool = False,
+    fps: float | None = None, glm: bool = False, temporal_patch_size: int = 2, channels_last: bool = False,
 ) -> dict:
     """Model inputs for one video per prompt (videos may have different frame counts), as the Qwen-VL and GLM-4.1V
     processors lay them out: vision start + all the video's tokens + vision end (Qwen2/2.5-VL); given the `fps`,
-    each temporal patch on its own: `<t seconds>` + vision start + its tokens + vision end (Qwen3-VL, Qwen3.5;
-    t: the patch's mean frame time); with `glm`, video start, then per temporal patch image start + its tokens +
-    image end + its first frame's whole second, then video end (GLM-4.1V)."""
+    each temporal patch on its own: `<t seconds>` + vision start + its tokens + vision end (Qwen3-VL, Qwen3.5,
+    Cosmos3 Edge with one frame a patch and `channels_last` pixels; t: the patch's mean frame time); with `glm`,
+    video start, then per temporal patch image start + its tokens + image end + its first frame's whole second,
+    then video end (GLM-4.1V)."""
     frames = [frames] if isinstance(frames, torch.Tensor) else frames
     questions = [questions] * len(frames) if isinstance(questions, str) else questions
     patches, grids, rows = [], [], []
+    step = temporal_patch_size
     for clip, question in zip(frames, questions):
-        flat, grid = qwen_vl_pixels(clip, size, size, patch_size=patch_size)
+        flat, grid = qwen_vl_pixels(
+            clip, size, size, patch_size=patch_size, temporal_patch_size=step, channels_last=channels_last
+        )
         t, h, w = grid[0].tolist()
         patches.append(flat)
         grids.append(grid)
         unit = [VISION_START] + [VIDEO] * (h * w // 4) + [VISION_END]
         if glm:
-            seconds = (text_ids(str(int(2 * i / (fps or 1)))) for i in range(t))
+            seconds = (text_ids(str(int(step * i / (fps or 1)))) for i in range(t))
             video = [VIDEO_START] + sum((unit + second for second in seconds), []) + [VIDEO_END]
         elif fps is None:
             video = [VISION_START] + [VIDEO] * (t * h * w // 4) + [VISION_END]
         else:
-            video = sum((text_ids(f"<{(2 * i + 0.5) / fps:.1f} seconds>") + unit for i in range(t)), [])
+            video = sum((text_ids(f"<{(step * i + (step - 1) / 2) / fps:.1f} seconds>") + unit for i in range(t)), [])
         rows.append(prompt(video, question))
     inputs = packed_inputs(rows, patches, grids)
     return {**inputs, "mm_token_type_ids": (inputs["input_ids"] == VIDEO).long() * 2}
@@ -293,6 +297,10 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
         return qwen_vl_inputs(frames, questions)
     if model.config.model_type in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5"):  # 16-px patches, timestamps at 8 fps
         return qwen_vl_inputs(frames, questions, size=128, patch_size=16, fps=8.0)
+    if model.config.model_type == "cosmos3_edge":  # 16-px patches, one frame a unit, timestamps at 2 fps
+        return qwen_vl_inputs(
+            frames, questions, size=128, patch_size=16, fps=2.0, temporal_patch_size=1, channels_last=True
+        )
     if model.config.model_type in ("internvl", "smolvlm"):
         return internvl_inputs(frames, questions, smolvlm=model.config.model_type == "smolvlm")
     if model.config.model_type in ("glm4v", "glm4v_moe", "glm46v"):

@@ -112,9 +112,12 @@ def clip_video_pixels(frames: torch.Tensor, image_size: int) -> torch.Tensor:
 
 
 def qwen_vl_pixels(
-    frames: torch.Tensor, height: int, width: int, patch_size: int = 14, temporal_patch_size: int = 2, merge_size: int = 2
+    frames: torch.Tensor, height: int, width: int, patch_size: int = 14, temporal_patch_size: int = 2,
+    merge_size: int = 2, channels_last: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flattened patches and `video_grid_thw` for one Qwen2-VL / Qwen2.5-VL video, in the processor's layout.
+    """Flattened patches and `video_grid_thw` for one Qwen2-VL / Qwen2.5-VL video, in the processor's layout (with
+    `channels_last`, Cosmos3 Edge's SigLIP2 layout: each patch's values row-major with channels last, mean and std
+    0.5).
 
     height and width must be multiples of patch_size · merge_size; frames are repeated up to a multiple
     of temporal_patch_size, as the processor does.
@@ -122,7 +125,8 @@ def qwen_vl_pixels(
     unit = patch_size * merge_size
     if height % unit or width % unit:
         raise ValueError(f"height and width must be multiples of {unit}, got {height}x{width}")
-    pixels = resize_normalize(frames, height, width, CLIP_MEAN, CLIP_STD)
+    mean, std = (SIGLIP_MEAN, SIGLIP_STD) if channels_last else (CLIP_MEAN, CLIP_STD)
+    pixels = resize_normalize(frames, height, width, mean, std)
     remainder = pixels.shape[0] % temporal_patch_size
     if remainder:
         pixels = torch.cat([pixels, pixels[-1:].expand(temporal_patch_size - remainder, -1, -1, -1)])
@@ -130,7 +134,8 @@ def qwen_vl_pixels(
     patches = pixels.reshape(
         grid_t, temporal_patch_size, 3, grid_h // merge_size, merge_size, patch_size, grid_w // merge_size, merge_size, patch_size
     )
-    patches = patches.permute(0, 3, 6, 4, 7, 2, 1, 5, 8)
+    order = (0, 3, 6, 4, 7, 5, 8, 2, 1) if channels_last else (0, 3, 6, 4, 7, 2, 1, 5, 8)
+    patches = patches.permute(*order)
     flat = patches.reshape(grid_t * grid_h * grid_w, 3 * temporal_patch_size * patch_size * patch_size)
     return flat, torch.tensor([[grid_t, grid_h, grid_w]])
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import Adapter
+from .cosmos3_edge import Cosmos3EdgeAdapter
 from .gemma4 import Gemma4Adapter
 from .glm4v import Glm4vAdapter, Glm4vMoeAdapter, Glm46VAdapter
 from .internvl import InternVLAdapter
@@ -24,7 +25,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
         LlavaOnevisionAdapter, LlavaNextVideoAdapter, VideoLlavaAdapter, Qwen2VLAdapter, Qwen2_5_VLAdapter,
         Qwen3VLAdapter, Qwen3VLMoeAdapter, Qwen3_5Adapter, InternVLAdapter, Glm4vAdapter, Glm46VAdapter,
         Glm4vMoeAdapter, SmolVLMAdapter, VideoLlama3Adapter, Qwen2_5OmniThinkerAdapter, Qwen2_5OmniAdapter,
-        Qwen3OmniMoeThinkerAdapter, Qwen3OmniMoeAdapter, Gemma4Adapter,
+        Qwen3OmniMoeThinkerAdapter, Qwen3OmniMoeAdapter, Gemma4Adapter, Cosmos3EdgeAdapter,
     )
 }
 

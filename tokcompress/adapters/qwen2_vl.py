@@ -134,12 +134,14 @@ class Qwen2VLAdapter(Adapter):
         return sharpness
 
     def tower_heads(self, attention, hidden, kwargs, project=None):
-        """(heads, rows, d) fp32 queries and keys (rotary embedded with the call's tables) and values of a packed
-        tower attention on its (rows, D) input."""
-        cos, sin = (table[:, None].float() for table in kwargs["position_embeddings"])
+        """(heads, rows, d) fp32 queries and keys (rotary embedded with the call's tables, where the tower has them)
+        and values of a packed tower attention on its (rows, D) input."""
         projections = self.tower_projections(attention, project or applied_to(hidden))
         queries, keys, values = (states.unflatten(-1, (attention.num_heads, -1)).float() for states in projections)
-        return rotate(queries, cos, sin).transpose(0, 1), rotate(keys, cos, sin).transpose(0, 1), values.transpose(0, 1)
+        if kwargs.get("position_embeddings") is not None:
+            cos, sin = (table[:, None].float() for table in kwargs["position_embeddings"])
+            queries, keys = rotate(queries, cos, sin), rotate(keys, cos, sin)
+        return queries.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1)
 
     def tower_projections(self, attention, project: Projection) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(rows, H·d) queries, keys and values of a packed tower attention, before RoPE (a fused qkv here)."""
@@ -177,6 +179,27 @@ class Qwen2VLAdapter(Adapter):
             full[units] = kept
             videos.append(full.flatten(0, 1))
         return tuple(videos)
+
+
+class SiglipTower:
+    """A packed SigLIP tower's modules (VideoLLaMA3, Cosmos3 Edge): `encoder.layers`, each attention with
+    separate q/k/v projections, and the post-layernorm that reads their rows out."""
+
+    def tower_layers(self):
+        layers = self.vision_tower.encoder.layers
+        return layers, len(layers)
+
+    def tower_readouts(self):
+        return [self.vision_tower.post_layernorm]
+
+    def tower_attention(self):
+        return self.vision_tower.encoder.layers[-1].self_attn
+
+    def tower_layer_attention(self, layer):
+        return layer.self_attn
+
+    def tower_projections(self, attention, project):
+        return project(attention.q_proj), project(attention.k_proj), project(attention.v_proj)
 
 
 class Qwen2_5_VLAdapter(Qwen2VLAdapter):

@@ -11,10 +11,10 @@ import torch
 from ..engine import compat
 from ..layout import VisualLayout
 from .base import noted_grids, token_runs
-from .qwen2_vl import Qwen2VLAdapter
+from .qwen2_vl import Qwen2VLAdapter, SiglipTower
 
 
-class VideoLlama3Adapter(Qwen2VLAdapter):
+class VideoLlama3Adapter(SiglipTower, Qwen2VLAdapter):
     model_type = "video_llama_3"
     mrope = False
     tower_row_outputs = ("hidden_states",)  # its last_hidden_state is read out already: normed, pooled
@@ -73,22 +73,6 @@ class VideoLlama3Adapter(Qwen2VLAdapter):
 
     def patch_embeddings(self, pixels):
         return self.vision_tower.embeddings(pixels.to(self.vision_tower.dtype))
-
-    def tower_layers(self):
-        layers = self.vision_tower.encoder.layers
-        return layers, len(layers)
-
-    def tower_readouts(self):
-        return [self.vision_tower.post_layernorm]  # then each frame's m × m blocks pooled to one token
-
-    def tower_attention(self):
-        return self.vision_tower.encoder.layers[-1].self_attn
-
-    def tower_layer_attention(self, layer):
-        return layer.self_attn
-
-    def tower_projections(self, attention, project):
-        return project(attention.q_proj), project(attention.k_proj), project(attention.v_proj)
 
     def patches_per_token(self, tower_call):
         merges = tower_call.argument("merge_sizes", 2).unique().tolist()
