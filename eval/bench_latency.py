@@ -57,8 +57,7 @@ from transformers import (
 import tokcompress
 from tokcompress.adapters import adapter_for
 from tokcompress.ideal import ideal_inputs
-from tokcompress.methods import METHODS, build_method
-from tokcompress.methods.knobs import knob_from_text
+from tokcompress.methods import build_method, method_spec
 from tokcompress.timing import median_ms, timed_generate
 from tokcompress.tiny import frame_batch_video
 from tokcompress.video import (
@@ -313,19 +312,6 @@ def measure_stock(model, inputs: dict, new_tokens: int, repeats: int, device: st
                 **measured, **ideal)
 
 
-def method_spec(text: str) -> tuple[str, dict]:
-    """(name, knobs) of a --methods entry: a name, a composition ("framededup+fastv"), or a method with knobs,
-    "flowcut:inner_prune=0:window=4" (values read against the knobs' types)."""
-    name, *settings = text.split(":")
-    pairs = [setting.partition("=")[::2] for setting in settings]
-    knobs = dict(pairs)
-    if any(not knob or not value for knob, value in pairs) or len(knobs) < len(pairs) or "ratio" in knobs:
-        raise ValueError(f"a method's knobs are spelt name:knob=value[:knob=value], each once (ratio: --ratios), "
-                         f"got {text!r}")
-    method_cls = METHODS.get(name)  # a composition takes no knobs: building it says so
-    return name, {k: knob_from_text(method_cls, k, value) if method_cls else value for k, value in knobs.items()}
-
-
 def measure_method(model, inputs: dict, method: str, ratio: float, visual_in: int, args) -> dict:
     """A patched run, then the ideal for what it kept and encoded."""
     name, knobs = method_spec(method)
@@ -471,8 +457,8 @@ def main(argv: list[str] | None = None) -> int:
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
     for method in args.methods:  # every spec checked before the first (long) run, not when its turn comes
         if method != STOCK:
-            name, knobs = method_spec(method)
             try:
+                name, knobs = method_spec(method)
                 build_method(name, **knobs)
             except (TypeError, ValueError) as error:
                 parser.error(f"{method}: {error}")

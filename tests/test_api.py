@@ -57,6 +57,17 @@ def test_method_instances_and_knobs_reach_the_method():
     assert hook_count(model) == before
 
 
+def test_a_method_spelt_with_its_knobs_reads_them_as_their_types():
+    """The command lines' spelling (demo, benchmark): name:knob=value[:knob=value], values read as each knob's
+    type; malformed, repeated or ratio knobs are refused naming the spelling."""
+    assert tokcompress.methods.method_spec("vidtldr:merge_schedule=0.2,0.1:window=3") == (
+        "vidtldr", {"merge_schedule": "0.2,0.1", "window": 3})
+    assert tokcompress.methods.method_spec("framededup+fastv") == ("framededup+fastv", {})
+    for spec in ("fastv:layer", "fastv:layer=2:layer=3", "fastv:ratio=0.5", "fastv:=2"):
+        with pytest.raises(ValueError, match="name:knob=value"):
+            tokcompress.methods.method_spec(spec)
+
+
 def test_compress_context_manager_unpatches_on_error(clip):
     model = model_for("qwen2_5_vl")
     before = hook_count(model)

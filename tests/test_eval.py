@@ -55,13 +55,9 @@ def test_latency_benchmark_smoke_run(tmp_path):
     (table,) = tmp_path.glob("latency_*.csv")
     rows = list(csv.DictReader(table.open()))
     assert [r["method"] for r in rows] == ["stock", "none", "uniform", "framededup", "fastv:layer=1"]
-    assert bench.method_spec("vidtldr:merge_schedule=0.2,0.1:window=3") == (
-        "vidtldr", {"merge_schedule": "0.2,0.1", "window": 3})
-    for spec in ("fastv:layer", "fastv:layer=2:layer=3", "fastv:ratio=0.5"):
-        with pytest.raises(ValueError, match="name:knob=value"):
-            bench.method_spec(spec)
-    with pytest.raises(SystemExit):  # a bad spec stops the run before anything is measured
-        bench.main(["--methods", "none", "fastv:lay=1", "--out", str(tmp_path)])
+    for spec in ("fastv:lay=1", "fastv:layer"):  # a bad spec stops the run before anything is measured
+        with pytest.raises(SystemExit):
+            bench.main(["--methods", "none", spec, "--out", str(tmp_path)])
     assert all(float(r["prefill_ms"]) > 0 and float(r["ideal_prefill_ms"]) > 0 for r in rows)
     assert all(float(r["encoder_ms"]) > 0 for r in rows)  # the identity's stats time the tower too
     assert float(rows[0]["compression_ms"]) == 0 and float(rows[0]["prefill_overhead_ms"]) == 0

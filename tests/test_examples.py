@@ -219,6 +219,24 @@ def test_demo_measures_every_speed_up_against_none_which_runs_first(monkeypatch,
     assert [row.split("x")[0].split()[-1] for row in rows] == ["1.00", "2.00", "0.50"]
 
 
+def test_demo_compares_one_methods_settings_side_by_side(monkeypatch, capsys):
+    """`--methods` takes a method's knobs as the benchmark does: FastV pruning after layer 1 or after layer 2 of 8
+    keeps different counts at the last layer from the same per-layer average; a bad knob stops before any work."""
+    from tokcompress import cli
+
+    monkeypatch.setattr(cli, "run_times_ms", lambda function, repeats, device: function() and [10.0])
+    common = ["demo", "--frames", "4", "--repeats", "1", "--max-new-tokens", "1"]
+    assert cli.main([*common, "--methods", "fastv:layer=1,fastv:layer=2"]) == 0
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines()
+            if line.startswith(("none", "fastv"))}
+    assert list(rows) == ["none", "fastv:layer=1", "fastv:layer=2"]
+    assert rows["fastv:layer=1"][1:4] == rows["fastv:layer=2"][1:4]  # "197 -> 59": the same layer average
+    assert rows["fastv:layer=1"][4] != rows["fastv:layer=2"][4]  # at the last layer: pruned earlier, fewer kept
+    for bad in ("fastv:lay=1", "fastv:layer"):
+        assert cli.main([*common, "--methods", bad]) == 2
+    assert "has no knob 'lay'" in capsys.readouterr().err
+
+
 def test_demo_shows_medians_beside_the_ideal_and_both_token_columns():
     result = run("-m", "tokcompress", "demo", "--frames", "4", "--methods", "none,fastv", "--repeats", "2",
                  "--max-new-tokens", "2")

@@ -21,7 +21,7 @@ import tokcompress
 
 from . import tiny
 from .ideal import ideal_prefill
-from .methods import METHODS, build_method
+from .methods import METHODS, build_method, method_spec
 from .methods.base import PromptRefused
 from .methods.knobs import knob_from_text
 from .timing import median_ms, run_times_ms, spread, timed_generate
@@ -92,7 +92,8 @@ def main(argv: list[str] | None = None) -> int:
     every = ",".join(["none", *(m for m in tokcompress.list_methods() if m != "none")])
     demo.add_argument("--methods", default=every,
                       help="comma-separated (default: every registered method; `none`, the baseline, always runs "
-                           "first); a composition: framededup+fastv")
+                           "first); a composition: framededup+fastv; a method with knobs: fastv:layer=3 (one method "
+                           "twice to compare its settings: fastv:layer=2,fastv:layer=8)")
     demo.add_argument("--max-new-tokens", type=positive, default=12, help="tokens generated per method")
     demo.add_argument("--repeats", type=positive, default=3, help="timed runs per method after a warm-up (median)")
     run = commands.add_parser(
@@ -132,28 +133,28 @@ def _add_common(command: argparse.ArgumentParser, clip_flag: str) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    names = [_method(name.strip(), args.ratio) for name in args.methods.split(",")]  # all checked before any work
-    names = ["none", *(name for name in names if name != "none")]  # first: the speed-ups' baseline
+    specs = [_spec(text.strip(), args.ratio) for text in args.methods.split(",")]  # all checked before any work
+    specs = [("none", "none", {}), *(spec for spec in specs if spec[0] != "none")]  # first: the speed-ups' baseline
     model, inputs, decode, path = load(args)
     print(f"clip: {path} ({args.frames} frames), question: {args.question!r}, ratio {args.ratio}\n")
     rows, baseline, widest, refused = [], None, 0.0, {}
-    for name in names:
+    for label, name, knobs in specs:
         try:
-            with _patched(model, name, args.ratio) as handle:
+            with _patched(model, name, args.ratio, knobs) as handle:
                 times = run_times_ms(lambda: model(**inputs), args.repeats, model.device.type)
                 prefill, widest = statistics.median(times), max(widest, spread(times))
                 stats = handle.stats
                 out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
         except PromptRefused as error:  # e.g. frames a processor thinned: say why, run the others
-            refused[name] = str(error)
-            rows.append((name, "refused (below)", *[""] * 8))
+            refused[label] = str(error)
+            rows.append((label, "refused (below)", *[""] * 8))
             continue
         baseline = prefill if name == "none" else baseline
         ideal = median_ms(ideal_prefill(model, inputs, *_kept(stats)), args.repeats, model.device.type)
         text = decode(out[0, inputs["input_ids"].shape[1] :].tolist())
         visual_in = stats.visual_in
         layer_mean = round(stats.achieved_ratio * visual_in)
-        rows.append((name, f"{visual_in} -> {layer_mean}", stats.visual_out, f"{stats.achieved_ratio:.3f}",
+        rows.append((label, f"{visual_in} -> {layer_mean}", stats.visual_out, f"{stats.achieved_ratio:.3f}",
                      f"{_kept(stats)[1]:.0%}", f"{prefill:.1f}", f"{ideal:.1f}", f"{baseline / prefill:.2f}x",
                      f"{prefill / ideal:.2f}x", text))
     header = ("method", "visual tokens (layer mean)", "last layer", "ratio", "tower", "prefill ms", "ideal ms",
@@ -282,6 +283,15 @@ def _method(name: str, ratio: float | None = None, knobs: dict | None = None) ->
     except (TypeError, ValueError) as error:
         raise CommandError("usage", str(error)) from error
     return name
+
+
+def _spec(text: str, ratio: float | None) -> tuple[str, str, dict]:
+    """(the text, the method's name, its knobs) of a --methods entry ("fastv:layer=3"), checked with the ratio."""
+    try:
+        name, knobs = method_spec(text)
+    except ValueError as error:
+        raise CommandError("usage", str(error)) from error
+    return text, _method(name, ratio, knobs), knobs
 
 
 def _knobs(name: str, texts: dict[str, str]) -> dict:

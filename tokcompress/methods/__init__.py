@@ -31,6 +31,7 @@ from .framededup import FrameDedup
 from .framefusion import FrameFusion
 from .holitom import HoliTom
 from .identity import NoCompression
+from .knobs import knob_from_text
 from .pdrop import PDrop
 from .prunevid import PruneVid
 from .random_prune import RandomPrune
@@ -131,6 +132,19 @@ def build_method(method: str | Method | type[Method] | list, ratio: Any = None, 
     return method_cls(**knobs)
 
 
+def method_spec(text: str) -> tuple[str, dict[str, Any]]:
+    """(name, knobs) of a method spelt on a command line: a name, a composition ("framededup+fastv"), or a method
+    with knobs, "flowcut:inner_prune=0:window=4" (values read against the knobs' types; ratio is set apart)."""
+    name, *settings = text.split(":")
+    pairs = [setting.partition("=")[::2] for setting in settings]
+    knobs = dict(pairs)
+    if any(not knob or not value for knob, value in pairs) or len(knobs) < len(pairs) or "ratio" in knobs:
+        raise ValueError(f"a method's knobs are spelt name:knob=value[:knob=value], each once (not ratio), "
+                         f"got {text!r}")
+    method_cls = METHODS.get(name)  # a composition takes no knobs: building it says so
+    return name, {k: knob_from_text(method_cls, k, value) if method_cls else value for k, value in knobs.items()}
+
+
 def _member(name: str) -> Method:
     """One member of a composition spelt as a name: a registered method, its encoder stages with "@encoder"."""
     if name.endswith(ENCODER_SUFFIX):
@@ -177,5 +191,6 @@ __all__ = [
     "VisionZip",
     "build_method",
     "list_methods",
+    "method_spec",
     "register_method",
 ]
