@@ -412,7 +412,7 @@ def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their
     units, tokens = plan.merge_into.shape
     assert plan.keep.shape == (units, 48) and folded["rows"] == units * 48
     origin = (torch.arange(units)[:, None] * tokens + plan.keep).flatten()  # the kept tokens' original rows
-    if stock["rotary"] is not None:
+    if adapter.tower_rotary:
         torch.testing.assert_close(folded["rotary"], stock["rotary"][origin], rtol=0, atol=0)
     window = torch.searchsorted(stock["segments"][1:], origin, right=True)
     lengths = torch.bincount(window, minlength=len(stock["segments"]) - 1)

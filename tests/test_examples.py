@@ -119,6 +119,36 @@ def test_run_on_a_checkpoint_tells_its_processor_when_each_frame_was_taken(monke
     assert torch.equal(torch.from_numpy(videos[0]), expected) and torch.equal(expected, read_frames(path, 6))
 
 
+@pytest.mark.parametrize("family", ["cosmos3_edge", "llava_onevision"])
+def test_run_asks_the_processor_for_token_types_where_the_model_reads_them(family, monkeypatch, capsys):
+    """Cosmos3 Edge's processor leaves `mm_token_type_ids` out unless asked, and its M-RoPE positions need them:
+    `run` asks where the model's forward reads them, and only there (LLaVA-OneVision's takes none)."""
+    from transformers import BatchFeature
+
+    from tokcompress import cli
+
+    model, calls = tiny.TINY_MODELS[family](), []
+
+    class Processor:  # as Cosmos3 Edge's: token types only when asked
+        def apply_chat_template(self, conversation, add_generation_prompt):
+            return conversation[0]["content"][1]["text"]
+
+        def __call__(self, text, videos, **kwargs):
+            calls.append(kwargs)
+            inputs = tiny.video_inputs(model, torch.from_numpy(videos[0]), text[0])
+            if not kwargs.get("return_mm_token_type_ids"):
+                inputs.pop("mm_token_type_ids", None)
+            return BatchFeature(inputs)
+
+        def decode(self, ids, skip_special_tokens):
+            return tiny.decode(ids)
+
+    monkeypatch.setattr(cli, "load_checkpoint", lambda path: (model, Processor()))
+    argv = ["run", "--model", "some/checkpoint", "--video", "bikes.mp4", "--frames", "4", "--max-new-tokens", "2"]
+    assert cli.main(argv) == 0
+    assert calls[0].get("return_mm_token_type_ids", False) is (family == "cosmos3_edge")
+
+
 def test_run_documents_itself_and_fails_with_exit_codes_a_script_can_use(tmp_path, capsys):
     from transformers import Qwen2Config
 

@@ -11,6 +11,7 @@ processors need torchvision).
 from __future__ import annotations
 
 import argparse
+import inspect
 import statistics
 import sys
 from pathlib import Path
@@ -224,8 +225,9 @@ def load(args: argparse.Namespace):
         conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": args.question}]}]
         prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
         metadata = [video_metadata(path, args.frames)]  # the frames are sampled already: their times, not again
+        asked = {"return_mm_token_type_ids": True} if _reads_token_types(model) else {}
         videos = processor(text=[prompt], videos=[frames.numpy()], video_metadata=metadata, do_sample_frames=False,
-                           return_tensors="pt")
+                           return_tensors="pt", **asked)
         inputs = dict(videos.to(model.device))
         print(f"model: {args.model}")
         return model, inputs, lambda ids: processor.decode(ids, skip_special_tokens=True), path
@@ -236,6 +238,12 @@ def load(args: argparse.Namespace):
     print(f"model: tiny {args.tiny} built from config - RANDOM WEIGHTS, so the text is noise;")
     print("       token counts, achieved ratios and timings are real.")
     return model, tiny.video_inputs(model, frames, args.question), tiny.decode, path
+
+
+def _reads_token_types(model) -> bool:
+    """Whether the model's forward reads `mm_token_type_ids` (M-RoPE positions, vision blocks), which a processor
+    may leave out unless asked (Cosmos3 Edge's does)."""
+    return "mm_token_type_ids" in inspect.signature(getattr(model, "model", model).forward).parameters
 
 
 def _frames(path: Path, count: int, **options) -> torch.Tensor:

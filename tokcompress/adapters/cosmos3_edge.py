@@ -11,6 +11,7 @@ from .qwen2_vl import Qwen2VLAdapter, SiglipTower
 
 class Cosmos3EdgeAdapter(SiglipTower, Qwen2VLAdapter):
     model_type = "cosmos3_edge"
+    tower_rotary = False
 
     def patch_embeddings(self, pixels):
         """The patches' linear embedding, without the position grid (resized per frame, the same for every frame of a

@@ -3,7 +3,7 @@ frame-major in raster order; 3-D M-RoPE positions come from `get_rope_index` and
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, ClassVar
 
 import torch
 
@@ -23,6 +23,7 @@ class Qwen2VLAdapter(Adapter):
     mrope = True
     packed_vision_attention = True  # stock sdpa runs one attention call per window in a Python loop
     tower_frames = PACKED  # each temporal patch a run of h·w rows (window-ordered alike), attention inside each
+    tower_rotary: ClassVar[bool] = True  # whether its attention rotates q/k with the call's `position_embeddings`
 
     def video_layouts(self, input_ids, call_kwargs):
         """Each video's tokens come in order in one or more runs: one run (Qwen2/2.5-VL), one per frame unit (Qwen3-VL:
@@ -138,7 +139,7 @@ class Qwen2VLAdapter(Adapter):
         and values of a packed tower attention on its (rows, D) input."""
         projections = self.tower_projections(attention, project or applied_to(hidden))
         queries, keys, values = (states.unflatten(-1, (attention.num_heads, -1)).float() for states in projections)
-        if kwargs.get("position_embeddings") is not None:
+        if self.tower_rotary:
             cos, sin = (table[:, None].float() for table in kwargs["position_embeddings"])
             queries, keys = rotate(queries, cos, sin), rotate(keys, cos, sin)
         return queries.transpose(0, 1), keys.transpose(0, 1), values.transpose(0, 1)
