@@ -120,7 +120,7 @@ def test_glm46v_runs_as_glm41v_under_another_name(clip, method):
 def two_videos_in_one_prompt(family, first, second) -> dict:
     """One prompt asking about two videos, each in its own span of placeholders."""
     a, b = inputs_for(family, first, "Compare this"), inputs_for(family, second, "with this.")
-    per_token = {"input_ids", "attention_mask", "mm_token_type_ids"}
+    per_token = {"input_ids", "attention_mask", "mm_token_type_ids", "moe_mm_token_type_ids"}
     images_per_prompt = a.get("pixel_values", torch.empty(0)).ndim == 5  # SmolVLM: (prompts, images, 3, H, W)
     return {key: torch.cat([a[key], b[key]], dim=1 if key in per_token or images_per_prompt else 0) for key in a}
 

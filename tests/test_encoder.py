@@ -28,8 +28,8 @@ def count_tower_units(model, family):
     """Frame units entering the vision tower's first layer, per call."""
     seen: list[int] = []
     adapter = adapter_for(model)
-    if adapter.tower_frames == PACKED:  # one packed sequence of patches: 8 × 8 a frame unit
-        first, per_unit = adapter.tower_layers()[0][0], 64
+    if adapter.tower_frames == PACKED:  # one packed sequence of patches: 8 × 8 a grid step, one or two a unit
+        first, per_unit = adapter.tower_layers()[0][0], 64 * adapter.temporal_merge
     else:  # a batch of frames
         encoder = adapter.vision_tower.encoder
         first, per_unit = (encoder.layers if hasattr(encoder, "layers") else encoder.layer)[0], 1

@@ -58,10 +58,10 @@ def rows_entering_tower_layers(model, run, dim: int = 0) -> list[int]:
 
 def frames_entering_tower_layers(model, inputs, run) -> list[int]:
     """Per tower layer, the frame units in its input while `run()` runs (a packed tower: its rows over a unit's)."""
-    rows_per_unit = 1
-    if adapter_for(model).tower_frames == PACKED_TOWER:
+    rows_per_unit, adapter = 1, adapter_for(model)
+    if adapter.tower_frames == PACKED_TOWER:  # a unit: one grid step of h·w rows, or two (ERNIE-4.5-VL)
         _, height, width = inputs["video_grid_thw"][0].tolist()
-        rows_per_unit = height * width
+        rows_per_unit = height * width * adapter.temporal_merge
     return [rows // rows_per_unit for rows in rows_entering_tower_layers(model, run)]
 
 

@@ -138,6 +138,7 @@ def assert_logits_of_the_llm_fed_only(model, inputs, kept: list[int], step_logit
             step_positions = torch.arange(len(survivors))[None]
         past = None
         extra = {**_kept_deepstack(encoded, visual, kept, survivors), **_kept_gemma4(model, inputs, survivors)}
+        extra.update({name: inputs[name][:, survivors] for name in adapter_for(model).llm_token_ids})  # ERNIE's
         for logits_now in step_logits:
             lm = adapter_for(model).language_model(
                 inputs_embeds=step_embeds, position_ids=step_positions, use_cache=True, **{CACHE_KEYWORD: past}, **extra
@@ -169,6 +170,7 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
     hidden, positions = call["inputs_embeds"], call.get("position_ids")
     positions = torch.arange(hidden.shape[1])[None] if positions is None else positions[-3:].squeeze(0)
     additions, visual = call.get("deepstack_visual_embeds") or [], call.get("visual_pos_masks")
+    token_ids = {name: call[name] for name in adapter_for(model).llm_token_ids}  # ERNIE's modality ids
     is_visual = inputs["input_ids"][0] == tiny.VIDEO
     survivors = ~is_visual
     survivors[kept] = True
@@ -182,8 +184,10 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
                     additions = [features[survivors[is_visual]] for features in additions]
                     hidden, cos, sin = hidden[:, survivors], cos[:, survivors], sin[:, survivors]
                     visual = visual[:, survivors] if visual is not None else None
+                    token_ids = {name: ids[:, survivors] for name, ids in token_ids.items()}
                 hidden = decoder_layer(
-                    hidden, position_embeddings=(cos, sin), attention_mask=None, **{CACHE_KEYWORD: cache}
+                    hidden, position_embeddings=(cos, sin), attention_mask=None, **{CACHE_KEYWORD: cache},
+                    **(token_ids if step == 0 else {}),
                 )
                 if step == 0 and index < len(additions):
                     hidden = hidden.clone()

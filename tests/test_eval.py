@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tokcompress import tiny
+
 from .conftest import FAMILIES, TINY, inputs_for, model_for
 
 EVAL = Path(__file__).parents[1] / "eval"
@@ -95,6 +97,21 @@ def test_the_ideal_keeps_the_token_types_a_model_builds_its_vision_blocks_from(c
     assert types.shape[1] == inputs["input_ids"].shape[1] - visual + 7 and int((types > 0).sum()) == 7
     assert "mm_token_type_ids" not in ideal_inputs(model_for("llava_onevision"), inputs_for(
         "llava_onevision", clip, "What?"), 7)[1]()
+
+
+def test_the_ideal_routes_its_kept_visual_tokens_to_the_vision_experts(clip):
+    """ERNIE-4.5-VL's experts are split by modality, routed by `moe_mm_token_type_ids`: the ideal's kept visual
+    tokens (and the video's start and end) carry the prompt's ids, its text none, and it runs on them."""
+    from tokcompress.ideal import ideal_inputs
+
+    model = model_for("ernie4_5_vl_moe")
+    inputs = inputs_for("ernie4_5_vl_moe", clip, "What is happening?")
+    visual = int((inputs["input_ids"] == tiny.VIDEO).sum())
+    ideal = ideal_inputs(model, inputs, 7)[1]()
+    ids = ideal["moe_mm_token_type_ids"]
+    assert ids.shape[1] == inputs["input_ids"].shape[1] - visual + 7 and int((ids > 0).sum()) == 7 + 2
+    with torch.no_grad():
+        model(**ideal)
 
 
 @pytest.mark.parametrize("family", [f for f in FAMILIES if TINY[f].mrope])

@@ -196,8 +196,9 @@ def test_qwen_tower_scores_are_put_back_in_the_order_the_tower_outputs_its_token
     else:
         inputs = inputs_for(family, clip, "What is moving?")
     merged = []
-    tower = adapter.vision_tower  # Cosmos3 Edge merges patches in the model's projector, after its tower
-    merger = tower.merger if hasattr(tower, "merger") else adapter.multimodal_model.projector
+    tower, outside = adapter.vision_tower, adapter.multimodal_model  # Cosmos3 Edge, ERNIE merge after the tower
+    merger = next(getattr(owner, name) for owner, name in ((tower, "merger"), (outside, "projector"),
+                                                           (outside, "resampler_model")) if hasattr(owner, name))
     hook = merger.register_forward_hook(lambda module, args, output: merged.append(output))
     try:
         with torch.no_grad():

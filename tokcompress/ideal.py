@@ -26,7 +26,8 @@ def ideal_inputs(
     """(encode, prepare): `encode()` runs the vision tower on the encoded share of the clip; `prepare()` runs it
     too, then returns the keyword arguments of a forward or `generate` over the first prompt's text and
     `visual_kept` of its visual tokens - what the timed region of an ideal prefill does before the model runs."""
-    adapter, video = adapter_for(model), encoded_share(inputs, encoded)
+    adapter = adapter_for(model)
+    video = encoded_share(inputs, encoded, adapter.temporal_merge)
     tower = adapter.multimodal_model
     encode_video = tower.get_video_features if "pixel_values_videos" in video else tower.get_image_features
     visual = inputs["input_ids"][0] == adapter.video_token_id
@@ -35,6 +36,9 @@ def ideal_inputs(
     ideal = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
     if adapter.attention_blocks(inputs) is not None:  # the model builds its vision blocks' masks itself (Gemma 4)
         ideal["mm_token_type_ids"] = inputs["mm_token_type_ids"][:1, kept]
+    for name in adapter.llm_token_ids:  # the kept tokens' own ids (ERNIE-4.5-VL's: vision experts for them)
+        if inputs.get(name) is not None:
+            ideal[name] = inputs[name][:1, kept]
 
     def encode():
         return encode_video(**video)
@@ -55,9 +59,10 @@ def ideal_prefill(model, inputs: dict, visual_kept: int, encoded: float = 1.0) -
     return lambda: model(**prepare())
 
 
-def encoded_share(inputs: dict, fraction: float) -> dict:
+def encoded_share(inputs: dict, fraction: float, steps: int = 1) -> dict:
     """The video inputs of the first `fraction` of the clip's frame units (LLaVA, Gemma 4: frames; Qwen: temporal
-    patches; InternVL: all of its images, which its tower encodes before a method chooses frames)."""
+    patches; ERNIE-4.5-VL: frame pairs, `steps` grid steps each; InternVL: all of its images, which its tower encodes
+    before a method chooses frames)."""
     if "pixel_values_videos" not in inputs:
         return {"pixel_values": inputs["pixel_values"]}
     pixels = inputs["pixel_values_videos"]
@@ -71,7 +76,7 @@ def encoded_share(inputs: dict, fraction: float) -> dict:
     if "video_grid_thw" not in inputs:
         return {"pixel_values_videos": pixels[:, : max(round(pixels.shape[1] * fraction), 1)]}
     t, h, w = inputs["video_grid_thw"][0].tolist()
-    units = max(round(t * fraction), 1)
+    units = max(round(t // steps * fraction), 1) * steps  # `steps` grid steps a unit (ERNIE-4.5-VL: frame pairs)
     grid = inputs["video_grid_thw"].new_tensor([[units, h, w]])
     merges = {k: inputs[k] for k in ("video_merge_sizes",) if k in inputs}  # VideoLLaMA3's, one per video
     return {"pixel_values_videos": pixels[: units * h * w], "video_grid_thw": grid, **merges}

@@ -11,6 +11,8 @@ import torch
 from transformers import (
     Cosmos3EdgeConfig,
     Cosmos3EdgeForConditionalGeneration,
+    Ernie4_5_VLMoeConfig,
+    Ernie4_5_VLMoeForConditionalGeneration,
     Gemma4Config,
     Gemma4ForConditionalGeneration,
     Glm4vConfig,
@@ -293,6 +295,26 @@ def tiny_cosmos3_edge(num_layers: int = 4, attn_implementation: str = "sdpa", se
     return _build(Cosmos3EdgeForConditionalGeneration, config, attn_implementation, seed)
 
 
+def tiny_ernie4_5_vl_moe(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64
+):
+    """ERNIE-4.5-VL with a 2-block Qwen2-VL tower (14-px patches, one frame a step) whose resampler merges 2 × 2
+    patches and frame pairs, over a decoder whose experts are split by modality (a dense first layer, then 4 text
+    and 4 vision experts, 2 a token, beside a shared one) with interleaved 3-D RoPE."""
+    config = Ernie4_5_VLMoeConfig(
+        text_config={
+            **_text_config(num_layers, hidden_size, head_dim=16), "moe_num_experts": 4, "moe_k": 2,
+            "moe_intermediate_size": [hidden_size, hidden_size], "moe_num_shared_experts": 1,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [3, 3, 2]},
+        },
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14,
+                           spatial_merge_size=2, temporal_merge_size=2),
+        image_token_id=IMAGE, video_token_id=VIDEO, video_start_token_id=VIDEO_START, video_end_token_id=VIDEO_END,
+        image_start_token_id=VISION_START, image_end_token_id=VISION_END,
+    )
+    return _build(Ernie4_5_VLMoeForConditionalGeneration, config, attn_implementation, seed)
+
+
 def tiny_qwen3_omni_moe_thinker(
     num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64
 ):
@@ -407,4 +429,5 @@ TINY_MODELS = {
     "qwen3_omni_moe_thinker": tiny_qwen3_omni_moe_thinker,
     "gemma4": tiny_gemma4,
     "cosmos3_edge": tiny_cosmos3_edge,
+    "ernie4_5_vl_moe": tiny_ernie4_5_vl_moe,
 }

@@ -125,6 +125,26 @@ def qwen_vl_inputs(
     return {**inputs, "mm_token_type_ids": (inputs["input_ids"] == VIDEO).long() * 2}
 
 
+def ernie_inputs(frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], size: int = 112) -> dict:
+    """Model inputs for one video per prompt as ERNIE-4.5-VL's processor lays them out: video start + the video's
+    tokens (frame pairs, 2 × 2 merged 14-px patches; an odd last frame repeated) + video end, with token types and
+    the experts' modality ids (start and end count as video)."""
+    frames = [frames] if isinstance(frames, torch.Tensor) else frames
+    questions = [questions] * len(frames) if isinstance(questions, str) else questions
+    patches, grids, rows = [], [], []
+    for clip, question in zip(frames, questions):
+        flat, grid = qwen_vl_pixels(torch.cat([clip, clip[-1:]]) if len(clip) % 2 else clip, size, size,
+                                    temporal_patch_size=1)
+        t, h, w = grid[0].tolist()
+        patches.append(flat)
+        grids.append(grid)
+        rows.append(prompt([VIDEO_START] + [VIDEO] * (t * h * w // 8) + [VIDEO_END], question))
+    inputs = packed_inputs(rows, patches, grids)
+    ids = inputs["input_ids"]
+    video = (ids == VIDEO) | (ids == VIDEO_START) | (ids == VIDEO_END)
+    return {**inputs, "mm_token_type_ids": (ids == VIDEO).long() * 2, "moe_mm_token_type_ids": video.long() * 2}
+
+
 def internvl_inputs(
     frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], image_size: int = 84, smolvlm: bool = False
 ) -> dict:
@@ -301,6 +321,8 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
         return qwen_vl_inputs(
             frames, questions, size=128, patch_size=16, fps=2.0, temporal_patch_size=1, channels_last=True
         )
+    if model.config.model_type == "ernie4_5_vl_moe":
+        return ernie_inputs(frames, questions)
     if model.config.model_type in ("internvl", "smolvlm"):
         return internvl_inputs(frames, questions, smolvlm=model.config.model_type == "smolvlm")
     if model.config.model_type in ("glm4v", "glm4v_moe", "glm46v"):

@@ -6,6 +6,7 @@ from torch import nn
 
 from .base import Adapter
 from .cosmos3_edge import Cosmos3EdgeAdapter
+from .ernie4_5_vl import Ernie4_5_VLAdapter
 from .gemma4 import Gemma4Adapter
 from .glm4v import Glm4vAdapter, Glm4vMoeAdapter, Glm46VAdapter
 from .internvl import InternVLAdapter
@@ -26,6 +27,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
         Qwen3VLAdapter, Qwen3VLMoeAdapter, Qwen3_5Adapter, InternVLAdapter, Glm4vAdapter, Glm46VAdapter,
         Glm4vMoeAdapter, SmolVLMAdapter, VideoLlama3Adapter, Qwen2_5OmniThinkerAdapter, Qwen2_5OmniAdapter,
         Qwen3OmniMoeThinkerAdapter, Qwen3OmniMoeAdapter, Gemma4Adapter, Cosmos3EdgeAdapter,
+        Ernie4_5_VLAdapter,
     )
 }
 

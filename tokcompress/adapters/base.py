@@ -46,6 +46,7 @@ class Adapter:
     # row: the LLaVA families), PACKED (frame units back to back in one packed sequence, attention inside each:
     # Qwen-VL), None (it cannot fold them: InternVL encodes before the prompt is read).
     tower_frames: ClassVar[str | None] = None
+    temporal_merge: ClassVar[int] = 1  # steps of `video_grid_thw`'s time axis in one frame unit (ERNIE-4.5-VL: 2)
     video_pixels: ClassVar[str] = "pixel_values_videos"  # the call keyword of video pixels (InternVL: its images')
     video_modality: ClassVar[str] = "video"  # their key in pre-encoded `mm_encoder_outputs`
     rotation = staticmethod(rotate)  # how the decoder applies RoPE to (the first dims of) each head
@@ -136,6 +137,11 @@ class Adapter:
     llm_token_inputs: ClassVar[tuple[str, ...]] = ()
     """Call keywords of the language model, besides embeddings and positions, with one entry per token along dim 1
     (Gemma 4's per-layer inputs): gathered with the tokens a pre-LLM reduction keeps."""
+
+    llm_token_ids: ClassVar[tuple[str, ...]] = ()
+    """Call keywords of the language model that it hands each decoder layer as they are, with an id per token (B, L)
+    (ERNIE-4.5-VL's modality ids, which route each token to text or vision experts): they follow the tokens each
+    layer sees, a merged token keeping its own id."""
 
     layers_with_additions: int = 0
     """How many of the first decoder layers add per-token features to their output (Qwen3-VL's DeepStack)."""

@@ -68,25 +68,30 @@ class Qwen2VLAdapter(Adapter):
         the M-RoPE ids carry the grid)."""
         grid_thw = call_kwargs.get("video_grid_thw")
         if grid_thw is not None:
-            merge = self.config.vision_config.spatial_merge_size
-            return [(t * (h // merge) * (w // merge), (h // merge, w // merge)) for t, h, w in grid_thw.tolist()]
+            merge, steps = self.config.vision_config.spatial_merge_size, self.temporal_merge
+            return [
+                (t // steps * (h // merge) * (w // merge), (h // merge, w // merge)) for t, h, w in grid_thw.tolist()
+            ]
         return [(len(features), None) for features in compat.encoded_video(call_kwargs)]
 
     def frame_signatures(self, encoder_args):
         embedded = self.patch_embeddings(encoder_args["pixel_values_videos"])  # (patches, D)
         grids = encoder_args["video_grid_thw"].tolist()
         videos = embedded.split([t * h * w for t, h, w in grids])
-        return [video.view(t, h * w, -1) for video, (t, h, w) in zip(videos, grids)]
+        steps = self.temporal_merge
+        return [video.view(t // steps, steps * h * w, -1) for video, (t, h, w) in zip(videos, grids)]
 
     def encode_frames(self, encode, encoder_args, keep):
-        """A frame unit is a temporal patch: the h·w patches, then h·w / merge² tokens, of two frames."""
-        grids = encoder_args["video_grid_thw"].tolist()
+        """A frame unit is a temporal patch: the h·w patches, then h·w / merge² tokens, of two frames (one, with
+        `temporal_merge` grid steps to a unit)."""
+        grids, steps = encoder_args["video_grid_thw"].tolist(), self.temporal_merge
         pixels = encoder_args["pixel_values_videos"].split([t * h * w for t, h, w in grids])
-        kept_pixels = torch.cat(
-            [video.view(t, h * w, -1)[units].flatten(0, 1) for video, (t, h, w), units in zip(pixels, grids, keep)]
-        )
+        kept_pixels = torch.cat([
+            video.view(t // steps, steps * h * w, -1)[units].flatten(0, 1)
+            for video, (t, h, w), units in zip(pixels, grids, keep)
+        ])
         grid = encoder_args["video_grid_thw"]
-        kept_grid = grid.new_tensor([[len(units), h, w] for (_, h, w), units in zip(grids, keep)])
+        kept_grid = grid.new_tensor([[len(units) * steps, h, w] for (_, h, w), units in zip(grids, keep)])
         output = encode(**{**encoder_args, "pixel_values_videos": kept_pixels, "video_grid_thw": kept_grid})
         output.pooler_output = self._all_units(output.pooler_output, grids, keep)
         return output
@@ -96,10 +101,11 @@ class Qwen2VLAdapter(Adapter):
         return self.vision_tower.patch_embed(pixels)
 
     def frame_counts(self, encoder_args):
-        return encoder_args["video_grid_thw"][:, 0].tolist()
+        return (encoder_args["video_grid_thw"][:, 0] // self.temporal_merge).tolist()
 
     def unit_rows(self, encoder_args):
-        return (encoder_args["video_grid_thw"][:, 1] * encoder_args["video_grid_thw"][:, 2]).tolist()
+        grid = encoder_args["video_grid_thw"]
+        return (self.temporal_merge * grid[:, 1] * grid[:, 2]).tolist()
 
     def tower_layers(self):
         return self.vision_tower.blocks, len(self.vision_tower.blocks)
@@ -153,17 +159,17 @@ class Qwen2VLAdapter(Adapter):
         return self.config.vision_config.spatial_merge_size**2
 
     def tower_token_scores(self, records, input_ids, standing=None):
-        units, grid, merge, standing = [], None, 1, iter(standing or ())
+        units, grid, merge, standing, steps = [], None, 1, iter(standing or ()), self.temporal_merge
         for call in records:
             if call.kind == "tower":  # the units its last layer ran on: what stood of the call's
                 merge = self.patches_per_token(call)
                 grid = call.argument("grid_thw", 1).clone()
-                grid[:, 0] = grid.new_tensor([next(standing, t) for t in grid[:, 0].tolist()])
+                grid[:, 0] = grid.new_tensor([next(standing, t // steps) * steps for t in grid[:, 0].tolist()])
                 continue
             received = self.tower_attention_received(call)
-            merged = self.in_patch_order(received.view(-1, merge).mean(dim=-1), grid)  # one per LLM token
-            for t, h, w in grid.tolist():
-                units.extend(merged[: t * h * w // merge].view(t, -1))
+            merged = self.in_patch_order(received.view(-1, merge).mean(dim=-1), grid)  # one per token of a step
+            for t, h, w in grid.tolist():  # a unit's token: the mean over its steps
+                units.extend(merged[: t * h * w // merge].view(t // steps, steps, -1).mean(dim=1))
                 merged = merged[t * h * w // merge :]
         return units
 
@@ -176,7 +182,7 @@ class Qwen2VLAdapter(Adapter):
         videos = []
         for video, (t, _, _), units in zip(features, grids, keep):
             kept = video.view(len(units), -1, video.shape[-1])
-            full = kept.new_zeros(t, *kept.shape[1:])
+            full = kept.new_zeros(t // self.temporal_merge, *kept.shape[1:])
             full[units] = kept
             videos.append(full.flatten(0, 1))
         return tuple(videos)

@@ -300,6 +300,9 @@ class Engine(StandIns):
             group.substitute_inputs(config, layer_index, mask_layer, hidden, kwargs, decoding, bidirectional)
             if not decoding and len(args) > 1 and hidden.shape[1] == group.width:  # the layer's per-token input
                 args = (args[0], group.at_slots(args[1]), *args[2:])
+            for name in adapter.llm_token_ids:
+                if not decoding and kwargs.get(name) is not None:
+                    kwargs[name] = group.at_slots(kwargs[name], ids=True)
         if selects and mask_layer == layer_index:
             select_visual_kv(
                 method, adapter, state, layer_index, module, hidden, group, kwargs, self._selection_readers

@@ -90,7 +90,7 @@ def reduce_before_llm(
     with state.stats.timed(embeds.device):
         if encoded is not None:
             drops = [TokenReduction.prune(kept) for kept in encoded]
-            embeds, positions = _compact_inputs(state, drops, embeds, positions, kwargs, adapter.llm_token_inputs)
+            embeds, positions = _compact_inputs(state, drops, embeds, positions, kwargs, adapter)
         if PRE_LLM in method.stages:
             group = state.groups[0]
             reductions = [
@@ -102,9 +102,7 @@ def reduce_before_llm(
                 for b, (slots, layout) in enumerate(zip(group.visual_slots, group.layouts))
             ]
             proportional = method.uses_proportional_attention()
-            embeds, positions = _compact_inputs(
-                state, reductions, embeds, positions, kwargs, adapter.llm_token_inputs, proportional
-            )
+            embeds, positions = _compact_inputs(state, reductions, embeds, positions, kwargs, adapter, proportional)
         if method.reindexes_positions():  # 1-D positions: kept tokens numbered as if nothing had been dropped
             contiguous = (state.groups[0].attention_mask.cumsum(-1) - 1).clamp_min(0)
             state.position_shift = positions[..., -1:] - contiguous[..., -1:]
@@ -133,17 +131,21 @@ def _llm_attention_mask(adapter: Adapter, group: TokenGroup, embeds: torch.Tenso
 
 
 def _compact_inputs(
-    state: GenerationState, reductions, embeds, positions, kwargs, token_inputs=(), proportional: bool = False
+    state: GenerationState, reductions, embeds, positions, kwargs, adapter: Adapter, proportional: bool = False
 ):
     """Apply per-row reductions to the prompt's single token group; returns the gathered embeds and positions, and
-    gathers the language model's other per-token inputs (`token_inputs`) in `kwargs` alike."""
+    gathers the language model's other per-token inputs (the adapter's `llm_token_inputs`, `llm_token_ids`) in
+    `kwargs` alike."""
     group = state.groups[0]
     new_group, slot_index = compact(group, reductions, 0, proportional)
     state.groups = [new_group]
     _reduce_layer_additions(state, group, reductions, slot_index)
-    for name in token_inputs:
+    for name in adapter.llm_token_inputs:
         if kwargs.get(name) is not None:
             kwargs[name] = _follow_tokens(kwargs[name], group, reductions, slot_index)
+    for name in adapter.llm_token_ids:
+        if kwargs.get(name) is not None:
+            kwargs[name] = gather_ids(kwargs[name], slot_index.to(kwargs[name].device), fill=0)
     embeds = gather_slots(write_merged(embeds, group, reductions), slot_index, fill=0.0)
     return embeds, gather_ids(positions, slot_index, fill=0)
 
