@@ -30,6 +30,8 @@ from transformers import (
     AutoModelForImageTextToText,
     Cosmos3EdgeConfig,
     Cosmos3EdgeForConditionalGeneration,
+    Ernie4_5_VLMoeConfig,
+    Ernie4_5_VLMoeForConditionalGeneration,
     Gemma4Config,
     Gemma4ForConditionalGeneration,
     Glm4vConfig,
@@ -112,8 +114,8 @@ SPECIAL_TOKENS = ("video_token_id", "image_token_id", "vision_start_token_id", "
                   "video_start_token_id", "video_end_token_id")  # config ids the random prompt text must avoid
 MODEL_NAMES = (
     "llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b",
-    "internvl3-8b", "glm-4.1v-9b", "videollama3-7b", "qwen2.5-omni-7b", "gemma-4-e4b", "cosmos3-edge", "small",
-    "small-qwen2.5-vl",
+    "internvl3-8b", "glm-4.1v-9b", "videollama3-7b", "qwen2.5-omni-7b", "gemma-4-e4b", "cosmos3-edge",
+    "ernie-4.5-vl-28b-a3b", "small", "small-qwen2.5-vl",
 )
 INTERNVL_IMAGE_START, INTERNVL_IMAGE_END = 151665, 151666  # <img>, </img>
 
@@ -197,6 +199,9 @@ def named_model(name: str, dtype: torch.dtype, device: str):
             audio_config=None,
         )
         cls = Gemma4ForConditionalGeneration
+    elif name == "ernie-4.5-vl-28b-a3b":  # transformers' defaults: 28 layers of 2560, 64 text + 64 vision experts
+        config = Ernie4_5_VLMoeConfig()
+        cls = Ernie4_5_VLMoeForConditionalGeneration
     elif name == "cosmos3-edge":  # transformers' defaults: SigLIP2 (27 layers of 1152, 16 px) over a Llama of 28 x 2048
         config = Cosmos3EdgeConfig()
         cls = Cosmos3EdgeForConditionalGeneration
@@ -261,6 +266,17 @@ def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
         if config.model_type == "qwen2_5_omni_thinker":  # no token types; 2 frames a unit at 2 fps
             return dict(inputs, video_second_per_grid=torch.tensor([1.0]))
         return dict(inputs, mm_token_type_ids=types)
+    if config.model_type == "ernie4_5_vl_moe":  # video start + frame pairs of 16×16 tokens at 448 px + video end
+        pixels, grid = qwen_vl_pixels(frames, 448, 448, patch_size=14, temporal_patch_size=1)
+        t, h, w = grid[0].tolist()
+        video = [config.video_start_token_id, *[config.video_token_id] * (t * h * w // 8), config.video_end_token_id]
+        ids = torch.cat([text[:8], torch.tensor(video), text[8:]])
+        span = (config.video_start_token_id, config.video_token_id, config.video_end_token_id)
+        experts = torch.isin(ids, torch.tensor(span))  # the vision experts' tokens
+        return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                    pixel_values_videos=pixels, video_grid_thw=grid,
+                    mm_token_type_ids=(ids == config.video_token_id).long()[None] * 2,
+                    moe_mm_token_type_ids=experts.long()[None] * 2)
     if config.model_type == "video_llama_3":  # each frame `Time t.ts:` (6 tokens) + its 16×16 tokens at 448 px
         pixels, grid = qwen_vl_pixels(frames, 448, 448, patch_size=14, temporal_patch_size=1)
         t, h, w = grid[0].tolist()
