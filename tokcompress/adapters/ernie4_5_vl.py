@@ -13,9 +13,12 @@ from .qwen2_vl import Qwen2VLAdapter
 class Ernie4_5_VLAdapter(Qwen2VLAdapter):
     model_type = "ernie4_5_vl_moe"
     rotation = staticmethod(rotate_pairs)
-    temporal_merge = 2
     llm_token_ids = ("moe_mm_token_type_ids",)
     tower_row_outputs = ("hidden_states",)  # its last_hidden_state is read out already (normed)
+
+    @property
+    def temporal_merge(self) -> int:
+        return self.config.vision_config.temporal_merge_size  # 2: the resampler's pairs
 
     def tower_readouts(self):
         return [self.vision_tower.ln]

@@ -224,9 +224,7 @@ def build_attention_mask(
     return create_causal_mask(**arguments, or_mask_function=blockwise_overlay(blocks), and_mask_function=window)
 
 
-PER_TOKEN_INPUTS = (  # ERNIE-4.5-VL's experts' modality ids too
-    "input_ids", "inputs_embeds", "position_ids", "token_type_ids", "mm_token_type_ids", "moe_mm_token_type_ids",
-)
+PER_TOKEN_INPUTS = ("input_ids", "inputs_embeds", "position_ids", "token_type_ids", "mm_token_type_ids")
 """Forward inputs with one entry per token along their last sequence dimension."""
 
 REORDER_CACHE = "_reorder_cache"

@@ -43,8 +43,11 @@ def start_decode_step(state: GenerationState, kwargs: dict[str, Any]) -> None:
         kwargs["position_ids"] = kwargs["position_ids"] - state.position_shift
 
 
-def skip_tokens_already_cached(state: GenerationState, kwargs: dict[str, Any]) -> None:
-    """Trim a continuation to the tokens the generation has not seen yet.
+def skip_tokens_already_cached(
+    state: GenerationState, kwargs: dict[str, Any], token_ids: tuple[str, ...] = ()
+) -> None:
+    """Trim a continuation (its per-token inputs, the adapter's `token_ids` too) to the tokens the generation has
+    not seen yet.
 
     `generate` sizes what it re-feeds from `cache.get_seq_length()`, which is the compressed length, so a
     multi-turn call (the whole conversation plus the cache of the earlier turns) would feed the tail of the
@@ -57,7 +60,7 @@ def skip_tokens_already_cached(state: GenerationState, kwargs: dict[str, Any]) -
     seen = _tokens_already_cached(state, kwargs, fed)
     if not 0 < seen < fed:
         return
-    for name in compat.PER_TOKEN_INPUTS:
+    for name in (*compat.PER_TOKEN_INPUTS, *token_ids):
         if isinstance(kwargs.get(name), torch.Tensor):
             sequence_dim = 1 if name == "inputs_embeds" else -1
             kwargs[name] = kwargs[name].narrow(sequence_dim, seen, kwargs[name].shape[sequence_dim] - seen)

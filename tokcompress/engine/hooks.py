@@ -180,7 +180,7 @@ class Engine(StandIns):
         state = GenerationState.of(cache, self.key)
         if state is None:
             return None
-        skip_tokens_already_cached(state, kwargs)
+        skip_tokens_already_cached(state, kwargs, self.adapter.llm_token_ids)
         if not (layouts is not None and any(layout.num_tokens for layout in layouts)):
             # Text continues the generation from the last position it saw. HF would count from the (shorter)
             # cache, and for M-RoPE it may re-derive the earlier video's ids without its grid.
@@ -298,11 +298,12 @@ class Engine(StandIns):
             config = adapter.language_model.config
             bidirectional = adapter.bidirectional_layer_types
             group.substitute_inputs(config, layer_index, mask_layer, hidden, kwargs, decoding, bidirectional)
-            if not decoding and len(args) > 1 and hidden.shape[1] == group.width:  # the layer's per-token input
-                args = (args[0], group.at_slots(args[1]), *args[2:])
-            for name in adapter.llm_token_ids:
-                if not decoding and kwargs.get(name) is not None:
-                    kwargs[name] = group.at_slots(kwargs[name], ids=True)
+            if not decoding and hidden.shape[1] == group.width:  # the layer's per-token inputs
+                if len(args) > 1:
+                    args = (args[0], group.at_slots(args[1]), *args[2:])
+                for name in adapter.llm_token_ids:
+                    if kwargs.get(name) is not None:
+                        kwargs[name] = group.at_slots(kwargs[name], ids=True)
         if selects and mask_layer == layer_index:
             select_visual_kv(
                 method, adapter, state, layer_index, module, hidden, group, kwargs, self._selection_readers
