@@ -51,6 +51,7 @@ TINY = {
     "gemma4": TinyFamily(tokens_per_unit=9, mixed_frame_counts=True),
     "cosmos3_edge": TinyFamily(tokens_per_unit=16, mixed_frame_counts=True, mrope=True),
     "ernie4_5_vl_moe": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
+    "cohere_compass": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
 }
 FAMILIES = tuple(TINY)
 # every registered method but the identity: a new method cannot skip the contract suite

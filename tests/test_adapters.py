@@ -4,12 +4,15 @@ ones the model attends with."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 
 import tokcompress
 from tokcompress import tiny
 from tokcompress.adapters import adapter_for
+from tokcompress.engine import compat
 from tokcompress.engine.groups import sample_row
 
 from .conftest import (
@@ -76,31 +79,41 @@ def test_the_adapters_queries_and_keys_give_the_models_own_attention_map(family,
     `project_values` the values its cache holds."""
     model = model_for(family, "eager")
     adapter = adapter_for(model)
-    index = softmax_layers(model)[1]
-    layer, seen = adapter.layers[index], {}
-    hook = layer.register_forward_pre_hook(
-        lambda module, args, kwargs: seen.update(
-            hidden=args[0] if args else kwargs["hidden_states"], tables=kwargs["position_embeddings"]
-        ),
-        with_kwargs=True,
-    )
+    config = adapter.language_model.config
+    seen = {}
+
+    def note_input(module, args, kwargs, i):
+        seen.setdefault(i, (args[0] if args else kwargs["hidden_states"], kwargs["position_embeddings"]))
+
+    hooks = [
+        layer.register_forward_pre_hook(functools.partial(note_input, i=i), with_kwargs=True)
+        for i, layer in enumerate(adapter.layers)
+    ]
     try:
         with torch.no_grad():
             output = model(**inputs_for(family, clip, "Who?"), output_attentions=True, use_cache=True)
         attentions = dict(zip(softmax_layers(model), output.attentions))
     finally:
-        hook.remove()
-    hidden = seen["hidden"][0]
-    cos, sin = (sample_row(table, 0) for table in seen["tables"])
-    with torch.no_grad():
-        queries, keys = adapter.project_queries(layer, hidden, cos, sin), adapter.project_keys(layer, hidden, cos, sin)
-    keys = keys.repeat_interleave(len(queries) // len(keys), dim=0)
-    scores = queries @ keys.transpose(1, 2) / queries.shape[-1] ** 0.5
-    future = torch.ones(len(hidden), len(hidden), dtype=torch.bool).triu(1)
-    torch.testing.assert_close(scores.masked_fill(future, float("-inf")).softmax(-1), attentions[index][0])
-    cached = output.past_key_values.layers[index].values[0]  # a sliding layer's: its window's last tokens
-    with torch.no_grad():
-        torch.testing.assert_close(adapter.project_values(layer, hidden)[:, -cached.shape[1]:], cached)
+        for hook in hooks:
+            hook.remove()
+    no_rope = [i for i in softmax_layers(model) if seen[i][1] is None]  # NoPE layers (Cohere's global ones)
+    for index in [softmax_layers(model)[1], *no_rope]:
+        layer, (hidden, tables) = adapter.layers[index], seen[index]
+        hidden = hidden[0]
+        cos, sin = (None, None) if tables is None else (sample_row(table, 0) for table in tables)
+        with torch.no_grad():
+            queries = adapter.project_queries(layer, hidden, cos, sin)
+            keys = adapter.project_keys(layer, hidden, cos, sin)
+        keys = keys.repeat_interleave(len(queries) // len(keys), dim=0)
+        scores = queries @ keys.transpose(1, 2) / queries.shape[-1] ** 0.5
+        rows = torch.arange(len(hidden))
+        hidden_keys = rows[None, :] > rows[:, None]  # the future, and a sliding layer's keys out of its window
+        if compat.layer_type(config, index) == compat.SLIDING_LAYER:
+            hidden_keys |= rows[:, None] - rows[None, :] >= config.sliding_window
+        torch.testing.assert_close(scores.masked_fill(hidden_keys, float("-inf")).softmax(-1), attentions[index][0])
+        cached = output.past_key_values.layers[index].values[0]  # a sliding layer's: its window's last tokens
+        with torch.no_grad():
+            torch.testing.assert_close(adapter.project_values(layer, hidden)[:, -cached.shape[1]:], cached)
 
 
 @pytest.mark.parametrize("method", ["framefusion", "vidtldr"])

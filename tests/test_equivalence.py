@@ -9,6 +9,7 @@ from transformers import DynamicCache
 import tokcompress
 from tokcompress import tiny
 from tokcompress.adapters import adapter_for
+from tokcompress.engine import compat
 from tokcompress.engine.compat import CACHE_KEYWORD, output_cache
 
 from .conftest import (
@@ -158,7 +159,8 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
     linear attention) and DeepStack additions (Qwen3-VL) being those of the tokens it saw."""
     if family == "gemma4":
         pytest.skip("per-type rotary tables, per-layer inputs and shared KV: tests/test_gemma4.py runs its layers")
-    model = model_for(family)
+    # Cohere's windows as wide as the prompt: this reference attends causally over every token it keeps
+    model = tiny.tiny_cohere_compass(sliding_window=4096) if family == "cohere_compass" else model_for(family)
     inputs = inputs_for(family, clip, "What is moving?")
     with tokcompress.compress(model, "fastv", ratio=0.7, layer=layer) as handle, torch.no_grad():
         out = model.generate(
@@ -178,16 +180,17 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
     cache = DynamicCache(config=language_model.config)
     with torch.no_grad():
         for step, step_logits in enumerate(out.logits):
-            cos, sin = language_model.rotary_emb(hidden, positions)
+            tables = _rotary_tables(language_model, hidden, positions)
             for index, decoder_layer in enumerate(language_model.layers):
                 if step == 0 and index == layer:
                     additions = [features[survivors[is_visual]] for features in additions]
-                    hidden, cos, sin = hidden[:, survivors], cos[:, survivors], sin[:, survivors]
+                    hidden = hidden[:, survivors]
+                    tables = {kind: table and tuple(t[:, survivors] for t in table) for kind, table in tables.items()}
                     visual = visual[:, survivors] if visual is not None else None
                     token_ids = {name: ids[:, survivors] for name, ids in token_ids.items()}
                 hidden = decoder_layer(
-                    hidden, position_embeddings=(cos, sin), attention_mask=None, **{CACHE_KEYWORD: cache},
-                    **(token_ids if step == 0 else {}),
+                    hidden, position_embeddings=tables[compat.layer_type(language_model.config, index)],
+                    attention_mask=None, **{CACHE_KEYWORD: cache}, **(token_ids if step == 0 else {}),
                 )
                 if step == 0 and index < len(additions):
                     hidden = hidden.clone()
@@ -196,6 +199,17 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
             torch.testing.assert_close(step_logits, ideal, rtol=1e-4, atol=1e-5)
             hidden = model.get_input_embeddings()(ideal.argmax(-1))[:, None]
             positions = positions[..., -1:] + 1
+
+
+def _rotary_tables(language_model, hidden, positions) -> dict:
+    """Per decoder layer type, the rotary tables its layers get: one set for all, or (Cohere's) one per type, None
+    for a type without RoPE."""
+    config = language_model.config
+    kinds = dict.fromkeys(getattr(config, "layer_types", None) or ["full_attention"])
+    per_type = set(kinds) <= set(config.rope_parameters)
+    if not per_type:
+        return dict.fromkeys(kinds, language_model.rotary_emb(hidden, positions))
+    return {kind: config.rope_parameters[kind] and language_model.rotary_emb(hidden, positions, kind) for kind in kinds}
 
 
 def _language_model_call(model, inputs) -> dict:

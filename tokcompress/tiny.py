@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 from transformers import (
+    CohereCompassConfig,
+    CohereCompassForConditionalGeneration,
     Cosmos3EdgeConfig,
     Cosmos3EdgeForConditionalGeneration,
     Ernie4_5_VLMoeConfig,
@@ -315,6 +317,25 @@ def tiny_ernie4_5_vl_moe(
     return _build(Ernie4_5_VLMoeForConditionalGeneration, config, attn_implementation, seed)
 
 
+def tiny_cohere_compass(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64,
+    sliding_window: int = 16,
+):
+    """Cohere's North vision model: Qwen3-VL's tiny tower (DeepStack) over a Cohere2 decoder (attention and MLP side
+    by side): three sliding-window layers with interleaved M-RoPE, then one global layer without any (NoPE)."""
+    text = _text_config(num_layers, hidden_size, head_dim=16)
+    config = CohereCompassConfig(
+        text_config={
+            **text, "layer_types": (["sliding_attention"] * 3 + ["full_attention"]) * (num_layers // 4)
+            + ["sliding_attention"] * (num_layers % 4), "sliding_window": sliding_window,
+            "rope_parameters": {"sliding_attention": {**QWEN3_ROPE, "mrope_interleaved": True}, "full_attention": None},
+        },
+        vision_config={**QWEN3_TOWER, "out_hidden_size": hidden_size},
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+    )
+    return _build(CohereCompassForConditionalGeneration, config, attn_implementation, seed)
+
+
 def tiny_qwen3_omni_moe_thinker(
     num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64
 ):
@@ -430,4 +451,5 @@ TINY_MODELS = {
     "gemma4": tiny_gemma4,
     "cosmos3_edge": tiny_cosmos3_edge,
     "ernie4_5_vl_moe": tiny_ernie4_5_vl_moe,
+    "cohere_compass": tiny_cohere_compass,
 }

@@ -315,7 +315,7 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
     """Inputs for one video per prompt for any tiny model (lists make a left-padded batch)."""
     if model.config.model_type == "qwen2_5_vl":
         return qwen_vl_inputs(frames, questions)
-    if model.config.model_type in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5"):  # 16-px patches, timestamps at 8 fps
+    if model.config.model_type in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "cohere_compass"):  # 16 px, 8 fps
         return qwen_vl_inputs(frames, questions, size=128, patch_size=16, fps=8.0)
     if model.config.model_type == "cosmos3_edge":  # 16-px patches, one frame a unit, timestamps at 2 fps
         return qwen_vl_inputs(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import Adapter
+from .cohere_compass import CohereCompassAdapter
 from .cosmos3_edge import Cosmos3EdgeAdapter
 from .ernie4_5_vl import Ernie4_5_VLAdapter
 from .gemma4 import Gemma4Adapter
@@ -27,7 +28,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
         Qwen3VLAdapter, Qwen3VLMoeAdapter, Qwen3_5Adapter, InternVLAdapter, Glm4vAdapter, Glm46VAdapter,
         Glm4vMoeAdapter, SmolVLMAdapter, VideoLlama3Adapter, Qwen2_5OmniThinkerAdapter, Qwen2_5OmniAdapter,
         Qwen3OmniMoeThinkerAdapter, Qwen3OmniMoeAdapter, Gemma4Adapter, Cosmos3EdgeAdapter,
-        Ernie4_5_VLAdapter,
+        Ernie4_5_VLAdapter, CohereCompassAdapter,
     )
 }
 

@@ -231,15 +231,25 @@ class Adapter:
         stood at the tower's end where it folded some (None: as many as the tower call encoded)."""
         raise NotImplementedError(f"{self.model_type}: no vision-tower attention scores")
 
-    def project_queries(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """(Hq, n, d) rotary-embedded queries of `layer` for the (n, D) hidden states entering it."""
+    def project_queries(
+        self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(Hq, n, d) rotary-embedded queries (cos None: a layer without RoPE) of `layer` for the (n, D) hidden
+        states entering it."""
         attention = layer.self_attn
-        return self.rotation(_heads(layer, attention.q_proj, getattr(attention, "q_norm", None), hidden), cos, sin)
+        return self.rotated(_heads(layer, attention.q_proj, getattr(attention, "q_norm", None), hidden), cos, sin)
 
-    def project_keys(self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor):
-        """(Hkv, n, d) rotary-embedded keys of `layer` for the (n, D) hidden states entering it."""
+    def project_keys(
+        self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None
+    ) -> torch.Tensor:
+        """(Hkv, n, d) rotary-embedded keys (cos None: a layer without RoPE) of `layer` for the (n, D) hidden states
+        entering it."""
         attention = layer.self_attn
-        return self.rotation(_heads(layer, attention.k_proj, getattr(attention, "k_norm", None), hidden), cos, sin)
+        return self.rotated(_heads(layer, attention.k_proj, getattr(attention, "k_norm", None), hidden), cos, sin)
+
+    def rotated(self, states: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
+        """States turned by the decoder's RoPE, or as they are in a layer without it (NoPE)."""
+        return states if cos is None else self.rotation(states, cos, sin)
 
     def project_values(self, layer: nn.Module, hidden: torch.Tensor):
         """(Hkv, n, d) values of `layer` for the (n, D) hidden states entering it (v_proj, or the keys' projection

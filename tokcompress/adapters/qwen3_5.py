@@ -12,7 +12,6 @@ import functools
 
 from torch import nn
 
-from .base import rotate
 from .qwen3_vl import Qwen3VLAdapter
 
 
@@ -24,7 +23,7 @@ class Qwen3_5Adapter(Qwen3VLAdapter):
         attention = layer.self_attn
         projected = attention.q_proj(layer.input_layernorm(hidden)).view(len(hidden), -1, 2 * attention.head_dim)
         queries = attention.q_norm(projected[..., : attention.head_dim])  # the other half gates the output
-        return rotate(queries.transpose(0, 1), cos, sin)
+        return self.rotated(queries.transpose(0, 1), cos, sin)
 
     def project_keys(self, layer, hidden, cos, sin):
         return super().project_keys(self._scoring_layer[layer], hidden, cos, sin)

@@ -15,7 +15,7 @@ import torch
 from ..methods.base import DecodeSample, Method
 from ..ops import few_query_attention
 from . import compat
-from .groups import GenerationState, TokenGroup, sample_row
+from .groups import GenerationState, TokenGroup, rotary_rows
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
@@ -110,12 +110,12 @@ def _decode_selection(
     step, for K'."""
     batch, past = keys.shape[0], keys.shape[2]
     steps = hidden.shape[1]
-    cos, sin = kwargs["position_embeddings"]
+    tables = kwargs.get("position_embeddings")  # None: a layer without RoPE
     reads, chosen_counts = [], []
     for b in range(batch):
         valid = group.attention_mask[b, :past].bool()
         slots = group.visual_slots[b]
-        queries = adapter.project_queries(layer, hidden[b], sample_row(cos, b), sample_row(sin, b))
+        queries = adapter.project_queries(layer, hidden[b], *rotary_rows(tables, b))
         attention = few_query_attention(queries, keys[b], valid[None, :]).mean(dim=0)
         chosen = slots[method.select_decode_kv(DecodeSample(attention[slots], state.decode_memories[b]))]
         read = valid.clone()

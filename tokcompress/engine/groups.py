@@ -287,6 +287,14 @@ def sample_row(table: torch.Tensor, b: int) -> torch.Tensor:
     return table[b if table.shape[0] > 1 else 0]
 
 
+def rotary_rows(tables: tuple[torch.Tensor, torch.Tensor] | None, b: int, rows: torch.Tensor | None = None):
+    """(cos, sin) of sample b (at `rows`, or all) from a layer's rotary tables; (None, None) for a layer without
+    RoPE (NoPE: Cohere's global layers)."""
+    if tables is None:
+        return None, None
+    return tuple(sample_row(t, b) if rows is None else sample_row(t, b)[rows] for t in tables)
+
+
 def _reduced_sizes(sizes: torch.Tensor, reduction: TokenReduction) -> torch.Tensor:
     if reduction.merge_into is None:
         return sizes[reduction.keep]

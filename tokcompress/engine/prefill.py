@@ -16,7 +16,7 @@ from ..methods.base import PRE_LLM, LayerBudget, LayerSample, Method, TokenReduc
 from ..ops import few_query_attention
 from ..stats import CompressionStats
 from . import compat
-from .groups import GenerationState, TokenGroup, compact, gather_ids, gather_slots, sample_row, write_merged
+from .groups import GenerationState, TokenGroup, compact, gather_ids, gather_slots, rotary_rows, write_merged
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
@@ -190,7 +190,7 @@ def reduce_before_layer(
 def _layer_samples(method, adapter, state, layer_index, layer, hidden, group, kwargs) -> list[LayerSample | None]:
     budget_spent = state.stats.spent_before(layer_index)
     num_layers = adapter.spec.num_layers
-    position_embeddings = group.at_slots(kwargs["position_embeddings"])
+    position_embeddings = group.at_slots(kwargs.get("position_embeddings"))
     samples: list[LayerSample | None] = []
     for b, slots in enumerate(group.visual_slots):
         layout = group.layouts[b]
@@ -223,7 +223,7 @@ def _layer_samples(method, adapter, state, layer_index, layer, hidden, group, kw
 
         def queries_and_keys(last_and_visual=False, b=b, slots=slots, projected=projected) -> tuple[torch.Tensor, ...]:
             rows = projected(last_and_visual)
-            cos, sin = (sample_row(t, b)[rows] for t in position_embeddings)
+            cos, sin = rotary_rows(position_embeddings, b, rows)
             queries = adapter.project_queries(layer, hidden[b, rows], cos, sin)
             return queries, adapter.project_keys(layer, hidden[b, rows], cos, sin), torch.searchsorted(rows, slots)
 
@@ -241,8 +241,7 @@ def _query_attention(adapter, layer, hidden, position_embeddings, group, b, quer
     """Attention of sample b's tokens at `query_slots` over all its slots at this layer: (rows, W) head-mean,
     or (heads, rows, W)."""
     valid = group.real_slots(b)
-    cos, sin = (sample_row(t, b) for t in position_embeddings)
-    queries = adapter.project_queries(layer, hidden[b, query_slots], cos[query_slots], sin[query_slots])
-    keys = adapter.project_keys(layer, hidden[b], cos, sin)
+    queries = adapter.project_queries(layer, hidden[b, query_slots], *rotary_rows(position_embeddings, b, query_slots))
+    keys = adapter.project_keys(layer, hidden[b], *rotary_rows(position_embeddings, b))
     causal = torch.arange(group.width, device=hidden.device)[None, :] <= query_slots[:, None]
     return few_query_attention(queries, keys, valid[None, :] & causal, head_mean)
