@@ -146,7 +146,7 @@ def assert_logits_of_the_llm_fed_only(model, inputs, kept: list[int], step_logit
             )
             extra = {}
             past = output_cache(lm)
-            ideal = model.lm_head(lm.last_hidden_state[:, -1])
+            ideal = _logits(model, lm.last_hidden_state[:, -1])
             torch.testing.assert_close(logits_now, ideal, rtol=1e-4, atol=1e-5)
             step_embeds = model.model.get_input_embeddings()(ideal.argmax(-1))[:, None]
             step_positions = step_positions[..., -1:] + 1
@@ -195,10 +195,15 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
                 if step == 0 and index < len(additions):
                     hidden = hidden.clone()
                     hidden[visual] += additions[index]
-            ideal = model.lm_head(language_model.norm(hidden[:, -1]))
+            ideal = _logits(model, language_model.norm(hidden[:, -1]))
             torch.testing.assert_close(step_logits, ideal, rtol=1e-4, atol=1e-5)
             hidden = model.get_input_embeddings()(ideal.argmax(-1))[:, None]
             positions = positions[..., -1:] + 1
+
+
+def _logits(model, hidden: torch.Tensor) -> torch.Tensor:
+    """The model's logits for the language model's last hidden states (scaled where it scales them: Cohere's)."""
+    return model.lm_head(hidden) * (getattr(model, "logit_scale", None) or 1.0)
 
 
 def _rotary_tables(language_model, hidden, positions) -> dict:

@@ -322,12 +322,13 @@ def tiny_cohere_compass(
     sliding_window: int = 16,
 ):
     """Cohere's North vision model: Qwen3-VL's tiny tower (DeepStack) over a Cohere2 decoder (attention and MLP side
-    by side): three sliding-window layers with interleaved M-RoPE, then one global layer without any (NoPE)."""
+    by side): three sliding-window layers with interleaved M-RoPE, then one global layer without any (NoPE); its
+    logits scaled by 0.25."""
     text = _text_config(num_layers, hidden_size, head_dim=16)
     config = CohereCompassConfig(
         text_config={
             **text, "layer_types": (["sliding_attention"] * 3 + ["full_attention"]) * (num_layers // 4)
-            + ["sliding_attention"] * (num_layers % 4), "sliding_window": sliding_window,
+            + ["sliding_attention"] * (num_layers % 4), "sliding_window": sliding_window, "logit_scale": 0.25,
             "rope_parameters": {"sliding_attention": {**QWEN3_ROPE, "mrope_interleaved": True}, "full_attention": None},
         },
         vision_config={**QWEN3_TOWER, "out_hidden_size": hidden_size},
