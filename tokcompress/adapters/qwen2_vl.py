@@ -78,23 +78,25 @@ class Qwen2VLAdapter(Adapter):
         embedded = self.patch_embeddings(encoder_args["pixel_values_videos"])  # (patches, D)
         grids = encoder_args["video_grid_thw"].tolist()
         videos = embedded.split([t * h * w for t, h, w in grids])
-        steps = self.temporal_merge
-        return [video.view(t // steps, steps * h * w, -1) for video, (t, h, w) in zip(videos, grids)]
+        return [self._units(video, t, h, w) for video, (t, h, w) in zip(videos, grids)]
 
     def encode_frames(self, encode, encoder_args, keep):
         """A frame unit is a temporal patch: the h·w patches, then h·w / merge² tokens, of two frames (one, with
         `temporal_merge` grid steps to a unit)."""
-        grids, steps = encoder_args["video_grid_thw"].tolist(), self.temporal_merge
+        grids = encoder_args["video_grid_thw"].tolist()
         pixels = encoder_args["pixel_values_videos"].split([t * h * w for t, h, w in grids])
         kept_pixels = torch.cat([
-            video.view(t // steps, steps * h * w, -1)[units].flatten(0, 1)
-            for video, (t, h, w), units in zip(pixels, grids, keep)
+            self._units(video, t, h, w)[units].flatten(0, 1) for video, (t, h, w), units in zip(pixels, grids, keep)
         ])
         grid = encoder_args["video_grid_thw"]
-        kept_grid = grid.new_tensor([[len(units) * steps, h, w] for (_, h, w), units in zip(grids, keep)])
+        kept_grid = grid.new_tensor([[len(units) * self.temporal_merge, h, w] for (_, h, w), units in zip(grids, keep)])
         output = encode(**{**encoder_args, "pixel_values_videos": kept_pixels, "video_grid_thw": kept_grid})
         output.pooler_output = self._all_units(output.pooler_output, grids, keep)
         return output
+
+    def _units(self, rows: torch.Tensor, t: int, h: int, w: int) -> torch.Tensor:
+        """A video's packed rows (pixels or patch embeddings) as (frame units, rows of a unit, D)."""
+        return rows.view(t // self.temporal_merge, self.temporal_merge * h * w, -1)
 
     def patch_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
         """The tower's (patches, D) embeddings of flattened patches, before its first layer."""
