@@ -42,6 +42,8 @@ from transformers import (
     LlavaNextVideoForConditionalGeneration,
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
+    Molmo2Config,
+    Molmo2ForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5OmniThinkerConfig,
@@ -66,6 +68,7 @@ from tokcompress.video import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     gemma4_pixels,
+    molmo2_pixels,
     qwen_vl_pixels,
     read_frames,
     resize_normalize,
@@ -115,7 +118,7 @@ SPECIAL_TOKENS = ("video_token_id", "image_token_id", "vision_start_token_id", "
 MODEL_NAMES = (
     "llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b",
     "internvl3-8b", "glm-4.1v-9b", "videollama3-7b", "qwen2.5-omni-7b", "gemma-4-e4b", "cosmos3-edge",
-    "ernie-4.5-vl-28b-a3b", "small", "small-qwen2.5-vl",
+    "ernie-4.5-vl-28b-a3b", "molmo2-8b", "small", "small-qwen2.5-vl",
 )
 INTERNVL_IMAGE_START, INTERNVL_IMAGE_END = 151665, 151666  # <img>, </img>
 
@@ -205,6 +208,9 @@ def named_model(name: str, dtype: torch.dtype, device: str):
     elif name == "cosmos3-edge":  # transformers' defaults: SigLIP2 (27 layers of 1152, 16 px) over a Llama of 28 x 2048
         config = Cosmos3EdgeConfig()
         cls = Cosmos3EdgeForConditionalGeneration
+    elif name == "molmo2-8b":  # transformers' defaults: a 25-layer SigLIP (378 px) read at layers 24 and 18, Qwen3-8B
+        config = Molmo2Config(adapter_config={"text_hidden_size": 4096})
+        cls = Molmo2ForConditionalGeneration
     elif name == "small":
         config = LlavaOnevisionConfig(
             text_config=dict(model_type="qwen2", hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
@@ -292,6 +298,14 @@ def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
         return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                     pixel_values_videos=pixels, video_position_ids=positions,
                     num_frames_per_video=torch.tensor([len(frames)]), mm_token_type_ids=types)
+    if config.model_type == "molmo2":  # each frame `t.t ` (4 tokens) + start, 9×9 tokens (378 px, 3×3 pooled), end
+        pixels, windows = molmo2_pixels(frames, 378, pooling=3)
+        frame = torch.tensor([config.frame_start_token_id, *[config.image_patch_id] * 81, config.frame_end_token_id])
+        ids = torch.cat([text[:8], *(torch.cat([text[:4], frame]) for _ in range(len(frames))), text[8:]])
+        return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                    pixel_values_videos=pixels, video_token_pooling=windows,
+                    video_grids=torch.tensor([[len(frames), 9, 9]]),
+                    mm_token_type_ids=torch.isin(ids, frame).long()[None])
     if config.model_type == "internvl":  # frames as images: `FrameN: <img>` (4 tokens) + 256 tokens + `</img>`
         pixels = resize_normalize(frames, 448, 448, IMAGENET_MEAN, IMAGENET_STD)
         frame = [INTERNVL_IMAGE_START] + [config.image_token_id] * config.image_seq_length + [INTERNVL_IMAGE_END]

@@ -52,6 +52,7 @@ TINY = {
     "cosmos3_edge": TinyFamily(tokens_per_unit=16, mixed_frame_counts=True, mrope=True),
     "ernie4_5_vl_moe": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
     "cohere_compass": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
+    "molmo2": TinyFamily(tokens_per_unit=9, mixed_frame_counts=True),
 }
 FAMILIES = tuple(TINY)
 # every registered method but the identity: a new method cannot skip the contract suite
@@ -91,9 +92,10 @@ def inputs_for(family: str, frames, questions):
 
 def video_encoder_inputs(inputs: dict) -> dict:
     """The keywords of a call's inputs that `get_video_features` takes (VideoLLaMA3: its merge sizes too; Gemma 4: its
-    patch positions and frame counts)."""
+    patch positions and frame counts; Molmo2: its pooling windows and grids)."""
     keywords = (
         "pixel_values_videos", "video_grid_thw", "video_merge_sizes", "video_position_ids", "num_frames_per_video",
+        "video_token_pooling", "video_grids",
     )
     return {k: inputs[k] for k in keywords if k in inputs}
 

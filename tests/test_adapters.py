@@ -77,7 +77,12 @@ def test_the_adapters_queries_and_keys_give_the_models_own_attention_map(family,
     """What query-guided methods score with - `project_queries` / `project_keys` on a layer's input, with its
     rotary tables - reproduces the eager model's attention rows at that layer (head by head, every row);
     `project_values` the values its cache holds."""
-    model = model_for(family, "eager")
+    assert_scores_reproduce_the_attention_map(model_for(family, "eager"), inputs_for(family, clip, "Who?"))
+
+
+def assert_scores_reproduce_the_attention_map(model, inputs) -> None:
+    """The adapter's queries and keys give the eager `model`'s attention rows on `inputs` at its second softmax
+    layer and every NoPE one, and its values those the cache holds."""
     adapter = adapter_for(model)
     config = adapter.language_model.config
     seen = {}
@@ -89,9 +94,10 @@ def test_the_adapters_queries_and_keys_give_the_models_own_attention_map(family,
         layer.register_forward_pre_hook(functools.partial(note_input, i=i), with_kwargs=True)
         for i, layer in enumerate(adapter.layers)
     ]
+    blocks = adapter.attention_blocks(inputs)  # vision blocks attending both ways (Molmo2's, Gemma 4's), or None
     try:
         with torch.no_grad():
-            output = model(**inputs_for(family, clip, "Who?"), output_attentions=True, use_cache=True)
+            output = model(**inputs, output_attentions=True, use_cache=True)
         attentions = dict(zip(softmax_layers(model), output.attentions))
     finally:
         for hook in hooks:
@@ -110,6 +116,8 @@ def test_the_adapters_queries_and_keys_give_the_models_own_attention_map(family,
         hidden_keys = rows[None, :] > rows[:, None]  # the future, and a sliding layer's keys out of its window
         if compat.layer_type(config, index) == compat.SLIDING_LAYER:
             hidden_keys |= rows[:, None] - rows[None, :] >= config.sliding_window
+        if blocks is not None and compat.layer_type(config, index) in adapter.bidirectional_layer_types:
+            hidden_keys &= (blocks[0][:, None] != blocks[0][None, :]) | (blocks[0][:, None] < 0)
         torch.testing.assert_close(scores.masked_fill(hidden_keys, float("-inf")).softmax(-1), attentions[index][0])
         cached = output.past_key_values.layers[index].values[0]  # a sliding layer's: its window's last tokens
         with torch.no_grad():
@@ -133,6 +141,9 @@ def test_glm46v_runs_as_glm41v_under_another_name(clip, method):
 def two_videos_in_one_prompt(family, first, second) -> dict:
     """One prompt asking about two videos, each in its own span of placeholders."""
     a, b = inputs_for(family, first, "Compare this"), inputs_for(family, second, "with this.")
+    if "video_token_pooling" in b and not compat.MOLMO2_POOLING_PER_VIDEO:  # Molmo2 < 5.24: indices into all patches
+        windows = b["video_token_pooling"]
+        b["video_token_pooling"] = torch.where(windows >= 0, windows + a["pixel_values_videos"].shape[:2].numel(), -1)
     per_token = {"input_ids", "attention_mask", "mm_token_type_ids", "moe_mm_token_type_ids"}
     images_per_prompt = a.get("pixel_values", torch.empty(0)).ndim == 5  # SmolVLM: (prompts, images, 3, H, W)
     return {key: torch.cat([a[key], b[key]], dim=1 if key in per_token or images_per_prompt else 0) for key in a}

@@ -7,7 +7,7 @@ import torch
 
 import tokcompress
 from tokcompress.adapters import ADAPTERS, adapter_for
-from tokcompress.engine.folding import PACKED
+from tokcompress.engine.folding import BATCHED, PACKED
 from tokcompress.methods import Compose, FastV, FrameDedup, FrameFusion, UniformSample, VisionZip, build_method
 from tokcompress.methods.base import PRE_ENCODER
 
@@ -30,7 +30,9 @@ def count_tower_units(model, family):
     adapter = adapter_for(model)
     if adapter.tower_frames == PACKED:  # one packed sequence of patches: 8 × 8 a grid step, one or two a unit
         first, per_unit = adapter.tower_layers()[0][0], 64 * adapter.temporal_merge
-    else:  # a batch of frames
+    elif adapter.tower_frames == BATCHED:  # a batch of frames
+        first, per_unit = adapter.tower_layers()[0][0], 1
+    else:  # a batch of frames among the prompt's images (InternVL, SmolVLM)
         encoder = adapter.vision_tower.encoder
         first, per_unit = (encoder.layers if hasattr(encoder, "layers") else encoder.layer)[0], 1
     hook = first.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0] // per_unit))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import DynamicCache
+from transformers.masking_utils import create_causal_mask
 
 import tokcompress
 from tokcompress import tiny
@@ -132,13 +133,15 @@ def assert_logits_of_the_llm_fed_only(model, inputs, kept: list[int], step_logit
             encoded = model.model.get_image_features(inputs["pixel_values"], return_dict=True)
         features = encoded.pooler_output
         features = torch.cat(features) if isinstance(features, (tuple, list)) else features.flatten(0, 1)
-        embeds[0, visual] = features[inputs.get("video_compression_mask", slice(None))]  # VideoLLaMA3's
+        features = features[inputs.get("video_compression_mask", slice(None))]  # VideoLLaMA3's
+        embeds[0, visual] = features + (embeds[0, visual] if model.config.model_type == "molmo2" else 0)  # it adds
         step_embeds = embeds[:, survivors]
         step_positions = _original_positions(model, inputs)[..., survivors]
         if contiguous:
             step_positions = torch.arange(len(survivors))[None]
         past = None
         extra = {**_kept_deepstack(encoded, visual, kept, survivors), **_kept_gemma4(model, inputs, survivors)}
+        extra.update(_visual_block_mask(model, inputs, step_embeds, survivors))
         extra.update({name: inputs[name][:, survivors] for name in adapter_for(model).llm_token_ids})  # ERNIE's
         for logits_now in step_logits:
             lm = adapter_for(model).language_model(
@@ -178,19 +181,22 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
     survivors[kept] = True
     assert 0 < len(kept) < int(is_visual.sum())
     cache = DynamicCache(config=language_model.config)
+    every = torch.ones_like(survivors)
     with torch.no_grad():
         for step, step_logits in enumerate(out.logits):
             tables = _rotary_tables(language_model, hidden, positions)
+            mask = _visual_block_mask(model, inputs, hidden, every).get("attention_mask") if step == 0 else None
             for index, decoder_layer in enumerate(language_model.layers):
                 if step == 0 and index == layer:
                     additions = [features[survivors[is_visual]] for features in additions]
                     hidden = hidden[:, survivors]
-                    tables = {kind: table and tuple(t[:, survivors] for t in table) for kind, table in tables.items()}
+                    tables = [table and tuple(t[:, survivors] for t in table) for table in tables]
                     visual = visual[:, survivors] if visual is not None else None
                     token_ids = {name: ids[:, survivors] for name, ids in token_ids.items()}
+                    mask = _visual_block_mask(model, inputs, hidden, survivors).get("attention_mask")
                 hidden = decoder_layer(
-                    hidden, position_embeddings=tables[compat.layer_type(language_model.config, index)],
-                    attention_mask=None, **{CACHE_KEYWORD: cache}, **(token_ids if step == 0 else {}),
+                    hidden, position_embeddings=tables[index],
+                    attention_mask=mask, **{CACHE_KEYWORD: cache}, **(token_ids if step == 0 else {}),
                 )
                 if step == 0 and index < len(additions):
                     hidden = hidden.clone()
@@ -206,15 +212,18 @@ def _logits(model, hidden: torch.Tensor) -> torch.Tensor:
     return model.lm_head(hidden) * (getattr(model, "logit_scale", None) or 1.0)
 
 
-def _rotary_tables(language_model, hidden, positions) -> dict:
-    """Per decoder layer type, the rotary tables its layers get: one set for all, or (Cohere's) one per type, None
-    for a type without RoPE."""
+def _rotary_tables(language_model, hidden, positions) -> list:
+    """Per decoder layer, the rotary tables it gets: one set for all, one per layer type (Cohere's; None for a type
+    without RoPE), or scaled and unscaled ones (Molmo2's)."""
     config = language_model.config
-    kinds = dict.fromkeys(getattr(config, "layer_types", None) or ["full_attention"])
-    per_type = set(kinds) <= set(config.rope_parameters)
-    if not per_type:
-        return dict.fromkeys(kinds, language_model.rotary_emb(hidden, positions))
-    return {kind: config.rope_parameters[kind] and language_model.rotary_emb(hidden, positions, kind) for kind in kinds}
+    kinds = [compat.layer_type(config, index) for index in range(len(language_model.layers))]
+    if getattr(language_model, "rope_types", None):  # Molmo2
+        unscaled = language_model.rotary_emb_unscaled(hidden, positions)
+        scaled = language_model.rotary_emb(hidden, positions)
+        return [scaled if kind == "scaled" else unscaled for kind in language_model.rope_types]
+    if not set(kinds) <= set(config.rope_parameters):
+        return [language_model.rotary_emb(hidden, positions)] * len(kinds)
+    return [config.rope_parameters[kind] and language_model.rotary_emb(hidden, positions, kind) for kind in kinds]
 
 
 def _language_model_call(model, inputs) -> dict:
@@ -259,6 +268,19 @@ def _kept_gemma4(model, inputs, survivors: torch.Tensor) -> dict:
     blocks = get_block_sequence_ids_for_mask(inputs["mm_token_type_ids"][:, survivors], embeds.device)
     masks = create_masks_for_vision_model(language_model.config, embeds, None, None, None, blocks)
     return {"per_layer_inputs": language_model.get_per_layer_inputs(ids[:, survivors]), "attention_mask": masks}
+
+
+def _visual_block_mask(model, inputs, embeds: torch.Tensor, survivors: torch.Tensor) -> dict:
+    """Molmo2's mask over the kept tokens, as its model builds it: causal, but its visual tokens (with their frames'
+    start and end tokens) one block attending both ways."""
+    if model.config.model_type != "molmo2":
+        return {}
+    blocks = torch.where(inputs["mm_token_type_ids"][:, survivors] == 1, 0, -1)
+    config = adapter_for(model).language_model.config
+    positions = torch.arange(embeds.shape[1])[None]
+    mask = create_causal_mask(config, embeds, None, **{CACHE_KEYWORD: None}, position_ids=positions,
+                              block_sequence_ids=blocks)
+    return {"attention_mask": mask}
 
 
 def _original_positions(model, inputs):

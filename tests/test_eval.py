@@ -171,7 +171,7 @@ def test_crossovers_come_from_the_measurements_and_the_dispatch_respects_committ
     [
         "llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b",
         "internvl3-8b", "glm-4.1v-9b", "videollama3-7b", "qwen2.5-omni-7b", "gemma-4-e4b", "cosmos3-edge",
-        "ernie-4.5-vl-28b-a3b",
+        "ernie-4.5-vl-28b-a3b", "molmo2-8b",
     ],
 )
 def test_the_real_shape_models_build_and_their_prompts_fit_the_adapter(name, clip):

@@ -181,7 +181,7 @@ def test_repeats_are_found_as_comparing_every_pair_would():
     "family",
     [
         "llava_onevision", "video_llava", "qwen2_5_vl", "video_llama_3", "qwen2_5_omni_thinker", "gemma4",
-        "cosmos3_edge", "ernie4_5_vl_moe",
+        "cosmos3_edge", "ernie4_5_vl_moe", "molmo2",
     ],
 )
 @pytest.mark.parametrize("method", [FlowCut(ratio=0.3), VidTLDR(ratio=0.3, merge_schedule="0.2")])

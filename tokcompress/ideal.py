@@ -3,9 +3,9 @@
 Its vision tower encodes the share of the clip the method encoded, and the model's own forward (or
 `generate`) runs, with no hooks, on the prompt's text plus as many visual tokens as the method kept
 (layer-averaged), as text tokens (the same sequence an embedding of them would be; Gemma 4's `generate` takes
-no embeddings) - typed as the prompt's where the model builds its own masks from the token types (Gemma 4's
-vision blocks), and at their original M-RoPE positions where the model has them, which it computes from the
-whole prompt's grids as its own forward does. Timed on the path the measured run takes, `measured − ideal` is
+no embeddings) - typed as the prompt's where the model builds its own masks from the token types (the vision
+blocks of Gemma 4, Molmo2), and at their original M-RoPE positions where the model has them, which it computes
+from the whole prompt's grids as its own forward does. Timed on the path the measured run takes, `measured − ideal` is
 what compression itself and its plumbing cost.
 """
 
@@ -34,7 +34,7 @@ def ideal_inputs(
     kept = ~visual | (torch.cumsum(visual, 0) <= visual_kept)  # the text, and the first kept visual tokens
     ids = inputs["input_ids"][:, :1].expand(1, int(kept.sum()))  # text ids: nothing to fill
     ideal = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
-    if adapter.attention_blocks(inputs) is not None:  # the model builds its vision blocks' masks itself (Gemma 4)
+    if adapter.attention_blocks(inputs) is not None:  # the model builds its vision blocks' masks itself
         ideal["mm_token_type_ids"] = inputs["mm_token_type_ids"][:1, kept]
     for name in adapter.llm_token_ids:  # the kept tokens' own ids (ERNIE-4.5-VL's: vision experts for them)
         if inputs.get(name) is not None:
@@ -60,9 +60,9 @@ def ideal_prefill(model, inputs: dict, visual_kept: int, encoded: float = 1.0) -
 
 
 def encoded_share(inputs: dict, fraction: float, steps: int = 1) -> dict:
-    """The video inputs of the first `fraction` of the clip's frame units (LLaVA, Gemma 4: frames; Qwen: temporal
-    patches; ERNIE-4.5-VL: frame pairs, `steps` grid steps each; InternVL: all of its images, which its tower encodes
-    before a method chooses frames)."""
+    """The video inputs of the first `fraction` of the clip's frame units (LLaVA, Gemma 4, Molmo2: frames; Qwen:
+    temporal patches; ERNIE-4.5-VL: frame pairs, `steps` grid steps each; InternVL: all of its images, which its tower
+    encodes before a method chooses frames)."""
     if "pixel_values_videos" not in inputs:
         return {"pixel_values": inputs["pixel_values"]}
     pixels = inputs["pixel_values_videos"]
@@ -73,6 +73,12 @@ def encoded_share(inputs: dict, fraction: float, steps: int = 1) -> dict:
             "pixel_values_videos": pixels[:units], "video_position_ids": inputs["video_position_ids"][:units],
             "num_frames_per_video": counts,
         }
+    if "video_token_pooling" in inputs:  # Molmo2: the first frames, and their tokens' windows of patches
+        t, h, w = inputs["video_grids"][0].tolist()
+        units = max(round(t * fraction), 1)
+        windows = inputs["video_token_pooling"][: units * h * w]  # the first video's: indices from its first patch
+        grid = inputs["video_grids"].new_tensor([[units, h, w]])
+        return {"pixel_values_videos": pixels[:units], "video_token_pooling": windows, "video_grids": grid}
     if "video_grid_thw" not in inputs:
         return {"pixel_values_videos": pixels[:, : max(round(pixels.shape[1] * fraction), 1)]}
     t, h, w = inputs["video_grid_thw"][0].tolist()

@@ -29,6 +29,8 @@ from transformers import (
     LlavaNextVideoForConditionalGeneration,
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
+    Molmo2Config,
+    Molmo2ForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5OmniThinkerConfig,
@@ -68,6 +70,7 @@ from .tiny_inputs import (  # noqa: F401 - the prompts and pixels of these model
     gemma4_inputs,
     internvl_inputs,
     left_pad,
+    molmo2_inputs,
     omni_audio_tokens,
     qwen_omni_inputs,
     qwen_vl_inputs,
@@ -337,6 +340,32 @@ def tiny_cohere_compass(
     return _build(CohereCompassForConditionalGeneration, config, attn_implementation, seed)
 
 
+def tiny_molmo2(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64, olmo: bool = True,
+):
+    """Molmo2 with a 2-layer ViT (14-px patches, 84-px frames) whose layers' outputs, side by side, a cross-attention
+    pooler reads 2 × 2 patches a token, over a decoder whose visual tokens attend both ways: as
+    Molmo2-O is built (`olmo`: each sublayer's output normed, q and k normed across all heads), else as Molmo2-8B
+    (pre-norm, q and k normed per head); linear-scaled RoPE in its odd layers, unscaled in the others. Its pooler and
+    projector draw their weights wider than the default 0.02: their features (a product of projections) would
+    otherwise be ~1e-7, lost beside the placeholder embeddings they are added to."""
+    text = _text_config(
+        num_layers, hidden_size, head_dim=16, additional_vocab_size=0, qk_norm_type="olmo" if olmo else "qwen3",
+        norm_after=olmo, rope_parameters={"rope_type": "linear", "factor": 2.0, "rope_theta": 10000.0},
+        rope_scaling_layers=list(range(1, num_layers, 2)),
+    )
+    config = Molmo2Config(
+        text_config=text,
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
+                           num_key_value_heads=2, head_dim=16, image_size=[84, 84]),
+        adapter_config=dict(vision_feature_layer=[-1, 0], hidden_size=32, num_attention_heads=2,
+                            num_key_value_heads=2, head_dim=16, intermediate_size=64, text_hidden_size=hidden_size, initializer_range=0.2),
+        image_patch_id=VIDEO, frame_start_token_id=VIDEO_START, frame_end_token_id=VIDEO_END,
+        image_start_token_id=VISION_START, image_end_token_id=VISION_END, low_res_image_start_token_id=IMAGE,
+    )
+    return _build(Molmo2ForConditionalGeneration, config, attn_implementation, seed)
+
+
 def tiny_qwen3_omni_moe_thinker(
     num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64
 ):
@@ -453,4 +482,5 @@ TINY_MODELS = {
     "cosmos3_edge": tiny_cosmos3_edge,
     "ernie4_5_vl_moe": tiny_ernie4_5_vl_moe,
     "cohere_compass": tiny_cohere_compass,
+    "molmo2": tiny_molmo2,
 }

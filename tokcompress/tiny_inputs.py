@@ -7,12 +7,14 @@ import math
 
 import torch
 
+from .engine import compat
 from .video import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     clip_video_pixels,
     gemma4_pixels,
     llava_onevision_pixels,
+    molmo2_pixels,
     qwen_vl_pixels,
     resize_normalize,
 )
@@ -311,6 +313,35 @@ def gemma4_inputs(
     return inputs
 
 
+def molmo2_inputs(
+    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], fps: float = 2.0, size: int = 84,
+    pooling: int = 2, per_video_pooling: bool = True,
+) -> dict:
+    """Model inputs for one video per prompt as Molmo2's processor lays them out: per frame `t.t ` + frame start +
+    its tokens + frame end, frames joined by spaces; 14-px patches of size² frames, `pooling` × `pooling` of them a
+    token (84 px, 2: 3 × 3 tokens), each token's patches listed in `video_token_pooling` (-1 where the grid is
+    padded) - within its video (`per_video_pooling`, as transformers ≥ 5.24 read them) or across the batch's."""
+    frames = [frames] if isinstance(frames, torch.Tensor) else frames
+    questions = [questions] * len(frames) if isinstance(questions, str) else questions
+    cells = -(-size // 14 // pooling)  # tokens across (and down) a frame
+    pixels, pooled, grids, rows, offset = [], [], [], [], 0
+    for clip, question in zip(frames, questions):
+        patches, windows = molmo2_pixels(clip, size, pooling)
+        pixels.append(patches)
+        pooled.append(torch.where(windows >= 0, windows + offset, -1))
+        offset += 0 if per_video_pooling else patches.shape[:2].numel()
+        grids.append([len(clip), cells, cells])
+        frame = [VIDEO_START, *[VIDEO] * (cells * cells), VIDEO_END]
+        video = sum((text_ids(f"{' ' if i else ''}{i / fps:.1f} ") + frame for i in range(len(clip))), [])
+        rows.append(prompt(video, question))
+    ids, mask = left_pad(rows)
+    return {
+        "input_ids": ids, "attention_mask": mask, "pixel_values_videos": torch.cat(pixels),
+        "video_token_pooling": torch.cat(pooled), "video_grids": torch.tensor(grids),
+        "mm_token_type_ids": torch.isin(ids, torch.tensor([VIDEO, VIDEO_START, VIDEO_END])).long(),
+    }
+
+
 def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
     """Inputs for one video per prompt for any tiny model (lists make a left-padded batch)."""
     if model.config.model_type == "qwen2_5_vl":
@@ -331,6 +362,8 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
         return video_llama_3_inputs(frames, questions)
     if model.config.model_type == "gemma4":
         return gemma4_inputs(frames, questions)
+    if model.config.model_type == "molmo2":
+        return molmo2_inputs(frames, questions, per_video_pooling=compat.MOLMO2_POOLING_PER_VIDEO)
     if model.config.model_type in ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"):
         return qwen_omni_inputs(frames, questions, qwen3=model.config.model_type == "qwen3_omni_moe_thinker")
     return frame_batch_inputs(model, frames, questions)

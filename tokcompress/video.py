@@ -140,16 +140,41 @@ def qwen_vl_pixels(
     return flat, torch.tensor([[grid_t, grid_h, grid_w]])
 
 
+def channels_last_patches(pixels: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """(T, 3, H, W) → (T, patches, patch_size² · 3): patches in raster order, each row-major with channels last."""
+    t, _, height, width = pixels.shape
+    down, across = height // patch_size, width // patch_size
+    blocks = pixels.view(t, 3, down, patch_size, across, patch_size)
+    return blocks.permute(0, 2, 4, 3, 5, 1).flatten(3).flatten(1, 2)
+
+
+def molmo2_pixels(
+    frames: torch.Tensor, size: int, pooling: int, patch_size: int = 14
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pixel_values_videos` and `video_token_pooling` of one Molmo2 video, in its processor's layout: each frame
+    resized to size², scaled to [-1, 1] and cut into channels-last patches (frames, patches, patch_size² · 3); per
+    token (frames · tokens, pooling²) the patches its window pools, indices into the video's patches, the grid
+    padded with -1 around it (the larger half after) to whole windows."""
+    side = size // patch_size
+    cells = -(-side // pooling)  # tokens across (and down) a frame
+    margin = cells * pooling - side
+    grid = torch.nn.functional.pad(torch.arange(side * side).view(side, side), (margin // 2, (margin + 1) // 2) * 2,
+                                   value=-1)
+    windows = grid.view(cells, pooling, cells, pooling).transpose(1, 2).reshape(cells * cells, pooling * pooling)
+    offsets = torch.arange(len(frames)).view(-1, 1, 1) * side * side
+    pixels = channels_last_patches(resize_normalize(frames, size, size, SIGLIP_MEAN, SIGLIP_STD), patch_size)
+    return pixels, torch.where(windows >= 0, windows + offsets, -1).flatten(0, 1)
+
+
 def gemma4_pixels(
     frames: torch.Tensor, height: int, width: int, max_patches: int, patch_size: int = 16
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """`pixel_values_videos` and `video_position_ids` of one Gemma 4 video, in its processor's layout: per frame its
     patches (pixels rescaled to [0, 1], each patch row-major, channels last) and their (x, y) positions, padded
     with zeros (positions -1) to `max_patches`."""
-    pixels = resize_normalize(frames, height, width, [0.0] * 3, [1.0] * 3)
-    t, down, across = pixels.shape[0], height // patch_size, width // patch_size
-    patches = pixels.view(t, 3, down, patch_size, across, patch_size).permute(0, 2, 4, 3, 5, 1).flatten(3).flatten(1, 2)
+    patches = channels_last_patches(resize_normalize(frames, height, width, [0.0] * 3, [1.0] * 3), patch_size)
+    down, across = height // patch_size, width // patch_size
     xy = torch.stack(torch.meshgrid(torch.arange(across), torch.arange(down), indexing="xy"), dim=-1).view(-1, 2)
     padding = max_patches - down * across
-    positions = torch.nn.functional.pad(xy.expand(t, -1, -1), (0, 0, 0, padding), value=-1)
+    positions = torch.nn.functional.pad(xy.expand(len(patches), -1, -1), (0, 0, 0, padding), value=-1)
     return torch.nn.functional.pad(patches, (0, 0, 0, padding)), positions

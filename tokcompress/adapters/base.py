@@ -216,6 +216,12 @@ class Adapter:
         ranks tokens by the tower's attention (VisionZip) is patched in, the engine records its inputs."""
         raise NotImplementedError(f"{self.model_type}: no vision-tower attention scores")
 
+    def tower_records(self) -> dict[str, nn.Module]:
+        """By kind, the modules whose calls on a prompt's videos are recorded for `tower_token_scores` while a method
+        ranks tokens by the tower's attention: the tower ("tower": its call starts a prompt's records) and
+        `tower_attention()` ("attention"); a family adds what else its scores need (Molmo2's patch pooler)."""
+        return {"tower": self.vision_tower, "attention": self.tower_attention()}
+
     def tower_attention_received(self, call: TowerCall) -> torch.Tensor:
         """The attention each tower token got in one recorded `tower_attention()` call, averaged over heads (and
         over queries, or the CLS row): (sequences, tokens), or (tokens,) for a packed call, in the call's order."""
@@ -237,7 +243,7 @@ class Adapter:
         """(Hq, n, d) rotary-embedded queries (cos None: a layer without RoPE) of `layer` for the (n, D) hidden
         states entering it."""
         attention = layer.self_attn
-        return self.rotated(_heads(layer, attention.q_proj, getattr(attention, "q_norm", None), hidden), cos, sin)
+        return self.rotated(self.heads(layer, attention.q_proj, getattr(attention, "q_norm", None), hidden), cos, sin)
 
     def project_keys(
         self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None
@@ -245,7 +251,7 @@ class Adapter:
         """(Hkv, n, d) rotary-embedded keys (cos None: a layer without RoPE) of `layer` for the (n, D) hidden states
         entering it."""
         attention = layer.self_attn
-        return self.rotated(_heads(layer, attention.k_proj, getattr(attention, "k_norm", None), hidden), cos, sin)
+        return self.rotated(self.heads(layer, attention.k_proj, getattr(attention, "k_norm", None), hidden), cos, sin)
 
     def rotated(self, states: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
         """States turned by the decoder's RoPE, or as they are in a layer without it (NoPE)."""
@@ -256,14 +262,15 @@ class Adapter:
         where a layer shares it - Gemma 4's global layers)."""
         attention = layer.self_attn
         projection = attention.v_proj if getattr(attention, "v_proj", None) is not None else attention.k_proj
-        return _heads(layer, projection, getattr(attention, "v_norm", None), hidden)
+        return self.heads(layer, projection, getattr(attention, "v_norm", None), hidden)
 
-
-def _heads(layer: nn.Module, projection: nn.Module, head_norm: nn.Module | None, hidden: torch.Tensor) -> torch.Tensor:
-    """(heads, n, d): a projection of the layer's normed input, normed per head where the model does (Qwen3's q/k,
-    Gemma 4's q/k/v)."""
-    states = projection(layer.input_layernorm(hidden)).view(hidden.shape[0], -1, layer.self_attn.head_dim)
-    return (states if head_norm is None else head_norm(states)).transpose(0, 1)
+    def heads(
+        self, layer: nn.Module, projection: nn.Module, norm: nn.Module | None, hidden: torch.Tensor
+    ) -> torch.Tensor:
+        """(heads, n, d): a projection of the layer's normed input, normed per head where the model does (Qwen3's
+        q/k, Gemma 4's q/k/v)."""
+        states = projection(layer.input_layernorm(hidden)).view(hidden.shape[0], -1, layer.self_attn.head_dim)
+        return (states if norm is None else norm(states)).transpose(0, 1)
 
 
 def feature_layer_index(config) -> int:
@@ -345,3 +352,30 @@ def token_runs(ids: torch.Tensor, token_id: int) -> list[tuple[int, int]]:
     first = torch.cat([torch.ones(1, dtype=torch.bool), hits.diff() != 1]).nonzero().squeeze(1)  # runs' first hits
     lengths = torch.cat([first, torch.tensor([len(hits)])]).diff()
     return list(zip(hits[first].tolist(), lengths.tolist()))
+
+
+def frame_run_layouts(
+    input_ids: torch.Tensor, grids: list[tuple[int, int, int]], token_id: int, hint: str = ""
+) -> list[VisualLayout] | None:
+    """Per sample, the layout of videos whose every frame is a run of its own (between its timestamp and its
+    start / end tokens): `grids` holds each video's (frames, height, width), the samples' videos in order. None
+    where the placeholders and the grids disagree in number (the model's own check then says by how much)."""
+    runs = [token_runs(ids, token_id) for ids in input_ids]
+    if sum(length for sample in runs for _, length in sample) != sum(t * h * w for t, h, w in grids):
+        return None
+    pending = iter(grids)
+    layouts = []
+    for ids, sample in zip(input_ids, runs):
+        frame_starts, sample_grids = [], []
+        while sample:
+            t, h, w = next(pending)
+            frames, sample = sample[:t], sample[t:]
+            if [length for _, length in frames] != [h * w] * t:
+                raise ValueError(
+                    f"a video of {t} frames of {h}×{w} tokens does not match its runs of video tokens "
+                    f"({[length for _, length in frames]}); pass the processor's prompt and video{hint}"
+                )
+            frame_starts.append([start for start, _ in frames])
+            sample_grids.append((t, h, w))
+        layouts.append(VisualLayout.from_frames(frame_starts, sample_grids, device=ids.device))
+    return layouts

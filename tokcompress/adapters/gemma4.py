@@ -19,9 +19,8 @@ import torch
 
 from ..engine import compat
 from ..engine.folding import BATCHED
-from ..layout import VisualLayout
 from ..ops import attention_received
-from .base import Adapter, applied_to, noted_grids, token_runs
+from .base import Adapter, applied_to, frame_run_layouts, noted_grids
 
 VISION_TYPES = (1, 2)  # `mm_token_type_ids` of image and video tokens
 
@@ -71,26 +70,7 @@ class Gemma4Adapter(Adapter):
 
     # ------------------------------------------------------------------ layout
     def video_layouts(self, input_ids, call_kwargs):
-        grids = self._grids(input_ids, call_kwargs)
-        runs = [token_runs(ids, self.video_token_id) for ids in input_ids]
-        if sum(length for sample in runs for _, length in sample) != sum(t * h * w for t, h, w in grids):
-            return None  # placeholders and features disagree: HF's own error says by how much
-        pending = iter(grids)
-        layouts = []
-        for ids, sample in zip(input_ids, runs):
-            frame_starts, sample_grids = [], []
-            while sample:
-                t, h, w = next(pending)
-                frames, sample = sample[:t], sample[t:]
-                if [length for _, length in frames] != [h * w] * t:
-                    raise ValueError(
-                        f"a video of {t} frames of {h}×{w} tokens does not match its runs of video tokens "
-                        f"({[length for _, length in frames]}); pass the processor's prompt and video"
-                    )
-                frame_starts.append([start for start, _ in frames])
-                sample_grids.append((t, h, w))
-            layouts.append(VisualLayout.from_frames(frame_starts, sample_grids, device=ids.device))
-        return layouts
+        return frame_run_layouts(input_ids, self._grids(input_ids, call_kwargs), self.video_token_id)
 
     def _grids(self, input_ids, call_kwargs) -> list[tuple[int, int, int]]:
         """Per video of the call, its (frames, height, width) grid of tokens: from the patch positions, or (generate

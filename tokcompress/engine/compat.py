@@ -26,6 +26,7 @@ is an edit to this file. Touchpoints, from the floor (5.23) to the newest tested
   forward and, up front, by `generate`; a forward given `mm_encoder_outputs={"video":
   BaseModelOutputWithPooling}` instead of `pixel_values_videos` skips it; the features are its
   `pooler_output` ((videos, tokens, D) for LLaVA-OV, a tuple of (tokens, D) per video for Qwen-VL);
+- Molmo2's `video_token_pooling`: indices into each video's own patches from 5.24, into the batch's before;
 - Qwen2.5-VL's vision window order (`transformers.vision_utils.get_vision_window_index`);
 - Qwen3-VL's DeepStack: its multimodal model hands the language model `visual_pos_masks` (B, L) and
   `deepstack_visual_embeds` (one (visual tokens, D) tensor per early layer), added after those layers;
@@ -59,6 +60,7 @@ from transformers.masking_utils import (
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import AttentionInterface
 from transformers.models.gemma4.modeling_gemma4 import apply_multidimensional_rope
+from transformers.models.molmo2.modeling_molmo2 import Molmo2Model
 from transformers.vision_utils import get_vision_window_index
 
 FLOOR = Version("5.23")
@@ -69,6 +71,10 @@ NEWEST_TESTED = Version("5.25")
 # transformers renamed the cache everywhere at once (5.24); the mask builder's signature tells which name it uses.
 CACHE_KEYWORD = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 _CACHE_KEYWORDS = tuple(dict.fromkeys((CACHE_KEYWORD, "past_key_values")))  # current name first
+
+# Molmo2's `video_token_pooling` lists each token's patches within its own video from 5.24 (the model offsets them
+# by the videos before it), within the whole batch before; the image encoder's signature tells which.
+MOLMO2_POOLING_PER_VIDEO = "image_num_crops" in inspect.signature(Molmo2Model.get_image_features).parameters
 
 RECURRENT_LAYER = "linear_attention"  # Qwen3.5's gated delta layers: a recurrent state, no KV
 SLIDING_LAYER = "sliding_attention"  # a window over the last tokens, whose cache keeps only those

@@ -36,7 +36,8 @@ if TYPE_CHECKING:
 
 
 class TowerCall(NamedTuple):
-    """One recorded call: of the vision tower itself ("tower") or of its `tower_attention()` ("attention")."""
+    """One recorded call of a module `Adapter.tower_records` names, by its kind: the vision tower itself ("tower"),
+    its `tower_attention()` ("attention"), or what else a family records."""
 
     kind: str
     args: tuple

@@ -83,8 +83,7 @@ class Engine(StandIns):
             for index, layer in enumerate(self.adapter.layers[: self.adapter.layers_with_additions]):
                 self._hooks.append(layer.register_forward_hook(functools.partial(self._after_layer, index)))
             if self.method.uses_tower_attention():
-                recorded = (("tower", self.adapter.vision_tower), ("attention", self.adapter.tower_attention()))
-                for kind, module in recorded:
+                for kind, module in self.adapter.tower_records().items():
                     hook = functools.partial(self._record_tower_call, kind)
                     self._hooks.append(module.register_forward_pre_hook(hook, with_kwargs=True))
             if folds_in_tower(self.method, self.adapter):

@@ -114,20 +114,22 @@ def reduce_before_llm(
 
 def _llm_attention_mask(adapter: Adapter, group: TokenGroup, embeds: torch.Tensor, kwargs: dict[str, Any]):
     """The kept tokens' mask for the language model's call: the 2-D padding mask it builds its own masks from, or,
-    where vision blocks attend both ways (which it cannot build from that), the mask of each layer type."""
+    where vision blocks attend both ways (which it cannot build from that), the mask of each layer type (one mask
+    where its config names no layer types: such a model takes one built mask as it is, not a dict)."""
     if group.blocks is None:
         return group.attention_mask
     config = adapter.language_model.config
     first_of_type: dict[str, int] = {}
     for index in range(len(adapter.layers)):
         first_of_type.setdefault(compat.layer_type(config, index), index)
-    return {
+    masks = {
         kind: compat.build_attention_mask(
             config, layer, embeds, group.attention_mask, compat.cache_of(kwargs),
             blocks=group.blocks if kind in adapter.bidirectional_layer_types else None,
         )
         for kind, layer in first_of_type.items()
     }
+    return masks if getattr(config, "layer_types", None) else next(iter(masks.values()))
 
 
 def _compact_inputs(
