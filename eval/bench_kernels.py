@@ -3,7 +3,8 @@
 GPU:  python eval/bench_kernels.py                 # N ∈ {1k, 4k, 12k, 25k} tokens, D ∈ {896, 1280, 3584}, bf16
 CPU:  python eval/bench_kernels.py --smoke         # tiny shapes, kernels through TRITON_INTERPRET (checks the harness,
                                                    # the timings say nothing about GPU speed)
-Writes eval/results/kernels_<device>.csv and .png. GPU timings are triton.testing.do_bench quantiles (median, p20, p80).
+Writes eval/results/kernels_<device>.csv and .png (a smoke run: under eval/results/smoke/, untracked). GPU timings
+are triton.testing.do_bench quantiles (median, p20, p80).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ else:
     MISSING_KERNELS = None
 
 RESULTS = Path(__file__).parent / "results"
+SMOKE_RESULTS = RESULTS / "smoke"  # interpreter timings, meaningless as speed: kept out of git
 TOKENS_PER_FRAME = 196
 SHAPES = {  # hidden size D: (attention heads, KV heads, head dim) of the model it comes from
     896: (14, 2, 64),  # Qwen2-0.5B, the LLM of LLaVA-OneVision-0.5B
@@ -123,8 +125,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny shapes (the CPU run)")
     parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"],
                         help="on a GPU (the CPU smoke run is float32)")
-    parser.add_argument("--out", type=Path, default=RESULTS)
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"default: {RESULTS} (a smoke run: {SMOKE_RESULTS}, untracked)")
     args = parser.parse_args(argv)
+    args.out = args.out or (SMOKE_RESULTS if args.smoke else RESULTS)
     if MISSING_KERNELS is not None:
         parser.error(f"the kernels need triton ({MISSING_KERNELS}): pip install -c constraints.txt -e '.[kernels]'")
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -485,6 +485,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args(argv)
     args.dtype = args.dtype or ("bfloat16" if args.device == "cuda" else "float32")
+    if args.device == "cpu" and args.model in MODEL_NAMES and not args.model.startswith("small"):
+        parser.error(f"{args.model} is a real shape (billions of random weights, tens of GB in float32): on the CPU "
+                     "use --model small or small-qwen2.5-vl; the real shapes run on a GPU (eval/gpu/run.sh)")
     for method in args.methods:  # every spec checked before the first (long) run, not when its turn comes
         if method != STOCK:
             try:

