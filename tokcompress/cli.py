@@ -14,6 +14,7 @@ import argparse
 import inspect
 import statistics
 import sys
+import warnings
 from pathlib import Path
 
 import torch
@@ -175,6 +176,10 @@ def run_demo(args: argparse.Namespace) -> None:
 
 
 def run_one(args: argparse.Namespace) -> None:
+    names = [name for name, _ in args.knob]
+    if len(set(names)) < len(names):
+        twice = sorted({name for name in names if names.count(name) > 1})
+        raise CommandError("usage", f"--knob {', '.join(twice)} given more than once; give each knob one value")
     knobs = _knobs(args.method, dict(args.knob))
     method = _method(args.method, args.ratio, knobs)
     if method == "none" and args.ratio not in (None, 1.0):  # ratio 1 is the identity, as none
@@ -249,11 +254,17 @@ def _reads_token_types(model) -> bool:
 
 
 def _frames(path: Path, count: int, **options) -> torch.Tensor:
-    """`count` frames of the video at `path`, or a CommandError naming what could not be decoded."""
+    """`count` frames of the video at `path`, or a CommandError naming what could not be decoded; the reader's
+    warnings (more frames asked for than the clip has) are printed as the command's own."""
     try:
-        return read_frames(path, count, progress=True, **options)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            frames = read_frames(path, count, progress=True, **options)
     except (RuntimeError, OSError, ValueError) as error:  # decord's errors are RuntimeErrors
         raise CommandError("missing file", f"cannot decode {path} as a video: {str(error).splitlines()[0]}") from error
+    for warning in caught:
+        print(f"warning: {warning.message}", file=sys.stderr)
+    return frames
 
 
 def load_checkpoint(path: str):
