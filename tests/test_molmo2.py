@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from transformers import DynamicCache
 
 import tokcompress
 from tokcompress import tiny
@@ -80,7 +81,7 @@ def test_a_tokens_tower_score_is_the_mean_over_its_window_of_patches(clip, pooli
 
 def test_a_prompt_with_column_tokens_is_refused_with_the_processor_setting_to_change(clip):
     """`video_use_col_tokens` splits each frame's tokens into rows: the layout says which setting lays them out
-    as the model's default processor does."""
+    as the model's default processor does; the identity passes such a prompt through as it is."""
     inputs = molmo2_inputs(clip[:2], "What?")
     ids, with_columns = inputs["input_ids"][0].tolist(), []
     while ids:  # each frame's 3 × 3 tokens as rows of 3, each row ending in a column token
@@ -91,6 +92,48 @@ def test_a_prompt_with_column_tokens_is_refused_with_the_processor_setting_to_ch
     inputs["attention_mask"] = torch.ones_like(inputs["input_ids"])
     inputs["mm_token_type_ids"] = torch.zeros_like(inputs["input_ids"])
     with tokcompress.compress(model_for("molmo2"), "framefusion", ratio=0.5), pytest.raises(
-        ValueError, match="video_use_col_tokens"
+        tokcompress.PromptRefused, match="video_use_col_tokens"
     ):
         logits(model_for("molmo2"), inputs)
+    expected = logits(model_for("molmo2"), inputs)
+    with tokcompress.compress(model_for("molmo2"), "none") as handle:  # the identity passes it through
+        assert torch.equal(logits(model_for("molmo2"), inputs), expected)
+    assert "passed through untouched" in handle.stats.note and "video_use_col_tokens" in handle.stats.note
+
+
+def test_a_second_turn_with_a_video_of_its_own_attends_inside_it_both_ways(clip, other_clip):
+    """A compressed first turn's cache passed back with a second video: the new chunk attends causally to what
+    was kept, and its own visual tokens (with their frames' start and end) to each other both ways, as the stock
+    model prefills a chunk that brings images or videos."""
+    model = model_for("molmo2")
+    first, second = molmo2_inputs(clip[:4], "What is happening here?"), molmo2_inputs(other_clip[:3], "And here?")
+    conversation = {key: torch.cat([first[key], second[key]], dim=1)
+                    for key in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    video_two = {key: second[key] for key in ("pixel_values_videos", "video_token_pooling", "video_grids")}
+    with tokcompress.compress(model, "uniform", ratio=0.4) as handle, torch.no_grad():
+        cache = compat.output_cache(model(**first, use_cache=True))
+        kept = handle.stats.samples[0].kept_positions
+        got = model(**conversation, **video_two, **{compat.CACHE_KEYWORD: cache}, use_cache=True).logits[0]
+    language_model = adapter_for(model).language_model
+    length, ids = first["input_ids"].shape[1], first["input_ids"][0]
+    visual = (ids == tiny.VIDEO).nonzero().squeeze(1).tolist()
+    survivors = torch.tensor(sorted(set(range(length)) - set(visual) | set(kept)))
+    with torch.no_grad():
+        embeds = [model.model.get_input_embeddings()(inputs["input_ids"]) for inputs in (first, second)]
+        for inputs, embedded in zip((first, second), embeds):
+            encoder_args = video_encoder_inputs(inputs)
+            features = torch.cat(model.model.get_video_features(**encoder_args).pooler_output)
+            embedded[0, inputs["input_ids"][0] == tiny.VIDEO] += features
+        blocks = torch.where(first["mm_token_type_ids"][:, survivors] == 1, 0, -1)
+        kept_mask = blocks[0][:, None] == blocks[0][None, :]
+        prefill_mask = (torch.ones(len(survivors), len(survivors)).tril().bool() | kept_mask & (blocks[0] >= 0))
+        reference = DynamicCache(config=language_model.config)
+        language_model(inputs_embeds=embeds[0][:, survivors], position_ids=survivors[None], use_cache=True,
+                       attention_mask=prefill_mask[None, None], **{compat.CACHE_KEYWORD: reference})
+        chunk = second["input_ids"].shape[1]
+        vision = second["mm_token_type_ids"][0] == 1
+        both_ways = torch.ones(chunk, chunk).tril().bool() | vision[:, None] & vision[None, :]
+        mask = torch.cat([torch.ones(chunk, len(survivors), dtype=torch.bool), both_ways], dim=1)
+        hidden = language_model(inputs_embeds=embeds[1], position_ids=length + torch.arange(chunk)[None],
+                                attention_mask=mask[None, None], **{compat.CACHE_KEYWORD: reference}).last_hidden_state
+    torch.testing.assert_close(got[-chunk:], model.lm_head(hidden)[0], rtol=1e-4, atol=1e-5)

@@ -11,7 +11,7 @@ from torch import nn
 
 from ..engine import compat
 from ..layout import VisualLayout
-from ..methods.base import ModelSpec
+from ..methods.base import ModelSpec, PromptRefused
 from ..ops import attention_received, attention_row_sharpness
 
 if TYPE_CHECKING:
@@ -371,7 +371,7 @@ def frame_run_layouts(
             t, h, w = next(pending)
             frames, sample = sample[:t], sample[t:]
             if [length for _, length in frames] != [h * w] * t:
-                raise ValueError(
+                raise PromptRefused(
                     f"a video of {t} frames of {h}×{w} tokens does not match its runs of video tokens "
                     f"({[length for _, length in frames]}); pass the processor's prompt and video{hint}"
                 )

@@ -7,8 +7,10 @@ end tokens) both ways, in every decoder layer. The decoder is Qwen3's (pre-norm,
 layers and unscaled in the others.
 
 Where it departs from the stock forward: none beyond the engine's rules. A merged token stays in the prompt's
-visual block; VisionZip reads the deepest of the two layers the pooler takes, a token's score the mean of its
-window's patches."""
+visual block; a later turn that brings a video of its own attends inside it both ways, as the stock prefill of
+that chunk. VisionZip reads the deepest of the two layers the pooler takes, a token's score the mean of its
+window's patches; AIM's token graph reads a layer's attention causally, without the block (the text queries other
+methods score with see every visual token either way)."""
 
 from __future__ import annotations
 

@@ -15,14 +15,18 @@ import torch
 from ..methods.base import DecodeSample, Method
 from ..ops import few_query_attention
 from . import compat
-from .groups import GenerationState, TokenGroup, rotary_rows
+from .groups import GenerationState, TokenGroup, llm_attention_mask, rotary_rows
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
 
 
-def start_decode_step(state: GenerationState, kwargs: dict[str, Any]) -> None:
-    """Extend every group's padding mask by this step's tokens and continue the original positions."""
+def start_decode_step(
+    state: GenerationState, kwargs: dict[str, Any], adapter: Adapter, blocks: torch.Tensor | None = None
+) -> None:
+    """Extend every group's padding mask by this step's tokens and continue the original positions. `blocks`: the
+    vision blocks of the multimodal model's call (`Adapter.attention_blocks`), where a continuation brings images
+    or videos of its own: their tokens attend to each other both ways, as the stock prefill of that chunk does."""
     embeds = kwargs["inputs_embeds"]
     batch, length = embeds.shape[:2]
     device = embeds.device
@@ -31,11 +35,16 @@ def start_decode_step(state: GenerationState, kwargs: dict[str, Any]) -> None:
         new_columns = mask[:, -length:].long().to(device)
     else:
         new_columns = torch.ones(batch, length, dtype=torch.long, device=device)
+    chunk = blocks[:, -length:].to(device) if blocks is not None and length > 1 else None
+    chunk = chunk if chunk is not None and bool((chunk >= 0).any()) else None
     for group in state.groups:
         group.attention_mask = torch.cat([group.attention_mask, new_columns], dim=1)
         group.step_masks = {}
         group.kv_selection = None
-    kwargs["attention_mask"] = state.groups[0].attention_mask
+        cached = group.attention_mask.shape[1] - length  # cached slots are in no block: only the chunk attends back
+        group.step_blocks = None if chunk is None else torch.nn.functional.pad(chunk, (cached, 0), value=-1)
+    first = state.groups[0]
+    kwargs["attention_mask"] = llm_attention_mask(adapter, first, embeds, compat.cache_of(kwargs), first.step_blocks)
     if kwargs.get("position_ids") is None:
         kwargs["position_ids"] = next_positions(state.last_positions, length)
     state.last_positions = kwargs["position_ids"][..., -1:]

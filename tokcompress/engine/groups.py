@@ -8,7 +8,7 @@ forced equal, and the last slot is always the last real token (what `generate` r
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -17,6 +17,9 @@ from ..methods.base import TokenReduction
 from ..ops import weighted_merge
 from ..stats import CompressionStats
 from . import compat
+
+if TYPE_CHECKING:
+    from ..adapters.base import Adapter
 
 STATE_ATTRIBUTE = "_tokcompress_generation"
 """Attribute of a KV cache that holds the state of the generation that filled it."""
@@ -36,6 +39,8 @@ class TokenGroup:
     # every layer (rotary tables, position ids, per-layer inputs): None where the group is that input itself
     lm_slots: torch.Tensor | None = None
     blocks: torch.Tensor | None = None  # (B, W) bidirectional attention block of each slot (-1: none), where used
+    # (B, keys) a continuation chunk's blocks over the keys it reads (cached slots -1), where it brings vision blocks
+    step_blocks: torch.Tensor | None = None
     key_bias: torch.Tensor | None = None  # (B, W) added to attention logits per key slot (proportional attention)
     step_masks: dict[tuple[str, bool], Any] = field(default_factory=dict)  # this step's mask per (layer type, sliced)
     kv_selection: tuple[torch.Tensor, Any] | None = None  # this step's selected KV slots and their mask
@@ -85,7 +90,7 @@ class TokenGroup:
         for name in ("key_bias", "lm_slots", "blocks"):
             if getattr(self, name) is not None:
                 setattr(self, name, getattr(self, name)[rows])
-        self.step_masks, self.kv_selection, self._gathered = {}, None, {}
+        self.step_masks, self.kv_selection, self.step_blocks, self._gathered = {}, None, None, {}
 
     def substitute_inputs(
         self, config, layer_index: int, mask_layer: int, hidden: torch.Tensor, kwargs: dict, decoding: bool,
@@ -108,7 +113,7 @@ class TokenGroup:
             static = not decoding and compat.preallocated(cache) and kind != compat.RECURRENT_LAYER
             width_of = hidden if decoding else hidden[:, -1:].expand(-1, self.width, -1)
             biased = self.key_bias is not None and kind != compat.RECURRENT_LAYER
-            blocks = self.blocks if not decoding and kind in bidirectional else None
+            blocks = (self.step_blocks if decoding else self.blocks) if kind in bidirectional else None
             mask = compat.build_attention_mask(  # explicit where sdpa's is_causal would not fit (fewer rows than keys)
                 config, mask_layer, width_of, self.attention_mask, cache if decoding else None,
                 explicit=biased or sliced or static, blocks=blocks,
@@ -125,6 +130,27 @@ class TokenGroup:
         kwargs["position_embeddings"] = self.at_slots(kwargs["position_embeddings"])
         if "position_ids" in kwargs:
             kwargs["position_ids"] = self.at_slots(kwargs["position_ids"], ids=True)
+
+
+def llm_attention_mask(adapter: Adapter, group: TokenGroup, embeds: torch.Tensor, cache: Any, blocks):
+    """The mask for the language model's call on `embeds` over the group's keys: its 2-D padding mask, which the
+    model builds its own masks from, or, where vision blocks attend both ways (`blocks`, per key: which the model
+    cannot build from that), the mask of each layer type (one mask where its config names no layer types: such a
+    model takes one built mask as it is, not a dict)."""
+    if blocks is None:
+        return group.attention_mask
+    config = adapter.language_model.config
+    first_of_type: dict[str, int] = {}
+    for index in range(len(adapter.layers)):
+        first_of_type.setdefault(compat.layer_type(config, index), index)
+    masks = {
+        kind: compat.build_attention_mask(
+            config, layer, embeds, group.attention_mask, cache,
+            blocks=blocks if kind in adapter.bidirectional_layer_types else None,
+        )
+        for kind, layer in first_of_type.items()
+    }
+    return masks if getattr(config, "layer_types", None) else next(iter(masks.values()))
 
 
 @dataclass

@@ -157,7 +157,13 @@ class Engine(StandIns):
         generate_rows = getattr(self._local, "generate_rows", None) if prompt else None
         generate_padding = getattr(self._local, "generate_padding", None) if prompt else None
         self._local.generate_rows = self._local.generate_padding = None
-        layouts = self.adapter.visual_layouts(kwargs)
+        try:
+            layouts = self.adapter.visual_layouts(kwargs)
+        except ValueError as refusal:  # a prompt no method can read; the identity passes it through all the same
+            if self.active:
+                raise
+            self.last_stats = CompressionStats.empty(self.method, note=f"passed through untouched: {refusal}")
+            return None
         if not self.active:
             if layouts and any(layout.num_tokens for layout in layouts):
                 stats = CompressionStats.identity(self.method, layouts, self.spec.num_layers, generate_rows or 1)
@@ -180,6 +186,7 @@ class Engine(StandIns):
         if state is None:
             return None
         skip_tokens_already_cached(state, kwargs, self.adapter.llm_token_ids)
+        self._local.chunk_blocks = self.adapter.attention_blocks(kwargs)  # where the continuation brings its own
         if not (layouts is not None and any(layout.num_tokens for layout in layouts)):
             # Text continues the generation from the last position it saw. HF would count from the (shorter)
             # cache, and for M-RoPE it may re-derive the earlier video's ids without its grid.
@@ -200,7 +207,8 @@ class Engine(StandIns):
                 return None
             self._local.state = state
             self.last_stats = state.stats
-            start_decode_step(state, kwargs)
+            blocks, self._local.chunk_blocks = getattr(self._local, "chunk_blocks", None), None
+            start_decode_step(state, kwargs, self.adapter, blocks)
             return args, kwargs
         return self._start_prefill(args, kwargs)
 

@@ -16,7 +16,16 @@ from ..methods.base import PRE_LLM, LayerBudget, LayerSample, Method, TokenReduc
 from ..ops import few_query_attention
 from ..stats import CompressionStats
 from . import compat
-from .groups import GenerationState, TokenGroup, compact, gather_ids, gather_slots, rotary_rows, write_merged
+from .groups import (
+    GenerationState,
+    TokenGroup,
+    compact,
+    gather_ids,
+    gather_slots,
+    llm_attention_mask,
+    rotary_rows,
+    write_merged,
+)
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
@@ -108,28 +117,9 @@ def reduce_before_llm(
             state.position_shift = positions[..., -1:] - contiguous[..., -1:]
             positions = contiguous
         kwargs["inputs_embeds"], kwargs["position_ids"] = embeds, positions
-        kwargs["attention_mask"] = _llm_attention_mask(adapter, state.groups[0], embeds, kwargs)
+        group = state.groups[0]
+        kwargs["attention_mask"] = llm_attention_mask(adapter, group, embeds, compat.cache_of(kwargs), group.blocks)
         state.reduced = True
-
-
-def _llm_attention_mask(adapter: Adapter, group: TokenGroup, embeds: torch.Tensor, kwargs: dict[str, Any]):
-    """The kept tokens' mask for the language model's call: the 2-D padding mask it builds its own masks from, or,
-    where vision blocks attend both ways (which it cannot build from that), the mask of each layer type (one mask
-    where its config names no layer types: such a model takes one built mask as it is, not a dict)."""
-    if group.blocks is None:
-        return group.attention_mask
-    config = adapter.language_model.config
-    first_of_type: dict[str, int] = {}
-    for index in range(len(adapter.layers)):
-        first_of_type.setdefault(compat.layer_type(config, index), index)
-    masks = {
-        kind: compat.build_attention_mask(
-            config, layer, embeds, group.attention_mask, compat.cache_of(kwargs),
-            blocks=group.blocks if kind in adapter.bidirectional_layer_types else None,
-        )
-        for kind, layer in first_of_type.items()
-    }
-    return masks if getattr(config, "layer_types", None) else next(iter(masks.values()))
 
 
 def _compact_inputs(
