@@ -44,6 +44,8 @@ from transformers import (
     LlavaOnevisionForConditionalGeneration,
     Molmo2Config,
     Molmo2ForConditionalGeneration,
+    MuseGlimmerConfig,
+    MuseGlimmerForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5OmniThinkerConfig,
@@ -118,7 +120,8 @@ SPECIAL_TOKENS = ("video_token_id", "image_token_id", "vision_start_token_id", "
 MODEL_NAMES = (
     "llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b",
     "internvl3-8b", "glm-4.1v-9b", "videollama3-7b", "qwen2.5-omni-7b", "gemma-4-e4b", "cosmos3-edge",
-    "ernie-4.5-vl-28b-a3b", "molmo2-8b", "small", "small-qwen2.5-vl",
+    "ernie-4.5-vl-28b-a3b", "molmo2-8b", "muse-glimmer-30b",
+    "small", "small-qwen2.5-vl",
 )
 INTERNVL_IMAGE_START, INTERNVL_IMAGE_END = 151665, 151666  # <img>, </img>
 
@@ -211,6 +214,9 @@ def named_model(name: str, dtype: torch.dtype, device: str):
     elif name == "molmo2-8b":  # transformers' defaults: a 25-layer SigLIP (378 px) read at layers 24 and 18, Qwen3-8B
         config = Molmo2Config(adapter_config={"text_hidden_size": 4096})
         cls = Molmo2ForConditionalGeneration
+    elif name == "muse-glimmer-30b":  # transformers' defaults: a 50-layer tower, 52 decoder layers of 6656 (29.8B)
+        config = MuseGlimmerConfig()
+        cls = MuseGlimmerForConditionalGeneration
     elif name == "small":
         config = LlavaOnevisionConfig(
             text_config=dict(model_type="qwen2", hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
@@ -298,6 +304,13 @@ def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
         return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                     pixel_values_videos=pixels, video_position_ids=positions,
                     num_frames_per_video=torch.tensor([len(frames)]), mm_token_type_ids=types)
+    if config.model_type == "muse_glimmer":  # per 2-frame patch `Time: t.ts` (6 tokens) + 12×12 tokens at 336 px
+        pixels, grid = qwen_vl_pixels(frames, 336, 336, raster=True)
+        t, h, w = grid[0].tolist()
+        units = [torch.cat([text[:6], torch.full((h * w // 4,), config.video_token_id)]) for _ in range(t)]
+        ids = torch.cat([text[:8], *units, text[8:]])
+        return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                    pixel_values_videos=pixels, video_grid_thw=grid)
     if config.model_type == "molmo2":  # each frame `t.t ` (4 tokens) + start, 9×9 tokens (378 px, 3×3 pooled), end
         pixels, windows = molmo2_pixels(frames, 378, pooling=3)
         frame = torch.tensor([config.frame_start_token_id, *[config.image_patch_id] * 81, config.frame_end_token_id])

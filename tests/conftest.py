@@ -53,6 +53,7 @@ TINY = {
     "ernie4_5_vl_moe": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
     "cohere_compass": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
     "molmo2": TinyFamily(tokens_per_unit=9, mixed_frame_counts=True),
+    "muse_glimmer": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True),
 }
 FAMILIES = tuple(TINY)
 # every registered method but the identity: a new method cannot skip the contract suite

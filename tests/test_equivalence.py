@@ -162,8 +162,9 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
     linear attention) and DeepStack additions (Qwen3-VL) being those of the tokens it saw."""
     if family == "gemma4":
         pytest.skip("per-type rotary tables, per-layer inputs and shared KV: tests/test_gemma4.py runs its layers")
-    # Cohere's windows as wide as the prompt: this reference attends causally over every token it keeps
-    model = tiny.tiny_cohere_compass(sliding_window=4096) if family == "cohere_compass" else model_for(family)
+    # sliding windows as wide as the prompt: this reference attends causally over every token it keeps
+    wide = {"cohere_compass": tiny.tiny_cohere_compass, "muse_glimmer": tiny.tiny_muse_glimmer}
+    model = wide[family](sliding_window=4096) if family in wide else model_for(family)
     inputs = inputs_for(family, clip, "What is moving?")
     with tokcompress.compress(model, "fastv", ratio=0.7, layer=layer) as handle, torch.no_grad():
         out = model.generate(
@@ -208,19 +209,25 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
 
 
 def _logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    """The model's logits for the language model's last hidden states (scaled where it scales them: Cohere's)."""
-    return model.lm_head(hidden) * (getattr(model, "logit_scale", None) or 1.0)
+    """The model's logits for the language model's last hidden states (scaled where it scales them: Cohere's; soft-
+    capped where it caps them: Muse Glimmer's, after its output multiplier)."""
+    logits = model.lm_head(hidden) * (getattr(model, "logit_scale", None) or 1.0)
+    text = model.config.get_text_config()
+    cap = getattr(text, "final_logit_softcapping", None)
+    return cap * torch.tanh(logits * getattr(text, "output_multiplier", 1.0) / cap) if cap else logits
 
 
 def _rotary_tables(language_model, hidden, positions) -> list:
     """Per decoder layer, the rotary tables it gets: one set for all, one per layer type (Cohere's; None for a type
-    without RoPE), or scaled and unscaled ones (Molmo2's)."""
+    without RoPE), scaled and unscaled ones (Molmo2's), or one set for all but the NoPE layers (Muse Glimmer's)."""
     config = language_model.config
     kinds = [compat.layer_type(config, index) for index in range(len(language_model.layers))]
     if getattr(language_model, "rope_types", None):  # Molmo2
         unscaled = language_model.rotary_emb_unscaled(hidden, positions)
         scaled = language_model.rotary_emb(hidden, positions)
         return [scaled if kind == "scaled" else unscaled for kind in language_model.rope_types]
+    if getattr(config, "layer_rope_theta", None):  # Muse Glimmer: theta 0 where a layer has no RoPE
+        return [language_model.rotary_emb(hidden, positions) if theta else None for theta in config.layer_rope_theta]
     if not set(kinds) <= set(config.rope_parameters):
         return [language_model.rotary_emb(hidden, positions)] * len(kinds)
     return [config.rope_parameters[kind] and language_model.rotary_emb(hidden, positions, kind) for kind in kinds]

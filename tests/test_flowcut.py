@@ -181,7 +181,7 @@ def test_repeats_are_found_as_comparing_every_pair_would():
     "family",
     [
         "llava_onevision", "video_llava", "qwen2_5_vl", "video_llama_3", "qwen2_5_omni_thinker", "gemma4",
-        "cosmos3_edge", "ernie4_5_vl_moe", "molmo2",
+        "cosmos3_edge", "ernie4_5_vl_moe", "molmo2", "muse_glimmer",
     ],
 )
 @pytest.mark.parametrize("method", [FlowCut(ratio=0.3), VidTLDR(ratio=0.3, merge_schedule="0.2")])
@@ -203,7 +203,7 @@ def test_scores_read_the_projections_the_tower_computed(family, method, clip):
     assert len(calls) >= 2 and set(calls.values()) == {1}
 
 
-@pytest.mark.parametrize("family", ["qwen2_5_vl", "video_llama_3", "cosmos3_edge", "ernie4_5_vl_moe"])
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "video_llama_3", "cosmos3_edge", "ernie4_5_vl_moe", "muse_glimmer"])
 def test_flowcut_leaves_a_packed_tower_its_own_attention(family, clip):
     """No log(size) to add: a packed tower keeps its stock attention (on the CPU; the fused varlen kernel on a GPU)
     and its later layers get no key bias."""

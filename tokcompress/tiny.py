@@ -31,6 +31,8 @@ from transformers import (
     LlavaOnevisionForConditionalGeneration,
     Molmo2Config,
     Molmo2ForConditionalGeneration,
+    MuseGlimmerConfig,
+    MuseGlimmerForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5OmniThinkerConfig,
@@ -71,6 +73,7 @@ from .tiny_inputs import (  # noqa: F401 - the prompts and pixels of these model
     internvl_inputs,
     left_pad,
     molmo2_inputs,
+    muse_glimmer_inputs,
     omni_audio_tokens,
     qwen_omni_inputs,
     qwen_vl_inputs,
@@ -358,12 +361,35 @@ def tiny_molmo2(
         text_config=text,
         vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                            num_key_value_heads=2, head_dim=16, image_size=[84, 84]),
-        adapter_config=dict(vision_feature_layer=[-1, 0], hidden_size=32, num_attention_heads=2,
-                            num_key_value_heads=2, head_dim=16, intermediate_size=64, text_hidden_size=hidden_size, initializer_range=0.2),
+        adapter_config=dict(vision_feature_layer=[-1, 0], hidden_size=32, num_attention_heads=2, num_key_value_heads=2,
+                            head_dim=16, intermediate_size=64, text_hidden_size=hidden_size, initializer_range=0.2),
         image_patch_id=VIDEO, frame_start_token_id=VIDEO_START, frame_end_token_id=VIDEO_END,
         image_start_token_id=VISION_START, image_end_token_id=VISION_END, low_res_image_start_token_id=IMAGE,
     )
     return _build(Molmo2ForConditionalGeneration, config, attn_implementation, seed)
+
+
+def tiny_muse_glimmer(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64,
+    sliding_window: int = 16,
+):
+    """Muse Glimmer with a 2-layer packed tower (14-px patches, 2-frame temporal patches, windows of 4 × 4 patches in
+    its first layer, its position table and axial rotary tables over them; 2 × 2 patches pixel-shuffled to a token)
+    over a decoder of sliding-window RoPE layers and a global NoPE layer: weightless q/k norms (queries scaled),
+    gated attention, sandwich norms, normed embeddings and soft-capped logits."""
+    text = _text_config(num_layers, hidden_size, head_dim=16)
+    config = MuseGlimmerConfig(
+        text_config={**text, "sliding_window": sliding_window, "rope_parameters": {"rope_type": "default",
+                     "rope_theta": 10000.0}, "final_logit_softcapping": 5.0},
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=14,
+            pos_emb_height=4, pos_emb_width=4, max_position_embeddings=16, patch_temporal=2, merge_size=2,
+            layer_types=["window_attention", "full_attention"],
+            rope_parameters={"rope_type": "axial", "rope_theta": 10000.0},
+        ),
+        out_hidden_size=128, projector_hidden_size=hidden_size, image_token_id=IMAGE, video_token_id=VIDEO,
+    )
+    return _build(MuseGlimmerForConditionalGeneration, config, attn_implementation, seed)
 
 
 def tiny_qwen3_omni_moe_thinker(
@@ -483,4 +509,5 @@ TINY_MODELS = {
     "ernie4_5_vl_moe": tiny_ernie4_5_vl_moe,
     "cohere_compass": tiny_cohere_compass,
     "molmo2": tiny_molmo2,
+    "muse_glimmer": tiny_muse_glimmer,
 }

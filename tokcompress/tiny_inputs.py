@@ -127,6 +127,26 @@ def qwen_vl_inputs(
     return {**inputs, "mm_token_type_ids": (inputs["input_ids"] == VIDEO).long() * 2}
 
 
+def muse_glimmer_inputs(
+    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], size: int = 112, fps: float = 2.0
+) -> dict:
+    """Model inputs for one video per prompt as Muse Glimmer's processor lays them out: video start, then per
+    temporal patch (2 frames) `Time: t.ts` + its tokens, patches joined by a separator (here VISION_START), video
+    end; t is the patch's first frame time. Its pixels are 14-px patches in raster order, 2 × 2 of them a token."""
+    frames = [frames] if isinstance(frames, torch.Tensor) else frames
+    questions = [questions] * len(frames) if isinstance(questions, str) else questions
+    patches, grids, rows = [], [], []
+    for clip, question in zip(frames, questions):
+        flat, grid = qwen_vl_pixels(clip, size, size, raster=True)
+        t, h, w = grid[0].tolist()
+        patches.append(flat)
+        grids.append(grid)
+        units = [text_ids(f"Time: {2 * i / fps:.1f}s") + [VIDEO] * (h * w // 4) for i in range(t)]
+        video = [VIDEO_START] + sum((unit + [VISION_START] for unit in units), [])[:-1] + [VIDEO_END]
+        rows.append(prompt(video, question))
+    return packed_inputs(rows, patches, grids)
+
+
 def ernie_inputs(frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], size: int = 112) -> dict:
     """Model inputs for one video per prompt as ERNIE-4.5-VL's processor lays them out: video start + the video's
     tokens (frame pairs, 2 × 2 merged 14-px patches; an odd last frame repeated) + video end, with token types and
@@ -362,6 +382,8 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
         return video_llama_3_inputs(frames, questions)
     if model.config.model_type == "gemma4":
         return gemma4_inputs(frames, questions)
+    if model.config.model_type == "muse_glimmer":
+        return muse_glimmer_inputs(frames, questions)
     if model.config.model_type == "molmo2":
         return molmo2_inputs(frames, questions, per_video_pooling=compat.MOLMO2_POOLING_PER_VIDEO)
     if model.config.model_type in ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"):

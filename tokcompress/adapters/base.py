@@ -171,6 +171,10 @@ class Adapter:
         they run. None (empty): the tower's output is its layers' rows, expanded where it leaves the tower."""
         return []
 
+    tower_expands_at_last_layer: ClassVar[bool] = False
+    """Whether a fold expands the tower's rows back at its last layer's output rather than at its readouts' input
+    (Muse Glimmer's tower moves its rows out of their window order between the two)."""
+
     tower_row_outputs: ClassVar[tuple[str, ...]] = ("last_hidden_state", "hidden_states")
     """The outputs of a tower with readouts that hold its rows as its layers left them (not read out): expanded back
     to every frame unit's rows after a fold."""

@@ -29,7 +29,7 @@ class Qwen2VLAdapter(Adapter):
         """Each video's tokens come in order in one or more runs: one run (Qwen2/2.5-VL), one per frame unit (Qwen3-VL:
         each between its timestamp and vision start / end), or units between the video's audio tokens (Qwen-Omni; a
         unit may straddle two runs at low fps)."""
-        videos = self._video_sizes(call_kwargs)
+        videos = self._video_sizes(call_kwargs, input_ids)
         all_runs = [self.frame_runs(ids) for ids in input_ids]
         if sum(length for runs in all_runs for _, length in runs) != sum(tokens for tokens, _ in videos):
             return None  # placeholders and features disagree: HF's own error says by how much
@@ -62,13 +62,13 @@ class Qwen2VLAdapter(Adapter):
         """(start, length) of each run of video tokens in one prompt."""
         return token_runs(ids, self.video_token_id)
 
-    def _video_sizes(self, call_kwargs) -> list[tuple[int, tuple[int, int] | None]]:
+    def _video_sizes(self, call_kwargs, input_ids) -> list[tuple[int, tuple[int, int] | None]]:
         """Per video, in order of appearance: its tokens and its frame grid, when the call says it. `generate`
         encodes the videos up front and drops video_grid_thw: the features it hands over still count tokens (and
         the M-RoPE ids carry the grid)."""
         grid_thw = call_kwargs.get("video_grid_thw")
         if grid_thw is not None:
-            merge, steps = self.config.vision_config.spatial_merge_size, self.temporal_merge
+            merge, steps = self.spatial_merge, self.temporal_merge
             return [
                 (t // steps * (h // merge) * (w // merge), (h // merge, w // merge)) for t, h, w in grid_thw.tolist()
             ]
@@ -156,9 +156,14 @@ class Qwen2VLAdapter(Adapter):
         """(rows, H·d) queries, keys and values of a packed tower attention, before RoPE (a fused qkv here)."""
         return project(attention.qkv).chunk(3, dim=-1)
 
+    @property
+    def spatial_merge(self) -> int:
+        """The side of the square of patches that become one LLM token."""
+        return self.config.vision_config.spatial_merge_size
+
     def patches_per_token(self, tower_call: TowerCall) -> int:
         """How many of a recorded tower call's patch rows make one LLM token (m² for a spatial merge size m)."""
-        return self.config.vision_config.spatial_merge_size**2
+        return self.spatial_merge**2
 
     def tower_token_scores(self, records, input_ids, standing=None):
         units, grid, merge, standing, steps = [], None, 1, iter(standing or ()), self.temporal_merge
@@ -168,12 +173,16 @@ class Qwen2VLAdapter(Adapter):
                 grid = call.argument("grid_thw", 1).clone()
                 grid[:, 0] = grid.new_tensor([next(standing, t // steps) * steps for t in grid[:, 0].tolist()])
                 continue
-            received = self.tower_attention_received(call)
-            merged = self.in_patch_order(received.view(-1, merge).mean(dim=-1), grid)  # one per token of a step
+            merged = self.token_means(self.tower_attention_received(call), grid, merge)  # one per token of a step
             for t, h, w in grid.tolist():  # a unit's token: the mean over its steps
                 units.extend(merged[: t * h * w // merge].view(t // steps, steps, -1).mean(dim=1))
                 merged = merged[t * h * w // merge :]
         return units
+
+    def token_means(self, received: torch.Tensor, grid_thw: torch.Tensor, merge: int) -> torch.Tensor:
+        """Per LLM token of a tower call's grid (in the video's order), the mean of its patches' values, given per
+        row in the order the tower's blocks see them (merged patches' rows together)."""
+        return self.in_patch_order(received.view(-1, merge).mean(dim=-1), grid_thw)
 
     def in_patch_order(self, merged: torch.Tensor, grid_thw: torch.Tensor) -> torch.Tensor:
         """Per-merged-token values from the order the tower's blocks see them in back to the video's order."""

@@ -27,6 +27,7 @@ is an edit to this file. Touchpoints, from the floor (5.23) to the newest tested
   BaseModelOutputWithPooling}` instead of `pixel_values_videos` skips it; the features are its
   `pooler_output` ((videos, tokens, D) for LLaVA-OV, a tuple of (tokens, D) per video for Qwen-VL);
 - Molmo2's `video_token_pooling`: indices into each video's own patches from 5.24, into the batch's before;
+- Muse Glimmer's token grouping after its tower (`get_vision_pixel_shuffle_index`, its modeling file's own);
 - Qwen2.5-VL's vision window order (`transformers.vision_utils.get_vision_window_index`);
 - Qwen3-VL's DeepStack: its multimodal model hands the language model `visual_pos_masks` (B, L) and
   `deepstack_visual_embeds` (one (visual tokens, D) tensor per early layer), added after those layers;
@@ -61,6 +62,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import AttentionInterface
 from transformers.models.gemma4.modeling_gemma4 import apply_multidimensional_rope
 from transformers.models.molmo2.modeling_molmo2 import Molmo2Model
+from transformers.models.muse_glimmer.modeling_muse_glimmer import get_vision_pixel_shuffle_index
 from transformers.vision_utils import get_vision_window_index
 
 FLOOR = Version("5.23")
@@ -334,6 +336,15 @@ class SelectedKV:
 def vision_rope(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """Gemma 4's 2-D rotary embedding of (images, patches, heads, d) tower states at their (x, y) patch positions."""
     return apply_multidimensional_rope(states, cos, sin, positions)
+
+
+def muse_glimmer_token_rows(grid_thw: torch.Tensor, tower: Any) -> torch.Tensor:
+    """Muse Glimmer's tower rows (in the window order its layers see them) of each token's merge² patches, token by
+    token: its windows are of single patches, and the pixel shuffle after its layers groups each token's."""
+    window_index, _ = get_vision_window_index(
+        grid_thw, spatial_merge_size=1, window_size=tower.window_size, patch_size=tower.patch_size, kwargs={}
+    )
+    return torch.argsort(window_index)[get_vision_pixel_shuffle_index(grid_thw, tower.merge_size)]
 
 
 def vision_window_order(grid_thw: torch.Tensor, vision_config: Any) -> torch.Tensor:

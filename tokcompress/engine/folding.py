@@ -43,7 +43,7 @@ class TowerFolding:
         self.initial = [len(f) for f in frames]
         self.bounds = [0, *itertools.accumulate(self.initial)]  # video v: the call's frames bounds[v]:bounds[v + 1]
         self.unit_rows = adapter.unit_rows(encoder_args) if adapter.tower_frames == PACKED else None
-        self.reads_out = bool(adapter.tower_readouts())
+        self.reads_out = bool(adapter.tower_readouts()) or adapter.tower_expands_at_last_layer
         self.layer_inputs = LayerInputCache()  # a batched tower's per-frame layer kwargs, for what remains
         self.merged = False
 
@@ -238,6 +238,8 @@ def hook_tower_folding(method: Method, adapter: Adapter) -> list[torch.utils.hoo
     layers, _ = adapter.tower_layers()
     per_frame_kwargs = adapter.tower_frames == PACKED or bool(adapter.tower_row_kwargs)
     handles = []
+    if adapter.tower_expands_at_last_layer:  # after the fold's own hook on that layer, which comes first
+        handles.append(layers[-1].register_forward_hook(_after_last_layer, prepend=True))
     for index, layer in enumerate(layers):
         handles.append(layer.register_forward_hook(functools.partial(_after_layer, index), prepend=True))
         if per_frame_kwargs:  # its attention segments, rotary rows, positions, for the rows that remain
@@ -293,6 +295,12 @@ def _after_layer(index: int, module, args, output):
     """Forward hook of tower layer `index`."""
     folding = getattr(_ACTIVE, "folding", None)
     return folding.after_layer(index, output) if folding is not None else None
+
+
+def _after_last_layer(module, args, output):
+    """Forward hook of the tower's last layer, where the adapter says its rows expand there."""
+    folding = getattr(_ACTIVE, "folding", None)
+    return folding.expand_tensor(output) if folding is not None and folding.merged else None
 
 
 def _after_tower(module, args, output):
