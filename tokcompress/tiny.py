@@ -371,20 +371,20 @@ def tiny_molmo2(
 
 def tiny_muse_glimmer(
     num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64,
-    sliding_window: int = 16,
+    sliding_window: int = 16, tower_layers: tuple[str, ...] = ("window_attention", "full_attention"),
 ):
-    """Muse Glimmer with a 2-layer packed tower (14-px patches, 2-frame temporal patches, windows of 4 × 4 patches in
-    its first layer, its position table and axial rotary tables over them; 2 × 2 patches pixel-shuffled to a token)
-    over a decoder of sliding-window RoPE layers and a global NoPE layer: weightless q/k norms (queries scaled),
-    gated attention, sandwich norms, normed embeddings and soft-capped logits."""
+    """Muse Glimmer with a packed tower (14-px patches, 2-frame temporal patches; layers attending in windows of 4 × 4
+    patches or across a whole patch, `tower_layers`; 2 × 2 patches pixel-shuffled to a token) over a decoder of
+    sliding-window RoPE layers and a global NoPE layer: weightless q/k norms (queries scaled), gated attention,
+    sandwich norms, normed embeddings and soft-capped logits."""
     text = _text_config(num_layers, hidden_size, head_dim=16)
     config = MuseGlimmerConfig(
         text_config={**text, "sliding_window": sliding_window, "rope_parameters": {"rope_type": "default",
                      "rope_theta": 10000.0}, "final_logit_softcapping": 5.0},
         vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=14,
-            pos_emb_height=4, pos_emb_width=4, max_position_embeddings=16, patch_temporal=2, merge_size=2,
-            layer_types=["window_attention", "full_attention"],
+            hidden_size=32, intermediate_size=64, num_hidden_layers=len(tower_layers), num_attention_heads=2,
+            patch_size=14, pos_emb_height=4, pos_emb_width=4, max_position_embeddings=16, patch_temporal=2,
+            merge_size=2, layer_types=list(tower_layers),
             rope_parameters={"rope_type": "axial", "rope_theta": 10000.0},
         ),
         out_hidden_size=128, projector_hidden_size=hidden_size, image_token_id=IMAGE, video_token_id=VIDEO,

@@ -48,7 +48,8 @@ class MuseGlimmerAdapter(Qwen2VLAdapter):
 
     # ------------------------------------------------------------------ tower
     def patch_embeddings(self, pixels):
-        return self.vision_tower.patch_embedder.patch_embedding(pixels)  # without the position table
+        embed = self.vision_tower.patch_embedder.patch_embedding  # without the position table
+        return embed(pixels.to(embed.weight.dtype))
 
     def tower_layers(self):
         return self.vision_tower.layers, len(self.vision_tower.layers)

@@ -344,7 +344,8 @@ def muse_glimmer_token_rows(grid_thw: torch.Tensor, tower: Any) -> torch.Tensor:
     window_index, _ = get_vision_window_index(
         grid_thw, spatial_merge_size=1, window_size=tower.window_size, patch_size=tower.patch_size, kwargs={}
     )
-    return torch.argsort(window_index)[get_vision_pixel_shuffle_index(grid_thw, tower.merge_size)]
+    shuffle = get_vision_pixel_shuffle_index(grid_thw, tower.merge_size)  # on the grid's device; the windows: CPU
+    return torch.argsort(window_index.to(shuffle.device))[shuffle]
 
 
 def vision_window_order(grid_thw: torch.Tensor, vision_config: Any) -> torch.Tensor:
