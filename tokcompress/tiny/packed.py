@@ -1,0 +1,283 @@
+"""Tiny models of the families whose tower packs a video's frame units into one sequence (Qwen-VL's kind):
+Qwen2.5-VL, Qwen3-VL, Qwen3.5, the Qwen Omni thinkers, GLM-4.1V / 4.5V / 4.6V, VideoLLaMA3, Cosmos3 Edge,
+ERNIE-4.5-VL, Cohere's North, Muse Glimmer."""
+
+from __future__ import annotations
+
+from transformers import (
+    CohereCompassConfig,
+    CohereCompassForConditionalGeneration,
+    Cosmos3EdgeConfig,
+    Cosmos3EdgeForConditionalGeneration,
+    Ernie4_5_VLMoeConfig,
+    Ernie4_5_VLMoeForConditionalGeneration,
+    Glm4vConfig,
+    Glm4vForConditionalGeneration,
+    Glm4vMoeConfig,
+    Glm4vMoeForConditionalGeneration,
+    Glm46VConfig,
+    Glm46VForConditionalGeneration,
+    MuseGlimmerConfig,
+    MuseGlimmerForConditionalGeneration,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5OmniThinkerConfig,
+    Qwen2_5OmniThinkerForConditionalGeneration,
+    Qwen3_5Config,
+    Qwen3_5ForConditionalGeneration,
+    Qwen3OmniMoeThinkerConfig,
+    Qwen3OmniMoeThinkerForConditionalGeneration,
+    Qwen3VLConfig,
+    Qwen3VLForConditionalGeneration,
+    Qwen3VLMoeConfig,
+    Qwen3VLMoeForConditionalGeneration,
+    VideoLlama3Config,
+    VideoLlama3ForConditionalGeneration,
+)
+
+from ..tiny_inputs import (
+    AUDIO,
+    AUDIO_END,
+    AUDIO_START,
+    IMAGE,
+    VIDEO,
+    VIDEO_END,
+    VIDEO_START,
+    VISION_END,
+    VISION_START,
+    VOCAB,
+)
+from .common import build, text_config
+
+QWEN2_5_ROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]}  # fits head_dim 16
+QWEN2_5_TOWER = dict(  # 2 blocks, the second of full attention; patch 14, temporal patch 2, merge 2
+    depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, temporal_patch_size=2,
+    spatial_merge_size=2, window_size=56, fullatt_block_indexes=[1],
+)
+QWEN3_ROPE = {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [4, 2, 2]}
+QWEN3_TOWER = dict(  # 3 blocks, each feeding DeepStack; patch 16, temporal patch 2, merge 2, an 8 × 8 position table
+    depth=3, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=16, temporal_patch_size=2,
+    spatial_merge_size=2, num_position_embeddings=64, deepstack_visual_indexes=[0, 1, 2],
+)
+OMNI_AUDIO = dict(encoder_layers=1, encoder_attention_heads=2, encoder_ffn_dim=32, d_model=16, num_mel_bins=16)
+
+
+def tiny_qwen2_5_vl(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """Qwen2.5-VL with a 2-block vision tower (patch 14, temporal patch 2, merge 2); M-RoPE sections fit head_dim 16."""
+    config = Qwen2_5_VLConfig(
+        text_config=text_config(num_layers, hidden_size, rope_parameters=QWEN2_5_ROPE),
+        vision_config={**QWEN2_5_TOWER, "out_hidden_size": hidden_size},
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+    )
+    return build(Qwen2_5_VLForConditionalGeneration, config, attn_implementation, seed)
+
+
+def tiny_qwen2_5_omni_thinker(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64
+):
+    """Qwen2.5-Omni's thinker: Qwen2.5-VL's tiny tower and decoder beside a 1-layer audio encoder (16 mel bins),
+    over the byte vocabulary and three audio ids."""
+    config = Qwen2_5OmniThinkerConfig(
+        text_config={**text_config(num_layers, hidden_size, rope_parameters=QWEN2_5_ROPE), "vocab_size": VOCAB + 3},
+        vision_config={**QWEN2_5_TOWER, "out_hidden_size": hidden_size},
+        audio_config={**OMNI_AUDIO, "output_dim": hidden_size, "n_window": 4, "max_source_positions": 64},
+        image_token_index=IMAGE, video_token_index=VIDEO, audio_token_index=AUDIO, audio_start_token_id=AUDIO_START,
+        audio_end_token_id=AUDIO_END, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+    )
+    return build(Qwen2_5OmniThinkerForConditionalGeneration, config, attn_implementation, seed)
+
+
+def tiny_qwen3_vl(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """Qwen3-VL with a 3-block vision tower (patch 16, temporal patch 2, merge 2) whose every block feeds a
+    DeepStack merger, so LLM layers 0-2 add visual features; interleaved M-RoPE sections fit head_dim 16."""
+    return _qwen3_vl(Qwen3VLConfig, Qwen3VLForConditionalGeneration, num_layers, attn_implementation, seed, hidden_size)
+
+
+def tiny_qwen3_vl_moe(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """Qwen3-VL-MoE: Qwen3-VL's tower and layout; every decoder MLP is 4 experts, 2 of them routed per token."""
+    return _qwen3_vl(
+        Qwen3VLMoeConfig, Qwen3VLMoeForConditionalGeneration, num_layers, attn_implementation, seed, hidden_size,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden_size,
+    )
+
+
+def tiny_qwen3_5(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """Qwen3.5: Qwen3-VL's tower (no DeepStack) and layout over a hybrid decoder, gated-delta linear attention in
+    even layers and gated softmax attention (q/k norms, rotary on half of head_dim 32) in odd ones."""
+    config = Qwen3_5Config(
+        text_config=text_config(
+            num_layers, hidden_size, head_dim=32,
+            layer_types=["linear_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)],
+            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+            linear_conv_kernel_dim=4,
+            rope_parameters={
+                "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [3, 3, 2],
+                "mrope_interleaved": True,
+            },
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size, patch_size=16,
+            temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=64,
+        ),
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+    )
+    return build(Qwen3_5ForConditionalGeneration, config, attn_implementation, seed)
+
+
+def tiny_qwen3_omni_moe_thinker(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64
+):
+    """Qwen3-Omni's thinker: Qwen3-VL's tiny tower (DeepStack) over a mixture-of-experts decoder (4 experts, 2 a
+    token), beside a 1-layer audio encoder (16 mel bins), over the byte vocabulary and three audio ids."""
+    config = Qwen3OmniMoeThinkerConfig(
+        text_config={
+            **text_config(num_layers, hidden_size, head_dim=16, rope_parameters=QWEN3_ROPE), "vocab_size": VOCAB + 3,
+            "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": hidden_size,
+        },
+        vision_config={**QWEN3_TOWER, "out_hidden_size": hidden_size},
+        audio_config={**OMNI_AUDIO, "output_dim": hidden_size, "downsample_hidden_size": 8},
+        image_token_id=IMAGE, video_token_id=VIDEO, audio_token_id=AUDIO, audio_start_token_id=AUDIO_START,
+        audio_end_token_id=AUDIO_END, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+    )
+    return build(Qwen3OmniMoeThinkerForConditionalGeneration, config, attn_implementation, seed)
+
+
+def tiny_glm4v(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """GLM-4.1V with a 2-block vision tower (patch 14, temporal patch 2, merge 2, 112-px position table) and a GLM-4
+    decoder (M-RoPE on interleaved pairs of half of head_dim 16). Its image token is tiny.VIDEO: inside a video's
+    span, GLM's video tokens are image tokens."""
+    return _glm4v(Glm4vConfig, Glm4vForConditionalGeneration, num_layers, attn_implementation, seed, hidden_size)
+
+
+def tiny_glm46v(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """GLM-4.6V: GLM-4.1V's tower and decoder under its own config."""
+    return _glm4v(Glm46VConfig, Glm46VForConditionalGeneration, num_layers, attn_implementation, seed, hidden_size)
+
+
+def tiny_glm4v_moe(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """GLM-4.5V: GLM-4.1V's tower over a mixture-of-experts decoder (rotate-half M-RoPE on half of each head; after
+    a dense first layer, 4 routed experts, 2 per token, beside a shared one)."""
+    return _glm4v(
+        Glm4vMoeConfig, Glm4vMoeForConditionalGeneration, num_layers, attn_implementation, seed, hidden_size,
+        n_routed_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden_size, first_k_dense_replace=1,
+        n_group=1, topk_group=1,
+    )
+
+
+def tiny_video_llama_3(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """VideoLLaMA3 with a 2-layer SigLIP tower (16-pixel patches, 2-D RoPE; videos merge 2 × 2 patches) over a
+    Qwen2 decoder."""
+    config = VideoLlama3Config(
+        text_config=text_config(num_layers, hidden_size),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16,
+        ),
+        image_token_id=IMAGE, video_token_id=VIDEO,
+    )
+    return build(VideoLlama3ForConditionalGeneration, config, attn_implementation, seed)
+
+
+def tiny_cosmos3_edge(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """Cosmos3 Edge with a 2-layer packed SigLIP2 tower (16-px patches, one frame a unit, a 4 × 4 learned position
+    grid resized to each frame, 2 × 2 patches merged by the projector) over a Llama decoder with interleaved
+    M-RoPE."""
+    config = Cosmos3EdgeConfig(
+        text_config=text_config(num_layers, hidden_size, head_dim=16, rope_parameters=QWEN3_ROPE),
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=16,
+            num_patches=16,
+        ),
+        projector_hidden_size=2 * hidden_size, image_token_id=IMAGE, video_token_id=VIDEO,
+        vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+    )
+    return build(Cosmos3EdgeForConditionalGeneration, config, attn_implementation, seed)
+
+
+def tiny_ernie4_5_vl_moe(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64
+):
+    """ERNIE-4.5-VL with a 2-block Qwen2-VL tower (14-px patches, one frame a step) whose resampler merges 2 × 2
+    patches and frame pairs, over a decoder whose experts are split by modality (a dense first layer, then 4 text
+    and 4 vision experts, 2 a token, beside a shared one) with interleaved 3-D RoPE."""
+    config = Ernie4_5_VLMoeConfig(
+        text_config={
+            **text_config(num_layers, hidden_size, head_dim=16), "moe_num_experts": 4, "moe_k": 2,
+            "moe_intermediate_size": [hidden_size, hidden_size], "moe_num_shared_experts": 1,
+            "rope_parameters": {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [3, 3, 2]},
+        },
+        vision_config=dict(depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14,
+                           spatial_merge_size=2, temporal_merge_size=2),
+        image_token_id=IMAGE, video_token_id=VIDEO, video_start_token_id=VIDEO_START, video_end_token_id=VIDEO_END,
+        image_start_token_id=VISION_START, image_end_token_id=VISION_END,
+    )
+    return build(Ernie4_5_VLMoeForConditionalGeneration, config, attn_implementation, seed)
+
+
+def tiny_cohere_compass(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64,
+    sliding_window: int = 16,
+):
+    """Cohere's North vision model: Qwen3-VL's tiny tower (DeepStack) over a Cohere2 decoder (attention and MLP side
+    by side): three sliding-window layers with interleaved M-RoPE, then one global layer without any (NoPE); its
+    logits scaled by 0.25."""
+    text = text_config(num_layers, hidden_size, head_dim=16)
+    config = CohereCompassConfig(
+        text_config={
+            **text, "layer_types": (["sliding_attention"] * 3 + ["full_attention"]) * (num_layers // 4)
+            + ["sliding_attention"] * (num_layers % 4), "sliding_window": sliding_window, "logit_scale": 0.25,
+            "rope_parameters": {"sliding_attention": {**QWEN3_ROPE, "mrope_interleaved": True}, "full_attention": None},
+        },
+        vision_config={**QWEN3_TOWER, "out_hidden_size": hidden_size},
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+    )
+    return build(CohereCompassForConditionalGeneration, config, attn_implementation, seed)
+
+
+def tiny_muse_glimmer(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64,
+    sliding_window: int = 16, tower_layers: tuple[str, ...] = ("window_attention", "full_attention"),
+):
+    """Muse Glimmer with a packed tower (14-px patches, 2-frame temporal patches; layers attending in windows of 4 × 4
+    patches or across a whole patch, `tower_layers`; 2 × 2 patches pixel-shuffled to a token) over a decoder of
+    sliding-window RoPE layers and a global NoPE layer: weightless q/k norms (queries scaled), gated attention,
+    sandwich norms, normed embeddings and soft-capped logits."""
+    text = text_config(num_layers, hidden_size, head_dim=16)
+    config = MuseGlimmerConfig(
+        text_config={**text, "sliding_window": sliding_window, "rope_parameters": {"rope_type": "default",
+                     "rope_theta": 10000.0}, "final_logit_softcapping": 5.0},
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=len(tower_layers), num_attention_heads=2,
+            patch_size=14, pos_emb_height=4, pos_emb_width=4, max_position_embeddings=16, patch_temporal=2,
+            merge_size=2, layer_types=list(tower_layers),
+            rope_parameters={"rope_type": "axial", "rope_theta": 10000.0},
+        ),
+        out_hidden_size=128, projector_hidden_size=hidden_size, image_token_id=IMAGE, video_token_id=VIDEO,
+    )
+    return build(MuseGlimmerForConditionalGeneration, config, attn_implementation, seed)
+
+
+def _glm4v(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size, **text_extra):
+    config = config_cls(
+        text_config=text_config(
+            num_layers, hidden_size, **text_extra,
+            rope_parameters={
+                "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [2, 1, 1],
+            },
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size, patch_size=14,
+            temporal_patch_size=2, spatial_merge_size=2, image_size=112,
+        ),
+        image_token_id=VIDEO, video_token_id=IMAGE, image_start_token_id=VISION_START, image_end_token_id=VISION_END,
+        video_start_token_id=VIDEO_START, video_end_token_id=VIDEO_END,
+    )
+    return build(model_cls, config, attn_implementation, seed)
+
+
+def _qwen3_vl(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size, **text_extra):
+    config = config_cls(
+        text_config=text_config(num_layers, hidden_size, head_dim=16, rope_parameters=QWEN3_ROPE, **text_extra),
+        vision_config={**QWEN3_TOWER, "out_hidden_size": hidden_size},
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+    )
+    return build(model_cls, config, attn_implementation, seed)
