@@ -9,7 +9,7 @@ from accelerate import dispatch_model
 import tokcompress
 from tokcompress.adapters import adapter_for
 
-from .conftest import COMPRESSING, FRAME_GRANULAR, TINY, build, generate, inputs_for
+from .conftest import COMPRESSING, FRAME_GRANULAR, TINY, build, generate, inputs_for, logits
 
 
 @pytest.mark.parametrize("method", COMPRESSING)
@@ -40,3 +40,14 @@ def test_half_precision(family, clip, method, dtype):
     assert torch.isfinite(out.logits).all()
     tolerance = TINY[family].tokens_per_unit if method in FRAME_GRANULAR else 1.0
     assert abs(sample.achieved_ratio - 0.3) * sample.visual_in <= tolerance
+
+
+def test_a_half_precision_model_takes_float32_pixels_in_every_encoder_side_stage(family, clip):
+    """Processors hand a bf16 model float32 pixels, which its stock encoder casts: the frame signatures (framededup),
+    the tower's attention (visionzip) and folds inside the tower (earlytom: frames, vidtldr: tokens) take them too."""
+    model = build(family).to(torch.bfloat16)
+    inputs = inputs_for(family, clip, "What is moving?")
+    for method in ("framededup", "visionzip", "earlytom", "vidtldr"):
+        with tokcompress.compress(model, method, ratio=0.4) as handle, torch.no_grad():
+            assert torch.isfinite(logits(model, inputs)).all()
+        assert handle.stats.samples[0].achieved_ratio < 1
