@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import gc
 import weakref
 
@@ -354,3 +355,36 @@ def test_a_videos_audio_track_reaches_every_layer_whatever_the_method(clip):
         first, last = (stats.positions_at_layer(layer)[0] for layer in (0, len(adapter.layers) - 1))
         assert stats.achieved_ratio < 0.5 and set(audio.tolist()) <= set(last.tolist()), method
         torch.testing.assert_close(hidden[torch.searchsorted(first, audio)], stock, msg=method)
+
+
+def test_a_second_turn_with_a_video_of_its_own_attends_inside_each_frame_both_ways(clip, other_clip):
+    """A compressed first turn's cache passed back with a second video: in the sliding layers each of the new
+    frames' tokens attends to the others of its frame both ways (as the stock prefill of that chunk), not to
+    another frame's later ones; the global layers stay causal."""
+    model = model_for("gemma4")
+    first, second = tiny.gemma4_inputs(clip[:4], "What?"), tiny.gemma4_inputs(other_clip[:3], "And here?")
+    conversation = {key: torch.cat([first[key], second[key]], dim=1)
+                    for key in ("input_ids", "attention_mask", "mm_token_type_ids")}
+    video_two = {key: second[key] for key in ("pixel_values_videos", "video_position_ids", "num_frames_per_video")}
+    masks = {}
+    layers = adapter_for(model).layers
+    def note_mask(index, module, args, kwargs):
+        masks.setdefault(index, kwargs["attention_mask"])
+
+    hooks = [layers[index].register_forward_pre_hook(functools.partial(note_mask, index), with_kwargs=True)
+             for index in (0, 1)]  # a sliding layer, a global one
+    try:
+        with tokcompress.compress(model, "uniform", ratio=0.4), torch.no_grad():
+            cache = compat.output_cache(model(**first, use_cache=True))
+            masks.clear()
+            model(**conversation, **video_two, **{compat.CACHE_KEYWORD: cache}, use_cache=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    chunk = second["input_ids"].shape[1]
+    frames = (second["input_ids"][0] == tiny.VIDEO).nonzero().squeeze(1).view(3, -1)
+    for index, both_ways in ((0, True), (1, False)):
+        rows = masks[index][0, 0, :, -chunk:]  # the chunk's queries over its own keys
+        first_frame, next_frame = frames[0], frames[1]
+        assert bool(rows[first_frame[0], first_frame[-1]]) == both_ways
+        assert not rows[first_frame[-1], next_frame[0]]
