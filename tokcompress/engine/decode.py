@@ -35,8 +35,10 @@ def start_decode_step(
         new_columns = mask[:, -length:].long().to(device)
     else:
         new_columns = torch.ones(batch, length, dtype=torch.long, device=device)
-    chunk = blocks[:, -length:].to(device) if blocks is not None and length > 1 else None
-    chunk = chunk if chunk is not None and bool((chunk >= 0).any()) else None
+    chunk = None
+    if blocks is not None and length > 1:  # the call's last `length` tokens (tokens it does not type: no block)
+        chunk = torch.nn.functional.pad(blocks[:, -length:], (length - min(length, blocks.shape[1]), 0), value=-1)
+        chunk = chunk.to(device) if bool((chunk >= 0).any()) else None
     for group in state.groups:
         group.attention_mask = torch.cat([group.attention_mask, new_columns], dim=1)
         group.step_masks = {}
