@@ -357,13 +357,16 @@ def test_a_videos_audio_track_reaches_every_layer_whatever_the_method(clip):
         torch.testing.assert_close(hidden[torch.searchsorted(first, audio)], stock, msg=method)
 
 
-def test_a_second_turn_with_a_video_of_its_own_attends_inside_each_frame_both_ways(clip, other_clip):
-    """A compressed first turn's cache passed back with a second video: in the sliding layers each of the new
-    frames' tokens attends to the others of its frame both ways (as the stock prefill of that chunk), not to
-    another frame's later ones; the global layers stay causal."""
+@pytest.mark.parametrize("whole_conversation", [True, False])  # as generate feeds it, or only its new tokens
+def test_a_second_turn_with_a_video_of_its_own_attends_inside_each_frame_both_ways(clip, other_clip,
+                                                                                    whole_conversation):
+    """A compressed first turn's cache passed back with a second video: the chunk continues from the first turn's
+    original positions; in the sliding layers each of the new frames' tokens attends to the others of its frame
+    both ways (as the stock prefill of that chunk), not to another frame's later ones; the global layers stay
+    causal."""
     model = model_for("gemma4")
     first, second = tiny.gemma4_inputs(clip[:4], "What?"), tiny.gemma4_inputs(other_clip[:3], "And here?")
-    conversation = {key: torch.cat([first[key], second[key]], dim=1)
+    conversation = {key: torch.cat([first[key], second[key]], dim=1) if whole_conversation else second[key]
                     for key in ("input_ids", "attention_mask", "mm_token_type_ids")}
     video_two = {key: second[key] for key in ("pixel_values_videos", "video_position_ids", "num_frames_per_video")}
     masks = {}
@@ -373,6 +376,8 @@ def test_a_second_turn_with_a_video_of_its_own_attends_inside_each_frame_both_wa
 
     hooks = [layers[index].register_forward_pre_hook(functools.partial(note_mask, index), with_kwargs=True)
              for index in (0, 1)]  # a sliding layer, a global one
+    hooks.append(adapter_for(model).language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: masks.update(positions=kwargs["position_ids"]), with_kwargs=True))
     try:
         with tokcompress.compress(model, "uniform", ratio=0.4), torch.no_grad():
             cache = compat.output_cache(model(**first, use_cache=True))
@@ -381,7 +386,9 @@ def test_a_second_turn_with_a_video_of_its_own_attends_inside_each_frame_both_wa
     finally:
         for hook in hooks:
             hook.remove()
-    chunk = second["input_ids"].shape[1]
+    chunk, length = second["input_ids"].shape[1], first["input_ids"].shape[1]
+    # it continues from the first turn's original positions, not from its compressed cache's length
+    assert masks["positions"].tolist() == [list(range(length, length + chunk))]
     frames = (second["input_ids"][0] == tiny.VIDEO).nonzero().squeeze(1).view(3, -1)
     for index, both_ways in ((0, True), (1, False)):
         rows = masks[index][0, 0, :, -chunk:]  # the chunk's queries over its own keys

@@ -334,7 +334,8 @@ def noted_grids(
             "encode after tokcompress.patch)"
         )
     counts = held or [len(features) for features in encoded.pooler_output]
-    if len(counts) == len(noted) or len(counts) % len(noted) or len(input_ids) % (len(counts) // len(noted)):
+    repeated = bool(noted) and len(counts) > len(noted) and not len(counts) % len(noted)
+    if not repeated or len(input_ids) % (len(counts) // len(noted)):
         return noted  # as encoded (or not a repetition of it: the placeholder check refuses the call)
     rows, pending = len(counts) // len(noted), iter(counts)
     grids, first = [], 0

@@ -187,9 +187,11 @@ class Engine(StandIns):
             return None
         skip_tokens_already_cached(state, kwargs, self.adapter.llm_token_ids)
         self._local.chunk_blocks = self.adapter.attention_blocks(kwargs)  # where the continuation brings its own
-        if not (layouts is not None and any(layout.num_tokens for layout in layouts)):
-            # Text continues the generation from the last position it saw. HF would count from the (shorter)
-            # cache, and for M-RoPE it may re-derive the earlier video's ids without its grid.
+        brings_video = layouts is not None and any(layout.num_tokens for layout in layouts)
+        if not brings_video or not self.adapter.mrope:
+            # The chunk continues the generation from the last position it saw: HF would count from the (shorter)
+            # cache, and for M-RoPE it may re-derive the earlier video's ids without its grid. A video of its own
+            # in an M-RoPE model takes the ids the model computes from its grid.
             kwargs["position_ids"] = next_positions(state.last_positions, _sequence_length(args, kwargs))
         return args, kwargs
 
