@@ -349,6 +349,20 @@ def noted_grids(
     return grids
 
 
+def units_in_place(
+    features: tuple[torch.Tensor, ...], keep: list[torch.Tensor], totals: list[int]
+) -> tuple[torch.Tensor, ...]:
+    """Per video, the (kept units · tokens, D) features an encoder call on its kept frame units returned, in place
+    among its `totals` units, the dropped ones zeros: an output covering every unit, as `encode_frames` returns."""
+    videos = []
+    for video, units, total in zip(features, keep, totals):
+        kept = video.view(len(units), -1, video.shape[-1])
+        full = kept.new_zeros(total, *kept.shape[1:])
+        full[units.to(kept.device)] = kept
+        videos.append(full.flatten(0, 1))
+    return tuple(videos)
+
+
 def token_runs(ids: torch.Tensor, token_id: int) -> list[tuple[int, int]]:
     """(start, length) of each maximal run of `token_id` in a 1-D id tensor (one host read)."""
     hits = (ids == token_id).nonzero().squeeze(1).cpu()

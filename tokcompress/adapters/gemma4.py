@@ -20,7 +20,7 @@ import torch
 from ..engine import compat
 from ..engine.folding import BATCHED
 from ..ops import attention_received
-from .base import Adapter, applied_to, frame_run_layouts, noted_grids
+from .base import Adapter, applied_to, frame_run_layouts, noted_grids, units_in_place
 
 VISION_TYPES = (1, 2)  # `mm_token_type_ids` of image and video tokens
 
@@ -118,12 +118,7 @@ class Gemma4Adapter(Adapter):
             "num_frames_per_video": torch.tensor([len(frames) for frames in keep]),
         }
         output = encode(**kept)
-        videos = []
-        for features, frames, total in zip(output.pooler_output, keep, counts):
-            full = features.new_zeros(total, len(features) // len(frames), features.shape[-1])
-            full[frames.to(features.device)] = features.view(len(frames), -1, features.shape[-1])
-            videos.append(full.flatten(0, 1))
-        output.pooler_output = tuple(videos)
+        output.pooler_output = units_in_place(output.pooler_output, keep, counts)
         return output
 
     def frame_counts(self, encoder_args):

@@ -19,7 +19,7 @@ import torch
 from ..engine import compat
 from ..engine.folding import BATCHED
 from ..ops import attention_received
-from .base import Adapter, applied_to, frame_run_layouts, noted_grids
+from .base import Adapter, applied_to, frame_run_layouts, noted_grids, units_in_place
 
 VISUAL_TYPE = 1  # `mm_token_type_ids` of the visual tokens and their frames' start and end tokens
 
@@ -95,12 +95,7 @@ class Molmo2Adapter(Adapter):
                 encoder_args["video_grids"]
             ),
         })
-        videos = []
-        for features, frames, (t, h, w) in zip(output.pooler_output, keep, grids):
-            full = features.new_zeros(t, h * w, features.shape[-1])
-            full[frames.to(features.device)] = features.view(len(frames), h * w, -1)
-            videos.append(full.flatten(0, 1))
-        output.pooler_output = tuple(videos)
+        output.pooler_output = units_in_place(output.pooler_output, keep, counts)
         return output
 
     @property

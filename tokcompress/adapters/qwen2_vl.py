@@ -12,7 +12,7 @@ from ..engine.compat import mrope_grid_rows
 from ..engine.folding import PACKED
 from ..layout import VisualLayout
 from ..ops import attention_received, attention_row_sharpness
-from .base import Adapter, Projection, applied_to, rotate, token_runs
+from .base import Adapter, Projection, applied_to, rotate, token_runs, units_in_place
 
 if TYPE_CHECKING:
     from ..engine.encoder import TowerCall
@@ -190,13 +190,7 @@ class Qwen2VLAdapter(Adapter):
 
     def _all_units(self, features: tuple[torch.Tensor, ...], grids, keep) -> tuple[torch.Tensor, ...]:
         """Per video, the features of the kept units in place and zeros for the dropped ones."""
-        videos = []
-        for video, (t, _, _), units in zip(features, grids, keep):
-            kept = video.view(len(units), -1, video.shape[-1])
-            full = kept.new_zeros(t // self.temporal_merge, *kept.shape[1:])
-            full[units] = kept
-            videos.append(full.flatten(0, 1))
-        return tuple(videos)
+        return units_in_place(features, keep, [t // self.temporal_merge for t, _, _ in grids])
 
 
 class SiglipTower:

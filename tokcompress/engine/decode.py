@@ -36,7 +36,7 @@ def start_decode_step(
     else:
         new_columns = torch.ones(batch, length, dtype=torch.long, device=device)
     chunk = None
-    if blocks is not None and length > 1:  # the call's last `length` tokens (tokens it does not type: no block)
+    if blocks is not None:  # the call's last `length` tokens (tokens it does not type: no block)
         chunk = torch.nn.functional.pad(blocks[:, -length:], (length - min(length, blocks.shape[1]), 0), value=-1)
         chunk = chunk.to(device) if bool((chunk >= 0).any()) else None
     for group in state.groups:

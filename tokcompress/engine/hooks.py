@@ -186,13 +186,15 @@ class Engine(StandIns):
         if state is None:
             return None
         skip_tokens_already_cached(state, kwargs, self.adapter.llm_token_ids)
-        self._local.chunk_blocks = self.adapter.attention_blocks(kwargs)  # where the continuation brings its own
+        fed = _sequence_length(args, kwargs)
+        # the vision blocks of a continuation that brings its own (a one-token decoding step brings none)
+        self._local.chunk_blocks = self.adapter.attention_blocks(kwargs) if fed > 1 else None
         brings_video = layouts is not None and any(layout.num_tokens for layout in layouts)
         if not brings_video or not self.adapter.mrope:
             # The chunk continues the generation from the last position it saw: HF would count from the (shorter)
             # cache, and for M-RoPE it may re-derive the earlier video's ids without its grid. A video of its own
             # in an M-RoPE model takes the ids the model computes from its grid.
-            kwargs["position_ids"] = next_positions(state.last_positions, _sequence_length(args, kwargs))
+            kwargs["position_ids"] = next_positions(state.last_positions, fed)
         return args, kwargs
 
     def _on_llm_call(self, module, args, kwargs):
