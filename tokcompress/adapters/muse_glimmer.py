@@ -10,7 +10,6 @@ back at the last layer's output, before the tower moves them out of window order
 from __future__ import annotations
 
 from ..engine import compat
-from .base import noted_grids
 from .qwen2_vl import Qwen2VLAdapter
 
 
@@ -23,19 +22,6 @@ class MuseGlimmerAdapter(Qwen2VLAdapter):
     @property
     def spatial_merge(self):
         return self.config.vision_config.merge_size
-
-    def _video_sizes(self, call_kwargs, input_ids):
-        """As Qwen's; where `generate` encoded the videos up front, their grids as noted on the features (its 1-D
-        positions do not carry them)."""
-        if call_kwargs.get("video_grid_thw") is not None:
-            return super()._video_sizes(call_kwargs, input_ids)
-        grids = noted_grids(call_kwargs, input_ids, self.video_token_id, "Muse Glimmer", "video_grid_thw")
-        return [(t * h * w, (h, w)) for t, h, w in grids]
-
-    def note_encoded(self, output, encoder_args):
-        merge = self.spatial_merge
-        grids = encoder_args["video_grid_thw"].tolist()
-        output[compat.ENCODED_GRIDS] = [(t, h // merge, w // merge) for t, h, w in grids]
 
     def project_queries(self, layer, hidden, cos, sin):
         attention = layer.self_attn  # weightless norms per head; the queries scaled, the scores' 1/√d as usual

@@ -12,7 +12,7 @@ from ..engine.compat import mrope_grid_rows
 from ..engine.folding import PACKED
 from ..layout import VisualLayout
 from ..ops import attention_received, attention_row_sharpness
-from .base import Adapter, Projection, applied_to, rotate, token_runs, units_in_place
+from .base import Adapter, Projection, applied_to, noted_grids, rotate, token_runs, units_in_place
 
 if TYPE_CHECKING:
     from ..engine.encoder import TowerCall
@@ -64,15 +64,24 @@ class Qwen2VLAdapter(Adapter):
 
     def _video_sizes(self, call_kwargs, input_ids) -> list[tuple[int, tuple[int, int] | None]]:
         """Per video, in order of appearance: its tokens and its frame grid, when the call says it. `generate`
-        encodes the videos up front and drops video_grid_thw: the features it hands over still count tokens (and
-        the M-RoPE ids carry the grid)."""
+        encodes the videos up front and drops video_grid_thw: the features it hands over still count tokens, and
+        the M-RoPE ids carry the grid (1-D positions do not: there, the grids as noted on the features)."""
         grid_thw = call_kwargs.get("video_grid_thw")
         if grid_thw is not None:
-            merge, steps = self.spatial_merge, self.temporal_merge
-            return [
-                (t // steps * (h // merge) * (w // merge), (h // merge, w // merge)) for t, h, w in grid_thw.tolist()
-            ]
+            return [(t * h * w, (h, w)) for t, h, w in self.token_grids(grid_thw)]
+        if not self.mrope:
+            grids = noted_grids(call_kwargs, input_ids, self.video_token_id, self.model_type, "video_grid_thw")
+            return [(t * h * w, (h, w)) for t, h, w in grids]
         return [(len(features), None) for features in compat.encoded_video(call_kwargs)]
+
+    def token_grids(self, grid_thw: torch.Tensor) -> list[tuple[int, int, int]]:
+        """Per video of `video_grid_thw`, its (frame units, H, W) grid of LLM tokens."""
+        merge, steps = self.spatial_merge, self.temporal_merge
+        return [(t // steps, h // merge, w // merge) for t, h, w in grid_thw.tolist()]
+
+    def note_encoded(self, output, encoder_args):
+        if not self.mrope:  # see `_video_sizes`
+            output[compat.ENCODED_GRIDS] = self.token_grids(encoder_args["video_grid_thw"])
 
     def frame_signatures(self, encoder_args):
         embedded = self.patch_embeddings(encoder_args["pixel_values_videos"])  # (patches, D)

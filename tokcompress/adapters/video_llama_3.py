@@ -63,7 +63,9 @@ class VideoLlama3Adapter(SiglipTower, Qwen2VLAdapter):
         fix = "pixel_values_videos, video_grid_thw and video_merge_sizes"
         return noted_grids(call_kwargs, input_ids, self.video_token_id, "VideoLLaMA3", fix, held)
 
-    def token_grids(self, grid_thw: torch.Tensor, merge_sizes: torch.Tensor | None) -> list[tuple[int, int, int]]:
+    def token_grids(
+        self, grid_thw: torch.Tensor, merge_sizes: torch.Tensor | None = None
+    ) -> list[tuple[int, int, int]]:
         merges = merge_sizes.tolist() if merge_sizes is not None else [1] * len(grid_thw)
         return [(t, h // m, w // m) for (t, h, w), m in zip(grid_thw.tolist(), merges)]
 
