@@ -25,6 +25,7 @@ import statistics
 from pathlib import Path
 
 import torch
+import transformers
 from tqdm import tqdm
 from transformers import (
     AutoModelForImageTextToText,
@@ -120,7 +121,7 @@ SPECIAL_TOKENS = ("video_token_id", "image_token_id", "vision_start_token_id", "
 MODEL_NAMES = (
     "llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b",
     "internvl3-8b", "glm-4.1v-9b", "videollama3-7b", "qwen2.5-omni-7b", "gemma-4-e4b", "cosmos3-edge",
-    "ernie-4.5-vl-28b-a3b", "molmo2-8b", "muse-glimmer-30b",
+    "ernie-4.5-vl-28b-a3b", "molmo2-8b", "muse-glimmer-30b", "ovis2.5-9b",
     "small", "small-qwen2.5-vl",
 )
 INTERNVL_IMAGE_START, INTERNVL_IMAGE_END = 151665, 151666  # <img>, </img>
@@ -217,6 +218,12 @@ def named_model(name: str, dtype: torch.dtype, device: str):
     elif name == "muse-glimmer-30b":  # transformers' defaults: a 50-layer tower, 52 decoder layers of 6656 (29.8B)
         config = MuseGlimmerConfig()
         cls = MuseGlimmerForConditionalGeneration
+    elif name == "ovis2.5-9b":  # transformers 5.25+: SigLIP2-so400m (27 layers of 1152, 16 px) over Qwen3-8B
+        config = transformers.Ovis2_5Config(text_config=dict(
+            model_type="qwen3", hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+            num_key_value_heads=8, head_dim=128, vocab_size=151936,
+        ))
+        cls = transformers.Ovis2_5ForConditionalGeneration
     elif name == "small":
         config = LlavaOnevisionConfig(
             text_config=dict(model_type="qwen2", hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
@@ -278,6 +285,13 @@ def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
         if config.model_type == "qwen2_5_omni_thinker":  # no token types; 2 frames a unit at 2 fps
             return dict(inputs, video_second_per_grid=torch.tensor([1.0]))
         return dict(inputs, mm_token_type_ids=types)
+    if config.model_type == "ovis2_5":  # video start + every frame's 14×14 tokens (448 px, 16-px patches) + video end
+        pixels, grid = qwen_vl_pixels(frames, 448, 448, patch_size=16, temporal_patch_size=1, siglip_norm=True)
+        t, h, w = grid[0].tolist()
+        video = [config.video_start_token_id, *[config.video_token_id] * (t * h * w // 4), config.video_end_token_id]
+        ids = torch.cat([text[:8], torch.tensor(video), text[8:]])
+        return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                    pixel_values_videos=pixels, video_grid_thw=grid)
     if config.model_type == "ernie4_5_vl_moe":  # video start + frame pairs of 16×16 tokens at 448 px + video end
         pixels, grid = qwen_vl_pixels(frames, 448, 448, patch_size=14, temporal_patch_size=1)
         t, h, w = grid[0].tolist()

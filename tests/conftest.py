@@ -54,7 +54,9 @@ TINY = {
     "cohere_compass": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
     "molmo2": TinyFamily(tokens_per_unit=9, mixed_frame_counts=True),
     "muse_glimmer": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True),
+    "ovis2_5": TinyFamily(tokens_per_unit=16, mixed_frame_counts=True),
 }
+TINY = {family: info for family, info in TINY.items() if family in tiny.TINY_MODELS}  # Ovis2.5: transformers 5.25+
 FAMILIES = tuple(TINY)
 # every registered method but the identity: a new method cannot skip the contract suite
 COMPRESSING = tuple(sorted(set(tokcompress.list_methods()) - {"none"}))

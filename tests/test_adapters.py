@@ -47,12 +47,14 @@ def test_every_supported_model_type_has_a_tiny_family_under_the_contract_suite()
     # Qwen2_5_VLAdapter's parent (same placement), GLM-4.1V's twin (the same modules) and the whole Qwen-Omni
     # models (their thinkers' adapters: tests/test_qwen_omni.py), tested through them
     covered_by_subclass = {"qwen2_vl", "glm46v", "qwen2_5_omni", "qwen3_omni_moe"}
-    assert set(tokcompress.list_models()) - covered_by_subclass == set(FAMILIES)
+    newer = {model_type for model_type in tokcompress.list_models() if not compat.ships(model_type)}  # Ovis2.5 on 5.23
+    assert set(tokcompress.list_models()) - covered_by_subclass - newer == set(FAMILIES)
 
 
 def test_the_layout_is_where_the_model_placed_each_frame(family, clip):
     """Frame unit f's tokens in the layout hold what the model produces for unit f in a video of its own (twice:
-    InternVL reads one frame as an image), cell by cell in raster order; separators come after a video's frames."""
+    InternVL reads one frame as an image), cell by cell, each cell once (in raster order, but for Ovis2.5's window
+    order: tests/test_ovis2_5.py); separators come after a video's frames."""
     model, spec = model_for(family), TINY[family]
     inputs = inputs_for(family, clip, "What is moving?")
     (layout,) = adapter_for(model).visual_layouts(inputs)
@@ -69,7 +71,9 @@ def test_the_layout_is_where_the_model_placed_each_frame(family, clip):
         (alone_layout,) = adapter_for(model).visual_layouts(alone)
         cells = alone_layout.positions[alone_layout.frame == 0]
         in_full = layout.frame == unit
-        assert layout.spatial[in_full].tolist() == list(range(height * width))
+        cells_in_order = layout.spatial[in_full].tolist()
+        assert cells_in_order == list(range(height * width)) or family == "ovis2_5"
+        assert sorted(cells_in_order) == list(range(height * width))
         torch.testing.assert_close(embeddings[layout.positions[in_full]], placed_embeddings(model, alone)[cells])
 
 

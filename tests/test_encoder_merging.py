@@ -374,14 +374,20 @@ def test_vidtldr_leaves_the_later_tower_layers_fewer_tokens_and_expands_the_outp
 
 
 @pytest.mark.parametrize(
-    "family", ["qwen2_5_vl", "qwen3_vl", "glm4v", "video_llama_3", "cosmos3_edge", "muse_glimmer"]
+    "family",
+    [
+        family for family in
+        ("qwen2_5_vl", "qwen3_vl", "glm4v", "video_llama_3", "cosmos3_edge", "muse_glimmer", "ovis2_5")
+        if family in TINY  # Ovis2.5: transformers 5.25+
+    ],
 )
 def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their_places(family, clip, monkeypatch):
     """After layer 0 every temporal patch keeps 48 of its 64 rows: layer 1 gets exactly those rows' rotary rows
     (Cosmos3 Edge's tower has none) and attention segments (Qwen2.5-VL here windowed: 4×4-patch windows that lost
     some rows; Qwen3-VL, GLM: each unit whole) and attends with log(size) on each key (proportional attention, through ours: the stock
     attention takes no bias), and the readout (the merger; GLM's post-norm) reads all 64 rows again, the folded
-    ones repeating their kept token (Muse Glimmer: its last layer's output, before the tower leaves window order)."""
+    ones repeating their kept token (Muse Glimmer: its last layer's output, before the tower leaves window order;
+    Ovis2.5: its last layer's output, which its visual tokenizer reads)."""
     from tokcompress.engine import compat
 
     model = model_for(family)
@@ -406,7 +412,7 @@ def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their
                                                 longest=k.get("max_seqlen")),
                     with_kwargs=True),
                 adapter.tower_readouts()[0].register_forward_pre_hook(lambda m, a: seen.update(merger=a[0]))
-                if adapter.tower_readouts() else blocks[-1].register_forward_hook(  # Muse Glimmer: expanded there
+                if adapter.tower_readouts() else blocks[-1].register_forward_hook(  # Muse, Ovis: expanded there
                     lambda m, a, out: seen.update(merger=out)),
                 *(attention[layer].register_forward_pre_hook(
                     lambda m, a, k, layer=layer: seen.update({f"bias{layer}": k.get(compat.KEY_BIAS)}),

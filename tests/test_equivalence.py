@@ -135,6 +135,7 @@ def assert_logits_of_the_llm_fed_only(model, inputs, kept: list[int], step_logit
         features = torch.cat(features) if isinstance(features, (tuple, list)) else features.flatten(0, 1)
         features = features[inputs.get("video_compression_mask", slice(None))]  # VideoLLaMA3's
         embeds[0, visual] = features + (embeds[0, visual] if model.config.model_type == "molmo2" else 0)  # it adds
+        _ovis_video_boundaries(model, inputs, embeds)
         step_embeds = embeds[:, survivors]
         step_positions = _original_positions(model, inputs)[..., survivors]
         if contiguous:
@@ -257,6 +258,15 @@ def _kept_deepstack(encoded, visual: list[int], kept: list[int], survivors: torc
         "visual_pos_masks": torch.isin(survivors, torch.tensor(kept))[None],
         "deepstack_visual_embeds": [torch.cat(level)[rows] for level in levels],  # each level: per video
     }
+
+
+def _ovis_video_boundaries(model, inputs, embeds: torch.Tensor) -> None:
+    """Ovis2.5 replaces a video's start and end tokens with its visual indicators 2 and 3 (in place)."""
+    if model.config.model_type != "ovis2_5":
+        return
+    indicators = model.model.multi_modal_projector.get_visual_indicator_features(embeds.device)
+    for indicator, token in zip(indicators[2:], (model.config.video_start_token_id, model.config.video_end_token_id)):
+        embeds[inputs["input_ids"] == token] = indicator
 
 
 def _kept_gemma4(model, inputs, survivors: torch.Tensor) -> dict:

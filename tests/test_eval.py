@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from tokcompress import tiny
+from tokcompress.engine import compat
 
 from .conftest import FAMILIES, TINY, inputs_for, model_for
 
@@ -172,6 +173,7 @@ def test_crossovers_come_from_the_measurements_and_the_dispatch_respects_committ
         "llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b",
         "internvl3-8b", "glm-4.1v-9b", "videollama3-7b", "qwen2.5-omni-7b", "gemma-4-e4b", "cosmos3-edge",
         "ernie-4.5-vl-28b-a3b", "molmo2-8b", "muse-glimmer-30b",
+        pytest.param("ovis2.5-9b", marks=pytest.mark.skipif(not compat.ships("ovis2_5"), reason="transformers 5.25+")),
     ],
 )
 def test_the_real_shape_models_build_and_their_prompts_fit_the_adapter(name, clip):

@@ -96,20 +96,23 @@ def frame_batch_inputs(model, frames: torch.Tensor | list[torch.Tensor], questio
 def qwen_vl_inputs(
     frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], size: int = 112, patch_size: int = 14,
     fps: float | None = None, glm: bool = False, temporal_patch_size: int = 2, channels_last: bool = False,
+    siglip_norm: bool = False,
 ) -> dict:
     """Model inputs for one video per prompt (videos may have different frame counts), as the Qwen-VL and GLM-4.1V
     processors lay them out: vision start + all the video's tokens + vision end (Qwen2/2.5-VL); given the `fps`,
     each temporal patch on its own: `<t seconds>` + vision start + its tokens + vision end (Qwen3-VL, Qwen3.5,
     Cosmos3 Edge with one frame a patch and `channels_last` pixels; t: the patch's mean frame time); with `glm`,
     video start, then per temporal patch image start + its tokens + image end + its first frame's whole second,
-    then video end (GLM-4.1V)."""
+    then video end (GLM-4.1V); `siglip_norm`: pixels normalised with mean and std 0.5 (Ovis2.5, whose video start
+    and end the tiny model takes as vision start and end)."""
     frames = [frames] if isinstance(frames, torch.Tensor) else frames
     questions = [questions] * len(frames) if isinstance(questions, str) else questions
     patches, grids, rows = [], [], []
     step = temporal_patch_size
     for clip, question in zip(frames, questions):
         flat, grid = qwen_vl_pixels(
-            clip, size, size, patch_size=patch_size, temporal_patch_size=step, channels_last=channels_last
+            clip, size, size, patch_size=patch_size, temporal_patch_size=step, channels_last=channels_last,
+            siglip_norm=siglip_norm,
         )
         t, h, w = grid[0].tolist()
         patches.append(flat)
@@ -384,6 +387,8 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
         return gemma4_inputs(frames, questions)
     if model.config.model_type == "muse_glimmer":
         return muse_glimmer_inputs(frames, questions)
+    if model.config.model_type == "ovis2_5":  # 16-px patches, one frame a unit, the video's tokens in one run
+        return qwen_vl_inputs(frames, questions, size=128, patch_size=16, temporal_patch_size=1, siglip_norm=True)
     if model.config.model_type == "molmo2":
         return molmo2_inputs(frames, questions, per_video_pooling=compat.MOLMO2_POOLING_PER_VIDEO)
     if model.config.model_type in ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"):

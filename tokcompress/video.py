@@ -114,12 +114,13 @@ def clip_video_pixels(frames: torch.Tensor, image_size: int) -> torch.Tensor:
 
 def qwen_vl_pixels(
     frames: torch.Tensor, height: int, width: int, patch_size: int = 14, temporal_patch_size: int = 2,
-    merge_size: int = 2, channels_last: bool = False, raster: bool = False,
+    merge_size: int = 2, channels_last: bool = False, raster: bool = False, siglip_norm: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Flattened patches and `video_grid_thw` for one Qwen2-VL / Qwen2.5-VL video, in the processor's layout (with
     `channels_last`, Cosmos3 Edge's SigLIP2 layout: each patch's values row-major with channels last, mean and std
     0.5; with `raster`, Muse Glimmer's: patches in raster order, not by merge blocks, each laid out (temporal,
-    channel, row, column), mean and std 0.5).
+    channel, row, column), mean and std 0.5; with `siglip_norm`, Qwen's layout normalised with mean and std 0.5:
+    Ovis2.5's).
 
     height and width must be multiples of patch_size · merge_size; frames are repeated up to a multiple
     of temporal_patch_size, as the processor does.
@@ -127,7 +128,7 @@ def qwen_vl_pixels(
     unit = patch_size * merge_size
     if height % unit or width % unit:
         raise ValueError(f"height and width must be multiples of {unit}, got {height}x{width}")
-    mean, std = (SIGLIP_MEAN, SIGLIP_STD) if channels_last or raster else (CLIP_MEAN, CLIP_STD)
+    mean, std = (SIGLIP_MEAN, SIGLIP_STD) if channels_last or raster or siglip_norm else (CLIP_MEAN, CLIP_STD)
     pixels = resize_normalize(frames, height, width, mean, std)
     remainder = pixels.shape[0] % temporal_patch_size
     if remainder:

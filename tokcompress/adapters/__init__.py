@@ -15,6 +15,7 @@ from .llava_next_video import LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .molmo2 import Molmo2Adapter
 from .muse_glimmer import MuseGlimmerAdapter
+from .ovis2_5 import Ovis2_5Adapter
 from .qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 from .qwen3_5 import Qwen3_5Adapter
 from .qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
@@ -31,7 +32,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
         Glm4vMoeAdapter, SmolVLMAdapter, VideoLlama3Adapter, Qwen2_5OmniThinkerAdapter, Qwen2_5OmniAdapter,
         Qwen3OmniMoeThinkerAdapter, Qwen3OmniMoeAdapter, Gemma4Adapter, Cosmos3EdgeAdapter,
         Ernie4_5_VLAdapter, CohereCompassAdapter, Molmo2Adapter,
-        MuseGlimmerAdapter,
+        MuseGlimmerAdapter, Ovis2_5Adapter,
     )
 }
 

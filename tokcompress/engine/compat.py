@@ -34,8 +34,11 @@ is an edit to this file. Touchpoints, from the floor (5.23) to the newest tested
 - inputs with one entry per token, which a continuation that re-feeds already cached tokens must trim;
 - `generate`'s per-model helpers that an instance attribute can stand in for: `_reorder_cache` (beam search
   reorders the cache), `_expand_inputs_for_generation` (beams / returned sequences copy each sample),
-  `_get_candidate_generator` (only speculative decoding asks for it), and `_prepare_position_ids_for_generation`
-  (the prompt's positions, before the first forward: M-RoPE models run their rope-index pass there).
+  `_get_candidate_generator` (only speculative decoding asks for it), `_prepare_position_ids_for_generation`
+  (the prompt's positions, before the first forward: M-RoPE models run their rope-index pass there), and
+  `prepare_inputs_for_generation` (each step; it gets the whole conversation and feeds the forward the part past
+  the cache - Ovis2.5's with neither a mask nor positions);
+- model families newer than the floor (Ovis2.5: 5.25), by `model_type`.
 
 Not touched, so not here: `rope_deltas` (left the outputs in 5.23) and LLaVA-OneVision's `video_hidden_states`
 (deprecated in 5.24 for `video_outputs.pooler_output`).
@@ -90,6 +93,11 @@ _warned_untested = False
 
 class UntestedTransformersWarning(UserWarning):
     """transformers is newer than the newest release tokcompress was tested with."""
+
+
+def ships(model_type: str) -> bool:
+    """Whether the installed transformers has the model family `model_type` (Ovis2.5: from 5.25)."""
+    return model_type in transformers.models.auto.configuration_auto.CONFIG_MAPPING_NAMES
 
 
 def check_transformers_version(version: str | None = None) -> None:
@@ -239,6 +247,7 @@ REORDER_CACHE = "_reorder_cache"
 EXPAND_INPUTS = "_expand_inputs_for_generation"
 CANDIDATE_GENERATOR = "_get_candidate_generator"
 PROMPT_POSITIONS = "_prepare_position_ids_for_generation"
+PREPARE_INPUTS = "prepare_inputs_for_generation"
 
 
 def inherited(model: Any, name: str):

@@ -55,20 +55,21 @@ def start_decode_step(
 
 
 def skip_tokens_already_cached(
-    state: GenerationState, kwargs: dict[str, Any], token_ids: tuple[str, ...] = ()
+    state: GenerationState, kwargs: dict[str, Any], conversation: int | None, token_ids: tuple[str, ...] = ()
 ) -> None:
     """Trim a continuation (its per-token inputs, the adapter's `token_ids` too) to the tokens the generation has
     not seen yet.
 
     `generate` sizes what it re-feeds from `cache.get_seq_length()`, which is the compressed length, so a
     multi-turn call (the whole conversation plus the cache of the earlier turns) would feed the tail of the
-    earlier turns again. What was seen is told by the 2-D padding mask (it covers the whole conversation)
-    or, where generate dropped an all-ones mask, by the text positions it hands over.
+    earlier turns again. What was seen is told by the 2-D padding mask (it covers the whole conversation),
+    where generate dropped an all-ones mask by the text positions it hands over, and where it hands over neither
+    (Ovis2.5) by the `conversation` length it held for this step (None: not a call of generate's).
     """
     fed = next(kwargs[name].shape[1] for name in ("input_ids", "inputs_embeds") if kwargs.get(name) is not None)
     if fed <= 1:  # a plain decoding step: nothing to trim (and no position to read back from the device)
         return
-    seen = _tokens_already_cached(state, kwargs, fed)
+    seen = _tokens_already_cached(state, kwargs, fed, conversation)
     if not 0 < seen < fed:
         return
     for name in (*compat.PER_TOKEN_INPUTS, *token_ids):
@@ -77,12 +78,14 @@ def skip_tokens_already_cached(
             kwargs[name] = kwargs[name].narrow(sequence_dim, seen, kwargs[name].shape[sequence_dim] - seen)
 
 
-def _tokens_already_cached(state: GenerationState, kwargs: dict[str, Any], fed: int) -> int:
+def _tokens_already_cached(state: GenerationState, kwargs: dict[str, Any], fed: int, conversation: int | None) -> int:
     mask = kwargs.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.ndim == 2:
         return fed - (mask.shape[1] - state.full_length)
     seen = compat.positions_already_seen(state.last_positions, kwargs.get("position_ids"))
-    return 0 if seen is None else seen  # without positions: a hand-written step feeds new tokens only
+    if seen is None and conversation is not None:  # generate fed the conversation's last `fed` tokens
+        seen = fed - (conversation - state.full_length)
+    return 0 if seen is None else seen  # a hand-written step feeds new tokens only
 
 
 def next_positions(last: torch.Tensor, length: int) -> torch.Tensor:

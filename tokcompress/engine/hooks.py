@@ -156,7 +156,8 @@ class Engine(StandIns):
         # set by generate() for the prompt it prepared; a plain forward has one row per sample
         generate_rows = getattr(self._local, "generate_rows", None) if prompt else None
         generate_padding = getattr(self._local, "generate_padding", None) if prompt else None
-        self._local.generate_rows = self._local.generate_padding = None
+        conversation = getattr(self._local, "conversation_length", None)  # set by generate for this step
+        self._local.generate_rows = self._local.generate_padding = self._local.conversation_length = None
         try:
             layouts = self.adapter.visual_layouts(kwargs)
         except ValueError as refusal:  # a prompt no method can read; the identity passes it through all the same
@@ -185,7 +186,7 @@ class Engine(StandIns):
         state = GenerationState.of(cache, self.key)
         if state is None:
             return None
-        skip_tokens_already_cached(state, kwargs, self.adapter.llm_token_ids)
+        skip_tokens_already_cached(state, kwargs, conversation, self.adapter.llm_token_ids)
         fed = _sequence_length(args, kwargs)
         # the vision blocks of a continuation that brings its own (a one-token decoding step brings none)
         self._local.chunk_blocks = self.adapter.attention_blocks(kwargs) if fed > 1 else None

@@ -4,6 +4,8 @@ stock method's signature (generate inspects it to pick the arguments it passes):
 - beam search reorders a generation's state with its cache;
 - sample expansion (beams, returned sequences) is counted, and the prompt's 2-D padding mask noted before generate
   builds 4-D masks for a static cache;
+- each step's inputs: the length of the conversation generate holds is noted (it feeds the part past the cache,
+  which is shorter than what the generation saw);
 - speculative decoding is refused while the method compresses;
 - a family that encodes videos up front (`generate` does, before the prompt's forward) encodes them through the
   engine, so pre- and in-encoder stages run there.
@@ -28,6 +30,7 @@ class StandIns:
             (model, compat.REORDER_CACHE, self._reorder_beams),
             (model, compat.EXPAND_INPUTS, self._expand_samples),
             (model, compat.CANDIDATE_GENERATOR, self._refuse_speculative_decoding),
+            (model, compat.PREPARE_INPUTS, self._prepare_step_inputs),
         ]
         if self.adapter.encoder_side:
             stand_ins.append((multimodal, compat.ENCODE_VIDEOS, self._encode_videos))
@@ -53,6 +56,10 @@ class StandIns:
         input_ids, model_kwargs = compat.call_inherited(self.adapter.model, compat.EXPAND_INPUTS, *args, **kwargs)
         self._local.generate_padding = model_kwargs.get("attention_mask")  # before it builds masks for a static cache
         return input_ids, model_kwargs
+
+    def _prepare_step_inputs(self, input_ids, *args, **kwargs):
+        self._local.conversation_length = input_ids.shape[1]  # for the forward that follows
+        return compat.call_inherited(self.adapter.model, compat.PREPARE_INPUTS, input_ids, *args, **kwargs)
 
     def _refuse_speculative_decoding(self, *args, **kwargs):
         if self.active:

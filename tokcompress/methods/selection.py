@@ -18,8 +18,9 @@ def separators_first(layout: VisualLayout, count: int) -> tuple[torch.Tensor, in
 
 def frame_grids(layout: VisualLayout, method: str) -> list[tuple[int, torch.Tensor]]:
     """(video, grid) per video that has cell tokens: `grid` (frames, tokens per frame) their indices, frame-major
-    in raster order, over the frames that stand (an earlier stage may have dropped whole ones). A ValueError
-    naming the fix where a frame holds only some of its cells: methods that read frames as grids need them whole."""
+    in raster order (whatever order the prompt holds a frame's tokens in: Ovis2.5's window order), over the frames
+    that stand (an earlier stage may have dropped whole ones). A ValueError naming the fix where a frame holds only
+    some of its cells: methods that read frames as grids need them whole."""
     grids = []
     for video, (_, height, width) in enumerate(layout.grids):
         members = ((layout.video == video) & ~layout.is_separator).nonzero().squeeze(1)
@@ -33,7 +34,8 @@ def frame_grids(layout: VisualLayout, method: str) -> list[tuple[int, torch.Tens
                 "frames: framededup, earlytom), or the processor did (VideoLLaMA3's token compression: load its "
                 "processor with use_token_compression=False)"
             )
-        grids.append((video, members.view(frames, height * width)))
+        raster = torch.argsort(layout.frame[members] * (height * width) + layout.spatial[members])
+        grids.append((video, members[raster].view(frames, height * width)))
     return grids
 
 

@@ -9,6 +9,7 @@ one sequence, `common` what both are built from.
 
 from __future__ import annotations
 
+from ..engine import compat
 from ..tiny_inputs import (  # noqa: F401 - the prompts and pixels of these models, here too for `tiny.X` callers
     AUDIO,
     AUDIO_END,
@@ -55,6 +56,7 @@ from .packed import (  # noqa: F401 - public builders
     tiny_glm4v_moe,
     tiny_glm46v,
     tiny_muse_glimmer,
+    tiny_ovis2_5,
     tiny_qwen2_5_omni_thinker,
     tiny_qwen2_5_vl,
     tiny_qwen3_5,
@@ -87,3 +89,5 @@ TINY_MODELS = {
     "molmo2": tiny_molmo2,
     "muse_glimmer": tiny_muse_glimmer,
 }
+if compat.ships("ovis2_5"):  # transformers 5.25+
+    TINY_MODELS["ovis2_5"] = tiny_ovis2_5

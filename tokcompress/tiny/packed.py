@@ -1,9 +1,10 @@
 """Tiny models of the families whose tower packs a video's frame units into one sequence (Qwen-VL's kind):
 Qwen2.5-VL, Qwen3-VL, Qwen3.5, the Qwen Omni thinkers, GLM-4.1V / 4.5V / 4.6V, VideoLLaMA3, Cosmos3 Edge,
-ERNIE-4.5-VL, Cohere's North, Muse Glimmer."""
+ERNIE-4.5-VL, Cohere's North, Muse Glimmer, Ovis2.5."""
 
 from __future__ import annotations
 
+import transformers
 from transformers import (
     CohereCompassConfig,
     CohereCompassForConditionalGeneration,
@@ -254,6 +255,26 @@ def tiny_muse_glimmer(
         out_hidden_size=128, projector_hidden_size=hidden_size, image_token_id=IMAGE, video_token_id=VIDEO,
     )
     return build(MuseGlimmerForConditionalGeneration, config, attn_implementation, seed)
+
+
+def tiny_ovis2_5(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64,
+    tower_layers: tuple[str, ...] = ("window_attention", "full_attention"),
+):
+    """Ovis2.5 (transformers 5.25+) with a packed SigLIP2 tower (16-px patches, one frame a unit, a 4 × 4 learned
+    position grid; layers attending in windows of 2 × 2 blocks of 2 × 2 patches or across the frame, `tower_layers`)
+    whose visual tokenizer maps each block to a 60-word visual vocabulary (4 more: indicators), over a Qwen3
+    decoder. Its video start and end are the byte vocabulary's vision start and end."""
+    config = transformers.Ovis2_5Config(
+        text_config={**text_config(num_layers, hidden_size, head_dim=16), "model_type": "qwen3"},
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=len(tower_layers), num_attention_heads=2,
+            patch_size=16, image_size=64, window_size=64, vocab_size=64, layer_types=list(tower_layers),
+        ),
+        image_token_id=IMAGE, video_token_id=VIDEO, image_start_token_id=VIDEO_START, image_end_token_id=VIDEO_END,
+        video_start_token_id=VISION_START, video_end_token_id=VISION_END,
+    )
+    return build(transformers.Ovis2_5ForConditionalGeneration, config, attn_implementation, seed)
 
 
 def _glm4v(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size, **text_extra):
