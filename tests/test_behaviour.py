@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -9,7 +11,7 @@ import tokcompress
 from tokcompress import tiny
 from tokcompress.adapters import adapter_for
 from tokcompress.layout import VisualLayout
-from tokcompress.methods import DyCoke, FastV, LayerBudget, RandomPrune, UniformSample
+from tokcompress.methods import DyCoke, FastV, LayerBudget, RandomPrune, UniformSample, build_method
 from tokcompress.methods.base import DecodeSample, LayerSample
 
 from .conftest import generate, inputs_for, logits, model_for
@@ -116,3 +118,33 @@ def test_tome_merges_identical_neighbours_first_and_keeps_distinct_tokens():
     assert all(reduction.merge_into[i] >= 0 for i in merged_away)  # folded, not dropped
     tiny_budget = ToMe(ratio=1 / 16).reduce_pre_llm(features.reshape(16, 16), layout, LayerBudget(1 / 16, 16, 4))
     assert tiny_budget.keep.numel() == 1 and bool((tiny_budget.merge_into == 0).all())  # one token stands for all
+
+
+@pytest.mark.parametrize(
+    "name", ["aim", "tome", "tsllava", "holitom", "fastvid", "prunevid", "dycoke", "earlytom"]
+)
+def test_a_methods_choice_follows_each_tokens_cell_not_the_order_a_frame_is_held_in(name):
+    """Ovis2.5's prompt holds each frame's tokens in its tower's window order: a method that reads frames by their
+    cells keeps and folds together the same cells whatever order the frame comes in."""
+    frames, side, dim = 4, 4, 8
+    cells = side * side
+    window = torch.tensor([0, 1, 2, 4, 5, 6, 8, 9, 10, 3, 7, 11, 12, 13, 14, 15])  # 3 × 3 windows: token k, cell
+    # window[k] (2 × 2 ones would keep each cell's column parity: ToMe's and AIM's split could not tell)
+    generator = torch.Generator().manual_seed(0)
+    grid = torch.randn(1, cells, dim, generator=generator) + 0.3 * torch.randn(frames, cells, dim, generator=generator)
+    saliency = torch.rand(frames, cells, generator=generator)
+    raster = VisualLayout.from_videos([0], [(frames, side, side)])
+    held = dataclasses.replace(raster, spatial=window.repeat(frames))
+    cell_of_held = (torch.arange(frames)[:, None] * cells + window).flatten()  # per held token, its cell
+    ratio = 0.1 if name == "tome" else 0.4  # tome: down into one frame, where it splits by cells
+    method, budget = build_method(name, ratio=ratio), LayerBudget(ratio, frames * cells, 4)
+    outcomes = []
+    for layout, order in ((raster, torch.arange(frames * cells)), (held, cell_of_held)):
+        layout = layout.with_saliency(saliency.flatten()[order])
+        reduction = method.reduce_pre_llm(grid.flatten(0, 1)[order], layout, budget)
+        slot = reduction.assignment(len(order))
+        survivor = torch.where(slot >= 0, order[reduction.keep[slot.clamp_min(0)]], -1)  # its survivor's cell
+        outcome = torch.empty_like(survivor)
+        outcome[order] = survivor  # per cell
+        outcomes.append(outcome)
+    assert torch.equal(outcomes[0], outcomes[1])

@@ -203,6 +203,21 @@ def test_speculative_decoding_is_refused_while_compressing(clip, speculation):
             assert torch.equal(generate(model, inputs, **speculation), reference)
 
 
+def test_chunked_prefill_is_refused_while_compressing_and_passes_through_unpatched(family, clip):
+    """A chunk holds part of a prompt's video (or of a conversation already cached): refused, naming the fix; under
+    'none' the stock chunked prefill runs as it does unpatched."""
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    with tokcompress.compress(model, "uniform", ratio=0.3), pytest.raises(ValueError, match="prefill_chunk_size"):
+        generate(model, inputs, prefill_chunk_size=16)
+    try:
+        reference = generate(model, inputs, prefill_chunk_size=4096)  # one chunk (some stock models split no video)
+    except (ValueError, RuntimeError) as stock_refusal:
+        pytest.skip(f"the stock {family} model cannot chunk this prompt: {stock_refusal}")
+    with tokcompress.compress(model, "none"):
+        assert torch.equal(generate(model, inputs, prefill_chunk_size=4096), reference)
+
+
 def test_right_padded_generate_is_refused_and_a_plain_forward_is_not(clip, other_clip):
     model = model_for("llava_onevision")
     batch = inputs_for("llava_onevision", [clip, other_clip], ["What is moving in this video?", "Who?"])

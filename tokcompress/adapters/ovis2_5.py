@@ -1,9 +1,9 @@
 """Ovis2.5 (AIDC-AI; transformers 5.25+): a packed SigLIP2-NaViT tower encodes each frame of a video (16-px
-patches, one frame a unit) with its rows in windows of 2 × 2-patch blocks, as Qwen2.5-VL's does. Its visual
-tokenizer reads the last layer's rows as they stand - still in window order - and turns each 2 × 2 block into a
-probability over a visual vocabulary, embedded by a table; so the prompt holds a frame's tokens in window order,
-between the video's start and end (both replaced by learned indicator embeddings). A Qwen3 decoder with 1-D
-positions reads them.
+patches, one frame a unit) with its rows in windows of 2 × 2-patch blocks (3 × 3 blocks a window at its default
+`window_size`), as Qwen2.5-VL's does. Its visual tokenizer reads the last layer's rows as they stand - still in
+window order - and turns each block into a probability over a visual vocabulary, embedded by a table; so the
+prompt holds a frame's tokens in window order, between the video's start and end (both replaced by learned
+indicator embeddings). A Qwen3 decoder with 1-D positions reads them.
 
 Where it departs from the stock forward: none beyond the engine's rules. The layout gives each token the raster
 cell of its block, so that methods reading frames as grids see real neighbours; a fold inside the tower expands

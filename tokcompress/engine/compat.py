@@ -37,7 +37,8 @@ is an edit to this file. Touchpoints, from the floor (5.23) to the newest tested
   `_get_candidate_generator` (only speculative decoding asks for it), `_prepare_position_ids_for_generation`
   (the prompt's positions, before the first forward: M-RoPE models run their rope-index pass there), and
   `prepare_inputs_for_generation` (each step; it gets the whole conversation and feeds the forward the part past
-  the cache - Ovis2.5's with neither a mask nor positions);
+  the cache - Ovis2.5's with neither a mask nor positions - with a `next_sequence_length`, except for the chunks of a
+  chunked prefill, `prefill_chunk_size`, which it gets one by one without);
 - model families newer than the floor (Ovis2.5: 5.25), by `model_type`.
 
 Not touched, so not here: `rope_deltas` (left the outputs in 5.23) and LLaVA-OneVision's `video_hidden_states`
@@ -248,6 +249,11 @@ EXPAND_INPUTS = "_expand_inputs_for_generation"
 CANDIDATE_GENERATOR = "_get_candidate_generator"
 PROMPT_POSITIONS = "_prepare_position_ids_for_generation"
 PREPARE_INPUTS = "prepare_inputs_for_generation"
+
+
+def is_prefill_chunk(prepare_kwargs: dict[str, Any]) -> bool:
+    """Whether generate calls `prepare_inputs_for_generation` (these keywords) for one chunk of a chunked prefill."""
+    return "next_sequence_length" not in prepare_kwargs
 
 
 def inherited(model: Any, name: str):

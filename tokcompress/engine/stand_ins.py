@@ -6,7 +6,7 @@ stock method's signature (generate inspects it to pick the arguments it passes):
   builds 4-D masks for a static cache;
 - each step's inputs: the length of the conversation generate holds is noted (it feeds the part past the cache,
   which is shorter than what the generation saw);
-- speculative decoding is refused while the method compresses;
+- speculative decoding and chunked prefill are refused while the method compresses;
 - a family that encodes videos up front (`generate` does, before the prompt's forward) encodes them through the
   engine, so pre- and in-encoder stages run there.
 """
@@ -58,6 +58,13 @@ class StandIns:
         return input_ids, model_kwargs
 
     def _prepare_step_inputs(self, input_ids, *args, **kwargs):
+        if compat.is_prefill_chunk(kwargs) and self.active:
+            self._local.generate_rows = self._local.generate_padding = None  # no prompt follows
+            raise ValueError(
+                f"chunked prefill (prefill_chunk_size) is not supported with {self.method.name} at ratio "
+                f"{self.method.ratio:g}: the method reads a prompt's videos whole, and a chunk holds part of one (or "
+                "of the conversation already cached); generate without it - compressing already shrinks the prefill"
+            )
         self._local.conversation_length = input_ids.shape[1]  # for the forward that follows
         return compat.call_inherited(self.adapter.model, compat.PREPARE_INPUTS, input_ids, *args, **kwargs)
 

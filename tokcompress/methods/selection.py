@@ -34,8 +34,7 @@ def frame_grids(layout: VisualLayout, method: str) -> list[tuple[int, torch.Tens
                 "frames: framededup, earlytom), or the processor did (VideoLLaMA3's token compression: load its "
                 "processor with use_token_compression=False)"
             )
-        raster = torch.argsort(layout.frame[members] * (height * width) + layout.spatial[members])
-        grids.append((video, members[raster].view(frames, height * width)))
+        grids.append((video, layout.raster_order(members).view(frames, height * width)))
     return grids
 
 

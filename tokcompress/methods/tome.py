@@ -186,7 +186,9 @@ def _split(layout: VisualLayout, alive: torch.Tensor, level: int, window: int) -
         rank = frame_index - first_of_video  # of each token's frame among the surviving frames of its video
         return video * (layout.frame.numel() + 1) + rank // window, rank % 2 == 0
     window_id = video if level == _SPATIAL else torch.zeros_like(video)
-    rank = torch.arange(alive.numel(), device=alive.device) - torch.searchsorted(window_id, window_id)
+    raster = torch.argsort(window_id * (1 << 40) + frame * (1 << 20) + layout.spatial[alive])  # of each window
+    rank = torch.empty_like(raster)  # in raster order, whatever order the prompt holds a frame's tokens in
+    rank[raster] = torch.arange(alive.numel(), device=alive.device) - torch.searchsorted(window_id, window_id)
     return window_id, rank % 2 == 0
 
 
