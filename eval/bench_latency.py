@@ -35,6 +35,8 @@ from transformers import (
     Ernie4_5_VLMoeForConditionalGeneration,
     Gemma4Config,
     Gemma4ForConditionalGeneration,
+    Gemma4UnifiedConfig,
+    Gemma4UnifiedForConditionalGeneration,
     Glm4vConfig,
     Glm4vForConditionalGeneration,
     InternVLConfig,
@@ -121,7 +123,7 @@ SPECIAL_TOKENS = ("video_token_id", "image_token_id", "vision_start_token_id", "
 MODEL_NAMES = (
     "llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b",
     "internvl3-8b", "glm-4.1v-9b", "videollama3-7b", "qwen2.5-omni-7b", "gemma-4-e4b", "cosmos3-edge",
-    "ernie-4.5-vl-28b-a3b", "molmo2-8b", "muse-glimmer-30b", "ovis2.5-9b",
+    "ernie-4.5-vl-28b-a3b", "molmo2-8b", "muse-glimmer-30b", "ovis2.5-9b", "gemma-4-unified",
     "small", "small-qwen2.5-vl",
 )
 INTERNVL_IMAGE_START, INTERNVL_IMAGE_END = 151665, 151666  # <img>, </img>
@@ -215,6 +217,9 @@ def named_model(name: str, dtype: torch.dtype, device: str):
     elif name == "molmo2-8b":  # transformers' defaults: a 25-layer SigLIP (378 px) read at layers 24 and 18, Qwen3-8B
         config = Molmo2Config(adapter_config={"text_hidden_size": 4096})
         cls = Molmo2ForConditionalGeneration
+    elif name == "gemma-4-unified":  # transformers' defaults: no vision tower, 30 layers of 2304 (5 sliding : 1 global)
+        config = Gemma4UnifiedConfig()
+        cls = Gemma4UnifiedForConditionalGeneration
     elif name == "muse-glimmer-30b":  # transformers' defaults: a 50-layer tower, 52 decoder layers of 6656 (29.8B)
         config = MuseGlimmerConfig()
         cls = MuseGlimmerForConditionalGeneration
@@ -310,8 +315,10 @@ def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
         ids = torch.cat([text[:8], *(torch.cat([text[:6], frame]) for _ in range(t)), text[8:]])
         return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                     pixel_values_videos=pixels, video_grid_thw=grid, video_merge_sizes=torch.tensor([2]))
-    if config.model_type == "gemma4":  # each frame `MM:SS <boi>` (5 tokens) + 8×8 tokens (384 px, 3×3 pooled) + `<eoi>`
-        pixels, positions = gemma4_pixels(frames, 384, 384, max_patches=630)  # its processor's 70-token budget
+    if config.model_type in ("gemma4", "gemma4_unified"):  # each frame `MM:SS <boi>` (5 tokens) + 8×8 tokens + `<eoi>`
+        # 384 px, its processor's 70-token budget: 16-px patches 3 × 3 pooled, or (Unified) 48-px patches, one a token
+        unified = config.model_type == "gemma4_unified"
+        pixels, positions = gemma4_pixels(frames, 384, 384, *((70, 48) if unified else (630,)))
         frame = torch.tensor([config.boi_token_id, *[config.video_token_id] * 64, config.eoi_token_id])
         ids = torch.cat([text[:8], *(torch.cat([text[:5], frame]) for _ in range(len(frames))), text[8:]])
         types = (ids == config.video_token_id).long()[None] * 2

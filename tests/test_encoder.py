@@ -32,6 +32,8 @@ def count_tower_units(model, family):
         first, per_unit = adapter.tower_layers()[0][0], 64 * adapter.temporal_merge
     elif adapter.tower_frames == BATCHED:  # a batch of frames
         first, per_unit = adapter.tower_layers()[0][0], 1
+    elif not adapter.has_tower:  # the frames' patches, embedded without a tower (Gemma 4 Unified)
+        first, per_unit = adapter.vision_tower, 1
     else:  # a batch of frames among the prompt's images (InternVL, SmolVLM)
         encoder = adapter.vision_tower.encoder
         first, per_unit = (encoder.layers if hasattr(encoder, "layers") else encoder.layer)[0], 1

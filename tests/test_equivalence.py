@@ -152,7 +152,7 @@ def assert_logits_of_the_llm_fed_only(model, inputs, kept: list[int], step_logit
             past = output_cache(lm)
             ideal = _logits(model, lm.last_hidden_state[:, -1])
             torch.testing.assert_close(logits_now, ideal, rtol=1e-4, atol=1e-5)
-            step_embeds = model.model.get_input_embeddings()(ideal.argmax(-1))[:, None]
+            step_embeds = _embedded(model, ideal.argmax(-1))[:, None]
             step_positions = step_positions[..., -1:] + 1
 
 
@@ -161,8 +161,8 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
     """FastV dropping tokens before `layer`: layers before it see every token, layers from it on only the kept
     ones, in the prefill and at every decoding step - each layer's KV cache, recurrent state (Qwen3.5's
     linear attention) and DeepStack additions (Qwen3-VL) being those of the tokens it saw."""
-    if family == "gemma4":
-        pytest.skip("per-type rotary tables, per-layer inputs and shared KV: tests/test_gemma4.py runs its layers")
+    if family in ("gemma4", "gemma4_unified"):
+        pytest.skip(f"per-type rotary tables and shared KV: tests/test_{family}.py runs its layers")
     # sliding windows as wide as the prompt: this reference attends causally over every token it keeps
     wide = {"cohere_compass": tiny.tiny_cohere_compass, "muse_glimmer": tiny.tiny_muse_glimmer}
     model = wide[family](sliding_window=4096) if family in wide else model_for(family)
@@ -260,6 +260,16 @@ def _kept_deepstack(encoded, visual: list[int], kept: list[int], survivors: torc
     }
 
 
+def _embedded(model, ids: torch.Tensor) -> torch.Tensor:
+    """The input embeddings the model gives these ids: Gemma 4's models embed a generated placeholder id (an image,
+    video or audio token of the random weights' choosing) as padding."""
+    if model.config.model_type in ("gemma4", "gemma4_unified"):
+        config = model.config
+        placeholders = torch.tensor([config.image_token_id, config.video_token_id, config.audio_token_id])
+        ids = torch.where(torch.isin(ids, placeholders), config.get_text_config().pad_token_id, ids)
+    return model.model.get_input_embeddings()(ids)
+
+
 def _ovis_video_boundaries(model, inputs, embeds: torch.Tensor) -> None:
     """Ovis2.5 replaces a video's start and end tokens with its visual indicators 2 and 3 (in place)."""
     if model.config.model_type != "ovis2_5":
@@ -271,9 +281,11 @@ def _ovis_video_boundaries(model, inputs, embeds: torch.Tensor) -> None:
 
 def _kept_gemma4(model, inputs, survivors: torch.Tensor) -> dict:
     """Gemma 4's per-layer inputs of the kept tokens (their ids, visual ones as padding, as its model looks them up)
-    and its own masks over them (a vision block per frame, both ways inside sliding layers)."""
-    if model.config.model_type != "gemma4":
+    and its own masks over them (a vision block per frame, both ways inside sliding layers; Gemma 4 Unified's
+    forward: in every layer, and no per-layer inputs)."""
+    if model.config.model_type not in ("gemma4", "gemma4_unified"):
         return {}
+    from transformers.masking_utils import create_masks_for_generate
     from transformers.models.gemma4.modeling_gemma4 import (
         create_masks_for_vision_model,
         get_block_sequence_ids_for_mask,
@@ -283,6 +295,9 @@ def _kept_gemma4(model, inputs, survivors: torch.Tensor) -> dict:
     ids = inputs["input_ids"].masked_fill(inputs["input_ids"] == tiny.VIDEO, language_model.config.pad_token_id)
     embeds = language_model.embed_tokens(ids[:, survivors])
     blocks = get_block_sequence_ids_for_mask(inputs["mm_token_type_ids"][:, survivors], embeds.device)
+    if model.config.model_type == "gemma4_unified":
+        return {"attention_mask": create_masks_for_generate(language_model.config, embeds, None, None, None,
+                                                            block_sequence_ids=blocks)}
     masks = create_masks_for_vision_model(language_model.config, embeds, None, None, None, blocks)
     return {"per_layer_inputs": language_model.get_per_layer_inputs(ids[:, survivors]), "attention_mask": masks}
 

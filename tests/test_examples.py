@@ -316,3 +316,17 @@ def test_a_method_that_refuses_the_prompt_is_named_with_its_reason(monkeypatch, 
                     ["run", *common, "--method", "vidtldr@encoder+visionzip"]):
         assert cli.main(command) == 2
         assert "vidtldr@encoder+visionzip: " in capsys.readouterr().err
+
+
+def test_the_demo_of_every_method_shows_those_a_model_refuses_and_runs_the_others(monkeypatch, capsys):
+    """Gemma 4 Unified has no vision tower: `demo` (every method) marks the methods that read one as refused, with
+    the reason, and runs the rest."""
+    from tokcompress import cli
+
+    monkeypatch.setattr(tokcompress, "list_methods", lambda: ["none", "visionzip", "tome"])
+    common = ["--tiny", "gemma4_unified", "--frames", "4", "--max-new-tokens", "2", "--repeats", "1"]
+    assert cli.main(["demo", *common]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith(("none ", "visionzip ", "tome "))][:3]  # the table
+    assert "->" in rows[0] and "refused (below)" in rows[1] and "->" in rows[2]
+    assert "visionzip refused this model - " in out and "no vision tower" in out

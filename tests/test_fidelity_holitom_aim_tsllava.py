@@ -17,7 +17,7 @@ from tokcompress.methods.base import LayerSample
 from tokcompress.methods.holitom import holistic_windows
 from tokcompress.ops import attention_pagerank
 
-from .conftest import TINY, generate, inputs_for, model_for
+from .conftest import TINY, TOWERED, generate, inputs_for, model_for
 from .test_fidelity import destinations, features
 
 # ---------------------------------------------------------------------------------------------- HoliTom
@@ -82,6 +82,7 @@ def test_holitom_raises_tau_rather_than_end_below_the_budget():
         assert len(method.reduce_pre_llm(tokens, layout, LayerBudget(ratio, 36, 4)).keep) == kept
 
 
+@pytest.mark.parametrize("family", TOWERED)
 def test_holitom_identical_frames_collapse_to_one_token_per_cell(family, clip):
     model = model_for(family)
     inputs = inputs_for(family, clip[:1].expand(8, -1, -1, -1).contiguous(), "What is in the picture?")

@@ -1,4 +1,5 @@
-"""Gemma 4: in-LLM pruning against its layers run by hand, its KV sharing, vision blocks and frame grids."""
+"""Gemma 4: in-LLM pruning against its layers run by hand (Gemma 4 Unified's decoder too), its KV sharing, vision
+blocks and frame grids."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import weakref
 
 import pytest
 import torch
+from transformers.masking_utils import create_masks_for_generate
 from transformers.models.gemma4.modeling_gemma4 import create_masks_for_vision_model, get_block_sequence_ids_for_mask
 
 import tokcompress
@@ -20,16 +22,21 @@ from .conftest import COMPRESSING, generate, logits, model_for, video_encoder_in
 
 
 def _masks(language_model, embeds, types):
+    """A Gemma 4 decoder's masks per layer type: vision blocks attending both ways in sliding layers (Gemma 4), or in
+    every layer (Gemma 4 Unified's forward)."""
     blocks = get_block_sequence_ids_for_mask(types, embeds.device)
+    if language_model.config.model_type == "gemma4_unified_text":
+        return create_masks_for_generate(language_model.config, embeds, None, None, None, block_sequence_ids=blocks)
     return create_masks_for_vision_model(language_model.config, embeds, None, None, None, blocks)
 
 
+@pytest.mark.parametrize("family", ["gemma4", "gemma4_unified"])
 @pytest.mark.parametrize(("layer", "ratio"), [(1, 0.7), (2, 0.7), (4, 0.9)])  # 4: the first that stores KV
-def test_in_llm_pruning_matches_the_layers_run_by_hand_on_what_each_keeps(clip, layer, ratio):
+def test_in_llm_pruning_matches_the_layers_run_by_hand_on_what_each_keeps(family, clip, layer, ratio):
     """FastV dropping tokens before `layer`: the layers before it see every token, those from it on - and the
     layers sharing the KV of the last ones that store it - only the kept ones, each with its layer type's rotary
-    table, its per-layer input and its mask (a window and vision blocks in sliding layers)."""
-    model = model_for("gemma4")
+    table, its per-layer input (Gemma 4; Unified has none) and its mask (a window in sliding layers, vision blocks)."""
+    model = model_for(family)
     inputs = tiny.video_inputs(model, clip, "What is moving?")
     with tokcompress.compress(model, "fastv", ratio=ratio, layer=layer) as handle:
         patched = logits(model, inputs)[:, -1]
@@ -47,18 +54,20 @@ def test_in_llm_pruning_matches_the_layers_run_by_hand_on_what_each_keeps(clip, 
     config = language_model.config
     with torch.no_grad():
         hidden, positions = call["inputs_embeds"], torch.arange(is_visual.numel())[None]
-        per_layer = language_model.project_per_layer_inputs(hidden, call["per_layer_inputs"])
+        per_layer = call.get("per_layer_inputs")
+        per_layer = None if per_layer is None else language_model.project_per_layer_inputs(hidden, per_layer)
         masks = _masks(language_model, hidden, inputs["mm_token_type_ids"])
         shared = {}
         for index, decoder_layer in enumerate(language_model.layers):
             if index == layer:
-                hidden, positions, per_layer = hidden[:, survivors], positions[:, survivors], per_layer[:, survivors]
+                hidden, positions = hidden[:, survivors], positions[:, survivors]
+                per_layer = None if per_layer is None else per_layer[:, survivors]
                 masks = _masks(language_model, hidden, inputs["mm_token_type_ids"][:, survivors])
             kind = config.layer_types[index]
             rotary = language_model.rotary_emb(hidden, positions, kind)
             hidden = decoder_layer(
-                hidden, per_layer[:, :, index], shared_kv_states=shared, position_embeddings=rotary,
-                attention_mask=masks[kind], position_ids=positions,
+                hidden, *([] if per_layer is None else [per_layer[:, :, index]]), shared_kv_states=shared,
+                position_embeddings=rotary, attention_mask=masks[kind], position_ids=positions,
             )
         expected = model.lm_head(language_model.norm(hidden[:, -1]))
     torch.testing.assert_close(patched, expected, rtol=1e-4, atol=1e-5)

@@ -18,7 +18,7 @@ from tokcompress.methods import FastVID, LayerBudget, VisionZip
 from tokcompress.methods.fastvid import dynamic_segments
 from tokcompress.ops import attention_received, density_peak_clusters
 
-from .conftest import TINY, inputs_for, logits, model_for
+from .conftest import TINY, TOWERED, inputs_for, logits, model_for
 from .test_adapters import internvl_images_and_a_video
 
 RECORDING = "tokcompress_test_recording"
@@ -47,6 +47,7 @@ def test_attention_received_is_the_mean_or_first_row_of_the_attention_matrix():
     torch.testing.assert_close(attention_received(queries, keys, from_first=True), probabilities[:, :, 0].mean(dim=1))
 
 
+@pytest.mark.parametrize("family", TOWERED)
 def test_the_tower_attention_a_method_reads_is_the_one_the_tower_computed(family, clip):
     """From one recorded call of the layer's attention: the same head-mean attention the tower's own attention
     function computed (the CLS row on CLIP-like towers, the mean over queries elsewhere)."""
@@ -103,6 +104,7 @@ def test_internvl_scores_the_frames_among_the_prompts_images(clip):
     torch.testing.assert_close(mixed.saliency, saliency_of("internvl", clip[3:6]).saliency)
 
 
+@pytest.mark.parametrize("family", TOWERED)
 def test_each_tokens_tower_attention_is_its_frames_own(family, clip):
     """A frame unit's tokens get the scores its own encoding gives, wherever it sits in the clip: the scores
     follow their units and cells through pooling, windows (Qwen2.5-VL) and the prompt's images (InternVL)."""
@@ -114,6 +116,7 @@ def test_each_tokens_tower_attention_is_its_frames_own(family, clip):
         torch.testing.assert_close(full.saliency[full.frame == unit], alone.saliency[alone.frame == 0])
 
 
+@pytest.mark.parametrize("family", TOWERED)
 def test_visionzip_keeps_the_tokens_the_tower_attends_to_most(family, clip):
     """The engine hands VisionZip each token's tower attention, pooled to the LLM's tokens: in every frame the
     dominant tokens it keeps are that frame's most attended ones."""

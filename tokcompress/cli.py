@@ -91,11 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     _add_common(demo, clip_flag="--clip")
     demo.add_argument("--ratio", type=ratio, default=0.3, help="retained fraction every method is asked for")
-    every = ",".join(["none", *(m for m in tokcompress.list_methods() if m != "none")])
-    demo.add_argument("--methods", default=every,
-                      help="comma-separated (default: every registered method; `none`, the baseline, always runs "
-                           "first); a composition: framededup+fastv; a method with knobs: fastv:layer=2 (one method "
-                           "twice to compare its settings: fastv:layer=1,fastv:layer=2)")
+    demo.add_argument("--methods", default=None,
+                      help="comma-separated (default: every registered method that works on the model; `none`, the "
+                           "baseline, always runs first); a composition: framededup+fastv; a method with knobs: "
+                           "fastv:layer=2 (one method twice to compare its settings: fastv:layer=1,fastv:layer=2)")
     demo.add_argument("--max-new-tokens", type=positive, default=12, help="tokens generated per method")
     demo.add_argument("--repeats", type=positive, default=3, help="timed runs per method after a warm-up (median)")
     run = commands.add_parser(
@@ -137,7 +136,8 @@ def _add_common(command: argparse.ArgumentParser, clip_flag: str) -> None:
 
 
 def run_demo(args: argparse.Namespace) -> None:
-    specs = [_spec(text.strip(), args.ratio) for text in args.methods.split(",")]  # all checked before any work
+    every = ",".join(["none", *(m for m in tokcompress.list_methods() if m != "none")])
+    specs = [_spec(text.strip(), args.ratio) for text in (args.methods or every).split(",")]  # checked before work
     specs = [("none", "none", {}), *(spec for spec in specs if spec[0] != "none")]  # first: the speed-ups' baseline
     model, inputs, decode, path = load(args)
     print(f"clip: {path} ({args.frames} frames), question: {args.question!r}, ratio {args.ratio}\n")
@@ -150,7 +150,13 @@ def run_demo(args: argparse.Namespace) -> None:
                 stats = handle.stats
                 out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
         except PromptRefused as error:  # e.g. frames a processor thinned: say why, run the others
-            refused[label] = str(error)
+            refused[label] = f"{label} refused this prompt: {error}"
+            rows.append((label, "refused (below)", *[""] * 8))
+            continue
+        except CommandError as error:  # the method cannot work on this model (a tower it lacks): a usage error
+            if args.methods is not None:  # where asked for by name; of every method, say why and run the others
+                raise
+            refused[label] = f"{label} refused this model - {error}"
             rows.append((label, "refused (below)", *[""] * 8))
             continue
         baseline = prefill if name == "none" else baseline
@@ -168,8 +174,8 @@ def run_demo(args: argparse.Namespace) -> None:
           "tower: the share of the vision tower's layers' rows computed (frames or tokens folded inside it skip "
           "its later layers); speed-up: against `none`; "
           "vs ideal: measured / ideal (1.00x = no overhead)")
-    for name, reason in refused.items():
-        print(f"\n{name} refused this prompt: {reason}")
+    for reason in refused.values():
+        print(f"\n{reason}")
     if widest > UNSTEADY:
         print(f"\nwarning: a method's prefill runs differed by {widest:.0%} of their median - the machine is busy, so "
               "compare these timings with care (or raise --repeats)")

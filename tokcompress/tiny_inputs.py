@@ -300,17 +300,21 @@ def omni_audio_tokens(mel_frames: int, qwen3: bool) -> int:
 def gemma4_inputs(
     frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], fps: float = 2.0,
     sizes: list[tuple[int, int]] | None = None, max_patches: int = 48, audio_frames: int | None = None,
+    unified: bool = False,
 ) -> dict:
     """Model inputs for one video per prompt as Gemma 4's processor lays them out: per frame `MM:SS <boi>` + its
     tokens + `<eoi>`, frames joined by spaces; 16-px patches ((x, y) positions), 2 × 2 of them a token (96-px
     frames: 3 × 3 tokens, or each video's (height, width) in `sizes`), every frame padded to `max_patches`. With
-    `audio_frames` (a multiple of 4), a random track of that many mel frames after each video: `<boa>` + a token per
-    4 frames + `<eoa>` (for `tiny_gemma4(audio=True)`)."""
+    `unified`, Gemma 4 Unified's: the 2 × 2 patches merged into one 32-px patch a token, with its (x, y), every frame
+    padded to `max_patches` / 4. With `audio_frames` (a multiple of 4), a random track of that many mel frames after
+    each video: `<boa>` + a token per 4 frames + `<eoa>` (for `tiny_gemma4(audio=True)`)."""
     frames = [frames] if isinstance(frames, torch.Tensor) else frames
     questions = [questions] * len(frames) if isinstance(questions, str) else questions
     pixels, positions, counts, rows = [], [], [], []
     for clip, question, (height, width) in zip(frames, questions, sizes or [(96, 96)] * len(frames)):
-        patches, xy = gemma4_pixels(clip, height, width, max_patches)
+        patches, xy = gemma4_pixels(clip, height, width, max_patches // 4, 32) if unified else gemma4_pixels(
+            clip, height, width, max_patches
+        )
         pixels.append(patches)
         positions.append(xy)
         t = len(clip)
@@ -383,8 +387,8 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
         return qwen_vl_inputs(frames, questions, fps=2.0, glm=True)
     if model.config.model_type == "video_llama_3":
         return video_llama_3_inputs(frames, questions)
-    if model.config.model_type == "gemma4":
-        return gemma4_inputs(frames, questions)
+    if model.config.model_type in ("gemma4", "gemma4_unified"):
+        return gemma4_inputs(frames, questions, unified=model.config.model_type == "gemma4_unified")
     if model.config.model_type == "muse_glimmer":
         return muse_glimmer_inputs(frames, questions)
     if model.config.model_type == "ovis2_5":  # 16-px patches, one frame a unit, the video's tokens in one run

@@ -9,6 +9,7 @@ from .cohere_compass import CohereCompassAdapter
 from .cosmos3_edge import Cosmos3EdgeAdapter
 from .ernie4_5_vl import Ernie4_5_VLAdapter
 from .gemma4 import Gemma4Adapter
+from .gemma4_unified import Gemma4UnifiedAdapter
 from .glm4v import Glm4vAdapter, Glm4vMoeAdapter, Glm46VAdapter
 from .internvl import InternVLAdapter
 from .llava_next_video import LlavaNextVideoAdapter
@@ -32,7 +33,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
         Glm4vMoeAdapter, SmolVLMAdapter, VideoLlama3Adapter, Qwen2_5OmniThinkerAdapter, Qwen2_5OmniAdapter,
         Qwen3OmniMoeThinkerAdapter, Qwen3OmniMoeAdapter, Gemma4Adapter, Cosmos3EdgeAdapter,
         Ernie4_5_VLAdapter, CohereCompassAdapter, Molmo2Adapter,
-        MuseGlimmerAdapter, Ovis2_5Adapter,
+        MuseGlimmerAdapter, Ovis2_5Adapter, Gemma4UnifiedAdapter,
     )
 }
 

@@ -42,6 +42,7 @@ class Adapter:
     packed_vision_attention: ClassVar[bool] = False  # whether the tower's attention takes packed windows (cu_seqlens)
     encoder_side: ClassVar[bool] = True  # whether a pre-encoder method can keep frames from the tower (not InternVL)
     tower_has_cls: ClassVar[bool] = False  # whether tower tokens start with a CLS token (VisionZip reads its row)
+    has_tower: ClassVar[bool] = True  # False: encoder-free, patches projected straight into the LLM (Gemma 4 Unified)
     # How the tower holds a video's frames, where an in-encoder method can fold them: BATCHED (one image per batch
     # row: the LLaVA families), PACKED (frame units back to back in one packed sequence, attention inside each:
     # Qwen-VL), None (it cannot fold them: InternVL encodes before the prompt is read).
@@ -59,8 +60,9 @@ class Adapter:
         self.language_model = next(getattr(multimodal, name) for name in ("language_model", "text_model")
                                    if hasattr(multimodal, name))  # SmolVLM: text_model
         self.layers = self.language_model.layers
-        # Video-LLaVA has a tower for videos beside its image tower; the others one tower for both
-        towers = ("video_tower", "vision_tower", "visual", "vision_model")
+        # Video-LLaVA has a tower for videos beside its image tower; the others one tower for both; an encoder-free
+        # model its patch embedder (Gemma 4 Unified)
+        towers = ("video_tower", "vision_tower", "visual", "vision_model", "embed_vision")
         self.vision_tower = next(getattr(multimodal, name) for name in towers if hasattr(multimodal, name))
         self.spec = ModelSpec(self.model_type, self.reducible_layers, self.mrope)
 

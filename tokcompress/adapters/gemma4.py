@@ -25,20 +25,20 @@ from .base import Adapter, applied_to, frame_run_layouts, noted_grids, units_in_
 VISION_TYPES = (1, 2)  # `mm_token_type_ids` of image and video tokens
 
 
-class Gemma4Adapter(Adapter):
-    model_type = "gemma4"
+class Gemma4Decoder(Adapter):
+    """What Gemma 4 and Gemma 4 Unified share: the decoder, the prompt's frames, and frames dropped before they are
+    encoded (`video_position_ids`: each patch's (x, y), -1 padding at each frame's end)."""
+
     bidirectional_layer_types = (compat.SLIDING_LAYER,)  # global layers stay causal (HF's rule for Gemma 4)
     llm_token_inputs = ("per_layer_inputs",)
-    tower_frames = BATCHED
-    tower_row_kwargs = ("position_embeddings", "position_ids")
-    tower_row_outputs = ("hidden_states", "attentions")  # its last_hidden_state is read out: pooled, standardised
+    patches_per_token_side: int = 1  # the side of the square of position-id patches a token pools
 
     def __init__(self, model):
         super().__init__(model)
         if self.language_model.config.use_bidirectional_attention == "all":
             raise ValueError(
-                "gemma4 with use_bidirectional_attention='all' attends to every token both ways (an encoder): "
-                "tokcompress compresses decoders, whose last token reads the prompt"
+                f"{self.model_type} with use_bidirectional_attention='all' attends to every token both ways (an "
+                "encoder): tokcompress compresses decoders, whose last token reads the prompt"
             )
 
     @functools.cached_property
@@ -78,13 +78,12 @@ class Gemma4Adapter(Adapter):
         if call_kwargs.get("video_position_ids") is not None:
             return self.token_grids(call_kwargs)
         fix = "video_position_ids and num_frames_per_video"
-        return noted_grids(call_kwargs, input_ids, self.video_token_id, "Gemma 4", fix)
+        return noted_grids(call_kwargs, input_ids, self.video_token_id, self.model_type, fix)
 
     def token_grids(self, encoder_args) -> list[tuple[int, int, int]]:
         """(frames, height, width) per video, from `video_position_ids` ((x, y) per patch, -1 padding) and
         `num_frames_per_video`."""
-        kernel = self.config.vision_config.pooling_kernel_size
-        extent = (encoder_args["video_position_ids"].amax(dim=1) + 1) // kernel  # (frames, 2): tokens across, down
+        extent = (encoder_args["video_position_ids"].amax(dim=1) + 1) // self.patches_per_token_side  # (frames, 2)
         grids = []
         for frames in extent.split(self.frame_counts(encoder_args)):
             (width, height), *others = frames.tolist()
@@ -96,16 +95,18 @@ class Gemma4Adapter(Adapter):
     def note_encoded(self, output, encoder_args):
         output[compat.ENCODED_GRIDS] = self.token_grids(encoder_args)
 
-    # ------------------------------------------------------------------ tower
+    # ------------------------------------------------------------------ frames before they are encoded
     def frame_signatures(self, encoder_args):  # the patches' projection, without the position table all frames share
-        projection = self.vision_tower.patch_embedder.input_proj
-        pixels = encoder_args["pixel_values_videos"].to(projection.weight.dtype)
-        embedded = projection(2 * (pixels - 0.5))  # (frames, patches, D), as the tower scales its input
+        embedded = self.patch_embeddings(encoder_args["pixel_values_videos"])  # (frames, patches, D)
         real = (encoder_args["video_position_ids"] != -1).all(dim=-1).sum(dim=1).tolist()
         return [
             video[:, : real[first]]  # the processor pads every frame at its end
             for video, first in zip(embedded.split(self.frame_counts(encoder_args)), self._first_frames(encoder_args))
         ]
+
+    def patch_embeddings(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(frames, patches, D): each patch projected as the model first projects it, before positions."""
+        raise NotImplementedError
 
     def encode_frames(self, encode, encoder_args, keep):
         counts = self.frame_counts(encoder_args)
@@ -128,6 +129,22 @@ class Gemma4Adapter(Adapter):
     def _first_frames(self, encoder_args) -> list[int]:
         counts = self.frame_counts(encoder_args)
         return [sum(counts[:v]) for v in range(len(counts))]
+
+
+class Gemma4Adapter(Gemma4Decoder):
+    model_type = "gemma4"
+    tower_frames = BATCHED
+    tower_row_kwargs = ("position_embeddings", "position_ids")
+    tower_row_outputs = ("hidden_states", "attentions")  # its last_hidden_state is read out: pooled, standardised
+
+    @property
+    def patches_per_token_side(self):
+        return self.config.vision_config.pooling_kernel_size
+
+    # ------------------------------------------------------------------ tower
+    def patch_embeddings(self, pixels):
+        projection = self.vision_tower.patch_embedder.input_proj
+        return projection(2 * (pixels.to(projection.weight.dtype) - 0.5))  # as the tower scales its input
 
     def tower_layers(self):
         layers = self.vision_tower.encoder.layers
@@ -173,7 +190,7 @@ class Gemma4Adapter(Adapter):
         return received
 
     def tower_token_scores(self, records, input_ids, standing=None):  # one score row per frame it encoded
-        kernel = self.config.vision_config.pooling_kernel_size
+        kernel = self.patches_per_token_side
         frames = []
         for call in records:
             if call.kind == "attention":  # pooled as the tower pools its patches: k × k of them a token, by position

@@ -205,10 +205,20 @@ def tower_attends_by_size(method: Method, adapter: Adapter) -> bool:
     return folds_tokens_in_tower(method, adapter) and method.folds_with_mass()
 
 
-def check_tower_folding(method: Method, adapter: Adapter) -> None:
-    """ValueError, naming the fix, where folding inside this tower cannot work: a method (or a composition's member)
-    that acts only there, where the tower cannot fold (it would do nothing), or tokens folded where they cannot."""
+def check_tower_use(method: Method, adapter: Adapter) -> None:
+    """ValueError, naming the fix, where the method needs what this model's vision tower cannot give: its attention
+    (an encoder-free model has none), or folding inside it - a method (or a composition's member) that acts only
+    there, where the tower cannot fold (it would do nothing), or tokens folded where they cannot."""
+    no_tower = (
+        f"{adapter.model_type} has no vision tower (encoder-free: its patches are projected straight into the LLM); "
+        "use a method that reads the tokens' features or the LLM's attention (framefusion, tome, fastv, ...), or "
+        "framededup, which chooses frames before they are embedded"
+    )
+    if method.uses_tower_attention() and not adapter.has_tower:
+        raise ValueError(f"{method.name} ranks tokens by the vision tower's attention, but {no_tower}")
     for member in getattr(method, "methods", (method,)):
+        if tuple(member.stages) == (IN_ENCODER,) and not adapter.has_tower:
+            raise ValueError(f"{member.name} acts only inside the vision tower, but {no_tower}")
         if tuple(member.stages) == (IN_ENCODER,) and adapter.tower_frames is None:
             raise ValueError(
                 f"{member.name} acts only inside the vision tower, which cannot fold frames in {adapter.model_type}: "

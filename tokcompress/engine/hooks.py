@@ -36,7 +36,7 @@ from .encoder import (
     layouts_with_tower_scores,
     tokens_encoded,
 )
-from .folding import check_tower_folding, folds_in_tower, hook_tower_folding, tower_attends_by_size
+from .folding import check_tower_use, folds_in_tower, hook_tower_folding, tower_attends_by_size
 from .groups import GenerationState, restore_sequence
 from .prefill import begin_generation, reduce_before_layer, reduce_before_llm
 from .stand_ins import StandIns
@@ -55,7 +55,7 @@ class Engine(StandIns):
                 f"{method.name} with proportional attention needs a float attention mask, which {implementation} "
                 "cannot take; pass proportional_attention=False or load the model with attn_implementation='sdpa'"
             )
-        check_tower_folding(method, adapter)
+        check_tower_use(method, adapter)
         self.adapter = adapter
         self.method = method
         self.spec = adapter.spec

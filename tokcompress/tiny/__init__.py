@@ -41,6 +41,7 @@ from ..tiny_inputs import (  # noqa: F401 - the prompts and pixels of these mode
 from .frames import (  # noqa: F401 - public builders
     GEMMA4_LARGE,
     tiny_gemma4,
+    tiny_gemma4_unified,
     tiny_internvl,
     tiny_llava_next_video,
     tiny_llava_onevision,
@@ -88,6 +89,7 @@ TINY_MODELS = {
     "cohere_compass": tiny_cohere_compass,
     "molmo2": tiny_molmo2,
     "muse_glimmer": tiny_muse_glimmer,
+    "gemma4_unified": tiny_gemma4_unified,
 }
 if compat.ships("ovis2_5"):  # transformers 5.25+
     TINY_MODELS["ovis2_5"] = tiny_ovis2_5

@@ -1,12 +1,14 @@
 """Tiny models of the families whose tower encodes a video's frames as a batch of images (or, InternVL and
 SmolVLM, as the prompt's images): LLaVA-OneVision, LLaVA-NeXT-Video, Video-LLaVA, InternVL, SmolVLM, Gemma 4,
-Molmo2."""
+Molmo2; and Gemma 4 Unified, which embeds its frames' patches without a tower."""
 
 from __future__ import annotations
 
 from transformers import (
     Gemma4Config,
     Gemma4ForConditionalGeneration,
+    Gemma4UnifiedConfig,
+    Gemma4UnifiedForConditionalGeneration,
     InternVLConfig,
     InternVLForConditionalGeneration,
     LlavaNextVideoConfig,
@@ -154,6 +156,25 @@ def tiny_gemma4(
         attn_implementation = {"text_config": attn_implementation, "vision_config": attn_implementation,
                                "audio_config": "eager"}
     return build(Gemma4ForConditionalGeneration, config, attn_implementation, seed)
+
+
+def tiny_gemma4_unified(num_layers: int = 8, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """Gemma 4 Unified, small: `tiny_gemma4`'s decoder (sliding and global layers in turn, the last two sharing KV,
+    vision blocks both ways in sliding layers; no per-layer inputs) over its patch embedder - no vision tower: each
+    32-px patch (2 × 2 of 16 px) is normed, projected, given its (x, y) position and projected into the LLM."""
+    text = dict(
+        vocab_size=VOCAB + 3, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=16,
+        layer_types=["sliding_attention", "full_attention"] * (num_layers // 2), use_bidirectional_attention="vision",
+        num_kv_shared_layers=2, pad_token_id=PAD, bos_token_id=None, eos_token_id=None,
+    )
+    vision = dict(patch_size=16, pooling_kernel_size=2, mm_embed_dim=32, mm_posemb_size=16, output_proj_dims=32)
+    config = Gemma4UnifiedConfig(
+        text_config=text, vision_config=vision, audio_config=None, image_token_id=IMAGE, video_token_id=VIDEO,
+        boi_token_id=VISION_START, eoi_token_id=VISION_END, audio_token_id=AUDIO, boa_token_id=AUDIO_START,
+        eoa_token_index=AUDIO_END,
+    )
+    return build(Gemma4UnifiedForConditionalGeneration, config, attn_implementation, seed)
 
 
 def tiny_molmo2(
