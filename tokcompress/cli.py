@@ -140,9 +140,20 @@ def run_demo(args: argparse.Namespace) -> None:
     specs = [_spec(text.strip(), args.ratio) for text in (args.methods or every).split(",")]  # checked before work
     specs = [("none", "none", {}), *(spec for spec in specs if spec[0] != "none")]  # first: the speed-ups' baseline
     model, inputs, decode, path = load(args)
+    refused = {}
+    for label, name, knobs in specs:  # the methods this model refuses, before any work
+        try:
+            _patched(model, name, args.ratio, knobs).unpatch()
+        except CommandError as error:  # a usage error where asked for by name; of every method: a row, the reason
+            if args.methods is not None:
+                raise
+            refused[label] = f"{label} refused this model - {error}"
     print(f"clip: {path} ({args.frames} frames), question: {args.question!r}, ratio {args.ratio}\n")
-    rows, baseline, widest, refused = [], None, 0.0, {}
+    rows, baseline, widest = [], None, 0.0
     for label, name, knobs in specs:
+        if label in refused:
+            rows.append((label, "refused (below)", *[""] * 8))
+            continue
         try:
             with _patched(model, name, args.ratio, knobs) as handle:
                 times = run_times_ms(lambda: model(**inputs), args.repeats, model.device.type)
@@ -151,12 +162,6 @@ def run_demo(args: argparse.Namespace) -> None:
                 out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
         except PromptRefused as error:  # e.g. frames a processor thinned: say why, run the others
             refused[label] = f"{label} refused this prompt: {error}"
-            rows.append((label, "refused (below)", *[""] * 8))
-            continue
-        except CommandError as error:  # the method cannot work on this model (a tower it lacks): a usage error
-            if args.methods is not None:  # where asked for by name; of every method, say why and run the others
-                raise
-            refused[label] = f"{label} refused this model - {error}"
             rows.append((label, "refused (below)", *[""] * 8))
             continue
         baseline = prefill if name == "none" else baseline
@@ -172,7 +177,7 @@ def run_demo(args: argparse.Namespace) -> None:
     print_table(header, rows)
     print(f"\nprefill: median of {args.repeats} runs after a warm-up; ideal: the same model fed only the kept tokens; "
           "tower: the share of the vision tower's layers' rows computed (frames or tokens folded inside it skip "
-          "its later layers); speed-up: against `none`; "
+          "its later layers; a model without a tower: of the frames embedded); speed-up: against `none`; "
           "vs ideal: measured / ideal (1.00x = no overhead)")
     for reason in refused.values():
         print(f"\n{reason}")

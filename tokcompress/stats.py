@@ -108,6 +108,7 @@ class CompressionStats:
     rows_per_sample: int = 1
     layer_positions: list[tuple[int, torch.Tensor]] = field(default_factory=list, repr=False)
     num_layers: int = 0  # the decoder's layers (known once a prefill went through the patched model)
+    has_tower: bool = True  # False: an encoder-free model, whose `encoder_ratio` is of the frames embedded
     compression_time: Timer = field(default_factory=lambda: Timer(), repr=False)
     encoder_time: Timer = field(default_factory=lambda: Timer(), repr=False)
 
@@ -206,8 +207,10 @@ class CompressionStats:
             f"{round(self.achieved_ratio * self.visual_in)} per layer on average ({self.visual_out} at the last), "
             f"achieved ratio {self.achieved_ratio:.3f}"
         )
-        if self.encoder_ratio < 1:
+        if self.encoder_ratio < 1 and self.has_tower:
             text += f", vision tower computed {self.encoder_ratio:.0%} of its layers' rows"
+        elif self.encoder_ratio < 1:
+            text += f", {self.encoder_ratio:.0%} of the frames embedded (no vision tower)"
         reads = [r for s in self.samples if (r := s.decode_read_ratio) is not None]
         if reads:
             text += f", decode reads {mean(reads):.3f} of the visual KV"

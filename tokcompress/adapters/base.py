@@ -130,6 +130,9 @@ class Adapter:
 
     bidirectional_layer_types: ClassVar[tuple[str, ...]] = ()
     """Decoder layer types in which a prompt's vision blocks (`attention_blocks`) attend both ways."""
+    blocks_past_window: ClassVar[bool] = False
+    """Whether a vision block attends both ways past a sliding layer's window (Gemma 4 Unified's forward), or only
+    inside it (Gemma 4's)."""
 
     def attention_blocks(self, call_kwargs: dict[str, Any]) -> torch.Tensor | None:
         """(B, L) the bidirectional attention block of each token of a multimodal-model call (-1: none), where the

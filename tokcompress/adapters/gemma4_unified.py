@@ -3,8 +3,9 @@ processor's patches) is a token: normed, projected and given its factorized (x, 
 projected into the LLM (`embed_vision`). Nothing encodes the frames, so the visual tokens are all the prefill's
 work - compression is the only lever on it.
 
-Its forward lets a vision block (a frame) attend both ways in every layer, global ones too (Gemma 4 keeps those
-causal; the stock `generate` with a static cache builds Gemma 4's masks instead - tokcompress follows the forward).
+Its forward lets a vision block (a frame) attend both ways in every layer, global ones too, and whole in a sliding
+layer even where it is longer than the window (Gemma 4 keeps global layers causal and a block inside the window;
+the stock `generate` with a static cache builds Gemma 4's masks instead - tokcompress follows the forward).
 
 Where it departs from the stock forward: as Gemma 4's decoder (tokcompress/adapters/gemma4.py). Methods that rank
 tokens by the vision tower's attention (visionzip, holitom, fastvid, earlytom) are refused, and there is no tower
@@ -19,8 +20,10 @@ from .gemma4 import Gemma4Decoder
 class Gemma4UnifiedAdapter(Gemma4Decoder):
     model_type = "gemma4_unified"
     has_tower = False
-    # its forward builds the vision blocks into every layer's mask (Gemma 3's rule; Gemma 4 keeps global layers causal)
+    # its forward builds the vision blocks into every layer's mask, whole past a sliding layer's window (Gemma 3's
+    # rule; Gemma 4 keeps global layers causal and a block inside the window)
     bidirectional_layer_types = (compat.SLIDING_LAYER, "full_attention")
+    blocks_past_window = True
 
     def patch_embeddings(self, pixels):
         embedder = self.vision_tower  # its patch embedder

@@ -215,12 +215,14 @@ def build_attention_mask(
     cache: Any,
     explicit: bool = False,
     blocks: torch.Tensor | None = None,
+    blocks_past_window: bool = False,
 ):
     """The mask decoder layer `layer_index` expects, built by transformers' own builder for its layer type.
 
     explicit: always build the mask tensor (sdpa may otherwise return None and rely on `is_causal`).
     blocks: (B, L) per token its bidirectional block (-1: none; Gemma 4's vision tokens, a block per image or
-    frame), whose tokens also attend to each other's later ones - inside the window of a sliding layer.
+    frame), whose tokens also attend to each other's later ones - inside the window of a sliding layer, or, with
+    `blocks_past_window`, the whole block past it (Gemma 4 Unified's forward).
     """
     kind = layer_type(config, layer_index)
     arguments = dict(
@@ -237,7 +239,9 @@ def build_attention_mask(
     if preallocated(cache):  # its keys span its slots (a sliding layer's window, maybe past the prompt): no block
         slots = max(getattr(layer, "max_cache_len", 0) for layer in cache.layers)  # a KV-sharing layer holds none
         blocks = torch.nn.functional.pad(blocks, (0, slots), value=-1)
-    window = sliding_window_overlay(config.sliding_window) if kind == SLIDING_LAYER else None
+    if kind == SLIDING_LAYER and blocks_past_window:  # (causal and window) or block
+        return create_sliding_window_causal_mask(**arguments, or_mask_function=blockwise_overlay(blocks))
+    window = sliding_window_overlay(config.sliding_window) if kind == SLIDING_LAYER else None  # and (causal or block)
     return create_causal_mask(**arguments, or_mask_function=blockwise_overlay(blocks), and_mask_function=window)
 
 

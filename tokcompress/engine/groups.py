@@ -94,7 +94,7 @@ class TokenGroup:
 
     def substitute_inputs(
         self, config, layer_index: int, mask_layer: int, hidden: torch.Tensor, kwargs: dict, decoding: bool,
-        bidirectional: tuple[str, ...] = (),
+        bidirectional: tuple[str, ...] = (), blocks_past_window: bool = False,
     ) -> None:
         """Give a layer of this group the mask (and, in prefill, the rotary tables and positions) of its tokens.
 
@@ -103,7 +103,7 @@ class TokenGroup:
         empty one; a static cache's empty slots are masked out). The layer types in `bidirectional` let a prompt's
         vision blocks attend both ways. A recurrent (linear-attention) layer gets the group's padding mask, which
         zeroes its padding slots; as they are on the left, its state starts from them unchanged. Proportional
-        attention biases softmax layers."""
+        attention biases softmax layers (`blocks_past_window`: as `Adapter.blocks_past_window`)."""
         if not decoding and self.start_layer == layer_index:
             self.step_masks = {}
         kind = compat.layer_type(config, mask_layer)
@@ -116,7 +116,7 @@ class TokenGroup:
             blocks = (self.step_blocks if decoding else self.blocks) if kind in bidirectional else None
             mask = compat.build_attention_mask(  # explicit where sdpa's is_causal would not fit (fewer rows than keys)
                 config, mask_layer, width_of, self.attention_mask, cache if decoding else None,
-                explicit=biased or sliced or static, blocks=blocks,
+                explicit=biased or sliced or static, blocks=blocks, blocks_past_window=blocks_past_window,
             )
             if static:  # its layers read their slots, the empty ones too
                 mask = compat.static_prefill_mask(mask, self.attention_mask, cache, mask_layer)
@@ -147,6 +147,7 @@ def llm_attention_mask(adapter: Adapter, group: TokenGroup, embeds: torch.Tensor
         kind: compat.build_attention_mask(
             config, layer, embeds, group.attention_mask, cache,
             blocks=blocks if kind in adapter.bidirectional_layer_types else None,
+            blocks_past_window=adapter.blocks_past_window,
         )
         for kind, layer in first_of_type.items()
     }

@@ -37,7 +37,7 @@ from .encoder import (
     tokens_encoded,
 )
 from .folding import check_tower_use, folds_in_tower, hook_tower_folding, tower_attends_by_size
-from .groups import GenerationState, restore_sequence
+from .groups import GenerationState, llm_attention_mask, restore_sequence
 from .prefill import begin_generation, reduce_before_layer, reduce_before_llm
 from .stand_ins import StandIns
 
@@ -245,9 +245,16 @@ class Engine(StandIns):
             state.stats.compression_time.add(encoded.compression_time)
             state.stats.encoder_time.add(encoded.encoder_time)
         if kept is not None and self.adapter.encoder_side:
+            state.stats.has_tower = self.adapter.has_tower
             for sample, (_, fraction) in zip(state.stats.samples, kept[:: prompt.rows_per_sample]):
                 sample.encoder_ratio = fraction
         if PRE_LLM not in self.method.stages and kept is None:
+            group = state.groups[0]
+            if group.blocks is not None and compat.preallocated(compat.cache_of(kwargs)):
+                # generate built the masks for a static cache with the model's class rule, which may not be its
+                # forward's (Gemma 4 Unified's): the layers before an in-LLM reduction take ours, as those after
+                cache, embeds = compat.cache_of(kwargs), kwargs["inputs_embeds"]
+                kwargs["attention_mask"] = llm_attention_mask(self.adapter, group, embeds, cache, group.blocks)
             return args, kwargs
         reduce_before_llm(self.method, self.adapter, state, kwargs, kept and [tokens for tokens, _ in kept])
         return args, kwargs
@@ -308,8 +315,10 @@ class Engine(StandIns):
         group = state.group_of(layer_index)
         if group.owns_mask:
             config = adapter.language_model.config
-            bidirectional = adapter.bidirectional_layer_types
-            group.substitute_inputs(config, layer_index, mask_layer, hidden, kwargs, decoding, bidirectional)
+            group.substitute_inputs(
+                config, layer_index, mask_layer, hidden, kwargs, decoding, adapter.bidirectional_layer_types,
+                adapter.blocks_past_window,
+            )
             if not decoding and hidden.shape[1] == group.width:  # the layer's per-token inputs
                 if len(args) > 1:
                     args = (args[0], group.at_slots(args[1]), *args[2:])

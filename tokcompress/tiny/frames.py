@@ -158,13 +158,16 @@ def tiny_gemma4(
     return build(Gemma4ForConditionalGeneration, config, attn_implementation, seed)
 
 
-def tiny_gemma4_unified(num_layers: int = 8, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+def tiny_gemma4_unified(
+    num_layers: int = 8, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64,
+    sliding_window: int = 16,
+):
     """Gemma 4 Unified, small: `tiny_gemma4`'s decoder (sliding and global layers in turn, the last two sharing KV,
-    vision blocks both ways in sliding layers; no per-layer inputs) over its patch embedder - no vision tower: each
-    32-px patch (2 × 2 of 16 px) is normed, projected, given its (x, y) position and projected into the LLM."""
+    vision blocks both ways; no per-layer inputs) over its patch embedder - no vision tower: each 32-px patch (2 × 2
+    of 16 px) is normed, projected, given its (x, y) position and projected into the LLM."""
     text = dict(
         vocab_size=VOCAB + 3, hidden_size=hidden_size, intermediate_size=2 * hidden_size, num_hidden_layers=num_layers,
-        num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=16,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=sliding_window,
         layer_types=["sliding_attention", "full_attention"] * (num_layers // 2), use_bidirectional_attention="vision",
         num_kv_shared_layers=2, pad_token_id=PAD, bos_token_id=None, eos_token_id=None,
     )
