@@ -18,7 +18,7 @@ from tokcompress.adapters import adapter_for
 from tokcompress.engine.compat import CACHE_KEYWORD, output_cache
 from tokcompress.video import llava_onevision_pixels, qwen_vl_pixels
 
-from .conftest import COMPRESSING, build, generate, inputs_for, logits, model_for
+from .conftest import COMPRESSING, FAMILIES, build, generate, inputs_for, logits, model_for
 
 
 def cache_kwarg(cache) -> dict:
@@ -130,8 +130,21 @@ def test_a_decode_loop_interrupted_by_another_forward_continues_unharmed(family,
     assert tokens == expected
 
 
-@pytest.mark.parametrize("method", COMPRESSING)
+THREADED = ("framededup", "fastv", "dycoke")  # an encoder-side method, an in-LLM one, a pre-LLM + decode one
+
+
+@pytest.mark.parametrize(
+    ("family", "method"),
+    [
+        *((family, method) for family in FAMILIES for method in THREADED),
+        *((family, method) for family in ("llava_onevision", "qwen2_5_vl") for method in COMPRESSING
+          if method not in THREADED),
+    ],
+)
 def test_threads_generating_on_one_patched_model_get_their_own_results(family, clip, other_clip, method):
+    """Four threads generate at once on one patched model and each gets what it gets alone. The per-thread state
+    is the engine's and the adapters': every family runs it with a method of each stage, and every method on a
+    batched and a packed family (the whole cross product cost a seventh of the suite's time)."""
     model = model_for(family)
     prompts = [inputs_for(family, frames, question) for frames in (clip, other_clip) for question in ("What?", "Who?")]
     with tokcompress.compress(model, method, ratio=0.3):
