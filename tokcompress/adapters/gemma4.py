@@ -4,7 +4,8 @@ layers reuse the keys and values of the last unshared layer of their type) and, 
 vision blocks (an image, a frame) that attend both ways inside sliding layers. Its tower encodes a video's frames as
 a batch of images, each padded to the processor's patch budget, and pools k × k patches to one token by position:
 folding inside it gathers each layer's 2-D rotary tables and patch positions with the frames and patches that
-remain, leaves the padding out, and expands the layers' output back before the pooler.
+remain, leaves the padding out, and expands the layers' output back before the pooler. `Gemma4Decoder` holds what
+Gemma 4 Unified, which has no tower, shares (tokcompress/adapters/gemma4_unified.py).
 
 Where it departs from the stock forward: tokens a method drops leave the sliding windows too (a window spans the
 last kept tokens, as in the model's sliding cache); a merged token keeps its kept token's per-layer input and
