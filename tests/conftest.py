@@ -106,6 +106,19 @@ def video_encoder_inputs(inputs: dict) -> dict:
     return {k: inputs[k] for k in keywords if k in inputs}
 
 
+def video_features_and_layer_rows(model, encoder_args: dict) -> tuple[tuple, list[int]]:
+    """A packed tower's video features for `encoder_args`, and the rows entering each of its `layers` in that call."""
+    rows = []
+    hooks = [layer.register_forward_pre_hook(lambda m, args: rows.append(len(args[0])))
+             for layer in model.model.vision_tower.layers]
+    try:
+        with torch.no_grad():
+            return model.model.get_video_features(**encoder_args).pooler_output, rows
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
 def generate(model, inputs, max_new_tokens: int = 4, **kwargs) -> torch.Tensor:
     with torch.no_grad():
         out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, **kwargs)

@@ -9,7 +9,7 @@ from tokcompress import tiny
 from tokcompress.adapters import adapter_for
 from tokcompress.methods import EarlyTom
 
-from .conftest import inputs_for, model_for, video_encoder_inputs
+from .conftest import inputs_for, model_for, video_encoder_inputs, video_features_and_layer_rows
 
 
 def test_tower_scores_pool_each_tokens_patches_as_the_pixel_shuffle_groups_them(clip):
@@ -38,23 +38,12 @@ def test_identical_units_folded_after_the_first_layer_leave_later_windows_fewer_
     after layer 0, so the later layers (windows and the full one) run on fewer rows, and the output, expanded at
     the last layer before the tower leaves window order, is the stock one exactly."""
     model = tiny.tiny_muse_glimmer(tower_layers=("window_attention",) * 2 + ("full_attention", "window_attention"))
-    tower = model.model.vision_tower
     inputs = inputs_for("muse_glimmer", torch.stack([clip[0], clip[1]] * 4), "What is here?")
     encoder_args = video_encoder_inputs(inputs)
 
-    def tower_run():
-        rows = []
-        hooks = [layer.register_forward_pre_hook(lambda m, args: rows.append(len(args[0]))) for layer in tower.layers]
-        try:
-            with torch.no_grad():
-                return model.model.get_video_features(**encoder_args).pooler_output, rows
-        finally:
-            for hook in hooks:
-                hook.remove()
-
-    stock, stock_rows = tower_run()
+    stock, stock_rows = video_features_and_layer_rows(model, encoder_args)
     with tokcompress.compress(model, EarlyTom(ratio=0.1, tau=0.0, merge_layers="0")):
-        folded, folded_rows = tower_run()
+        folded, folded_rows = video_features_and_layer_rows(model, encoder_args)
     assert stock_rows == [256] * 4 and folded_rows[0] == 256 and folded_rows[1:] == [folded_rows[1]] * 3
     assert folded_rows[1] < 256 and folded_rows[1] % 64 == 0  # whole 64-row units fewer
     torch.testing.assert_close(torch.cat(folded), torch.cat(stock), rtol=0, atol=0)

@@ -12,7 +12,7 @@ from tokcompress.adapters import adapter_for
 from tokcompress.methods import EarlyTom
 from tokcompress.methods.selection import frame_grids
 
-from .conftest import TINY, inputs_for, model_for, video_encoder_inputs
+from .conftest import TINY, inputs_for, model_for, video_encoder_inputs, video_features_and_layer_rows
 
 pytestmark = pytest.mark.skipif("ovis2_5" not in TINY, reason="Ovis2.5 arrived in transformers 5.25")
 
@@ -69,23 +69,12 @@ def test_identical_frames_folded_after_the_first_layer_leave_later_windows_fewer
     """Identical frames fold after layer 0 of a window, full, window tower: the later layers run on fewer rows, and
     the features, read from the last layer's rows expanded back where it leaves them, are the stock ones exactly."""
     model = tiny.tiny_ovis2_5(tower_layers=("window_attention", "full_attention", "window_attention"))
-    tower = model.model.vision_tower
     inputs = inputs_for("ovis2_5", torch.stack([clip[0], clip[0], clip[1], clip[1]] * 2), "What is here?")
     encoder_args = video_encoder_inputs(inputs)
 
-    def tower_run():
-        rows = []
-        hooks = [layer.register_forward_pre_hook(lambda m, args: rows.append(len(args[0]))) for layer in tower.layers]
-        try:
-            with torch.no_grad():
-                return model.model.get_video_features(**encoder_args).pooler_output, rows
-        finally:
-            for hook in hooks:
-                hook.remove()
-
-    stock, stock_rows = tower_run()
+    stock, stock_rows = video_features_and_layer_rows(model, encoder_args)
     with tokcompress.compress(model, EarlyTom(ratio=0.1, tau=0.0, merge_layers="0")):
-        folded, folded_rows = tower_run()
+        folded, folded_rows = video_features_and_layer_rows(model, encoder_args)
     assert stock_rows == [512] * 3 and folded_rows[0] == 512 and folded_rows[1:] == [folded_rows[1]] * 2
     assert folded_rows[1] < 512 and folded_rows[1] % 64 == 0  # whole 64-row frames fewer
     torch.testing.assert_close(torch.cat(folded), torch.cat(stock), rtol=0, atol=0)

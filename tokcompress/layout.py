@@ -46,9 +46,10 @@ class VisualLayout:
         return replace(self, saliency=saliency)
 
     def raster_order(self, tokens: torch.Tensor) -> torch.Tensor:
-        """`tokens` (indices of cell tokens, frames in order) sorted frame-major in raster order: the order in
-        which most prompts hold them already (Ovis2.5's holds each frame's in its tower's window order)."""
-        return tokens[torch.argsort(self.frame[tokens] * (1 << 20) + self.spatial[tokens])]
+        """The permutation of `tokens` (indices of cell tokens, frames in order) that sorts them frame-major in raster
+        order: the order in which most prompts hold them already (Ovis2.5's holds each frame's in its tower's window
+        order)."""
+        return torch.argsort(self.frame[tokens] * (1 << 20) + self.spatial[tokens])
 
     def temporal_predecessor(self) -> torch.Tensor:
         """For each token, the index of the closest earlier token at the same spatial cell of the same video.

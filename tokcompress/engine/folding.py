@@ -217,14 +217,15 @@ def check_tower_use(method: Method, adapter: Adapter) -> None:
     if method.uses_tower_attention() and not adapter.has_tower:
         raise ValueError(f"{method.name} ranks tokens by the vision tower's attention, but {no_tower}")
     for member in getattr(method, "methods", (method,)):
-        if tuple(member.stages) == (IN_ENCODER,) and not adapter.has_tower:
+        if tuple(member.stages) != (IN_ENCODER,) or adapter.tower_frames is not None:
+            continue
+        if not adapter.has_tower:
             raise ValueError(f"{member.name} acts only inside the vision tower, but {no_tower}")
-        if tuple(member.stages) == (IN_ENCODER,) and adapter.tower_frames is None:
-            raise ValueError(
-                f"{member.name} acts only inside the vision tower, which cannot fold frames in {adapter.model_type}: "
-                f"it encodes every image before the prompt is read. Use {member.name.split('@')[0]} whole (its "
-                "LLM-side stage then meets the budget) or framededup, which chooses frames from their features"
-            )
+        raise ValueError(
+            f"{member.name} acts only inside the vision tower, which cannot fold frames in {adapter.model_type}: "
+            f"it encodes every image before the prompt is read. Use {member.name.split('@')[0]} whole (its "
+            "LLM-side stage then meets the budget) or framededup, which chooses frames from their features"
+        )
     if not folds_tokens_in_tower(method, adapter):
         return
     implementation = compat.attention_implementation(adapter.vision_tower.config)

@@ -93,19 +93,19 @@ class TokenGroup:
         self.step_masks, self.kv_selection, self.step_blocks, self._gathered = {}, None, None, {}
 
     def substitute_inputs(
-        self, config, layer_index: int, mask_layer: int, hidden: torch.Tensor, kwargs: dict, decoding: bool,
-        bidirectional: tuple[str, ...] = (), blocks_past_window: bool = False,
+        self, adapter: Adapter, layer_index: int, mask_layer: int, hidden: torch.Tensor, kwargs: dict, decoding: bool
     ) -> None:
         """Give a layer of this group the mask (and, in prefill, the rotary tables and positions) of its tokens.
 
         mask_layer: the layer whose keys it attends to (itself, or the earlier layer whose KV it shares). A prefill's
         masks are built for the group's whole width, independent of the cache (a generation's prefill starts on an
-        empty one; a static cache's empty slots are masked out). The layer types in `bidirectional` let a prompt's
-        vision blocks attend both ways. A recurrent (linear-attention) layer gets the group's padding mask, which
-        zeroes its padding slots; as they are on the left, its state starts from them unchanged. Proportional
-        attention biases softmax layers (`blocks_past_window`: as `Adapter.blocks_past_window`)."""
+        empty one; a static cache's empty slots are masked out). In the adapter's `bidirectional_layer_types` a
+        prompt's vision blocks attend both ways (`blocks_past_window`: past a sliding window too). A recurrent
+        (linear-attention) layer gets the group's padding mask, which zeroes its padding slots; as they are on the
+        left, its state starts from them unchanged. Proportional attention biases softmax layers."""
         if not decoding and self.start_layer == layer_index:
             self.step_masks = {}
+        config = adapter.language_model.config
         kind = compat.layer_type(config, mask_layer)
         sliced = not decoding and hidden.shape[1] < self.width  # the LM computes its last tokens only (KV sharing)
         if (kind, sliced) not in self.step_masks:
@@ -113,10 +113,11 @@ class TokenGroup:
             static = not decoding and compat.preallocated(cache) and kind != compat.RECURRENT_LAYER
             width_of = hidden if decoding else hidden[:, -1:].expand(-1, self.width, -1)
             biased = self.key_bias is not None and kind != compat.RECURRENT_LAYER
-            blocks = (self.step_blocks if decoding else self.blocks) if kind in bidirectional else None
+            bidirectional = kind in adapter.bidirectional_layer_types
+            blocks = (self.step_blocks if decoding else self.blocks) if bidirectional else None
             mask = compat.build_attention_mask(  # explicit where sdpa's is_causal would not fit (fewer rows than keys)
                 config, mask_layer, width_of, self.attention_mask, cache if decoding else None,
-                explicit=biased or sliced or static, blocks=blocks, blocks_past_window=blocks_past_window,
+                explicit=biased or sliced or static, blocks=blocks, blocks_past_window=adapter.blocks_past_window,
             )
             if static:  # its layers read their slots, the empty ones too
                 mask = compat.static_prefill_mask(mask, self.attention_mask, cache, mask_layer)

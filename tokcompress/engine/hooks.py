@@ -249,11 +249,11 @@ class Engine(StandIns):
             for sample, (_, fraction) in zip(state.stats.samples, kept[:: prompt.rows_per_sample]):
                 sample.encoder_ratio = fraction
         if PRE_LLM not in self.method.stages and kept is None:
-            group = state.groups[0]
-            if group.blocks is not None and compat.preallocated(compat.cache_of(kwargs)):
+            group, cache = state.groups[0], compat.cache_of(kwargs)
+            if group.blocks is not None and compat.preallocated(cache):
                 # generate built the masks for a static cache with the model's class rule, which may not be its
                 # forward's (Gemma 4 Unified's): the layers before an in-LLM reduction take ours, as those after
-                cache, embeds = compat.cache_of(kwargs), kwargs["inputs_embeds"]
+                embeds = kwargs["inputs_embeds"]
                 kwargs["attention_mask"] = llm_attention_mask(self.adapter, group, embeds, cache, group.blocks)
             return args, kwargs
         reduce_before_llm(self.method, self.adapter, state, kwargs, kept and [tokens for tokens, _ in kept])
@@ -314,11 +314,7 @@ class Engine(StandIns):
             hidden = hidden if reduced is None else reduced
         group = state.group_of(layer_index)
         if group.owns_mask:
-            config = adapter.language_model.config
-            group.substitute_inputs(
-                config, layer_index, mask_layer, hidden, kwargs, decoding, adapter.bidirectional_layer_types,
-                adapter.blocks_past_window,
-            )
+            group.substitute_inputs(adapter, layer_index, mask_layer, hidden, kwargs, decoding)
             if not decoding and hidden.shape[1] == group.width:  # the layer's per-token inputs
                 if len(args) > 1:
                     args = (args[0], group.at_slots(args[1]), *args[2:])

@@ -88,7 +88,8 @@ class AIM(Method):
         merge, _ = self.shares(budget.num_layers)
         count = min(round(merge * budget.num_visual), layout.num_tokens)
         destination, cells = merge_destinations(layout, count, features.device)
-        tokens = layout.raster_order((~layout.is_separator).nonzero().squeeze(1))
+        tokens = (~layout.is_separator).nonzero().squeeze(1)
+        tokens = tokens[layout.raster_order(tokens)]
         if tokens.numel():
             frame_of = torch.unique(layout.frame[tokens], return_inverse=True)[1]
             targets = proportional_split(cells, torch.bincount(frame_of).tolist())

@@ -34,7 +34,7 @@ def frame_grids(layout: VisualLayout, method: str) -> list[tuple[int, torch.Tens
                 "frames: framededup, earlytom), or the processor did (VideoLLaMA3's token compression: load its "
                 "processor with use_token_compression=False)"
             )
-        grids.append((video, layout.raster_order(members).view(frames, height * width)))
+        grids.append((video, members[layout.raster_order(members)].view(frames, height * width)))
     return grids
 
 

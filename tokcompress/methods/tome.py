@@ -186,7 +186,7 @@ def _split(layout: VisualLayout, alive: torch.Tensor, level: int, window: int) -
         rank = frame_index - first_of_video  # of each token's frame among the surviving frames of its video
         return video * (layout.frame.numel() + 1) + rank // window, rank % 2 == 0
     window_id = video if level == _SPATIAL else torch.zeros_like(video)
-    raster = torch.argsort(window_id * (1 << 40) + frame * (1 << 20) + layout.spatial[alive])  # of each window
+    raster = layout.raster_order(alive)  # windows (videos, or all) keep their order: frames are global, in order
     rank = torch.empty_like(raster)  # in raster order, whatever order the prompt holds a frame's tokens in
     rank[raster] = torch.arange(alive.numel(), device=alive.device) - torch.searchsorted(window_id, window_id)
     return window_id, rank % 2 == 0
