@@ -121,7 +121,7 @@ def test_tome_merges_identical_neighbours_first_and_keeps_distinct_tokens():
 
 
 @pytest.mark.parametrize(
-    "name", ["aim", "tome", "tsllava", "holitom", "fastvid", "prunevid", "dycoke", "earlytom"]
+    "name", ["aim", "tome", "tsllava", "holitom", "fastvid", "prunevid", "dycoke", "earlytom", "visionzip", "prumerge"]
 )
 def test_a_methods_choice_follows_each_tokens_cell_not_the_order_a_frame_is_held_in(name):
     """Ovis2.5's prompt holds each frame's tokens in its tower's window order: a method that reads frames by their

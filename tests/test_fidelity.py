@@ -36,10 +36,10 @@ from .conftest import TINY, generate, inputs_for, logits, model_for, softmax_lay
 
 NO_PUBLISHED_RULE = {"none", "random", "uniform"}
 # transcribed in test_tower_attention.py (visionzip, fastvid), test_fidelity_holitom_aim_tsllava.py,
-# test_encoder_merging.py (earlytom, vidtldr), test_flowcut.py and test_fidelity_sttm.py
+# test_encoder_merging.py (earlytom, vidtldr), test_flowcut.py, test_fidelity_sttm.py, test_fidelity_quota_prumerge.py
 TRANSCRIBED = {
     "tome", "fastv", "framefusion", "dycoke", "framededup", "divprune", "vidcom2", "pdrop", "prunevid", "sparsevlm",
-    "visionzip", "fastvid", "holitom", "aim", "tsllava", "earlytom", "vidtldr", "sttm", "flowcut",
+    "visionzip", "fastvid", "holitom", "aim", "tsllava", "earlytom", "vidtldr", "sttm", "flowcut", "quota", "prumerge",
 }
 TEMPORAL_MERGERS = ("tome", "framefusion", "dycoke", "framededup", "prunevid")
 

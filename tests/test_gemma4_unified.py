@@ -27,7 +27,7 @@ def test_methods_that_need_a_vision_tower_are_refused_naming_the_fix(method):
     with pytest.raises(ValueError, match="no vision tower.*framededup"):
         tokcompress.patch(model, method, ratio=0.3)
     assert getattr(model, HANDLE_ATTRIBUTE, None) is None or not getattr(model, HANDLE_ATTRIBUTE).patched
-    assert TOWER_READERS == ["earlytom", "fastvid", "holitom", "visionzip"]
+    assert TOWER_READERS == ["earlytom", "fastvid", "holitom", "prumerge", "visionzip"]
 
 
 def test_dropped_frames_are_never_embedded(clip):

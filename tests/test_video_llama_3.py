@@ -14,7 +14,7 @@ from .conftest import COMPRESSING, FRAME_GRANULAR, generate, logits, model_for, 
 from .test_adapters import placed_embeddings
 
 THRESHOLD = 0.1  # the processor's
-WHOLE_FRAMES = {"earlytom", "fastvid", "holitom", "prunevid", "sttm", "tsllava"}  # read frames as full grids
+WHOLE_FRAMES = {"earlytom", "fastvid", "holitom", "prunevid", "quota", "sttm", "tsllava"}  # read frames as full grids
 
 
 def half_still(clip: torch.Tensor) -> torch.Tensor:

@@ -8,8 +8,8 @@ layer even where it is longer than the window (Gemma 4 keeps global layers causa
 the stock `generate` with a static cache builds Gemma 4's masks instead - tokcompress follows the forward).
 
 Where it departs from the stock forward: as Gemma 4's decoder (tokcompress/adapters/gemma4.py). Methods that rank
-tokens by the vision tower's attention (visionzip, holitom, fastvid, earlytom) are refused, and there is no tower
-to fold frames or tokens inside; framededup drops frames before they are embedded."""
+tokens by the vision tower's attention (visionzip, prumerge, holitom, fastvid, earlytom) are refused, and there is
+no tower to fold frames or tokens inside; framededup drops frames before they are embedded."""
 
 from __future__ import annotations
 

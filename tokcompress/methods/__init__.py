@@ -33,7 +33,9 @@ from .holitom import HoliTom
 from .identity import NoCompression
 from .knobs import knob_from_text
 from .pdrop import PDrop
+from .prumerge import PruMerge
 from .prunevid import PruneVid
+from .quota import QuoTA
 from .random_prune import RandomPrune
 from .sparsevlm import SparseVLM
 from .sttm import STTM
@@ -69,7 +71,8 @@ def register_method(cls: type[Method] | None = None, *, name: str | None = None,
 
 for _method in (
     NoCompression, RandomPrune, UniformSample, ToMe, FastV, FrameFusion, DyCoke, FrameDedup, DivPrune, VidCom2, PDrop,
-    PruneVid, SparseVLM, VisionZip, FastVID, HoliTom, AIM, TSLLaVA, EarlyTom, VidTLDR, STTM, FlowCut,
+    PruneVid, SparseVLM, VisionZip, FastVID, HoliTom, AIM, TSLLaVA, EarlyTom, VidTLDR, STTM, FlowCut, QuoTA,
+    PruMerge,
 ):
     register_method(_method)
 
@@ -176,7 +179,9 @@ __all__ = [
     "ModelSpec",
     "NoCompression",
     "PDrop",
+    "PruMerge",
     "PruneVid",
+    "QuoTA",
     "RandomPrune",
     "STTM",
     "SparseVLM",

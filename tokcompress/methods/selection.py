@@ -1,12 +1,14 @@
 """Shared selection helpers of the methods: budgets split over videos and frames, the tokens a method keeps
-first, top-k choices without host syncs."""
+first, top-k choices without host syncs, area pooling of a frame's grid."""
 
 from __future__ import annotations
+
+import itertools
 
 import torch
 
 from ..layout import VisualLayout
-from .base import PromptRefused
+from .base import PRE_LLM, LayerBudget, Method, PromptRefused, TokenReduction
 
 
 def separators_first(layout: VisualLayout, count: int) -> tuple[torch.Tensor, int]:
@@ -45,6 +47,24 @@ def video_grids(layout: VisualLayout, cells: int, method: str) -> list[tuple[int
     return [(video, grid, quota) for (video, grid), quota in zip(grids, quotas)]
 
 
+def frames_by_size(layout: VisualLayout, cells: int) -> list[tuple[torch.Tensor, list[int]]]:
+    """Every frame's cell tokens, frames of one size batched together (one size, usually; several where a processor
+    thinned frames): per size, (grid, quotas) with grid (frames, size) their indices, each frame's in raster order,
+    and quotas each frame's share of `cells`, in proportion to its size."""
+    tokens = (~layout.is_separator).nonzero().squeeze(1)
+    tokens = tokens[layout.raster_order(tokens)]
+    sizes = torch.bincount(layout.frame[tokens]).tolist()
+    quotas = proportional_split(cells, sizes)
+    firsts = list(itertools.accumulate(sizes, initial=0))
+    batches = []
+    for size in sorted(set(sizes) - {0}):
+        frames = [frame for frame, count in enumerate(sizes) if count == size]
+        starts = torch.tensor([firsts[frame] for frame in frames], device=tokens.device)
+        grid = tokens[starts[:, None] + torch.arange(size, device=tokens.device)]
+        batches.append((grid, [quotas[frame] for frame in frames]))
+    return batches
+
+
 def merge_destinations(layout: VisualLayout, count: int, device: torch.device) -> tuple[torch.Tensor, int]:
     """For a pre-LLM method that merges: per token, where it goes (-1: dropped) with the separators kept first,
     and how many cell tokens the rest of `count` allows."""
@@ -52,6 +72,30 @@ def merge_destinations(layout: VisualLayout, count: int, device: torch.device) -
     destination = torch.full((layout.num_tokens,), -1, dtype=torch.long, device=device)
     destination[separators] = separators
     return destination, cells
+
+
+class FrameByFrame(Method):
+    """A pre-LLM method that decides each frame on its own, from its tokens' features and the attention the vision
+    tower paid them (visionzip, prumerge): separators are kept first, every frame gets a share of the rest of the
+    count in proportion to its size, and `frame_destinations` folds the frames of one size all at once."""
+
+    stages = (PRE_LLM,)
+
+    def uses_tower_attention(self) -> bool:
+        return True
+
+    def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
+        saliency = tower_attention(layout, self.name)
+        destination, cells = merge_destinations(layout, budget.tokens_before_llm(layout.num_tokens), features.device)
+        for grid, quotas in frames_by_size(layout, cells):
+            local = self.frame_destinations(features[grid], saliency[grid], quotas)
+            destination[grid] = torch.where(local >= 0, grid.gather(1, local.clamp_min(0)), -1)
+        return TokenReduction.from_destinations(destination)
+
+    def frame_destinations(self, features: torch.Tensor, saliency: torch.Tensor, quotas: list[int]) -> torch.Tensor:
+        """Per token of each frame (F, n), the index into its frame of the token it ends up in (-1: dropped):
+        features (F, n, D), saliency (F, n), each frame's tokens in raster order; quotas: tokens each frame keeps."""
+        raise NotImplementedError
 
 
 def tower_attention(layout: VisualLayout, method: str) -> torch.Tensor:
@@ -87,6 +131,21 @@ def top_tokens_per_group(scores: torch.Tensor, group: torch.Tensor, counts: torc
     sizes = torch.bincount(group, minlength=len(counts))
     rank = torch.arange(len(order), device=order.device) - (sizes.cumsum(0) - sizes)[group[order]]
     return torch.sort(order[rank < counts[group[order]]]).values
+
+
+def area_blocks(height: int, width: int, rows: int, cols: int, device: torch.device | None = None) -> torch.Tensor:
+    """(height · width,) per cell of a frame in raster order, its block when the frame is area-pooled to rows × cols:
+    cell (r, c) lies in block (r · rows // height, c · cols // width), numbered in raster order."""
+    row_block = torch.arange(height, device=device)[:, None] * rows // height
+    col_block = torch.arange(width, device=device)[None, :] * cols // width
+    return (row_block * cols + col_block).reshape(-1)
+
+
+def block_heads(block: torch.Tensor) -> torch.Tensor:
+    """Per cell, the first cell of its block (`block`: each cell's block id): the token a pooled block folds into."""
+    cells = torch.arange(len(block), device=block.device)
+    first = torch.full((int(block.max()) + 1,), len(block), device=block.device)
+    return first.scatter_reduce(0, block, cells, reduce="amin")[block]
 
 
 def proportional_split(total: int, sizes: list[int]) -> list[int]:

@@ -10,7 +10,7 @@ import torch
 from ..layout import VisualLayout
 from .base import PRE_LLM, LayerBudget, Method, TokenReduction
 from .knobs import check_int, check_interval
-from .selection import merge_destinations, video_grids
+from .selection import area_blocks, block_heads, merge_destinations, video_grids
 
 PAPER_FRAMES, PAPER_SAMPLED, PAPER_THUMBNAIL = 50, 2880, 576  # V2: 50 frames of 576 tokens, 2,880 sampled
 PAPER_RATIO = (PAPER_SAMPLED + PAPER_THUMBNAIL) / (PAPER_FRAMES * PAPER_THUMBNAIL)
@@ -80,15 +80,11 @@ class TSLLaVA(Method):
         frames, height, width = grid.shape
         count, tile_height, tile_width = self.thumbnail_plan(frames, height, width, quota)
         chosen = torch.linspace(0, frames - 1, count, dtype=torch.float64).round().long().tolist() if count else []
-        if chosen:  # each cell's block of the tile (area pooling), and each block's first cell
-            rows = torch.arange(height, device=grid.device)[:, None] * tile_height // height
-            cols = torch.arange(width, device=grid.device)[None, :] * tile_width // width
-            block = (rows * tile_width + cols).reshape(-1)
-            first = torch.full((tile_height * tile_width,), height * width, device=grid.device)
-            first = first.scatter_reduce(0, block, torch.arange(height * width, device=grid.device), reduce="amin")
+        if chosen:  # each cell folds into the first cell of its tile block (area pooling)
+            head = block_heads(area_blocks(height, width, tile_height, tile_width, grid.device))
             for frame in chosen:
                 tokens = grid[frame].reshape(-1)
-                destination[tokens] = tokens[first[block]]
+                destination[tokens] = tokens[head]
         others = grid[[f for f in range(frames) if f not in chosen]].reshape(-1)
         sampled = quota - count * tile_height * tile_width
         if sampled:

@@ -7,23 +7,21 @@ from dataclasses import dataclass
 
 import torch
 
-from ..layout import VisualLayout
-from .base import PRE_LLM, LayerBudget, Method, TokenReduction
 from .knobs import check_interval
-from .selection import merge_destinations, proportional_split, top_tokens_per_group, tower_attention
+from .selection import FrameByFrame, top_tokens_per_group
 
 
 @dataclass
-class VisionZip(Method):
+class VisionZip(FrameByFrame):
     """Keep each frame's dominant tokens - the ones the vision tower attends to most - and fold the rest into a
     few contextual tokens.
 
     As the paper and the official code: a token's dominance is the attention it gets in the tower layer the
     model takes its features from, averaged over heads, in the CLS token's row on CLIP-like towers (CLIP,
     InternViT) and averaged over every query on towers without CLS (SigLIP, Qwen-VL: HoliTom's port of
-    VisionZip does the same). The frame keeps its top `dominant` tokens; of the others, in sequence order,
-    every step-th (step = max(1, others // contextual)) is a contextual target and each remaining token joins
-    the target it is most similar to (cosine).
+    VisionZip does the same). The frame keeps its top `dominant` tokens; of the others, in raster order (the
+    image's token order; Ovis2.5's prompt holds them in window order), every step-th (step = max(1, others //
+    contextual)) is a contextual target and each remaining token joins the target it is most similar to (cosine).
 
     ratio: round(ratio · N) tokens kept before the LLM, split over frames by size; the default 0.38 is the
     official default (191 dominant + 30 contextual of 576). contextual_share: the part of each frame's count
@@ -45,34 +43,13 @@ class VisionZip(Method):
     contextual_share: float = 30 / 221
 
     name = "visionzip"
-    stages = (PRE_LLM,)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_interval("visionzip", "contextual_share", self.contextual_share, "[0, 1)")
 
-    def uses_tower_attention(self) -> bool:
-        return True
-
-    def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
-        saliency = tower_attention(layout, self.name)
-        destination, cells = merge_destinations(layout, budget.tokens_before_llm(layout.num_tokens), features.device)
-        tokens = (~layout.is_separator).nonzero().squeeze(1)
-        tokens = tokens[torch.sort(layout.frame[tokens], stable=True).indices]  # frame by frame, in order
-        sizes = torch.bincount(layout.frame[tokens]).tolist()
-        quotas = proportional_split(cells, sizes)
-        firsts = [sum(sizes[:frame]) for frame in range(len(sizes))]
-        for size in sorted(set(sizes) - {0}):  # frames of one size at a time, as a batch (one size, usually)
-            frames = [frame for frame, n in enumerate(sizes) if n == size]
-            grid = tokens[torch.tensor([firsts[f] for f in frames], device=tokens.device)[:, None]
-                          + torch.arange(size, device=tokens.device)]  # (frames, size)
-            local = self.frame_destinations(features[grid], saliency[grid], [quotas[f] for f in frames])
-            destination[grid] = torch.where(local >= 0, grid.gather(1, local.clamp_min(0)), -1)
-        return TokenReduction.from_destinations(destination)
-
     def frame_destinations(self, features: torch.Tensor, saliency: torch.Tensor, quotas: list[int]) -> torch.Tensor:
-        """Per token of each frame (F, n), the index into its frame of the token it ends up in (-1: dropped),
-        every frame at once: features (F, n, D), saliency (F, n), quotas: tokens each frame keeps."""
+        """The dominant tokens stay, then the contextual targets, which the other tokens join."""
         frames, count = saliency.shape
         device = saliency.device
         contextual = [min(round(quota * self.contextual_share), quota - 1) if quota else 0 for quota in quotas]
