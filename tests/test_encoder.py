@@ -8,7 +8,17 @@ import torch
 import tokcompress
 from tokcompress.adapters import ADAPTERS, adapter_for
 from tokcompress.engine.folding import BATCHED, PACKED
-from tokcompress.methods import Compose, FastV, FrameDedup, FrameFusion, UniformSample, VisionZip, build_method
+from tokcompress.methods import (
+    Compose,
+    EarlyTom,
+    EncoderOnly,
+    FastV,
+    FrameDedup,
+    FrameFusion,
+    UniformSample,
+    VisionZip,
+    build_method,
+)
 from tokcompress.methods.base import PRE_ENCODER
 
 from .conftest import (
@@ -95,6 +105,7 @@ def test_an_encoder_side_method_composes_with_an_llm_side_one(family, clip, othe
             hook.remove()
         stats = handle.stats
         assert stats.method == f"framededup+{llm_side.name}" and handle.ratio == 0.3
+        assert str(stats).startswith(f"framededup+{llm_side.name} @ ratio 0.3 (framededup at 0.5): visual tokens")
         (sample,) = stats.samples
         assert seen == [expected_tower_units(family, 8 // TINY[family].frames_per_unit // 2)]
         assert sample.encoder_ratio == (0.5 if TINY[family].encoder_side else 1.0)
@@ -155,6 +166,8 @@ def test_a_composition_spelt_as_its_stats_name_builds_it():
     assert encoder_side.name == "earlytom@encoder+fastv" and encoder_side.stages == ("in_encoder", "in_llm")
     alone = tokcompress.methods.build_method("earlytom@encoder", 0.4)
     assert alone.name == "earlytom@encoder" and alone.method.ratio == 0.4
+    members = Compose([EncoderOnly(EarlyTom(ratio=0.6)), FrameDedup(ratio=0.8), FastV()], 0.3)
+    assert members.ratio_note() == "earlytom@encoder at 0.6, framededup at 0.8" and alone.ratio_note() == ""
     with pytest.raises(ValueError, match="unknown method 'fastvv'"):
         tokcompress.methods.build_method("framededup+fastvv")
     with pytest.raises(ValueError, match="framefusion acts at no encoder stage"):

@@ -208,7 +208,7 @@ def run_one(args: argparse.Namespace) -> None:
             stats = handle.stats
         answer = decode(out[0, inputs["input_ids"].shape[1] :].tolist())
         results[name] = timing
-        print(f"[{stats.method} @ ratio {stats.ratio:g}] {answer}")
+        print(f"[{stats.label}] {answer}")
         print(f"  {stats}")
         print(f"  time to first token {timing['prefill_ms']:.1f} ms, decode {timing['decode_ms_per_token']:.1f} ms/token, "
               f"total {timing['end_to_end_ms']:.1f} ms (median of {args.repeats} after a warm-up)\n")

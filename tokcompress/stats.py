@@ -101,6 +101,7 @@ class CompressionStats:
 
     method: str
     ratio: float  # requested
+    ratio_note: str = ""  # a composition's other members and their own ratios
     samples: list[SampleStats] = field(default_factory=list)
     decode_steps: int = 0
     note: str = ""
@@ -114,12 +115,12 @@ class CompressionStats:
 
     @staticmethod
     def empty(method: Method, note: str) -> CompressionStats:
-        return CompressionStats(method.name, method.ratio, note=note, finished=True)
+        return CompressionStats(method.name, method.ratio, method.ratio_note(), note=note, finished=True)
 
     @staticmethod
     def begin(method: Method, layouts: list[VisualLayout], rows_per_sample: int = 1) -> CompressionStats:
         samples = [SampleStats(layout.num_tokens, []) for layout in layouts[::rows_per_sample]]
-        return CompressionStats(method.name, method.ratio, samples, rows_per_sample=rows_per_sample)
+        return CompressionStats(method.name, method.ratio, method.ratio_note(), samples, rows_per_sample=rows_per_sample)
 
     @staticmethod
     def identity(method: Method, layouts: list[VisualLayout], num_layers: int, rows_per_sample: int = 1) -> CompressionStats:
@@ -129,7 +130,7 @@ class CompressionStats:
             for layout in layouts[::rows_per_sample]
         ]
         return CompressionStats(
-            method.name, method.ratio, samples, note="identity: nothing compressed", finished=True,
+            method.name, method.ratio, method.ratio_note(), samples, note="identity: nothing compressed", finished=True,
             rows_per_sample=rows_per_sample,
         )
 
@@ -199,11 +200,16 @@ class CompressionStats:
             sample.decode_visual_read.append(count)
             sample.decode_selecting_layers, sample.decode_layers = selecting_layers, layers
 
+    @property
+    def label(self) -> str:
+        """The method and the ratio asked of it: "framededup+framefusion @ ratio 0.3 (framededup at 0.5)"."""
+        return f"{self.method} @ ratio {self.ratio:g}" + (f" ({self.ratio_note})" if self.ratio_note else "")
+
     def __str__(self) -> str:
         if not self.samples:
             return f"{self.method}: {self.note or 'nothing compressed'}"
         text = (
-            f"{self.method} @ ratio {self.ratio:g}: visual tokens {self.visual_in} -> "
+            f"{self.label}: visual tokens {self.visual_in} -> "
             f"{round(self.achieved_ratio * self.visual_in)} per layer on average ({self.visual_out} at the last), "
             f"achieved ratio {self.achieved_ratio:.3f}"
         )

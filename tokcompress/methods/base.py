@@ -226,6 +226,11 @@ class Method:
         """Whether it changes anything: ratio 1 (and a method with no stage) is the identity."""
         return bool(self.stages) and self.ratio < 1
 
+    def ratio_note(self) -> str:
+        """What stats print beside the ratio: nothing for one method; a composition names its other members' own
+        ratios."""
+        return ""
+
     def encoder_side(self) -> Method:
         """The method as its encoder-side stages run when they run alone (`EncoderOnly`): itself, unless what it
         does in the tower depends on its LLM-side stages."""

@@ -103,6 +103,11 @@ class Compose(Method):
     def name(self) -> str:
         return "+".join(m.name for m in self.methods)
 
+    def ratio_note(self) -> str:
+        """The members other than the budget's holder, each with its own ratio: "framededup at 0.5"."""
+        holder = self._budget_holder(self.methods)
+        return ", ".join(f"{m.name} at {m.ratio:g}" for m in self.methods if m is not holder)
+
     @property
     def stages(self) -> tuple[str, ...]:
         stages = (*ENCODER_STAGES, *LLM_STAGES)
