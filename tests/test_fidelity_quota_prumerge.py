@@ -10,11 +10,15 @@ import numpy
 import pytest
 import torch
 
+import tokcompress
+from tokcompress import tiny
 from tokcompress.layout import VisualLayout
 from tokcompress.methods import LayerBudget, PruMerge, QuoTA
 from tokcompress.methods.base import LayerSample
 from tokcompress.methods.quota import pooled_cells, quota_grid
+from tokcompress.methods.selection import apportion
 
+from .conftest import TINY, inputs_for, logits, model_for
 from .test_fidelity import destinations, features
 
 # ---------------------------------------------------------------------------------------------- QuoTA
@@ -48,31 +52,28 @@ def test_quota_pools_a_frame_to_exactly_its_share_in_rectangular_blocks(height, 
             assert max(rows) - min(rows) < len(rows) and max(cols) - min(cols) < len(cols)  # of adjacent cells
         rows, cols = quota_grid(height, width, count)
         if rows * cols == count:  # no block split: the area pooling of the grid itself
-            expected = [(r * rows // height, c * cols // width) for r, c in itertools.product(range(height), range(width))]
+            cells = itertools.product(range(height), range(width))
+            expected = [(r * rows // height, c * cols // width) for r, c in cells]
             assert len({expected[cell] for cell in blocks[head[0]]}) == 1
             assert len({expected[first] for first in blocks}) == count
     assert pooled_cells(3, 3, 0).tolist() == [-1] * 9
 
 
 def quota_sample(relevance: list[float], question: bool = True) -> tuple[LayerSample, list]:
-    """Four 3 × 3 frames whose tokens the question attends to by their frame's `relevance`, seen before layer 2 of 4
-    (the budget keeps 12 of the 36 tokens from there on)."""
+    """Four 3 × 3 frames whose tokens the last tokens attend to by their frame's `relevance`, seen before layer 2 of
+    4 (the budget keeps 12 of the 36 tokens from there on), with 5 tokens of text after them (or none)."""
     layout = VisualLayout.from_videos([0], [(4, 3, 3)])
     attention = torch.tensor(relevance).repeat_interleave(9) / 9
     asked = []
 
-    def question_attention(rows):
-        asked.append(("question", rows))
-        return attention.expand(2, 5, 36)  # (heads, question tokens, visual tokens)
-
     def attention_to_visual(queries):
-        asked.append(("last", queries))
+        asked.append(queries)
         return attention
 
     ratio = (2 * 36 + 2 * 12) / (4 * 36)
     budget = LayerBudget(ratio, 36, 4, 2, 2 * 36)
     text = features(5 if question else 0, 8)
-    return LayerSample(2, features(36, 8), layout, budget, {}, attention_to_visual, text, question_attention), asked
+    return LayerSample(2, features(36, 8), layout, budget, {}, attention_to_visual, text), asked
 
 
 def test_quota_gives_frames_the_question_attends_to_a_share_by_the_square_of_it_and_drops_those_rounding_to_none():
@@ -80,7 +81,7 @@ def test_quota_gives_frames_the_question_attends_to_a_share_by_the_square_of_it_
     method = QuoTA(ratio=sample.budget.ratio)
     assert method.reduce_in_llm(LayerSample(**{**vars(sample), "layer": 1})) is None  # layer 2 by default
     reduction = method.reduce_in_llm(sample)
-    assert asked == [("question", None)] and reduction.keep.numel() == sample.budget.tokens_per_layer() == 12
+    assert asked == [5] and reduction.keep.numel() == sample.budget.tokens_per_layer() == 12  # the question's rows
     # w ∝ (100 p)²: 12 · w = 9.14, 2.28, 0.57, 0.006; frame 0 is capped at its 9 cells and gives 0.14 to the others
     # (by weight), then largest remainders: 9, 2, 1, 0 - frame 3 is dropped
     kept_per_frame = torch.bincount(sample.layout.frame[reduction.keep], minlength=4).tolist()
@@ -95,8 +96,72 @@ def test_quota_gives_frames_the_question_attends_to_a_share_by_the_square_of_it_
 def test_quota_without_text_after_the_video_asks_the_last_token():
     sample, asked = quota_sample([0.1, 0.1, 0.3, 0.1], question=False)
     reduction = QuoTA(ratio=sample.budget.ratio, power=0).reduce_in_llm(sample)
-    assert asked == [("last", 1)]
+    assert asked == [1]
     assert torch.bincount(sample.layout.frame[reduction.keep], minlength=4).tolist() == [3, 3, 3, 3]  # power 0: even
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_quota_shares_the_budget_by_the_attention_the_question_pays_each_frame_at_layer_k(family, clip):
+    """Against the stock model's own attention maps (eager, unpatched): layer 2's rows of the text after the video,
+    averaged over heads, rows and each frame's tokens, weigh the frames; each keeps its pooled share."""
+    model = model_for(family, "eager")
+    inputs = inputs_for(family, clip, "What is moving in this video, and where does it go?")
+    ids = inputs["input_ids"][0]
+    visual = (ids == tiny.VIDEO).nonzero().squeeze(1)
+    per_frame = TINY[family].tokens_per_unit
+    frames = visual[: len(visual) // per_frame * per_frame].view(-1, per_frame)  # LLaVA-OV's newline is last
+    question = torch.arange(int(visual[-1]) + 1, len(ids))
+    with torch.no_grad():
+        attention = model(**inputs, output_attentions=True).attentions[2][0].double()  # (heads, rows, keys)
+    relevance = attention[:, question][:, :, frames].mean(dim=(0, 1, 3))
+    with tokcompress.compress(model, "quota", ratio=0.75) as handle:
+        logits(model, inputs)
+        (sample,) = handle.stats.samples
+    assert sample.visual_per_layer[:2] == [len(visual)] * 2  # K = 2
+    separators = visual[frames.numel():].tolist()
+    weights = ((relevance / relevance.max()) ** 2).tolist()
+    shares = apportion(sample.visual_out - len(separators), weights, [per_frame] * len(frames))
+    side = math.isqrt(per_frame)
+    heads = [set(pooled_cells(side, side, share).tolist()) - {-1} for share in shares]
+    pooled = [int(tokens[head]) for tokens, frame_heads in zip(frames, heads) for head in frame_heads]
+    assert sample.kept_positions == sorted(separators + pooled)
+
+
+def test_quota_keeps_the_same_share_of_frames_of_different_sizes_the_question_attends_to_alike():
+    layout = VisualLayout.from_videos([0, 8], [(2, 2, 2), (2, 4, 4)])  # two videos: 2 × 4 and 2 × 16 tokens
+    for power in (0.0, 2.0):
+        reduction = QuoTA(power=power).assign(torch.full((40,), 1 / 40), layout, 20)
+        assert torch.bincount(layout.frame[reduction.keep]).tolist() == [2, 2, 8, 8]
+
+
+def test_quota_a_high_power_favours_the_most_relevant_frame_more_not_less():
+    """(100 p)^power of attentions about 1/N would underflow in float32 at high powers, which splits evenly."""
+    layout = VisualLayout.from_videos([0], [(64, 27, 27)])
+    relevance = torch.full((64 * 729,), 1 / (64 * 729))
+    relevance[:729] *= 5  # frame 0 is five times as relevant
+    for power in (2.0, 8.0, 16.0):
+        kept = torch.bincount(layout.frame[QuoTA(power=power).assign(relevance, layout, 4000).keep], minlength=64)
+        assert int(kept[0]) == 729 and int(kept[1:].max()) < 729
+
+
+def test_quota_reads_frames_held_in_another_order_by_their_cells():
+    """Ovis2.5's prompt holds a frame's tokens in window order: each cell pools with the same cells as in raster
+    order."""
+    frames, side = 3, 4
+    window = torch.tensor([0, 1, 4, 5, 2, 3, 6, 7, 8, 9, 12, 13, 10, 11, 14, 15])  # 2 × 2 windows: token k, cell
+    raster = VisualLayout.from_videos([0], [(frames, side, side)])
+    held = VisualLayout(raster.positions, raster.video, raster.frame, window.repeat(frames), raster.grids)
+    cell_of_held = (torch.arange(frames)[:, None] * side * side + window).flatten()  # per held token, its cell
+    relevance = torch.tensor([3.0, 1.0, 2.0]).repeat_interleave(side * side)
+    outcomes = []
+    for layout, order in ((raster, torch.arange(frames * side * side)), (held, cell_of_held)):
+        reduction = QuoTA().assign(relevance[order], layout, 11)
+        slot = reduction.assignment(len(order))
+        survivor = torch.where(slot >= 0, order[reduction.keep[slot.clamp_min(0)]], -1)
+        outcome = torch.empty_like(survivor)
+        outcome[order] = survivor  # per cell, the cell it pools into
+        outcomes.append(outcome)
+    assert torch.equal(outcomes[0], outcomes[1])
 
 
 def test_quota_refuses_bad_knobs():
@@ -126,6 +191,16 @@ def prumerge_expected_kept(scores: list[float], quota: int, plus: bool) -> list[
     others = [i for i in range(len(scores)) if i not in kept]
     wanted = quota - len(kept)
     return sorted(kept + [others[(j * 2 + 1) * len(others) // (2 * wanted)] for j in range(wanted)])
+
+
+@pytest.mark.parametrize("plus", [True, False])
+def test_prumerge_fences_outliers_with_numpys_interpolated_quartiles(plus):
+    """On 4 × 4 frames the quartiles fall between tokens, where interpolation decides the fence."""
+    saliency = torch.rand(200, 16, generator=torch.Generator().manual_seed(2)) ** 4
+    kept = PruMerge(plus=plus).kept_tokens(saliency, [6] * 200)
+    for frame in range(200):
+        expected = prumerge_expected_kept(saliency[frame].tolist(), 6, plus)
+        assert kept[frame].nonzero().squeeze(1).tolist() == expected
 
 
 @pytest.mark.parametrize("plus", [True, False])

@@ -37,8 +37,12 @@ class PruMerge(FrameByFrame):
       tokens by the tower layer's keys (of all tokens, so one can count for several), weighted by their
       attention and unnormalised, and one more token sums every pruned one - not added here, so the count stays
       the budget.
-    - The attention is the feature layer's (as `visionzip`: from its own q/k on its recorded input, pooled as the
-      model pools its features); official: CLIP's penultimate layer, which LLaVA-1.5 takes its features from.
+    - The attention is the one `visionzip` reads: the layer the model takes its features from, from its own q/k on
+      its recorded input, averaged over heads and pooled as the model pools its features. Official: the next
+      layer's (CLIP's last, on the penultimate layer's output that LLaVA-1.5 takes as features), one softmax over
+      all heads joined (scale C^-1/2, C = 1024), so the fence falls on another distribution.
+    - Kept tokens stay in raster order at their original positions (official: in attention order, positions
+      re-indexed).
     - Video: applied to every frame (a Qwen-VL temporal patch) of every video; the official code is per image.
       Separators (LLaVA-OV's newline) are kept first.
     """

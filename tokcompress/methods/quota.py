@@ -32,7 +32,7 @@ class QuoTA(Method):
     ratio: the default 0.179 is the paper's budget: 12,544 tokens for 96 frames of 27 × 27.
     layer: K, the decoder layer before which the frames are resized. None (default) means 2, or the deepest
         earlier layer that still leaves every later layer at least one visual token (as `fastv`).
-    power: the exponent on a frame's relevance (2, the paper's (100 · p)²; 0 splits the budget evenly).
+    power: the exponent on a frame's relevance (2, the paper's (100 · p)²; 0 keeps the same share of every frame).
 
     Departures:
     - Relevance: the official code asks a second LVLM (Qwen2-VL-2B) of every frame whether it shows the objects
@@ -40,6 +40,9 @@ class QuoTA(Method):
       takes P("yes"). Here no second model and no extra generation: p_t is the attention the question's tokens
       pay the frame at layer K (mean over heads, question tokens and the frame's tokens), computed from the
       layer's own q/k beside fused attention; a prompt with no text after its videos uses the last token's row.
+      A frame's weight is its token count × (p_t / max p)^power: frames of one size (the paper's) weigh
+      (100 · p_t)² as published, and frames of different sizes (videos of several sizes in one prompt) keep the
+      same share of their tokens where the question attends to them alike.
     - Where: inside the LLM, before layer K (the layers before it see every token), instead of before the LLM;
       the budget is the layer-averaged ratio, shared by every frame of every video in the sample.
     - Resizing is area pooling (each block of the h' × w' grid folds into its first cell, a size-weighted mean
@@ -78,10 +81,8 @@ class QuoTA(Method):
     def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
         if sample.layer != self.assign_layer(sample.budget):
             return None
-        if sample.question is not None and len(sample.question):
-            relevance = sample.question_attention(None).mean(dim=(0, 1))
-        else:
-            relevance = sample.attention_to_visual(1)
+        question = 0 if sample.question is None else len(sample.question)  # the text after the last visual token
+        relevance = sample.attention_to_visual(max(question, 1))  # the mean of its rows (heads averaged)
         return self.assign(relevance, sample.layout, sample.budget.tokens_per_layer())
 
     def in_llm_finished(self, sample: LayerSample) -> bool:
@@ -89,13 +90,16 @@ class QuoTA(Method):
 
     def assign(self, relevance: torch.Tensor, layout: VisualLayout, count: int) -> TokenReduction:
         """Keep `count` of the tokens: separators first, then each frame pooled to its share of the rest, in
-        proportion to its mean `relevance` (n,) to the power `power`."""
+        proportion to its tokens × its mean `relevance` (n,) to the power `power`."""
         destination, cells = merge_destinations(layout, count, relevance.device)
         grids = frame_grids(layout, self.name)
         if not grids:
             return TokenReduction.from_destinations(destination)
-        weights = torch.cat([relevance[grid].float().mean(dim=1) for _, grid in grids]).clamp_min(0) ** self.power
+        mean = torch.cat([relevance[grid].double().mean(dim=1) for _, grid in grids]).clamp_min(0)
         sizes = [grid.shape[1] for _, grid in grids for _ in range(len(grid))]
+        # relative to the most relevant frame, in float64: a high power of attentions ~1/N would underflow
+        relative = (mean / mean.max()).nan_to_num(nan=1.0) ** self.power  # no attention anywhere: all alike
+        weights = torch.tensor(sizes, dtype=torch.float64, device=mean.device) * relative
         shares = apportion(cells, weights.tolist(), sizes)
         first = 0
         for video, grid in grids:
@@ -144,7 +148,8 @@ def pooled_cells(height: int, width: int, count: int) -> torch.Tensor:
         blocks.append([cell for cell, at in zip(cells, along) if at >= middle])
         for index in (block, len(blocks) - 1):
             heapq.heappush(largest, (-len(blocks[index]), index))
-    block_of = torch.empty(height * width, dtype=torch.long)
+    block_of = [0] * (height * width)
     for index, cells in enumerate(blocks):
-        block_of[cells] = index
-    return block_heads(block_of)
+        for cell in cells:
+            block_of[cell] = index
+    return block_heads(torch.tensor(block_of), count)

@@ -141,10 +141,11 @@ def area_blocks(height: int, width: int, rows: int, cols: int, device: torch.dev
     return (row_block * cols + col_block).reshape(-1)
 
 
-def block_heads(block: torch.Tensor) -> torch.Tensor:
-    """Per cell, the first cell of its block (`block`: each cell's block id): the token a pooled block folds into."""
+def block_heads(block: torch.Tensor, blocks: int) -> torch.Tensor:
+    """Per cell, the first cell of its block (`block`: each cell's block id, of `blocks`): the token a pooled block
+    folds into."""
     cells = torch.arange(len(block), device=block.device)
-    first = torch.full((int(block.max()) + 1,), len(block), device=block.device)
+    first = torch.full((blocks,), len(block), device=block.device)
     return first.scatter_reduce(0, block, cells, reduce="amin")[block]
 
 

@@ -81,7 +81,8 @@ class TSLLaVA(Method):
         count, tile_height, tile_width = self.thumbnail_plan(frames, height, width, quota)
         chosen = torch.linspace(0, frames - 1, count, dtype=torch.float64).round().long().tolist() if count else []
         if chosen:  # each cell folds into the first cell of its tile block (area pooling)
-            head = block_heads(area_blocks(height, width, tile_height, tile_width, grid.device))
+            blocks = area_blocks(height, width, tile_height, tile_width, grid.device)
+            head = block_heads(blocks, tile_height * tile_width)
             for frame in chosen:
                 tokens = grid[frame].reshape(-1)
                 destination[tokens] = tokens[head]
