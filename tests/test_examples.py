@@ -81,7 +81,7 @@ def test_run_takes_a_composition_spelt_as_its_stats_name(capsys):
 
     argv = ["run", "--frames", "4", "--method", "framededup+fastv", "--ratio", "0.3", "--max-new-tokens", "2"]
     assert main(argv) == 0
-    assert "[framededup+fastv @ ratio 0.3]" in capsys.readouterr().out
+    assert "[framededup+fastv @ ratio 0.3 (framededup at 0.5)]" in capsys.readouterr().out
 
 
 def test_run_on_a_checkpoint_tells_its_processor_when_each_frame_was_taken(monkeypatch, capsys):
