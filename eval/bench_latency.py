@@ -55,6 +55,8 @@ from transformers import (
     Qwen2_5OmniThinkerForConditionalGeneration,
     Qwen3_5Config,
     Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeConfig,
+    Qwen3_5MoeForConditionalGeneration,
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
     VideoLlama3Config,
@@ -123,7 +125,7 @@ SPECIAL_TOKENS = ("video_token_id", "image_token_id", "vision_start_token_id", "
 MODEL_NAMES = (
     "llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b",
     "internvl3-8b", "glm-4.1v-9b", "videollama3-7b", "qwen2.5-omni-7b", "gemma-4-e4b", "cosmos3-edge",
-    "ernie-4.5-vl-28b-a3b", "molmo2-8b", "muse-glimmer-30b", "ovis2.5-9b", "gemma-4-unified",
+    "ernie-4.5-vl-28b-a3b", "molmo2-8b", "muse-glimmer-30b", "ovis2.5-9b", "gemma-4-unified", "qwen3.5-35b-a3b",
     "small", "small-qwen2.5-vl",
 )
 INTERNVL_IMAGE_START, INTERNVL_IMAGE_END = 151665, 151666  # <img>, </img>
@@ -175,6 +177,12 @@ def named_model(name: str, dtype: torch.dtype, device: str):
             image_token_id=248056, video_token_id=248057, vision_start_token_id=248053, vision_end_token_id=248054,
         )
         cls = Qwen3_5ForConditionalGeneration
+    elif name == "qwen3.5-35b-a3b":  # transformers' Qwen3.5-MoE defaults: 40 layers of 2048, 256 experts (8 a token)
+        config = Qwen3_5MoeConfig(
+            vision_config={**QWEN3_VISION, "out_hidden_size": 2048}, text_config={},
+            image_token_id=248056, video_token_id=248057, vision_start_token_id=248053, vision_end_token_id=248054,
+        )
+        cls = Qwen3_5MoeForConditionalGeneration
     elif name == "internvl3-8b":  # InternViT-300M at 448 px, pixel-shuffled to 16×16 tokens a frame; Qwen2.5-7B
         config = InternVLConfig(
             text_config=dict(model_type="qwen2", **{**QWEN2_7B_TEXT, "vocab_size": 151674}),
@@ -264,7 +272,9 @@ def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
     special = {getattr(config, name, None) for name in SPECIAL_TOKENS}
     ordinary = torch.tensor([i for i in range(10, min(1000, config.get_text_config().vocab_size)) if i not in special])
     text = ordinary[torch.randint(len(ordinary), (prompt_tokens,), generator=torch.Generator().manual_seed(0))]
-    if config.model_type in ("qwen2_5_vl", "qwen3_vl", "qwen3_5", "glm4v", "qwen2_5_omni_thinker", "cosmos3_edge"):
+    if config.model_type in (
+        "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe", "glm4v", "qwen2_5_omni_thinker", "cosmos3_edge",
+    ):
         patch, cosmos = config.vision_config.patch_size, config.model_type == "cosmos3_edge"  # one frame a unit
         pixels, grid = qwen_vl_pixels(  # 448 px / 512 px
             frames, 32 * patch, 32 * patch, patch_size=patch, temporal_patch_size=1 if cosmos else 2,

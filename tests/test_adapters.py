@@ -44,9 +44,9 @@ def placed_embeddings(model, inputs) -> torch.Tensor:
 
 
 def test_every_supported_model_type_has_a_tiny_family_under_the_contract_suite():
-    # Qwen2_5_VLAdapter's parent (same placement), GLM-4.1V's twin (the same modules) and the whole Qwen-Omni
-    # models (their thinkers' adapters: tests/test_qwen_omni.py), tested through them
-    covered_by_subclass = {"qwen2_vl", "glm46v", "qwen2_5_omni", "qwen3_omni_moe"}
+    # Qwen2_5_VLAdapter's parent (same placement), GLM-4.1V's and Qwen3-VL's twins (the same modules) and the whole
+    # Qwen-Omni models (their thinkers' adapters: tests/test_qwen_omni.py), tested through them
+    covered_by_subclass = {"qwen2_vl", "glm46v", "cosmos3_omni", "qwen2_5_omni", "qwen3_omni_moe"}
     newer = {model_type for model_type in tokcompress.list_models() if not compat.ships(model_type)}  # Ovis2.5 on 5.23
     assert set(tokcompress.list_models()) - covered_by_subclass - newer == set(FAMILIES)
 
@@ -129,13 +129,14 @@ def assert_scores_reproduce_the_attention_map(model, inputs) -> None:
             torch.testing.assert_close(adapter.project_values(layer, hidden)[:, -cached.shape[1]:], cached)
 
 
-@pytest.mark.parametrize("method", ["framefusion", "vidtldr"])
-def test_glm46v_runs_as_glm41v_under_another_name(clip, method):
-    """GLM-4.6V's model is GLM-4.1V's modules (built alike, the same weights): compressed, it keeps the same tokens
-    and gives the same logits."""
-    inputs = inputs_for("glm4v", clip, "What is moving?")
+@pytest.mark.parametrize("method", ["framefusion", "vidtldr", "earlytom@encoder+fastv"])
+@pytest.mark.parametrize(("twin", "original"), [("glm46v", "glm4v"), ("cosmos3_omni", "qwen3_vl")])
+def test_a_twin_family_runs_as_the_original_under_another_name(clip, method, twin, original):
+    """GLM-4.6V's model is GLM-4.1V's modules, Cosmos3 Omni's Qwen3-VL's (built alike, the same weights): compressed,
+    each keeps the same tokens and gives the same logits."""
+    inputs = inputs_for(original, clip, "What is moving?")
     outcomes = []
-    for model in (model_for("glm4v"), tiny.tiny_glm46v()):
+    for model in (model_for(original), tiny.TINY_MODELS[twin]()):
         with tokcompress.compress(model, method, ratio=0.3) as handle:
             outcomes.append((logits(model, inputs), handle.stats.samples[0].kept_positions))
         assert adapter_for(model).model_type == model.config.model_type

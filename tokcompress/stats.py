@@ -120,7 +120,9 @@ class CompressionStats:
     @staticmethod
     def begin(method: Method, layouts: list[VisualLayout], rows_per_sample: int = 1) -> CompressionStats:
         samples = [SampleStats(layout.num_tokens, []) for layout in layouts[::rows_per_sample]]
-        return CompressionStats(method.name, method.ratio, method.ratio_note(), samples, rows_per_sample=rows_per_sample)
+        return CompressionStats(
+            method.name, method.ratio, method.ratio_note(), samples, rows_per_sample=rows_per_sample
+        )
 
     @staticmethod
     def identity(method: Method, layouts: list[VisualLayout], num_layers: int, rows_per_sample: int = 1) -> CompressionStats:

@@ -24,6 +24,7 @@ VIDEO_START, VIDEO_END = 262, 263  # GLM-4.1V's video span (261 is the tiny chec
 VOCAB = 264
 AUDIO, AUDIO_START, AUDIO_END = 264, 265, 266  # Qwen2.5-Omni's audio placeholder and span (its tiny vocabulary: 267)
 GEMMA4_AUDIO_BINS = 32  # mel bins of tiny Gemma 4's audio (its subsampling keeps bins / 4 after two stride-2 convs)
+QWEN3_LAYOUT = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "cosmos3_omni", "cohere_compass")  # Qwen3-VL's
 
 
 def text_ids(text: str) -> list[int]:
@@ -373,7 +374,7 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
     """Inputs for one video per prompt for any tiny model (lists make a left-padded batch)."""
     if model.config.model_type == "qwen2_5_vl":
         return qwen_vl_inputs(frames, questions)
-    if model.config.model_type in ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "cohere_compass"):  # 16 px, 8 fps
+    if model.config.model_type in QWEN3_LAYOUT:  # 16 px, 8 fps
         return qwen_vl_inputs(frames, questions, size=128, patch_size=16, fps=8.0)
     if model.config.model_type == "cosmos3_edge":  # 16-px patches, one frame a unit, timestamps at 2 fps
         return qwen_vl_inputs(

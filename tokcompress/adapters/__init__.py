@@ -18,8 +18,8 @@ from .molmo2 import Molmo2Adapter
 from .muse_glimmer import MuseGlimmerAdapter
 from .ovis2_5 import Ovis2_5Adapter
 from .qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
-from .qwen3_5 import Qwen3_5Adapter
-from .qwen3_vl import Qwen3VLAdapter, Qwen3VLMoeAdapter
+from .qwen3_5 import Qwen3_5Adapter, Qwen3_5MoeAdapter
+from .qwen3_vl import Cosmos3OmniAdapter, Qwen3VLAdapter, Qwen3VLMoeAdapter
 from .qwen_omni import Qwen2_5OmniAdapter, Qwen2_5OmniThinkerAdapter, Qwen3OmniMoeAdapter, Qwen3OmniMoeThinkerAdapter
 from .smolvlm import SmolVLMAdapter
 from .video_llama_3 import VideoLlama3Adapter
@@ -33,7 +33,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
         Glm4vMoeAdapter, SmolVLMAdapter, VideoLlama3Adapter, Qwen2_5OmniThinkerAdapter, Qwen2_5OmniAdapter,
         Qwen3OmniMoeThinkerAdapter, Qwen3OmniMoeAdapter, Gemma4Adapter, Cosmos3EdgeAdapter,
         Ernie4_5_VLAdapter, CohereCompassAdapter, Molmo2Adapter,
-        MuseGlimmerAdapter, Ovis2_5Adapter, Gemma4UnifiedAdapter,
+        MuseGlimmerAdapter, Ovis2_5Adapter, Gemma4UnifiedAdapter, Qwen3_5MoeAdapter, Cosmos3OmniAdapter,
     )
 }
 

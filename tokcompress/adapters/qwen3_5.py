@@ -1,7 +1,7 @@
-"""Qwen3.5: Qwen3-VL's video layout (each temporal patch between its `<t seconds>` text and vision start / end,
-interleaved M-RoPE) without DeepStack, over a hybrid decoder: gated-delta-rule linear-attention layers, which
-carry a recurrent and a convolution state instead of keys and values, between gated softmax-attention layers
-(q/k norms, rotary on part of each head).
+"""Qwen3.5 and Qwen3.5-MoE: Qwen3-VL's video layout (each temporal patch between its `<t seconds>` text and vision
+start / end, interleaved M-RoPE) without DeepStack, over a hybrid decoder: gated-delta-rule linear-attention
+layers, which carry a recurrent and a convolution state instead of keys and values, between gated softmax-attention
+layers (q/k norms, rotary on part of each head); Qwen3.5-MoE's MLPs are experts.
 
 Each layer runs on the tokens its group keeps, so a linear-attention layer's state is always the state of the
 tokens it saw; decode-time KV selection touches the softmax layers only (`Adapter.kv_layers`)."""
@@ -41,3 +41,9 @@ class Qwen3_5Adapter(Qwen3VLAdapter):
             layer: self.layers[next((i for i in softmax if i >= index), softmax[-1])]
             for index, layer in enumerate(self.layers)
         }
+
+
+class Qwen3_5MoeAdapter(Qwen3_5Adapter):
+    """Qwen3.5-MoE: the same tower, layout and hybrid decoder; only the decoder's MLPs are experts."""
+
+    model_type = "qwen3_5_moe"

@@ -42,3 +42,9 @@ class Qwen3VLMoeAdapter(Qwen3VLAdapter):
     """Qwen3-VL-MoE: the same tower, layout and DeepStack; only the decoder's MLPs are experts."""
 
     model_type = "qwen3_vl_moe"
+
+
+class Cosmos3OmniAdapter(Qwen3VLAdapter):
+    """Cosmos3 Omni (NVIDIA's Cosmos3-Nano): Qwen3-VL's modules, DeepStack included, under a config of its own."""
+
+    model_type = "cosmos3_omni"

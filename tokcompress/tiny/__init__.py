@@ -52,6 +52,7 @@ from .frames import (  # noqa: F401 - public builders
 from .packed import (  # noqa: F401 - public builders
     tiny_cohere_compass,
     tiny_cosmos3_edge,
+    tiny_cosmos3_omni,
     tiny_ernie4_5_vl_moe,
     tiny_glm4v,
     tiny_glm4v_moe,
@@ -61,6 +62,7 @@ from .packed import (  # noqa: F401 - public builders
     tiny_qwen2_5_omni_thinker,
     tiny_qwen2_5_vl,
     tiny_qwen3_5,
+    tiny_qwen3_5_moe,
     tiny_qwen3_omni_moe_thinker,
     tiny_qwen3_vl,
     tiny_qwen3_vl_moe,
@@ -90,6 +92,8 @@ TINY_MODELS = {
     "molmo2": tiny_molmo2,
     "muse_glimmer": tiny_muse_glimmer,
     "gemma4_unified": tiny_gemma4_unified,
+    "qwen3_5_moe": tiny_qwen3_5_moe,
+    "cosmos3_omni": tiny_cosmos3_omni,
 }
 if compat.ships("ovis2_5"):  # transformers 5.25+
     TINY_MODELS["ovis2_5"] = tiny_ovis2_5

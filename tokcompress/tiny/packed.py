@@ -1,6 +1,6 @@
 """Tiny models of the families whose tower packs a video's frame units into one sequence (Qwen-VL's kind):
-Qwen2.5-VL, Qwen3-VL, Qwen3.5, the Qwen Omni thinkers, GLM-4.1V / 4.5V / 4.6V, VideoLLaMA3, Cosmos3 Edge,
-ERNIE-4.5-VL, Cohere's North, Muse Glimmer, Ovis2.5."""
+Qwen2.5-VL, Qwen3-VL, Qwen3.5 (-MoE), the Qwen Omni thinkers, GLM-4.1V / 4.5V / 4.6V, VideoLLaMA3, Cosmos3 Edge and
+Omni, ERNIE-4.5-VL, Cohere's North, Muse Glimmer, Ovis2.5."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from transformers import (
     CohereCompassForConditionalGeneration,
     Cosmos3EdgeConfig,
     Cosmos3EdgeForConditionalGeneration,
+    Cosmos3OmniConfig,
+    Cosmos3OmniForConditionalGeneration,
     Ernie4_5_VLMoeConfig,
     Ernie4_5_VLMoeForConditionalGeneration,
     Glm4vConfig,
@@ -26,6 +28,8 @@ from transformers import (
     Qwen2_5OmniThinkerForConditionalGeneration,
     Qwen3_5Config,
     Qwen3_5ForConditionalGeneration,
+    Qwen3_5MoeConfig,
+    Qwen3_5MoeForConditionalGeneration,
     Qwen3OmniMoeThinkerConfig,
     Qwen3OmniMoeThinkerForConditionalGeneration,
     Qwen3VLConfig,
@@ -94,6 +98,13 @@ def tiny_qwen3_vl(num_layers: int = 4, attn_implementation: str = "sdpa", seed: 
     return _qwen3_vl(Qwen3VLConfig, Qwen3VLForConditionalGeneration, num_layers, attn_implementation, seed, hidden_size)
 
 
+def tiny_cosmos3_omni(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """Cosmos3 Omni: Qwen3-VL's tower and decoder under its own config."""
+    return _qwen3_vl(
+        Cosmos3OmniConfig, Cosmos3OmniForConditionalGeneration, num_layers, attn_implementation, seed, hidden_size,
+    )
+
+
 def tiny_qwen3_vl_moe(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
     """Qwen3-VL-MoE: Qwen3-VL's tower and layout; every decoder MLP is 4 experts, 2 of them routed per token."""
     return _qwen3_vl(
@@ -105,24 +116,17 @@ def tiny_qwen3_vl_moe(num_layers: int = 4, attn_implementation: str = "sdpa", se
 def tiny_qwen3_5(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
     """Qwen3.5: Qwen3-VL's tower (no DeepStack) and layout over a hybrid decoder, gated-delta linear attention in
     even layers and gated softmax attention (q/k norms, rotary on half of head_dim 32) in odd ones."""
-    config = Qwen3_5Config(
-        text_config=text_config(
-            num_layers, hidden_size, head_dim=32,
-            layer_types=["linear_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)],
-            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
-            linear_conv_kernel_dim=4,
-            rope_parameters={
-                "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [3, 3, 2],
-                "mrope_interleaved": True,
-            },
-        ),
-        vision_config=dict(
-            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size, patch_size=16,
-            temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=64,
-        ),
-        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+    return _qwen3_5(Qwen3_5Config, Qwen3_5ForConditionalGeneration, num_layers, attn_implementation, seed, hidden_size)
+
+
+def tiny_qwen3_5_moe(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """Qwen3.5-MoE: Qwen3.5's tower, layout and hybrid decoder; every decoder MLP is 4 experts, 2 of them routed per
+    token, beside a shared one."""
+    return _qwen3_5(
+        Qwen3_5MoeConfig, Qwen3_5MoeForConditionalGeneration, num_layers, attn_implementation, seed, hidden_size,
+        num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden_size,
+        shared_expert_intermediate_size=hidden_size,
     )
-    return build(Qwen3_5ForConditionalGeneration, config, attn_implementation, seed)
 
 
 def tiny_qwen3_omni_moe_thinker(
@@ -291,6 +295,28 @@ def _glm4v(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_
         ),
         image_token_id=VIDEO, video_token_id=IMAGE, image_start_token_id=VISION_START, image_end_token_id=VISION_END,
         video_start_token_id=VIDEO_START, video_end_token_id=VIDEO_END,
+    )
+    return build(model_cls, config, attn_implementation, seed)
+
+
+def _qwen3_5(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size, **text_extra):
+    config = config_cls(
+        text_config=text_config(
+            num_layers, hidden_size, head_dim=32,
+            layer_types=["linear_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)],
+            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+            linear_conv_kernel_dim=4,
+            rope_parameters={
+                "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [3, 3, 2],
+                "mrope_interleaved": True,
+            },
+            **text_extra,
+        ),
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size, patch_size=16,
+            temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=64,
+        ),
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
     )
     return build(model_cls, config, attn_implementation, seed)
 
