@@ -65,6 +65,21 @@ TOWERED = tuple(family for family in FAMILIES if ADAPTERS[family].has_tower)  # 
 # every registered method but the identity: a new method cannot skip the contract suite
 COMPRESSING = tuple(sorted(set(tokcompress.list_methods()) - {"none"}))
 FRAME_GRANULAR = {"framededup"}  # keeps whole frames: its ratio is a cap, met to within a frame
+# a method of each mechanism the engine and the adapters carry out: frames skipped before the tower, frames (earlytom)
+# and tokens (vidtldr) folded inside it, merges with proportional attention before the LLM (tome), pruning and merging
+# inside it (fastv, framefusion), visual KV selected while decoding (dycoke)
+MECHANISMS = ("framededup", "earlytom", "vidtldr", "tome", "fastv", "framefusion", "dycoke")
+
+
+def every_family_and_every_method(mechanisms: tuple[str, ...] = MECHANISMS) -> list[tuple[str, str]]:
+    """(family, method) pairs for a test whose subject is per-family or per-method, not their product (it had grown
+    to a seventh of the suite each time): every family with each of `mechanisms`, and every method on a batched and a
+    packed family."""
+    return [
+        *((family, method) for family in FAMILIES for method in mechanisms),
+        *((family, method) for family in ("llava_onevision", "qwen2_5_vl") for method in COMPRESSING
+          if method not in mechanisms),
+    ]
 
 
 @pytest.fixture(scope="session")

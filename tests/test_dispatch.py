@@ -9,10 +9,10 @@ from accelerate import dispatch_model
 import tokcompress
 from tokcompress.adapters import adapter_for
 
-from .conftest import COMPRESSING, FRAME_GRANULAR, TINY, build, generate, inputs_for, logits
+from .conftest import FRAME_GRANULAR, TINY, build, every_family_and_every_method, generate, inputs_for, logits
 
 
-@pytest.mark.parametrize("method", COMPRESSING)
+@pytest.mark.parametrize(("family", "method"), every_family_and_every_method())
 def test_accelerate_dispatched_model_compresses_like_the_plain_one(family, clip, method):
     plain = build(family)
     dispatched = dispatch_model(build(family), device_map={"": "cpu"}, force_hooks=True)
@@ -26,7 +26,7 @@ def test_accelerate_dispatched_model_compresses_like_the_plain_one(family, clip,
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("method", COMPRESSING)
+@pytest.mark.parametrize(("family", "method"), every_family_and_every_method())
 def test_half_precision(family, clip, method, dtype):
     model = build(family).to(dtype)
     inputs = inputs_for(family, clip, "What is moving?")

@@ -18,7 +18,7 @@ from tokcompress.adapters import adapter_for
 from tokcompress.engine.compat import CACHE_KEYWORD, output_cache
 from tokcompress.video import llava_onevision_pixels, qwen_vl_pixels
 
-from .conftest import COMPRESSING, FAMILIES, build, generate, inputs_for, logits, model_for
+from .conftest import COMPRESSING, build, every_family_and_every_method, generate, inputs_for, logits, model_for
 
 
 def cache_kwarg(cache) -> dict:
@@ -111,7 +111,7 @@ def _teacher_forced_log_prob(model, inputs, tokens) -> float:
     return total
 
 
-@pytest.mark.parametrize("method", COMPRESSING)
+@pytest.mark.parametrize(("family", "method"), every_family_and_every_method())
 def test_a_decode_loop_interrupted_by_another_forward_continues_unharmed(family, clip, other_clip, method):
     model = model_for(family)
     first, second = inputs_for(family, clip, "What is moving?"), inputs_for(family, other_clip, "Who is there?")
@@ -133,14 +133,7 @@ def test_a_decode_loop_interrupted_by_another_forward_continues_unharmed(family,
 THREADED = ("framededup", "fastv", "dycoke")  # an encoder-side method, an in-LLM one, a pre-LLM + decode one
 
 
-@pytest.mark.parametrize(
-    ("family", "method"),
-    [
-        *((family, method) for family in FAMILIES for method in THREADED),
-        *((family, method) for family in ("llava_onevision", "qwen2_5_vl") for method in COMPRESSING
-          if method not in THREADED),
-    ],
-)
+@pytest.mark.parametrize(("family", "method"), every_family_and_every_method(THREADED))
 def test_threads_generating_on_one_patched_model_get_their_own_results(family, clip, other_clip, method):
     """Four threads generate at once on one patched model and each gets what it gets alone. The per-thread state
     is the engine's and the adapters': every family runs it with a method of each stage, and every method on a
