@@ -174,7 +174,8 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
         kept = handle.stats.samples[0].kept_positions
     call = _language_model_call(model, inputs)
     language_model = adapter_for(model).language_model
-    hidden, positions = call["inputs_embeds"], call.get("position_ids")
+    embedding_multiplier = getattr(language_model.config, "embedding_multiplier", 1.0)  # MuP (HyperCLOVA X)
+    hidden, positions = call["inputs_embeds"] * embedding_multiplier, call.get("position_ids")
     positions = torch.arange(hidden.shape[1])[None] if positions is None else positions[-3:].squeeze(0)
     additions, visual = call.get("deepstack_visual_embeds") or [], call.get("visual_pos_masks")
     token_ids = {name: call[name] for name in adapter_for(model).llm_token_ids}  # ERNIE's modality ids
@@ -205,15 +206,16 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
                     hidden[visual] += additions[index]
             ideal = _logits(model, language_model.norm(hidden[:, -1]))
             torch.testing.assert_close(step_logits, ideal, rtol=1e-4, atol=1e-5)
-            hidden = model.get_input_embeddings()(ideal.argmax(-1))[:, None]
+            hidden = model.get_input_embeddings()(ideal.argmax(-1))[:, None] * embedding_multiplier
             positions = positions[..., -1:] + 1
 
 
 def _logits(model, hidden: torch.Tensor) -> torch.Tensor:
-    """The model's logits for the language model's last hidden states (scaled where it scales them: Cohere's; soft-
-    capped where it caps them: Muse Glimmer's, after its output multiplier)."""
-    logits = model.lm_head(hidden) * (getattr(model, "logit_scale", None) or 1.0)
+    """The model's logits for the language model's last hidden states (scaled where it scales them: Cohere's, and
+    HyperCLOVA X's MuP `logits_scaling`; soft-capped where it caps them: Muse Glimmer's, after its output
+    multiplier)."""
     text = model.config.get_text_config()
+    logits = model.lm_head(hidden) * (getattr(model, "logit_scale", None) or 1.0) * getattr(text, "logits_scaling", 1.0)
     cap = getattr(text, "final_logit_softcapping", None)
     return cap * torch.tanh(logits * getattr(text, "output_multiplier", 1.0) / cap) if cap else logits
 

@@ -374,6 +374,8 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
     """Inputs for one video per prompt for any tiny model (lists make a left-padded batch)."""
     if model.config.model_type == "qwen2_5_vl":
         return qwen_vl_inputs(frames, questions)
+    if model.config.model_type == "hyperclovax_vision_v2":  # 1-D positions: its forward takes no token types
+        return {k: v for k, v in qwen_vl_inputs(frames, questions).items() if k != "mm_token_type_ids"}
     if model.config.model_type in QWEN3_LAYOUT:  # 16 px, 8 fps
         return qwen_vl_inputs(frames, questions, size=128, patch_size=16, fps=8.0)
     if model.config.model_type == "cosmos3_edge":  # 16-px patches, one frame a unit, timestamps at 2 fps

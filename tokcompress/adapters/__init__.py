@@ -11,6 +11,7 @@ from .ernie4_5_vl import Ernie4_5_VLAdapter
 from .gemma4 import Gemma4Adapter
 from .gemma4_unified import Gemma4UnifiedAdapter
 from .glm4v import Glm4vAdapter, Glm4vMoeAdapter, Glm46VAdapter
+from .hyperclovax_vision_v2 import HyperClovaXVisionV2Adapter
 from .internvl import InternVLAdapter
 from .llava_next_video import LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
@@ -34,6 +35,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
         Qwen3OmniMoeThinkerAdapter, Qwen3OmniMoeAdapter, Gemma4Adapter, Cosmos3EdgeAdapter,
         Ernie4_5_VLAdapter, CohereCompassAdapter, Molmo2Adapter,
         MuseGlimmerAdapter, Ovis2_5Adapter, Gemma4UnifiedAdapter, Qwen3_5MoeAdapter, Cosmos3OmniAdapter,
+        HyperClovaXVisionV2Adapter,
     )
 }
 

@@ -57,6 +57,7 @@ from .packed import (  # noqa: F401 - public builders
     tiny_glm4v,
     tiny_glm4v_moe,
     tiny_glm46v,
+    tiny_hyperclovax_vision_v2,
     tiny_muse_glimmer,
     tiny_ovis2_5,
     tiny_qwen2_5_omni_thinker,
@@ -94,6 +95,7 @@ TINY_MODELS = {
     "gemma4_unified": tiny_gemma4_unified,
     "qwen3_5_moe": tiny_qwen3_5_moe,
     "cosmos3_omni": tiny_cosmos3_omni,
+    "hyperclovax_vision_v2": tiny_hyperclovax_vision_v2,
 }
 if compat.ships("ovis2_5"):  # transformers 5.25+
     TINY_MODELS["ovis2_5"] = tiny_ovis2_5

@@ -1,6 +1,6 @@
 """Tiny models of the families whose tower packs a video's frame units into one sequence (Qwen-VL's kind):
-Qwen2.5-VL, Qwen3-VL, Qwen3.5 (-MoE), the Qwen Omni thinkers, GLM-4.1V / 4.5V / 4.6V, VideoLLaMA3, Cosmos3 Edge and
-Omni, ERNIE-4.5-VL, Cohere's North, Muse Glimmer, Ovis2.5."""
+Qwen2.5-VL, HyperCLOVA X SEED Vision, Qwen3-VL, Qwen3.5 (-MoE), the Qwen Omni thinkers, GLM-4.1V / 4.5V / 4.6V,
+VideoLLaMA3, Cosmos3 Edge and Omni, ERNIE-4.5-VL, Cohere's North, Muse Glimmer, Ovis2.5."""
 
 from __future__ import annotations
 
@@ -20,6 +20,8 @@ from transformers import (
     Glm4vMoeForConditionalGeneration,
     Glm46VConfig,
     Glm46VForConditionalGeneration,
+    HyperCLOVAXVisionV2Config,
+    HyperCLOVAXVisionV2ForConditionalGeneration,
     MuseGlimmerConfig,
     MuseGlimmerForConditionalGeneration,
     Qwen2_5_VLConfig,
@@ -75,6 +77,23 @@ def tiny_qwen2_5_vl(num_layers: int = 4, attn_implementation: str = "sdpa", seed
         image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
     )
     return build(Qwen2_5_VLForConditionalGeneration, config, attn_implementation, seed)
+
+
+def tiny_hyperclovax_vision_v2(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64
+):
+    """HyperCLOVA X SEED Vision: Qwen2.5-VL's tiny tower (merger out 48 wide), a linear projector and a Granite-style
+    decoder with 1-D positions whose MuP multipliers are all off 1 (attention 0.2 in place of 1/√d, embeddings × 2,
+    residual branches × 0.5, logits × 0.5)."""
+    config = HyperCLOVAXVisionV2Config(
+        text_config={
+            **text_config(num_layers, hidden_size), "model_type": "hyperclovax", "attention_multiplier": 0.2,
+            "embedding_multiplier": 2.0, "residual_multiplier": 0.5, "logits_scaling": 0.5,
+        },
+        vision_config={**QWEN2_5_TOWER, "out_hidden_size": 48, "model_type": "qwen2_5_vl_vision"},
+        image_token_id=IMAGE, video_token_id=VIDEO,
+    )
+    return build(HyperCLOVAXVisionV2ForConditionalGeneration, config, attn_implementation, seed)
 
 
 def tiny_qwen2_5_omni_thinker(
