@@ -68,8 +68,8 @@ COMPRESSING = tuple(sorted(set(tokcompress.list_methods()) - {"none"}))
 FRAME_GRANULAR = {"framededup"}  # keeps whole frames: its ratio is a cap, met to within a frame
 # a method of each mechanism the engine and the adapters carry out: frames skipped before the tower, frames (earlytom)
 # and tokens (vidtldr) folded inside it, merges with proportional attention before the LLM (tome), pruning and merging
-# inside it (fastv, framefusion), visual KV selected while decoding (dycoke)
-MECHANISMS = ("framededup", "earlytom", "vidtldr", "tome", "fastv", "framefusion", "dycoke")
+# inside it (fastv, framefusion; flowcut reads the layer's values too), visual KV selected while decoding (dycoke)
+MECHANISMS = ("framededup", "earlytom", "vidtldr", "tome", "fastv", "framefusion", "flowcut", "dycoke")
 
 
 def every_family_and_every_method(mechanisms: tuple[str, ...] = MECHANISMS) -> list[tuple[str, str]]:

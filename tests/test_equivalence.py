@@ -215,7 +215,9 @@ def _logits(model, hidden: torch.Tensor) -> torch.Tensor:
     HyperCLOVA X's MuP `logits_scaling`; soft-capped where it caps them: Muse Glimmer's, after its output
     multiplier)."""
     text = model.config.get_text_config()
-    logits = model.lm_head(hidden) * (getattr(model, "logit_scale", None) or 1.0) * getattr(text, "logits_scaling", 1.0)
+    logits = model.lm_head(hidden) * (getattr(model, "logit_scale", None) or 1.0)
+    if text.model_type == "hyperclovax":  # MuP: multiplied (Granite's own `logits_scaling` divides)
+        logits = logits * text.logits_scaling
     cap = getattr(text, "final_logit_softcapping", None)
     return cap * torch.tanh(logits * getattr(text, "output_multiplier", 1.0) / cap) if cap else logits
 

@@ -18,7 +18,16 @@ from tokcompress.adapters import adapter_for
 from tokcompress.engine.compat import CACHE_KEYWORD, output_cache
 from tokcompress.video import llava_onevision_pixels, qwen_vl_pixels
 
-from .conftest import COMPRESSING, build, every_family_and_every_method, generate, inputs_for, logits, model_for
+from .conftest import (
+    COMPRESSING,
+    FAMILIES,
+    build,
+    every_family_and_every_method,
+    generate,
+    inputs_for,
+    logits,
+    model_for,
+)
 
 
 def cache_kwarg(cache) -> dict:
@@ -222,6 +231,29 @@ def test_chunked_prefill_is_refused_while_compressing_and_passes_through_unpatch
         pytest.skip(f"the stock {family} model cannot chunk this prompt: {stock_refusal}")
     with tokcompress.compress(model, "none"):
         assert torch.equal(generate(model, inputs, prefill_chunk_size=4096), reference)
+
+
+def test_router_logits_are_refused_while_compressing_a_mixture_of_experts(clip):
+    """Their load-balancing loss weighs every layer's rows by the whole prompt's mask (the stock function fails on a
+    layer that routes only the kept tokens): refused, naming the fix, on every family with expert MLPs; under 'none'
+    the stock loss comes back as unpatched."""
+    mixtures = []
+    for family in FAMILIES:
+        model = model_for(family)
+        if not hasattr(adapter_for(model).language_model.config, "output_router_logits"):
+            continue
+        mixtures.append(family)
+        inputs = inputs_for(family, clip, "What is moving?")
+        with torch.no_grad():
+            reference = model(**inputs, output_router_logits=True).aux_loss
+            with tokcompress.compress(model, "tome", ratio=0.3):
+                with pytest.raises(ValueError, match="output_router_logits=False"):
+                    model(**inputs, output_router_logits=True)
+                assert model(**inputs).aux_loss is None  # not asked: compresses as ever
+            with tokcompress.compress(model, "none"):
+                assert torch.equal(model(**inputs, output_router_logits=True).aux_loss, reference)
+    expected = {"qwen3_vl_moe", "glm4v_moe", "ernie4_5_vl_moe", "qwen3_omni_moe_thinker", "qwen3_5_moe"}
+    assert set(mixtures) == expected & set(FAMILIES)
 
 
 def test_right_padded_generate_is_refused_and_a_plain_forward_is_not(clip, other_clip):

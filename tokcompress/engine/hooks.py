@@ -174,6 +174,7 @@ class Engine(StandIns):
                 self.last_stats = CompressionStats.empty(self.method, note="no video tokens: passed through untouched")
             return None
         if prompt:
+            self._refuse_router_logits(kwargs)
             rows, input_ids = generate_rows or 1, kwargs.get("input_ids")
             padding = kwargs.get("attention_mask")
             if generate_rows is not None and not compat.is_padding_mask(padding):  # built for a static cache
@@ -197,6 +198,19 @@ class Engine(StandIns):
             # in an M-RoPE model takes the ids the model computes from its grid.
             kwargs["position_ids"] = next_positions(state.last_positions, fed)
         return args, kwargs
+
+    def _refuse_router_logits(self, kwargs) -> None:
+        """A ValueError naming the fix where a mixture-of-experts forward is asked for its router logits: their
+        load-balancing loss weighs every layer's rows by the whole prompt's mask, and a layer here routes only the
+        tokens it keeps (the stock function fails on the lengths, and the logits would not line up with positions)."""
+        config = self.adapter.language_model.config
+        if kwargs.get("output_router_logits", getattr(config, "output_router_logits", False)):
+            raise ValueError(
+                f"output_router_logits is not supported while {self.method.name} compresses: each layer routes only "
+                f"the visual tokens it keeps, so the router logits and their load-balancing loss no longer line up "
+                f"with the prompt; pass output_router_logits=False (or set the text config's to False; generation "
+                f"needs none), or unpatch for the auxiliary loss"
+            )
 
     def _on_llm_call(self, module, args, kwargs):
         self._local.state = None
