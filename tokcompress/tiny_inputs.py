@@ -392,7 +392,7 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
         return video_llama_3_inputs(frames, questions)
     if model.config.model_type in ("gemma4", "gemma4_unified"):
         return gemma4_inputs(frames, questions, unified=model.config.model_type == "gemma4_unified")
-    if model.config.model_type == "muse_glimmer":
+    if model.config.model_type in ("muse_glimmer", "muse_spark"):
         return muse_glimmer_inputs(frames, questions)
     if model.config.model_type == "ovis2_5":  # 16-px patches, one frame a unit, the video's tokens in one run
         return qwen_vl_inputs(frames, questions, size=128, patch_size=16, temporal_patch_size=1, siglip_norm=True)

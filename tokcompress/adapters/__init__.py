@@ -16,7 +16,7 @@ from .internvl import InternVLAdapter
 from .llava_next_video import LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .molmo2 import Molmo2Adapter
-from .muse_glimmer import MuseGlimmerAdapter
+from .muse_glimmer import MuseGlimmerAdapter, MuseSparkAdapter
 from .ovis2_5 import Ovis2_5Adapter
 from .qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 from .qwen3_5 import Qwen3_5Adapter, Qwen3_5MoeAdapter
@@ -35,7 +35,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
         Qwen3OmniMoeThinkerAdapter, Qwen3OmniMoeAdapter, Gemma4Adapter, Cosmos3EdgeAdapter,
         Ernie4_5_VLAdapter, CohereCompassAdapter, Molmo2Adapter,
         MuseGlimmerAdapter, Ovis2_5Adapter, Gemma4UnifiedAdapter, Qwen3_5MoeAdapter, Cosmos3OmniAdapter,
-        HyperClovaXVisionV2Adapter,
+        HyperClovaXVisionV2Adapter, MuseSparkAdapter,
     )
 }
 

@@ -55,3 +55,10 @@ class MuseGlimmerAdapter(Qwen2VLAdapter):
     def token_means(self, received, grid_thw, merge):
         rows = compat.muse_glimmer_token_rows(grid_thw, self.vision_tower).to(received.device)
         return received[rows].view(-1, merge).mean(dim=-1)
+
+
+class MuseSparkAdapter(MuseGlimmerAdapter):
+    """Muse Spark: Muse Glimmer's tower, layout and attention (its gated residuals, normed attention outputs, expert
+    MLPs and audio encoder leave what tokcompress reads alone)."""
+
+    model_type = "muse_spark"

@@ -59,6 +59,7 @@ from .packed import (  # noqa: F401 - public builders
     tiny_glm46v,
     tiny_hyperclovax_vision_v2,
     tiny_muse_glimmer,
+    tiny_muse_spark,
     tiny_ovis2_5,
     tiny_qwen2_5_omni_thinker,
     tiny_qwen2_5_vl,
@@ -96,6 +97,7 @@ TINY_MODELS = {
     "qwen3_5_moe": tiny_qwen3_5_moe,
     "cosmos3_omni": tiny_cosmos3_omni,
     "hyperclovax_vision_v2": tiny_hyperclovax_vision_v2,
+    "muse_spark": tiny_muse_spark,
 }
 if compat.ships("ovis2_5"):  # transformers 5.25+
     TINY_MODELS["ovis2_5"] = tiny_ovis2_5

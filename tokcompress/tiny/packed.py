@@ -1,6 +1,6 @@
 """Tiny models of the families whose tower packs a video's frame units into one sequence (Qwen-VL's kind):
 Qwen2.5-VL, HyperCLOVA X SEED Vision, Qwen3-VL, Qwen3.5 (-MoE), the Qwen Omni thinkers, GLM-4.1V / 4.5V / 4.6V,
-VideoLLaMA3, Cosmos3 Edge and Omni, ERNIE-4.5-VL, Cohere's North, Muse Glimmer, Ovis2.5."""
+VideoLLaMA3, Cosmos3 Edge and Omni, ERNIE-4.5-VL, Cohere's North, Muse Glimmer and Spark, Ovis2.5."""
 
 from __future__ import annotations
 
@@ -24,6 +24,8 @@ from transformers import (
     HyperCLOVAXVisionV2ForConditionalGeneration,
     MuseGlimmerConfig,
     MuseGlimmerForConditionalGeneration,
+    MuseSparkConfig,
+    MuseSparkForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2_5OmniThinkerConfig,
@@ -265,19 +267,45 @@ def tiny_muse_glimmer(
     patches or across a whole patch, `tower_layers`; 2 × 2 patches pixel-shuffled to a token) over a decoder of
     sliding-window RoPE layers and a global NoPE layer: weightless q/k norms (queries scaled), gated attention,
     sandwich norms, normed embeddings and soft-capped logits."""
+    return _muse(
+        MuseGlimmerConfig, MuseGlimmerForConditionalGeneration, num_layers, attn_implementation, seed, hidden_size,
+        sliding_window, tower_layers,
+    )
+
+
+def tiny_muse_spark(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64,
+    sliding_window: int = 16, tower_layers: tuple[str, ...] = ("window_attention", "full_attention"),
+):
+    """Muse Spark: Muse Glimmer's tower and decoder with gated residuals, normed attention outputs and, after a
+    dense first layer, 4 experts (2 a token) in every MLP, beside a 2-layer audio encoder."""
+    return _muse(
+        MuseSparkConfig, MuseSparkForConditionalGeneration, num_layers, attn_implementation, seed, hidden_size,
+        sliding_window, tower_layers,
+        text_extra=dict(num_local_experts=4, num_experts_per_tok=2, moe_intermediate_size=32, moe_hidden_size=32,
+                        mlp_layer_types=["dense"] + ["sparse"] * (num_layers - 1)),
+        audio_config=dict(patch_sizes=(4, 4), hidden_sizes=(16, 32), depths=(1, 1), num_hidden_layers=2,
+                          out_hidden_size=hidden_size),
+    )
+
+
+def _muse(
+    config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size, sliding_window, tower_layers,
+    text_extra=None, **extra,
+):
     text = text_config(num_layers, hidden_size, head_dim=16)
-    config = MuseGlimmerConfig(
+    config = config_cls(
         text_config={**text, "sliding_window": sliding_window, "rope_parameters": {"rope_type": "default",
-                     "rope_theta": 10000.0}, "final_logit_softcapping": 5.0},
+                     "rope_theta": 10000.0}, "final_logit_softcapping": 5.0, **(text_extra or {})},
         vision_config=dict(
             hidden_size=32, intermediate_size=64, num_hidden_layers=len(tower_layers), num_attention_heads=2,
             patch_size=14, pos_emb_height=4, pos_emb_width=4, max_position_embeddings=16, patch_temporal=2,
             merge_size=2, layer_types=list(tower_layers),
             rope_parameters={"rope_type": "axial", "rope_theta": 10000.0},
         ),
-        out_hidden_size=128, projector_hidden_size=hidden_size, image_token_id=IMAGE, video_token_id=VIDEO,
+        out_hidden_size=128, projector_hidden_size=hidden_size, image_token_id=IMAGE, video_token_id=VIDEO, **extra,
     )
-    return build(MuseGlimmerForConditionalGeneration, config, attn_implementation, seed)
+    return build(model_cls, config, attn_implementation, seed)
 
 
 def tiny_ovis2_5(
