@@ -98,6 +98,9 @@ def test_a_composition_in_model_args_patches_the_wrapper_model(checkpoint, stand
     wrapper = plugin.LlavaHf(pretrained=str(checkpoint), device="cpu", device_map="cpu",
                              method="earlytom@encoder+fastv", ratio=0.3)
     assert wrapper.compression.method.name == "earlytom@encoder+fastv" and wrapper.compression.ratio == 0.3
+    record = wrapper._counts(None).to_dict()  # what each sample's token_counts carry
+    expected = ("earlytom@encoder+fastv", 0.3, "earlytom@encoder at 0.1")
+    assert (record["method"], record["ratio"], record["members"]) == expected
     with pytest.raises(ValueError, match="known methods"):
         plugin.LlavaHf(pretrained=str(checkpoint), device="cpu", device_map="cpu", method="framededup+fastvv")
 

@@ -46,6 +46,7 @@ class CompressionCounts(TokenCounts):
 
     method: str | None = None
     ratio: float | None = None
+    members: str | None = None  # a composition's other members and their own ratios: "framededup at 0.5"
     visual_tokens_in: int | None = None
     visual_tokens_out: int | None = None
     achieved_ratio: float | None = None
@@ -136,6 +137,7 @@ class CompressionMixin:
         return CompressionCounts(
             method=stats.method,
             ratio=stats.ratio,
+            members=stats.ratio_note or None,
             visual_tokens_in=stats.visual_in if samples else None,
             visual_tokens_out=stats.visual_out if samples else None,
             achieved_ratio=round(stats.achieved_ratio, 4) if samples else None,
