@@ -310,6 +310,27 @@ class Method:
         raise NotImplementedError(f"{type(self).__name__} does not act while decoding")
 
 
+class OnceInLLM(Method):
+    """A method that reduces once inside the LLM, before decoder layer `layer` (a knob each declares, int or None:
+    None means `preferred_layer`, or the deepest earlier layer that still leaves every later layer a visual
+    token)."""
+
+    stages = (IN_LLM,)
+    preferred_layer: ClassVar[int] = 2
+
+    def bind(self, spec: ModelSpec) -> Method:
+        check_layer(self.name, self.layer, self.ratio, spec)
+        return self
+
+    def acting_layer(self, budget: LayerBudget) -> int:
+        """K: the given `layer`, or the deepest layer ≤ `preferred_layer` after which every layer keeps a visual
+        token."""
+        return one_time_layer(self.layer, self.ratio, budget, self.preferred_layer)
+
+    def in_llm_finished(self, sample: LayerSample) -> bool:
+        return sample.layer >= self.acting_layer(sample.budget)
+
+
 def check_layer(method: str, layer: int | None, ratio: float, spec: ModelSpec) -> None:
     """ValueError, naming the fix, where a method that prunes once before decoder `layer` (None: its default)
     cannot act there: past the model's layers, or so deep that the layers before it spend the whole budget."""

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .base import IN_LLM, LayerBudget, LayerSample, Method, ModelSpec, TokenReduction, check_layer, one_time_layer
+from .base import LayerSample, OnceInLLM, TokenReduction
 from .knobs import check_choice, check_int
 from .selection import top_tokens
 
@@ -13,7 +13,7 @@ SCORINGS = ("previous_layer", "same_layer")
 
 
 @dataclass
-class FastV(Method):
+class FastV(OnceInLLM):
     """Prune visual tokens once, before decoder layer K, by the attention the last query pays them.
 
     As in the paper and its official code: importance = attention of the last token over the visual tokens
@@ -41,7 +41,7 @@ class FastV(Method):
     scoring: str = "previous_layer"
 
     name = "fastv"
-    stages = (IN_LLM,)
+    preferred_layer = PAPER_LAYER
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -49,16 +49,8 @@ class FastV(Method):
         check_int("fastv", "num_queries", self.num_queries, 1)
         check_choice("fastv", "scoring", self.scoring, SCORINGS)
 
-    def bind(self, spec: ModelSpec) -> FastV:
-        check_layer("fastv", self.layer, self.ratio, spec)
-        return self
-
-    def prune_layer(self, budget: LayerBudget) -> int:
-        """K: the given `layer`, or the deepest layer ≤ 2 after which every layer keeps a visual token."""
-        return one_time_layer(self.layer, self.ratio, budget, PAPER_LAYER)
-
     def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
-        layer = self.prune_layer(sample.budget)
+        layer = self.acting_layer(sample.budget)
         scoring_layer = max(layer - 1, 0) if self.scoring == "previous_layer" else layer
         if sample.layer == scoring_layer:
             sample.memory["importance"] = sample.attention_to_visual(self.num_queries)
@@ -66,6 +58,3 @@ class FastV(Method):
             return None
         importance = sample.memory.pop("importance")
         return TokenReduction.prune(top_tokens(importance, sample.budget.tokens_per_layer()))
-
-    def in_llm_finished(self, sample: LayerSample) -> bool:
-        return sample.layer >= self.prune_layer(sample.budget)

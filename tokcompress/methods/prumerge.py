@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .selection import FrameByFrame
+from .selection import FrameByFrame, most_similar
 
 PLUS_RATIO = 0.25  # PruMerge+ keeps about a quarter of LLaVA-1.5's 576 tokens
 IQR_FENCE = 1.5  # Tukey's fence: a score above Q3 + 1.5 · IQR is an outlier
@@ -84,8 +84,4 @@ class PruMerge(FrameByFrame):
             return torch.full((frames, count), -1, dtype=torch.long, device=saliency.device)
         slots = torch.sort(kept.to(torch.int8), dim=1, descending=True, stable=True).indices[:, :most]  # kept first
         open_slot = torch.arange(most, device=saliency.device)[None, :] < kept.sum(dim=1, keepdim=True)
-        unit = torch.nn.functional.normalize(features.float(), dim=-1)
-        similarity = unit @ unit.gather(1, slots[..., None].expand(-1, -1, unit.shape[-1])).transpose(1, 2)
-        nearest = slots.gather(1, similarity.masked_fill(~open_slot[:, None, :], -torch.inf).argmax(dim=2))
-        quota = torch.tensor(quotas, device=saliency.device)[:, None]
-        return torch.where(kept, position, torch.where(quota > 0, nearest, -1))
+        return torch.where(kept, position, most_similar(features, torch.where(open_slot, slots, -1)))

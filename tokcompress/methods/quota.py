@@ -11,16 +11,15 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import VisualLayout
-from .base import IN_LLM, LayerBudget, LayerSample, Method, ModelSpec, TokenReduction, check_layer, one_time_layer
+from .base import LayerSample, OnceInLLM, TokenReduction
 from .knobs import check_int, check_interval
 from .selection import apportion, area_blocks, block_heads, frame_grids, merge_destinations
 
-DEFAULT_LAYER = 2
 PAPER_RATIO = 12_544 / (96 * 729)  # N_t = 196 × 64 tokens for 96 frames of LLaVA-Video's 27 × 27 projector grid
 
 
 @dataclass
-class QuoTA(Method):
+class QuoTA(OnceInLLM):
     """Query-oriented token assignment: each frame's share of the budget follows how relevant the question finds
     it, and each frame is pooled down to its share.
 
@@ -63,30 +62,18 @@ class QuoTA(Method):
     power: float = 2.0
 
     name = "quota"
-    stages = (IN_LLM,)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_int("quota", "layer", self.layer, 0, optional=True)
         check_interval("quota", "power", self.power, "[0, 16]")
 
-    def bind(self, spec: ModelSpec) -> QuoTA:
-        check_layer("quota", self.layer, self.ratio, spec)
-        return self
-
-    def assign_layer(self, budget: LayerBudget) -> int:
-        """K: the given `layer`, or the deepest layer ≤ 2 after which every layer keeps a visual token."""
-        return one_time_layer(self.layer, self.ratio, budget, DEFAULT_LAYER)
-
     def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
-        if sample.layer != self.assign_layer(sample.budget):
+        if sample.layer != self.acting_layer(sample.budget):
             return None
         question = 0 if sample.question is None else len(sample.question)  # the text after the last visual token
         relevance = sample.attention_to_visual(max(question, 1))  # the mean of its rows (heads averaged)
         return self.assign(relevance, sample.layout, sample.budget.tokens_per_layer())
-
-    def in_llm_finished(self, sample: LayerSample) -> bool:
-        return sample.layer >= self.assign_layer(sample.budget)
 
     def assign(self, relevance: torch.Tensor, layout: VisualLayout, count: int) -> TokenReduction:
         """Keep `count` of the tokens: separators first, then each frame pooled to its share of the rest, in

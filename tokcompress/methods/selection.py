@@ -98,6 +98,15 @@ class FrameByFrame(Method):
         raise NotImplementedError
 
 
+def most_similar(features: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+    """(F, n) per token of each frame, the one of its frame's `slots` (F, k; indices into the frame, -1: an empty
+    slot) whose features (F, n, D) are most similar to its own (cosine); -1 in a frame with no slot."""
+    unit = torch.nn.functional.normalize(features.float(), dim=-1)
+    chosen = unit.gather(1, slots.clamp_min(0)[..., None].expand(-1, -1, unit.shape[-1]))
+    similarity = (unit @ chosen.transpose(1, 2)).masked_fill((slots < 0)[:, None, :], -torch.inf)
+    return slots.gather(1, similarity.argmax(dim=2))
+
+
 def tower_attention(layout: VisualLayout, method: str) -> torch.Tensor:
     """Each token's attention in the vision tower (methods whose `uses_tower_attention` is True get it)."""
     if layout.saliency is None:

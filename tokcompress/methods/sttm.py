@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .base import IN_LLM, LayerBudget, LayerSample, Method, ModelSpec, TokenReduction, check_layer, one_time_layer
+from .base import LayerSample, OnceInLLM, TokenReduction
 from .knobs import check_int, check_interval
 from .selection import merge_destinations, video_grids
 
@@ -18,7 +18,7 @@ THRESHOLD_SHIFTS = 64  # shifts of both thresholds tried at once, twice (the sec
 
 
 @dataclass
-class STTM(Method):
+class STTM(OnceInLLM):
     """Spatio-temporal token merging: quadtrees inside frames, then their nested nodes across frames.
 
     Before decoder layer `layer` (the layers before it see every token), per video: every frame's hidden states
@@ -57,7 +57,7 @@ class STTM(Method):
     layer: int | None = None
 
     name = "sttm"
-    stages = (IN_LLM,)
+    preferred_layer = PAPER_LAYER
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -66,15 +66,8 @@ class STTM(Method):
         check_int("sttm", "root_level", self.root_level, 0)
         check_int("sttm", "layer", self.layer, 0, optional=True)
 
-    def bind(self, spec: ModelSpec) -> STTM:
-        check_layer("sttm", self.layer, self.ratio, spec)
-        return self
-
-    def merge_layer(self, budget: LayerBudget) -> int:
-        return one_time_layer(self.layer, self.ratio, budget, PAPER_LAYER)
-
     def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
-        if sample.layer != self.merge_layer(sample.budget):
+        if sample.layer != self.acting_layer(sample.budget):
             return None
         layout, features = sample.layout, sample.features
         destination, cells = merge_destinations(layout, sample.budget.tokens_per_layer(), features.device)
@@ -86,9 +79,6 @@ class STTM(Method):
             chosen = tree.merge(quota, self.spatial_threshold, self.temporal_threshold, self.root_level)
             destination[grid.flatten()] = grid.flatten()[chosen]
         return TokenReduction.from_destinations(destination)
-
-    def in_llm_finished(self, sample: LayerSample) -> bool:
-        return sample.layer >= self.merge_layer(sample.budget)
 
 
 class Quadtree:

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 
 from .knobs import check_interval
-from .selection import FrameByFrame, top_tokens_per_group
+from .selection import FrameByFrame, most_similar, top_tokens_per_group
 
 
 @dataclass
@@ -71,8 +71,4 @@ class VisionZip(FrameByFrame):
             return destination
         target_of_slot = torch.full((frames, max(contextual)), -1, dtype=torch.long, device=device)
         target_of_slot[row[is_target], (rank // step).expand(frames, count)[is_target]] = position[is_target]
-        unit = torch.nn.functional.normalize(features.float(), dim=-1)
-        target_units = unit.gather(1, target_of_slot.clamp_min(0)[..., None].expand(-1, -1, unit.shape[-1]))
-        similarity = (unit @ target_units.transpose(1, 2)).masked_fill((target_of_slot < 0)[:, None, :], -torch.inf)
-        best = target_of_slot.gather(1, similarity.argmax(dim=2))  # each token's most similar target (cosine)
-        return torch.where(joining, best, destination)
+        return torch.where(joining, most_similar(features, target_of_slot), destination)
