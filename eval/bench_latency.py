@@ -126,7 +126,7 @@ MODEL_NAMES = (
     "llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b",
     "internvl3-8b", "glm-4.1v-9b", "videollama3-7b", "qwen2.5-omni-7b", "gemma-4-e4b", "cosmos3-edge",
     "ernie-4.5-vl-28b-a3b", "molmo2-8b", "muse-glimmer-30b", "ovis2.5-9b", "gemma-4-unified", "qwen3.5-35b-a3b",
-    "small", "small-qwen2.5-vl",
+    "llava-onevision1.5-8b", "small", "small-qwen2.5-vl",
 )
 INTERNVL_IMAGE_START, INTERNVL_IMAGE_END = 151665, 151666  # <img>, </img>
 
@@ -237,6 +237,12 @@ def named_model(name: str, dtype: torch.dtype, device: str):
             num_key_value_heads=8, head_dim=128, vocab_size=151936,
         ))
         cls = transformers.Ovis2_5ForConditionalGeneration
+    elif name == "llava-onevision1.5-8b":  # transformers 5.25+: RICE-ViT-L (its defaults: 24 layers of 1024) over Qwen3-8B
+        config = transformers.LlavaOnevision15Config(text_config=dict(
+            model_type="qwen3", hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
+            num_key_value_heads=8, head_dim=128, vocab_size=151936,
+        ))
+        cls = transformers.LlavaOnevision15ForConditionalGeneration
     elif name == "small":
         config = LlavaOnevisionConfig(
             text_config=dict(model_type="qwen2", hidden_size=512, intermediate_size=1536, num_hidden_layers=8,
@@ -304,6 +310,13 @@ def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
         pixels, grid = qwen_vl_pixels(frames, 448, 448, patch_size=16, temporal_patch_size=1, siglip_norm=True)
         t, h, w = grid[0].tolist()
         video = [config.video_start_token_id, *[config.video_token_id] * (t * h * w // 4), config.video_end_token_id]
+        ids = torch.cat([text[:8], torch.tensor(video), text[8:]])
+        return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                    pixel_values_videos=pixels, video_grid_thw=grid)
+    if config.model_type == "llava_onevision1_5":  # vision start + every frame's 16×16 tokens (448 px) + vision end
+        pixels, grid = qwen_vl_pixels(frames, 448, 448, patch_size=14, temporal_patch_size=1)
+        t, h, w = grid[0].tolist()
+        video = [config.vision_start_token_id, *[config.video_token_id] * (t * h * w // 4), config.vision_end_token_id]
         ids = torch.cat([text[:8], torch.tensor(video), text[8:]])
         return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long),
                     pixel_values_videos=pixels, video_grid_thw=grid)

@@ -59,9 +59,10 @@ TINY = {
     "molmo2": TinyFamily(tokens_per_unit=9, mixed_frame_counts=True),
     "muse_glimmer": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True),
     "ovis2_5": TinyFamily(tokens_per_unit=16, mixed_frame_counts=True),
+    "llava_onevision1_5": TinyFamily(tokens_per_unit=16, mixed_frame_counts=True),
     "gemma4_unified": TinyFamily(tokens_per_unit=9, mixed_frame_counts=True),
 }
-TINY = {family: info for family, info in TINY.items() if family in tiny.TINY_MODELS}  # Ovis2.5: transformers 5.25+
+TINY = {family: info for family, info in TINY.items() if family in tiny.TINY_MODELS}  # Ovis2.5, LLaVA-OV-1.5: 5.25+
 FAMILIES = tuple(TINY)
 TOWERED = tuple(family for family in FAMILIES if ADAPTERS[family].has_tower)  # not encoder-free: attention to read
 # every registered method but the identity: a new method cannot skip the contract suite

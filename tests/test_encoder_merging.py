@@ -377,8 +377,9 @@ def test_vidtldr_leaves_the_later_tower_layers_fewer_tokens_and_expands_the_outp
     "family",
     [
         family for family in
-        ("qwen2_5_vl", "qwen3_vl", "glm4v", "video_llama_3", "cosmos3_edge", "muse_glimmer", "ovis2_5")
-        if family in TINY  # Ovis2.5: transformers 5.25+
+        ("qwen2_5_vl", "qwen3_vl", "glm4v", "video_llama_3", "cosmos3_edge", "muse_glimmer", "ovis2_5",
+         "llava_onevision1_5")
+        if family in TINY  # Ovis2.5, LLaVA-OV-1.5: transformers 5.25+
     ],
 )
 def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their_places(family, clip, monkeypatch):
@@ -387,7 +388,8 @@ def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their
     some rows; Qwen3-VL, GLM: each unit whole) and attends with log(size) on each key (proportional attention, through ours: the stock
     attention takes no bias), and the readout (the merger; GLM's post-norm) reads all 64 rows again, the folded
     ones repeating their kept token (Muse Glimmer: its last layer's output, before the tower leaves window order;
-    Ovis2.5: its last layer's output, which its visual tokenizer reads)."""
+    Ovis2.5: its last layer's output, which its visual tokenizer reads; LLaVA-OV-1.5: a class row more per unit, which
+    stays as it is, and its last layer's output, before the tower splits the class rows off)."""
     from tokcompress.engine import compat
 
     model = model_for(family)
@@ -407,7 +409,8 @@ def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their
         with tokcompress.compress(model, method) if patched else contextlib.nullcontext(), torch.no_grad():
             hooks = [  # after the patch's: they see what it hands on
                 blocks[1].register_forward_pre_hook(
-                    lambda m, a, k: seen.update(rows=a[0].shape[0], segments=k["cu_seqlens"],
+                    lambda m, a, k: seen.update(rows=a[0].shape[0],
+                                                segments=k["cu_seqlens"] if "cu_seqlens" in k else a[1],
                                                 rotary=(k.get("position_embeddings") or (None,))[0],
                                                 longest=k.get("max_seqlen")),
                     with_kwargs=True),
@@ -430,7 +433,10 @@ def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their
     stock, folded = layer_one_and_merger_inputs(False), layer_one_and_merger_inputs(True)
     (plan,) = plans
     units, tokens = plan.merge_into.shape
-    assert plan.keep.shape == (units, 48) and folded["rows"] == units * 48
+    fixed = int(adapter.tower_has_cls)
+    kept = 48 + fixed
+    assert plan.keep.shape == (units, kept) and folded["rows"] == units * kept
+    assert (plan.keep[:, :fixed] == 0).all() and (plan.merge_into[:, :fixed] == 0).all()  # the class row stands alone
     origin = (torch.arange(units)[:, None] * tokens + plan.keep).flatten()  # the kept tokens' original rows
     if adapter.tower_rotary:
         torch.testing.assert_close(folded["rotary"], stock["rotary"][origin], rtol=0, atol=0)
@@ -443,10 +449,10 @@ def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their
         assert len(folded["segments"]) == len(stock["segments"]) > units + 1  # windows, every one still there
     assert folded["merger"].shape == stock["merger"].shape
     merged_rows = folded["merger"].view(units, tokens, -1)
-    assert all(len(torch.unique(frame, dim=0)) == 48 for frame in merged_rows)
+    assert all(len(torch.unique(frame, dim=0)) == kept for frame in merged_rows)
     assert stock["implementation"] == "sdpa" and folded["implementation"] == compat.SEGMENT_ATTENTION
     assert folded["bias0"] is None and stock["bias1"] is None
-    sizes = torch.zeros(units, 48).scatter_add(1, plan.merge_into, plan.weight)  # size × saliency of what folded
+    sizes = torch.zeros(units, kept).scatter_add(1, plan.merge_into, plan.weight)  # size × saliency of what folded
     torch.testing.assert_close(folded["bias1"], sizes.log().flatten())  # each kept token's, in row order
 
 

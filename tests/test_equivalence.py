@@ -177,7 +177,8 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
     language_model = adapter_for(model).language_model
     embedding_multiplier = getattr(language_model.config, "embedding_multiplier", 1.0)  # MuP (HyperCLOVA X)
     hidden, positions = call["inputs_embeds"] * embedding_multiplier, call.get("position_ids")
-    positions = torch.arange(hidden.shape[1])[None] if positions is None else positions[-3:].squeeze(0)
+    if positions is None or positions.ndim == 3:  # none, or M-RoPE's rows (less generate's text row); else 1-D (B, L)
+        positions = torch.arange(hidden.shape[1])[None] if positions is None else positions[-3:].squeeze(0)
     additions, visual = call.get("deepstack_visual_embeds") or [], call.get("visual_pos_masks")
     token_ids = {name: call[name] for name in adapter_for(model).llm_token_ids}  # ERNIE's modality ids
     is_visual = inputs["input_ids"][0] == tiny.VIDEO

@@ -175,6 +175,8 @@ def test_crossovers_come_from_the_measurements_and_the_dispatch_respects_committ
         "ernie-4.5-vl-28b-a3b", "molmo2-8b", "muse-glimmer-30b",
         pytest.param("ovis2.5-9b", marks=pytest.mark.skipif(not compat.ships("ovis2_5"), reason="transformers 5.25+")),
         "gemma-4-unified", "qwen3.5-35b-a3b",
+        pytest.param("llava-onevision1.5-8b", marks=pytest.mark.skipif(not compat.ships("llava_onevision1_5"),
+                                                                       reason="transformers 5.25+")),
     ],
 )
 def test_the_real_shape_models_build_and_their_prompts_fit_the_adapter(name, clip):

@@ -376,6 +376,9 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
         return qwen_vl_inputs(frames, questions)
     if model.config.model_type == "hyperclovax_vision_v2":  # 1-D positions: its forward takes no token types
         return {k: v for k, v in qwen_vl_inputs(frames, questions).items() if k != "mm_token_type_ids"}
+    if model.config.model_type == "llava_onevision1_5":  # one frame a unit (its patch embedding is 2-D), 1-D positions
+        inputs = qwen_vl_inputs(frames, questions, temporal_patch_size=1)
+        return {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
     if model.config.model_type in QWEN3_LAYOUT:  # 16 px, 8 fps
         return qwen_vl_inputs(frames, questions, size=128, patch_size=16, fps=8.0)
     if model.config.model_type == "cosmos3_edge":  # 16-px patches, one frame a unit, timestamps at 2 fps

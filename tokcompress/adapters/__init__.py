@@ -15,6 +15,7 @@ from .hyperclovax_vision_v2 import HyperClovaXVisionV2Adapter
 from .internvl import InternVLAdapter
 from .llava_next_video import LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
+from .llava_onevision1_5 import LlavaOnevision15Adapter
 from .molmo2 import Molmo2Adapter
 from .muse_glimmer import MuseGlimmerAdapter, MuseSparkAdapter
 from .ovis2_5 import Ovis2_5Adapter
@@ -35,7 +36,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
         Qwen3OmniMoeThinkerAdapter, Qwen3OmniMoeAdapter, Gemma4Adapter, Cosmos3EdgeAdapter,
         Ernie4_5_VLAdapter, CohereCompassAdapter, Molmo2Adapter,
         MuseGlimmerAdapter, Ovis2_5Adapter, Gemma4UnifiedAdapter, Qwen3_5MoeAdapter, Cosmos3OmniAdapter,
-        HyperClovaXVisionV2Adapter, MuseSparkAdapter,
+        HyperClovaXVisionV2Adapter, MuseSparkAdapter, LlavaOnevision15Adapter,
     )
 }
 

@@ -131,7 +131,7 @@ class Qwen2VLAdapter(Adapter):
         queries, keys, _ = self.tower_heads(self.tower_attention(), call.argument("hidden_states", 0), call.kwargs)
         bounds = call.kwargs["cu_seqlens"].tolist()  # attention runs inside each frame unit (or window)
         return torch.cat([
-            attention_received(queries[None, :, start:end], keys[None, :, start:end])[0]
+            attention_received(queries[None, :, start:end], keys[None, :, start:end], self.tower_has_cls)[0]
             for start, end in zip(bounds[:-1], bounds[1:])
         ])
 

@@ -9,6 +9,7 @@ one's `Adapter.tower_row_kwargs`."""
 from __future__ import annotations
 
 import functools
+import inspect
 import itertools
 import threading
 from typing import TYPE_CHECKING
@@ -285,9 +286,15 @@ def _after_projection(index: int, module, args, output):
 
 
 def _before_layer(index: int, module, args, kwargs):
-    """Forward pre-hook of tower layer `index`, where its call kwargs hold something per frame."""
+    """Forward pre-hook of tower layer `index`, where its call kwargs hold something per frame (arguments after the
+    rows given by position - LLaVA-OV-1.5's `cu_seqlens` - are read, and passed on, by name)."""
     folding = getattr(_ACTIVE, "folding", None)
-    new_kwargs = folding.before_layer(index, kwargs) if folding is not None else None
+    if folding is None:
+        return None
+    if len(args) > 1:
+        names = list(inspect.signature(module.forward).parameters)
+        args, kwargs = args[:1], {**dict(zip(names[1:], args[1:])), **kwargs}
+    new_kwargs = folding.before_layer(index, kwargs)
     return None if new_kwargs is None else (args, new_kwargs)
 
 

@@ -58,6 +58,7 @@ from .packed import (  # noqa: F401 - public builders
     tiny_glm4v_moe,
     tiny_glm46v,
     tiny_hyperclovax_vision_v2,
+    tiny_llava_onevision1_5,
     tiny_muse_glimmer,
     tiny_muse_spark,
     tiny_ovis2_5,
@@ -101,3 +102,5 @@ TINY_MODELS = {
 }
 if compat.ships("ovis2_5"):  # transformers 5.25+
     TINY_MODELS["ovis2_5"] = tiny_ovis2_5
+if compat.ships("llava_onevision1_5"):  # transformers 5.25+
+    TINY_MODELS["llava_onevision1_5"] = tiny_llava_onevision1_5

@@ -1,6 +1,7 @@
 """Tiny models of the families whose tower packs a video's frame units into one sequence (Qwen-VL's kind):
 Qwen2.5-VL, HyperCLOVA X SEED Vision, Qwen3-VL, Qwen3.5 (-MoE), the Qwen Omni thinkers, GLM-4.1V / 4.5V / 4.6V,
-VideoLLaMA3, Cosmos3 Edge and Omni, ERNIE-4.5-VL, Cohere's North, Muse Glimmer and Spark, Ovis2.5."""
+VideoLLaMA3, Cosmos3 Edge and Omni, ERNIE-4.5-VL, Cohere's North, Muse Glimmer and Spark, Ovis2.5,
+LLaVA-OneVision-1.5."""
 
 from __future__ import annotations
 
@@ -326,6 +327,23 @@ def tiny_ovis2_5(
         video_start_token_id=VISION_START, video_end_token_id=VISION_END,
     )
     return build(transformers.Ovis2_5ForConditionalGeneration, config, attn_implementation, seed)
+
+
+def tiny_llava_onevision1_5(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64
+):
+    """LLaVA-OneVision-1.5 (transformers 5.25+) with a 2-block packed RICE-ViT tower (14-px patches, one frame a
+    unit, merge 2, axial 2-D RoPE, a class token prepended to each frame's rows inside the tower and dropped before
+    its patch merger) over a Qwen3 decoder with 1-D positions."""
+    config = transformers.LlavaOnevision15Config(
+        text_config={**text_config(num_layers, hidden_size, head_dim=16), "model_type": "qwen3"},
+        vision_config=dict(
+            depth=2, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=14, spatial_merge_size=2,
+            out_hidden_size=hidden_size, rope_parameters={"rope_type": "axial", "rope_theta": 10000.0},
+        ),
+        image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+    )
+    return build(transformers.LlavaOnevision15ForConditionalGeneration, config, attn_implementation, seed)
 
 
 def _glm4v(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size, **text_extra):
