@@ -41,6 +41,7 @@ TINY = {
     "qwen3_5_moe": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
     "hyperclovax_vision_v2": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True),
     "muse_spark": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True),
+    "exaone4_5": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True),
     "internvl": TinyFamily(tokens_per_unit=9, mixed_frame_counts=True, encoder_side=False),
     "smolvlm": TinyFamily(tokens_per_unit=9, mixed_frame_counts=True, encoder_side=False),
     "glm4v": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),

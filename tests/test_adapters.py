@@ -85,8 +85,9 @@ def test_the_adapters_queries_and_keys_give_the_models_own_attention_map(family,
 
 
 def assert_scores_reproduce_the_attention_map(model, inputs) -> None:
-    """The adapter's queries and keys give the eager `model`'s attention rows on `inputs` at its second softmax
-    layer and every NoPE one, and its values those the cache holds."""
+    """The adapter's queries and keys give the eager `model`'s attention rows on `inputs` at every softmax layer
+    with keys of its own (RoPE, sliding or not, and NoPE ones: Cohere's global layers get no rotary tables, EXAONE
+    4.5's get them and do not rotate), and its values those the cache holds."""
     adapter = adapter_for(model)
     config = adapter.language_model.config
     seen = {}
@@ -106,8 +107,7 @@ def assert_scores_reproduce_the_attention_map(model, inputs) -> None:
     finally:
         for hook in hooks:
             hook.remove()
-    no_rope = [i for i in softmax_layers(model) if seen[i][1] is None]  # NoPE layers (Cohere's global ones)
-    for index in [softmax_layers(model)[1], *no_rope]:
+    for index in [i for i in softmax_layers(model) if adapter.kv_source(i) == i]:  # Gemma 4's shared-KV: test_gemma4
         layer, (hidden, tables) = adapter.layers[index], seen[index]
         hidden = hidden[0]
         cos, sin = (None, None) if tables is None else (sample_row(table, 0) for table in tables)

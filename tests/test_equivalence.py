@@ -165,7 +165,7 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
         pytest.skip(f"per-type rotary tables and shared KV: tests/test_{family}.py runs its layers")
     # sliding windows as wide as the prompt: this reference attends causally over every token it keeps
     wide = {"cohere_compass": tiny.tiny_cohere_compass, "muse_glimmer": tiny.tiny_muse_glimmer,
-            "muse_spark": tiny.tiny_muse_spark}
+            "muse_spark": tiny.tiny_muse_spark, "exaone4_5": tiny.tiny_exaone4_5}
     model = wide[family](sliding_window=4096) if family in wide else model_for(family)
     inputs = inputs_for(family, clip, "What is moving?")
     with tokcompress.compress(model, "fastv", ratio=0.7, layer=layer) as handle, torch.no_grad():

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.integrations.sdpa_attention import repeat_kv, sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 import tokcompress
@@ -27,8 +27,9 @@ _recorded: list[tuple[torch.nn.Module, torch.Tensor]] = []
 
 def _recording_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     """sdpa that also keeps the attention probabilities it computed (in fp32), under the call's mask (Gemma 4's tower
-    masks its padded patches)."""
-    logits = query.float() @ key.float().transpose(-1, -2) * (scaling or query.shape[-1] ** -0.5)
+    masks its padded patches; EXAONE 4.5's has grouped key heads)."""
+    keys = repeat_kv(key, query.shape[1] // key.shape[1])
+    logits = query.float() @ keys.float().transpose(-1, -2) * (scaling or query.shape[-1] ** -0.5)
     if attention_mask is not None:
         blocked = ~attention_mask if attention_mask.dtype == torch.bool else attention_mask < -1e30
         logits = logits.masked_fill(blocked, float("-inf"))

@@ -374,7 +374,7 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
     """Inputs for one video per prompt for any tiny model (lists make a left-padded batch)."""
     if model.config.model_type == "qwen2_5_vl":
         return qwen_vl_inputs(frames, questions)
-    if model.config.model_type == "hyperclovax_vision_v2":  # 1-D positions: its forward takes no token types
+    if model.config.model_type in ("hyperclovax_vision_v2", "exaone4_5"):  # 1-D positions: no token types
         return {k: v for k, v in qwen_vl_inputs(frames, questions).items() if k != "mm_token_type_ids"}
     if model.config.model_type == "llava_onevision1_5":  # one frame a unit (its patch embedding is 2-D), 1-D positions
         inputs = qwen_vl_inputs(frames, questions, temporal_patch_size=1)

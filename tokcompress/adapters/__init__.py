@@ -8,6 +8,7 @@ from .base import Adapter
 from .cohere_compass import CohereCompassAdapter
 from .cosmos3_edge import Cosmos3EdgeAdapter
 from .ernie4_5_vl import Ernie4_5_VLAdapter
+from .exaone4_5 import Exaone4_5Adapter
 from .gemma4 import Gemma4Adapter
 from .gemma4_unified import Gemma4UnifiedAdapter
 from .glm4v import Glm4vAdapter, Glm4vMoeAdapter, Glm46VAdapter
@@ -36,7 +37,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
         Qwen3OmniMoeThinkerAdapter, Qwen3OmniMoeAdapter, Gemma4Adapter, Cosmos3EdgeAdapter,
         Ernie4_5_VLAdapter, CohereCompassAdapter, Molmo2Adapter,
         MuseGlimmerAdapter, Ovis2_5Adapter, Gemma4UnifiedAdapter, Qwen3_5MoeAdapter, Cosmos3OmniAdapter,
-        HyperClovaXVisionV2Adapter, MuseSparkAdapter, LlavaOnevision15Adapter,
+        HyperClovaXVisionV2Adapter, MuseSparkAdapter, LlavaOnevision15Adapter, Exaone4_5Adapter,
     )
 }
 

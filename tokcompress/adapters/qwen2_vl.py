@@ -11,7 +11,7 @@ from ..engine import compat
 from ..engine.compat import mrope_grid_rows
 from ..engine.folding import PACKED
 from ..layout import VisualLayout
-from ..ops import attention_received, attention_row_sharpness
+from ..ops import attention_received, attention_row_sharpness, repeat_heads
 from .base import Adapter, Projection, applied_to, noted_grids, rotate, token_runs, units_in_place
 
 if TYPE_CHECKING:
@@ -153,9 +153,12 @@ class Qwen2VLAdapter(Adapter):
 
     def tower_heads(self, attention, hidden, kwargs, project=None):
         """(heads, rows, d) fp32 queries and keys (rotary embedded with the call's tables, where the tower has them)
-        and values of a packed tower attention on its (rows, D) input."""
+        and values of a packed tower attention on its (rows, D) input; grouped key/value heads (EXAONE 4.5's) are
+        repeated for the queries' heads, as its attention does."""
         projections = self.tower_projections(attention, project or applied_to(hidden))
-        queries, keys, values = (states.unflatten(-1, (attention.num_heads, -1)).float() for states in projections)
+        head_dim = projections[0].shape[-1] // attention.num_heads
+        queries, keys, values = (states.unflatten(-1, (-1, head_dim)).float() for states in projections)
+        keys, values = (repeat_heads(states, attention.num_heads, dim=1) for states in (keys, values))
         if self.tower_rotary:
             cos, sin = (table[:, None].float() for table in kwargs["position_embeddings"])
             queries, keys = rotate(queries, cos, sin), rotate(keys, cos, sin)

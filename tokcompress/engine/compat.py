@@ -180,9 +180,11 @@ KEY_BIAS = "tokcompress_key_bias"
 
 
 def _packed_attention_forward(module, query, key, value, attention_mask, scaling=None, *, fused: bool, **kwargs):
-    """HF attention-interface glue: (1, heads, total, d) packed windows → (1, total, heads, d)."""
-    from ..ops import varlen_attention
+    """HF attention-interface glue: (1, heads, total, d) packed windows → (1, total, heads, d); grouped key/value
+    heads (EXAONE 4.5's tower) repeated for the queries' heads, as HF's own interfaces do."""
+    from ..ops import repeat_heads, varlen_attention
 
+    key, value = (repeat_heads(states, query.shape[1], dim=1) for states in (key, value))
     out = varlen_attention(
         query[0].transpose(0, 1), key[0].transpose(0, 1), value[0].transpose(0, 1),
         kwargs["cu_seq_lens_q"], kwargs["max_length_q"], scaling, kwargs.get(KEY_BIAS), fused,

@@ -129,3 +129,10 @@ def attention_row_sharpness(queries: torch.Tensor, keys: torch.Tensor, max_entri
             mean = (q @ k.transpose(-1, -2) * scale).softmax(dim=-1).mean(dim=1)  # (sequences, rows, n)
             sharpness[first : first + sequences, row : row + rows] = (mean * mean.clamp_min(1e-30).log()).sum(dim=-1)
     return sharpness
+
+
+def repeat_heads(states: torch.Tensor, heads: int, dim: int) -> torch.Tensor:
+    """Grouped key/value heads along `dim` repeated for `heads` query heads (each serves a run of them, as HF's
+    `repeat_kv`); as they are where there is one per query head."""
+    groups = heads // states.shape[dim]
+    return states if groups == 1 else states.repeat_interleave(groups, dim=dim)

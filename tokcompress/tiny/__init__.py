@@ -54,6 +54,7 @@ from .packed import (  # noqa: F401 - public builders
     tiny_cosmos3_edge,
     tiny_cosmos3_omni,
     tiny_ernie4_5_vl_moe,
+    tiny_exaone4_5,
     tiny_glm4v,
     tiny_glm4v_moe,
     tiny_glm46v,
@@ -99,6 +100,7 @@ TINY_MODELS = {
     "cosmos3_omni": tiny_cosmos3_omni,
     "hyperclovax_vision_v2": tiny_hyperclovax_vision_v2,
     "muse_spark": tiny_muse_spark,
+    "exaone4_5": tiny_exaone4_5,
 }
 if compat.ships("ovis2_5"):  # transformers 5.25+
     TINY_MODELS["ovis2_5"] = tiny_ovis2_5

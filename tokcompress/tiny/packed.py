@@ -1,7 +1,8 @@
 """Tiny models of the families whose tower packs a video's frame units into one sequence (Qwen-VL's kind):
 Qwen2.5-VL, HyperCLOVA X SEED Vision, Qwen3-VL, Qwen3.5 (-MoE), the Qwen Omni thinkers, GLM-4.1V / 4.5V / 4.6V,
 VideoLLaMA3, Cosmos3 Edge and Omni, ERNIE-4.5-VL, Cohere's North, Muse Glimmer and Spark, Ovis2.5,
-LLaVA-OneVision-1.5."""
+LLaVA-OneVision-1.5,
+EXAONE 4.5."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from transformers import (
     Cosmos3OmniForConditionalGeneration,
     Ernie4_5_VLMoeConfig,
     Ernie4_5_VLMoeForConditionalGeneration,
+    Exaone4_5_Config,
+    Exaone4_5_ForConditionalGeneration,
     Glm4vConfig,
     Glm4vForConditionalGeneration,
     Glm4vMoeConfig,
@@ -97,6 +100,28 @@ def tiny_hyperclovax_vision_v2(
         image_token_id=IMAGE, video_token_id=VIDEO,
     )
     return build(HyperCLOVAXVisionV2ForConditionalGeneration, config, attn_implementation, seed)
+
+
+def tiny_exaone4_5(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64,
+    sliding_window: int = 16,
+):
+    """EXAONE 4.5: Qwen2.5-VL's tiny tower with 4 query heads sharing 2 key/value heads and axial 2-D RoPE, over an
+    EXAONE 4 decoder (outputs normed, not inputs; q/k norms): three sliding-window RoPE layers, then a global one
+    without RoPE (NoPE)."""
+    config = Exaone4_5_Config(
+        text_config={
+            **text_config(num_layers, hidden_size, head_dim=16), "model_type": "exaone4",
+            "sliding_window": sliding_window, "sliding_window_pattern": 4,
+            "layer_types": [("full_attention" if (i + 1) % 4 == 0 else "sliding_attention") for i in range(num_layers)],
+        },
+        vision_config={
+            **QWEN2_5_TOWER, "num_heads": 4, "num_key_value_heads": 2, "out_hidden_size": hidden_size,
+            "rope_parameters": {"rope_type": "axial", "rope_theta": 10000.0},
+        },
+        image_token_id=IMAGE, video_token_id=VIDEO,
+    )
+    return build(Exaone4_5_ForConditionalGeneration, config, attn_implementation, seed)
 
 
 def tiny_qwen2_5_omni_thinker(
