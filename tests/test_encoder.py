@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import inspect
+
 import pytest
 import torch
 
@@ -307,3 +309,51 @@ def test_a_pre_llm_member_keeps_its_own_share_and_leaves_the_in_llm_one_the_rest
     assert "@encoder" not in str(refused.value)  # uniform has no encoder stage to keep alone
     composed = build_method("fastv+dycoke", 0.3)  # listed in any order, the in-LLM member holds the budget
     assert [m.ratio for m in composed.methods] == [0.3, 0.5]
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if TINY[f].encoder_side])
+def test_features_encoded_while_patched_can_be_reused_by_later_forwards(family, clip):
+    """Features `get_video_features` returned while framededup kept half the frame units carry what it kept: every
+    forward handed them (two questions about one video) drops the units the tower skipped, as the forward that
+    encodes the pixels itself does - and times the encoding once."""
+    model = model_for(family)
+    adapter = adapter_for(model)
+    inputs = inputs_for(family, clip, "What is moving?")
+    if "mm_encoder_outputs" not in inspect.signature(model.model.forward).parameters:
+        pytest.skip("its forward takes no pre-encoded features")
+    text = {k: v for k, v in inputs.items() if k != adapter.video_pixels}
+    with tokcompress.compress(model, "framededup", ratio=0.5) as handle:
+        expected = logits(model, inputs)
+        with torch.no_grad():
+            encoded = model.model.get_video_features(**video_encoder_inputs(inputs), return_dict=True)
+        reused = {**text, "mm_encoder_outputs": {adapter.video_modality: encoded}}
+        first = logits(model, reused)
+        assert handle.stats.encoder_seconds > 0
+        second = logits(model, reused)
+        (sample,) = handle.stats.samples
+        assert handle.stats.encoder_seconds == 0 and sample.encoder_ratio == 0.5
+    torch.testing.assert_close(first, expected)
+    torch.testing.assert_close(second, expected)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision1_5"])
+def test_tower_geometry_precomputed_for_every_frame_gives_way_when_frames_are_dropped(family, clip):
+    """A caller may hand the tower its segments, rotary positions (or LLaVA-OV-1.5's frame lengths) computed ahead
+    for the whole clip (transformers' `video_`-prefixed keywords): with half the frames skipped the tower computes
+    them for what it encodes, and the logits are those without them."""
+    from transformers.vision_utils import get_vision_cu_seqlens, get_vision_position_ids
+
+    if family not in TINY:
+        pytest.skip("transformers 5.25+")
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    grid = inputs["video_grid_thw"]
+    merge = model.config.vision_config.spatial_merge_size
+    geometry = {"video_cu_seqlens": get_vision_cu_seqlens(grid),
+                "video_position_ids": get_vision_position_ids(grid, merge)}
+    if family == "llava_onevision1_5":
+        geometry = {"video_frame_lengths": [int(grid[0, 1] * grid[0, 2])] * int(grid[0, 0])}
+    with tokcompress.compress(model, "framededup", ratio=0.5) as handle:
+        expected = logits(model, inputs)
+        torch.testing.assert_close(logits(model, {**inputs, **geometry}), expected, rtol=0, atol=0)
+        assert handle.stats.samples[0].encoder_ratio == 0.5

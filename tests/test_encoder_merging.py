@@ -459,18 +459,25 @@ def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their
 @pytest.mark.parametrize("family", [f for f in FOLDING if ADAPTERS[f].tower_readouts is not Adapter.tower_readouts])
 def test_a_towers_outputs_keep_their_stock_shapes_whatever_folds_where_it_reads_them_out(family, clip):
     """Folding three quarters of every unit's rows away leaves as many rows as a 2 × 2 readout makes: only the
-    outputs that hold the layers' rows expand back (GLM's downsampled, VideoLLaMA3's and Gemma 4's pooled
-    last_hidden_state stay as the tower read them out)."""
+    outputs that hold the layers' rows (their hidden states and attention outputs) expand back (GLM's downsampled,
+    VideoLLaMA3's and Gemma 4's pooled last_hidden_state stay as the tower read them out)."""
     model = model_for(family)
-    encode = {**video_encoder_inputs(inputs_for(family, clip, "What?")), "output_hidden_states": True}
+    encode = {**video_encoder_inputs(inputs_for(family, clip, "What?")), "output_hidden_states": True,
+              "output_attentions": True}
     with torch.no_grad():
         stock = model.model.get_video_features(**encode)
         with tokcompress.compress(model, "vidtldr", ratio=0.3, merge_schedule="0.5,0.5"):
             folded = model.model.get_video_features(**encode)
-    for key in ("last_hidden_state", "pooler_output", "hidden_states"):
-        shapes = [[tuple(t.shape) for t in (out[key] if isinstance(out[key], (tuple, list)) else [out[key]])]
-                  for out in (stock, folded)]
-        assert shapes[0] == shapes[1], key
+    for key in ("last_hidden_state", "pooler_output", "hidden_states", "attentions"):
+        assert shapes(stock[key]) == shapes(folded[key]), key
+
+
+def shapes(value) -> list[tuple[int, ...]]:
+    """The shapes of the tensors in an output, in order (nested tuples and lists: per layer, per window; the Nones
+    of layers that recorded no attention weights - sdpa's - left out)."""
+    if isinstance(value, (tuple, list)):
+        return [shape for part in value for shape in shapes(part)]
+    return [] if value is None else [tuple(value.shape)]
 
 
 def test_a_packed_tower_refuses_kept_rows_out_of_their_order():
@@ -521,3 +528,26 @@ def test_vidtldr_merges_the_best_matched_even_tokens_weighted_by_saliency_as_pub
             destination, factor = expected.get(token - fixed, (token - fixed, 1.0)) if token >= fixed else (token, 1.0)
             assert int(merge_into[row, token]) == kept.index(destination + fixed if token >= fixed else token)
             assert float(weight[row, token]) == pytest.approx(factor, abs=1e-6)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "exaone4_5"])
+def test_a_packed_tower_at_ratio_1_attends_as_its_own_implementation_whatever_the_ratio_was(family, clip):
+    """Proportional attention needs ours in a packed tower (one sdpa call per window, with the keys' log(size)), but
+    only while tokens fold: at ratio 1 the tower keeps its own (here eager), so the logits are the stock ones bit for
+    bit, before and after the handle's ratio went below 1 and back."""
+    model = model_for(family, "eager")
+    inputs = inputs_for(family, clip, "What is moving?")
+    tower = adapter_for(model).vision_tower.config
+    with torch.no_grad():
+        stock = model(**inputs).logits
+        with tokcompress.compress(model, "vidtldr", ratio=1.0) as handle:
+            assert tower._attn_implementation == "eager"
+            torch.testing.assert_close(model(**inputs).logits, stock, rtol=0, atol=0)
+            handle.ratio = 0.3
+            assert tower._attn_implementation != "eager"
+            assert handle.stats.samples[0].encoder_ratio == 1  # the last forward's, at ratio 1
+            model(**inputs)
+            assert handle.stats.samples[0].encoder_ratio < 1
+            handle.ratio = 1.0
+            torch.testing.assert_close(model(**inputs).logits, stock, rtol=0, atol=0)
+        assert tower._attn_implementation == "eager"

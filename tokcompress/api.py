@@ -48,7 +48,7 @@ class CompressionHandle:
                 )
             raise RuntimeError("this handle was unpatched, so its ratio no longer applies; patch the model again")
         method = dataclasses.replace(self._engine.method, ratio=check_ratio(value))
-        self._engine.method = method.bind(self._engine.spec)
+        self._engine.use_method(method.bind(self._engine.spec))
 
     @property
     def stats(self) -> CompressionStats:

@@ -136,7 +136,7 @@ class Gemma4Adapter(Gemma4Decoder):
     model_type = "gemma4"
     tower_frames = BATCHED
     tower_row_kwargs = ("position_embeddings", "position_ids")
-    tower_row_outputs = ("hidden_states", "attentions")  # its last_hidden_state is read out: pooled, standardised
+    tower_row_outputs = ("hidden_states",)  # its last_hidden_state is read out: pooled, standardised
 
     @property
     def patches_per_token_side(self):

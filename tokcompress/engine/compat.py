@@ -290,7 +290,19 @@ ENCODED_GRIDS = "tokcompress_video_grids"
 """Key we add to a `get_video_features` output where the prefill that reads it cannot tell its videos' grids
 otherwise (`generate` encodes up front and drops the grid keywords): per video, its (frames, H, W) grid of LLM
 tokens. A key, not an attribute: accelerate's device moves rebuild the output from its items."""
+ENCODING_RECORD = "tokcompress_encoding"
+"""Key we add to a `get_video_features` output while a method compresses: what the encoding kept (which frame units
+it encoded), so that any prefill reading those features - one `generate` hands them to, or a later forward reusing
+them - drops the units the tower did not encode."""
 DEEPSTACK_MASK, DEEPSTACK_FEATURES = "visual_pos_masks", "deepstack_visual_embeds"
+
+
+def without_precomputed_geometry(encode: Any, encoder_args: dict[str, Any], modality: str = "video") -> dict[str, Any]:
+    """A `get_video_features` call's arguments less the tower geometry its caller computed ahead for every frame
+    (transformers' precomputed keywords - `video_cu_seqlens`, `video_position_ids`, `video_frame_lengths`: any
+    `video_`-prefixed one the method does not name): for fewer frames, the tower computes its own."""
+    named, prefix = inspect.signature(encode).parameters, f"{modality}_"
+    return {name: value for name, value in encoder_args.items() if name in named or not name.startswith(prefix)}
 
 
 def encoded_video(
@@ -299,6 +311,12 @@ def encoded_video(
     """The pre-encoded video features a call carries (InternVL's frames: modality "image"), or None."""
     encoded = (call_kwargs.get("mm_encoder_outputs") or {}).get(modality)
     return None if encoded is None else encoded.pooler_output
+
+
+def encoding_record(call_kwargs: dict[str, Any], modality: str = "video") -> Any:
+    """What the encoding of the pre-encoded video features a call carries kept (`ENCODING_RECORD`), or None."""
+    encoded = (call_kwargs.get("mm_encoder_outputs") or {}).get(modality)
+    return None if encoded is None else encoded.get(ENCODING_RECORD)
 
 
 def encoder_output(features: torch.Tensor | tuple[torch.Tensor, ...]) -> Any:

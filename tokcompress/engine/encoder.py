@@ -57,6 +57,12 @@ class EncodedVideos:
     compression_time: Timer = field(default_factory=Timer)
     encoder_time: Timer = field(default_factory=Timer)
 
+    def take_times(self) -> tuple[Timer, Timer]:
+        """(compression, encoder) time of the encoding, once: a later prefill reusing its features spent none."""
+        times = self.compression_time, self.encoder_time
+        self.compression_time, self.encoder_time = Timer(), Timer()
+        return times
+
 
 def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs: dict[str, Any]):
     """Run the stock `encode` as the method wants; returns its output and the record of what was encoded."""
@@ -84,12 +90,14 @@ def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs:
         if record.keep is None:
             output = encode(**encoder_args)
         else:
-            output = adapter.encode_frames(encode, encoder_args, record.keep)
+            kept_args = compat.without_precomputed_geometry(encode, encoder_args)  # for every frame: stale now
+            output = adapter.encode_frames(encode, kept_args, record.keep)
     if folding is not None and folding.merged:
         record.keep, record.layer_share = folding.standing, folding.layer_share(record.units)
     if as_tuple:
         return output.to_tuple(), record
     adapter.note_encoded(output, encoder_args)
+    output[compat.ENCODING_RECORD] = record
     return output, record
 
 

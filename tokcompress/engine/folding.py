@@ -91,8 +91,8 @@ class TowerFolding:
     def expand(self, output):
         """The tower's output, every tensor in it (the hidden states of any layer) back in the full shape; where
         readouts inside the tower (a merger, a pooler) already read expanded input, only the outputs that hold its
-        rows (`Adapter.tower_row_outputs`)."""
-        keys = self.adapter.tower_row_outputs if self.reads_out else list(output.keys())
+        rows (`Adapter.tower_row_outputs`, and the layers' attention outputs)."""
+        keys = [*self.adapter.tower_row_outputs, "attentions"] if self.reads_out else list(output.keys())
         read_out = [value for key, value in output.items() if key not in keys]  # HF may repeat one in hidden_states
 
         def expand(value):

@@ -89,9 +89,7 @@ class Engine(StandIns):
             if folds_in_tower(self.method, self.adapter):
                 self._hooks.extend(hook_tower_folding(self.method, self.adapter))
             self._install_stand_ins()
-            implementation = self._packed_vision_attention()
-            if implementation is not None:
-                self._vision_attention = compat.use_attention(self.adapter.vision_tower.config, implementation)
+            self._choose_vision_attention()
         except BaseException:
             self.detach()
             raise
@@ -101,19 +99,34 @@ class Engine(StandIns):
             hook.remove()
         self._hooks.clear()
         self._remove_stand_ins()
+        self._restore_vision_attention()
+
+    def use_method(self, method: Method) -> None:
+        """Apply `method` (the same one at another ratio) from the next forward on."""
+        self.method = method
+        self._restore_vision_attention()
+        self._choose_vision_attention()
+
+    def _choose_vision_attention(self) -> None:
+        implementation = self._packed_vision_attention()
+        if implementation is not None:
+            self._vision_attention = compat.use_attention(self.adapter.vision_tower.config, implementation)
+
+    def _restore_vision_attention(self) -> None:
         if self._vision_attention is not None:
             compat.use_attention(self.adapter.vision_tower.config, self._vision_attention)
             self._vision_attention = None
 
     def _packed_vision_attention(self) -> str | None:
         """Ours for a packed tower's attention, or None to leave the stock one: the fused varlen kernel where it
-        runs (unless turned off), else one sdpa call per window where tokens fold inside the tower (the stock
-        path would drop their proportional attention)."""
+        runs (unless turned off), else one sdpa call per window where tokens fold inside the tower with their mass
+        at a ratio below 1 (the stock path would drop their proportional attention; at ratio 1 the tower is the
+        stock one, bit for bit)."""
         if not self.adapter.packed_vision_attention:
             return None
         if self.varlen_vision and varlen_available(next(self.adapter.vision_tower.parameters())):
             return compat.VARLEN_ATTENTION
-        if tower_attends_by_size(self.method, self.adapter):
+        if tower_attends_by_size(self.method, self.adapter) and self.method.compresses():
             return compat.SEGMENT_ATTENTION
         return None
 
@@ -183,6 +196,8 @@ class Engine(StandIns):
             self._local.prompt = _Prompt(layouts, rows, generate_rows is not None, input_ids, model_masks)
             if kwargs.get(self.adapter.video_pixels) is not None:
                 self._local.encoded = None  # this forward encodes its videos itself
+            elif (carried := compat.encoding_record(kwargs, self.adapter.video_modality)) is not None:
+                self._local.encoded = carried  # pre-encoded features: what their encoding kept, however often reused
             return None
         state = GenerationState.of(cache, self.key)
         if state is None:
@@ -217,7 +232,7 @@ class Engine(StandIns):
         if not self.active:
             encoded, self._local.encoded = getattr(self._local, "encoded", None), None
             if encoded is not None:  # the identity's stats time the vision tower too
-                self.last_stats.encoder_time.add(encoded.encoder_time)
+                self.last_stats.encoder_time.add(encoded.take_times()[1])
             return None
         cache = compat.cache_of(kwargs)
         if cache is not None and cache.get_seq_length() > 0:
@@ -256,8 +271,9 @@ class Engine(StandIns):
             encoded = frames_chosen_from_features(self.method, embeds, layouts, prompt.rows_per_sample)
         kept = tokens_encoded(encoded, layouts, prompt.rows_per_sample)
         if encoded is not None:
-            state.stats.compression_time.add(encoded.compression_time)
-            state.stats.encoder_time.add(encoded.encoder_time)
+            compression_time, encoder_time = encoded.take_times()
+            state.stats.compression_time.add(compression_time)
+            state.stats.encoder_time.add(encoder_time)
         if kept is not None and self.adapter.encoder_side:
             state.stats.has_tower = self.adapter.has_tower
             for sample, (_, fraction) in zip(state.stats.samples, kept[:: prompt.rows_per_sample]):
