@@ -126,7 +126,7 @@ MODEL_NAMES = (
     "llava-onevision-7b", "llava-next-video-7b", "video-llava-7b", "qwen2.5-vl-7b", "qwen3-vl-8b", "qwen3.5-9b",
     "internvl3-8b", "glm-4.1v-9b", "videollama3-7b", "qwen2.5-omni-7b", "gemma-4-e4b", "cosmos3-edge",
     "ernie-4.5-vl-28b-a3b", "molmo2-8b", "muse-glimmer-30b", "ovis2.5-9b", "gemma-4-unified", "qwen3.5-35b-a3b",
-    "llava-onevision1.5-8b", "small", "small-qwen2.5-vl",
+    "llava-onevision1.5-8b", "lfm3-vl-2b", "small", "small-qwen2.5-vl",
 )
 INTERNVL_IMAGE_START, INTERNVL_IMAGE_END = 151665, 151666  # <img>, </img>
 
@@ -237,7 +237,10 @@ def named_model(name: str, dtype: torch.dtype, device: str):
             num_key_value_heads=8, head_dim=128, vocab_size=151936,
         ))
         cls = transformers.Ovis2_5ForConditionalGeneration
-    elif name == "llava-onevision1.5-8b":  # transformers 5.25+: RICE-ViT-L (its defaults: 24 layers of 1024) over Qwen3-8B
+    elif name == "lfm3-vl-2b":  # transformers' defaults: a 14-layer conv/attention tower, 24 hybrid layers of 2048
+        config = transformers.Lfm3VlConfig()
+        cls = transformers.Lfm3VlForConditionalGeneration
+    elif name == "llava-onevision1.5-8b":  # transformers 5.25+: RICE-ViT-L (24 layers of 1024) over Qwen3-8B
         config = transformers.LlavaOnevision15Config(text_config=dict(
             model_type="qwen3", hidden_size=4096, intermediate_size=12288, num_hidden_layers=36, num_attention_heads=32,
             num_key_value_heads=8, head_dim=128, vocab_size=151936,
@@ -279,7 +282,7 @@ def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
     ordinary = torch.tensor([i for i in range(10, min(1000, config.get_text_config().vocab_size)) if i not in special])
     text = ordinary[torch.randint(len(ordinary), (prompt_tokens,), generator=torch.Generator().manual_seed(0))]
     if config.model_type in (
-        "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe", "glm4v", "qwen2_5_omni_thinker", "cosmos3_edge",
+        "qwen2_5_vl", "qwen3_vl", "qwen3_5", "qwen3_5_moe", "glm4v", "qwen2_5_omni_thinker", "cosmos3_edge", "lfm3_vl",
     ):
         patch, cosmos = config.vision_config.patch_size, config.model_type == "cosmos3_edge"  # one frame a unit
         pixels, grid = qwen_vl_pixels(  # 448 px / 512 px
@@ -305,6 +308,8 @@ def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
         inputs = dict(input_ids=ids[None], attention_mask=mask, pixel_values_videos=pixels, video_grid_thw=grid)
         if config.model_type == "qwen2_5_omni_thinker":  # no token types; 2 frames a unit at 2 fps
             return dict(inputs, video_second_per_grid=torch.tensor([1.0]))
+        if config.model_type == "lfm3_vl":  # 1-D positions: no token types
+            return inputs
         return dict(inputs, mm_token_type_ids=types)
     if config.model_type == "ovis2_5":  # video start + every frame's 14×14 tokens (448 px, 16-px patches) + video end
         pixels, grid = qwen_vl_pixels(frames, 448, 448, patch_size=16, temporal_patch_size=1, siglip_norm=True)

@@ -42,6 +42,7 @@ TINY = {
     "hyperclovax_vision_v2": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True),
     "muse_spark": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True),
     "exaone4_5": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True),
+    "lfm3_vl": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True),
     "internvl": TinyFamily(tokens_per_unit=9, mixed_frame_counts=True, encoder_side=False),
     "smolvlm": TinyFamily(tokens_per_unit=9, mixed_frame_counts=True, encoder_side=False),
     "glm4v": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True, mrope=True),
@@ -157,7 +158,7 @@ def softmax_layers(model) -> list[int]:
     from tokcompress.engine import compat
 
     config = adapter_for(model).language_model.config
-    return [i for i in range(config.num_hidden_layers) if compat.layer_type(config, i) != compat.RECURRENT_LAYER]
+    return [i for i in range(config.num_hidden_layers) if compat.layer_type(config, i) not in compat.RECURRENT_LAYERS]
 
 
 def shorter(family: str, frames: torch.Tensor) -> torch.Tensor:

@@ -31,7 +31,7 @@ from tokcompress.methods.base import TowerTokens
 from tokcompress.methods.earlytom import frame_choice_groups, frame_segments, frame_similarities, middle_merges
 from tokcompress.methods.selection import top_tokens_per_group
 
-from .conftest import FAMILIES, TINY, generate, inputs_for, model_for, shorter, video_encoder_inputs
+from .conftest import FAMILIES, TINY, generate, inputs_for, logits, model_for, shorter, video_encoder_inputs
 from .test_equivalence import assert_logits_of_the_llm_fed_only
 from .test_fidelity import features
 
@@ -235,7 +235,7 @@ def test_the_encoder_stage_alone_hands_the_llm_the_frames_that_stood(clip):
     assert_logits_of_the_llm_fed_only(model, inputs, sample.kept_positions, out.logits)
 
 
-@pytest.mark.parametrize("family", FOLDING)
+@pytest.mark.parametrize("family", [f for f in FOLDING if ADAPTERS[f].tower_token_folding_refused is None])
 def test_folding_tokens_in_the_tower_refuses_a_method_that_ranks_by_the_towers_attention(family):
     with pytest.raises(ValueError, match="rows are then of the folded tokens"):
         tokcompress.patch(model_for(family), [EncoderOnly(VidTLDR()), VisionZip(ratio=0.3)])
@@ -249,6 +249,25 @@ def test_a_method_acting_only_inside_a_tower_that_cannot_fold_is_refused_with_th
         with pytest.raises(ValueError, match=r"acts only inside the vision tower.*Use (earlytom|flowcut) whole"):
             tokcompress.patch(model_for(family), method, ratio=None)
     tokcompress.patch(model_for(family), "earlytom", ratio=0.3).unpatch()
+
+
+@pytest.mark.parametrize("family", [f for f in FOLDING if ADAPTERS[f].tower_token_folding_refused])
+def test_a_tower_that_folds_only_frames_refuses_a_token_fold_alone_and_leaves_whole_methods_to_the_llm(family, clip):
+    """LFM3-VL's convolution layers read every patch of a frame's grid: a token-folding stage alone is refused,
+    naming why and what acts; a method whole (vidtldr) runs its LLM-side stage on every token the tower encoded,
+    and folding frames (earlytom) leaves the later layers fewer rows, their convolutions the grids of what stands."""
+    model = model_for(family)
+    for method in ("vidtldr@encoder", "flowcut@encoder"):
+        with pytest.raises(ValueError, match=r"cannot fold tokens in .*convolution.*Use (vidtldr|flowcut) whole"):
+            tokcompress.patch(model, method, ratio=None)
+    inputs = inputs_for(family, clip, "What is moving?")
+    with tokcompress.compress(model, "vidtldr", ratio=0.3) as handle:
+        rows = rows_entering_tower_layers(model, lambda: logits(model, inputs))
+    assert len(set(rows)) == 1 and abs(handle.stats.achieved_ratio - 0.3) * handle.stats.visual_in <= 1
+    still = clip[:1].expand(8, -1, -1, -1).contiguous()  # identical frames: earlytom folds them after its layer
+    with tokcompress.compress(model, "earlytom", ratio=0.3) as handle:
+        rows = rows_entering_tower_layers(model, lambda: logits(model, inputs_for(family, still, "What?")))
+    assert rows[0] > rows[-1] and handle.stats.samples[0].encoder_ratio < 1
 
 
 def test_encoder_only_refuses_what_has_no_encoder_stage_or_is_a_composition():

@@ -165,7 +165,7 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
         pytest.skip(f"per-type rotary tables and shared KV: tests/test_{family}.py runs its layers")
     # sliding windows as wide as the prompt: this reference attends causally over every token it keeps
     wide = {"cohere_compass": tiny.tiny_cohere_compass, "muse_glimmer": tiny.tiny_muse_glimmer,
-            "muse_spark": tiny.tiny_muse_spark, "exaone4_5": tiny.tiny_exaone4_5}
+            "muse_spark": tiny.tiny_muse_spark, "exaone4_5": tiny.tiny_exaone4_5, "lfm3_vl": tiny.tiny_lfm3_vl}
     model = wide[family](sliding_window=4096) if family in wide else model_for(family)
     inputs = inputs_for(family, clip, "What is moving?")
     with tokcompress.compress(model, "fastv", ratio=0.7, layer=layer) as handle, torch.no_grad():
@@ -187,6 +187,7 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
     assert 0 < len(kept) < int(is_visual.sum())
     cache = DynamicCache(config=language_model.config)
     every = torch.ones_like(survivors)
+    final_norm = getattr(language_model, "norm", None) or language_model.embedding_norm  # LFM3's is named so
     with torch.no_grad():
         for step, step_logits in enumerate(out.logits):
             tables = _rotary_tables(language_model, hidden, positions)
@@ -206,7 +207,7 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
                 if step == 0 and index < len(additions):
                     hidden = hidden.clone()
                     hidden[visual] += additions[index]
-            ideal = _logits(model, language_model.norm(hidden[:, -1]))
+            ideal = _logits(model, final_norm(hidden[:, -1]))
             torch.testing.assert_close(step_logits, ideal, rtol=1e-4, atol=1e-5)
             hidden = model.get_input_embeddings()(ideal.argmax(-1))[:, None] * embedding_multiplier
             positions = positions[..., -1:] + 1
@@ -225,8 +226,9 @@ def _logits(model, hidden: torch.Tensor) -> torch.Tensor:
 
 
 def _rotary_tables(language_model, hidden, positions) -> list:
-    """Per decoder layer, the rotary tables it gets: one set for all, one per layer type (Cohere's; None for a type
-    without RoPE), scaled and unscaled ones (Molmo2's), or one set for all but the NoPE layers (Muse Glimmer's)."""
+    """Per decoder layer, the rotary tables it gets: one set for all, one per layer type (Cohere's, LFM3's; None for
+    a type without RoPE), scaled and unscaled ones (Molmo2's), or one set for all but the NoPE layers (Muse
+    Glimmer's)."""
     config = language_model.config
     kinds = [compat.layer_type(config, index) for index in range(len(language_model.layers))]
     if getattr(language_model, "rope_types", None):  # Molmo2
@@ -235,9 +237,10 @@ def _rotary_tables(language_model, hidden, positions) -> list:
         return [scaled if kind == "scaled" else unscaled for kind in language_model.rope_types]
     if getattr(config, "layer_rope_theta", None):  # Muse Glimmer: theta 0 where a layer has no RoPE
         return [language_model.rotary_emb(hidden, positions) if theta else None for theta in config.layer_rope_theta]
-    if not set(kinds) <= set(config.rope_parameters):
+    if not set(kinds) & set(config.rope_parameters):  # one set for every layer
         return [language_model.rotary_emb(hidden, positions)] * len(kinds)
-    return [config.rope_parameters[kind] and language_model.rotary_emb(hidden, positions, kind) for kind in kinds]
+    # per layer type; none for a type without RoPE (Cohere's global layers, LFM3's convolutions)
+    return [config.rope_parameters.get(kind) and language_model.rotary_emb(hidden, positions, kind) for kind in kinds]
 
 
 def _language_model_call(model, inputs) -> dict:

@@ -177,18 +177,19 @@ def test_crossovers_come_from_the_measurements_and_the_dispatch_respects_committ
         "gemma-4-unified", "qwen3.5-35b-a3b",
         pytest.param("llava-onevision1.5-8b", marks=pytest.mark.skipif(not compat.ships("llava_onevision1_5"),
                                                                        reason="transformers 5.25+")),
+        "lfm3-vl-2b",
     ],
 )
 def test_the_real_shape_models_build_and_their_prompts_fit_the_adapter(name, clip):
-    """On the meta device (no memory): a 7B-10B-class model (Cosmos3 Edge's 2B-class, Gemma 4 Unified's 3B-class,
-    ERNIE-4.5-VL's 28B-A3B, Muse Glimmer's 30B and Qwen3.5-MoE's 35B-A3B defaults) whose prompt the family's adapter
-    lays out in full."""
+    """On the meta device (no memory): a 7B-10B-class model (Cosmos3 Edge's and LFM3-VL's 2B-class, Gemma 4
+    Unified's 3B-class, ERNIE-4.5-VL's 28B-A3B, Muse Glimmer's 30B and Qwen3.5-MoE's 35B-A3B defaults) whose prompt
+    the family's adapter lays out in full."""
     from tokcompress.adapters import adapter_for
 
     bench = load("bench_latency")
     model = bench.named_model(name, torch.bfloat16, "meta")
     sizes = {"cosmos3-edge": (2e9, 3e9), "ernie-4.5-vl-28b-a3b": (2.6e10, 3.1e10), "muse-glimmer-30b": (2.9e10, 3.1e10),
-             "gemma-4-unified": (2.5e9, 3.5e9), "qwen3.5-35b-a3b": (3.3e10, 3.7e10)}
+             "gemma-4-unified": (2.5e9, 3.5e9), "qwen3.5-35b-a3b": (3.3e10, 3.7e10), "lfm3-vl-2b": (1.5e9, 2.5e9)}
     low, high = sizes.get(name, (6e9, 11e9))
     assert low < sum(p.numel() for p in model.parameters()) < high
     inputs = bench.video_inputs(model, clip)

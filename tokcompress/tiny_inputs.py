@@ -381,6 +381,9 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
         return {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
     if model.config.model_type in QWEN3_LAYOUT:  # 16 px, 8 fps
         return qwen_vl_inputs(frames, questions, size=128, patch_size=16, fps=8.0)
+    if model.config.model_type == "lfm3_vl":  # Qwen3-VL's layout, 1-D positions: no token types
+        inputs = qwen_vl_inputs(frames, questions, size=128, patch_size=16, fps=8.0)
+        return {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
     if model.config.model_type == "cosmos3_edge":  # 16-px patches, one frame a unit, timestamps at 2 fps
         return qwen_vl_inputs(
             frames, questions, size=128, patch_size=16, fps=2.0, temporal_patch_size=1, channels_last=True

@@ -44,7 +44,7 @@ declare -A FRAMES=(
     [llava-onevision-7b]=64 [qwen2.5-vl-7b]=64 [llava-next-video-7b]=32 [video-llava-7b]=8 [qwen3-vl-8b]=32
     [qwen3.5-9b]=32 [internvl3-8b]=32 [glm-4.1v-9b]=32 [videollama3-7b]=32 [llava-onevision1.5-8b]=32
     [qwen2.5-omni-7b]=64 [gemma-4-e4b]=64 [gemma-4-unified]=64 [cosmos3-edge]=64 [molmo2-8b]=64
-    [ovis2.5-9b]=64 [ernie-4.5-vl-28b-a3b]=32 [muse-glimmer-30b]=64 [qwen3.5-35b-a3b]=32  # the last three: 60-70 GB
+    [lfm3-vl-2b]=64 [ovis2.5-9b]=64 [ernie-4.5-vl-28b-a3b]=32 [muse-glimmer-30b]=64 [qwen3.5-35b-a3b]=32  # the last three: 60-70 GB
     # of bf16 weights, an H200
 )
 for model in ${FAMILIES:-llava-onevision-7b qwen2.5-vl-7b}; do

@@ -47,6 +47,7 @@ class Adapter:
     # row: the LLaVA families), PACKED (frame units back to back in one packed sequence, attention inside each:
     # Qwen-VL), None (it cannot fold them: InternVL encodes before the prompt is read).
     tower_frames: ClassVar[str | None] = None
+    tower_token_folding_refused: ClassVar[str | None] = None  # why the tower cannot fold tokens inside frames, if not
     temporal_merge: ClassVar[int] = 1  # steps of `video_grid_thw`'s time axis in one frame unit (ERNIE-4.5-VL: 2)
     video_pixels: ClassVar[str] = "pixel_values_videos"  # the call keyword of video pixels (InternVL: its images')
     video_modality: ClassVar[str] = "video"  # their key in pre-encoded `mm_encoder_outputs`
@@ -110,10 +111,10 @@ class Adapter:
     @functools.cached_property
     def kv_layers(self) -> frozenset[int]:
         """Decoder layers that cache every token's keys and values, where decode-time KV selection applies: not
-        Qwen3.5's linear-attention layers (a recurrent state), sliding-window layers (their cache keeps the last
-        tokens only) or layers that read another layer's KV (Gemma 4's KV sharing)."""
+        Qwen3.5's linear-attention layers or LFM3's convolutions (a recurrent state), sliding-window layers (their
+        cache keeps the last tokens only) or layers that read another layer's KV (Gemma 4's KV sharing)."""
         config = self.language_model.config
-        partial = (compat.RECURRENT_LAYER, compat.SLIDING_LAYER)
+        partial = (*compat.RECURRENT_LAYERS, compat.SLIDING_LAYER)
         return frozenset(
             i for i in range(len(self.layers)) if compat.layer_type(config, i) not in partial and self.kv_source(i) == i
         )

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar
 
 import torch
+from torch import nn
 
 from ..engine import compat
 from ..engine.compat import mrope_grid_rows
@@ -152,13 +153,17 @@ class Qwen2VLAdapter(Adapter):
         return sharpness
 
     def tower_heads(self, attention, hidden, kwargs, project=None):
-        """(heads, rows, d) fp32 queries and keys (rotary embedded with the call's tables, where the tower has them)
-        and values of a packed tower attention on its (rows, D) input; grouped key/value heads (EXAONE 4.5's) are
-        repeated for the queries' heads, as its attention does."""
+        """(heads, rows, d) fp32 queries and keys (normed per head where the tower does - LFM3-VL's -, then rotary
+        embedded with the call's tables, where the tower has them) and values of a packed tower attention on its
+        (rows, D) input; grouped key/value heads (EXAONE 4.5's, LFM3-VL's) are repeated for the queries' heads, as its
+        attention does."""
         projections = self.tower_projections(attention, project or applied_to(hidden))
         head_dim = projections[0].shape[-1] // attention.num_heads
-        queries, keys, values = (states.unflatten(-1, (-1, head_dim)).float() for states in projections)
-        keys, values = (repeat_heads(states, attention.num_heads, dim=1) for states in (keys, values))
+        queries, keys, values = (states.unflatten(-1, (-1, head_dim)) for states in projections)
+        identity = nn.Identity()
+        queries = getattr(attention, "q_norm", identity)(queries).float()
+        keys = repeat_heads(getattr(attention, "k_norm", identity)(keys).float(), attention.num_heads, dim=1)
+        values = repeat_heads(values.float(), attention.num_heads, dim=1)
         if self.tower_rotary:
             cos, sin = (table[:, None].float() for table in kwargs["position_embeddings"])
             queries, keys = rotate(queries, cos, sin), rotate(keys, cos, sin)

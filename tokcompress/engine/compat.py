@@ -82,12 +82,14 @@ _CACHE_KEYWORDS = tuple(dict.fromkeys((CACHE_KEYWORD, "past_key_values")))  # cu
 # by the videos before it), within the whole batch before; the image encoder's signature tells which.
 MOLMO2_POOLING_PER_VIDEO = "image_num_crops" in inspect.signature(Molmo2Model.get_image_features).parameters
 
-RECURRENT_LAYER = "linear_attention"  # Qwen3.5's gated delta layers: a recurrent state, no KV
+# layer types that carry a recurrent state, no KV: Qwen3.5's gated delta layers, LFM3's short convolutions
+RECURRENT_LAYERS = frozenset({"linear_attention", "conv"})
 SLIDING_LAYER = "sliding_attention"  # a window over the last tokens, whose cache keeps only those
 _MASK_BUILDERS = {
     "full_attention": create_causal_mask,
     SLIDING_LAYER: create_sliding_window_causal_mask,
-    RECURRENT_LAYER: create_recurrent_attention_mask,  # the 2-D padding mask, None where nothing is padded
+    # the 2-D padding mask, None where nothing is padded
+    **dict.fromkeys(RECURRENT_LAYERS, create_recurrent_attention_mask),
 }
 _warned_untested = False
 

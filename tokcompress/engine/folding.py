@@ -58,7 +58,13 @@ class TowerFolding:
     def before_layer(self, index: int, kwargs: dict) -> dict | None:
         """The call kwargs of tower layer `index`, for the rows that remain (None: unchanged)."""
         if self.unit_rows is not None:
-            return self.rows.layer_kwargs(kwargs)
+            changed = self.rows.layer_kwargs(kwargs)
+            if changed is not None and kwargs.get("grid_thw") is not None:  # LFM3-VL's convolutions read the grids
+                changed["grid_thw"] = [
+                    [len(frames) * self.adapter.temporal_merge, height, width]
+                    for frames, (_, height, width) in zip(self.standing, kwargs["grid_thw"])
+                ]
+            return changed
         remaining = self.remaining()
         if remaining is None:
             return None
@@ -190,9 +196,11 @@ class FrameMerging(TowerFolding):
 
 
 def folds_in_tower(method: Method, adapter: Adapter) -> bool:
-    """Whether the method acts inside this tower (one that holds frames as a batch or packed), at whatever ratio:
-    the patch's tower hooks stay in place while `handle.ratio` changes."""
-    return IN_ENCODER in method.stages and adapter.tower_frames is not None
+    """Whether the method acts inside this tower (one that holds frames as a batch or packed, and tokens too where
+    it folds tokens), at whatever ratio: the patch's tower hooks stay in place while `handle.ratio` changes."""
+    if IN_ENCODER not in method.stages or adapter.tower_frames is None:
+        return False
+    return method.in_encoder_unit != "token" or adapter.tower_token_folding_refused is None
 
 
 def folds_tokens_in_tower(method: Method, adapter: Adapter) -> bool:
@@ -218,14 +226,18 @@ def check_tower_use(method: Method, adapter: Adapter) -> None:
     if method.uses_tower_attention() and not adapter.has_tower:
         raise ValueError(f"{method.name} ranks tokens by the vision tower's attention, but {no_tower}")
     for member in getattr(method, "methods", (method,)):
-        if tuple(member.stages) != (IN_ENCODER,) or adapter.tower_frames is not None:
+        if tuple(member.stages) != (IN_ENCODER,) or folds_in_tower(member, adapter):
             continue
         if not adapter.has_tower:
             raise ValueError(f"{member.name} acts only inside the vision tower, but {no_tower}")
+        cannot = (
+            f"cannot fold frames in {adapter.model_type}: it encodes every image before the prompt is read"
+            if adapter.tower_frames is None else
+            f"cannot fold tokens in {adapter.model_type}: {adapter.tower_token_folding_refused} (earlytom folds frames)"
+        )
         raise ValueError(
-            f"{member.name} acts only inside the vision tower, which cannot fold frames in {adapter.model_type}: "
-            f"it encodes every image before the prompt is read. Use {member.name.split('@')[0]} whole (its "
-            "LLM-side stage then meets the budget) or framededup, which chooses frames from their features"
+            f"{member.name} acts only inside the vision tower, which {cannot}. Use {member.name.split('@')[0]} whole "
+            "(its LLM-side stage then meets the budget) or framededup, which chooses frames from their features"
         )
     if not folds_tokens_in_tower(method, adapter):
         return

@@ -101,8 +101,8 @@ class TokenGroup:
         masks are built for the group's whole width, independent of the cache (a generation's prefill starts on an
         empty one; a static cache's empty slots are masked out). In the adapter's `bidirectional_layer_types` a
         prompt's vision blocks attend both ways (`blocks_past_window`: past a sliding window too). A recurrent
-        (linear-attention) layer gets the group's padding mask, which zeroes its padding slots; as they are on the
-        left, its state starts from them unchanged. Proportional attention biases softmax layers."""
+        (linear-attention, convolution) layer gets the group's padding mask, which zeroes its padding slots; as they
+        are on the left, its state starts from them unchanged. Proportional attention biases softmax layers."""
         if not decoding and self.start_layer == layer_index:
             self.step_masks = {}
         config = adapter.language_model.config
@@ -110,9 +110,9 @@ class TokenGroup:
         sliced = not decoding and hidden.shape[1] < self.width  # the LM computes its last tokens only (KV sharing)
         if (kind, sliced) not in self.step_masks:
             cache = compat.cache_of(kwargs)
-            static = not decoding and compat.preallocated(cache) and kind != compat.RECURRENT_LAYER
+            static = not decoding and compat.preallocated(cache) and kind not in compat.RECURRENT_LAYERS
             width_of = hidden if decoding else hidden[:, -1:].expand(-1, self.width, -1)
-            biased = self.key_bias is not None and kind != compat.RECURRENT_LAYER
+            biased = self.key_bias is not None and kind not in compat.RECURRENT_LAYERS
             bidirectional = kind in adapter.bidirectional_layer_types
             blocks = (self.step_blocks if decoding else self.blocks) if bidirectional else None
             mask = compat.build_attention_mask(  # explicit where sdpa's is_causal would not fit (fewer rows than keys)

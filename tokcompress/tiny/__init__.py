@@ -59,6 +59,7 @@ from .packed import (  # noqa: F401 - public builders
     tiny_glm4v_moe,
     tiny_glm46v,
     tiny_hyperclovax_vision_v2,
+    tiny_lfm3_vl,
     tiny_llava_onevision1_5,
     tiny_muse_glimmer,
     tiny_muse_spark,
@@ -101,6 +102,7 @@ TINY_MODELS = {
     "hyperclovax_vision_v2": tiny_hyperclovax_vision_v2,
     "muse_spark": tiny_muse_spark,
     "exaone4_5": tiny_exaone4_5,
+    "lfm3_vl": tiny_lfm3_vl,
 }
 if compat.ships("ovis2_5"):  # transformers 5.25+
     TINY_MODELS["ovis2_5"] = tiny_ovis2_5

@@ -2,7 +2,7 @@
 Qwen2.5-VL, HyperCLOVA X SEED Vision, Qwen3-VL, Qwen3.5 (-MoE), the Qwen Omni thinkers, GLM-4.1V / 4.5V / 4.6V,
 VideoLLaMA3, Cosmos3 Edge and Omni, ERNIE-4.5-VL, Cohere's North, Muse Glimmer and Spark, Ovis2.5,
 LLaVA-OneVision-1.5,
-EXAONE 4.5."""
+EXAONE 4.5, LFM3-VL."""
 
 from __future__ import annotations
 
@@ -122,6 +122,35 @@ def tiny_exaone4_5(
         image_token_id=IMAGE, video_token_id=VIDEO,
     )
     return build(Exaone4_5_ForConditionalGeneration, config, attn_implementation, seed)
+
+
+def tiny_lfm3_vl(
+    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64,
+    sliding_window: int = 16,
+):
+    """LFM3-VL: a packed tower of gated 2-D convolution and grouped-query attention layers (conv, attention, conv,
+    attention; 16-px patches, temporal patch 2, 4 query heads on 2 key/value heads, q/k norms, axial RoPE), its 2 × 2
+    blocks merged by the projector, over an LFM3 decoder repeating conv, sliding-window attention (RoPE), conv,
+    global attention (RoPE on half of each head), with gated attention outputs and sandwich norms."""
+    pattern = ["conv", "sliding_attention", "conv", "full_attention"]
+    config = transformers.Lfm3VlConfig(
+        text_config={
+            **text_config(num_layers, hidden_size, head_dim=16), "model_type": "lfm3",
+            "layer_types": [pattern[i % 4] for i in range(num_layers)], "sliding_window": sliding_window,
+            "conv_L_cache": 3, "rope_parameters": {
+                "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+                "full_attention": {"rope_type": "default", "rope_theta": 100000.0, "partial_rotary_factor": 0.5},
+            },
+        },
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+            patch_size=16, temporal_patch_size=2, spatial_merge_size=2,
+            layer_types=["conv", "full_attention", "conv", "full_attention"],
+        ),
+        projector_hidden_size=hidden_size, image_token_id=IMAGE, video_token_id=VIDEO,
+        vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+    )
+    return build(transformers.Lfm3VlForConditionalGeneration, config, attn_implementation, seed)
 
 
 def tiny_qwen2_5_omni_thinker(
