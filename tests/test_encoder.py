@@ -357,3 +357,38 @@ def test_tower_geometry_precomputed_for_every_frame_gives_way_when_frames_are_dr
         expected = logits(model, inputs)
         torch.testing.assert_close(logits(model, {**inputs, **geometry}), expected, rtol=0, atol=0)
         assert handle.stats.samples[0].encoder_ratio == 0.5
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision", "exaone4_5"])
+def test_reused_features_are_scored_by_their_own_encodings_tower_attention(family, clip, other_clip):
+    """VisionZip ranks a video's tokens by the tower's attention on it: features reused after another video was
+    encoded still get their own encoding's (the calls travel with them), once - a second reuse is refused, naming
+    why, rather than scored with what another encoding left."""
+    model = model_for(family)
+    adapter = adapter_for(model)
+    first, second = (inputs_for(family, frames, "What is moving?") for frames in (clip, other_clip))
+    text = {k: v for k, v in first.items() if k != adapter.video_pixels}
+    with tokcompress.compress(model, "visionzip", ratio=0.3) as handle:
+        expected = logits(model, first)
+        kept = handle.stats.samples[0].kept_positions
+        with torch.no_grad():
+            encoded = model.model.get_video_features(**video_encoder_inputs(first), return_dict=True)
+            model.model.get_video_features(**video_encoder_inputs(second), return_dict=True)
+        reused = {**text, "mm_encoder_outputs": {adapter.video_modality: encoded}}
+        torch.testing.assert_close(logits(model, reused), expected)
+        assert handle.stats.samples[0].kept_positions == kept
+        with pytest.raises(RuntimeError, match="an earlier forward already read"):
+            logits(model, reused)
+
+
+def test_features_a_method_left_frames_out_of_are_refused_once_it_no_longer_compresses(clip):
+    """At ratio 1 nothing removes the zeros a frame-dropping encoding left in the features: refused, not read."""
+    model = model_for("qwen2_5_vl")
+    inputs = inputs_for("qwen2_5_vl", clip, "What is moving?")
+    text = {k: v for k, v in inputs.items() if k != "pixel_values_videos"}
+    with tokcompress.compress(model, "framededup", ratio=0.5) as handle:
+        with torch.no_grad():
+            encoded = model.model.get_video_features(**video_encoder_inputs(inputs), return_dict=True)
+        handle.ratio = 1.0
+        with pytest.raises(ValueError, match="hold zeros there.*encode the video again"):
+            logits(model, {**text, "mm_encoder_outputs": {"video": encoded}})

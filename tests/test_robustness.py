@@ -27,6 +27,7 @@ from .conftest import (
     inputs_for,
     logits,
     model_for,
+    shorter,
 )
 
 
@@ -378,3 +379,18 @@ def test_a_long_running_patch_holds_no_more_memory_with_each_generation(method, 
             assert live_tensor_bytes() == first
         generate(model, inputs, max_new_tokens=2)  # its state made anew by the stock model
         assert live_tensor_bytes() == stock
+
+
+def test_beam_search_on_a_batch_decodes_each_prompt_as_it_would_alone(family, clip, other_clip):
+    """Two prompts beam-searched together give each one's beams alone, its positions followed row by row (EXAONE 4.5
+    builds a single row of positions, arange(L), for the whole batch)."""
+    if not _stock_beam_search_works(family, clip):
+        pytest.skip(f"the stock {family} model cannot beam-search a video")
+    model = model_for(family)
+    videos, questions = [clip, shorter(family, other_clip)], ["What is moving?", "Describe it."]
+    with tokcompress.compress(model, "fastv", ratio=0.3):
+        together = generate(model, inputs_for(family, videos, questions), max_new_tokens=3, num_beams=2)
+        alone = [generate(model, inputs_for(family, v, q), max_new_tokens=3, num_beams=2)[0]
+                 for v, q in zip(videos, questions)]
+    for row, single in zip(together, alone):
+        assert torch.equal(row, single)

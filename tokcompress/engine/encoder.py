@@ -56,6 +56,13 @@ class EncodedVideos:
     layer_share: list[float] | None = None  # per video, the share of the tower's frame- (or token-) layers computed
     compression_time: Timer = field(default_factory=Timer)
     encoder_time: Timer = field(default_factory=Timer)
+    tower_calls: list[TowerCall] = field(default_factory=list)  # recorded while it encoded, for a method's scores
+
+    def take_tower_calls(self) -> list[TowerCall]:
+        """The tower's recorded calls, once: what they hold (its last layers' inputs) is freed after the prefill
+        that scores with them."""
+        calls, self.tower_calls = self.tower_calls, []
+        return calls
 
     def take_times(self) -> tuple[Timer, Timer]:
         """(compression, encoder) time of the encoding, once: a later prefill reusing its features spent none."""
@@ -97,7 +104,8 @@ def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs:
     if as_tuple:
         return output.to_tuple(), record
     adapter.note_encoded(output, encoder_args)
-    output[compat.ENCODING_RECORD] = record
+    if method.compresses():
+        output[compat.ENCODING_RECORD] = record
     return output, record
 
 

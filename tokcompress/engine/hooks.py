@@ -179,6 +179,13 @@ class Engine(StandIns):
             self.last_stats = CompressionStats.empty(self.method, note=f"passed through untouched: {refusal}")
             return None
         if not self.active:
+            carried = compat.encoding_record(kwargs, self.adapter.video_modality) if prompt else None
+            if carried is not None and carried.keep is not None:
+                raise ValueError(
+                    f"these video features were encoded while {self.method.name} left frame units out of the tower "
+                    "(they hold zeros there), and the model no longer compresses (ratio 1), so the LLM would read "
+                    "those zeros: encode the video again, or set the ratio back"
+                )
             if layouts and any(layout.num_tokens for layout in layouts):
                 stats = CompressionStats.identity(self.method, layouts, self.spec.num_layers, generate_rows or 1)
                 stats.num_layers = len(self.adapter.layers)
@@ -256,8 +263,9 @@ class Engine(StandIns):
             self.last_stats = CompressionStats.empty(self.method, note="no video tokens: passed through untouched")
             return None
         layouts, scoring = prompt.layouts, Timer()
-        if self.method.uses_tower_attention():
+        if self.method.uses_tower_attention():  # the calls of the encoding these features came from, once
             records, self._local.tower_calls = getattr(self._local, "tower_calls", []), []
+            records = encoded.take_tower_calls() if encoded is not None else records
             with scoring.measure(kwargs["inputs_embeds"].device):
                 layouts = self._with_tower_scores(records, prompt, encoded)
         state = begin_generation(
@@ -293,7 +301,8 @@ class Engine(StandIns):
         if not records:
             raise RuntimeError(
                 f"{self.method.name} ranks tokens by the vision tower's attention, but no tower call was seen for this "
-                "prompt: pass the pixels to the forward or generate() (not features encoded beforehand)"
+                "prompt: pass the pixels to the forward or generate() (not features encoded before patching, nor "
+                "features whose tower attention an earlier forward already read)"
             )
         rows = prompt.rows_per_sample
         with torch.no_grad():

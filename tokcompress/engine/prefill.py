@@ -75,13 +75,14 @@ def begin_generation(
         sizes=[torch.ones(layout.num_tokens, device=device) for layout in layouts],
         blocks=None if blocks is None else blocks.to(device),
     )
-    positions = kwargs.get("position_ids")
+    positions = origin if kwargs.get("position_ids") is None else kwargs["position_ids"]
+    last = positions[..., -1:]  # a row for every sample (EXAONE 4.5 builds one row, arange(L), for them all)
     return GenerationState(
         engine_key=engine_key,
         groups=[group],
         full_length=length,
         stats=CompressionStats.begin(method, layouts, rows_per_sample),
-        last_positions=(origin if positions is None else positions)[..., -1:],
+        last_positions=last.expand(*last.shape[:-2], batch, 1),
         memories=[{} for _ in layouts],
         decode_memories=[{} for _ in layouts],
     )

@@ -82,9 +82,12 @@ class StandIns:
         encode = compat.inherited(self.adapter.multimodal_model, compat.ENCODE_VIDEOS)
         self._local.encoding_videos = True
         try:
-            output, self._local.encoded = encode_videos(self.method, self.adapter, encode, args, kwargs)
+            output, encoded = encode_videos(self.method, self.adapter, encode, args, kwargs)
         finally:
             self._local.encoding_videos = False
+        # the tower's calls on these videos go with the record of their encoding, however late its features are read
+        encoded.tower_calls, self._local.tower_calls = getattr(self._local, "tower_calls", []), []
+        self._local.encoded = encoded
         return output
 
 
