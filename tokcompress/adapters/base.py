@@ -247,6 +247,11 @@ class Adapter:
         stood at the tower's end where it folded some (None: as many as the tower call encoded)."""
         raise NotImplementedError(f"{self.model_type}: no vision-tower attention scores")
 
+    def scoring_rotary(self, layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> Any:
+        """The rotary tables (cos, sin) that `project_queries` / `project_keys` get at `layer`, from its call kwargs
+        on the (B, L, D) `hidden`: the layer's own (None: a layer without RoPE)."""
+        return kwargs.get("position_embeddings")
+
     def project_queries(
         self, layer: nn.Module, hidden: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None
     ) -> torch.Tensor:

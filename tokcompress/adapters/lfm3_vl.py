@@ -8,7 +8,8 @@ attention layers, each type with rotary tables of its own (none for the convolut
 Where it departs from the stock forward: none beyond the engine's rules. A convolution needs every patch of its
 frame's grid, so the tower folds whole frames (earlytom) - its later layers get the grid of the frames that stand -
 but not tokens; a method scoring at a convolution layer reads the next attention layer's q/k on the hidden states
-entering it, as on Qwen3.5's linear-attention layers, without RoPE (that layer gets no rotary tables)."""
+entering it, as on Qwen3.5's linear-attention layers, rotated by that layer's type's tables (the convolution gets
+none)."""
 
 from __future__ import annotations
 
@@ -23,6 +24,12 @@ class Lfm3VlAdapter(Qwen2VLAdapter):
     model_type = "lfm3_vl"
     mrope = False
     tower_token_folding_refused = "its convolution layers need every patch of a frame's grid"
+
+    def scoring_rotary(self, layer, hidden, kwargs):
+        scoring = self._scoring_layer[layer]
+        if scoring is layer:
+            return super().scoring_rotary(layer, hidden, kwargs)
+        return self.language_model.rotary_emb(hidden, kwargs["position_ids"], scoring.self_attn.layer_type)
 
     def heads(self, layer, projection, norm, hidden):
         states = projection(layer.operator_norm(hidden)).view(hidden.shape[0], -1, layer.self_attn.head_dim)
@@ -49,8 +56,8 @@ class Lfm3VlAdapter(Qwen2VLAdapter):
 
     # ------------------------------------------------------------------ tower
     def patch_embeddings(self, pixels):
-        embed = self.vision_tower.patch_embed  # a linear layer
-        return embed(pixels.to(embed.weight.dtype))
+        embed = self.vision_tower.patch_embed  # a linear layer, then the norm before the first layer
+        return self.vision_tower.embedding_norm(embed(pixels.to(embed.weight.dtype)))
 
     def tower_layers(self):
         return self.vision_tower.layers, len(self.vision_tower.layers)
@@ -60,6 +67,9 @@ class Lfm3VlAdapter(Qwen2VLAdapter):
 
     def tower_attention(self):
         return [layer for layer in self.vision_tower.layers if layer.is_attention_layer][-1].self_attn
+
+    def tower_layer_attention(self, layer):
+        return layer.self_attn
 
     def tower_projections(self, attention, project):
         return project(attention.q_proj), project(attention.k_proj), project(attention.v_proj)

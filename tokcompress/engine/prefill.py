@@ -183,7 +183,7 @@ def reduce_before_layer(
 def _layer_samples(method, adapter, state, layer_index, layer, hidden, group, kwargs) -> list[LayerSample | None]:
     budget_spent = state.stats.spent_before(layer_index)
     num_layers = adapter.spec.num_layers
-    position_embeddings = group.at_slots(kwargs.get("position_embeddings"))
+    position_embeddings = group.at_slots(adapter.scoring_rotary(layer, hidden, kwargs))
     samples: list[LayerSample | None] = []
     for b, slots in enumerate(group.visual_slots):
         layout = group.layouts[b]

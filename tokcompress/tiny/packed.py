@@ -131,7 +131,8 @@ def tiny_lfm3_vl(
     """LFM3-VL: a packed tower of gated 2-D convolution and grouped-query attention layers (conv, attention, conv,
     attention; 16-px patches, temporal patch 2, 4 query heads on 2 key/value heads, q/k norms, axial RoPE), its 2 × 2
     blocks merged by the projector, over an LFM3 decoder repeating conv, sliding-window attention (RoPE), conv,
-    global attention (RoPE on half of each head), with gated attention outputs and sandwich norms."""
+    global attention (proportional RoPE on half of each head, as its default config), with gated attention outputs
+    and sandwich norms."""
     pattern = ["conv", "sliding_attention", "conv", "full_attention"]
     config = transformers.Lfm3VlConfig(
         text_config={
@@ -139,7 +140,7 @@ def tiny_lfm3_vl(
             "layer_types": [pattern[i % 4] for i in range(num_layers)], "sliding_window": sliding_window,
             "conv_L_cache": 3, "rope_parameters": {
                 "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
-                "full_attention": {"rope_type": "default", "rope_theta": 100000.0, "partial_rotary_factor": 0.5},
+                "full_attention": {"rope_type": "proportional", "rope_theta": 100000.0, "partial_rotary_factor": 0.5},
             },
         },
         vision_config=dict(
