@@ -190,6 +190,20 @@ def test_compositions_are_refused_when_two_methods_share_a_stage_or_a_list_gets_
         tokcompress.patch(model_for("llava_onevision"), ["framededup", "fastv"], layer=1)
 
 
+def test_a_budget_above_what_a_frame_dropping_member_keeps_is_refused_up_front():
+    """framededup keeps at most its ratio of the frames, and nothing adds tokens back after it: a larger budget
+    would silently end near framededup's share, so it is refused - at patch time and when the handle's ratio
+    changes - naming both fixes."""
+    fix = r"framededup keeps at most 0.5 of the frames .* budget 0.9 .*FrameDedup\(ratio=0.9\).*at most 0.5"
+    with pytest.raises(ValueError, match=fix):
+        tokcompress.methods.build_method("framededup+framefusion", 0.9)
+    with tokcompress.compress(model_for("llava_onevision"), "framededup+framefusion", ratio=0.5) as handle:
+        with pytest.raises(ValueError, match=fix):
+            handle.ratio = 0.9
+        assert handle.ratio == 0.5
+    assert Compose([FrameDedup(ratio=0.9), FrameFusion()], 0.9).ratio == 0.9
+
+
 # windows (Qwen2.5-VL) / frames (Qwen3-VL, GLM-4.1V, VideoLLaMA3), each looped over by stock sdpa
 @pytest.mark.parametrize("family", [f for f in FAMILIES if ADAPTERS[f].packed_vision_attention])
 def test_packed_vision_attention_matches_the_stock_window_loop(family, clip, monkeypatch):

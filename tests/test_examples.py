@@ -74,6 +74,7 @@ def test_run_answers_on_the_tiny_model_and_a_shipped_clip_beside_none():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "[none @ ratio 1]" in result.stdout and "[fastv @ ratio 0.3]" in result.stdout
     assert "time to first token" in result.stdout and "fastv vs none:" in result.stdout
+    assert "a tiny random model: fixed costs dominate" in result.stdout  # the speed-up read with care
 
 
 def test_run_takes_a_composition_spelt_as_its_stats_name(capsys):
@@ -196,6 +197,11 @@ def test_run_takes_the_methods_knobs(capsys):
     common = ["run", "--frames", "4", "--max-new-tokens", "1", "--method", "fastv", "--ratio", "0.5"]
     assert main([*common, "--knob", "layer=1", "--knob", "scoring=same_layer"]) == 0
     assert "visual tokens 197 -> 98 per layer on average (84 at the last)" in capsys.readouterr().out  # from layer 1
+    spelt = [*common[:-3], "fastv:layer=1:scoring=same_layer", "--ratio", "0.5"]  # as demo's --methods spells it
+    assert main(spelt) == 0
+    assert "visual tokens 197 -> 98 per layer on average (84 at the last)" in capsys.readouterr().out
+    assert main([*spelt, "--knob", "layer=2"]) == 2
+    assert "--knob layer given more than once" in capsys.readouterr().err
     assert main([*common, "--knob", "lay=1"]) == 2
     assert "fastv has no knob 'lay'; its knobs: layer, num_queries, scoring" in capsys.readouterr().err
     assert main([*common[:-4], "--method", "framededup+fastv", "--knob", "layer=1"]) == 2
@@ -207,6 +213,10 @@ def test_run_takes_the_methods_knobs(capsys):
     assert knob_from_text(VidTLDR, "merge_schedule", "0.255,0.114") == "0.255,0.114"
     assert knob_from_text(EarlyTom, "merge_layers", "6") == "6" and knob_from_text(EarlyTom, "merge_layers", "None") is None
     assert knob_from_text(FastV, "layer", "3") == 3 and knob_from_text(FastV, "scoring", "same_layer") == "same_layer"
+    from tokcompress.methods import ToMe
+
+    assert knob_from_text(ToMe, "proportional_attention", "false") is False  # as a shell user spells it
+    assert knob_from_text(ToMe, "proportional_attention", "TRUE") is True
 
 
 def test_bad_names_and_files_fail_before_any_work_with_their_exit_codes(tmp_path, capsys):

@@ -46,3 +46,16 @@ def test_asking_for_more_frames_than_the_clip_has_repeats_frames_and_says_so():
     repeated = (indices[1:] == indices[:-1]).nonzero().squeeze(1)
     assert len(repeated) == 80 and all(torch.equal(frames[i], frames[i + 1]) for i in repeated.tolist())
     assert torch.equal(frames[indices == 60][0], read_frames(path, 3, size=(36, 44))[1])  # the middle frame
+
+
+def test_reading_what_is_not_a_video_says_what_is_wrong(tmp_path):
+    """A missing path, a file decord cannot open as a video and no frames at all: errors a caller can act on (decord's
+    own are bare RuntimeErrors, or its DECORDError for a file without a video stream)."""
+    with pytest.raises(FileNotFoundError, match="no such video file"):
+        read_frames(tmp_path / "missing.mp4", 4)
+    not_a_video = tmp_path / "notes.mp4"
+    not_a_video.write_text("not a video")
+    with pytest.raises(ValueError, match=f"cannot decode {not_a_video} as a video"):
+        read_frames(not_a_video, 4)
+    with pytest.raises(ValueError, match="num_frames must be at least 1, got 0"):
+        read_frames(sample_clip("bikes.mp4"), 0)

@@ -104,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     _add_common(run, clip_flag="--video")
     run.add_argument("--method", default="framefusion",
                      help=f"one of: {', '.join(tokcompress.list_methods())}; or a composition (framededup+framefusion, "
-                          "earlytom@encoder+fastv)")
+                          "earlytom@encoder+fastv); or a method with knobs (fastv:layer=2, as --knob layer=2)")
     run.add_argument("--ratio", type=ratio, default=None, help="retained fraction (default: the method's own)")
     run.add_argument("--knob", type=knob, action="append", default=[], metavar="NAME=VALUE",
                      help="one of the method's settings, e.g. --method fastv --knob layer=2 (repeatable; its docstring "
@@ -187,12 +187,13 @@ def run_demo(args: argparse.Namespace) -> None:
 
 
 def run_one(args: argparse.Namespace) -> None:
-    names = [name for name, _ in args.knob]
+    _, name, spelt = _spec(args.method, None)  # "fastv:layer=2" as demo's --methods spells it, or --knob layer=2
+    names = [*spelt, *(knob for knob, _ in args.knob)]
     if len(set(names)) < len(names):
-        twice = sorted({name for name in names if names.count(name) > 1})
+        twice = sorted({knob for knob in names if names.count(knob) > 1})
         raise CommandError("usage", f"--knob {', '.join(twice)} given more than once; give each knob one value")
-    knobs = _knobs(args.method, dict(args.knob))
-    method = _method(args.method, args.ratio, knobs)
+    knobs = {**spelt, **_knobs(name, dict(args.knob))}
+    method = _method(name, args.ratio, knobs)
     if method == "none" and args.ratio not in (None, 1.0):  # ratio 1 is the identity, as none
         raise CommandError("usage", "none compresses nothing and takes no --ratio; name a method to compress")
     model, inputs, decode, path = load(args)
@@ -216,6 +217,9 @@ def run_one(args: argparse.Namespace) -> None:
         speed_up = results["none"]["prefill_ms"] / results[method]["prefill_ms"]
         verdict = f"{speed_up:.2f}x faster" if speed_up >= 1 else f"{1 / speed_up:.2f}x slower"
         print(f"{method} vs none: {verdict} to the first token")
+        if not args.model:
+            print("(a tiny random model: fixed costs dominate its prefill, so this says little about real shapes; "
+                  "--frames 32 or more shows the trend)")
 
 
 def _patched(model, name: str, ratio: float | None, knobs: dict | None = None):
@@ -271,7 +275,9 @@ def _frames(path: Path, count: int, **options) -> torch.Tensor:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             frames = read_frames(path, count, progress=True, **options)
-    except (RuntimeError, OSError, ValueError) as error:  # decord's errors are RuntimeErrors
+    except (OSError, ValueError) as error:  # no such file, or no video stream decord can open
+        raise CommandError("missing file", str(error)) from error
+    except RuntimeError as error:  # a stream decord fails on midway
         raise CommandError("missing file", f"cannot decode {path} as a video: {str(error).splitlines()[0]}") from error
     for warning in caught:
         print(f"warning: {warning.message}", file=sys.stderr)

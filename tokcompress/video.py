@@ -44,10 +44,11 @@ def read_frames(
     uint8, as HF's processors resize), so a 1,024-frame clip needs a few hundred MB instead of gigabytes.
     progress: show a progress bar for a long clip (`PROGRESS_FROM` frames or more).
     """
-    import decord
     from tqdm.auto import tqdm
 
-    reader = decord.VideoReader(str(path), num_threads=1)
+    if num_frames < 1:
+        raise ValueError(f"num_frames must be at least 1, got {num_frames}")
+    reader = _video_reader(path)
     if num_frames > len(reader):
         warnings.warn(
             f"{Path(path).name} has {len(reader)} frames, so {num_frames - len(reader)} of the {num_frames} asked for "
@@ -66,6 +67,19 @@ def read_frames(
     return torch.cat(chunks)[order]
 
 
+def _video_reader(path: str | Path):
+    """decord's reader of the video at `path`: FileNotFoundError where there is no such file, ValueError where it
+    holds no video stream decord can decode (decord's own errors are bare RuntimeErrors and DECORDErrors)."""
+    import decord
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"no such video file: {path}")
+    try:
+        return decord.VideoReader(str(path), num_threads=1)
+    except Exception as error:  # decord raises a RuntimeError, or its own DECORDError (an Exception)
+        raise ValueError(f"cannot decode {path} as a video: {str(error).splitlines()[0]}") from error
+
+
 def frame_indices(total: int, num_frames: int) -> torch.Tensor:
     """The `num_frames` evenly spaced indices of a `total`-frame clip that `read_frames` decodes."""
     return torch.linspace(0, total - 1, num_frames).round().long()
@@ -75,9 +89,7 @@ def video_metadata(path: str | Path, num_frames: int) -> dict:
     """What HF's video processors are told of the frames `read_frames(path, num_frames)` returns - the clip's frame
     count and fps and each frame's index in it: Qwen3-VL, GLM-4V, SmolVLM and VideoLLaMA3 write each frame's time
     into the prompt (VideoLLaMA3's processor refuses a video without it)."""
-    import decord
-
-    reader = decord.VideoReader(str(path), num_threads=1)
+    reader = _video_reader(path)
     total, fps = len(reader), float(reader.get_avg_fps()) or None  # a file may not say (0): the processor's default
     return {
         "total_num_frames": total, "fps": fps, "duration": total / fps if fps else None,

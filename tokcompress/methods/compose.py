@@ -72,6 +72,14 @@ class Compose(Method):
             budget_holder = self._budget_holder(members)
         self.methods = members
         self.ratio = budget_holder.ratio
+        for member in members:  # a frame-dropping member keeps at most its share; nothing adds tokens back after it
+            if PRE_ENCODER in member.stages and member is not budget_holder and member.ratio < self.ratio < 1:
+                raise ValueError(
+                    f"{member.name} keeps at most {member.ratio:g} of the frames before the vision tower, below the "
+                    f"budget {self.ratio:g} that {budget_holder.name} is to meet after it: give {member.name} a ratio "
+                    f"of at least {self.ratio:g} (e.g. {type(member).__name__}(ratio={self.ratio:g})), or ask a "
+                    f"ratio of at most {member.ratio:g}"
+                )
         before = self._pre_llm_share()
         if before is not None and before.ratio <= self.ratio < 1:
             encoder_only = f", or keep its encoder stage alone ({before.name}{ENCODER_SUFFIX})" if set(

@@ -45,10 +45,12 @@ def knob_value(method: str, knob: str, value: Any, annotation: Any) -> Any:
 
 
 def knob_from_text(method_cls: type, knob: str, text: str) -> Any:
-    """A knob's value as a command line writes it: the Python literal it spells (3, 0.5, True, None) where that
-    is one of the knob's types, else the text itself (a string knob such as "0.255,0.114" or "6,21,23")."""
+    """A knob's value as a command line writes it: the Python literal it spells (3, 0.5, True, None; true, false and
+    none in any case too) where that is one of the knob's types, else the text itself (a string knob such as
+    "0.255,0.114" or "6,21,23")."""
+    literal = {"true": "True", "false": "False", "none": "None"}.get(text.lower(), text)
     try:
-        value = ast.literal_eval(text)
+        value = ast.literal_eval(literal)
     except (ValueError, SyntaxError):
         return text
     annotation = knob_annotations(method_cls).get(knob)
