@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import statistics
 import sys
 import warnings
@@ -296,7 +297,9 @@ def load_checkpoint(path: str):
     try:
         model_type = AutoConfig.from_pretrained(path).model_type
     except (OSError, ValueError) as error:
-        raise CommandError("missing file", f"no checkpoint at {path}: {error}") from error
+        hub = not local and not os.environ.get("HF_HUB_OFFLINE")
+        offline = " (offline, set HF_HUB_OFFLINE=1 to skip the Hub's retries and use the local cache)" if hub else ""
+        raise CommandError("missing file", f"no checkpoint at {path}: {error}{offline}") from error
     if model_type not in tokcompress.list_models():
         raise CommandError("unsupported model", f"{path} is a {model_type!r} model; supported: {', '.join(tokcompress.list_models())}")
     try:
