@@ -13,20 +13,17 @@ none)."""
 
 from __future__ import annotations
 
-import functools
-
-from torch import nn
-
 from .qwen2_vl import Qwen2VLAdapter
+from .qwen3_5 import ScoredByNextAttentionLayer
 
 
-class Lfm3VlAdapter(Qwen2VLAdapter):
+class Lfm3VlAdapter(ScoredByNextAttentionLayer, Qwen2VLAdapter):
     model_type = "lfm3_vl"
     mrope = False
     tower_token_folding_refused = "its convolution layers need every patch of a frame's grid"
 
     def scoring_rotary(self, layer, hidden, kwargs):
-        scoring = self._scoring_layer[layer]
+        scoring = self.scoring_layer[layer]
         if scoring is layer:
             return super().scoring_rotary(layer, hidden, kwargs)
         return self.language_model.rotary_emb(hidden, kwargs["position_ids"], scoring.self_attn.layer_type)
@@ -35,24 +32,8 @@ class Lfm3VlAdapter(Qwen2VLAdapter):
         states = projection(layer.operator_norm(hidden)).view(hidden.shape[0], -1, layer.self_attn.head_dim)
         return (states if norm is None else norm(states)).transpose(0, 1)
 
-    def project_queries(self, layer, hidden, cos, sin):
-        return super().project_queries(self._scoring_layer[layer], hidden, cos, sin)
-
-    def project_keys(self, layer, hidden, cos, sin):
-        return super().project_keys(self._scoring_layer[layer], hidden, cos, sin)
-
-    def project_values(self, layer, hidden):
-        return super().project_values(self._scoring_layer[layer], hidden)
-
-    @functools.cached_property
-    def _scoring_layer(self) -> dict[nn.Module, nn.Module]:
-        """Per decoder layer, the attention layer whose q/k score tokens there: itself, or the next one (the last,
-        past the last) where it is a convolution."""
-        attention = [index for index, layer in enumerate(self.layers) if layer.is_attention_layer]
-        return {
-            layer: self.layers[next((i for i in attention if i >= index), attention[-1])]
-            for index, layer in enumerate(self.layers)
-        }
+    def attention_layer_indices(self):
+        return [index for index, layer in enumerate(self.layers) if layer.is_attention_layer]
 
     # ------------------------------------------------------------------ tower
     def patch_embeddings(self, pixels):

@@ -15,32 +15,46 @@ from torch import nn
 from .qwen3_vl import Qwen3VLAdapter
 
 
-class Qwen3_5Adapter(Qwen3VLAdapter):
-    model_type = "qwen3_5"
+class ScoredByNextAttentionLayer:
+    """Adapter mixin for hybrid decoders whose recurrent layers (Qwen3.5's linear attention, LFM3's short
+    convolutions) have no attention map: q/k/v at such a layer come from the next softmax layer (the last, past the
+    last), projecting the hidden states that enter it."""
+
+    def attention_layer_indices(self) -> list[int]:
+        """The decoder's softmax-attention layers that may score, in order."""
+        raise NotImplementedError
 
     def project_queries(self, layer, hidden, cos, sin):
-        layer = self._scoring_layer[layer]
+        return super().project_queries(self.scoring_layer[layer], hidden, cos, sin)
+
+    def project_keys(self, layer, hidden, cos, sin):
+        return super().project_keys(self.scoring_layer[layer], hidden, cos, sin)
+
+    def project_values(self, layer, hidden):
+        return super().project_values(self.scoring_layer[layer], hidden)
+
+    @functools.cached_property
+    def scoring_layer(self) -> dict[nn.Module, nn.Module]:
+        """Per decoder layer, the softmax layer whose q/k score tokens there: itself, or the next one."""
+        attention = self.attention_layer_indices()
+        return {
+            layer: self.layers[next((i for i in attention if i >= index), attention[-1])]
+            for index, layer in enumerate(self.layers)
+        }
+
+
+class Qwen3_5Adapter(ScoredByNextAttentionLayer, Qwen3VLAdapter):
+    model_type = "qwen3_5"
+
+    def attention_layer_indices(self):
+        return sorted(self.kv_layers)
+
+    def project_queries(self, layer, hidden, cos, sin):
+        layer = self.scoring_layer[layer]
         attention = layer.self_attn
         projected = attention.q_proj(layer.input_layernorm(hidden)).view(len(hidden), -1, 2 * attention.head_dim)
         queries = attention.q_norm(projected[..., : attention.head_dim])  # the other half gates the output
         return self.rotated(queries.transpose(0, 1), cos, sin)
-
-    def project_keys(self, layer, hidden, cos, sin):
-        return super().project_keys(self._scoring_layer[layer], hidden, cos, sin)
-
-    def project_values(self, layer, hidden):
-        return super().project_values(self._scoring_layer[layer], hidden)
-
-    @functools.cached_property
-    def _scoring_layer(self) -> dict[nn.Module, nn.Module]:
-        """Per decoder layer, the softmax layer whose q/k score tokens there: itself, or - a linear-attention layer
-        has no attention map - the next softmax layer (the last one, past the last), projecting the hidden
-        states that enter the linear layer."""
-        softmax = sorted(self.kv_layers)
-        return {
-            layer: self.layers[next((i for i in softmax if i >= index), softmax[-1])]
-            for index, layer in enumerate(self.layers)
-        }
 
 
 class Qwen3_5MoeAdapter(Qwen3_5Adapter):

@@ -304,10 +304,15 @@ def _before_layer(index: int, module, args, kwargs):
     if folding is None:
         return None
     if len(args) > 1:
-        names = list(inspect.signature(module.forward).parameters)
-        args, kwargs = args[:1], {**dict(zip(names[1:], args[1:])), **kwargs}
+        args, kwargs = args[:1], {**dict(zip(_parameters(type(module).forward)[2:], args[1:])), **kwargs}
     new_kwargs = folding.before_layer(index, kwargs)
     return None if new_kwargs is None else (args, new_kwargs)
+
+
+@functools.cache
+def _parameters(forward) -> tuple[str, ...]:
+    """A layer class's forward parameters by name (self first), read once per class: the hook runs every layer."""
+    return tuple(inspect.signature(forward).parameters)
 
 
 def _before_readout(module, args, kwargs):
