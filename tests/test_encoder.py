@@ -174,8 +174,31 @@ def test_a_composition_spelt_as_its_stats_name_builds_it():
         tokcompress.methods.build_method("framededup+fastvv")
     with pytest.raises(ValueError, match="framefusion acts at no encoder stage"):
         tokcompress.methods.build_method("framefusion@encoder")
-    with pytest.raises(TypeError, match="build its methods instead"):
+    with pytest.raises(TypeError, match="spell each member's knobs in its name"):
         tokcompress.methods.build_method("framededup+fastv", layer=1)
+
+
+def test_a_composition_spelt_as_a_name_takes_its_members_knobs_and_ratios():
+    """One spelling wherever a method is named by a string (patch, the command line, lmms-eval's method=): each
+    member as name:knob=value, its own ratio among its knobs; the budget's holder takes its ratio once."""
+    build = tokcompress.methods.build_method
+    assert build("uniform:ratio=0.6+fastv:layer=1:scoring=same_layer", 0.3) == Compose(
+        [UniformSample(ratio=0.6), FastV(ratio=0.3, layer=1, scoring="same_layer")])
+    assert build("uniform:ratio=0.6+fastv:ratio=0.3") == build("uniform:ratio=0.6+fastv", 0.3)  # held by fastv
+    assert build("earlytom@encoder:ratio=0.5:max_window=4+fastv", 0.3).methods[0] == EncoderOnly(
+        EarlyTom(max_window=4), ratio=0.5)
+    assert build("fastv:layer=1", 0.4) == FastV(ratio=0.4, layer=1)  # one method with its knobs, as demo spells it
+    assert tokcompress.methods.method_spec("uniform:ratio=0.6+fastv:layer=1") == ("uniform:ratio=0.6+fastv:layer=1", {})
+    with pytest.raises(ValueError, match=r"fastv holds the budget .* its ratio came twice \(0.3 in the name, 0.2"):
+        build("uniform:ratio=0.6+fastv:ratio=0.3", 0.2)
+    with pytest.raises(TypeError, match="fastv got layer both in 'fastv:layer=1' and as keywords"):
+        build("fastv:layer=1", layer=2)
+    with pytest.raises(TypeError, match="fastv has no knob 'lay'"):
+        build("uniform:ratio=0.6+fastv:lay=1")
+    with pytest.raises(ValueError, match="name:knob=value.*'fastv:layer'"):
+        tokcompress.methods.method_spec("uniform+fastv:layer")
+    with pytest.raises(ValueError, match=r"uniform keeps 0.5 .*spelt uniform:ratio=1\)"):  # the fix, as it is spelt
+        build("uniform+fastv", 0.5)
 
 
 def test_compositions_are_refused_when_two_methods_share_a_stage_or_a_list_gets_knobs():

@@ -205,7 +205,9 @@ def test_run_takes_the_methods_knobs(capsys):
     assert main([*common, "--knob", "lay=1"]) == 2
     assert "fastv has no knob 'lay'; its knobs: layer, num_queries, scoring" in capsys.readouterr().err
     assert main([*common[:-4], "--method", "framededup+fastv", "--knob", "layer=1"]) == 2
-    assert "--knob sets one registered method's knobs" in capsys.readouterr().err
+    assert "--knob sets one method's knobs; spell a member's of framededup+fastv in its name" in capsys.readouterr().err
+    assert main([*common[:-4], "--method", "uniform:ratio=0.6+fastv:layer=1", "--ratio", "0.3"]) == 0
+    assert "[uniform+fastv @ ratio 0.3 (uniform at 0.6)]" in capsys.readouterr().out
     # values are read against the knob's type: a string knob keeps text that looks like numbers
     from tokcompress.methods import EarlyTom, FastV, VidTLDR
     from tokcompress.methods.knobs import knob_from_text

@@ -96,10 +96,11 @@ def test_unknown_method_in_model_args_names_the_known_ones(checkpoint, stand_in_
 
 def test_a_composition_in_model_args_patches_the_wrapper_model(checkpoint, stand_in_processor):
     wrapper = plugin.LlavaHf(pretrained=str(checkpoint), device="cpu", device_map="cpu",
-                             method="earlytom@encoder+fastv", ratio=0.3)
+                             method="earlytom@encoder:ratio=0.5+fastv:layer=1", ratio=0.3)  # members' knobs
     assert wrapper.compression.method.name == "earlytom@encoder+fastv" and wrapper.compression.ratio == 0.3
+    assert wrapper.compression.method.methods[1].layer == 1
     record = wrapper._counts(None).to_dict()  # what each sample's token_counts carry
-    expected = ("earlytom@encoder+fastv", 0.3, "earlytom@encoder at 0.1")
+    expected = ("earlytom@encoder+fastv", 0.3, "earlytom@encoder at 0.5")
     assert (record["method"], record["ratio"], record["members"]) == expected
     with pytest.raises(ValueError, match="known methods"):
         plugin.LlavaHf(pretrained=str(checkpoint), device="cpu", device_map="cpu", method="framededup+fastvv")

@@ -104,7 +104,8 @@ def patch(
 
     method: a registered name (`list_methods()`), a Method class, a configured Method instance, or a list of
         them acting at different stages (an encoder-side one, then an LLM-side one), also spelt as a name:
-        "framededup+framefusion", "earlytom@encoder+fastv". The default, "none", compresses nothing.
+        "framededup+framefusion", "earlytom@encoder+fastv"; a name may carry knobs, a member's own ratio among
+        them: "fastv:layer=2", "uniform:ratio=0.6+fastv". The default, "none", compresses nothing.
     ratio: retained fraction of visual tokens averaged over the LLM's layers, 0 < ratio ≤ 1 (1 = identity);
         None: the method's own default (each method's docstring, README's table), or a configured instance's.
         Given with a configured instance, it replaces the instance's ratio (its other knobs stay).

@@ -94,8 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--ratio", type=ratio, default=0.3, help="retained fraction every method is asked for")
     demo.add_argument("--methods", default=None,
                       help="comma-separated (default: every registered method that works on the model; `none`, the "
-                           "baseline, always runs first); a composition: framededup+fastv; a method with knobs: "
-                           "fastv:layer=2 (one method twice to compare its settings: fastv:layer=1,fastv:layer=2)")
+                           "baseline, always runs first); a method with knobs: fastv:layer=2 (one method twice to "
+                           "compare its settings: fastv:layer=1,fastv:layer=2); a composition: framededup+fastv, its "
+                           "members with their knobs and ratios: uniform:ratio=0.6+fastv:layer=3")
     demo.add_argument("--max-new-tokens", type=positive, default=12, help="tokens generated per method")
     demo.add_argument("--repeats", type=positive, default=3, help="timed runs per method after a warm-up (median)")
     run = commands.add_parser(
@@ -104,8 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     _add_common(run, clip_flag="--video")
     run.add_argument("--method", default="framefusion",
-                     help=f"one of: {', '.join(tokcompress.list_methods())}; or a composition (framededup+framefusion, "
-                          "earlytom@encoder+fastv); or a method with knobs (fastv:layer=2, as --knob layer=2)")
+                     help=f"one of: {', '.join(tokcompress.list_methods())}; or a method with knobs (fastv:layer=2, "
+                          "as --knob layer=2); or a composition (framededup+framefusion, earlytom@encoder+fastv), "
+                          "its members with their knobs and ratios (uniform:ratio=0.6+fastv:layer=3)")
     run.add_argument("--ratio", type=ratio, default=None, help="retained fraction (default: the method's own)")
     run.add_argument("--knob", type=knob, action="append", default=[], metavar="NAME=VALUE",
                      help="one of the method's settings, e.g. --method fastv --knob layer=2 (repeatable; its docstring "
@@ -338,7 +340,8 @@ def _spec(text: str, ratio: float | None) -> tuple[str, str, dict]:
 def _knobs(name: str, texts: dict[str, str]) -> dict:
     """--knob values as the method's knobs take them (3 → an int, 0.5 → a float, "6,21,23" stays text)."""
     if texts and name not in METHODS:
-        raise CommandError("usage", f"--knob sets one registered method's knobs; {name} runs its members' defaults")
+        raise CommandError("usage", f"--knob sets one method's knobs; spell a member's of {name} in its name, "
+                                    f"as in uniform:ratio=0.6+fastv:layer=3")
     return {knob: knob_from_text(METHODS[name], knob, text) for knob, text in texts.items()}
 
 

@@ -8,10 +8,10 @@ Registered through the `lmms_eval.models` entry-point group (see `lmms_eval_mani
         --tasks videomme --log_samples --output_path results/
 
 `method`, `ratio` and the method's knobs are taken out of `--model_args` (`method` may be a composition,
-"framededup+framefusion" or "earlytom@encoder+fastv", its members at their defaults); the rest goes to the
-stock wrapper. Every request is answered on its own (exact per-sample records), and its `token_counts` in the
-logged samples carry the compression fields: visual tokens in and out, achieved ratio, prefill time,
-decode time per token and peak GPU memory.
+"framededup+framefusion" or "earlytom@encoder+fastv", its members' knobs spelt in it: "uniform:ratio=0.6+fastv");
+the rest goes to the stock wrapper. Every request is answered on its own (exact per-sample records), and its
+`token_counts` in the logged samples carry the compression fields: visual tokens in and out, achieved ratio,
+prefill time, decode time per token and peak GPU memory.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ class CompressionMixin:
 
     def __init__(self, *args: Any, method: str = "none", ratio: float | None = None, **kwargs: Any):
         if method not in METHODS:
-            build_method(method)  # a composition ("framededup+framefusion"), or an error naming the known methods
+            build_method(method)  # spelt ("uniform:ratio=0.6+fastv", "fastv:layer=2"), or an error naming the known
         knob_names = set(METHODS[method].knobs()) - {"ratio"} if method in METHODS else set()
         knobs = {name: kwargs.pop(name) for name in list(kwargs) if name in knob_names}
         super().__init__(*args, **kwargs)

@@ -84,16 +84,23 @@ def list_methods() -> list[str]:
 
 def build_method(method: str | Method | type[Method] | list, ratio: Any = None, **knobs: Any) -> Method:
     """Turn a name, a Method class or instance, or a list of them (a `Compose`) plus ratio/knobs into a
-    configured Method. A name may spell a composition as its stats do: "framededup+framefusion",
-    "earlytom@encoder+fastv" (`EncoderOnly` for "@encoder"); its members take their defaults."""
-    if isinstance(method, str) and ("+" in method or method.endswith(ENCODER_SUFFIX)):
+    configured Method. A name may carry knobs as the command line spells them ("fastv:layer=2") and may spell a
+    composition as its stats do ("framededup+framefusion", "earlytom@encoder+fastv"; `EncoderOnly` for
+    "@encoder"), each member with its own knobs and ratio ("uniform:ratio=0.6+fastv:layer=3")."""
+    if isinstance(method, str) and _is_composition(method):
         if knobs:
             raise TypeError(
-                f"got the composition {method!r} and knobs {sorted(knobs)}; build its methods instead, each with its "
-                f"knobs: method=[FrameDedup(threshold=0.9), FrameFusion(ratio=0.3)]"
+                f"got the composition {method!r} and knobs {sorted(knobs)}; spell each member's knobs in its name "
+                f"('framededup:threshold=0.9+framefusion'), or build its methods: "
+                f"method=[FrameDedup(threshold=0.9), FrameFusion(ratio=0.3)]"
             )
-        members = [_member(name.strip()) for name in method.split("+")]
-        return build_method(members[0] if len(members) == 1 else members, ratio)
+        return _composition(method, ratio)
+    if isinstance(method, str) and ":" in method:
+        name, spelt = method_spec(method)
+        twice = sorted(set(spelt) & set(knobs))
+        if twice:
+            raise TypeError(f"{name} got {', '.join(twice)} both in {method!r} and as keywords; give each once")
+        return build_method(name, ratio, **spelt, **knobs)
     if isinstance(method, (list, tuple)):
         if knobs:
             raise TypeError(
@@ -136,23 +143,57 @@ def build_method(method: str | Method | type[Method] | list, ratio: Any = None, 
 
 
 def method_spec(text: str) -> tuple[str, dict[str, Any]]:
-    """(name, knobs) of a method spelt on a command line: a name, a composition ("framededup+fastv"), or a method
-    with knobs, "flowcut:inner_prune=0:window=4" (values read against the knobs' types; ratio is set apart)."""
+    """(name, knobs) of a method spelt on a command line: a name, a method with knobs,
+    "flowcut:inner_prune=0:window=4" (values read against the knobs' types; ratio is set apart), or a composition,
+    which comes back whole with no knobs: its members may carry theirs, ratio included
+    ("uniform:ratio=0.6+fastv:layer=3"), checked here and built by `build_method`."""
+    if _is_composition(text):
+        for member in text.split("+"):
+            _member_spec(member.strip())
+        return text, {}
+    name, knobs = _member_spec(text)
+    if "ratio" in knobs:
+        raise ValueError(f"a method's knobs are spelt name:knob=value[:knob=value], not ratio (it is set apart; "
+                         f"a composition's members may take one: uniform:ratio=0.6+fastv), got {text!r}")
+    return name, knobs
+
+
+def _is_composition(text: str) -> bool:
+    return "+" in text or text.split(":")[0].strip().endswith(ENCODER_SUFFIX)
+
+
+def _member_spec(text: str) -> tuple[str, dict[str, Any]]:
+    """(name, knobs) of "name[@encoder][:knob=value...]", each value read as its knob's type (ratio among them)."""
     name, *settings = text.split(":")
     pairs = [setting.partition("=")[::2] for setting in settings]
     knobs = dict(pairs)
-    if any(not knob or not value for knob, value in pairs) or len(knobs) < len(pairs) or "ratio" in knobs:
-        raise ValueError(f"a method's knobs are spelt name:knob=value[:knob=value], each once (not ratio), "
-                         f"got {text!r}")
-    method_cls = METHODS.get(name)  # a composition takes no knobs: building it says so
+    if not name or any(not knob or not value for knob, value in pairs) or len(knobs) < len(pairs):
+        raise ValueError(f"a method's knobs are spelt name:knob=value[:knob=value], each once, got {text!r}")
+    method_cls = METHODS.get(name.removesuffix(ENCODER_SUFFIX))  # unknown: building it names the known methods
     return name, {k: knob_from_text(method_cls, k, value) if method_cls else value for k, value in knobs.items()}
 
 
-def _member(name: str) -> Method:
+def _composition(text: str, ratio: Any) -> Method:
+    """A composition spelt as a name, members with their knobs; `ratio` is the budget, held by the member acting
+    last in the prefill, so a ratio spelt on that member as well is refused rather than silently replaced."""
+    specs = [_member_spec(member.strip()) for member in text.split("+")]
+    members = [_member(name, dict(knobs)) for name, knobs in specs]
+    holder = Compose._budget_holder(tuple(members))
+    holder_name, holder_knobs = next(spec for spec, member in zip(specs, members) if member is holder)
+    if ratio is not None and "ratio" in holder_knobs:
+        raise ValueError(
+            f"{holder_name} holds the budget of {text!r}, and its ratio came twice ({holder_knobs['ratio']} in the "
+            f"name, {ratio} as the ratio): give it once"
+        )
+    return build_method(members[0] if len(members) == 1 else members, ratio)
+
+
+def _member(name: str, knobs: dict[str, Any]) -> Method:
     """One member of a composition spelt as a name: a registered method, its encoder stages with "@encoder"."""
+    ratio = knobs.pop("ratio", None)
     if name.endswith(ENCODER_SUFFIX):
-        return EncoderOnly(build_method(name.removesuffix(ENCODER_SUFFIX)))
-    return build_method(name)
+        return EncoderOnly(build_method(name.removesuffix(ENCODER_SUFFIX), **knobs), ratio)
+    return build_method(name, ratio, **knobs)
 
 
 __all__ = [

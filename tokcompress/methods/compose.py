@@ -77,18 +77,19 @@ class Compose(Method):
                 raise ValueError(
                     f"{member.name} keeps at most {member.ratio:g} of the frames before the vision tower, below the "
                     f"budget {self.ratio:g} that {budget_holder.name} is to meet after it: give {member.name} a ratio "
-                    f"of at least {self.ratio:g} (e.g. {type(member).__name__}(ratio={self.ratio:g})), or ask a "
-                    f"ratio of at most {member.ratio:g}"
+                    f"of at least {self.ratio:g} (e.g. {type(member).__name__}(ratio={self.ratio:g}), spelt "
+                    f"{member.name}:ratio={self.ratio:g}), or ask a ratio of at most {member.ratio:g}"
                 )
         before = self._pre_llm_share()
         if before is not None and before.ratio <= self.ratio < 1:
+            wider = min(2 * self.ratio, 1.0)
             encoder_only = f", or keep its encoder stage alone ({before.name}{ENCODER_SUFFIX})" if set(
                 before.stages) & set(ENCODER_STAGES) else ""
             raise ValueError(
                 f"{before.name} keeps {before.ratio:g} of the visual tokens before the LLM, no more than the budget "
                 f"{self.ratio:g} that {budget_holder.name} is to meet inside it, which then has nothing to prune: "
-                f"give {before.name} a ratio above {self.ratio:g} (e.g. {type(before).__name__}(ratio="
-                f"{min(2 * self.ratio, 1.0):g})){encoder_only}"
+                f"give {before.name} a ratio above {self.ratio:g} (e.g. {type(before).__name__}(ratio={wider:g}), "
+                f"spelt {before.name}:ratio={wider:g}){encoder_only}"
             )
 
     @staticmethod
