@@ -48,9 +48,12 @@ SMOKE_SHAPES = {64: (4, 2, 16), 128: (4, 4, 32)}
 
 def naive_aligned_cosine(tokens, partner):
     """Frame by frame, as research code does it: the cosine of each frame with the previous one."""
-    frames = tokens[: tokens.shape[0] // TOKENS_PER_FRAME * TOKENS_PER_FRAME].view(-1, TOKENS_PER_FRAME, tokens.shape[-1])
+    frames = tokens[: tokens.shape[0] // TOKENS_PER_FRAME * TOKENS_PER_FRAME].view(
+        -1, TOKENS_PER_FRAME, tokens.shape[-1]
+    )
     return torch.cat([torch.full((TOKENS_PER_FRAME,), -2.0, device=tokens.device)] + [
-        torch.nn.functional.cosine_similarity(frames[t].float(), frames[t - 1].float(), dim=-1) for t in range(1, len(frames))
+        torch.nn.functional.cosine_similarity(frames[t].float(), frames[t - 1].float(), dim=-1)
+        for t in range(1, len(frames))
     ])
 
 
@@ -93,14 +96,16 @@ def cases(n: int, d: int, dtype: torch.dtype, device: str) -> dict[str, tuple[tu
     lengths = torch.tensor([half], device=device)
     return {
         "aligned_cosine": ((tokens, partner), dict(
-            kernel=similarity_kernel.aligned_cosine, reference=similarity.aligned_cosine_reference, naive=naive_aligned_cosine)),
+            kernel=similarity_kernel.aligned_cosine, reference=similarity.aligned_cosine_reference,
+            naive=naive_aligned_cosine)),
         "weighted_merge": ((tokens, sizes, merge_into, (n + 1) // 2), dict(
             kernel=merge_kernel.weighted_merge, reference=merge.weighted_merge_reference, naive=naive_weighted_merge)),
         "few_query_attention": ((queries, keys), dict(
             kernel=attention_kernel.few_query_attention, reference=attention.few_query_attention_reference,
             naive=naive_few_query_attention)),
         "bipartite_match": ((a, b, lengths, lengths), dict(
-            kernel=matching_kernel.bipartite_match, reference=matching.bipartite_match_reference, naive=naive_bipartite_match)),
+            kernel=matching_kernel.bipartite_match, reference=matching.bipartite_match_reference,
+            naive=naive_bipartite_match)),
     }
 
 
@@ -169,7 +174,10 @@ def crossovers(rows: list[dict]) -> dict[str, float]:
     for op in dict.fromkeys(r["op"] for r in rows):
         timings = {(r["n"], r["d"], r["implementation"]): float(r["median_ms"]) for r in rows if r["op"] == op}
         sizes = sorted({n for n, _, _ in timings})
-        wins = {n: all(timings[n, d, "kernel"] < timings[n, d, "reference"] for m, d, _ in timings if m == n) for n in sizes}
+        wins = {
+            n: all(timings[n, d, "kernel"] < timings[n, d, "reference"] for m, d, _ in timings if m == n)
+            for n in sizes
+        }
         losing = [n for n in sizes if not wins[n]]
         result[op] = float("inf") if losing and losing[-1] == sizes[-1] else next(
             (n for n in sizes if n > max(losing, default=-1)), float("inf"))
@@ -192,7 +200,10 @@ def plot(rows: list[dict], path: Path) -> None:
         for j, op in enumerate(ops):
             axis = axes[i][j]
             for implementation in ("kernel", "reference", "naive"):
-                points = sorted((r["n"], r["median_ms"]) for r in rows if r["op"] == op and r["d"] == d and r["implementation"] == implementation)
+                points = sorted(
+                    (r["n"], r["median_ms"]) for r in rows
+                    if r["op"] == op and r["d"] == d and r["implementation"] == implementation
+                )
                 axis.plot(*zip(*points), marker="o", label=implementation)
             axis.set(title=f"{op}, D={d}", xlabel="tokens N", ylabel="ms (median)", xscale="log", yscale="log")
             axis.legend(fontsize=7)

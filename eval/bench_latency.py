@@ -136,12 +136,14 @@ def named_model(name: str, dtype: torch.dtype, device: str):
     if name == "llava-onevision-7b":
         config = LlavaOnevisionConfig(
             text_config=dict(model_type="qwen2", **QWEN2_7B_TEXT), vision_config=SIGLIP_SO400M,
-            image_token_id=151646, video_token_id=151647, vision_feature_layer=-1, vision_feature_select_strategy="full",
+            image_token_id=151646, video_token_id=151647, vision_feature_layer=-1,
+            vision_feature_select_strategy="full",
         )
         cls = LlavaOnevisionForConditionalGeneration
     elif name == "llava-next-video-7b":
         config = LlavaNextVideoConfig(
-            text_config=VICUNA_7B_TEXT, vision_config={**CLIP_L, "image_size": 336}, image_token_index=32001, video_token_index=32000,
+            text_config=VICUNA_7B_TEXT, vision_config={**CLIP_L, "image_size": 336}, image_token_index=32001,
+            video_token_index=32000,
             vision_feature_layer=-2, vision_feature_select_strategy="default", spatial_pool_stride=2,
         )
         cls = LlavaNextVideoForConditionalGeneration
@@ -376,7 +378,9 @@ def video_inputs(model, frames: torch.Tensor, prompt_tokens: int = 64) -> dict:
         return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long), pixel_values=pixels)
     visual, pixels = frame_batch_video(config, frames)
     ids = torch.cat([text[:8], torch.full((visual,), config.video_token_id), text[8:]])
-    return dict(input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long), pixel_values_videos=pixels)
+    return dict(
+        input_ids=ids[None], attention_mask=torch.ones(1, len(ids), dtype=torch.long), pixel_values_videos=pixels
+    )
 
 
 def measure(model, inputs: dict, new_tokens: int, repeats: int, device: str) -> dict:
@@ -437,7 +441,8 @@ def run(args) -> list[dict]:
         achieved = timing.pop("achieved_ratio", 1.0)
         rows.append(dict(
             model=args.model, device=device_name(args.device), dtype=args.dtype, frames=frames, method=method,
-            ratio=ratio, new_tokens=args.new_tokens, visual_in=visual_in, visual_kept_layer_mean=round(achieved * visual_in),
+            ratio=ratio, new_tokens=args.new_tokens, visual_in=visual_in,
+            visual_kept_layer_mean=round(achieved * visual_in),
             achieved_ratio=round(achieved, 4), **timing,
             prefill_overhead_ms=timing["prefill_ms"] - timing["ideal_prefill_ms"],
         ))
@@ -472,7 +477,9 @@ def plot(rows: list[dict], out: Path, stem: str) -> None:
     figure, axes = plt.subplots(1, len(frames), figsize=(5 * len(frames) + 2, 4.5), squeeze=False)
     for axis, count in zip(axes[0], frames):
         for method in methods:
-            points = sorted((r["ratio"], r["prefill_ms"]) for r in rows if r["method"] == method and r["frames"] == count)
+            points = sorted(
+                (r["ratio"], r["prefill_ms"]) for r in rows if r["method"] == method and r["frames"] == count
+            )
             axis.plot(*zip(*points), label=method, **style[method])
         llm_side = [r for r in rows if r["method"] not in BASELINES and r["frames"] == count
                     and float(r.get("encoder_ratio", 1.0)) >= 0.999]  # their ideals share a full tower
@@ -517,7 +524,9 @@ def plot_breakdown(rows: list[dict], out: Path, stem: str) -> None:
     decode = [r["decode_ms_per_token"] * (r["new_tokens"] - 1) for r in rows]
     figure, axis = plt.subplots(figsize=(max(6, 0.55 * len(rows)), 4))
     bottom = [0.0] * len(rows)
-    for values, name in ((encoder, "vision encoder"), (compression, "compression"), (llm, "LLM prefill"), (decode, "decode")):
+    for values, name in (
+        (encoder, "vision encoder"), (compression, "compression"), (llm, "LLM prefill"), (decode, "decode")
+    ):
         axis.bar(labels, values, bottom=bottom, label=name)
         bottom = [b + v for b, v in zip(bottom, values)]
     axis.set(ylabel="ms (median run)", title=f"where time goes - {rows[0]['model']} on {rows[0]['device']}")

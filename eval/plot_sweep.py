@@ -77,7 +77,9 @@ def _task_rows(results_file: Path, results: dict, preferred: dict[str, str]) -> 
             task=task, method=records[0]["method"], ratio=records[0]["ratio"], metric=metric[0], score=metric[1],
             achieved_ratio=round(mean(numbers("achieved_ratio") or [1.0]), 4),
             prefill_ms=round(mean(numbers("prefill_ms")), 2) if numbers("prefill_ms") else None,
-            decode_ms_per_token=round(mean(numbers("decode_ms_per_token")), 3) if numbers("decode_ms_per_token") else None,
+            decode_ms_per_token=(
+                round(mean(numbers("decode_ms_per_token")), 3) if numbers("decode_ms_per_token") else None
+            ),
             samples=len(records),
         ))
     return rows
@@ -111,11 +113,16 @@ def plot(rows: list[dict], root: Path) -> None:
 
     tasks = sorted({r["task"] for r in rows})
     methods = sorted({r["method"] for r in rows} - {"none"})
-    for x_key, name, label in (("ratio", "accuracy_vs_ratio", "ratio"), ("prefill_ms", "accuracy_vs_latency", "prefill ms")):
+    for x_key, name, label in (
+        ("ratio", "accuracy_vs_ratio", "ratio"), ("prefill_ms", "accuracy_vs_latency", "prefill ms")
+    ):
         figure, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.6), squeeze=False)
         for axis, task in zip(axes[0], tasks):
             for method in methods:
-                points = sorted((r[x_key], r["score"]) for r in rows if r["task"] == task and r["method"] == method and r[x_key] is not None)
+                points = sorted(
+                    (r[x_key], r["score"]) for r in rows
+                    if r["task"] == task and r["method"] == method and r[x_key] is not None
+                )
                 if points:
                     axis.plot(*zip(*points), marker="o", label=method)
             for r in rows:
@@ -133,7 +140,9 @@ def plot(rows: list[dict], root: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("root", type=Path)
-    parser.add_argument("--metric", action="append", default=[], help="task=metric_name, to pick a task's headline metric")
+    parser.add_argument(
+        "--metric", action="append", default=[], help="task=metric_name, to pick a task's headline metric"
+    )
     args = parser.parse_args(argv)
     if any("=" not in item for item in args.metric):
         parser.error("--metric takes task=metric_name, e.g. videomme=videomme_perception_score")

@@ -181,7 +181,10 @@ def test_every_method_compresses_a_prompt_with_two_videos(family, clip, other_cl
         generated = handle.stats.samples[0]
     assert forward.kept_positions == generated.kept_positions
     if method in FRAME_GRANULAR:  # a cap, per video to within a frame unit: repetitive clips end below it
-        assert generated.achieved_ratio * generated.visual_in <= 0.3 * generated.visual_in + 2 * TINY[family].tokens_per_unit
+        assert (
+            generated.achieved_ratio * generated.visual_in
+            <= 0.3 * generated.visual_in + 2 * TINY[family].tokens_per_unit
+        )
     else:
         assert abs(generated.achieved_ratio - 0.3) * generated.visual_in <= 1.0
 

@@ -174,10 +174,14 @@ def test_bad_input_fails_early_and_leaves_the_model_untouched(kwargs, error, mes
 
 
 def test_unsupported_model_lists_the_supported_families():
-    config = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64)
+    config = Qwen2Config(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, vocab_size=64
+    )
     model = Qwen2ForCausalLM(config)
     before = hook_count(model)
-    with pytest.raises(ValueError, match=f"model_type 'qwen2'.*supported families: {', '.join(tokcompress.list_models())}$"):
+    with pytest.raises(
+        ValueError, match=f"model_type 'qwen2'.*supported families: {', '.join(tokcompress.list_models())}$"
+    ):
         tokcompress.patch(model, "fastv", ratio=0.3)
     assert hook_count(model) == before
 

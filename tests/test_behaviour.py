@@ -93,7 +93,8 @@ def test_dycoke_decoding_reads_only_the_selected_visual_entries(family, clip):
         generate(model, inputs, max_new_tokens=3)
         sample = handle.stats.samples[0]
     selected = round(0.25 * sample.visual_out)
-    assert sample.decode_visual_read == [selected] * 2  # one selection per decoding step (the first token comes from prefill)
+    # one selection per decoding step (the first token comes from prefill)
+    assert sample.decode_visual_read == [selected] * 2
     adapter = adapter_for(model)
     layers = len(adapter.layers)  # those whose decoding reads the selection: from layer 1, caching every token
     selecting = sum(1 <= adapter.kv_source(i) and adapter.kv_source(i) in adapter.kv_layers for i in range(layers))

@@ -404,8 +404,9 @@ def test_vidtldr_leaves_the_later_tower_layers_fewer_tokens_and_expands_the_outp
 def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their_places(family, clip, monkeypatch):
     """After layer 0 every temporal patch keeps 48 of its 64 rows: layer 1 gets exactly those rows' rotary rows
     (Cosmos3 Edge's tower has none) and attention segments (Qwen2.5-VL here windowed: 4×4-patch windows that lost
-    some rows; Qwen3-VL, GLM: each unit whole) and attends with log(size) on each key (proportional attention, through ours: the stock
-    attention takes no bias), and the readout (the merger; GLM's post-norm) reads all 64 rows again, the folded
+    some rows; Qwen3-VL, GLM: each unit whole) and attends with log(size) on each key (proportional attention,
+    through ours: the stock attention takes no bias), and the readout (the merger; GLM's post-norm) reads all 64
+    rows again, the folded
     ones repeating their kept token (Muse Glimmer: its last layer's output, before the tower leaves window order;
     Ovis2.5: its last layer's output, which its visual tokenizer reads; LLaVA-OV-1.5: a class row more per unit, which
     stays as it is, and its last layer's output, before the tower splits the class rows off)."""

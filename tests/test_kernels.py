@@ -60,7 +60,9 @@ def test_few_query_attention_kernel(dtype, heads, kv_heads, head_dim, rows, keys
         key_mask = torch.ones(rows, keys, dtype=torch.bool, device=DEVICE).tril(diagonal=keys - rows)
         key_mask[:, :5] = False
     expected = attention.few_query_attention_reference(queries, key_states, key_mask)
-    torch.testing.assert_close(attention_kernel.few_query_attention(queries, key_states, key_mask), expected, **TOLERANCE[dtype])
+    torch.testing.assert_close(
+        attention_kernel.few_query_attention(queries, key_states, key_mask), expected, **TOLERANCE[dtype]
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -79,7 +81,9 @@ def test_bipartite_match_kernel(dtype, na, nb, d):
     finite = torch.isfinite(expected_score)
     assert torch.equal(index[~finite], expected_index[~finite])  # padded A rows and rows without B: -1
     # near-ties may pick either B: the chosen one must score as the best one
-    chosen = torch.nn.functional.cosine_similarity(a[finite].float(), b[finite.nonzero()[:, 0], index[finite]].float(), dim=-1)
+    chosen = torch.nn.functional.cosine_similarity(
+        a[finite].float(), b[finite.nonzero()[:, 0], index[finite]].float(), dim=-1
+    )
     torch.testing.assert_close(chosen, expected_score[finite], **TOLERANCE[dtype])
 
 
@@ -98,7 +102,10 @@ def test_dispatch_sends_cuda_tensors_to_kernels_unless_forced_to_the_reference(m
     assert dispatch.kernel_for("weighted_merge", fake_cuda, 100) is merge_kernel.weighted_merge
     monkeypatch.setenv(dispatch.FORCE_REFERENCE, "1")
     assert dispatch.kernel_for("aligned_cosine", fake_cuda, 4) is None
-    torch.testing.assert_close(ops.aligned_cosine(cpu, torch.tensor([-1, 0, 1, 2]))[1:], torch.nn.functional.cosine_similarity(cpu[1:], cpu[:3]))
+    torch.testing.assert_close(
+        ops.aligned_cosine(cpu, torch.tensor([-1, 0, 1, 2]))[1:],
+        torch.nn.functional.cosine_similarity(cpu[1:], cpu[:3]),
+    )
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

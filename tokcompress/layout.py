@@ -130,7 +130,9 @@ class VisualLayout:
             positions.append(torch.arange(start, start + n))
             video.append(torch.full((n,), v))
             grid_index = torch.arange(cells)
-            frame.append(torch.cat([grid_index // (h * w) + frame_offset, torch.full((separators_per_video,), SEPARATOR)]))
+            frame.append(
+                torch.cat([grid_index // (h * w) + frame_offset, torch.full((separators_per_video,), SEPARATOR)])
+            )
             spatial.append(torch.cat([grid_index % (h * w), torch.full((separators_per_video,), SEPARATOR)]))
             frame_offset += t
         if not positions:

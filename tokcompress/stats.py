@@ -63,7 +63,8 @@ class SampleStats:
 
     visual_in: int  # visual tokens at the LLM input
     visual_per_layer: list[int]  # visual tokens each decoder layer processed during prefill
-    kept_positions: list[int] = field(default_factory=list)  # input-sequence indices of the visual tokens that reach the last layer
+    # input-sequence indices of the visual tokens that reach the last layer
+    kept_positions: list[int] = field(default_factory=list)
     decode_visual_read: list[int] = field(default_factory=list)  # per step: visual KV entries read by selecting layers
     decode_layers: int = 0  # the decoder's layers
     decode_selecting_layers: int = 0  # of them, those whose decoding reads the selection (of their keys or shared ones)
@@ -125,7 +126,9 @@ class CompressionStats:
         )
 
     @staticmethod
-    def identity(method: Method, layouts: list[VisualLayout], num_layers: int, rows_per_sample: int = 1) -> CompressionStats:
+    def identity(
+        method: Method, layouts: list[VisualLayout], num_layers: int, rows_per_sample: int = 1
+    ) -> CompressionStats:
         """Every layer saw every visual token (method `none`, or ratio 1)."""
         samples = [
             SampleStats(layout.num_tokens, [layout.num_tokens] * num_layers, layout.positions.tolist())

@@ -71,7 +71,12 @@ class FramesProcessor:
             return "<video>" if part.get("type") == "video" else part.get("text", "")
 
         messages = [
-            {"role": m["role"], "content": "".join(content(p) for p in m["content"]) if isinstance(m["content"], list) else m["content"]}
+            {
+                "role": m["role"],
+                "content": (
+                    "".join(content(p) for p in m["content"]) if isinstance(m["content"], list) else m["content"]
+                ),
+            }
             for m in conversation
         ]
         return self.tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)

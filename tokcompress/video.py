@@ -62,7 +62,9 @@ def read_frames(
     for start in tqdm(starts, desc="decoding", unit="chunk", disable=not progress or len(distinct) < PROGRESS_FROM):
         frames = torch.from_numpy(reader.get_batch(distinct[start : start + CHUNK].tolist()).asnumpy())
         if size is not None:  # frame by frame: resizing upcasts internally
-            frames = torch.stack([_resize(frame.permute(2, 0, 1)[None], *size)[0] for frame in frames]).permute(0, 2, 3, 1)
+            frames = torch.stack([_resize(frame.permute(2, 0, 1)[None], *size)[0] for frame in frames]).permute(
+                0, 2, 3, 1
+            )
         chunks.append(frames)
     return torch.cat(chunks)[order]
 
@@ -111,7 +113,9 @@ def _resize(frames: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """uint8 (T, 3, H, W) → uint8 (T, 3, height, width), antialiased bilinear."""
     if frames.shape[-2:] == (height, width):
         return frames
-    return torch.nn.functional.interpolate(frames, size=(height, width), mode="bilinear", antialias=True, align_corners=False)
+    return torch.nn.functional.interpolate(
+        frames, size=(height, width), mode="bilinear", antialias=True, align_corners=False
+    )
 
 
 def llava_onevision_pixels(frames: torch.Tensor, image_size: int) -> torch.Tensor:
@@ -147,7 +151,8 @@ def qwen_vl_pixels(
         pixels = torch.cat([pixels, pixels[-1:].expand(temporal_patch_size - remainder, -1, -1, -1)])
     grid_t, grid_h, grid_w = pixels.shape[0] // temporal_patch_size, height // patch_size, width // patch_size
     patches = pixels.reshape(
-        grid_t, temporal_patch_size, 3, grid_h // merge_size, merge_size, patch_size, grid_w // merge_size, merge_size, patch_size
+        grid_t, temporal_patch_size, 3, grid_h // merge_size, merge_size, patch_size,
+        grid_w // merge_size, merge_size, patch_size
     )
     order = (0, 3, 6, 4, 7, 5, 8, 2, 1) if channels_last else (0, 3, 6, 4, 7, 2, 1, 5, 8)
     order = (0, 3, 4, 6, 7, 1, 2, 5, 8) if raster else order

@@ -81,7 +81,9 @@ def main(out: Path = Path(__file__).parents[1] / "results") -> int:
     ))
     print(rows[0])
     out.mkdir(parents=True, exist_ok=True)
-    with (out / f"vision_attention_{torch.cuda.get_device_name().replace(' ', '-')}.csv").open("w", newline="") as handle:
+    with (out / f"vision_attention_{torch.cuda.get_device_name().replace(' ', '-')}.csv").open(
+        "w", newline=""
+    ) as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)

@@ -21,7 +21,8 @@ TARGET_PROGRAMS = 512  # pass 1 programs: enough to fill a Hopper / Ampere GPU
 def _logits_kernel(
     queries, keys, key_mask, logits, split_max, split_sum, num_queries, num_keys, head_dim, group, scale,
     keys_per_split, stride_qh, stride_qq, stride_kh, stride_kk, stride_mq, stride_lr, stride_ss,
-    HAS_MASK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
+    HAS_MASK: tl.constexpr, IEEE: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     kv_head = tl.program_id(0)
     split = tl.program_id(1)
@@ -51,7 +52,9 @@ def _logits_kernel(
             block = tl.dot(q, tl.trans(k)) * scale
         allowed = row_ok[:, None] & key_ok[None, :]
         if HAS_MASK:
-            allowed = allowed & (tl.load(key_mask + query[:, None] * stride_mq + index[None, :], mask=allowed, other=0) != 0)
+            allowed = allowed & (
+                tl.load(key_mask + query[:, None] * stride_mq + index[None, :], mask=allowed, other=0) != 0
+            )
         block = tl.where(allowed, block, float("-inf"))
         tl.store(logits + (head * num_queries + query)[:, None] * stride_lr + index[None, :], block,
                  mask=row_ok[:, None] & key_ok[None, :])
@@ -87,7 +90,9 @@ def _head_mean_kernel(
     tl.store(out + query * num_keys + index, total * inv_heads, mask=key_ok)
 
 
-def few_query_attention(queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+def few_query_attention(
+    queries: torch.Tensor, keys: torch.Tensor, key_mask: torch.Tensor | None = None
+) -> torch.Tensor:
     """Kernel version of `tokcompress.ops.few_query_attention`: (Hq, Q, d), (Hkv, K, d) → (Q, K) fp32."""
     num_heads, num_queries, head_dim = queries.shape
     num_kv_heads, num_keys, _ = keys.shape
@@ -109,7 +114,8 @@ def few_query_attention(queries: torch.Tensor, keys: torch.Tensor, key_mask: tor
         head_dim, group, head_dim**-0.5, keys_per_split,
         queries.stride(0), queries.stride(1), keys.stride(0), keys.stride(1), mask.stride(0) if mask is not None else 0,
         logits.stride(0), split_max.stride(0),
-        HAS_MASK=mask is not None, IEEE=queries.dtype == torch.float32, UPCAST=interpreting() and queries.dtype == torch.bfloat16,
+        HAS_MASK=mask is not None, IEEE=queries.dtype == torch.float32,
+        UPCAST=interpreting() and queries.dtype == torch.bfloat16,
         BLOCK_R=max(16, triton.next_power_of_2(group * num_queries)), BLOCK_K=block_k,
         BLOCK_D=max(16, triton.next_power_of_2(head_dim)),
     )

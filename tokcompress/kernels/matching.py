@@ -97,7 +97,9 @@ def bipartite_match(
     )
     flags = dict(IEEE=a.dtype == torch.float32, UPCAST=interpreting() and a.dtype == torch.bfloat16)
     if interpreting():  # one small configuration: the interpreter runs every program in Python
-        _bipartite_match_kernel[(rows, triton.cdiv(na, 32), splits)](*arguments, **flags, BLOCK_A=32, BLOCK_B=32, BLOCK_D=32)
+        _bipartite_match_kernel[(rows, triton.cdiv(na, 32), splits)](
+            *arguments, **flags, BLOCK_A=32, BLOCK_B=32, BLOCK_D=32
+        )
     else:
         grid = lambda meta: (rows, triton.cdiv(na, meta["BLOCK_A"]), splits)  # noqa: E731
         _tuned_kernel[grid](*arguments, **flags)

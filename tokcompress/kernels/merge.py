@@ -9,7 +9,8 @@ import triton.language as tl
 
 @triton.jit
 def _scatter_weighted_kernel(
-    tokens, sizes, destination, total, total_size, n, d, stride_in, stride_out, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr
+    tokens, sizes, destination, total, total_size, n, d, stride_in, stride_out,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     cols = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)

@@ -11,7 +11,8 @@ NO_PARTNER = -2.0
 
 @triton.jit
 def _aligned_cosine_kernel(
-    tokens, partner, out, n, d, stride, eps, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NO_PARTNER_VALUE: tl.constexpr
+    tokens, partner, out, n, d, stride, eps,
+    BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, NO_PARTNER_VALUE: tl.constexpr
 ):
     rows = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_ok = rows < n
@@ -25,7 +26,9 @@ def _aligned_cosine_kernel(
         cols = start + tl.arange(0, BLOCK_D)
         col_ok = cols < d
         a = tl.load(tokens + rows[:, None] * stride + cols[None, :], mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-        b = tl.load(tokens + other[:, None] * stride + cols[None, :], mask=has_partner[:, None] & col_ok[None, :], other=0.0)
+        b = tl.load(
+            tokens + other[:, None] * stride + cols[None, :], mask=has_partner[:, None] & col_ok[None, :], other=0.0
+        )
         a = a.to(tl.float32)
         b = b.to(tl.float32)
         dot += tl.sum(a * b, axis=1)

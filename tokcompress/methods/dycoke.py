@@ -130,7 +130,9 @@ def group_references(layout: VisualLayout) -> tuple[torch.Tensor, torch.Tensor]:
     reference_local = local - step_back
     has_reference = cells & (reference_local >= 0)
     reference_frame = (reference_local + first_frame[layout.video]).clamp_min(0)
-    lookup = torch.full((int(layout.frame.max()) + 1, int(layout.spatial.max()) + 1), -1, dtype=torch.long, device=device)
+    lookup = torch.full(
+        (int(layout.frame.max()) + 1, int(layout.spatial.max()) + 1), -1, dtype=torch.long, device=device
+    )
     lookup[layout.frame[cells], layout.spatial[cells]] = torch.nonzero(cells).squeeze(1)
     reference = torch.where(has_reference, lookup[reference_frame, layout.spatial.clamp_min(0)], -1)
     return reference, cells & (local % GROUP == 0)

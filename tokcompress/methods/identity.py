@@ -21,7 +21,8 @@ class NoCompression(Method):
         super().__post_init__()
         if self.ratio != 1:
             raise ValueError(
-                f"method 'none' keeps every token, so it takes no ratio (got {self.ratio:g}): name a method to compress "
+                f"method 'none' keeps every token, so it takes no ratio (got {self.ratio:g}): "
+                "name a method to compress "
                 "with (method='framefusion', ...; tokcompress.list_methods()) - 'none' is patch's default - or drop "
                 "the ratio"
             )

@@ -1,4 +1,5 @@
-"""`pdrop` (PyramidDrop, Xing et al., CVPR'25): drop visual tokens in stages, a fixed fraction at each stage boundary."""
+"""`pdrop` (PyramidDrop, Xing et al., CVPR'25): drop visual tokens in stages, a fixed fraction at each stage
+boundary."""
 
 from __future__ import annotations
 

@@ -60,7 +60,9 @@ class PruneVid(Method):
 
     def bind(self, spec: ModelSpec) -> PruneVid:
         if self.layer is not None and self.layer >= spec.num_layers:
-            raise ValueError(f"prunevid layer={self.layer} but the model has {spec.num_layers} layers; pass a smaller layer")
+            raise ValueError(
+                f"prunevid layer={self.layer} but the model has {spec.num_layers} layers; pass a smaller layer"
+            )
         return self
 
     def reduce_pre_llm(self, features: torch.Tensor, layout: VisualLayout, budget: LayerBudget) -> TokenReduction:
@@ -135,7 +137,9 @@ def temporal_segments(frame_means: torch.Tensor, segment_ratio: float) -> list[t
             right = runs[i + 1] if i + 1 < len(runs) else None
             if left is None and right is None:
                 continue
-            neighbour = left if right is None or (left is not None and left[2] - left[1] >= right[2] - right[1]) else right
+            neighbour = (
+                left if right is None or (left is not None and left[2] - left[1] >= right[2] - right[1]) else right
+            )
             labels[start:end] = [neighbour[0]] * (end - start)
     return [(start, end) for _, start, end in _runs(labels)]
 

@@ -35,5 +35,7 @@ def kernel_for(op: str, tensor: torch.Tensor, size: int) -> Callable | None:
         return None
     if not kernels.available():
         return None
-    module = {"aligned_cosine": "similarity", "weighted_merge": "merge", "few_query_attention": "attention"}.get(op, "matching")
+    module = {"aligned_cosine": "similarity", "weighted_merge": "merge", "few_query_attention": "attention"}.get(
+        op, "matching"
+    )
     return getattr(importlib.import_module(f"tokcompress.kernels.{module}"), op)
