@@ -29,7 +29,6 @@ class TinyFamily:
     encoder_side: bool = True  # a pre-encoder method keeps dropped frames from the tower (InternVL: not)
     positions_from_mask: bool = False  # the stock forward builds M-RoPE ids only from a mask (Qwen2.5-Omni)
 
-
 TINY = {
     "llava_onevision": TinyFamily(tokens_per_unit=9),
     "llava_next_video": TinyFamily(tokens_per_unit=9),
@@ -63,6 +62,7 @@ TINY = {
     "ovis2_5": TinyFamily(tokens_per_unit=16, mixed_frame_counts=True),
     "llava_onevision1_5": TinyFamily(tokens_per_unit=16, mixed_frame_counts=True),
     "gemma4_unified": TinyFamily(tokens_per_unit=9, mixed_frame_counts=True),
+    "minicpmv4_6": TinyFamily(tokens_per_unit=48, mixed_frame_counts=True, encoder_side=False),  # source, 2 slices
 }
 TINY = {family: info for family, info in TINY.items() if family in tiny.TINY_MODELS}  # Ovis2.5, LLaVA-OV-1.5: 5.25+
 FAMILIES = tuple(TINY)
@@ -119,10 +119,10 @@ def inputs_for(family: str, frames, questions):
 
 def video_encoder_inputs(inputs: dict) -> dict:
     """The keywords of a call's inputs that `get_video_features` takes (VideoLLaMA3: its merge sizes too; Gemma 4: its
-    patch positions and frame counts; Molmo2: its pooling windows and grids)."""
+    patch positions and frame counts; Molmo2: its pooling windows and grids; MiniCPM-V: its units' patch grids)."""
     keywords = (
         "pixel_values_videos", "video_grid_thw", "video_merge_sizes", "video_position_ids", "num_frames_per_video",
-        "video_token_pooling", "video_grids",
+        "video_token_pooling", "video_grids", "target_sizes_videos",
     )
     return {k: inputs[k] for k in keywords if k in inputs}
 

@@ -44,9 +44,9 @@ def placed_embeddings(model, inputs) -> torch.Tensor:
 
 
 def test_every_supported_model_type_has_a_tiny_family_under_the_contract_suite():
-    # Qwen2_5_VLAdapter's parent (same placement), GLM-4.1V's and Qwen3-VL's twins (the same modules) and the whole
-    # Qwen-Omni models (their thinkers' adapters: tests/test_qwen_omni.py), tested through them
-    covered_by_subclass = {"qwen2_vl", "glm46v", "cosmos3_omni", "qwen2_5_omni", "qwen3_omni_moe"}
+    # Qwen2_5_VLAdapter's parent (same placement), GLM-4.1V's, Qwen3-VL's and MiniCPM-V 4.6's twins (the same
+    # modules) and the whole Qwen-Omni models (their thinkers' adapters: tests/test_qwen_omni.py), tested through them
+    covered_by_subclass = {"qwen2_vl", "glm46v", "cosmos3_omni", "qwen2_5_omni", "qwen3_omni_moe", "minicpm_ocr"}
     newer = {model_type for model_type in tokcompress.list_models() if not compat.ships(model_type)}  # Ovis2.5 on 5.23
     assert set(tokcompress.list_models()) - covered_by_subclass - newer == set(FAMILIES)
 
@@ -130,10 +130,12 @@ def assert_scores_reproduce_the_attention_map(model, inputs) -> None:
 
 
 @pytest.mark.parametrize("method", ["framefusion", "vidtldr", "earlytom@encoder+fastv"])
-@pytest.mark.parametrize(("twin", "original"), [("glm46v", "glm4v"), ("cosmos3_omni", "qwen3_vl")])
+@pytest.mark.parametrize(
+    ("twin", "original"), [("glm46v", "glm4v"), ("cosmos3_omni", "qwen3_vl"), ("minicpm_ocr", "minicpmv4_6")]
+)
 def test_a_twin_family_runs_as_the_original_under_another_name(clip, method, twin, original):
-    """GLM-4.6V's model is GLM-4.1V's modules, Cosmos3 Omni's Qwen3-VL's (built alike, the same weights): compressed,
-    each keeps the same tokens and gives the same logits."""
+    """GLM-4.6V's model is GLM-4.1V's modules, Cosmos3 Omni's Qwen3-VL's, MiniCPM-OCR's MiniCPM-V 4.6's (built alike,
+    the same weights): compressed, each keeps the same tokens and gives the same logits."""
     inputs = inputs_for(original, clip, "What is moving?")
     outcomes = []
     for model in (model_for(original), tiny.TINY_MODELS[twin]()):
@@ -152,7 +154,12 @@ def two_videos_in_one_prompt(family, first, second) -> dict:
         b["video_token_pooling"] = torch.where(windows >= 0, windows + a["pixel_values_videos"].shape[:2].numel(), -1)
     per_token = {"input_ids", "attention_mask", "mm_token_type_ids", "moe_mm_token_type_ids"}
     images_per_prompt = a.get("pixel_values", torch.empty(0)).ndim == 5  # SmolVLM: (prompts, images, 3, H, W)
-    return {key: torch.cat([a[key], b[key]], dim=1 if key in per_token or images_per_prompt else 0) for key in a}
+    packed_side_by_side = {"pixel_values_videos"} if "target_sizes_videos" in a else set()  # MiniCPM-V: (1, 3, p, Σ)
+
+    def dim(key: str) -> int:
+        return -1 if key in packed_side_by_side else 1 if key in per_token or images_per_prompt else 0
+
+    return {key: torch.cat([a[key], b[key]], dim=dim(key)) for key in a}
 
 
 def test_a_prompt_with_two_videos_lays_out_each_in_its_place(family, clip, other_clip):

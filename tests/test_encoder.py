@@ -49,7 +49,10 @@ def count_tower_units(model, family):
     else:  # a batch of frames among the prompt's images (InternVL, SmolVLM)
         encoder = adapter.vision_tower.encoder
         first, per_unit = (encoder.layers if hasattr(encoder, "layers") else encoder.layer)[0], 1
-    hook = first.register_forward_pre_hook(lambda module, args: seen.append(args[0].shape[0] // per_unit))
+    # MiniCPM-V: every unit side by side in one row, a frame its source and two slices of 16 × 16 patches
+    rows = (lambda hidden: hidden.shape[1] // (3 * 256)) if family == "minicpmv4_6" else (
+        lambda hidden: hidden.shape[0] // per_unit)
+    hook = first.register_forward_pre_hook(lambda module, args: seen.append(rows(args[0])))
     return seen, hook
 
 

@@ -61,8 +61,8 @@ def ideal_prefill(model, inputs: dict, visual_kept: int, encoded: float = 1.0) -
 
 def encoded_share(inputs: dict, fraction: float, steps: int = 1) -> dict:
     """The video inputs of the first `fraction` of the clip's frame units (LLaVA, Gemma 4, Molmo2: frames; Qwen:
-    temporal patches; ERNIE-4.5-VL: frame pairs, `steps` grid steps each; InternVL: all of its images, which its tower
-    encodes before a method chooses frames)."""
+    temporal patches; ERNIE-4.5-VL: frame pairs, `steps` grid steps each; MiniCPM-V: sources and slices; InternVL:
+    all of its images, which its tower encodes before a method chooses frames)."""
     if "pixel_values_videos" not in inputs:
         return {"pixel_values": inputs["pixel_values"]}
     pixels = inputs["pixel_values_videos"]
@@ -79,6 +79,11 @@ def encoded_share(inputs: dict, fraction: float, steps: int = 1) -> dict:
         windows = inputs["video_token_pooling"][: units * h * w]  # the first video's: indices from its first patch
         grid = inputs["video_grids"].new_tensor([[units, h, w]])
         return {"pixel_values_videos": pixels[:units], "video_token_pooling": windows, "video_grids": grid}
+    if "target_sizes_videos" in inputs:  # MiniCPM-V: every video's units side by side, each its own patch grid
+        sizes = inputs["target_sizes_videos"]
+        units = max(round(len(sizes) * fraction), 1)
+        patches = int(sizes[:units].prod(dim=-1).sum())
+        return {"pixel_values_videos": pixels[..., : patches * pixels.shape[2]], "target_sizes_videos": sizes[:units]}
     if "video_grid_thw" not in inputs:
         return {"pixel_values_videos": pixels[:, : max(round(pixels.shape[1] * fraction), 1)]}
     t, h, w = inputs["video_grid_thw"][0].tolist()

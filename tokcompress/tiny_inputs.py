@@ -14,6 +14,7 @@ from .video import (
     clip_video_pixels,
     gemma4_pixels,
     llava_onevision_pixels,
+    minicpm_v_pixels,
     molmo2_pixels,
     qwen_vl_pixels,
     resize_normalize,
@@ -370,6 +371,35 @@ def molmo2_inputs(
     }
 
 
+def minicpm_v_inputs(
+    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], source: tuple[int, int] = (224, 224),
+    slices: tuple[int, int] = (1, 2), tile: tuple[int, int] = (224, 224), mode: str = "16x",
+) -> dict:
+    """Model inputs for one video per prompt as MiniCPM-V 4.6's processor lays them out: `<image_id>0</image_id>`,
+    then per frame `<image>` + its source's tokens + `</image>` and its `slices` (rows × columns) each as `<slice>` +
+    its tokens + `</slice>`, rows a newline apart; 14-px patches, a token per 4 × 4 of them (the "16x" `mode`) or
+    2 × 2 ("4x"). The tiny model takes `<image>` / `</image>` as vision start / end and `<slice>` / `</slice>` as
+    video start / end."""
+    frames = [frames] if isinstance(frames, torch.Tensor) else frames
+    questions = [questions] * len(frames) if isinstance(questions, str) else questions
+    side = 14 * (4 if mode == "16x" else 2)  # pixels a token spans
+    source_run = [VISION_START, *[VIDEO] * (source[0] // side * (source[1] // side)), VISION_END]
+    tile_run = [VIDEO_START, *[VIDEO] * (tile[0] // side * (tile[1] // side)), VIDEO_END]
+    rows_of_tiles = sum((text_ids("\n" if row else "") + tile_run * slices[1] for row in range(slices[0])), [])
+    frame = source_run + (rows_of_tiles if slices != (1, 1) else [])
+    pixels, sizes, rows = [], [], []
+    for clip, question in zip(frames, questions):
+        clip_pixels, clip_sizes = minicpm_v_pixels(clip, source, slices, tile)
+        pixels.append(clip_pixels)
+        sizes.append(clip_sizes)
+        rows.append(prompt(text_ids("<image_id>0</image_id>") + frame * len(clip), question))
+    ids, mask = left_pad(rows)
+    return {
+        "input_ids": ids, "attention_mask": mask, "pixel_values_videos": torch.cat(pixels, dim=-1)[None],
+        "target_sizes_videos": torch.cat(sizes),
+    }
+
+
 def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
     """Inputs for one video per prompt for any tiny model (lists make a left-padded batch)."""
     if model.config.model_type == "qwen2_5_vl":
@@ -402,6 +432,8 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
         return muse_glimmer_inputs(frames, questions)
     if model.config.model_type == "ovis2_5":  # 16-px patches, one frame a unit, the video's tokens in one run
         return qwen_vl_inputs(frames, questions, size=128, patch_size=16, temporal_patch_size=1, siglip_norm=True)
+    if model.config.model_type == "minicpmv4_6":
+        return minicpm_v_inputs(frames, questions)
     if model.config.model_type == "molmo2":
         return molmo2_inputs(frames, questions, per_video_pooling=compat.MOLMO2_POOLING_PER_VIDEO)
     if model.config.model_type in ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"):

@@ -199,3 +199,28 @@ def gemma4_pixels(
     padding = max_patches - down * across
     positions = torch.nn.functional.pad(xy.expand(len(patches), -1, -1), (0, 0, 0, padding), value=-1)
     return torch.nn.functional.pad(patches, (0, 0, 0, padding)), positions
+
+
+def minicpm_v_pixels(
+    frames: torch.Tensor, source: tuple[int, int], slices: tuple[int, int], tile: tuple[int, int], patch_size: int = 14
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pixel_values_videos` (3, patch_size, units · patches · patch_size) and `target_sizes_videos` (units, 2) of one
+    MiniCPM-V 4.6 video, in its processor's layout: per frame its source (resized to `source`, height × width) then
+    its rows × columns `slices`, `tile`-sized tiles of a view upscaled to rows · tile × columns · tile (none for
+    (1, 1)), mean and std 0.5, each unit's patches row-major, side by side along the last axis."""
+    rows, columns = slices
+    units = [resize_normalize(frames, *source, SIGLIP_MEAN, SIGLIP_STD)]
+    if rows * columns > 1:
+        (height, width), units = tile, [*units]
+        upscaled = resize_normalize(frames, rows * height, columns * width, SIGLIP_MEAN, SIGLIP_STD)
+        units += [
+            upscaled[..., row * height : (row + 1) * height, column * width : (column + 1) * width]
+            for row in range(rows) for column in range(columns)
+        ]
+    pixels, sizes = [], []
+    for frame in range(len(frames)):  # each frame's source, then its slices
+        for unit in units:
+            patches = torch.nn.functional.unfold(unit[frame : frame + 1], patch_size, stride=patch_size)
+            pixels.append(patches.unflatten(1, (3, patch_size, patch_size))[0].permute(0, 1, 3, 2).flatten(2))
+            sizes.append([unit.shape[-2] // patch_size, unit.shape[-1] // patch_size])
+    return torch.cat(pixels, dim=-1), torch.tensor(sizes)

@@ -76,6 +76,12 @@ class Adapter:
         """The placeholder id of video tokens in the prompt."""
         return self.config.video_token_id
 
+    @property
+    def encodes_videos(self) -> bool:
+        """Whether the model encodes videos in `get_video_features` (InternVL and SmolVLM: as images), where the
+        patch stands in to record each encoding."""
+        return self.video_modality == "video"
+
     def carries_video(self, call_kwargs: dict[str, Any]) -> bool:
         """Whether this call brings video features; without them HF treats video placeholder ids as text."""
         encoded = compat.encoded_video(call_kwargs, self.video_modality)

@@ -43,8 +43,9 @@ class ScoredByNextAttentionLayer:
         }
 
 
-class Qwen3_5Adapter(ScoredByNextAttentionLayer, Qwen3VLAdapter):
-    model_type = "qwen3_5"
+class Qwen3_5Decoder(ScoredByNextAttentionLayer):
+    """Adapter mixin for Qwen3.5's hybrid decoder (Qwen3.5, MiniCPM-V 4.6): gated queries, q/k norms, the softmax
+    layers scoring for the linear-attention layers before them."""
 
     def attention_layer_indices(self):
         return sorted(self.kv_layers)
@@ -55,6 +56,10 @@ class Qwen3_5Adapter(ScoredByNextAttentionLayer, Qwen3VLAdapter):
         projected = attention.q_proj(layer.input_layernorm(hidden)).view(len(hidden), -1, 2 * attention.head_dim)
         queries = attention.q_norm(projected[..., : attention.head_dim])  # the other half gates the output
         return self.rotated(queries.transpose(0, 1), cos, sin)
+
+
+class Qwen3_5Adapter(Qwen3_5Decoder, Qwen3VLAdapter):
+    model_type = "qwen3_5"
 
 
 class Qwen3_5MoeAdapter(Qwen3_5Adapter):

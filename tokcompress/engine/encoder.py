@@ -79,7 +79,7 @@ def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs:
     encoder_args["return_dict"] = True
     pixels = encoder_args["pixel_values_videos"]
     record = EncodedVideos(units=[])
-    if PRE_ENCODER in method.stages and method.compresses():
+    if PRE_ENCODER in method.stages and method.compresses() and adapter.encoder_side:
         with record.compression_time.measure(pixels.device):
             signatures = adapter.frame_signatures(encoder_args)
             keep = [method.reduce_pre_encoder(signature) for signature in signatures]
@@ -118,9 +118,9 @@ def frames_chosen_from_features(
     with record.compression_time.measure(embeds.device):
         for b in range(0, len(layouts), rows_per_sample):
             layout = layouts[b]
-            for video, (units, height, width) in enumerate(layout.grids):
+            for video, (units, _, _) in enumerate(layout.grids):  # a grid's cells may be left out (MiniCPM-V)
                 cells = layout.positions[(layout.video == video) & ~layout.is_separator]
-                record.keep.append(method.reduce_pre_encoder(embeds[b, cells].view(units, height * width, -1)))
+                record.keep.append(method.reduce_pre_encoder(embeds[b, cells].view(units, -1, embeds.shape[-1])))
                 record.units.append(units)
     return record
 

@@ -155,7 +155,7 @@ class Engine(StandIns):
     def _record_tower_call(self, kind: str, module, args, kwargs):
         """Keep the inputs of the tower's call on a prompt's videos (InternVL: on its images, the frames among
         them) for the prefill; each such call encodes the whole prompt, so it replaces what an earlier one left."""
-        if not self.active or (self.adapter.encoder_side and not getattr(self._local, "encoding_videos", False)):
+        if not self.active or (self.adapter.encodes_videos and not getattr(self._local, "encoding_videos", False)):
             return None
         if kind == "tower":
             self._local.tower_calls = []

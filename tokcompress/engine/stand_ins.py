@@ -32,7 +32,7 @@ class StandIns:
             (model, compat.CANDIDATE_GENERATOR, self._refuse_speculative_decoding),
             (model, compat.PREPARE_INPUTS, self._prepare_step_inputs),
         ]
-        if self.adapter.encoder_side:
+        if self.adapter.encodes_videos:
             stand_ins.append((multimodal, compat.ENCODE_VIDEOS, self._encode_videos))
         self._stand_ins = [(module, name, _StandIn(method, module, name)) for module, name, method in stand_ins]
         for module, name, stand_in in self._stand_ins:

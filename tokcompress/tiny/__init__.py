@@ -29,6 +29,7 @@ from ..tiny_inputs import (  # noqa: F401 - the prompts and pixels of these mode
     gemma4_inputs,
     internvl_inputs,
     left_pad,
+    minicpm_v_inputs,
     molmo2_inputs,
     muse_glimmer_inputs,
     omni_audio_tokens,
@@ -61,6 +62,8 @@ from .packed import (  # noqa: F401 - public builders
     tiny_hyperclovax_vision_v2,
     tiny_lfm3_vl,
     tiny_llava_onevision1_5,
+    tiny_minicpm_ocr,
+    tiny_minicpmv4_6,
     tiny_muse_glimmer,
     tiny_muse_spark,
     tiny_ovis2_5,
@@ -103,6 +106,8 @@ TINY_MODELS = {
     "muse_spark": tiny_muse_spark,
     "exaone4_5": tiny_exaone4_5,
     "lfm3_vl": tiny_lfm3_vl,
+    "minicpmv4_6": tiny_minicpmv4_6,
+    "minicpm_ocr": tiny_minicpm_ocr,
 }
 if compat.ships("ovis2_5"):  # transformers 5.25+
     TINY_MODELS["ovis2_5"] = tiny_ovis2_5

@@ -2,7 +2,7 @@
 Qwen2.5-VL, HyperCLOVA X SEED Vision, Qwen3-VL, Qwen3.5 (-MoE), the Qwen Omni thinkers, GLM-4.1V / 4.5V / 4.6V,
 VideoLLaMA3, Cosmos3 Edge and Omni, ERNIE-4.5-VL, Cohere's North, Muse Glimmer and Spark, Ovis2.5,
 LLaVA-OneVision-1.5,
-EXAONE 4.5, LFM3-VL."""
+EXAONE 4.5, LFM3-VL, MiniCPM-V 4.6 and MiniCPM-OCR."""
 
 from __future__ import annotations
 
@@ -26,6 +26,10 @@ from transformers import (
     Glm46VForConditionalGeneration,
     HyperCLOVAXVisionV2Config,
     HyperCLOVAXVisionV2ForConditionalGeneration,
+    MiniCPMOcrConfig,
+    MiniCPMOcrForConditionalGeneration,
+    MiniCPMV4_6Config,
+    MiniCPMV4_6ForConditionalGeneration,
     MuseGlimmerConfig,
     MuseGlimmerForConditionalGeneration,
     MuseSparkConfig,
@@ -419,19 +423,25 @@ def _glm4v(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_
     return build(model_cls, config, attn_implementation, seed)
 
 
+def _qwen3_5_text(num_layers: int, hidden_size: int, **text_extra) -> dict:
+    """Qwen3.5's tiny hybrid decoder: gated-delta linear attention in even layers, gated softmax attention (q/k norms,
+    rotary on half of head_dim 32) in odd ones."""
+    return text_config(
+        num_layers, hidden_size, head_dim=32,
+        layer_types=["linear_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)],
+        linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
+        linear_conv_kernel_dim=4,
+        rope_parameters={
+            "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [3, 3, 2],
+            "mrope_interleaved": True,
+        },
+        **text_extra,
+    )
+
+
 def _qwen3_5(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size, **text_extra):
     config = config_cls(
-        text_config=text_config(
-            num_layers, hidden_size, head_dim=32,
-            layer_types=["linear_attention" if i % 2 == 0 else "full_attention" for i in range(num_layers)],
-            linear_num_key_heads=2, linear_num_value_heads=4, linear_key_head_dim=16, linear_value_head_dim=16,
-            linear_conv_kernel_dim=4,
-            rope_parameters={
-                "rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "mrope_section": [3, 3, 2],
-                "mrope_interleaved": True,
-            },
-            **text_extra,
-        ),
+        text_config=_qwen3_5_text(num_layers, hidden_size, **text_extra),
         vision_config=dict(
             depth=2, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden_size, patch_size=16,
             temporal_patch_size=2, spatial_merge_size=2, num_position_embeddings=64,
@@ -446,5 +456,31 @@ def _qwen3_vl(config_cls, model_cls, num_layers, attn_implementation, seed, hidd
         text_config=text_config(num_layers, hidden_size, head_dim=16, rope_parameters=QWEN3_ROPE, **text_extra),
         vision_config={**QWEN3_TOWER, "out_hidden_size": hidden_size},
         image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
+    )
+    return build(model_cls, config, attn_implementation, seed)
+
+
+def tiny_minicpmv4_6(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """MiniCPM-V 4.6: a 3-layer SigLIP tower (14-px patches, a 16 × 16 position table) whose window merger folds 2 × 2
+    rows after its second layer, a 2 × 2 MLP merger, over Qwen3.5's tiny hybrid decoder with 1-D positions."""
+    return _minicpm_v(
+        MiniCPMV4_6Config, MiniCPMV4_6ForConditionalGeneration, num_layers, attn_implementation, seed, hidden_size
+    )
+
+
+def tiny_minicpm_ocr(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """MiniCPM-OCR: MiniCPM-V 4.6's modules under another name, built alike."""
+    return _minicpm_v(MiniCPMOcrConfig, MiniCPMOcrForConditionalGeneration, num_layers, attn_implementation, seed,
+                      hidden_size)
+
+
+def _minicpm_v(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size):
+    config = config_cls(
+        text_config={"model_type": "qwen3_5_text", **_qwen3_5_text(num_layers, hidden_size)},
+        vision_config=dict(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2, image_size=224,
+            patch_size=14,
+        ),
+        insert_layer_id=1, image_token_id=IMAGE, video_token_id=VIDEO,
     )
     return build(model_cls, config, attn_implementation, seed)
