@@ -129,10 +129,11 @@ def assert_scores_reproduce_the_attention_map(model, inputs) -> None:
             torch.testing.assert_close(adapter.project_values(layer, hidden)[:, -cached.shape[1]:], cached)
 
 
-@pytest.mark.parametrize("method", ["framefusion", "vidtldr", "earlytom@encoder+fastv"])
-@pytest.mark.parametrize(
-    ("twin", "original"), [("glm46v", "glm4v"), ("cosmos3_omni", "qwen3_vl"), ("minicpm_ocr", "minicpmv4_6")]
-)
+@pytest.mark.parametrize(("twin", "original", "method"), [
+    *((twin, original, method) for twin, original in (("glm46v", "glm4v"), ("cosmos3_omni", "qwen3_vl"))
+      for method in ("framefusion", "vidtldr", "earlytom@encoder+fastv")),
+    *(("minicpm_ocr", "minicpmv4_6", method) for method in ("framefusion", "vidtldr", "framededup+fastv")),  # no folds
+])
 def test_a_twin_family_runs_as_the_original_under_another_name(clip, method, twin, original):
     """GLM-4.6V's model is GLM-4.1V's modules, Cosmos3 Omni's Qwen3-VL's, MiniCPM-OCR's MiniCPM-V 4.6's (built alike,
     the same weights): compressed, each keeps the same tokens and gives the same logits."""

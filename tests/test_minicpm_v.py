@@ -125,3 +125,33 @@ def test_tower_scores_are_each_tokens_rows_attention_at_the_last_layer(clip):
         cells[layout.spatial[in_frame]] = torch.arange(layout.num_tokens)[in_frame]
         for view, scores in zip(views_of(cells, grids[:3]), expected[3 * frame : 3 * frame + 3]):
             torch.testing.assert_close(layout.saliency[view], scores, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", ["narrower source", "two rows of slices"])
+@pytest.mark.parametrize("run", ["forward", "generate"])
+def test_framededup_keeps_whole_frames_out_of_the_tower(clip, shape, run):
+    """The tower's call packs every video's sources and slices alike; read with the prompt (a forward's, or the one
+    generate encodes for), framededup keeps whole frames - a source and all its slices - out of it, and the LLM
+    reads the frames it encoded."""
+    model = model_for("minicpmv4_6")
+    inputs = shaped_inputs(clip[:4], shape)
+    sizes = inputs["target_sizes_videos"]
+    per_frame = units_per_frame(shape)
+    patches_per_frame = int(sizes[:per_frame].prod(dim=-1).sum())
+    rows = []
+    hook = model.model.vision_tower.encoder.layers[0].register_forward_pre_hook(
+        lambda module, args: rows.append(args[0].shape[1])
+    )
+    try:
+        with tokcompress.compress(model, "framededup", ratio=0.5) as handle:
+            logits(model, inputs) if run == "forward" else generate(model, inputs, max_new_tokens=2)
+            (sample,) = handle.stats.samples
+    finally:
+        hook.remove()
+    assert rows == [2 * patches_per_frame] and sample.encoder_ratio == 0.5
+    frames = []
+    for frame in adapter_for(model)._videos(inputs["input_ids"])[0][0]:
+        positions = {p for start, length in frame.runs for p in range(start, start + length)}
+        frames.append(positions <= set(sample.kept_positions))
+        assert frames[-1] or not positions & set(sample.kept_positions)  # a frame whole, or not at all
+    assert sum(frames) == 2

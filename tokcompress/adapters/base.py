@@ -41,12 +41,18 @@ class Adapter:
     mrope: ClassVar[bool] = False  # whether the LLM takes 3-D M-RoPE positions
     packed_vision_attention: ClassVar[bool] = False  # whether the tower's attention takes packed windows (cu_seqlens)
     encoder_side: ClassVar[bool] = True  # whether a pre-encoder method can keep frames from the tower (not InternVL)
+    # whether `frame_signatures` / `encode_frames` read the prompt's ids (`encoder_args[compat.PROMPT_IDS]`) to tell the
+    # call's units apart (MiniCPM-V: its call packs every video's frames and slices alike); without them (the features
+    # encoded on their own) the tower encodes every unit and the prefill chooses frames from their features
+    encodes_by_prompt: ClassVar[bool] = False
     tower_has_cls: ClassVar[bool] = False  # whether tower tokens start with a CLS token (VisionZip reads its row)
     has_tower: ClassVar[bool] = True  # False: encoder-free, patches projected straight into the LLM (Gemma 4 Unified)
     # How the tower holds a video's frames, where an in-encoder method can fold them: BATCHED (one image per batch
     # row: the LLaVA families), PACKED (frame units back to back in one packed sequence, attention inside each:
     # Qwen-VL), None (it cannot fold them: InternVL encodes before the prompt is read).
     tower_frames: ClassVar[str | None] = None
+    tower_folding_refused: ClassVar[str] = "it encodes every image before the prompt is read"  # where tower_frames
+    # is None: why frames cannot fold inside the tower
     tower_token_folding_refused: ClassVar[str | None] = None  # why the tower cannot fold tokens inside frames, if not
     temporal_merge: ClassVar[int] = 1  # steps of `video_grid_thw`'s time axis in one frame unit (ERNIE-4.5-VL: 2)
     video_pixels: ClassVar[str] = "pixel_values_videos"  # the call keyword of video pixels (InternVL: its images')

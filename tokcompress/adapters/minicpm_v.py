@@ -13,12 +13,16 @@ continues its video. A frame's views - its source, then its slices - stack top t
 (left-aligned: where a view is narrower, the cells past its width are not held), so that a cell's neighbour in
 the previous frame is the same cell of the same view.
 
-Where it departs from the stock forward: none beyond the engine's rules. A pre-encoder method (framededup) chooses
-frames from their features before the LLM: the tower call does not say which units are frames of which video, so
-it encodes them all; nothing folds inside the tower (its window merger reads every frame's grid)."""
+The tower's call does not say which units are frames of which video: the engine hands the adapter the prompt's ids
+(a forward's, or those `generate` encodes for), so a pre-encoder method (framededup) keeps whole frames - a source
+and its slices - out of the tower; features encoded on their own (no prompt) hold every unit, and the method
+chooses from them before the LLM. Nothing folds inside the tower (its window merger reads every frame's grid).
+
+Where it departs from the stock forward: none beyond the engine's rules."""
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -38,38 +42,54 @@ MARKERS_BETWEEN_FRAMES = 2
 
 @dataclass
 class _Frame:
-    """One frame in a prompt: per slot (source, slices), its run's start and its (1, height, width) token grid, and
-    the index of each slot's unit among the call's units."""
+    """One frame in a prompt: per view (its source, then its slices), the (start, length) of its run of video tokens,
+    and the index of its unit among the call's units."""
 
-    starts: list[int]
-    grids: list[tuple[int, int, int]]
+    runs: list[tuple[int, int]]
     units: list[int]
     gap: int | None  # tokens between the previous run's end and its source (None: the sample's first run)
 
 
 class MiniCPMV4_6Adapter(Qwen3_5Decoder, Adapter):
     model_type = "minicpmv4_6"
-    encoder_side: ClassVar[bool] = False  # its tower call does not say which units are frames of which video
+    encodes_by_prompt: ClassVar[bool] = True  # its tower call does not say which units are frames of which video
+    tower_folding_refused: ClassVar[str] = "its window merger, between two of its layers, reads every frame's grid"
 
     # ------------------------------------------------------------------ layout
     def video_layouts(self, input_ids, call_kwargs):
         grids = self._token_grids(input_ids, call_kwargs)
-        samples = self._videos(input_ids, grids)
-        if samples is None:
-            return None  # placeholders and grids disagree in number: the model's own check says by how much
+        if int((input_ids == self.video_token_id).sum()) != sum(h * w for _, h, w in grids):
+            return None  # placeholders and features disagree in number: the model's own check says by how much
+        samples = self._videos(input_ids)
+        if sum(len(frame.runs) for videos in samples for video in videos for frame in video) != len(grids):
+            raise PromptRefused(
+                f"the prompts hold {sum(len(f.runs) for v in samples for video in v for f in video)} runs of video "
+                f"tokens, the videos {len(grids)} units: pass the processor's prompt (a run per source and slice)"
+            )
         layouts = []
         for ids, videos in zip(input_ids, samples):
             positions, video_grids, cells = [], [], []
             for frames in videos:
-                stacked = self.stacked_views(frames[0].grids)
+                views = self._views(frames[0], grids)
+                for frame in frames:
+                    for (start, length), (_, height, width) in zip(frame.runs, self._views(frame, grids)):
+                        if length != height * width:
+                            raise PromptRefused(
+                                f"a run of {length} video tokens holds a unit of {height}×{width} tokens: pass the "
+                                "processor's prompt and videos (one run per source and per slice)"
+                            )
+                stacked = self.stacked_views(views)
                 positions.append(torch.cat([
-                    torch.arange(start, start + height * width)
-                    for frame in frames for start, (_, height, width) in zip(frame.starts, frame.grids)
+                    torch.arange(start, start + length) for frame in frames for start, length in frame.runs
                 ]))
                 video_grids.append((len(frames), *stacked.shape))
                 cells.append(None if stacked.all() else stacked.flatten().expand(len(frames), -1))
             layouts.append(VisualLayout.from_token_positions(positions, video_grids, cells, device=ids.device))
         return layouts
+
+    @staticmethod
+    def _views(frame: _Frame, grids: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
+        return [grids[unit] for unit in frame.units]
 
     @staticmethod
     def stacked_views(views: list[tuple[int, int, int]]) -> torch.Tensor:
@@ -79,42 +99,77 @@ class MiniCPMV4_6Adapter(Qwen3_5Decoder, Adapter):
         width = max(w for _, _, w in views)
         return torch.cat([torch.arange(width).expand(h, width) < w for _, h, w in views])
 
-    def _videos(self, input_ids: torch.Tensor, grids: list[tuple[int, int, int]]) -> list[list[list[_Frame]]] | None:
-        """Per sample, its videos, each a list of frames (None where the prompts' video tokens are not the units')."""
-        runs = [token_runs(ids, self.video_token_id) for ids in input_ids]
-        if sum(length for sample in runs for _, length in sample) != sum(h * w for _, h, w in grids):
-            return None
-        units = iter(enumerate(grids))
-        samples = []
-        for ids, sample in zip(input_ids, runs):
+    def _videos(self, input_ids: torch.Tensor) -> list[list[list[_Frame]]]:
+        """Per sample, its videos, each a list of frames, read off the runs of video tokens; units are numbered in
+        prompt order across the samples, as the call packs them."""
+        samples, unit = [], 0
+        for ids in input_ids:
             frames: list[_Frame] = []
             source_opener, previous_end = None, None
-            for start, length in sample:
-                unit, grid = next(units)
-                if length != grid[1] * grid[2]:
-                    raise PromptRefused(
-                        f"a run of {length} video tokens holds a unit of {grid[1]}×{grid[2]} tokens: pass the "
-                        "processor's prompt and videos (one run per source and per slice)"
-                    )
+            for start, length in token_runs(ids, self.video_token_id):
                 opener = int(ids[start - 1]) if start else None
                 gap = start - previous_end if previous_end is not None else None
                 new_video = gap is None or gap > MARKERS_BETWEEN_FRAMES + 1  # text before it (`<image_id>k</image_id>`)
                 source_opener = opener if new_video else source_opener
                 if new_video or opener == source_opener:  # a frame's source
-                    frames.append(_Frame([start], [grid], [unit], gap))
+                    frames.append(_Frame([(start, length)], [unit], gap))
                 else:  # a slice of the frame in progress
-                    frames[-1].starts.append(start)
-                    frames[-1].grids.append(grid)
+                    frames[-1].runs.append((start, length))
                     frames[-1].units.append(unit)
-                previous_end = start + length
+                previous_end, unit = start + length, unit + 1
             videos: list[list[_Frame]] = []
             for frame in frames:
-                if videos and frame.gap == MARKERS_BETWEEN_FRAMES and frame.grids == videos[-1][0].grids:
+                lengths = [length for _, length in frame.runs]
+                if videos and frame.gap == MARKERS_BETWEEN_FRAMES and lengths == [n for _, n in videos[-1][0].runs]:
                     videos[-1].append(frame)
                 else:
                     videos.append([frame])
             samples.append(videos)
         return samples
+
+    def _call_videos(self, encoder_args: dict[str, Any]) -> list[list[_Frame]]:
+        """The videos of a `get_video_features` call, read off the prompt the engine hands over with it."""
+        videos = [video for sample in self._videos(encoder_args[compat.PROMPT_IDS]) for video in sample]
+        units = sum(len(frame.units) for video in videos for frame in video)
+        if units != len(encoder_args["target_sizes_videos"]):
+            raise ValueError(
+                f"the prompt holds {units} runs of video tokens (a frame's source and each slice) but the videos "
+                f"{len(encoder_args['target_sizes_videos'])} units: pass the processor's prompt with its videos"
+            )
+        return videos
+
+    def frame_signatures(self, encoder_args):  # per frame, its views' patches, without the position table
+        embed = self.vision_tower.embeddings.patch_embedding
+        pixels = encoder_args["pixel_values_videos"]
+        patches = embed(pixels.to(embed.weight.dtype)).flatten(2)[0].T  # (patches of every unit, D)
+        per_unit = patches.split(encoder_args["target_sizes_videos"].prod(dim=-1).tolist())
+        return [
+            torch.stack([torch.cat([per_unit[unit] for unit in frame.units]) for frame in video])
+            for video in self._call_videos(encoder_args)
+        ]
+
+    def encode_frames(self, encode, encoder_args, keep):
+        """The kept frames' units (their pixels' columns, their sizes), then every unit's features in place, the
+        dropped ones zeros."""
+        args = {name: value for name, value in encoder_args.items() if name != compat.PROMPT_IDS}
+        kept = sorted(
+            unit for video, frames in zip(self._call_videos(encoder_args), keep) for index in frames.tolist()
+            for unit in video[index].units
+        )
+        pixels, sizes = args["pixel_values_videos"], args["target_sizes_videos"]
+        counts = sizes.prod(dim=-1).tolist()
+        firsts = [0, *itertools.accumulate(counts)]
+        columns = torch.cat([torch.arange(firsts[unit], firsts[unit] + counts[unit]) for unit in kept])
+        patch = pixels.shape[2]
+        columns = (columns[:, None] * patch + torch.arange(patch)).flatten().to(pixels.device)
+        output = encode(**{**args, "pixel_values_videos": pixels[..., columns], "target_sizes_videos": sizes[kept]})
+        features, encoded = iter(output.pooler_output), set(kept)
+        first = output.pooler_output[0]
+        output.pooler_output = [
+            next(features) if unit in encoded else first.new_zeros(height * width, first.shape[-1])
+            for unit, (_, height, width) in enumerate(self.unit_grids(args))
+        ]
+        return output
 
     def _token_grids(self, input_ids, call_kwargs) -> list[tuple[int, int, int]]:
         """Per unit of the call (sources and slices, in order), its (1, height, width) grid of LLM tokens:
@@ -152,8 +207,8 @@ class MiniCPMV4_6Adapter(Qwen3_5Decoder, Adapter):
         ])
 
     def tower_token_scores(self, records, input_ids, standing=None):
-        """Per frame, its views' tokens' scores on its stacked grid: a token's the mean over its rows at the last
-        layer (0 at the cells no view holds)."""
+        """Per frame encoded, its views' tokens' scores on its stacked grid: a token's the mean over its rows at the
+        last layer (0 at the cells no view holds)."""
         units, grids = [], []
         for call in records:
             if call.kind == "tower":
@@ -169,16 +224,16 @@ class MiniCPMV4_6Adapter(Qwen3_5Decoder, Adapter):
                 unit, received = received[: height * width], received[height * width :]
                 side = height // token_h
                 units.append(unit.view(token_h, side, token_w, side).mean(dim=(1, 3)))
-        frames = []
-        for videos in self._videos(input_ids, grids):
-            for video in videos:
-                stacked = self.stacked_views(video[0].grids)
-                for frame in video:
-                    scores = torch.cat([
-                        torch.nn.functional.pad(units[unit], (0, stacked.shape[1] - units[unit].shape[1]))
-                        for unit in frame.units
-                    ])
-                    frames.append(scores.flatten())
+        videos = [video for sample in self._videos(input_ids) for video in sample]
+        standing, pending, frames = iter(standing or [len(video) for video in videos]), iter(units), []
+        for video in videos:
+            views = len(video[0].units)
+            for _ in range(next(standing)):
+                scores = [next(pending) for _ in range(views)]
+                width = max(view.shape[1] for view in scores)
+                frames.append(torch.cat([
+                    torch.nn.functional.pad(view, (0, width - view.shape[1])) for view in scores
+                ]).flatten())
         return frames
 
 

@@ -292,6 +292,10 @@ ENCODED_GRIDS = "tokcompress_video_grids"
 """Key we add to a `get_video_features` output where the prefill that reads it cannot tell its videos' grids
 otherwise (`generate` encodes up front and drops the grid keywords): per video, its (frames, H, W) grid of LLM
 tokens. A key, not an attribute: accelerate's device moves rebuild the output from its items."""
+PROMPT_IDS = "tokcompress_prompt_ids"
+"""Key under which an adapter that reads a prompt to tell its videos' units apart (`Adapter.encodes_by_prompt`) gets
+the prompt's ids among a `get_video_features` call's arguments (taken out again before the stock call)."""
+PREPARE_ENCODER = "_maybe_prepare_encoder_kwargs_for_generation"  # generate encodes the videos here, before its forward
 ENCODING_RECORD = "tokcompress_encoding"
 """Key we add to a `get_video_features` output while a method compresses: what the encoding kept (which frame units
 it encoded), so that any prefill reading those features - one `generate` hands them to, or a later forward reusing

@@ -57,6 +57,7 @@ class EncodedVideos:
     compression_time: Timer = field(default_factory=Timer)
     encoder_time: Timer = field(default_factory=Timer)
     tower_calls: list[TowerCall] = field(default_factory=list)  # recorded while it encoded, for a method's scores
+    from_features: bool = False  # `keep` chosen at the prefill from the encoded features (the tower encoded all)
 
     def take_tower_calls(self) -> list[TowerCall]:
         """The tower's recorded calls, once: what they hold (its last layers' inputs) is freed after the prefill
@@ -71,17 +72,23 @@ class EncodedVideos:
         return times
 
 
-def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs: dict[str, Any]):
-    """Run the stock `encode` as the method wants; returns its output and the record of what was encoded."""
+def encode_videos(
+    method: Method, adapter: Adapter, encode, args: tuple, kwargs: dict[str, Any],
+    prompt_ids: torch.Tensor | None = None,
+):
+    """Run the stock `encode` as the method wants; returns its output and the record of what was encoded.
+    `prompt_ids`: the ids of the prompt whose videos these are, where known (for `Adapter.encodes_by_prompt`)."""
     encoder_args = compat.bound_arguments(encode, args, kwargs)
     # the output is read and extended here as a ModelOutput, made a tuple again (as the stock one) for the caller
     as_tuple = encoder_args.get("return_dict") is False
     encoder_args["return_dict"] = True
     pixels = encoder_args["pixel_values_videos"]
     record = EncodedVideos(units=[])
-    if PRE_ENCODER in method.stages and method.compresses() and adapter.encoder_side:
+    by_prompt = {compat.PROMPT_IDS: prompt_ids} if adapter.encodes_by_prompt else {}
+    chooses = adapter.encoder_side and (prompt_ids is not None or not adapter.encodes_by_prompt)
+    if PRE_ENCODER in method.stages and method.compresses() and chooses:
         with record.compression_time.measure(pixels.device):
-            signatures = adapter.frame_signatures(encoder_args)
+            signatures = adapter.frame_signatures({**encoder_args, **by_prompt})
             keep = [method.reduce_pre_encoder(signature) for signature in signatures]
         record.units = [len(signature) for signature in signatures]
         if any(len(units) < count for units, count in zip(keep, record.units)):
@@ -98,7 +105,7 @@ def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs:
             output = encode(**encoder_args)
         else:
             kept_args = compat.without_precomputed_geometry(encode, encoder_args)  # for every frame: stale now
-            output = adapter.encode_frames(encode, kept_args, record.keep)
+            output = adapter.encode_frames(encode, {**kept_args, **by_prompt}, record.keep)
     if folding is not None and folding.merged:
         record.keep, record.layer_share = folding.standing, folding.layer_share(record.units)
     if as_tuple:
@@ -112,9 +119,10 @@ def encode_videos(method: Method, adapter: Adapter, encode, args: tuple, kwargs:
 def frames_chosen_from_features(
     method: Method, embeds: torch.Tensor, layouts: list[VisualLayout], rows_per_sample: int
 ) -> EncodedVideos:
-    """Where the tower encodes before the prompt is read (InternVL), a pre-encoder method chooses frame units
-    from their features as the LLM would get them, (units, n, D) per video; the prefill drops the others."""
-    record = EncodedVideos(units=[], keep=[])
+    """Where the tower encoded every frame unit (InternVL's encodes before the prompt is read; features encoded on
+    their own), a pre-encoder method chooses frame units from their features as the LLM would get them, (units, n,
+    D) per video; the prefill drops the others."""
+    record = EncodedVideos(units=[], keep=[], from_features=True)
     with record.compression_time.measure(embeds.device):
         for b in range(0, len(layouts), rows_per_sample):
             layout = layouts[b]

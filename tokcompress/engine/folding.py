@@ -231,7 +231,7 @@ def check_tower_use(method: Method, adapter: Adapter) -> None:
         if not adapter.has_tower:
             raise ValueError(f"{member.name} acts only inside the vision tower, but {no_tower}")
         cannot = (
-            f"cannot fold frames in {adapter.model_type}: it encodes every image before the prompt is read"
+            f"cannot fold frames in {adapter.model_type}: {adapter.tower_folding_refused}"
             if adapter.tower_frames is None else
             f"cannot fold tokens in {adapter.model_type}: {adapter.tower_token_folding_refused} (earlytom folds frames)"
         )

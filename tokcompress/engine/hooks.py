@@ -274,15 +274,15 @@ class Engine(StandIns):
         state.stats.compression_time.add(scoring)
         self._local.state = state
         state.layer_additions = self.adapter.take_layer_additions(kwargs)  # added below, to the kept tokens
-        if not self.adapter.encoder_side and PRE_ENCODER in self.method.stages:  # the tower saw every frame
-            embeds = kwargs["inputs_embeds"]
-            encoded = frames_chosen_from_features(self.method, embeds, layouts, prompt.rows_per_sample)
-        kept = tokens_encoded(encoded, layouts, prompt.rows_per_sample)
         if encoded is not None:
             compression_time, encoder_time = encoded.take_times()
             state.stats.compression_time.add(compression_time)
             state.stats.encoder_time.add(encoder_time)
-        if kept is not None and self.adapter.encoder_side:
+        if PRE_ENCODER in self.method.stages and (encoded is None or not encoded.units):  # the tower saw every frame
+            encoded = frames_chosen_from_features(self.method, kwargs["inputs_embeds"], layouts, prompt.rows_per_sample)
+            state.stats.compression_time.add(encoded.take_times()[0])
+        kept = tokens_encoded(encoded, layouts, prompt.rows_per_sample)
+        if kept is not None and not encoded.from_features:
             state.stats.has_tower = self.adapter.has_tower
             for sample, (_, fraction) in zip(state.stats.samples, kept[:: prompt.rows_per_sample]):
                 sample.encoder_ratio = fraction

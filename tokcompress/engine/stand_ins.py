@@ -34,6 +34,8 @@ class StandIns:
         ]
         if self.adapter.encodes_videos:
             stand_ins.append((multimodal, compat.ENCODE_VIDEOS, self._encode_videos))
+        if self.adapter.encodes_by_prompt:
+            stand_ins.append((model, compat.PREPARE_ENCODER, self._encode_for_generation))
         self._stand_ins = [(module, name, _StandIn(method, module, name)) for module, name, method in stand_ins]
         for module, name, stand_in in self._stand_ins:
             setattr(module, name, stand_in)
@@ -78,11 +80,22 @@ class StandIns:
             )
         return compat.call_inherited(self.adapter.model, compat.CANDIDATE_GENERATOR, *args, **kwargs)
 
+    def _encode_for_generation(self, inputs_tensor, *args, **kwargs):
+        """generate encodes the videos before its first forward: that encoding reads the prompt from here."""
+        self._local.generate_prompt_ids = None if inputs_tensor.is_floating_point() else inputs_tensor  # not embeds
+        try:
+            return compat.call_inherited(self.adapter.model, compat.PREPARE_ENCODER, inputs_tensor, *args, **kwargs)
+        finally:
+            self._local.generate_prompt_ids = None
+
     def _encode_videos(self, *args, **kwargs):
         encode = compat.inherited(self.adapter.multimodal_model, compat.ENCODE_VIDEOS)
+        prompt = getattr(self._local, "prompt", None)  # a forward in progress, whose videos these are
+        prompt_ids = getattr(self._local, "generate_prompt_ids", None)
+        prompt_ids = prompt.input_ids if prompt_ids is None and prompt is not None else prompt_ids
         self._local.encoding_videos = True
         try:
-            output, encoded = encode_videos(self.method, self.adapter, encode, args, kwargs)
+            output, encoded = encode_videos(self.method, self.adapter, encode, args, kwargs, prompt_ids)
         finally:
             self._local.encoding_videos = False
         # the tower's calls on these videos go with the record of their encoding, however late its features are read

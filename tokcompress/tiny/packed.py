@@ -482,5 +482,6 @@ def _minicpm_v(config_cls, model_cls, num_layers, attn_implementation, seed, hid
             patch_size=14,
         ),
         insert_layer_id=1, image_token_id=IMAGE, video_token_id=VIDEO,
+        downsample_mode="16x", tie_word_embeddings=False,  # MiniCPM-OCR's defaults: "4x", tied
     )
     return build(model_cls, config, attn_implementation, seed)
