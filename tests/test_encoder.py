@@ -379,6 +379,24 @@ def test_features_encoded_while_patched_can_be_reused_by_later_forwards(family, 
         torch.testing.assert_close(first, expected)
 
 
+def test_features_encoded_before_patching_are_chosen_from_before_the_llm(family, clip):
+    """Features the tower encoded before the model was patched hold every frame unit: a pre-encoder method chooses
+    from them before the LLM, as where the tower encodes before the prompt is read (before, it did nothing)."""
+    model = model_for(family)
+    adapter = adapter_for(model)
+    if "mm_encoder_outputs" not in inspect.signature(model.model.forward).parameters or not adapter.encodes_videos:
+        pytest.skip("its forward takes no pre-encoded video features")
+    inputs = inputs_for(family, clip, "What is moving?")
+    with torch.no_grad():
+        encoded = model.model.get_video_features(**video_encoder_inputs(inputs), return_dict=True)
+    text = {k: v for k, v in inputs.items() if k != adapter.video_pixels}
+    with tokcompress.compress(model, "framededup", ratio=0.5) as handle:
+        logits(model, {**text, "mm_encoder_outputs": {adapter.video_modality: encoded}})
+        (sample,) = handle.stats.samples
+    assert 0 < sample.achieved_ratio * sample.visual_in <= 0.5 * sample.visual_in + TINY[family].tokens_per_unit
+    assert sample.encoder_ratio == 1.0  # a cap, met to within a frame unit: a static clip dedups below it
+
+
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision1_5"])
 def test_tower_geometry_precomputed_for_every_frame_gives_way_when_frames_are_dropped(family, clip):
     """A caller may hand the tower its segments, rotary positions (or LLaVA-OV-1.5's frame lengths) computed ahead
