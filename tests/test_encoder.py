@@ -50,7 +50,8 @@ def count_tower_units(model, family):
         encoder = adapter.vision_tower.encoder
         first, per_unit = (encoder.layers if hasattr(encoder, "layers") else encoder.layer)[0], 1
     # MiniCPM-V: every unit side by side in one row, a frame its source and two slices of 16 × 16 patches
-    rows = (lambda hidden: hidden.shape[1] // (3 * 256)) if family == "minicpmv4_6" else (
+    side_by_side = family in ("minicpmv4_6", "minicpmv4_7")
+    rows = (lambda hidden: hidden.shape[1] // (3 * 256)) if side_by_side else (
         lambda hidden: hidden.shape[0] // per_unit)
     hook = first.register_forward_pre_hook(lambda module, args: seen.append(rows(args[0])))
     return seen, hook
@@ -341,7 +342,7 @@ def test_a_pre_llm_member_keeps_its_own_share_and_leaves_the_in_llm_one_the_rest
     original = sample.visual_in  # before any reduction
     assert abs(sample.visual_per_layer[0] - 0.6 * original) <= 1 and sample.visual_per_layer[-1] < 0.3 * original
     assert abs(sum(sample.visual_per_layer) / len(sample.visual_per_layer) - 0.3 * original) <= 1
-    message = r"uniform keeps 0.5 .* no more than the budget 0.6 .* \(e.g. UniformSample\(ratio=1\)\)$"
+    message = r"uniform keeps 0.5 .* budget 0.6 .* \(e.g. UniformSample\(ratio=1\), spelt uniform:ratio=1\)$"
     with pytest.raises(ValueError, match=message):
         tokcompress.patch(model, "uniform+fastv", ratio=0.6)
     with pytest.raises(ValueError, match=r"no more than the budget 0.5 ") as refused:

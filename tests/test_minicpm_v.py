@@ -11,6 +11,7 @@ import tokcompress
 from tokcompress import tiny
 from tokcompress.adapters import adapter_for
 from tokcompress.methods import VisionZip
+from tokcompress.video import minicpm_v_pixels
 
 from .conftest import generate, logits, model_for
 from .test_adapters import placed_embeddings
@@ -155,3 +156,90 @@ def test_framededup_keeps_whole_frames_out_of_the_tower(clip, shape, run):
         frames.append(positions <= set(sample.kept_positions))
         assert frames[-1] or not positions & set(sample.kept_positions)  # a frame whole, or not at all
     assert sum(frames) == 2
+
+
+def stacked_video_inputs(frames: torch.Tensor) -> dict:
+    """One video as the processor lays it out with `stack_frames > 1`: each second's frame (a source and 1 × 2
+    slices) followed by the canvas of that second's sub-frames (another size: a source and 2 × 1 slices), all one
+    video after one `<image_id>`. Here frames 0, 2, ... stand for the seconds' frames, 1, 3, ... for the canvases."""
+    shapes = [((224, 168), (1, 2), (168, 224)), ((168, 224), (2, 1), (112, 224))]  # source, slices, tile
+
+    def run(opener: int, closer: int, size: tuple[int, int]) -> list[int]:
+        return [opener, *[tiny.VIDEO] * (size[0] // 56 * (size[1] // 56)), closer]
+
+    ids, pixels, sizes = tiny.text_ids("user: <image_id>0</image_id>"), [], []
+    for frame in range(len(frames)):
+        source, (rows, columns), tile = shapes[frame % 2]
+        ids += run(tiny.VISION_START, tiny.VISION_END, source)
+        for row in range(rows):
+            ids += tiny.text_ids("\n" if row else "") + run(tiny.VIDEO_START, tiny.VIDEO_END, tile) * columns
+        frame_pixels, frame_sizes = minicpm_v_pixels(frames[frame : frame + 1], source, (rows, columns), tile)
+        pixels, sizes = pixels + [frame_pixels], sizes + [frame_sizes]
+    ids = torch.tensor([ids + tiny.text_ids("\nWhat is moving?\nassistant:")])
+    return {
+        "input_ids": ids, "attention_mask": torch.ones_like(ids), "pixel_values_videos": torch.cat(pixels, -1)[None],
+        "target_sizes_videos": torch.cat(sizes),
+    }
+
+
+def test_stacked_sub_frames_stay_in_their_video(clip):
+    """With `stack_frames > 1` the frames of one video alternate between two sizes (each second's frame, then the
+    canvas of its sub-frames): they are still one video, each frame's views in the top-left corner of the grid that
+    holds them all, each token where the model placed its unit's feature; framededup then chooses among its frames
+    (when each frame was a video of its own, it kept them all), alone or before a method ranking by the tower's
+    attention, and forward and generate keep the same tokens."""
+    model = model_for("minicpmv4_6")
+    inputs = stacked_video_inputs(clip[:4])
+    adapter = adapter_for(model)
+    (layout,) = adapter.visual_layouts(inputs)
+    ((frames, height, width),) = layout.grids
+    grids = adapter.unit_grids(inputs)
+    per_frame = [grids[:3], grids[3:6]]  # the seconds' frames' views, the canvases'
+    assert (frames, height, width) == (4, 4 + 3 + 3, 4) and layout.num_tokens == 2 * (12 + 2 * 12) + 2 * (12 + 2 * 8)
+    with torch.no_grad():
+        units = iter(model.model.get_video_features(
+            inputs["pixel_values_videos"], inputs["target_sizes_videos"]).pooler_output)
+    embeddings = placed_embeddings(model, inputs)
+    for frame in range(frames):
+        in_frame = layout.frame == frame
+        cells = torch.full((height * width,), -1)
+        cells[layout.spatial[in_frame]] = layout.positions[in_frame]
+        views = views_of(cells, per_frame[frame % 2])
+        assert sum(len(view) for view in views) == int(in_frame.sum())
+        for view in views:
+            torch.testing.assert_close(embeddings[view], next(units))
+    for method in ("framededup", "framefusion", "visionzip", "framededup:ratio=0.75+visionzip"):
+        with tokcompress.compress(model, method, ratio=0.3) as handle:
+            logits(model, inputs)
+            forward = handle.stats.samples[0]
+            generate(model, inputs, max_new_tokens=2)
+            generated = handle.stats.samples[0]
+        assert forward.kept_positions == generated.kept_positions
+        assert generated.achieved_ratio < 0.8, method
+
+
+def test_minicpm_ocr_reads_in_its_own_default_mode(clip):
+    """MiniCPM-OCR's config (and processor) default to the "4x" mode (no window merger): with no mode passed, the
+    layout takes its grids from the config, and forward and generate keep the same tokens."""
+    from transformers import MiniCPMOcrConfig, MiniCPMOcrForConditionalGeneration
+
+    from tokcompress.tiny.common import build
+    from tokcompress.tiny.packed import _qwen3_5_text
+
+    config = MiniCPMOcrConfig(
+        text_config={"model_type": "qwen3_5_text", **_qwen3_5_text(4, 64)},
+        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
+                           image_size=224, patch_size=14),
+        insert_layer_id=1, image_token_id=tiny.IMAGE, video_token_id=tiny.VIDEO,
+    )
+    model = build(MiniCPMOcrForConditionalGeneration, config, "sdpa", 0)
+    assert model.config.downsample_mode == "4x"
+    inputs = tiny.video_inputs(model, clip[:3], "What is moving?")  # its processor's "4x" layout
+    (layout,) = adapter_for(model).visual_layouts(inputs)
+    assert layout.grids == ((3, 4 + 4 + 4, 4),) and layout.num_tokens == 3 * (16 + 2 * 8)
+    with tokcompress.compress(model, "framefusion", ratio=0.3) as handle:
+        logits(model, inputs)
+        forward = handle.stats.samples[0]
+        generate(model, inputs, max_new_tokens=2)
+        generated = handle.stats.samples[0]
+    assert forward.kept_positions == generated.kept_positions

@@ -432,8 +432,13 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
         return muse_glimmer_inputs(frames, questions)
     if model.config.model_type == "ovis2_5":  # 16-px patches, one frame a unit, the video's tokens in one run
         return qwen_vl_inputs(frames, questions, size=128, patch_size=16, temporal_patch_size=1, siglip_norm=True)
-    if model.config.model_type == "minicpmv4_6":
+    if model.config.model_type in ("minicpmv4_6", "minicpm_ocr"):
+        if model.config.downsample_mode == "4x":  # MiniCPM-OCR's default: a token per 2 × 2 patches
+            return minicpm_v_inputs(frames, questions, (112, 112), (1, 2), (112, 56), "4x")
         return minicpm_v_inputs(frames, questions)
+    if model.config.model_type == "minicpmv4_7":  # canvas M-RoPE reads the token types
+        inputs = minicpm_v_inputs(frames, questions)
+        return {**inputs, "mm_token_type_ids": (inputs["input_ids"] == VIDEO).long() * 2}
     if model.config.model_type == "molmo2":
         return molmo2_inputs(frames, questions, per_video_pooling=compat.MOLMO2_POOLING_PER_VIDEO)
     if model.config.model_type in ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"):

@@ -18,7 +18,7 @@ from .lfm3_vl import Lfm3VlAdapter
 from .llava_next_video import LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .llava_onevision1_5 import LlavaOnevision15Adapter
-from .minicpm_v import MiniCPMOcrAdapter, MiniCPMV4_6Adapter
+from .minicpm_v import MiniCPMOcrAdapter, MiniCPMV4_6Adapter, MiniCPMV4_7Adapter
 from .molmo2 import Molmo2Adapter
 from .muse_glimmer import MuseGlimmerAdapter, MuseSparkAdapter
 from .ovis2_5 import Ovis2_5Adapter
@@ -40,7 +40,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
         Ernie4_5_VLAdapter, CohereCompassAdapter, Molmo2Adapter,
         MuseGlimmerAdapter, Ovis2_5Adapter, Gemma4UnifiedAdapter, Qwen3_5MoeAdapter, Cosmos3OmniAdapter,
         HyperClovaXVisionV2Adapter, MuseSparkAdapter, LlavaOnevision15Adapter, Exaone4_5Adapter,
-        Lfm3VlAdapter, MiniCPMV4_6Adapter, MiniCPMOcrAdapter,
+        Lfm3VlAdapter, MiniCPMV4_6Adapter, MiniCPMOcrAdapter, MiniCPMV4_7Adapter,
     )
 }
 

@@ -250,13 +250,14 @@ class Adapter:
         raise NotImplementedError(f"{self.model_type}: no vision-tower attention scores")
 
     def tower_token_scores(
-        self, records: list[TowerCall], input_ids: torch.Tensor, standing: list[int] | None = None
+        self, records: list[TowerCall], input_ids: torch.Tensor, standing: list[torch.Tensor] | None = None
     ) -> list[torch.Tensor]:
         """Per frame unit of the prompt's videos that the tower encoded (and that still stood at its end), in
         order: the attention each of its visual tokens got in `tower_attention()` (its tower tokens' scores pooled
-        as the model pools them), (tokens per unit,). `records` are the tower's and that module's calls for this
-        prompt, in order; `input_ids` has one row per sample; `standing`: per video, how many frame units still
-        stood at the tower's end where it folded some (None: as many as the tower call encoded)."""
+        as the model pools them), (tokens per unit,) - or, where a video's frames differ in size, (rows, columns)
+        for the top-left corner of its grid (MiniCPM-V). `records` are the tower's and that module's calls for this
+        prompt, in order; `input_ids` has one row per sample; `standing`: per video, the frame units that still
+        stood at the tower's end where it left some out (None: all those the tower call encoded)."""
         raise NotImplementedError(f"{self.model_type}: no vision-tower attention scores")
 
     def scoring_rotary(self, layer: nn.Module, hidden: torch.Tensor, kwargs: dict[str, Any]) -> Any:

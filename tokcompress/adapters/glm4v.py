@@ -47,7 +47,8 @@ class Glm4vAdapter(Qwen3VLAdapter):
         merged = received.view(-1, merge).mean(dim=-1)  # one per LLM token
         videos = [video for ids in input_ids for video in self._videos(ids)]
         units = []
-        for (frames, tokens), stood in zip(videos, standing or [frames for frames, _ in videos]):
+        stood_counts = [len(units) for units in standing] if standing is not None else [f for f, _ in videos]
+        for (frames, tokens), stood in zip(videos, stood_counts):
             units.extend(merged[: stood * tokens].view(stood, tokens))
             merged = merged[stood * tokens :]
         return units

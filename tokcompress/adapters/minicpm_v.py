@@ -1,17 +1,19 @@
-"""MiniCPM-V 4.6 and MiniCPM-OCR (OpenBMB, one model's modules): a packed SigLIP (NaViT) tower encodes each frame
-of a video as units - its whole view downscaled (the source) and, for frames larger than its 448-px scale, the tiles
-of an upscaled view (the slices), each at its own size -, a window merger after one of its layers
-(`insert_layer_id`) folding each 2 × 2 block of rows into one, and a 2 × 2 MLP merger after it; a Qwen3.5 decoder
-with 1-D positions reads them. The processor packs every unit of every video of a call into one sequence
+"""MiniCPM-V 4.6 and MiniCPM-OCR (OpenBMB, one model's modules; MiniCPM-V 4.7 below): a packed SigLIP (NaViT)
+tower encodes each frame of a video as units - its whole view downscaled (the source) and, for frames larger than
+its 448-px scale, the tiles of an upscaled view (the slices), each at its own size -, a window merger after one of
+its layers (`insert_layer_id`) folding each 2 × 2 block of rows into one, and a 2 × 2 MLP merger after it; a Qwen3.5
+decoder with 1-D positions reads them. The processor packs every unit of every video of a call into one sequence
 (`target_sizes_videos` holds each unit's patch grid), and the prompt holds each frame as `<image>` + its source's
 tokens + `</image>`, then each slice as `<slice>` + its tokens + `</slice>` (rows of slices a newline apart), each
 video after its `<image_id>k</image_id>`.
 
 So the layout is read off the prompt: a run of video tokens opened as the run that starts its video is a frame's
 source, another run a slice of that frame; a frame right after the previous one's closing token (no text between)
-continues its video. A frame's views - its source, then its slices - stack top to bottom into one grid
-(left-aligned: where a view is narrower, the cells past its width are not held), so that a cell's neighbour in
-the previous frame is the same cell of the same view.
+continues its video, whatever its size: with `stack_frames > 1` the processor follows each second's frame with a
+canvas of its sub-frames (of another size, with other views). A frame's views - its source, then its slices - stack
+top to bottom into one grid (left-aligned: where a view is narrower, the cells past its width are not held); a
+video's grid is the smallest that holds every frame's, so that a cell's neighbour in the previous frame is the same
+cell of the same view wherever the frames are alike.
 
 The tower's call does not say which units are frames of which video: the engine hands the adapter the prompt's ids
 (a forward's, or those `generate` encodes for), so a pre-encoder method (framededup) keeps whole frames - a source
@@ -70,7 +72,6 @@ class MiniCPMV4_6Adapter(Qwen3_5Decoder, Adapter):
         for ids, videos in zip(input_ids, samples):
             positions, video_grids, cells = [], [], []
             for frames in videos:
-                views = self._views(frames[0], grids)
                 for frame in frames:
                     for (start, length), (_, height, width) in zip(frame.runs, self._views(frame, grids)):
                         if length != height * width:
@@ -78,12 +79,12 @@ class MiniCPMV4_6Adapter(Qwen3_5Decoder, Adapter):
                                 f"a run of {length} video tokens holds a unit of {height}×{width} tokens: pass the "
                                 "processor's prompt and videos (one run per source and per slice)"
                             )
-                stacked = self.stacked_views(views)
+                held = self.video_cells([self._views(frame, grids) for frame in frames])
                 positions.append(torch.cat([
                     torch.arange(start, start + length) for frame in frames for start, length in frame.runs
                 ]))
-                video_grids.append((len(frames), *stacked.shape))
-                cells.append(None if stacked.all() else stacked.flatten().expand(len(frames), -1))
+                video_grids.append(tuple(held.shape))
+                cells.append(None if held.all() else held.flatten(1))
             layouts.append(VisualLayout.from_token_positions(positions, video_grids, cells, device=ids.device))
         return layouts
 
@@ -98,6 +99,16 @@ class MiniCPMV4_6Adapter(Qwen3_5Decoder, Adapter):
         agree)."""
         width = max(w for _, _, w in views)
         return torch.cat([torch.arange(width).expand(h, width) < w for _, h, w in views])
+
+    @classmethod
+    def video_cells(cls, frames: list[list[tuple[int, int, int]]]) -> torch.Tensor:
+        """(frames, rows, columns): the cells each frame's stacked views (`frames`: each frame's views) hold on the
+        smallest grid that holds every frame's, each in its top-left corner."""
+        stacked = [cls.stacked_views(views) for views in frames]
+        rows, columns = max(len(grid) for grid in stacked), max(grid.shape[1] for grid in stacked)
+        return torch.stack([
+            torch.nn.functional.pad(grid, (0, columns - grid.shape[1], 0, rows - len(grid))) for grid in stacked
+        ])
 
     def _videos(self, input_ids: torch.Tensor) -> list[list[list[_Frame]]]:
         """Per sample, its videos, each a list of frames, read off the runs of video tokens; units are numbered in
@@ -119,8 +130,7 @@ class MiniCPMV4_6Adapter(Qwen3_5Decoder, Adapter):
                 previous_end, unit = start + length, unit + 1
             videos: list[list[_Frame]] = []
             for frame in frames:
-                lengths = [length for _, length in frame.runs]
-                if videos and frame.gap == MARKERS_BETWEEN_FRAMES and lengths == [n for _, n in videos[-1][0].runs]:
+                if videos and frame.gap == MARKERS_BETWEEN_FRAMES:  # its views may differ (`stack_frames`)
                     videos[-1].append(frame)
                 else:
                     videos.append([frame])
@@ -138,13 +148,17 @@ class MiniCPMV4_6Adapter(Qwen3_5Decoder, Adapter):
             )
         return videos
 
-    def frame_signatures(self, encoder_args):  # per frame, its views' patches, without the position table
+    def frame_signatures(self, encoder_args):
+        """Per video, (frames, patches, D): each frame's views' patches, without the position table, padded with
+        zeros to its video's largest frame (the canvases of `stack_frames`)."""
         embed = self.vision_tower.embeddings.patch_embedding
         pixels = encoder_args["pixel_values_videos"]
         patches = embed(pixels.to(embed.weight.dtype)).flatten(2)[0].T  # (patches of every unit, D)
         per_unit = patches.split(encoder_args["target_sizes_videos"].prod(dim=-1).tolist())
         return [
-            torch.stack([torch.cat([per_unit[unit] for unit in frame.units]) for frame in video])
+            torch.nn.utils.rnn.pad_sequence(
+                [torch.cat([per_unit[unit] for unit in frame.units]) for frame in video], batch_first=True
+            )
             for video in self._call_videos(encoder_args)
         ]
 
@@ -207,8 +221,8 @@ class MiniCPMV4_6Adapter(Qwen3_5Decoder, Adapter):
         ])
 
     def tower_token_scores(self, records, input_ids, standing=None):
-        """Per frame encoded, its views' tokens' scores on its stacked grid: a token's the mean over its rows at the
-        last layer (0 at the cells no view holds)."""
+        """Per frame encoded, its views' tokens' scores on its stacked grid, (rows, columns): a token's the mean
+        over its rows at the last layer (0 at the cells no view holds)."""
         units, grids = [], []
         for call in records:
             if call.kind == "tower":
@@ -225,16 +239,23 @@ class MiniCPMV4_6Adapter(Qwen3_5Decoder, Adapter):
                 side = height // token_h
                 units.append(unit.view(token_h, side, token_w, side).mean(dim=(1, 3)))
         videos = [video for sample in self._videos(input_ids) for video in sample]
-        standing, pending, frames = iter(standing or [len(video) for video in videos]), iter(units), []
-        for video in videos:
-            views = len(video[0].units)
-            for _ in range(next(standing)):
-                scores = [next(pending) for _ in range(views)]
-                width = max(view.shape[1] for view in scores)
-                frames.append(torch.cat([
-                    torch.nn.functional.pad(view, (0, width - view.shape[1])) for view in scores
-                ]).flatten())
+        stood = standing if standing is not None else [torch.arange(len(video)) for video in videos]
+        pending, frames = iter(units), []
+        for video, kept in zip(videos, stood):
+            for index in kept.tolist():
+                views = [next(pending) for _ in video[index].units]
+                width = max(view.shape[1] for view in views)
+                frames.append(torch.cat([torch.nn.functional.pad(view, (0, width - view.shape[1])) for view in views]))
         return frames
+
+
+class MiniCPMV4_7Adapter(MiniCPMV4_6Adapter):
+    """MiniCPM-V 4.7: MiniCPM-V 4.6's tower, merger and prompt over canvas M-RoPE - 3-D positions the model computes
+    from the prompt's markers and token types, a frame's slices placed on the canvas of its source - which the LLM
+    keeps for the tokens that stand (original positions only)."""
+
+    model_type = "minicpmv4_7"
+    mrope = True
 
 
 class MiniCPMOcrAdapter(MiniCPMV4_6Adapter):

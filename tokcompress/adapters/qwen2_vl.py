@@ -183,7 +183,8 @@ class Qwen2VLAdapter(Adapter):
         return self.spatial_merge**2
 
     def tower_token_scores(self, records, input_ids, standing=None):
-        units, grid, merge, standing, steps = [], None, 1, iter(standing or ()), self.temporal_merge
+        units, grid, merge, steps = [], None, 1, self.temporal_merge
+        standing = iter([len(stood) for stood in standing] if standing is not None else ())
         for call in records:
             if call.kind == "tower":  # the units its last layer ran on: what stood of the call's
                 merge = self.patches_per_token(call)

@@ -126,10 +126,17 @@ def frames_chosen_from_features(
     with record.compression_time.measure(embeds.device):
         for b in range(0, len(layouts), rows_per_sample):
             layout = layouts[b]
-            for video, (units, _, _) in enumerate(layout.grids):  # a grid's cells may be left out (MiniCPM-V)
-                cells = layout.positions[(layout.video == video) & ~layout.is_separator]
-                record.keep.append(method.reduce_pre_encoder(embeds[b, cells].view(units, -1, embeds.shape[-1])))
+            first_frame = 0
+            for video, (units, height, width) in enumerate(layout.grids):
+                # a frame may leave cells of its video's grid out (MiniCPM-V): those read zeros, which leave the
+                # signatures' cosines as they are
+                cells = (layout.video == video) & ~layout.is_separator
+                signatures = embeds.new_zeros(units, height * width, embeds.shape[-1])
+                held = embeds[b, layout.positions[cells]]
+                signatures[layout.frame[cells] - first_frame, layout.spatial[cells]] = held
+                record.keep.append(method.reduce_pre_encoder(signatures))
                 record.units.append(units)
+                first_frame += units
     return record
 
 
@@ -137,8 +144,8 @@ def layouts_with_tower_scores(
     layouts: list[VisualLayout], unit_scores: list[torch.Tensor], encoded_units: list[torch.Tensor] | None, rows: int
 ) -> list[VisualLayout]:
     """Each row's layout with its tokens' vision-tower attention (`saliency`): `unit_scores` hold one (tokens,)
-    row per frame unit the tower encoded, in prompt order (`encoded_units`: per video, which ones; None: all);
-    separators and skipped units read 0."""
+    row per frame unit the tower encoded, in prompt order (`encoded_units`: per video, which ones; None: all), or
+    (rows, columns) for the top-left corner of a grid its unit does not fill; separators and skipped units read 0."""
     scores = iter(unit_scores)
     videos = iter(encoded_units) if encoded_units is not None else None
     out = []
@@ -149,7 +156,10 @@ def layouts_with_tower_scores(
             encoded = next(videos).tolist() if videos is not None else range(units)
             grid = torch.zeros(units, height * width, device=saliency.device)
             for unit in encoded:
-                grid[unit] = next(scores).to(grid)
+                score = next(scores).to(grid)
+                if score.dim() == 2:  # the top-left corner of the grid (a frame smaller than its video's grid)
+                    score = torch.nn.functional.pad(score, (0, width - score.shape[1], 0, height - score.shape[0]))
+                grid[unit] = score.flatten()
             cells = (layout.video == video) & ~layout.is_separator
             saliency[cells] = grid[layout.frame[cells] - first_frame, layout.spatial[cells]]
             first_frame += units

@@ -307,8 +307,7 @@ class Engine(StandIns):
         rows = prompt.rows_per_sample
         with torch.no_grad():
             encoded_units = encoded.keep if encoded is not None and self.adapter.encoder_side else None
-            standing = [len(units) for units in encoded_units] if encoded_units is not None else None
-            scores = self.adapter.tower_token_scores(records, prompt.input_ids[::rows], standing)
+            scores = self.adapter.tower_token_scores(records, prompt.input_ids[::rows], encoded_units)
         return layouts_with_tower_scores(prompt.layouts, scores, encoded_units, rows)
 
     def _on_llm_return(self, module, args, kwargs, output):

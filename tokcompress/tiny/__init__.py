@@ -64,6 +64,7 @@ from .packed import (  # noqa: F401 - public builders
     tiny_llava_onevision1_5,
     tiny_minicpm_ocr,
     tiny_minicpmv4_6,
+    tiny_minicpmv4_7,
     tiny_muse_glimmer,
     tiny_muse_spark,
     tiny_ovis2_5,
@@ -107,6 +108,7 @@ TINY_MODELS = {
     "exaone4_5": tiny_exaone4_5,
     "lfm3_vl": tiny_lfm3_vl,
     "minicpmv4_6": tiny_minicpmv4_6,
+    "minicpmv4_7": tiny_minicpmv4_7,
     "minicpm_ocr": tiny_minicpm_ocr,
 }
 if compat.ships("ovis2_5"):  # transformers 5.25+

@@ -30,6 +30,8 @@ from transformers import (
     MiniCPMOcrForConditionalGeneration,
     MiniCPMV4_6Config,
     MiniCPMV4_6ForConditionalGeneration,
+    MiniCPMV4_7Config,
+    MiniCPMV4_7ForConditionalGeneration,
     MuseGlimmerConfig,
     MuseGlimmerForConditionalGeneration,
     MuseSparkConfig,
@@ -468,13 +470,24 @@ def tiny_minicpmv4_6(num_layers: int = 4, attn_implementation: str = "sdpa", see
     )
 
 
+def tiny_minicpmv4_7(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """MiniCPM-V 4.7: MiniCPM-V 4.6's tiny tower and decoder, with canvas M-RoPE (3-D positions from the prompt's
+    markers: tiny.VISION_START / VISION_END for `<image>` / `</image>`, VIDEO_START / VIDEO_END for `<slice>` /
+    `</slice>`, the newline byte)."""
+    return _minicpm_v(
+        MiniCPMV4_7Config, MiniCPMV4_7ForConditionalGeneration, num_layers, attn_implementation, seed, hidden_size,
+        image_start_id=VISION_START, image_end_id=VISION_END, slice_start_id=VIDEO_START, slice_end_id=VIDEO_END,
+        newline_id=ord("\n"),
+    )
+
+
 def tiny_minicpm_ocr(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
     """MiniCPM-OCR: MiniCPM-V 4.6's modules under another name, built alike."""
     return _minicpm_v(MiniCPMOcrConfig, MiniCPMOcrForConditionalGeneration, num_layers, attn_implementation, seed,
                       hidden_size)
 
 
-def _minicpm_v(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size):
+def _minicpm_v(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size, **markers):
     config = config_cls(
         text_config={"model_type": "qwen3_5_text", **_qwen3_5_text(num_layers, hidden_size)},
         vision_config=dict(
@@ -482,6 +495,6 @@ def _minicpm_v(config_cls, model_cls, num_layers, attn_implementation, seed, hid
             patch_size=14,
         ),
         insert_layer_id=1, image_token_id=IMAGE, video_token_id=VIDEO,
-        downsample_mode="16x", tie_word_embeddings=False,  # MiniCPM-OCR's defaults: "4x", tied
+        downsample_mode="16x", tie_word_embeddings=False, **markers,  # MiniCPM-OCR's defaults: "4x", tied
     )
     return build(model_cls, config, attn_implementation, seed)
