@@ -62,8 +62,8 @@ TINY = {
     "ovis2_5": TinyFamily(tokens_per_unit=16, mixed_frame_counts=True),
     "llava_onevision1_5": TinyFamily(tokens_per_unit=16, mixed_frame_counts=True),
     "gemma4_unified": TinyFamily(tokens_per_unit=9, mixed_frame_counts=True),
-    "minicpmv4_6": TinyFamily(tokens_per_unit=48, mixed_frame_counts=True),  # a frame: its source and 2 slices
-    "minicpmv4_7": TinyFamily(tokens_per_unit=48, mixed_frame_counts=True, mrope=True),
+    "minicpmv4_6": TinyFamily(tokens_per_unit=12, mixed_frame_counts=True),  # a frame: its source and 2 slices
+    "minicpmv4_7": TinyFamily(tokens_per_unit=12, mixed_frame_counts=True, mrope=True),
 }
 TINY = {family: info for family, info in TINY.items() if family in tiny.TINY_MODELS}  # Ovis2.5, LLaVA-OV-1.5: 5.25+
 FAMILIES = tuple(TINY)

@@ -49,9 +49,9 @@ def count_tower_units(model, family):
     else:  # a batch of frames among the prompt's images (InternVL, SmolVLM)
         encoder = adapter.vision_tower.encoder
         first, per_unit = (encoder.layers if hasattr(encoder, "layers") else encoder.layer)[0], 1
-    # MiniCPM-V: every unit side by side in one row, a frame its source and two slices of 16 × 16 patches
+    # MiniCPM-V: every unit side by side in one row, a frame its source and two slices of 8 × 8 patches
     side_by_side = family in ("minicpmv4_6", "minicpmv4_7")
-    rows = (lambda hidden: hidden.shape[1] // (3 * 256)) if side_by_side else (
+    rows = (lambda hidden: hidden.shape[1] // (3 * 64)) if side_by_side else (
         lambda hidden: hidden.shape[0] // per_unit)
     hook = first.register_forward_pre_hook(lambda module, args: seen.append(rows(args[0])))
     return seen, hook

@@ -372,13 +372,14 @@ def molmo2_inputs(
 
 
 def minicpm_v_inputs(
-    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], source: tuple[int, int] = (224, 224),
-    slices: tuple[int, int] = (1, 2), tile: tuple[int, int] = (224, 224), mode: str = "16x",
+    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], source: tuple[int, int] = (112, 112),
+    slices: tuple[int, int] = (1, 2), tile: tuple[int, int] = (112, 112), mode: str = "16x",
 ) -> dict:
     """Model inputs for one video per prompt as MiniCPM-V 4.6's processor lays them out: `<image_id>0</image_id>`,
     then per frame `<image>` + its source's tokens + `</image>` and its `slices` (rows × columns) each as `<slice>` +
     its tokens + `</slice>`, rows a newline apart; 14-px patches, a token per 4 × 4 of them (the "16x" `mode`) or
-    2 × 2 ("4x"). The tiny model takes `<image>` / `</image>` as vision start / end and `<slice>` / `</slice>` as
+    2 × 2 ("4x"): by default 2 × 2 tokens a view, 12 a frame (its stock window merger runs one attention call per
+    2 × 2 window: larger views slow every test). The tiny model takes `<image>` / `</image>` as vision start / end and `<slice>` / `</slice>` as
     video start / end."""
     frames = [frames] if isinstance(frames, torch.Tensor) else frames
     questions = [questions] * len(frames) if isinstance(questions, str) else questions

@@ -63,10 +63,11 @@ class MiniCPMV4_6Adapter(Qwen3_5Decoder, Adapter):
         if int((input_ids == self.video_token_id).sum()) != sum(h * w for _, h, w in grids):
             return None  # placeholders and features disagree in number: the model's own check says by how much
         samples = self._videos(input_ids)
-        if sum(len(frame.runs) for videos in samples for video in videos for frame in video) != len(grids):
+        runs = sum(len(frame.runs) for videos in samples for video in videos for frame in video)
+        if runs != len(grids):
             raise PromptRefused(
-                f"the prompts hold {sum(len(f.runs) for v in samples for video in v for f in video)} runs of video "
-                f"tokens, the videos {len(grids)} units: pass the processor's prompt (a run per source and slice)"
+                f"the prompts hold {runs} runs of video tokens, the videos {len(grids)} units: pass the processor's "
+                "prompt (a run per source and per slice)"
             )
         layouts = []
         for ids, videos in zip(input_ids, samples):
