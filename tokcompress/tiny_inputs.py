@@ -379,8 +379,8 @@ def minicpm_v_inputs(
     then per frame `<image>` + its source's tokens + `</image>` and its `slices` (rows × columns) each as `<slice>` +
     its tokens + `</slice>`, rows a newline apart; 14-px patches, a token per 4 × 4 of them (the "16x" `mode`) or
     2 × 2 ("4x"): by default 2 × 2 tokens a view, 12 a frame (its stock window merger runs one attention call per
-    2 × 2 window: larger views slow every test). The tiny model takes `<image>` / `</image>` as vision start / end and `<slice>` / `</slice>` as
-    video start / end."""
+    2 × 2 window: larger views slow every test). The tiny model takes `<image>` / `</image>` as vision start / end
+    and `<slice>` / `</slice>` as video start / end."""
     frames = [frames] if isinstance(frames, torch.Tensor) else frames
     questions = [questions] * len(frames) if isinstance(questions, str) else questions
     side = 14 * (4 if mode == "16x" else 2)  # pixels a token spans
