@@ -39,8 +39,10 @@ def test_ratio_one_and_none_are_bitwise_identity(family, clip, method):
         assert handle.stats.achieved_ratio == 1.0
 
 
-@pytest.mark.parametrize("method", COMPRESSING)
+@pytest.mark.parametrize(("family", "method"), every_family_and_every_method())
 def test_unpatch_restores_outputs_and_modules(family, clip, method):
+    """What a patch installs - the family's stand-ins, the hooks of each stage its method acts at - unpatching
+    removes, and the outputs are the stock ones again."""
     model = model_for(family)
     inputs = inputs_for(family, clip, "What is moving?")
     reference = logits(model, inputs)
