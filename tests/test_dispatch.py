@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import pytest
 import torch
 from accelerate import dispatch_model
@@ -25,10 +27,16 @@ def test_accelerate_dispatched_model_compresses_like_the_plain_one(family, clip,
     assert torch.equal(results[0][0], results[1][0]) and results[0][1] == results[1][1]
 
 
+@functools.cache
+def half_precision_model(family: str, dtype: torch.dtype):
+    """A family's tiny model in `dtype`, built once (each test leaves it unpatched)."""
+    return build(family).to(dtype)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(("family", "method"), every_family_and_every_method())
 def test_half_precision(family, clip, method, dtype):
-    model = build(family).to(dtype)
+    model = half_precision_model(family, dtype)
     inputs = inputs_for(family, clip, "What is moving?")
     inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
     reference = generate(model, inputs)
@@ -45,7 +53,7 @@ def test_half_precision(family, clip, method, dtype):
 def test_a_half_precision_model_takes_float32_pixels_in_every_encoder_side_stage(family, clip):
     """Processors hand a bf16 model float32 pixels, which its stock encoder casts: the frame signatures (framededup),
     the tower's attention (visionzip) and folds inside the tower (earlytom: frames, vidtldr: tokens) take them too."""
-    model = build(family).to(torch.bfloat16)
+    model = half_precision_model(family, torch.bfloat16)
     inputs = inputs_for(family, clip, "What is moving?")
     if family == "lfm3_vl":  # its stock tower does not cast them: a bf16 model takes bf16 pixels
         inputs = {**inputs, "pixel_values_videos": inputs["pixel_values_videos"].to(torch.bfloat16)}

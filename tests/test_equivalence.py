@@ -77,8 +77,9 @@ def test_batch_equals_single(family, clip, other_clip, method):
             assert [p - offset for p in batch_kept[b]] == handle.stats.samples[0].kept_positions
 
 
-@pytest.mark.parametrize("method", COMPRESSING)
+@pytest.mark.parametrize(("family", "method"), every_family_and_every_method())
 def test_sdpa_and_eager_keep_the_same_tokens(family, clip, method):
+    """The methods score with the adapters' own q/k and the engine's masks, whichever attention the model runs."""
     inputs = inputs_for(family, clip, "What is moving?")
     kept = {}
     for implementation in ("sdpa", "eager"):
@@ -349,9 +350,10 @@ def _original_positions(model, inputs):
     return seen[0]
 
 
-@pytest.mark.parametrize("method", COMPRESSING)
+@pytest.mark.parametrize(("family", "method"), every_family_and_every_method())
 def test_manual_decode_loop_matches_generate(family, clip, method):
-    """A hand-written cache loop (no position ids, no mask) continues from the original positions too."""
+    """A hand-written cache loop (no position ids, no mask) continues from the original positions too, whatever
+    stage shortened the cache."""
     model = model_for(family)
     inputs = inputs_for(family, clip, "What is moving?")
     if not TINY[family].positions_from_mask:

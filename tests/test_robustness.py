@@ -75,9 +75,10 @@ def test_llava_two_videos_back_to_back_generate(clip, other_clip, method):
         assert torch.equal(tokens, reference)
 
 
-@pytest.mark.parametrize("method", COMPRESSING)
+@pytest.mark.parametrize(("family", "method"), every_family_and_every_method())
 def test_beam_search_scores_every_hypothesis_as_decoding_it_alone(family, clip, method):
-    """Beam scores (raw sums, length_penalty 0) equal teacher-forcing each returned hypothesis by itself."""
+    """Beam scores (raw sums, length_penalty 0) equal teacher-forcing each returned hypothesis by itself: the
+    beams reorder the family's cache and the state of each stage a method acts at."""
     model = model_for(family)
     inputs = inputs_for(family, clip, "What is moving?")
     if not _stock_beam_search_works(family, clip):

@@ -6,8 +6,10 @@ forward calls it, and `generate` calls it up front). With a pre-encoder method i
 units of each video to keep, runs the stock encoder on those only, and returns an output that covers every
 unit - dropped ones read zeros - so the placeholders, grids and positions stay the model's own. The prefill
 then removes the dropped units' tokens before the LLM sees them, exactly as a pre-LLM reduction would. Where
-the tower encodes every image before the prompt is read (InternVL), the method chooses from the frames'
-features at the prefill instead.
+a call packs its videos' units with nothing to tell them apart (MiniCPM-V), the adapter reads them off the
+prompt's ids, which the engine hands it. Where the tower encoded every unit - InternVL's encodes every image
+before the prompt is read; features encoded on their own - the method chooses from the frames' features at the
+prefill instead.
 
 With an in-encoder method, the call folds frames, or tokens inside each frame, together between the tower's
 layers (`folding`) where the tower holds them as a batch of images (the LLaVA families, Gemma 4) or as runs of a
