@@ -243,3 +243,27 @@ def test_minicpm_ocr_reads_in_its_own_default_mode(clip):
         generate(model, inputs, max_new_tokens=2)
         generated = handle.stats.samples[0]
     assert forward.kept_positions == generated.kept_positions
+
+
+def test_a_forward_that_fails_before_its_llm_leaves_no_prompt_for_a_later_encoding(clip):
+    """A forward stopped inside the tower (before the LLM pre-hook takes its prompt) must not leave its ids for a
+    later get_video_features call on its own: that one reads no prompt and encodes every unit."""
+    model = model_for("minicpmv4_6")
+    failing, other = tiny.minicpm_v_inputs(clip[:4], "What is moving?"), tiny.minicpm_v_inputs(clip[:6], "What?")
+
+    def fail(module, args):
+        raise RuntimeError("out of memory in the tower")
+
+    with tokcompress.compress(model, "framededup", ratio=0.5):
+        hook = model.model.vision_tower.register_forward_pre_hook(fail)
+        try:
+            with pytest.raises(RuntimeError, match="out of memory"), torch.no_grad():
+                model(**failing)
+        finally:
+            hook.remove()
+        with torch.no_grad():
+            encoded = model.model.get_video_features(
+                pixel_values_videos=other["pixel_values_videos"], target_sizes_videos=other["target_sizes_videos"]
+            )
+    assert len(encoded.pooler_output) == len(other["target_sizes_videos"])
+    assert encoded["tokcompress_encoding"].keep is None  # no prompt: every unit encoded, chosen at the prefill

@@ -74,6 +74,11 @@ class Engine(StandIns):
             self._hooks.append(
                 self.adapter.multimodal_model.register_forward_pre_hook(self._on_model_call, with_kwargs=True)
             )
+            # a forward that stops before its LLM (an error in the tower, a refused prompt) must not leave its
+            # prompt for a later encoding to read (MiniCPM-V's get_video_features would split its videos by it)
+            self._hooks.append(
+                self.adapter.multimodal_model.register_forward_hook(self._after_model_call, always_call=True)
+            )
             lm = self.adapter.language_model
             self._hooks.append(lm.register_forward_pre_hook(self._on_llm_call, with_kwargs=True))
             self._hooks.append(lm.register_forward_hook(self._on_llm_return, with_kwargs=True))
@@ -220,6 +225,9 @@ class Engine(StandIns):
             # in an M-RoPE model takes the ids the model computes from its grid.
             kwargs["position_ids"] = next_positions(state.last_positions, fed)
         return args, kwargs
+
+    def _after_model_call(self, module, args, output):
+        self._local.prompt = None
 
     def _refuse_router_logits(self, kwargs) -> None:
         """A ValueError naming the fix where a mixture-of-experts forward is asked for its router logits: their
