@@ -147,6 +147,16 @@ def generate(model, inputs, max_new_tokens: int = 4, **kwargs) -> torch.Tensor:
     return out[:, inputs["input_ids"].shape[1] :]
 
 
+def forward_and_generate(model, inputs, method, ratio: float = 0.3):
+    """The first sample's stats of a compressed forward, then of a generate (which pre-encodes the videos) on the
+    same inputs."""
+    with tokcompress.compress(model, method, ratio=ratio) as handle:
+        logits(model, inputs)
+        forward = handle.stats.samples[0]
+        generate(model, inputs, max_new_tokens=2)
+        return forward, handle.stats.samples[0]
+
+
 def logits(model, inputs) -> torch.Tensor:
     with torch.no_grad():
         return model(**inputs).logits

@@ -20,7 +20,7 @@ from .conftest import (
     FAMILIES,
     FRAME_GRANULAR,
     TINY,
-    generate,
+    forward_and_generate,
     inputs_for,
     logits,
     model_for,
@@ -182,11 +182,7 @@ def test_every_method_compresses_a_prompt_with_two_videos(family, clip, other_cl
     """Forward and generate (which pre-encodes the videos) agree on what was kept."""
     model = model_for(family)
     inputs = two_videos_in_one_prompt(family, clip, shorter(family, other_clip))
-    with tokcompress.compress(model, method, ratio=0.3) as handle:
-        logits(model, inputs)
-        forward = handle.stats.samples[0]
-        generate(model, inputs, max_new_tokens=2)
-        generated = handle.stats.samples[0]
+    forward, generated = forward_and_generate(model, inputs, method)
     assert forward.kept_positions == generated.kept_positions
     if method in FRAME_GRANULAR:  # a cap, per video to within a frame unit: repetitive clips end below it
         assert (

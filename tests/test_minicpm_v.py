@@ -13,7 +13,7 @@ from tokcompress.adapters import adapter_for
 from tokcompress.methods import VisionZip
 from tokcompress.video import minicpm_v_pixels
 
-from .conftest import generate, logits, model_for
+from .conftest import forward_and_generate, generate, logits, model_for
 from .test_adapters import placed_embeddings
 
 SHAPES = {  # source (height, width), slices (rows, columns), tile (height, width), mode
@@ -79,11 +79,7 @@ def test_forward_and_generate_keep_the_same_tokens_whatever_the_views(clip, shap
     encoding noted, so it keeps what the forward keeps."""
     model = model_for("minicpmv4_6")
     inputs = shaped_inputs(clip[:4], shape)
-    with tokcompress.compress(model, "framefusion", ratio=0.3) as handle:
-        logits(model, inputs)
-        forward = handle.stats.samples[0]
-        generate(model, inputs, max_new_tokens=2)
-        generated = handle.stats.samples[0]
+    forward, generated = forward_and_generate(model, inputs, "framefusion")
     assert forward.kept_positions == generated.kept_positions
     assert abs(generated.achieved_ratio - 0.3) * generated.visual_in <= 1.0
 
@@ -209,11 +205,7 @@ def test_stacked_sub_frames_stay_in_their_video(clip):
         for view in views:
             torch.testing.assert_close(embeddings[view], next(units))
     for method in ("framededup", "framefusion", "visionzip", "framededup:ratio=0.75+visionzip"):
-        with tokcompress.compress(model, method, ratio=0.3) as handle:
-            logits(model, inputs)
-            forward = handle.stats.samples[0]
-            generate(model, inputs, max_new_tokens=2)
-            generated = handle.stats.samples[0]
+        forward, generated = forward_and_generate(model, inputs, method)
         assert forward.kept_positions == generated.kept_positions
         assert generated.achieved_ratio < 0.8, method
 
@@ -223,25 +215,14 @@ def test_minicpm_ocr_reads_in_its_own_default_mode(clip):
     layout takes its grids from the config, and forward and generate keep the same tokens."""
     from transformers import MiniCPMOcrConfig, MiniCPMOcrForConditionalGeneration
 
-    from tokcompress.tiny.common import build
-    from tokcompress.tiny.packed import _qwen3_5_text
+    from tokcompress.tiny.packed import _minicpm_v
 
-    config = MiniCPMOcrConfig(
-        text_config={"model_type": "qwen3_5_text", **_qwen3_5_text(4, 64)},
-        vision_config=dict(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=2,
-                           image_size=224, patch_size=14),
-        insert_layer_id=1, image_token_id=tiny.IMAGE, video_token_id=tiny.VIDEO,
-    )
-    model = build(MiniCPMOcrForConditionalGeneration, config, "sdpa", 0)
+    model = _minicpm_v(MiniCPMOcrConfig, MiniCPMOcrForConditionalGeneration, 4, "sdpa", 0, 64)  # its own defaults
     assert model.config.downsample_mode == "4x"
     inputs = tiny.video_inputs(model, clip[:3], "What is moving?")  # its processor's "4x" layout
     (layout,) = adapter_for(model).visual_layouts(inputs)
     assert layout.grids == ((3, 4 + 4 + 4, 4),) and layout.num_tokens == 3 * (16 + 2 * 8)
-    with tokcompress.compress(model, "framefusion", ratio=0.3) as handle:
-        logits(model, inputs)
-        forward = handle.stats.samples[0]
-        generate(model, inputs, max_new_tokens=2)
-        generated = handle.stats.samples[0]
+    forward, generated = forward_and_generate(model, inputs, "framefusion")
     assert forward.kept_positions == generated.kept_positions
 
 

@@ -73,14 +73,15 @@ class MiniCPMV4_6Adapter(Qwen3_5Decoder, Adapter):
         for ids, videos in zip(input_ids, samples):
             positions, video_grids, cells = [], [], []
             for frames in videos:
-                for frame in frames:
-                    for (start, length), (_, height, width) in zip(frame.runs, self._views(frame, grids)):
+                views = [[grids[unit] for unit in frame.units] for frame in frames]
+                for frame, frame_views in zip(frames, views):
+                    for (start, length), (_, height, width) in zip(frame.runs, frame_views):
                         if length != height * width:
                             raise PromptRefused(
                                 f"a run of {length} video tokens holds a unit of {height}×{width} tokens: pass the "
                                 "processor's prompt and videos (one run per source and per slice)"
                             )
-                held = self.video_cells([self._views(frame, grids) for frame in frames])
+                held = self.video_cells(views)
                 positions.append(torch.cat([
                     torch.arange(start, start + length) for frame in frames for start, length in frame.runs
                 ]))
@@ -88,10 +89,6 @@ class MiniCPMV4_6Adapter(Qwen3_5Decoder, Adapter):
                 cells.append(None if held.all() else held.flatten(1))
             layouts.append(VisualLayout.from_token_positions(positions, video_grids, cells, device=ids.device))
         return layouts
-
-    @staticmethod
-    def _views(frame: _Frame, grids: list[tuple[int, int, int]]) -> list[tuple[int, int, int]]:
-        return [grids[unit] for unit in frame.units]
 
     @staticmethod
     def stacked_views(views: list[tuple[int, int, int]]) -> torch.Tensor:

@@ -177,7 +177,7 @@ def _composition(text: str, ratio: Any) -> Method:
     """A composition spelt as a name, members with their knobs; `ratio` is the budget, held by the member acting
     last in the prefill, so a ratio spelt on that member as well is refused rather than silently replaced."""
     specs = [_member_spec(member.strip()) for member in text.split("+")]
-    members = [_member(name, dict(knobs)) for name, knobs in specs]
+    members = [_member(name, knobs) for name, knobs in specs]
     holder = Compose._budget_holder(tuple(members))
     holder_name, holder_knobs = next(spec for spec, member in zip(specs, members) if member is holder)
     if ratio is not None and "ratio" in holder_knobs:
@@ -190,7 +190,7 @@ def _composition(text: str, ratio: Any) -> Method:
 
 def _member(name: str, knobs: dict[str, Any]) -> Method:
     """One member of a composition spelt as a name: a registered method, its encoder stages with "@encoder"."""
-    ratio = knobs.pop("ratio", None)
+    ratio, knobs = knobs.get("ratio"), {knob: value for knob, value in knobs.items() if knob != "ratio"}
     if name.endswith(ENCODER_SUFFIX):
         return EncoderOnly(build_method(name.removesuffix(ENCODER_SUFFIX), **knobs), ratio)
     return build_method(name, ratio, **knobs)

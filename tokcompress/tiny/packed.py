@@ -482,12 +482,13 @@ def tiny_minicpmv4_7(num_layers: int = 4, attn_implementation: str = "sdpa", see
 
 
 def tiny_minicpm_ocr(num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
-    """MiniCPM-OCR: MiniCPM-V 4.6's modules under another name, built alike."""
+    """MiniCPM-OCR: MiniCPM-V 4.6's modules under another name, built alike (its own defaults: the "4x" mode, a tied
+    head)."""
     return _minicpm_v(MiniCPMOcrConfig, MiniCPMOcrForConditionalGeneration, num_layers, attn_implementation, seed,
-                      hidden_size)
+                      hidden_size, downsample_mode="16x", tie_word_embeddings=False)
 
 
-def _minicpm_v(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size, **markers):
+def _minicpm_v(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size, **config_extra):
     config = config_cls(
         text_config={"model_type": "qwen3_5_text", **_qwen3_5_text(num_layers, hidden_size)},
         vision_config=dict(
@@ -495,6 +496,6 @@ def _minicpm_v(config_cls, model_cls, num_layers, attn_implementation, seed, hid
             patch_size=14,
         ),
         insert_layer_id=1, image_token_id=IMAGE, video_token_id=VIDEO,
-        downsample_mode="16x", tie_word_embeddings=False, **markers,  # MiniCPM-OCR's defaults: "4x", tied
+        **config_extra,
     )
     return build(model_cls, config, attn_implementation, seed)
