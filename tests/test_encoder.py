@@ -231,11 +231,12 @@ def test_a_budget_above_what_a_frame_dropping_member_keeps_is_refused_up_front()
     assert Compose([FrameDedup(ratio=0.9), FrameFusion()], 0.9).ratio == 0.9
 
 
-# windows (Qwen2.5-VL) / frames (Qwen3-VL, GLM-4.1V, VideoLLaMA3), each looped over by stock sdpa
+# windows (Qwen2.5-VL) / frames (Qwen3-VL, GLM-4.1V, VideoLLaMA3) / units and 2×2 windows (MiniCPM-V), each looped
+# over by stock sdpa
 @pytest.mark.parametrize("family", [f for f in FAMILIES if ADAPTERS[f].packed_vision_attention])
 def test_packed_vision_attention_matches_the_stock_window_loop(family, clip, monkeypatch):
-    """Forced on (the CPU has no fused varlen kernel: the block-diagonal reference stands in), Qwen's tower gives
-    the stock features; unpatching restores the stock attention."""
+    """Forced on (the CPU has no fused varlen kernel: one sdpa call per window length stands in), Qwen's tower
+    gives the stock features; unpatching restores the stock attention."""
     from tokcompress.engine import compat, hooks
 
     model = model_for(family)
@@ -268,10 +269,11 @@ def block_diagonal_attention(query, key, value, boundaries, scale, key_bias=None
 
 
 def packed_batch(dtype=torch.float32, width=8):
-    query, key, value = (torch.randn(11, 2, width, generator=torch.Generator().manual_seed(s)).to(dtype)
+    """Five sequences, lengths 4, 1, 4, 6, 1: some share a length, not next to each other."""
+    query, key, value = (torch.randn(16, 2, width, generator=torch.Generator().manual_seed(s)).to(dtype)
                          for s in range(3))
-    key_bias = torch.rand(11, generator=torch.Generator().manual_seed(3)) * 2  # log-sizes up to e²
-    return query, key, value, torch.tensor([0, 4, 5, 11]), key_bias
+    key_bias = torch.rand(16, generator=torch.Generator().manual_seed(3)) * 2  # log-sizes up to e²
+    return query, key, value, torch.tensor([0, 4, 5, 9, 15, 16]), key_bias
 
 
 @pytest.mark.parametrize("biased", [False, True])
@@ -282,6 +284,26 @@ def test_varlen_attention_off_the_gpu_is_attention_inside_each_sequence(biased):
     key_bias = key_bias if biased else None
     out = varlen_attention(query, key, value, boundaries, 6, 8**-0.5, key_bias)
     torch.testing.assert_close(out, block_diagonal_attention(query, key, value, boundaries, 8**-0.5, key_bias))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("biased", [False, True])
+def test_attention_by_sequence_length_is_bitwise_the_call_per_sequence(dtype, biased):
+    """What stock sdpa towers run - one call per window, on views of the packed heads - equals ours bit for bit:
+    the sequences of a length batched into one call."""
+    from tokcompress.ops.varlen import segment_attention
+
+    query, key, value, boundaries, key_bias = packed_batch(dtype, 80)
+    key_bias = key_bias if biased else None
+    heads = [states.transpose(0, 1)[None] for states in (query, key, value)]  # (1, heads, total, d), as a tower's
+    per_sequence = torch.cat([
+        torch.nn.functional.scaled_dot_product_attention(
+            *(states[:, :, start:end] for states in heads), scale=80**-0.5,
+            attn_mask=None if key_bias is None else key_bias[start:end].to(dtype).view(1, 1, 1, -1),
+        )[0].transpose(0, 1)
+        for start, end in zip(boundaries[:-1].tolist(), boundaries[1:].tolist())
+    ])
+    assert torch.equal(segment_attention(query, key, value, boundaries, 80**-0.5, key_bias), per_sequence)
 
 
 @pytest.mark.parametrize("dtype, tolerance", [(torch.float32, 1e-5), (torch.bfloat16, 2e-2), (torch.float16, 4e-3)])

@@ -109,9 +109,10 @@ def patch(
     ratio: retained fraction of visual tokens averaged over the LLM's layers, 0 < ratio ≤ 1 (1 = identity);
         None: the method's own default (each method's docstring, README's table), or a configured instance's.
         Given with a configured instance, it replaces the instance's ratio (its other knobs stay).
-    varlen_vision: on a GPU in half precision, run Qwen-VL's windowed vision attention as one packed call
-        instead of stock sdpa's loop over windows (the same math); False keeps the stock loop (with the bias of
-        tokens folded inside the tower, where a method folds them).
+    varlen_vision: on a GPU in half precision, run a packed tower's vision attention (Qwen-VL's windows,
+        MiniCPM-V's units and merger windows) as one packed call instead of stock sdpa's loop over them (the same
+        math); False keeps the stock loop (with the bias of tokens folded inside the tower, where a method folds
+        them).
     knobs: the method's own settings (e.g. `layer=2` for fastv); unknown ones are refused.
     Patching a patched model replaces the old patch. Nothing is changed if any argument is refused.
     """

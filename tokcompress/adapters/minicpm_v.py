@@ -56,6 +56,7 @@ class MiniCPMV4_6Adapter(Qwen3_5Decoder, Adapter):
     model_type = "minicpmv4_6"
     encodes_by_prompt: ClassVar[bool] = True  # its tower call does not say which units are frames of which video
     tower_folding_refused: ClassVar[str] = "its window merger, between two of its layers, reads every frame's grid"
+    packed_vision_attention = True  # stock sdpa runs one call per unit, and one per 2×2 window in its merger
 
     # ------------------------------------------------------------------ layout
     def video_layouts(self, input_ids, call_kwargs):

@@ -124,9 +124,10 @@ class Engine(StandIns):
 
     def _packed_vision_attention(self) -> str | None:
         """Ours for a packed tower's attention, or None to leave the stock one: the fused varlen kernel where it
-        runs (unless turned off), else one sdpa call per window where tokens fold inside the tower with their mass
-        at a ratio below 1 (the stock path would drop their proportional attention; at ratio 1 the tower is the
-        stock one, bit for bit)."""
+        runs (unless turned off), else one sdpa call per window length where tokens fold inside the tower with
+        their mass at a ratio below 1 (the stock path would drop their proportional attention; at ratio 1 the
+        tower is the stock one, bit for bit). Elsewhere stock sdpa's call per window stays: batching the windows
+        of a length is the same math, but measured on the CPU no faster (the attention itself dominates)."""
         if not self.adapter.packed_vision_attention:
             return None
         if self.varlen_vision and varlen_available(next(self.adapter.vision_tower.parameters())):

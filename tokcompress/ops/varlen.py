@@ -72,12 +72,18 @@ def segment_attention(
     scale: float,
     key_bias: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """`varlen_attention` as one sdpa call per sequence (what a stock sdpa tower does per window; exact, the
-    reference for the fused path). Same arguments; one host sync for the boundaries."""
+    """`varlen_attention` as one sdpa call per sequence length: the sequences of a length gathered into a batch
+    (a tower's windows mostly share one; MiniCPM-V's merger has thousands of 4-token ones). The same kernel on
+    the same rows as stock sdpa's call per sequence - bitwise on the CPU - and the reference for the fused path.
+    Same arguments; one host sync for the boundaries."""
     bounds = cu_seqlens.tolist()
-    out = []
-    for start, end in zip(bounds[:-1], bounds[1:]):
-        q, k, v = (states[start:end].transpose(0, 1)[None] for states in (query, key, value))
-        bias = None if key_bias is None else key_bias[start:end].to(q.dtype).view(1, 1, 1, -1)
-        out.append(torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)[0])
-    return torch.cat(out, dim=1).transpose(0, 1)
+    starts = torch.tensor(bounds[:-1])
+    lengths = torch.tensor(bounds[1:]) - starts
+    out = torch.empty_like(query)
+    for length in lengths.unique().tolist():
+        rows = (starts[lengths == length, None] + torch.arange(length)).flatten().to(query.device)
+        q, k, v = (states[rows].unflatten(0, (-1, length)).transpose(1, 2) for states in (query, key, value))
+        bias = None if key_bias is None else key_bias[rows].to(q.dtype).view(-1, 1, 1, length)
+        attended = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale)
+        out[rows] = attended.transpose(1, 2).flatten(0, 1)
+    return out
