@@ -36,12 +36,14 @@ from .conftest import TINY, generate, inputs_for, logits, model_for, softmax_lay
 
 NO_PUBLISHED_RULE = {"none", "random", "uniform"}
 # transcribed in test_tower_attention.py (visionzip, fastvid), test_fidelity_holitom_aim_tsllava.py,
-# test_encoder_merging.py (earlytom, vidtldr), test_flowcut.py, test_fidelity_sttm.py, test_fidelity_quota_prumerge.py
+# test_encoder_merging.py (earlytom, vidtldr), test_flowcut.py, test_fidelity_sttm.py, test_fidelity_quota_prumerge.py,
+# test_fidelity_evs.py
 TRANSCRIBED = {
     "tome", "fastv", "framefusion", "dycoke", "framededup", "divprune", "vidcom2", "pdrop", "prunevid", "sparsevlm",
     "visionzip", "fastvid", "holitom", "aim", "tsllava", "earlytom", "vidtldr", "sttm", "flowcut", "quota", "prumerge",
+    "evs",
 }
-TEMPORAL_MERGERS = ("tome", "framefusion", "dycoke", "framededup", "prunevid")
+TEMPORAL_MERGERS = ("tome", "framefusion", "dycoke", "framededup", "prunevid", "evs")
 
 
 def test_every_registered_method_is_transcribed_here_or_has_no_published_rule():

@@ -24,6 +24,7 @@ from .compose import ENCODER_SUFFIX, Compose, EncoderOnly
 from .divprune import DivPrune
 from .dycoke import DyCoke
 from .earlytom import EarlyTom
+from .evs import EVS
 from .fastv import FastV
 from .fastvid import FastVID
 from .flowcut import FlowCut
@@ -72,7 +73,7 @@ def register_method(cls: type[Method] | None = None, *, name: str | None = None,
 for _method in (
     NoCompression, RandomPrune, UniformSample, ToMe, FastV, FrameFusion, DyCoke, FrameDedup, DivPrune, VidCom2, PDrop,
     PruneVid, SparseVLM, VisionZip, FastVID, HoliTom, AIM, TSLLaVA, EarlyTom, VidTLDR, STTM, FlowCut, QuoTA,
-    PruMerge,
+    PruMerge, EVS,
 ):
     register_method(_method)
 
@@ -208,6 +209,7 @@ __all__ = [
     "DivPrune",
     "DyCoke",
     "EarlyTom",
+    "EVS",
     "EncoderOnly",
     "FastV",
     "FastVID",
