@@ -64,6 +64,7 @@ TINY = {
     "gemma4_unified": TinyFamily(tokens_per_unit=9, mixed_frame_counts=True),
     "minicpmv4_6": TinyFamily(tokens_per_unit=12, mixed_frame_counts=True),  # a frame: its source and 2 slices
     "minicpmv4_7": TinyFamily(tokens_per_unit=12, mixed_frame_counts=True, mrope=True),
+    "nemotron_h_omni": TinyFamily(tokens_per_unit=9, frames_per_unit=2),  # a batch's videos stack: equal lengths
 }
 TINY = {family: info for family, info in TINY.items() if family in tiny.TINY_MODELS}  # Ovis2.5, LLaVA-OV-1.5: 5.25+
 FAMILIES = tuple(TINY)
@@ -135,7 +136,7 @@ def video_features_and_layer_rows(model, encoder_args: dict) -> tuple[tuple, lis
              for layer in model.model.vision_tower.layers]
     try:
         with torch.no_grad():
-            return model.model.get_video_features(**encoder_args).pooler_output, rows
+            return multimodal(model).get_video_features(**encoder_args).pooler_output, rows
     finally:
         for hook in hooks:
             hook.remove()
@@ -162,14 +163,23 @@ def logits(model, inputs) -> torch.Tensor:
         return model(**inputs).logits
 
 
+def multimodal(model):
+    """The model that encodes the videos and fills their placeholders: `model.model`, or the model itself where the
+    language model is a causal LM of its own (Nemotron-H Omni)."""
+    from tokcompress.adapters import adapter_for
+
+    return adapter_for(model).multimodal_model
+
+
 def softmax_layers(model) -> list[int]:
     """The decoder layers with softmax attention, which return attention maps (all but Qwen3.5's linear-attention
-    layers)."""
+    layers, LFM3's convolutions, Nemotron-H's Mamba, MoE and MLP blocks)."""
     from tokcompress.adapters import adapter_for
     from tokcompress.engine import compat
 
-    config = adapter_for(model).language_model.config
-    return [i for i in range(config.num_hidden_layers) if compat.layer_type(config, i) not in compat.RECURRENT_LAYERS]
+    adapter = adapter_for(model)
+    config, other = adapter.language_model.config, compat.RECURRENT_LAYERS | compat.TOKENWISE_LAYERS
+    return [i for i in range(len(adapter.layers)) if compat.layer_type(config, i) not in other]
 
 
 def shorter(family: str, frames: torch.Tensor) -> torch.Tensor:

@@ -93,7 +93,7 @@ def assert_scores_reproduce_the_attention_map(model, inputs) -> None:
     seen = {}
 
     def note_input(module, args, kwargs, i):
-        seen.setdefault(i, (args[0] if args else kwargs["hidden_states"], kwargs["position_embeddings"]))
+        seen.setdefault(i, (args[0] if args else kwargs["hidden_states"], kwargs.get("position_embeddings")))
 
     hooks = [
         layer.register_forward_pre_hook(functools.partial(note_input, i=i), with_kwargs=True)

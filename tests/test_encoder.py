@@ -31,6 +31,7 @@ from .conftest import (
     inputs_for,
     logits,
     model_for,
+    multimodal,
     shorter,
     video_encoder_inputs,
 )
@@ -148,9 +149,9 @@ def test_get_video_features_gives_the_stock_tuple_when_asked_for_one(family, cli
         pytest.skip(f"{family}'s frames are images: its video features are not the patch's")
     encode = {**video_encoder_inputs(inputs_for(family, clip, "What is moving?")), "return_dict": False}
     with torch.no_grad():
-        stock = model.model.get_video_features(**encode)
+        stock = multimodal(model).get_video_features(**encode)
         with tokcompress.compress(model, method, ratio=None if method == "none" else 0.5):
-            patched = model.model.get_video_features(**encode)
+            patched = multimodal(model).get_video_features(**encode)
     assert isinstance(patched, tuple) and len(patched) == len(stock)
     if method in ("none", "framefusion"):  # the pre-LLM one leaves the tower alone
         torch.testing.assert_close(patched, stock)
@@ -245,13 +246,13 @@ def test_packed_vision_attention_matches_the_stock_window_loop(family, clip, mon
     stock_implementation = tower_config._attn_implementation
     encode = video_encoder_inputs(inputs)
     with torch.no_grad():
-        stock = torch.cat(model.model.get_video_features(**encode, return_dict=True).pooler_output)
+        stock = torch.cat(multimodal(model).get_video_features(**encode, return_dict=True).pooler_output)
         with tokcompress.compress(model, "none"):
             assert tower_config._attn_implementation == stock_implementation  # CPU, fp32: the stock path
         monkeypatch.setattr(hooks, "varlen_available", lambda tensor: True)
         with tokcompress.compress(model, "none"):
             assert tower_config._attn_implementation == compat.VARLEN_ATTENTION
-            packed = torch.cat(model.model.get_video_features(**encode, return_dict=True).pooler_output)
+            packed = torch.cat(multimodal(model).get_video_features(**encode, return_dict=True).pooler_output)
         with tokcompress.compress(model, "none", varlen_vision=False):
             assert tower_config._attn_implementation == stock_implementation
     assert tower_config._attn_implementation == stock_implementation
@@ -384,13 +385,13 @@ def test_features_encoded_while_patched_can_be_reused_by_later_forwards(family, 
     adapter = adapter_for(model)
     alone = adapter.encodes_by_prompt  # its encoding called on its own knows no prompt
     inputs = inputs_for(family, clip, "What is moving?")
-    if "mm_encoder_outputs" not in inspect.signature(model.model.forward).parameters:
+    if "mm_encoder_outputs" not in inspect.signature(multimodal(model).forward).parameters:
         pytest.skip("its forward takes no pre-encoded features")
     text = {k: v for k, v in inputs.items() if k != adapter.video_pixels}
     with tokcompress.compress(model, "framededup", ratio=0.5) as handle:
         expected = logits(model, inputs)
         with torch.no_grad():
-            encoded = model.model.get_video_features(**video_encoder_inputs(inputs), return_dict=True)
+            encoded = multimodal(model).get_video_features(**video_encoder_inputs(inputs), return_dict=True)
         reused = {**text, "mm_encoder_outputs": {adapter.video_modality: encoded}}
         first = logits(model, reused)
         assert handle.stats.encoder_seconds > 0
@@ -407,11 +408,12 @@ def test_features_encoded_before_patching_are_chosen_from_before_the_llm(family,
     from them before the LLM, as where the tower encodes before the prompt is read (before, it did nothing)."""
     model = model_for(family)
     adapter = adapter_for(model)
-    if "mm_encoder_outputs" not in inspect.signature(model.model.forward).parameters or not adapter.encodes_videos:
+    forward = adapter.multimodal_model.forward
+    if "mm_encoder_outputs" not in inspect.signature(forward).parameters or not adapter.encodes_videos:
         pytest.skip("its forward takes no pre-encoded video features")
     inputs = inputs_for(family, clip, "What is moving?")
     with torch.no_grad():
-        encoded = model.model.get_video_features(**video_encoder_inputs(inputs), return_dict=True)
+        encoded = multimodal(model).get_video_features(**video_encoder_inputs(inputs), return_dict=True)
     text = {k: v for k, v in inputs.items() if k != adapter.video_pixels}
     with tokcompress.compress(model, "framededup", ratio=0.5) as handle:
         logits(model, {**text, "mm_encoder_outputs": {adapter.video_modality: encoded}})
@@ -456,8 +458,8 @@ def test_reused_features_are_scored_by_their_own_encodings_tower_attention(famil
         expected = logits(model, first)
         kept = handle.stats.samples[0].kept_positions
         with torch.no_grad():
-            encoded = model.model.get_video_features(**video_encoder_inputs(first), return_dict=True)
-            model.model.get_video_features(**video_encoder_inputs(second), return_dict=True)
+            encoded = multimodal(model).get_video_features(**video_encoder_inputs(first), return_dict=True)
+            multimodal(model).get_video_features(**video_encoder_inputs(second), return_dict=True)
         reused = {**text, "mm_encoder_outputs": {adapter.video_modality: encoded}}
         torch.testing.assert_close(logits(model, reused), expected)
         assert handle.stats.samples[0].kept_positions == kept
@@ -472,7 +474,7 @@ def test_features_a_method_left_frames_out_of_are_refused_once_it_no_longer_comp
     text = {k: v for k, v in inputs.items() if k != "pixel_values_videos"}
     with tokcompress.compress(model, "framededup", ratio=0.5) as handle:
         with torch.no_grad():
-            encoded = model.model.get_video_features(**video_encoder_inputs(inputs), return_dict=True)
+            encoded = multimodal(model).get_video_features(**video_encoder_inputs(inputs), return_dict=True)
         handle.ratio = 1.0
         with pytest.raises(ValueError, match="hold zeros there.*encode the video again"):
             logits(model, {**text, "mm_encoder_outputs": {"video": encoded}})

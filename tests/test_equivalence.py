@@ -23,6 +23,7 @@ from .conftest import (
     inputs_for,
     logits,
     model_for,
+    multimodal,
     shorter,
     video_encoder_inputs,
 )
@@ -137,11 +138,11 @@ def assert_logits_of_the_llm_fed_only(model, inputs, kept: list[int], step_logit
     visual = (ids == tiny.VIDEO).nonzero().squeeze(1).tolist()
     survivors = torch.tensor(sorted(set(range(len(ids))) - set(visual) | set(kept)))
     with torch.no_grad():
-        embeds = model.model.get_input_embeddings()(inputs["input_ids"])
+        embeds = multimodal(model).get_input_embeddings()(inputs["input_ids"])
         if "pixel_values_videos" in inputs:
-            encoded = model.model.get_video_features(**video_encoder_inputs(inputs), return_dict=True)
+            encoded = multimodal(model).get_video_features(**video_encoder_inputs(inputs), return_dict=True)
         else:  # InternVL, SmolVLM: frames are images
-            encoded = model.model.get_image_features(inputs["pixel_values"], return_dict=True)
+            encoded = multimodal(model).get_image_features(inputs["pixel_values"], return_dict=True)
         features = encoded.pooler_output
         features = torch.cat(features) if isinstance(features, (tuple, list)) else features.flatten(0, 1)
         features = features[inputs.get("video_compression_mask", slice(None))]  # VideoLLaMA3's
@@ -198,7 +199,9 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
     assert 0 < len(kept) < int(is_visual.sum())
     cache = DynamicCache(config=language_model.config)
     every = torch.ones_like(survivors)
-    final_norm = getattr(language_model, "norm", None) or language_model.embedding_norm  # LFM3's is named so
+    # LFM3's and Nemotron-H's are named so
+    final_norm = next(getattr(language_model, name) for name in ("norm", "norm_f", "embedding_norm")
+                      if hasattr(language_model, name))
     with torch.no_grad():
         for step, step_logits in enumerate(out.logits):
             tables = _rotary_tables(language_model, hidden, positions)
@@ -229,7 +232,8 @@ def _logits(model, hidden: torch.Tensor) -> torch.Tensor:
     HyperCLOVA X's MuP `logits_scaling`; soft-capped where it caps them: Muse Glimmer's, after its output
     multiplier)."""
     text = model.config.get_text_config()
-    logits = model.lm_head(hidden) * (getattr(model, "logit_scale", None) or 1.0)
+    head = model.get_output_embeddings() or model.language_model.get_output_embeddings()  # Nemotron-H Omni: its LM's
+    logits = head(hidden) * (getattr(model, "logit_scale", None) or 1.0)
     if text.model_type == "hyperclovax":  # MuP: multiplied (Granite's own `logits_scaling` divides)
         logits = logits * text.logits_scaling
     cap = getattr(text, "final_logit_softcapping", None)
@@ -242,6 +246,8 @@ def _rotary_tables(language_model, hidden, positions) -> list:
     Glimmer's)."""
     config = language_model.config
     kinds = [compat.layer_type(config, index) for index in range(len(language_model.layers))]
+    if not hasattr(language_model, "rotary_emb"):  # no positional encoding (Nemotron-H)
+        return [None] * len(kinds)
     if getattr(language_model, "rope_types", None):  # Molmo2
         unscaled = language_model.rotary_emb_unscaled(hidden, positions)
         scaled = language_model.rotary_emb(hidden, positions)
@@ -287,7 +293,7 @@ def _embedded(model, ids: torch.Tensor) -> torch.Tensor:
         config = model.config
         placeholders = torch.tensor([config.image_token_id, config.video_token_id, config.audio_token_id])
         ids = torch.where(torch.isin(ids, placeholders), config.get_text_config().pad_token_id, ids)
-    return model.model.get_input_embeddings()(ids)
+    return multimodal(model).get_input_embeddings()(ids)
 
 
 def _ovis_video_boundaries(model, inputs, embeds: torch.Tensor) -> None:

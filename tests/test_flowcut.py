@@ -18,7 +18,7 @@ from tokcompress.methods.flowcut import instruction_flow
 from tokcompress.methods.selection import top_tokens
 from tokcompress.methods.tome import first_copies
 
-from .conftest import TINY, generate, inputs_for, model_for, video_encoder_inputs
+from .conftest import TINY, generate, inputs_for, model_for, multimodal, video_encoder_inputs
 from .test_encoder_merging import BATCHED, batched_tower_pass
 from .test_fidelity import features
 
@@ -198,7 +198,7 @@ def test_scores_read_the_projections_the_tower_computed(family, method, clip):
                  for module in attention.modules() if isinstance(module, torch.nn.Linear)]
         try:
             with torch.no_grad():
-                model.model.get_video_features(**video_encoder_inputs(inputs_for(family, clip, "What?")))
+                multimodal(model).get_video_features(**video_encoder_inputs(inputs_for(family, clip, "What?")))
         finally:
             for hook in hooks:
                 hook.remove()

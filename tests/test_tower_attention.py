@@ -19,7 +19,7 @@ from tokcompress.methods import FastVID, LayerBudget, VisionZip
 from tokcompress.methods.fastvid import dynamic_segments
 from tokcompress.ops import attention_received, density_peak_clusters
 
-from .conftest import TINY, TOWERED, inputs_for, logits, model_for
+from .conftest import TINY, TOWERED, inputs_for, logits, model_for, multimodal
 from .test_adapters import internvl_images_and_a_video
 
 RECORDING = "tokcompress_test_recording"
@@ -207,7 +207,7 @@ def test_qwen_tower_scores_are_put_back_in_the_order_the_tower_outputs_its_token
     hook = merger.register_forward_hook(lambda module, args, output: merged.append(output))
     try:
         with torch.no_grad():
-            features = model.model.get_video_features(
+            features = multimodal(model).get_video_features(
                 inputs["pixel_values_videos"], inputs["video_grid_thw"], return_dict=True
             ).pooler_output
     finally:

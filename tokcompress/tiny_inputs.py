@@ -16,6 +16,7 @@ from .video import (
     llava_onevision_pixels,
     minicpm_v_pixels,
     molmo2_pixels,
+    nemotron_h_omni_pixels,
     qwen_vl_pixels,
     resize_normalize,
 )
@@ -401,6 +402,34 @@ def minicpm_v_inputs(
     }
 
 
+def nemotron_h_omni_inputs(
+    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], size: tuple[int, int] = (96, 96),
+    fps: float = 2.0,
+) -> dict:
+    """Model inputs for one video per prompt as Nemotron-H Omni's processor lays them out: per tubelet of two frames
+    `Frame 1 sampled at 0.00 seconds and frame 2 sampled at 0.50 seconds: ` + `<img>` + its tokens + `</img>`,
+    tubelets a newline apart; frames of `size` (height, width) in 16-px patches, 2 × 2 of them a token (96 × 96:
+    3 × 3 tokens). The tiny model takes the vision start / end as `<img>` / `</img>`. As the processor, it stacks the
+    videos of a batch: they need as many tubelets each."""
+    frames = [frames] if isinstance(frames, torch.Tensor) else frames
+    questions = [questions] * len(frames) if isinstance(questions, str) else questions
+    tubelet = [VISION_START, *[VIDEO] * (size[0] // 32 * (size[1] // 32)), VISION_END]
+    pixels, rows = [], []
+    for clip, question in zip(frames, questions):
+        pixels.append(nemotron_h_omni_pixels(clip, *size))
+        labels = [
+            " and ".join(f"{'frame' if i % 2 else 'Frame'} {i + 1} sampled at {i / fps:.2f} seconds"
+                         for i in range(start, min(start + 2, len(clip)))) + ": "
+            for start in range(0, len(clip), 2)
+        ]
+        video = sum((text_ids(("\n" if k else "") + label) + tubelet for k, label in enumerate(labels)), [])
+        rows.append(prompt(video, question))
+    if len({video.shape for video in pixels}) > 1:
+        raise ValueError("Nemotron-H Omni stacks a batch's videos: give them as many frames each")
+    ids, mask = left_pad(rows)
+    return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": torch.cat(pixels)}
+
+
 def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
     """Inputs for one video per prompt for any tiny model (lists make a left-padded batch)."""
     if model.config.model_type == "qwen2_5_vl":
@@ -440,6 +469,8 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
     if model.config.model_type == "minicpmv4_7":  # canvas M-RoPE reads the token types
         inputs = minicpm_v_inputs(frames, questions)
         return {**inputs, "mm_token_type_ids": (inputs["input_ids"] == VIDEO).long() * 2}
+    if model.config.model_type == "nemotron_h_omni":
+        return nemotron_h_omni_inputs(frames, questions)
     if model.config.model_type == "molmo2":
         return molmo2_inputs(frames, questions, per_video_pooling=compat.MOLMO2_POOLING_PER_VIDEO)
     if model.config.model_type in ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"):

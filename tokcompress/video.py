@@ -123,6 +123,16 @@ def llava_onevision_pixels(frames: torch.Tensor, image_size: int) -> torch.Tenso
     return resize_normalize(frames, image_size, image_size, SIGLIP_MEAN, SIGLIP_STD)[None]
 
 
+def nemotron_h_omni_pixels(frames: torch.Tensor, height: int, width: int, temporal_patch_size: int = 2) -> torch.Tensor:
+    """`pixel_values_videos` for one Nemotron-H Omni video, as its processor lays them out: (1, tubelets,
+    temporal_patch_size · 3, height, width), frames normalized with CLIP's mean and std, an odd count padded by
+    repeating the last frame, each `temporal_patch_size` consecutive frames stacked along the channels."""
+    video = resize_normalize(frames, height, width, CLIP_MEAN, CLIP_STD)
+    missing = -len(video) % temporal_patch_size
+    video = torch.cat([video, video[-1:].expand(missing, -1, -1, -1)])
+    return video.reshape(1, -1, temporal_patch_size * 3, height, width)
+
+
 def clip_video_pixels(frames: torch.Tensor, image_size: int) -> torch.Tensor:
     """`pixel_values_videos` for one video of a CLIP-towered family (LLaVA-NeXT-Video, Video-LLaVA): (1, T, 3, S, S)."""
     return resize_normalize(frames, image_size, image_size, CLIP_MEAN, CLIP_STD)[None]

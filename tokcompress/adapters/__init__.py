@@ -21,6 +21,7 @@ from .llava_onevision1_5 import LlavaOnevision15Adapter
 from .minicpm_v import MiniCPMOcrAdapter, MiniCPMV4_6Adapter, MiniCPMV4_7Adapter
 from .molmo2 import Molmo2Adapter
 from .muse_glimmer import MuseGlimmerAdapter, MuseSparkAdapter
+from .nemotron_h_omni import NemotronHOmniAdapter
 from .ovis2_5 import Ovis2_5Adapter
 from .qwen2_vl import Qwen2_5_VLAdapter, Qwen2VLAdapter
 from .qwen3_5 import Qwen3_5Adapter, Qwen3_5MoeAdapter
@@ -40,7 +41,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
         Ernie4_5_VLAdapter, CohereCompassAdapter, Molmo2Adapter,
         MuseGlimmerAdapter, Ovis2_5Adapter, Gemma4UnifiedAdapter, Qwen3_5MoeAdapter, Cosmos3OmniAdapter,
         HyperClovaXVisionV2Adapter, MuseSparkAdapter, LlavaOnevision15Adapter, Exaone4_5Adapter,
-        Lfm3VlAdapter, MiniCPMV4_6Adapter, MiniCPMOcrAdapter, MiniCPMV4_7Adapter,
+        Lfm3VlAdapter, MiniCPMV4_6Adapter, MiniCPMOcrAdapter, MiniCPMV4_7Adapter, NemotronHOmniAdapter,
     )
 }
 

@@ -64,8 +64,10 @@ class Adapter:
         # XForConditionalGeneration wraps the XModel as `.model`; accept either.
         self.multimodal_model = model.model if hasattr(model, "lm_head") else model
         multimodal = self.multimodal_model
-        self.language_model = next(getattr(multimodal, name) for name in ("language_model", "text_model")
-                                   if hasattr(multimodal, name))  # SmolVLM: text_model
+        language_model = next(getattr(multimodal, name) for name in ("language_model", "text_model")
+                              if hasattr(multimodal, name))  # SmolVLM: text_model
+        # the decoder, also where the language model is a causal LM of its own (Nemotron-H Omni)
+        self.language_model = language_model if hasattr(language_model, "layers") else language_model.model
         self.layers = self.language_model.layers
         # Video-LLaVA has a tower for videos beside its image tower; the others one tower for both; an encoder-free
         # model its patch embedder (Gemma 4 Unified)
@@ -123,10 +125,11 @@ class Adapter:
     @functools.cached_property
     def kv_layers(self) -> frozenset[int]:
         """Decoder layers that cache every token's keys and values, where decode-time KV selection applies: not
-        Qwen3.5's linear-attention layers or LFM3's convolutions (a recurrent state), sliding-window layers (their
-        cache keeps the last tokens only) or layers that read another layer's KV (Gemma 4's KV sharing)."""
+        Qwen3.5's linear-attention layers or LFM3's convolutions (a recurrent state), Nemotron-H's MoE / MLP blocks
+        (no cache), sliding-window layers (their cache keeps the last tokens only) or layers that read another
+        layer's KV (Gemma 4's KV sharing)."""
         config = self.language_model.config
-        partial = (*compat.RECURRENT_LAYERS, compat.SLIDING_LAYER)
+        partial = (*compat.RECURRENT_LAYERS, *compat.TOKENWISE_LAYERS, compat.SLIDING_LAYER)
         return frozenset(
             i for i in range(len(self.layers)) if compat.layer_type(config, i) not in partial and self.kv_source(i) == i
         )

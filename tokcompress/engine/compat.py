@@ -67,6 +67,7 @@ from transformers.modeling_utils import AttentionInterface
 from transformers.models.gemma4.modeling_gemma4 import apply_multidimensional_rope
 from transformers.models.molmo2.modeling_molmo2 import Molmo2Model
 from transformers.models.muse_glimmer.modeling_muse_glimmer import get_vision_pixel_shuffle_index
+from transformers.models.nemotron_h_omni.modeling_nemotron_h_omni import compute_retention_mask
 from transformers.vision_utils import get_vision_window_index
 
 FLOOR = Version("5.23")
@@ -78,18 +79,25 @@ NEWEST_TESTED = Version("5.25")
 CACHE_KEYWORD = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 _CACHE_KEYWORDS = tuple(dict.fromkeys((CACHE_KEYWORD, "past_key_values")))  # current name first
 
+# Nemotron-H Omni takes a call's videos as tubelets, (videos, tubelets, 2 · 3, H, W), from 5.24 (before: one video's
+# frames, packed inside); its pruning helper's signature tells which.
+NEMOTRON_TUBELETS = "num_tubelets" in inspect.signature(compute_retention_mask).parameters
+
 # Molmo2's `video_token_pooling` lists each token's patches within its own video from 5.24 (the model offsets them
 # by the videos before it), within the whole batch before; the image encoder's signature tells which.
 MOLMO2_POOLING_PER_VIDEO = "image_num_crops" in inspect.signature(Molmo2Model.get_image_features).parameters
 
 # layer types that carry a recurrent state, no KV: Qwen3.5's gated delta layers, LFM3's short convolutions
 RECURRENT_LAYERS = frozenset({"linear_attention", "conv"})
+# layer types that mix nothing across tokens, so take no mask and cache nothing: Nemotron-H's MoE and MLP blocks
+TOKENWISE_LAYERS = frozenset({"moe", "mlp"})
 SLIDING_LAYER = "sliding_attention"  # a window over the last tokens, whose cache keeps only those
 _MASK_BUILDERS = {
     "full_attention": create_causal_mask,
     SLIDING_LAYER: create_sliding_window_causal_mask,
     # the 2-D padding mask, None where nothing is padded
     **dict.fromkeys(RECURRENT_LAYERS, create_recurrent_attention_mask),
+    **dict.fromkeys(TOKENWISE_LAYERS, lambda **_: None),
 }
 _warned_untested = False
 

@@ -110,9 +110,10 @@ class TokenGroup:
         sliced = not decoding and hidden.shape[1] < self.width  # the LM computes its last tokens only (KV sharing)
         if (kind, sliced) not in self.step_masks:
             cache = compat.cache_of(kwargs)
-            static = not decoding and compat.preallocated(cache) and kind not in compat.RECURRENT_LAYERS
+            attends = kind not in compat.RECURRENT_LAYERS | compat.TOKENWISE_LAYERS  # a softmax layer
+            static = not decoding and compat.preallocated(cache) and attends
             width_of = hidden if decoding else hidden[:, -1:].expand(-1, self.width, -1)
-            biased = self.key_bias is not None and kind not in compat.RECURRENT_LAYERS
+            biased = self.key_bias is not None and attends
             bidirectional = kind in adapter.bidirectional_layer_types
             blocks = (self.step_blocks if decoding else self.blocks) if bidirectional else None
             mask = compat.build_attention_mask(  # explicit where sdpa's is_causal would not fit (fewer rows than keys)
@@ -128,7 +129,8 @@ class TokenGroup:
         kwargs["attention_mask"] = self.step_masks[kind, sliced]
         if decoding or self.lm_slots is None or hidden.shape[1] < self.width:
             return  # the LM's own rotary tables, positions and per-layer inputs fit (its last tokens, where it sliced)
-        kwargs["position_embeddings"] = self.at_slots(kwargs["position_embeddings"])
+        if "position_embeddings" in kwargs:  # none in a decoder without positional encoding (Nemotron-H)
+            kwargs["position_embeddings"] = self.at_slots(kwargs["position_embeddings"])
         if "position_ids" in kwargs:
             kwargs["position_ids"] = self.at_slots(kwargs["position_ids"], ids=True)
 

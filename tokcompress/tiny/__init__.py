@@ -32,6 +32,7 @@ from ..tiny_inputs import (  # noqa: F401 - the prompts and pixels of these mode
     minicpm_v_inputs,
     molmo2_inputs,
     muse_glimmer_inputs,
+    nemotron_h_omni_inputs,
     omni_audio_tokens,
     qwen_omni_inputs,
     qwen_vl_inputs,
@@ -47,6 +48,7 @@ from .frames import (  # noqa: F401 - public builders
     tiny_llava_next_video,
     tiny_llava_onevision,
     tiny_molmo2,
+    tiny_nemotron_h_omni,
     tiny_smolvlm,
     tiny_video_llava,
 )
@@ -115,3 +117,5 @@ if compat.ships("ovis2_5"):  # transformers 5.25+
     TINY_MODELS["ovis2_5"] = tiny_ovis2_5
 if compat.ships("llava_onevision1_5"):  # transformers 5.25+
     TINY_MODELS["llava_onevision1_5"] = tiny_llava_onevision1_5
+if compat.NEMOTRON_TUBELETS:  # transformers 5.24+: videos as tubelets
+    TINY_MODELS["nemotron_h_omni"] = tiny_nemotron_h_omni

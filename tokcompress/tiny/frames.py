@@ -1,6 +1,7 @@
 """Tiny models of the families whose tower encodes a video's frames as a batch of images (or, InternVL and
 SmolVLM, as the prompt's images): LLaVA-OneVision, LLaVA-NeXT-Video, Video-LLaVA, InternVL, SmolVLM, Gemma 4,
-Molmo2; and Gemma 4 Unified, which embeds its frames' patches without a tower."""
+Molmo2, Nemotron-H Omni (tubelets of two frames); and Gemma 4 Unified, which embeds its frames' patches without a
+tower."""
 
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from transformers import (
     LlavaOnevisionForConditionalGeneration,
     Molmo2Config,
     Molmo2ForConditionalGeneration,
+    NemotronH_Omni_Reasoning_V3,
+    NemotronH_Omni_Reasoning_V3_Config,
     SmolVLMConfig,
     SmolVLMForConditionalGeneration,
     VideoLlavaConfig,
@@ -204,3 +207,25 @@ def tiny_molmo2(
         image_start_token_id=VISION_START, image_end_token_id=VISION_END, low_res_image_start_token_id=IMAGE,
     )
     return build(Molmo2ForConditionalGeneration, config, attn_implementation, seed)
+
+
+NEMOTRON_H_BLOCKS = ("linear_attention", "moe", "full_attention", "mlp", "linear_attention", "full_attention")
+
+
+def tiny_nemotron_h_omni(num_layers: int = 6, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64):
+    """Nemotron-H Omni with a 2-layer RADIO tower (16-px patches, two class and two register tokens ahead of each
+    tubelet of two frames), 2 × 2 patches pixel-shuffled into a token, over a Nemotron-H decoder whose blocks repeat
+    Mamba-2, MoE, attention (no positional encoding), MLP, Mamba-2, attention; no audio tower."""
+    config = NemotronH_Omni_Reasoning_V3_Config(
+        vision_config=dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, patch_size=16, image_size=96,
+                           num_cls_tokens=2, num_registers=2, max_img_size=256, video_temporal_patch_size=2),
+        text_config=text_config(
+            num_layers, hidden_size, model_type="nemotron_h", head_dim=16,
+            layers_block_type=[NEMOTRON_H_BLOCKS[i % 6] for i in range(num_layers)], mamba_num_heads=4,
+            mamba_head_dim=16, ssm_state_size=16, n_groups=1, n_routed_experts=4, num_experts_per_tok=2,
+            moe_intermediate_size=32, moe_shared_expert_intermediate_size=32,
+        ),
+        vision_hidden_size=32, projector_hidden_size=hidden_size, image_token_id=VIDEO, video_token_id=IMAGE,
+        audio_config=None,
+    )
+    return build(NemotronH_Omni_Reasoning_V3, config, attn_implementation, seed)
