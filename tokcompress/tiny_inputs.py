@@ -1,5 +1,7 @@
 """Prompts and pixels for the tiny models (tokcompress.tiny), as each family's processor lays out a video, over a
-byte-level vocabulary: ids 0-255 are raw UTF-8 bytes, 256+ the special tokens the models need."""
+byte-level vocabulary: ids 0-255 are raw UTF-8 bytes, 256+ the special tokens the models need. Here the vocabulary,
+the prompt helpers and the families whose tower encodes a video's frames as a batch of images; `tiny_packed_inputs`
+those whose tower packs them into one sequence."""
 
 from __future__ import annotations
 
@@ -7,17 +9,14 @@ import math
 
 import torch
 
-from .engine import compat
 from .video import (
     IMAGENET_MEAN,
     IMAGENET_STD,
     clip_video_pixels,
     gemma4_pixels,
     llava_onevision_pixels,
-    minicpm_v_pixels,
     molmo2_pixels,
     nemotron_h_omni_pixels,
-    qwen_vl_pixels,
     resize_normalize,
 )
 
@@ -26,7 +25,6 @@ VIDEO_START, VIDEO_END = 262, 263  # GLM-4.1V's video span (261 is the tiny chec
 VOCAB = 264
 AUDIO, AUDIO_START, AUDIO_END = 264, 265, 266  # Qwen2.5-Omni's audio placeholder and span (its tiny vocabulary: 267)
 GEMMA4_AUDIO_BINS = 32  # mel bins of tiny Gemma 4's audio (its subsampling keeps bins / 4 after two stride-2 convs)
-QWEN3_LAYOUT = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "cosmos3_omni", "cohere_compass")  # Qwen3-VL's
 
 
 def text_ids(text: str) -> list[int]:
@@ -52,15 +50,6 @@ def left_pad(rows: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
 def prompt(video: list[int], question: str, newline: bool = True) -> list[int]:
     """One chat prompt's ids: the video's, then the question (on a line of its own)."""
     return text_ids("user: ") + video + text_ids(("\n" if newline else "") + f"{question}\nassistant:")
-
-
-def packed_inputs(rows: list[list[int]], patches: list[torch.Tensor], grids: list[torch.Tensor]) -> dict:
-    """The left-padded prompts and their videos' flattened patches and grids (the Qwen-VL processors' kind)."""
-    ids, mask = left_pad(rows)
-    return {
-        "input_ids": ids, "attention_mask": mask, "pixel_values_videos": torch.cat(patches),
-        "video_grid_thw": torch.cat(grids),
-    }
 
 
 def frame_batch_video(config, clip: torch.Tensor) -> tuple[int, torch.Tensor]:
@@ -96,83 +85,6 @@ def frame_batch_inputs(model, frames: torch.Tensor | list[torch.Tensor], questio
     return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": torch.cat(pixels)}
 
 
-def qwen_vl_inputs(
-    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], size: int = 112, patch_size: int = 14,
-    fps: float | None = None, glm: bool = False, temporal_patch_size: int = 2, channels_last: bool = False,
-    siglip_norm: bool = False,
-) -> dict:
-    """Model inputs for one video per prompt (videos may have different frame counts), as the Qwen-VL and GLM-4.1V
-    processors lay them out: vision start + all the video's tokens + vision end (Qwen2/2.5-VL); given the `fps`,
-    each temporal patch on its own: `<t seconds>` + vision start + its tokens + vision end (Qwen3-VL, Qwen3.5,
-    Cosmos3 Edge with one frame a patch and `channels_last` pixels; t: the patch's mean frame time); with `glm`,
-    video start, then per temporal patch image start + its tokens + image end + its first frame's whole second,
-    then video end (GLM-4.1V); `siglip_norm`: pixels normalised with mean and std 0.5 (Ovis2.5, whose video start
-    and end the tiny model takes as vision start and end)."""
-    frames = [frames] if isinstance(frames, torch.Tensor) else frames
-    questions = [questions] * len(frames) if isinstance(questions, str) else questions
-    patches, grids, rows = [], [], []
-    step = temporal_patch_size
-    for clip, question in zip(frames, questions):
-        flat, grid = qwen_vl_pixels(
-            clip, size, size, patch_size=patch_size, temporal_patch_size=step, channels_last=channels_last,
-            siglip_norm=siglip_norm,
-        )
-        t, h, w = grid[0].tolist()
-        patches.append(flat)
-        grids.append(grid)
-        unit = [VISION_START] + [VIDEO] * (h * w // 4) + [VISION_END]
-        if glm:
-            seconds = (text_ids(str(int(step * i / (fps or 1)))) for i in range(t))
-            video = [VIDEO_START] + sum((unit + second for second in seconds), []) + [VIDEO_END]
-        elif fps is None:
-            video = [VISION_START] + [VIDEO] * (t * h * w // 4) + [VISION_END]
-        else:
-            video = sum((text_ids(f"<{(step * i + (step - 1) / 2) / fps:.1f} seconds>") + unit for i in range(t)), [])
-        rows.append(prompt(video, question))
-    inputs = packed_inputs(rows, patches, grids)
-    return {**inputs, "mm_token_type_ids": (inputs["input_ids"] == VIDEO).long() * 2}
-
-
-def muse_glimmer_inputs(
-    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], size: int = 112, fps: float = 2.0
-) -> dict:
-    """Model inputs for one video per prompt as Muse Glimmer's processor lays them out: video start, then per
-    temporal patch (2 frames) `Time: t.ts` + its tokens, patches joined by a separator (here VISION_START), video
-    end; t is the patch's first frame time. Its pixels are 14-px patches in raster order, 2 × 2 of them a token."""
-    frames = [frames] if isinstance(frames, torch.Tensor) else frames
-    questions = [questions] * len(frames) if isinstance(questions, str) else questions
-    patches, grids, rows = [], [], []
-    for clip, question in zip(frames, questions):
-        flat, grid = qwen_vl_pixels(clip, size, size, raster=True)
-        t, h, w = grid[0].tolist()
-        patches.append(flat)
-        grids.append(grid)
-        units = [text_ids(f"Time: {2 * i / fps:.1f}s") + [VIDEO] * (h * w // 4) for i in range(t)]
-        video = [VIDEO_START] + sum((unit + [VISION_START] for unit in units), [])[:-1] + [VIDEO_END]
-        rows.append(prompt(video, question))
-    return packed_inputs(rows, patches, grids)
-
-
-def ernie_inputs(frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], size: int = 112) -> dict:
-    """Model inputs for one video per prompt as ERNIE-4.5-VL's processor lays them out: video start + the video's
-    tokens (frame pairs, 2 × 2 merged 14-px patches; an odd last frame repeated) + video end, with token types and
-    the experts' modality ids (start and end count as video)."""
-    frames = [frames] if isinstance(frames, torch.Tensor) else frames
-    questions = [questions] * len(frames) if isinstance(questions, str) else questions
-    patches, grids, rows = [], [], []
-    for clip, question in zip(frames, questions):
-        flat, grid = qwen_vl_pixels(torch.cat([clip, clip[-1:]]) if len(clip) % 2 else clip, size, size,
-                                    temporal_patch_size=1)
-        t, h, w = grid[0].tolist()
-        patches.append(flat)
-        grids.append(grid)
-        rows.append(prompt([VIDEO_START] + [VIDEO] * (t * h * w // 8) + [VIDEO_END], question))
-    inputs = packed_inputs(rows, patches, grids)
-    ids = inputs["input_ids"]
-    video = (ids == VIDEO) | (ids == VIDEO_START) | (ids == VIDEO_END)
-    return {**inputs, "mm_token_type_ids": (ids == VIDEO).long() * 2, "moe_mm_token_type_ids": video.long() * 2}
-
-
 def internvl_inputs(
     frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], image_size: int = 84, smolvlm: bool = False
 ) -> dict:
@@ -200,104 +112,6 @@ def internvl_inputs(
         padded = torch.stack([torch.cat([p, p.new_zeros(longest - len(p), *p.shape[1:])]) for p in pixels])
         return {"input_ids": ids, "attention_mask": mask, "pixel_values": padded}
     return {"input_ids": ids, "attention_mask": mask, "pixel_values": torch.cat(pixels)}
-
-
-def video_llama_3_inputs(
-    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], fps: float = 2.0,
-    compression: float | None = None, sizes: list[tuple[int, int]] | None = None,
-) -> dict:
-    """Model inputs for one video per prompt as VideoLLaMA3's processor lays them out: per frame `Time t.ts:` + its
-    tokens (2 × 2 merged 16-px patches; 128-px frames, 4 × 4 tokens, or each video's (height, width) in `sizes`).
-    With a `compression` threshold, its `video_compression_mask`: a frame keeps the tokens whose patches differ
-    from the previous frame's by more than it (mean |Δ| of normalised pixels × 255), at least one; None: every
-    token (compression off)."""
-    frames = [frames] if isinstance(frames, torch.Tensor) else frames
-    questions = [questions] * len(frames) if isinstance(questions, str) else questions
-    patches, grids, masks, rows = [], [], [], []
-    for clip, question, (height, width) in zip(frames, questions, sizes or [(128, 128)] * len(frames)):
-        flat, grid = qwen_vl_pixels(clip, height, width, patch_size=16, temporal_patch_size=1)
-        t, h, w = grid[0].tolist()
-        blocks = flat.view(t, h * w // 4, -1)
-        kept = torch.ones(t, h * w // 4, dtype=torch.bool)
-        if compression is not None:
-            kept[1:] = (blocks[1:] - blocks[:-1]).abs().mean(dim=-1) * 255 > compression
-            kept[kept.sum(dim=1) == 0, 0] = True
-        patches.append(flat)
-        grids.append(grid)
-        masks.append(kept.flatten())
-        video = sum((text_ids(f"Time {i / fps:.1f}s:") + [VIDEO] * int(n) for i, n in enumerate(kept.sum(dim=1))), [])
-        rows.append(prompt(video, question))
-    extra = {"video_merge_sizes": torch.full((len(grids),), 2), "video_compression_mask": torch.cat(masks)}
-    return {**packed_inputs(rows, patches, grids), **extra}
-
-
-def qwen_omni_inputs(
-    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], audio_frames: int | None = None,
-    fps: float = 2.0, qwen3: bool = False,
-) -> dict:
-    """Model inputs for one video per prompt as the Qwen-Omni processors lay them out: vision start + the video's
-    tokens + vision end (Qwen2.5-Omni: 112-px frames of 14-px patches; Qwen3-Omni with `qwen3`: 128-px frames of
-    16-px patches; 2-frame units of 4 × 4 tokens). With `audio_frames` (mel frames of a random 16-bin track per
-    video), its audio in the video (`use_audio_in_video`): vision start + audio start + the units and audio tokens at
-    their times (25 a second; Qwen2.5-Omni per 2-second chunk its units, then its audio; Qwen3-Omni each unit at
-    its start time) + audio end + vision end."""
-    frames = [frames] if isinstance(frames, torch.Tensor) else frames
-    questions = [questions] * len(frames) if isinstance(questions, str) else questions
-    size, patch = (128, 16) if qwen3 else (112, 14)
-    patches, grids, rows = [], [], []
-    for clip, question in zip(frames, questions):
-        flat, grid = qwen_vl_pixels(clip, size, size, patch_size=patch)
-        t, h, w = grid[0].tolist()
-        unit = [VIDEO] * (h * w // 4)
-        if audio_frames is None:
-            video = unit * t
-        else:  # (time in position ids - 25 a second -, is audio, tokens) of each unit and audio token
-            units = [(u * 2 / fps * 25, False, unit) for u in range(t)]
-            audio = [(i, True, [AUDIO]) for i in range(omni_audio_tokens(audio_frames, qwen3))]
-            if qwen3:  # each unit at its start time, before the audio tokens of that time
-                ordered = sorted(units + audio, key=lambda item: item[:2])
-                video = [AUDIO_START, *(token for *_, tokens in ordered for token in tokens), AUDIO_END]
-            else:  # per 2-second chunk its video tokens, then its audio tokens (the processor's chunking)
-                video_times = [time for time, _, tokens in units for _ in tokens]
-                video_chunks = omni_chunks(video_times, 50)
-                audio_chunks = omni_chunks([time for time, *_ in audio], 50)
-                video = [AUDIO_START]
-                for chunk in range(max(len(video_chunks), len(audio_chunks))):
-                    video += [VIDEO] * (len(video_chunks[chunk]) if chunk < len(video_chunks) else 0)
-                    video += [AUDIO] * (len(audio_chunks[chunk]) if chunk < len(audio_chunks) else 0)
-                video += [AUDIO_END]
-        rows.append(prompt([VISION_START, *video, VISION_END], question))
-        patches.append(flat)
-        grids.append(grid)
-    extra = {"video_second_per_grid": torch.full((len(grids),), 2 / fps)}
-    if audio_frames is not None:
-        generator = torch.Generator().manual_seed(0)
-        extra.update(
-            input_features=torch.randn(len(grids), 16, audio_frames, generator=generator),
-            feature_attention_mask=torch.ones(len(grids), audio_frames, dtype=torch.long), use_audio_in_video=True,
-        )
-    return {**packed_inputs(rows, patches, grids), **extra}
-
-
-def omni_chunks(times: list[float], per_chunk: int) -> list[range]:
-    """Qwen2.5-Omni's processor's chunks of tokens by time: a chunk ends at the first token at or past its end, and
-    the next chunk's end is one chunk further - so a token that jumps two chunk ends (a unit at fps below 1) stands
-    in a chunk of its own, the rest of its unit in the next."""
-    chunks, start, end = [], 0, per_chunk
-    for i, time in enumerate(times):
-        if time >= end:
-            chunks.append(range(start, i))
-            start, end = i, end + per_chunk
-    return [*chunks, range(start, len(times))]
-
-
-def omni_audio_tokens(mel_frames: int, qwen3: bool) -> int:
-    """The audio tokens a Qwen-Omni audio encoder makes of `mel_frames`: Qwen2.5-Omni's two stride-2 steps; Qwen3-Omni's
-    three per 100-frame window (13 tokens a whole window)."""
-    if not qwen3:
-        return ((mel_frames - 1) // 2 + 1 - 2) // 2 + 1
-    rest = (mel_frames % 100 - 1) // 2 + 1
-    return ((rest - 1) // 2 + 1 - 1) // 2 + 1 + mel_frames // 100 * 13
 
 
 def gemma4_inputs(
@@ -372,36 +186,6 @@ def molmo2_inputs(
     }
 
 
-def minicpm_v_inputs(
-    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], source: tuple[int, int] = (112, 112),
-    slices: tuple[int, int] = (1, 2), tile: tuple[int, int] = (112, 112), mode: str = "16x",
-) -> dict:
-    """Model inputs for one video per prompt as MiniCPM-V 4.6's processor lays them out: `<image_id>0</image_id>`,
-    then per frame `<image>` + its source's tokens + `</image>` and its `slices` (rows × columns) each as `<slice>` +
-    its tokens + `</slice>`, rows a newline apart; 14-px patches, a token per 4 × 4 of them (the "16x" `mode`) or
-    2 × 2 ("4x"): by default 2 × 2 tokens a view, 12 a frame (its stock window merger runs one attention call per
-    2 × 2 window: larger views slow every test). The tiny model takes `<image>` / `</image>` as vision start / end
-    and `<slice>` / `</slice>` as video start / end."""
-    frames = [frames] if isinstance(frames, torch.Tensor) else frames
-    questions = [questions] * len(frames) if isinstance(questions, str) else questions
-    side = 14 * (4 if mode == "16x" else 2)  # pixels a token spans
-    source_run = [VISION_START, *[VIDEO] * (source[0] // side * (source[1] // side)), VISION_END]
-    tile_run = [VIDEO_START, *[VIDEO] * (tile[0] // side * (tile[1] // side)), VIDEO_END]
-    rows_of_tiles = sum((text_ids("\n" if row else "") + tile_run * slices[1] for row in range(slices[0])), [])
-    frame = source_run + (rows_of_tiles if slices != (1, 1) else [])
-    pixels, sizes, rows = [], [], []
-    for clip, question in zip(frames, questions):
-        clip_pixels, clip_sizes = minicpm_v_pixels(clip, source, slices, tile)
-        pixels.append(clip_pixels)
-        sizes.append(clip_sizes)
-        rows.append(prompt(text_ids("<image_id>0</image_id>") + frame * len(clip), question))
-    ids, mask = left_pad(rows)
-    return {
-        "input_ids": ids, "attention_mask": mask, "pixel_values_videos": torch.cat(pixels, dim=-1)[None],
-        "target_sizes_videos": torch.cat(sizes),
-    }
-
-
 def nemotron_h_omni_inputs(
     frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], size: tuple[int, int] = (96, 96),
     fps: float = 2.0,
@@ -428,51 +212,3 @@ def nemotron_h_omni_inputs(
         raise ValueError("Nemotron-H Omni stacks a batch's videos: give them as many frames each")
     ids, mask = left_pad(rows)
     return {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": torch.cat(pixels)}
-
-
-def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
-    """Inputs for one video per prompt for any tiny model (lists make a left-padded batch)."""
-    if model.config.model_type == "qwen2_5_vl":
-        return qwen_vl_inputs(frames, questions)
-    if model.config.model_type in ("hyperclovax_vision_v2", "exaone4_5"):  # 1-D positions: no token types
-        return {k: v for k, v in qwen_vl_inputs(frames, questions).items() if k != "mm_token_type_ids"}
-    if model.config.model_type == "llava_onevision1_5":  # one frame a unit (its patch embedding is 2-D), 1-D positions
-        inputs = qwen_vl_inputs(frames, questions, temporal_patch_size=1)
-        return {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
-    if model.config.model_type in QWEN3_LAYOUT:  # 16 px, 8 fps
-        return qwen_vl_inputs(frames, questions, size=128, patch_size=16, fps=8.0)
-    if model.config.model_type == "lfm3_vl":  # Qwen3-VL's layout, 1-D positions: no token types
-        inputs = qwen_vl_inputs(frames, questions, size=128, patch_size=16, fps=8.0)
-        return {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
-    if model.config.model_type == "cosmos3_edge":  # 16-px patches, one frame a unit, timestamps at 2 fps
-        return qwen_vl_inputs(
-            frames, questions, size=128, patch_size=16, fps=2.0, temporal_patch_size=1, channels_last=True
-        )
-    if model.config.model_type == "ernie4_5_vl_moe":
-        return ernie_inputs(frames, questions)
-    if model.config.model_type in ("internvl", "smolvlm"):
-        return internvl_inputs(frames, questions, smolvlm=model.config.model_type == "smolvlm")
-    if model.config.model_type in ("glm4v", "glm4v_moe", "glm46v"):
-        return qwen_vl_inputs(frames, questions, fps=2.0, glm=True)
-    if model.config.model_type == "video_llama_3":
-        return video_llama_3_inputs(frames, questions)
-    if model.config.model_type in ("gemma4", "gemma4_unified"):
-        return gemma4_inputs(frames, questions, unified=model.config.model_type == "gemma4_unified")
-    if model.config.model_type in ("muse_glimmer", "muse_spark"):
-        return muse_glimmer_inputs(frames, questions)
-    if model.config.model_type == "ovis2_5":  # 16-px patches, one frame a unit, the video's tokens in one run
-        return qwen_vl_inputs(frames, questions, size=128, patch_size=16, temporal_patch_size=1, siglip_norm=True)
-    if model.config.model_type in ("minicpmv4_6", "minicpm_ocr"):
-        if model.config.downsample_mode == "4x":  # MiniCPM-OCR's default: a token per 2 × 2 patches
-            return minicpm_v_inputs(frames, questions, (112, 112), (1, 2), (112, 56), "4x")
-        return minicpm_v_inputs(frames, questions)
-    if model.config.model_type == "minicpmv4_7":  # canvas M-RoPE reads the token types
-        inputs = minicpm_v_inputs(frames, questions)
-        return {**inputs, "mm_token_type_ids": (inputs["input_ids"] == VIDEO).long() * 2}
-    if model.config.model_type == "nemotron_h_omni":
-        return nemotron_h_omni_inputs(frames, questions)
-    if model.config.model_type == "molmo2":
-        return molmo2_inputs(frames, questions, per_video_pooling=compat.MOLMO2_POOLING_PER_VIDEO)
-    if model.config.model_type in ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"):
-        return qwen_omni_inputs(frames, questions, qwen3=model.config.model_type == "qwen3_omni_moe_thinker")
-    return frame_batch_inputs(model, frames, questions)

@@ -49,7 +49,7 @@ declare -A FRAMES=(
 )
 for model in ${FAMILIES:-llava-onevision-7b qwen2.5-vl-7b}; do
     step python3 eval/bench_latency.py --model "$model" --frames "${FRAMES[$model]}" \
-        --methods stock none tome fastv framefusion dycoke sttm framededup earlytom vidtldr flowcut flowcut:inner_prune=0 \
+        --methods stock none tome fastv framefusion dycoke sttm evs framededup earlytom vidtldr flowcut flowcut:inner_prune=0 \
         framededup+framefusion earlytom@encoder+framefusion --ratios 0.15 0.3 --new-tokens 8 --repeats 3 \
         --out "$out" > "$out/latency_$model.log" 2>&1; tail -30 "$out/latency_$model.log"
 done

@@ -2,12 +2,15 @@
 
 Token ids 0-255 are raw UTF-8 bytes, so prompts are real text and generations decode to (meaningless)
 text; ids 256+ are the special tokens the models need. Nothing is downloaded. Their prompts and pixels come
-from `tiny_inputs` (reachable here too: `tiny.video_inputs(model, frames, question)`). One builder per family:
+from `tiny_inputs` and `tiny_packed_inputs` (reachable here too; `tiny.video_inputs(model, frames, question)` picks
+the family's). One builder per family:
 `frames` holds those whose tower encodes frames as a batch of images, `packed` those whose tower packs them into
 one sequence, `common` what both are built from.
 """
 
 from __future__ import annotations
+
+import torch
 
 from ..engine import compat
 from ..tiny_inputs import (  # noqa: F401 - the prompts and pixels of these models, here too for `tiny.X` callers
@@ -29,15 +32,17 @@ from ..tiny_inputs import (  # noqa: F401 - the prompts and pixels of these mode
     gemma4_inputs,
     internvl_inputs,
     left_pad,
-    minicpm_v_inputs,
     molmo2_inputs,
-    muse_glimmer_inputs,
     nemotron_h_omni_inputs,
+    text_ids,
+)
+from ..tiny_packed_inputs import (  # noqa: F401 - as above
+    ernie_inputs,
+    minicpm_v_inputs,
+    muse_glimmer_inputs,
     omni_audio_tokens,
     qwen_omni_inputs,
     qwen_vl_inputs,
-    text_ids,
-    video_inputs,
     video_llama_3_inputs,
 )
 from .frames import (  # noqa: F401 - public builders
@@ -119,3 +124,53 @@ if compat.ships("llava_onevision1_5"):  # transformers 5.25+
     TINY_MODELS["llava_onevision1_5"] = tiny_llava_onevision1_5
 if compat.NEMOTRON_TUBELETS:  # transformers 5.24+: videos as tubelets
     TINY_MODELS["nemotron_h_omni"] = tiny_nemotron_h_omni
+
+QWEN3_LAYOUT = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "cosmos3_omni", "cohere_compass")  # Qwen3-VL's
+
+
+def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: str | list[str]) -> dict:
+    """Inputs for one video per prompt for any tiny model (lists make a left-padded batch)."""
+    if model.config.model_type == "qwen2_5_vl":
+        return qwen_vl_inputs(frames, questions)
+    if model.config.model_type in ("hyperclovax_vision_v2", "exaone4_5"):  # 1-D positions: no token types
+        return {k: v for k, v in qwen_vl_inputs(frames, questions).items() if k != "mm_token_type_ids"}
+    if model.config.model_type == "llava_onevision1_5":  # one frame a unit (its patch embedding is 2-D), 1-D positions
+        inputs = qwen_vl_inputs(frames, questions, temporal_patch_size=1)
+        return {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
+    if model.config.model_type in QWEN3_LAYOUT:  # 16 px, 8 fps
+        return qwen_vl_inputs(frames, questions, size=128, patch_size=16, fps=8.0)
+    if model.config.model_type == "lfm3_vl":  # Qwen3-VL's layout, 1-D positions: no token types
+        inputs = qwen_vl_inputs(frames, questions, size=128, patch_size=16, fps=8.0)
+        return {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
+    if model.config.model_type == "cosmos3_edge":  # 16-px patches, one frame a unit, timestamps at 2 fps
+        return qwen_vl_inputs(
+            frames, questions, size=128, patch_size=16, fps=2.0, temporal_patch_size=1, channels_last=True
+        )
+    if model.config.model_type == "ernie4_5_vl_moe":
+        return ernie_inputs(frames, questions)
+    if model.config.model_type in ("internvl", "smolvlm"):
+        return internvl_inputs(frames, questions, smolvlm=model.config.model_type == "smolvlm")
+    if model.config.model_type in ("glm4v", "glm4v_moe", "glm46v"):
+        return qwen_vl_inputs(frames, questions, fps=2.0, glm=True)
+    if model.config.model_type == "video_llama_3":
+        return video_llama_3_inputs(frames, questions)
+    if model.config.model_type in ("gemma4", "gemma4_unified"):
+        return gemma4_inputs(frames, questions, unified=model.config.model_type == "gemma4_unified")
+    if model.config.model_type in ("muse_glimmer", "muse_spark"):
+        return muse_glimmer_inputs(frames, questions)
+    if model.config.model_type == "ovis2_5":  # 16-px patches, one frame a unit, the video's tokens in one run
+        return qwen_vl_inputs(frames, questions, size=128, patch_size=16, temporal_patch_size=1, siglip_norm=True)
+    if model.config.model_type in ("minicpmv4_6", "minicpm_ocr"):
+        if model.config.downsample_mode == "4x":  # MiniCPM-OCR's default: a token per 2 × 2 patches
+            return minicpm_v_inputs(frames, questions, (112, 112), (1, 2), (112, 56), "4x")
+        return minicpm_v_inputs(frames, questions)
+    if model.config.model_type == "minicpmv4_7":  # canvas M-RoPE reads the token types
+        inputs = minicpm_v_inputs(frames, questions)
+        return {**inputs, "mm_token_type_ids": (inputs["input_ids"] == VIDEO).long() * 2}
+    if model.config.model_type == "nemotron_h_omni":
+        return nemotron_h_omni_inputs(frames, questions)
+    if model.config.model_type == "molmo2":
+        return molmo2_inputs(frames, questions, per_video_pooling=compat.MOLMO2_POOLING_PER_VIDEO)
+    if model.config.model_type in ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"):
+        return qwen_omni_inputs(frames, questions, qwen3=model.config.model_type == "qwen3_omni_moe_thinker")
+    return frame_batch_inputs(model, frames, questions)
