@@ -4,8 +4,8 @@ Token ids 0-255 are raw UTF-8 bytes, so prompts are real text and generations de
 text; ids 256+ are the special tokens the models need. Nothing is downloaded. Their prompts and pixels come
 from `tiny_inputs` and `tiny_packed_inputs` (reachable here too; `tiny.video_inputs(model, frames, question)` picks
 the family's). One builder per family:
-`frames` holds those whose tower encodes frames as a batch of images, `packed` those whose tower packs them into
-one sequence, `common` what both are built from.
+`frames` holds those whose tower encodes frames as a batch of images, `qwen` and `packed` those whose tower packs
+them into one sequence (the Qwen-VL families, the others), `common` what they are built from.
 """
 
 from __future__ import annotations
@@ -60,7 +60,6 @@ from .frames import (  # noqa: F401 - public builders
 from .packed import (  # noqa: F401 - public builders
     tiny_cohere_compass,
     tiny_cosmos3_edge,
-    tiny_cosmos3_omni,
     tiny_ernie4_5_vl_moe,
     tiny_exaone4_5,
     tiny_glm4v,
@@ -75,6 +74,10 @@ from .packed import (  # noqa: F401 - public builders
     tiny_muse_glimmer,
     tiny_muse_spark,
     tiny_ovis2_5,
+    tiny_video_llama_3,
+)
+from .qwen import (  # noqa: F401 - public builders
+    tiny_cosmos3_omni,
     tiny_qwen2_5_omni_thinker,
     tiny_qwen2_5_vl,
     tiny_qwen3_5,
@@ -82,7 +85,6 @@ from .packed import (  # noqa: F401 - public builders
     tiny_qwen3_omni_moe_thinker,
     tiny_qwen3_vl,
     tiny_qwen3_vl_moe,
-    tiny_video_llama_3,
 )
 
 TINY_MODELS = {
