@@ -31,7 +31,17 @@ from tokcompress.methods.base import TowerTokens
 from tokcompress.methods.earlytom import frame_choice_groups, frame_segments, frame_similarities, middle_merges
 from tokcompress.methods.selection import top_tokens_per_group
 
-from .conftest import FAMILIES, TINY, generate, inputs_for, logits, model_for, shorter, video_encoder_inputs
+from .conftest import (
+    FAMILIES,
+    TINY,
+    generate,
+    inputs_for,
+    logits,
+    model_for,
+    multimodal,
+    shorter,
+    video_encoder_inputs,
+)
 from .test_equivalence import assert_logits_of_the_llm_fed_only
 from .test_fidelity import features
 
@@ -156,7 +166,7 @@ def test_each_video_of_a_batched_tower_call_folds_as_if_encoded_alone(family, me
 
     def video_features(frames: list[torch.Tensor]) -> list[torch.Tensor]:
         encode = video_encoder_inputs(inputs_for(family, frames, ["What?"] * len(frames)))
-        features = model.model.get_video_features(**encode).pooler_output
+        features = multimodal(model).get_video_features(**encode).pooler_output
         return list(features) if len(features) == len(frames) else list(features.chunk(len(frames)))  # per frame
 
     with tokcompress.compress(model, method), torch.no_grad():
@@ -357,7 +367,7 @@ def batched_tower_pass(model, method, inputs):
 
     with tokcompress.compress(model, method) as handle:  # the patch's hooks first, then these
         hooks = [
-            adapter.tower_layers()[0][1].self_attn.register_forward_pre_hook(
+            adapter.tower_layer_attention(adapter.tower_layers()[0][1]).register_forward_pre_hook(
                 lambda m, a, k: masks.append(k.get("attention_mask")), with_kwargs=True
             ),
             *[readout.register_forward_pre_hook(rows_read_out, with_kwargs=True)
@@ -380,15 +390,16 @@ def test_vidtldr_leaves_the_later_tower_layers_fewer_tokens_and_expands_the_outp
     inputs = inputs_for(family, clip, "What is moving?")
     tokens, masks, projected, stats = batched_tower_pass(model, VidTLDR(ratio=0.3), inputs)
     (features,) = projected  # the model's own selection and pooling see every tower token, merged ones repeated
-    assert features.shape[:2] == (8, tokens[0])
+    units = 8 // TINY[family].frames_per_unit  # Nemotron-H Omni: tubelets of two frames
+    assert features.shape[:2] == (units, tokens[0])
     assert len(torch.unique(features[0], dim=0)) == tokens[1] - round(0.114 * tokens[1])  # merged after layer 1 too
-    fixed = int(adapter_for(model).tower_has_cls)
+    fixed = adapter_for(model).tower_prefix_tokens
     real = (adapter_for(model).tower_real_tokens(inputs) or tokens[:1])[0]  # Gemma 4: its padding goes too
     assert tokens[1] == real - round(0.255 * real) and 0 < stats.samples[0].encoder_ratio < 1
-    (mask,) = masks  # layer 1 attends with log(size) on its keys: sizes are positive, and CLS (if any) stands alone
-    assert mask.shape == (8, 1, 1, tokens[1]) and torch.isfinite(mask).all()
-    if fixed:
-        assert (mask[..., 0] == 0).all()
+    (mask,) = masks  # layer 1 attends with log(size) on its keys: sizes are positive, and the tokens ahead of the
+    # patches (a CLS; RADIO's class and register tokens) stand alone
+    assert mask.shape == (units, 1, 1, tokens[1]) and torch.isfinite(mask).all()
+    assert (mask[..., :fixed] == 0).all()
     assert abs(stats.achieved_ratio - 0.3) * stats.visual_in <= 1
 
 
@@ -453,7 +464,7 @@ def test_vidtldr_in_a_packed_tower_runs_later_layers_on_the_kept_tokens_in_their
     stock, folded = layer_one_and_merger_inputs(False), layer_one_and_merger_inputs(True)
     (plan,) = plans
     units, tokens = plan.merge_into.shape
-    fixed = int(adapter.tower_has_cls)
+    fixed = adapter.tower_prefix_tokens
     kept = 48 + fixed
     assert plan.keep.shape == (units, kept) and folded["rows"] == units * kept
     assert (plan.keep[:, :fixed] == 0).all() and (plan.merge_into[:, :fixed] == 0).all()  # the class row stands alone

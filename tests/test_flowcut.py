@@ -111,7 +111,7 @@ def test_flowcut_leaves_a_batched_tower_its_own_attention_and_every_token_of_the
     adapter = adapter_for(model)
     inputs = inputs_for(family, clip, "What?")
     tokens, masks, outputs, _ = batched_tower_pass(model, FlowCut(ratio=0.3), inputs)
-    fixed, share = int(adapter.tower_has_cls), FlowCut(ratio=0.3).bind(adapter.spec).tower_share()
+    fixed, share = adapter.tower_prefix_tokens, FlowCut(ratio=0.3).bind(adapter.spec).tower_share()
     real = (adapter.tower_real_tokens(inputs) or tokens[:1])[0]  # Gemma 4: its padding goes too
     assert tokens[1] == fixed + round(share * (real - fixed)) and masks == [None]
     (output,) = outputs

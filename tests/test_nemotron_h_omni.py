@@ -74,22 +74,63 @@ def test_tubelets_wider_than_high_keep_their_grid_through_the_tower_scores_and_g
 
 
 @needs_tubelets
-def test_features_encoded_before_patching_need_square_tubelets_or_their_pixels(clip):
+def test_features_encoded_before_patching_are_refused_naming_the_fix(clip):
+    """Nothing but the pixels tells a tubelet's grid: 16 tokens are 4 × 4 or 2 × 8 (the processor keeps a clip's
+    aspect), so features encoded before the model was patched - which carry no note of it - are refused."""
     model = model_for(FAMILY)
-    for size, works in (((96, 96), True), ((96, 128), False)):
+    for size in ((128, 128), (64, 256)):
         inputs = tiny.nemotron_h_omni_inputs(clip, "What is moving?", size=size)
         with torch.no_grad():
             encoded = model.get_video_features(inputs["pixel_values_videos"])
-        assert compat.ENCODED_GRIDS not in encoded
         text = {k: v for k, v in inputs.items() if k != "pixel_values_videos"}
-        with tokcompress.compress(model, "evs", ratio=0.5) as handle:
-            call = {**text, "mm_encoder_outputs": {"video": encoded}}
-            if works:
-                logits(model, call)
-                assert handle.stats.samples[0].achieved_ratio == 0.5
-            else:
-                with pytest.raises(ValueError, match="carry no frame grid: pass pixel_values_videos"):
-                    logits(model, call)
+        call = {**text, "mm_encoder_outputs": {"video": encoded}}
+        with tokcompress.compress(model, "evs", ratio=0.5), pytest.raises(ValueError, match="pass pixel_values_videos"):
+            logits(model, call)
+
+
+@needs_tubelets
+def test_frames_given_as_one_videos_frames_run_as_its_tubelets(clip):
+    """The stock model still takes one video's frames, (frames, 3, H, W) (deprecated), and packs them itself - an
+    odd count padded with the last frame: every stage reads them as the tubelets it makes."""
+    model = model_for(FAMILY)
+    inputs = tiny.nemotron_h_omni_inputs(clip[:7], "What is moving?")
+    frames = inputs["pixel_values_videos"][0].unflatten(1, (2, 3)).flatten(0, 1)[:7]  # back to 7 frames
+    for method in ("evs", "framededup", "earlytom", "visionzip"):
+        with tokcompress.compress(model, method, ratio=0.5) as handle:
+            expected = logits(model, inputs)
+            kept = handle.stats.samples[0].kept_positions
+            torch.testing.assert_close(logits(model, {**inputs, "pixel_values_videos": frames}), expected)
+            assert handle.stats.samples[0].kept_positions == kept
+
+
+@needs_tubelets
+def test_tubelets_framededup_skips_leave_the_towers_rows_in_their_videos_places(clip, other_clip):
+    model = model_for(FAMILY)
+    inputs = tiny.nemotron_h_omni_inputs([clip, other_clip], ["What?", "Who?"])
+    with torch.no_grad():
+        stock = model.get_video_features(inputs["pixel_values_videos"])
+        with tokcompress.compress(model, "framededup", ratio=0.5):
+            skipped = model.get_video_features(inputs["pixel_values_videos"])
+    assert skipped.last_hidden_state.shape == stock.last_hidden_state.shape  # (videos, tubelets, tower tokens, D)
+    encoded = skipped.last_hidden_state.flatten(2).abs().sum(-1) > 0
+    assert 0 < int(encoded.sum()) < encoded.numel()
+    torch.testing.assert_close(skipped.last_hidden_state[encoded], stock.last_hidden_state[encoded])
+
+
+@needs_tubelets
+def test_a_prompt_of_several_videos_expanded_for_beams_is_refused(clip, other_clip):
+    """The stock model repeats each video for beams instead of each prompt's videos: a row would read another
+    video's features (stock too), so compressing such a prompt is refused, naming why."""
+    model = model_for(FAMILY)
+    first, second = (tiny.nemotron_h_omni_inputs(frames, "What?") for frames in (clip, other_clip))
+    inputs = {
+        "input_ids": torch.cat([first["input_ids"], second["input_ids"]], dim=1),
+        "pixel_values_videos": torch.cat([first["pixel_values_videos"], second["pixel_values_videos"]]),
+    }
+    with tokcompress.compress(model, "evs", ratio=0.5):
+        generate(model, inputs, max_new_tokens=2)  # one sequence: fine
+        with pytest.raises(tokcompress.PromptRefused, match="repeats each video"):
+            generate(model, inputs, max_new_tokens=2, num_beams=2)
 
 
 @pytest.mark.skipif(compat.NEMOTRON_TUBELETS, reason="transformers 5.23: one video's frames a call")

@@ -258,9 +258,13 @@ def test_router_logits_are_refused_while_compressing_a_mixture_of_experts(clip):
                 assert getattr(model(**inputs), "aux_loss", None) is None  # not asked: compresses as ever
             with tokcompress.compress(model, "none"):
                 unpatched = routing(model(**inputs, output_router_logits=True))
-        assert len(unpatched) == len(reference) > 1
+        # Nemotron-H Omni's language model computes them, its forward returns none
+        assert len(unpatched) == len(reference) > (family != "nemotron_h_omni")
         assert all(a is b is None or torch.equal(a, b) for a, b in zip(unpatched, reference))
-    expected = {"qwen3_vl_moe", "glm4v_moe", "ernie4_5_vl_moe", "qwen3_omni_moe_thinker", "qwen3_5_moe", "muse_spark"}
+    expected = {
+        "qwen3_vl_moe", "glm4v_moe", "ernie4_5_vl_moe", "qwen3_omni_moe_thinker", "qwen3_5_moe", "muse_spark",
+        "nemotron_h_omni",
+    }
     assert set(mixtures) == expected & set(FAMILIES)
 
 

@@ -80,6 +80,12 @@ class Adapter:
         return self.multimodal_model.config
 
     @property
+    def tower_prefix_tokens(self) -> int:
+        """How many tokens lead each frame in the tower ahead of its patches (a CLS; RADIO's class and register
+        tokens): folds inside the tower keep them as they are."""
+        return int(self.tower_has_cls)
+
+    @property
     def video_token_id(self) -> int:
         """The placeholder id of video tokens in the prompt."""
         return self.config.video_token_id

@@ -7,20 +7,22 @@ values), softmax-attention layers without positional encoding, and MoE / MLP lay
 
 Where it departs from the stock forward: none beyond the engine's rules. The model's own token pruning (Efficient
 Video Sampling, `video_pruning_rate` > 0) drops tokens inside the forward, after the placeholders are filled; a
-method compresses only with it off (`evs` is the same rule, batched, at any ratio). A method scoring at a Mamba,
-MoE or MLP layer reads the next attention layer's q/k on the hidden states entering it. (The stock model takes no
+method compresses only with it off (`evs` is the same rule, batched, at any ratio). Inside the tower, tubelets and
+tokens fold as in other batched towers, the class and register tokens leading each tubelet left as they are; the
+rows expand back at its last layer, before its forward drops those tokens. A method scoring at a Mamba, MoE or MLP
+layer reads the next attention layer's q/k on the hidden states entering it. (The stock model takes no
 images beside videos in one prompt: it scatters the images' features over every image token.)"""
 
 from __future__ import annotations
-
-import math
 
 import torch
 import transformers
 
 from ..engine import compat
+from ..engine.folding import BATCHED
+from ..methods.base import PromptRefused
 from ..ops import attention_received
-from .base import Adapter, frame_run_layouts, noted_grids, split_heads
+from .base import Adapter, applied_to, frame_run_layouts, noted_grids, split_heads
 from .qwen3_5 import ScoredByNextAttentionLayer
 
 ATTENTION_BLOCK = "full_attention"
@@ -29,7 +31,8 @@ ATTENTION_BLOCK = "full_attention"
 class NemotronHOmniAdapter(ScoredByNextAttentionLayer, Adapter):
     model_type = "nemotron_h_omni"
     tower_has_cls = True  # RADIO's first class token leads each tubelet (then the other class and register tokens)
-    tower_folding_refused = "folds inside the tower do not handle the class and register tokens leading its tubelets"
+    tower_frames = BATCHED
+    tower_expands_at_last_layer = True  # the tower's forward drops the class and register rows after its layers
 
     def __init__(self, model):
         if not compat.NEMOTRON_TUBELETS:
@@ -69,26 +72,41 @@ class NemotronHOmniAdapter(ScoredByNextAttentionLayer, Adapter):
         if rate > 0:
             raise ValueError(
                 f"Nemotron-H Omni prunes video tokens itself inside its forward (video_pruning_rate={rate}): set "
-                "model.video_pruning_rate = 0 to compress with tokcompress (method 'evs': the same rule, any ratio)"
+                "model.video_pruning_rate = 0 to compress with tokcompress (method 'evs' ranks tokens by its rule)"
             )
-        return frame_run_layouts(input_ids, self._grids(input_ids, call_kwargs), self.video_token_id)
+        grids = self._grids(input_ids, call_kwargs)
+        encoded = (call_kwargs.get("mm_encoder_outputs") or {}).get("video")
+        expanded = encoded is not None and len(encoded.pooler_output) > len(encoded[compat.ENCODED_GRIDS])
+        if expanded and len(grids) > len(input_ids):  # more videos than rows: a prompt holds several
+            raise PromptRefused(
+                "a prompt holding several videos, expanded for beams or returned sequences: Nemotron-H Omni repeats "
+                "each video for them rather than each prompt's videos (transformers 5.24-5.25), so a row reads another "
+                "video's features, patched or not; give each prompt one video, or generate one sequence per prompt"
+            )
+        hint = " (a unit here: a tubelet of two frames)"
+        return frame_run_layouts(input_ids, grids, self.video_token_id, hint)
 
     def _grids(self, input_ids, call_kwargs) -> list[tuple[int, int, int]]:
         """Per video of the call, its (tubelets, height, width) grid of tokens: from its pixels, or (generate
-        encodes up front and drops them) as noted on the encoded features - or, on features encoded before the
-        model was patched, square tubelets where their token count is a square."""
+        encodes up front and drops them) as noted on the encoded features (features encoded before the model was
+        patched carry none: their token count does not tell a grid's shape)."""
         if call_kwargs.get("pixel_values_videos") is not None:
             return self.token_grids(call_kwargs)
-        encoded = call_kwargs["mm_encoder_outputs"]["video"]
-        if compat.ENCODED_GRIDS not in encoded:
-            tubelets = encoded.last_hidden_state.shape[1]
-            sides = [math.isqrt(len(features) // tubelets) for features in encoded.pooler_output]
-            if all(side * side * tubelets == len(features) for side, features in zip(sides, encoded.pooler_output)):
-                return [(tubelets, side, side) for side in sides]
         return noted_grids(call_kwargs, input_ids, self.video_token_id, self.model_type, "pixel_values_videos")
 
+    def tubelets(self, encoder_args) -> torch.Tensor:
+        """The call's videos as tubelets, (videos, tubelets, 2 · 3, H, W): as the video processor hands them, or
+        packed as the model packs one video's frames given as (frames, 3, H, W) (deprecated in transformers), the
+        last frame repeated to fill the last tubelet."""
+        pixels = encoder_args["pixel_values_videos"]
+        if pixels.dim() == 5:
+            return pixels
+        step = self.config.video_temporal_patch_size
+        pixels = torch.cat([pixels, pixels[-1:].expand(-len(pixels) % step, -1, -1, -1)])
+        return pixels.reshape(1, -1, step * pixels.shape[1], *pixels.shape[-2:])
+
     def token_grids(self, encoder_args) -> list[tuple[int, int, int]]:
-        videos, tubelets, _, height, width = encoder_args["pixel_values_videos"].shape
+        videos, tubelets, _, height, width = self.tubelets(encoder_args).shape
         side = self.vision_tower.patch_size * round(1 / self.config.downsample_ratio)  # pixels a token spans
         return [(tubelets, height // side, width // side)] * videos
 
@@ -99,39 +117,56 @@ class NemotronHOmniAdapter(ScoredByNextAttentionLayer, Adapter):
     def frame_signatures(self, encoder_args):  # each tubelet's patches projected, without the position table
         embeddings = self.vision_tower.embeddings
         projection, size = embeddings.video_patch_projection, embeddings.patch_size
-        videos = encoder_args["pixel_values_videos"].to(projection.weight.dtype)  # (videos, tubelets, C, H, W)
+        videos = self.tubelets(encoder_args).to(projection.weight.dtype)  # (videos, tubelets, C, H, W)
         patches = videos.unfold(3, size, size).unfold(4, size, size)  # (videos, tubelets, C, rows, cols, p, p)
         patches = patches.permute(0, 1, 3, 4, 2, 5, 6).flatten(4).flatten(2, 3)  # channel-major patches
         return list(projection(patches))
 
     def encode_frames(self, encode, encoder_args, keep):
-        """Every kept tubelet in one tower call; each video's features in place among its tubelets, dropped ones
-        zeros."""
-        pixels = encoder_args["pixel_values_videos"]
+        """Every kept tubelet in one tower call; each video's features (and tower rows) in place among its
+        tubelets, dropped ones zeros."""
+        pixels = self.tubelets(encoder_args)
         kept = torch.cat([video[units.to(pixels.device)] for video, units in zip(pixels, keep)])[None]
         output = encode(**{**encoder_args, "pixel_values_videos": kept})
         (features,) = output.pooler_output
-        per_unit = features.shape[0] // kept.shape[1]
-        videos = []
-        for units, video in zip(keep, features.split([len(units) * per_unit for units in keep])):
-            full = video.new_zeros(pixels.shape[1], per_unit, video.shape[-1])
-            full[units.to(video.device)] = video.view(len(units), per_unit, -1)
+        rows = output.last_hidden_state[0]  # (kept tubelets, tower tokens, D)
+        per_unit, counts = features.shape[0] // kept.shape[1], [len(units) for units in keep]
+        videos, tower_rows = [], rows.new_zeros(*pixels.shape[:2], *rows.shape[1:])
+        for video, (units, kept_features, kept_rows) in enumerate(
+            zip(keep, features.split([count * per_unit for count in counts]), rows.split(counts))
+        ):
+            full = kept_features.new_zeros(pixels.shape[1], per_unit, features.shape[-1])
+            full[units.to(full.device)] = kept_features.view(len(units), per_unit, -1)
             videos.append(full.flatten(0, 1))
-        output.pooler_output = tuple(videos)
+            tower_rows[video, units.to(rows.device)] = kept_rows
+        output.pooler_output, output.last_hidden_state = tuple(videos), tower_rows
         return output
 
     def frame_counts(self, encoder_args):
-        videos, tubelets = encoder_args["pixel_values_videos"].shape[:2]
+        videos, tubelets = self.tubelets(encoder_args).shape[:2]
         return [tubelets] * videos
+
+    @property
+    def tower_prefix_tokens(self):
+        return self.vision_tower.config.num_summary_tokens
+
+    def tower_layers(self):
+        layers = self.vision_tower.encoder.layer
+        return layers, len(layers)
+
+    def tower_layer_attention(self, layer):
+        return layer.attention
+
+    def tower_heads(self, attention, hidden, kwargs, project=None):
+        project = project or applied_to(hidden)
+        return tuple(split_heads(project(projection), attention.num_attention_heads)
+                     for projection in (attention.q_proj, attention.k_proj, attention.v_proj))
 
     def tower_attention(self):
         return self.vision_tower.encoder.layer[-1].attention
 
     def tower_attention_received(self, call):  # (tubelets, tower tokens), from the first class token's row
-        attention = self.tower_attention()
-        hidden = call.argument("hidden_states", 0)
-        queries, keys = (split_heads(projection(hidden), attention.num_attention_heads)
-                         for projection in (attention.q_proj, attention.k_proj))
+        queries, keys, _ = self.tower_heads(self.tower_attention(), call.argument("hidden_states", 0), {})
         return attention_received(queries, keys, from_first=True)
 
     def tower_token_scores(self, records, input_ids, standing=None):  # one score row per tubelet it encoded

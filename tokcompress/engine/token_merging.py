@@ -38,10 +38,10 @@ class TokenMerging(TowerFolding):
         super().__init__(method, adapter, frames, encoder_args)
         self.packed = self.unit_rows is not None
         if self.packed:  # per video, its frames' current tokens
-            self.fixed, self.tokens = int(adapter.tower_has_cls), list(self.unit_rows)
+            self.fixed, self.tokens = adapter.tower_prefix_tokens, list(self.unit_rows)
             self.rows = PackedRows(sum(n * rows for n, rows in zip(self.initial, self.unit_rows)))
         else:  # per video, its frames' real tokens (None: all, known at the first merge)
-            self.fixed, self.tokens = int(adapter.tower_has_cls), adapter.tower_real_tokens(encoder_args)
+            self.fixed, self.tokens = adapter.tower_prefix_tokens, adapter.tower_real_tokens(encoder_args)
             if self.tokens is not None and len(set(self.tokens)) > 1:  # they will keep different numbers
                 _refuse_fillers_under_flash(adapter)
             self.original_width: int | None = None  # the tokens a batched tower's frames hold at first

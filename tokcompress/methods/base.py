@@ -127,7 +127,7 @@ class TowerTokens:
     sizes: torch.Tensor  # (F, n) how many original tokens each stands for
     layer: int
     depth: int
-    fixed: int  # the first `fixed` tokens of every frame (a CLS) must stay
+    fixed: int  # the first `fixed` tokens of every frame (a CLS; RADIO's class and register tokens) must stay
     grid_tokens: int  # tokens of a frame before anything folded (fixed ones included)
     carried: torch.Tensor | None  # (F, n) the `carry` of the method's last folding here (None before one)
     # () -> (F, n): Σ_j Ā_ij log Ā_ij of each token's head-mean attention row in that layer
