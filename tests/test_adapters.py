@@ -257,7 +257,7 @@ def test_internvl_reads_runs_of_single_tile_images_as_a_video_and_leaves_other_i
 
 
 def test_token_runs_are_the_maximal_runs_of_the_token():
-    from tokcompress.adapters.base import token_runs
+    from tokcompress.adapters.prompt import token_runs
 
     assert token_runs(torch.tensor([], dtype=torch.long), 7) == [] and token_runs(torch.tensor([1, 2]), 7) == []
     assert token_runs(torch.tensor([7, 7, 0, 7, 1, 7, 7, 7]), 7) == [(0, 2), (3, 1), (5, 3)]

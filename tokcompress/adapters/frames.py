@@ -11,7 +11,8 @@ import torch
 from ..engine import compat
 from ..engine.folding import BATCHED
 from ..layout import VisualLayout
-from .base import Adapter, feature_layer_index, token_runs, vit_attention_received
+from .base import Adapter, feature_layer_index, vit_attention_received
+from .prompt import token_runs
 
 
 class FrameBatchAdapter(Adapter):

@@ -21,7 +21,8 @@ import torch
 from ..engine import compat
 from ..engine.folding import BATCHED
 from ..ops import attention_received
-from .base import Adapter, applied_to, frame_run_layouts, noted_grids, units_in_place
+from .base import Adapter, applied_to
+from .prompt import frame_run_layouts, noted_grids, units_in_place
 
 VISION_TYPES = (1, 2)  # `mm_token_type_ids` of image and video tokens
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import torch
 
-from .base import rotate, token_runs
+from .base import rotate
+from .prompt import token_runs
 from .qwen3_vl import Qwen3VLAdapter
 
 

@@ -16,7 +16,8 @@ from typing import ClassVar
 import torch
 
 from ..layout import VisualLayout
-from .base import Adapter, feature_layer_index, token_runs, vit_attention_received
+from .base import Adapter, feature_layer_index, vit_attention_received
+from .prompt import token_runs
 
 MAX_FRAME_GAP = 16
 """Most text tokens between two frames of one video (`</img>\\nFrame12: <img>` is about 8)."""

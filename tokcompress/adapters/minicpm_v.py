@@ -34,7 +34,8 @@ from ..engine import compat
 from ..layout import VisualLayout
 from ..methods.base import PromptRefused
 from ..ops import attention_received
-from .base import Adapter, noted_grids, split_heads, token_runs
+from .base import Adapter, split_heads
+from .prompt import noted_grids, token_runs
 from .qwen3_5 import Qwen3_5Decoder
 
 MARKERS_BETWEEN_FRAMES = 2

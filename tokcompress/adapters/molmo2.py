@@ -19,7 +19,8 @@ import torch
 from ..engine import compat
 from ..engine.folding import BATCHED
 from ..ops import attention_received
-from .base import Adapter, applied_to, frame_run_layouts, noted_grids, units_in_place
+from .base import Adapter, applied_to
+from .prompt import frame_run_layouts, noted_grids, units_in_place
 
 VISUAL_TYPE = 1  # `mm_token_type_ids` of the visual tokens and their frames' start and end tokens
 

@@ -22,7 +22,8 @@ from ..engine import compat
 from ..engine.folding import BATCHED
 from ..methods.base import PromptRefused
 from ..ops import attention_received
-from .base import Adapter, applied_to, frame_run_layouts, noted_grids, split_heads
+from .base import Adapter, applied_to, split_heads
+from .prompt import frame_run_layouts, noted_grids
 from .qwen3_5 import ScoredByNextAttentionLayer
 
 ATTENTION_BLOCK = "full_attention"

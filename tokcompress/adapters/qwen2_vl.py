@@ -13,7 +13,8 @@ from ..engine.compat import mrope_grid_rows
 from ..engine.folding import PACKED
 from ..layout import VisualLayout
 from ..ops import attention_received, attention_row_sharpness, repeat_heads
-from .base import Adapter, Projection, applied_to, noted_grids, rotate, token_runs, units_in_place
+from .base import Adapter, Projection, applied_to, rotate
+from .prompt import noted_grids, token_runs, units_in_place
 
 if TYPE_CHECKING:
     from ..engine.encoder import TowerCall

@@ -10,7 +10,7 @@ import torch
 
 from ..engine import compat
 from ..layout import VisualLayout
-from .base import noted_grids, token_runs
+from .prompt import noted_grids, token_runs
 from .qwen2_vl import Qwen2VLAdapter, SiglipTower
 
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import math
 
-from .base import token_runs
 from .frames import FrameBatchAdapter
+from .prompt import token_runs
 
 
 class VideoLlavaAdapter(FrameBatchAdapter):
