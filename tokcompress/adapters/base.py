@@ -338,12 +338,17 @@ def vit_queries_keys(attention: nn.Module, project: Projection) -> tuple[torch.T
     identity = nn.Identity()
     queries = getattr(attention, "q_norm", identity)(project(attention.q_proj))
     keys = getattr(attention, "k_norm", identity)(project(attention.k_proj))
-    return split_heads(queries, attention.num_heads), split_heads(keys, attention.num_heads)
+    return split_heads(queries, head_count(attention)), split_heads(keys, head_count(attention))
 
 
 def vit_heads(attention: nn.Module, project: Projection) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Its queries and keys (`vit_queries_keys`) and its values (v_proj), per head."""
-    return *vit_queries_keys(attention, project), split_heads(project(attention.v_proj), attention.num_heads)
+    return *vit_queries_keys(attention, project), split_heads(project(attention.v_proj), head_count(attention))
+
+
+def head_count(attention: nn.Module) -> int:
+    """A ViT attention module's heads, as the module names them (`num_heads`; RADIO's `num_attention_heads`)."""
+    return attention.num_heads if hasattr(attention, "num_heads") else attention.num_attention_heads
 
 
 def split_heads(states: torch.Tensor, num_heads: int) -> torch.Tensor:

@@ -21,9 +21,8 @@ import transformers
 from ..engine import compat
 from ..engine.folding import BATCHED
 from ..methods.base import PromptRefused
-from ..ops import attention_received
-from .base import Adapter, applied_to, split_heads
-from .prompt import frame_run_layouts, noted_grids
+from .base import Adapter, vit_attention_received
+from .prompt import frame_run_layouts, noted_grids, units_in_place
 from .qwen3_5 import ScoredByNextAttentionLayer
 
 ATTENTION_BLOCK = "full_attention"
@@ -131,16 +130,11 @@ class NemotronHOmniAdapter(ScoredByNextAttentionLayer, Adapter):
         output = encode(**{**encoder_args, "pixel_values_videos": kept})
         (features,) = output.pooler_output
         rows = output.last_hidden_state[0]  # (kept tubelets, tower tokens, D)
-        per_unit, counts = features.shape[0] // kept.shape[1], [len(units) for units in keep]
-        videos, tower_rows = [], rows.new_zeros(*pixels.shape[:2], *rows.shape[1:])
-        for video, (units, kept_features, kept_rows) in enumerate(
-            zip(keep, features.split([count * per_unit for count in counts]), rows.split(counts))
-        ):
-            full = kept_features.new_zeros(pixels.shape[1], per_unit, features.shape[-1])
-            full[units.to(full.device)] = kept_features.view(len(units), per_unit, -1)
-            videos.append(full.flatten(0, 1))
-            tower_rows[video, units.to(rows.device)] = kept_rows
-        output.pooler_output, output.last_hidden_state = tuple(videos), tower_rows
+        counts, totals = [len(units) for units in keep], [pixels.shape[1]] * len(keep)
+        per_unit = features.shape[0] // kept.shape[1]
+        output.pooler_output = units_in_place(features.split([count * per_unit for count in counts]), keep, totals)
+        tower_rows = units_in_place(rows.split(counts), keep, totals)
+        output.last_hidden_state = torch.stack(tower_rows).unflatten(1, (pixels.shape[1], -1))
         return output
 
     def frame_counts(self, encoder_args):
@@ -158,17 +152,11 @@ class NemotronHOmniAdapter(ScoredByNextAttentionLayer, Adapter):
     def tower_layer_attention(self, layer):
         return layer.attention
 
-    def tower_heads(self, attention, hidden, kwargs, project=None):
-        project = project or applied_to(hidden)
-        return tuple(split_heads(project(projection), attention.num_attention_heads)
-                     for projection in (attention.q_proj, attention.k_proj, attention.v_proj))
-
     def tower_attention(self):
         return self.vision_tower.encoder.layer[-1].attention
 
     def tower_attention_received(self, call):  # (tubelets, tower tokens), from the first class token's row
-        queries, keys, _ = self.tower_heads(self.tower_attention(), call.argument("hidden_states", 0), {})
-        return attention_received(queries, keys, from_first=True)
+        return vit_attention_received(self.tower_attention(), call.argument("hidden_states", 0), self.tower_has_cls)
 
     def tower_token_scores(self, records, input_ids, standing=None):  # one score row per tubelet it encoded
         units, grid = [], None
