@@ -14,6 +14,7 @@ from tokcompress import tiny
 from tokcompress.adapters import adapter_for
 from tokcompress.engine import compat
 from tokcompress.engine.groups import sample_row
+from tokcompress.layout import SEPARATOR
 
 from .conftest import (
     COMPRESSING,
@@ -56,24 +57,29 @@ def test_every_supported_model_type_has_a_tiny_family_under_the_contract_suite()
 def test_the_layout_is_where_the_model_placed_each_frame(family, clip):
     """Frame unit f's tokens in the layout hold what the model produces for unit f in a video of its own (twice:
     InternVL reads one frame as an image), cell by cell, each cell once (in raster order, but for Ovis2.5's window
-    order: tests/test_ovis2_5.py); separators come after a video's frames."""
+    order: tests/test_ovis2_5.py) after the unit's own separators (Video-LLaVA's CLS); a video's separators come
+    after its frames."""
     model, spec = model_for(family), TINY[family]
+    adapter = adapter_for(model)
     inputs = inputs_for(family, clip, "What is moving?")
-    (layout,) = adapter_for(model).visual_layouts(inputs)
+    (layout,) = adapter.visual_layouts(inputs)
     units, height, width = layout.grids[0]
-    assert units == len(clip) // spec.frames_per_unit and height * width == spec.tokens_per_unit
-    video_tokens = inputs["input_ids"][0] == adapter_for(model).video_token_id
+    per_unit = height * width + getattr(adapter, "separators_per_frame", 0)
+    assert units == len(clip) // spec.frames_per_unit and per_unit == spec.tokens_per_unit
+    video_tokens = inputs["input_ids"][0] == adapter.video_token_id
     assert layout.positions.tolist() == video_tokens.nonzero()[:, 0].tolist()
-    separators = layout.is_separator
-    assert not separators[: units * height * width].any() and separators[units * height * width :].all()
+    video_separators = layout.frame == SEPARATOR
+    assert not video_separators[: units * per_unit].any() and video_separators[units * per_unit :].all()
     embeddings = placed_embeddings(model, inputs)
     for unit in range(units):
         frames = clip[unit * spec.frames_per_unit : (unit + 1) * spec.frames_per_unit]
         alone = inputs_for(family, torch.cat([frames, frames]), "What is moving?")
-        (alone_layout,) = adapter_for(model).visual_layouts(alone)
+        (alone_layout,) = adapter.visual_layouts(alone)
         cells = alone_layout.positions[alone_layout.frame == 0]
         in_full = layout.frame == unit
-        cells_in_order = layout.spatial[in_full].tolist()
+        assert layout.is_separator[in_full].sum() == per_unit - height * width
+        assert not layout.is_separator[in_full][per_unit - height * width :].any()  # the unit's own lead
+        cells_in_order = layout.spatial[in_full & ~layout.is_separator].tolist()
         assert cells_in_order == list(range(height * width)) or family == "ovis2_5"
         assert sorted(cells_in_order) == list(range(height * width))
         torch.testing.assert_close(embeddings[layout.positions[in_full]], placed_embeddings(model, alone)[cells])

@@ -16,7 +16,7 @@ import tokcompress
 from tokcompress import tiny
 from tokcompress.adapters import adapter_for
 from tokcompress.engine import compat
-from tokcompress.layout import VisualLayout
+from tokcompress.layout import SEPARATOR, VisualLayout
 from tokcompress.methods import (
     METHODS,
     DivPrune,
@@ -32,7 +32,7 @@ from tokcompress.methods import (
 )
 from tokcompress.methods.base import DecodeSample, LayerSample
 
-from .conftest import TINY, generate, inputs_for, logits, model_for, softmax_layers
+from .conftest import generate, inputs_for, logits, model_for, softmax_layers
 
 NO_PUBLISHED_RULE = {"none", "random", "uniform"}
 # transcribed in test_tower_attention.py (visionzip, fastvid), test_fidelity_holitom_aim_tsllava.py,
@@ -534,19 +534,23 @@ def test_sparsevlm_recycles_the_best_pruned_tokens_as_merged_clusters():
 
 @pytest.mark.parametrize("method", TEMPORAL_MERGERS)
 def test_identical_frames_collapse_to_one_frame_one_token_per_cell(family, clip, method):
+    """Separators stay: a video's (LLaVA-OV's newline), and a frame's own (Video-LLaVA's CLS) at least while its frame
+    does."""
     model = model_for(family)
     repeated = clip[:1].expand(8, -1, -1, -1).contiguous()
     inputs = inputs_for(family, repeated, "What is in the picture?")
-    visual = (inputs["input_ids"][0] == tiny.VIDEO).nonzero().squeeze(1).tolist()
-    per_frame, frames = TINY[family].tokens_per_unit, 8 // TINY[family].frames_per_unit
-    separators = visual[frames * per_frame :]
+    (layout,) = adapter_for(model).visual_layouts(inputs)
+    visual = layout.positions.tolist()
+    separators = layout.positions[layout.is_separator].tolist()
+    per_frame = layout.grids[0][1] * layout.grids[0][2]
     with tokcompress.compress(model, method, ratio=(per_frame + len(separators)) / len(visual)) as handle:
         generate(model, inputs, max_new_tokens=2)
         kept = handle.stats.samples[0].kept_positions
     cells = [visual.index(p) for p in kept if p not in separators]
-    assert len({index // per_frame for index in cells}) == 1, f"kept tokens span frames: {cells}"
-    assert sorted(index % per_frame for index in cells) == list(range(per_frame))
-    assert [p for p in kept if p in separators] == separators
+    assert len(set(layout.frame[cells].tolist())) == 1, f"kept tokens span frames: {cells}"
+    assert sorted(layout.spatial[cells].tolist()) == list(range(per_frame))
+    standing = torch.isin(layout.frame, layout.frame[cells]) | (layout.frame == SEPARATOR)  # framededup drops frames
+    assert set(layout.positions[layout.is_separator & standing].tolist()) <= set(kept)
 
 
 # ---------------------------------------------------------------------------------------------- proportional attention
@@ -571,9 +575,10 @@ def test_tome_proportional_attention_adds_log_size_to_merged_keys(family, clip):
     repeated = clip[:1].expand(8, -1, -1, -1).contiguous()
     inputs = inputs_for(family, repeated, "What is in the picture?")
     ids = inputs["input_ids"][0]
-    visual = (ids == tiny.VIDEO).nonzero().squeeze(1).tolist()
-    per_frame, copies = TINY[family].tokens_per_unit, 8 // TINY[family].frames_per_unit
-    ratio = (len(visual) - per_frame * copies + per_frame) / len(visual)
+    (layout,) = adapter_for(model).visual_layouts(inputs)
+    visual, separators = layout.positions.tolist(), layout.positions[layout.is_separator].tolist()
+    per_frame, copies = layout.grids[0][1] * layout.grids[0][2], layout.grids[0][0]
+    ratio = (len(separators) + per_frame) / len(visual)
     with tokcompress.compress(model, "tome", ratio=ratio) as handle:
         seen, hooks = _masks_seen_by_layers(model)
         try:
@@ -583,7 +588,7 @@ def test_tome_proportional_attention_adds_log_size_to_merged_keys(family, clip):
                 hook.remove()
         kept = handle.stats.samples[0].kept_positions
     survivors = sorted(set(range(len(ids))) - set(visual) | set(kept))
-    merged_slots = [survivors.index(p) for p in kept[:per_frame]]
+    merged_slots = [survivors.index(p) for p in kept if p not in separators]
     other_slots = [s for s in range(len(survivors)) if s not in merged_slots]
     assert len(seen) == 2 * len(softmax_layers(model))  # prefill and one decoding step
     config = adapter_for(model).language_model.config

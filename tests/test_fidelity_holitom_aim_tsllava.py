@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import tokcompress
-from tokcompress import tiny
+from tokcompress.adapters import adapter_for
 from tokcompress.layout import VisualLayout
 from tokcompress.methods import AIM, HoliTom, LayerBudget, TSLLaVA
 from tokcompress.methods.aim import merge_within_frames, pruning_schedule
@@ -17,7 +17,7 @@ from tokcompress.methods.base import LayerSample
 from tokcompress.methods.holitom import holistic_windows
 from tokcompress.ops import attention_pagerank
 
-from .conftest import TINY, TOWERED, generate, inputs_for, model_for
+from .conftest import TOWERED, generate, inputs_for, model_for
 from .test_fidelity import destinations, features
 
 # ---------------------------------------------------------------------------------------------- HoliTom
@@ -86,14 +86,14 @@ def test_holitom_raises_tau_rather_than_end_below_the_budget():
 def test_holitom_identical_frames_collapse_to_one_token_per_cell(family, clip):
     model = model_for(family)
     inputs = inputs_for(family, clip[:1].expand(8, -1, -1, -1).contiguous(), "What is in the picture?")
-    visual = (inputs["input_ids"][0] == tiny.VIDEO).nonzero().squeeze(1).tolist()
-    per_frame, units = TINY[family].tokens_per_unit, 8 // TINY[family].frames_per_unit
-    separators = visual[units * per_frame :]
+    (layout,) = adapter_for(model).visual_layouts(inputs)
+    visual, separators = layout.positions.tolist(), layout.positions[layout.is_separator].tolist()
+    per_frame = layout.grids[0][1] * layout.grids[0][2]
     ratio = (per_frame + len(separators)) / len(visual)
     with tokcompress.compress(model, HoliTom(ratio=ratio, inner_merge=0.0)) as handle:
         generate(model, inputs, max_new_tokens=2)
         kept = [visual.index(p) for p in handle.stats.samples[0].kept_positions if p not in separators]
-    assert sorted(index % per_frame for index in kept) == list(range(per_frame))
+    assert sorted(layout.spatial[kept].tolist()) == list(range(per_frame))
 
 
 def test_holitom_inner_merge_folds_the_least_attended_into_their_most_similar_kept_token():

@@ -7,7 +7,9 @@ from dataclasses import dataclass, replace
 import torch
 
 SEPARATOR = -1
-"""`frame` / `spatial` value of a visual token that belongs to no frame cell (e.g. LLaVA's newline)."""
+"""`spatial` value of a visual token that is no cell of its frame's grid: a video's own separator (LLaVA's newline;
+its `frame` is SEPARATOR too) or a frame's (Video-LLaVA's CLS token leading each frame; its `frame` is the frame's,
+so it stands or falls with that frame)."""
 
 
 @dataclass(frozen=True)
@@ -22,7 +24,7 @@ class VisualLayout:
 
     positions: torch.Tensor  # (N,) index of the token in the LLM input sequence
     video: torch.Tensor  # (N,) which video of the sample the token belongs to
-    frame: torch.Tensor  # (N,) global frame id, SEPARATOR for separators
+    frame: torch.Tensor  # (N,) global frame id, SEPARATOR for a video's separators
     spatial: torch.Tensor  # (N,) raster index inside its frame, SEPARATOR for separators
     grids: tuple[tuple[int, int, int], ...]  # (frames, height, width) per video
     saliency: torch.Tensor | None = None  # (N,) attention each token got in the vision tower, where a method asks
@@ -33,7 +35,8 @@ class VisualLayout:
 
     @property
     def is_separator(self) -> torch.Tensor:
-        return self.frame == SEPARATOR
+        """Tokens that are no grid cell: a video's separators and a frame's; methods keep them first."""
+        return self.spatial == SEPARATOR
 
     def select(self, index: torch.Tensor) -> VisualLayout:
         """The layout of the tokens at `index` (sorted indices into this layout)."""
@@ -117,23 +120,25 @@ class VisualLayout:
         grids: list[tuple[int, int, int]],
         separators_per_video: int = 0,
         device: torch.device | str | None = None,
+        separators_per_frame: int = 0,
     ) -> VisualLayout:
-        """Layout of videos stored frame-major (raster order inside a frame), each followed by separators.
+        """Layout of videos stored frame-major (raster order inside a frame), each frame led by
+        `separators_per_frame` separators of its own (Video-LLaVA's CLS token) and each video followed by
+        `separators_per_video` (LLaVA-OV's newline).
 
         `starts[v]` is the sequence index of the first token of video v.
         """
         positions, video, frame, spatial = [], [], [], []
         frame_offset = 0
         for v, (start, (t, h, w)) in enumerate(zip(starts, grids)):
-            cells = t * h * w
-            n = cells + separators_per_video
+            per_frame = separators_per_frame + h * w
+            n = t * per_frame + separators_per_video
             positions.append(torch.arange(start, start + n))
             video.append(torch.full((n,), v))
-            grid_index = torch.arange(cells)
-            frame.append(
-                torch.cat([grid_index // (h * w) + frame_offset, torch.full((separators_per_video,), SEPARATOR)])
-            )
-            spatial.append(torch.cat([grid_index % (h * w), torch.full((separators_per_video,), SEPARATOR)]))
+            in_frame = torch.arange(t * per_frame) % per_frame - separators_per_frame  # < 0: the frame's separators
+            video_separators = torch.full((separators_per_video,), SEPARATOR)
+            frame.append(torch.cat([torch.arange(t * per_frame) // per_frame + frame_offset, video_separators]))
+            spatial.append(torch.cat([in_frame.clamp_min(SEPARATOR), video_separators]))
             frame_offset += t
         if not positions:
             empty = torch.zeros(0, dtype=torch.long, device=device)

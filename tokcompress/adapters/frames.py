@@ -1,6 +1,6 @@
 """Families whose vision tower encodes a video's frames as a batch of images (LLaVA-OneVision, LLaVA-NeXT-Video,
-Video-LLaVA): every frame becomes h × w tokens in raster order, a video may end with separator tokens, and
-`pixel_values_videos` is (videos, frames, 3, S, S)."""
+Video-LLaVA): every frame becomes h × w tokens in raster order (led by separators of its own on Video-LLaVA, its CLS
+token), a video may end with separator tokens, and `pixel_values_videos` is (videos, frames, 3, S, S)."""
 
 from __future__ import annotations
 
@@ -16,10 +16,11 @@ from .prompt import token_runs
 
 
 class FrameBatchAdapter(Adapter):
-    """A subclass says how big a frame's token grid is (`frame_grid`), how many separators end a video and
-    where the tower's patch embedding is."""
+    """A subclass says how big a frame's token grid is (`frame_grid`), how many separators lead a frame and end a
+    video, and where the tower's patch embedding is."""
 
     separators_per_video: ClassVar[int] = 0
+    separators_per_frame: ClassVar[int] = 0
     tower_has_cls = True  # CLIP
     tower_frames = BATCHED
 
@@ -27,12 +28,18 @@ class FrameBatchAdapter(Adapter):
         raise NotImplementedError
 
     @property
+    def tokens_per_frame(self) -> int:
+        """A frame's tokens in the prompt: its separators, then its grid."""
+        height, width = self.frame_grid()
+        return self.separators_per_frame + height * width
+
+    @property
     def patch_embedding(self) -> torch.nn.Module:
         raise NotImplementedError
 
     def video_layouts(self, input_ids, call_kwargs):
         height, width = self.frame_grid()
-        per_frame, separators = height * width, self.separators_per_video
+        per_frame, separators = self.tokens_per_frame, self.separators_per_video
         per_video, videos = self._video_sizes(call_kwargs, input_ids)
         if int((input_ids == self.config.video_token_id).sum()) != per_video * videos:
             return None  # placeholders and features disagree: HF's own error says by how much
@@ -49,7 +56,8 @@ class FrameBatchAdapter(Adapter):
                 for offset in range(0, length, per_video):
                     starts.append(start + offset)
                     grids.append(((per_video - separators) // per_frame, height, width))
-            layouts.append(VisualLayout.from_videos(starts, grids, separators, device=ids.device))
+            by_frame = self.separators_per_frame
+            layouts.append(VisualLayout.from_videos(starts, grids, separators, ids.device, by_frame))
         return layouts
 
     def frame_signatures(self, encoder_args):
@@ -110,6 +118,5 @@ class FrameBatchAdapter(Adapter):
         """(tokens per video, videos) of this call, from its pixels or from the features generate pre-encoded."""
         pixels = call_kwargs.get("pixel_values_videos")
         if pixels is not None:
-            height, width = self.frame_grid()
-            return pixels.shape[1] * height * width + self.separators_per_video, pixels.shape[0]
+            return pixels.shape[1] * self.tokens_per_frame + self.separators_per_video, pixels.shape[0]
         return self.encoded_sizes(compat.encoded_video(call_kwargs), input_ids)

@@ -1,8 +1,9 @@
 """Video-LLaVA: a CLIP video tower that keeps each frame's CLS token → projector; frames of 1 + (side / patch)²
-tokens, no pooling, no separator; a Llama LLM with 1-D positions.
+tokens, no pooling; a Llama LLM with 1-D positions.
 
-A frame is laid out as one row of 1 + p² cells, CLS first, so every method sees the CLS token as a cell of its
-frame: temporal methods pair it with the previous frame's CLS, pruning may drop it.
+A frame is laid out as its CLS token, a separator of its own, then its p × p grid of cells: methods read the grid
+as the image it is (pooling 2 × 2 blocks, not runs along a row) and keep each CLS token first; a frame dropped
+before the tower takes its CLS token with it.
 """
 
 from __future__ import annotations
@@ -15,17 +16,19 @@ from .prompt import token_runs
 
 class VideoLlavaAdapter(FrameBatchAdapter):
     model_type = "video_llava"
+    separators_per_frame = 1  # CLS
 
     def frame_grid(self) -> tuple[int, int]:
         vision = self.config.vision_config
-        return 1, 1 + (vision.image_size // vision.patch_size) ** 2
+        side = vision.image_size // vision.patch_size
+        return side, side
 
     @property
     def patch_embedding(self):
         return self.vision_tower.embeddings.patch_embedding
 
     def encoder_features(self, videos):
-        return videos.flatten(0, 1).unflatten(0, (-1, self.frame_grid()[1]))  # (videos · frames, tokens per frame, D)
+        return videos.flatten(0, 1).unflatten(0, (-1, self.tokens_per_frame))  # (videos · frames, tokens per frame, D)
 
     def encoded_sizes(self, features, input_ids):
         """The stock features are (videos · frames, tokens per frame, D): how many frames make a video is not in
@@ -34,3 +37,6 @@ class VideoLlavaAdapter(FrameBatchAdapter):
         runs = [length for ids in input_ids for _, length in token_runs(ids, self.config.video_token_id)]
         per_video = math.gcd(*runs) if runs else features.shape[:2].numel()
         return per_video, features.shape[:2].numel() // per_video
+
+    def pool_tower_scores(self, scores):
+        return scores[:, self.separators_per_frame :]  # the grid's cells; a CLS token is kept first, unscored

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
-from ..layout import VisualLayout
+from ..layout import SEPARATOR, VisualLayout
 from ..methods.base import PRE_ENCODER, Method
 from ..stats import Timer
 from . import compat
@@ -189,7 +189,8 @@ def tokens_encoded(record: EncodedVideos | None, layouts: list[VisualLayout], ro
         frame_offsets = torch.tensor([0, *(t for t, _, _ in layout.grids)]).cumsum(0).tolist()
         encoded = [units.cpu() + offset for units, offset in zip(keep, frame_offsets)]
         encoded = torch.cat(encoded) if encoded else torch.zeros(0, dtype=torch.long)
-        kept = layout.is_separator | torch.isin(layout.frame, encoded.to(layout.frame.device))
+        # a video's separators stay; a frame's own (Video-LLaVA's CLS) go with their frame
+        kept = (layout.frame == SEPARATOR) | torch.isin(layout.frame, encoded.to(layout.frame.device))
         fraction = len(encoded) / max(frame_offsets[-1], 1)
         if record.layer_share is not None:  # frames folded inside the tower: the frame-layers it computed
             shares = record.layer_share[firsts[sample] : firsts[sample + 1]]
