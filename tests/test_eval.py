@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from tokcompress.engine import compat
 from .conftest import FAMILIES, TINY, inputs_for, model_for
 
 EVAL = Path(__file__).parents[1] / "eval"
+sys.path.insert(0, str(EVAL))  # the scripts import their siblings, as `python eval/<script>.py` lets them
 
 
 def load(script: str):
@@ -186,12 +188,12 @@ def test_the_real_shape_models_build_and_their_prompts_fit_the_adapter(name, cli
     the family's adapter lays out in full."""
     from tokcompress.adapters import adapter_for
 
-    bench = load("bench_latency")
-    model = bench.named_model(name, torch.bfloat16, "meta")
+    shapes = load("shapes")
+    model = shapes.named_model(name, torch.bfloat16, "meta")
     sizes = {"cosmos3-edge": (2e9, 3e9), "ernie-4.5-vl-28b-a3b": (2.6e10, 3.1e10), "muse-glimmer-30b": (2.9e10, 3.1e10),
              "gemma-4-unified": (2.5e9, 3.5e9), "qwen3.5-35b-a3b": (3.3e10, 3.7e10), "lfm3-vl-2b": (1.5e9, 2.5e9)}
     low, high = sizes.get(name, (6e9, 11e9))
     assert low < sum(p.numel() for p in model.parameters()) < high
-    inputs = bench.video_inputs(model, clip)
+    inputs = shapes.video_inputs(model, clip)
     (layout,) = adapter_for(model).visual_layouts(inputs)
     assert layout.num_tokens == int((inputs["input_ids"] == adapter_for(model).video_token_id).sum()) > 0

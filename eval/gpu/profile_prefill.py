@@ -21,7 +21,7 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from bench_latency import named_model, video_inputs  # noqa: E402
+from shapes import named_model, video_inputs  # noqa: E402
 
 import tokcompress  # noqa: E402
 from tokcompress.engine.compat import CACHE_KEYWORD, output_cache  # noqa: E402

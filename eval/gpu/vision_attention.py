@@ -18,7 +18,7 @@ import torch
 import triton.testing
 
 sys.path.insert(0, str(Path(__file__).parents[1]))
-from bench_latency import named_model  # noqa: E402
+from shapes import named_model  # noqa: E402
 
 import tokcompress  # noqa: E402
 from tokcompress.methods import EarlyTom  # noqa: E402
