@@ -19,7 +19,8 @@ from tokcompress.methods.selection import top_tokens
 from tokcompress.methods.tome import first_copies
 
 from .conftest import TINY, generate, inputs_for, model_for, multimodal, video_encoder_inputs
-from .test_encoder_merging import BATCHED, batched_tower_pass
+from .test_encoder_merging import BATCHED
+from .test_encoder_token_folding import batched_tower_pass
 from .test_fidelity import features
 
 
