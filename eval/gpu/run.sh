@@ -27,7 +27,7 @@ python3 -m pip install -q --no-index --no-deps --target .site .whl/*.whl
 export PYTHONPATH=$PWD/.site:$PWD
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader | tee "$out/gpu.txt"
 if [ -z "${SKIP_KERNELS:-}" ]; then
-    step python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_ops.py tests/test_encoder.py \
+    step python3 -m pytest -q -p no:cacheprovider tests/test_kernels.py tests/test_ops.py tests/test_varlen_attention.py \
         > "$out/kernel_tests.txt" 2>&1; tail -5 "$out/kernel_tests.txt"
     step python3 eval/bench_kernels.py --out "$out" > "$out/bench_kernels.log" 2>&1; tail -8 "$out/bench_kernels.log"
     step python3 eval/gpu/vision_attention.py "$out" > "$out/vision_attention.log" 2>&1; tail -2 "$out/vision_attention.log"
