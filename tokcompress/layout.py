@@ -35,7 +35,7 @@ class VisualLayout:
 
     @property
     def is_separator(self) -> torch.Tensor:
-        """Tokens that are no grid cell: a video's separators and a frame's; methods keep them first."""
+        """Tokens that are no grid cell, a video's separators and a frame's: the steps before the LLM keep them."""
         return self.spatial == SEPARATOR
 
     def select(self, index: torch.Tensor) -> VisualLayout:

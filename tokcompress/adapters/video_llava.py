@@ -2,8 +2,9 @@
 tokens, no pooling; a Llama LLM with 1-D positions.
 
 A frame is laid out as its CLS token, a separator of its own, then its p × p grid of cells: methods read the grid
-as the image it is (pooling 2 × 2 blocks, not runs along a row) and keep each CLS token first; a frame dropped
-before the tower takes its CLS token with it.
+as the image it is (pooling 2 × 2 blocks, not runs along a row), the steps before the LLM keep each CLS token first
+(inside it, a method ranking tokens by attention ranks them as any other), and a frame dropped before the tower takes
+its CLS token with it.
 """
 
 from __future__ import annotations

@@ -33,7 +33,8 @@ def frame_grids(layout: VisualLayout, method: str) -> list[tuple[int, torch.Tens
             raise PromptRefused(
                 f"{method} needs every cell of each frame it sees, but some frames hold only part of theirs: an "
                 "earlier stage dropped cells inside them (compose it only after methods that keep or drop whole "
-                "frames: framededup, earlytom), or the processor did (VideoLLaMA3's token compression: load its "
+                "frames: framededup, or earlytom's tower stage alone, earlytom@encoder - whole earlytom also prunes "
+                "inside frames before the LLM), or the processor did (VideoLLaMA3's token compression: load its "
                 "processor with use_token_compression=False)"
             )
         grids.append((video, members[layout.raster_order(members)].view(frames, height * width)))
