@@ -55,9 +55,9 @@ def test_a_half_precision_model_takes_float32_pixels_in_every_encoder_side_stage
     the tower's attention (visionzip) and folds inside the tower (earlytom: frames, vidtldr: tokens) take them too."""
     model = half_precision_model(family, torch.bfloat16)
     inputs = inputs_for(family, clip, "What is moving?")
-    # LFM3-VL's stock tower does not cast them, Nemotron-H Omni's casts them to its config's dtype, which `.to()`
-    # leaves as built: a bf16 model takes bf16 pixels
-    if family in ("lfm3_vl", "nemotron_h_omni"):
+    # LFM3-VL's and Kimi K2.5's stock towers do not cast them, Nemotron-H Omni's casts them to its config's dtype,
+    # which `.to()` leaves as built: a bf16 model takes bf16 pixels
+    if family in ("lfm3_vl", "nemotron_h_omni", "kimi_k25"):
         inputs = {**inputs, "pixel_values_videos": inputs["pixel_values_videos"].to(torch.bfloat16)}
     readers = ("visionzip", "earlytom") if adapter_for(model).has_tower else ()  # of the tower's attention
     for method in ("framededup", *readers, "vidtldr"):

@@ -45,6 +45,8 @@ def count_tower_units(model, family):
         first, per_unit = adapter.tower_layers()[0][0], 64 * adapter.temporal_merge
     elif adapter.tower_frames == BATCHED:  # a batch of frames
         first, per_unit = adapter.tower_layers()[0][0], 1
+    elif family == "kimi_k25":  # one packed sequence of patches (no folds inside): chunks of 2 frames of 8 × 8
+        first, per_unit = adapter.vision_tower.layers[0], 2 * 64
     elif not adapter.has_tower:  # the frames' patches, embedded without a tower (Gemma 4 Unified)
         first, per_unit = adapter.vision_tower, 1
     else:  # a batch of frames among the prompt's images (InternVL, SmolVLM)

@@ -1,5 +1,6 @@
 """Prompts and pixels for the tiny models whose tower packs a video's frames into one sequence (tokcompress.tiny's
-`packed`: the Qwen-VL families, ERNIE-4.5-VL, VideoLLaMA3, Muse Glimmer, the Qwen omni thinkers, MiniCPM-V), as
+`packed`: the Qwen-VL families, ERNIE-4.5-VL, VideoLLaMA3, Muse Glimmer, the Qwen omni thinkers, MiniCPM-V, Kimi
+K2.5), as
 each family's processor lays out a video; `tiny_inputs` holds the vocabulary and the other families'."""
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from .tiny_inputs import (
     prompt,
     text_ids,
 )
-from .video import minicpm_v_pixels, qwen_vl_pixels
+from .video import kimi_k25_pixels, minicpm_v_pixels, qwen_vl_pixels
 
 
 def packed_inputs(rows: list[list[int]], patches: list[torch.Tensor], grids: list[torch.Tensor]) -> dict:
@@ -234,3 +235,29 @@ def minicpm_v_inputs(
         "input_ids": ids, "attention_mask": mask, "pixel_values_videos": torch.cat(pixels, dim=-1)[None],
         "target_sizes_videos": torch.cat(sizes),
     }
+
+
+def kimi_k25_inputs(
+    frames: torch.Tensor | list[torch.Tensor], questions: str | list[str], size: int = 112, chunk: int = 2,
+    fps: float = 2.0,
+) -> dict:
+    """Model inputs for one video per prompt as Kimi K2.5's processor lays them out: per chunk of `chunk` frames (the
+    processor's `temporal_patch_size`, 4 by default) its first frame's time `HH:MM:SS.mmm`, then
+    `<|media_begin|>video<|media_content|>` + its tokens + `<|media_end|>` (the tiny model takes them as vision start,
+    video start and vision end); frames of `size` px in 14-px patches, 2 × 2 of them a token."""
+    frames = [frames] if isinstance(frames, torch.Tensor) else frames
+    questions = [questions] * len(frames) if isinstance(questions, str) else questions
+    patches, grids, rows = [], [], []
+    for clip, question in zip(frames, questions):
+        flat, grid = kimi_k25_pixels(clip, size, size, temporal_patch_size=chunk)
+        patches.append(flat)
+        grids.append(grid)
+        video = []
+        for index, (_, height, width) in enumerate(grid.tolist()):
+            milliseconds = round(index * chunk / fps * 1000)
+            seconds = milliseconds // 1000
+            stamp = f"{seconds // 3600:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}.{milliseconds % 1000:03d}"
+            video += text_ids(stamp) + [VISION_START, *text_ids("video"), VIDEO_START]
+            video += [VIDEO] * (height * width // 4) + [VISION_END]
+        rows.append(prompt(video, question))
+    return packed_inputs(rows, patches, grids)

@@ -133,6 +133,20 @@ def nemotron_h_omni_pixels(frames: torch.Tensor, height: int, width: int, tempor
     return video.reshape(1, -1, temporal_patch_size * 3, height, width)
 
 
+def kimi_k25_pixels(
+    frames: torch.Tensor, height: int, width: int, patch_size: int = 14, temporal_patch_size: int = 4
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`pixel_values_videos` and `video_grid_thw` for one Kimi K2.5 video, as its processor lays them out: the video
+    cut into chunks of `temporal_patch_size` frames (the last one shorter, not padded), each a `video_grid_thw` row
+    (frames, height / patch, width / patch); the patches (patches, 3, patch, patch) frame after frame, each frame's in
+    raster order; mean and std 0.5."""
+    pixels = resize_normalize(frames, height, width, SIGLIP_MEAN, SIGLIP_STD)
+    grid_h, grid_w = height // patch_size, width // patch_size
+    patches = pixels.view(len(pixels), 3, grid_h, patch_size, grid_w, patch_size).permute(0, 2, 4, 1, 3, 5)
+    chunks = [min(temporal_patch_size, len(pixels) - start) for start in range(0, len(pixels), temporal_patch_size)]
+    return patches.reshape(-1, 3, patch_size, patch_size), torch.tensor([[t, grid_h, grid_w] for t in chunks])
+
+
 def clip_video_pixels(frames: torch.Tensor, image_size: int) -> torch.Tensor:
     """`pixel_values_videos` for one video of a CLIP-towered family (LLaVA-NeXT-Video, Video-LLaVA): (1, T, 3, S, S)."""
     return resize_normalize(frames, image_size, image_size, CLIP_MEAN, CLIP_STD)[None]

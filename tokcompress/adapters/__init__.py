@@ -14,6 +14,7 @@ from .gemma4_unified import Gemma4UnifiedAdapter
 from .glm4v import Glm4vAdapter, Glm4vMoeAdapter, Glm46VAdapter
 from .hyperclovax_vision_v2 import HyperClovaXVisionV2Adapter
 from .internvl import InternVLAdapter
+from .kimi_k25 import KimiK25Adapter
 from .lfm3_vl import Lfm3VlAdapter
 from .llava_next_video import LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
@@ -41,7 +42,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
         Ernie4_5_VLAdapter, CohereCompassAdapter, Molmo2Adapter,
         MuseGlimmerAdapter, Ovis2_5Adapter, Gemma4UnifiedAdapter, Qwen3_5MoeAdapter, Cosmos3OmniAdapter,
         HyperClovaXVisionV2Adapter, MuseSparkAdapter, LlavaOnevision15Adapter, Exaone4_5Adapter,
-        Lfm3VlAdapter, MiniCPMV4_6Adapter, MiniCPMOcrAdapter, MiniCPMV4_7Adapter, NemotronHOmniAdapter,
+        Lfm3VlAdapter, MiniCPMV4_6Adapter, MiniCPMOcrAdapter, MiniCPMV4_7Adapter, NemotronHOmniAdapter, KimiK25Adapter,
     )
 }
 

@@ -290,6 +290,11 @@ class Adapter:
         attention = layer.self_attn
         return self.rotated(self.heads(layer, attention.k_proj, getattr(attention, "k_norm", None), hidden), cos, sin)
 
+    def cached_keys_values(self, cache: Any, layer_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, Hkv, K, d) keys and values, as `project_keys` / `project_values` give them, that `cache` holds for
+        decoder layer `layer_index` (Kimi K2.5's cache holds latents, expanded here)."""
+        return compat.cached_entries(cache, layer_index)
+
     def rotated(self, states: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
         """States turned by the decoder's RoPE, or as they are in a layer without it (NoPE)."""
         return states if cos is None else self.rotation(states, cos, sin)

@@ -65,6 +65,7 @@ from transformers.masking_utils import (
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import AttentionInterface
 from transformers.models.gemma4.modeling_gemma4 import apply_multidimensional_rope
+from transformers.models.kimi_k25.modeling_kimi_k25 import Kimi_K25VisionModel
 from transformers.models.molmo2.modeling_molmo2 import Molmo2Model
 from transformers.models.muse_glimmer.modeling_muse_glimmer import get_vision_pixel_shuffle_index
 from transformers.models.nemotron_h_omni.modeling_nemotron_h_omni import compute_retention_mask
@@ -82,6 +83,10 @@ _CACHE_KEYWORDS = tuple(dict.fromkeys((CACHE_KEYWORD, "past_key_values")))  # cu
 # Nemotron-H Omni takes a call's videos as tubelets, (videos, tubelets, 2 · 3, H, W), from 5.24 (before: one video's
 # frames, packed inside); its pruning helper's signature tells which.
 NEMOTRON_TUBELETS = "num_tubelets" in inspect.signature(compute_retention_mask).parameters
+
+# Kimi K2.5 splits a video's features per chunk of frames from 5.24 (before: as if each frame of a chunk had tokens
+# of its own, so every video failed); the tower's pooling method, new then, tells which.
+KIMI_CHUNKS = hasattr(Kimi_K25VisionModel, "temporal_merge")
 
 # Molmo2's `video_token_pooling` lists each token's patches within its own video from 5.24 (the model offsets them
 # by the videos before it), within the whole batch before; the image encoder's signature tells which.
@@ -147,10 +152,12 @@ def output_cache(output: Any) -> Any:
     return output.get(CACHE_KEYWORD)
 
 
-def cached_keys(cache: Any, layer_index: int) -> torch.Tensor:
-    """(B, Hkv, K, d) keys that `cache` holds for decoder layer `layer_index` (of a static cache: its filled slots)."""
+def cached_entries(cache: Any, layer_index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, Hkv, K, d) keys and values that `cache` holds for decoder layer `layer_index` (of a static cache: its
+    filled slots)."""
     layer = cache.layers[layer_index]
-    return layer.keys[:, :, : int(layer.get_seq_length())]
+    filled = int(layer.get_seq_length())
+    return layer.keys[:, :, :filled], layer.values[:, :, :filled]
 
 
 def preallocated(cache: Any) -> bool:
@@ -379,8 +386,11 @@ class SelectedKV:
 
     def update(self, key_states, value_states, layer_idx, *args, **kwargs):
         keys, values = self.cache.update(key_states, value_states, layer_idx, *args, **kwargs)
-        index = self.index[:, None, :, None].expand(-1, keys.shape[1], -1, keys.shape[-1])
-        return keys.gather(2, index), values.gather(2, index)
+        # keys and values may differ in width (MLA caches a latent and a RoPE'd key part)
+        return tuple(
+            states.gather(2, self.index[:, None, :, None].expand(-1, states.shape[1], -1, states.shape[-1]))
+            for states in (keys, values)
+        )
 
     def __getattr__(self, name):
         return getattr(self.cache, name)

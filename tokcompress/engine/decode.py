@@ -104,7 +104,7 @@ def select_visual_kv(
         return
     with state.stats.timed(hidden.device):
         if group.kv_selection is None:  # once per step and group, at its first selecting layer
-            keys = compat.cached_keys(cache, layer_index)  # (B, Hkv, K, d), before this step's update
+            keys = adapter.cached_keys_values(cache, layer_index)[0]  # (B, Hkv, K, d), before this step's update
             slots, padded, chosen = _decode_selection(method, adapter, state, layer, hidden, keys, group, kwargs)
             state.stats.record_decode_read(chosen, readers(), len(adapter.layers))
             implementation = compat.attention_implementation(adapter.language_model.config)

@@ -38,6 +38,7 @@ from ..tiny_inputs import (  # noqa: F401 - the prompts and pixels of these mode
 )
 from ..tiny_packed_inputs import (  # noqa: F401 - as above
     ernie_inputs,
+    kimi_k25_inputs,
     minicpm_v_inputs,
     muse_glimmer_inputs,
     omni_audio_tokens,
@@ -66,6 +67,7 @@ from .packed import (  # noqa: F401 - public builders
     tiny_glm4v_moe,
     tiny_glm46v,
     tiny_hyperclovax_vision_v2,
+    tiny_kimi_k25,
     tiny_lfm3_vl,
     tiny_llava_onevision1_5,
     tiny_minicpm_ocr,
@@ -126,6 +128,8 @@ if compat.ships("llava_onevision1_5"):  # transformers 5.25+
     TINY_MODELS["llava_onevision1_5"] = tiny_llava_onevision1_5
 if compat.NEMOTRON_TUBELETS:  # transformers 5.24+: videos as tubelets
     TINY_MODELS["nemotron_h_omni"] = tiny_nemotron_h_omni
+if compat.KIMI_CHUNKS:  # transformers 5.24+: a video's features split per chunk
+    TINY_MODELS["kimi_k25"] = tiny_kimi_k25
 
 QWEN3_LAYOUT = ("qwen3_vl", "qwen3_vl_moe", "qwen3_5", "qwen3_5_moe", "cosmos3_omni", "cohere_compass")  # Qwen3-VL's
 
@@ -171,6 +175,8 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
         return {**inputs, "mm_token_type_ids": (inputs["input_ids"] == VIDEO).long() * 2}
     if model.config.model_type == "nemotron_h_omni":
         return nemotron_h_omni_inputs(frames, questions)
+    if model.config.model_type == "kimi_k25":
+        return kimi_k25_inputs(frames, questions)
     if model.config.model_type == "molmo2":
         return molmo2_inputs(frames, questions, per_video_pooling=compat.MOLMO2_POOLING_PER_VIDEO)
     if model.config.model_type in ("qwen2_5_omni_thinker", "qwen3_omni_moe_thinker"):

@@ -1,0 +1,227 @@
+"""Kimi K2.5 / K2.6 (`kimi_k25`, Moonshot AI): a MoonViT tower (14-px patches, a learned position grid resized to each
+frame plus a sinusoid per frame, axial 2-D RoPE) encodes a video as chunks of the processor's `temporal_patch_size`
+frames (4 by default; the last chunk may hold fewer), each chunk one attention sequence of its frames' patches; after
+its last layer a chunk's frames are averaged and every 2 × 2 patches become one token. So a chunk is a frame unit:
+(h / 2) × (w / 2) tokens in raster order. The decoder is DeepSeek-V3's: multi-head latent attention (MLA - queries
+through a low-rank projection; keys and values expanded from a per-token latent, which is what the cache holds; RoPE
+on a part of each query / key head, interleaved pairs) and mixture-of-experts MLPs, with 1-D positions.
+
+The processor gives each chunk its own `video_grid_thw` row and its own run of video tokens - its first frame's time,
+then `<|media_begin|>video<|media_content|>` + its tokens + `<|media_end|>` -, and the model is not told which chunks
+are one video's (the processor's `num_chunks_per_video` does not reach it). So videos are read off the prompt: runs
+of one grid size at most `MAX_CHUNK_GAP` tokens apart (a chunk's time and markers) are the chunks of one video; two
+videos of one size with no text between them read as one. The engine hands the adapter the prompt's ids with a
+`get_video_features` call (as MiniCPM-V's), so a pre-encoder method keeps whole chunks out of the tower; features
+encoded on their own hold every chunk, and the method chooses from them before the LLM.
+
+Where it departs from the stock forward: none beyond the engine's rules. Nothing folds inside the tower yet (see
+`tower_folding_refused`): `earlytom`, `vidtldr` and `flowcut` meet the budget before the LLM. In-LLM scores read
+MLA's own queries and keys (its softmax scale included); decoding scores the cached latents expanded to keys. From
+transformers 5.24 (5.23 split a video's features as if each frame of a chunk had tokens of its own: every video
+failed, patched or not)."""
+
+from __future__ import annotations
+
+import itertools
+from typing import ClassVar
+
+import torch
+import transformers
+
+from ..engine import compat
+from ..layout import VisualLayout
+from ..methods.base import PromptRefused
+from ..ops import attention_received
+from .base import Adapter, rotate
+from .prompt import noted_grids, token_runs
+
+MAX_CHUNK_GAP = 24
+"""Most tokens between two chunks of one video: `<|media_end|>`, the next chunk's time (`00:00:02.000`) and
+`<|media_begin|>video<|media_content|>` - about 10 with Kimi's tokenizer, 20 in the byte vocabulary of the tests."""
+
+
+def rotate_interleaved(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """DeepSeek's interleaved RoPE: pairs (x0, x1), (x2, x3), ... each turned by one frequency, the results laid out
+    evens then odds (as transformers computes it); `cos` / `sin` hold each frequency twice, as rotate-half's do."""
+    half = cos.shape[-1] // 2
+    cos, sin = cos[..., :half], sin[..., :half]
+    evens, odds = states[..., 0::2], states[..., 1::2]
+    return torch.cat([evens * cos - odds * sin, odds * cos + evens * sin], dim=-1)
+
+
+class KimiK25Adapter(Adapter):
+    model_type = "kimi_k25"
+    encodes_by_prompt: ClassVar[bool] = True  # its tower call does not say which chunks are one video's
+    tower_folding_refused: ClassVar[str] = (
+        "its chunks' frames attend to each other and are averaged after its last layer, a readout tokcompress does "
+        "not fold through yet"
+    )
+
+    def __init__(self, model):
+        if not compat.KIMI_CHUNKS:
+            raise ValueError(
+                "tokcompress supports Kimi K2.5 from transformers 5.24, whose model splits a video's features per "
+                f"chunk of frames (this is transformers {transformers.__version__}, where every video fails): "
+                "upgrade it"
+            )
+        super().__init__(model)
+
+    @property
+    def merge(self) -> int:
+        """The side of the square of patches that becomes one token."""
+        return self.config.vision_config.merge_kernel_size[0]
+
+    # ------------------------------------------------------------------ decoder (MLA)
+    def project_queries(self, layer, hidden, cos, sin):
+        attention = layer.self_attn
+        normed = layer.input_layernorm(hidden)
+        if attention.q_lora_rank is None:
+            states = attention.q_proj(normed)
+        else:
+            states = attention.q_b_proj(attention.q_a_layernorm(attention.q_a_proj(normed)))
+        states = states.view(len(hidden), -1, attention.qk_head_dim).transpose(0, 1)  # (heads, n, d)
+        passed, turned = states.split([attention.qk_nope_head_dim, attention.qk_rope_head_dim], dim=-1)
+        queries = torch.cat([passed, self._rope(attention, turned, cos, sin)], dim=-1)
+        return queries * (attention.scaling * attention.qk_head_dim**0.5)  # its scale, against the scores' 1/√d
+
+    def project_keys(self, layer, hidden, cos, sin):
+        return self._keys_values(layer, hidden, cos, sin)[0]
+
+    def project_values(self, layer, hidden):
+        return self._keys_values(layer, hidden, None, None)[1]
+
+    def _keys_values(self, layer, hidden, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
+        """(heads, n, d) keys (RoPE'd where `cos` is given) and values, expanded from the latent as the layer does."""
+        attention = layer.self_attn
+        latent = attention.kv_a_proj_with_mqa(layer.input_layernorm(hidden))
+        latent, turned = latent.split([attention.kv_lora_rank, attention.qk_rope_head_dim], dim=-1)
+        turned = self._rope(attention, turned, cos, sin)
+        keys, values = attention.expand_kv(attention.kv_a_layernorm(latent)[None, None], turned[None, None])
+        return keys[0], values[0]
+
+    @staticmethod
+    def _rope(attention, states: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
+        if cos is None:
+            return states
+        return (rotate_interleaved if attention.config.rope_interleave else rotate)(states, cos, sin)
+
+    def cached_keys_values(self, cache, layer_index):
+        """Expanded from the latents and RoPE'd key parts the cache holds (as its keys and values)."""
+        return self.layers[layer_index].self_attn.expand_kv(*compat.cached_entries(cache, layer_index))
+
+    # ------------------------------------------------------------------ layout
+    def video_layouts(self, input_ids, call_kwargs):
+        grids = self._chunk_grids(input_ids, call_kwargs)
+        if int((input_ids == self.video_token_id).sum()) != sum(h * w for _, h, w in grids):
+            return None  # placeholders and features disagree in number: the model's own check says by how much
+        layouts = []
+        for ids, videos in zip(input_ids, self._videos(input_ids, grids)):
+            positions = [
+                torch.cat([torch.arange(start, start + length) for _, start, length in video]) for video in videos
+            ]
+            video_grids = [(len(video), *grids[video[0][0]][1:]) for video in videos]
+            layouts.append(VisualLayout.from_token_positions(positions, video_grids, device=ids.device))
+        return layouts
+
+    def _videos(self, input_ids: torch.Tensor, grids: list[tuple[int, int, int]]) -> list[list[list[tuple]]]:
+        """Per sample, its videos, each a list of its chunks' (chunk, start, length): the chunk's index among the
+        call's (in prompt order across the samples) and its run of video tokens."""
+        samples, chunk = [], 0
+        for ids in input_ids:
+            videos: list[list[tuple]] = []
+            previous_end = None
+            for start, length in token_runs(ids, self.video_token_id):
+                if chunk >= len(grids) or length != grids[chunk][1] * grids[chunk][2]:
+                    raise PromptRefused(
+                        f"the prompts' runs of video tokens do not match the videos' chunks ({len(grids)} of "
+                        f"{[h * w for _, h, w in grids]} tokens): pass the processor's prompt (a run per chunk)"
+                    )
+                same_size = videos and grids[videos[-1][-1][0]] == grids[chunk]
+                if same_size and start - previous_end <= MAX_CHUNK_GAP:
+                    videos[-1].append((chunk, start, length))
+                else:
+                    videos.append([(chunk, start, length)])
+                previous_end, chunk = start + length, chunk + 1
+            samples.append(videos)
+        if chunk != len(grids):
+            raise PromptRefused(f"the prompts hold {chunk} runs of video tokens, the videos {len(grids)} chunks")
+        return samples
+
+    def _chunk_grids(self, input_ids, call_kwargs) -> list[tuple[int, int, int]]:
+        """Per chunk of the call, its (1, height, width) grid of tokens: from `video_grid_thw`, or (generate encodes
+        up front and drops it) as noted on the encoded features."""
+        if call_kwargs.get("video_grid_thw") is not None:
+            return self.token_grids(call_kwargs["video_grid_thw"])
+        return noted_grids(call_kwargs, input_ids, self.video_token_id, "Kimi K2.5", "video_grid_thw")
+
+    def token_grids(self, grid_thw: torch.Tensor) -> list[tuple[int, int, int]]:
+        return [(1, h // self.merge, w // self.merge) for _, h, w in grid_thw.tolist()]
+
+    def note_encoded(self, output, encoder_args):
+        output[compat.ENCODED_GRIDS] = self.token_grids(encoder_args["video_grid_thw"])
+
+    # ------------------------------------------------------------------ encoder
+    def _call_videos(self, encoder_args) -> list[list[int]]:
+        """Per video of a `get_video_features` call, its chunks' indices among the call's, read off the prompt the
+        engine hands over with it."""
+        grids = self.token_grids(encoder_args["video_grid_thw"])
+        samples = self._videos(encoder_args[compat.PROMPT_IDS], grids)
+        return [[chunk for chunk, _, _ in video] for videos in samples for video in videos]
+
+    def frame_signatures(self, encoder_args):
+        """Per video, (chunks, patches of a frame, D): each chunk's patch embeddings (no position table), averaged
+        over its frames as its features will be."""
+        embed = self.vision_tower.patch_embed.proj
+        pixels = encoder_args["pixel_values_videos"].to(embed.weight.dtype)
+        grid = encoder_args["video_grid_thw"]
+        embedded = embed(pixels).flatten(1).split(grid.prod(dim=-1).tolist())
+        chunks = [rows.view(t, h * w, -1).mean(dim=0) for rows, (t, h, w) in zip(embedded, grid.tolist())]
+        return [torch.stack([chunks[chunk] for chunk in video]) for video in self._call_videos(encoder_args)]
+
+    def encode_frames(self, encode, encoder_args, keep):
+        """The kept chunks' patches and grid rows, then every chunk's features in place, the dropped ones zeros."""
+        args = {name: value for name, value in encoder_args.items() if name != compat.PROMPT_IDS}
+        videos = self._call_videos(encoder_args)
+        kept = sorted(video[unit] for video, units in zip(videos, keep) for unit in units.tolist())
+        grid = args["video_grid_thw"]
+        counts = grid.prod(dim=-1).tolist()
+        firsts = [0, *itertools.accumulate(counts)]
+        rows = torch.cat([torch.arange(firsts[chunk], firsts[chunk] + counts[chunk]) for chunk in kept])
+        pixels = args["pixel_values_videos"]
+        output = encode(**{**args, "pixel_values_videos": pixels[rows.to(pixels.device)], "video_grid_thw": grid[kept]})
+        features, encoded, first = iter(output.pooler_output), set(kept), output.pooler_output[0]
+        output.pooler_output = tuple(
+            next(features) if chunk in encoded else first.new_zeros(h * w, first.shape[-1])
+            for chunk, (_, h, w) in enumerate(self.token_grids(grid))
+        )
+        return output
+
+    # ------------------------------------------------------------------ tower attention
+    def tower_attention(self):
+        return self.vision_tower.layers[-1].attn
+
+    def tower_attention_received(self, call):  # (rows,): attention runs inside each chunk
+        attention, hidden = self.tower_attention(), call.argument("hidden_states", 0)
+        cos, sin = (table[:, None].float() for table in call.kwargs["position_embeddings"])
+        queries, keys = (
+            rotate(projection(hidden).unflatten(-1, (attention.num_heads, -1)).float(), cos, sin).transpose(0, 1)
+            for projection in (attention.q_proj, attention.k_proj)
+        )
+        bounds = call.kwargs["cu_seqlens"].tolist()
+        return torch.cat([
+            attention_received(queries[None, :, start:end], keys[None, :, start:end])[0]
+            for start, end in zip(bounds[:-1], bounds[1:])
+        ])
+
+    def tower_token_scores(self, records, input_ids, standing=None):
+        """Per chunk encoded, its tokens' scores: the mean over the 2 × 2 patches of each, in every frame of the
+        chunk, as the tower pools them."""
+        units, grid, side = [], None, self.merge
+        for call in records:
+            if call.kind == "tower":
+                grid = call.argument("grid_thw", 1).tolist()
+                continue
+            received = self.tower_attention_received(call).split([t * h * w for t, h, w in grid])
+            for scores, (t, h, w) in zip(received, grid):
+                units.append(scores.view(t, h // side, side, w // side, side).mean(dim=(0, 2, 4)).flatten())
+        return units
