@@ -14,7 +14,7 @@ from tokcompress.methods.base import PromptRefused
 from tokcompress.tiny_inputs import VIDEO, VIDEO_START, VISION_END, VISION_START, text_ids
 from tokcompress.video import kimi_k25_pixels
 
-from .conftest import logits, model_for
+from .conftest import inputs_for, logits, model_for
 from .test_adapters import assert_scores_reproduce_the_attention_map
 
 pytestmark = pytest.mark.skipif(not compat.KIMI_CHUNKS, reason="Kimi K2.5 needs transformers 5.24+")
@@ -93,3 +93,14 @@ def test_transformers_5_23_is_refused_naming_the_upgrade(monkeypatch):
     monkeypatch.setattr(compat, "KIMI_CHUNKS", False)
     with pytest.raises(ValueError, match="from transformers 5.24"):
         tokcompress.patch(model_for("kimi_k25"), "tome")
+
+
+def test_the_ideal_encodes_the_first_share_of_the_chunks(clip):
+    """The ideal of a method that encoded half the chunks runs the tower on the first half of them (2 of 4)."""
+    from tokcompress.ideal import ideal_inputs
+
+    model = model_for("kimi_k25")
+    encode, _ = ideal_inputs(model, inputs_for("kimi_k25", clip, "Who?"), 7, encoded=0.5)
+    with torch.no_grad():
+        features = encode().pooler_output
+    assert len(features) == 2 and all(chunk.shape[0] == 16 for chunk in features)

@@ -27,7 +27,7 @@ def ideal_inputs(
     too, then returns the keyword arguments of a forward or `generate` over the first prompt's text and
     `visual_kept` of its visual tokens - what the timed region of an ideal prefill does before the model runs."""
     adapter = adapter_for(model)
-    video = encoded_share(inputs, encoded, adapter.temporal_merge)
+    video = encoded_share(inputs, encoded, adapter.temporal_merge, adapter.grid_rows_are_units)
     tower = adapter.multimodal_model
     encode_video = tower.get_video_features if "pixel_values_videos" in video else tower.get_image_features
     visual = inputs["input_ids"][0] == adapter.video_token_id
@@ -59,10 +59,11 @@ def ideal_prefill(model, inputs: dict, visual_kept: int, encoded: float = 1.0) -
     return lambda: model(**prepare())
 
 
-def encoded_share(inputs: dict, fraction: float, steps: int = 1) -> dict:
+def encoded_share(inputs: dict, fraction: float, steps: int = 1, rows_are_units: bool = False) -> dict:
     """The video inputs of the first `fraction` of the clip's frame units (LLaVA, Gemma 4, Molmo2: frames; Qwen:
-    temporal patches; ERNIE-4.5-VL: frame pairs, `steps` grid steps each; MiniCPM-V: sources and slices; InternVL:
-    all of its images, which its tower encodes before a method chooses frames)."""
+    temporal patches; ERNIE-4.5-VL: frame pairs, `steps` grid steps each; MiniCPM-V: sources and slices; Kimi K2.5:
+    chunks, `video_grid_thw` rows (`rows_are_units`); InternVL: all of its images, which its tower encodes before a
+    method chooses frames)."""
     if "pixel_values_videos" not in inputs:
         return {"pixel_values": inputs["pixel_values"]}
     pixels = inputs["pixel_values_videos"]
@@ -86,6 +87,9 @@ def encoded_share(inputs: dict, fraction: float, steps: int = 1) -> dict:
         return {"pixel_values_videos": pixels[..., : patches * pixels.shape[2]], "target_sizes_videos": sizes[:units]}
     if "video_grid_thw" not in inputs:
         return {"pixel_values_videos": pixels[:, : max(round(pixels.shape[1] * fraction), 1)]}
+    if rows_are_units:
+        grid = inputs["video_grid_thw"][: max(round(len(inputs["video_grid_thw"]) * fraction), 1)]
+        return {"pixel_values_videos": pixels[: int(grid.prod(dim=-1).sum())], "video_grid_thw": grid}
     t, h, w = inputs["video_grid_thw"][0].tolist()
     units = max(round(t // steps * fraction), 1) * steps  # `steps` grid steps a unit (ERNIE-4.5-VL: frame pairs)
     grid = inputs["video_grid_thw"].new_tensor([[units, h, w]])

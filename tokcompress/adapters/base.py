@@ -55,6 +55,8 @@ class Adapter:
     # is None: why frames cannot fold inside the tower
     tower_token_folding_refused: ClassVar[str | None] = None  # why the tower cannot fold tokens inside frames, if not
     temporal_merge: ClassVar[int] = 1  # steps of `video_grid_thw`'s time axis in one frame unit (ERNIE-4.5-VL: 2)
+    grid_rows_are_units: ClassVar[bool] = False  # whether each `video_grid_thw` row is a frame unit, not a video
+    # (Kimi K2.5's chunks)
     video_pixels: ClassVar[str] = "pixel_values_videos"  # the call keyword of video pixels (InternVL: its images')
     video_modality: ClassVar[str] = "video"  # their key in pre-encoded `mm_encoder_outputs`
     rotation = staticmethod(rotate)  # how the decoder applies RoPE to (the first dims of) each head

@@ -52,6 +52,7 @@ def rotate_interleaved(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tenso
 class KimiK25Adapter(Adapter):
     model_type = "kimi_k25"
     encodes_by_prompt: ClassVar[bool] = True  # its tower call does not say which chunks are one video's
+    grid_rows_are_units: ClassVar[bool] = True
     tower_folding_refused: ClassVar[str] = (
         "its chunks' frames attend to each other and are averaged after its last layer, a readout tokcompress does "
         "not fold through yet"
