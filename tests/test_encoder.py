@@ -8,7 +8,9 @@ import pytest
 import torch
 
 import tokcompress
+from tokcompress import tiny
 from tokcompress.adapters import ADAPTERS, adapter_for
+from tokcompress.engine.compat import CACHE_KEYWORD, output_cache
 from tokcompress.engine.folding import BATCHED, PACKED
 from tokcompress.methods import (
     Compose,
@@ -360,3 +362,20 @@ def test_features_a_method_left_frames_out_of_are_refused_once_it_no_longer_comp
         handle.ratio = 1.0
         with pytest.raises(ValueError, match="hold zeros there.*encode the video again"):
             logits(model, {**text, "mm_encoder_outputs": {"video": encoded}})
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if ADAPTERS[f].encodes_by_prompt])
+def test_a_later_turn_bringing_a_video_keeps_frames_from_the_tower_by_its_own_prompt(family, clip, other_clip):
+    """Families reading a call's videos off the prompt (MiniCPM-V, Kimi K2.5): generate's encoding of a second turn
+    reads the part of the conversation past the cache, whose runs are that turn's video's, not the first turn's."""
+    model = model_for(family)
+    first_turn, second_turn = (inputs_for(family, frames, "What is moving?") for frames in (clip, other_clip))
+    with tokcompress.compress(model, "framededup", ratio=0.5) as handle, torch.no_grad():
+        first = model.generate(**first_turn, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+        ids = torch.cat([first.sequences, second_turn["input_ids"]], dim=1)
+        follow_up = {**second_turn, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        if "mm_token_type_ids" in follow_up:
+            follow_up["mm_token_type_ids"] = (ids == tiny.VIDEO).long() * 2
+        model.generate(**follow_up, max_new_tokens=2, do_sample=False, **{CACHE_KEYWORD: output_cache(first)})
+        (sample,) = handle.stats.samples
+    assert sample.encoder_ratio <= 0.5

@@ -80,11 +80,19 @@ class StandIns:
             )
         return compat.call_inherited(self.adapter.model, compat.CANDIDATE_GENERATOR, *args, **kwargs)
 
-    def _encode_for_generation(self, inputs_tensor, *args, **kwargs):
-        """generate encodes the videos before its first forward: that encoding reads the prompt from here."""
-        self._local.generate_prompt_ids = None if inputs_tensor.is_floating_point() else inputs_tensor  # not embeds
+    def _encode_for_generation(self, inputs_tensor, model_kwargs, *args, **kwargs):
+        """generate encodes the videos before its first forward: that encoding reads the prompt from here - the part
+        past the cache a later turn continues, which holds the videos it brings (not embeds: no ids to read)."""
+        prompt_ids = None if inputs_tensor.is_floating_point() else inputs_tensor
+        cache = compat.cache_of(model_kwargs)
+        if prompt_ids is not None and cache is not None:
+            state = GenerationState.of(cache, self.key)  # its length: the conversation's, uncompressed
+            prompt_ids = prompt_ids[:, state.full_length if state is not None else cache.get_seq_length() :]
+        self._local.generate_prompt_ids = prompt_ids
         try:
-            return compat.call_inherited(self.adapter.model, compat.PREPARE_ENCODER, inputs_tensor, *args, **kwargs)
+            return compat.call_inherited(
+                self.adapter.model, compat.PREPARE_ENCODER, inputs_tensor, model_kwargs, *args, **kwargs
+            )
         finally:
             self._local.generate_prompt_ids = None
 
