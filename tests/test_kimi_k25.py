@@ -52,6 +52,20 @@ def test_chunks_close_together_are_one_videos_and_text_parts_two_videos(clip, ot
     assert abs(handle.stats.samples[0].achieved_ratio - 0.4) < 0.02
 
 
+@pytest.mark.parametrize(("frames", "between", "grids"), [
+    ((8, 5), " vs ", ((4, 4, 4), (3, 4, 4))),  # any text between two videos parts them
+    ((5, 8), " vs ", ((3, 4, 4), (4, 4, 4))),
+    ((5, 8), "", ((3, 4, 4), (4, 4, 4))),  # a chunk of fewer frames ends its video
+    ((8, 5), "", ((7, 4, 4),)),  # nothing tells these two apart: the limit the docstring names
+])
+def test_two_videos_in_one_prompt_are_told_apart_by_the_text_or_the_short_chunk_between(
+    clip, other_clip, frames, between, grids
+):
+    inputs = two_videos(clip[: frames[0]], other_clip[: frames[1]], between)
+    (layout,) = adapter_for(model_for("kimi_k25")).visual_layouts(inputs)
+    assert layout.grids == grids
+
+
 def test_a_pre_encoder_method_keeps_whole_chunks_of_each_video_out_of_the_tower(clip):
     """Two still videos of 4 chunks each: framededup keeps one chunk of each (its window's middle one, as LongVU);
     the tower sees those 2 chunks' patches."""

@@ -9,10 +9,12 @@ on a part of each query / key head, interleaved pairs) and mixture-of-experts ML
 The processor gives each chunk its own `video_grid_thw` row and its own run of video tokens - its first frame's time,
 then `<|media_begin|>video<|media_content|>` + its tokens + `<|media_end|>` -, and the model is not told which chunks
 are one video's (the processor's `num_chunks_per_video` does not reach it). So videos are read off the prompt: runs
-of one grid size at most `MAX_CHUNK_GAP` tokens apart (a chunk's time and markers) are the chunks of one video; two
-videos of one size with no text between them read as one. The engine hands the adapter the prompt's ids with a
-`get_video_features` call (as MiniCPM-V's), so a pre-encoder method keeps whole chunks out of the tower; features
-encoded on their own hold every chunk, and the method chooses from them before the LLM.
+of one grid size as close together as a chunk's time and markers keep them (the closest two in the prompt, at most
+`MAX_CHUNK_GAP` tokens apart), up to a chunk of fewer frames (a video's last), are the chunks of one video; two videos
+of one size with no text between them, the first's frames a multiple of the chunk's, read as one. The engine hands
+the adapter the prompt's ids with a `get_video_features` call (as MiniCPM-V's), so a pre-encoder method keeps whole
+chunks out of the tower; features encoded on their own hold every chunk, and the method chooses from them before the
+LLM.
 
 Where it departs from the stock forward: none beyond the engine's rules. Nothing folds inside the tower yet (see
 `tower_folding_refused`): `earlytom`, `vidtldr` and `flowcut` meet the budget before the LLM. In-LLM scores read
@@ -126,37 +128,48 @@ class KimiK25Adapter(Adapter):
 
     def _videos(self, input_ids: torch.Tensor, grids: list[tuple[int, int, int]]) -> list[list[list[tuple]]]:
         """Per sample, its videos, each a list of its chunks' (chunk, start, length): the chunk's index among the
-        call's (in prompt order across the samples) and its run of video tokens."""
-        samples, chunk = [], 0
+        call's (in prompt order across the samples) and its run of video tokens.
+
+        A run continues the video before it where it is a chunk of the same size, as far from the run before as the
+        closest two runs of one size in its prompt are (a chunk's time and markers: text between two videos adds to
+        that) and at most `MAX_CHUNK_GAP`, and where that run's chunk holds as many frames as its video's first (the
+        processor shortens only a video's last chunk)."""
+        samples, first = [], 0
         for ids in input_ids:
+            runs = token_runs(ids, self.video_token_id)
+            chunks = range(first, first + len(runs))
+            if chunks.stop > len(grids) or any(length != h * w for (_, length), (_, h, w) in zip(runs, grids[first:])):
+                raise PromptRefused(
+                    f"the prompts' runs of video tokens do not match the videos' chunks ({len(grids)} of "
+                    f"{[h * w for _, h, w in grids]} tokens): pass the processor's prompt (a run per chunk)"
+                )
+            gaps = [None] + [
+                start - sum(before) if grids[chunk][1:] == grids[chunk - 1][1:] else None
+                for chunk, before, (start, _) in zip(chunks[1:], runs, runs[1:])
+            ]
+            closest = min((gap for gap in gaps if gap is not None), default=None)
             videos: list[list[tuple]] = []
-            previous_end = None
-            for start, length in token_runs(ids, self.video_token_id):
-                if chunk >= len(grids) or length != grids[chunk][1] * grids[chunk][2]:
-                    raise PromptRefused(
-                        f"the prompts' runs of video tokens do not match the videos' chunks ({len(grids)} of "
-                        f"{[h * w for _, h, w in grids]} tokens): pass the processor's prompt (a run per chunk)"
-                    )
-                same_size = videos and grids[videos[-1][-1][0]] == grids[chunk]
-                if same_size and start - previous_end <= MAX_CHUNK_GAP:
+            for chunk, (start, length), gap in zip(chunks, runs, gaps):
+                whole = videos and grids[videos[-1][-1][0]][0] == grids[videos[-1][0][0]][0]  # no shorter chunk yet
+                if whole and gap == closest and gap <= MAX_CHUNK_GAP:
                     videos[-1].append((chunk, start, length))
                 else:
                     videos.append([(chunk, start, length)])
-                previous_end, chunk = start + length, chunk + 1
             samples.append(videos)
-        if chunk != len(grids):
-            raise PromptRefused(f"the prompts hold {chunk} runs of video tokens, the videos {len(grids)} chunks")
+            first = chunks.stop
+        if first != len(grids):
+            raise PromptRefused(f"the prompts hold {first} runs of video tokens, the videos {len(grids)} chunks")
         return samples
 
     def _chunk_grids(self, input_ids, call_kwargs) -> list[tuple[int, int, int]]:
-        """Per chunk of the call, its (1, height, width) grid of tokens: from `video_grid_thw`, or (generate encodes
-        up front and drops it) as noted on the encoded features."""
+        """Per chunk of the call, its frames and its (height, width) grid of tokens: from `video_grid_thw`, or
+        (generate encodes up front and drops it) as noted on the encoded features."""
         if call_kwargs.get("video_grid_thw") is not None:
             return self.token_grids(call_kwargs["video_grid_thw"])
         return noted_grids(call_kwargs, input_ids, self.video_token_id, "Kimi K2.5", "video_grid_thw")
 
     def token_grids(self, grid_thw: torch.Tensor) -> list[tuple[int, int, int]]:
-        return [(1, h // self.merge, w // self.merge) for _, h, w in grid_thw.tolist()]
+        return [(t, h // self.merge, w // self.merge) for t, h, w in grid_thw.tolist()]
 
     def note_encoded(self, output, encoder_args):
         output[compat.ENCODED_GRIDS] = self.token_grids(encoder_args["video_grid_thw"])
