@@ -222,6 +222,17 @@ def test_compositions_are_refused_when_two_methods_share_a_stage_or_a_list_gets_
         tokcompress.patch(model_for("llava_onevision"), ["framededup", "fastv"], layer=1)
 
 
+@pytest.mark.parametrize("reader", ["quota", "sttm"])
+def test_a_method_reading_whole_frames_after_one_dropping_cells_before_the_llm_is_refused_up_front(reader, clip):
+    """Named with the compositions that work: after framededup, or earlytom's tower stage alone."""
+    for before, fix in (("earlytom:ratio=0.6", "earlytom@encoder"), ("tome:ratio=0.6", "framededup")):
+        with pytest.raises(ValueError, match=f"{reader} needs every cell of each frame .*{fix}"):
+            tokcompress.methods.build_method(f"{before}+{reader}", 0.3)
+    with tokcompress.compress(model_for("llava_onevision"), f"earlytom@encoder+{reader}", ratio=0.3) as handle:
+        logits(model_for("llava_onevision"), inputs_for("llava_onevision", clip, "What is moving?"))
+    assert abs(handle.stats.samples[0].achieved_ratio - 0.3) < 0.05
+
+
 def test_a_budget_above_what_a_frame_dropping_member_keeps_is_refused_up_front():
     """framededup keeps at most its ratio of the frames, and nothing adds tokens back after it: a larger budget
     would silently end near framededup's share, so it is refused - at patch time and when the handle's ratio

@@ -212,6 +212,7 @@ class Method:
     name: ClassVar[str] = ""
     stages: ClassVar[tuple[str, ...]] = ()
     in_encoder_unit: ClassVar[str] = "frame"  # what its in-encoder stage folds: whole frames, or tokens in each
+    reads_whole_frames: ClassVar[bool] = False  # whether its LLM stage needs every cell of each frame it sees
 
     def __post_init__(self) -> None:
         for knob, annotation in knob_annotations(type(self)).items():

@@ -81,6 +81,14 @@ class Compose(Method):
                     f"{member.name}:ratio={self.ratio:g}), or ask a ratio of at most {member.ratio:g}"
                 )
         before = self._pre_llm_share()
+        if before is not None and before.ratio < 1 and self._at(IN_LLM).reads_whole_frames:
+            encoder_only = f", or {before.name}'s tower stage alone: {before.name}{ENCODER_SUFFIX}" if set(
+                before.stages) & set(ENCODER_STAGES) else ""
+            raise ValueError(
+                f"{self._at(IN_LLM).name} needs every cell of each frame it sees, and {before.name} drops cells "
+                f"inside frames before the LLM: compose it after a method that keeps or drops whole frames "
+                f"(framededup{encoder_only})"
+            )
         if before is not None and before.ratio <= self.ratio < 1:
             wider = min(2 * self.ratio, 1.0)
             encoder_only = f", or keep its encoder stage alone ({before.name}{ENCODER_SUFFIX})" if set(

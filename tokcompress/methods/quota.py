@@ -62,6 +62,7 @@ class QuoTA(OnceInLLM):
     power: float = 2.0
 
     name = "quota"
+    reads_whole_frames = True  # it pools each frame's grid
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -57,6 +57,7 @@ class STTM(OnceInLLM):
     layer: int | None = None
 
     name = "sttm"
+    reads_whole_frames = True  # its quadtrees cover each frame's grid
     preferred_layer = PAPER_LAYER
 
     def __post_init__(self) -> None:
