@@ -17,10 +17,10 @@ from tokcompress.engine.groups import sample_row
 from tokcompress.layout import SEPARATOR
 
 from .conftest import (
-    COMPRESSING,
     FAMILIES,
     FRAME_GRANULAR,
     TINY,
+    every_family_and_every_method,
     forward_and_generate,
     inputs_for,
     logits,
@@ -189,7 +189,7 @@ def test_a_prompt_with_two_videos_lays_out_each_in_its_place(family, clip, other
         )
 
 
-@pytest.mark.parametrize("method", COMPRESSING)
+@pytest.mark.parametrize(("family", "method"), every_family_and_every_method())
 def test_every_method_compresses_a_prompt_with_two_videos(family, clip, other_clip, method):
     """Forward and generate (which pre-encodes the videos) agree on what was kept."""
     model = model_for(family)

@@ -14,10 +14,19 @@ from tokcompress import tiny
 from tokcompress.adapters import adapter_for
 from tokcompress.engine import compat
 
-from .conftest import COMPRESSING, FRAME_GRANULAR, TINY, generate, inputs_for, model_for, shorter, softmax_layers
+from .conftest import (
+    FRAME_GRANULAR,
+    TINY,
+    every_family_and_every_method,
+    generate,
+    inputs_for,
+    model_for,
+    shorter,
+    softmax_layers,
+)
 
 
-@pytest.mark.parametrize("method", COMPRESSING)
+@pytest.mark.parametrize(("family", "method"), every_family_and_every_method())
 def test_generate_keeps_compressing_every_decoding_step(family, clip, other_clip, method):
     """After generate the stats describe the prompt's visual tokens and every step; each layer's mask fits its cache."""
     model = model_for(family)

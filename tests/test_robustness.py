@@ -35,7 +35,7 @@ def cache_kwarg(cache) -> dict:
     return {CACHE_KEYWORD: cache}
 
 
-@pytest.mark.parametrize("method", COMPRESSING)
+@pytest.mark.parametrize(("family", "method"), every_family_and_every_method())
 def test_a_multi_turn_chat_passing_the_cache_back_continues_it(family, clip, method):
     """generate(whole conversation, cache of turn one) == continuing that cache by hand with the new tokens only."""
     model = model_for(family)

@@ -11,7 +11,7 @@ import tokcompress
 from tokcompress import tiny
 from tokcompress.engine import compat
 
-from .conftest import COMPRESSING, FAMILIES, TINY, inputs_for, logits, model_for
+from .conftest import TINY, every_family_and_every_method, inputs_for, logits, model_for
 
 
 def padded_batch(family, clip, other_clip) -> dict:
@@ -30,11 +30,10 @@ def generations(model, inputs, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
         )
 
 
-@pytest.mark.parametrize("method", COMPRESSING)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("family", "method"), every_family_and_every_method())
 def test_a_static_cache_generates_what_the_default_one_does(family, method, clip, other_clip):
-    """Every method on every family: key biases, decode-time KV selection, in-LLM reductions; sliding-window and
-    KV-sharing layers (Gemma 4), linear-attention ones (Qwen3.5), M-RoPE, DeepStack."""
+    """Every family with each mechanism, every method on two families: key biases, decode-time KV selection, in-LLM
+    reductions; sliding-window and KV-sharing layers (Gemma 4), linear-attention ones (Qwen3.5), M-RoPE, DeepStack."""
     model = model_for(family)
     with tokcompress.compress(model, method, ratio=0.3):
         dynamic, static = generations(model, padded_batch(family, clip, other_clip))
