@@ -159,6 +159,18 @@ def forward_and_generate(model, inputs, method, ratio: float = 0.3):
         return forward, handle.stats.samples[0]
 
 
+def record_pre_llm_calls(method) -> list[tuple]:
+    """Records each call of `method.reduce_pre_llm` from now on: its (layout, reduction), in the returned list."""
+    calls, original = [], method.reduce_pre_llm
+
+    def recording(features, layout, budget):
+        calls.append((layout, original(features, layout, budget)))
+        return calls[-1][1]
+
+    method.reduce_pre_llm = recording
+    return calls
+
+
 def logits(model, inputs) -> torch.Tensor:
     with torch.no_grad():
         return model(**inputs).logits

@@ -13,7 +13,7 @@ from tokcompress.adapters import adapter_for
 from tokcompress.methods import VisionZip
 from tokcompress.video import minicpm_v_pixels
 
-from .conftest import forward_and_generate, generate, logits, model_for
+from .conftest import forward_and_generate, generate, logits, model_for, record_pre_llm_calls
 from .test_adapters import placed_embeddings
 
 SHAPES = {  # source (height, width), slices (rows, columns), tile (height, width), mode
@@ -95,15 +95,14 @@ def test_tower_scores_are_each_tokens_rows_attention_at_the_last_layer(clip):
     hook = attention.register_forward_pre_hook(
         lambda module, args, kwargs: calls.append((kwargs["hidden_states"][0], kwargs["cu_seqlens"])), with_kwargs=True
     )
-    seen, method = [], VisionZip(ratio=0.5)
-    original = method.reduce_pre_llm
-    method.reduce_pre_llm = lambda features, layout, budget: seen.append(layout) or original(features, layout, budget)
+    method = VisionZip(ratio=0.5)
+    seen = record_pre_llm_calls(method)
     try:
         with tokcompress.compress(model, method):
             logits(model, inputs)
     finally:
         hook.remove()
-    (hidden, bounds), (layout,) = calls[-1], seen
+    (hidden, bounds), ((layout, _),) = calls[-1], seen
     received = []
     for start, end in zip(bounds[:-1].tolist(), bounds[1:].tolist()):
         rows = hidden[start:end]

@@ -19,7 +19,7 @@ from tokcompress.methods import FastVID, LayerBudget, VisionZip
 from tokcompress.methods.fastvid import dynamic_segments
 from tokcompress.ops import attention_received, density_peak_clusters
 
-from .conftest import TINY, TOWERED, inputs_for, logits, model_for, multimodal
+from .conftest import TINY, TOWERED, inputs_for, logits, model_for, multimodal, record_pre_llm_calls
 from .test_adapters import internvl_images_and_a_video
 
 RECORDING = "tokcompress_test_recording"
@@ -84,18 +84,11 @@ def test_the_tower_attention_a_method_reads_is_the_one_the_tower_computed(family
 def saliency_of(family, frames=None, inputs=None) -> VisualLayout:
     """The layout, with its tower attention, that VisionZip gets for a prompt (one video of `frames`)."""
     inputs = inputs if inputs is not None else inputs_for(family, frames, "What is moving?")
-    seen = []
     method = VisionZip(ratio=0.5)
-    original = method.reduce_pre_llm
-
-    def spy(features, layout, budget):
-        seen.append(layout)
-        return original(features, layout, budget)
-
-    method.reduce_pre_llm = spy
+    calls = record_pre_llm_calls(method)
     with tokcompress.compress(model_for(family), method):
         logits(model_for(family), inputs)
-    (layout,) = seen
+    ((layout, _),) = calls
     return layout
 
 
@@ -124,16 +117,8 @@ def test_visionzip_keeps_the_tokens_the_tower_attends_to_most(family, clip):
     dominant tokens it keeps are that frame's most attended ones."""
     model = model_for(family)
     inputs = inputs_for(family, clip, "What is moving?")
-    seen = []
     method = VisionZip(ratio=0.5, contextual_share=0.0)
-    original = method.reduce_pre_llm
-
-    def spy(features, layout, budget):
-        reduction = original(features, layout, budget)
-        seen.append((layout, reduction))
-        return reduction
-
-    method.reduce_pre_llm = spy
+    seen = record_pre_llm_calls(method)
     with tokcompress.compress(model, method) as handle:
         logits(model, inputs)
         (sample,) = handle.stats.samples

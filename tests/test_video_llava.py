@@ -8,7 +8,7 @@ import tokcompress
 from tokcompress.adapters import adapter_for
 from tokcompress.methods import TSLLaVA
 
-from .conftest import generate, inputs_for, model_for
+from .conftest import generate, inputs_for, model_for, record_pre_llm_calls
 
 
 def side(model) -> int:
@@ -29,19 +29,12 @@ def test_a_frame_is_its_cls_token_then_its_grid(clip):
 def test_grid_methods_read_each_frame_as_a_square_image(clip):
     """TS-LLaVA pools each frame to a thumbnail grid: it is handed p × p frames, not rows of 1 + p² tokens."""
     model = model_for("video_llava")
-    seen = []
     method = TSLLaVA(ratio=0.3)
-    original = method.reduce_pre_llm
-
-    def spy(features, layout, budget):
-        seen.append(layout)
-        return original(features, layout, budget)
-
-    method.reduce_pre_llm = spy
+    calls = record_pre_llm_calls(method)
     with tokcompress.compress(model, method) as handle:
         generate(model, inputs_for("video_llava", clip, "What is moving?"), max_new_tokens=2)
         kept = handle.stats.samples[0].kept_positions
-    (layout,) = seen
+    ((layout, _),) = calls
     assert {grid[1:] for grid in layout.grids} == {(side(model), side(model))}
     assert set(layout.positions[layout.is_separator].tolist()) <= set(kept)  # every CLS token kept first
 

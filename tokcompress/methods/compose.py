@@ -81,23 +81,24 @@ class Compose(Method):
                     f"{member.name}:ratio={self.ratio:g}), or ask a ratio of at most {member.ratio:g}"
                 )
         before = self._pre_llm_share()
-        if before is not None and before.ratio < 1 and self._at(IN_LLM).reads_whole_frames:
-            encoder_only = f", or {before.name}'s tower stage alone: {before.name}{ENCODER_SUFFIX}" if set(
-                before.stages) & set(ENCODER_STAGES) else ""
+        if before is None:
+            return
+        tower_stage = f"{before.name}{ENCODER_SUFFIX}" if set(before.stages) & set(ENCODER_STAGES) else None
+        if before.ratio < 1 and self._at(IN_LLM).reads_whole_frames:
+            alone = f", or {before.name}'s tower stage alone: {tower_stage}" if tower_stage else ""
             raise ValueError(
                 f"{self._at(IN_LLM).name} needs every cell of each frame it sees, and {before.name} drops cells "
                 f"inside frames before the LLM: compose it after a method that keeps or drops whole frames "
-                f"(framededup{encoder_only})"
+                f"(framededup{alone})"
             )
-        if before is not None and before.ratio <= self.ratio < 1:
+        if before.ratio <= self.ratio < 1:
             wider = min(2 * self.ratio, 1.0)
-            encoder_only = f", or keep its encoder stage alone ({before.name}{ENCODER_SUFFIX})" if set(
-                before.stages) & set(ENCODER_STAGES) else ""
+            alone = f", or keep its encoder stage alone ({tower_stage})" if tower_stage else ""
             raise ValueError(
                 f"{before.name} keeps {before.ratio:g} of the visual tokens before the LLM, no more than the budget "
                 f"{self.ratio:g} that {budget_holder.name} is to meet inside it, which then has nothing to prune: "
                 f"give {before.name} a ratio above {self.ratio:g} (e.g. {type(before).__name__}(ratio={wider:g}), "
-                f"spelt {before.name}:ratio={wider:g}){encoder_only}"
+                f"spelt {before.name}:ratio={wider:g}){alone}"
             )
 
     @staticmethod
