@@ -56,8 +56,7 @@ class FrameBatchAdapter(Adapter):
                 for offset in range(0, length, per_video):
                     starts.append(start + offset)
                     grids.append(((per_video - separators) // per_frame, height, width))
-            by_frame = self.separators_per_frame
-            layouts.append(VisualLayout.from_videos(starts, grids, separators, ids.device, by_frame))
+            layouts.append(VisualLayout.from_videos(starts, grids, separators, ids.device, self.separators_per_frame))
         return layouts
 
     def frame_signatures(self, encoder_args):

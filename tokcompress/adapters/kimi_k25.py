@@ -33,7 +33,7 @@ import transformers
 from ..engine import compat
 from ..layout import VisualLayout
 from ..methods.base import PromptRefused
-from ..ops import attention_received
+from ..ops import packed_attention_received
 from .base import Adapter, rotate
 from .prompt import noted_grids, token_runs
 
@@ -221,11 +221,7 @@ class KimiK25Adapter(Adapter):
             rotate(projection(hidden).unflatten(-1, (attention.num_heads, -1)).float(), cos, sin).transpose(0, 1)
             for projection in (attention.q_proj, attention.k_proj)
         )
-        bounds = call.kwargs["cu_seqlens"].tolist()
-        return torch.cat([
-            attention_received(queries[None, :, start:end], keys[None, :, start:end])[0]
-            for start, end in zip(bounds[:-1], bounds[1:])
-        ])
+        return packed_attention_received(queries, keys, call.kwargs["cu_seqlens"])
 
     def tower_token_scores(self, records, input_ids, standing=None):
         """Per chunk encoded, its tokens' scores: the mean over the 2 × 2 patches of each, in every frame of the

@@ -33,7 +33,7 @@ import torch
 from ..engine import compat
 from ..layout import VisualLayout
 from ..methods.base import PromptRefused
-from ..ops import attention_received
+from ..ops import packed_attention_received
 from .base import Adapter, split_heads
 from .prompt import noted_grids, token_runs
 from .qwen3_5 import Qwen3_5Decoder
@@ -214,11 +214,7 @@ class MiniCPMV4_6Adapter(Qwen3_5Decoder, Adapter):
         attention, hidden = self.tower_attention(), call.argument("hidden_states", 0)[0]
         queries, keys = (split_heads(projection(hidden), attention.num_heads) for projection in (
             attention.q_proj, attention.k_proj))
-        bounds = call.kwargs["cu_seqlens"].tolist()
-        return torch.cat([
-            attention_received(queries[None, :, start:end], keys[None, :, start:end])[0]
-            for start, end in zip(bounds[:-1], bounds[1:])
-        ])
+        return packed_attention_received(queries, keys, call.kwargs["cu_seqlens"])
 
     def tower_token_scores(self, records, input_ids, standing=None):
         """Per frame encoded, its views' tokens' scores on its stacked grid, (rows, columns): a token's the mean

@@ -12,7 +12,7 @@ from ..engine import compat
 from ..engine.compat import mrope_grid_rows
 from ..engine.folding import PACKED
 from ..layout import VisualLayout
-from ..ops import attention_received, attention_row_sharpness, repeat_heads
+from ..ops import attention_row_sharpness, packed_attention_received, repeat_heads
 from .base import Adapter, Projection, applied_to, rotate
 from .prompt import noted_grids, token_runs, units_in_place
 
@@ -131,11 +131,7 @@ class Qwen2VLAdapter(Adapter):
 
     def tower_attention_received(self, call):
         queries, keys, _ = self.tower_heads(self.tower_attention(), call.argument("hidden_states", 0), call.kwargs)
-        bounds = call.kwargs["cu_seqlens"].tolist()  # attention runs inside each frame unit (or window)
-        return torch.cat([
-            attention_received(queries[None, :, start:end], keys[None, :, start:end], self.tower_has_cls)[0]
-            for start, end in zip(bounds[:-1], bounds[1:])
-        ])
+        return packed_attention_received(queries, keys, call.kwargs["cu_seqlens"], self.tower_has_cls)
 
     def tower_layer_attention(self, layer):
         return layer.attn

@@ -6,6 +6,7 @@ from .attention import (
     attention_row_sharpness,
     few_query_attention,
     global_query_attention,
+    packed_attention_received,
     repeat_heads,
 )
 from .cluster import density_peak_clusters, fold_clusters, grouped_density_peaks
@@ -17,5 +18,5 @@ from .varlen import varlen_attention
 __all__ = [
     "NO_PARTNER", "aligned_cosine", "attention_pagerank", "attention_received", "attention_row_sharpness",
     "bipartite_match", "density_peak_clusters", "few_query_attention", "fold_clusters", "global_query_attention",
-    "grouped_density_peaks", "repeat_heads", "varlen_attention", "weighted_merge",
+    "grouped_density_peaks", "packed_attention_received", "repeat_heads", "varlen_attention", "weighted_merge",
 ]

@@ -55,6 +55,18 @@ def attention_received(queries: torch.Tensor, keys: torch.Tensor, from_first: bo
     return received.mean(dim=1) / queries.shape[2]
 
 
+def packed_attention_received(
+    queries: torch.Tensor, keys: torch.Tensor, cu_seqlens: torch.Tensor, from_first: bool = False
+) -> torch.Tensor:
+    """`attention_received` in a packed tower call: (heads, rows, d) queries and keys whose attention runs inside
+    each sequence `cu_seqlens` bounds (a frame unit, a window, a chunk) → (rows,) fp32."""
+    bounds = cu_seqlens.tolist()
+    return torch.cat([
+        attention_received(queries[None, :, start:end], keys[None, :, start:end], from_first)[0]
+        for start, end in zip(bounds[:-1], bounds[1:])
+    ])
+
+
 def global_query_attention(queries: torch.Tensor, keys: torch.Tensor, from_first: bool = False) -> torch.Tensor:
     """FlowCut's relation: the attention each token of a sequence gets from one global query - the mean of the
     queries (towers without a CLS token) or the first token's (a CLS) -, softmax(q̄·kᵀ/√d) averaged over heads.
