@@ -66,6 +66,7 @@ TINY = {
     "minicpmv4_7": TinyFamily(tokens_per_unit=12, mixed_frame_counts=True, mrope=True),
     "nemotron_h_omni": TinyFamily(tokens_per_unit=9, frames_per_unit=2),  # a batch's videos stack: equal lengths
     "kimi_k25": TinyFamily(tokens_per_unit=16, frames_per_unit=2, mixed_frame_counts=True),  # chunks of 2 frames
+    "dots3_note": TinyFamily(tokens_per_unit=16, mixed_frame_counts=True),
 }
 TINY = {family: info for family, info in TINY.items() if family in tiny.TINY_MODELS}  # Ovis2.5, LLaVA-OV-1.5: 5.25+
 FAMILIES = tuple(TINY)

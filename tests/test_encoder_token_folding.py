@@ -166,6 +166,8 @@ def test_a_towers_outputs_keep_their_stock_shapes_whatever_folds_where_it_reads_
         with tokcompress.compress(model, "vidtldr", ratio=0.3, merge_schedule="0.5,0.5"):
             folded = model.model.get_video_features(**encode)
     for key in ("last_hidden_state", "pooler_output", "hidden_states", "attentions"):
+        if key not in stock:  # dots3's tower records no attention weights
+            continue
         assert shapes(stock[key]) == shapes(folded[key]), key
 
 

@@ -177,7 +177,8 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
         pytest.skip(f"per-type rotary tables and shared KV: tests/test_{family}.py runs its layers")
     # sliding windows as wide as the prompt: this reference attends causally over every token it keeps
     wide = {"cohere_compass": tiny.tiny_cohere_compass, "muse_glimmer": tiny.tiny_muse_glimmer,
-            "muse_spark": tiny.tiny_muse_spark, "exaone4_5": tiny.tiny_exaone4_5, "lfm3_vl": tiny.tiny_lfm3_vl}
+            "muse_spark": tiny.tiny_muse_spark, "exaone4_5": tiny.tiny_exaone4_5, "lfm3_vl": tiny.tiny_lfm3_vl,
+            "dots3_note": tiny.tiny_dots3_note}
     model = wide[family](sliding_window=4096) if family in wide else model_for(family)
     inputs = inputs_for(family, clip, "What is moving?")
     with tokcompress.compress(model, "fastv", ratio=0.7, layer=layer) as handle, torch.no_grad():
@@ -215,8 +216,9 @@ def test_in_llm_pruning_matches_the_language_model_run_layer_by_layer_on_what_ea
                     token_ids = {name: ids[:, survivors] for name, ids in token_ids.items()}
                     mask = _visual_block_mask(model, inputs, hidden, survivors).get("attention_mask")
                 hidden = decoder_layer(
-                    hidden, position_embeddings=tables[index],
-                    attention_mask=mask, **{CACHE_KEYWORD: cache}, **(token_ids if step == 0 else {}),
+                    hidden, position_embeddings=tables[index], attention_mask=_layer_mask(language_model, index,
+                                                                                           hidden, cache, mask),
+                    **{CACHE_KEYWORD: cache}, **(token_ids if step == 0 else {}),
                 )
                 if step == 0 and index < len(additions):
                     hidden = hidden.clone()
@@ -339,6 +341,14 @@ def _visual_block_mask(model, inputs, embeds: torch.Tensor, survivors: torch.Ten
     mask = create_causal_mask(config, embeds, None, **{CACHE_KEYWORD: None}, position_ids=positions,
                               block_sequence_ids=blocks)
     return {"attention_mask": mask}
+
+
+def _layer_mask(language_model, index: int, hidden: torch.Tensor, cache, mask):
+    """The mask decoder layer `index` gets: `mask`, or where there is none and a DSA indexer reads it (dots3's
+    indexed layers), the causal mask tensor over the cache and `hidden`."""
+    if mask is not None or compat.layer_type(language_model.config, index) != compat.INDEXED_LAYER:
+        return mask
+    return compat.build_attention_mask(language_model.config, index, hidden, None, cache, explicit=True)
 
 
 def _original_positions(model, inputs):

@@ -7,6 +7,7 @@ from torch import nn
 from .base import Adapter
 from .cohere_compass import CohereCompassAdapter
 from .cosmos3_edge import Cosmos3EdgeAdapter
+from .dots3_note import Dots3NoteAdapter
 from .ernie4_5_vl import Ernie4_5_VLAdapter
 from .exaone4_5 import Exaone4_5Adapter
 from .gemma4 import Gemma4Adapter
@@ -43,6 +44,7 @@ ADAPTERS: dict[str, type[Adapter]] = {
         MuseGlimmerAdapter, Ovis2_5Adapter, Gemma4UnifiedAdapter, Qwen3_5MoeAdapter, Cosmos3OmniAdapter,
         HyperClovaXVisionV2Adapter, MuseSparkAdapter, LlavaOnevision15Adapter, Exaone4_5Adapter,
         Lfm3VlAdapter, MiniCPMV4_6Adapter, MiniCPMOcrAdapter, MiniCPMV4_7Adapter, NemotronHOmniAdapter, KimiK25Adapter,
+        Dots3NoteAdapter,
     )
 }
 

@@ -35,6 +35,7 @@ from ..layout import VisualLayout
 from ..methods.base import PromptRefused
 from ..ops import packed_attention_received
 from .base import Adapter, rotate
+from .latent_attention import LatentAttention
 from .prompt import noted_grids, token_runs
 
 MAX_CHUNK_GAP = 24
@@ -42,16 +43,7 @@ MAX_CHUNK_GAP = 24
 `<|media_begin|>video<|media_content|>` - about 10 with Kimi's tokenizer, 20 in the byte vocabulary of the tests."""
 
 
-def rotate_interleaved(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """DeepSeek's interleaved RoPE: pairs (x0, x1), (x2, x3), ... each turned by one frequency, the results laid out
-    evens then odds (as transformers computes it); `cos` / `sin` hold each frequency twice, as rotate-half's do."""
-    half = cos.shape[-1] // 2
-    cos, sin = cos[..., :half], sin[..., :half]
-    evens, odds = states[..., 0::2], states[..., 1::2]
-    return torch.cat([evens * cos - odds * sin, odds * cos + evens * sin], dim=-1)
-
-
-class KimiK25Adapter(Adapter):
+class KimiK25Adapter(LatentAttention, Adapter):
     model_type = "kimi_k25"
     encodes_by_prompt: ClassVar[bool] = True  # its tower call does not say which chunks are one video's
     grid_rows_are_units: ClassVar[bool] = True
@@ -73,44 +65,6 @@ class KimiK25Adapter(Adapter):
     def merge(self) -> int:
         """The side of the square of patches that becomes one token."""
         return self.config.vision_config.merge_kernel_size[0]
-
-    # ------------------------------------------------------------------ decoder (MLA)
-    def project_queries(self, layer, hidden, cos, sin):
-        attention = layer.self_attn
-        normed = layer.input_layernorm(hidden)
-        if attention.q_lora_rank is None:
-            states = attention.q_proj(normed)
-        else:
-            states = attention.q_b_proj(attention.q_a_layernorm(attention.q_a_proj(normed)))
-        states = states.view(len(hidden), -1, attention.qk_head_dim).transpose(0, 1)  # (heads, n, d)
-        passed, turned = states.split([attention.qk_nope_head_dim, attention.qk_rope_head_dim], dim=-1)
-        queries = torch.cat([passed, self._rope(attention, turned, cos, sin)], dim=-1)
-        return queries * (attention.scaling * attention.qk_head_dim**0.5)  # its scale, against the scores' 1/√d
-
-    def project_keys(self, layer, hidden, cos, sin):
-        return self._keys_values(layer, hidden, cos, sin)[0]
-
-    def project_values(self, layer, hidden):
-        return self._keys_values(layer, hidden, None, None)[1]
-
-    def _keys_values(self, layer, hidden, cos, sin) -> tuple[torch.Tensor, torch.Tensor]:
-        """(heads, n, d) keys (RoPE'd where `cos` is given) and values, expanded from the latent as the layer does."""
-        attention = layer.self_attn
-        latent = attention.kv_a_proj_with_mqa(layer.input_layernorm(hidden))
-        latent, turned = latent.split([attention.kv_lora_rank, attention.qk_rope_head_dim], dim=-1)
-        turned = self._rope(attention, turned, cos, sin)
-        keys, values = attention.expand_kv(attention.kv_a_layernorm(latent)[None, None], turned[None, None])
-        return keys[0], values[0]
-
-    @staticmethod
-    def _rope(attention, states: torch.Tensor, cos: torch.Tensor | None, sin: torch.Tensor | None) -> torch.Tensor:
-        if cos is None:
-            return states
-        return (rotate_interleaved if attention.config.rope_interleave else rotate)(states, cos, sin)
-
-    def cached_keys_values(self, cache, layer_index):
-        """Expanded from the latents and RoPE'd key parts the cache holds (as its keys and values)."""
-        return self.layers[layer_index].self_attn.expand_kv(*compat.cached_entries(cache, layer_index))
 
     # ------------------------------------------------------------------ layout
     def video_layouts(self, input_ids, call_kwargs):

@@ -11,8 +11,10 @@ is an edit to this file. Touchpoints, from the floor (5.23) to the newest tested
 - the cache field of model outputs: `.past_key_values`, then `.cache` (5.24);
 - the mask builders `create_causal_mask` / `create_sliding_window_causal_mask` / `create_recurrent_attention_mask`:
   their cache argument was renamed the same way (5.24), the layer type picks the builder (`config.layer_types`;
-  "linear_attention" layers keep a recurrent state and take the 2-D padding mask);
-- the cache protocol: `cache.update(keys, values, layer_idx, ...)` gained a `kwargs=` argument (5.24); a layer's
+  "linear_attention" layers keep a recurrent state and take the 2-D padding mask, "indexed_attention" ones - a
+  DeepSeek sparse-attention indexer beside the attention - always a mask tensor, which the indexer reads);
+- the cache protocol: `cache.update(keys, values, layer_idx, ...)` gained a `kwargs=` argument (5.24), and an
+  indexed layer's indexer caches its own keys through `cache.update_indexer(keys, layer_idx)`; a layer's
   keys live in `cache.layers[i].keys` (a static layer's: every preallocated slot, the first `get_seq_length()`
   filled, each layer counting its own);
 - the masks `generate` builds up front for a compileable (static) cache and hands the forward instead of the 2-D
@@ -97,8 +99,11 @@ RECURRENT_LAYERS = frozenset({"linear_attention", "conv"})
 # layer types that mix nothing across tokens, so take no mask and cache nothing: Nemotron-H's MoE and MLP blocks
 TOKENWISE_LAYERS = frozenset({"moe", "mlp"})
 SLIDING_LAYER = "sliding_attention"  # a window over the last tokens, whose cache keeps only those
+# causal, its keys chosen per query by a DeepSeek sparse-attention indexer (dots3), which reads the mask tensor
+INDEXED_LAYER = "indexed_attention"
 _MASK_BUILDERS = {
     "full_attention": create_causal_mask,
+    INDEXED_LAYER: lambda **arguments: create_causal_mask(**{**arguments, "allow_is_causal_skip": False}),
     SLIDING_LAYER: create_sliding_window_causal_mask,
     # the 2-D padding mask, None where nothing is padded
     **dict.fromkeys(RECURRENT_LAYERS, create_recurrent_attention_mask),
@@ -391,6 +396,11 @@ class SelectedKV:
             states.gather(2, self.index[:, None, :, None].expand(-1, states.shape[1], -1, states.shape[-1]))
             for states in (keys, values)
         )
+
+    def update_indexer(self, keys, layer_idx):
+        """An indexed layer's indexer keys (B, K, d): stored, and the selected ones returned, as the attention's."""
+        keys = self.cache.update_indexer(keys, layer_idx)
+        return keys.gather(1, self.index[:, :, None].expand(-1, -1, keys.shape[-1]))
 
     def __getattr__(self, name):
         return getattr(self.cache, name)

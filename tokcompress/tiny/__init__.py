@@ -5,7 +5,8 @@ text; ids 256+ are the special tokens the models need. Nothing is downloaded. Th
 from `tiny_inputs` and `tiny_packed_inputs` (reachable here too; `tiny.video_inputs(model, frames, question)` picks
 the family's). One builder per family:
 `frames` holds those whose tower encodes frames as a batch of images, `qwen` and `packed` those whose tower packs
-them into one sequence (the Qwen-VL families, the others), `common` what they are built from.
+them into one sequence (the Qwen-VL families, the others), `latent` those with a multi-head latent attention
+decoder, `common` what they are built from.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from .frames import (  # noqa: F401 - public builders
     tiny_smolvlm,
     tiny_video_llava,
 )
+from .latent import tiny_dots3_note, tiny_kimi_k25  # noqa: F401 - public builders
 from .packed import (  # noqa: F401 - public builders
     tiny_cohere_compass,
     tiny_cosmos3_edge,
@@ -67,7 +69,6 @@ from .packed import (  # noqa: F401 - public builders
     tiny_glm4v_moe,
     tiny_glm46v,
     tiny_hyperclovax_vision_v2,
-    tiny_kimi_k25,
     tiny_lfm3_vl,
     tiny_llava_onevision1_5,
     tiny_minicpm_ocr,
@@ -121,6 +122,7 @@ TINY_MODELS = {
     "minicpmv4_6": tiny_minicpmv4_6,
     "minicpmv4_7": tiny_minicpmv4_7,
     "minicpm_ocr": tiny_minicpm_ocr,
+    "dots3_note": tiny_dots3_note,
 }
 if compat.ships("ovis2_5"):  # transformers 5.25+
     TINY_MODELS["ovis2_5"] = tiny_ovis2_5
@@ -140,7 +142,7 @@ def video_inputs(model, frames: torch.Tensor | list[torch.Tensor], questions: st
         return qwen_vl_inputs(frames, questions)
     if model.config.model_type in ("hyperclovax_vision_v2", "exaone4_5"):  # 1-D positions: no token types
         return {k: v for k, v in qwen_vl_inputs(frames, questions).items() if k != "mm_token_type_ids"}
-    if model.config.model_type == "llava_onevision1_5":  # one frame a unit (its patch embedding is 2-D), 1-D positions
+    if model.config.model_type in ("llava_onevision1_5", "dots3_note"):  # one frame a unit (2-D patches), 1-D positions
         inputs = qwen_vl_inputs(frames, questions, temporal_patch_size=1)
         return {k: v for k, v in inputs.items() if k != "mm_token_type_ids"}
     if model.config.model_type in QWEN3_LAYOUT:  # 16 px, 8 fps

@@ -1,7 +1,7 @@
 """Tiny models of the families whose tower packs a video's frame units into one sequence (Qwen-VL's kind) but the
 Qwen ones (`qwen`): HyperCLOVA X SEED Vision, GLM-4.1V / 4.5V / 4.6V, VideoLLaMA3, Cosmos3 Edge, ERNIE-4.5-VL,
 Cohere's North, Muse Glimmer and Spark, Ovis2.5, LLaVA-OneVision-1.5, EXAONE 4.5, LFM3-VL, MiniCPM-V 4.6 / 4.7,
-MiniCPM-OCR and Kimi K2.5."""
+and MiniCPM-OCR (the MLA decoders' families: `latent`)."""
 
 from __future__ import annotations
 
@@ -293,33 +293,6 @@ def tiny_llava_onevision1_5(
         image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START, vision_end_token_id=VISION_END,
     )
     return build(transformers.LlavaOnevision15ForConditionalGeneration, config, attn_implementation, seed)
-
-
-def tiny_kimi_k25(
-    num_layers: int = 4, attn_implementation: str = "sdpa", seed: int = 0, hidden_size: int = 64, **text_extra
-):
-    """Kimi K2.5 (transformers 5.24+) with a 2-layer MoonViT tower (14-px patches, an 8 × 8 learned position grid
-    resized to each frame, a sinusoid per frame of a chunk, axial 2-D RoPE, a chunk's frames averaged and 2 × 2
-    patches a token after its last layer) over a DeepSeek-V3 decoder: multi-head latent attention (queries through a
-    rank-32 projection, keys and values through a rank-16 latent, RoPE on 8 of each head's 16 query / key dims,
-    interleaved) and, after a dense first layer, a mixture of 4 experts (2 a token) beside a shared one; `text_extra`
-    overrides the decoder's config (`rope_interleave=False`, `q_lora_rank=None`)."""
-    mla = dict(q_lora_rank=32, kv_lora_rank=16, qk_rope_head_dim=8, qk_nope_head_dim=8, v_head_dim=16)
-    text = text_config(
-        num_layers, hidden_size, model_type="deepseek_v3", n_routed_experts=4, num_experts_per_tok=2,
-        n_shared_experts=1, moe_intermediate_size=32, first_k_dense_replace=1, n_group=1, topk_group=1,
-        **{**mla, **text_extra},
-    )
-    config = transformers.Kimi_K25Config(
-        text_config={**text, "num_key_value_heads": text["num_attention_heads"]},  # MLA: a key per query head
-        vision_config=dict(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, patch_size=14,
-            pos_emb_height=8, pos_emb_width=8,
-        ),
-        projection_hidden_size=32, image_token_id=IMAGE, video_token_id=VIDEO, vision_start_token_id=VISION_START,
-        vision_end_token_id=VISION_END,
-    )
-    return build(transformers.Kimi_K25ForConditionalGeneration, config, attn_implementation, seed)
 
 
 def _glm4v(config_cls, model_cls, num_layers, attn_implementation, seed, hidden_size, **text_extra):
