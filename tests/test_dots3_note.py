@@ -71,3 +71,28 @@ def test_while_decoding_the_indexer_picks_among_the_selected_visual_entries(mode
     for step, (keys, last_pick, picks) in enumerate(steps, start=1):
         assert keys < prompt + step  # fewer than the cache holds: the selected visual entries and every other
         assert last_pick < keys and picks == TOP_K  # it binds, among those
+
+
+def test_proportional_attentions_key_bias_reaches_the_softmax_not_the_indexers_ranking(model, clip):
+    """ToMe's merged keys get + log(size) in the mask every attention reads; the indexer, which adds that mask to
+    its own key scores, gets it without the bias (it ranks keys as in the LLM fed only the merged tokens)."""
+    inputs = tiny.video_inputs(model, clip, "What is moving?")
+    attention = adapter_for(model).layers[0].self_attn
+    seen = {}
+
+    def record(name, position):
+        def hook(module, args, kwargs):
+            seen.setdefault(name, kwargs.get("attention_mask", args[position] if len(args) > position else None))
+        return hook
+
+    with tokcompress.compress(model, "tome", ratio=0.3), torch.no_grad():  # after the engine's hooks
+        hooks = [attention.register_forward_pre_hook(record("attention", 2), with_kwargs=True),
+                 attention.indexer.register_forward_pre_hook(record("indexer", 3), with_kwargs=True)]
+        try:
+            model.generate(**inputs, max_new_tokens=2, do_sample=False)
+        finally:
+            for hook in hooks:
+                hook.remove()
+    biased = seen["attention"][:, 0]
+    assert biased.max() > 0.69  # log 2: a token standing for two or more
+    assert torch.equal(seen["indexer"], biased.clamp_max(0))

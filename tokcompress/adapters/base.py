@@ -163,6 +163,11 @@ class Adapter:
         model lets vision tokens attend both ways; None where it does not."""
         return None
 
+    def mask_scorers(self) -> list[nn.Module]:
+        """Modules inside the decoder layers that add the layer's attention mask to scores of their own (dots3's DSA
+        indexers rank keys with it): proportional attention's key bias, meant for the softmax, is kept from them."""
+        return []
+
     llm_token_inputs: ClassVar[tuple[str, ...]] = ()
     """Call keywords of the language model, besides embeddings and positions, with one entry per token along dim 1
     (Gemma 4's per-layer inputs): gathered with the tokens a pre-LLM reduction keeps."""

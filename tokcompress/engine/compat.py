@@ -356,6 +356,16 @@ def bound_arguments(function: Any, args: tuple, kwargs: dict[str, Any]) -> dict[
     return {**bound.arguments.pop("kwargs", {}), **bound.arguments}
 
 
+def without_key_bias(module: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
+    """A forward pre-hook: the call with its float `attention_mask` less proportional attention's key bias (the
+    positive entries: allowed keys are 0, masked ones the dtype's minimum)."""
+    bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    mask = bound.arguments.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.is_floating_point():
+        bound.arguments["attention_mask"] = mask.clamp_max(0)
+    return bound.args, bound.kwargs
+
+
 def positions_already_seen(last_seen: torch.Tensor, positions: torch.Tensor | None) -> int | None:
     """How many tokens at `positions` lie at or before `last_seen` (the last position a generation saw).
 

@@ -87,6 +87,9 @@ class Engine(StandIns):
                 self._hooks.append(layer.register_forward_pre_hook(hook, with_kwargs=True))
             for index, layer in enumerate(self.adapter.layers[: self.adapter.layers_with_additions]):
                 self._hooks.append(layer.register_forward_hook(functools.partial(self._after_layer, index)))
+            if self.method.uses_proportional_attention():
+                for module in self.adapter.mask_scorers():
+                    self._hooks.append(module.register_forward_pre_hook(compat.without_key_bias, with_kwargs=True))
             if self.method.uses_tower_attention():
                 for kind, module in self.adapter.tower_records().items():
                     hook = functools.partial(self._record_tower_call, kind)

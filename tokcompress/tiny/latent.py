@@ -42,19 +42,22 @@ def tiny_dots3_note(
 ):
     """dots3 Note with a 2-block packed tower (14-px patches, one frame a unit, q/k norms, 2-D RoPE, experts in its
     second block, a 2 × 2 merger after its final norm) and a 1-layer audio encoder, over a decoder of MLA layers:
-    "indexed" ones (a DSA indexer of 2 heads) and a sliding one of window 6 as the third (`layer_types`), its own
-    shapes alike, each layer's MLP after the first a mixture of 4 experts (2 a token) beside a shared one.
+    "indexed" ones (a DSA indexer of 2 heads) and a sliding one of window 6 as the third (`layer_types`) with shapes
+    of its own (2 heads of 16 + 8 query / key dims and 8 value dims, ranks 24 and 8; so RoPE turns a third of its
+    heads, half of the others'), each layer's MLP after the first a mixture of 4 experts (2 a token) beside a shared
+    one.
 
     The indexer picks the published 2,048 keys a query, more than the tests' prompts hold: where it binds, random
     weights make ties at a score of zero (every head's ReLU zero) common, and top-k breaks them by position, so the
     stock model answers a left-padded prompt unlike the same prompt alone. `text_extra` overrides the decoder's
     config (`index_topk=8` makes it bind)."""
     layers = ["indexed_attention", "indexed_attention", "sliding_attention", *["indexed_attention"] * (num_layers - 3)]
-    sliding = {f"swa_{name}": value for name, value in MLA.items() if name != "qk_rope_head_dim"}
+    sliding = dict(q_lora_rank=24, kv_lora_rank=8, qk_nope_head_dim=16, v_head_dim=8, head_dim=24,
+                   num_attention_heads=2, num_key_value_heads=2)
     text = text_config(
         num_layers, hidden_size, head_dim=16, shared_experts_intermediate_size=32, index_topk=2048, index_head_dim=16,
-        index_n_heads=2, sliding_window=6, layer_types=layers[:num_layers], swa_num_attention_heads=4,
-        swa_num_key_value_heads=4, swa_head_dim=16, **{**MLA, **EXPERTS, **sliding},
+        index_n_heads=2, sliding_window=6, layer_types=layers[:num_layers], **MLA, **EXPERTS,
+        **{f"swa_{name}": value for name, value in sliding.items()},
     )
     config = transformers.Dots3NoteConfig(
         text_config={**text, "num_key_value_heads": text["num_attention_heads"], **text_extra},  # MLA: a key a head
