@@ -263,7 +263,7 @@ def test_router_logits_are_refused_while_compressing_a_mixture_of_experts(clip):
         assert all(a is b is None or torch.equal(a, b) for a, b in zip(unpatched, reference))
     expected = {
         "qwen3_vl_moe", "glm4v_moe", "ernie4_5_vl_moe", "qwen3_omni_moe_thinker", "qwen3_5_moe", "muse_spark",
-        "nemotron_h_omni", "kimi_k25",
+        "nemotron_h_omni", "kimi_k25", "dots3_note",
     }
     assert set(mixtures) == expected & set(FAMILIES)
 
