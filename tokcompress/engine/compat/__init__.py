@@ -43,6 +43,9 @@ is an edit to this file. Touchpoints, from the floor (5.23) to the newest tested
   chunked prefill, `prefill_chunk_size`, which it gets one by one without);
 - model families newer than the floor (Ovis2.5: 5.25), by `model_type`.
 
+The family half - one family's version flags and its modeling file's own helpers - is `compat.families`, whose
+names this module re-exports.
+
 Not touched, so not here: `rope_deltas` (left the outputs in 5.23) and LLaVA-OneVision's `video_hidden_states`
 (deprecated in 5.24 for `video_outputs.pooler_output`).
 """
@@ -66,12 +69,16 @@ from transformers.masking_utils import (
 )
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.modeling_utils import AttentionInterface
-from transformers.models.gemma4.modeling_gemma4 import apply_multidimensional_rope
-from transformers.models.kimi_k25.modeling_kimi_k25 import Kimi_K25VisionModel
-from transformers.models.molmo2.modeling_molmo2 import Molmo2Model
-from transformers.models.muse_glimmer.modeling_muse_glimmer import get_vision_pixel_shuffle_index
-from transformers.models.nemotron_h_omni.modeling_nemotron_h_omni import compute_retention_mask
-from transformers.vision_utils import get_vision_window_index
+
+from .families import (  # noqa: F401 - the family half of the seam, read as `compat.X` too
+    KIMI_CHUNKS,
+    MOLMO2_POOLING_PER_VIDEO,
+    NEMOTRON_TUBELETS,
+    muse_glimmer_token_rows,
+    ships,
+    vision_rope,
+    vision_window_order,
+)
 
 FLOOR = Version("5.23")
 """Oldest transformers release tokcompress supports (pyproject's lower bound)."""
@@ -81,18 +88,6 @@ NEWEST_TESTED = Version("5.25")
 # transformers renamed the cache everywhere at once (5.24); the mask builder's signature tells which name it uses.
 CACHE_KEYWORD = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 _CACHE_KEYWORDS = tuple(dict.fromkeys((CACHE_KEYWORD, "past_key_values")))  # current name first
-
-# Nemotron-H Omni takes a call's videos as tubelets, (videos, tubelets, 2 · 3, H, W), from 5.24 (before: one video's
-# frames, packed inside); its pruning helper's signature tells which.
-NEMOTRON_TUBELETS = "num_tubelets" in inspect.signature(compute_retention_mask).parameters
-
-# Kimi K2.5 splits a video's features per chunk of frames from 5.24 (before: as if each frame of a chunk had tokens
-# of its own, so every video failed); the tower's pooling method, new then, tells which.
-KIMI_CHUNKS = hasattr(Kimi_K25VisionModel, "temporal_merge")
-
-# Molmo2's `video_token_pooling` lists each token's patches within its own video from 5.24 (the model offsets them
-# by the videos before it), within the whole batch before; the image encoder's signature tells which.
-MOLMO2_POOLING_PER_VIDEO = "image_num_crops" in inspect.signature(Molmo2Model.get_image_features).parameters
 
 # layer types that carry a recurrent state, no KV: Qwen3.5's gated delta layers, LFM3's short convolutions
 RECURRENT_LAYERS = frozenset({"linear_attention", "conv"})
@@ -114,11 +109,6 @@ _warned_untested = False
 
 class UntestedTransformersWarning(UserWarning):
     """transformers is newer than the newest release tokcompress was tested with."""
-
-
-def ships(model_type: str) -> bool:
-    """Whether the installed transformers has the model family `model_type` (Ovis2.5: from 5.25)."""
-    return model_type in transformers.models.auto.configuration_auto.CONFIG_MAPPING_NAMES
 
 
 def check_transformers_version(version: str | None = None) -> None:
@@ -204,7 +194,7 @@ KEY_BIAS = "tokcompress_key_bias"
 def _packed_attention_forward(module, query, key, value, attention_mask, scaling=None, *, fused: bool, **kwargs):
     """HF attention-interface glue: (1, heads, total, d) packed windows → (1, total, heads, d); grouped key/value
     heads (EXAONE 4.5's tower) repeated for the queries' heads, as HF's own interfaces do."""
-    from ..ops import repeat_heads, varlen_attention
+    from ...ops import repeat_heads, varlen_attention
 
     key, value = (repeat_heads(states, query.shape[1], dim=1) for states in (key, value))
     out = varlen_attention(
@@ -414,27 +404,3 @@ class SelectedKV:
 
     def __getattr__(self, name):
         return getattr(self.cache, name)
-
-
-def vision_rope(states: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """Gemma 4's 2-D rotary embedding of (images, patches, heads, d) tower states at their (x, y) patch positions."""
-    return apply_multidimensional_rope(states, cos, sin, positions)
-
-
-def muse_glimmer_token_rows(grid_thw: torch.Tensor, tower: Any) -> torch.Tensor:
-    """Muse Glimmer's tower rows (in the window order its layers see them) of each token's merge² patches, token by
-    token: its windows are of single patches, and the pixel shuffle after its layers groups each token's."""
-    window_index, _ = get_vision_window_index(
-        grid_thw, spatial_merge_size=1, window_size=tower.window_size, patch_size=tower.patch_size, kwargs={}
-    )
-    shuffle = get_vision_pixel_shuffle_index(grid_thw, tower.merge_size)  # on the grid's device; the windows: CPU
-    return torch.argsort(window_index.to(shuffle.device))[shuffle]
-
-
-def vision_window_order(grid_thw: torch.Tensor, vision_config: Any) -> torch.Tensor:
-    """Qwen2.5-VL's window order: merged-patch units in the order its tower's blocks see them."""
-    window_index, _ = get_vision_window_index(
-        grid_thw, spatial_merge_size=vision_config.spatial_merge_size, window_size=vision_config.window_size,
-        patch_size=vision_config.patch_size, kwargs={},
-    )
-    return window_index
