@@ -55,10 +55,14 @@ def test_chunks_close_together_are_one_videos_and_text_parts_two_videos(clip, ot
 @pytest.mark.parametrize(("frames", "between", "grids"), [
     ((8, 5), " vs ", ((4, 4, 4), (3, 4, 4))),  # any text between two videos parts them
     ((5, 8), " vs ", ((3, 4, 4), (4, 4, 4))),
+    ((2, 2), " vs ", ((1, 4, 4), (1, 4, 4))),  # videos of one chunk each: no chunk's gap to compare the text's with
+    ((2, 2), ",", ((1, 4, 4), (1, 4, 4))),
     ((5, 8), "", ((3, 4, 4), (4, 4, 4))),  # a chunk of fewer frames ends its video
-    ((8, 5), "", ((7, 4, 4),)),  # nothing tells these two apart: the limit the docstring names
+    ((1, 8), "", ((1, 4, 4), (4, 4, 4))),  # ... its only one, too: no chunk of more frames follows it in a video
+    ((8, 5), "", ((4, 4, 4), (3, 4, 4))),  # back to back: the second's first time is the first's again
+    ((2, 2), "", ((1, 4, 4), (1, 4, 4))),
 ])
-def test_two_videos_in_one_prompt_are_told_apart_by_the_text_or_the_short_chunk_between(
+def test_two_videos_in_one_prompt_are_told_apart_by_the_text_the_times_or_the_short_chunk_between(
     clip, other_clip, frames, between, grids
 ):
     inputs = two_videos(clip[: frames[0]], other_clip[: frames[1]], between)

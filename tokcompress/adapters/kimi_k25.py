@@ -8,10 +8,13 @@ on a part of each query / key head, interleaved pairs) and mixture-of-experts ML
 
 The processor gives each chunk its own `video_grid_thw` row and its own run of video tokens - its first frame's time,
 then `<|media_begin|>video<|media_content|>` + its tokens + `<|media_end|>` -, and the model is not told which chunks
-are one video's (the processor's `num_chunks_per_video` does not reach it). So videos are read off the prompt: runs
-of one grid size as close together as a chunk's time and markers keep them (the closest two in the prompt, at most
-`MAX_CHUNK_GAP` tokens apart), up to a chunk of fewer frames (a video's last), are the chunks of one video; two videos
-of one size with no text between them, the first's frames a multiple of the chunk's, read as one. The engine hands
+are one video's (the processor's `num_chunks_per_video` does not reach it). So videos are read off the prompt: a run
+continues the video before it where only that video's last `<|media_end|>` and its own time lie between them, that
+time is not the video's first chunk's (each video's times start over, so two videos back to back part there), and
+its chunk holds no more frames than the one before, which is whole (a video's last chunk may be shorter). The time
+(`HH:MM:SS.mmm`) takes at most `TIME_TOKENS` tokens, and its runs are as close as the closest two runs of one size in
+the prompt, so text between two videos parts them - unless every video of that size is one chunk (at most
+`temporal_patch_size` frames) and the text is short enough to pass for a time. The engine hands
 the adapter the prompt's ids with a `get_video_features` call (as MiniCPM-V's), so a pre-encoder method keeps whole
 chunks out of the tower; features encoded on their own hold every chunk, and the method chooses from them before the
 LLM.
@@ -38,9 +41,9 @@ from .base import Adapter, rotate
 from .latent_attention import LatentAttention
 from .prompt import noted_grids, token_runs
 
-MAX_CHUNK_GAP = 24
-"""Most tokens between two chunks of one video: `<|media_end|>`, the next chunk's time (`00:00:02.000`) and
-`<|media_begin|>video<|media_content|>` - about 10 with Kimi's tokenizer, 20 in the byte vocabulary of the tests."""
+TIME_TOKENS = 12
+"""Most tokens of a chunk's time, `HH:MM:SS.mmm` (12 characters; about 7 tokens with Kimi's tokenizer, 12 in the byte
+vocabulary of the tests)."""
 
 
 class KimiK25Adapter(LatentAttention, Adapter):
@@ -82,12 +85,7 @@ class KimiK25Adapter(LatentAttention, Adapter):
 
     def _videos(self, input_ids: torch.Tensor, grids: list[tuple[int, int, int]]) -> list[list[list[tuple]]]:
         """Per sample, its videos, each a list of its chunks' (chunk, start, length): the chunk's index among the
-        call's (in prompt order across the samples) and its run of video tokens.
-
-        A run continues the video before it where it is a chunk of the same size, as far from the run before as the
-        closest two runs of one size in its prompt are (a chunk's time and markers: text between two videos adds to
-        that) and at most `MAX_CHUNK_GAP`, and where that run's chunk holds as many frames as its video's first (the
-        processor shortens only a video's last chunk)."""
+        call's (in prompt order across the samples) and its run of video tokens (see the module's docstring)."""
         samples, first = [], 0
         for ids in input_ids:
             runs = token_runs(ids, self.video_token_id)
@@ -97,23 +95,44 @@ class KimiK25Adapter(LatentAttention, Adapter):
                     f"the prompts' runs of video tokens do not match the videos' chunks ({len(grids)} of "
                     f"{[h * w for _, h, w in grids]} tokens): pass the processor's prompt (a run per chunk)"
                 )
+            tokens = ids.tolist()
+            times = [self._time_before(tokens, start) for start, _ in runs]  # (its first token, its tokens)
             gaps = [None] + [
                 start - sum(before) if grids[chunk][1:] == grids[chunk - 1][1:] else None
                 for chunk, before, (start, _) in zip(chunks[1:], runs, runs[1:])
             ]
             closest = min((gap for gap in gaps if gap is not None), default=None)
             videos: list[list[tuple]] = []
-            for chunk, (start, length), gap in zip(chunks, runs, gaps):
-                whole = videos and grids[videos[-1][-1][0]][0] == grids[videos[-1][0][0]][0]  # no shorter chunk yet
-                if whole and gap == closest and gap <= MAX_CHUNK_GAP:
-                    videos[-1].append((chunk, start, length))
+            for index, (chunk, (start, length), gap) in enumerate(zip(chunks, runs, gaps)):
+                if gap is not None and gap == closest and self._continues(videos[-1], chunk, times[index], grids):
+                    videos[-1].append((chunk, start, length, times[index]))
                 else:
-                    videos.append([(chunk, start, length)])
-            samples.append(videos)
+                    videos.append([(chunk, start, length, times[index])])
+            samples.append([[(chunk, start, length) for chunk, start, length, _ in video] for video in videos])
             first = chunks.stop
         if first != len(grids):
             raise PromptRefused(f"the prompts hold {first} runs of video tokens, the videos {len(grids)} chunks")
         return samples
+
+    def _time_before(self, tokens: list[int], start: int) -> tuple[int, tuple[int, ...]]:
+        """The text before a run's `<|media_begin|>` back to the `<|media_end|>` before it (or the prompt's start):
+        (where it starts, its tokens) - a chunk's time, after text where a video starts."""
+        begin = next((i for i in range(start - 1, -1, -1) if tokens[i] == self.config.vision_start_token_id), start)
+        end = next((i for i in range(begin - 1, -1, -1) if tokens[i] == self.config.vision_end_token_id), -1)
+        return end + 1, tuple(tokens[end + 1 : begin])
+
+    @staticmethod
+    def _continues(video: list[tuple], chunk: int, time: tuple[int, tuple[int, ...]], grids) -> bool:
+        """Whether `chunk` (of the previous run's size, as close to it as the prompt's closest two), after `time`, is
+        the next chunk of `video` (its chunks' (chunk, start, length, time) so far)."""
+        (first, _, _, (_, first_time)), (last, last_start, last_length, _) = video[0], video[-1]
+        time_start, tokens = time
+        return (
+            time_start == last_start + last_length + 1  # only the last chunk's <|media_end|> before this time
+            and len(tokens) <= TIME_TOKENS
+            and not (tokens and first_time[len(first_time) - len(tokens):] == tokens)  # the first's time: a new video
+            and grids[chunk][0] <= grids[last][0] == grids[first][0]  # after a whole chunk, not more frames
+        )
 
     def _chunk_grids(self, input_ids, call_kwargs) -> list[tuple[int, int, int]]:
         """Per chunk of the call, its frames and its (height, width) grid of tokens: from `video_grid_thw`, or
