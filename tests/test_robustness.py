@@ -56,6 +56,35 @@ def test_a_multi_turn_chat_passing_the_cache_back_continues_it(family, clip, met
     torch.testing.assert_close(second.logits[0], by_hand.logits[:, -1], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])  # 1-D and M-RoPE positions
+def test_a_batchs_next_questions_left_padded_continue_each_row_as_if_alone(family, clip, other_clip):
+    """A second turn of a batch passes the cache back with next questions of different lengths, left-padded (so
+    padding sits between the turns): each row's new tokens take the positions they take alone, padding none."""
+    model = model_for(family)
+    clips, questions = [clip, shorter(family, other_clip)], ["What is moving in this video?", "Who?"]
+    follow_ups = ["\nuser: and what happened after that?\nassistant:", "\nuser: why?\nassistant:"]
+
+    def second_turn(rows: list[int]) -> torch.Tensor:
+        inputs = inputs_for(family, [clips[r] for r in rows], [questions[r] for r in rows])
+        first = model.generate(**inputs, max_new_tokens=2, do_sample=False, return_dict_in_generate=True)
+        new = [tiny.text_ids(follow_ups[r]) for r in rows]
+        width = max(len(tokens) for tokens in new)
+        ids = torch.cat([first.sequences, torch.tensor([[tiny.PAD] * (width - len(t)) + t for t in new])], dim=1)
+        new_mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in new])
+        mask = torch.cat([inputs["attention_mask"], torch.ones(len(rows), 2, dtype=torch.long), new_mask], dim=1)
+        follow_up = {"input_ids": ids, "attention_mask": mask}
+        if "mm_token_type_ids" in inputs:
+            follow_up["mm_token_type_ids"] = (ids == tiny.VIDEO).long() * 2
+        second = model.generate(**follow_up, max_new_tokens=2, do_sample=False, output_logits=True,
+                                return_dict_in_generate=True, **cache_kwarg(output_cache(first)))
+        return torch.stack(second.logits, dim=1)  # (rows, steps, vocabulary)
+
+    with tokcompress.compress(model, "framefusion", ratio=0.3), torch.no_grad():
+        together = second_turn([0, 1])
+        for row in (0, 1):
+            torch.testing.assert_close(together[row], second_turn([row])[0], rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("method", ["none", *COMPRESSING])
 def test_llava_two_videos_back_to_back_generate(clip, other_clip, method):
     model = model_for("llava_onevision")

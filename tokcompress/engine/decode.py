@@ -30,11 +30,7 @@ def start_decode_step(
     embeds = kwargs["inputs_embeds"]
     batch, length = embeds.shape[:2]
     device = embeds.device
-    mask = kwargs.get("attention_mask")
-    if isinstance(mask, torch.Tensor) and mask.ndim == 2:
-        new_columns = mask[:, -length:].long().to(device)
-    else:
-        new_columns = torch.ones(batch, length, dtype=torch.long, device=device)
+    new_columns = new_token_columns(kwargs.get("attention_mask"), batch, length, device)
     chunk = None
     if blocks is not None:  # the call's last `length` tokens (tokens it does not type: no block)
         chunk = torch.nn.functional.pad(blocks[:, -length:], (length - min(length, blocks.shape[1]), 0), value=-1)
@@ -48,7 +44,7 @@ def start_decode_step(
     first = state.groups[0]
     kwargs["attention_mask"] = llm_attention_mask(adapter, first, embeds, compat.cache_of(kwargs), first.step_blocks)
     if kwargs.get("position_ids") is None:
-        kwargs["position_ids"] = next_positions(state.last_positions, length)
+        kwargs["position_ids"] = next_positions(state.last_positions, new_columns)
     state.last_positions = kwargs["position_ids"][..., -1:]
     if state.position_shift is not None:
         kwargs["position_ids"] = kwargs["position_ids"] - state.position_shift
@@ -88,9 +84,18 @@ def _tokens_already_cached(state: GenerationState, kwargs: dict[str, Any], fed: 
     return 0 if seen is None else seen  # a hand-written step feeds new tokens only
 
 
-def next_positions(last: torch.Tensor, length: int) -> torch.Tensor:
-    """Position ids of `length` new tokens after `last` (..., B, 1), in any layout (1-D or M-RoPE rows)."""
-    return last + torch.arange(1, length + 1, device=last.device)
+def new_token_columns(mask: Any, batch: int, length: int, device: torch.device) -> torch.Tensor:
+    """(B, length) the padding mask's columns of a call's `length` new tokens (1: a token, 0: padding; all ones
+    where the call has no 2-D mask)."""
+    if isinstance(mask, torch.Tensor) and mask.ndim == 2:
+        return mask[:, -length:].long().to(device)
+    return torch.ones(batch, length, dtype=torch.long, device=device)
+
+
+def next_positions(last: torch.Tensor, new_columns: torch.Tensor) -> torch.Tensor:
+    """Position ids of a call's new tokens after `last` (..., B, 1), in any layout (1-D or M-RoPE rows): each token
+    one past the one before, padding (0 in `new_columns`, (B, L): a left-padded next question) adding none."""
+    return last + new_columns.cumsum(-1).to(last.device)
 
 
 def select_visual_kv(

@@ -29,7 +29,13 @@ from ..methods.base import DECODE, IN_LLM, PRE_ENCODER, PRE_LLM, Method
 from ..ops.varlen import varlen_available
 from ..stats import CompressionStats, Timer
 from . import compat
-from .decode import next_positions, select_visual_kv, skip_tokens_already_cached, start_decode_step
+from .decode import (
+    new_token_columns,
+    next_positions,
+    select_visual_kv,
+    skip_tokens_already_cached,
+    start_decode_step,
+)
 from .encoder import (
     TowerCall,
     frames_chosen_from_features,
@@ -227,7 +233,9 @@ class Engine(StandIns):
             # The chunk continues the generation from the last position it saw: HF would count from the (shorter)
             # cache, and for M-RoPE it may re-derive the earlier video's ids without its grid. A video of its own
             # in an M-RoPE model takes the ids the model computes from its grid.
-            kwargs["position_ids"] = next_positions(state.last_positions, fed)
+            last = state.last_positions
+            new_columns = new_token_columns(kwargs.get("attention_mask"), last.shape[-2], fed, last.device)
+            kwargs["position_ids"] = next_positions(last, new_columns)
         return args, kwargs
 
     def _after_model_call(self, module, args, output):
