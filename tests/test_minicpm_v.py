@@ -11,6 +11,7 @@ import tokcompress
 from tokcompress import tiny
 from tokcompress.adapters import adapter_for
 from tokcompress.methods import VisionZip
+from tokcompress.methods.base import PromptRefused
 from tokcompress.video import minicpm_v_pixels
 
 from .conftest import forward_and_generate, generate, logits, model_for, record_pre_llm_calls
@@ -247,3 +248,17 @@ def test_a_forward_that_fails_before_its_llm_leaves_no_prompt_for_a_later_encodi
             )
     assert len(encoded.pooler_output) == len(other["target_sizes_videos"])
     assert encoded["tokcompress_encoding"].keep is None  # no prompt: every unit encoded, chosen at the prefill
+
+
+@pytest.mark.parametrize("method", ["quota", "sttm", "tsllava"])
+def test_frames_whose_views_differ_in_width_are_refused_by_grid_readers_naming_the_fix(clip, method):
+    """A 2 × 1 source over 2 × 2 slices stacks into a grid the source does not fill: the methods that read whole
+    frames as grids refuse, naming slice_mode=False; the others compress it."""
+    model = model_for("minicpmv4_6")
+    inputs = tiny.minicpm_v_inputs(clip[:4], "What is moving?", source=(112, 56))
+    with torch.no_grad():
+        with tokcompress.compress(model, method, ratio=0.5), pytest.raises(PromptRefused, match="slice_mode=False"):
+            logits(model, inputs)
+        with tokcompress.compress(model, "framefusion", ratio=0.5) as handle:
+            assert torch.isfinite(logits(model, inputs)).all()
+    assert abs(handle.stats.samples[0].achieved_ratio - 0.5) < 0.05

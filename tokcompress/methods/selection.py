@@ -35,7 +35,8 @@ def frame_grids(layout: VisualLayout, method: str) -> list[tuple[int, torch.Tens
                 "earlier stage dropped cells inside them (compose it only after methods that keep or drop whole "
                 "frames: framededup, or earlytom's tower stage alone, earlytom@encoder - whole earlytom also prunes "
                 "inside frames before the LLM), or the processor did (VideoLLaMA3's token compression: load its "
-                "processor with use_token_compression=False)"
+                "processor with use_token_compression=False), or the frame's views do not fill its grid (MiniCPM-V: "
+                "a source and slices of different widths: process the video with slice_mode=False)"
             )
         grids.append((video, members[layout.raster_order(members)].view(frames, height * width)))
     return grids
