@@ -219,6 +219,16 @@ def test_framefusion_merges_as_the_official_rule_does(similar):
     assert ours == framefusion_published_merge(similarity, predecessor, 0.6, upper)
 
 
+def test_framefusion_handed_fewer_tokens_than_its_budget_keeps_them_all():
+    """An earlier stage (framededup at whole frames) left 16 of 64 tokens, under framefusion's 0.3 · 64: nothing
+    to merge or prune (it used to read the negative allowance as a slice end and drop all but two)."""
+    tokens, layout = _video_with_similar_cells({t: 0.01 for t in range(4, 16)})  # every frame repeats the first
+    method = FrameFusion(ratio=0.3, similarity_threshold=0.6, num_queries=1)
+    sample = LayerSample(0, tokens, layout, LayerBudget(0.3, 64, 28), {}, lambda q: torch.rand(16))
+    reduction = method.reduce_in_llm(sample)
+    assert reduction is None or destinations(reduction, 16) == list(range(16))
+
+
 def test_framefusion_prunes_the_anchors_the_last_query_attends_to_most():
     """After merging stopped, the next call keeps the top anchors by attention (methods.md §1.4 step 2)."""
     tokens, layout = _video_with_similar_cells({})

@@ -127,10 +127,14 @@ def test_a_prompt_of_several_videos_expanded_for_beams_is_refused(clip, other_cl
         "input_ids": torch.cat([first["input_ids"], second["input_ids"]], dim=1),
         "pixel_values_videos": torch.cat([first["pixel_values_videos"], second["pixel_values_videos"]]),
     }
+    # beside a text-only prompt: as many videos as rows, one row holding two
+    ids, mask = tiny.left_pad([inputs["input_ids"][0].tolist(), tiny.text_ids("user: Hello?\nassistant:")])
+    beside_text = {"input_ids": ids, "attention_mask": mask, "pixel_values_videos": inputs["pixel_values_videos"]}
     with tokcompress.compress(model, "evs", ratio=0.5):
         generate(model, inputs, max_new_tokens=2)  # one sequence: fine
-        with pytest.raises(tokcompress.PromptRefused, match="repeats each video"):
-            generate(model, inputs, max_new_tokens=2, num_beams=2)
+        for prompts in (inputs, beside_text):
+            with pytest.raises(tokcompress.PromptRefused, match="repeats each video"):
+                generate(model, prompts, max_new_tokens=2, num_beams=2)
 
 
 @pytest.mark.skipif(compat.NEMOTRON_TUBELETS, reason="transformers 5.23: one video's frames a call")

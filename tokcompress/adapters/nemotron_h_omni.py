@@ -77,14 +77,14 @@ class NemotronHOmniAdapter(ScoredByNextAttentionLayer, Adapter):
         grids = self._grids(input_ids, call_kwargs)
         encoded = (call_kwargs.get("mm_encoder_outputs") or {}).get("video")
         expanded = encoded is not None and len(encoded.pooler_output) > len(encoded[compat.ENCODED_GRIDS])
-        if expanded and len(grids) > len(input_ids):  # more videos than rows: a prompt holds several
+        layouts = frame_run_layouts(input_ids, grids, self.video_token_id, " (a unit here: a tubelet of two frames)")
+        if expanded and any(len(layout.grids) > 1 for layout in layouts):  # a prompt holds several
             raise PromptRefused(
                 "a prompt holding several videos, expanded for beams or returned sequences: Nemotron-H Omni repeats "
                 "each video for them rather than each prompt's videos (transformers 5.24-5.25), so a row reads another "
                 "video's features, patched or not; give each prompt one video, or generate one sequence per prompt"
             )
-        hint = " (a unit here: a tubelet of two frames)"
-        return frame_run_layouts(input_ids, grids, self.video_token_id, hint)
+        return layouts
 
     def _grids(self, input_ids, call_kwargs) -> list[tuple[int, int, int]]:
         """Per video of the call, its (tubelets, height, width) grid of tokens: from its pixels, or (generate

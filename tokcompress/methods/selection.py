@@ -123,7 +123,8 @@ def true_first(mask: torch.Tensor) -> torch.Tensor:
 
 
 def top_tokens(scores: torch.Tensor, count: int, always: torch.Tensor | None = None) -> torch.Tensor:
-    """Sorted indices of the `count` highest-scoring tokens; tokens in `always` (bool) come first.
+    """Sorted indices of the `count` highest-scoring tokens (none where `count` ≤ 0); tokens in `always` (bool) come
+    first.
 
     Ties go to the earlier token, so results are deterministic.
     """
@@ -131,7 +132,7 @@ def top_tokens(scores: torch.Tensor, count: int, always: torch.Tensor | None = N
     if always is not None:
         priority[always] = float("inf")
     order = torch.sort(priority, descending=True, stable=True).indices
-    return torch.sort(order[:count]).values
+    return torch.sort(order[: max(count, 0)]).values
 
 
 def top_tokens_per_group(scores: torch.Tensor, group: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
