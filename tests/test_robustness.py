@@ -56,6 +56,20 @@ def test_a_multi_turn_chat_passing_the_cache_back_continues_it(family, clip, met
     torch.testing.assert_close(second.logits[0], by_hand.logits[:, -1], rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen3_5", "gemma4"])
+def test_a_forward_given_embeddings_not_ids_keeps_every_frame_in_the_tower(family, clip):
+    """Without input_ids nothing tells the LLM where the videos are, so nothing is compressed - and a pre-encoder
+    method must not leave frames out of the tower either: the zeros in their place would reach the LLM."""
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    inputs["inputs_embeds"] = model.get_input_embeddings()(inputs.pop("input_ids"))
+    with torch.no_grad():
+        stock = model(**inputs).logits
+        with tokcompress.compress(model, "framededup", ratio=0.3) as handle:
+            assert torch.equal(model(**inputs).logits, stock)
+    assert "untouched" in str(handle.stats)
+
+
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])  # 1-D and M-RoPE positions
 def test_a_batchs_next_questions_left_padded_continue_each_row_as_if_alone(family, clip, other_clip):
     """A second turn of a batch passes the cache back with next questions of different lengths, left-padded (so

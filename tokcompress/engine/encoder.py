@@ -76,10 +76,12 @@ class EncodedVideos:
 
 def encode_videos(
     method: Method, adapter: Adapter, encode, args: tuple, kwargs: dict[str, Any],
-    prompt_ids: torch.Tensor | None = None,
+    prompt_ids: torch.Tensor | None = None, droppable: bool = True,
 ):
     """Run the stock `encode` as the method wants; returns its output and the record of what was encoded.
-    `prompt_ids`: the ids of the prompt whose videos these are, where known (for `Adapter.encodes_by_prompt`)."""
+    `prompt_ids`: the ids of the prompt whose videos these are, where known (for `Adapter.encodes_by_prompt`);
+    `droppable`: whether frames may be left out of the tower (not for a forward whose LLM cannot find them: the
+    zeros in their place would reach it)."""
     encoder_args = compat.bound_arguments(encode, args, kwargs)
     # the output is read and extended here as a ModelOutput, made a tuple again (as the stock one) for the caller
     as_tuple = encoder_args.get("return_dict") is False
@@ -87,7 +89,7 @@ def encode_videos(
     pixels = encoder_args["pixel_values_videos"]
     record = EncodedVideos(units=[])
     by_prompt = {compat.PROMPT_IDS: prompt_ids} if adapter.encodes_by_prompt else {}
-    chooses = adapter.encoder_side and (prompt_ids is not None or not adapter.encodes_by_prompt)
+    chooses = droppable and adapter.encoder_side and (prompt_ids is not None or not adapter.encodes_by_prompt)
     if PRE_ENCODER in method.stages and method.compresses() and chooses:
         with record.compression_time.measure(pixels.device):
             signatures = adapter.frame_signatures({**encoder_args, **by_prompt})

@@ -101,9 +101,11 @@ class StandIns:
         prompt = getattr(self._local, "prompt", None)  # a forward in progress, whose videos these are
         prompt_ids = getattr(self._local, "generate_prompt_ids", None)
         prompt_ids = prompt.input_ids if prompt_ids is None and prompt is not None else prompt_ids
+        # a forward given embeddings, no ids: nothing tells its LLM where the videos are, so keep every frame
+        readable = prompt is None or prompt.input_ids is not None or prompt_ids is not None
         self._local.encoding_videos = True
         try:
-            output, encoded = encode_videos(self.method, self.adapter, encode, args, kwargs, prompt_ids)
+            output, encoded = encode_videos(self.method, self.adapter, encode, args, kwargs, prompt_ids, readable)
         finally:
             self._local.encoding_videos = False
         # the tower's calls on these videos go with the record of their encoding, however late its features are read
