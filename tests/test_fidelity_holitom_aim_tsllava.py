@@ -111,6 +111,28 @@ def test_holitom_inner_merge_folds_the_least_attended_into_their_most_similar_ke
         assert destination[i] == max(kept, key=lambda k: float(torch.cosine_similarity(tokens[i], tokens[k], dim=0)))
 
 
+@pytest.mark.parametrize("attention", [
+    torch.tensor([0.9, 0.1, 0.8, 0.2, 0.7, 0.05, 0.6, 0.3]),  # each video keeps two
+    torch.tensor([0.9, 0.8, 0.7, 0.6, 0.1, 0.2, 0.05, 0.3]),  # the second keeps none
+])
+def test_holitom_inner_merge_never_folds_a_token_into_another_videos(attention):
+    """Two videos of one frame: the second's tokens are copies of the first's, so the most similar kept token is
+    the other video's twin; each folds into its own video's closest kept token instead, or where its video kept
+    none, is dropped."""
+    tokens = features(4, 6, seed=4).repeat(2, 1)
+    memory, method = {}, HoliTom(ratio=0.75, inner_layer=1, inner_merge=0.5)
+    layout = VisualLayout.from_videos([0, 4], [(1, 2, 2), (1, 2, 2)])
+    scoring = LayerSample(0, tokens, layout, LayerBudget(0.75, 8, 2, 0, 0), memory, lambda q: attention)
+    assert method.reduce_in_llm(scoring) is None
+    merging = LayerSample(1, tokens, layout, LayerBudget(0.75, 8, 2, 1, 8), memory, lambda q: attention)
+    destination = destinations(method.reduce_in_llm(merging), 8)
+    kept = [i for i in range(8) if destination[i] == i]
+    for i in set(range(8)) - set(kept):
+        own = [k for k in kept if k // 4 == i // 4]
+        expected = max(own, key=lambda k: float(torch.cosine_similarity(tokens[i], tokens[k], dim=0))) if own else -1
+        assert destination[i] == expected
+
+
 # ---------------------------------------------------------------------------------------------- AIM
 
 

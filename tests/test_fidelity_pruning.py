@@ -223,7 +223,7 @@ def test_sparsevlm_recycles_the_best_pruned_tokens_as_merged_clusters():
 
     tokens = features(40, 8)
     score = torch.linspace(1, 0, 40)  # token i ranks i-th
-    reduction = recycled_reduction(tokens, score, 10, recycle=True)
+    reduction = recycled_reduction(tokens, score, 10, True, torch.zeros(40, dtype=torch.long))  # one video
     candidates = list(range(10, 10 + int(30 * 0.3) + 1))  # the best-rated 30 % (+1) of the 30 below the count
     clusters = len(candidates) // 10 + 1
     assert reduction.keep.numel() == 10
@@ -231,3 +231,17 @@ def test_sparsevlm_recycles_the_best_pruned_tokens_as_merged_clusters():
     assert kept_top == list(range(10 - clusters))
     folded = [i for i in range(40) if int(reduction.merge_into[i]) >= 0 and i not in reduction.keep.tolist()]
     assert set(folded) <= set(candidates) and len(set(folded)) + clusters == len(candidates)
+
+
+def test_sparsevlm_recycles_clusters_inside_each_video():
+    """Two videos, their candidates interleaved in rank: every recycled cluster holds one video's tokens."""
+    from tokcompress.methods.sparsevlm import recycled_reduction
+
+    tokens = features(60, 8)
+    video = torch.arange(60) % 2  # even tokens one video, odd ones the other
+    reduction = recycled_reduction(tokens, torch.linspace(1, 0, 60), 10, True, video)
+    assert reduction.keep.numel() == 10
+    for token, slot in enumerate(reduction.merge_into.tolist()):
+        if slot >= 0:
+            assert video[int(reduction.keep[slot])] == video[token]
+

@@ -54,6 +54,8 @@ class HoliTom(Method):
     - Saliency is the attention each token gets in the vision tower's feature layer (see `visionzip`), read
       from the tower's own q/k; the official code swaps in an eager SigLIP that returns attentions.
     - D = 0 (no contextual merging of the dropped dynamic tokens), the code's default; any batch size.
+    - With several videos in a prompt, the inner merge folds a token only into a kept token of its own video (a
+      video with none kept loses its merged tokens); the official code reads one video.
     """
 
     ratio: float = PAPER_RATIO
@@ -150,7 +152,10 @@ class HoliTom(Method):
             return None if keep else TokenReduction.prune(torch.zeros(0, dtype=torch.long, device=importance.device))
         kept = top_tokens(importance, keep)
         unit = torch.nn.functional.normalize(sample.features.float(), dim=-1)
-        destination = kept[(unit @ unit[kept].T).argmax(dim=1)]
+        video = sample.layout.video
+        similarity = (unit @ unit[kept].T).masked_fill(video[:, None] != video[kept][None, :], float("-inf"))
+        best, closest = similarity.max(dim=1)  # the most similar kept token of its own video
+        destination = torch.where(best > float("-inf"), kept[closest], -1)  # a video with none kept: dropped
         destination[kept] = kept
         return TokenReduction.from_destinations(destination)
 

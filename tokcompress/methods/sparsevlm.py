@@ -9,6 +9,7 @@ import torch
 from ..ops import density_peak_clusters
 from .base import IN_LLM, LayerBudget, LayerSample, Method, TokenReduction, one_time_layer
 from .pdrop import stage_count
+from .selection import proportional_split
 
 PAPER_LAYERS, PAPER_DEPTH = (2, 6, 15), 32  # LLaVA-1.5's pruning layers
 RECYCLE_SHARE = 0.3  # of the pruned tokens, the best-rated 30 % (+1) are recycled
@@ -39,6 +40,8 @@ class SparseVLM(Method):
       original (as in its v2.0).
     - The v2.0 "attention gravity" correction and head selection are not applied; clustering is
       deterministic (no random tie noise); any batch size and padding.
+    - With several videos in a prompt, clusters form inside one video each (the clusters shared out in
+      proportion to each video's candidates); the official code reads one image.
     """
 
     ratio: float = 192 / 576
@@ -65,7 +68,7 @@ class SparseVLM(Method):
             score = sample.question_attention(memory["raters"]).mean(dim=(0, 1))
         else:  # no question: the last token rates
             score = sample.attention_to_visual(1)
-        return recycled_reduction(sample.features, score, keep, self.recycle)
+        return recycled_reduction(sample.features, score, keep, self.recycle, sample.layout.video)
 
     def in_llm_finished(self, sample: LayerSample) -> bool:
         return sample.layer >= self.pruning_layers(sample.budget)[-1]
@@ -80,19 +83,28 @@ def raters(visual: torch.Tensor, question: torch.Tensor | None) -> torch.Tensor 
     return chosen if len(chosen) else relevance.argmax()[None]
 
 
-def recycled_reduction(features: torch.Tensor, score: torch.Tensor, keep: int, recycle: bool) -> TokenReduction:
+def recycled_reduction(
+    features: torch.Tensor, score: torch.Tensor, keep: int, recycle: bool, video: torch.Tensor
+) -> TokenReduction:
     """Keep `keep` tokens: the best-scored ones and, with `recycle`, clusters of the best-rated tokens beyond
-    the budget (30 % of them, + 1), each cluster merged onto its earliest member and taking one place."""
+    the budget (30 % of them, + 1), each cluster merged onto its earliest member and taking one place. A cluster
+    forms inside one video (`video`: each token's): the clusters are shared out among the videos' candidates."""
     count = features.shape[0]
     destination = torch.full((count,), -1, dtype=torch.long, device=features.device)
     ranked = torch.sort(score.float(), descending=True, stable=True).indices
     clusters = 0
     if recycle and 1 < keep < count:
         candidates = ranked[keep : keep + int((count - keep) * RECYCLE_SHARE) + 1]
-        assignment, centres = density_peak_clusters(features[candidates], min(len(candidates) // 10 + 1, keep - 1))
-        clusters = len(centres)
-        earliest = torch.full((clusters,), count, device=features.device)
-        destination[candidates] = earliest.scatter_reduce(0, assignment, candidates, reduce="amin")[assignment]
+        videos = video[candidates]
+        groups = [candidates[videos == v] for v in videos.unique().tolist()]
+        wanted = proportional_split(min(len(candidates) // 10 + 1, keep - 1), [len(group) for group in groups])
+        for group, clusters_here in zip(groups, wanted):
+            if not clusters_here:
+                continue
+            assignment, centres = density_peak_clusters(features[group], clusters_here)
+            earliest = torch.full((len(centres),), count, device=features.device)
+            destination[group] = earliest.scatter_reduce(0, assignment, group, reduce="amin")[assignment]
+            clusters += len(centres)
     top = ranked[: keep - clusters]
     destination[top] = top
     return TokenReduction.from_destinations(destination)
