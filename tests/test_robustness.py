@@ -70,10 +70,12 @@ def test_a_forward_given_embeddings_not_ids_keeps_every_frame_in_the_tower(famil
     assert "untouched" in str(handle.stats)
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])  # 1-D and M-RoPE positions
+# 1-D and M-RoPE positions; a model that hands its LLM a built mask, not the 2-D one (Molmo2)
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "molmo2"])
 def test_a_batchs_next_questions_left_padded_continue_each_row_as_if_alone(family, clip, other_clip):
     """A second turn of a batch passes the cache back with next questions of different lengths, left-padded (so
-    padding sits between the turns): each row's new tokens take the positions they take alone, padding none."""
+    padding sits between the turns): each row's new tokens take the positions they take alone, padding none, and
+    attend to no padding."""
     model = model_for(family)
     clips, questions = [clip, shorter(family, other_clip)], ["What is moving in this video?", "Who?"]
     follow_ups = ["\nuser: and what happened after that?\nassistant:", "\nuser: why?\nassistant:"]
@@ -87,8 +89,9 @@ def test_a_batchs_next_questions_left_padded_continue_each_row_as_if_alone(famil
         new_mask = torch.tensor([[0] * (width - len(t)) + [1] * len(t) for t in new])
         mask = torch.cat([inputs["attention_mask"], torch.ones(len(rows), 2, dtype=torch.long), new_mask], dim=1)
         follow_up = {"input_ids": ids, "attention_mask": mask}
-        if "mm_token_type_ids" in inputs:
-            follow_up["mm_token_type_ids"] = (ids == tiny.VIDEO).long() * 2
+        if "mm_token_type_ids" in inputs:  # the turn's new tokens are text
+            types = inputs["mm_token_type_ids"]
+            follow_up["mm_token_type_ids"] = torch.nn.functional.pad(types, (0, ids.shape[1] - types.shape[1]))
         second = model.generate(**follow_up, max_new_tokens=2, do_sample=False, output_logits=True,
                                 return_dict_in_generate=True, **cache_kwarg(output_cache(first)))
         return torch.stack(second.logits, dim=1)  # (rows, steps, vocabulary)

@@ -22,15 +22,20 @@ if TYPE_CHECKING:
 
 
 def start_decode_step(
-    state: GenerationState, kwargs: dict[str, Any], adapter: Adapter, blocks: torch.Tensor | None = None
+    state: GenerationState, kwargs: dict[str, Any], adapter: Adapter, blocks: torch.Tensor | None = None,
+    padding: torch.Tensor | None = None,
 ) -> None:
     """Extend every group's padding mask by this step's tokens and continue the original positions. `blocks`: the
     vision blocks of the multimodal model's call (`Adapter.attention_blocks`), where a continuation brings images
-    or videos of its own: their tokens attend to each other both ways, as the stock prefill of that chunk does."""
+    or videos of its own: their tokens attend to each other both ways, as the stock prefill of that chunk does.
+    `padding`: (B, L) the new tokens' columns of the multimodal call's padding mask, where it had one."""
     embeds = kwargs["inputs_embeds"]
     batch, length = embeds.shape[:2]
     device = embeds.device
-    new_columns = new_token_columns(kwargs.get("attention_mask"), batch, length, device)
+    if padding is not None and padding.shape == (batch, length):
+        new_columns = padding.to(device)
+    else:
+        new_columns = new_token_columns(kwargs.get("attention_mask"), batch, length, device)
     chunk = None
     if blocks is not None:  # the call's last `length` tokens (tokens it does not type: no block)
         chunk = torch.nn.functional.pad(blocks[:, -length:], (length - min(length, blocks.shape[1]), 0), value=-1)

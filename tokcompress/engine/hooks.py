@@ -226,15 +226,17 @@ class Engine(StandIns):
             return None
         skip_tokens_already_cached(state, kwargs, conversation, self.adapter.llm_token_ids)
         fed = _sequence_length(args, kwargs)
-        # the vision blocks of a continuation that brings its own (a one-token decoding step brings none)
+        # the vision blocks of a continuation that brings its own (a one-token decoding step brings none), and its
+        # padding, read here: a model may hand its LLM a built mask instead of the 2-D one (Molmo2's)
         self._local.chunk_blocks = self.adapter.attention_blocks(kwargs) if fed > 1 else None
+        last = state.last_positions
+        new_columns = new_token_columns(kwargs.get("attention_mask"), last.shape[-2], fed, last.device)
+        self._local.chunk_padding = new_columns
         brings_video = layouts is not None and any(layout.num_tokens for layout in layouts)
         if not brings_video or not self.adapter.mrope:
             # The chunk continues the generation from the last position it saw: HF would count from the (shorter)
             # cache, and for M-RoPE it may re-derive the earlier video's ids without its grid. A video of its own
             # in an M-RoPE model takes the ids the model computes from its grid.
-            last = state.last_positions
-            new_columns = new_token_columns(kwargs.get("attention_mask"), last.shape[-2], fed, last.device)
             kwargs["position_ids"] = next_positions(last, new_columns)
         return args, kwargs
 
@@ -269,7 +271,8 @@ class Engine(StandIns):
             self._local.state = state
             self.last_stats = state.stats
             blocks, self._local.chunk_blocks = getattr(self._local, "chunk_blocks", None), None
-            start_decode_step(state, kwargs, self.adapter, blocks)
+            padding, self._local.chunk_padding = getattr(self._local, "chunk_padding", None), None
+            start_decode_step(state, kwargs, self.adapter, blocks, padding)
             return args, kwargs
         return self._start_prefill(args, kwargs)
 
