@@ -349,11 +349,17 @@ def bound_arguments(function: Any, args: tuple, kwargs: dict[str, Any]) -> dict[
 def without_key_bias(module: Any, args: tuple, kwargs: dict[str, Any]) -> tuple[tuple, dict[str, Any]]:
     """A forward pre-hook: the call with its float `attention_mask` less proportional attention's key bias (the
     positive entries: allowed keys are 0, masked ones the dtype's minimum)."""
-    bound = inspect.signature(module.forward).bind(*args, **kwargs)
+    bound = _forward_signature(type(module)).bind(module, *args, **kwargs)
     mask = bound.arguments.get("attention_mask")
     if isinstance(mask, torch.Tensor) and mask.is_floating_point():
         bound.arguments["attention_mask"] = mask.clamp_max(0)
-    return bound.args, bound.kwargs
+    return bound.args[1:], bound.kwargs  # less `self`
+
+
+@functools.cache
+def _forward_signature(module_type: type) -> inspect.Signature:
+    """A module class's `forward` signature, read once (a pre-hook binds every call of every layer with it)."""
+    return inspect.signature(module_type.forward)
 
 
 def positions_already_seen(last_seen: torch.Tensor, positions: torch.Tensor | None) -> int | None:
