@@ -70,12 +70,14 @@ def test_a_forward_given_embeddings_not_ids_keeps_every_frame_in_the_tower(famil
     assert "untouched" in str(handle.stats)
 
 
-# 1-D and M-RoPE positions; a model that hands its LLM a built mask, not the 2-D one (Molmo2)
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "molmo2"])
-def test_a_batchs_next_questions_left_padded_continue_each_row_as_if_alone(family, clip, other_clip):
+# 1-D and M-RoPE positions; a model that hands its LLM a built mask, not the 2-D one (Molmo2); dycoke's decoding
+# selection, which averages the step's queries (on the tiny LLaVA-OV-1.5 a padding query changes its pick)
+@pytest.mark.parametrize("method", ["framefusion", "dycoke"])
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "molmo2", "llava_onevision1_5"])
+def test_a_batchs_next_questions_left_padded_continue_each_row_as_if_alone(family, method, clip, other_clip):
     """A second turn of a batch passes the cache back with next questions of different lengths, left-padded (so
     padding sits between the turns): each row's new tokens take the positions they take alone, padding none, and
-    attend to no padding."""
+    attend to no padding; no padding counts among the queries choosing decoding's KV either."""
     model = model_for(family)
     clips, questions = [clip, shorter(family, other_clip)], ["What is moving in this video?", "Who?"]
     follow_ups = ["\nuser: and what happened after that?\nassistant:", "\nuser: why?\nassistant:"]
@@ -96,7 +98,8 @@ def test_a_batchs_next_questions_left_padded_continue_each_row_as_if_alone(famil
                                 return_dict_in_generate=True, **cache_kwarg(output_cache(first)))
         return torch.stack(second.logits, dim=1)  # (rows, steps, vocabulary)
 
-    with tokcompress.compress(model, "framefusion", ratio=0.3), torch.no_grad():
+    knobs = {"decode_layer": 1} if method == "dycoke" else {}
+    with tokcompress.compress(model, method, ratio=0.3, **knobs), torch.no_grad():
         together = second_turn([0, 1])
         for row in (0, 1):
             torch.testing.assert_close(together[row], second_turn([row])[0], rtol=1e-4, atol=1e-5)

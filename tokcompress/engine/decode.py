@@ -140,6 +140,7 @@ def _decode_selection(
         valid = group.attention_mask[b, :past].bool()
         slots = group.visual_slots[b]
         queries = adapter.project_queries(layer, hidden[b], *rotary_rows(tables, b))
+        queries = queries[:, group.attention_mask[b, past : past + steps].bool()]  # not a next question's padding
         attention = few_query_attention(queries, keys[b], valid[None, :]).mean(dim=0)
         chosen = slots[method.select_decode_kv(DecodeSample(attention[slots], state.decode_memories[b]))]
         read = valid.clone()
