@@ -140,8 +140,8 @@ def _decode_selection(
         valid = group.attention_mask[b, :past].bool()
         slots = group.visual_slots[b]
         queries = adapter.project_queries(layer, hidden[b], *rotary_rows(tables, b))
-        queries = queries[:, group.attention_mask[b, past : past + steps].bool()]  # not a next question's padding
-        attention = few_query_attention(queries, keys[b], valid[None, :]).mean(dim=0)
+        real = group.attention_mask[b, past : past + steps].float()  # a next question's padding does not choose
+        attention = real @ few_query_attention(queries, keys[b], valid[None, :]) / real.sum().clamp_min(1)
         chosen = slots[method.select_decode_kv(DecodeSample(attention[slots], state.decode_memories[b]))]
         read = valid.clone()
         read[slots] = False
