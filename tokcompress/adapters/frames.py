@@ -109,8 +109,9 @@ class FrameBatchAdapter(Adapter):
         """(videos, tokens per video, D) in the shape the stock encoder returns its `pooler_output`."""
         return videos
 
-    def encoded_sizes(self, features: torch.Tensor, input_ids: torch.Tensor) -> tuple[int, int]:
-        """(tokens per video, videos) of features `generate` pre-encoded, in the stock `pooler_output` shape."""
+    def encoded_sizes(self, call_kwargs, input_ids: torch.Tensor) -> tuple[int, int]:
+        """(tokens per video, videos) of the features `generate` pre-encoded, in the stock `pooler_output` shape."""
+        features = compat.encoded_video(call_kwargs)
         return features.shape[1], features.shape[0]
 
     def _video_sizes(self, call_kwargs, input_ids) -> tuple[int, int]:
@@ -118,4 +119,4 @@ class FrameBatchAdapter(Adapter):
         pixels = call_kwargs.get("pixel_values_videos")
         if pixels is not None:
             return pixels.shape[1] * self.tokens_per_frame + self.separators_per_video, pixels.shape[0]
-        return self.encoded_sizes(compat.encoded_video(call_kwargs), input_ids)
+        return self.encoded_sizes(call_kwargs, input_ids)
