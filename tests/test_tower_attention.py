@@ -3,6 +3,8 @@ FastVID) against their published rules."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from transformers import AttentionInterface
@@ -15,11 +17,22 @@ from tokcompress.adapters import ADAPTERS, adapter_for
 from tokcompress.adapters.qwen2_vl import Qwen2VLAdapter
 from tokcompress.engine.encoder import TowerCall
 from tokcompress.layout import VisualLayout
-from tokcompress.methods import FastVID, LayerBudget, VisionZip
+from tokcompress.methods import FastVID, LayerBudget, VisionZip, build_method
 from tokcompress.methods.fastvid import dynamic_segments
 from tokcompress.ops import attention_received, density_peak_clusters
+from tokcompress.tiny.common import build as build_tiny
 
-from .conftest import TINY, TOWERED, inputs_for, logits, model_for, multimodal, record_pre_llm_calls
+from .conftest import (
+    COMPRESSING,
+    TINY,
+    TOWERED,
+    generate,
+    inputs_for,
+    logits,
+    model_for,
+    multimodal,
+    record_pre_llm_calls,
+)
 from .test_adapters import internvl_images_and_a_video
 
 RECORDING = "tokcompress_test_recording"
@@ -266,3 +279,47 @@ def test_fastvid_refuses_bad_knobs_and_needs_the_towers_attention():
     with pytest.raises(RuntimeError, match="vision tower's attention"):
         FastVID(ratio=0.5).reduce_pre_llm(torch.randn(4, 8), VisualLayout.from_videos([0], [(1, 2, 2)]),
                                           LayerBudget(0.5, 4, 4))
+
+
+def _variant(family: str, **changes):
+    """The family's tiny model with its config changed (same seed: the same weights where the shapes agree)."""
+    model = model_for(family)
+    config = copy.deepcopy(model.config)
+    for name, value in changes.items():
+        setattr(config, name, value)
+    return build_tiny(type(model), config, "sdpa", 0)
+
+
+TOWER_READERS = [name for name in COMPRESSING if build_method(name).uses_tower_attention()]
+
+
+def test_llava_next_videos_learned_pooling_scores_each_window_as_its_cells_mean(clip):
+    """`spatial_pool_mode="conv"` pools the features with a learned convolution, which cannot take scores: each
+    window is scored as its cells' mean (what the stock average pooling gives), and every method reading the tower's
+    attention runs."""
+    model = _variant("llava_next_video", spatial_pool_mode="conv")
+    cells = (model.config.vision_config.image_size // model.config.vision_config.patch_size) ** 2
+    scores = torch.rand(3, 1 + cells)  # CLS first
+    averaged = adapter_for(model_for("llava_next_video")).pool_tower_scores(scores)
+    torch.testing.assert_close(adapter_for(model).pool_tower_scores(scores), averaged)
+    inputs = inputs_for("llava_next_video", clip, "What is moving?")
+    for method in TOWER_READERS:
+        with tokcompress.compress(model, method, ratio=0.3) as handle:
+            generate(model, inputs, max_new_tokens=2)
+        (sample,) = handle.stats.samples
+        assert sample.achieved_ratio < 0.5, method
+
+
+def test_features_of_several_tower_layers_refuse_what_acts_at_one_when_patching(clip):
+    """A list `vision_feature_layer` joins several layers' features: a method reading the tower's attention or
+    folding inside it is refused when patching, naming the setting; one acting before the tower runs."""
+    model = _variant("video_llava", vision_feature_layer=[-2, -1])
+    inputs = inputs_for("video_llava", clip, "What is moving?")
+    reference = logits(model, inputs)
+    for method in ("visionzip", "earlytom", "vidtldr"):
+        with pytest.raises(ValueError, match=r"vision_feature_layer is \[-2, -1\]"):
+            tokcompress.patch(model, method, ratio=0.3)
+        torch.testing.assert_close(logits(model, inputs), reference, rtol=0, atol=0)  # nothing left patched
+    with tokcompress.compress(model, "framededup", ratio=0.3) as handle:
+        generate(model, inputs, max_new_tokens=2)
+    assert handle.stats.samples[0].achieved_ratio < 0.5

@@ -324,8 +324,15 @@ class Adapter:
 
 def feature_layer_index(config) -> int:
     """The tower layer whose output the model takes: `vision_feature_layer` k indexes hidden_states, the output
-    of layer k - 1 (k < 0: of layer k)."""
+    of layer k - 1 (k < 0: of layer k). A list (features of several layers, concatenated) is refused: what reads
+    the tower's attention or folds inside it acts at one layer."""
     layer = config.vision_feature_layer
+    if not isinstance(layer, int):
+        raise ValueError(
+            f"this model's vision_feature_layer is {layer}: its features join several tower layers, and a method "
+            "that reads the vision tower's attention or folds inside it acts at one; set vision_feature_layer to one "
+            "layer, or use a method acting before the tower or in the LLM (framededup, framefusion, fastv, ...)"
+        )
     return layer if layer < 0 else layer - 1
 
 
