@@ -128,6 +128,25 @@ def test_two_videos_back_to_back_generate(family, clip, other_clip, method):
         assert torch.equal(tokens, reference)
 
 
+# a video that ends in a cell of its last frame (Video-LLaVA), and one that ends in a newline token (LLaVA-OV)
+@pytest.mark.parametrize("method", COMPRESSING)
+@pytest.mark.parametrize("family", ["video_llava", "llava_onevision"])
+def test_a_prompt_ending_with_its_video_predicts_from_its_last_token(family, method, clip):
+    """With the question before the video (or none), the prompt's last token is visual: it survives every method
+    as itself, so the next token is predicted from it, not from a dropped row's zeros."""
+    model = model_for(family)
+    video = inputs_for(family, clip, "unused")
+    ids = video["input_ids"][0].tolist()
+    first, last = ids.index(tiny.VIDEO), len(ids) - 1 - ids[::-1].index(tiny.VIDEO)
+    row = torch.tensor([tiny.text_ids("Describe this video: ") + ids[first : last + 1]])
+    inputs = {**video, "input_ids": row, "attention_mask": torch.ones_like(row)}
+    with tokcompress.compress(model, method, ratio=0.3) as handle:
+        next_token = logits(model, inputs)[0, -1]
+        assert row.shape[1] - 1 in handle.stats.samples[0].kept_positions
+        assert handle.stats.samples[0].achieved_ratio < 0.5
+    assert next_token.abs().max() > 0.1
+
+
 @pytest.mark.parametrize(("family", "method"), every_family_and_every_method())
 def test_beam_search_scores_every_hypothesis_as_decoding_it_alone(family, clip, method):
     """Beam scores (raw sums, length_penalty 0) equal teacher-forcing each returned hypothesis by itself: the

@@ -204,8 +204,11 @@ def compact(group: TokenGroup, reductions: list[TokenReduction | None], start_la
     """Compact the group by the per-sample reductions; returns the new group and the slot index (B, W').
 
     proportional: give merged tokens proportional attention (log of their size added to their keys' logits).
+    A row's last token survives as itself, visual or not: the next token is predicted from it (a prompt may end
+    with its video).
     """
     device = group.origin.device
+    reductions = _keeping_last_tokens(group, reductions)
     rows, kept_visual, layouts, sizes = [], [], [], []
     for b, reduction in enumerate(reductions):
         slots = group.visual_slots[b]
@@ -242,6 +245,21 @@ def compact(group: TokenGroup, reductions: list[TokenReduction | None], start_la
             bias[b, slots] = size.float().log()
         new_group.key_bias = bias
     return new_group, slot_index
+
+
+def _keeping_last_tokens(group: TokenGroup, reductions: list[TokenReduction | None]) -> list[TokenReduction | None]:
+    """The reductions with each row's last slot (left padding: the last column) kept where it is a visual token."""
+    reduced = [b for b, reduction in enumerate(reductions) if reduction is not None and len(group.visual_slots[b])]
+    if not reduced:
+        return reductions
+    last = group.width - 1
+    ending = torch.stack([group.visual_slots[b].max() == last for b in reduced]).tolist()  # one sync
+    reductions = list(reductions)
+    for b, ends in zip(reduced, ending):
+        if ends:
+            slots = group.visual_slots[b]
+            reductions[b] = reductions[b].keeping(int((slots == last).nonzero()), len(slots))
+    return reductions
 
 
 def with_key_bias(mask: torch.Tensor, key_bias: torch.Tensor, dtype: torch.dtype, keys: int) -> torch.Tensor:

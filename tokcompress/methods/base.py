@@ -82,6 +82,15 @@ class TokenReduction:
         merge_into = torch.where(first >= 0, second[first.clamp_min(0)], -1)
         return TokenReduction(self.keep[later.keep], merge_into)
 
+    def keeping(self, index: int, count: int) -> TokenReduction:
+        """This reduction of `count` tokens with token `index` surviving as itself (unmerged, if it was folded)."""
+        if self.merge_into is None:
+            return TokenReduction.prune(torch.cat([self.keep, self.keep.new_tensor([index])]).unique())
+        assignment = self.assignment(count)
+        destination = torch.where(assignment >= 0, self.keep[assignment.clamp_min(0)], -1)
+        destination[index] = index
+        return TokenReduction.from_destinations(destination)
+
     @staticmethod
     def from_destinations(destination: torch.Tensor) -> TokenReduction:
         """Build a merge from `destination[i]`: the token that token i folds into (itself when kept, -1 dropped)."""
