@@ -128,6 +128,21 @@ def test_two_videos_back_to_back_generate(family, clip, other_clip, method):
         assert torch.equal(tokens, reference)
 
 
+@pytest.mark.parametrize("method", ["visionzip", "framededup", "fastv"])
+def test_a_generate_failing_before_its_forward_leaves_nothing_for_the_next_forward(clip, other_clip, method):
+    """generate noted its beams for the prompt, then refused it (longer than max_length): the next plain forward on
+    a batch reads its rows as samples, not as those beams."""
+    model = model_for("llava_onevision")
+    batch = inputs_for("llava_onevision", [clip, other_clip], ["What is moving in this clip?", "Who?"])
+    with tokcompress.compress(model, method, ratio=0.3) as handle:
+        expected = logits(model, batch)
+        with pytest.raises(ValueError, match="max_length"):
+            generate(model, inputs_for("llava_onevision", clip, "What?"), max_new_tokens=None, num_beams=2,
+                     max_length=10)
+        torch.testing.assert_close(logits(model, batch), expected, rtol=0, atol=0)
+        assert len(handle.stats.samples) == 2
+
+
 # a video that ends in a cell of its last frame (Video-LLaVA), and one that ends in a newline token (LLaVA-OV)
 @pytest.mark.parametrize("method", COMPRESSING)
 @pytest.mark.parametrize("family", ["video_llava", "llava_onevision"])

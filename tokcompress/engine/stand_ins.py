@@ -3,7 +3,7 @@ stock method's signature (generate inspects it to pick the arguments it passes):
 
 - beam search reorders a generation's state with its cache;
 - sample expansion (beams, returned sequences) is counted, and the prompt's 2-D padding mask noted before generate
-  builds 4-D masks for a static cache;
+  builds 4-D masks for a static cache (generate itself forgets both when it returns, or fails before its forward);
 - each step's inputs: the length of the conversation generate holds is noted (it feeds the part past the cache,
   which is shorter than what the generation saw);
 - speculative decoding and chunked prefill are refused while the method compresses;
@@ -27,6 +27,7 @@ class StandIns:
     def _install_stand_ins(self) -> None:
         model, multimodal = self.adapter.model, self.adapter.multimodal_model
         stand_ins = [
+            (model, compat.GENERATE, self._generate),
             (model, compat.REORDER_CACHE, self._reorder_beams),
             (model, compat.EXPAND_INPUTS, self._expand_samples),
             (model, compat.CANDIDATE_GENERATOR, self._refuse_speculative_decoding),
@@ -45,6 +46,15 @@ class StandIns:
             if vars(module).get(name) is stand_in:
                 delattr(module, name)
         self._stand_ins = []
+
+    def _generate(self, *args, **kwargs):
+        """generate, after which nothing it noted for its prompt lingers: a call that fails between expanding its
+        inputs and its first forward (a prompt past max_length, stop strings without a tokenizer) would otherwise
+        hand its beam count to the next plain forward."""
+        try:
+            return compat.call_inherited(self.adapter.model, compat.GENERATE, *args, **kwargs)
+        finally:
+            self._local.generate_rows = self._local.generate_padding = self._local.conversation_length = None
 
     def _reorder_beams(self, cache, beam_idx):
         cache = compat.reorder_cache(self.adapter.model, cache, beam_idx)

@@ -262,6 +262,7 @@ def build_attention_mask(
 PER_TOKEN_INPUTS = ("input_ids", "inputs_embeds", "position_ids", "token_type_ids", "mm_token_type_ids")
 """Forward inputs with one entry per token along their last sequence dimension."""
 
+GENERATE = "generate"
 REORDER_CACHE = "_reorder_cache"
 EXPAND_INPUTS = "_expand_inputs_for_generation"
 CANDIDATE_GENERATOR = "_get_candidate_generator"
