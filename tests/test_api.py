@@ -115,6 +115,23 @@ def test_patching_twice_replaces_instead_of_stacking(clip):
     second.unpatch()
 
 
+def test_a_patch_of_the_inner_multimodal_model_and_one_of_the_model_are_one_patch(clip):
+    """`model.model` is what the engine hooks: patching it and the model around it (either order) replaces, never
+    stacks, and either one unpatches it."""
+    model = model_for("llava_onevision")
+    inputs = inputs_for("llava_onevision", clip, "What is moving?")
+    reference, unpatched_hooks = logits(model, inputs), hook_count(model)
+    for first, second in ((model, model.model), (model.model, model)):
+        earlier = tokcompress.patch(first, "random", ratio=0.3)
+        hooks = hook_count(model)
+        later = tokcompress.patch(second, "uniform", ratio=0.5)
+        assert hook_count(model) == hooks and not earlier.patched and later.patched
+        logits(model, inputs)
+        assert later.stats.method == "uniform" and later.stats.samples[0].achieved_ratio < 0.6
+        assert tokcompress.unpatch(first) and hook_count(model) == unpatched_hooks
+        torch.testing.assert_close(logits(model, inputs), reference, rtol=0, atol=0)
+
+
 def test_register_method_makes_a_custom_method_available(clip):
     @dataclass
     class KeepFirst(Method):

@@ -26,6 +26,9 @@ class CompressionHandle:
     def __init__(self, model: nn.Module, engine: Engine):
         self.model = model
         self._engine = engine
+        # the modules it is found on: the model patched and the multimodal model whose calls it hooks (a patch of
+        # `model.model` and one of `model` are one patch, the later replacing the earlier)
+        self._anchors = tuple({id(m): m for m in (model, engine.adapter.multimodal_model)}.values())
 
     @property
     def method(self) -> Method:
@@ -73,13 +76,17 @@ class CompressionHandle:
             )
             return
         self._engine.detach()
-        if self.patched:
-            delattr(self.model, HANDLE_ATTRIBUTE)
+        for anchor in self._anchors:
+            if getattr(anchor, HANDLE_ATTRIBUTE, None) is self:
+                delattr(anchor, HANDLE_ATTRIBUTE)
 
     def _reattach(self) -> None:
         """Patch the model with this handle's method again (after a `compress` block stood in for it)."""
+        for anchor in self._anchors:
+            unpatch(anchor)
         self._engine.attach()
-        setattr(self.model, HANDLE_ATTRIBUTE, self)
+        for anchor in self._anchors:
+            setattr(anchor, HANDLE_ATTRIBUTE, self)
 
     def __enter__(self) -> CompressionHandle:
         return self
@@ -114,26 +121,24 @@ def patch(
         math); False keeps the stock loop (with the bias of tokens folded inside the tower, where a method folds
         them).
     knobs: the method's own settings (e.g. `layer=2` for fastv); unknown ones are refused.
-    Patching a patched model replaces the old patch. Nothing is changed if any argument is refused.
+    Patching a patched model replaces the old patch (also one of the multimodal model inside it, `model.model`, or
+    of the model around it). Nothing is changed if any argument is refused.
     """
     check_transformers_version()
     adapter = adapter_for(model)
     configured = build_method(method, ratio, **knobs).bind(adapter.spec)
-    engine = Engine(adapter, configured, varlen_vision)
-    unpatch(model)
-    engine.attach()
-    handle = CompressionHandle(model, engine)
-    setattr(model, HANDLE_ATTRIBUTE, handle)
+    handle = CompressionHandle(model, Engine(adapter, configured, varlen_vision))
+    handle._reattach()
     return handle
 
 
 def unpatch(model: nn.Module) -> bool:
-    """Remove tokcompress from `model`; returns whether it was patched."""
-    handle = getattr(model, HANDLE_ATTRIBUTE, None)
-    if handle is None:
-        return False
-    handle.unpatch()
-    return True
+    """Remove tokcompress from `model` (a patch of a module inside it too); returns whether it was patched."""
+    modules = model.modules() if isinstance(model, nn.Module) else [model]
+    handles = {id(h): h for m in modules if (h := getattr(m, HANDLE_ATTRIBUTE, None)) is not None}
+    for handle in handles.values():
+        handle.unpatch()
+    return bool(handles)
 
 
 @contextlib.contextmanager
