@@ -56,6 +56,66 @@ def test_a_multi_turn_chat_passing_the_cache_back_continues_it(family, clip, met
     torch.testing.assert_close(second.logits[0], by_hand.logits[:, -1], rtol=1e-4, atol=1e-5)
 
 
+def _next_turn(model, inputs, first, text: str = "\nuser: and then?\nassistant:", **extra) -> torch.Tensor:
+    """The logits of generating a next turn (`text`, and `extra` inputs) on a copy of turn one's cache."""
+    ids = torch.cat([first.sequences, torch.tensor([tiny.text_ids(text)])], dim=1)
+    follow_up = {"input_ids": ids, "attention_mask": torch.ones_like(ids), **extra}
+    if "mm_token_type_ids" in inputs:
+        follow_up["mm_token_type_ids"] = (ids == tiny.VIDEO).long() * 2
+    with torch.no_grad():
+        second = model.generate(
+            **follow_up, max_new_tokens=3, do_sample=False, output_logits=True, return_dict_in_generate=True,
+            **cache_kwarg(copy.deepcopy(output_cache(first))),
+        )
+    return torch.stack(second.logits, dim=1)
+
+
+@pytest.mark.parametrize("method", ["uniform", "fastv", "dycoke"])
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_a_conversation_continues_as_it_started_when_the_patch_changes_between_turns(family, method, clip):
+    """Turn one ran compressed; turn two passes its cache back after the ratio was set to 1, or inside a new
+    `compress` block (the same settings, or another method): it continues exactly as under the patch that started
+    it (its positions, its masks, its decoding-time selection)."""
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    with tokcompress.compress(model, method, ratio=0.3) as handle, torch.no_grad():
+        first = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+        reference = _next_turn(model, inputs, first)
+        handle.ratio = 1.0
+        torch.testing.assert_close(_next_turn(model, inputs, first), reference, rtol=0, atol=0)
+    for again in (method, "tome"):
+        with tokcompress.compress(model, again, ratio=0.3):
+            torch.testing.assert_close(_next_turn(model, inputs, first), reference, rtol=0, atol=0)
+
+
+def test_a_later_turns_video_is_not_compressed_and_the_stats_and_a_warning_say_so(clip, other_clip):
+    """A video that arrives continuing a cache - a second turn's, or one after a cached system prompt - passes
+    through as the unpatched model reads it (a method reads a prompt's videos whole); the stats count it, a warning
+    names the way to compress it."""
+    model = model_for("llava_onevision")
+    inputs = inputs_for("llava_onevision", clip, "What is moving?")
+    later = inputs_for("llava_onevision", other_clip, "And here?")
+    system = torch.tensor([tiny.text_ids("system: be brief.\n")])
+    ids = torch.cat([system, inputs["input_ids"]], dim=1)
+    prompt = {**inputs, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    with torch.no_grad():
+        prefix = model(input_ids=system, use_cache=True)
+        stock = generate(model, prompt, **cache_kwarg(copy.deepcopy(output_cache(prefix))))
+        with tokcompress.compress(model, "fastv", ratio=0.3) as handle:
+            with pytest.warns(UserWarning, match="73 video tokens continue a cached conversation"):
+                tokens = generate(model, prompt, **cache_kwarg(copy.deepcopy(output_cache(prefix))))
+            assert torch.equal(tokens, stock)
+            assert str(handle.stats).endswith("73 visual tokens of a later turn not compressed")
+            first = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
+            ids = torch.cat([first.sequences, later["input_ids"]], dim=1)
+            with pytest.warns(UserWarning, match="73 video tokens"):
+                model.generate(
+                    input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2,
+                    pixel_values_videos=later["pixel_values_videos"], **cache_kwarg(output_cache(first)),
+                )
+            assert handle.stats.samples[0].visual_in == 73 and handle.stats.later_visual == 73
+
+
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen3_5", "gemma4"])
 def test_a_forward_given_embeddings_not_ids_keeps_every_frame_in_the_tower(family, clip):
     """Without input_ids nothing tells the LLM where the videos are, so nothing is compressed - and a pre-encoder

@@ -66,7 +66,8 @@ class CompressionHandle:
     def unpatch(self) -> None:
         """Remove every hook; the model is exactly as before. Safe to call twice. A handle whose patch a later one
         replaced has nothing left to remove: it warns, and the later patch stays (unpatch the handle that patch
-        returned, or `tokcompress.unpatch(model)`, which removes whichever is in place)."""
+        returned, or `tokcompress.unpatch(model)`, which removes whichever is in place). A KV cache a compressed
+        generation filled continues only on a patched model (any patch): finish such conversations first."""
         current = getattr(self.model, HANDLE_ATTRIBUTE, None)
         if current is not None and current is not self:
             warnings.warn(

@@ -111,6 +111,7 @@ class CompressionStats:
     layer_positions: list[tuple[int, torch.Tensor]] = field(default_factory=list, repr=False)
     num_layers: int = 0  # the decoder's layers (known once a prefill went through the patched model)
     has_tower: bool = True  # False: an encoder-free model, whose `encoder_ratio` is of the frames embedded
+    later_visual: int = 0  # visual tokens a later call continuing the cache brought: not compressed
     compression_time: Timer = field(default_factory=lambda: Timer(), repr=False)
     encoder_time: Timer = field(default_factory=lambda: Timer(), repr=False)
 
@@ -211,6 +212,8 @@ class CompressionStats:
         return f"{self.method} @ ratio {self.ratio:g}" + (f" ({self.ratio_note})" if self.ratio_note else "")
 
     def __str__(self) -> str:
+        if not self.samples and self.later_visual:
+            return f"{self.label}: {self.later_visual} visual tokens of a later turn not compressed"
         if not self.samples:
             return f"{self.method}: {self.note or 'nothing compressed'}"
         text = (
@@ -225,4 +228,6 @@ class CompressionStats:
         reads = [r for s in self.samples if (r := s.decode_read_ratio) is not None]
         if reads:
             text += f", decode reads {mean(reads):.3f} of the visual KV"
+        if self.later_visual:
+            text += f", {self.later_visual} visual tokens of later turns not compressed"
         return text + f", compression {self.compression_seconds * 1e3:.1f} ms"

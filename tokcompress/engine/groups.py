@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from ..layout import VisualLayout
-from ..methods.base import TokenReduction
+from ..methods.base import Method, TokenReduction
 from ..ops import weighted_merge
 from ..stats import CompressionStats
 from . import compat
@@ -165,7 +165,7 @@ class GenerationState:
     the cache back, copies of the cache, interleaved generations and threads each find their own.
     """
 
-    engine_key: str  # which patch started it
+    method: Method  # what started it, which its later steps keep to (a patch changed since applies to new prompts)
     groups: list[TokenGroup]
     full_length: int  # length of the uncompressed sequence so far (prompt + generated)
     stats: CompressionStats
@@ -183,10 +183,9 @@ class GenerationState:
         setattr(cache, STATE_ATTRIBUTE, self)
 
     @staticmethod
-    def of(cache: Any, engine_key: str) -> GenerationState | None:
-        """The state of the generation that filled `cache`, if this patch started it."""
-        state = getattr(cache, STATE_ATTRIBUTE, None) if cache is not None else None
-        return state if state is not None and state.engine_key == engine_key else None
+    def of(cache: Any) -> GenerationState | None:
+        """The state of the generation that filled `cache`, whichever patch started it."""
+        return getattr(cache, STATE_ATTRIBUTE, None) if cache is not None else None
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Follow beam search: row i of every per-row record becomes old row rows[i]."""

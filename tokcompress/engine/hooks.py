@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import functools
 import threading
-import uuid
+import warnings
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -66,7 +66,6 @@ class Engine(StandIns):
         self.method = method
         self.spec = adapter.spec
         self.kv_layers = adapter.kv_layers  # where decode-time KV selection applies
-        self.key = uuid.uuid4().hex  # marks the generations this patch started (travels with copies of it)
         self._last_stats = CompressionStats.empty(method, note="no forward pass yet")
         self._hooks: list[torch.utils.hooks.RemovableHandle] = []
         self._stand_ins: list[tuple] = []
@@ -186,6 +185,10 @@ class Engine(StandIns):
         generate_padding = getattr(self._local, "generate_padding", None) if prompt else None
         conversation = getattr(self._local, "conversation_length", None)  # set by generate for this step
         self._local.generate_rows = self._local.generate_padding = self._local.conversation_length = None
+        # a compressed generation continues as it started, whatever patch is in place now (another method or ratio)
+        state = None if prompt else GenerationState.of(cache)
+        if state is not None:
+            return self._continue_generation(state, args, kwargs, conversation)
         try:
             layouts = self.adapter.visual_layouts(kwargs)
         except ValueError as refusal:  # a prompt no method can read; the identity passes it through all the same
@@ -193,6 +196,8 @@ class Engine(StandIns):
                 raise
             self.last_stats = CompressionStats.empty(self.method, note=f"passed through untouched: {refusal}")
             return None
+        if not prompt and self.active and layouts:  # continuing a cache that holds no compressed generation
+            self._note_later_video(None, layouts)
         if not self.active:
             carried = compat.encoding_record(kwargs, self.adapter.video_modality) if prompt else None
             if carried is not None and carried.keep is not None:
@@ -220,11 +225,35 @@ class Engine(StandIns):
                 self._local.encoded = None  # this forward encodes its videos itself
             elif (carried := compat.encoding_record(kwargs, self.adapter.video_modality)) is not None:
                 self._local.encoded = carried  # pre-encoded features: what their encoding kept, however often reused
-            return None
-        state = GenerationState.of(cache, self.key)
-        if state is None:
-            return None
+        return None  # a prompt; or a continuation of a cache no compressed generation filled: left alone
+
+    def _note_later_video(self, state: GenerationState | None, layouts: list[VisualLayout]) -> None:
+        """A call continuing a cache brings video tokens, which pass through uncompressed: the stats and a warning
+        say so."""
+        count = sum(layout.num_tokens for layout in layouts)
+        if not count:
+            return
+        warnings.warn(
+            f"tokcompress: {count} video tokens continue a cached conversation and are not compressed (a method "
+            "reads a prompt's videos from its first token, uncached); to compress them, send the conversation "
+            "without the cache, or the video in the call that fills it"
+        )
+        if state is None:  # the cache holds no compressed generation: these stats are the call's own
+            self.last_stats = state_stats = CompressionStats.empty(self.method, note="")
+        else:
+            state_stats = state.stats
+        state_stats.later_visual += count
+
+    def _continue_generation(self, state: GenerationState, args, kwargs, conversation: int | None):
+        """A call that continues a compressed generation's cache: fed only the tokens it has not seen, at the
+        positions it counts."""
         skip_tokens_already_cached(state, kwargs, conversation, self.adapter.llm_token_ids)
+        try:
+            layouts = self.adapter.visual_layouts(kwargs)
+        except ValueError:  # no layout to read: it passes through, as every continuation's tokens do
+            layouts = None
+        if layouts:
+            self._note_later_video(state, layouts)
         fed = _sequence_length(args, kwargs)
         # the vision blocks of a continuation that brings its own (a one-token decoding step brings none), and its
         # padding, read here: a model may hand its LLM a built mask instead of the 2-D one (Molmo2's)
@@ -258,15 +287,16 @@ class Engine(StandIns):
 
     def _on_llm_call(self, module, args, kwargs):
         self._local.state = None
-        if not self.active:
+        cache = compat.cache_of(kwargs)
+        continuing = cache is not None and cache.get_seq_length() > 0
+        state = GenerationState.of(cache) if continuing else None
+        if state is None and not self.active:
             encoded, self._local.encoded = getattr(self._local, "encoded", None), None
             if encoded is not None:  # the identity's stats time the vision tower too
                 self.last_stats.encoder_time.add(encoded.take_times()[1])
             return None
-        cache = compat.cache_of(kwargs)
-        if cache is not None and cache.get_seq_length() > 0:
-            state = GenerationState.of(cache, self.key)
-            if state is None:  # continuing a cache this patch did not fill: leave it alone
+        if continuing:
+            if state is None:  # continuing a cache no compressed generation filled: leave it alone
                 return None
             self._local.state = state
             self.last_stats = state.stats
@@ -292,7 +322,7 @@ class Engine(StandIns):
             with scoring.measure(kwargs["inputs_embeds"].device):
                 layouts = self._with_tower_scores(records, prompt, encoded)
         state = begin_generation(
-            self.method, self.key, layouts, kwargs, prompt.rows_per_sample, prompt.generating, prompt.model_masks
+            self.method, layouts, kwargs, prompt.rows_per_sample, prompt.generating, prompt.model_masks
         )
         state.stats.compression_time.add(scoring)
         self._local.state = state
@@ -362,10 +392,10 @@ class Engine(StandIns):
         state = getattr(self._local, "state", None)
         if state is None:
             return None
-        method, adapter = self.method, self.adapter
+        method, adapter = state.method, self.adapter
         decoding = state.stats.finished
         mask_layer = adapter.kv_source(layer_index)  # whose keys it reads: its own, or those it shares
-        selects = decoding and DECODE in method.stages and self._selects_kv(mask_layer)
+        selects = decoding and DECODE in method.stages and self._selects_kv(method, mask_layer)
         if decoding and not selects and not state.group_of(layer_index).owns_mask:
             return None  # the LM's own mask and rotary tables fit this layer: nothing to change
         hidden = args[0] if args else kwargs["hidden_states"]
@@ -383,9 +413,8 @@ class Engine(StandIns):
                     if kwargs.get(name) is not None:
                         kwargs[name] = group.at_slots(kwargs[name], ids=True)
         if selects and mask_layer == layer_index:
-            select_visual_kv(
-                method, adapter, state, layer_index, module, hidden, group, kwargs, self._selection_readers
-            )
+            readers = functools.partial(self._selection_readers, method)
+            select_visual_kv(method, adapter, state, layer_index, module, hidden, group, kwargs, readers)
         elif selects and group.kv_selection is not None:  # it reads the selected keys of the layer it shares them with
             kwargs["attention_mask"] = group.kv_selection[1]
         if not decoding and reducible:
@@ -399,13 +428,13 @@ class Engine(StandIns):
             kwargs["hidden_states"] = hidden
         return args, kwargs
 
-    def _selects_kv(self, layer_index: int) -> bool:
+    def _selects_kv(self, method: Method, layer_index: int) -> bool:
         """Whether decode-time selection makes this layer (one that caches its own KV) read selected entries."""
-        return layer_index >= self.method.decode_start_layer(self.spec) and layer_index in self.kv_layers
+        return layer_index >= method.decode_start_layer(self.spec) and layer_index in self.kv_layers
 
-    def _selection_readers(self) -> int:
+    def _selection_readers(self, method: Method) -> int:
         """The decoder layers whose decoding reads the selection: those selecting, and those sharing their keys."""
-        return sum(self._selects_kv(self.adapter.kv_source(i)) for i in range(len(self.adapter.layers)))
+        return sum(self._selects_kv(method, self.adapter.kv_source(i)) for i in range(len(self.adapter.layers)))
 
     def _after_layer(self, layer_index: int, module, args, output):
         """Adds the model's per-token features after one of its first layers (DeepStack), to the tokens kept."""

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
 
 def begin_generation(
     method: Method,
-    engine_key: str,
     layouts: list[VisualLayout],
     kwargs: dict[str, Any],
     rows_per_sample: int = 1,
@@ -78,7 +77,7 @@ def begin_generation(
     positions = origin if kwargs.get("position_ids") is None else kwargs["position_ids"]
     last = positions[..., -1:]  # a row for every sample (EXAONE 4.5 builds one row, arange(L), for them all)
     return GenerationState(
-        engine_key=engine_key,
+        method=method,
         groups=[group],
         full_length=length,
         stats=CompressionStats.begin(method, layouts, rows_per_sample),

@@ -58,7 +58,7 @@ class StandIns:
 
     def _reorder_beams(self, cache, beam_idx):
         cache = compat.reorder_cache(self.adapter.model, cache, beam_idx)
-        state = GenerationState.of(cache, self.key)
+        state = GenerationState.of(cache)
         if state is not None:
             state.reorder(beam_idx)
         return cache
@@ -96,7 +96,7 @@ class StandIns:
         prompt_ids = None if inputs_tensor.is_floating_point() else inputs_tensor
         cache = compat.cache_of(model_kwargs)
         if prompt_ids is not None and cache is not None:
-            state = GenerationState.of(cache, self.key)  # its length: the conversation's, uncompressed
+            state = GenerationState.of(cache)  # its length: the conversation's, uncompressed
             prompt_ids = prompt_ids[:, state.full_length if state is not None else cache.get_seq_length() :]
         self._local.generate_prompt_ids = prompt_ids
         try:
