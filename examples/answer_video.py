@@ -22,14 +22,12 @@ parser.add_argument("--frames", type=int, default=16)
 args = parser.parse_args()
 
 if args.model:  # a real checkpoint with its own processor (HF's video processors need torchvision)
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from tokcompress.cli import checkpoint_inputs, load_checkpoint
 
-    processor = AutoProcessor.from_pretrained(args.model)
-    model = AutoModelForImageTextToText.from_pretrained(args.model, dtype="auto", device_map="auto").eval()
-    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": args.question}]}]
-    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    model, processor = load_checkpoint(args.model)  # any supported family (Qwen2.5-Omni: its thinker)
     frames = read_frames(args.video, args.frames)
-    inputs = processor(text=[prompt], videos=[frames.numpy()], return_tensors="pt").to(model.device)
+    # the chat template, and the frames' times handed to the processor, which must not sample them again
+    inputs = checkpoint_inputs(model, processor, args.video, frames, args.question)
     decode = lambda ids: processor.decode(ids, skip_special_tokens=True)  # noqa: E731
 else:
     model = tiny.tiny_llava_onevision()

