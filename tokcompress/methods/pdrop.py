@@ -28,7 +28,7 @@ class PDrop(Method):
     Departures:
     - Stage boundaries at multiples of L / num_stages of the model's real depth (the official list is
       [8, 16, 24] for 32 layers), the first moved earlier when the ratio needs it, and λ derived from `ratio`.
-    - A stage never drops to zero tokens while budget remains.
+    - No stage drops to zero tokens where the budget leaves every layer one (on a few tokens, rounding would).
     - Kept tokens keep their original positions; the official code re-indexes them (and shifts decode
       positions). Left or right padding, any batch size (the official code right-pads).
     """
@@ -84,7 +84,9 @@ def stage_count(budget: LayerBudget, current: int, boundaries: list[int], stage:
         count = budget.tokens_per_layer()
     else:
         runs = [end - start for start, end in zip(boundaries[stage - 1 :], [*boundaries[stage:], budget.num_layers])]
-        count = max(round(current * stage_fraction(budget.remaining / current, runs)), 1)
+        count = round(current * stage_fraction(budget.remaining / current, runs))
+        # no more than leaves every later layer a token (a few tokens' rounding could spend it all)
+        count = max(min(count, int((budget.remaining - sum(runs[1:])) // runs[0])), 1)
     return min(count, current)
 
 
