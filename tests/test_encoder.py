@@ -11,7 +11,9 @@ import tokcompress
 from tokcompress import tiny
 from tokcompress.adapters import ADAPTERS, adapter_for
 from tokcompress.engine.compat import CACHE_KEYWORD, output_cache
+from tokcompress.engine.encoder import EncodedVideos, tokens_encoded
 from tokcompress.engine.folding import BATCHED, PACKED
+from tokcompress.layout import VisualLayout
 from tokcompress.methods import (
     Compose,
     EarlyTom,
@@ -24,6 +26,7 @@ from tokcompress.methods import (
     build_method,
 )
 from tokcompress.methods.base import PRE_ENCODER
+from tokcompress.stats import CompressionStats, SampleStats
 
 from .conftest import (
     COMPRESSING,
@@ -375,18 +378,45 @@ def test_features_a_method_left_frames_out_of_are_refused_once_it_no_longer_comp
             logits(model, {**text, "mm_encoder_outputs": {"video": encoded}})
 
 
-@pytest.mark.parametrize("family", [f for f in FAMILIES if ADAPTERS[f].encodes_by_prompt])
-def test_a_later_turn_bringing_a_video_keeps_frames_from_the_tower_by_its_own_prompt(family, clip, other_clip):
-    """Families reading a call's videos off the prompt (MiniCPM-V, Kimi K2.5): generate's encoding of a second turn
-    reads the part of the conversation past the cache, whose runs are that turn's video's, not the first turn's."""
+# generate encodes a call's videos up front (its own stand-in on most families; by the prompt on MiniCPM-V, Kimi)
+@pytest.mark.parametrize(
+    "family", ["llava_onevision", "qwen2_5_vl", *(f for f in FAMILIES if ADAPTERS[f].encodes_by_prompt)]
+)
+def test_a_later_turn_bringing_a_video_has_the_tower_encode_it_whole(family, clip, other_clip):
+    """A second turn's video continues the cache, so no prefill follows to drop what the tower skipped: the tower
+    encodes every frame unit of it (turn one's, half), and the stats count its tokens as not compressed."""
     model = model_for(family)
     first_turn, second_turn = (inputs_for(family, frames, "What is moving?") for frames in (clip, other_clip))
     with tokcompress.compress(model, "framededup", ratio=0.5) as handle, torch.no_grad():
-        first = model.generate(**first_turn, max_new_tokens=3, do_sample=False, return_dict_in_generate=True)
-        ids = torch.cat([first.sequences, second_turn["input_ids"]], dim=1)
-        follow_up = {**second_turn, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
-        if "mm_token_type_ids" in follow_up:
-            follow_up["mm_token_type_ids"] = (ids == tiny.VIDEO).long() * 2
-        model.generate(**follow_up, max_new_tokens=2, do_sample=False, **{CACHE_KEYWORD: output_cache(first)})
-        (sample,) = handle.stats.samples
-    assert sample.encoder_ratio <= 0.5
+        seen, hook = count_tower_units(model, family)
+        try:
+            first = model.generate(**first_turn, max_new_tokens=3, do_sample=False, return_dict_in_generate=True,
+                                   suppress_tokens=list(range(tiny.IMAGE, tiny.VOCAB)))
+            ids = torch.cat([first.sequences, second_turn["input_ids"]], dim=1)
+            follow_up = {**second_turn, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+            if "mm_token_type_ids" in follow_up:  # the stock model reads only the new video as video
+                follow_up["mm_token_type_ids"] = torch.nn.functional.pad(
+                    second_turn["mm_token_type_ids"], (first.sequences.shape[1], 0)
+                )
+            with pytest.warns(UserWarning, match="not compressed"):
+                model.generate(**follow_up, max_new_tokens=2, do_sample=False, **{CACHE_KEYWORD: output_cache(first)})
+        finally:
+            hook.remove()
+    units = 8 // TINY[family].frames_per_unit
+    assert seen == [units // 2, units]
+    assert handle.stats.later_visual == int((second_turn["input_ids"] == tiny.VIDEO).sum())
+
+
+def test_the_towers_share_of_work_weighs_each_video_by_its_tokens():
+    """`encoder_ratio` is the share of the tower's token-layers computed: one of a small video's four units and
+    both of a large one's are 36 of 48 unit-tokens (not 3 of 6 units); a row without video did all of its none; a
+    batch weighs its samples by their visual tokens."""
+    small_and_large = VisualLayout.from_videos([0, 16], [(4, 2, 2), (2, 4, 4)])
+    no_video = VisualLayout.from_videos([], [])
+    record = EncodedVideos(units=[4, 2], keep=[torch.tensor([0]), torch.tensor([0, 1])])
+    (kept, share), (nothing, whole) = tokens_encoded(record, [small_and_large, no_video], 1)
+    assert share == 36 / 48 and len(kept) == 4 + 32 and whole == 1.0 and len(nothing) == 0
+    stats = CompressionStats("framededup", 0.5, samples=[SampleStats(48, [], encoder_ratio=0.75),
+                                                          SampleStats(16, [], encoder_ratio=0.25)])
+    assert stats.encoder_ratio == (0.75 * 48 + 0.25 * 16) / 64
+    assert CompressionStats("framededup", 0.5, samples=[SampleStats(0, [], encoder_ratio=1.0)]).encoder_ratio == 1.0

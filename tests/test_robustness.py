@@ -8,6 +8,7 @@ import functools
 import gc
 import io
 import threading
+import warnings
 
 import pytest
 import torch
@@ -114,6 +115,85 @@ def test_a_later_turns_video_is_not_compressed_and_the_stats_and_a_warning_say_s
                     pixel_values_videos=later["pixel_values_videos"], **cache_kwarg(output_cache(first)),
                 )
             assert handle.stats.samples[0].visual_in == 73 and handle.stats.later_visual == 73
+
+
+@pytest.mark.parametrize("method", ["framededup", "earlytom", "vidtldr"])
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_a_later_turns_video_reaches_the_llm_as_the_tower_encodes_it_whole(family, method, clip, other_clip):
+    """No prefill follows a call continuing a cache to remove what the tower skips or folds, so the tower encodes
+    a later turn's video whole: its tokens reach the LLM as the unpatched model's features, not zeros for frames
+    left out or copies of the frames they folded into."""
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    later = inputs_for(family, other_clip if family == "llava_onevision" else other_clip[:6], "And here?")
+    llm_inputs = []
+    record = adapter_for(model).language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: llm_inputs.append(kwargs["inputs_embeds"][0]), with_kwargs=True
+    )
+    try:
+        with torch.no_grad():
+            logits(model, later)
+            expected = llm_inputs.pop()[later["input_ids"][0] == tiny.VIDEO]  # the stock features of its tokens
+            no_placeholders = {"suppress_tokens": list(range(tiny.IMAGE, tiny.VOCAB))}  # random weights may emit one
+            with tokcompress.compress(model, method, ratio=0.5), pytest.warns(UserWarning, match="not compressed"):
+                first = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True,
+                                       **no_placeholders)
+                ids = torch.cat([first.sequences, later["input_ids"]], dim=1)
+                turn = {key: value for key, value in later.items() if key not in ("input_ids", "attention_mask")}
+                if "mm_token_type_ids" in later:  # the stock model reads only the new video as video
+                    turn["mm_token_type_ids"] = torch.nn.functional.pad(
+                        later["mm_token_type_ids"], (first.sequences.shape[1], 0)
+                    )
+                llm_inputs.clear()
+                model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=1, **turn,
+                               **cache_kwarg(output_cache(first)))
+    finally:
+        record.remove()
+    chunk = llm_inputs[0]
+    reached = chunk[ids[0, -len(chunk) :] == tiny.VIDEO]
+    torch.testing.assert_close(reached, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["fastv", "framededup"])
+@pytest.mark.parametrize(("family", "kind"), [("qwen2_5_vl", "image"), ("qwen2_5_vl", "video"), ("qwen3_vl", "image")])
+def test_a_later_turns_image_or_video_takes_its_grids_m_rope_positions(family, kind, method, clip, other_clip):
+    """An M-RoPE model numbers a later turn's image or video by its grid (generate computes it), as unpatched:
+    the engine numbers only text after the compressed cache's last position itself."""
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    patch, side = (14, 112) if family == "qwen2_5_vl" else (16, 128)
+    pixels, grid = qwen_vl_pixels(other_clip[:1] if kind == "image" else other_clip[:4], side, side, patch_size=patch)
+    token = tiny.IMAGE if kind == "image" else tiny.VIDEO
+    body = [tiny.VISION_START] + [token] * (int(grid.prod()) // 4) + [tiny.VISION_END]
+    new = torch.tensor([tiny.text_ids("\nuser: ") + body + tiny.text_ids("\nAnd this?\nassistant:")])
+    visual = {"pixel_values": pixels, "image_grid_thw": grid} if kind == "image" else {
+        "pixel_values_videos": pixels, "video_grid_thw": grid}
+    positions = []
+    record = adapter_for(model).language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: positions.append(kwargs["position_ids"]), with_kwargs=True
+    )
+
+    def relative_positions() -> torch.Tensor:  # (3, tokens) of the new image's or video's tokens, from its first
+        first = model.generate(**inputs, max_new_tokens=2, do_sample=False, return_dict_in_generate=True,
+                               suppress_tokens=list(range(tiny.IMAGE, tiny.VOCAB)))
+        ids = torch.cat([first.sequences, new], dim=1)
+        types = torch.nn.functional.pad((new == token).long() * (1 if kind == "image" else 2),
+                                        (first.sequences.shape[1], 0))
+        positions.clear()
+        model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), mm_token_type_ids=types, max_new_tokens=1,
+                       **visual, **cache_kwarg(output_cache(first)))
+        fed = ids[0, -positions[0].shape[-1] :]
+        ours = positions[0][-3:, 0][:, fed == token]
+        return ours - ours[:, :1]
+
+    try:
+        with torch.no_grad():
+            stock = relative_positions()
+            with tokcompress.compress(model, method, ratio=0.5), warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # the later turn's tokens are not compressed: said, and tested above
+                assert torch.equal(relative_positions(), stock)
+    finally:
+        record.remove()
 
 
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen3_5", "gemma4"])

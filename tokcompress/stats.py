@@ -68,7 +68,7 @@ class SampleStats:
     decode_visual_read: list[int] = field(default_factory=list)  # per step: visual KV entries read by selecting layers
     decode_layers: int = 0  # the decoder's layers
     decode_selecting_layers: int = 0  # of them, those whose decoding reads the selection (of their keys or shared ones)
-    encoder_ratio: float = 1.0  # fraction of the vision tower's frame units (so token-layers) it computed
+    encoder_ratio: float = 1.0  # share of the vision tower's token-layers it computed (units weighed by their tokens)
 
     @property
     def visual_out(self) -> int:
@@ -168,9 +168,10 @@ class CompressionStats:
 
     @property
     def encoder_ratio(self) -> float:
-        """Share of the vision tower's frame- (or token-) layers computed, the mean over the batch's samples
-        (1: all)."""
-        return mean(s.encoder_ratio for s in self.samples) if self.samples else 1.0
+        """Share of the vision tower's token-layers computed over the batch's samples, each weighed by its visual
+        tokens (1: all)."""
+        weight = sum(s.visual_in for s in self.samples)
+        return sum(s.encoder_ratio * s.visual_in for s in self.samples) / weight if weight else 1.0
 
     @property
     def compression_seconds(self) -> float:

@@ -103,6 +103,11 @@ class Adapter:
         encoded = compat.encoded_video(call_kwargs, self.video_modality)
         return call_kwargs.get(self.video_pixels) is not None or encoded is not None
 
+    def carries_vision(self, call_kwargs: dict[str, Any]) -> bool:
+        """Whether this call brings image or video features (an M-RoPE model numbers their tokens by their grids)."""
+        image = call_kwargs.get("pixel_values") is not None or compat.encoded_video(call_kwargs, "image") is not None
+        return image or self.carries_video(call_kwargs)
+
     def visual_layouts(self, call_kwargs: dict[str, Any]) -> list[VisualLayout] | None:
         """Per sample, the layout of the video tokens of this call; None when input_ids are not given."""
         input_ids = call_kwargs.get("input_ids")

@@ -76,12 +76,13 @@ class EncodedVideos:
 
 def encode_videos(
     method: Method, adapter: Adapter, encode, args: tuple, kwargs: dict[str, Any],
-    prompt_ids: torch.Tensor | None = None, droppable: bool = True,
+    prompt_ids: torch.Tensor | None = None, compressible: bool = True,
 ):
     """Run the stock `encode` as the method wants; returns its output and the record of what was encoded.
     `prompt_ids`: the ids of the prompt whose videos these are, where known (for `Adapter.encodes_by_prompt`);
-    `droppable`: whether frames may be left out of the tower (not for a forward whose LLM cannot find them: the
-    zeros in their place would reach it)."""
+    `compressible`: whether the tower may leave frames out or fold them - not where no prefill removes them after
+    (a forward whose LLM cannot find them, a call continuing a cache): the zeros or copies in their place would reach
+    the LLM."""
     encoder_args = compat.bound_arguments(encode, args, kwargs)
     # the output is read and extended here as a ModelOutput, made a tuple again (as the stock one) for the caller
     as_tuple = encoder_args.get("return_dict") is False
@@ -89,7 +90,7 @@ def encode_videos(
     pixels = encoder_args["pixel_values_videos"]
     record = EncodedVideos(units=[])
     by_prompt = {compat.PROMPT_IDS: prompt_ids} if adapter.encodes_by_prompt else {}
-    chooses = droppable and adapter.encoder_side and (prompt_ids is not None or not adapter.encodes_by_prompt)
+    chooses = compressible and adapter.encoder_side and (prompt_ids is not None or not adapter.encodes_by_prompt)
     if PRE_ENCODER in method.stages and method.compresses() and chooses:
         with record.compression_time.measure(pixels.device):
             signatures = adapter.frame_signatures({**encoder_args, **by_prompt})
@@ -98,7 +99,7 @@ def encode_videos(
         if any(len(units) < count for units, count in zip(keep, record.units)):
             record.keep = keep
     folding = None
-    if method.compresses() and folds_in_tower(method, adapter):
+    if compressible and method.compresses() and folds_in_tower(method, adapter):
         record.units = record.units or adapter.frame_counts(encoder_args)
         frames = record.keep or [torch.arange(units) for units in record.units]
         folding = (TokenMerging if method.in_encoder_unit == "token" else FrameMerging)(
@@ -173,8 +174,9 @@ def layouts_with_tower_scores(
 
 def tokens_encoded(record: EncodedVideos | None, layouts: list[VisualLayout], rows_per_sample: int):
     """Per batch row, the indices (into its layout) of the visual tokens whose frame unit was encoded (and still
-    stood at the tower's end), and the share of the tower's work done (units encoded, or frame-layers computed);
-    None when every unit was."""
+    stood at the tower's end), and the share of the tower's work done - its token-layers: units encoded (or the
+    share of their layers computed) weighed by their tokens, so a large video counts for more than a small one (1 for
+    a row without video); None when every unit was."""
     if record is None or record.keep is None:
         return None
     videos_per_sample = [len(layout.grids) for layout in layouts[::rows_per_sample]]
@@ -193,9 +195,13 @@ def tokens_encoded(record: EncodedVideos | None, layouts: list[VisualLayout], ro
         encoded = torch.cat(encoded) if encoded else torch.zeros(0, dtype=torch.long)
         # a video's separators stay; a frame's own (Video-LLaVA's CLS) go with their frame
         kept = (layout.frame == SEPARATOR) | torch.isin(layout.frame, encoded.to(layout.frame.device))
-        fraction = len(encoded) / max(frame_offsets[-1], 1)
+        areas = [height * width for _, height, width in layout.grids]
         if record.layer_share is not None:  # frames folded inside the tower: the frame-layers it computed
-            shares = record.layer_share[firsts[sample] : firsts[sample + 1]]
-            fraction = sum(s * t for s, (t, _, _) in zip(shares, layout.grids)) / max(frame_offsets[-1], 1)
+            computed = [s * t for s, (t, _, _) in zip(record.layer_share[firsts[sample] : firsts[sample + 1]],
+                                                       layout.grids)]
+        else:
+            computed = [len(units) for units in keep]
+        total = sum(t * area for (t, _, _), area in zip(layout.grids, areas))
+        fraction = sum(units * area for units, area in zip(computed, areas)) / total if total else 1.0
         rows.append((kept.nonzero().squeeze(1), fraction))
     return rows

@@ -185,6 +185,7 @@ class Engine(StandIns):
         generate_padding = getattr(self._local, "generate_padding", None) if prompt else None
         conversation = getattr(self._local, "conversation_length", None)  # set by generate for this step
         self._local.generate_rows = self._local.generate_padding = self._local.conversation_length = None
+        self._local.continuing = not prompt  # its videos, if any, are encoded whole (no prefill follows to compress)
         # a compressed generation continues as it started, whatever patch is in place now (another method or ratio)
         state = None if prompt else GenerationState.of(cache)
         if state is not None:
@@ -261,16 +262,15 @@ class Engine(StandIns):
         last = state.last_positions
         new_columns = new_token_columns(kwargs.get("attention_mask"), last.shape[-2], fed, last.device)
         self._local.chunk_padding = new_columns
-        brings_video = layouts is not None and any(layout.num_tokens for layout in layouts)
-        if not brings_video or not self.adapter.mrope:
+        if not self.adapter.mrope or not self.adapter.carries_vision(kwargs):
             # The chunk continues the generation from the last position it saw: HF would count from the (shorter)
-            # cache, and for M-RoPE it may re-derive the earlier video's ids without its grid. A video of its own
-            # in an M-RoPE model takes the ids the model computes from its grid.
+            # cache, and for M-RoPE it may re-derive the earlier video's ids without its grid. An image or video of
+            # its own in an M-RoPE model takes the ids the model (generate) computes from its grid.
             kwargs["position_ids"] = next_positions(last, new_columns)
         return args, kwargs
 
     def _after_model_call(self, module, args, output):
-        self._local.prompt = None
+        self._local.prompt, self._local.continuing = None, False
 
     def _refuse_router_logits(self, kwargs) -> None:
         """A ValueError naming the fix where a mixture-of-experts forward is asked for its router logits: their

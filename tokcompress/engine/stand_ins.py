@@ -51,10 +51,13 @@ class StandIns:
         """generate, after which nothing it noted for its prompt lingers: a call that fails between expanding its
         inputs and its first forward (a prompt past max_length, stop strings without a tokenizer) would otherwise
         hand its beam count to the next plain forward."""
+        cache = compat.cache_of(kwargs)
+        self._local.generate_continues = cache is not None and cache.get_seq_length() > 0  # its videos: encoded whole
         try:
             return compat.call_inherited(self.adapter.model, compat.GENERATE, *args, **kwargs)
         finally:
             self._local.generate_rows = self._local.generate_padding = self._local.conversation_length = None
+            self._local.generate_continues = False
 
     def _reorder_beams(self, cache, beam_idx):
         cache = compat.reorder_cache(self.adapter.model, cache, beam_idx)
@@ -91,13 +94,9 @@ class StandIns:
         return compat.call_inherited(self.adapter.model, compat.CANDIDATE_GENERATOR, *args, **kwargs)
 
     def _encode_for_generation(self, inputs_tensor, model_kwargs, *args, **kwargs):
-        """generate encodes the videos before its first forward: that encoding reads the prompt from here - the part
-        past the cache a later turn continues, which holds the videos it brings (not embeds: no ids to read)."""
+        """generate encodes the videos before its first forward: that encoding reads the prompt from here (not embeds:
+        no ids to read; a later turn, continuing a cache, has its videos encoded whole)."""
         prompt_ids = None if inputs_tensor.is_floating_point() else inputs_tensor
-        cache = compat.cache_of(model_kwargs)
-        if prompt_ids is not None and cache is not None:
-            state = GenerationState.of(cache)  # its length: the conversation's, uncompressed
-            prompt_ids = prompt_ids[:, state.full_length if state is not None else cache.get_seq_length() :]
         self._local.generate_prompt_ids = prompt_ids
         try:
             return compat.call_inherited(
@@ -111,11 +110,15 @@ class StandIns:
         prompt = getattr(self._local, "prompt", None)  # a forward in progress, whose videos these are
         prompt_ids = getattr(self._local, "generate_prompt_ids", None)
         prompt_ids = prompt.input_ids if prompt_ids is None and prompt is not None else prompt_ids
-        # a forward given embeddings, no ids: nothing tells its LLM where the videos are, so keep every frame
+        # a forward given embeddings, no ids: nothing tells its LLM where the videos are; a call continuing a cache:
+        # no prefill follows to remove what the tower skips. Either way, the tower encodes every frame
         readable = prompt is None or prompt.input_ids is not None or prompt_ids is not None
+        continuing = getattr(self._local, "generate_continues", False) or getattr(self._local, "continuing", False)
         self._local.encoding_videos = True
         try:
-            output, encoded = encode_videos(self.method, self.adapter, encode, args, kwargs, prompt_ids, readable)
+            output, encoded = encode_videos(
+                self.method, self.adapter, encode, args, kwargs, prompt_ids, readable and not continuing
+            )
         finally:
             self._local.encoding_videos = False
         # the tower's calls on these videos go with the record of their encoding, however late its features are read
