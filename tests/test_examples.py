@@ -389,4 +389,4 @@ def test_the_demo_of_every_method_shows_those_a_model_refuses_and_runs_the_other
     out = capsys.readouterr().out
     rows = [line for line in out.splitlines() if line.startswith(("none ", "visionzip ", "tome "))][:3]  # the table
     assert "->" in rows[0] and "refused (below)" in rows[1] and "->" in rows[2]
-    assert "visionzip refused this model - " in out and "no vision tower" in out
+    assert "visionzip refused this model: " in out and "no vision tower" in out

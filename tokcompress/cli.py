@@ -162,7 +162,7 @@ def run_demo(args: argparse.Namespace) -> None:
         except CommandError as error:  # a usage error where asked for by name; of every method: a row, the reason
             if args.methods is not None:
                 raise
-            refused[label] = f"{label} refused this model - {error}"
+            refused[label] = f"{label} refused this model: {error}"
     print(f"clip: {path} ({args.frames} frames), question: {args.question!r}, ratio {args.ratio}\n")
     rows, baseline, widest = [], None, 0.0
     for label, name, knobs in specs:
@@ -245,7 +245,8 @@ def _patched(model, name: str, ratio: float | None, knobs: dict | None = None):
     try:
         return tokcompress.patch(model, name, ratio=None if name == "none" else ratio, **(knobs or {}))
     except ValueError as error:
-        raise CommandError("usage", f"{name}: {error}") from error
+        message = str(error)  # most name the method already
+        raise CommandError("usage", message if message.startswith(name) else f"{name}: {message}") from error
 
 
 def load(args: argparse.Namespace):
