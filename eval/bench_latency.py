@@ -58,7 +58,7 @@ def measure_ideal(
 def measure_stock(model, inputs: dict, new_tokens: int, repeats: int, device: str) -> dict:
     """The model as users run it, no patch at all (Qwen-VL: stock sdpa's loop over vision windows, where `none`
     takes the packed varlen path); its ideal is itself."""
-    encode, _ = ideal_inputs(model, inputs, 0)
+    encode, _ = ideal_inputs(model, inputs, 0, as_patched=False)
     measured = measure(model, inputs, new_tokens, repeats, device)
     ideal = {f"ideal_{key}": value for key, value in measured.items() if key != "end_to_end_ms"}
     return dict(compression_ms=0.0, encoder_ms=round(median_ms(encode, repeats, device), 3), encoder_ratio=1.0,

@@ -57,6 +57,32 @@ def packed_batch(dtype=torch.float32, width=8):
     return query, key, value, torch.tensor([0, 4, 5, 9, 15, 16]), key_bias
 
 
+
+def test_the_ideal_encodes_with_the_vision_attention_a_patch_runs(clip, monkeypatch):
+    """Where a patch runs the fused varlen kernel for a packed tower (a GPU in half precision: forced here), the ideal
+    it is measured against encodes with it too - `measured - ideal` is then compression's cost, not the tower's -
+    and the stock model's own timing (`as_patched=False`) keeps the stock loop; the config is the stock one after."""
+    from tokcompress.engine import compat, hooks
+    from tokcompress.ideal import ideal_inputs
+
+    model = model_for("qwen2_5_vl")
+    inputs = inputs_for("qwen2_5_vl", clip, "What is moving?")
+    tower = adapter_for(model).vision_tower
+    stock_implementation = tower.config._attn_implementation
+    seen = []
+    hook = tower.register_forward_pre_hook(lambda module, args: seen.append(tower.config._attn_implementation))
+    monkeypatch.setattr(hooks, "varlen_available", lambda tensor: True)
+    try:
+        with torch.no_grad():
+            for as_patched in (True, False):
+                encode, _ = ideal_inputs(model, inputs, 10, as_patched=as_patched)
+                encode()
+    finally:
+        hook.remove()
+    assert seen == [compat.VARLEN_ATTENTION, stock_implementation]
+    assert tower.config._attn_implementation == stock_implementation
+
+
 @pytest.mark.parametrize("biased", [False, True])
 def test_varlen_attention_off_the_gpu_is_attention_inside_each_sequence(biased):
     from tokcompress.ops.varlen import varlen_attention

@@ -1,6 +1,7 @@
 """The ideal a compressed run is measured against: the same model fed only what the method kept.
 
-Its vision tower encodes the share of the clip the method encoded, and the model's own forward (or
+Its vision tower encodes the share of the clip the method encoded (with the vision attention a patch runs: the
+fused varlen kernel in place of a packed tower's loop over windows on a GPU), and the model's own forward (or
 `generate`) runs, with no hooks, on the prompt's text plus as many visual tokens as the method kept
 (layer-averaged), as text tokens (the same sequence an embedding of them would be; Gemma 4's `generate` takes
 no embeddings) - typed as the prompt's where the model builds its own masks from the token types (the vision
@@ -11,21 +12,25 @@ what compression itself and its plumbing cost.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
 
 from .adapters import adapter_for
+from .engine import compat
 from .engine.compat import prompt_positions
+from .engine.hooks import fused_vision_attention
 
 
 def ideal_inputs(
-    model, inputs: dict, visual_kept: int, encoded: float = 1.0
+    model, inputs: dict, visual_kept: int, encoded: float = 1.0, as_patched: bool = True
 ) -> tuple[Callable[[], Any], Callable[[], dict]]:
-    """(encode, prepare): `encode()` runs the vision tower on the encoded share of the clip; `prepare()` runs it
-    too, then returns the keyword arguments of a forward or `generate` over the first prompt's text and
-    `visual_kept` of its visual tokens - what the timed region of an ideal prefill does before the model runs."""
+    """(encode, prepare): `encode()` runs the vision tower on the encoded share of the clip (`as_patched`: with the
+    vision attention a patch runs; else the stock one); `prepare()` runs it too, then returns the keyword arguments
+    of a forward or `generate` over the first prompt's text and `visual_kept` of its visual tokens - what the timed
+    region of an ideal prefill does before the model runs."""
     adapter = adapter_for(model)
     video = encoded_share(inputs, encoded, adapter.temporal_merge, adapter.grid_rows_are_units)
     tower = adapter.multimodal_model
@@ -41,7 +46,8 @@ def ideal_inputs(
             ideal[name] = inputs[name][:1, kept]
 
     def encode():
-        return encode_video(**video)
+        with _vision_attention_of_a_patch(adapter) if as_patched else contextlib.nullcontext():
+            return encode_video(**video)
 
     def prepare() -> dict:
         encode()
@@ -50,6 +56,19 @@ def ideal_inputs(
         return {**ideal, "position_ids": prompt_positions(model, inputs)[..., :1, kept]}
 
     return encode, prepare
+
+
+@contextlib.contextmanager
+def _vision_attention_of_a_patch(adapter) -> Iterator[None]:
+    implementation = fused_vision_attention(adapter)
+    if implementation is None:
+        yield
+        return
+    previous = compat.use_attention(adapter.vision_tower.config, implementation)
+    try:
+        yield
+    finally:
+        compat.use_attention(adapter.vision_tower.config, previous)
 
 
 def ideal_prefill(model, inputs: dict, visual_kept: int, encoded: float = 1.0) -> Callable[[], Any]:

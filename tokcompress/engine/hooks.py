@@ -136,10 +136,10 @@ class Engine(StandIns):
         their mass at a ratio below 1 (the stock path would drop their proportional attention; at ratio 1 the
         tower is the stock one, bit for bit). Elsewhere stock sdpa's call per window stays: batching the windows
         of a length is the same math, but measured on the CPU no faster (the attention itself dominates)."""
+        if self.varlen_vision and (fused := fused_vision_attention(self.adapter)) is not None:
+            return fused
         if not self.adapter.packed_vision_attention:
             return None
-        if self.varlen_vision and varlen_available(next(self.adapter.vision_tower.parameters())):
-            return compat.VARLEN_ATTENTION
         if tower_attends_by_size(self.method, self.adapter) and self.method.compresses():
             return compat.SEGMENT_ATTENTION
         return None
@@ -442,6 +442,14 @@ class Engine(StandIns):
         if state is None or state.layer_additions is None:
             return None
         return output + state.layer_additions[:, :, layer_index].to(output.dtype)
+
+
+def fused_vision_attention(adapter: Adapter) -> str | None:
+    """The fused varlen kernel for a packed tower's windows where it runs here (CUDA, half precision), which a patch
+    puts in place of stock sdpa's loop over them; None elsewhere."""
+    if adapter.packed_vision_attention and varlen_available(next(adapter.vision_tower.parameters())):
+        return compat.VARLEN_ATTENTION
+    return None
 
 
 class _Prompt(NamedTuple):
