@@ -57,7 +57,6 @@ def packed_batch(dtype=torch.float32, width=8):
     return query, key, value, torch.tensor([0, 4, 5, 9, 15, 16]), key_bias
 
 
-
 def test_the_ideal_encodes_with_the_vision_attention_a_patch_runs(clip, monkeypatch):
     """Where a patch runs the fused varlen kernel for a packed tower (a GPU in half precision: forced here), the ideal
     it is measured against encodes with it too - `measured - ideal` is then compression's cost, not the tower's -
