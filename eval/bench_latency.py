@@ -61,48 +61,65 @@ def measure_stock(model, inputs: dict, new_tokens: int, repeats: int, device: st
     encode, _ = ideal_inputs(model, inputs, 0, as_patched=False)
     measured = measure(model, inputs, new_tokens, repeats, device)
     ideal = {f"ideal_{key}": value for key, value in measured.items() if key != "end_to_end_ms"}
-    return dict(compression_ms=0.0, encoder_ms=round(median_ms(encode, repeats, device), 3), encoder_ratio=1.0,
-                **measured, **ideal)
+    return dict(compression_ms=0.0, decode_compression_ms=0.0, encoder_ms=round(median_ms(encode, repeats, device), 3),
+                encoder_ratio=1.0, **measured, **ideal)
 
 
 def measure_method(model, inputs: dict, method: str, ratio: float, visual_in: int, args) -> dict:
-    """A patched run, then the ideal for what it kept and encoded."""
+    """A patched run, then the ideal for what it kept and encoded. Encoder and compression times are medians over
+    the timed runs' own stats, as the latencies are; the decoding steps' compression (KV selection) apart."""
     name, knobs = method_spec(method)
     with tokcompress.compress(model, name, ratio=None if name == "none" else ratio, **knobs) as handle:
-        measured = measure(model, inputs, args.new_tokens, args.repeats, args.device)
-        stats = handle.stats  # of the last timed generate
+        runs = []
+        measured = timed_generate(model, inputs, args.new_tokens, args.repeats, args.device,
+                                  after_each=lambda: runs.append(handle.stats))
+    stats = runs[-1]
     kept = round(stats.achieved_ratio * visual_in)
-    encoded = statistics.mean(s.encoder_ratio for s in stats.samples)
-    ideal = measure_ideal(model, inputs, kept, args.new_tokens, args.repeats, args.device, encoded)
+    ideal = measure_ideal(model, inputs, kept, args.new_tokens, args.repeats, args.device, stats.encoder_ratio)
+    median_ms = lambda seconds: round(statistics.median(seconds(s) for s in runs) * 1e3, 3)  # noqa: E731
     return dict(
-        achieved_ratio=stats.achieved_ratio, compression_ms=round(stats.compression_seconds * 1e3, 3),
-        encoder_ms=round(stats.encoder_seconds * 1e3, 3), encoder_ratio=round(encoded, 4), **measured, **ideal,
+        achieved_ratio=stats.achieved_ratio, compression_ms=median_ms(lambda s: s.compression_seconds),
+        decode_compression_ms=median_ms(lambda s: s.decode_compression_seconds),
+        encoder_ms=median_ms(lambda s: s.encoder_seconds), encoder_ratio=round(stats.encoder_ratio, 4),
+        **measured, **ideal,
     )
 
 
-def run(args) -> list[dict]:
+def run(args, stem: str) -> list[dict]:
+    """Every (frames, method, ratio) job; a job that fails (a method the model refuses, out of memory) is a row
+    with its error, and the CSV is written after every job, so a run cut short keeps what it measured."""
     dtype = getattr(torch, args.dtype)
     model = named_model(args.model, dtype, args.device)
     clip = sample_clip(args.clip)
     rows = []
     jobs = [(f, m, r) for f in args.frames for m in args.methods for r in ([1.0] if m in BASELINES else args.ratios)]
     torch.set_grad_enabled(False)
+    prepared = {}  # per frame count: the clip decoded and processed once
     for frames, method, ratio in tqdm(jobs, desc="latency", unit="run"):
-        inputs = {k: v.to(args.device) for k, v in video_inputs(model, read_frames(clip, frames)).items()}
-        inputs = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+        if frames not in prepared:
+            inputs = {k: v.to(args.device) for k, v in video_inputs(model, read_frames(clip, frames)).items()}
+            prepared[frames] = {k: v.to(dtype) if v.is_floating_point() else v for k, v in inputs.items()}
+        inputs = prepared[frames]
         visual_in = int((inputs["input_ids"] == adapter_for(model).video_token_id).sum())
-        if method == STOCK:
-            timing = measure_stock(model, inputs, args.new_tokens, args.repeats, args.device)
+        row = dict(model=args.model, device=device_name(args.device), dtype=args.dtype, frames=frames, method=method,
+                   ratio=ratio, new_tokens=args.new_tokens, visual_in=visual_in)
+        try:
+            if method == STOCK:
+                timing = measure_stock(model, inputs, args.new_tokens, args.repeats, args.device)
+            else:
+                timing = measure_method(model, inputs, method, ratio, visual_in, args)
+        except (ValueError, RuntimeError) as error:  # refused, or out of memory: the other jobs still run
+            print(f"{frames} frames {method} r={ratio:g}: {type(error).__name__}: {error}")
+            rows.append({**row, "error": f"{type(error).__name__}: {str(error)[:200]}"})
+            if args.device == "cuda":
+                torch.cuda.empty_cache()
         else:
-            timing = measure_method(model, inputs, method, ratio, visual_in, args)
-        achieved = timing.pop("achieved_ratio", 1.0)
-        rows.append(dict(
-            model=args.model, device=device_name(args.device), dtype=args.dtype, frames=frames, method=method,
-            ratio=ratio, new_tokens=args.new_tokens, visual_in=visual_in,
-            visual_kept_layer_mean=round(achieved * visual_in),
-            achieved_ratio=round(achieved, 4), **timing,
-            prefill_overhead_ms=timing["prefill_ms"] - timing["ideal_prefill_ms"],
-        ))
+            achieved = timing.pop("achieved_ratio", 1.0)
+            rows.append(dict(
+                **row, visual_kept_layer_mean=round(achieved * visual_in), achieved_ratio=round(achieved, 4),
+                **timing, prefill_overhead_ms=timing["prefill_ms"] - timing["ideal_prefill_ms"],
+            ))
+        write(rows, args.out, stem)
     return rows
 
 
@@ -114,7 +131,7 @@ def write(rows: list[dict], out: Path, stem: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{stem}.csv"
     with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer = csv.DictWriter(handle, fieldnames=list(dict.fromkeys(key for row in rows for key in row)))
         writer.writeheader()
         for row in rows:
             writer.writerow({k: round(v, 3) if isinstance(v, float) else v for k, v in row.items()})
@@ -223,9 +240,11 @@ def main(argv: list[str] | None = None) -> int:
                 build_method(name, **knobs)
             except (TypeError, ValueError) as error:
                 parser.error(f"{method}: {error}")
-    rows = run(args)
     stem = f"latency_{Path(args.model).name}_{device_name(args.device)}"
-    print(f"wrote {write(rows, args.out, stem)}")
+    rows = [row for row in run(args, stem) if "error" not in row]
+    print(f"wrote {args.out / f'{stem}.csv'}")
+    if not rows:
+        return 1
     plot(rows, args.out, stem)
     plot_breakdown(rows, args.out, stem)
     for row in rows:

@@ -100,6 +100,8 @@ def test_dycoke_decoding_reads_only_the_selected_visual_entries(family, clip):
     selecting = sum(1 <= adapter.kv_source(i) and adapter.kv_source(i) in adapter.kv_layers for i in range(layers))
     expected = ((layers - selecting) * sample.visual_out + selecting * selected) / layers / sample.visual_out
     assert sample.decode_read_ratio == pytest.approx(expected)
+    # the decoding steps' selection is timed apart from the prefill's compression (time to first token)
+    assert handle.stats.decode_compression_seconds > 0 and "ms while decoding" in str(handle.stats)
     with tokcompress.compress(model, "dycoke", ratio=0.5, decode_keep=1.0) as handle:
         full = generate(model, inputs, max_new_tokens=3)
     with tokcompress.compress(model, "dycoke", ratio=0.5, decode_keep=0.25, decode_layer=1):

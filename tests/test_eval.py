@@ -53,12 +53,15 @@ def test_kernel_benchmark_cases_have_the_real_head_shapes(d):
 
 def test_latency_benchmark_smoke_run(tmp_path):
     """The small model, two frames: every column is filled, beside the ideal and the unpatched model."""
-    argv = ["--frames", "2", "--methods", "stock", "none", "uniform", "framededup", "fastv:layer=1", "--ratios",
-            "0.3", "--new-tokens", "3", "--repeats", "1", "--out", str(tmp_path)]
+    argv = ["--frames", "2", "--methods", "stock", "none", "uniform", "fastv:layer=99", "framededup", "fastv:layer=1",
+            "--ratios", "0.3", "--new-tokens", "3", "--repeats", "2", "--out", str(tmp_path)]
     bench = load("bench_latency")
     assert bench.main(argv) == 0
     (table,) = tmp_path.glob("latency_*.csv")
     rows = list(csv.DictReader(table.open()))
+    # a job the model refuses (layer 99 of 4) is a row with its error, and the others still run
+    refused = rows.pop(3)
+    assert refused["method"] == "fastv:layer=99" and "ValueError" in refused["error"] and not refused["prefill_ms"]
     assert [r["method"] for r in rows] == ["stock", "none", "uniform", "framededup", "fastv:layer=1"]
     for spec in ("fastv:lay=1", "fastv:layer"):  # a bad spec stops the run before anything is measured
         with pytest.raises(SystemExit):

@@ -112,7 +112,8 @@ class CompressionStats:
     num_layers: int = 0  # the decoder's layers (known once a prefill went through the patched model)
     has_tower: bool = True  # False: an encoder-free model, whose `encoder_ratio` is of the frames embedded
     later_visual: int = 0  # visual tokens a later call continuing the cache brought: not compressed
-    compression_time: Timer = field(default_factory=lambda: Timer(), repr=False)
+    compression_time: Timer = field(default_factory=lambda: Timer(), repr=False)  # the prefill's
+    decode_compression_time: Timer = field(default_factory=lambda: Timer(), repr=False)  # the decoding steps'
     encoder_time: Timer = field(default_factory=lambda: Timer(), repr=False)
 
     @staticmethod
@@ -175,18 +176,23 @@ class CompressionStats:
 
     @property
     def compression_seconds(self) -> float:
-        """Time spent choosing and applying reductions (prefill and decoding steps); a first call's includes
-        one-time costs (kernel compilation, first allocations)."""
+        """Time the prefill spent choosing and applying reductions (before the first token); a first call's
+        includes one-time costs (kernel compilation, first allocations)."""
         return self.compression_time.seconds
+
+    @property
+    def decode_compression_seconds(self) -> float:
+        """Time the decoding steps spent choosing what to read (decode-time KV selection, all steps together)."""
+        return self.decode_compression_time.seconds
 
     @property
     def encoder_seconds(self) -> float:
         """Time the vision tower took on the prompt's videos (after any frame dedup)."""
         return self.encoder_time.seconds
 
-    def timed(self, device: torch.device):
-        """Count the time spent inside the block as compression."""
-        return self.compression_time.measure(device)
+    def timed(self, device: torch.device, decoding: bool = False):
+        """Count the time spent inside the block as the prefill's compression (or the decoding steps')."""
+        return (self.decode_compression_time if decoding else self.compression_time).measure(device)
 
     def sample_of_row(self, row: int) -> SampleStats:
         return self.samples[row // self.rows_per_sample]
@@ -231,4 +237,7 @@ class CompressionStats:
             text += f", decode reads {mean(reads):.3f} of the visual KV"
         if self.later_visual:
             text += f", {self.later_visual} visual tokens of later turns not compressed"
-        return text + f", compression {self.compression_seconds * 1e3:.1f} ms"
+        text += f", compression {self.compression_seconds * 1e3:.1f} ms"
+        if self.decode_compression_seconds:
+            text += f" (+ {self.decode_compression_seconds * 1e3:.1f} ms while decoding)"
+        return text

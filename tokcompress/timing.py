@@ -28,9 +28,12 @@ class FirstTokenMark:
         """generate() calls this when it is done; the mark is already taken."""
 
 
-def timed_generation(generation: Callable[[], float], repeats: int, device: str, new_tokens: int) -> dict:
+def timed_generation(
+    generation: Callable[[], float], repeats: int, device: str, new_tokens: int, after_each: Callable[[], None] = None
+) -> dict:
     """Median time to first token, decode time per token and end-to-end time of `generation()` (which returns
-    the moment its first token existed), plus peak GPU memory."""
+    the moment its first token existed), plus peak GPU memory; `after_each()` runs after each timed run (not the
+    warm-up), to collect what the run left (its stats)."""
     runs = []
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -40,13 +43,18 @@ def timed_generation(generation: Callable[[], float], repeats: int, device: str,
         end = synchronized(device)
         if repeat:
             runs.append((first - start, end - first, end - start))
+            if after_each is not None:
+                after_each()
     ttft, decode, total = (statistics.median(values) for values in zip(*runs))
     peak = torch.cuda.max_memory_allocated() / 2**20 if device == "cuda" else float("nan")
     return dict(prefill_ms=ttft * 1e3, decode_ms_per_token=decode / max(new_tokens - 1, 1) * 1e3,
                 end_to_end_ms=total * 1e3, peak_mib=peak)
 
 
-def timed_generate(model, inputs: dict | Callable[[], dict], new_tokens: int, repeats: int, device: str) -> dict:
+def timed_generate(
+    model, inputs: dict | Callable[[], dict], new_tokens: int, repeats: int, device: str,
+    after_each: Callable[[], None] = None,
+) -> dict:
     """`timed_generation` of greedy `model.generate(**inputs)` producing exactly `new_tokens` tokens; `inputs` may
     be a callable that makes them, run inside the timed region (the ideal's tower and positions)."""
 
@@ -56,7 +64,7 @@ def timed_generate(model, inputs: dict | Callable[[], dict], new_tokens: int, re
         model.generate(**kwargs, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, streamer=mark)
         return mark.at
 
-    return timed_generation(generation, repeats, device, new_tokens)
+    return timed_generation(generation, repeats, device, new_tokens, after_each)
 
 
 def run_times_ms(function: Callable[[], object], repeats: int, device: str) -> list[float]:

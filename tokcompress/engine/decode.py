@@ -112,7 +112,7 @@ def select_visual_kv(
     cache = compat.cache_of(kwargs)
     if cache is None:
         return
-    with state.stats.timed(hidden.device):
+    with state.stats.timed(hidden.device, decoding=True):
         if group.kv_selection is None:  # once per step and group, at its first selecting layer
             keys = adapter.cached_keys_values(cache, layer_index)[0]  # (B, Hkv, K, d), before this step's update
             slots, padded, chosen = _decode_selection(method, adapter, state, layer, hidden, keys, group, kwargs)

@@ -141,7 +141,8 @@ class CompressionMixin:
             visual_tokens_in=stats.visual_in if samples else None,
             visual_tokens_out=stats.visual_out if samples else None,
             achieved_ratio=round(stats.achieved_ratio, 4) if samples else None,
-            compression_ms=round(stats.compression_seconds * 1e3, 3) if samples else None,
+            compression_ms=round((stats.compression_seconds + stats.decode_compression_seconds) * 1e3, 3)
+            if samples else None,
             **record,
         )
 
