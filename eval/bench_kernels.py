@@ -145,27 +145,34 @@ def main(argv: list[str] | None = None) -> int:
         (n, d) for n in (1024, 4096, 12288, 25088) for d in SHAPES
     ]
     rows = []
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"kernels_{name}.csv"
     for n, d in sizes:
         for op, (inputs, implementations) in cases(n, d, dtype, device).items():
             for implementation, function in implementations.items():
+                error = ""
                 try:
                     median, low, high = time_call(function, inputs, repeats=2 if args.smoke else 20)
-                except torch.OutOfMemoryError:
+                except Exception as failure:  # out of memory, or a kernel that does not compile: NaN, the rest run
                     median = low = high = float("nan")
-                    torch.cuda.empty_cache()
+                    error = f"{type(failure).__name__}: {str(failure)[:200]}"
+                    if device == "cuda":
+                        torch.cuda.empty_cache()
                 rows.append(dict(device=name, op=op, n=n, d=d, dtype=str(dtype).removeprefix("torch."),
-                                 implementation=implementation, median_ms=median, p20_ms=low, p80_ms=high))
-                print(f"{op:20s} n={n:6d} d={d:5d} {implementation:9s} {median:10.3f} ms", flush=True)
-    args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / f"kernels_{name}.csv"
-    with path.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+                                 implementation=implementation, median_ms=median, p20_ms=low, p80_ms=high, error=error))
+                print(f"{op:20s} n={n:6d} d={d:5d} {implementation:9s} {median:10.3f} ms {error}", flush=True)
+        write(rows, path)  # after every size: a run cut short keeps what it measured
     print(f"wrote {path}")
     plot(rows, args.out / f"kernels_{name}.png")
     print("measured crossovers, for tokcompress/ops/dispatch.py MIN_KERNEL_SIZE:", crossovers(rows))
     return 0
+
+
+def write(rows: list[dict], path: Path) -> None:
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def crossovers(rows: list[dict]) -> dict[str, float]:

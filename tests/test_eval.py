@@ -26,15 +26,33 @@ def load(script: str):
     return module
 
 
-def test_kernel_benchmark_smoke_run(tmp_path):
+def test_kernel_benchmark_smoke_run(tmp_path, monkeypatch):
+    """Every op's three implementations are timed; one that fails (a kernel that does not compile on a GPU) is a
+    NaN row with its error, and the others still run."""
     pytest.importorskip("triton")
-    assert load("bench_kernels").main(["--smoke", "--out", str(tmp_path)]) == 0
+    bench = load("bench_kernels")
+    cases = bench.cases
+
+    def with_a_failing_kernel(*args):
+        built = cases(*args)
+        inputs, implementations = built["bipartite_match"]
+
+        def fails(*_):
+            raise RuntimeError("does not compile")
+
+        built["bipartite_match"] = (inputs, {**implementations, "kernel": fails})
+        return built
+
+    monkeypatch.setattr(bench, "cases", with_a_failing_kernel)
+    assert bench.main(["--smoke", "--out", str(tmp_path)]) == 0
     (table,) = tmp_path.glob("kernels_*.csv")
     rows = list(csv.DictReader(table.open()))
     ops = {r["op"] for r in rows}
     assert ops == {"aligned_cosine", "weighted_merge", "few_query_attention", "bipartite_match"}
     assert {r["implementation"] for r in rows} == {"kernel", "reference", "naive"}
-    assert all(float(r["median_ms"]) > 0 for r in rows)
+    failed = [r for r in rows if r["op"] == "bipartite_match" and r["implementation"] == "kernel"]
+    assert all(r["median_ms"] == "nan" and "does not compile" in r["error"] for r in failed)
+    assert all(float(r["median_ms"]) > 0 and not r["error"] for r in rows if r not in failed)
     assert list(tmp_path.glob("kernels_*.png"))
 
 
