@@ -14,9 +14,10 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from collections import defaultdict
 from pathlib import Path
-from statistics import mean
+from statistics import mean, median
 
 
 def headline_metric(task_results: dict, preferred: str | None) -> tuple[str, float] | None:
@@ -50,6 +51,7 @@ def _grouped(rows: list[dict], groups: dict[str, list[str]]) -> list[dict]:
         rows = [r for r in rows if r not in members] + [dict(
             members[0], task=group, score=mean(r["score"] for r in members), achieved_ratio=weighted("achieved_ratio"),
             prefill_ms=timed("prefill_ms"), decode_ms_per_token=timed("decode_ms_per_token"), samples=samples,
+            failed=sum(r.get("failed", 0) for r in members),
         )]
     return rows
 
@@ -70,17 +72,20 @@ def _task_rows(results_file: Path, results: dict, preferred: dict[str, str]) -> 
             for counts in json.loads(line).get("token_counts") or []
             if counts and "method" in counts
         ]
-        if not records:
+        if not records:  # e.g. a loglikelihood task: lmms-eval keeps no generation records for it
+            print(f"{results_file.name}: {task} has no tokcompress records per sample: left out", file=sys.stderr)
             continue
         numbers = lambda key: [r[key] for r in records if r.get(key) is not None]  # noqa: E731
         rows.append(dict(
-            task=task, method=records[0]["method"], ratio=records[0]["ratio"], metric=metric[0], score=metric[1],
-            achieved_ratio=round(mean(numbers("achieved_ratio") or [1.0]), 4),
-            prefill_ms=round(mean(numbers("prefill_ms")), 2) if numbers("prefill_ms") else None,
+            # a method's settings apart (flowcut and flowcut:inner_prune=0 are two rows)
+            task=task, method=records[0].get("spec") or records[0]["method"], ratio=records[0]["ratio"],
+            metric=metric[0], score=metric[1], achieved_ratio=round(mean(numbers("achieved_ratio") or [1.0]), 4),
+            # medians: a run's first request pays one-time costs (compilation, first allocations)
+            prefill_ms=round(median(numbers("prefill_ms")), 2) if numbers("prefill_ms") else None,
             decode_ms_per_token=(
-                round(mean(numbers("decode_ms_per_token")), 3) if numbers("decode_ms_per_token") else None
+                round(median(numbers("decode_ms_per_token")), 3) if numbers("decode_ms_per_token") else None
             ),
-            samples=len(records),
+            samples=len(records), failed=sum(bool(r.get("failed")) for r in records),
         ))
     return rows
 

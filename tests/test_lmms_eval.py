@@ -12,6 +12,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 pytest.importorskip("lmms_eval")
 from lmms_eval.evaluator import simple_evaluate  # noqa: E402
@@ -106,6 +107,24 @@ def test_a_composition_in_model_args_patches_the_wrapper_model(checkpoint, stand
         plugin.LlavaHf(pretrained=str(checkpoint), device="cpu", device_map="cpu", method="framededup+fastvv")
 
 
+def test_a_request_whose_generate_failed_records_the_failure_not_the_last_requests_figures(
+    checkpoint, stand_in_processor
+):
+    """The stock wrappers answer a failed generate (out of memory) with nothing and go on: its record says it
+    failed, and why, instead of carrying the previous request's compression figures."""
+    wrapper = plugin.LlavaHf(pretrained=str(checkpoint), device="cpu", device_map="cpu", method="fastv", ratio=0.3)
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory")
+
+    wrapper._last_request = {}
+    with pytest.raises(torch.OutOfMemoryError):
+        wrapper._timed_generate(out_of_memory)(input_ids=torch.ones(1, 4, dtype=torch.long))
+    record = wrapper._counts(None).to_dict()
+    assert record["failed"] is True and "OutOfMemoryError: CUDA out of memory" in record["error"]
+    assert "visual_tokens_in" not in record and "achieved_ratio" not in record and record["spec"] == "fastv"
+
+
 def test_sweep_commands_and_plots(evaluations, tmp_path):
     sweep, plot_sweep = load("sweep"), load("plot_sweep")
     config = {
@@ -123,10 +142,12 @@ def test_sweep_commands_and_plots(evaluations, tmp_path):
         (folder / "20261123_samples_tokcompress_toy_video_mc.jsonl").write_text("\n".join(lines))
     assert plot_sweep.main([str(tmp_path)]) == 0
     rows = list(csv.DictReader((tmp_path / "sweep.csv").open()))
-    assert [(r["method"], r["metric"]) for r in rows] == [("none", "accuracy"), ("fastv", "accuracy")]
+    # a method's rows named with the knobs it ran with (two settings of one method are two rows)
+    assert [(r["method"], r["metric"]) for r in rows] == [("none", "accuracy"), ("fastv:layer=1", "accuracy")]
+    assert [int(r["failed"]) for r in rows] == [0, 0]
     assert float(rows[1]["achieved_ratio"]) == pytest.approx(0.3, abs=1 / 73)
     assert (tmp_path / "accuracy_vs_ratio.png").exists() and (tmp_path / "accuracy_vs_latency.png").exists()
-    assert "| fastv | 0.3 |" in (tmp_path / "sweep.md").read_text()
+    assert "| fastv:layer=1 | 0.3 |" in (tmp_path / "sweep.md").read_text()
 
 
 def test_a_group_task_without_a_score_of_its_own_becomes_one_column_the_mean_of_its_subtasks():

@@ -45,6 +45,7 @@ class CompressionCounts(TokenCounts):
     """lmms-eval's per-request token counts plus what compression kept and cost."""
 
     method: str | None = None
+    spec: str | None = None  # the method as the run named it, with its knobs ("flowcut:inner_prune=0")
     ratio: float | None = None
     members: str | None = None  # a composition's other members and their own ratios: "framededup at 0.5"
     visual_tokens_in: int | None = None
@@ -54,6 +55,8 @@ class CompressionCounts(TokenCounts):
     decode_ms_per_token: float | None = None
     peak_gpu_mib: float | None = None
     compression_ms: float | None = None
+    failed: bool | None = None  # generate raised (the stock wrapper answers with nothing): no compression figures
+    error: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         counts = super().to_dict()
@@ -88,6 +91,7 @@ class CompressionMixin:
         knobs = {name: kwargs.pop(name) for name in list(kwargs) if name in knob_names}
         super().__init__(*args, **kwargs)
         self.compression = tokcompress.patch(self._model, method, ratio, **knobs)
+        self._spec = method + "".join(f":{name}={value}" for name, value in knobs.items())
         self._last_request: dict[str, Any] = {}
         self._model.generate = self._timed_generate(self._model.generate)
 
@@ -101,7 +105,11 @@ class CompressionMixin:
                 torch.cuda.reset_peak_memory_stats(device)
                 torch.cuda.synchronize(device)
             start = time.perf_counter()
-            output = generate(*args, **kwargs)
+            try:
+                output = generate(*args, **kwargs)
+            except Exception as error:  # the stock wrapper answers with nothing: this request's record says why
+                self._last_request = {"error": f"{type(error).__name__}: {str(error)[:200]}"}
+                raise
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             end = time.perf_counter()
@@ -133,9 +141,13 @@ class CompressionMixin:
         record = dict(self._last_request)
         if stock is not None:
             record.update({k: v for k, v in stock.to_dict().items() if v is not None})
+        if "output_tokens" not in self._last_request:  # its generate failed: the stats are an earlier request's
+            return CompressionCounts(method=stats.method, spec=self._spec, ratio=stats.ratio,
+                                     members=stats.ratio_note or None, failed=True, **record)
         samples = stats.samples
         return CompressionCounts(
             method=stats.method,
+            spec=self._spec,
             ratio=stats.ratio,
             members=stats.ratio_note or None,
             visual_tokens_in=stats.visual_in if samples else None,
