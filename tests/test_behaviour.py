@@ -12,7 +12,7 @@ from tokcompress import tiny
 from tokcompress.adapters import adapter_for
 from tokcompress.layout import VisualLayout
 from tokcompress.methods import DyCoke, FastV, LayerBudget, RandomPrune, UniformSample, build_method
-from tokcompress.methods.base import DecodeSample, LayerSample
+from tokcompress.methods.base import DecodeSample, LayerSample, TokenReduction
 
 from .conftest import generate, inputs_for, logits, model_for
 
@@ -151,3 +151,14 @@ def test_a_methods_choice_follows_each_tokens_cell_not_the_order_a_frame_is_held
         outcome[order] = survivor  # per cell
         outcomes.append(outcome)
     assert torch.equal(outcomes[0], outcomes[1])
+
+
+def test_a_reduction_keeping_a_token_leaves_it_unfolded_whatever_the_reduction_kept():
+    """The engine keeps a prompt's last token (a prompt may end with its video): kept as itself out of a merge, a
+    pruning, or a merge that kept nothing (framefusion on a short clip)."""
+    merge = TokenReduction.from_destinations(torch.tensor([0, 0, 2, 2, 2]))
+    kept = merge.keeping(4, 5)
+    assert kept.keep.tolist() == [0, 2, 4] and kept.merge_into.tolist() == [0, 0, 1, 1, 2]
+    assert TokenReduction.prune(torch.tensor([1, 3])).keeping(4, 5).keep.tolist() == [1, 3, 4]
+    nothing = TokenReduction(torch.zeros(0, dtype=torch.long), torch.full((5,), -1))
+    assert nothing.keeping(4, 5).keep.tolist() == [4] and nothing.keeping(4, 5).merge_into.tolist() == [-1] * 4 + [0]

@@ -365,16 +365,27 @@ def test_reused_features_are_scored_by_their_own_encodings_tower_attention(famil
             logits(model, reused)
 
 
-def test_features_a_method_left_frames_out_of_are_refused_once_it_no_longer_compresses(clip):
-    """At ratio 1 nothing removes the zeros a frame-dropping encoding left in the features: refused, not read."""
+@pytest.mark.parametrize("method", ["framededup", "earlytom"])
+def test_features_a_method_left_frames_out_of_are_refused_where_no_prefill_drops_them(clip, other_clip, method):
+    """Nothing removes the zeros (or copies) a frame-dropping (or folding) encoding left in the features at ratio 1,
+    nor in a call continuing a cache: refused, not read."""
     model = model_for("qwen2_5_vl")
     inputs = inputs_for("qwen2_5_vl", clip, "What is moving?")
     text = {k: v for k, v in inputs.items() if k != "pixel_values_videos"}
-    with tokcompress.compress(model, "framededup", ratio=0.5) as handle:
+    still = clip[:1].expand(8, -1, -1, -1).contiguous()  # frames a method surely leaves out or folds
+    with tokcompress.compress(model, method, ratio=0.5) as handle:
         with torch.no_grad():
-            encoded = multimodal(model).get_video_features(**video_encoder_inputs(inputs), return_dict=True)
+            video = video_encoder_inputs(inputs_for("qwen2_5_vl", still, "What is moving?"))
+            encoded = multimodal(model).get_video_features(**video, return_dict=True)
+            first = model.generate(**inputs_for("qwen2_5_vl", other_clip, "Who?"), max_new_tokens=2,
+                                   do_sample=False, return_dict_in_generate=True)
+        with pytest.raises(ValueError, match="zeros or copies in their place.*continues a cache.*encode the video"):
+            ids = torch.cat([first.sequences, text["input_ids"]], dim=1)
+            types = torch.nn.functional.pad(text["mm_token_type_ids"], (first.sequences.shape[1], 0))
+            logits(model, {**text, "input_ids": ids, "mm_token_type_ids": types, "attention_mask": torch.ones_like(ids),
+                           "mm_encoder_outputs": {"video": encoded}, CACHE_KEYWORD: output_cache(first)})
         handle.ratio = 1.0
-        with pytest.raises(ValueError, match="hold zeros there.*encode the video again"):
+        with pytest.raises(ValueError, match="zeros or copies in their place.*ratio 1.*encode the video again"):
             logits(model, {**text, "mm_encoder_outputs": {"video": encoded}})
 
 

@@ -196,6 +196,52 @@ def test_a_later_turns_image_or_video_takes_its_grids_m_rope_positions(family, k
         record.remove()
 
 
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen3_5"])
+def test_a_hand_written_continuation_bringing_a_video_counts_on_from_the_conversation(family, clip, other_clip):
+    """A plain forward feeding a later turn's video and the cache: with no positions given, HF would count from the
+    compressed cache; its first token takes the position it takes unpatched."""
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    later = {k: v for k, v in inputs_for(family, other_clip[:6], "And here?").items() if k != "attention_mask"}
+    positions = []
+    record = adapter_for(model).language_model.register_forward_pre_hook(
+        lambda module, args, kwargs: positions.append(kwargs["position_ids"][-3:, 0, 0]), with_kwargs=True
+    )
+
+    def first_position() -> torch.Tensor:
+        first = model.generate(**inputs, max_new_tokens=3, min_new_tokens=3, do_sample=False,
+                               return_dict_in_generate=True, suppress_tokens=list(range(tiny.IMAGE, tiny.VOCAB)))
+        positions.clear()
+        model(**later, **cache_kwarg(output_cache(first)))
+        return positions[0]
+
+    try:
+        with torch.no_grad():
+            stock = first_position()
+            with tokcompress.compress(model, "uniform", ratio=0.3), pytest.warns(UserWarning, match="not compressed"):
+                assert torch.equal(first_position(), stock)
+    finally:
+        record.remove()
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_omni_thinker", "cosmos3_edge"])
+def test_a_later_turns_video_runs_where_generate_hands_a_continuation_one_row_of_positions(family, clip, other_clip):
+    """Qwen-Omni's and Cosmos3 Edge's generate hands a continuation text positions plus rope deltas (one row) and no
+    grids: its video is read without them, passes through uncompressed and is counted."""
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    later = inputs_for(family, other_clip[:6], "And here?")
+    with tokcompress.compress(model, "framededup", ratio=0.5) as handle, torch.no_grad():
+        first = model.generate(**inputs, max_new_tokens=3, do_sample=False, return_dict_in_generate=True,
+                               suppress_tokens=list(range(tiny.IMAGE, tiny.VOCAB)))
+        ids = torch.cat([first.sequences, later["input_ids"]], dim=1)
+        turn = {k: v for k, v in later.items() if k not in ("input_ids", "attention_mask")}
+        with pytest.warns(UserWarning, match="not compressed"):
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=2, do_sample=False,
+                           **turn, **cache_kwarg(output_cache(first)))
+    assert handle.stats.later_visual == int((later["input_ids"] == tiny.VIDEO).sum())
+
+
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen3_5", "gemma4"])
 def test_a_forward_given_embeddings_not_ids_keeps_every_frame_in_the_tower(family, clip):
     """Without input_ids nothing tells the LLM where the videos are, so nothing is compressed - and a pre-encoder

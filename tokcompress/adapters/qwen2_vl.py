@@ -47,7 +47,9 @@ class Qwen2VLAdapter(Adapter):
                     taken.append(runs.pop(0))
                     held += taken[-1][1]
                 start, length = taken[0]
-                if frame_grid is None and positions is not None and positions.ndim == 3:
+                # no grid (generate's continuing call drops them): read it off the M-RoPE ids, if these are (not the
+                # one text row with rope deltas some models' generate hands a continuation)
+                if frame_grid is None and positions is not None and positions.ndim == 3 and len(positions) >= 3:
                     frame_grid = grid_from_positions(mrope_grid_rows(positions)[:, b, start : start + length])[1:]
                 height, width = frame_grid or (1, length)
                 if held != tokens or tokens % (height * width):

@@ -51,6 +51,11 @@ if TYPE_CHECKING:
     from ..adapters.base import Adapter
 
 
+CONTINUING = (
+    "this call continues a cache, and no prefill follows to drop them: encode the video again, or pass its pixels"
+)
+
+
 class Engine(StandIns):
     """Hooks a method into one model through its adapter; `detach()` removes every hook."""
 
@@ -199,14 +204,11 @@ class Engine(StandIns):
             return None
         if not prompt and self.active and layouts:  # continuing a cache that holds no compressed generation
             self._note_later_video(None, layouts)
+        if not prompt and self.active:
+            self._refuse_features_missing_frames(kwargs, CONTINUING)
         if not self.active:
-            carried = compat.encoding_record(kwargs, self.adapter.video_modality) if prompt else None
-            if carried is not None and carried.keep is not None:
-                raise ValueError(
-                    f"these video features were encoded while {self.method.name} left frame units out of the tower "
-                    "(they hold zeros there), and the model no longer compresses (ratio 1), so the LLM would read "
-                    "those zeros: encode the video again, or set the ratio back"
-                )
+            self._refuse_features_missing_frames(kwargs, "the model no longer compresses (ratio 1): encode the video "
+                                                         "again, or set the ratio back")
             if layouts and any(layout.num_tokens for layout in layouts):
                 stats = CompressionStats.identity(self.method, layouts, self.spec.num_layers, generate_rows or 1)
                 stats.num_layers = len(self.adapter.layers)
@@ -227,6 +229,16 @@ class Engine(StandIns):
             elif (carried := compat.encoding_record(kwargs, self.adapter.video_modality)) is not None:
                 self._local.encoded = carried  # pre-encoded features: what their encoding kept, however often reused
         return None  # a prompt; or a continuation of a cache no compressed generation filled: left alone
+
+    def _refuse_features_missing_frames(self, kwargs, why: str) -> None:
+        """A ValueError where a call brings video features whose encoding left frame units out of the tower (zeros
+        in their place) or folded them (copies), with no prefill to drop those: the LLM would read them."""
+        carried = compat.encoding_record(kwargs, self.adapter.video_modality)
+        if carried is not None and (carried.keep is not None or carried.layer_share is not None):
+            raise ValueError(
+                "these video features were encoded while a method left frame units out of the vision tower or folded "
+                f"them (zeros or copies in their place), and {why}"
+            )
 
     def _note_later_video(self, state: GenerationState | None, layouts: list[VisualLayout]) -> None:
         """A call continuing a cache brings video tokens, which pass through uncompressed: the stats and a warning
@@ -249,6 +261,7 @@ class Engine(StandIns):
         """A call that continues a compressed generation's cache: fed only the tokens it has not seen, at the
         positions it counts."""
         skip_tokens_already_cached(state, kwargs, conversation, self.adapter.llm_token_ids)
+        self._refuse_features_missing_frames(kwargs, CONTINUING)
         try:
             layouts = self.adapter.visual_layouts(kwargs)
         except ValueError:  # no layout to read: it passes through, as every continuation's tokens do
@@ -262,10 +275,11 @@ class Engine(StandIns):
         last = state.last_positions
         new_columns = new_token_columns(kwargs.get("attention_mask"), last.shape[-2], fed, last.device)
         self._local.chunk_padding = new_columns
-        if not self.adapter.mrope or not self.adapter.carries_vision(kwargs):
+        given = kwargs.get("position_ids") is not None  # generate's; a hand-written call leaves them to HF
+        if not self.adapter.mrope or not self.adapter.carries_vision(kwargs) or not given:
             # The chunk continues the generation from the last position it saw: HF would count from the (shorter)
             # cache, and for M-RoPE it may re-derive the earlier video's ids without its grid. An image or video of
-            # its own in an M-RoPE model takes the ids the model (generate) computes from its grid.
+            # its own in an M-RoPE model takes the ids generate computes from its grid.
             kwargs["position_ids"] = next_positions(last, new_columns)
         return args, kwargs
 

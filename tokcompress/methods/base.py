@@ -87,7 +87,9 @@ class TokenReduction:
         if self.merge_into is None:
             return TokenReduction.prune(torch.cat([self.keep, self.keep.new_tensor([index])]).unique())
         assignment = self.assignment(count)
-        destination = torch.where(assignment >= 0, self.keep[assignment.clamp_min(0)], -1)
+        destination = torch.full_like(assignment, -1)
+        folded = assignment >= 0  # (a reduction may keep none: nothing to index then)
+        destination[folded] = self.keep[assignment[folded]]
         destination[index] = index
         return TokenReduction.from_destinations(destination)
 
