@@ -1,7 +1,8 @@
 """Where the engine meets the model: its hooks, and which stage each call belongs to.
 
 - the multimodal model (`XModel.forward`): the adapter reads where the visual tokens are; a call that
-  continues a generation's cache gets the positions (and only the tokens) that generation has not seen;
+  continues a generation's cache gets the positions (and only the tokens) that generation has not seen
+  (continuation.py), whatever patch is in place then;
 - the language model (the decoder stack): a prompt starts a generation and pre-LLM reductions shrink its
   inputs; a call that continues the generation's cache is a decoding step; the prefill's hidden states are
   scattered back to the caller's sequence length on return;
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import threading
-import warnings
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -29,13 +29,8 @@ from ..methods.base import DECODE, IN_LLM, PRE_ENCODER, PRE_LLM, Method
 from ..ops.varlen import varlen_available
 from ..stats import CompressionStats, Timer
 from . import compat
-from .decode import (
-    new_token_columns,
-    next_positions,
-    select_visual_kv,
-    skip_tokens_already_cached,
-    start_decode_step,
-)
+from .continuation import CONTINUING, Continuations
+from .decode import select_visual_kv, start_decode_step
 from .encoder import (
     TowerCall,
     frames_chosen_from_features,
@@ -51,12 +46,7 @@ if TYPE_CHECKING:
     from ..adapters.base import Adapter
 
 
-CONTINUING = (
-    "this call continues a cache, and no prefill follows to drop them: encode the video again, or pass its pixels"
-)
-
-
-class Engine(StandIns):
+class Engine(Continuations, StandIns):
     """Hooks a method into one model through its adapter; `detach()` removes every hook."""
 
     def __init__(self, adapter: Adapter, method: Method, varlen_vision: bool = True):
@@ -229,59 +219,6 @@ class Engine(StandIns):
             elif (carried := compat.encoding_record(kwargs, self.adapter.video_modality)) is not None:
                 self._local.encoded = carried  # pre-encoded features: what their encoding kept, however often reused
         return None  # a prompt; or a continuation of a cache no compressed generation filled: left alone
-
-    def _refuse_features_missing_frames(self, kwargs, why: str) -> None:
-        """A ValueError where a call brings video features whose encoding left frame units out of the tower (zeros
-        in their place) or folded them (copies), with no prefill to drop those: the LLM would read them."""
-        carried = compat.encoding_record(kwargs, self.adapter.video_modality)
-        if carried is not None and (carried.keep is not None or carried.layer_share is not None):
-            raise ValueError(
-                "these video features were encoded while a method left frame units out of the vision tower or folded "
-                f"them (zeros or copies in their place), and {why}"
-            )
-
-    def _note_later_video(self, state: GenerationState | None, layouts: list[VisualLayout]) -> None:
-        """A call continuing a cache brings video tokens, which pass through uncompressed: the stats and a warning
-        say so."""
-        count = sum(layout.num_tokens for layout in layouts)
-        if not count:
-            return
-        warnings.warn(
-            f"tokcompress: {count} video tokens continue a cached conversation and are not compressed (a method "
-            "reads a prompt's videos from its first token, uncached); to compress them, send the conversation "
-            "without the cache, or the video in the call that fills it"
-        )
-        if state is None:  # the cache holds no compressed generation: these stats are the call's own
-            self.last_stats = state_stats = CompressionStats.empty(self.method, note="")
-        else:
-            state_stats = state.stats
-        state_stats.later_visual += count
-
-    def _continue_generation(self, state: GenerationState, args, kwargs, conversation: int | None):
-        """A call that continues a compressed generation's cache: fed only the tokens it has not seen, at the
-        positions it counts."""
-        skip_tokens_already_cached(state, kwargs, conversation, self.adapter.llm_token_ids)
-        self._refuse_features_missing_frames(kwargs, CONTINUING)
-        try:
-            layouts = self.adapter.visual_layouts(kwargs)
-        except ValueError:  # no layout to read: it passes through, as every continuation's tokens do
-            layouts = None
-        if layouts:
-            self._note_later_video(state, layouts)
-        fed = _sequence_length(args, kwargs)
-        # the vision blocks of a continuation that brings its own (a one-token decoding step brings none), and its
-        # padding, read here: a model may hand its LLM a built mask instead of the 2-D one (Molmo2's)
-        self._local.chunk_blocks = self.adapter.attention_blocks(kwargs) if fed > 1 else None
-        last = state.last_positions
-        new_columns = new_token_columns(kwargs.get("attention_mask"), last.shape[-2], fed, last.device)
-        self._local.chunk_padding = new_columns
-        given = kwargs.get("position_ids") is not None  # generate's; a hand-written call leaves them to HF
-        if not self.adapter.mrope or not self.adapter.carries_vision(kwargs) or not given:
-            # The chunk continues the generation from the last position it saw: HF would count from the (shorter)
-            # cache, and for M-RoPE it may re-derive the earlier video's ids without its grid. An image or video of
-            # its own in an M-RoPE model takes the ids generate computes from its grid.
-            kwargs["position_ids"] = next_positions(last, new_columns)
-        return args, kwargs
 
     def _after_model_call(self, module, args, output):
         self._local.prompt, self._local.continuing = None, False
@@ -489,10 +426,3 @@ def _finish_prefill_stats(state: GenerationState) -> None:
 def _fits(padding: torch.Tensor | None, input_ids: torch.Tensor | None) -> bool:
     """Whether a 2-D padding mask noted for a prompt has its shape (None: no padding, which fits any)."""
     return padding is None or input_ids is None or padding.shape == input_ids.shape
-
-
-def _sequence_length(args, kwargs) -> int:
-    for name in ("input_ids", "inputs_embeds"):
-        if kwargs.get(name) is not None:
-            return kwargs[name].shape[1]
-    return args[0].shape[1]
