@@ -4,9 +4,10 @@ Its vision tower encodes the share of the clip the method encoded (with the visi
 fused varlen kernel in place of a packed tower's loop over windows on a GPU), and the model's own forward (or
 `generate`) runs, with no hooks, on the prompt's text plus as many visual tokens as the method kept
 (layer-averaged), as text tokens (the same sequence an embedding of them would be; Gemma 4's `generate` takes
-no embeddings) - typed as the prompt's where the model builds its own masks from the token types (the vision
-blocks of Gemma 4, Molmo2), and at their original M-RoPE positions where the model has them, which it computes
-from the whole prompt's grids as its own forward does. Timed on the path the measured run takes, `measured − ideal` is
+no embeddings) - the video's first tokens that many, typed as the prompt's where the model builds its own masks
+from the token types (the vision blocks of Gemma 4, Molmo2), and at their M-RoPE positions where the model has
+them, which it computes from the whole prompt's grids as its own forward does (the kept tokens' own positions
+differ, not the cost). Timed on the path the measured run takes, `measured − ideal` is
 what compression itself and its plumbing cost.
 """
 
