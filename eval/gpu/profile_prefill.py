@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step", choices=["prefill", "decode"], default="prefill")
     parser.add_argument("--trace", action="store_true", help="also write Chrome traces (tens of MB each)")
     args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        parser.error("a GPU only measurement (no CUDA device here)")
     args.out.mkdir(parents=True, exist_ok=True)
     model = named_model("llava-onevision-7b", torch.bfloat16, "cuda")
     inputs = video_inputs(model, read_frames(sample_clip("bigbuckbunny.mp4"), args.frames))
