@@ -162,3 +162,14 @@ def test_a_reduction_keeping_a_token_leaves_it_unfolded_whatever_the_reduction_k
     assert TokenReduction.prune(torch.tensor([1, 3])).keeping(4, 5).keep.tolist() == [1, 3, 4]
     nothing = TokenReduction(torch.zeros(0, dtype=torch.long), torch.full((5,), -1))
     assert nothing.keeping(4, 5).keep.tolist() == [4] and nothing.keeping(4, 5).merge_into.tolist() == [-1] * 4 + [0]
+
+
+def test_list_knobs_take_semicolons_where_commas_part_arguments():
+    """lmms-eval's `--model_args` parts its arguments at commas: a list knob takes `;` between its items too."""
+    from tokcompress.methods import EarlyTom, VidTLDR
+
+    assert EarlyTom(merge_layers="6;21;23").encoder_merge_layers(26) == [6, 21, 23]
+    assert EarlyTom(merge_layers="6,21,23").encoder_merge_layers(26) == [6, 21, 23]
+    assert VidTLDR(merge_schedule="0.255;0.114").schedule() == [0.255, 0.114]
+    with pytest.raises(ValueError, match="commas or semicolons"):
+        EarlyTom(merge_layers="6;x")

@@ -10,7 +10,7 @@ import torch
 
 from ..layout import VisualLayout
 from .base import IN_ENCODER, PRE_LLM, LayerBudget, Method, TokenReduction
-from .knobs import check_int, check_interval
+from .knobs import check_int, check_interval, listed
 from .selection import proportional_split, separators_first, top_tokens_per_group, tower_attention, video_grids
 
 PAPER_LAYERS, PAPER_DEPTH = (6, 21, 23), 26  # PRUNE_LAYERS of LLaVA-OV's 26 SigLIP layers
@@ -65,12 +65,12 @@ class EarlyTom(Method):
         check_interval("earlytom", "ema", self.ema, "[0, 1]")
         if self.merge_layers is not None:
             try:
-                layers = [int(layer) for layer in self.merge_layers.split(",")]
+                layers = [int(layer) for layer in listed(self.merge_layers)]
             except ValueError:
                 layers = [-1]
             if not layers or min(layers) < 0:
                 raise ValueError(
-                    "earlytom merge_layers must be comma-separated tower layers ≥ 0 (e.g. '6,21,23'), "
+                    "earlytom merge_layers must be tower layers ≥ 0 parted by commas or semicolons (e.g. '6,21,23'), "
                     f"got {self.merge_layers!r}"
                 )
 
@@ -80,7 +80,7 @@ class EarlyTom(Method):
     def encoder_merge_layers(self, depth: int) -> list[int]:
         """Tower layers before the feature layer (its output is what the tower's attention scores are read from)."""
         if self.merge_layers is not None:
-            layers = [int(layer) for layer in self.merge_layers.split(",")]
+            layers = [int(layer) for layer in listed(self.merge_layers)]
         else:
             layers = [round(layer * depth / PAPER_DEPTH) for layer in PAPER_LAYERS]
         return sorted({min(layer, depth - 2) for layer in layers if depth >= 2})

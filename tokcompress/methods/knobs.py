@@ -95,3 +95,9 @@ def check_choice(method: str, knob: str, value: Any, choices: tuple[str, ...]) -
     """Validate a knob that takes one of a few names."""
     if value not in choices:
         raise ValueError(f"{method} {knob} must be one of {', '.join(map(repr, choices))}, got {value!r}")
+
+
+def listed(text: str) -> list[str]:
+    """The items of a list knob spelt as text: "6,21,23", or "6;21;23" where commas part arguments (lmms-eval's
+    `--model_args`)."""
+    return [item.strip() for item in text.replace(";", ",").split(",")]

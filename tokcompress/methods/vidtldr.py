@@ -7,6 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from .base import IN_ENCODER, PRE_LLM, TokenFolding, TowerTokens
+from .knobs import listed
 from .tome import ToMeAfterTower
 
 PAPER_SCHEDULE = "0.255,0.114"  # MSRVTT-QA / MSVD-QA, UMT-B/16: 600 then 200 of 2,352 tokens, blocks 0 and 1
@@ -58,12 +59,13 @@ class VidTLDR(ToMeAfterTower):
             schedule = [-1.0]
         if not schedule or min(schedule) < 0:
             raise ValueError(
-                f"vidtldr merge_schedule must be comma-separated fractions (< 1) or counts (≥ 1) per tower layer, "
+                f"vidtldr merge_schedule must be fractions (< 1) or counts (≥ 1) per tower layer parted by commas or "
+                "semicolons, "
                 f"e.g. '0.255,0.114', got {self.merge_schedule!r}"
             )
 
     def schedule(self) -> list[float]:
-        return [float(value) for value in self.merge_schedule.split(",")]
+        return [float(value) for value in listed(self.merge_schedule)]
 
     def encoder_merge_layers(self, depth: int) -> list[int]:
         return [layer for layer, value in enumerate(self.schedule()[:depth]) if value > 0]
