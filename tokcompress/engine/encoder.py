@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import torch
 
 from ..layout import SEPARATOR, VisualLayout
-from ..methods.base import PRE_ENCODER, Method
+from ..methods.base import PRE_ENCODER, Method, PromptRefused
 from ..stats import Timer
 from . import compat
 from .folding import FrameMerging, folds_in_tower
@@ -143,6 +143,19 @@ def frames_chosen_from_features(
                 record.units.append(units)
                 first_frame += units
     return record
+
+
+def refuse_unencoded_last_tokens(method: Method, kept: list, layouts: list[VisualLayout], last: torch.Tensor) -> None:
+    """PromptRefused where a prompt ends with its video and the tower left out the frame unit of its last token (`last`:
+    per row, its position): the token the next one is predicted from would hold zeros."""
+    for (tokens, _), layout, position in zip(kept, layouts, last.tolist()):
+        (hit,) = (layout.positions == position).nonzero(as_tuple=True)
+        if len(hit) and not bool(torch.isin(hit.to(tokens.device), tokens).any()):
+            raise PromptRefused(
+                f"the prompt ends with its video, and {method.name} left the frame unit of its last token out of the "
+                "vision tower, so the next token would be predicted from zeros: end the prompt with text (a chat "
+                "template's assistant turn does)"
+            )
 
 
 def layouts_with_tower_scores(

@@ -203,8 +203,8 @@ def compact(group: TokenGroup, reductions: list[TokenReduction | None], start_la
     """Compact the group by the per-sample reductions; returns the new group and the slot index (B, W').
 
     proportional: give merged tokens proportional attention (log of their size added to their keys' logits).
-    A row's last token survives as itself, visual or not: the next token is predicted from it (a prompt may end
-    with its video).
+    A row's last token survives at its place, visual or not (not folded into another; tokens a method folded into it
+    stay): the next token is predicted from it (a prompt may end with its video).
     """
     device = group.origin.device
     reductions = _keeping_last_tokens(group, reductions)
@@ -246,18 +246,25 @@ def compact(group: TokenGroup, reductions: list[TokenReduction | None], start_la
     return new_group, slot_index
 
 
+def last_real_slots(group: TokenGroup) -> torch.Tensor:
+    """(B,) each row's last slot holding a real token (left padding: the last column; right padding too)."""
+    real = group.attention_mask[:, : group.width].bool() & (group.origin >= 0)
+    return torch.where(real, torch.arange(group.width, device=real.device), -1).max(dim=1).values
+
+
 def _keeping_last_tokens(group: TokenGroup, reductions: list[TokenReduction | None]) -> list[TokenReduction | None]:
-    """The reductions with each row's last slot (left padding: the last column) kept where it is a visual token."""
+    """The reductions with each row's last real slot (left padding: the last column; right padding too) kept where it
+    is a visual token."""
     reduced = [b for b, reduction in enumerate(reductions) if reduction is not None and len(group.visual_slots[b])]
     if not reduced:
         return reductions
-    last = group.width - 1
-    ending = torch.stack([group.visual_slots[b].max() == last for b in reduced]).tolist()  # one sync
+    last = last_real_slots(group)
+    ending = torch.stack([(group.visual_slots[b] == last[b]).any() for b in reduced]).tolist()  # one sync
     reductions = list(reductions)
     for b, ends in zip(reduced, ending):
         if ends:
             slots = group.visual_slots[b]
-            reductions[b] = reductions[b].keeping(int((slots == last).nonzero()), len(slots))
+            reductions[b] = reductions[b].keeping(int((slots == last[b]).nonzero()), len(slots))
     return reductions
 
 

@@ -35,10 +35,11 @@ from .encoder import (
     TowerCall,
     frames_chosen_from_features,
     layouts_with_tower_scores,
+    refuse_unencoded_last_tokens,
     tokens_encoded,
 )
 from .folding import check_tower_use, folds_in_tower, hook_tower_folding, tower_attends_by_size
-from .groups import GenerationState, llm_attention_mask, restore_sequence
+from .groups import GenerationState, last_real_slots, llm_attention_mask, restore_sequence
 from .prefill import begin_generation, reduce_before_layer, reduce_before_llm
 from .stand_ins import StandIns
 
@@ -287,6 +288,7 @@ class Engine(Continuations, StandIns):
             state.stats.compression_time.add(encoded.take_times()[0])
         kept = tokens_encoded(encoded, layouts, prompt.rows_per_sample)
         if kept is not None and not encoded.from_features:
+            refuse_unencoded_last_tokens(self.method, kept, layouts, last_real_slots(state.groups[0]))
             state.stats.has_tower = self.adapter.has_tower
             for sample, (_, fraction) in zip(state.stats.samples, kept[:: prompt.rows_per_sample]):
                 sample.encoder_ratio = fraction

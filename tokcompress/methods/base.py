@@ -83,7 +83,8 @@ class TokenReduction:
         return TokenReduction(self.keep[later.keep], merge_into)
 
     def keeping(self, index: int, count: int) -> TokenReduction:
-        """This reduction of `count` tokens with token `index` surviving as itself (unmerged, if it was folded)."""
+        """This reduction of `count` tokens with token `index` surviving at its place: unfolded where it was folded
+        into another (tokens folded into it stay)."""
         if self.merge_into is None:
             return TokenReduction.prune(torch.cat([self.keep, self.keep.new_tensor([index])]).unique())
         assignment = self.assignment(count)
