@@ -132,6 +132,55 @@ def test_a_patch_of_the_inner_multimodal_model_and_one_of_the_model_are_one_patc
         torch.testing.assert_close(logits(model, inputs), reference, rtol=0, atol=0)
 
 
+def test_a_patch_inside_the_model_is_the_models_patch_for_compress_and_a_refusal(clip):
+    """A `compress` block on the model gives back a patch of `model.model` it replaced; a handle a patch of the
+    inner model replaced says so; a patch refused while attaching (a setting of the model's) leaves the earlier
+    patch in place."""
+    model = model_for("llava_onevision")
+    inner = tokcompress.patch(model.model, "fastv", ratio=0.3)
+    with tokcompress.compress(model, "uniform", ratio=0.5):
+        assert not inner.patched
+    assert inner.patched
+    outer = tokcompress.patch(model, "random", ratio=0.3)
+    assert not inner.patched and outer.patched
+    hooks = hook_count(model)
+    model.config.vision_feature_layer = [-2, -1]
+    try:
+        with pytest.raises(ValueError, match="vision_feature_layer"):
+            tokcompress.patch(model, "visionzip", ratio=0.3)
+    finally:
+        model.config.vision_feature_layer = -1
+    assert outer.patched and hook_count(model) == hooks
+    later = tokcompress.patch(model.model, "uniform", ratio=0.5)
+    with pytest.raises(RuntimeError, match="replaced by a later one"):
+        outer.ratio = 0.4
+    with pytest.warns(UserWarning, match="replaced by a later one"):
+        outer.unpatch()
+    later.unpatch()
+
+
+def test_a_generate_the_caller_wrapped_is_chained_to_and_given_back(clip):
+    """The patch stands in for generate: a wrapper the caller put on the instance (a timing one, as the lmms-eval
+    plugin's) still runs under it, and is the model's generate again after unpatching; a patch of `model.model`,
+    which cannot generate, adds no generate to it."""
+    model = model_for("llava_onevision")
+    calls, stock = [], model.generate
+
+    def timed(*args, **kwargs):
+        calls.append(1)
+        return stock(*args, **kwargs)
+
+    model.generate = timed
+    try:
+        with tokcompress.compress(model, "fastv", ratio=0.3) as handle:
+            generate(model, inputs_for("llava_onevision", clip, "What?"), max_new_tokens=2)
+        assert calls == [1] and model.generate is timed and handle.stats.samples
+    finally:
+        del model.generate
+    with tokcompress.compress(model.model, "fastv", ratio=0.3):
+        assert "generate" not in vars(model.model)
+
+
 def test_register_method_makes_a_custom_method_available(clip):
     @dataclass
     class KeepFirst(Method):

@@ -43,7 +43,7 @@ class CompressionHandle:
     @ratio.setter
     def ratio(self, value: float) -> None:
         if not self.patched:
-            current = getattr(self.model, HANDLE_ATTRIBUTE, None)
+            current = _handle_of(self.model)
             if current is not None:
                 raise RuntimeError(
                     f"this handle's patch was replaced by a later one ({current.method.name}), so its ratio no longer "
@@ -61,14 +61,14 @@ class CompressionHandle:
     @property
     def patched(self) -> bool:
         """Whether this handle's patch is the one in place on the model."""
-        return getattr(self.model, HANDLE_ATTRIBUTE, None) is self
+        return _handle_of(self.model) is self
 
     def unpatch(self) -> None:
         """Remove every hook; the model is exactly as before. Safe to call twice. A handle whose patch a later one
         replaced has nothing left to remove: it warns, and the later patch stays (unpatch the handle that patch
         returned, or `tokcompress.unpatch(model)`, which removes whichever is in place). A KV cache a compressed
         generation filled continues only on a patched model (any patch): finish such conversations first."""
-        current = getattr(self.model, HANDLE_ATTRIBUTE, None)
+        current = _handle_of(self.model)
         if current is not None and current is not self:
             warnings.warn(
                 f"this handle's patch ({self.method.name}) was replaced by a later one ({current.method.name}), "
@@ -129,8 +129,23 @@ def patch(
     adapter = adapter_for(model)
     configured = build_method(method, ratio, **knobs).bind(adapter.spec)
     handle = CompressionHandle(model, Engine(adapter, configured, varlen_vision))
-    handle._reattach()
+    earlier = {id(h): h for anchor in handle._anchors if (h := _handle_of(anchor)) is not None}
+    try:
+        handle._reattach()
+    except BaseException:  # refused while attaching (a setting of the model's): the earlier patch stays
+        for replaced in earlier.values():
+            if not replaced.patched:
+                replaced._reattach()
+        raise
     return handle
+
+
+def _handle_of(model: nn.Module) -> CompressionHandle | None:
+    """The patch in place on `model`, or on a module inside it (`model.model`)."""
+    own = getattr(model, HANDLE_ATTRIBUTE, None)
+    if own is not None or not isinstance(model, nn.Module):
+        return own
+    return next((h for m in model.modules() if (h := getattr(m, HANDLE_ATTRIBUTE, None)) is not None), None)
 
 
 def unpatch(model: nn.Module) -> bool:
@@ -149,7 +164,7 @@ def compress(
     """`with compress(model, "fastv", ratio=0.3) as handle: ...` - patched inside the block only (arguments as
     `patch`); a patch the model had before the block is back after it, unless the block itself unpatched or
     patched the model again."""
-    outer = getattr(model, HANDLE_ATTRIBUTE, None)
+    outer = _handle_of(model)
     try:
         handle = patch(model, method, ratio, **options)
     except BaseException:

@@ -44,7 +44,8 @@ class Continuations:
     def _note_later_video(self, state: GenerationState | None, layouts: list[VisualLayout]) -> None:
         """A call continuing a cache brings video tokens, which pass through uncompressed: the stats and a warning
         say so."""
-        count = sum(layout.num_tokens for layout in layouts)
+        rows = state.stats.rows_per_sample if state is not None else 1  # generate's rows of a sample (beams)
+        count = sum(layout.num_tokens for layout in layouts[::rows])
         if not count:
             return
         warnings.warn(

@@ -37,15 +37,31 @@ class StandIns:
             stand_ins.append((multimodal, compat.ENCODE_VIDEOS, self._encode_videos))
         if self.adapter.encodes_by_prompt:
             stand_ins.append((model, compat.PREPARE_ENCODER, self._encode_for_generation))
-        self._stand_ins = [(module, name, _StandIn(method, module, name)) for module, name, method in stand_ins]
-        for module, name, stand_in in self._stand_ins:
+        # only where the class has the method (a patch of `model.model`, which cannot generate, adds none) - but the
+        # beam reordering generate calls only if present; one the instance already holds (the caller's own wrapper)
+        # is chained to, and put back after
+        generates = hasattr(type(model), compat.GENERATE)
+        self._stand_ins = [
+            (module, name, _StandIn(method, module, name), vars(module).get(name))
+            for module, name, method in stand_ins
+            if hasattr(type(module), name) or (name == compat.REORDER_CACHE and generates)
+        ]
+        for module, name, stand_in, _ in self._stand_ins:
             setattr(module, name, stand_in)
 
     def _remove_stand_ins(self) -> None:
-        for module, name, stand_in in self._stand_ins:
+        for module, name, stand_in, held in self._stand_ins:
             if vars(module).get(name) is stand_in:
-                delattr(module, name)
+                if held is None:
+                    delattr(module, name)
+                else:
+                    setattr(module, name, held)
         self._stand_ins = []
+
+    def _stood_in(self, module, name: str):
+        """What a stand-in stands in for: the instance's own callable it found there, else the class's method."""
+        held = next((held for m, n, _, held in self._stand_ins if m is module and n == name), None)
+        return held if held is not None else compat.inherited(module, name)
 
     def _generate(self, *args, **kwargs):
         """generate, after which nothing it noted for its prompt lingers: a call that fails between expanding its
@@ -54,7 +70,7 @@ class StandIns:
         cache = compat.cache_of(kwargs)
         self._local.generate_continues = cache is not None and cache.get_seq_length() > 0  # its videos: encoded whole
         try:
-            return compat.call_inherited(self.adapter.model, compat.GENERATE, *args, **kwargs)
+            return self._stood_in(self.adapter.model, compat.GENERATE)(*args, **kwargs)
         finally:
             self._local.generate_rows = self._local.generate_padding = self._local.conversation_length = None
             self._local.generate_continues = False
@@ -68,7 +84,7 @@ class StandIns:
 
     def _expand_samples(self, *args, **kwargs):
         self._local.generate_rows = kwargs.get("expand_size", 1)  # generate() is preparing its prompt
-        input_ids, model_kwargs = compat.call_inherited(self.adapter.model, compat.EXPAND_INPUTS, *args, **kwargs)
+        input_ids, model_kwargs = self._stood_in(self.adapter.model, compat.EXPAND_INPUTS)(*args, **kwargs)
         self._local.generate_padding = model_kwargs.get("attention_mask")  # before it builds masks for a static cache
         return input_ids, model_kwargs
 
@@ -81,7 +97,7 @@ class StandIns:
                 "of the conversation already cached); generate without it - compressing already shrinks the prefill"
             )
         self._local.conversation_length = input_ids.shape[1]  # for the forward that follows
-        return compat.call_inherited(self.adapter.model, compat.PREPARE_INPUTS, input_ids, *args, **kwargs)
+        return self._stood_in(self.adapter.model, compat.PREPARE_INPUTS)(input_ids, *args, **kwargs)
 
     def _refuse_speculative_decoding(self, *args, **kwargs):
         if self.active:
@@ -91,7 +107,7 @@ class StandIns:
                 f"{self.method.name} at ratio {self.method.ratio:g}: draft tokens would join the prompt the method "
                 "scores and the cache is cropped behind its back; generate without them, or unpatch first"
             )
-        return compat.call_inherited(self.adapter.model, compat.CANDIDATE_GENERATOR, *args, **kwargs)
+        return self._stood_in(self.adapter.model, compat.CANDIDATE_GENERATOR)(*args, **kwargs)
 
     def _encode_for_generation(self, inputs_tensor, model_kwargs, *args, **kwargs):
         """generate encodes the videos before its first forward: that encoding reads the prompt from here (not embeds:
@@ -99,14 +115,13 @@ class StandIns:
         prompt_ids = None if inputs_tensor.is_floating_point() else inputs_tensor
         self._local.generate_prompt_ids = prompt_ids
         try:
-            return compat.call_inherited(
-                self.adapter.model, compat.PREPARE_ENCODER, inputs_tensor, model_kwargs, *args, **kwargs
-            )
+            prepare = self._stood_in(self.adapter.model, compat.PREPARE_ENCODER)
+            return prepare(inputs_tensor, model_kwargs, *args, **kwargs)
         finally:
             self._local.generate_prompt_ids = None
 
     def _encode_videos(self, *args, **kwargs):
-        encode = compat.inherited(self.adapter.multimodal_model, compat.ENCODE_VIDEOS)
+        encode = self._stood_in(self.adapter.multimodal_model, compat.ENCODE_VIDEOS)
         prompt = getattr(self._local, "prompt", None)  # a forward in progress, whose videos these are
         prompt_ids = getattr(self._local, "generate_prompt_ids", None)
         prompt_ids = prompt.input_ids if prompt_ids is None and prompt is not None else prompt_ids
