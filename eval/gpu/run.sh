@@ -4,12 +4,12 @@
 # Prepare on the CPU machine (the GPU machine has no network), in the repo root:
 #   eval/gpu/run.sh --download          # wheels of our transformers (and what it needs), decord, scikit-video
 #                                       # into .whl/ (git-ignored; ~45 MB of the device tool's 64 MiB carry)
-# Then on the GPU machine (device tool, carry .whl), one family a call (each is several minutes at 64 frames):
-#   bash eval/gpu/run.sh                # kernels + llava-onevision-7b; results under $OUT (or eval/results)
-#   FAMILIES="qwen2.5-vl-7b" SKIP_KERNELS=1 bash eval/gpu/run.sh  # latency of another family only
-#   PROFILE=1 FAMILIES=" " SKIP_KERNELS=1 bash eval/gpu/run.sh     # only the compressed prefill's profile
-# Each step is cut at STEP_SECONDS (default 300); the latency benchmark writes its CSV row by row, so a cut keeps
-# what it measured.
+# Then on the GPU machine (device tool, carry .whl; a call runs at most 600 s), one call each:
+#   bash eval/gpu/run.sh                # kernel tests, kernel benchmark, vision attention; results under $OUT
+#   FAMILIES="llava-onevision-7b" SKIP_KERNELS=1 STEP_SECONDS=540 bash eval/gpu/run.sh   # one family's latency
+#   PROFILE=1 SKIP_KERNELS=1 bash eval/gpu/run.sh                  # only the compressed prefill's profile
+# Each step is cut at STEP_SECONDS (default 180: three kernel steps fit a call); the latency benchmark writes its
+# CSV row by row, so a cut keeps what it measured.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
@@ -31,7 +31,7 @@ out=${OUT:-eval/results}
 mkdir -p "$out"
 # one step failing (a kernel that does not compile, a shape that runs out of memory, a step past its time) must
 # not cost the others
-step() { timeout "${STEP_SECONDS:-300}" "$@" || echo "FAILED ($?): $*" | tee -a "$out/failed_steps.txt"; }
+step() { timeout "${STEP_SECONDS:-180}" "$@" || echo "FAILED ($?): $*" | tee -a "$out/failed_steps.txt"; }
 rm -rf .site  # a warm machine may hold an earlier bundle: pip --target would keep it
 python3 -m pip install -q --no-index --no-deps --target .site .whl/*.whl
 export PYTHONPATH=$PWD/.site:$PWD
@@ -55,7 +55,7 @@ if [ -n "${PROFILE:-}" ]; then  # where tome's / framefusion's compression time 
     step python3 eval/gpu/profile_prefill.py "$out" --step decode --methods dycoke > "$out/profile_decode.log" 2>&1
     grep -v "^STAGE" "$out/profile_decode.log" | tail -20 | tee "$out/profile_decode.txt"
 fi
-# 7B/8B-shape latency, one family after another (a device call runs at most 10 minutes: one family a call)
+# 7B/8B-shape latency, one family after another (several minutes each at 64 frames: one family a call)
 declare -A FRAMES=(
     [llava-onevision-7b]=64 [qwen2.5-vl-7b]=64 [llava-next-video-7b]=32 [video-llava-7b]=8 [qwen3-vl-8b]=32
     [qwen3.5-9b]=32 [internvl3-8b]=32 [glm-4.1v-9b]=32 [videollama3-7b]=32 [llava-onevision1.5-8b]=32
@@ -63,7 +63,7 @@ declare -A FRAMES=(
     [lfm3-vl-2b]=64 [ovis2.5-9b]=64 [ernie-4.5-vl-28b-a3b]=32 [muse-glimmer-30b]=64 [qwen3.5-35b-a3b]=32  # the last three: 60-70 GB
     # of bf16 weights, an H200
 )
-for model in ${FAMILIES:-llava-onevision-7b}; do
+for model in ${FAMILIES:-}; do
     if [ -z "${FRAMES[$model]:-}" ]; then
         echo "FAILED: unknown family $model (one of: ${!FRAMES[*]})" | tee -a "$out/failed_steps.txt"
         continue
