@@ -140,19 +140,21 @@ def patch(
     return handle
 
 
+def _handles_in(model: nn.Module) -> list[CompressionHandle]:
+    """The patches in place on `model` and the modules inside it (`model.model`), the model's own first."""
+    modules = model.modules() if isinstance(model, nn.Module) else [model]  # the model itself first
+    return list({id(h): h for m in modules if (h := getattr(m, HANDLE_ATTRIBUTE, None)) is not None}.values())
+
+
 def _handle_of(model: nn.Module) -> CompressionHandle | None:
-    """The patch in place on `model`, or on a module inside it (`model.model`)."""
-    own = getattr(model, HANDLE_ATTRIBUTE, None)
-    if own is not None or not isinstance(model, nn.Module):
-        return own
-    return next((h for m in model.modules() if (h := getattr(m, HANDLE_ATTRIBUTE, None)) is not None), None)
+    """The patch in place on `model`, or on a module inside it."""
+    return next(iter(_handles_in(model)), None)
 
 
 def unpatch(model: nn.Module) -> bool:
     """Remove tokcompress from `model` (a patch of a module inside it too); returns whether it was patched."""
-    modules = model.modules() if isinstance(model, nn.Module) else [model]
-    handles = {id(h): h for m in modules if (h := getattr(m, HANDLE_ATTRIBUTE, None)) is not None}
-    for handle in handles.values():
+    handles = _handles_in(model)
+    for handle in handles:
         handle.unpatch()
     return bool(handles)
 

@@ -63,16 +63,17 @@ class Continuations:
         """A call that continues a compressed generation's cache: fed only the tokens it has not seen, at the
         positions it counts."""
         skip_tokens_already_cached(state, kwargs, conversation, self.adapter.llm_token_ids)
-        self._refuse_features_missing_frames(kwargs, CONTINUING)
-        try:
-            layouts = self.adapter.visual_layouts(kwargs)
-        except ValueError:  # no layout to read: it passes through, as every continuation's tokens do
-            layouts = None
-        if layouts:
-            self._note_later_video(state, layouts)
         fed = _sequence_length(args, kwargs)
-        # the vision blocks of a continuation that brings its own (a one-token decoding step brings none), and its
-        # padding, read here: a model may hand its LLM a built mask instead of the 2-D one (Molmo2's)
+        if fed > 1:  # a chunk (a one-token decoding step brings no video, nor vision blocks)
+            self._refuse_features_missing_frames(kwargs, CONTINUING)
+            try:
+                layouts = self.adapter.visual_layouts(kwargs)
+            except ValueError:  # no layout to read: it passes through, as every continuation's tokens do
+                layouts = None
+            if layouts:
+                self._note_later_video(state, layouts)
+        # the vision blocks of a continuation that brings its own, and its padding, read here: a model may hand its
+        # LLM a built mask instead of the 2-D one (Molmo2's)
         self._local.chunk_blocks = self.adapter.attention_blocks(kwargs) if fed > 1 else None
         last = state.last_positions
         new_columns = new_token_columns(kwargs.get("attention_mask"), last.shape[-2], fed, last.device)

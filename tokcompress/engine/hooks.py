@@ -193,10 +193,10 @@ class Engine(Continuations, StandIns):
                 raise
             self.last_stats = CompressionStats.empty(self.method, note=f"passed through untouched: {refusal}")
             return None
-        if not prompt and self.active and layouts:  # continuing a cache that holds no compressed generation
-            self._note_later_video(None, layouts)
-        if not prompt and self.active:
+        if not prompt and self.active:  # continuing a cache that holds no compressed generation
             self._refuse_features_missing_frames(kwargs, CONTINUING)
+            if layouts:
+                self._note_later_video(None, layouts)
         if not self.active:
             self._refuse_features_missing_frames(kwargs, "the model no longer compresses (ratio 1): encode the video "
                                                          "again, or set the ratio back")
