@@ -209,7 +209,7 @@ def family(request) -> str:
 def pytest_report_header() -> str:
     import transformers
 
-    from tokcompress.engine.compat import FLOOR, NEWEST_TESTED
+    from tokcompress.releases import FLOOR, NEWEST_TESTED
 
     return f"transformers {transformers.__version__} (tokcompress tested with {FLOOR} to {NEWEST_TESTED}.x)"
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import warnings
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 import tokcompress
-from tokcompress import tiny
+from tokcompress import releases, tiny
 from tokcompress.adapters import adapter_for
 from tokcompress.engine import compat
 
@@ -145,29 +146,44 @@ def test_the_cache_is_read_under_either_name_and_replaced_under_the_one_used():
 
 def test_transformers_older_than_the_floor_is_refused_with_the_fix():
     with pytest.raises(RuntimeError, match=r"needs transformers >= 5\.23, found 5\.22\.2.*pip install -U"):
-        compat.check_transformers_version("5.22.2")
+        releases.check_transformers_version("5.22.2")
+
+
+def test_import_on_a_transformers_older_than_the_floor_names_the_fix(tmp_path):
+    # an old release lacks internals the engine imports: the version is checked before any of them
+    (tmp_path / "transformers").mkdir()
+    (tmp_path / "transformers" / "__init__.py").write_text('__version__ = "5.0.0"\n')
+    done = subprocess.run(
+        [sys.executable, "-c", "import tokcompress"], capture_output=True, text=True,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), *sys.path])},
+    )
+    assert done.returncode != 0
+    assert done.stderr.strip().splitlines()[-1] == (
+        "ImportError: tokcompress needs transformers >= 5.23, found 5.0.0; "
+        "upgrade with: pip install -U 'transformers>=5.23,<6'"
+    )
 
 
 def test_transformers_newer_than_tested_warns_once_naming_the_tested_range(monkeypatch):
-    monkeypatch.setattr(compat, "_warned_untested", False)
+    monkeypatch.setattr(releases, "_warned_untested", False)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         for version in ("5.23.0", "5.24.0", "5.25.3"):
-            compat.check_transformers_version(version)
+            releases.check_transformers_version(version)
         assert not caught
-        compat.check_transformers_version("5.26.0")
-        compat.check_transformers_version("5.27.1")
-    assert len(caught) == 1 and caught[0].category is compat.UntestedTransformersWarning
+        releases.check_transformers_version("5.26.0")
+        releases.check_transformers_version("5.27.1")
+    assert len(caught) == 1 and caught[0].category is releases.UntestedTransformersWarning
     assert "tested with transformers 5.23-5.25.x, found 5.26.0" in str(caught[0].message)
 
 
 def test_patch_applies_the_version_policy(monkeypatch):
     model = model_for("llava_onevision")
-    monkeypatch.setattr(compat, "_warned_untested", False)
-    monkeypatch.setattr(compat.transformers, "__version__", "5.30.0")
-    with pytest.warns(compat.UntestedTransformersWarning):
+    monkeypatch.setattr(releases, "_warned_untested", False)
+    monkeypatch.setattr(releases.transformers, "__version__", "5.30.0")
+    with pytest.warns(releases.UntestedTransformersWarning):
         tokcompress.patch(model, "fastv", ratio=0.3).unpatch()
-    monkeypatch.setattr(compat.transformers, "__version__", "5.20.0")
+    monkeypatch.setattr(releases.transformers, "__version__", "5.20.0")
     with pytest.raises(RuntimeError, match="needs transformers"):
         tokcompress.patch(model, "fastv", ratio=0.3)
     assert not hasattr(model, "_tokcompress_handle")

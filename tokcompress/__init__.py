@@ -6,12 +6,16 @@
     handle.unpatch()
 """
 
-from . import methods
-from .adapters import list_models
-from .api import CompressionHandle, compress, patch, unpatch
-from .methods import list_methods, register_method
-from .methods.base import PromptRefused
-from .stats import CompressionStats
+from .releases import refuse_older_than_floor
+
+refuse_older_than_floor(error=ImportError)  # before any module imports transformers' internals
+
+from . import methods  # noqa: E402
+from .adapters import list_models  # noqa: E402
+from .api import CompressionHandle, compress, patch, unpatch  # noqa: E402
+from .methods import list_methods, register_method  # noqa: E402
+from .methods.base import PromptRefused  # noqa: E402
+from .stats import CompressionStats  # noqa: E402
 
 __version__ = "0.1.0"
 

@@ -12,9 +12,9 @@ from torch import nn
 
 from .adapters import adapter_for
 from .engine import Engine
-from .engine.compat import check_transformers_version
 from .methods import Method, build_method
 from .methods.knobs import check_ratio
+from .releases import check_transformers_version
 from .stats import CompressionStats
 
 HANDLE_ATTRIBUTE = "_tokcompress_handle"

@@ -43,6 +43,8 @@ is an edit to this file. Touchpoints, from the floor (5.23) to the newest tested
   chunked prefill, `prefill_chunk_size`, which it gets one by one without);
 - model families newer than the floor (Ovis2.5: 5.25), by `model_type`.
 
+The supported range itself (`FLOOR`, `NEWEST_TESTED`) is `tokcompress.releases`, checked on import.
+
 The family half - one family's version flags and its modeling file's own helpers - is `compat.families`, whose
 names this module re-exports.
 
@@ -54,12 +56,9 @@ from __future__ import annotations
 
 import functools
 import inspect
-import warnings
 from typing import Any
 
 import torch
-import transformers
-from packaging.version import Version
 from transformers.masking_utils import (
     blockwise_overlay,
     create_causal_mask,
@@ -80,11 +79,6 @@ from .families import (  # noqa: F401 - the family half of the seam, read as `co
     vision_window_order,
 )
 
-FLOOR = Version("5.23")
-"""Oldest transformers release tokcompress supports (pyproject's lower bound)."""
-NEWEST_TESTED = Version("5.25")
-"""Newest transformers minor release the test suite ran on."""
-
 # transformers renamed the cache everywhere at once (5.24); the mask builder's signature tells which name it uses.
 CACHE_KEYWORD = "cache" if "cache" in inspect.signature(create_causal_mask).parameters else "past_key_values"
 _CACHE_KEYWORDS = tuple(dict.fromkeys((CACHE_KEYWORD, "past_key_values")))  # current name first
@@ -104,31 +98,6 @@ _MASK_BUILDERS = {
     **dict.fromkeys(RECURRENT_LAYERS, create_recurrent_attention_mask),
     **dict.fromkeys(TOKENWISE_LAYERS, lambda **_: None),
 }
-_warned_untested = False
-
-
-class UntestedTransformersWarning(UserWarning):
-    """transformers is newer than the newest release tokcompress was tested with."""
-
-
-def check_transformers_version(version: str | None = None) -> None:
-    """Refuse a transformers older than the floor; warn (once) about one newer than the newest tested minor."""
-    global _warned_untested
-    installed = Version(version or transformers.__version__)
-    if installed.release[:2] < FLOOR.release[:2]:
-        raise RuntimeError(
-            f"tokcompress needs transformers >= {FLOOR}, found {installed}; "
-            f"upgrade with: pip install -U 'transformers>={FLOOR},<6'"
-        )
-    if installed.release[:2] > NEWEST_TESTED.release[:2] and not _warned_untested:
-        _warned_untested = True
-        warnings.warn(
-            f"tokcompress was tested with transformers {FLOOR}-{NEWEST_TESTED}.x, found {installed}: it hooks "
-            "transformers' internals, so check the results (handle.stats) or install a tested release "
-            f"(pip install 'transformers>={FLOOR},<{NEWEST_TESTED.major}.{NEWEST_TESTED.minor + 1}')",
-            UntestedTransformersWarning,
-            stacklevel=3,
-        )
 
 
 def cache_of(call_kwargs: dict[str, Any]) -> Any:
