@@ -48,6 +48,10 @@ class VisualLayout:
     def with_saliency(self, saliency: torch.Tensor) -> VisualLayout:
         return replace(self, saliency=saliency)
 
+    def shifted(self, offset: int) -> VisualLayout:
+        """The layout with its tokens `offset` positions later in the sequence (a prompt after cached tokens)."""
+        return replace(self, positions=self.positions + offset)
+
     def raster_order(self, tokens: torch.Tensor) -> torch.Tensor:
         """The permutation of `tokens` (indices of cell tokens, frames in order) that sorts them frame-major in raster
         order: the order in which most prompts hold them already (Ovis2.5's holds each frame's in its tower's window

@@ -147,6 +147,12 @@ class Adapter:
             i for i in range(len(self.layers)) if compat.layer_type(config, i) not in partial and self.kv_source(i) == i
         )
 
+    @functools.cached_property
+    def recurrent_llm(self) -> bool:
+        """Whether any decoder layer carries a recurrent state (Qwen3.5's linear attention, LFM3's convolutions)."""
+        config = self.language_model.config
+        return any(compat.layer_type(config, i) in compat.RECURRENT_LAYERS for i in range(len(self.layers)))
+
     @property
     def reducible_layers(self) -> int:
         """How many of the first decoder layers hold every prompt token, so that a reduction may act before them
@@ -157,6 +163,10 @@ class Adapter:
         """The decoder layer whose keys and values `layer_index` attends to: itself, or (KV sharing) an earlier one."""
         return layer_index
 
+    grids_after_cache: ClassVar[bool] = True
+    """Whether `generate`'s call continuing a cache says each video's frame grid (its grids, or its M-RoPE rows):
+    Qwen-Omni's and Cosmos3 Edge's hand such a call one row of text positions and no grids, so a video after cached
+    tokens passes through uncompressed there."""
     bidirectional_layer_types: ClassVar[tuple[str, ...]] = ()
     """Decoder layer types in which a prompt's vision blocks (`attention_blocks`) attend both ways."""
     blocks_past_window: ClassVar[bool] = False

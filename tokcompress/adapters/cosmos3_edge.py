@@ -11,6 +11,7 @@ from .qwen2_vl import Qwen2VLAdapter, SiglipTower
 
 class Cosmos3EdgeAdapter(SiglipTower, Qwen2VLAdapter):
     model_type = "cosmos3_edge"
+    grids_after_cache = False
     tower_rotary = False
 
     def patch_embeddings(self, pixels):

@@ -14,6 +14,7 @@ from .qwen3_vl import Qwen3VLAdapter
 
 class Qwen2_5OmniThinkerAdapter(Qwen2_5_VLAdapter):
     model_type = "qwen2_5_omni_thinker"
+    grids_after_cache = False
 
     def tower_projections(self, attention, project):
         return project(attention.q), project(attention.k), project(attention.v)
@@ -28,6 +29,7 @@ class Qwen2_5OmniAdapter(Qwen2_5OmniThinkerAdapter):
 
 class Qwen3OmniMoeThinkerAdapter(Qwen3VLAdapter):
     model_type = "qwen3_omni_moe_thinker"
+    grids_after_cache = False
 
 
 class Qwen3OmniMoeAdapter(Qwen3OmniMoeThinkerAdapter):

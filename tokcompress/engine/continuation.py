@@ -1,8 +1,13 @@
-"""Calls that continue a compressed generation's KV cache - each decoding step, a conversation's next turn, a
-hand-written loop - as the multimodal model gets them: fed only the tokens the generation has not seen, at the
-positions it counts, whatever patch is in place now. Video or images such a call brings pass through uncompressed
-(a method reads a prompt's videos whole, in one prefill): the tower encodes them whole, a warning and the stats say
-so, and features whose encoding left frame units out are refused."""
+"""Calls that continue a KV cache - each decoding step, a conversation's next turn, a hand-written loop - as the
+multimodal model gets them.
+
+A cache no compressed generation filled (a cached system prompt, a first turn without video) holds every token at
+every layer: a video after it is compressed as a prompt's, its layers attending to the cached tokens too (except
+where `_why_uncompressed` says why not). A compressed generation's cache continues as the generation started,
+whatever patch is in place now: fed only the tokens it has not seen, at the positions it counts. Video or images
+such a call brings pass through uncompressed (its layers cached different tokens, so no prefill can be shared over
+them): the tower encodes them whole, a warning and the stats say so, and features whose encoding left frame units
+out are refused."""
 
 from __future__ import annotations
 
@@ -23,6 +28,9 @@ CONTINUING = (
     "this call continues a cache, and no prefill follows to drop them: encode the video again, or pass its pixels"
 )
 
+# why a compressed generation's next turn passes its video through
+AFTER_COMPRESSION = "the layers of the compressed conversation before it cached different tokens"
+
 
 class Continuations:
     """The Engine's handling of calls that continue a cache (a mixin: they share the engine's adapter, method and
@@ -30,6 +38,21 @@ class Continuations:
 
     adapter: Adapter
     method: Method
+
+    def _why_uncompressed(self, cache) -> str | None:
+        """Why a call continuing `cache` cannot compress the video it brings; None where it can."""
+        if GenerationState.of(cache) is not None:
+            return AFTER_COMPRESSION
+        if compat.preallocated(cache):
+            return "a static cache is filled prompt by prompt"
+        if not self.adapter.grids_after_cache:
+            return f"{self.adapter.model_type}'s generate hands a call after cached tokens no frame grids"
+        if self.adapter.recurrent_llm:
+            return (
+                "the language model's recurrent layers would carry their state through the padding compression "
+                "leaves between the cache and the video"
+            )
+        return None
 
     def _refuse_features_missing_frames(self, kwargs, why: str) -> None:
         """A ValueError where a call brings video features whose encoding left frame units out of the tower (zeros
@@ -41,17 +64,16 @@ class Continuations:
                 f"them (zeros or copies in their place), and {why}"
             )
 
-    def _note_later_video(self, state: GenerationState | None, layouts: list[VisualLayout]) -> None:
-        """A call continuing a cache brings video tokens, which pass through uncompressed: the stats and a warning
-        say so."""
+    def _note_later_video(self, state: GenerationState | None, layouts: list[VisualLayout], why: str) -> None:
+        """A call continuing a cache brings video tokens, which pass through uncompressed (`why`): the stats and a
+        warning say so."""
         rows = state.stats.rows_per_sample if state is not None else 1  # generate's rows of a sample (beams)
         count = sum(layout.num_tokens for layout in layouts[::rows])
         if not count:
             return
         warnings.warn(
-            f"tokcompress: {count} video tokens continue a cached conversation and are not compressed (a method "
-            "reads a prompt's videos from its first token, uncached); to compress them, send the conversation "
-            "without the cache, or the video in the call that fills it"
+            f"tokcompress: {count} video tokens continue a cached conversation and are not compressed ({why}); to "
+            "compress them, send the conversation without the cache, or the video in the call that fills it"
         )
         if state is None:  # the cache holds no compressed generation: these stats are the call's own
             self.last_stats = state_stats = CompressionStats.empty(self.method, note="")
@@ -71,7 +93,7 @@ class Continuations:
             except ValueError:  # no layout to read: it passes through, as every continuation's tokens do
                 layouts = None
             if layouts:
-                self._note_later_video(state, layouts)
+                self._note_later_video(state, layouts, AFTER_COMPRESSION)
         # the vision blocks of a continuation that brings its own, and its padding, read here: a model may hand its
         # LLM a built mask instead of the 2-D one (Molmo2's)
         self._local.chunk_blocks = self.adapter.attention_blocks(kwargs) if fed > 1 else None

@@ -42,6 +42,9 @@ class TokenGroup:
     # (B, keys) a continuation chunk's blocks over the keys it reads (cached slots -1), where it brings vision blocks
     step_blocks: torch.Tensor | None = None
     key_bias: torch.Tensor | None = None  # (B, W) added to attention logits per key slot (proportional attention)
+    # (B, P) the padding mask of the P cached tokens before its slots, while a prefill follows a cache (a video after a
+    # cached system prompt): its layers attend to them too; `take_in_prefix` makes them the group's first slots
+    prefix: torch.Tensor | None = None
     step_masks: dict[tuple[str, bool], Any] = field(default_factory=dict)  # this step's mask per (layer type, sliced)
     kv_selection: tuple[torch.Tensor, Any] | None = None  # this step's selected KV slots and their mask
     _gathered: dict[int, tuple] = field(default_factory=dict)  # id(LM tensor) -> (it, gathered at lm_slots)
@@ -69,6 +72,32 @@ class TokenGroup:
             gathered = gather_ids(value, slots, 0) if ids else gather_slots(value, slots, 0.0)
             cached = self._gathered[id(value)] = (value, gathered)
         return cached[1]
+
+    @property
+    def keys_mask(self) -> torch.Tensor:
+        """(B, keys) the padding mask of every key its layers attend to: the cached prefix's, then its slots'."""
+        return self.attention_mask if self.prefix is None else torch.cat([self.prefix, self.attention_mask], dim=1)
+
+    def over_keys(self, per_slot: torch.Tensor | None, fill) -> torch.Tensor | None:
+        """A per-slot tensor (B, W) over every key its layers attend to: `fill` for the cached prefix's."""
+        if self.prefix is None or per_slot is None:
+            return per_slot
+        return torch.nn.functional.pad(per_slot, (self.prefix.shape[1], 0), value=fill)
+
+    def take_in_prefix(self) -> None:
+        """After a prefill that followed a cache: the cached tokens become the group's first slots (positions 0..P-1
+        of the conversation), so its decoding steps, and the stats, read the whole conversation as one prompt."""
+        if self.prefix is None:
+            return
+        batch, cached = self.prefix.shape
+        device = self.origin.device
+        before = torch.arange(cached, device=device).expand(batch, cached)
+        self.origin = torch.cat([before, torch.where(self.origin >= 0, self.origin + cached, -1)], dim=1)
+        self.visual_slots = [slots + cached for slots in self.visual_slots]
+        self.layouts = [layout.shifted(cached) for layout in self.layouts]
+        self.lm_slots, self.blocks = self.over_keys(self.lm_slots, -1), self.over_keys(self.blocks, -1)
+        self.key_bias = self.over_keys(self.key_bias, 0.0)
+        self.attention_mask, self.prefix = self.keys_mask, None
 
     def end_prefill(self) -> None:
         """Let go of what only the prefill reads (its masks, the LM's tables gathered at the slots): the cache keeps
@@ -99,32 +128,36 @@ class TokenGroup:
 
         mask_layer: the layer whose keys it attends to (itself, or the earlier layer whose KV it shares). A prefill's
         masks are built for the group's whole width, independent of the cache (a generation's prefill starts on an
-        empty one; a static cache's empty slots are masked out). In the adapter's `bidirectional_layer_types` a
-        prompt's vision blocks attend both ways (`blocks_past_window`: past a sliding window too). A recurrent
-        (linear-attention, convolution) layer gets the group's padding mask, which zeroes its padding slots; as they
-        are on the left, its state starts from them unchanged. Proportional attention biases softmax layers."""
+        empty one; a static cache's empty slots are masked out), or, after cached tokens (`prefix`), over those
+        keys too. In the adapter's `bidirectional_layer_types` a prompt's vision blocks attend both ways
+        (`blocks_past_window`: past a sliding window too). A recurrent (linear-attention, convolution) layer gets the
+        group's padding mask, which zeroes its padding slots; as they are on the left, its state starts from them
+        unchanged. Proportional attention biases softmax layers."""
         if not decoding and self.start_layer == layer_index:
             self.step_masks = {}
         config = adapter.language_model.config
         kind = compat.layer_type(config, mask_layer)
-        sliced = not decoding and hidden.shape[1] < self.width  # the LM computes its last tokens only (KV sharing)
+        # the LM computes its last tokens only (KV sharing); after cached tokens its mask is the full one's last rows
+        # (_on_layer cuts them): the layer it shares keys with has cached this prefill's, so the cache miscounts
+        sliced = not decoding and hidden.shape[1] < self.width and self.prefix is None
         if (kind, sliced) not in self.step_masks:
             cache = compat.cache_of(kwargs)
             attends = kind not in compat.RECURRENT_LAYERS | compat.TOKENWISE_LAYERS  # a softmax layer
             static = not decoding and compat.preallocated(cache) and attends
             width_of = hidden if decoding else hidden[:, -1:].expand(-1, self.width, -1)
+            after_cache = decoding or self.prefix is not None  # keys: the cached ones, then these
             biased = self.key_bias is not None and attends
             bidirectional = kind in adapter.bidirectional_layer_types
-            blocks = (self.step_blocks if decoding else self.blocks) if bidirectional else None
+            blocks = (self.step_blocks if decoding else self.over_keys(self.blocks, -1)) if bidirectional else None
             mask = compat.build_attention_mask(  # explicit where sdpa's is_causal would not fit (fewer rows than keys)
-                config, mask_layer, width_of, self.attention_mask, cache if decoding else None,
+                config, mask_layer, width_of, self.keys_mask, cache if after_cache else None,
                 explicit=biased or sliced or static, blocks=blocks, blocks_past_window=adapter.blocks_past_window,
             )
             if static:  # its layers read their slots, the empty ones too
                 mask = compat.static_prefill_mask(mask, self.attention_mask, cache, mask_layer)
             if biased:  # the keys so far: the cached ones (all ever cached, for a sliding layer) and this step's
-                keys = cache.get_seq_length(mask_layer) + hidden.shape[1] if decoding else self.width
-                mask = with_key_bias(mask, self.key_bias, hidden.dtype, keys)
+                keys = cache.get_seq_length(mask_layer) + hidden.shape[1] if decoding else self.keys_mask.shape[1]
+                mask = with_key_bias(mask, self.over_keys(self.key_bias, 0.0), hidden.dtype, keys)
             self.step_masks[kind, sliced] = mask
         kwargs["attention_mask"] = self.step_masks[kind, sliced]
         if decoding or self.lm_slots is None or hidden.shape[1] < self.width:
@@ -141,14 +174,15 @@ def llm_attention_mask(adapter: Adapter, group: TokenGroup, embeds: torch.Tensor
     cannot build from that), the mask of each layer type (one mask where its config names no layer types: such a
     model takes one built mask as it is, not a dict)."""
     if blocks is None:
-        return group.attention_mask
+        return group.keys_mask
+    blocks = blocks if blocks.shape[1] != group.width else group.over_keys(blocks, -1)  # a prefill's: over its slots
     config = adapter.language_model.config
     first_of_type: dict[str, int] = {}
     for index in range(len(adapter.layers)):
         first_of_type.setdefault(compat.layer_type(config, index), index)
     masks = {
         kind: compat.build_attention_mask(
-            config, layer, embeds, group.attention_mask, cache,
+            config, layer, embeds, group.keys_mask, cache,
             blocks=blocks if kind in adapter.bidirectional_layer_types else None,
             blocks_past_window=adapter.blocks_past_window,
         )
@@ -186,6 +220,16 @@ class GenerationState:
     def of(cache: Any) -> GenerationState | None:
         """The state of the generation that filled `cache`, whichever patch started it."""
         return getattr(cache, STATE_ATTRIBUTE, None) if cache is not None else None
+
+    def take_in_prefix(self) -> int:
+        """After a prompt that followed cached tokens: they become its first tokens (`TokenGroup.take_in_prefix`).
+        Returns how many there were."""
+        prefix = self.groups[0].prefix
+        cached = 0 if prefix is None else prefix.shape[1]
+        for group in self.groups:
+            group.take_in_prefix()
+        self.full_length += cached
+        return cached
 
     def reorder(self, rows: torch.Tensor) -> None:
         """Follow beam search: row i of every per-row record becomes old row rows[i]."""
@@ -237,6 +281,7 @@ def compact(group: TokenGroup, reductions: list[TokenReduction | None], start_la
         layouts=layouts,
         sizes=sizes,
         blocks=None if group.blocks is None else gather_ids(group.blocks, slot_index, fill=-1),
+        prefix=group.prefix,
     )
     if proportional and any(bool((s != 1).any()) for s in sizes):
         bias = torch.zeros(slot_index.shape, dtype=torch.float32, device=device)

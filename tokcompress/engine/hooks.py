@@ -175,15 +175,16 @@ class Engine(Continuations, StandIns):
     # ------------------------------------------------------------------ hooks
     def _on_model_call(self, module, args, kwargs):
         cache = compat.cache_of(kwargs)
-        prompt = cache is None or cache.get_seq_length() == 0
+        cached = 0 if cache is None else cache.get_seq_length()
         # set by generate() for the prompt it prepared; a plain forward has one row per sample
-        generate_rows = getattr(self._local, "generate_rows", None) if prompt else None
-        generate_padding = getattr(self._local, "generate_padding", None) if prompt else None
+        generate_rows = getattr(self._local, "generate_rows", None)
+        generate_padding = getattr(self._local, "generate_padding", None)
         conversation = getattr(self._local, "conversation_length", None)  # set by generate for this step
         self._local.generate_rows = self._local.generate_padding = self._local.conversation_length = None
-        self._local.continuing = not prompt  # its videos, if any, are encoded whole (no prefill follows to compress)
+        # its videos, if any, are encoded whole where no prefill follows to compress them
+        self._local.continuing = bool(cached) and self._why_uncompressed(cache) is not None
         # a compressed generation continues as it started, whatever patch is in place now (another method or ratio)
-        state = None if prompt else GenerationState.of(cache)
+        state = GenerationState.of(cache) if cached else None
         if state is not None:
             return self._continue_generation(state, args, kwargs, conversation)
         try:
@@ -193,10 +194,11 @@ class Engine(Continuations, StandIns):
                 raise
             self.last_stats = CompressionStats.empty(self.method, note=f"passed through untouched: {refusal}")
             return None
-        if not prompt and self.active:  # continuing a cache that holds no compressed generation
+        if self._local.continuing and self.active:  # after a cache whose tokens it cannot compress behind
             self._refuse_features_missing_frames(kwargs, CONTINUING)
             if layouts:
-                self._note_later_video(None, layouts)
+                self._note_later_video(None, layouts, self._why_uncompressed(cache))
+            return None
         if not self.active:
             self._refuse_features_missing_frames(kwargs, "the model no longer compresses (ratio 1): encode the video "
                                                          "again, or set the ratio back")
@@ -204,22 +206,22 @@ class Engine(Continuations, StandIns):
                 stats = CompressionStats.identity(self.method, layouts, self.spec.num_layers, generate_rows or 1)
                 stats.num_layers = len(self.adapter.layers)
                 self.last_stats = stats
-            elif prompt:
+            elif not cached:
                 self.last_stats = CompressionStats.empty(self.method, note="no video tokens: passed through untouched")
             return None
-        if prompt:
+        if not cached or (layouts and any(layout.num_tokens for layout in layouts)):  # a prompt (after cached tokens)
             self._refuse_router_logits(kwargs)
             rows, input_ids = generate_rows or 1, kwargs.get("input_ids")
             padding = kwargs.get("attention_mask")
             if generate_rows is not None and not compat.is_padding_mask(padding):  # built for a static cache
                 padding = generate_padding if _fits(generate_padding, input_ids) else padding
             model_masks = (padding, self.adapter.attention_blocks(kwargs))
-            self._local.prompt = _Prompt(layouts, rows, generate_rows is not None, input_ids, model_masks)
+            self._local.prompt = _Prompt(layouts, rows, generate_rows is not None, input_ids, model_masks, cached)
             if kwargs.get(self.adapter.video_pixels) is not None:
                 self._local.encoded = None  # this forward encodes its videos itself
             elif (carried := compat.encoding_record(kwargs, self.adapter.video_modality)) is not None:
                 self._local.encoded = carried  # pre-encoded features: what their encoding kept, however often reused
-        return None  # a prompt; or a continuation of a cache no compressed generation filled: left alone
+        return None
 
     def _after_model_call(self, module, args, output):
         self._local.prompt, self._local.continuing = None, False
@@ -248,8 +250,9 @@ class Engine(Continuations, StandIns):
                 self.last_stats.encoder_time.add(encoded.take_times()[1])
             return None
         if continuing:
-            if state is None:  # continuing a cache no compressed generation filled: leave it alone
-                return None
+            if state is None:  # a cache no compressed generation filled: a prompt after it, or left alone
+                prompt = getattr(self._local, "prompt", None)
+                return self._start_prefill(args, kwargs) if prompt is not None and prompt.cached else None
             self._local.state = state
             self.last_stats = state.stats
             blocks, self._local.chunk_blocks = getattr(self._local, "chunk_blocks", None), None
@@ -274,7 +277,7 @@ class Engine(Continuations, StandIns):
             with scoring.measure(kwargs["inputs_embeds"].device):
                 layouts = self._with_tower_scores(records, prompt, encoded)
         state = begin_generation(
-            self.method, layouts, kwargs, prompt.rows_per_sample, prompt.generating, prompt.model_masks
+            self.method, layouts, kwargs, prompt.rows_per_sample, prompt.generating, prompt.model_masks, prompt.cached
         )
         state.stats.compression_time.add(scoring)
         self._local.state = state
@@ -326,10 +329,11 @@ class Engine(Continuations, StandIns):
             state.layer_additions = None
             for group in state.groups:
                 group.end_prefill()
-            state.stats.num_layers = len(self.adapter.layers)
-            _finish_prefill_stats(state)
             if state.reduced:
                 output.last_hidden_state = restore_sequence(hidden, state.groups[-1], state.full_length)
+            cached = state.take_in_prefix()
+            state.stats.num_layers = len(self.adapter.layers)
+            _finish_prefill_stats(state, cached)
             self.last_stats = state.stats
             cache = compat.output_cache(output)
             if cache is not None:
@@ -413,15 +417,18 @@ class _Prompt(NamedTuple):
     generating: bool
     input_ids: torch.Tensor | None
     model_masks: tuple  # the multimodal model's 2-D padding mask and its tokens' bidirectional blocks (or None)
+    cached: int  # tokens in the cache before it (a video after a cached system prompt), which its layers attend to
 
 
-def _finish_prefill_stats(state: GenerationState) -> None:
+def _finish_prefill_stats(state: GenerationState, cached: int) -> None:
+    """Kept positions in the caller's sequence; each layer's positions, of the `cached` tokens before it not (its
+    outputs hold this call's tokens only)."""
     stats, last = state.stats, state.groups[-1]
     rows = stats.rows_per_sample
     for sample, slots, origin in zip(stats.samples, last.visual_slots[::rows], last.origin[::rows]):
         sample.kept_positions = origin[slots].tolist()
     if state.reduced:
-        stats.layer_positions = [(group.start_layer, group.origin) for group in state.groups]
+        stats.layer_positions = [(group.start_layer, group.origin[:, cached:]) for group in state.groups]
     stats.finished = True
 
 

@@ -38,6 +38,7 @@ def begin_generation(
     rows_per_sample: int = 1,
     generating: bool = False,
     model_masks: tuple[torch.Tensor | None, torch.Tensor | None] | None = None,
+    cached: int = 0,
 ) -> GenerationState:
     """The state of a generation whose prompt enters the language model with these call kwargs.
 
@@ -46,6 +47,8 @@ def begin_generation(
     model_masks: the 2-D padding mask of the multimodal model's call (or of the prompt `generate` prepared, where it
         built the masks up front for a static cache) and the bidirectional blocks of its tokens (or None), for where
         the language model gets masks built already (Gemma 4: one per layer type; a static cache's).
+    cached: how many tokens the cache holds before this prompt (a video after a cached system prompt): the 2-D
+        padding mask covers them too, and the groups attend to them as their `prefix`.
     """
     mask, blocks = kwargs.get("attention_mask"), None
     if not compat.is_padding_mask(mask) and model_masks is not None:
@@ -64,7 +67,10 @@ def begin_generation(
     batch, length = embeds.shape[:2]
     device = embeds.device
     origin = torch.arange(length, device=device).expand(batch, length)
-    attention = mask.long() if mask is not None else torch.ones(batch, length, dtype=torch.long, device=device)
+    mask = torch.ones(batch, length, dtype=torch.long, device=device) if mask is None else mask.long()
+    prefix, attention = None, mask[:, -length:]
+    if cached:  # the cached tokens' columns (real, where the mask covers this call's tokens only)
+        prefix = torch.nn.functional.pad(mask[:, :-length], (cached + length - mask.shape[1], 0), value=1)
     group = TokenGroup(
         start_layer=0,
         origin=origin,
@@ -72,8 +78,11 @@ def begin_generation(
         visual_slots=[layout.positions for layout in layouts],
         layouts=layouts,
         sizes=[torch.ones(layout.num_tokens, device=device) for layout in layouts],
-        blocks=None if blocks is None else blocks.to(device),
+        blocks=None if blocks is None else blocks[:, -length:].to(device),
+        prefix=prefix,
     )
+    if kwargs.get("position_ids") is None and cached:  # HF would count on from the cache, as a prompt's tokens do
+        kwargs["position_ids"] = origin + cached
     positions = origin if kwargs.get("position_ids") is None else kwargs["position_ids"]
     last = positions[..., -1:]  # a row for every sample (EXAONE 4.5 builds one row, arange(L), for them all)
     return GenerationState(
@@ -113,7 +122,8 @@ def reduce_before_llm(
             proportional = method.uses_proportional_attention()
             embeds, positions = _compact_inputs(state, reductions, embeds, positions, kwargs, adapter, proportional)
         if method.reindexes_positions():  # 1-D positions: kept tokens numbered as if nothing had been dropped
-            contiguous = (state.groups[0].attention_mask.cumsum(-1) - 1).clamp_min(0)
+            keys = state.groups[0].keys_mask  # after the cached tokens, if any
+            contiguous = (keys.cumsum(-1) - 1).clamp_min(0)[:, keys.shape[1] - embeds.shape[1] :]
             state.position_shift = positions[..., -1:] - contiguous[..., -1:]
             positions = contiguous
         kwargs["inputs_embeds"], kwargs["position_ids"] = embeds, positions
@@ -183,6 +193,9 @@ def _layer_samples(method, adapter, state, layer_index, layer, hidden, group, kw
     budget_spent = state.stats.spent_before(layer_index)
     num_layers = adapter.spec.num_layers
     position_embeddings = group.at_slots(adapter.scoring_rotary(layer, hidden, kwargs))
+    cached_keys = None  # after cached tokens, their keys at this layer: queries attend to them too
+    if group.prefix is not None:
+        cached_keys = adapter.cached_keys_values(compat.cache_of(kwargs), adapter.kv_source(layer_index))[0]
     samples: list[LayerSample | None] = []
     for b, slots in enumerate(group.visual_slots):
         layout = group.layouts[b]
@@ -198,12 +211,14 @@ def _layer_samples(method, adapter, state, layer_index, layer, hidden, group, kw
 
         def attention_to_visual(num_queries: int, b=b, slots=slots, valid=valid) -> torch.Tensor:
             query_slots = valid.nonzero().squeeze(1)[-num_queries:]
-            scores = _query_attention(adapter, layer, hidden, position_embeddings, group, b, query_slots)
+            scores = _query_attention(adapter, layer, hidden, position_embeddings, group, b, query_slots, cached_keys)
             return scores.mean(dim=0)[slots]
 
         def question_attention(rows=None, b=b, slots=slots, question_slots=question_slots) -> torch.Tensor:
             query_slots = question_slots if rows is None else question_slots[rows]
-            scores = _query_attention(adapter, layer, hidden, position_embeddings, group, b, query_slots, False)
+            scores = _query_attention(
+                adapter, layer, hidden, position_embeddings, group, b, query_slots, cached_keys, head_mean=False
+            )
             return scores[..., slots]
 
         @functools.cache  # the q/k and the values of one set of rows: one host read for both
@@ -229,11 +244,19 @@ def _layer_samples(method, adapter, state, layer_index, layer, hidden, group, kw
     return samples
 
 
-def _query_attention(adapter, layer, hidden, position_embeddings, group, b, query_slots, head_mean=True):
+def _query_attention(
+    adapter, layer, hidden, position_embeddings, group, b, query_slots, cached_keys=None, head_mean=True
+):
     """Attention of sample b's tokens at `query_slots` over all its slots at this layer: (rows, W) head-mean,
-    or (heads, rows, W)."""
+    or (heads, rows, W). `cached_keys` (B, Hkv, K, d): the keys a cache holds before the group's slots (its
+    `prefix`), which the queries attend to as well."""
     valid = group.real_slots(b)
     queries = adapter.project_queries(layer, hidden[b, query_slots], *rotary_rows(position_embeddings, b, query_slots))
     keys = adapter.project_keys(layer, hidden[b], *rotary_rows(position_embeddings, b))
-    causal = torch.arange(group.width, device=hidden.device)[None, :] <= query_slots[:, None]
-    return few_query_attention(queries, keys, valid[None, :] & causal, head_mean)
+    mask = valid[None, :] & (torch.arange(group.width, device=hidden.device)[None, :] <= query_slots[:, None])
+    if cached_keys is None:
+        return few_query_attention(queries, keys, mask, head_mean)
+    cached = cached_keys.shape[-2]  # a sliding layer's cache holds the last tokens only
+    keys = torch.cat([cached_keys[b].to(keys.dtype), keys], dim=-2)
+    mask = torch.cat([group.prefix[b, -cached:].bool().expand(len(query_slots), -1), mask], dim=1) if cached else mask
+    return few_query_attention(queries, keys, mask, head_mean)[..., cached:]

@@ -68,7 +68,10 @@ class StandIns:
         inputs and its first forward (a prompt past max_length, stop strings without a tokenizer) would otherwise
         hand its beam count to the next plain forward."""
         cache = compat.cache_of(kwargs)
-        self._local.generate_continues = cache is not None and cache.get_seq_length() > 0  # its videos: encoded whole
+        # its videos are encoded whole where they continue a cache no prompt after it can compress behind
+        self._local.generate_continues = (
+            cache is not None and cache.get_seq_length() > 0 and self._why_uncompressed(cache) is not None
+        )
         try:
             return self._stood_in(self.adapter.model, compat.GENERATE)(*args, **kwargs)
         finally:
@@ -111,7 +114,7 @@ class StandIns:
 
     def _encode_for_generation(self, inputs_tensor, model_kwargs, *args, **kwargs):
         """generate encodes the videos before its first forward: that encoding reads the prompt from here (not embeds:
-        no ids to read; a later turn, continuing a cache, has its videos encoded whole)."""
+        no ids to read; a later turn that no prefill compresses behind its cache has its videos encoded whole)."""
         prompt_ids = None if inputs_tensor.is_floating_point() else inputs_tensor
         self._local.generate_prompt_ids = prompt_ids
         try:
