@@ -11,7 +11,7 @@ import tokcompress
 from tokcompress import tiny
 from tokcompress.adapters import adapter_for
 from tokcompress.layout import VisualLayout
-from tokcompress.methods import DyCoke, FastV, LayerBudget, RandomPrune, UniformSample, build_method
+from tokcompress.methods import DyCoke, FastV, LayerBudget, PDrop, RandomPrune, UniformSample, build_method
 from tokcompress.methods.base import DecodeSample, LayerSample, TokenReduction
 
 from .conftest import generate, inputs_for, logits, model_for
@@ -86,6 +86,33 @@ def test_dycoke_reuses_its_selection_while_attention_is_stable_and_reselects_whe
     assert method.select_decode_kv(DecodeSample(moved, memory)).tolist() == [4, 5]
 
 
+def test_decoding_reads_count_each_layers_own_visual_entries_after_an_in_llm_member(clip):
+    """pdrop then dycoke: deeper layers cache fewer visual entries (pdrop's stages), and each stage's selection picks
+    from its own. The share read is measured from the keys each layer's last query may attend to while decoding."""
+    model = model_for("qwen2_5_vl")
+    inputs = inputs_for("qwen2_5_vl", [clip, clip[:4]], ["What is moving here?", "Why?"])  # padded: masks built
+    adapter = adapter_for(model)
+    text = int(inputs["attention_mask"][0].sum() - (inputs["input_ids"][0] == adapter.video_token_id).sum())
+    seen: list[list[int]] = []
+    with tokcompress.compress(model, [PDrop(ratio=0.3), DyCoke(ratio=0.5, decode_layer=1, decode_keep=0.25)]) as handle:
+        hooks = [adapter.language_model.register_forward_pre_hook(lambda *_: seen.append([]))]
+        for layer in adapter.layers:  # after the patch's own hooks: what each layer is handed
+            hooks.append(layer.register_forward_pre_hook(
+                lambda module, args, kwargs: seen[-1].append(int(kwargs["attention_mask"][0, 0, -1].sum())),
+                with_kwargs=True,
+            ))
+        try:
+            generate(model, inputs, max_new_tokens=3)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        sample = handle.stats.samples[0]
+    reads = [[keys - text - step for keys in step_keys] for step, step_keys in enumerate(seen[1:], start=1)]
+    assert sample.decode_visual_read == [sum(step) for step in reads]
+    assert sample.decode_visual_cached == [sum(sample.visual_per_layer)] * 2
+    assert reads[0][0] == sample.visual_per_layer[0] and reads[0][1] < sample.visual_per_layer[1]  # from layer 1
+
+
 def test_dycoke_decoding_reads_only_the_selected_visual_entries(family, clip):
     model = model_for(family)
     inputs = inputs_for(family, clip, "What is moving?")
@@ -93,13 +120,14 @@ def test_dycoke_decoding_reads_only_the_selected_visual_entries(family, clip):
         generate(model, inputs, max_new_tokens=3)
         sample = handle.stats.samples[0]
     selected = round(0.25 * sample.visual_out)
-    # one selection per decoding step (the first token comes from prefill)
-    assert sample.decode_visual_read == [selected] * 2
-    adapter = adapter_for(model)
-    layers = len(adapter.layers)  # those whose decoding reads the selection: from layer 1, caching every token
-    selecting = sum(1 <= adapter.kv_source(i) and adapter.kv_source(i) in adapter.kv_layers for i in range(layers))
-    expected = ((layers - selecting) * sample.visual_out + selecting * selected) / layers / sample.visual_out
-    assert sample.decode_read_ratio == pytest.approx(expected)
+    adapter = adapter_for(model)  # the layers caching every token (own KV or shared); from layer 1 they select
+    caching = [i for i in range(len(adapter.layers)) if adapter.kv_source(i) in adapter.kv_layers]
+    selecting = sum(adapter.kv_source(i) >= 1 for i in caching)
+    read = (len(caching) - selecting) * sample.visual_out + selecting * selected
+    # per decoding step (the first token comes from prefill)
+    assert sample.decode_visual_read == [read] * 2
+    assert sample.decode_visual_cached == [len(caching) * sample.visual_out] * 2
+    assert sample.decode_read_ratio == pytest.approx(read / (len(caching) * sample.visual_out))
     # the decoding steps' selection is timed apart from the prefill's compression (time to first token)
     assert handle.stats.decode_compression_seconds > 0 and "ms while decoding" in str(handle.stats)
     with tokcompress.compress(model, "dycoke", ratio=0.5, decode_keep=1.0) as handle:

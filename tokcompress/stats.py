@@ -65,9 +65,10 @@ class SampleStats:
     visual_per_layer: list[int]  # visual tokens each decoder layer processed during prefill
     # input-sequence indices of the visual tokens that reach the last layer
     kept_positions: list[int] = field(default_factory=list)
-    decode_visual_read: list[int] = field(default_factory=list)  # per step: visual KV entries read by selecting layers
-    decode_layers: int = 0  # the decoder's layers
-    decode_selecting_layers: int = 0  # of them, those whose decoding reads the selection (of their keys or shared ones)
+    # per decoding step, over the layers that cache every token (not a sliding window's last ones): the visual KV
+    # entries their attention read (all, or a decode-time method's selection), and those they hold
+    decode_visual_read: list[int] = field(default_factory=list)
+    decode_visual_cached: list[int] = field(default_factory=list)
     encoder_ratio: float = 1.0  # share of the vision tower's token-layers it computed (units weighed by their tokens)
 
     @property
@@ -84,12 +85,10 @@ class SampleStats:
 
     @property
     def decode_read_ratio(self) -> float | None:
-        """Fraction of the cached visual entries that decoding attention read, averaged over layers and steps."""
-        if not self.decode_visual_read or not self.visual_out:
+        """Fraction of the cached visual entries that decoding attention read, over layers and steps."""
+        if not sum(self.decode_visual_cached):
             return None
-        layers, selecting = self.decode_layers, self.decode_selecting_layers
-        per_step = [((layers - selecting) * self.visual_out + selecting * r) / layers for r in self.decode_visual_read]
-        return mean(per_step) / self.visual_out
+        return sum(self.decode_visual_read) / sum(self.decode_visual_cached)
 
 
 @dataclass
@@ -168,6 +167,12 @@ class CompressionStats:
         return sum(s.achieved_ratio * s.visual_in for s in self.samples) / self.visual_in
 
     @property
+    def decode_read_ratio(self) -> float | None:
+        """Fraction of the batch's cached visual KV entries that decoding attention read, over layers and steps."""
+        cached = sum(sum(s.decode_visual_cached) for s in self.samples)
+        return sum(sum(s.decode_visual_read) for s in self.samples) / cached if cached else None
+
+    @property
     def encoder_ratio(self) -> float:
         """Share of the vision tower's token-layers computed over the batch's samples, each weighed by its visual
         tokens (1: all)."""
@@ -206,12 +211,13 @@ class CompressionStats:
         """Per batch row, the visual token-layers its sample already spent in layers before `layer`."""
         return [sum(s.visual_per_layer[:layer]) for s in self.samples for _ in range(self.rows_per_sample)]
 
-    def record_decode_read(self, row_reads: list[int], selecting_layers: int, layers: int) -> None:
-        """Visual KV entries read this step by the `selecting_layers` of the decoder's `layers` whose attention reads
-        the selection (the first row of each sample stands for its beams)."""
-        for sample, count in zip(self.samples, row_reads[:: self.rows_per_sample]):
-            sample.decode_visual_read.append(count)
-            sample.decode_selecting_layers, sample.decode_layers = selecting_layers, layers
+    def record_decode_read(self, row_reads: list[int], row_cached: list[int]) -> None:
+        """A decoding step's visual KV entries read and held, per row (the first row of a sample stands for its
+        beams)."""
+        step = self.rows_per_sample
+        for sample, read, cached in zip(self.samples, row_reads[::step], row_cached[::step]):
+            sample.decode_visual_read.append(read)
+            sample.decode_visual_cached.append(cached)
 
     @property
     def label(self) -> str:
@@ -232,9 +238,8 @@ class CompressionStats:
             text += f", vision tower computed {self.encoder_ratio:.0%} of its layers' rows"
         elif self.encoder_ratio < 1:
             text += f", {self.encoder_ratio:.0%} of the frames embedded (no vision tower)"
-        reads = [r for s in self.samples if (r := s.decode_read_ratio) is not None]
-        if reads:
-            text += f", decode reads {mean(reads):.3f} of the visual KV"
+        if self.decode_read_ratio is not None:
+            text += f", decode reads {self.decode_read_ratio:.3f} of the visual KV"
         if self.later_visual:
             text += f", {self.later_visual} visual tokens of later turns not compressed"
         text += f", compression {self.compression_seconds * 1e3:.1f} ms"

@@ -43,7 +43,7 @@ def start_decode_step(
     for group in state.groups:
         group.attention_mask = torch.cat([group.attention_mask, new_columns], dim=1)
         group.step_masks = {}
-        group.kv_selection = None
+        group.kv_selection = group.kv_chosen = None
         cached = group.attention_mask.shape[1] - length  # cached slots are in no block: only the chunk attends back
         group.step_blocks = None if chunk is None else torch.nn.functional.pad(chunk, (cached, 0), value=-1)
     first = state.groups[0]
@@ -103,20 +103,38 @@ def next_positions(last: torch.Tensor, new_columns: torch.Tensor) -> torch.Tenso
     return last + new_columns.cumsum(-1).to(last.device)
 
 
+def record_decode_reads(state: GenerationState, adapter: Adapter, selects: Callable[[int], bool]) -> None:
+    """A decoding step's stats: per row, the visual KV entries its attention read and those cached, over the layers
+    that cache every token (their own, or the keys they share; `selects(layer)`: whether its attention reads the
+    step's selection) - a sliding-window layer's cache holds the last tokens only, a recurrent layer's none."""
+    rows = len(state.groups[0].visual_slots)
+    reads, cached = [0] * rows, [0] * rows
+    for index in range(len(adapter.layers)):
+        source = adapter.kv_source(index)
+        if source not in adapter.kv_layers:
+            continue
+        group = state.group_of(source)
+        chosen = group.kv_chosen if selects(source) else None
+        for b, slots in enumerate(group.visual_slots):
+            cached[b] += len(slots)
+            reads[b] += len(slots) if chosen is None else chosen[b]
+    state.stats.record_decode_read(reads, cached)
+
+
 def select_visual_kv(
     method: Method, adapter: Adapter, state: GenerationState, layer_index: int, layer, hidden, group: TokenGroup,
-    kwargs, readers: Callable[[], int],
+    kwargs,
 ) -> None:
-    """Make this layer's attention read only the selected visual KV entries (plus all others); `readers()`: how
-    many decoder layers read the selection (for the stats)."""
+    """Make this layer's attention read only the selected visual KV entries (plus all others); how many each row
+    chose is noted on the group (`kv_chosen`) for the stats."""
     cache = compat.cache_of(kwargs)
     if cache is None:
         return
     with state.stats.timed(hidden.device, decoding=True):
         if group.kv_selection is None:  # once per step and group, at its first selecting layer
             keys = adapter.cached_keys_values(cache, layer_index)[0]  # (B, Hkv, K, d), before this step's update
-            slots, padded, chosen = _decode_selection(method, adapter, state, layer, hidden, keys, group, kwargs)
-            state.stats.record_decode_read(chosen, readers(), len(adapter.layers))
+            selection = _decode_selection(method, adapter, state, layer, hidden, keys, group, kwargs)
+            slots, padded, group.kv_chosen = selection
             implementation = compat.attention_implementation(adapter.language_model.config)
             valid = slots >= 0 if padded else None
             mask = select_key_mask(kwargs.get("attention_mask"), slots.clamp_min(0), valid, implementation)

@@ -47,6 +47,7 @@ class TokenGroup:
     prefix: torch.Tensor | None = None
     step_masks: dict[tuple[str, bool], Any] = field(default_factory=dict)  # this step's mask per (layer type, sliced)
     kv_selection: tuple[torch.Tensor, Any] | None = None  # this step's selected KV slots and their mask
+    kv_chosen: list[int] | None = None  # this step's selection: per row, how many visual entries it chose
     _gathered: dict[int, tuple] = field(default_factory=dict)  # id(LM tensor) -> (it, gathered at lm_slots)
 
     @property

@@ -30,7 +30,7 @@ from ..ops.varlen import varlen_available
 from ..stats import CompressionStats, Timer
 from . import compat
 from .continuation import CONTINUING, Continuations
-from .decode import select_visual_kv, start_decode_step
+from .decode import record_decode_reads, select_visual_kv, start_decode_step
 from .encoder import (
     TowerCall,
     frames_chosen_from_features,
@@ -343,6 +343,8 @@ class Engine(Continuations, StandIns):
             fed = kwargs.get("input_ids") if fed is None else fed
             state.full_length += (hidden if fed is None else fed).shape[1]
             state.stats.decode_steps += 1
+            if DECODE in state.method.stages:
+                record_decode_reads(state, self.adapter, functools.partial(self._selects_kv, state.method))
         return output
 
     def _on_layer(self, layer_index: int, module, args, kwargs):
@@ -370,8 +372,7 @@ class Engine(Continuations, StandIns):
                     if kwargs.get(name) is not None:
                         kwargs[name] = group.at_slots(kwargs[name], ids=True)
         if selects and mask_layer == layer_index:
-            readers = functools.partial(self._selection_readers, method)
-            select_visual_kv(method, adapter, state, layer_index, module, hidden, group, kwargs, readers)
+            select_visual_kv(method, adapter, state, layer_index, module, hidden, group, kwargs)
         elif selects and group.kv_selection is not None:  # it reads the selected keys of the layer it shares them with
             kwargs["attention_mask"] = group.kv_selection[1]
         if not decoding and reducible:
@@ -388,10 +389,6 @@ class Engine(Continuations, StandIns):
     def _selects_kv(self, method: Method, layer_index: int) -> bool:
         """Whether decode-time selection makes this layer (one that caches its own KV) read selected entries."""
         return layer_index >= method.decode_start_layer(self.spec) and layer_index in self.kv_layers
-
-    def _selection_readers(self, method: Method) -> int:
-        """The decoder layers whose decoding reads the selection: those selecting, and those sharing their keys."""
-        return sum(self._selects_kv(method, self.adapter.kv_source(i)) for i in range(len(self.adapter.layers)))
 
     def _after_layer(self, layer_index: int, module, args, output):
         """Adds the model's per-token features after one of its first layers (DeepStack), to the tokens kept."""
