@@ -236,18 +236,44 @@ def test_a_later_turns_video_runs_where_generate_hands_a_continuation_one_row_of
     assert handle.stats.later_visual == int((later["input_ids"] == tiny.VIDEO).sum())
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen3_5", "gemma4"])
-def test_a_forward_given_embeddings_not_ids_keeps_every_frame_in_the_tower(family, clip):
-    """Without input_ids nothing tells the LLM where the videos are, so nothing is compressed - and a pre-encoder
-    method must not leave frames out of the tower either: the zeros in their place would reach the LLM."""
+@pytest.mark.parametrize("method", ["framededup", "vidtldr"])
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "qwen3_5", "gemma4"])
+def test_embeddings_not_ids_keep_every_frame_in_the_tower_and_a_warning_says_why(family, method, clip):
+    """Without input_ids nothing tells the LLM where the videos are, so nothing is compressed - and an encoder-side
+    method must not leave frames out of the tower (or fold them) either, in a forward or in generate (which encodes
+    up front): the zeros or copies in their place would reach the LLM. A warning names the fix."""
     model = model_for(family)
     inputs = inputs_for(family, clip, "What is moving?")
     inputs["inputs_embeds"] = model.get_input_embeddings()(inputs.pop("input_ids"))
+    options = dict(max_new_tokens=2, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    generates = family != "gemma4"  # whose generate takes no inputs_embeds
     with torch.no_grad():
         stock = model(**inputs).logits
-        with tokcompress.compress(model, "framededup", ratio=0.3) as handle:
-            assert torch.equal(model(**inputs).logits, stock)
+        stock_generated = model.generate(**inputs, **options) if generates else None
+        with tokcompress.compress(model, method, ratio=0.3) as handle:
+            with pytest.warns(UserWarning, match="given inputs_embeds, not input_ids"):
+                assert torch.equal(model(**inputs).logits, stock)
+            if generates:
+                with pytest.warns(UserWarning, match="given inputs_embeds, not input_ids"):
+                    generated = model.generate(**inputs, **options)
+                assert all(torch.equal(a, b) for a, b in zip(generated.logits, stock_generated.logits))
     assert "untouched" in str(handle.stats)
+
+
+@pytest.mark.parametrize("method", ["fastv", "dycoke", "visionzip"])
+def test_generating_without_a_cache_is_refused_naming_the_fix(method, clip):
+    """use_cache=False would make every step a new prompt, compressed again: refused before anything runs."""
+    model = model_for("llava_onevision")
+    inputs = inputs_for("llava_onevision", clip, "What is moving?")
+    with torch.no_grad(), tokcompress.compress(model, method, ratio=0.3):
+        with pytest.raises(ValueError, match=r"use_cache=False\) is not supported .* \(use_cache=True, the default\)"):
+            model.generate(**inputs, max_new_tokens=2, use_cache=False)
+        config = copy.deepcopy(model.generation_config)
+        config.use_cache = False
+        with pytest.raises(ValueError, match="use_cache=False"):
+            model.generate(**inputs, max_new_tokens=2, generation_config=config)
+        generate(model, inputs, max_new_tokens=2)  # nothing left behind
+    generate(model, inputs, max_new_tokens=2, use_cache=False)  # unpatched: the stock path
 
 
 # 1-D and M-RoPE positions; a model that hands its LLM a built mask, not the 2-D one (Molmo2); dycoke's decoding

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import warnings
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
@@ -194,6 +195,11 @@ class Engine(Continuations, StandIns):
                 raise
             self.last_stats = CompressionStats.empty(self.method, note=f"passed through untouched: {refusal}")
             return None
+        if layouts is None and self.active and self.adapter.carries_video(kwargs):
+            warnings.warn(
+                f"tokcompress: {self.method.name} compresses nothing here: the model was given inputs_embeds, not "
+                "input_ids, so nothing tells where the video tokens are; pass input_ids"
+            )
         if self._local.continuing and self.active:  # after a cache whose tokens it cannot compress behind
             self._refuse_features_missing_frames(kwargs, CONTINUING)
             if layouts:

@@ -66,17 +66,31 @@ class StandIns:
     def _generate(self, *args, **kwargs):
         """generate, after which nothing it noted for its prompt lingers: a call that fails between expanding its
         inputs and its first forward (a prompt past max_length, stop strings without a tokenizer) would otherwise
-        hand its beam count to the next plain forward."""
+        hand its beam count to the next plain forward. Refused without a cache (`use_cache=False`): every step would
+        be a new prompt, compressed again."""
+        self._refuse_generating_without_cache(kwargs)
         cache = compat.cache_of(kwargs)
-        # its videos are encoded whole where they continue a cache no prompt after it can compress behind
-        self._local.generate_continues = (
+        ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
+        # its videos are encoded whole where no prefill compresses them after: there are no ids to find them by
+        # (embeddings given), or they continue a cache no prompt after it can be compressed behind
+        self._local.generate_encodes_whole = (ids is None or ids.is_floating_point()) or (
             cache is not None and cache.get_seq_length() > 0 and self._why_uncompressed(cache) is not None
         )
         try:
             return self._stood_in(self.adapter.model, compat.GENERATE)(*args, **kwargs)
         finally:
             self._local.generate_rows = self._local.generate_padding = self._local.conversation_length = None
-            self._local.generate_continues = False
+            self._local.generate_encodes_whole = False
+
+    def _refuse_generating_without_cache(self, kwargs) -> None:
+        config = kwargs.get("generation_config") or self.adapter.model.generation_config
+        use_cache = kwargs.get("use_cache")
+        if self.active and (getattr(config, "use_cache", True) if use_cache is None else use_cache) is False:
+            raise ValueError(
+                f"generate(use_cache=False) is not supported with {self.method.name} at ratio {self.method.ratio:g}: "
+                "without a cache every step is a new prompt, compressed again (in-LLM choices change from step to "
+                "step, decoding-time selection never runs); generate with the cache (use_cache=True, the default)"
+            )
 
     def _reorder_beams(self, cache, beam_idx):
         cache = compat.reorder_cache(self.adapter.model, cache, beam_idx)
@@ -128,14 +142,15 @@ class StandIns:
         prompt = getattr(self._local, "prompt", None)  # a forward in progress, whose videos these are
         prompt_ids = getattr(self._local, "generate_prompt_ids", None)
         prompt_ids = prompt.input_ids if prompt_ids is None and prompt is not None else prompt_ids
-        # a forward given embeddings, no ids: nothing tells its LLM where the videos are; a call continuing a cache:
-        # no prefill follows to remove what the tower skips. Either way, the tower encodes every frame
+        # a forward (or generate) given embeddings, no ids: nothing tells its LLM where the videos are; a call
+        # continuing a cache no prompt is compressed behind: no prefill follows to remove what the tower skips. Either
+        # way, the tower encodes every frame
         readable = prompt is None or prompt.input_ids is not None or prompt_ids is not None
-        continuing = getattr(self._local, "generate_continues", False) or getattr(self._local, "continuing", False)
+        whole = getattr(self._local, "generate_encodes_whole", False) or getattr(self._local, "continuing", False)
         self._local.encoding_videos = True
         try:
             output, encoded = encode_videos(
-                self.method, self.adapter, encode, args, kwargs, prompt_ids, readable and not continuing
+                self.method, self.adapter, encode, args, kwargs, prompt_ids, readable and not whole
             )
         finally:
             self._local.encoding_videos = False
