@@ -25,7 +25,8 @@ from .test_fidelity import destinations, features
 
 def holitom_published_windows(similarity: list[list[float]], tau: float) -> tuple[int, list[tuple[int, int]]]:
     """HoliTom's DP: the windows [s, e) maximising Σ (W − 1) · #cells static over the window (all consecutive
-    cosines above tau); ties keep the first (longest) last window found."""
+    cosines above tau); the last window's lengths are tried upward and a strictly better one taken, so ties keep the
+    shortest."""
     frames, cells = len(similarity) + 1, len(similarity[0]) if similarity else 0
 
     def saved(start: int, end: int) -> int:
@@ -34,7 +35,7 @@ def holitom_published_windows(similarity: list[list[float]], tau: float) -> tupl
 
     best, cut = [0] + [-1] * frames, [0] * (frames + 1)
     for end in range(1, frames + 1):
-        for start in range(end):
+        for start in reversed(range(end)):
             if best[start] + saved(start, end) > best[end]:
                 best[end], cut[end] = best[start] + saved(start, end), start
     windows, end = [], frames
@@ -54,6 +55,51 @@ def test_holitom_windows_are_the_published_dynamic_programme(seed):
     value, published = holitom_published_windows(similarity.tolist(), 0.8)
     assert windows == published
     assert value > 0
+
+
+def test_holitom_window_ties_keep_the_shortest_last_window():
+    """Cell 0 still over frames 0-1, cell 1 over frames 1-2: one window of all three saves as much as two of two
+    and one frames; the published search keeps the shorter last window, so cell 0 folds (token 2 into 0)."""
+    assert holistic_windows(torch.tensor([[0.99, 0.10], [0.10, 0.99]]), 0.8, 1024) == [(0, 2), (2, 3)]
+    a, b, c, d = features(4, 1, 8, seed=3)[:, 0]
+    layout = VisualLayout.from_videos([0], [(3, 1, 2)]).with_saliency(torch.ones(6))
+    method = HoliTom(ratio=5 / 6, inner_merge=0.0)
+    reduction = method.reduce_pre_llm(torch.stack([a, b, a, c, d, c]), layout, LayerBudget(method.ratio, 6, 4))
+    assert reduction.keep.tolist() == [0, 1, 3, 4, 5]
+
+
+def published_static_clusters(units: torch.Tensor, count: int, neighbours: int = 7) -> list[list[int]]:
+    """HoliTom's clustering of a window's static cells: DPC-KNN with k = min(7, count) and the top `count` scores
+    as centres (duplicates too), each cell joining its nearest centre."""
+    k = min(neighbours, count)
+    distance = torch.cdist(units, units) / units.shape[-1] ** 0.5
+    density = (-(distance.topk(k, largest=False).values ** 2).mean(-1)).exp()
+    denser = (density[None, :] > density[:, None]).float()
+    delta = (distance * denser + distance.max() * (1 - denser)).min(-1).values
+    centres = (delta * density).topk(count).indices.sort().values
+    joined = distance[:, centres].argmin(-1)
+    joined[centres] = torch.arange(count)
+    return sorted(sorted(torch.nonzero(joined == c).squeeze(1).tolist()) for c in range(count))
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("duplicates", [0, 8])
+def test_holitom_clusters_static_cells_as_published(seed, duplicates):
+    """A still video: its 16 cells are static over the window, clustered into 3 (k = 3 neighbours, not 7) - and where
+    half the cells are one flat background (9 distinct), into 12 all the same (zero scores make the count, as a
+    top-k; the published code breaks those ties with noise, so only the count is compared there)."""
+    frames, cells, count = 2, 16, 12 if duplicates else 3
+    frame = features(1, cells, 8, seed=seed)[0]
+    frame[:duplicates] = frame[0]
+    layout = VisualLayout.from_videos([0], [(frames, 4, 4)]).with_saliency(torch.ones(frames * cells))
+    method = HoliTom(ratio=count / (frames * cells), inner_merge=0.0)
+    reduction = method.reduce_pre_llm(frame.repeat(frames, 1), layout, LayerBudget(method.ratio, frames * cells, 4))
+    assert reduction.keep.numel() == count
+    if duplicates:
+        return
+    joined = reduction.keep[reduction.merge_into[:cells]]  # the first frame's cells: their cluster's token
+    clusters = sorted(sorted(torch.nonzero(joined == token).squeeze(1).tolist()) for token in joined.unique())
+    assert clusters == published_static_clusters(frame, 3)
 
 
 def test_holitom_folds_static_cells_over_the_window_and_keeps_each_frames_most_attended_moving_tokens():

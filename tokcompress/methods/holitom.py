@@ -33,7 +33,8 @@ class HoliTom(Method):
     Before the LLM, per video: the frames are cut into windows by dynamic programming, maximising over the
     windows Σ (W − 1) · (cells whose consecutive-frame cosines all exceed `tau` inside the window) - the
     tokens a window's static cells save. A static cell of a window folds into one token (its W frames); the
-    window's static cells are then clustered (DPC-KNN, k = 7) and each cluster merged; every frame keeps its
+    window's static cells are then clustered (DPC-KNN, k = min(7, clusters), the clusters' count met even over
+    duplicate cells, as the official code's top-k) and each cluster merged; every frame keeps its
     most attended dynamic tokens (the attention each token gets in the vision tower) and drops the others.
     Static clusters and dynamic tokens take the same retained share: the pre-LLM count over what the static
     merge leaves. Inside the LLM, before layer `inner_layer`, the `inner_merge` share of the visual tokens
@@ -121,7 +122,8 @@ class HoliTom(Method):
         sizes = [tokens.shape[1] for tokens, _ in groups]
         quotas = apportion(quota, [float(s) for s in sizes], sizes)
         folded = [(tokens, count) for (tokens, is_static), count in zip(groups, quotas) if is_static and count]
-        fold_clusters(destination, features, [tokens for tokens, _ in folded], [count for _, count in folded])
+        clusters = [count for _, count in folded]
+        fold_clusters(destination, features, [tokens for tokens, _ in folded], clusters, exact=True)
         moving = [(tokens[0], count) for (tokens, is_static), count in zip(groups, quotas) if not is_static and count]
         if moving:  # each frame's most attended moving tokens, every frame at once
             tokens = torch.cat([frame for frame, _ in moving])
@@ -179,7 +181,8 @@ def static_cells(similarity: torch.Tensor, tau: float) -> torch.Tensor:
 
 def holistic_windows(similarity: torch.Tensor, tau: float, max_window: int) -> list[tuple[int, int]]:
     """HoliTom's global segmentation: [start, end) frame windows maximising Σ (W − 1) · static cells, by
-    dynamic programming over the window ends (ties go to the longer last window)."""
+    dynamic programming over the window ends (ties go to the shorter last window, as the official code's, which
+    tries the lengths upward and takes a strictly better one)."""
     frames = similarity.shape[0] + 1
     above = similarity > tau
     runs, run = [], above  # runs[l - 1][s]: cells above tau at all of s … s + l − 1 (a window of l + 1 frames)
@@ -192,7 +195,7 @@ def holistic_windows(similarity: torch.Tensor, tau: float, max_window: int) -> l
         offsets.append(offsets[-1] + len(counts))
     best, cut = [0] + [-1] * frames, [0] * (frames + 1)
     for end in range(1, frames + 1):
-        for start in range(max(end - max_window, 0), end):
+        for start in range(end - 1, max(end - max_window, 0) - 1, -1):  # the shortest last window first
             length = end - start - 1  # the window [start, end)'s consecutive-frame similarities
             saved = length * flat[offsets[length - 1] + start] if length else 0
             if best[start] + saved > best[end]:

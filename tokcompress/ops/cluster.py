@@ -7,14 +7,15 @@ import torch
 
 
 def grouped_density_peaks(
-    features: list[torch.Tensor], clusters: list[int], neighbours: int = 7
+    features: list[torch.Tensor], clusters: list[int], neighbours: int | list[int] = 7, fill: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Cluster each group of (n_g, D) tokens around `clusters[g]` density peaks, every group in one batch.
 
     Distances are Euclidean / √D. A token's density is exp(−mean squared distance to its `neighbours` nearest
-    tokens, itself included); δ is its distance to the nearest denser token (the densest: its largest
-    distance); the centres are the tokens with the largest δ · density - at most `clusters[g]`, at least one,
-    and only tokens with a positive score (a duplicate of a denser token never leads) - and every token joins
+    tokens (one count, or one per group), itself included); δ is its distance to the nearest denser token (the
+    densest: its largest distance); the centres are the tokens with the largest δ · density - at most
+    `clusters[g]`, at least one, and only tokens with a positive score (a duplicate of a denser token never
+    leads), unless `fill`: then exactly min(clusters[g], n_g), as a top-k of the scores - and every token joins
     its nearest centre. Deterministic: ties in density go to the earlier token (the published code breaks
     them with noise). Returns, padded to the longest group, (assignment (G, N): each token's cluster in
     [0, count_g), -1 past n_g; centres (G, min(max(clusters), N)): the centres' token positions in score
@@ -30,8 +31,9 @@ def grouped_density_peaks(
     valid = torch.arange(width, device=device) < n[:, None]
     pair = valid[:, :, None] & valid[:, None, :]
     distance = (torch.cdist(x, x) / x.shape[-1] ** 0.5).masked_fill(~pair, float("inf"))
-    nearest_count = n.clamp(max=neighbours)
-    nearest = distance.topk(min(neighbours, width), dim=2, largest=False).values
+    counts = neighbours if isinstance(neighbours, list) else [neighbours] * groups
+    nearest_count = torch.minimum(n, torch.tensor(counts, device=device))
+    nearest = distance.topk(min(max(counts), width), dim=2, largest=False).values
     nearest = nearest.masked_fill(torch.arange(nearest.shape[2], device=device) >= nearest_count[:, None, None], 0)
     density = torch.exp(-(nearest**2).sum(dim=2) / nearest_count.clamp_min(1)[:, None]).masked_fill(~valid, -1)
     rank = torch.empty_like(valid, dtype=torch.long)
@@ -43,7 +45,8 @@ def grouped_density_peaks(
     delta = torch.where(delta.isinf(), farthest, delta)  # the densest token of each group
     score = (delta * density).masked_fill(~valid, float("-inf"))
     wanted = torch.tensor(clusters, device=device).clamp_min(1)
-    count = torch.minimum(torch.minimum(wanted, n), (score > 0).sum(dim=1).clamp_min(1))
+    count = torch.minimum(wanted, n)
+    count = count if fill else torch.minimum(count, (score > 0).sum(dim=1).clamp_min(1))
     slots = min(max(max(clusters), 1), width)
     centres = torch.sort(score, dim=1, descending=True, stable=True).indices[:, :slots]
     is_centre = torch.arange(slots, device=device) < count[:, None]
@@ -65,12 +68,14 @@ def density_peak_clusters(
 
 def fold_clusters(
     destination: torch.Tensor, features: torch.Tensor, groups: list[torch.Tensor], clusters: list[int],
-    neighbours: int = 7,
+    neighbours: int = 7, exact: bool = False,
 ) -> None:
     """Fold every token of each group ((rows, n) token indices; column j is one unit, e.g. a static cell over a
     window's frames) into one of its `clusters[g]` density-peak clusters of the units (their mean over the
     rows), each cluster landing on its earliest token (DPC-KNN with k = `neighbours`). Every unit is its own
-    cluster when `clusters[g]` ≥ n. All groups at once, without a host sync."""
+    cluster when `clusters[g]` ≥ n. `exact`: k = min(neighbours, clusters[g]) and exactly `clusters[g]` centres
+    (duplicates too: `grouped_density_peaks`' fill), as HoliTom's code clusters. All groups at once, without a
+    host sync."""
     groups = [(tokens, count) for tokens, count in zip(groups, clusters) if tokens.shape[1]]
     if not groups:
         return
@@ -78,7 +83,9 @@ def fold_clusters(
     found = None
     if clustered:
         units = [features[groups[g][0]].float().mean(dim=0) for g in clustered]
-        found, _ = grouped_density_peaks(units, [groups[g][1] for g in clustered], neighbours)
+        wanted = [groups[g][1] for g in clustered]
+        k = [min(neighbours, count) for count in wanted] if exact else neighbours
+        found, _ = grouped_density_peaks(units, wanted, k, fill=exact)
     row_of = {g: row for row, g in enumerate(clustered)}
     width = max(tokens.shape[1] for tokens, _ in groups)
     cluster_of = []  # per token of every group, its cluster, numbered apart for each group
