@@ -271,6 +271,23 @@ def test_fastvid_agrees_with_the_published_rule_on_a_video_with_a_cut(seed):
     assert ours == expected and len(keep) == 40
 
 
+@pytest.mark.parametrize("ratio", [0.5, 0.7, 0.9])
+def test_fastvid_meets_high_ratios_where_anchors_cannot_hold_a_segments_context(ratio):
+    """A calm clip of 16 frames in long segments: at high ratios a segment's contextual tokens outnumber its anchor
+    frames' non-salient ones; the rest are its other frames' most attended tokens, so the budget is met."""
+    generator = torch.Generator().manual_seed(0)
+    base = torch.randn(36, 32, generator=generator) * 3
+    features = torch.cat([base + 0.3 * torch.randn(36, 32, generator=generator) for _ in range(16)])
+    attention = torch.rand(16 * 36, generator=generator)
+    layout = VisualLayout.from_videos([0], [(16, 6, 6)]).with_saliency(attention)
+    method = FastVID(ratio=ratio, segments=2)
+    budget = LayerBudget(ratio, 16 * 36, 28)
+    reduction = method.reduce_pre_llm(features, layout, budget)
+    assert reduction.keep.numel() == budget.tokens_before_llm(16 * 36)
+    kept_attention = attention[reduction.keep]
+    assert kept_attention.mean() > attention.mean()  # the extra ones are the most attended
+
+
 def test_fastvid_refuses_bad_knobs_and_needs_the_towers_attention():
     with pytest.raises(ValueError, match="contextual_share"):
         FastVID(contextual_share=1.0)

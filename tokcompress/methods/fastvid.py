@@ -39,7 +39,9 @@ class FastVID(Method):
     Departures:
     - Frame counts are apportioned so that round(ratio · N) tokens are kept in all (official: int(P · ratio)
       per frame), a segment's contextual count split evenly over its anchors (official: context · S //
-      ceil(S / p) each, the same when it divides), what an anchor frame cannot hold going to the others.
+      ceil(S / p) each, the same when it divides), what an anchor frame cannot hold going to the others, and
+      what no anchor can hold (high ratios, long segments) to more salient tokens of the segment's other frames
+      (the official code's top-k would fail there).
     - Saliency is the attention each token gets in the vision tower's feature layer (VisionZip's cue, see
       `visionzip`); the official code uses SigLIP's MAP-head probe attention, which only LLaVA-OV's tower has.
       A frame's global feature is the mean of its tokens, not the MAP-pooled feature.
@@ -81,12 +83,13 @@ class FastVID(Method):
         density peaks - every segment at once, with one host sync for the anchors' capacities."""
         device = grid.device
         salient = [quota - int(quota * self.contextual_share) for quota in quotas]
+        anchors = [(s, f) for s, segment in enumerate(segments)
+                   for f in range(segment[-1], segment[0] - 1, -self.anchor_stride)]
+        self._overflow_to_salient(quotas, salient, segments, {f for _, f in anchors}, grid.shape[1])
         frame = torch.arange(len(grid), device=device)[:, None].expand_as(grid).flatten()
         kept = grid.flatten()[top_tokens_per_group(saliency[grid].flatten(), frame, grid.new_tensor(salient))]
         destination[kept] = kept
         others = destination[grid] < 0  # (frames, tokens): not kept as salient
-        anchors = [(s, f) for s, segment in enumerate(segments)
-                   for f in range(segment[-1], segment[0] - 1, -self.anchor_stride)]
         capacity = others[[f for _, f in anchors]].sum(dim=1).tolist()
         counts = []
         for s, segment in enumerate(segments):
@@ -115,6 +118,20 @@ class FastVID(Method):
         joins = others.flatten() & has_peaks[token_segment]
         destination[tokens] = torch.where(joins, nearest, destination[tokens])
         destination[peaks] = peaks
+
+
+    @staticmethod
+    def _overflow_to_salient(quotas, salient, segments, anchors: set[int], cells: int) -> None:
+        """A segment's contextual count that its anchor frames cannot hold (every non-salient token of theirs a
+        peak) becomes more salient tokens of its other frames, by their counts, so the budget is met."""
+        for segment in segments:
+            room = sum(cells - salient[f] for f in segment if f in anchors)
+            overflow = sum(quotas[f] - salient[f] for f in segment) - room
+            rest = [f for f in segment if f not in anchors]
+            if overflow > 0 and rest:
+                extra = apportion(overflow, [float(quotas[f]) for f in rest], [cells - salient[f] for f in rest])
+                for f, count in zip(rest, extra):
+                    salient[f] += count
 
 
 def dynamic_segments(global_features: torch.Tensor, segments: int, threshold: float) -> list[list[int]]:
