@@ -72,3 +72,14 @@ def test_evs_gives_each_video_its_share_and_keeps_separators_first():
     keep = evs_keep(features(38, 16, seed=5), layout, 11 / 38)
     assert {12, 37} <= set(keep) and len(keep) == 11
     assert sum(index < 12 for index in keep) == 3 and sum(13 <= index < 37 for index in keep) == 6
+
+
+def test_a_one_frame_video_below_one_frames_budget_keeps_its_most_distinctive_tokens():
+    """No next frame to rank its cells by: a one-frame video (or an image) keeps the tokens that differ most from
+    its frame's mean - here the four that stand out of a flat background - not the first cells in raster order."""
+    generator = torch.Generator().manual_seed(0)
+    tokens = torch.randn(1, 8, generator=generator) + 0.05 * torch.randn(16, 8, generator=generator)
+    standing_out = [3, 6, 9, 14]
+    tokens[standing_out] = 3 * torch.randn(4, 8, generator=generator)
+    layout = VisualLayout.from_videos([0], [(1, 4, 4)])
+    assert EVS(ratio=0.25).reduce_pre_llm(tokens, layout, LayerBudget(0.25, 16, 4)).keep.tolist() == standing_out

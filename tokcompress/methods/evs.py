@@ -28,7 +28,8 @@ class EVS(Method):
     - Novelty in the embedding space, as NVIDIA's serving code runs it for its Nemotron VL models; the paper
       also describes an L1 distance between RGB patches.
     - `ratio` is met exactly: the published count never falls below one frame (the anchor); where the budget
-      holds fewer tokens than the first frame, its tokens compete by how much their cell changes in the next.
+      holds fewer tokens than the first frame, its tokens compete by how much their cell changes in the next (a
+      one-frame video's, having none, by how much each differs from its frame's mean).
     - A cell's first token that stands is its anchor: after framededup dropped frames, novelty is measured
       against the previous frame that stands; a cell that earlier frames lack (frames of several sizes) starts
       with an anchor of its own.
@@ -48,10 +49,17 @@ class EVS(Method):
         predecessor = cell_layout.temporal_predecessor()
         has_predecessor = predecessor >= 0
         novelty = 1 - aligned_cosine(features[cells], predecessor)  # in [0, 2] where a predecessor exists
-        next_novelty = torch.zeros_like(novelty)  # of the token after it at its cell (0: the cell's last)
-        next_novelty[predecessor[has_predecessor]] = novelty[has_predecessor]
+        next_novelty = distinctiveness(features[cells], cell_layout.frame)  # a cell with no next token: its own
+        next_novelty[predecessor[has_predecessor]] = novelty[has_predecessor]  # of the token after it at its cell
         priority = torch.where(has_predecessor, novelty, 3 + next_novelty)  # anchors first
         sizes = torch.bincount(cell_layout.video, minlength=len(layout.grids)).tolist()
         quotas = torch.tensor(proportional_split(budget_cells, sizes), device=cells.device)
         kept = top_tokens_per_group(priority, cell_layout.video, quotas)
         return TokenReduction.prune(torch.cat([separators, cells[kept]]))
+
+
+def distinctiveness(features: torch.Tensor, frame: torch.Tensor) -> torch.Tensor:
+    """(N,) 1 − cos(token, the mean of its frame's tokens), in [0, 2]."""
+    frames, index = torch.unique(frame, return_inverse=True)
+    means = torch.zeros(len(frames), features.shape[-1], device=features.device).index_add_(0, index, features.float())
+    return 1 - torch.nn.functional.cosine_similarity(features.float(), means[index], dim=-1)
