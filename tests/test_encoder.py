@@ -431,3 +431,17 @@ def test_the_towers_share_of_work_weighs_each_video_by_its_tokens():
                                                           SampleStats(16, [], encoder_ratio=0.25)])
     assert stats.encoder_ratio == (0.75 * 48 + 0.25 * 16) / 64
     assert CompressionStats("framededup", 0.5, samples=[SampleStats(0, [], encoder_ratio=1.0)]).encoder_ratio == 1.0
+
+
+@pytest.mark.parametrize("method", ["none", "fastv", "framededup"])
+@pytest.mark.parametrize("family", [f for f in ("internvl", "smolvlm", "llava_onevision") if f in FAMILIES])
+def test_the_vision_towers_time_is_in_the_stats_whichever_encoder_reads_the_frames(family, method, clip):
+    """InternVL and SmolVLM encode a video's frames as images: their tower's time counts as any tower's, in a
+    forward and in generate, compressing or not."""
+    model = model_for(family)
+    inputs = inputs_for(family, clip, "What is moving?")
+    with tokcompress.compress(model, method, ratio=None if method == "none" else 0.5) as handle:
+        logits(model, inputs)
+        assert handle.stats.encoder_seconds > 0
+        generate(model, inputs, max_new_tokens=2)
+        assert handle.stats.encoder_seconds > 0

@@ -38,6 +38,7 @@ def test_ratio_one_and_none_are_bitwise_identity(family, clip, method):
         assert torch.equal(logits(model, inputs), reference_logits)
         assert torch.equal(generate(model, inputs), reference_tokens)
         assert handle.stats.achieved_ratio == 1.0
+        assert handle.stats.decode_steps == reference_tokens.shape[1] - 1  # the baseline's stats count them too
 
 
 @pytest.mark.parametrize(("family", "method"), every_family_and_every_method())

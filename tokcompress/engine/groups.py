@@ -23,6 +23,9 @@ if TYPE_CHECKING:
 
 STATE_ATTRIBUTE = "_tokcompress_generation"
 """Attribute of a KV cache that holds the state of the generation that filled it."""
+IDENTITY_STATS_ATTRIBUTE = "_tokcompress_identity_stats"
+"""Attribute of a KV cache that an uncompressed generation (ratio 1, `none`) filled: its stats, which count its
+decoding steps."""
 
 
 @dataclass

@@ -40,7 +40,13 @@ from .encoder import (
     tokens_encoded,
 )
 from .folding import check_tower_use, folds_in_tower, hook_tower_folding, tower_attends_by_size
-from .groups import GenerationState, last_real_slots, llm_attention_mask, restore_sequence
+from .groups import (
+    IDENTITY_STATS_ATTRIBUTE,
+    GenerationState,
+    last_real_slots,
+    llm_attention_mask,
+    restore_sequence,
+)
 from .prefill import begin_generation, reduce_before_layer, reduce_before_llm
 from .stand_ins import StandIns
 
@@ -254,6 +260,11 @@ class Engine(Continuations, StandIns):
             encoded, self._local.encoded = getattr(self._local, "encoded", None), None
             if encoded is not None:  # the identity's stats time the vision tower too
                 self.last_stats.encoder_time.add(encoded.take_times()[1])
+            self._add_image_encoding(self.last_stats)
+            identity = getattr(cache, IDENTITY_STATS_ATTRIBUTE, None) if continuing else None
+            if identity is not None:  # a decoding step of an uncompressed generation
+                identity.decode_steps += 1
+            self._local.identity_prompt = not continuing  # its stats go on the cache it fills
             return None
         if continuing:
             if state is None:  # a cache no compressed generation filled: a prompt after it, or left alone
@@ -272,10 +283,14 @@ class Engine(Continuations, StandIns):
         encoded, self._local.encoded = getattr(self._local, "encoded", None), None
         if kwargs.get("inputs_embeds") is None or prompt is None or prompt.layouts is None:
             self.last_stats = CompressionStats.empty(self.method, note="no input_ids: visual tokens unknown, untouched")
-            return None
-        if not any(layout.num_tokens for layout in prompt.layouts):
+        elif not any(layout.num_tokens for layout in prompt.layouts):
             self.last_stats = CompressionStats.empty(self.method, note="no video tokens: passed through untouched")
-            return None
+        else:
+            return self._compress_prompt(prompt, encoded, args, kwargs)
+        self._add_image_encoding(self.last_stats)
+        return None
+
+    def _compress_prompt(self, prompt: _Prompt, encoded, args, kwargs):
         layouts, scoring = prompt.layouts, Timer()
         if self.method.uses_tower_attention():  # the calls of the encoding these features came from, once
             records, self._local.tower_calls = getattr(self._local, "tower_calls", []), []
@@ -292,6 +307,7 @@ class Engine(Continuations, StandIns):
             compression_time, encoder_time = encoded.take_times()
             state.stats.compression_time.add(compression_time)
             state.stats.encoder_time.add(encoder_time)
+        self._add_image_encoding(state.stats)
         if PRE_ENCODER in self.method.stages and (encoded is None or not encoded.units):  # the tower saw every frame
             encoded = frames_chosen_from_features(self.method, kwargs["inputs_embeds"], layouts, prompt.rows_per_sample)
             state.stats.compression_time.add(encoded.take_times()[0])
@@ -312,6 +328,12 @@ class Engine(Continuations, StandIns):
         reduce_before_llm(self.method, self.adapter, state, kwargs, kept and [tokens for tokens, _ in kept])
         return args, kwargs
 
+    def _add_image_encoding(self, stats: CompressionStats) -> None:
+        """The image encoder's time since the last prefill (a family encoding a video's frames as images)."""
+        timer, self._local.image_encoding = getattr(self._local, "image_encoding", None), None
+        if timer is not None:
+            stats.encoder_time.add(timer)
+
     def _with_tower_scores(self, records: list[TowerCall], prompt: _Prompt, encoded) -> list[VisualLayout]:
         if not records:
             raise RuntimeError(
@@ -328,6 +350,10 @@ class Engine(Continuations, StandIns):
     def _on_llm_return(self, module, args, kwargs, output):
         state = getattr(self._local, "state", None)
         if state is None:
+            cache = compat.output_cache(output)
+            if getattr(self._local, "identity_prompt", False) and cache is not None:
+                setattr(cache, IDENTITY_STATS_ATTRIBUTE, self.last_stats)
+            self._local.identity_prompt = False
             return None
         self._local.state = None
         hidden = output.last_hidden_state

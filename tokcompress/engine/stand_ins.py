@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import inspect
 
+import torch
+
+from ..stats import Timer
 from . import compat
 from .encoder import encode_videos
 from .groups import GenerationState
@@ -35,6 +38,8 @@ class StandIns:
         ]
         if self.adapter.encodes_videos:
             stand_ins.append((multimodal, compat.ENCODE_VIDEOS, self._encode_videos))
+        else:  # a video's frames go through the image encoder: timed there
+            stand_ins.append((multimodal, compat.ENCODE_IMAGES, self._encode_images))
         if self.adapter.encodes_by_prompt:
             stand_ins.append((model, compat.PREPARE_ENCODER, self._encode_for_generation))
         # only where the class has the method (a patch of `model.model`, which cannot generate, adds none) - but the
@@ -157,6 +162,18 @@ class StandIns:
         # the tower's calls on these videos go with the record of their encoding, however late its features are read
         encoded.tower_calls, self._local.tower_calls = getattr(self._local, "tower_calls", []), []
         self._local.encoded = encoded
+        return output
+
+
+    def _encode_images(self, *args, **kwargs):
+        """The image encoder of a family that encodes a video's frames as images, timed for the stats (the next
+        prefill's `encoder_seconds`)."""
+        encode = self._stood_in(self.adapter.multimodal_model, compat.ENCODE_IMAGES)
+        pixels = next((a for a in (*args, *kwargs.values()) if isinstance(a, torch.Tensor)), None)
+        timer = getattr(self._local, "image_encoding", None) or Timer()
+        with timer.measure(pixels.device if pixels is not None else torch.device("cpu")):
+            output = encode(*args, **kwargs)
+        self._local.image_encoding = timer
         return output
 
 

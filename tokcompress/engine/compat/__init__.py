@@ -268,6 +268,7 @@ def reorder_cache(model: Any, cache: Any, beam_idx: torch.Tensor) -> Any:
 
 
 ENCODE_VIDEOS = "get_video_features"
+ENCODE_IMAGES = "get_image_features"  # InternVL and SmolVLM encode a video's frames as images
 ENCODED_GRIDS = "tokcompress_video_grids"
 """Key we add to a `get_video_features` output where the prefill that reads it cannot tell its videos' grids
 otherwise (`generate` encodes up front and drops the grid keywords): per video, its (frames, H, W) grid of LLM
