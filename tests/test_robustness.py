@@ -702,3 +702,27 @@ def test_beam_search_on_a_batch_decodes_each_prompt_as_it_would_alone(family, cl
                  for v, q in zip(videos, questions)]
     for row, single in zip(together, alone):
         assert torch.equal(row, single)
+
+
+@pytest.mark.parametrize("method", ["fastv", "visionzip", "tome"])
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_a_training_forward_scores_only_the_positions_the_llm_computed(family, method, clip, other_clip):
+    """labels= with the video's labels masked: a dropped position (the video's last token, say) has zero logits,
+    so the label after it - the first text token after the video, live - is not scored; the loss is the
+    cross-entropy over the positions computed, gradients flow through the kept tokens, the caller's labels stay."""
+    model = model_for(family)
+    inputs = inputs_for(family, [clip, shorter(family, other_clip)], ["What is moving?", "Who?"])
+    ids = inputs["input_ids"]
+    labels = ids.masked_fill((ids == tiny.VIDEO) | (inputs["attention_mask"] == 0), -100)
+    given = labels.clone()
+    with tokcompress.compress(model, method, ratio=0.3):
+        out = model(**inputs, labels=labels)
+        out.loss.backward()
+    assert torch.equal(labels, given)
+    logits, targets = out.logits[:, :-1], labels[:, 1:]
+    scored = (targets != -100) & logits.detach().any(dim=-1)
+    expected = torch.nn.functional.cross_entropy(logits[scored].float(), targets[scored])
+    torch.testing.assert_close(out.loss, expected)
+    assert ((targets != -100) & ~logits.detach().any(dim=-1)).any()  # such a label exists: the check means something
+    assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
+    model.zero_grad(set_to_none=True)

@@ -49,12 +49,13 @@ from .groups import (
 )
 from .prefill import begin_generation, reduce_before_layer, reduce_before_llm
 from .stand_ins import StandIns
+from .training import Labels
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter
 
 
-class Engine(Continuations, StandIns):
+class Engine(Continuations, Labels, StandIns):
     """Hooks a method into one model through its adapter; `detach()` removes every hook."""
 
     def __init__(self, adapter: Adapter, method: Method, varlen_vision: bool = True):
@@ -87,6 +88,10 @@ class Engine(Continuations, StandIns):
             self._hooks.append(
                 self.adapter.multimodal_model.register_forward_hook(self._after_model_call, always_call=True)
             )
+            if self.adapter.model is not self.adapter.multimodal_model:  # the model computing a training loss
+                top = self.adapter.model
+                self._hooks.append(top.register_forward_pre_hook(self._hold_labels, with_kwargs=True))
+                self._hooks.append(top.register_forward_hook(self._release_labels, always_call=True))
             lm = self.adapter.language_model
             self._hooks.append(lm.register_forward_pre_hook(self._on_llm_call, with_kwargs=True))
             self._hooks.append(lm.register_forward_hook(self._on_llm_return, with_kwargs=True))
@@ -363,6 +368,7 @@ class Engine(Continuations, StandIns):
                 group.end_prefill()
             if state.reduced:
                 output.last_hidden_state = restore_sequence(hidden, state.groups[-1], state.full_length)
+                self._ignore_uncomputed(state.groups[-1], state.full_length)
             cached = state.take_in_prefix()
             state.stats.num_layers = len(self.adapter.layers)
             _finish_prefill_stats(state, cached)
