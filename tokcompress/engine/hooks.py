@@ -21,33 +21,21 @@ from __future__ import annotations
 import functools
 import threading
 import warnings
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 import torch
 
-from ..layout import VisualLayout
-from ..methods.base import DECODE, IN_LLM, PRE_ENCODER, PRE_LLM, Method
+from ..methods.base import DECODE, IN_LLM, Method
 from ..ops.varlen import varlen_available
-from ..stats import CompressionStats, Timer
+from ..stats import CompressionStats
 from . import compat
 from .continuation import CONTINUING, Continuations
 from .decode import record_decode_reads, select_visual_kv, start_decode_step
-from .encoder import (
-    TowerCall,
-    frames_chosen_from_features,
-    layouts_with_tower_scores,
-    refuse_unencoded_last_tokens,
-    tokens_encoded,
-)
+from .encoder import TowerCall
 from .folding import check_tower_use, folds_in_tower, hook_tower_folding, tower_attends_by_size
-from .groups import (
-    IDENTITY_STATS_ATTRIBUTE,
-    GenerationState,
-    last_real_slots,
-    llm_attention_mask,
-    restore_sequence,
-)
-from .prefill import begin_generation, reduce_before_layer, reduce_before_llm
+from .groups import IDENTITY_STATS_ATTRIBUTE, GenerationState
+from .prefill import reduce_before_layer
+from .prompts import Prompt, Prompts
 from .stand_ins import StandIns
 from .training import Labels
 
@@ -55,7 +43,7 @@ if TYPE_CHECKING:
     from ..adapters.base import Adapter
 
 
-class Engine(Continuations, Labels, StandIns):
+class Engine(Continuations, Labels, Prompts, StandIns):
     """Hooks a method into one model through its adapter; `detach()` removes every hook."""
 
     def __init__(self, adapter: Adapter, method: Method, varlen_vision: bool = True):
@@ -88,10 +76,9 @@ class Engine(Continuations, Labels, StandIns):
             self._hooks.append(
                 self.adapter.multimodal_model.register_forward_hook(self._after_model_call, always_call=True)
             )
-            if self.adapter.model is not self.adapter.multimodal_model:  # the model computing a training loss
-                top = self.adapter.model
-                self._hooks.append(top.register_forward_pre_hook(self._hold_labels, with_kwargs=True))
-                self._hooks.append(top.register_forward_hook(self._release_labels, always_call=True))
+            top = self.adapter.model  # the model computing a training loss (a patch of model.model: none is)
+            self._hooks.append(top.register_forward_pre_hook(self._hold_labels, with_kwargs=True))
+            self._hooks.append(top.register_forward_hook(self._release_labels, always_call=True))
             lm = self.adapter.language_model
             self._hooks.append(lm.register_forward_pre_hook(self._on_llm_call, with_kwargs=True))
             self._hooks.append(lm.register_forward_hook(self._on_llm_return, with_kwargs=True))
@@ -233,7 +220,7 @@ class Engine(Continuations, Labels, StandIns):
             if generate_rows is not None and not compat.is_padding_mask(padding):  # built for a static cache
                 padding = generate_padding if _fits(generate_padding, input_ids) else padding
             model_masks = (padding, self.adapter.attention_blocks(kwargs))
-            self._local.prompt = _Prompt(layouts, rows, generate_rows is not None, input_ids, model_masks, cached)
+            self._local.prompt = Prompt(layouts, rows, generate_rows is not None, input_ids, model_masks, cached)
             if kwargs.get(self.adapter.video_pixels) is not None:
                 self._local.encoded = None  # this forward encodes its videos itself
             elif (carried := compat.encoding_record(kwargs, self.adapter.video_modality)) is not None:
@@ -283,75 +270,6 @@ class Engine(Continuations, Labels, StandIns):
             return args, kwargs
         return self._start_prefill(args, kwargs)
 
-    def _start_prefill(self, args, kwargs):
-        prompt, self._local.prompt = getattr(self._local, "prompt", None), None
-        encoded, self._local.encoded = getattr(self._local, "encoded", None), None
-        if kwargs.get("inputs_embeds") is None or prompt is None or prompt.layouts is None:
-            self.last_stats = CompressionStats.empty(self.method, note="no input_ids: visual tokens unknown, untouched")
-        elif not any(layout.num_tokens for layout in prompt.layouts):
-            self.last_stats = CompressionStats.empty(self.method, note="no video tokens: passed through untouched")
-        else:
-            return self._compress_prompt(prompt, encoded, args, kwargs)
-        self._add_image_encoding(self.last_stats)
-        return None
-
-    def _compress_prompt(self, prompt: _Prompt, encoded, args, kwargs):
-        layouts, scoring = prompt.layouts, Timer()
-        if self.method.uses_tower_attention():  # the calls of the encoding these features came from, once
-            records, self._local.tower_calls = getattr(self._local, "tower_calls", []), []
-            records = encoded.take_tower_calls() if encoded is not None else records
-            with scoring.measure(kwargs["inputs_embeds"].device):
-                layouts = self._with_tower_scores(records, prompt, encoded)
-        state = begin_generation(
-            self.method, layouts, kwargs, prompt.rows_per_sample, prompt.generating, prompt.model_masks, prompt.cached
-        )
-        state.stats.compression_time.add(scoring)
-        self._local.state = state
-        state.layer_additions = self.adapter.take_layer_additions(kwargs)  # added below, to the kept tokens
-        if encoded is not None:
-            compression_time, encoder_time = encoded.take_times()
-            state.stats.compression_time.add(compression_time)
-            state.stats.encoder_time.add(encoder_time)
-        self._add_image_encoding(state.stats)
-        if PRE_ENCODER in self.method.stages and (encoded is None or not encoded.units):  # the tower saw every frame
-            encoded = frames_chosen_from_features(self.method, kwargs["inputs_embeds"], layouts, prompt.rows_per_sample)
-            state.stats.compression_time.add(encoded.take_times()[0])
-        kept = tokens_encoded(encoded, layouts, prompt.rows_per_sample)
-        if kept is not None and not encoded.from_features:
-            refuse_unencoded_last_tokens(self.method, kept, layouts, last_real_slots(state.groups[0]))
-            state.stats.has_tower = self.adapter.has_tower
-            for sample, (_, fraction) in zip(state.stats.samples, kept[:: prompt.rows_per_sample]):
-                sample.encoder_ratio = fraction
-        if PRE_LLM not in self.method.stages and kept is None:
-            group, cache = state.groups[0], compat.cache_of(kwargs)
-            if group.blocks is not None and compat.preallocated(cache):
-                # generate built the masks for a static cache with the model's class rule, which may not be its
-                # forward's (Gemma 4 Unified's): the layers before an in-LLM reduction take ours, as those after
-                embeds = kwargs["inputs_embeds"]
-                kwargs["attention_mask"] = llm_attention_mask(self.adapter, group, embeds, cache, group.blocks)
-            return args, kwargs
-        reduce_before_llm(self.method, self.adapter, state, kwargs, kept and [tokens for tokens, _ in kept])
-        return args, kwargs
-
-    def _add_image_encoding(self, stats: CompressionStats) -> None:
-        """The image encoder's time since the last prefill (a family encoding a video's frames as images)."""
-        timer, self._local.image_encoding = getattr(self._local, "image_encoding", None), None
-        if timer is not None:
-            stats.encoder_time.add(timer)
-
-    def _with_tower_scores(self, records: list[TowerCall], prompt: _Prompt, encoded) -> list[VisualLayout]:
-        if not records:
-            raise RuntimeError(
-                f"{self.method.name} ranks tokens by the vision tower's attention, but no tower call was seen for this "
-                "prompt: pass the pixels to the forward or generate() (not features encoded before patching, nor "
-                "features whose tower attention an earlier forward already read)"
-            )
-        rows = prompt.rows_per_sample
-        with torch.no_grad():
-            encoded_units = encoded.keep if encoded is not None and self.adapter.encoder_side else None
-            scores = self.adapter.tower_token_scores(records, prompt.input_ids[::rows], encoded_units)
-        return layouts_with_tower_scores(prompt.layouts, scores, encoded_units, rows)
-
     def _on_llm_return(self, module, args, kwargs, output):
         state = getattr(self._local, "state", None)
         if state is None:
@@ -363,19 +281,7 @@ class Engine(Continuations, Labels, StandIns):
         self._local.state = None
         hidden = output.last_hidden_state
         if not state.stats.finished:
-            state.layer_additions = None
-            for group in state.groups:
-                group.end_prefill()
-            if state.reduced:
-                output.last_hidden_state = restore_sequence(hidden, state.groups[-1], state.full_length)
-                self._ignore_uncomputed(state.groups[-1], state.full_length)
-            cached = state.take_in_prefix()
-            state.stats.num_layers = len(self.adapter.layers)
-            _finish_prefill_stats(state, cached)
-            self.last_stats = state.stats
-            cache = compat.output_cache(output)
-            if cache is not None:
-                state.attach(cache)
+            self._finish_prefill(state, output)
         else:  # as many tokens as it was fed (after KV sharing it may return the last one only)
             fed = kwargs.get("inputs_embeds")
             fed = kwargs.get("input_ids") if fed is None else fed
@@ -442,29 +348,6 @@ def fused_vision_attention(adapter: Adapter) -> str | None:
     if adapter.packed_vision_attention and varlen_available(next(adapter.vision_tower.parameters())):
         return compat.VARLEN_ATTENTION
     return None
-
-
-class _Prompt(NamedTuple):
-    """What the multimodal model's call tells the language model's call about the prompt in flight."""
-
-    layouts: list[VisualLayout] | None
-    rows_per_sample: int  # rows generate() made of each sample
-    generating: bool
-    input_ids: torch.Tensor | None
-    model_masks: tuple  # the multimodal model's 2-D padding mask and its tokens' bidirectional blocks (or None)
-    cached: int  # tokens in the cache before it (a video after a cached system prompt), which its layers attend to
-
-
-def _finish_prefill_stats(state: GenerationState, cached: int) -> None:
-    """Kept positions in the caller's sequence; each layer's positions, of the `cached` tokens before it not (its
-    outputs hold this call's tokens only)."""
-    stats, last = state.stats, state.groups[-1]
-    rows = stats.rows_per_sample
-    for sample, slots, origin in zip(stats.samples, last.visual_slots[::rows], last.origin[::rows]):
-        sample.kept_positions = origin[slots].tolist()
-    if state.reduced:
-        stats.layer_positions = [(group.start_layer, group.origin[:, cached:]) for group in state.groups]
-    stats.finished = True
 
 
 def _fits(padding: torch.Tensor | None, input_ids: torch.Tensor | None) -> bool:
