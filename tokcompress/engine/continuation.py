@@ -18,7 +18,7 @@ from ..layout import VisualLayout
 from ..stats import CompressionStats
 from . import compat
 from .decode import new_token_columns, next_positions, skip_tokens_already_cached
-from .groups import GenerationState
+from .state import GenerationState
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter

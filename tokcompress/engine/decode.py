@@ -15,7 +15,8 @@ import torch
 from ..methods.base import DecodeSample, Method
 from ..ops import few_query_attention
 from . import compat
-from .groups import GenerationState, TokenGroup, llm_attention_mask, rotary_rows
+from .groups import TokenGroup, llm_attention_mask, rotary_rows
+from .state import GenerationState
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter

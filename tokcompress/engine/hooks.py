@@ -33,10 +33,10 @@ from .continuation import CONTINUING, Continuations
 from .decode import record_decode_reads, select_visual_kv, start_decode_step
 from .encoder import TowerCall
 from .folding import check_tower_use, folds_in_tower, hook_tower_folding, tower_attends_by_size
-from .groups import IDENTITY_STATS_ATTRIBUTE, GenerationState
 from .prefill import reduce_before_layer
 from .prompts import Prompt, Prompts
 from .stand_ins import StandIns
+from .state import IDENTITY_STATS_ATTRIBUTE, GenerationState
 from .training import Labels
 
 if TYPE_CHECKING:

@@ -17,7 +17,6 @@ from ..ops import few_query_attention
 from ..stats import CompressionStats
 from . import compat
 from .groups import (
-    GenerationState,
     TokenGroup,
     compact,
     gather_ids,
@@ -26,6 +25,7 @@ from .groups import (
     rotary_rows,
     write_merged,
 )
+from .state import GenerationState
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter

@@ -18,8 +18,9 @@ from .encoder import (
     refuse_unencoded_last_tokens,
     tokens_encoded,
 )
-from .groups import GenerationState, last_real_slots, llm_attention_mask, restore_sequence
+from .groups import last_real_slots, llm_attention_mask, restore_sequence
 from .prefill import begin_generation, reduce_before_llm
+from .state import GenerationState
 
 if TYPE_CHECKING:
     from ..adapters.base import Adapter

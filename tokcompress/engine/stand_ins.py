@@ -20,7 +20,7 @@ import torch
 from ..stats import Timer
 from . import compat
 from .encoder import encode_videos
-from .groups import GenerationState
+from .state import GenerationState
 
 
 class StandIns:
