@@ -42,6 +42,7 @@ def test_every_example_is_run_here():
 
 EXAMPLE_RUNS = {
     "answer_video": (["--frames", "4"], "framefusion @ ratio 0.3: visual tokens 37 -> "),
+    "cached_system_prompt": ([], "carphone_pristine.mp4:"),
     "compose_methods": (["--frames", "8"], "the vision tower encoded"),
     "custom_method": ([], "frame_outliers @ ratio 0.25: visual tokens 73 -> 18 per layer on average"),
     "multi_turn_chat": ([], "turn 2:"),
