@@ -17,7 +17,7 @@ from tokcompress.engine.compat import CACHE_KEYWORD, output_cache
 
 from .conftest import COMPRESSING, FAMILIES, inputs_for, model_for
 
-SYSTEM = "sys:\n"  # shorter than the tiny models' sliding windows, whose caches then still hold all of it
+SYSTEM = "sys:\n"
 PAIRS = [
     *((family, method) for family in FAMILIES for method in ("tome", "fastv")),
     *((family, method) for family in ("llava_onevision", "qwen2_5_vl") for method in COMPRESSING
@@ -44,11 +44,12 @@ def answer(model, inputs: dict, cache=None, max_new_tokens: int = 2):
                           output_logits=True, suppress_tokens=list(range(tiny.IMAGE, tiny.VOCAB)), **extra)
 
 
-def passes_through(model) -> bool:
+def passes_through(model, method: str) -> bool:
     """Where a video after cached tokens is not compressed: recurrent layers would carry their state through the
-    padding compression leaves after the cache; Qwen-Omni's and Cosmos3 Edge's generate gives such a call no grids."""
+    padding compression leaves after the cache, and sliding windows would count it; Qwen-Omni's and Cosmos3 Edge's
+    generate gives such a call no grids; AIM's graph reads every prompt token's attention."""
     adapter = adapter_for(model)
-    return adapter.recurrent_llm or not adapter.grids_after_cache
+    return adapter.recurrent_llm or adapter.sliding_llm or not adapter.grids_after_cache or method == "aim"
 
 
 @pytest.mark.parametrize(("family", "method"), PAIRS)
@@ -60,13 +61,13 @@ def test_a_video_after_cached_tokens_is_compressed_as_in_one_prompt(family, meth
         return answer(model, whole, output_cache(model(input_ids=prefix, use_cache=True)))
 
     with torch.no_grad():
-        if passes_through(model):  # after the whole conversation's generate, as below (Qwen-Omni keeps rope deltas)
+        if passes_through(model, method):  # after the whole conversation's generate, as below (Qwen-Omni's deltas)
             answer(model, whole)
             stock = after_cached_prefix()
         with tokcompress.compress(model, method, ratio=0.3) as handle:
             in_one_prompt = answer(model, whole)
             kept = handle.stats.samples[0].kept_positions
-            if passes_through(model):
+            if passes_through(model, method):
                 with pytest.warns(UserWarning, match="continue a cached conversation and are not compressed"):
                     after_cache = after_cached_prefix()
                 assert handle.stats.later_visual == int((whole["input_ids"] == tiny.VIDEO).sum())
@@ -82,7 +83,7 @@ def test_a_video_after_cached_tokens_is_compressed_as_in_one_prompt(family, meth
     assert handle.stats.later_visual == 0
 
 
-@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "gemma4"])
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl", "qwen3_vl"])
 @pytest.mark.parametrize("method", ["fastv", "tome", "dycoke"])
 def test_the_next_turn_continues_as_after_the_conversation_in_one_prompt(family, method, clip):
     """What the compressed video left in the cache is the whole conversation's: a text follow-up continues it as it
@@ -176,3 +177,16 @@ def test_a_hand_written_forward_after_cached_tokens_reads_as_the_whole_conversat
     last = handle.stats.positions_at_layer(len(out.hidden_states) - 2)
     assert last.shape[1] == out.hidden_states[-1].shape[1]
     assert int(last.min()) >= prefix.shape[1] and kept == [p for p in last[0].tolist() if p in kept]
+
+
+def test_a_video_passed_through_after_cached_tokens_is_counted_once_per_sample_under_beams(clip):
+    """Beams copy each sample into several rows; the warning and the stats count a sample's video tokens once."""
+    model = model_for("qwen3_5")
+    prefix, whole = conversation("qwen3_5", clip)
+    tokens = int((whole["input_ids"] == tiny.VIDEO).sum())
+    with torch.no_grad(), tokcompress.compress(model, "tome", ratio=0.3) as handle:
+        cache = output_cache(model(input_ids=prefix.repeat(2, 1), use_cache=True))  # a row per beam
+        with pytest.warns(UserWarning, match=f"{tokens} video tokens continue a cached conversation"):
+            model.generate(**whole, max_new_tokens=2, do_sample=False, num_beams=2, **{CACHE_KEYWORD: cache})
+    assert handle.stats.later_visual == tokens
+

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -391,3 +393,20 @@ def test_the_demo_of_every_method_shows_those_a_model_refuses_and_runs_the_other
     rows = [line for line in out.splitlines() if line.startswith(("none ", "visionzip ", "tome "))][:3]  # the table
     assert "->" in rows[0] and "refused (below)" in rows[1] and "->" in rows[2]
     assert "visionzip refused this model: " in out and "no vision tower" in out
+
+
+def test_the_wheel_holds_every_module(tmp_path):
+    """What `pip install .` installs: every module of tokcompress/ (a package left out of pyproject's list once
+    broke the `tokcompress` command outside an editable install)."""
+    pytest.importorskip("setuptools")
+    root, source = EXAMPLES.parent, tmp_path / "source"  # built from a copy: no stale build/ of the checkout's
+    shutil.copytree(root / "tokcompress", source / "tokcompress", ignore=shutil.ignore_patterns("__pycache__"))
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(root / name, source / name)
+    wheel = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(source)]
+    built = subprocess.run([*wheel, "-w", str(tmp_path)], capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr[-2000:]
+    (wheel,) = tmp_path.glob("tokcompress-*.whl")
+    held = set(zipfile.ZipFile(wheel).namelist())
+    modules = {path.relative_to(root).as_posix() for path in (root / "tokcompress").rglob("*.py")}
+    assert modules <= held, sorted(modules - held)

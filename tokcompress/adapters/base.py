@@ -148,6 +148,12 @@ class Adapter:
         )
 
     @functools.cached_property
+    def sliding_llm(self) -> bool:
+        """Whether any decoder layer attends in a sliding window (Gemma 4, EXAONE 4.5, Cohere, Muse, dots3)."""
+        config = self.language_model.config
+        return any(compat.layer_type(config, i) == compat.SLIDING_LAYER for i in range(len(self.layers)))
+
+    @functools.cached_property
     def recurrent_llm(self) -> bool:
         """Whether any decoder layer carries a recurrent state (Qwen3.5's linear attention, LFM3's convolutions)."""
         config = self.language_model.config

@@ -52,6 +52,13 @@ class Continuations:
                 "the language model's recurrent layers would carry their state through the padding compression "
                 "leaves between the cache and the video"
             )
+        if self.adapter.sliding_llm:
+            return (
+                "the language model's sliding-window layers would count the padding compression leaves between the "
+                "cache and the video in their window, and may no longer hold cached tokens its scores read"
+            )
+        if self.method.reads_every_prompt_token():
+            return f"{self.method.name} ranks by every prompt token's attention, and the cached ones' are not at hand"
         return None
 
     def _refuse_features_missing_frames(self, kwargs, why: str) -> None:
@@ -64,10 +71,12 @@ class Continuations:
                 f"them (zeros or copies in their place), and {why}"
             )
 
-    def _note_later_video(self, state: GenerationState | None, layouts: list[VisualLayout], why: str) -> None:
+    def _note_later_video(
+        self, state: GenerationState | None, layouts: list[VisualLayout], why: str, rows: int = 1
+    ) -> None:
         """A call continuing a cache brings video tokens, which pass through uncompressed (`why`): the stats and a
-        warning say so."""
-        rows = state.stats.rows_per_sample if state is not None else 1  # generate's rows of a sample (beams)
+        warning say so. `rows`: generate's rows of a sample (beams), where no state tells."""
+        rows = state.stats.rows_per_sample if state is not None else rows
         count = sum(layout.num_tokens for layout in layouts[::rows])
         if not count:
             return

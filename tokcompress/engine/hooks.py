@@ -201,7 +201,7 @@ class Engine(Continuations, Labels, Prompts, StandIns):
         if self._local.continuing and self.active:  # after a cache whose tokens it cannot compress behind
             self._refuse_features_missing_frames(kwargs, CONTINUING)
             if layouts:
-                self._note_later_video(None, layouts, self._why_uncompressed(cache))
+                self._note_later_video(None, layouts, self._why_uncompressed(cache), generate_rows or 1)
             return None
         if not self.active:
             self._refuse_features_missing_frames(kwargs, "the model no longer compresses (ratio 1): encode the video "

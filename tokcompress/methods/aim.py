@@ -97,6 +97,9 @@ class AIM(Method):
             destination[tokens] = torch.where(owner >= 0, tokens[owner.clamp_min(0)], -1)
         return TokenReduction.from_destinations(destination)
 
+    def reads_every_prompt_token(self) -> bool:
+        return True
+
     def reduce_in_llm(self, sample: LayerSample) -> TokenReduction | None:
         memory, layer, num_layers = sample.memory, sample.layer, sample.budget.num_layers
         memory.setdefault("entering", sample.features.shape[0])  # first called before layer 0

@@ -262,6 +262,11 @@ class Method:
         """Whether its pre-LLM stage reads `layout.saliency`, the attention each token got in the vision tower."""
         return False
 
+    def reads_every_prompt_token(self) -> bool:
+        """Whether its in-LLM scores read every prompt token's queries and keys (AIM's attention graph) - which a
+        prompt after cached tokens does not have for the cached ones."""
+        return False
+
     def uses_proportional_attention(self) -> bool:
         """Whether a merged token's keys get log(size) added to their attention logits in every later layer."""
         return False

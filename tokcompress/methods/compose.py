@@ -149,6 +149,9 @@ class Compose(Method):
     def uses_tower_attention(self) -> bool:
         return any(m.uses_tower_attention() for m in self.methods)
 
+    def reads_every_prompt_token(self) -> bool:
+        return any(m.reads_every_prompt_token() for m in self.methods)
+
     def reduce_pre_encoder(self, signatures: torch.Tensor) -> torch.Tensor:
         return self._at(PRE_ENCODER).reduce_pre_encoder(signatures)
 
