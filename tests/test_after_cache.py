@@ -190,3 +190,29 @@ def test_a_video_passed_through_after_cached_tokens_is_counted_once_per_sample_u
             model.generate(**whole, max_new_tokens=2, do_sample=False, num_beams=2, **{CACHE_KEYWORD: cache})
     assert handle.stats.later_visual == tokens
 
+
+
+def test_the_baselines_stats_count_decoding_steps_as_a_compressed_runs_do(clip):
+    """The identity (ratio 1) is the baseline a compressed run is measured against: its stats count the steps of a
+    generation, of the next turn that continues its cache, and of a video after a cached system prompt alike."""
+    model = model_for("llava_onevision")
+    prefix, whole = conversation("llava_onevision", clip)
+    inputs = inputs_for("llava_onevision", clip, "What is moving?")
+    options = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False, return_dict_in_generate=True,
+                   suppress_tokens=list(range(tiny.IMAGE, tiny.VOCAB)))
+
+    def steps(ratio: float) -> list[int]:
+        counted = []
+        with torch.no_grad(), tokcompress.compress(model, "fastv", ratio=ratio) as handle:
+            first = model.generate(**inputs, **options)
+            counted.append(handle.stats.decode_steps)
+            ids = torch.cat([first.sequences, torch.tensor([tiny.text_ids("And then?")])], dim=1)
+            model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **options,
+                           **{CACHE_KEYWORD: output_cache(first)})
+            counted.append(handle.stats.decode_steps)
+            cache = output_cache(model(input_ids=prefix, use_cache=True))
+            model.generate(**whole, **options, **{CACHE_KEYWORD: cache})
+            counted.append(handle.stats.decode_steps)
+        return counted
+
+    assert steps(1.0) == steps(0.3) == [3, 7, 3]

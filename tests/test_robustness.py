@@ -12,6 +12,7 @@ import warnings
 
 import pytest
 import torch
+from transformers import GenerationConfig
 
 import tokcompress
 from tokcompress import tiny
@@ -278,7 +279,15 @@ def test_generating_without_a_cache_is_refused_naming_the_fix(method, clip):
         config.use_cache = False
         with pytest.raises(ValueError, match="use_cache=False"):
             model.generate(**inputs, max_new_tokens=2, generation_config=config)
+        held, model.generation_config.use_cache = model.generation_config.use_cache, False
+        try:  # the model's own default, under a config given without it
+            with pytest.raises(ValueError, match="use_cache=False"):
+                model.generate(**inputs, generation_config=GenerationConfig(max_new_tokens=2, do_sample=False))
+        finally:
+            model.generation_config.use_cache = held
         generate(model, inputs, max_new_tokens=2)  # nothing left behind
+        text = {"input_ids": inputs["input_ids"][:, -4:], "attention_mask": inputs["attention_mask"][:, -4:]}
+        generate(model, text, max_new_tokens=2, use_cache=False)  # no video: nothing to compress, nothing refused
     generate(model, inputs, max_new_tokens=2, use_cache=False)  # unpatched: the stock path
 
 
@@ -732,3 +741,17 @@ def test_a_training_forward_scores_only_the_positions_the_llm_computed(family, m
     assert ((targets != -100) & ~logits.detach().any(dim=-1)).any()  # such a label exists: the check means something
     assert all(p.grad is None or torch.isfinite(p.grad).all() for p in model.parameters())
     model.zero_grad(set_to_none=True)
+
+
+def test_generate_given_ids_and_embeddings_keeps_every_frame_in_the_tower(clip):
+    """generate(input_ids=..., inputs_embeds=...) prefills from the embeddings, which carry no ids to find the
+    videos by: nothing is compressed, so the tower must not leave frames out either."""
+    model = model_for("llava_onevision")
+    inputs = inputs_for("llava_onevision", clip, "What is moving?")
+    inputs["inputs_embeds"] = model.get_input_embeddings()(inputs["input_ids"])
+    options = dict(max_new_tokens=2, do_sample=False, output_logits=True, return_dict_in_generate=True)
+    with torch.no_grad():
+        stock = model.generate(**inputs, **options)
+        with tokcompress.compress(model, "framededup", ratio=0.5), pytest.warns(UserWarning, match="inputs_embeds"):
+            patched = model.generate(**inputs, **options)
+    assert all(torch.equal(a, b) for a, b in zip(patched.logits, stock.logits))

@@ -212,6 +212,7 @@ class Engine(Continuations, Labels, Prompts, StandIns):
                 self.last_stats = stats
             elif not cached:
                 self.last_stats = CompressionStats.empty(self.method, note="no video tokens: passed through untouched")
+            self._local.identity_prompt = not cached or bool(layouts and any(layout.num_tokens for layout in layouts))
             return None
         if not cached or (layouts and any(layout.num_tokens for layout in layouts)):  # a prompt (after cached tokens)
             self._refuse_router_logits(kwargs)
@@ -228,7 +229,7 @@ class Engine(Continuations, Labels, Prompts, StandIns):
         return None
 
     def _after_model_call(self, module, args, output):
-        self._local.prompt, self._local.continuing = None, False
+        self._local.prompt, self._local.continuing, self._local.identity_prompt = None, False, False
 
     def _refuse_router_logits(self, kwargs) -> None:
         """A ValueError naming the fix where a mixture-of-experts forward is asked for its router logits: their
@@ -253,10 +254,14 @@ class Engine(Continuations, Labels, Prompts, StandIns):
             if encoded is not None:  # the identity's stats time the vision tower too
                 self.last_stats.encoder_time.add(encoded.take_times()[1])
             self._add_image_encoding(self.last_stats)
-            identity = getattr(cache, IDENTITY_STATS_ATTRIBUTE, None) if continuing else None
-            if identity is not None:  # a decoding step of an uncompressed generation
+            # a prompt (or a video after cached tokens) has stats of its own, which go on the cache it fills; any
+            # other call continues an uncompressed generation's, counting its steps
+            prompt = getattr(self._local, "identity_prompt", False) or not continuing
+            identity = None if prompt else getattr(cache, IDENTITY_STATS_ATTRIBUTE, None)
+            if identity is not None:
                 identity.decode_steps += 1
-            self._local.identity_prompt = not continuing  # its stats go on the cache it fills
+                self.last_stats = identity
+            self._local.identity_prompt = prompt
             return None
         if continuing:
             if state is None:  # a cache no compressed generation filled: a prompt after it, or left alone

@@ -58,6 +58,12 @@ class Prompts:
         return None
 
     def _compress_prompt(self, prompt: Prompt, encoded, args, kwargs):
+        if getattr(self._local, "in_generate", False) and compat.cache_of(kwargs) is None:
+            raise ValueError(
+                f"generate(use_cache=False) is not supported with {self.method.name} at ratio {self.method.ratio:g}: "
+                "without a cache every step is a new prompt, compressed again (in-LLM choices change from step to "
+                "step, decoding-time selection never runs); generate with the cache (use_cache=True, the default)"
+            )
         layouts, scoring = prompt.layouts, Timer()
         if self.method.uses_tower_attention():  # the calls of the encoding these features came from, once
             records, self._local.tower_calls = getattr(self._local, "tower_calls", []), []

@@ -71,31 +71,22 @@ class StandIns:
     def _generate(self, *args, **kwargs):
         """generate, after which nothing it noted for its prompt lingers: a call that fails between expanding its
         inputs and its first forward (a prompt past max_length, stop strings without a tokenizer) would otherwise
-        hand its beam count to the next plain forward. Refused without a cache (`use_cache=False`): every step would
-        be a new prompt, compressed again."""
-        self._refuse_generating_without_cache(kwargs)
+        hand its beam count to the next plain forward. It notes that it runs: without a cache (`use_cache=False`,
+        however set) its prompt's prefill is refused, as every step would be a new prompt, compressed again."""
         cache = compat.cache_of(kwargs)
         ids = kwargs.get("input_ids", kwargs.get("inputs", args[0] if args else None))
-        # its videos are encoded whole where no prefill compresses them after: there are no ids to find them by
-        # (embeddings given), or they continue a cache no prompt after it can be compressed behind
-        self._local.generate_encodes_whole = (ids is None or ids.is_floating_point()) or (
+        # its videos are encoded whole where no prefill compresses them after: its prefill gets embeddings, no ids
+        # to find them by (even beside the ids), or they continue a cache no prompt can be compressed behind
+        embeds = kwargs.get("inputs_embeds") is not None or ids is None or ids.is_floating_point()
+        self._local.generate_encodes_whole = embeds or (
             cache is not None and cache.get_seq_length() > 0 and self._why_uncompressed(cache) is not None
         )
+        self._local.in_generate = True
         try:
             return self._stood_in(self.adapter.model, compat.GENERATE)(*args, **kwargs)
         finally:
             self._local.generate_rows = self._local.generate_padding = self._local.conversation_length = None
-            self._local.generate_encodes_whole = False
-
-    def _refuse_generating_without_cache(self, kwargs) -> None:
-        config = kwargs.get("generation_config") or self.adapter.model.generation_config
-        use_cache = kwargs.get("use_cache")
-        if self.active and (getattr(config, "use_cache", True) if use_cache is None else use_cache) is False:
-            raise ValueError(
-                f"generate(use_cache=False) is not supported with {self.method.name} at ratio {self.method.ratio:g}: "
-                "without a cache every step is a new prompt, compressed again (in-LLM choices change from step to "
-                "step, decoding-time selection never runs); generate with the cache (use_cache=True, the default)"
-            )
+            self._local.generate_encodes_whole = self._local.in_generate = False
 
     def _reorder_beams(self, cache, beam_idx):
         cache = compat.reorder_cache(self.adapter.model, cache, beam_idx)
