@@ -410,3 +410,11 @@ def test_the_wheel_holds_every_module(tmp_path):
     held = set(zipfile.ZipFile(wheel).namelist())
     modules = {path.relative_to(root).as_posix() for path in (root / "tokcompress").rglob("*.py")}
     assert modules <= held, sorted(modules - held)
+
+
+def test_main_called_from_python_leaves_the_gradient_mode_as_it_was(capsys):
+    from tokcompress import cli
+
+    with torch.enable_grad():
+        assert cli.main(["run", "--frames", "2", "--max-new-tokens", "1"]) == 0
+        assert torch.is_grad_enabled()

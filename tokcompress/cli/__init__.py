@@ -109,9 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     run.add_argument("--repeats", type=positive, default=1, help="timed runs after a warm-up (median)")
     run.add_argument("--compare", action="store_true", help="also run `none` on the same inputs and show the speed-up")
     args = parser.parse_args(argv)
-    torch.set_grad_enabled(False)
     try:
-        (run_demo if args.command == "demo" else run_one)(args)
+        with torch.no_grad():  # not set_grad_enabled: main() called from Python leaves its caller's mode as it was
+            (run_demo if args.command == "demo" else run_one)(args)
     except CommandError as error:
         print(f"tokcompress {args.command}: {error}", file=sys.stderr)
         return error.code
