@@ -181,7 +181,8 @@ class Engine(Continuations, Labels, Prompts, StandIns):
         conversation = getattr(self._local, "conversation_length", None)  # set by generate for this step
         self._local.generate_rows = self._local.generate_padding = self._local.conversation_length = None
         # its videos, if any, are encoded whole where no prefill follows to compress them
-        self._local.continuing = bool(cached) and self._why_uncompressed(cache) is not None
+        uncompressed = self._why_uncompressed(cache) if cached else None
+        self._local.continuing = uncompressed is not None
         # a compressed generation continues as it started, whatever patch is in place now (another method or ratio)
         state = GenerationState.of(cache) if cached else None
         if state is not None:
@@ -193,6 +194,7 @@ class Engine(Continuations, Labels, Prompts, StandIns):
                 raise
             self.last_stats = CompressionStats.empty(self.method, note=f"passed through untouched: {refusal}")
             return None
+        has_video = bool(layouts) and any(layout.num_tokens for layout in layouts)
         if layouts is None and self.active and self.adapter.carries_video(kwargs):
             warnings.warn(
                 f"tokcompress: {self.method.name} compresses nothing here: the model was given inputs_embeds, not "
@@ -201,20 +203,20 @@ class Engine(Continuations, Labels, Prompts, StandIns):
         if self._local.continuing and self.active:  # after a cache whose tokens it cannot compress behind
             self._refuse_features_missing_frames(kwargs, CONTINUING)
             if layouts:
-                self._note_later_video(None, layouts, self._why_uncompressed(cache), generate_rows or 1)
+                self._note_later_video(None, layouts, uncompressed, generate_rows or 1)
             return None
         if not self.active:
             self._refuse_features_missing_frames(kwargs, "the model no longer compresses (ratio 1): encode the video "
                                                          "again, or set the ratio back")
-            if layouts and any(layout.num_tokens for layout in layouts):
+            if has_video:
                 stats = CompressionStats.identity(self.method, layouts, self.spec.num_layers, generate_rows or 1)
                 stats.num_layers = len(self.adapter.layers)
                 self.last_stats = stats
             elif not cached:
                 self.last_stats = CompressionStats.empty(self.method, note="no video tokens: passed through untouched")
-            self._local.identity_prompt = not cached or bool(layouts and any(layout.num_tokens for layout in layouts))
+            self._local.identity_prompt = not cached or has_video
             return None
-        if not cached or (layouts and any(layout.num_tokens for layout in layouts)):  # a prompt (after cached tokens)
+        if not cached or has_video:  # a prompt (or a video after cached tokens)
             self._refuse_router_logits(kwargs)
             rows, input_ids = generate_rows or 1, kwargs.get("input_ids")
             padding = kwargs.get("attention_mask")
