@@ -285,12 +285,17 @@ def write_merged(hidden: torch.Tensor, group: TokenGroup, reductions: list[Token
     return hidden
 
 
-def restore_sequence(hidden: torch.Tensor, group: TokenGroup, full_length: int) -> torch.Tensor:
-    """Scatter the group's hidden states back to the caller's sequence length (dropped tokens read zero). Where the
-    language model computed only its last tokens (after KV sharing), those are its last slots."""
+def computed_positions(group: TokenGroup, computed: int) -> torch.Tensor:
+    """(B, computed) the caller's position of each slot whose output the language model computed (-1: padding): all
+    the group's, or, where it computed only its last tokens (after KV sharing), its last slots."""
+    return group.origin[:, group.width - computed :]
+
+
+def restore_sequence(hidden: torch.Tensor, origin: torch.Tensor, full_length: int) -> torch.Tensor:
+    """Scatter hidden states computed at `origin` (`computed_positions`) back to the caller's sequence length
+    (dropped tokens read zero)."""
     batch = hidden.shape[0]
     restored = hidden.new_zeros(batch, full_length, hidden.shape[-1])
-    origin = group.origin[:, group.width - hidden.shape[1] :]
     keep = origin >= 0
     rows = torch.arange(batch, device=hidden.device)[:, None].expand_as(origin)
     restored[rows[keep], origin[keep]] = hidden[keep]

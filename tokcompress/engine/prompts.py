@@ -18,7 +18,7 @@ from .encoder import (
     refuse_unencoded_last_tokens,
     tokens_encoded,
 )
-from .groups import last_real_slots, llm_attention_mask, restore_sequence
+from .groups import computed_positions, last_real_slots, llm_attention_mask, restore_sequence
 from .prefill import begin_generation, reduce_before_llm
 from .state import GenerationState
 
@@ -127,8 +127,10 @@ class Prompts:
         for group in state.groups:
             group.end_prefill()
         if state.reduced:
-            output.last_hidden_state = restore_sequence(output.last_hidden_state, state.groups[-1], state.full_length)
-            self._ignore_uncomputed(state.groups[-1], state.full_length)
+            hidden = output.last_hidden_state
+            origin = computed_positions(state.groups[-1], hidden.shape[1])
+            output.last_hidden_state = restore_sequence(hidden, origin, state.full_length)
+            self._ignore_uncomputed(origin, state.full_length)
         cached = state.take_in_prefix()
         state.stats.num_layers = len(self.adapter.layers)
         _finish_prefill_stats(state, cached)

@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import torch
 
-from .groups import TokenGroup
-
 IGNORED = -100  # HF's ignore_index
 
 
@@ -27,13 +25,14 @@ class Labels:
     def _release_labels(self, module, args, output):
         self._local.labels = None
 
-    def _ignore_uncomputed(self, group: TokenGroup, full_length: int) -> None:
-        """After a prefill that left positions out: the held labels after each are ignored."""
+    def _ignore_uncomputed(self, origin: torch.Tensor, full_length: int) -> None:
+        """After a prefill that computed only the positions `origin` (`computed_positions`): the held labels after
+        every other position are ignored."""
         labels = getattr(self._local, "labels", None)
-        if labels is None or labels.shape != (len(group.origin), full_length):
+        if labels is None or labels.shape != (len(origin), full_length):
             return
         computed = torch.zeros(labels.shape, dtype=torch.bool, device=labels.device)
-        origin = group.origin.to(labels.device)
+        origin = origin.to(labels.device)
         rows, slots = (origin >= 0).nonzero(as_tuple=True)
         computed[rows, origin[rows, slots]] = True
         labels[:, 1:].masked_fill_(~computed[:, :-1], IGNORED)
